@@ -1,0 +1,82 @@
+// Command runstore-ferretdb runs FerretDB v1 (SQLite backend) as a local,
+// Docker-free MongoDB-protocol server for development and tests.
+//
+// FerretDB is embedded through its public github.com/FerretDB/FerretDB/ferretdb
+// package instead of `go install`-ing its own command: a main package in its own
+// module path skips FerretDB's build/version/version.txt check, so no build tags,
+// ldflags or generated files are needed.
+//
+// Build (from this directory; see deploy/local/README.md):
+//
+//	GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -trimpath -o <out> .
+//
+// Logs go to stderr; once the listener is bound the MongoDB URI is printed as a
+// single line on stdout. SIGINT/SIGTERM cancel the run context, which closes the
+// listener and the SQLite databases cleanly.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/FerretDB/FerretDB/ferretdb"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "runstore-ferretdb: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	addr := flag.String("addr", "127.0.0.1:27017", "TCP listen address (port 0 picks a free port)")
+	dataDir := flag.String("data-dir", ".local/data/ferretdb", "directory holding one <database>.sqlite file per MongoDB database")
+	logLevel := flag.String("log-level", "warn", "log level: debug, info, warn or error")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToUpper(*logLevel))); err != nil {
+		return fmt.Errorf("bad --log-level %q: %w", *logLevel, err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	// The SQLite backend requires the URL to name an existing directory and to end with "/".
+	absDir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return fmt.Errorf("resolve data dir: %w", err)
+	}
+	if err = os.MkdirAll(absDir, 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+
+	f, err := ferretdb.New(&ferretdb.Config{
+		Listener:  ferretdb.ListenerConfig{TCP: *addr},
+		Logger:    logger,
+		Handler:   "sqlite",
+		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/",
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	// New has already bound the listener, so the URI (with the real port) is valid now.
+	fmt.Println(f.MongoDBURI())
+
+	if err = f.Run(ctx); err != nil {
+		return err
+	}
+	logger.Info("runstore-ferretdb stopped")
+
+	return nil
+}

@@ -1,0 +1,213 @@
+"""Commands: what producers, the HTTP gateway, workers and timers ask the engine to do.
+
+Every command travels on `workflows.commands` as one JSON record keyed by its
+`execution_id`. The envelope is the same for every type; `payload` depends on `type`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, Field, JsonValue, TypeAdapter
+
+from schemas.common import Failure, FrozenModel, Identifier, RetryPolicy
+
+SCHEMA_VERSION = 1
+
+
+class IdReusePolicy(StrEnum):
+    """What StartWorkflow does when its execution id already names a closed execution."""
+
+    ALLOW_DUPLICATE = "allow_duplicate"
+    """Start a new run under the same execution id (the default)."""
+    ALLOW_DUPLICATE_FAILED_ONLY = "allow_duplicate_failed_only"
+    """Only if the latest run did not complete successfully."""
+    REJECT_DUPLICATE = "reject_duplicate"
+    """Never reuse an execution id."""
+
+
+class _Envelope(FrozenModel):
+    command_id: Annotated[str, Field(min_length=1, max_length=200)]
+    """Unique per command; the engine applies a command id at most once."""
+    execution_id: Identifier
+    issued_at: AwareDatetime
+    user_id: str | None = None
+    """Who issued the command; None for system commands (timers)."""
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# --- payloads -----------------------------------------------------------------------
+
+
+class StartWorkflowPayload(FrozenModel):
+    workflow_name: Identifier
+    input: JsonValue = None
+    deployment_name: str | None = None
+    execution_timeout_seconds: float | None = Field(default=None, gt=0)
+    retry_policy: RetryPolicy | None = None
+    parent_execution_id: Identifier | None = None
+    root_execution_id: Identifier | None = None
+    """Defaults to the parent's root, or to the execution itself for a root."""
+    internal: bool = False
+    display_name: str | None = None
+    id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE
+    search_keys: dict[str, str | None] | None = None
+    run_id: str | None = None
+    """Pre-assigned run id; the engine sets it on continue-as-new successors, else generated."""
+    continued_from_execution_id: Identifier | None = None
+    """Set by the engine on the StartWorkflow of a continue-as-new successor."""
+
+
+class ReasonPayload(FrozenModel):
+    reason: str | None = None
+
+
+class SignalPayload(FrozenModel):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    input: JsonValue = None
+
+
+class ResetPayload(FrozenModel):
+    event_id: int = Field(ge=1)
+    """Position in the latest run's history (1-based) to reset to."""
+    reason: str | None = None
+    exclude_signals: bool = False
+    exclude_updates: bool = False
+
+
+class _RunReport(FrozenModel):
+    run_id: str
+    """The run the reporter worked on; reports for a run that is no longer active are rejected."""
+
+
+class CompletePayload(_RunReport):
+    result: JsonValue = None
+
+
+class FailPayload(_RunReport):
+    failure: Failure
+    retryable: bool = True
+
+
+class ContinueAsNewPayload(_RunReport):
+    input: JsonValue = None
+    workflow_name: Identifier | None = None
+    """Defaults to the closing run's workflow."""
+    new_execution_id: Identifier | None = None
+    """Defaults to an id the engine generates."""
+
+
+class ActivityReportPayload(_RunReport):
+    stage: Literal["started", "completed", "retrying", "failed"]
+    task_id: str
+    activity_name: str
+    attempt: int = Field(default=1, ge=1)
+    input: JsonValue = None
+    result: JsonValue = None
+    failure: Failure | None = None
+
+
+class CustomTaskReportPayload(_RunReport):
+    stage: Literal["started", "in_progress", "completed", "failed", "timed_out", "canceled"]
+    custom_task_id: str
+    custom_task_type: str
+    payload: JsonValue = None
+    failure: Failure | None = None
+    reason: str | None = None
+
+
+class TimerPayload(_RunReport):
+    attempt: int | None = None
+    """For RetryExecution: the attempt the retry starts."""
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+class StartWorkflow(_Envelope):
+    type: Literal["StartWorkflow"] = "StartWorkflow"
+    payload: StartWorkflowPayload
+
+
+class CancelExecution(_Envelope):
+    type: Literal["CancelExecution"] = "CancelExecution"
+    payload: ReasonPayload = ReasonPayload()
+
+
+class TerminateExecution(_Envelope):
+    type: Literal["TerminateExecution"] = "TerminateExecution"
+    payload: ReasonPayload = ReasonPayload()
+
+
+class SignalExecution(_Envelope):
+    type: Literal["SignalExecution"] = "SignalExecution"
+    payload: SignalPayload
+
+
+class ResetExecution(_Envelope):
+    type: Literal["ResetExecution"] = "ResetExecution"
+    payload: ResetPayload
+
+
+class CompleteExecution(_Envelope):
+    type: Literal["CompleteExecution"] = "CompleteExecution"
+    payload: CompletePayload
+
+
+class FailExecution(_Envelope):
+    type: Literal["FailExecution"] = "FailExecution"
+    payload: FailPayload
+
+
+class ContinueAsNew(_Envelope):
+    type: Literal["ContinueAsNew"] = "ContinueAsNew"
+    payload: ContinueAsNewPayload
+
+
+class RecordActivityTask(_Envelope):
+    type: Literal["RecordActivityTask"] = "RecordActivityTask"
+    payload: ActivityReportPayload
+
+
+class RecordCustomTask(_Envelope):
+    type: Literal["RecordCustomTask"] = "RecordCustomTask"
+    payload: CustomTaskReportPayload
+
+
+class TimeOutExecution(_Envelope):
+    """Fired by the timers service when a run's execution timeout passes."""
+
+    type: Literal["TimeOutExecution"] = "TimeOutExecution"
+    payload: TimerPayload
+
+
+class RetryExecution(_Envelope):
+    """Fired by the timers service when a retry back-off has passed."""
+
+    type: Literal["RetryExecution"] = "RetryExecution"
+    payload: TimerPayload
+
+
+Command = Annotated[
+    StartWorkflow
+    | CancelExecution
+    | TerminateExecution
+    | SignalExecution
+    | ResetExecution
+    | CompleteExecution
+    | FailExecution
+    | ContinueAsNew
+    | RecordActivityTask
+    | RecordCustomTask
+    | TimeOutExecution
+    | RetryExecution,
+    Field(discriminator="type"),
+]
+
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+def parse_command(raw: bytes | str) -> Command:
+    """Parse one record of `workflows.commands`; raises pydantic.ValidationError."""
+    return COMMAND_ADAPTER.validate_json(raw)

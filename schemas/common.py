@@ -1,0 +1,104 @@
+"""Types shared by commands, events, outcomes and the HTTP contract."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "ExecutionStatus",
+    "Failure",
+    "FrozenModel",
+    "Identifier",
+    "JsonValue",
+    "Payload",
+    "RetryPolicy",
+]
+
+
+class FrozenModel(BaseModel):
+    """Base of every contract: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExecutionStatus(StrEnum):
+    """Statuses as the public API names them (case-sensitive)."""
+
+    RUNNING = "RUNNING"
+    RETRYING_AFTER_ERROR = "RETRYING_AFTER_ERROR"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    TERMINATED = "TERMINATED"
+    TIMED_OUT = "TIMED_OUT"
+    CONTINUED_AS_NEW = "CONTINUED_AS_NEW"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.CANCELED,
+        ExecutionStatus.TERMINATED,
+        ExecutionStatus.TIMED_OUT,
+        ExecutionStatus.CONTINUED_AS_NEW,
+    }
+)
+
+# The SDK puts ids into URL paths without escaping them (API.md §2), so an id holding
+# one of these characters could never be addressed again: refuse it at creation.
+_FORBIDDEN_ID_CHARS = re.compile(r"[/?#%\s]")
+
+
+def _check_identifier(value: str) -> str:
+    if _FORBIDDEN_ID_CHARS.search(value):
+        raise ValueError("must not contain '/', '?', '#', '%' or whitespace")
+    if value in {".", ".."}:
+        raise ValueError("must not be '.' or '..'")
+    return value
+
+
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=256), AfterValidator(_check_identifier)
+]
+
+
+class Payload(FrozenModel):
+    """A JSON value wrapped the way the public event model wants it."""
+
+    type: str = "json"
+    value: Any = None
+    encoding_options: list[str] | None = None
+
+
+class Failure(FrozenModel):
+    """Why something failed: a message a human reads, a type a program matches."""
+
+    message: str
+    type: str | None = None
+    details: JsonValue = None
+
+
+class RetryPolicy(FrozenModel):
+    """How a failed run is retried: attempt n waits initial * coefficient**(n-1), capped."""
+
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    initial_interval_seconds: float = Field(default=1.0, ge=0)
+    backoff_coefficient: float = Field(default=2.0, ge=1.0)
+    maximum_interval_seconds: float | None = Field(default=None, ge=0)
+
+    def delay_seconds(self, failed_attempt: int) -> float:
+        """Back-off before the attempt that follows `failed_attempt` (1-based)."""
+        delay = self.initial_interval_seconds * self.backoff_coefficient ** (failed_attempt - 1)
+        if self.maximum_interval_seconds is not None:
+            delay = min(delay, self.maximum_interval_seconds)
+        return delay
