@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, Field, JsonValue, TypeAdapter
 
 from schemas.common import Failure, FrozenModel, Identifier, RetryPolicy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 
 class IdReusePolicy(StrEnum):

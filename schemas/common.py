@@ -67,9 +67,7 @@ def _check_identifier(value: str) -> str:
     return value
 
 
-Identifier = Annotated[
-    str, Field(min_length=1, max_length=256), AfterValidator(_check_identifier)
-]
+Identifier = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_check_identifier)]
 
 
 class Payload(FrozenModel):

@@ -254,9 +254,7 @@ class ActivityTaskEvent(_Event):
 
 
 class ExecutionTerminated(_Event):
-    type: Literal[EventType.WORKFLOW_EXECUTION_TERMINATED] = (
-        EventType.WORKFLOW_EXECUTION_TERMINATED
-    )
+    type: Literal[EventType.WORKFLOW_EXECUTION_TERMINATED] = EventType.WORKFLOW_EXECUTION_TERMINATED
     attributes: TerminatedAttributes
 
 

@@ -1,0 +1,115 @@
+"""Publishes commands and waits for the engine's outcome of each, so that an HTTP
+answer tells the truth about what happened to the command.
+
+Every API instance tails all partitions of `workflows.outcomes` from the end (no
+consumer group: each instance needs every outcome it may be waiting for) and resolves
+the waiter registered under the outcome's command id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+
+from schemas.commands import COMMAND_ADAPTER, Command
+from schemas.outcomes import CommandOutcome
+from services.common.kafka_topics import partitions_of
+from services.common.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+class OutcomeTimeout(Exception):
+    """The engine did not answer in time; the command may still be applied later."""
+
+
+class CommandGateway:
+    def __init__(self, settings: ApiSettings, broker: KafkaBroker) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._topics = settings.topics
+        self._waiting: dict[str, asyncio.Future[CommandOutcome]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tail: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="runstore-api-outcomes",
+        )
+        partitions = await partitions_of(self._settings, self._topics.outcomes)
+        await consumer.start()
+        assigned = [TopicPartition(self._topics.outcomes, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        # Resolve the end offsets now: an outcome published after this point is seen.
+        for tp in assigned:
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._tail = asyncio.create_task(self._follow(consumer), name="outcome-tail")
+
+    async def stop(self) -> None:
+        if self._tail is not None:
+            self._tail.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._tail
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            for records in batches.values():
+                for record in records:
+                    self._resolve(record.value)
+
+    def _resolve(self, raw: bytes | None) -> None:
+        if not raw:
+            return
+        try:
+            outcome = CommandOutcome.model_validate_json(raw)
+        except ValidationError:
+            log.warning("unreadable outcome record ignored")
+            return
+        waiter = self._waiting.get(outcome.command_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+
+    async def send(self, command: Command, wait_seconds: float | None = None) -> CommandOutcome:
+        """Publish `command` and return its outcome; OutcomeTimeout if none comes in time.
+
+        Concurrent sends of one command id (client retries) share a single wait.
+        """
+        waiter = self._waiting.get(command.command_id)
+        owner = waiter is None
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[command.command_id] = waiter
+        try:
+            await self._broker.publish(
+                COMMAND_ADAPTER.dump_json(command),
+                topic=self._topics.commands,
+                key=command.execution_id.encode(),
+            )
+            limit = (
+                wait_seconds
+                if wait_seconds is not None
+                else self._settings.api_command_timeout_seconds
+            )
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), limit)
+            except TimeoutError as exc:
+                raise OutcomeTimeout(
+                    f"the engine did not answer command {command.command_id} within "
+                    f"{limit:g}s; it may still be applied"
+                ) from exc
+        finally:
+            if owner:
+                self._waiting.pop(command.command_id, None)

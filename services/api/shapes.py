@@ -1,0 +1,79 @@
+"""Request and response bodies of the HTTP API, shaped as the official SDK expects
+(see shared/API.md): required-but-nullable keys are always present."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.common import Identifier
+
+
+class ExecuteRequest(BaseModel):
+    """`WorkflowExecutionRequest`: unknown fields are ignored, `null` means absent."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execution_id: Identifier | None = None
+    input: Any = None
+    wait_for_result: bool = False
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    custom_tracing_attributes: dict[str, str] | None = None
+    force_new_trace: bool = False
+    traceparent: str | None = None
+    extensions: dict[str, Any] | None = None
+    task_queue: str | None = None
+    deployment_name: str | None = None
+    encoded_input: dict[str, Any] | None = None
+
+
+class ExecutionListItem(BaseModel):
+    workflow_name: str
+    execution_id: str
+    root_execution_id: str
+    status: str | None
+    start_time: datetime
+    end_time: datetime | None
+    workflow_id: str | None = None
+    deployment_name: str | None = None
+    parent_execution_id: str | None = None
+    run_id: str | None = None
+    user_id: str | None = None
+    total_duration_ms: int | None = None
+
+
+class Execution(ExecutionListItem):
+    result: Any = None
+    search_keys: dict[str, str | None] | None = None
+
+
+class ExecutionList(BaseModel):
+    executions: list[ExecutionListItem]
+    next_page_token: str | None = None
+
+
+def execution_from_run(run: dict[str, Any], *, include_search_keys: bool = False) -> Execution:
+    return Execution(
+        workflow_name=run["workflow_name"],
+        execution_id=run["execution_id"],
+        root_execution_id=run["root_execution_id"],
+        status=run["status"],
+        start_time=run["start_time"],
+        end_time=run.get("end_time"),
+        workflow_id=run["workflow_name"],
+        deployment_name=run.get("deployment_name"),
+        parent_execution_id=run.get("parent_execution_id"),
+        run_id=run["run_id"],
+        user_id=run.get("user_id"),
+        total_duration_ms=run.get("total_duration_ms"),
+        result=run.get("result"),
+        search_keys=run.get("search_keys") if include_search_keys else None,
+    )
+
+
+def list_item_from_run(run: dict[str, Any]) -> ExecutionListItem:
+    return ExecutionListItem.model_validate(
+        execution_from_run(run).model_dump(exclude={"result", "search_keys"})
+    )

@@ -1,0 +1,14 @@
+"""Logging set-up shared by every service: one line per record, key=value friendly."""
+
+from __future__ import annotations
+
+import logging
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # aiokafka logs every rebalance step at INFO; keep its warnings only.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)

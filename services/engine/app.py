@@ -1,0 +1,133 @@
+"""Engine wiring: Kafka batch in, MongoDB commits, Kafka events/tasks/outcomes out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from schemas.commands import COMMAND_ADAPTER
+from schemas.events import EVENT_ADAPTER
+from services.common.clock import now_ns
+from services.common.kafka_io import Outgoing, batch_records, kafka_broker, publish_all
+from services.common.kafka_topics import ensure_topics
+from services.common.mongo import mongo_client, mongo_database
+from services.common.settings import EngineSettings, Topics
+from services.engine.mongo_event_store import MongoEventStore
+from services.engine.processor import (
+    CommandProcessor,
+    InboundRecord,
+    Outbound,
+    StateCache,
+)
+
+log = logging.getLogger(__name__)
+
+# After a failure (store or broker unreachable) the batch is sought back and retried;
+# waiting a little keeps a dead dependency from turning into a busy loop.
+_RETRY_BACKOFF_SECONDS = 1.0
+
+
+class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, cache: StateCache) -> None:
+        self._cache = cache
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._cache.drop_partitions({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+def outgoing_records(out: Outbound, topics: Topics) -> Iterator[Outgoing]:
+    """What a processed batch publishes, in an order that keeps each execution's order."""
+    for dead in out.dead_letters:
+        r = dead.record
+        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
+        headers.update(
+            {
+                "x-dlq-reason": dead.reason,
+                "x-dlq-error": dead.detail,
+                "x-dlq-source-topic": topics.commands,
+                "x-dlq-source-partition": str(r.partition),
+                "x-dlq-source-offset": str(r.offset),
+            }
+        )
+        key = r.key.decode("utf-8", "replace") if r.key is not None else ""
+        yield Outgoing(topics.dlq, key, r.value or b"", headers)
+    for commit in out.commits:
+        for event in commit.events:
+            yield Outgoing(
+                topics.events,
+                event.execution_id,
+                EVENT_ADAPTER.dump_json(event),
+                {"event-type": event.type.value, "seq": str(event.seq)},
+            )
+    for task in out.tasks:
+        yield Outgoing(topics.tasks, task.execution_id, task.model_dump_json().encode())
+    for command in out.follow_ups:
+        yield Outgoing(topics.commands, command.execution_id, COMMAND_ADAPTER.dump_json(command))
+    for outcome in out.outcomes:
+        yield Outgoing(topics.outcomes, outcome.execution_id, outcome.model_dump_json().encode())
+
+
+def build_app(settings: EngineSettings) -> FastStream:
+    broker: KafkaBroker = kafka_broker(settings, client_id="runstore-engine")
+    client = mongo_client(settings)
+    store = MongoEventStore(mongo_database(client, settings))
+    cache = StateCache(settings.engine_cache_size)
+    processor = CommandProcessor(store, cache, now_ns)
+    topics = settings.topics
+
+    # MANUAL acks: offsets are committed only after the batch's commits are stored
+    # and everything they imply is published; on failure the batch is sought back.
+    @broker.subscriber(
+        topics.commands,
+        group_id=settings.engine_group_id,
+        batch=True,
+        max_records=settings.engine_max_batch,
+        batch_timeout_ms=50,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        listener=_ForgetRevokedPartitions(cache),
+    )
+    async def handle_commands(message: KafkaMessage) -> None:
+        records = [
+            InboundRecord(
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key,
+                value=r.value,
+                headers=tuple((k, v) for k, v in (r.headers or ())),
+            )
+            for r in batch_records(message)
+        ]
+        try:
+            out = await processor.process(records)
+            await publish_all(broker, outgoing_records(out, topics))
+            await store.remember_heads(out.commits)
+        except Exception:
+            log.exception("batch of %d commands failed; it will be retried", len(records))
+            await message.nack()
+            await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
+            return
+        await message.ack()
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def prepare() -> None:
+        await ensure_topics(settings)
+        await store.setup()
+
+    @app.after_shutdown
+    async def close() -> None:
+        await client.close()
+
+    return app

@@ -1,0 +1,944 @@
+"""The pure domain of an execution: `decide` turns a command into events, `evolve` folds them.
+
+One event stream per execution id. `decide(state, command, context)` either raises
+`Rejected` (a valid command the domain refuses, with a stable code) or returns the events
+of ONE commit, fully stamped (seq, index, event_id, event_number, run_id, timestamps);
+the engine appends them as they are. `evolve` is the only way state changes, so a
+snapshot, a fold of all commits and the live engine always agree.
+
+No clock, no uuid, no I/O, no randomness: time and fresh ids come in through `Context`.
+The semantics are written down in docs/domain.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypedDict
+
+from pydantic import Field
+
+from schemas.commands import (
+    CancelExecution,
+    Command,
+    CompleteExecution,
+    ContinueAsNew,
+    FailExecution,
+    IdReusePolicy,
+    RecordActivityTask,
+    RecordCustomTask,
+    ResetExecution,
+    RetryExecution,
+    SignalExecution,
+    StartWorkflow,
+    StartWorkflowPayload,
+    TerminateExecution,
+    TimeOutExecution,
+)
+from schemas.common import ExecutionStatus, Failure, FrozenModel, Payload
+from schemas.events import (
+    STATUS_AFTER,
+    ActivityTaskAttributes,
+    ActivityTaskEvent,
+    CanceledAttributes,
+    CompletedAttributes,
+    ContinuedAsNewAttributes,
+    CustomTaskAttributes,
+    CustomTaskEvent,
+    Event,
+    EventType,
+    ExecutionCanceled,
+    ExecutionCompleted,
+    ExecutionContinuedAsNew,
+    ExecutionFailed,
+    ExecutionStarted,
+    ExecutionTerminated,
+    ExecutionTimedOut,
+    FailedAttributes,
+    RetryScheduled,
+    RetryScheduledAttributes,
+    RetryStarted,
+    RetryStartedAttributes,
+    RunReset,
+    RunResetAttributes,
+    SignaledAttributes,
+    SignalReceived,
+    StartedAttributes,
+    TerminatedAttributes,
+    TimedOutAttributes,
+    event_id_for,
+)
+from schemas.outcomes import RejectionCode
+
+__all__ = [
+    "Context",
+    "ExecutionState",
+    "InvalidHistory",
+    "Rejected",
+    "decide",
+    "evolve",
+    "fold",
+    "successor_commands",
+    "task_id_for",
+]
+
+_RS = ExecutionStatus
+_OPEN_STATUSES = frozenset({_RS.RUNNING, _RS.RETRYING_AFTER_ERROR})
+
+
+# --- inputs and outputs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything `decide` may not make up itself: the time and fresh ids."""
+
+    now_ns: int
+    """Unix time in ns; the only clock the domain sees."""
+    new_run_id: str
+    """Run id for a run this command opens (StartWorkflow without payload.run_id, reset)."""
+    new_execution_id: str
+    """Successor execution id for a ContinueAsNew whose payload names none."""
+    successor_run_id: str
+    """Run id of a continue-as-new successor's first run."""
+    history: tuple[Event, ...] = ()
+    """The latest run's events, oldest first; the engine fills it only for ResetExecution."""
+
+
+class ExecutionState(FrozenModel):
+    """What the domain knows about one execution after its last commit.
+
+    The engine stores it as a snapshot (`model_dump(mode="json")`), so every field is
+    plain data and the shape only grows with defaults: old snapshots must stay loadable.
+    Everything is about the LATEST run, except `seq` and `run_count`.
+    """
+
+    execution_id: str
+    seq: int = Field(ge=1)
+    """Seq of the last commit folded in."""
+    run_id: str
+    """The latest run: the only one that can be active."""
+    run_event_count: int = Field(ge=1)
+    """Events in the latest run's history (= event_number of its last event)."""
+    run_count: int = Field(ge=1)
+    """Runs opened under this execution id (start, start-again, reset)."""
+    status: ExecutionStatus
+    workflow_name: str
+    root_execution_id: str
+    parent_execution_id: str | None = None
+    attempt: int = Field(default=1, ge=1)
+    """Attempt of the latest run; grows by one at each RETRY_STARTED."""
+    started: StartedAttributes
+    """The latest run's STARTED attributes: retry policy, timeout, user, deployment …"""
+    started_at_ns: int
+    closed_at_ns: int | None = None
+    result: Payload | None = None
+    """Result of a COMPLETED run."""
+    last_failure: Failure | None = None
+    """Failure of the last failed attempt (RETRY_SCHEDULED or FAILED)."""
+    retry_at_ns: int | None = None
+    """When the next attempt is due, while RETRYING_AFTER_ERROR."""
+    reset_from_run_id: str | None = None
+    """Set when the latest run was opened by a reset of this run."""
+    reset_event_id: int | None = None
+    successor_execution_id: str | None = None
+    """Set when the latest run CONTINUED_AS_NEW."""
+    successor_run_id: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in _OPEN_STATUSES
+
+    @property
+    def deadline_ns(self) -> int | None:
+        """When the latest run times out (its own start + execution timeout), if it has one."""
+        timeout = self.started.execution_timeout_seconds
+        if timeout is None:
+            return None
+        return self.started_at_ns + _seconds_to_ns(timeout)
+
+
+class Rejected(Exception):
+    """A valid command the domain refuses; nothing is appended."""
+
+    def __init__(self, code: RejectionCode, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+
+
+class InvalidHistory(ValueError):
+    """An event that cannot follow the state: the stream is corrupt or out of order."""
+
+
+def task_id_for(run_id: str, event_number: int) -> str:
+    """task_id of a workflow-level event: unique per execution, stable across re-delivery."""
+    return f"{run_id}:{event_number}"
+
+
+# --- decide ---------------------------------------------------------------------------
+
+
+def decide(state: ExecutionState | None, cmd: Command, ctx: Context) -> list[Event]:
+    """The events of one commit that apply `cmd` to `state`; raises `Rejected`.
+
+    All returned events share seq = state.seq + 1 (1 for a new stream).
+    """
+    if state is not None and cmd.execution_id != state.execution_id:
+        raise ValueError(
+            f"command for execution {cmd.execution_id!r} applied to {state.execution_id!r}"
+        )
+    return _DECIDERS[type(cmd)](state, cmd, ctx)
+
+
+class _EnvelopeFields(TypedDict):
+    event_id: str
+    execution_id: str
+    seq: int
+    index: int
+    event_number: int
+    run_id: str
+    workflow_name: str
+    root_execution_id: str
+    parent_execution_id: str | None
+    timestamp_ns: int
+    command_id: str
+
+
+@dataclass(slots=True)
+class _Commit:
+    """Stamps the events of one commit: one seq, index 0..n-1, event_number per run."""
+
+    execution_id: str
+    seq: int
+    command_id: str
+    now_ns: int
+    run_id: str = ""
+    workflow_name: str = ""
+    root_execution_id: str = ""
+    parent_execution_id: str | None = None
+    last_event_number: int = 0
+    events: list[Event] = field(default_factory=list)
+
+    @classmethod
+    def after(cls, state: ExecutionState | None, cmd: Command, ctx: Context) -> _Commit:
+        """The next commit; it continues the latest run until `open_run` is called."""
+        if state is None:
+            return cls(cmd.execution_id, 1, cmd.command_id, ctx.now_ns)
+        return cls(
+            execution_id=state.execution_id,
+            seq=state.seq + 1,
+            command_id=cmd.command_id,
+            now_ns=ctx.now_ns,
+            run_id=state.run_id,
+            workflow_name=state.workflow_name,
+            root_execution_id=state.root_execution_id,
+            parent_execution_id=state.parent_execution_id,
+            last_event_number=state.run_event_count,
+        )
+
+    def open_run(
+        self, run_id: str, workflow_name: str, root_execution_id: str, parent: str | None
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_name = workflow_name
+        self.root_execution_id = root_execution_id
+        self.parent_execution_id = parent
+        self.last_event_number = 0
+
+    def next_task_id(self) -> str:
+        return task_id_for(self.run_id, self.last_event_number + 1)
+
+    def stamp(self) -> _EnvelopeFields:
+        """The envelope of the next event; call `add` with that event before stamping again."""
+        assert self.run_id, "open_run first"
+        self.last_event_number += 1
+        index = len(self.events)
+        return _EnvelopeFields(
+            event_id=event_id_for(self.execution_id, self.seq, index),
+            execution_id=self.execution_id,
+            seq=self.seq,
+            index=index,
+            event_number=self.last_event_number,
+            run_id=self.run_id,
+            workflow_name=self.workflow_name,
+            root_execution_id=self.root_execution_id,
+            parent_execution_id=self.parent_execution_id,
+            timestamp_ns=self.now_ns,
+            command_id=self.command_id,
+        )
+
+    def add(self, event: Event) -> None:
+        assert event.index == len(self.events), "stamp() once per event, in order"
+        self.events.append(event)
+
+    def restamp(self, event: Event) -> None:
+        """Append a copy of an older event, moved to this commit's current run and position."""
+        self.add(event.model_copy(update=dict(self.stamp())))
+
+    def done(self) -> list[Event]:
+        assert self.events, "a commit holds at least one event"
+        return self.events
+
+
+# --- guards: each raises the one rejection that names what is wrong --------------------
+
+
+def _describe(state: ExecutionState) -> str:
+    return f"execution {state.execution_id!r} (run {state.run_id!r}, {state.status.value})"
+
+
+def _require_state(state: ExecutionState | None, cmd: Command) -> ExecutionState:
+    if state is None:
+        raise Rejected(
+            RejectionCode.EXECUTION_NOT_FOUND,
+            f"{cmd.type}: execution {cmd.execution_id!r} not found",
+        )
+    return state
+
+
+def _require_open(state: ExecutionState | None, cmd: Command) -> ExecutionState:
+    state = _require_state(state, cmd)
+    if not state.is_open:
+        raise Rejected(
+            RejectionCode.EXECUTION_ALREADY_CLOSED,
+            f"{cmd.type}: {_describe(state)} is already closed",
+        )
+    return state
+
+
+def _require_latest_open_run(
+    state: ExecutionState | None, cmd: Command, run_id: str
+) -> ExecutionState:
+    """Timers and worker reports name their run: a stale run must not touch the latest one."""
+    state = _require_state(state, cmd)
+    if run_id != state.run_id:
+        raise Rejected(
+            RejectionCode.RUN_NOT_ACTIVE,
+            f"{cmd.type}: run {run_id!r} is not the latest run of {_describe(state)}",
+        )
+    if not state.is_open:
+        raise Rejected(
+            RejectionCode.EXECUTION_ALREADY_CLOSED,
+            f"{cmd.type}: {_describe(state)} is already closed",
+        )
+    return state
+
+
+def _require_running_run(state: ExecutionState | None, cmd: Command, run_id: str) -> ExecutionState:
+    """Worker reports: while a retry is pending no worker should be running the workflow."""
+    state = _require_latest_open_run(state, cmd, run_id)
+    if state.status is _RS.RETRYING_AFTER_ERROR:
+        raise Rejected(
+            RejectionCode.RUN_NOT_ACTIVE,
+            f"{cmd.type}: {_describe(state)} waits for attempt {state.attempt + 1}; "
+            f"no worker runs it now",
+        )
+    return state
+
+
+def _require_fresh_run_id(state: ExecutionState | None, cmd: Command, run_id: str) -> None:
+    # A run id must open a new run; reusing the latest would merge two histories.
+    if state is not None and run_id == state.run_id:
+        raise Rejected(
+            RejectionCode.INVALID_TRANSITION,
+            f"{cmd.type}: run id {run_id!r} is already the latest run of {_describe(state)}",
+        )
+
+
+# --- deciders, one per command type ---------------------------------------------------
+
+
+def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context) -> list[Event]:
+    if state is not None:
+        _check_id_reuse(state, cmd)
+    p = cmd.payload
+    run_id = p.run_id or ctx.new_run_id
+    _require_fresh_run_id(state, cmd, run_id)
+    commit = _Commit.after(state, cmd, ctx)
+    root = p.root_execution_id or p.parent_execution_id or cmd.execution_id
+    commit.open_run(run_id, p.workflow_name, root, p.parent_execution_id)
+    attributes = StartedAttributes(
+        task_id=commit.next_task_id(),
+        workflow_name=p.workflow_name,
+        input=Payload(value=p.input),
+        display_name=p.display_name,
+        attempt=1,
+        deployment_name=p.deployment_name,
+        user_id=cmd.user_id,
+        internal=p.internal,
+        execution_timeout_seconds=p.execution_timeout_seconds,
+        retry_policy=p.retry_policy,
+        search_keys=p.search_keys,
+        continued_from_execution_id=p.continued_from_execution_id,
+    )
+    commit.add(ExecutionStarted(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _check_id_reuse(state: ExecutionState, cmd: StartWorkflow) -> None:
+    if state.is_open:
+        raise Rejected(
+            RejectionCode.EXECUTION_ALREADY_RUNNING,
+            f"StartWorkflow: {_describe(state)} is still open",
+        )
+    policy = cmd.payload.id_reuse_policy
+    if policy is IdReusePolicy.REJECT_DUPLICATE:
+        raise Rejected(
+            RejectionCode.EXECUTION_ID_REUSE_REJECTED,
+            f"StartWorkflow: {_describe(state)} exists and the policy is {policy.value}",
+        )
+    # CONTINUED_AS_NEW is a successful end too (the workflow asked for it), so
+    # "failed only" refuses it like COMPLETED.
+    if policy is IdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY and state.status in (
+        _RS.COMPLETED,
+        _RS.CONTINUED_AS_NEW,
+    ):
+        raise Rejected(
+            RejectionCode.EXECUTION_ID_REUSE_REJECTED,
+            f"StartWorkflow: {_describe(state)} ended successfully and the policy is "
+            f"{policy.value}",
+        )
+
+
+def _decide_cancel(state: ExecutionState | None, cmd: CancelExecution, ctx: Context) -> list[Event]:
+    state = _require_open(state, cmd)
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = CanceledAttributes(
+        task_id=commit.next_task_id(), reason=cmd.payload.reason, attempt=state.attempt
+    )
+    commit.add(ExecutionCanceled(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _decide_terminate(
+    state: ExecutionState | None, cmd: TerminateExecution, ctx: Context
+) -> list[Event]:
+    state = _require_open(state, cmd)
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = TerminatedAttributes(task_id=commit.next_task_id(), reason=cmd.payload.reason)
+    commit.add(ExecutionTerminated(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _decide_signal(state: ExecutionState | None, cmd: SignalExecution, ctx: Context) -> list[Event]:
+    state = _require_open(state, cmd)
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = SignaledAttributes(
+        signal_name=cmd.payload.name, input=Payload(value=cmd.payload.input), user_id=cmd.user_id
+    )
+    commit.add(SignalReceived(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _decide_complete(
+    state: ExecutionState | None, cmd: CompleteExecution, ctx: Context
+) -> list[Event]:
+    state = _require_running_run(state, cmd, cmd.payload.run_id)
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = CompletedAttributes(
+        task_id=commit.next_task_id(),
+        result=Payload(value=cmd.payload.result),
+        attempt=state.attempt,
+    )
+    commit.add(ExecutionCompleted(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _decide_fail(state: ExecutionState | None, cmd: FailExecution, ctx: Context) -> list[Event]:
+    state = _require_running_run(state, cmd, cmd.payload.run_id)
+    commit = _Commit.after(state, cmd, ctx)
+    policy = state.started.retry_policy
+    failure = cmd.payload.failure
+    if cmd.payload.retryable and policy is not None and state.attempt < policy.max_attempts:
+        delay = policy.delay_seconds(state.attempt)
+        retry = RetryScheduledAttributes(
+            task_id=commit.next_task_id(),
+            failed_attempt=state.attempt,
+            failure=failure,
+            delay_seconds=delay,
+            retry_at_ns=ctx.now_ns + _seconds_to_ns(delay),
+        )
+        commit.add(RetryScheduled(**commit.stamp(), attributes=retry))
+    else:
+        failed = FailedAttributes(
+            task_id=commit.next_task_id(), failure=failure, attempt=state.attempt
+        )
+        commit.add(ExecutionFailed(**commit.stamp(), attributes=failed))
+    return commit.done()
+
+
+def _decide_retry(state: ExecutionState | None, cmd: RetryExecution, ctx: Context) -> list[Event]:
+    state = _require_latest_open_run(state, cmd, cmd.payload.run_id)
+    if state.status is not _RS.RETRYING_AFTER_ERROR:
+        raise Rejected(
+            RejectionCode.INVALID_TRANSITION,
+            f"RetryExecution: {_describe(state)} has no retry pending",
+        )
+    expected = state.attempt + 1
+    if cmd.payload.attempt != expected:
+        raise Rejected(
+            RejectionCode.INVALID_TRANSITION,
+            f"RetryExecution: {_describe(state)} waits for attempt {expected}, "
+            f"not {cmd.payload.attempt}",
+        )
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = RetryStartedAttributes(task_id=commit.next_task_id(), attempt=expected)
+    commit.add(RetryStarted(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _decide_time_out(
+    state: ExecutionState | None, cmd: TimeOutExecution, ctx: Context
+) -> list[Event]:
+    # The timers service owns the deadline (see ExecutionState.deadline_ns); the run id
+    # in the payload is what keeps a stale timer from closing a newer run.
+    state = _require_latest_open_run(state, cmd, cmd.payload.run_id)
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = TimedOutAttributes(
+        task_id=commit.next_task_id(),
+        timeout_seconds=state.started.execution_timeout_seconds,
+    )
+    commit.add(ExecutionTimedOut(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+def _decide_continue_as_new(
+    state: ExecutionState | None, cmd: ContinueAsNew, ctx: Context
+) -> list[Event]:
+    state = _require_running_run(state, cmd, cmd.payload.run_id)
+    new_execution_id = cmd.payload.new_execution_id or ctx.new_execution_id
+    if new_execution_id == state.execution_id:
+        raise Rejected(
+            RejectionCode.INVALID_TRANSITION,
+            f"ContinueAsNew: {_describe(state)} cannot continue as itself; "
+            f"name another execution id",
+        )
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = ContinuedAsNewAttributes(
+        task_id=commit.next_task_id(),
+        new_execution_id=new_execution_id,
+        new_execution_run_id=ctx.successor_run_id,
+        workflow_name=cmd.payload.workflow_name or state.workflow_name,
+        input=Payload(value=cmd.payload.input),
+    )
+    commit.add(ExecutionContinuedAsNew(**commit.stamp(), attributes=attributes))
+    return commit.done()
+
+
+_ActivityType = Literal[
+    EventType.ACTIVITY_TASK_STARTED,
+    EventType.ACTIVITY_TASK_COMPLETED,
+    EventType.ACTIVITY_TASK_RETRYING,
+    EventType.ACTIVITY_TASK_FAILED,
+]
+_ACTIVITY_EVENT: Mapping[str, _ActivityType] = {
+    "started": EventType.ACTIVITY_TASK_STARTED,
+    "completed": EventType.ACTIVITY_TASK_COMPLETED,
+    "retrying": EventType.ACTIVITY_TASK_RETRYING,
+    "failed": EventType.ACTIVITY_TASK_FAILED,
+}
+
+
+def _decide_activity(
+    state: ExecutionState | None, cmd: RecordActivityTask, ctx: Context
+) -> list[Event]:
+    # Recorded as reported: the worker's replay owns the activity's own lifecycle.
+    state = _require_running_run(state, cmd, cmd.payload.run_id)
+    p = cmd.payload
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = ActivityTaskAttributes(
+        task_id=p.task_id,
+        activity_name=p.activity_name,
+        attempt=p.attempt,
+        # The public shapes require input on STARTED and result on COMPLETED.
+        input=_wrap(p.input, always=p.stage == "started"),
+        result=_wrap(p.result, always=p.stage == "completed"),
+        failure=p.failure,
+    )
+    event_type = _ACTIVITY_EVENT[p.stage]
+    commit.add(ActivityTaskEvent(**commit.stamp(), type=event_type, attributes=attributes))
+    return commit.done()
+
+
+_CustomTaskType = Literal[
+    EventType.CUSTOM_TASK_STARTED,
+    EventType.CUSTOM_TASK_IN_PROGRESS,
+    EventType.CUSTOM_TASK_COMPLETED,
+    EventType.CUSTOM_TASK_FAILED,
+    EventType.CUSTOM_TASK_TIMED_OUT,
+    EventType.CUSTOM_TASK_CANCELED,
+]
+_CUSTOM_TASK_EVENT: Mapping[str, _CustomTaskType] = {
+    "started": EventType.CUSTOM_TASK_STARTED,
+    "in_progress": EventType.CUSTOM_TASK_IN_PROGRESS,
+    "completed": EventType.CUSTOM_TASK_COMPLETED,
+    "failed": EventType.CUSTOM_TASK_FAILED,
+    "timed_out": EventType.CUSTOM_TASK_TIMED_OUT,
+    "canceled": EventType.CUSTOM_TASK_CANCELED,
+}
+
+
+def _decide_custom_task(
+    state: ExecutionState | None, cmd: RecordCustomTask, ctx: Context
+) -> list[Event]:
+    state = _require_running_run(state, cmd, cmd.payload.run_id)
+    p = cmd.payload
+    commit = _Commit.after(state, cmd, ctx)
+    attributes = CustomTaskAttributes(
+        custom_task_id=p.custom_task_id,
+        custom_task_type=p.custom_task_type,
+        # IN_PROGRESS and COMPLETED require a payload in the public shape.
+        payload=_wrap(p.payload, always=p.stage in ("started", "in_progress", "completed")),
+        failure=p.failure,
+        reason=p.reason,
+    )
+    event_type = _CUSTOM_TASK_EVENT[p.stage]
+    commit.add(CustomTaskEvent(**commit.stamp(), type=event_type, attributes=attributes))
+    return commit.done()
+
+
+# Facts a reset carries into the new run. Status changes (start, retry, close) are not
+# facts of the workflow's progress and are never copied.
+_REPLAYED_TYPES = frozenset(_ACTIVITY_EVENT.values()) | frozenset(_CUSTOM_TASK_EVENT.values())
+
+
+def _decide_reset(state: ExecutionState | None, cmd: ResetExecution, ctx: Context) -> list[Event]:
+    state = _require_state(state, cmd)
+    history = _latest_run_history(state, ctx)
+    p = cmd.payload
+    started = _started_event(history)
+    if not started.event_number <= p.event_id <= len(history):
+        raise Rejected(
+            RejectionCode.INVALID_RESET_POINT,
+            f"ResetExecution: event {p.event_id} is not a reset point of {_describe(state)}; "
+            f"choose one in {started.event_number}..{len(history)}",
+        )
+    _require_fresh_run_id(state, cmd, ctx.new_run_id)
+    commit = _Commit.after(state, cmd, ctx)
+    if state.is_open:
+        # One run is active at a time: the run being replaced ends here, in its own history.
+        reason = f"reset: {p.reason}" if p.reason else "reset"
+        ended = TerminatedAttributes(task_id=commit.next_task_id(), reason=reason)
+        commit.add(ExecutionTerminated(**commit.stamp(), attributes=ended))
+    commit.open_run(
+        ctx.new_run_id, state.workflow_name, state.root_execution_id, state.parent_execution_id
+    )
+    reset = RunResetAttributes(
+        previous_run_id=state.run_id,
+        event_id=p.event_id,
+        reason=p.reason,
+        exclude_signals=p.exclude_signals,
+        exclude_updates=p.exclude_updates,
+    )
+    commit.add(RunReset(**commit.stamp(), attributes=reset))
+    restarted = started.attributes.model_copy(
+        update={"task_id": commit.next_task_id(), "attempt": 1}
+    )
+    commit.add(ExecutionStarted(**commit.stamp(), attributes=restarted))
+    for event in history[: p.event_id]:
+        if event.type in _REPLAYED_TYPES or (
+            event.type is EventType.WORKFLOW_EXECUTION_SIGNALED and not p.exclude_signals
+        ):
+            commit.restamp(event)
+    if not p.exclude_signals:
+        # Signals received after the reset point were still sent to this execution:
+        # like Temporal, re-apply them rather than lose them.
+        for event in history[p.event_id :]:
+            if event.type is EventType.WORKFLOW_EXECUTION_SIGNALED:
+                commit.restamp(event)
+    return commit.done()
+
+
+def _latest_run_history(state: ExecutionState, ctx: Context) -> tuple[Event, ...]:
+    history = ctx.history
+    numbers = [event.event_number for event in history]
+    if any(event.run_id != state.run_id for event in history) or numbers != list(
+        range(1, state.run_event_count + 1)
+    ):
+        # The engine's bug, not the caller's: refuse loudly instead of resetting wrongly.
+        raise ValueError(
+            f"ctx.history must hold the {state.run_event_count} events of run "
+            f"{state.run_id!r}, oldest first"
+        )
+    return history
+
+
+def _started_event(history: Sequence[Event]) -> ExecutionStarted:
+    for event in history:
+        if isinstance(event, ExecutionStarted):
+            return event
+    raise InvalidHistory("a run's history has no WORKFLOW_EXECUTION_STARTED event")
+
+
+_DECIDERS: Mapping[type[Any], Callable[[ExecutionState | None, Any, Context], list[Event]]] = {
+    StartWorkflow: _decide_start,
+    CancelExecution: _decide_cancel,
+    TerminateExecution: _decide_terminate,
+    SignalExecution: _decide_signal,
+    ResetExecution: _decide_reset,
+    CompleteExecution: _decide_complete,
+    FailExecution: _decide_fail,
+    ContinueAsNew: _decide_continue_as_new,
+    RecordActivityTask: _decide_activity,
+    RecordCustomTask: _decide_custom_task,
+    TimeOutExecution: _decide_time_out,
+    RetryExecution: _decide_retry,
+}
+
+
+# --- evolve ---------------------------------------------------------------------------
+
+
+def evolve(state: ExecutionState | None, event: Event) -> ExecutionState:
+    """The state after `event`; raises `InvalidHistory` if the event cannot follow `state`.
+
+    Strict on purpose: the position checks are what make a corrupt or reordered stream
+    fail at load time instead of producing a plausible but wrong state.
+    """
+    if state is None:
+        return _first_event(event)
+    if event.execution_id != state.execution_id:
+        raise InvalidHistory(
+            f"event {event.event_id} belongs to {event.execution_id!r}, not {state.execution_id!r}"
+        )
+    if event.seq not in (state.seq, state.seq + 1):
+        raise InvalidHistory(f"event {event.event_id} does not follow seq {state.seq}")
+    if event.run_id != state.run_id:
+        return _open_run(state, event)
+    if state.status.is_terminal:
+        raise InvalidHistory(
+            f"event {event.event_id} follows the end of run {state.run_id!r} ({state.status.value})"
+        )
+    if event.event_number != state.run_event_count + 1:
+        raise InvalidHistory(
+            f"event {event.event_id} has event_number {event.event_number}, "
+            f"expected {state.run_event_count + 1}"
+        )
+    moved = state.model_copy(update={"seq": event.seq, "run_event_count": event.event_number})
+    apply = _APPLIERS.get(event.type)
+    if apply is not None:
+        moved = apply(moved, event)
+    return _apply_status(moved, event)
+
+
+def fold(events: Iterable[Event], state: ExecutionState | None = None) -> ExecutionState | None:
+    """`evolve` over `events`, starting from `state` (a snapshot) or from nothing."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def _first_event(event: Event) -> ExecutionState:
+    if not isinstance(event, ExecutionStarted) or event.seq != 1 or event.event_number != 1:
+        raise InvalidHistory(
+            f"a stream starts with WORKFLOW_EXECUTION_STARTED at seq 1, not {event.event_id} "
+            f"({event.type.value})"
+        )
+    return _state_of_started_run(event, seq=event.seq, run_count=1)
+
+
+def _open_run(state: ExecutionState, event: Event) -> ExecutionState:
+    """A new run under the same execution id: only after the previous run has closed."""
+    if state.is_open:
+        raise InvalidHistory(
+            f"event {event.event_id} opens run {event.run_id!r} while run "
+            f"{state.run_id!r} is still {state.status.value}"
+        )
+    if event.event_number != 1:
+        raise InvalidHistory(f"event {event.event_id} opens a run but is not its event 1")
+    if isinstance(event, ExecutionStarted):
+        return _state_of_started_run(event, seq=event.seq, run_count=state.run_count + 1)
+    if isinstance(event, RunReset):
+        if event.attributes.previous_run_id != state.run_id:
+            raise InvalidHistory(
+                f"event {event.event_id} resets run {event.attributes.previous_run_id!r}, "
+                f"but the latest run is {state.run_id!r}"
+            )
+        # The STARTED event that follows in the same commit fills in the run's attributes.
+        return state.model_copy(
+            update={
+                "seq": event.seq,
+                "run_id": event.run_id,
+                "run_event_count": 1,
+                "run_count": state.run_count + 1,
+                "status": _RS.RUNNING,
+                "attempt": 1,
+                "started_at_ns": event.timestamp_ns,
+                "closed_at_ns": None,
+                "result": None,
+                "last_failure": None,
+                "retry_at_ns": None,
+                "reset_from_run_id": event.attributes.previous_run_id,
+                "reset_event_id": event.attributes.event_id,
+                "successor_execution_id": None,
+                "successor_run_id": None,
+            }
+        )
+    raise InvalidHistory(
+        f"event {event.event_id} ({event.type.value}) cannot open run {event.run_id!r}"
+    )
+
+
+def _state_of_started_run(event: ExecutionStarted, seq: int, run_count: int) -> ExecutionState:
+    return ExecutionState(
+        execution_id=event.execution_id,
+        seq=seq,
+        run_id=event.run_id,
+        run_event_count=event.event_number,
+        run_count=run_count,
+        status=_RS.RUNNING,
+        workflow_name=event.workflow_name,
+        root_execution_id=event.root_execution_id,
+        parent_execution_id=event.parent_execution_id,
+        attempt=event.attributes.attempt,
+        started=event.attributes,
+        started_at_ns=event.timestamp_ns,
+    )
+
+
+def _apply_started_after_reset(state: ExecutionState, event: Event) -> ExecutionState:
+    assert isinstance(event, ExecutionStarted)
+    # Inside a run, STARTED is legal only as event 2 of a run that a reset opened.
+    if state.reset_from_run_id is None or event.event_number != 2:
+        raise InvalidHistory(f"event {event.event_id}: run {state.run_id!r} already started")
+    return state.model_copy(
+        update={
+            "workflow_name": event.workflow_name,
+            "root_execution_id": event.root_execution_id,
+            "parent_execution_id": event.parent_execution_id,
+            "attempt": event.attributes.attempt,
+            "started": event.attributes,
+        }
+    )
+
+
+def _apply_completed(state: ExecutionState, event: Event) -> ExecutionState:
+    assert isinstance(event, ExecutionCompleted)
+    return state.model_copy(update={"result": event.attributes.result})
+
+
+def _apply_failed(state: ExecutionState, event: Event) -> ExecutionState:
+    assert isinstance(event, ExecutionFailed)
+    return state.model_copy(update={"last_failure": event.attributes.failure})
+
+
+def _apply_retry_scheduled(state: ExecutionState, event: Event) -> ExecutionState:
+    assert isinstance(event, RetryScheduled)
+    return state.model_copy(
+        update={
+            "last_failure": event.attributes.failure,
+            "retry_at_ns": event.attributes.retry_at_ns,
+        }
+    )
+
+
+def _apply_retry_started(state: ExecutionState, event: Event) -> ExecutionState:
+    assert isinstance(event, RetryStarted)
+    if state.status is not _RS.RETRYING_AFTER_ERROR:
+        raise InvalidHistory(f"event {event.event_id}: no retry pending in {state.run_id!r}")
+    return state.model_copy(update={"attempt": event.attributes.attempt, "retry_at_ns": None})
+
+
+def _apply_continued_as_new(state: ExecutionState, event: Event) -> ExecutionState:
+    assert isinstance(event, ExecutionContinuedAsNew)
+    return state.model_copy(
+        update={
+            "successor_execution_id": event.attributes.new_execution_id,
+            "successor_run_id": event.attributes.new_execution_run_id,
+        }
+    )
+
+
+def _apply_reset_inside_run(state: ExecutionState, event: Event) -> ExecutionState:
+    raise InvalidHistory(f"event {event.event_id}: a reset must open a new run")
+
+
+_APPLIERS: Mapping[EventType, Callable[[ExecutionState, Event], ExecutionState]] = {
+    EventType.WORKFLOW_EXECUTION_STARTED: _apply_started_after_reset,
+    EventType.WORKFLOW_EXECUTION_COMPLETED: _apply_completed,
+    EventType.WORKFLOW_EXECUTION_FAILED: _apply_failed,
+    EventType.WORKFLOW_EXECUTION_RETRY_SCHEDULED: _apply_retry_scheduled,
+    EventType.WORKFLOW_EXECUTION_RETRY_STARTED: _apply_retry_started,
+    EventType.WORKFLOW_EXECUTION_CONTINUED_AS_NEW: _apply_continued_as_new,
+    EventType.WORKFLOW_RUN_RESET: _apply_reset_inside_run,
+}
+
+
+def _apply_status(state: ExecutionState, event: Event) -> ExecutionState:
+    status = STATUS_AFTER.get(event.type)
+    if status is None or status is state.status:
+        return state
+    closed_at = event.timestamp_ns if status.is_terminal else None
+    return state.model_copy(update={"status": status, "closed_at_ns": closed_at})
+
+
+# --- continue-as-new ------------------------------------------------------------------
+
+
+def successor_commands(
+    events: Sequence[Event], ctx: Context, state: ExecutionState
+) -> list[Command]:
+    """The StartWorkflow of the execution a CONTINUED_AS_NEW event hands over to.
+
+    The successor lives in another stream, so the engine publishes this as a new command.
+    Its command_id derives from the event, so a re-published commit starts it at most once.
+    `state` is any state of this execution whose latest run is the one that continued
+    (e.g. the state right after the commit): the event alone does not carry the run's
+    deployment, user, retry policy or timeout, which the successor inherits.
+    """
+    commands: list[Command] = []
+    for event in events:
+        if not isinstance(event, ExecutionContinuedAsNew):
+            continue
+        if state.run_id != event.run_id or state.execution_id != event.execution_id:
+            raise ValueError(
+                f"state describes run {state.run_id!r}, not the run {event.run_id!r} "
+                f"that continued as new"
+            )
+        started = state.started
+        payload = StartWorkflowPayload(
+            workflow_name=event.attributes.workflow_name,
+            input=event.attributes.input.value,
+            deployment_name=started.deployment_name,
+            execution_timeout_seconds=started.execution_timeout_seconds,
+            retry_policy=started.retry_policy,
+            parent_execution_id=event.parent_execution_id,
+            root_execution_id=event.root_execution_id,
+            internal=started.internal,
+            display_name=started.display_name,
+            search_keys=started.search_keys,
+            run_id=event.attributes.new_execution_run_id,
+            continued_from_execution_id=event.execution_id,
+        )
+        commands.append(
+            StartWorkflow(
+                command_id=f"{event.event_id}:successor",
+                execution_id=event.attributes.new_execution_id,
+                issued_at=_datetime_from_ns(ctx.now_ns),
+                user_id=started.user_id,
+                payload=payload,
+            )
+        )
+    return commands
+
+
+# --- small conversions ----------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _seconds_to_ns(seconds: float) -> int:
+    return round(seconds * 1_000_000_000)
+
+
+def _datetime_from_ns(ns: int) -> datetime:
+    # Integer arithmetic: a float timestamp would make the result depend on rounding.
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def _wrap(value: Any, *, always: bool) -> Payload | None:
+    if value is None and not always:
+        return None
+    return Payload(value=value)

@@ -1,0 +1,60 @@
+"""The port the engine writes through: an append-only store of per-execution commits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from schemas.commits import Commit
+
+
+class AppendFailure(Enum):
+    DUPLICATE_COMMAND = "duplicate_command"
+    """The command id is already stored: the command was applied before."""
+    CONFLICT = "conflict"
+    """Another writer already stored this `(execution_id, seq)`: reload and decide again."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReport:
+    """How far an ordered append got: `inserted` commits went in, then maybe one failure."""
+
+    inserted: int
+    failure: AppendFailure | None = None
+
+
+class EventStore(Protocol):
+    async def setup(self) -> None:
+        """Create collections and indexes; idempotent."""
+
+    async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
+        """The newest commit of each execution that has one (others are absent)."""
+
+    async def append(self, commits: Sequence[Commit]) -> AppendReport:
+        """Insert commits in order, stopping at the first that cannot go in.
+
+        A commit whose `command_id` is stored already, or whose `seq` is taken, is not
+        written; the report says which, and nothing after it is attempted.
+        """
+
+    async def get(self, execution_id: str, seq: int) -> Commit | None:
+        """One commit by its position."""
+
+    async def find_by_command(self, command_id: str) -> Commit | None:
+        """The commit a command produced, if any."""
+
+    def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
+        """The execution's commits after `after_seq`, in order."""
+        ...  # pragma: no cover
+
+    async def remember_heads(self, commits: Sequence[Commit]) -> None:
+        """Record the newest commit of each execution so `latest` finds it in one read.
+
+        A hint only: `latest` still probes past it, so a lost or stale head is harmless.
+        """
+
+    def scan(self) -> AsyncIterator[Commit]:
+        """Every commit, each execution's in `seq` order (for rebuilds and audits)."""
+        ...  # pragma: no cover

@@ -1,0 +1,54 @@
+"""EventStore in memory: for unit tests of the engine; passes the same contract suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+
+from schemas.commits import Commit
+from services.engine.event_store import AppendFailure, AppendReport
+
+
+class InMemoryEventStore:
+    def __init__(self) -> None:
+        self._streams: dict[str, list[Commit]] = {}
+        self._by_command: dict[str, Commit] = {}
+
+    async def setup(self) -> None:
+        return None
+
+    async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
+        return {e: self._streams[e][-1] for e in execution_ids if self._streams.get(e)}
+
+    async def append(self, commits: Sequence[Commit]) -> AppendReport:
+        for done, commit in enumerate(commits):
+            if commit.command_id in self._by_command:
+                return AppendReport(inserted=done, failure=AppendFailure.DUPLICATE_COMMAND)
+            stream = self._streams.setdefault(commit.execution_id, [])
+            if commit.seq <= len(stream):
+                return AppendReport(inserted=done, failure=AppendFailure.CONFLICT)
+            if commit.seq != len(stream) + 1:
+                raise ValueError(
+                    f"gap in {commit.execution_id}: seq {commit.seq} after {len(stream)}"
+                )
+            stream.append(commit)
+            self._by_command[commit.command_id] = commit
+        return AppendReport(inserted=len(commits))
+
+    async def get(self, execution_id: str, seq: int) -> Commit | None:
+        stream = self._streams.get(execution_id, [])
+        return stream[seq - 1] if 1 <= seq <= len(stream) else None
+
+    async def find_by_command(self, command_id: str) -> Commit | None:
+        return self._by_command.get(command_id)
+
+    async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
+        for commit in list(self._streams.get(execution_id, []))[after_seq:]:
+            yield commit
+
+    async def remember_heads(self, commits: Sequence[Commit]) -> None:
+        return None
+
+    async def scan(self) -> AsyncIterator[Commit]:
+        for execution_id in sorted(self._streams):
+            for commit in list(self._streams[execution_id]):
+                yield commit

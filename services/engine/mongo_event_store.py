@@ -1,0 +1,113 @@
+"""EventStore on MongoDB (or FerretDB): commits are inserts, `_id` reads are the hot path.
+
+Collections:
+- `commits`: `_id` = `{execution_id}:{seq:012d}`, unique index on `command_id`.
+- `heads`: `_id` = execution_id, `{seq}`: where the newest commit was last seen.
+
+Loading an execution reads its head, then probes `_id`s after it until one is missing,
+so it never depends on a secondary index (FerretDB scans for anything but `_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Any
+
+from pymongo import ReplaceOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from schemas.commits import Commit
+from services.common.commit_log import (
+    COMMITS,
+    HEADS,
+    commit_from_doc,
+    commit_to_doc,
+    read_commit,
+)
+from services.engine.event_store import AppendFailure, AppendReport
+
+Document = dict[str, Any]
+
+# Concurrent point reads per call: enough to hide round trips, few enough for the pool.
+_READ_CONCURRENCY = 32
+
+
+class MongoEventStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._commits = db[COMMITS]
+        self._heads = db[HEADS]
+
+    async def setup(self) -> None:
+        await self._commits.create_index("command_id", unique=True, name="command_id_unique")
+
+    async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
+        gate = asyncio.Semaphore(_READ_CONCURRENCY)
+
+        async def one(execution_id: str) -> tuple[str, Commit | None]:
+            async with gate:
+                return execution_id, await self._latest_one(execution_id)
+
+        found = await asyncio.gather(*(one(e) for e in execution_ids))
+        return {e: c for e, c in found if c is not None}
+
+    async def _latest_one(self, execution_id: str) -> Commit | None:
+        head = await self._heads.find_one({"_id": execution_id})
+        seq = int(head["seq"]) if head else 0
+        newest = await self.get(execution_id, seq) if seq else None
+        while True:
+            following = await self.get(execution_id, seq + 1)
+            if following is None:
+                return newest
+            newest, seq = following, seq + 1
+
+    async def append(self, commits: Sequence[Commit]) -> AppendReport:
+        if not commits:
+            return AppendReport(inserted=0)
+        docs = [commit_to_doc(c) for c in commits]
+        try:
+            await self._commits.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            first = errors[0] if errors else {}
+            index = int(first.get("index") or exc.details.get("nInserted") or 0)
+            if first.get("code") != 11000:
+                raise
+            return AppendReport(inserted=index, failure=await self._classify(commits[index]))
+        return AppendReport(inserted=len(commits))
+
+    async def _classify(self, commit: Commit) -> AppendFailure:
+        # FerretDB's duplicate-key message does not name the index, so ask the data.
+        stored = await self._commits.find_one({"_id": commit.doc_id}, {"command_id": 1})
+        if stored is not None and stored["command_id"] != commit.command_id:
+            return AppendFailure.CONFLICT
+        return AppendFailure.DUPLICATE_COMMAND
+
+    async def get(self, execution_id: str, seq: int) -> Commit | None:
+        return await read_commit(self._commits, execution_id, seq)
+
+    async def find_by_command(self, command_id: str) -> Commit | None:
+        doc = await self._commits.find_one({"command_id": command_id})
+        return commit_from_doc(doc) if doc else None
+
+    async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
+        seq = after_seq
+        while (commit := await self.get(execution_id, seq + 1)) is not None:
+            yield commit
+            seq += 1
+
+    async def remember_heads(self, commits: Sequence[Commit]) -> None:
+        newest: dict[str, int] = {}
+        for c in commits:
+            newest[c.execution_id] = max(newest.get(c.execution_id, 0), c.seq)
+        if not newest:
+            return
+        await self._heads.bulk_write(
+            [ReplaceOne({"_id": e}, {"seq": s}, upsert=True) for e, s in newest.items()],
+            ordered=False,
+        )
+
+    async def scan(self) -> AsyncIterator[Commit]:
+        async for doc in self._commits.find({}).sort("_id", 1):
+            yield commit_from_doc(doc)

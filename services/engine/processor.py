@@ -1,0 +1,504 @@
+"""Applies a batch of command records to the event store: validate, decide, append.
+
+Kafka-free on purpose: the app feeds it records and publishes what it returns, and
+only then commits offsets. The order of effects is what makes a crash harmless:
+
+1. invalid records become dead letters (never decided, never dropped);
+2. each command is decided against its execution's state (cache, else the store);
+3. all new commits go in with one ordered insert;
+4. the caller publishes events, tasks, outcomes and successor commands, then acks.
+
+A record redelivered after a crash is recognised by its source offset, which every
+commit stores: all of one execution's commands share a partition (key = execution_id),
+so an offset at or below the newest commit's means "already applied". The stored
+commit is then re-published instead of deciding again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from schemas.commands import Command, parse_command
+from schemas.commits import Commit, RejectedCommand, SourcePosition
+from schemas.common import ExecutionStatus
+from schemas.events import Event, EventType
+from schemas.outcomes import CommandOutcome, RejectionCode
+from schemas.tasks import WorkflowTask
+from services.common.clock import ns_to_datetime
+from services.common.ids import derived_id
+from services.engine.domain import (
+    Context,
+    ExecutionState,
+    Rejected,
+    decide,
+    fold,
+    successor_commands,
+)
+from services.engine.event_store import AppendFailure, EventStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: InboundRecord
+    reason: str
+    """Short code: empty, too_large, invalid_json, unknown_type, schema_violation, key_mismatch."""
+    detail: str
+
+
+@dataclass(slots=True)
+class Outbound:
+    """Everything the caller must publish before it may commit the batch's offsets."""
+
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    commits: list[Commit] = field(default_factory=list)
+    """New and re-published commits, in the order their events must go out."""
+    tasks: list[WorkflowTask] = field(default_factory=list)
+    outcomes: list[CommandOutcome] = field(default_factory=list)
+    follow_ups: list[Command] = field(default_factory=list)
+
+    @property
+    def events(self) -> list[Event]:
+        return [e for c in self.commits for e in c.events]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """What the engine knows of one execution between batches."""
+
+    state: ExecutionState | None
+    seq: int
+    source: SourcePosition | None
+    partition: int
+
+
+class StateCache:
+    """Execution states of the partitions this instance owns, least recently used out."""
+
+    def __init__(self, max_size: int) -> None:
+        self._max = max_size
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+
+    def get(self, execution_id: str) -> _Stream | None:
+        stream = self._streams.get(execution_id)
+        if stream is not None:
+            self._streams.move_to_end(execution_id)
+        return stream
+
+    def put(self, execution_id: str, stream: _Stream) -> None:
+        self._streams[execution_id] = stream
+        self._streams.move_to_end(execution_id)
+        while len(self._streams) > self._max:
+            self._streams.popitem(last=False)
+
+    def drop(self, execution_ids: Collection[str]) -> None:
+        for e in execution_ids:
+            self._streams.pop(e, None)
+
+    def drop_partitions(self, partitions: Collection[int]) -> None:
+        """Forget executions of partitions this instance no longer owns."""
+        gone = {e for e, s in self._streams.items() if s.partition in partitions}
+        self.drop(gone)
+
+    def clear(self) -> None:
+        self._streams.clear()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+
+@dataclass(slots=True)
+class _Decided:
+    """One parsed record's result within a round."""
+
+    record: InboundRecord
+    command: Command
+    commit: Commit | None = None
+    outcome: CommandOutcome | None = None
+    replay: bool = False
+    follow_ups: list[Command] = field(default_factory=list)
+
+
+class CommandProcessor:
+    def __init__(
+        self,
+        store: EventStore,
+        cache: StateCache,
+        clock_ns: Callable[[], int],
+        max_record_bytes: int = 1_048_576,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._clock_ns = clock_ns
+        self._max_record_bytes = max_record_bytes
+
+    async def process(self, records: Sequence[InboundRecord]) -> Outbound:
+        out = Outbound()
+        parsed: list[tuple[InboundRecord, Command]] = []
+        for record in records:
+            command_or_dead = self._parse(record)
+            if isinstance(command_or_dead, DeadLetter):
+                out.dead_letters.append(command_or_dead)
+            else:
+                parsed.append((record, command_or_dead))
+        try:
+            await self._apply(parsed, out)
+        except BaseException:
+            # The store may hold part of this batch: forget what we believed of it.
+            self._cache.drop({c.execution_id for _, c in parsed})
+            raise
+        return out
+
+    # --- validation --------------------------------------------------------------
+
+    def _parse(self, record: InboundRecord) -> Command | DeadLetter:
+        value = record.value
+        if not value:
+            return DeadLetter(record, "empty", "the record has no value")
+        if len(value) > self._max_record_bytes:
+            return DeadLetter(
+                record, "too_large", f"{len(value)} bytes > limit {self._max_record_bytes}"
+            )
+        try:
+            command = parse_command(value)
+        except ValidationError as exc:
+            return DeadLetter(record, _dead_letter_reason(exc), _summarise(exc))
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        if key != command.execution_id:
+            # Another key would put this execution's commands on two partitions and
+            # break per-execution ordering; refuse it rather than apply it out of order.
+            return DeadLetter(
+                record,
+                "key_mismatch",
+                f"record key {key!r} must equal execution_id {command.execution_id!r}",
+            )
+        return command
+
+    # --- decide and append --------------------------------------------------------
+
+    async def _apply(self, parsed: list[tuple[InboundRecord, Command]], out: Outbound) -> None:
+        todo = parsed
+        while todo:
+            await self._load({c.execution_id for _, c in todo})
+            decided = await self._decide_round(todo)
+            new = [d for d in decided if d.commit is not None and not d.replay]
+            report = await self._store.append([d.commit for d in new if d.commit])
+            if report.failure is None:
+                self._emit(decided, out)
+                return
+            failed = new[report.inserted]
+            position = decided.index(failed)
+            self._emit(decided[:position], out)
+            rest = todo[position + 1 :]
+            if report.failure is AppendFailure.DUPLICATE_COMMAND:
+                # The same command id was applied before (a producer re-sent it).
+                stored = await self._store.find_by_command(failed.command.command_id)
+                if stored is None:
+                    raise RuntimeError(f"duplicate command {failed.command.command_id} vanished")
+                self._emit([self._replayed(failed.record, failed.command, stored)], out)
+            else:
+                # Another engine instance wrote this seq first: reload and decide again.
+                log.warning("seq conflict on %s; reloading", failed.command.execution_id)
+                rest = todo[position:]
+            self._cache.drop({c.execution_id for _, c in rest})
+            todo = rest
+
+    async def _load(self, execution_ids: set[str]) -> None:
+        missing = [e for e in execution_ids if self._cache.get(e) is None]
+        if not missing:
+            return
+        latest = await self._store.latest(missing)
+        for execution_id in missing:
+            commit = latest.get(execution_id)
+            if commit is None:
+                self._cache.put(execution_id, _Stream(None, 0, None, -1))
+            else:
+                state = ExecutionState.model_validate(commit.state)
+                partition = commit.source.partition if commit.source else -1
+                self._cache.put(execution_id, _Stream(state, commit.seq, commit.source, partition))
+
+    async def _decide_round(self, todo: list[tuple[InboundRecord, Command]]) -> list[_Decided]:
+        decided: list[_Decided] = []
+        rejected_since_commit: dict[str, list[RejectedCommand]] = {}
+        for record, command in todo:
+            stream = self._cache.get(command.execution_id)
+            assert stream is not None  # loaded above
+            if _already_applied(stream, record):
+                decided.append(await self._find_applied(record, command, stream))
+                continue
+            now_ns = self._clock_ns()
+            ctx = await self._context(command, stream, now_ns, decided)
+            try:
+                events = decide(stream.state, command, ctx)
+            except Rejected as rejection:
+                rejected_since_commit.setdefault(command.execution_id, []).append(
+                    RejectedCommand(
+                        command_id=command.command_id,
+                        command_type=command.type,
+                        offset=record.offset,
+                        code=rejection.code,
+                        message=rejection.message,
+                    )
+                )
+                decided.append(
+                    _Decided(record, command, outcome=_rejected(command, rejection, now_ns))
+                )
+                continue
+            state = fold(events, stream.state)
+            assert state is not None
+            source = SourcePosition(partition=record.partition, offset=record.offset)
+            commit = Commit(
+                execution_id=command.execution_id,
+                seq=events[0].seq,
+                command_id=command.command_id,
+                command_type=command.type,
+                run_id=events[-1].run_id,
+                events=events,
+                committed_at=ns_to_datetime(now_ns),
+                source=source,
+                rejected=rejected_since_commit.pop(command.execution_id, []),
+                state=state.model_dump(mode="json"),
+            )
+            self._cache.put(
+                command.execution_id, _Stream(state, commit.seq, source, record.partition)
+            )
+            decided.append(
+                _Decided(
+                    record,
+                    command,
+                    commit=commit,
+                    outcome=_accepted(command, commit, state, now_ns),
+                    follow_ups=successor_commands(events, ctx, state),
+                )
+            )
+        return decided
+
+    async def _context(
+        self, command: Command, stream: _Stream, now_ns: int, decided: list[_Decided]
+    ) -> Context:
+        # Ids derive from the command id: a retried decision picks the same ids.
+        cid = command.command_id
+        history: tuple[Event, ...] = ()
+        if command.type == "ResetExecution" and stream.state is not None:
+            history = await self._run_history(command.execution_id, stream.state.run_id, decided)
+        return Context(
+            now_ns=now_ns,
+            new_run_id=derived_id(cid, "run"),
+            new_execution_id=derived_id(cid, "execution"),
+            successor_run_id=derived_id(cid, "successor-run"),
+            history=history,
+        )
+
+    async def _run_history(
+        self, execution_id: str, run_id: str, decided: list[_Decided]
+    ) -> tuple[Event, ...]:
+        """The latest run's events: stored ones plus those decided earlier in this batch."""
+        events: list[Event] = []
+        pending = {
+            d.commit.seq for d in decided if d.commit and d.commit.execution_id == execution_id
+        }
+        async for commit in self._store.read_stream(execution_id):
+            if commit.seq not in pending:
+                events.extend(e for e in commit.events if e.run_id == run_id)
+        for d in decided:
+            if d.commit is not None and d.commit.execution_id == execution_id and not d.replay:
+                events.extend(e for e in d.commit.events if e.run_id == run_id)
+        return tuple(events)
+
+    async def _find_applied(
+        self, record: InboundRecord, command: Command, stream: _Stream
+    ) -> _Decided:
+        """A redelivered record: answer it from what the store says happened to it."""
+        seq = stream.seq
+        while seq > 0:
+            commit = await self._store.get(command.execution_id, seq)
+            if commit is None or commit.source is None:
+                break
+            if commit.source.partition == record.partition:
+                if commit.source.offset == record.offset:
+                    return self._replayed(record, command, commit)
+                for rejected in commit.rejected:
+                    if rejected.command_id == command.command_id:
+                        return _Decided(
+                            record, command, outcome=_stored_rejection(command, rejected, commit)
+                        )
+                if commit.source.offset < record.offset:
+                    break
+            seq -= 1
+        stored = await self._store.find_by_command(command.command_id)
+        if stored is not None:
+            return self._replayed(record, command, stored)
+        # Rejected in an earlier batch whose offsets were committed, then redelivered
+        # anyway: it must not be decided against today's state. Say so.
+        log.error("redelivered command %s has no stored outcome", command.command_id)
+        return _Decided(
+            record,
+            command,
+            outcome=CommandOutcome(
+                command_id=command.command_id,
+                command_type=command.type,
+                execution_id=command.execution_id,
+                accepted=False,
+                code=RejectionCode.INVALID_TRANSITION,
+                message="command was redelivered after being processed; not applied again",
+                decided_at=ns_to_datetime(self._clock_ns()),
+            ),
+        )
+
+    def _replayed(self, record: InboundRecord, command: Command, commit: Commit) -> _Decided:
+        state = ExecutionState.model_validate(commit.state)
+        ctx = Context(
+            now_ns=commit.events[0].timestamp_ns,
+            new_run_id=derived_id(command.command_id, "run"),
+            new_execution_id=derived_id(command.command_id, "execution"),
+            successor_run_id=derived_id(command.command_id, "successor-run"),
+        )
+        return _Decided(
+            record,
+            command,
+            commit=commit,
+            outcome=_accepted(command, commit, state, commit.events[0].timestamp_ns),
+            replay=True,
+            follow_ups=successor_commands(commit.events, ctx, state),
+        )
+
+    def _emit(self, decided: Sequence[_Decided], out: Outbound) -> None:
+        for d in decided:
+            if d.commit is not None:
+                out.commits.append(d.commit)
+                out.tasks.extend(tasks_for(d.commit))
+            if d.outcome is not None:
+                out.outcomes.append(d.outcome)
+            out.follow_ups.extend(d.follow_ups)
+
+
+def _already_applied(stream: _Stream, record: InboundRecord) -> bool:
+    source = stream.source
+    return (
+        source is not None
+        and source.partition == record.partition
+        and record.offset <= source.offset
+    )
+
+
+def _accepted(
+    command: Command, commit: Commit, state: ExecutionState, now_ns: int
+) -> CommandOutcome:
+    return CommandOutcome(
+        command_id=command.command_id,
+        command_type=command.type,
+        execution_id=command.execution_id,
+        accepted=True,
+        seq=commit.seq,
+        run_id=state.run_id,
+        status=state.status,
+        decided_at=ns_to_datetime(now_ns),
+    )
+
+
+def _rejected(command: Command, rejection: Rejected, now_ns: int) -> CommandOutcome:
+    return CommandOutcome(
+        command_id=command.command_id,
+        command_type=command.type,
+        execution_id=command.execution_id,
+        accepted=False,
+        code=rejection.code,
+        message=rejection.message,
+        decided_at=ns_to_datetime(now_ns),
+    )
+
+
+def _stored_rejection(
+    command: Command, rejected: RejectedCommand, commit: Commit
+) -> CommandOutcome:
+    return CommandOutcome(
+        command_id=command.command_id,
+        command_type=command.type,
+        execution_id=command.execution_id,
+        accepted=False,
+        code=rejected.code,
+        message=rejected.message,
+        decided_at=commit.committed_at,
+    )
+
+
+_TASK_KINDS = {
+    EventType.WORKFLOW_EXECUTION_STARTED: "run",
+    EventType.WORKFLOW_EXECUTION_RETRY_STARTED: "run",
+    EventType.WORKFLOW_EXECUTION_SIGNALED: "signal",
+    EventType.WORKFLOW_EXECUTION_CANCELED: "stop",
+    EventType.WORKFLOW_EXECUTION_TERMINATED: "stop",
+    EventType.WORKFLOW_EXECUTION_TIMED_OUT: "stop",
+}
+
+
+def tasks_for(commit: Commit) -> list[WorkflowTask]:
+    """Work for workers that a commit's events call for (derived, so replays agree)."""
+    state = ExecutionState.model_validate(commit.state) if commit.state else None
+    tasks: list[WorkflowTask] = []
+    for event in commit.events:
+        kind = _TASK_KINDS.get(event.type)
+        if kind is None:
+            continue
+        attrs = event.attributes
+        tasks.append(
+            WorkflowTask(
+                task_id=event.event_id,
+                kind=kind,
+                execution_id=event.execution_id,
+                run_id=event.run_id,
+                seq=event.seq,
+                workflow_name=event.workflow_name,
+                attempt=getattr(attrs, "attempt", None) or (state.attempt if state else 1),
+                input=_payload_value(getattr(attrs, "input", None)),
+                signal_name=getattr(attrs, "signal_name", None),
+                deployment_name=getattr(attrs, "deployment_name", None),
+            )
+        )
+    return tasks
+
+
+def _payload_value(payload: object) -> object:
+    return getattr(payload, "value", None)
+
+
+def _dead_letter_reason(exc: ValidationError) -> str:
+    kinds = {e["type"] for e in exc.errors()}
+    if "json_invalid" in kinds or "json_type" in kinds:
+        return "invalid_json"
+    if kinds & {"union_tag_invalid", "union_tag_not_found"}:
+        return "unknown_type"
+    return "schema_violation"
+
+
+def _summarise(exc: ValidationError, limit: int = 2000) -> str:
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<record>'}: {e['msg']}" for e in exc.errors()
+    ]
+    return "; ".join(parts)[:limit]
+
+
+__all__ = [
+    "CommandProcessor",
+    "DeadLetter",
+    "ExecutionStatus",
+    "InboundRecord",
+    "Outbound",
+    "StateCache",
+    "tasks_for",
+]

@@ -1,0 +1,73 @@
+"""Projector wiring: `workflows.events` in batches → runs, executions, history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream import AckPolicy, FastStream
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from schemas.events import EVENT_ADAPTER, Event
+from services.common.kafka_io import batch_records, kafka_broker
+from services.common.kafka_topics import ensure_topics
+from services.common.mongo import mongo_client, mongo_database
+from services.common.readmodels.mongo_store import MongoReadModelStore
+from services.common.settings import ProjectorSettings
+from services.projector.projector import Projector
+
+log = logging.getLogger(__name__)
+
+_RETRY_BACKOFF_SECONDS = 1.0
+
+
+def build_app(settings: ProjectorSettings) -> FastStream:
+    broker = kafka_broker(settings, client_id="runstore-projector")
+    client = mongo_client(settings)
+    store = MongoReadModelStore(mongo_database(client, settings))
+    projector = Projector(store)
+
+    # MANUAL acks: offsets move only after the batch's documents are written; a failed
+    # batch is sought back and applied again (the seq guards make that harmless).
+    @broker.subscriber(
+        settings.topics.events,
+        group_id=settings.projector_group_id,
+        batch=True,
+        max_records=settings.projector_max_batch,
+        batch_timeout_ms=50,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+    )
+    async def handle_events(message: KafkaMessage) -> None:
+        events: list[Event] = []
+        for record in batch_records(message):
+            try:
+                events.append(EVENT_ADAPTER.validate_json(record.value))
+            except ValidationError as exc:
+                # Only the engine writes this topic; an unreadable record is a bug to
+                # report, not a reason to stop projecting everyone else's runs.
+                log.error(
+                    "skipping unreadable event at %s/%s: %s", record.partition, record.offset, exc
+                )
+        try:
+            await projector.apply(events)
+        except Exception:
+            log.exception("projecting %d events failed; retrying", len(events))
+            await message.nack()
+            await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
+            return
+        await message.ack()
+
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def prepare() -> None:
+        await ensure_topics(settings)
+        await store.setup()
+
+    @app.after_shutdown
+    async def close() -> None:
+        await client.close()
+
+    return app

@@ -1,0 +1,115 @@
+"""Session fixtures: one real Kafka and one MongoDB-protocol server per test session;
+each test gets its own topic prefix and database so tests never see each other's data."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.common.settings import RunstoreSettings
+from tests.support.servers import REPO, kafka_server, mongo_server
+from tests.support.stack import Stack
+
+REAL_INFRA_FIXTURES = {"kafka_bootstrap", "mongo_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_INFRA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realinfra)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    with kafka_server() as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    with mongo_server() as url:
+        yield url
+
+
+@pytest.fixture
+def isolated(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
+    """Environment for services under test: real servers, private topics and database."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "RUNSTORE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "RUNSTORE_MONGO_URL": mongo_url,
+        "RUNSTORE_MONGO_DATABASE": f"t_{tag}",
+        "RUNSTORE_TOPIC_PREFIX": f"t{tag}.",
+        "RUNSTORE_PARTITIONS": "4",
+        "RUNSTORE_API_KEYS": "test-key=alice,bob-key=bob",
+        "RUNSTORE_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def settings(isolated: dict[str, str]) -> RunstoreSettings:
+    return RunstoreSettings(
+        kafka_bootstrap=isolated["RUNSTORE_KAFKA_BOOTSTRAP"],
+        mongo_url=isolated["RUNSTORE_MONGO_URL"],
+        mongo_database=isolated["RUNSTORE_MONGO_DATABASE"],
+        topic_prefix=isolated["RUNSTORE_TOPIC_PREFIX"],
+        partitions=int(isolated["RUNSTORE_PARTITIONS"]),
+    )
+
+
+@pytest.fixture
+async def mongo_db(settings: RunstoreSettings) -> AsyncIterator[object]:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        settings.mongo_url, tz_aware=True
+    )
+    try:
+        yield client[settings.mongo_database]
+        await client.drop_database(settings.mongo_database)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    """Engine, projector and API as real processes against the real servers."""
+    s = Stack(env=isolated, log_dir=tmp_path)
+    try:
+        s.start("engine")
+        s.start("projector")
+        s.start("api")
+        yield s
+    finally:
+        s.stop_all()
+
+
+# --- the run must prove it talked to real servers ---------------------------------------
+
+_counts = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "realinfra" not in report.keywords:
+        return
+    if report.when == "call" and report.passed:
+        _counts["passed"] += 1
+    elif report.failed:
+        _counts["failed"] += 1
+    elif report.skipped:
+        _counts["skipped"] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    report = REPO / ".local" / "realinfra-report.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(_counts))
+    if os.environ.get("RUNSTORE_REQUIRE_REAL_INFRA") == "1" and (
+        _counts["passed"] == 0 or _counts["skipped"] > 0
+    ):
+        print(f"\nreal-server tests did not all run: {_counts}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,135 @@
+"""The EventStore contract, written once and run against every adapter."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from schemas.commits import Commit, SourcePosition
+from schemas.common import Payload
+from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
+from services.engine.event_store import AppendFailure, EventStore
+from services.engine.memory_event_store import InMemoryEventStore
+from services.engine.mongo_event_store import MongoEventStore
+
+
+def make_commit(execution_id: str, seq: int, command_id: str | None = None) -> Commit:
+    common: dict[str, Any] = {
+        "event_id": f"{execution_id}:{seq}:0",
+        "execution_id": execution_id,
+        "seq": seq,
+        "index": 0,
+        "event_number": seq,
+        "run_id": "run-1",
+        "workflow_name": "wf",
+        "root_execution_id": execution_id,
+        "timestamp_ns": 1_700_000_000_000_000_000 + seq,
+        "command_id": command_id or f"cmd-{execution_id}-{seq}",
+    }
+    event = (
+        ExecutionStarted(
+            **common,
+            attributes=StartedAttributes(task_id="t", workflow_name="wf", input=Payload(value=1)),
+        )
+        if seq == 1
+        else SignalReceived(
+            **common, attributes=SignaledAttributes(signal_name="s", input=Payload(value=seq))
+        )
+    )
+    return Commit(
+        execution_id=execution_id,
+        seq=seq,
+        command_id=common["command_id"],
+        command_type="StartWorkflow" if seq == 1 else "SignalExecution",
+        run_id="run-1",
+        events=[event],
+        committed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        source=SourcePosition(partition=0, offset=seq),
+        state={"seq": seq},
+    )
+
+
+class EventStoreContract:
+    """Subclasses provide `store`; every adapter must pass all of these."""
+
+    async def test_latest_of_unknown_execution_is_absent(self, store: EventStore) -> None:
+        assert await store.latest(["nope"]) == {}
+
+    async def test_appended_commits_are_read_back_in_order(self, store: EventStore) -> None:
+        commits = [make_commit("e1", s) for s in (1, 2, 3)]
+        report = await store.append(commits)
+        assert report.inserted == 3 and report.failure is None
+        assert [c.seq async for c in store.read_stream("e1")] == [1, 2, 3]
+        assert [c.seq async for c in store.read_stream("e1", after_seq=2)] == [3]
+        assert await store.get("e1", 2) == commits[1]
+
+    async def test_latest_finds_newest_commit_even_without_a_head(self, store: EventStore) -> None:
+        await store.append([make_commit("e1", 1), make_commit("e2", 1), make_commit("e2", 2)])
+        latest = await store.latest(["e1", "e2", "e3"])
+        assert {e: c.seq for e, c in latest.items()} == {"e1": 1, "e2": 2}
+
+    async def test_latest_probes_past_a_stale_head(self, store: EventStore) -> None:
+        await store.append([make_commit("e1", 1)])
+        await store.remember_heads([make_commit("e1", 1)])
+        await store.append([make_commit("e1", 2), make_commit("e1", 3)])
+        assert (await store.latest(["e1"]))["e1"].seq == 3
+
+    async def test_same_command_twice_is_reported_and_not_stored(self, store: EventStore) -> None:
+        await store.append([make_commit("e1", 1, command_id="c1")])
+        report = await store.append([make_commit("e1", 2, command_id="c1")])
+        assert report.inserted == 0
+        assert report.failure is AppendFailure.DUPLICATE_COMMAND
+        assert [c.seq async for c in store.read_stream("e1")] == [1]
+        found = await store.find_by_command("c1")
+        assert found is not None and found.seq == 1
+
+    async def test_taken_seq_is_a_conflict(self, store: EventStore) -> None:
+        await store.append([make_commit("e1", 1, command_id="first")])
+        report = await store.append([make_commit("e1", 1, command_id="second")])
+        assert report.failure is AppendFailure.CONFLICT
+        stored = await store.get("e1", 1)
+        assert stored is not None and stored.command_id == "first"
+
+    async def test_append_stops_at_first_failure(self, store: EventStore) -> None:
+        await store.append([make_commit("e1", 1, command_id="x")])
+        batch = [make_commit("e2", 1), make_commit("e1", 1, command_id="y"), make_commit("e3", 1)]
+        report = await store.append(batch)
+        assert report.inserted == 1 and report.failure is AppendFailure.CONFLICT
+        assert await store.get("e2", 1) is not None
+        assert await store.get("e3", 1) is None
+
+    async def test_scan_yields_each_stream_in_seq_order(self, store: EventStore) -> None:
+        await store.append([make_commit("b", 1), make_commit("a", 1)])
+        await store.append([make_commit("b", 2), make_commit("a", 2)])
+        seen = [(c.execution_id, c.seq) async for c in store.scan()]
+        assert sorted(seen) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+        for execution_id in ("a", "b"):
+            assert [s for e, s in seen if e == execution_id] == [1, 2]
+
+    async def test_find_by_unknown_command_is_none(self, store: EventStore) -> None:
+        assert await store.find_by_command("missing") is None
+
+
+class TestInMemoryEventStore(EventStoreContract):
+    @pytest.fixture
+    def store(self) -> EventStore:
+        return InMemoryEventStore()
+
+
+class TestMongoEventStore(EventStoreContract):
+    @pytest.fixture
+    async def store(self, mongo_url: str) -> AsyncIterator[EventStore]:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+        name = f"contract_{uuid.uuid4().hex[:12]}"
+        store = MongoEventStore(client[name])
+        await store.setup()
+        try:
+            yield store
+        finally:
+            await client.drop_database(name)
+            await client.close()

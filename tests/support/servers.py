@@ -1,0 +1,96 @@
+"""Where the real Kafka and MongoDB-protocol servers for tests come from.
+
+In this order: addresses given in the environment (RUNSTORE_TEST_KAFKA_BOOTSTRAP,
+RUNSTORE_TEST_MONGO_URL); else testcontainers when a Docker engine answers (Kafka in
+KRaft mode and a MongoDB replica set, as users with Docker run them); else the local
+servers that deploy/local/infra.py installs and starts on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+def _infra() -> ModuleType:
+    path = REPO / "deploy" / "local" / "infra.py"
+    spec = importlib.util.spec_from_file_location("runstore_local_infra", path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def kafka_server() -> Iterator[str]:
+    given = os.environ.get("RUNSTORE_TEST_KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    if docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    infra = _infra()
+    with tempfile.TemporaryDirectory(prefix="runstore-kafka-") as tmp:
+        handle = infra.start_kafka(
+            port=free_port(), controller_port=free_port(), data_dir=Path(tmp)
+        )
+        try:
+            yield handle.address
+        finally:
+            handle.stop()
+
+
+@contextlib.contextmanager
+def mongo_server() -> Iterator[str]:
+    given = os.environ.get("RUNSTORE_TEST_MONGO_URL")
+    if given:
+        yield given
+        return
+    if docker_available():
+        from testcontainers.mongodb import MongoDbContainer
+
+        container = MongoDbContainer("mongo:7").with_command("--replSet rs0 --bind_ip_all")
+        with container as mongo:
+            mongo.exec(
+                "mongosh --quiet --eval "
+                "\"rs.initiate({_id:'rs0',members:[{_id:0,host:'localhost:27017'}]})\""
+            )
+            yield mongo.get_connection_url() + "/?directConnection=true"
+        return
+    infra = _infra()
+    with tempfile.TemporaryDirectory(prefix="runstore-ferretdb-") as tmp:
+        handle = infra.start_ferretdb(port=free_port(), data_dir=Path(tmp))
+        try:
+            yield handle.address
+        finally:
+            handle.stop()
