@@ -663,14 +663,22 @@ class _LogWatcher:
         return self.match
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, since: int = 0, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines written after byte ``since`` (earlier runs are noise)."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(max(0, path.stat().st_size - 256 * 1024))
+            handle.seek(max(since, _size(path) - 256 * 1024))
             text = handle.read().decode(errors="replace")
     except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+        return "(no log file)"
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing logged by this run)"
 
 
 @dataclass
@@ -738,25 +746,31 @@ class _Launch:
 
 
 def _abort(launch: _Launch, port: int, pid: int | None, proc: subprocess.Popen[bytes] | None,
-           reason: str) -> InfraError:
-    """Kill a half-started server; return an error naming the server, port and log tail."""
+           reason: str, since: dict[Path, int] | None = None) -> InfraError:
+    """Kill a half-started server; return an error naming the server, port and log tail.
+
+    ``since`` maps each log to its size before this start, so only this run's lines show.
+    """
+    since = since or {}
     if pid is not None and (proc is None or proc.poll() is None):
         with contextlib.suppress(InfraError):
             _terminate(launch.name, pid, proc, timeout=5.0)
     if pid is not None:
         _remove_pidfile(launch.name, launch.data_dir, pid)
     parts = [f"{launch.name} failed to start on {HOST}:{port}: {reason}",
-             f"log: {launch.log_path}", f"--- last {LOG_TAIL_LINES} lines of {launch.log_path} ---",
-             _tail(launch.log_path)]
-    if launch.console_path != launch.log_path and launch.console_path.exists() \
-            and launch.console_path.stat().st_size:
+             f"log: {launch.log_path}",
+             f"--- last {LOG_TAIL_LINES} lines of {launch.log_path} ---",
+             _tail(launch.log_path, since.get(launch.log_path, 0))]
+    console_since = since.get(launch.console_path, 0)
+    if launch.console_path != launch.log_path and _size(launch.console_path) > console_since:
         parts += [f"--- last {LOG_TAIL_LINES} lines of {launch.console_path} ---",
-                  _tail(launch.console_path)]
+                  _tail(launch.console_path, console_since)]
     return InfraError("\n".join(parts))
 
 
 def _wait_ready(launch: _Launch, watcher: _LogWatcher | None, pid: int,
-                proc: subprocess.Popen[bytes] | None, started: float) -> int:
+                proc: subprocess.Popen[bytes] | None, started: float,
+                since: dict[Path, int] | None = None) -> int:
     """Wait for the ready line (unless ``watcher`` is None) and a successful protocol probe.
 
     The log line alone can precede the listener; the probe alone can succeed against a
@@ -768,7 +782,8 @@ def _wait_ready(launch: _Launch, watcher: _LogWatcher | None, pid: int,
         exited = proc.poll() is not None if proc is not None else not _pid_alive(pid)
         if exited:
             code = f" with code {proc.returncode}" if proc is not None else ""
-            raise _abort(launch, port, pid, proc, f"process {pid} exited{code} before it was ready")
+            raise _abort(launch, port, pid, proc, f"process {pid} exited{code} before it was ready",
+                         since)
         match = watcher.poll() if watcher is not None else None
         line_seen = watcher is None or match is not None
         if match is not None and match.groups():
@@ -778,7 +793,7 @@ def _wait_ready(launch: _Launch, watcher: _LogWatcher | None, pid: int,
         if time.monotonic() >= deadline:
             what = "protocol probe" if line_seen else "ready line in the log"
             raise _abort(launch, port, pid, proc,
-                         f"not ready after {launch.timeout:.0f}s (waiting for the {what})")
+                         f"not ready after {launch.timeout:g}s (waiting for the {what})", since)
         time.sleep(0.2)
 
 
@@ -815,6 +830,7 @@ def _start(launch: _Launch) -> ServerHandle:
                     f"{launch.log_path}")
 
         launch.prepare()
+        since = {path: _size(path) for path in (launch.log_path, launch.console_path)}
         watcher = _LogWatcher(launch.log_path, launch.ready_re)
         _say(f"starting {launch.name} on {HOST}:{launch.ports[0] or '<auto>'} "
              f"(data {data_dir}, log {launch.log_path}) ...")
@@ -827,10 +843,10 @@ def _start(launch: _Launch) -> ServerHandle:
         _write_pidfile(PidRecord(launch.name, proc.pid, launch.ports,
                                  launch.address(first_port), launch.log_path), data_dir)
         try:
-            port = _wait_ready(launch, watcher, proc.pid, proc, started)
+            port = _wait_ready(launch, watcher, proc.pid, proc, started, since)
         except BaseException as exc:
             if not isinstance(exc, InfraError):      # Ctrl-C etc.: never leave it half-started
-                _abort(launch, first_port, proc.pid, proc, f"interrupted ({exc!r})")
+                _abort(launch, first_port, proc.pid, proc, f"interrupted ({exc!r})", since)
             raise
         ports = (port, *launch.ports[1:])
         address = launch.address(port)
@@ -1100,7 +1116,9 @@ def _foreground(handle: ServerHandle) -> int:
     _remove_pidfile(handle.name, handle.data_dir, handle.pid)
     _wait_ports_free(handle.ports or (handle.port,))
     _say(f"{handle.name} exited (code {code})")
-    return 0 if requested else code
+    # The JVM exits 143 (128 + SIGTERM) after a graceful shutdown, also when `stop` came from
+    # another shell: that is a clean stop, not a failure of `make run`.
+    return 0 if requested or code in (0, 128 + signal.SIGTERM, -signal.SIGTERM) else code
 
 
 def _parser() -> argparse.ArgumentParser:

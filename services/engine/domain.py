@@ -83,8 +83,7 @@ __all__ = [
     "task_id_for",
 ]
 
-_RS = ExecutionStatus
-_OPEN_STATUSES = frozenset({_RS.RUNNING, _RS.RETRYING_AFTER_ERROR})
+_OPEN_STATUSES = frozenset({ExecutionStatus.RUNNING, ExecutionStatus.RETRYING_AFTER_ERROR})
 
 
 # --- inputs and outputs ----------------------------------------------------------------
@@ -177,6 +176,10 @@ def task_id_for(run_id: str, event_number: int) -> str:
     return f"{run_id}:{event_number}"
 
 
+def _task_id(envelope: _EnvelopeFields) -> str:
+    return task_id_for(envelope["run_id"], envelope["event_number"])
+
+
 # --- decide ---------------------------------------------------------------------------
 
 
@@ -246,9 +249,6 @@ class _Commit:
         self.root_execution_id = root_execution_id
         self.parent_execution_id = parent
         self.last_event_number = 0
-
-    def next_task_id(self) -> str:
-        return task_id_for(self.run_id, self.last_event_number + 1)
 
     def stamp(self) -> _EnvelopeFields:
         """The envelope of the next event; call `add` with that event before stamping again."""
@@ -329,7 +329,7 @@ def _require_latest_open_run(
 def _require_running_run(state: ExecutionState | None, cmd: Command, run_id: str) -> ExecutionState:
     """Worker reports: while a retry is pending no worker should be running the workflow."""
     state = _require_latest_open_run(state, cmd, run_id)
-    if state.status is _RS.RETRYING_AFTER_ERROR:
+    if state.status is ExecutionStatus.RETRYING_AFTER_ERROR:
         raise Rejected(
             RejectionCode.RUN_NOT_ACTIVE,
             f"{cmd.type}: {_describe(state)} waits for attempt {state.attempt + 1}; "
@@ -359,8 +359,9 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
     commit = _Commit.after(state, cmd, ctx)
     root = p.root_execution_id or p.parent_execution_id or cmd.execution_id
     commit.open_run(run_id, p.workflow_name, root, p.parent_execution_id)
+    env = commit.stamp()
     attributes = StartedAttributes(
-        task_id=commit.next_task_id(),
+        task_id=_task_id(env),
         workflow_name=p.workflow_name,
         input=Payload(value=p.input),
         display_name=p.display_name,
@@ -373,7 +374,7 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
         search_keys=p.search_keys,
         continued_from_execution_id=p.continued_from_execution_id,
     )
-    commit.add(ExecutionStarted(**commit.stamp(), attributes=attributes))
+    commit.add(ExecutionStarted(**env, attributes=attributes))
     return commit.done()
 
 
@@ -392,8 +393,8 @@ def _check_id_reuse(state: ExecutionState, cmd: StartWorkflow) -> None:
     # CONTINUED_AS_NEW is a successful end too (the workflow asked for it), so
     # "failed only" refuses it like COMPLETED.
     if policy is IdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY and state.status in (
-        _RS.COMPLETED,
-        _RS.CONTINUED_AS_NEW,
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.CONTINUED_AS_NEW,
     ):
         raise Rejected(
             RejectionCode.EXECUTION_ID_REUSE_REJECTED,
@@ -405,10 +406,11 @@ def _check_id_reuse(state: ExecutionState, cmd: StartWorkflow) -> None:
 def _decide_cancel(state: ExecutionState | None, cmd: CancelExecution, ctx: Context) -> list[Event]:
     state = _require_open(state, cmd)
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = CanceledAttributes(
-        task_id=commit.next_task_id(), reason=cmd.payload.reason, attempt=state.attempt
+        task_id=_task_id(env), reason=cmd.payload.reason, attempt=state.attempt
     )
-    commit.add(ExecutionCanceled(**commit.stamp(), attributes=attributes))
+    commit.add(ExecutionCanceled(**env, attributes=attributes))
     return commit.done()
 
 
@@ -417,18 +419,20 @@ def _decide_terminate(
 ) -> list[Event]:
     state = _require_open(state, cmd)
     commit = _Commit.after(state, cmd, ctx)
-    attributes = TerminatedAttributes(task_id=commit.next_task_id(), reason=cmd.payload.reason)
-    commit.add(ExecutionTerminated(**commit.stamp(), attributes=attributes))
+    env = commit.stamp()
+    attributes = TerminatedAttributes(task_id=_task_id(env), reason=cmd.payload.reason)
+    commit.add(ExecutionTerminated(**env, attributes=attributes))
     return commit.done()
 
 
 def _decide_signal(state: ExecutionState | None, cmd: SignalExecution, ctx: Context) -> list[Event]:
     state = _require_open(state, cmd)
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = SignaledAttributes(
         signal_name=cmd.payload.name, input=Payload(value=cmd.payload.input), user_id=cmd.user_id
     )
-    commit.add(SignalReceived(**commit.stamp(), attributes=attributes))
+    commit.add(SignalReceived(**env, attributes=attributes))
     return commit.done()
 
 
@@ -437,12 +441,13 @@ def _decide_complete(
 ) -> list[Event]:
     state = _require_running_run(state, cmd, cmd.payload.run_id)
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = CompletedAttributes(
-        task_id=commit.next_task_id(),
+        task_id=_task_id(env),
         result=Payload(value=cmd.payload.result),
         attempt=state.attempt,
     )
-    commit.add(ExecutionCompleted(**commit.stamp(), attributes=attributes))
+    commit.add(ExecutionCompleted(**env, attributes=attributes))
     return commit.done()
 
 
@@ -453,25 +458,25 @@ def _decide_fail(state: ExecutionState | None, cmd: FailExecution, ctx: Context)
     failure = cmd.payload.failure
     if cmd.payload.retryable and policy is not None and state.attempt < policy.max_attempts:
         delay = policy.delay_seconds(state.attempt)
+        env = commit.stamp()
         retry = RetryScheduledAttributes(
-            task_id=commit.next_task_id(),
+            task_id=_task_id(env),
             failed_attempt=state.attempt,
             failure=failure,
             delay_seconds=delay,
             retry_at_ns=ctx.now_ns + _seconds_to_ns(delay),
         )
-        commit.add(RetryScheduled(**commit.stamp(), attributes=retry))
+        commit.add(RetryScheduled(**env, attributes=retry))
     else:
-        failed = FailedAttributes(
-            task_id=commit.next_task_id(), failure=failure, attempt=state.attempt
-        )
-        commit.add(ExecutionFailed(**commit.stamp(), attributes=failed))
+        env = commit.stamp()
+        failed = FailedAttributes(task_id=_task_id(env), failure=failure, attempt=state.attempt)
+        commit.add(ExecutionFailed(**env, attributes=failed))
     return commit.done()
 
 
 def _decide_retry(state: ExecutionState | None, cmd: RetryExecution, ctx: Context) -> list[Event]:
     state = _require_latest_open_run(state, cmd, cmd.payload.run_id)
-    if state.status is not _RS.RETRYING_AFTER_ERROR:
+    if state.status is not ExecutionStatus.RETRYING_AFTER_ERROR:
         raise Rejected(
             RejectionCode.INVALID_TRANSITION,
             f"RetryExecution: {_describe(state)} has no retry pending",
@@ -484,8 +489,9 @@ def _decide_retry(state: ExecutionState | None, cmd: RetryExecution, ctx: Contex
             f"not {cmd.payload.attempt}",
         )
     commit = _Commit.after(state, cmd, ctx)
-    attributes = RetryStartedAttributes(task_id=commit.next_task_id(), attempt=expected)
-    commit.add(RetryStarted(**commit.stamp(), attributes=attributes))
+    env = commit.stamp()
+    attributes = RetryStartedAttributes(task_id=_task_id(env), attempt=expected)
+    commit.add(RetryStarted(**env, attributes=attributes))
     return commit.done()
 
 
@@ -496,11 +502,12 @@ def _decide_time_out(
     # in the payload is what keeps a stale timer from closing a newer run.
     state = _require_latest_open_run(state, cmd, cmd.payload.run_id)
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = TimedOutAttributes(
-        task_id=commit.next_task_id(),
+        task_id=_task_id(env),
         timeout_seconds=state.started.execution_timeout_seconds,
     )
-    commit.add(ExecutionTimedOut(**commit.stamp(), attributes=attributes))
+    commit.add(ExecutionTimedOut(**env, attributes=attributes))
     return commit.done()
 
 
@@ -516,14 +523,15 @@ def _decide_continue_as_new(
             f"name another execution id",
         )
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = ContinuedAsNewAttributes(
-        task_id=commit.next_task_id(),
+        task_id=_task_id(env),
         new_execution_id=new_execution_id,
         new_execution_run_id=ctx.successor_run_id,
         workflow_name=cmd.payload.workflow_name or state.workflow_name,
         input=Payload(value=cmd.payload.input),
     )
-    commit.add(ExecutionContinuedAsNew(**commit.stamp(), attributes=attributes))
+    commit.add(ExecutionContinuedAsNew(**env, attributes=attributes))
     return commit.done()
 
 
@@ -548,6 +556,7 @@ def _decide_activity(
     state = _require_running_run(state, cmd, cmd.payload.run_id)
     p = cmd.payload
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = ActivityTaskAttributes(
         task_id=p.task_id,
         activity_name=p.activity_name,
@@ -558,7 +567,7 @@ def _decide_activity(
         failure=p.failure,
     )
     event_type = _ACTIVITY_EVENT[p.stage]
-    commit.add(ActivityTaskEvent(**commit.stamp(), type=event_type, attributes=attributes))
+    commit.add(ActivityTaskEvent(**env, type=event_type, attributes=attributes))
     return commit.done()
 
 
@@ -586,6 +595,7 @@ def _decide_custom_task(
     state = _require_running_run(state, cmd, cmd.payload.run_id)
     p = cmd.payload
     commit = _Commit.after(state, cmd, ctx)
+    env = commit.stamp()
     attributes = CustomTaskAttributes(
         custom_task_id=p.custom_task_id,
         custom_task_type=p.custom_task_type,
@@ -595,7 +605,7 @@ def _decide_custom_task(
         reason=p.reason,
     )
     event_type = _CUSTOM_TASK_EVENT[p.stage]
-    commit.add(CustomTaskEvent(**commit.stamp(), type=event_type, attributes=attributes))
+    commit.add(CustomTaskEvent(**env, type=event_type, attributes=attributes))
     return commit.done()
 
 
@@ -620,11 +630,13 @@ def _decide_reset(state: ExecutionState | None, cmd: ResetExecution, ctx: Contex
     if state.is_open:
         # One run is active at a time: the run being replaced ends here, in its own history.
         reason = f"reset: {p.reason}" if p.reason else "reset"
-        ended = TerminatedAttributes(task_id=commit.next_task_id(), reason=reason)
-        commit.add(ExecutionTerminated(**commit.stamp(), attributes=ended))
+        env = commit.stamp()
+        ended = TerminatedAttributes(task_id=_task_id(env), reason=reason)
+        commit.add(ExecutionTerminated(**env, attributes=ended))
     commit.open_run(
         ctx.new_run_id, state.workflow_name, state.root_execution_id, state.parent_execution_id
     )
+    env = commit.stamp()
     reset = RunResetAttributes(
         previous_run_id=state.run_id,
         event_id=p.event_id,
@@ -632,11 +644,10 @@ def _decide_reset(state: ExecutionState | None, cmd: ResetExecution, ctx: Contex
         exclude_signals=p.exclude_signals,
         exclude_updates=p.exclude_updates,
     )
-    commit.add(RunReset(**commit.stamp(), attributes=reset))
-    restarted = started.attributes.model_copy(
-        update={"task_id": commit.next_task_id(), "attempt": 1}
-    )
-    commit.add(ExecutionStarted(**commit.stamp(), attributes=restarted))
+    commit.add(RunReset(**env, attributes=reset))
+    env = commit.stamp()
+    restarted = started.attributes.model_copy(update={"task_id": _task_id(env), "attempt": 1})
+    commit.add(ExecutionStarted(**env, attributes=restarted))
     for event in history[: p.event_id]:
         if event.type in _REPLAYED_TYPES or (
             event.type is EventType.WORKFLOW_EXECUTION_SIGNALED and not p.exclude_signals
@@ -763,7 +774,7 @@ def _open_run(state: ExecutionState, event: Event) -> ExecutionState:
                 "run_id": event.run_id,
                 "run_event_count": 1,
                 "run_count": state.run_count + 1,
-                "status": _RS.RUNNING,
+                "status": ExecutionStatus.RUNNING,
                 "attempt": 1,
                 "started_at_ns": event.timestamp_ns,
                 "closed_at_ns": None,
@@ -788,7 +799,7 @@ def _state_of_started_run(event: ExecutionStarted, seq: int, run_count: int) -> 
         run_id=event.run_id,
         run_event_count=event.event_number,
         run_count=run_count,
-        status=_RS.RUNNING,
+        status=ExecutionStatus.RUNNING,
         workflow_name=event.workflow_name,
         root_execution_id=event.root_execution_id,
         parent_execution_id=event.parent_execution_id,
@@ -836,7 +847,7 @@ def _apply_retry_scheduled(state: ExecutionState, event: Event) -> ExecutionStat
 
 def _apply_retry_started(state: ExecutionState, event: Event) -> ExecutionState:
     assert isinstance(event, RetryStarted)
-    if state.status is not _RS.RETRYING_AFTER_ERROR:
+    if state.status is not ExecutionStatus.RETRYING_AFTER_ERROR:
         raise InvalidHistory(f"event {event.event_id}: no retry pending in {state.run_id!r}")
     return state.model_copy(update={"attempt": event.attributes.attempt, "retry_at_ns": None})
 

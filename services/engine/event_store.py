@@ -45,6 +45,9 @@ class EventStore(Protocol):
     async def find_by_command(self, command_id: str) -> Commit | None:
         """The commit a command produced, if any."""
 
+    async def find_by_commands(self, command_ids: Collection[str]) -> dict[str, Commit]:
+        """The commits these commands produced, by command id (absent if none)."""
+
     def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         """The execution's commits after `after_seq`, in order."""
         ...  # pragma: no cover

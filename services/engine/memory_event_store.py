@@ -41,6 +41,9 @@ class InMemoryEventStore:
     async def find_by_command(self, command_id: str) -> Commit | None:
         return self._by_command.get(command_id)
 
+    async def find_by_commands(self, command_ids: Collection[str]) -> dict[str, Commit]:
+        return {c: self._by_command[c] for c in command_ids if c in self._by_command}
+
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         for commit in list(self._streams.get(execution_id, []))[after_seq:]:
             yield commit

@@ -91,6 +91,12 @@ class MongoEventStore:
         doc = await self._commits.find_one({"command_id": command_id})
         return commit_from_doc(doc) if doc else None
 
+    async def find_by_commands(self, command_ids: Collection[str]) -> dict[str, Commit]:
+        if not command_ids:
+            return {}
+        cursor = self._commits.find({"command_id": {"$in": list(command_ids)}})
+        return {c.command_id: c for c in map(commit_from_doc, await cursor.to_list())}
+
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         seq = after_seq
         while (commit := await self.get(execution_id, seq + 1)) is not None:

@@ -196,6 +196,7 @@ class CommandProcessor:
         while todo:
             await self._load({c.execution_id for _, c in todo})
             decided = await self._decide_round(todo)
+            await self._replay_known_rejections(decided)
             new = [d for d in decided if d.commit is not None and not d.replay]
             report = await self._store.append([d.commit for d in new if d.commit])
             if report.failure is None:
@@ -217,6 +218,28 @@ class CommandProcessor:
                 rest = todo[position:]
             self._cache.drop({c.execution_id for _, c in rest})
             todo = rest
+
+    async def _replay_known_rejections(self, decided: list[_Decided]) -> None:
+        """A rejected command whose id is already stored was sent twice (a producer or
+        client retry): answer it with the stored commit, as the first time.
+
+        Only rejections need the look-up: a repeat the domain accepts is caught by the
+        unique command_id index on append. Rejections are the rare path, so the query
+        (a secondary-index read) stays off the hot path.
+        """
+        rejected = [
+            i for i, d in enumerate(decided) if d.outcome is not None and not d.outcome.accepted
+        ]
+        if not rejected:
+            return
+        stored = await self._store.find_by_commands(
+            {decided[i].command.command_id for i in rejected}
+        )
+        for i in rejected:
+            d = decided[i]
+            commit = stored.get(d.command.command_id)
+            if commit is not None:
+                decided[i] = self._replayed(d.record, d.command, commit)
 
     async def _load(self, execution_ids: set[str]) -> None:
         missing = [e for e in execution_ids if self._cache.get(e) is None]

@@ -1,0 +1,186 @@
+"""The engine's batch processor on the in-memory store: validation, dedup, conflicts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import count
+from typing import Any
+
+import pytest
+
+from schemas.outcomes import RejectionCode
+from services.engine.memory_event_store import InMemoryEventStore
+from services.engine.processor import CommandProcessor, InboundRecord, StateCache
+
+_offsets = count(100)
+
+
+def command(kind: str, execution_id: str, command_id: str, **payload: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "command_id": command_id,
+        "execution_id": execution_id,
+        "issued_at": "2026-01-01T00:00:00Z",
+        "user_id": "u1",
+        "payload": payload,
+    }
+
+
+def record(
+    body: dict[str, Any] | bytes,
+    key: str | None = None,
+    offset: int | None = None,
+    partition: int = 0,
+) -> InboundRecord:
+    value = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if key is None and isinstance(body, dict):
+        key = body["execution_id"]
+    return InboundRecord(
+        partition=partition,
+        offset=next(_offsets) if offset is None else offset,
+        key=key.encode() if key is not None else None,
+        value=value,
+    )
+
+
+def start(execution_id: str, command_id: str) -> dict[str, Any]:
+    return command("StartWorkflow", execution_id, command_id, workflow_name="wf", input={"n": 1})
+
+
+@pytest.fixture
+def store() -> InMemoryEventStore:
+    return InMemoryEventStore()
+
+
+@pytest.fixture
+def clock() -> Iterator[int]:
+    return count(1_700_000_000_000_000_000, 1000)
+
+
+def processor(store: InMemoryEventStore, clock: Iterator[int]) -> CommandProcessor:
+    return CommandProcessor(store, StateCache(1000), lambda: next(clock), max_record_bytes=4096)
+
+
+async def test_valid_commands_become_commits_events_and_outcomes(store, clock) -> None:
+    out = await processor(store, clock).process(
+        [record(start("e1", "c1")), record(command("SignalExecution", "e1", "c2", name="go"))]
+    )
+    assert [c.seq for c in out.commits] == [1, 2]
+    assert [e.type.value for e in out.events] == [
+        "WORKFLOW_EXECUTION_STARTED",
+        "WORKFLOW_EXECUTION_SIGNALED",
+    ]
+    assert [(o.command_id, o.accepted, o.seq) for o in out.outcomes] == [
+        ("c1", True, 1),
+        ("c2", True, 2),
+    ]
+    assert [t.kind for t in out.tasks] == ["run", "signal"]
+    assert [c.seq async for c in store.read_stream("e1")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (b"", "e1", "empty"),
+        (b"{not json", "e1", "invalid_json"),
+        (json.dumps(command("LaunchRocket", "e1", "c")).encode(), "e1", "unknown_type"),
+        (json.dumps(command("StartWorkflow", "e1", "c")).encode(), "e1", "schema_violation"),
+        (json.dumps(start("e/1", "c")).encode(), "e/1", "schema_violation"),
+        (json.dumps(start("e1", "c")).encode(), "other", "key_mismatch"),
+        (json.dumps(start("e1", "c")).encode(), None, "key_mismatch"),
+        (b"{" + b" " * 5000 + b"}", "e1", "too_large"),
+    ],
+)
+async def test_bad_records_go_to_dead_letters_and_the_rest_proceeds(
+    store, clock, value: bytes, key: str | None, reason: str
+) -> None:
+    bad = InboundRecord(partition=0, offset=1, key=key.encode() if key else None, value=value)
+    out = await processor(store, clock).process([bad, record(start("e2", "ok"))])
+    assert [(d.reason, d.record.offset) for d in out.dead_letters] == [(reason, 1)]
+    assert out.dead_letters[0].detail
+    assert [o.command_id for o in out.outcomes] == ["ok"]
+    assert await store.latest(["e1"]) == {}
+
+
+async def test_rejection_is_an_outcome_not_a_commit(store, clock) -> None:
+    out = await processor(store, clock).process([record(command("CancelExecution", "ghost", "c1"))])
+    assert out.commits == []
+    assert out.dead_letters == []
+    (outcome,) = out.outcomes
+    assert not outcome.accepted
+    assert outcome.code is RejectionCode.EXECUTION_NOT_FOUND
+
+
+async def test_redelivered_batch_republishes_stored_commits_without_deciding_again(
+    store, clock
+) -> None:
+    batch = [
+        record(command("CancelExecution", "e1", "early-cancel")),
+        record(start("e1", "c1")),
+        record(command("CancelExecution", "e1", "c2")),
+        record(start("e1", "c3")),
+    ]
+    first = await processor(store, clock).process(batch)
+    # A crash before the offset commit: a fresh engine (empty cache) sees the batch again.
+    again = await processor(store, clock).process(batch)
+    assert [c.model_dump() for c in again.commits] == [c.model_dump() for c in first.commits]
+    assert [(o.command_id, o.accepted, o.code, o.seq) for o in again.outcomes] == [
+        (o.command_id, o.accepted, o.code, o.seq) for o in first.outcomes
+    ]
+    assert [c.seq async for c in store.read_stream("e1")] == [1, 2, 3]
+
+
+async def test_rejection_before_a_commit_is_answered_the_same_after_redelivery(
+    store, clock
+) -> None:
+    # Rejected (no such execution), then the execution starts in the same batch. Deciding
+    # the cancel again after a crash would wrongly cancel the new run.
+    batch = [record(command("CancelExecution", "e1", "cancel")), record(start("e1", "s"))]
+    await processor(store, clock).process(batch)
+    again = await processor(store, clock).process(batch)
+    cancel = again.outcomes[0]
+    assert not cancel.accepted
+    assert cancel.code is RejectionCode.EXECUTION_NOT_FOUND
+    assert [c.command_type async for c in store.read_stream("e1")] == ["StartWorkflow"]
+
+
+async def test_same_command_id_sent_twice_applies_once(store, clock) -> None:
+    proc = processor(store, clock)
+    await proc.process([record(start("e1", "c1"))])
+    await proc.process([record(command("CancelExecution", "e1", "c2"))])
+    # The producer re-sends c2 (new offset): same outcome, no second commit.
+    out = await processor(store, clock).process([record(command("CancelExecution", "e1", "c2"))])
+    assert [(o.command_id, o.accepted, o.seq) for o in out.outcomes] == [("c2", True, 2)]
+    assert [c.seq async for c in store.read_stream("e1")] == [1, 2]
+
+
+async def test_stale_cache_conflict_reloads_and_decides_again(store, clock) -> None:
+    mine = processor(store, clock)
+    await mine.process([record(start("e1", "c1"))])
+    # Another engine instance (after a rebalance) appends seq 2 meanwhile.
+    other = processor(store, clock)
+    await other.process([record(command("SignalExecution", "e1", "theirs", name="x"))])
+    out = await mine.process([record(command("SignalExecution", "e1", "mine", name="y"))])
+    assert [(o.command_id, o.seq) for o in out.outcomes] == [("mine", 3)]
+    assert [c.command_id async for c in store.read_stream("e1")] == ["c1", "theirs", "mine"]
+
+
+async def test_commands_of_other_executions_after_a_conflict_are_still_applied(
+    store, clock
+) -> None:
+    mine = processor(store, clock)
+    await mine.process([record(start("e1", "c1"))])
+    await processor(store, clock).process(
+        [record(command("SignalExecution", "e1", "theirs", name="x"))]
+    )
+    out = await mine.process(
+        [
+            record(start("e0", "a")),
+            record(command("SignalExecution", "e1", "mine", name="y")),
+            record(start("e2", "b")),
+        ]
+    )
+    assert sorted(o.command_id for o in out.outcomes) == ["a", "b", "mine"]
+    assert all(o.accepted for o in out.outcomes)
+    assert (await store.latest(["e0", "e2"])).keys() == {"e0", "e2"}
