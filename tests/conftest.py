@@ -37,8 +37,7 @@ def mongo_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def isolated(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
+def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
     """Environment for services under test: real servers, private topics and database."""
     tag = uuid.uuid4().hex[:10]
     return {
@@ -50,6 +49,11 @@ def isolated(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
         "RUNSTORE_API_KEYS": "test-key=alice,bob-key=bob",
         "RUNSTORE_LOG_LEVEL": "INFO",
     }
+
+
+@pytest.fixture
+def isolated(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
+    return isolated_env(kafka_bootstrap, mongo_url)
 
 
 @pytest.fixture
@@ -75,10 +79,8 @@ async def mongo_db(settings: RunstoreSettings) -> AsyncIterator[object]:
         await client.close()
 
 
-@pytest.fixture
-def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    """Engine, projector and API as real processes against the real servers."""
-    s = Stack(env=isolated, log_dir=tmp_path)
+def _running_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
+    s = Stack(env=env, log_dir=log_dir)
     try:
         s.start("engine")
         s.start("projector")
@@ -86,6 +88,24 @@ def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.stop_all()
+
+
+@pytest.fixture
+def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    """Engine, projector and API as real processes, private to one test."""
+    yield from _running_stack(isolated, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_stack(
+    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """One stack shared by a test module (tests must use their own execution ids).
+
+    `module_stack.env` holds its topic prefix and database name.
+    """
+    env = isolated_env(kafka_bootstrap, mongo_url)
+    yield from _running_stack(env, tmp_path_factory.mktemp("stack"))
 
 
 # --- the run must prove it talked to real servers ---------------------------------------

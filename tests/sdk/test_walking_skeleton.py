@@ -18,8 +18,8 @@ from tests.support.stack import Stack
 
 
 @pytest.fixture
-def client(stack: Stack) -> Mistral:
-    return Mistral(api_key="test-key", server_url=stack.api_url)
+def client(module_stack: Stack) -> Mistral:
+    return Mistral(api_key="test-key", server_url=module_stack.api_url)
 
 
 def test_execute_then_read_it_back_running(client: Mistral) -> None:
@@ -57,16 +57,15 @@ def test_second_start_of_a_running_execution_is_a_conflict(client: Mistral) -> N
     assert "execution_already_running" in err.value.body
 
 
-def test_unknown_key_is_401(stack: Stack) -> None:
-    client = Mistral(api_key="wrong", server_url=stack.api_url)
+def test_unknown_key_is_401(module_stack: Stack) -> None:
+    client = Mistral(api_key="wrong", server_url=module_stack.api_url)
     with pytest.raises(SDKError) as err:
         client.workflows.executions.get_workflow_execution(execution_id="whatever")
     assert err.value.status_code == 401
 
 
-async def test_producer_on_kafka_gets_the_same_result(
-    stack: Stack, isolated: dict[str, str]
-) -> None:
+async def test_producer_on_kafka_gets_the_same_result(module_stack: Stack) -> None:
+    env = module_stack.env
     execution_id = f"kafka-{uuid.uuid4().hex[:8]}"
     command = {
         "type": "StartWorkflow",
@@ -77,19 +76,19 @@ async def test_producer_on_kafka_gets_the_same_result(
         "payload": {"workflow_name": "invoice", "input": {"amount": 12}},
     }
     producer = AIOKafkaProducer(
-        bootstrap_servers=isolated["RUNSTORE_KAFKA_BOOTSTRAP"], enable_idempotence=True
+        bootstrap_servers=env["RUNSTORE_KAFKA_BOOTSTRAP"], enable_idempotence=True
     )
     await producer.start()
     try:
         await producer.send_and_wait(
-            f"{isolated['RUNSTORE_TOPIC_PREFIX']}workflows.commands",
+            f"{env['RUNSTORE_TOPIC_PREFIX']}workflows.commands",
             json.dumps(command).encode(),
             key=execution_id.encode(),
         )
     finally:
         await producer.stop()
 
-    client = Mistral(api_key="test-key", server_url=stack.api_url)
+    client = Mistral(api_key="test-key", server_url=module_stack.api_url)
 
     def running() -> None:
         try:
