@@ -59,6 +59,11 @@ class EngineSettings(RunstoreSettings):
     """Most commands handled (and appended with one insert) per batch."""
     engine_cache_size: int = Field(default=100_000, ge=0)
     """Execution states kept in memory; a miss costs two `_id` reads."""
+    engine_instance_id: str | None = None
+    """Kafka static membership id (e.g. the pod name): a restarted engine with the same id
+    gets its partitions back at once instead of after a rebalance."""
+    engine_session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    """How long the group waits for a silent engine before moving its partitions."""
 
 
 class ProjectorSettings(RunstoreSettings):

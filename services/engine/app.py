@@ -96,6 +96,9 @@ def build_app(settings: EngineSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=_ForgetRevokedPartitions(cache),
+        group_instance_id=settings.engine_instance_id,
+        session_timeout_ms=settings.engine_session_timeout_ms,
+        heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
     )
     async def handle_commands(message: KafkaMessage) -> None:
         records = [

@@ -135,19 +135,21 @@ class World:
     def apply(self, cmd: Command) -> None:
         execution_id = cmd.execution_id
         before = self.states.get(execution_id)
-        stored_before = list(self.streams.get(execution_id, []))
+        snapshot = before.model_dump_json() if before else None
         ctx = self.ctx(execution_id, cmd)
+        history = list(ctx.history)
         decided = _decide(before, cmd, ctx)
+        # decide is pure: it leaves its inputs as they were, accepted or not.
+        assert (before.model_dump_json() if before else None) == snapshot
+        assert list(ctx.history) == history
         same_state, same_cmd = _clone(before, cmd)
         again = _decide(same_state, same_cmd, ctx)
         if isinstance(decided, Rejected):
+            # Rejected commands change nothing: no events to append, the state stays.
             event(f"rejected {cmd.type}: {decided.code.value}")
             assert isinstance(again, Rejected), "decide is deterministic"
             assert (again.code, again.message) == (decided.code, decided.message)
             assert decided.message
-            # Rejected commands change nothing.
-            assert self.states.get(execution_id) == before
-            assert self.streams.get(execution_id, []) == stored_before
             return
         event(f"accepted {cmd.type}")
         assert again == decided, "decide is deterministic"

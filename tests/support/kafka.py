@@ -1,0 +1,82 @@
+"""Kafka helpers for tests: produce raw records, read a whole topic back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+
+def command(
+    kind: str, execution_id: str, command_id: str | None = None, **payload: Any
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "command_id": command_id or str(uuid.uuid4()),
+        "execution_id": execution_id,
+        "issued_at": datetime.now(UTC).isoformat(),
+        "user_id": "tester",
+        "payload": payload,
+    }
+
+
+async def produce(
+    bootstrap: str, topic: str, records: Sequence[tuple[str | None, bytes | dict[str, Any]]]
+) -> None:
+    """Send (key, value) records in order; dict values are JSON-encoded."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for key, value in records:
+            raw = json.dumps(value).encode() if isinstance(value, dict) else value
+            futures.append(
+                await producer.send(topic, raw, key=key.encode() if key is not None else None)
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[ConsumerRecord[Any, Any]]], bool],
+    timeout: float = 30.0,
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of `topic` from the beginning, read until `until(records)` holds."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[Any, Any]] = []
+    try:
+        partitions: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {topic} never appeared")
+                consumer.subscribe([topic])  # makes the client track its metadata
+                await asyncio.sleep(0.2)
+                consumer.unsubscribe()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {topic}: {len(records)} records")
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()
