@@ -240,6 +240,12 @@ class CommandProcessor:
             commit = stored.get(d.command.command_id)
             if commit is not None:
                 decided[i] = self._replayed(d.record, d.command, commit)
+        # Those are not rejections after all: keep them out of the commits' records.
+        for i, d in enumerate(decided):
+            if d.commit is not None and not d.replay and d.commit.rejected:
+                kept = [r for r in d.commit.rejected if r.command_id not in stored]
+                if len(kept) != len(d.commit.rejected):
+                    decided[i].commit = d.commit.model_copy(update={"rejected": kept})
 
     async def _load(self, execution_ids: set[str]) -> None:
         missing = [e for e in execution_ids if self._cache.get(e) is None]
@@ -258,11 +264,17 @@ class CommandProcessor:
     async def _decide_round(self, todo: list[tuple[InboundRecord, Command]]) -> list[_Decided]:
         decided: list[_Decided] = []
         rejected_since_commit: dict[str, list[RejectedCommand]] = {}
+        first_of: dict[str, _Decided] = {}
         for record, command in todo:
             stream = self._cache.get(command.execution_id)
             assert stream is not None  # loaded above
             if _already_applied(stream, record):
                 decided.append(await self._find_applied(record, command, stream))
+                continue
+            earlier = first_of.get(command.command_id)
+            if earlier is not None:
+                # Sent twice within one batch: the same answer as the first time.
+                decided.append(_repeat(record, command, earlier))
                 continue
             now_ns = self._clock_ns()
             ctx = await self._context(command, stream, now_ns, decided)
@@ -281,6 +293,7 @@ class CommandProcessor:
                 decided.append(
                     _Decided(record, command, outcome=_rejected(command, rejection, now_ns))
                 )
+                first_of[command.command_id] = decided[-1]
                 continue
             state = fold(events, stream.state)
             assert state is not None
@@ -309,6 +322,7 @@ class CommandProcessor:
                     follow_ups=successor_commands(events, ctx, state),
                 )
             )
+            first_of[command.command_id] = decided[-1]
         return decided
 
     async def _context(
@@ -408,6 +422,18 @@ class CommandProcessor:
             if d.outcome is not None:
                 out.outcomes.append(d.outcome)
             out.follow_ups.extend(d.follow_ups)
+
+
+def _repeat(record: InboundRecord, command: Command, first: _Decided) -> _Decided:
+    """A repeat of a command decided earlier in the same round: re-publish, do not re-apply."""
+    return _Decided(
+        record,
+        command,
+        commit=first.commit,
+        outcome=first.outcome,
+        replay=first.commit is not None,
+        follow_ups=first.follow_ups,
+    )
 
 
 def _already_applied(stream: _Stream, record: InboundRecord) -> bool:

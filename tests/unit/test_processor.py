@@ -184,3 +184,16 @@ async def test_commands_of_other_executions_after_a_conflict_are_still_applied(
     assert sorted(o.command_id for o in out.outcomes) == ["a", "b", "mine"]
     assert all(o.accepted for o in out.outcomes)
     assert (await store.latest(["e0", "e2"])).keys() == {"e0", "e2"}
+
+
+async def test_command_sent_twice_in_one_batch_gets_the_first_answer(store, clock) -> None:
+    cancel = command("CancelExecution", "e1", "c2")
+    out = await processor(store, clock).process(
+        [record(start("e1", "c1")), record(cancel), record(cancel)]
+    )
+    assert [(o.command_id, o.accepted, o.seq) for o in out.outcomes] == [
+        ("c1", True, 1),
+        ("c2", True, 2),
+        ("c2", True, 2),
+    ]
+    assert [c.seq async for c in store.read_stream("e1")] == [1, 2]
