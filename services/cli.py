@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 from services.common.logs import configure_logging
 from services.common.settings import ApiSettings, EngineSettings, ProjectorSettings
@@ -42,13 +43,67 @@ def _run_api() -> None:
     )
 
 
+def _rebuild_projections() -> None:
+    from services.common.mongo import mongo_client, mongo_database
+    from services.common.readmodels.mongo_store import MongoReadModelStore
+    from services.projector.mongo_commit_source import MongoCommitSource
+    from services.projector.rebuild import rebuild
+
+    settings = ProjectorSettings()
+    configure_logging(settings.log_level)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        # One stderr line redrawn in place: the commits folded so far and the rate.
+        elapsed = max(time.monotonic() - started, 1e-9)
+        share = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(share * width)
+        sys.stderr.write(
+            f"\rrebuild [{bar:<{width}}] {done}/{total} commits "
+            f"({share:.0%}, {done / elapsed:,.0f}/s)"
+        )
+        sys.stderr.flush()
+
+    async def run() -> None:
+        client = mongo_client(settings)
+        try:
+            db = mongo_database(client, settings)
+            sys.stderr.write(
+                f"rebuilding runs, executions and history in {settings.mongo_database!r} "
+                "from commits (stop the projectors first)\n"
+            )
+            report = await rebuild(
+                MongoReadModelStore(db), MongoCommitSource(db), progress=progress
+            )
+        finally:
+            await client.close()
+        sys.stderr.write(
+            f"\nrebuilt from {report.commits} commits ({report.events} events): "
+            f"{report.runs} runs, {report.executions} executions, "
+            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s\n"
+        )
+
+    asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="runstore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("engine", help="apply commands from Kafka to the event store")
     sub.add_parser("projector", help="project events into the read models")
     sub.add_parser("api", help="serve the HTTP API")
+    projections = sub.add_parser("projections", help="operate on the read models")
+    projections_sub = projections.add_subparsers(dest="action", required=True)
+    projections_sub.add_parser(
+        "rebuild",
+        help="drop runs/executions/history and rebuild them from the commits "
+        "(stop the projectors first)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "projections":
+        _rebuild_projections()
+        return
     runners = {"engine": _run_engine, "projector": _run_projector, "api": _run_api}
     runners[args.command]()
 

@@ -7,12 +7,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from services.api import routes_commands, routes_runs
+from services.api import routes_commands, routes_runs, routes_streams
+from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
+from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
+from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_reader import RunReader
+from services.api.settings import GatewaySettings
 from services.common.kafka_io import kafka_broker
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
@@ -21,11 +26,14 @@ from services.common.settings import ApiSettings
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: ApiSettings) -> FastAPI:
+def build_app(api_settings: ApiSettings) -> FastAPI:
+    settings = GatewaySettings.from_api(api_settings)
     keys = ApiKeys(settings.api_keys)
     broker = kafka_broker(settings, client_id="runstore-api")
     client = mongo_client(settings)
+    db = mongo_database(client, settings)
     gateway = CommandGateway(settings, broker)
+    fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -33,12 +41,15 @@ def build_app(settings: ApiSettings) -> FastAPI:
             log.warning(
                 "RUNSTORE_API_KEYS is unset: DEV MODE, any bearer key is accepted as user 'dev'"
             )
+        log.info("access mode: %s", settings.api_access_mode.value)
         await ensure_topics(settings)
         await broker.connect()
         await gateway.start()
+        await fanout.start()
         try:
             yield
         finally:
+            await fanout.stop()
             await gateway.stop()
             await broker.stop()
             await client.close()
@@ -46,15 +57,32 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app = FastAPI(title="Runstore", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.api_keys = keys
-    app.state.reader = RunReader(mongo_database(client, settings))
+    app.state.access = AccessPolicy(settings.api_access_mode)
+    app.state.db = db
+    app.state.reader = RunReader(db)
     app.state.gateway = gateway
+    app.state.fanout = fanout
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    # Fixed paths (/v1/workflows/runs, …) are registered before the routes that take a
-    # {workflow_identifier}, so they win (API.md §12.13).
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": "internal_error"})
+
+    # Fixed paths (/v1/workflows/runs, /v1/workflows/events/stream, …) are registered
+    # before the routes that take a {workflow_identifier}, so they win (API.md §12.13).
     app.include_router(routes_runs.router)
+    app.include_router(routes_streams.router)
     app.include_router(routes_commands.router)
+
+    # Outermost last: the failure budget sees every answer, 413s included.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        FailureBudget,
+        per_second=settings.api_bad_requests_per_second,
+        burst=settings.api_bad_requests_burst,
+    )
     return app

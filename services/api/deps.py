@@ -1,15 +1,28 @@
-"""Request-scoped access to what `build_app` wires: callers, readers, the gateway."""
+"""Request-scoped access to what `build_app` wires: callers, readers, the gateway.
+
+`Authed` is where access control happens for every route: the bearer key names the
+caller (401 otherwise), and in separate-users mode an `execution_id` or `run_id` in the
+path must name one of the caller's runs (404 otherwise, like an unknown id). `Reader`
+is narrowed to the caller's runs in that mode too, so lists never show others' runs.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
+from pymongo.asynchronous.database import AsyncDatabase
 
+from services.api.access import AccessPolicy, OwnedRunReader
 from services.api.auth import ApiKeys, Caller
+from services.api.errors import not_found
+from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
 from services.api.run_reader import RunReader
+from services.api.settings import GatewaySettings
 from services.common.settings import ApiSettings
+
+Document = dict[str, Any]
 
 
 async def _caller(
@@ -23,10 +36,30 @@ async def _caller(
             detail="missing or unknown API key (send Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    access: AccessPolicy = request.app.state.access
+    if access.separate:
+        await _check_path_owner(request, access, found)
     return found
 
 
-def _reader(request: Request) -> RunReader:
+async def _check_path_owner(request: Request, access: AccessPolicy, caller: Caller) -> None:
+    reader: RunReader = request.app.state.reader
+    params = request.path_params
+    execution_id = params.get("execution_id")
+    if execution_id is not None and not access.may_see(
+        caller, await reader.execution(execution_id)
+    ):
+        raise not_found("execution", execution_id)
+    run_id = params.get("run_id")
+    if run_id is not None and not access.may_see(caller, await reader.run(run_id)):
+        raise not_found("run", run_id)
+
+
+def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) -> RunReader:
+    access: AccessPolicy = request.app.state.access
+    if access.separate:
+        db: AsyncDatabase[Document] = request.app.state.db
+        return OwnedRunReader(db, who.user_id)
     reader: RunReader = request.app.state.reader
     return reader
 
@@ -36,12 +69,40 @@ def _gateway(request: Request) -> CommandGateway:
     return gateway
 
 
-def _settings(request: Request) -> ApiSettings:
-    settings: ApiSettings = request.app.state.settings
+def _settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
     return settings
+
+
+def _fanout(request: Request) -> EventFanout:
+    fanout: EventFanout = request.app.state.fanout
+    return fanout
+
+
+def _access(request: Request) -> AccessPolicy:
+    access: AccessPolicy = request.app.state.access
+    return access
+
+
+def _db(request: Request) -> AsyncDatabase[Document]:
+    db: AsyncDatabase[Document] = request.app.state.db
+    return db
 
 
 Authed = Annotated[Caller, Depends(_caller)]
 Reader = Annotated[RunReader, Depends(_reader)]
 Gateway = Annotated[CommandGateway, Depends(_gateway)]
 Settings = Annotated[ApiSettings, Depends(_settings)]
+FullSettings = Annotated[GatewaySettings, Depends(_settings)]
+Fanout = Annotated[EventFanout, Depends(_fanout)]
+Access = Annotated[AccessPolicy, Depends(_access)]
+Database = Annotated[AsyncDatabase[Document], Depends(_db)]
+
+
+def _all_runs(request: Request) -> RunReader:
+    """The unscoped reader: for checks that must see other users' runs (id taken …)."""
+    reader: RunReader = request.app.state.reader
+    return reader
+
+
+AllRuns = Annotated[RunReader, Depends(_all_runs)]

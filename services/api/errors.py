@@ -1,4 +1,17 @@
-"""The one place that maps domain rejections and gateway failures to HTTP answers."""
+"""The one place that maps domain rejections and gateway failures to HTTP answers.
+
+| engine outcome / gateway failure | HTTP |
+|---|---|
+| `execution_not_found` | 404 |
+| `execution_already_running`, `execution_already_closed`, | 409 |
+| `execution_id_reuse_rejected`, `run_not_active`, `invalid_transition` | 409 |
+| `invalid_reset_point` | 400 |
+| no worker handles the workflow (queries, updates) | 409 `no_worker` |
+| the engine did not answer in time | 504 (the command may still apply) |
+| the command could not be published | 503 (it was not applied) |
+
+Bodies are `{"detail": "<code>: <message>"}`; 422s keep FastAPI's `detail` list.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +29,8 @@ _STATUS = {
     RejectionCode.INVALID_TRANSITION: 409,
 }
 
+NO_WORKER = "no_worker"
+
 
 def rejection_error(outcome: CommandOutcome) -> HTTPException:
     code = outcome.code or RejectionCode.INVALID_TRANSITION
@@ -25,5 +40,35 @@ def rejection_error(outcome: CommandOutcome) -> HTTPException:
     )
 
 
+def rejection_message(outcome: CommandOutcome) -> str:
+    code = outcome.code or RejectionCode.INVALID_TRANSITION
+    return f"{code.value}: {outcome.message or 'command rejected'}"
+
+
+def gateway_timeout(message: str) -> HTTPException:
+    return HTTPException(status_code=504, detail=f"engine_timeout: {message}")
+
+
+def not_published(message: str) -> HTTPException:
+    return HTTPException(status_code=503, detail=f"not_published: {message}")
+
+
+def no_worker(kind: str, execution_id: str, workflow_name: str) -> HTTPException:
+    plural = "queries" if kind == "query" else f"{kind}s"
+    return HTTPException(
+        status_code=409,
+        detail=(
+            f"{NO_WORKER}: no worker handles workflow {workflow_name!r}, so the {kind} to "
+            f"execution {execution_id!r} cannot be answered; {plural} are answered by workers "
+            "and none is registered for this workflow"
+        ),
+    )
+
+
 def not_found(what: str, ident: str) -> HTTPException:
     return HTTPException(status_code=404, detail=f"{what} {ident!r} not found")
+
+
+def invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> HTTPException:
+    """A 422 shaped like FastAPI's own (the SDK parses it as HTTPValidationError)."""
+    return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": kind}])

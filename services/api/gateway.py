@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from contextlib import suppress
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
@@ -23,9 +25,15 @@ from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
+_ACCEPTED_MEMORY = 10_000
+
 
 class OutcomeTimeout(Exception):
     """The engine did not answer in time; the command may still be applied later."""
+
+
+class PublishFailed(Exception):
+    """The command could not be written to `workflows.commands`: it was not applied."""
 
 
 class CommandGateway:
@@ -34,6 +42,9 @@ class CommandGateway:
         self._broker = broker
         self._topics = settings.topics
         self._waiting: dict[str, asyncio.Future[CommandOutcome]] = {}
+        # Recently accepted outcomes by command id: a client retrying with its idempotency
+        # key is answered at once, without another round through Kafka and the engine.
+        self._accepted: OrderedDict[str, CommandOutcome] = OrderedDict()
         self._consumer: AIOKafkaConsumer | None = None
         self._tail: asyncio.Task[None] | None = None
 
@@ -87,24 +98,41 @@ class CommandGateway:
 
         Concurrent sends of one command id (client retries) share a single wait.
         """
+        known = self._accepted.get(command.command_id)
+        if known is not None and known.execution_id == command.execution_id:
+            return known
         waiter = self._waiting.get(command.command_id)
         owner = waiter is None
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
             self._waiting[command.command_id] = waiter
         try:
-            await self._broker.publish(
-                COMMAND_ADAPTER.dump_json(command),
-                topic=self._topics.commands,
-                key=command.execution_id.encode(),
-            )
+            try:
+                await asyncio.wait_for(
+                    self._broker.publish(
+                        COMMAND_ADAPTER.dump_json(command),
+                        topic=self._topics.commands,
+                        key=command.execution_id.encode(),
+                    ),
+                    self._settings.api_command_timeout_seconds,
+                )
+            except TimeoutError as exc:
+                # Unacknowledged, not refused: the record may still reach the topic.
+                raise OutcomeTimeout(
+                    f"Kafka did not acknowledge command {command.command_id} within "
+                    f"{self._settings.api_command_timeout_seconds:g}s; it may still be applied"
+                ) from exc
+            except KafkaError as exc:
+                raise PublishFailed(
+                    f"could not publish command {command.command_id}: {exc}"
+                ) from exc
             limit = (
                 wait_seconds
                 if wait_seconds is not None
                 else self._settings.api_command_timeout_seconds
             )
             try:
-                return await asyncio.wait_for(asyncio.shield(waiter), limit)
+                outcome = await asyncio.wait_for(asyncio.shield(waiter), limit)
             except TimeoutError as exc:
                 raise OutcomeTimeout(
                     f"the engine did not answer command {command.command_id} within "
@@ -113,3 +141,9 @@ class CommandGateway:
         finally:
             if owner:
                 self._waiting.pop(command.command_id, None)
+        if outcome.accepted:
+            self._accepted[command.command_id] = outcome
+            self._accepted.move_to_end(command.command_id)
+            while len(self._accepted) > _ACCEPTED_MEMORY:
+                self._accepted.popitem(last=False)
+        return outcome

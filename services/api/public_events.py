@@ -93,7 +93,12 @@ def is_status_change(event: Event) -> bool:
 
 
 def _payload(value: Payload | None) -> dict[str, Any]:
-    return (value or Payload()).model_dump(exclude_none=True)
+    """`{type, value}` (+ `encoding_options` when set): `value` is required, even null."""
+    payload = value or Payload()
+    out: dict[str, Any] = {"type": payload.type, "value": payload.value}
+    if payload.encoding_options:
+        out["encoding_options"] = payload.encoding_options
+    return out
 
 
 def _failure(value: Failure | None) -> dict[str, Any]:

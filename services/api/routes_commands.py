@@ -1,24 +1,64 @@
-"""Command endpoints: each publishes a command and answers with the engine's outcome."""
+"""Command endpoints: each publishes a command to `workflows.commands` and answers with
+the engine's outcome for it, so the HTTP status tells what happened (docs/api-gateway.md).
+
+Idempotency: with an `Idempotency-Key` header the command id is derived from the caller,
+the endpoint, the execution and the key, so a retried request carries the same command id
+and the engine applies it once (a repeat is answered with the first outcome).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi import APIRouter, Header, HTTPException, Path, Response
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.commands import StartWorkflow, StartWorkflowPayload
-from schemas.common import Identifier
-from services.api.deps import Authed, Gateway, Reader
-from services.api.errors import rejection_error
-from services.api.gateway import OutcomeTimeout
+from schemas.commands import (
+    CancelExecution,
+    Command,
+    ReasonPayload,
+    ResetExecution,
+    ResetPayload,
+    SignalExecution,
+    SignalPayload,
+    StartWorkflow,
+    StartWorkflowPayload,
+    TerminateExecution,
+)
+from schemas.common import TERMINAL_STATUSES, ExecutionStatus, Identifier
+from schemas.outcomes import CommandOutcome
+from services.api import errors
+from services.api.access import AccessPolicy, existing_execution, known_execution_id
+from services.api.auth import Caller
+from services.api.command_shapes import (
+    BatchItemResult,
+    BatchRequest,
+    BatchResponse,
+    InvocationRequest,
+    QueryResponse,
+    ResetRequest,
+    SignalAccepted,
+    UpdateResponse,
+)
+from services.api.deps import Access, AllRuns, Authed, Fanout, FullSettings, Gateway, Reader
+from services.api.event_fanout import (
+    EventFanout,
+    FanoutFailed,
+    SubscriberOverflow,
+    Subscription,
+)
+from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
 from services.api.run_reader import RunReader
+from services.api.settings import GatewaySettings
 from services.api.shapes import ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
 
 router = APIRouter()
+
+Document = dict[str, Any]
 
 # Path segments that name collections under /v1/workflows, never a workflow.
 RESERVED_WORKFLOW_NAMES = frozenset(
@@ -35,26 +75,48 @@ RESERVED_WORKFLOW_NAMES = frozenset(
     }
 )
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
-_WAIT_POLL_SECONDS = 0.05
-_DEFAULT_WAIT_SECONDS = 300.0
+_WAIT_RECHECK_SECONDS = 2.0
+_BATCH_CONCURRENCY = 100
+
+IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+ExecutionId = Annotated[str, Path()]
+
+
+# --- execute --------------------------------------------------------------------------
 
 
 @router.post("/v1/workflows/{workflow_identifier}/execute", response_model=Execution)
 async def execute(
     who: Authed,
     reader: Reader,
+    all_runs: AllRuns,
     gateway: Gateway,
+    fanout: Fanout,
+    access: Access,
+    settings: FullSettings,
     body: ExecuteRequest,
     workflow_identifier: Annotated[str, Path()],
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Execution:
     workflow_name = workflow_name_from_path(workflow_identifier)
-    execution_id = body.execution_id or new_id()
-    command_id = (
-        derived_id("execute", who.user_id, idempotency_key) if idempotency_key else new_id()
-    )
+    if body.execution_id:
+        execution_id = body.execution_id
+    elif idempotency_key:
+        # A retry must name the same execution, or its command would land elsewhere.
+        execution_id = derived_id("execution", who.user_id, idempotency_key)
+    else:
+        execution_id = new_id()
+    if access.separate and body.execution_id:
+        existing = await all_runs.execution(execution_id)
+        if existing is not None and not access.may_see(who, existing):
+            raise HTTPException(
+                status_code=409,
+                detail=f"execution_id_taken: execution id {execution_id!r} belongs to another user",
+            )
     command = StartWorkflow(
-        command_id=command_id,
+        command_id=(
+            derived_id("execute", who.user_id, idempotency_key) if idempotency_key else new_id()
+        ),
         execution_id=execution_id,
         issued_at=utcnow(),
         user_id=who.user_id,
@@ -64,34 +126,247 @@ async def execute(
             deployment_name=body.deployment_name or body.task_queue,
         ),
     )
-    try:
-        outcome = await gateway.send(command)
-    except OutcomeTimeout as exc:
-        raise HTTPException(status_code=504, detail=str(exc)) from exc
-    if not outcome.accepted:
-        raise rejection_error(outcome)
-    if body.wait_for_result:
-        run = await _wait_until_closed(
-            reader, execution_id, body.timeout_seconds or _DEFAULT_WAIT_SECONDS
-        )
-    else:
+    if not body.wait_for_result:
+        await _apply(gateway, command)
         run = await reader.execution(execution_id)
+    else:
+        limit = min(
+            body.timeout_seconds or settings.api_wait_default_seconds,
+            settings.api_wait_max_seconds,
+        )
+        # Subscribe before the command goes out: the end cannot slip past unseen.
+        sub = fanout.subscribe(execution_id=execution_id)
+        try:
+            await _apply(gateway, command)
+            run = await _wait_until_closed(reader, fanout, sub, execution_id, limit)
+        finally:
+            fanout.unsubscribe(sub)
     if run is None:  # the engine stored it; only a lost store gets here
         raise HTTPException(status_code=503, detail="execution accepted but not readable yet")
     return execution_from_run(run)
 
 
 async def _wait_until_closed(
-    reader: RunReader, execution_id: str, limit: float
-) -> dict[str, Any] | None:
-    """The execution once it leaves RUNNING, or as it is when `limit` seconds pass."""
+    reader: RunReader,
+    fanout: EventFanout,
+    sub: Subscription,
+    execution_id: str,
+    limit: float,
+) -> Document | None:
+    """The execution once its status is terminal, or as it is when `limit` passes.
+
+    Woken by the execution's live events; re-reads now and then as well, so a stalled
+    live feed only slows the answer down."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
-    run = await reader.execution(execution_id)
-    while run is not None and run["status"] == "RUNNING" and loop.time() < deadline:
-        await asyncio.sleep(_WAIT_POLL_SECONDS)
+    while True:
         run = await reader.execution(execution_id)
-    return run
+        left = deadline - loop.time()
+        if run is None or _is_terminal(run) or left <= 0:
+            return run
+        try:
+            await sub.next(min(left, _WAIT_RECHECK_SECONDS))  # any event of it: look again
+        except SubscriberOverflow:
+            fanout.unsubscribe(sub)
+            sub = fanout.subscribe(execution_id=execution_id)
+        except FanoutFailed:
+            await asyncio.sleep(min(left, _WAIT_RECHECK_SECONDS))
+
+
+def _is_terminal(run: Document) -> bool:
+    status = run.get("status")
+    return status is not None and ExecutionStatus(status) in TERMINAL_STATUSES
+
+
+# --- commands on one execution ----------------------------------------------------------
+
+
+@router.post("/v1/workflows/executions/cancel", response_model=BatchResponse)
+async def batch_cancel(
+    who: Authed,
+    gateway: Gateway,
+    all_runs: AllRuns,
+    access: Access,
+    settings: FullSettings,
+    body: BatchRequest,
+    idempotency_key: IdempotencyKey = None,
+) -> BatchResponse:
+    return await _batch(
+        who, gateway, all_runs, access, settings, body, idempotency_key, _cancel_command
+    )
+
+
+@router.post("/v1/workflows/executions/terminate", response_model=BatchResponse)
+async def batch_terminate(
+    who: Authed,
+    gateway: Gateway,
+    all_runs: AllRuns,
+    access: Access,
+    settings: FullSettings,
+    body: BatchRequest,
+    idempotency_key: IdempotencyKey = None,
+) -> BatchResponse:
+    return await _batch(
+        who, gateway, all_runs, access, settings, body, idempotency_key, _terminate_command
+    )
+
+
+@router.post("/v1/workflows/executions/{execution_id}/cancel", status_code=204)
+async def cancel(
+    who: Authed, gateway: Gateway, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
+) -> Response:
+    await _apply(gateway, _cancel_command(who, known_execution_id(execution_id), idempotency_key))
+    return Response(status_code=204)
+
+
+@router.post("/v1/workflows/executions/{execution_id}/terminate", status_code=204)
+async def terminate(
+    who: Authed, gateway: Gateway, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
+) -> Response:
+    await _apply(
+        gateway, _terminate_command(who, known_execution_id(execution_id), idempotency_key)
+    )
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/workflows/executions/{execution_id}/signals",
+    status_code=202,
+    response_model=SignalAccepted,
+)
+async def signal(
+    who: Authed,
+    gateway: Gateway,
+    execution_id: ExecutionId,
+    body: InvocationRequest,
+    idempotency_key: IdempotencyKey = None,
+) -> SignalAccepted:
+    execution_id = known_execution_id(execution_id)
+    command = SignalExecution(
+        command_id=_command_id("signal", who, execution_id, idempotency_key),
+        execution_id=execution_id,
+        issued_at=utcnow(),
+        user_id=who.user_id,
+        payload=SignalPayload(name=body.name, input=body.input),
+    )
+    await _apply(gateway, command)
+    return SignalAccepted()
+
+
+@router.post("/v1/workflows/executions/{execution_id}/reset", status_code=204)
+async def reset(
+    who: Authed,
+    gateway: Gateway,
+    execution_id: ExecutionId,
+    body: ResetRequest,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    execution_id = known_execution_id(execution_id)
+    command = ResetExecution(
+        command_id=_command_id("reset", who, execution_id, idempotency_key),
+        execution_id=execution_id,
+        issued_at=utcnow(),
+        user_id=who.user_id,
+        payload=ResetPayload(
+            event_id=body.event_id,
+            reason=body.reason,
+            exclude_signals=bool(body.exclude_signals),
+            exclude_updates=bool(body.exclude_updates),
+        ),
+    )
+    await _apply(gateway, command)
+    return Response(status_code=204)
+
+
+@router.post("/v1/workflows/executions/{execution_id}/queries", response_model=QueryResponse)
+async def query(
+    who: Authed, reader: Reader, execution_id: ExecutionId, body: InvocationRequest
+) -> QueryResponse:
+    run = await existing_execution(reader, execution_id)
+    # Queries are answered by the worker hosting the workflow; there are none yet.
+    raise errors.no_worker("query", execution_id, run["workflow_name"])
+
+
+@router.post("/v1/workflows/executions/{execution_id}/updates", response_model=UpdateResponse)
+async def update(
+    who: Authed, reader: Reader, execution_id: ExecutionId, body: InvocationRequest
+) -> UpdateResponse:
+    run = await existing_execution(reader, execution_id)
+    raise errors.no_worker("update", execution_id, run["workflow_name"])
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+async def _apply(gateway: CommandGateway, command: Command) -> CommandOutcome:
+    """The accepted outcome of `command`, or the HTTP error that says what happened."""
+    try:
+        outcome = await gateway.send(command)
+    except OutcomeTimeout as exc:
+        raise errors.gateway_timeout(str(exc)) from exc
+    except PublishFailed as exc:
+        raise errors.not_published(str(exc)) from exc
+    if not outcome.accepted:
+        raise errors.rejection_error(outcome)
+    return outcome
+
+
+def _command_id(kind: str, who: Caller, execution_id: str, key: str | None) -> str:
+    return derived_id(kind, who.user_id, execution_id, key) if key else new_id()
+
+
+def _cancel_command(who: Caller, execution_id: str, key: str | None) -> Command:
+    return CancelExecution(
+        command_id=_command_id("cancel", who, execution_id, key),
+        execution_id=execution_id,
+        issued_at=utcnow(),
+        user_id=who.user_id,
+        payload=ReasonPayload(),
+    )
+
+
+def _terminate_command(who: Caller, execution_id: str, key: str | None) -> Command:
+    return TerminateExecution(
+        command_id=_command_id("terminate", who, execution_id, key),
+        execution_id=execution_id,
+        issued_at=utcnow(),
+        user_id=who.user_id,
+        payload=ReasonPayload(),
+    )
+
+
+async def _batch(
+    who: Caller,
+    gateway: CommandGateway,
+    all_runs: RunReader,
+    access: AccessPolicy,
+    settings: GatewaySettings,
+    body: BatchRequest,
+    key: str | None,
+    make: Callable[[Caller, str, str | None], Command],
+) -> BatchResponse:
+    ids = list(dict.fromkeys(body.execution_ids))
+    if len(ids) > settings.api_batch_max_ids:
+        raise errors.invalid(
+            ["body", "execution_ids"],
+            f"at most {settings.api_batch_max_ids} execution ids per request",
+            "too_long",
+        )
+    limiter = asyncio.Semaphore(_BATCH_CONCURRENCY)
+
+    async def one(execution_id: str) -> BatchItemResult:
+        async with limiter:
+            try:
+                valid = known_execution_id(execution_id)
+                if access.separate and not access.may_see(who, await all_runs.execution(valid)):
+                    raise errors.not_found("execution", execution_id)
+                await _apply(gateway, make(who, valid, key))
+            except HTTPException as exc:
+                return BatchItemResult(status="failure", error=str(exc.detail))
+            return BatchItemResult(status="success", error=None)
+
+    results = await asyncio.gather(*(one(e) for e in ids))
+    return BatchResponse(results=dict(zip(ids, results, strict=True)))
 
 
 def workflow_name_from_path(identifier: str) -> str:
@@ -107,14 +382,5 @@ def workflow_name_from_path(identifier: str) -> str:
             ],
         ) from exc
     if name in RESERVED_WORKFLOW_NAMES:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "loc": ["path", "workflow_identifier"],
-                    "msg": f"{name!r} is a reserved name",
-                    "type": "value_error",
-                }
-            ],
-        )
+        raise errors.invalid(["path", "workflow_identifier"], f"{name!r} is a reserved name")
     return name

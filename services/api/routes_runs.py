@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse
 
 from services.api.deps import Authed, Reader
 from services.api.errors import not_found
 from services.api.run_list import BadPageToken, RunFilter
-from services.api.shapes import Execution, ExecutionList, execution_from_run, list_item_from_run
+from services.api.shapes import (
+    MAX_PAGE_SIZE,
+    Execution,
+    ExecutionList,
+    execution_from_run,
+    history_body,
+    list_item_from_run,
+)
 
 router = APIRouter()
 
@@ -32,21 +40,26 @@ async def list_runs(
     end_time_before: datetime | None = None,
     user_id: str | None = None,
     include_internal: bool = True,
-    page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     next_page_token: str | None = None,
 ) -> ExecutionList:
+    # Workflows have no id apart from their name here, so `workflow_identifier` (name or
+    # id) is the name. `search_key` and `workflow_tags` are not supported yet: FastAPI
+    # ignores them, which lists more rather than fewer runs.
     flt = RunFilter(
-        workflow_name=workflow_identifier,
-        root_execution_id=root_execution_id,
+        workflow_name=workflow_identifier or None,
+        root_execution_id=root_execution_id or None,
         search=search or None,
-        statuses=tuple(status or ()),
-        deployment_name=deployment_name,
-        user_id=who.user_id if user_id == "current" else user_id,
+        statuses=tuple(sorted(set(status or ()))),
+        deployment_name=deployment_name or None,
+        user_id=who.user_id if user_id == "current" else (user_id or None),
         include_internal=include_internal,
-        start_time_after=utc(start_time_after),
-        start_time_before=utc(start_time_before),
-        end_time_after=utc(end_time_after),
-        end_time_before=utc(end_time_before),
+        # Stored times have millisecond precision (BSON dates): round the inclusive bounds
+        # inwards so that a sub-millisecond bound keeps its meaning.
+        start_time_after=ceil_ms(utc(start_time_after)),
+        start_time_before=floor_ms(utc(start_time_before)),
+        end_time_after=ceil_ms(utc(end_time_after)),
+        end_time_before=floor_ms(utc(end_time_before)),
         sort_by=sort_by,
         order=order,
     )
@@ -65,6 +78,18 @@ async def get_run(who: Authed, reader: Reader, run_id: str) -> Execution:
     return execution_from_run(run)
 
 
+@router.get("/v1/workflows/runs/{run_id}/history")
+async def get_run_history(
+    who: Authed, reader: Reader, run_id: str, decode_payloads: bool = True
+) -> JSONResponse:
+    # Payloads are stored as the JSON the caller sent (client-encoded ones stay as the
+    # client encoded them), so `decode_payloads` changes nothing.
+    found = await reader.run_history(run_id)
+    if found is None:
+        raise not_found("run", run_id)
+    return JSONResponse(history_body(*found))
+
+
 @router.get("/v1/workflows/executions/{execution_id}", response_model=Execution)
 async def get_execution(
     who: Authed, reader: Reader, execution_id: str, include_search_keys: bool = False
@@ -73,6 +98,28 @@ async def get_execution(
     if run is None:
         raise not_found("execution", execution_id)
     return execution_from_run(run, include_search_keys=include_search_keys)
+
+
+@router.get("/v1/workflows/executions/{execution_id}/history")
+async def get_execution_history(
+    who: Authed, reader: Reader, execution_id: str, decode_payloads: bool = True
+) -> JSONResponse:
+    """The history of the execution's latest run (each run has its own history)."""
+    found = await reader.execution_history(execution_id)
+    if found is None:
+        raise not_found("execution", execution_id)
+    return JSONResponse(history_body(*found))
+
+
+def floor_ms(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def ceil_ms(value: datetime | None) -> datetime | None:
+    floored = floor_ms(value)
+    if value is None or floored is None or floored == value:
+        return value
+    return floored + timedelta(milliseconds=1)
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -1,16 +1,24 @@
 """`list_runs`: filters, sort and keyset pagination over the `runs` read model.
 
-Pages are cut by keyset, never skip/offset: the token holds the last row's sort value
-and `_id`, plus a fingerprint of the filters it was made for, so a token reused with
-other filters (or forged) is refused with a clear 400 instead of returning wrong rows.
+Pages are cut by keyset, never skip/offset. The sort is `(sort field, _id)` in the asked
+direction. `end_time` is null while a run is open; MongoDB orders null below every date,
+so under `sort_by=end_time` the open runs come last in `desc` order and first in `asc`
+order. The list is walked as ordered *segments* (the dated runs, the open runs), each
+served by the same index; a page that ends in one segment continues in the next.
+
+The page token holds the last row's sort value and `_id` plus a fingerprint of the
+filters it was made for, and a MAC over both: a token that was altered, or reused with
+other filters, is refused with a clear 400 instead of returning wrong rows.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -18,13 +26,36 @@ Document = dict[str, Any]
 SortField = Literal["start_time", "end_time"]
 Order = Literal["asc", "desc"]
 
+# Keys the token MAC. Not a secret: the MAC only tells a token this API made from one
+# that was edited or made up; a made-up token can at most start a page elsewhere in a
+# list its bearer may read anyway.
+_TOKEN_KEY = b"runstore.list_runs.page_token.v1"
+_TOKEN_VERSION = 1
+
 
 class BadPageToken(ValueError):
     """The token is not one this API issued for these filters."""
 
 
 @dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the previous page ended: its last row's sort value (None = open run) and id."""
+
+    value: datetime | None
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of the sort order: dated runs, or runs with a null sort field."""
+
+    null: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RunFilter:
+    """Every `list_runs` filter, normalised (user `current` already resolved)."""
+
     workflow_name: str | None = None
     root_execution_id: str | None = None
     search: str | None = None
@@ -38,14 +69,14 @@ class RunFilter:
     end_time_before: datetime | None = None
     sort_by: SortField = "start_time"
     order: Order = "desc"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
+        """Identifies the filters and sort a page token belongs to."""
         parts = [
             self.workflow_name,
             self.root_execution_id,
             self.search,
-            sorted(self.statuses),
+            sorted(set(self.statuses)),
             self.deployment_name,
             self.user_id,
             self.include_internal,
@@ -53,7 +84,7 @@ class RunFilter:
             self.sort_by,
             self.order,
         ]
-        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def _times(self) -> list[datetime | None]:
         return [
@@ -64,7 +95,7 @@ class RunFilter:
         ]
 
     def equality(self) -> Document:
-        """Fields pinned to one value: the leading keys of the index that serves the query."""
+        """Fields pinned to one value: candidates to lead the index that serves the query."""
         eq: Document = {}
         if self.workflow_name is not None:
             eq["workflow_name"] = self.workflow_name
@@ -74,19 +105,22 @@ class RunFilter:
             eq["deployment_name"] = self.deployment_name
         if self.user_id is not None:
             eq["user_id"] = self.user_id
-        if len(self.statuses) == 1:
-            eq["status"] = self.statuses[0]
+        statuses = sorted(set(self.statuses))
+        if len(statuses) == 1:
+            eq["status"] = statuses[0]
         return eq
 
-    def query(self) -> Document:
-        clauses: list[Document] = [self.equality()] if self.equality() else []
-        if len(self.statuses) > 1:
-            clauses.append({"status": {"$in": list(self.statuses)}})
+    def clauses(self) -> list[Document]:
+        """The filter as a list of clauses to AND together."""
+        out: list[Document] = [{k: v} for k, v in self.equality().items()]
+        statuses = sorted(set(self.statuses))
+        if len(statuses) > 1:
+            out.append({"status": {"$in": statuses}})
         if not self.include_internal:
-            clauses.append({"internal": {"$ne": True}})
+            out.append({"internal": {"$ne": True}})
         if self.search:
             pattern = _escape_regex(self.search)
-            clauses.append(
+            out.append(
                 {
                     "$or": [
                         {f: {"$regex": pattern, "$options": "i"}}
@@ -94,6 +128,7 @@ class RunFilter:
                     ]
                 }
             )
+        # Range operators never match null, so end_time bounds leave open runs out.
         for name, op, value in (
             ("start_time", "$gte", self.start_time_after),
             ("start_time", "$lte", self.start_time_before),
@@ -101,63 +136,124 @@ class RunFilter:
             ("end_time", "$lte", self.end_time_before),
         ):
             if value is not None:
-                clauses.append({name: {op: value}})
-        if not clauses:
-            return {}
-        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+                out.append({name: {op: value}})
+        return out
+
+    def query(self) -> Document:
+        """The filter as one MongoDB query (no paging)."""
+        return _and(self.clauses())
 
     def sort(self) -> list[tuple[str, int]]:
         direction = -1 if self.order == "desc" else 1
         return [(self.sort_by, direction), ("_id", direction)]
 
+    def segments(self) -> list[Segment]:
+        """The stretches of the sort order, in the order pages walk them."""
+        if self.sort_by == "start_time":
+            return [Segment(null=False)]  # every run has a start time
+        if self.end_time_after is not None or self.end_time_before is not None:
+            return [Segment(null=False)]  # open runs are filtered out
+        dated, open_runs = Segment(null=False), Segment(null=True)
+        return [dated, open_runs] if self.order == "desc" else [open_runs, dated]
 
-def after_token(flt: RunFilter, token: str) -> Document:
-    """The clause that selects rows strictly after the token's row in sort order."""
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4)))
-        fingerprint, value, last_id = raw["f"], raw["v"], raw["i"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadPageToken("next_page_token is malformed") from exc
-    if fingerprint != flt.fingerprint():
-        raise BadPageToken(
-            "next_page_token was issued for other filters or sort; "
-            "repeat the request with the same parameters"
-        )
-    if not isinstance(last_id, str):
-        raise BadPageToken("next_page_token is malformed")
-    f = flt.sort_by
-    try:
-        sort_value = datetime.fromisoformat(value) if value is not None else None
-    except (TypeError, ValueError) as exc:
-        raise BadPageToken("next_page_token is malformed") from exc
-    # Mongo orders null below every date: last in desc order, first in asc order.
-    if flt.order == "desc":
-        if sort_value is None:
-            return {f: None, "_id": {"$lt": last_id}}
-        return {
-            "$or": [
-                {f: {"$lt": sort_value}},
-                {f: sort_value, "_id": {"$lt": last_id}},
-                {f: None},
-            ]
-        }
-    if sort_value is None:
-        return {"$or": [{f: None, "_id": {"$gt": last_id}}, {f: {"$ne": None}}]}
-    return {"$or": [{f: {"$gt": sort_value}}, {f: sort_value, "_id": {"$gt": last_id}}]}
+    def page_queries(self, after: Cursor | None) -> list[Document]:
+        """The queries that, run in turn with `sort()`, list the rows after `after`."""
+        segments = self.segments()
+        if after is not None:
+            start = Segment(null=after.value is None)
+            if start not in segments:
+                raise BadPageToken("next_page_token does not fit these filters")
+            segments = segments[segments.index(start) :]
+        queries: list[Document] = []
+        for segment in segments:
+            clauses = self.clauses()
+            clauses += self._segment_clauses(segment, after if segment == segments[0] else None)
+            queries.append(_and(clauses))
+        return queries
+
+    def _segment_clauses(self, segment: Segment, after: Cursor | None) -> list[Document]:
+        f = self.sort_by
+        less = "$lt" if self.order == "desc" else "$gt"
+        if segment.null:
+            out: list[Document] = [{f: None}]
+            if after is not None:
+                out.append({"_id": {less: after.run_id}})
+            return out
+        if after is None:
+            return [] if f == "start_time" else [{f: {"$ne": None}}]
+        # (f, _id) strictly after (v, id): f beyond v, or f == v and _id beyond id. The
+        # outer range bounds the index walk; the $or only trims rows at f == v.
+        assert after.value is not None
+        v = after.value
+        return [
+            {f: {"$lte" if self.order == "desc" else "$gte": v}},
+            {"$or": [{f: {less: v}}, {"_id": {less: after.run_id}}]},
+        ]
 
 
 def make_token(flt: RunFilter, last_row: Document) -> str:
-    value = last_row.get(flt.sort_by)
-    raw = {"f": flt.fingerprint(), "v": _iso(value), "i": last_row["_id"]}
-    return base64.urlsafe_b64encode(json.dumps(raw).encode()).decode().rstrip("=")
+    """The token for the page after the one that ended with `last_row`."""
+    payload = json.dumps(
+        [_TOKEN_VERSION, flt.fingerprint(), _iso(last_row.get(flt.sort_by)), last_row["_id"]],
+        separators=(",", ":"),
+    ).encode()
+    return f"{_b64(payload)}.{_b64(_mac(payload))}"
+
+
+def read_token(flt: RunFilter, token: str) -> Cursor:
+    """The cursor a token holds; BadPageToken if it is not one made for `flt`."""
+    body, dot, mac = token.strip().partition(".")
+    try:
+        payload = _unb64(body)
+        ok = bool(dot) and hmac.compare_digest(_unb64(mac), _mac(payload))
+    except (ValueError, binascii.Error):
+        ok = False
+    if not ok:
+        raise BadPageToken(
+            "next_page_token is not a token this API issued; pass the next_page_token of "
+            "the previous page unchanged"
+        )
+    try:
+        version, fingerprint, value, run_id = json.loads(payload)
+        if version != _TOKEN_VERSION or not isinstance(run_id, str) or not run_id:
+            raise ValueError("bad fields")
+        sort_value = None if value is None else _aware(datetime.fromisoformat(value))
+    except (ValueError, TypeError) as exc:
+        raise BadPageToken("next_page_token is malformed") from exc
+    if fingerprint != flt.fingerprint():
+        raise BadPageToken(
+            "next_page_token was issued for other filters, sort or order; repeat the "
+            "request with the parameters of the first page"
+        )
+    return Cursor(sort_value, run_id)
+
+
+def _mac(payload: bytes) -> bytes:
+    return hmac.new(_TOKEN_KEY, payload, hashlib.sha256).digest()[:12]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    if not text or not text.isascii():
+        raise ValueError("empty or non-ASCII")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat()
+    return None if value is None else _aware(value).isoformat()
+
+
+def _and(clauses: list[Document]) -> Document:
+    if not clauses:
+        return {}
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def _escape_regex(text: str) -> str:

@@ -49,6 +49,10 @@ class Execution(ExecutionListItem):
     search_keys: dict[str, str | None] | None = None
 
 
+MAX_PAGE_SIZE = 1000
+"""Largest `page_size` of list_runs; more is a 422, never a silent cap (API.md §10.1)."""
+
+
 class ExecutionList(BaseModel):
     executions: list[ExecutionListItem]
     next_page_token: str | None = None
@@ -77,3 +81,15 @@ def list_item_from_run(run: dict[str, Any]) -> ExecutionListItem:
     return ExecutionListItem.model_validate(
         execution_from_run(run).model_dump(exclude={"result", "search_keys"})
     )
+
+
+def history_body(run: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's history as both history endpoints answer it (raw JSON, unmodelled by the
+    SDK): the run's ids and its stored events, oldest first (`event_number` 1, 2, …)."""
+    return {
+        "execution_id": run["execution_id"],
+        "run_id": run["run_id"],
+        "workflow_name": run["workflow_name"],
+        "status": run["status"],
+        "events": events,
+    }

@@ -12,7 +12,6 @@ from schemas.commits import Commit, commit_id
 Document = dict[str, Any]
 
 COMMITS = "commits"
-HEADS = "heads"
 
 
 def commit_to_doc(commit: Commit) -> Document:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-
-_NAMESPACE = uuid.UUID("6f0f6a3e-5b2f-4d8e-9a55-2d0f2b7c9e10")
 
 
 def new_id() -> str:
@@ -12,5 +11,10 @@ def new_id() -> str:
 
 
 def derived_id(*parts: str) -> str:
-    """A stable id for `parts`: the same inputs always give the same id."""
-    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+    """A stable UUID-shaped id for `parts`: the same inputs always give the same id.
+
+    A hash formatted directly (no uuid.UUID object): the engine derives ids per command,
+    and this is several times cheaper than uuid.uuid5.
+    """
+    h = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -26,6 +26,11 @@ class RunstoreSettings(BaseSettings):
     def topics(self) -> Topics:
         return Topics.with_prefix(self.topic_prefix)
 
+    def group(self, name: str) -> str:
+        """A consumer group name scoped like the topics: deployments sharing one cluster
+        under different prefixes never join each other's groups."""
+        return f"{self.topic_prefix}{name}"
+
 
 class Topics:
     """Names of every topic Runstore uses."""
@@ -55,10 +60,11 @@ class Topics:
 
 class EngineSettings(RunstoreSettings):
     engine_group_id: str = "engine"
-    engine_max_batch: int = Field(default=500, ge=1)
+    engine_max_batch: int = Field(default=500, ge=1, le=5_000)
     """Most commands handled (and appended with one insert) per batch."""
-    engine_cache_size: int = Field(default=100_000, ge=0)
-    """Execution states kept in memory; a miss costs two `_id` reads."""
+    engine_cache_size: int = Field(default=100_000, ge=10_000)
+    """Execution states kept in memory; a miss costs two `_id` reads. At least twice the
+    largest batch, so a batch never evicts the states it is deciding."""
     engine_instance_id: str | None = None
     """Kafka static membership id (e.g. the pod name): a restarted engine with the same id
     gets its partitions back at once instead of after a rebalance."""

@@ -52,12 +52,6 @@ class EventStore(Protocol):
         """The execution's commits after `after_seq`, in order."""
         ...  # pragma: no cover
 
-    async def remember_heads(self, commits: Sequence[Commit]) -> None:
-        """Record the newest commit of each execution so `latest` finds it in one read.
-
-        A hint only: `latest` still probes past it, so a lost or stale head is harmless.
-        """
-
     def scan(self) -> AsyncIterator[Commit]:
         """Every commit, each execution's in `seq` order (for rebuilds and audits)."""
         ...  # pragma: no cover

@@ -48,9 +48,6 @@ class InMemoryEventStore:
         for commit in list(self._streams.get(execution_id, []))[after_seq:]:
             yield commit
 
-    async def remember_heads(self, commits: Sequence[Commit]) -> None:
-        return None
-
     async def scan(self) -> AsyncIterator[Commit]:
         for execution_id in sorted(self._streams):
             for commit in list(self._streams[execution_id]):

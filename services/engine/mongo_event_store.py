@@ -1,11 +1,12 @@
 """EventStore on MongoDB (or FerretDB): commits are inserts, `_id` reads are the hot path.
 
-Collections:
-- `commits`: `_id` = `{execution_id}:{seq:012d}`, unique index on `command_id`.
-- `heads`: `_id` = execution_id, `{seq}`: where the newest commit was last seen.
+`commits`: `_id` = `{execution_id}:{seq:012d}`, unique index on `command_id`.
 
-Loading an execution reads its head, then probes `_id`s after it until one is missing,
-so it never depends on a secondary index (FerretDB scans for anything but `_id`).
+The write path never updates a document: appends are inserts, and the unique `_id`
+and `command_id` indexes are the concurrency and idempotency guards. Finding an
+execution's newest commit needs no head document either: its seqs are contiguous from
+1, so galloping `_id` probes (1, 2, 4, 8, … then a binary search) find the last one in
+O(log n) point reads, which stay fast on FerretDB (it scans for anything but `_id`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import asyncio
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
-from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from schemas.commits import Commit
 from services.common.commit_log import (
     COMMITS,
-    HEADS,
     commit_from_doc,
     commit_to_doc,
     read_commit,
@@ -37,7 +36,6 @@ _READ_CONCURRENCY = 32
 class MongoEventStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._commits = db[COMMITS]
-        self._heads = db[HEADS]
 
     async def setup(self) -> None:
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
@@ -53,14 +51,22 @@ class MongoEventStore:
         return {e: c for e, c in found if c is not None}
 
     async def _latest_one(self, execution_id: str) -> Commit | None:
-        head = await self._heads.find_one({"_id": execution_id})
-        seq = int(head["seq"]) if head else 0
-        newest = await self.get(execution_id, seq) if seq else None
-        while True:
-            following = await self.get(execution_id, seq + 1)
-            if following is None:
-                return newest
-            newest, seq = following, seq + 1
+        newest = await self.get(execution_id, 1)
+        if newest is None:
+            return None
+        # Gallop: double the probe until a seq is missing; the last commit lies between.
+        low, high = 1, 2
+        while (found := await self.get(execution_id, high)) is not None:
+            newest, low, high = found, high, high * 2
+        # Binary search in (low, high): low exists, high does not.
+        while high - low > 1:
+            middle = (low + high) // 2
+            found = await self.get(execution_id, middle)
+            if found is None:
+                high = middle
+            else:
+                newest, low = found, middle
+        return newest
 
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
         if not commits:
@@ -102,17 +108,6 @@ class MongoEventStore:
         while (commit := await self.get(execution_id, seq + 1)) is not None:
             yield commit
             seq += 1
-
-    async def remember_heads(self, commits: Sequence[Commit]) -> None:
-        newest: dict[str, int] = {}
-        for c in commits:
-            newest[c.execution_id] = max(newest.get(c.execution_id, 0), c.seq)
-        if not newest:
-            return
-        await self._heads.bulk_write(
-            [ReplaceOne({"_id": e}, {"seq": s}, upsert=True) for e, s in newest.items()],
-            ordered=False,
-        )
 
     async def scan(self) -> AsyncIterator[Commit]:
         async for doc in self._commits.find({}).sort("_id", 1):

@@ -93,6 +93,7 @@ class StateCache:
     def __init__(self, max_size: int) -> None:
         self._max = max_size
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._revoked: set[int] = set()
 
     def get(self, execution_id: str) -> _Stream | None:
         stream = self._streams.get(execution_id)
@@ -110,10 +111,15 @@ class StateCache:
         for e in execution_ids:
             self._streams.pop(e, None)
 
-    def drop_partitions(self, partitions: Collection[int]) -> None:
-        """Forget executions of partitions this instance no longer owns."""
-        gone = {e for e, s in self._streams.items() if s.partition in partitions}
-        self.drop(gone)
+    def forget_partitions_later(self, partitions: Collection[int]) -> None:
+        """Partitions this instance lost; forgotten before the next batch is decided."""
+        self._revoked.update(partitions)
+
+    def apply_revocations(self) -> None:
+        if self._revoked:
+            gone = {e for e, s in self._streams.items() if s.partition in self._revoked}
+            self.drop(gone)
+            self._revoked.clear()
 
     def clear(self) -> None:
         self._streams.clear()
@@ -148,6 +154,7 @@ class CommandProcessor:
         self._max_record_bytes = max_record_bytes
 
     async def process(self, records: Sequence[InboundRecord]) -> Outbound:
+        self._cache.apply_revocations()
         out = Outbound()
         parsed: list[tuple[InboundRecord, Command]] = []
         for record in records:
@@ -249,6 +256,7 @@ class CommandProcessor:
 
     async def _load(self, execution_ids: set[str]) -> None:
         missing = [e for e in execution_ids if self._cache.get(e) is None]
+        log.debug("loading %d of %d executions", len(missing), len(execution_ids))
         if not missing:
             return
         latest = await self._store.latest(missing)
@@ -328,18 +336,10 @@ class CommandProcessor:
     async def _context(
         self, command: Command, stream: _Stream, now_ns: int, decided: list[_Decided]
     ) -> Context:
-        # Ids derive from the command id: a retried decision picks the same ids.
-        cid = command.command_id
         history: tuple[Event, ...] = ()
         if command.type == "ResetExecution" and stream.state is not None:
             history = await self._run_history(command.execution_id, stream.state.run_id, decided)
-        return Context(
-            now_ns=now_ns,
-            new_run_id=derived_id(cid, "run"),
-            new_execution_id=derived_id(cid, "execution"),
-            successor_run_id=derived_id(cid, "successor-run"),
-            history=history,
-        )
+        return _context_for(command, now_ns, history)
 
     async def _run_history(
         self, execution_id: str, run_id: str, decided: list[_Decided]
@@ -399,12 +399,7 @@ class CommandProcessor:
 
     def _replayed(self, record: InboundRecord, command: Command, commit: Commit) -> _Decided:
         state = ExecutionState.model_validate(commit.state)
-        ctx = Context(
-            now_ns=commit.events[0].timestamp_ns,
-            new_run_id=derived_id(command.command_id, "run"),
-            new_execution_id=derived_id(command.command_id, "execution"),
-            successor_run_id=derived_id(command.command_id, "successor-run"),
-        )
+        ctx = _context_for(command, commit.events[0].timestamp_ns)
         return _Decided(
             record,
             command,
@@ -422,6 +417,24 @@ class CommandProcessor:
             if d.outcome is not None:
                 out.outcomes.append(d.outcome)
             out.follow_ups.extend(d.follow_ups)
+
+
+# Which ids each command type can need; deriving them costs a hash each.
+_NEEDS_RUN_ID = frozenset({"StartWorkflow", "ResetExecution", "ContinueAsNew"})
+_NEEDS_SUCCESSOR_IDS = frozenset({"ContinueAsNew"})
+
+
+def _context_for(command: Command, now_ns: int, history: tuple[Event, ...] = ()) -> Context:
+    """Ids derive from the command id, so a decision taken again picks the same ids."""
+    cid = command.command_id
+    successor = command.type in _NEEDS_SUCCESSOR_IDS
+    return Context(
+        now_ns=now_ns,
+        new_run_id=derived_id(cid, "run") if command.type in _NEEDS_RUN_ID else "",
+        new_execution_id=derived_id(cid, "execution") if successor else "",
+        successor_run_id=derived_id(cid, "successor-run") if successor else "",
+        history=history,
+    )
 
 
 def _repeat(record: InboundRecord, command: Command, first: _Decided) -> _Decided:

@@ -15,6 +15,7 @@ from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
+from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.projector import Projector
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,15 @@ _RETRY_BACKOFF_SECONDS = 1.0
 def build_app(settings: ProjectorSettings) -> FastStream:
     broker = kafka_broker(settings, client_id="runstore-projector")
     client = mongo_client(settings)
-    store = MongoReadModelStore(mongo_database(client, settings))
-    projector = Projector(store)
+    db = mongo_database(client, settings)
+    store = MongoReadModelStore(db)
+    projector = Projector(store, MongoCommitSource(db))
 
     # MANUAL acks: offsets move only after the batch's documents are written; a failed
     # batch is sought back and applied again (the seq guards make that harmless).
     @broker.subscriber(
         settings.topics.events,
-        group_id=settings.projector_group_id,
+        group_id=settings.group(settings.projector_group_id),
         batch=True,
         max_records=settings.projector_max_batch,
         batch_timeout_ms=50,
@@ -46,7 +48,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                 events.append(EVENT_ADAPTER.validate_json(record.value))
             except ValidationError as exc:
                 # Only the engine writes this topic; an unreadable record is a bug to
-                # report, not a reason to stop projecting everyone else's runs.
+                # report, not a reason to stop projecting everyone else's runs. (If a
+                # later event of its execution arrives, the gap is filled from commits.)
                 log.error(
                     "skipping unreadable event at %s/%s: %s", record.partition, record.offset, exc
                 )

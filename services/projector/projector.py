@@ -2,54 +2,77 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
 from schemas.events import Event
-from services.common.readmodels.projection import (
-    apply_to_execution,
-    apply_to_history,
-    apply_to_run,
-    history_chunk_id,
-)
-from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
+from services.common.readmodels.projection import ReadModelDocs, ids_touched, project
+from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, ReadModelStore
+from services.projector.commit_source import CommitSource
 
 log = logging.getLogger(__name__)
 
 
 class Projector:
-    """Single writer per execution (its partition's owner), so read-fold-replace is safe."""
+    """Folds events onto the read models, one batch at a time.
 
-    def __init__(self, store: ReadModelStore) -> None:
+    Single writer per execution (the owner of its partition), so read-fold-replace is
+    safe without compare-and-set. Idempotent: the position guards in `projection` ignore
+    an event a document already reflects, so a re-delivered or replayed batch changes
+    nothing. Gap-free: an event whose execution's pointer is more than one commit behind
+    (a lost or reordered record) first pulls the missing commits from the event store, so
+    every document is always the fold of a prefix of its execution's commits.
+    """
+
+    def __init__(self, store: ReadModelStore, commits: CommitSource | None = None) -> None:
         self._store = store
+        self._commits = commits
 
     async def apply(self, events: Iterable[Event]) -> int:
-        events = list(events)
-        if not events:
+        """Project `events` (in stream order per execution); returns how many were given."""
+        given = list(events)
+        if not given:
             return 0
-        runs = await self._store.load(RUNS, {e.run_id for e in events})
-        executions = await self._store.load(EXECUTIONS, {e.execution_id for e in events})
-        chunks = await self._store.load(
-            HISTORY, {history_chunk_id(e.run_id, e.event_number) for e in events}
+        executions = await self._store.load(EXECUTIONS, {e.execution_id for e in given})
+        ordered = await self._fill_gaps(given, {i: int(p["seq"]) for i, p in executions.items()})
+        run_ids, _, chunk_ids = ids_touched(ordered)
+        runs, chunks = await asyncio.gather(
+            self._store.load(RUNS, run_ids), self._store.load(HISTORY, chunk_ids)
         )
-        changed_runs: dict[str, Document] = {}
-        changed_executions: dict[str, Document] = {}
-        changed_chunks: dict[str, Document] = {}
-        for event in events:
-            run = apply_to_run(runs.get(event.run_id), event)
-            if run is not None and run is not runs.get(event.run_id):
-                runs[event.run_id] = changed_runs[event.run_id] = run
-            pointer = apply_to_execution(executions.get(event.execution_id), event)
-            if pointer is not None and pointer is not executions.get(event.execution_id):
-                executions[event.execution_id] = changed_executions[event.execution_id] = pointer
-            chunk_id = history_chunk_id(event.run_id, event.event_number)
-            before = chunks.get(chunk_id)
-            if before is None or str(event.event_number) not in before["events"]:
-                chunk = apply_to_history(before, event, event.model_dump(mode="json"))
-                chunks[chunk_id] = changed_chunks[chunk_id] = chunk
-        # History first, then runs, then pointers: a reader who finds a pointer finds
-        # its run, and a run's history is never behind the run row.
-        await self._store.save(HISTORY, changed_chunks)
+        docs = project(ordered, ReadModelDocs(runs=runs, executions=executions, history=chunks))
+        history, changed_runs, pointers = docs.changes()
+        # History first, then runs, then pointers: a reader who finds a pointer at seq s
+        # finds every run and history event up to s (the API folds commits after s).
+        await self._store.save(HISTORY, history)
         await self._store.save(RUNS, changed_runs)
-        await self._store.save(EXECUTIONS, changed_executions)
-        return len(events)
+        await self._store.save(EXECUTIONS, pointers)
+        return len(given)
+
+    async def _fill_gaps(self, events: list[Event], seen: dict[str, int]) -> list[Event]:
+        """`events` with the events of any commit missing before them spliced in."""
+        if self._commits is None:
+            return events
+        last = dict(seen)
+        missing: dict[int, tuple[str, list[int]]] = {}  # event index -> (execution, seqs)
+        for i, e in enumerate(events):
+            upto = last.get(e.execution_id, 0)
+            if e.seq > upto + 1:
+                missing[i] = (e.execution_id, list(range(upto + 1, e.seq)))
+            last[e.execution_id] = max(upto, e.seq)
+        if not missing:
+            return events
+        fetched = await asyncio.gather(
+            *(self._commits.read(execution_id, seqs) for execution_id, seqs in missing.values())
+        )
+        fills = dict(zip(missing, fetched, strict=True))
+        out: list[Event] = []
+        for i, e in enumerate(events):
+            for commit in fills.get(i, ()):
+                out.extend(commit.events)
+            out.append(e)
+        log.warning(
+            "filled %d missing commits from the event store",
+            sum(len(c) for c in fills.values()),
+        )
+        return out

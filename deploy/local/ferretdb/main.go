@@ -73,6 +73,8 @@ func run() error {
 	// New has already bound the listener, so the URI (with the real port) is valid now.
 	fmt.Println(f.MongoDBURI())
 
+	go keepIDIndexes(ctx, absDir, logger) // see idindex.go
+
 	if err = f.Run(ctx); err != nil {
 		return err
 	}

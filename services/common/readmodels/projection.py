@@ -6,13 +6,17 @@ Three document kinds, all addressed by `_id` so every point read is fast on any 
 - history chunk (`history`, `_id` = `{run_id}:{chunk:06d}`): up to HISTORY_CHUNK events
   of a run, keyed by their event_number.
 
-Each document records the position `(seq, index)` of the newest event it reflects, and an
-event at or below that position is ignored: re-delivery and replays never move a read
-model backwards or duplicate anything.
+Run documents and execution pointers record the position `(seq, index)` of the newest
+event they reflect, and an event at or below that position is ignored; history chunks
+key events by `event_number` and never replace one. So re-delivery and replays never move
+a read model backwards or duplicate anything, and folding the same events in the same
+order always gives the same documents (what the rebuild relies on).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +36,23 @@ _ENDING = {
     EventType.WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
 }
 
+# Fields a list row needs; the rest of a run document (result, failure, search keys) is
+# only read by point reads, so list queries leave it on the server.
+LIST_FIELDS = (
+    "_id",
+    "run_id",
+    "execution_id",
+    "workflow_name",
+    "root_execution_id",
+    "parent_execution_id",
+    "deployment_name",
+    "user_id",
+    "status",
+    "start_time",
+    "end_time",
+    "total_duration_ms",
+)
+
 
 def read_model_time(ns: int) -> datetime:
     """Event time at millisecond precision: what BSON dates keep, so a document folded
@@ -49,12 +70,14 @@ def is_newer(event: Event, doc: Document | None) -> bool:
 
 
 def apply_to_run(run: Document | None, event: Event) -> Document | None:
-    """The run document after `event`; None if the run has not started yet."""
+    """The run document after `event`; None if the run has not started yet.
+
+    Returns `run` itself (the same object) when the event changes nothing.
+    """
     if not is_newer(event, run):
         return run
     if event.type is EventType.WORKFLOW_EXECUTION_STARTED:
         a = event.attributes
-        start = read_model_time(event.timestamp_ns)
         run = {
             "_id": event.run_id,
             "run_id": event.run_id,
@@ -68,7 +91,7 @@ def apply_to_run(run: Document | None, event: Event) -> Document | None:
             "internal": a.internal,
             "search_keys": a.search_keys,
             "status": "RUNNING",
-            "start_time": start,
+            "start_time": read_model_time(event.timestamp_ns),
             "end_time": None,
             "total_duration_ms": None,
             "result": None,
@@ -76,23 +99,25 @@ def apply_to_run(run: Document | None, event: Event) -> Document | None:
             "attempt": a.attempt,
         }
     elif run is None:
-        return None  # an event of a run whose start we have not seen: nothing to show
+        # A run opened by a reset starts with WORKFLOW_RUN_RESET, then STARTED: there is
+        # nothing to show until the STARTED event.
+        return None
     else:
         run = dict(run)
         status = STATUS_AFTER.get(event.type)
         if status is not None:
             run["status"] = status.value
         if event.type in _ENDING:
-            end: datetime = read_model_time(event.timestamp_ns)
-            run["end_time"] = end
-            start_ns = int(run["start_time"].timestamp() * 1_000_000_000)
-            run["total_duration_ms"] = max(0, (event.timestamp_ns - start_ns) // 1_000_000)
+            run["end_time"] = read_model_time(event.timestamp_ns)
+            start_ms = round(run["start_time"].timestamp() * 1000)
+            run["total_duration_ms"] = max(0, event.timestamp_ns // 1_000_000 - start_ms)
         if event.type is EventType.WORKFLOW_EXECUTION_COMPLETED:
             run["result"] = event.attributes.result.value
         if event.type is EventType.WORKFLOW_EXECUTION_FAILED:
-            run["failure"] = event.attributes.failure.model_dump()
+            run["failure"] = event.attributes.failure.model_dump(mode="json")
         if event.type is EventType.WORKFLOW_EXECUTION_RETRY_STARTED:
             run["attempt"] = event.attributes.attempt
+    run["event_count"] = event.event_number
     run["position"] = position(event)
     run["seq"] = event.seq
     return run
@@ -105,12 +130,13 @@ def apply_to_execution(pointer: Document | None, event: Event) -> Document | Non
     if pointer is None and event.type is not EventType.WORKFLOW_EXECUTION_STARTED:
         return None
     latest = pointer["latest_run_id"] if pointer else event.run_id
+    root = pointer["root_execution_id"] if pointer else event.root_execution_id
     if event.type is EventType.WORKFLOW_EXECUTION_STARTED:
-        latest = event.run_id
+        latest, root = event.run_id, event.root_execution_id
     return {
         "_id": event.execution_id,
         "latest_run_id": latest,
-        "root_execution_id": event.root_execution_id,
+        "root_execution_id": root,
         "position": position(event),
         "seq": event.seq,
     }
@@ -120,11 +146,89 @@ def history_chunk_id(run_id: str, event_number: int) -> str:
     return f"{run_id}:{(event_number - 1) // HISTORY_CHUNK:06d}"
 
 
-def apply_to_history(chunk: Document | None, event: Event, event_json: Document) -> Document:
-    """The history chunk holding `event`, with the event added if it was not already."""
+def history_chunk_ids(run_id: str, event_count: int) -> list[str]:
+    """The `_id`s of every chunk of a run with `event_count` events."""
+    return [history_chunk_id(run_id, n) for n in range(1, event_count + 1, HISTORY_CHUNK)]
+
+
+def event_json(event: Event) -> Document:
+    """An event as a history chunk stores it: the stored event's fields as JSON."""
+    return event.model_dump(mode="json")
+
+
+def apply_to_history(chunk: Document | None, event: Event) -> Document:
+    """The history chunk holding `event`, with the event added if it was not already.
+
+    Returns `chunk` itself when the event is already there.
+    """
+    key = str(event.event_number)
+    if chunk is not None and key in chunk["events"]:
+        return chunk
     chunk_id = history_chunk_id(event.run_id, event.event_number)
     chunk = dict(chunk) if chunk else {"_id": chunk_id, "run_id": event.run_id, "events": {}}
-    events = dict(chunk["events"])
-    events.setdefault(str(event.event_number), event_json)
-    chunk["events"] = events
+    chunk["events"] = {**chunk["events"], key: event_json(event)}
     return chunk
+
+
+def events_of_chunks(chunks: Iterable[Document]) -> dict[int, Document]:
+    """The events stored in history chunks, by event_number."""
+    out: dict[int, Document] = {}
+    for chunk in chunks:
+        for key, value in chunk["events"].items():
+            out[int(key)] = value
+    return out
+
+
+@dataclass
+class ReadModelDocs:
+    """Documents by `_id` for each read model, and which of them a fold changed."""
+
+    runs: dict[str, Document] = field(default_factory=dict)
+    executions: dict[str, Document] = field(default_factory=dict)
+    history: dict[str, Document] = field(default_factory=dict)
+    changed_runs: set[str] = field(default_factory=set)
+    changed_executions: set[str] = field(default_factory=set)
+    changed_history: set[str] = field(default_factory=set)
+
+    def changes(self) -> tuple[dict[str, Document], dict[str, Document], dict[str, Document]]:
+        """Changed (history, runs, executions) documents: the order they are written in."""
+        return (
+            {i: self.history[i] for i in self.changed_history},
+            {i: self.runs[i] for i in self.changed_runs},
+            {i: self.executions[i] for i in self.changed_executions},
+        )
+
+
+def ids_touched(events: Iterable[Event]) -> tuple[set[str], set[str], set[str]]:
+    """(run ids, execution ids, history chunk ids) that `events` may change."""
+    runs: set[str] = set()
+    executions: set[str] = set()
+    chunks: set[str] = set()
+    for e in events:
+        runs.add(e.run_id)
+        executions.add(e.execution_id)
+        chunks.add(history_chunk_id(e.run_id, e.event_number))
+    return runs, executions, chunks
+
+
+def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
+    """Fold `events`, in order, onto `docs` (which must hold every existing document the
+    events touch, see `ids_touched`); records what changed. Pure apart from `docs`."""
+    for event in events:
+        before = docs.runs.get(event.run_id)
+        run = apply_to_run(before, event)
+        if run is not None and run is not before:
+            docs.runs[event.run_id] = run
+            docs.changed_runs.add(event.run_id)
+        before = docs.executions.get(event.execution_id)
+        pointer = apply_to_execution(before, event)
+        if pointer is not None and pointer is not before:
+            docs.executions[event.execution_id] = pointer
+            docs.changed_executions.add(event.execution_id)
+        chunk_id = history_chunk_id(event.run_id, event.event_number)
+        before = docs.history.get(chunk_id)
+        chunk = apply_to_history(before, event)
+        if chunk is not before:
+            docs.history[chunk_id] = chunk
+            docs.changed_history.add(chunk_id)
+    return docs

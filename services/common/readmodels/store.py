@@ -10,17 +10,24 @@ Document = dict[str, Any]
 RUNS = "runs"
 EXECUTIONS = "executions"
 HISTORY = "history"
+READ_MODELS = (RUNS, EXECUTIONS, HISTORY)
 
 
 class ReadModelStore(Protocol):
     async def setup(self) -> None:
-        """Create collections and the list indexes; idempotent."""
+        """Create collections and the declared indexes; idempotent."""
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
-        """The documents that exist among `ids`."""
+        """The documents that exist among `ids` (each an `_id` point read)."""
 
     async def save(self, collection: str, docs: Mapping[str, Document]) -> None:
-        """Write whole documents (insert or replace) by `_id`."""
+        """Write whole documents (insert or replace) by `_id`, in one bulk write."""
+
+    async def insert(self, collection: str, docs: Mapping[str, Document]) -> None:
+        """Insert documents known not to exist yet (a rebuild into empty collections)."""
 
     async def drop_all(self) -> None:
         """Remove every read model (before a rebuild)."""
+
+    async def snapshot(self, collection: str) -> dict[str, Document]:
+        """Every document of a read model by `_id` (tests and rebuild checks; not a hot path)."""

@@ -1,0 +1,314 @@
+"""Engine throughput and command→commit latency on real Kafka and the MongoDB-protocol server.
+
+    .venv/bin/python bench/engine_throughput.py [--commands 20000] [--profile]
+
+Uses RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when set, else starts local servers
+(deploy/local/infra.py) on free ports. Prints, in one run:
+
+- baselines: a pass-through Kafka consumer draining the same records, and raw
+  `insert_many` of commit-sized documents into the same database server;
+- drain: the engine started on a backlog of N commands (40% starts of new executions,
+  50% signals, 10% cancels), time until every command has its outcome → commands/s,
+  and that rate as a ratio of each baseline;
+- latency: commands produced at a steady rate (half the drain rate), p50/p99 from the
+  producer's send to the engine's outcome (which is published after the commit).
+
+`--profile` runs the drained engine under cProfile and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pstats
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pymongo import AsyncMongoClient
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+
+import infra  # noqa: E402
+
+from services.common.kafka_topics import ensure_topics  # noqa: E402
+from services.common.settings import RunstoreSettings  # noqa: E402
+
+
+@contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    kafka = os.environ.get("RUNSTORE_KAFKA_BOOTSTRAP")
+    mongo = os.environ.get("RUNSTORE_MONGO_URL")
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="runstore-bench-")))
+        if not kafka:
+            handle = infra.start_kafka(infra.free_port(), infra.free_port(), tmp / "kafka")
+            stack.callback(handle.stop)
+            kafka = handle.address
+        if not mongo:
+            handle = infra.start_ferretdb(infra.free_port(), tmp / "ferretdb")
+            stack.callback(handle.stop)
+            mongo = handle.address
+        yield kafka, mongo
+
+
+def workload(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    commands: list[dict[str, Any]] = []
+    running: list[str] = []
+    while len(commands) < n:
+        roll = rng.random()
+        if roll < 0.4 or not running:
+            eid = f"b-{uuid.uuid4().hex[:12]}"
+            running.append(eid)
+            commands.append(_cmd("StartWorkflow", eid, workflow_name="bench", input={"k": 1}))
+        elif roll < 0.9:
+            eid = rng.choice(running)
+            commands.append(_cmd("SignalExecution", eid, name="tick", input={"v": len(commands)}))
+        else:
+            eid = running.pop(rng.randrange(len(running)))
+            commands.append(_cmd("CancelExecution", eid, reason="bench"))
+    return commands
+
+
+def _cmd(kind: str, execution_id: str, **payload: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "command_id": str(uuid.uuid4()),
+        "execution_id": execution_id,
+        "issued_at": datetime.now(UTC).isoformat(),
+        "user_id": "bench",
+        "payload": payload,
+    }
+
+
+async def produce(bootstrap: str, topic: str, commands: list[dict[str, Any]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, json.dumps(c).encode(), key=c["execution_id"].encode())
+            for c in commands
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def tail(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 << 20,
+    )
+    await consumer.start()
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+        await consumer.getmany(timeout_ms=50)
+    tps = list(consumer.assignment())
+    consumer.unsubscribe()
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return consumer
+
+
+class OutcomeReader:
+    """Reads outcome (or command) records, counting distinct command ids across calls."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.seen: set[str] = set()
+        self.first_at: float | None = None
+
+    async def until(self, total: int, on_record: Any = None, limit: float = 600) -> None:
+        started = time.monotonic()
+        while len(self.seen) < total:
+            if time.monotonic() - started > limit:
+                raise SystemExit(f"gave up after {limit}s with {len(self.seen)}/{total}")
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    body = json.loads(r.value)
+                    key = body.get("command_id") or f"{r.partition}:{r.offset}"
+                    if key in self.seen:
+                        continue
+                    self.seen.add(key)
+                    if self.first_at is None:
+                        self.first_at = time.monotonic()
+                    if on_record:
+                        on_record(body)
+
+
+def start_engine(env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable]
+    if profile:
+        cmd += ["-m", "cProfile", "-o", str(profile)]
+        cmd += ["-m", "services.cli", "engine"]
+    else:
+        cmd += ["-m", "services.cli", "engine"]
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def baseline_kafka(bootstrap: str, commands: list[dict[str, Any]], prefix: str) -> float:
+    """Records/s a pass-through consumer drains from a backlog of the same records."""
+    topic = f"{prefix}workflows.commands"
+    reader = OutcomeReader(await tail(bootstrap, topic))
+    started = time.monotonic()
+    try:
+        await reader.until(len(commands))
+    finally:
+        await reader.consumer.stop()
+    return len(commands) / (time.monotonic() - started)
+
+
+async def baseline_mongo(mongo: str, n: int) -> float:
+    """Documents/s of raw insert_many (batches of 500) of commit-sized documents."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo)
+    db = client[f"bench_raw_{uuid.uuid4().hex[:8]}"]
+    doc = {
+        "events": [{"type": "WORKFLOW_EXECUTION_SIGNALED", "attributes": {"x": "y" * 200}}],
+        "state": {"k": "v" * 300},
+        "command_id": "",
+    }
+    started = time.monotonic()
+    for i in range(0, n, 500):
+        await db.raw.insert_many(
+            [{**doc, "_id": f"x{j}", "command_id": f"c{j}"} for j in range(i, min(n, i + 500))]
+        )
+    seconds = time.monotonic() - started
+    await client.drop_database(db.name)
+    await client.close()
+    return n / seconds
+
+
+async def run(n: int, profile: bool) -> None:
+    rng = random.Random(7)
+    with servers() as (bootstrap, mongo):
+        tag = uuid.uuid4().hex[:8]
+        env = {
+            "RUNSTORE_KAFKA_BOOTSTRAP": bootstrap,
+            "RUNSTORE_MONGO_URL": mongo,
+            "RUNSTORE_MONGO_DATABASE": f"bench_{tag}",
+            "RUNSTORE_TOPIC_PREFIX": f"bench{tag}.",
+            "RUNSTORE_LOG_LEVEL": os.environ.get("BENCH_ENGINE_LOG_LEVEL", "WARNING"),
+        }
+        settings = RunstoreSettings(
+            kafka_bootstrap=bootstrap, topic_prefix=env["RUNSTORE_TOPIC_PREFIX"]
+        )
+        await ensure_topics(settings)
+        commands = workload(n, rng)
+        await produce(bootstrap, settings.topics.commands, commands)
+        kafka_rate = await baseline_kafka(
+            bootstrap, commands, settings.topics.commands[: -len("workflows.commands")]
+        )
+        mongo_rate = await baseline_mongo(mongo, min(n, 20000))
+
+        log = Path(tempfile.mkstemp(prefix="engine-", suffix=".log")[1])
+        prof = Path(tempfile.mkstemp(suffix=".prof")[1]) if profile else None
+        outcomes = OutcomeReader(await tail(bootstrap, settings.topics.outcomes))
+        engine = start_engine(env, log, prof)
+        try:
+            # Timed from the first outcome, so process start-up is not counted.
+            await outcomes.until(n)
+            assert outcomes.first_at is not None
+            rate = (n - 1) / (time.monotonic() - outcomes.first_at)
+
+            # Steady load at half the drain rate: latency without a backlog.
+            latencies: list[float] = []
+            sent_at: dict[str, float] = {}
+            steady = workload(min(n // 2, int(rate * 10)), rng)
+            target = max(100.0, rate / 2)
+
+            async def steady_producer() -> None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=1
+                )
+                await producer.start()
+                try:
+                    t0 = time.monotonic()
+                    for i, c in enumerate(steady):
+                        due = t0 + i / target
+                        if (delay := due - time.monotonic()) > 0:
+                            await asyncio.sleep(delay)
+                        sent_at[c["command_id"]] = time.monotonic()
+                        await producer.send(
+                            settings.topics.commands,
+                            json.dumps(c).encode(),
+                            key=c["execution_id"].encode(),
+                        )
+                    await producer.flush()
+                finally:
+                    await producer.stop()
+
+            def on_outcome(body: dict[str, Any]) -> None:
+                if body["command_id"] in sent_at:
+                    latencies.append(time.monotonic() - sent_at[body["command_id"]])
+
+            await asyncio.gather(steady_producer(), outcomes.until(n + len(steady), on_outcome))
+        finally:
+            await outcomes.consumer.stop()
+            stop(engine)
+        latencies.sort()
+
+        def pct(p: float) -> float:
+            return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+        print(f"\nengine throughput — {n} commands (40% start, 50% signal, 10% cancel), one engine")
+        print(f"  servers: kafka {bootstrap}, mongo {mongo}")
+        print(f"  {'measure':44} {'value':>12}")
+        print(f"  {'baseline: Kafka pass-through consumer':44} {kafka_rate:10.0f}/s")
+        print(f"  {'baseline: raw insert_many (commit-sized docs)':44} {mongo_rate:10.0f}/s")
+        print(f"  {'engine drain (backlog)':44} {rate:10.0f}/s")
+        print(f"  {'  ratio to Kafka pass-through':44} {rate / kafka_rate:11.2f}x")
+        print(f"  {'  ratio to raw inserts':44} {rate / mongo_rate:11.2f}x")
+        print(f"  {'steady load offered':44} {target:10.0f}/s")
+        print(f"  {'command→outcome latency p50':44} {pct(0.50):9.1f} ms")
+        print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")
+        if prof:
+            print("\nwhere the engine's time goes (cumulative, top 30):")
+            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--commands", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(run(args.commands, args.profile))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""Read-path benchmark: list_runs per filter, get_run, get_workflow_execution and run
+histories, at 10k and 100k runs (and 1M on a real MongoDB).
+
+    .venv/bin/python bench/list_runs.py [--mongo-url URL] [--sizes 10000,100000]
+
+Seeding is a BULK LOADER, not the real path: run documents, execution pointers, history
+chunks and commits are made by the projector's own pure fold (`project`) from synthetic
+engine events and inserted straight into a scratch database (dropped at the end). The
+requests go through the real FastAPI app in-process (ASGI, no network, no Kafka), so each
+figure is the handler + RunReader + the database round trips.
+
+Each measure runs until it has 200 samples or its time budget is spent (at least 5
+samples), and prints p50/p95 in milliseconds; the last column is the ratio of p95 to the
+same measure at the first (smallest) size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+from pymongo import AsyncMongoClient
+
+from schemas.commits import Commit
+from schemas.common import Failure, Payload
+from schemas.events import (
+    CompletedAttributes,
+    Event,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionStarted,
+    FailedAttributes,
+    SignaledAttributes,
+    SignalReceived,
+    StartedAttributes,
+    event_id_for,
+)
+from services.common.commit_log import COMMITS, commit_to_doc
+from services.common.readmodels.mongo_store import MongoReadModelStore
+from services.common.readmodels.projection import ReadModelDocs, project
+from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
+from services.common.settings import ApiSettings
+
+Doc = dict[str, Any]
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+SPAN_NS = 30 * 24 * 3600 * 10**9  # start times spread over 30 days
+WORKFLOWS = [f"workflow-{i:02d}" for i in range(20)]
+USERS = [f"user-{i:02d}" for i in range(50)]
+DEPLOYMENTS = ["prod", "staging", "dev", "eu", "us"]
+LONG_RUN_EVENTS = 10_000
+BUDGET_SECONDS = 4.0
+MAX_SAMPLES = 200
+INSERT_BATCH = 2000
+
+
+# --- seeding ----------------------------------------------------------------------------------
+
+
+def envelope(
+    execution_id: str, run_id: str, seq: int, n: int, ts: int, root: str, parent: str | None
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id_for(execution_id, seq, 0),
+        "execution_id": execution_id,
+        "seq": seq,
+        "index": 0,
+        "event_number": n,
+        "run_id": run_id,
+        "workflow_name": "",
+        "root_execution_id": root,
+        "parent_execution_id": parent,
+        "timestamp_ns": ts,
+        "command_id": f"cmd-{execution_id}-{seq}",
+    }
+
+
+def synthetic_run(rnd: random.Random, i: int, prefix: str) -> list[Event]:
+    """The events of one run, with a realistic spread of attributes and outcomes."""
+    execution_id = f"{prefix}-{i:07d}"
+    run_id = f"run-{prefix}-{i:07d}"
+    root, parent = execution_id, None
+    if i % 10 in (1, 2, 3) and i >= 10:  # trees: children of the run at i - i % 10
+        root = parent = f"{prefix}-{i - i % 10:07d}"
+    workflow = rnd.choice(WORKFLOWS)
+    start = T0.timestamp() * 10**9 + rnd.randrange(SPAN_NS)
+    start_ns = int(start)
+    env = envelope(execution_id, run_id, 1, 1, start_ns, root, parent)
+    env["workflow_name"] = workflow
+    events: list[Event] = [
+        ExecutionStarted(
+            **env,
+            attributes=StartedAttributes(
+                task_id=f"{run_id}:1",
+                workflow_name=workflow,
+                input=Payload(value={"i": i}),
+                display_name=f"Nightly {workflow} #{i}" if i % 4 == 0 else None,
+                deployment_name=rnd.choice(DEPLOYMENTS),
+                user_id=rnd.choice(USERS),
+                internal=rnd.random() < 0.05,
+            ),
+        )
+    ]
+    outcome = rnd.random()
+    if outcome < 0.10:
+        return events  # RUNNING
+    end = envelope(execution_id, run_id, 2, 2, start_ns + rnd.randrange(10**12), root, parent)
+    end["workflow_name"] = workflow
+    if outcome < 0.85:
+        events.append(
+            ExecutionCompleted(
+                **end,
+                attributes=CompletedAttributes(task_id=f"{run_id}:2", result=Payload(value=i)),
+            )
+        )
+    else:
+        events.append(
+            ExecutionFailed(
+                **end,
+                attributes=FailedAttributes(task_id=f"{run_id}:2", failure=Failure(message="boom")),
+            )
+        )
+    return events
+
+
+def long_run(prefix: str) -> list[Event]:
+    execution_id, run_id = f"{prefix}-long", f"run-{prefix}-long"
+    start_ns = int(T0.timestamp() * 10**9)
+    env = envelope(execution_id, run_id, 1, 1, start_ns, execution_id, None)
+    env["workflow_name"] = "long"
+    events: list[Event] = [
+        ExecutionStarted(
+            **env,
+            attributes=StartedAttributes(task_id="t", workflow_name="long", input=Payload(value=1)),
+        )
+    ]
+    for n in range(2, LONG_RUN_EVENTS + 1):
+        env = envelope(execution_id, run_id, n, n, start_ns + n * 10**6, execution_id, None)
+        env["workflow_name"] = "long"
+        events.append(
+            SignalReceived(
+                **env,
+                attributes=SignaledAttributes(signal_name="tick", input=Payload(value={"n": n})),
+            )
+        )
+    return events
+
+
+def commits_of(events: list[Event]) -> list[Doc]:
+    return [
+        commit_to_doc(
+            Commit(
+                execution_id=e.execution_id,
+                seq=e.seq,
+                command_id=e.command_id,
+                command_type="bench",
+                run_id=e.run_id,
+                events=[e],
+                committed_at=T0,
+                state={},
+            )
+        )
+        for e in events
+    ]
+
+
+async def insert(db: Any, name: str, docs: list[Doc]) -> None:
+    for k in range(0, len(docs), INSERT_BATCH):
+        await db[name].insert_many(docs[k : k + INSERT_BATCH], ordered=False)
+
+
+async def load(db: Any, events: list[Event]) -> None:
+    """Bulk loader: the projector's fold, written with plain inserts."""
+    history, runs, pointers = project(events, ReadModelDocs()).changes()
+    await insert(db, HISTORY, list(history.values()))
+    await insert(db, RUNS, list(runs.values()))
+    await insert(db, EXECUTIONS, list(pointers.values()))
+    await insert(db, COMMITS, commits_of(events))
+
+
+async def seed(db: Any, rnd: random.Random, start: int, stop: int, prefix: str) -> None:
+    began = time.monotonic()
+    step = 5000
+    for k in range(start, stop, step):
+        events = [e for i in range(k, min(k + step, stop)) for e in synthetic_run(rnd, i, prefix)]
+        await load(db, events)
+        print(f"\r  bulk-loaded {min(k + step, stop):,} runs", end="", file=sys.stderr, flush=True)
+    print(f" ({time.monotonic() - began:.0f}s)", file=sys.stderr)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+async def measure(
+    call: Callable[[int], Awaitable[None]], least: int = 5, warm_up: bool = True
+) -> tuple[float, float, int]:
+    samples: list[float] = []
+    if warm_up:
+        await call(0)
+    began = time.monotonic()
+    while len(samples) < MAX_SAMPLES and (
+        len(samples) < least or time.monotonic() - began < BUDGET_SECONDS
+    ):
+        t = time.perf_counter()
+        await call(len(samples))
+        samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+    return statistics.median(samples), p95, len(samples)
+
+
+def list_filters(prefix: str) -> dict[str, dict[str, Any]]:
+    mid = T0 + timedelta(days=15)
+    return {
+        "list: no filter": {},
+        "list: workflow_identifier": {"workflow_identifier": "workflow-07"},
+        "list: status=FAILED": {"status": "FAILED"},
+        "list: status in (RUNNING,FAILED)": {"status": ["RUNNING", "FAILED"]},
+        "list: user_id": {"user_id": "user-13"},
+        "list: deployment_name": {"deployment_name": "eu"},
+        "list: root_execution_id": {"root_execution_id": f"{prefix}-0000010"},
+        "list: search (display name)": {"search": "NIGHTLY workflow-03 #1"},
+        "list: include_internal=false": {"include_internal": "false"},
+        "list: start_time range": {
+            "start_time_after": mid.isoformat(),
+            "start_time_before": (mid + timedelta(days=1)).isoformat(),
+        },
+        "list: end_time_after": {"end_time_after": mid.isoformat()},
+        "list: sort end_time asc": {"sort_by": "end_time", "order": "asc"},
+        "list: workflow + status": {"workflow_identifier": "workflow-07", "status": "FAILED"},
+    }
+
+
+# Lists that full-scan (FerretDB) take seconds each at 100k runs: at such sizes only these
+# are measured, with few samples, to keep the whole run near ten minutes.
+SCAN_SUBSET = (
+    "list: no filter",
+    "list: workflow_identifier",
+    "list: status=FAILED",
+    "list: search (display name)",
+    "list: sort end_time asc",
+)
+SCAN_HEAVY_FROM = 50_000
+
+
+async def run_measures(
+    http: httpx.AsyncClient, prefix: str, size: int, rnd: random.Random, scans: bool
+) -> dict[str, tuple[float, float, int]]:
+    out: dict[str, tuple[float, float, int]] = {}
+    headers = {"Authorization": "Bearer bench"}
+
+    async def get(path: str, **params: Any) -> httpx.Response:
+        res = await http.get(
+            path,
+            params={"page_size": 50, **params} if path.endswith("/runs") else params,
+            headers=headers,
+        )
+        if res.status_code != 200:
+            raise RuntimeError(f"{path} {params}: {res.status_code} {res.text[:200]}")
+        return res
+
+    heavy = scans and size >= SCAN_HEAVY_FROM
+    for name, params in list_filters(prefix).items():
+        if heavy and name not in SCAN_SUBSET:
+            continue
+
+        async def one(_: int, params: dict[str, Any] = params) -> None:
+            await get("/v1/workflows/runs", **params)
+
+        out[name] = await measure(one, least=2 if heavy else 3, warm_up=not scans)
+        print(f"  {name}: p95 {out[name][1]:.1f} ms", file=sys.stderr)
+
+    first = (await get("/v1/workflows/runs")).json()["next_page_token"]
+
+    async def second_page(_: int) -> None:
+        await get("/v1/workflows/runs", next_page_token=first)
+
+    out["list: second page (token)"] = await measure(
+        second_page, least=2 if heavy else 3, warm_up=not scans
+    )
+
+    def some_run() -> int:
+        return rnd.randrange(size)
+
+    running = [
+        r["run_id"]
+        for r in (await get("/v1/workflows/runs", status="RUNNING", page_size=200)).json()[
+            "executions"
+        ]
+        if r["workflow_name"] != "long"
+    ]
+
+    async def get_run(_: int) -> None:
+        await get(f"/v1/workflows/runs/run-{prefix}-{some_run():07d}")
+
+    async def get_running_run(n: int) -> None:
+        await get(f"/v1/workflows/runs/{running[n % len(running)]}")
+
+    async def get_execution(_: int) -> None:
+        await get(f"/v1/workflows/executions/{prefix}-{some_run():07d}")
+
+    async def short_history(_: int) -> None:
+        await get(f"/v1/workflows/runs/run-{prefix}-{some_run():07d}/history")
+
+    async def long_history(_: int) -> None:
+        body = (await get(f"/v1/workflows/runs/run-{prefix}-long/history")).json()
+        assert len(body["events"]) == LONG_RUN_EVENTS
+
+    async def missing_run(_: int) -> None:
+        res = await http.get(f"/v1/workflows/runs/no-such-run-{_}", headers=headers)
+        assert res.status_code == 404
+
+    out["get_run (any run)"] = await measure(get_run)
+    out["get_run (RUNNING run)"] = await measure(get_running_run)
+    out["get_workflow_execution"] = await measure(get_execution)
+    out["history: 1-2 event run (1 chunk)"] = await measure(short_history)
+    out[f"history: {LONG_RUN_EVENTS:,}-event run"] = await measure(long_history)
+    out["get_run: unknown id (404)"] = await measure(missing_run, least=3)
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mongo-url", default=os.environ.get("RUNSTORE_MONGO_URL", "mongodb://127.0.0.1:27017")
+    )
+    parser.add_argument("--sizes", default=None, help="comma-separated run counts")
+    args = parser.parse_args()
+
+    mongo: AsyncMongoClient[Doc] = AsyncMongoClient(args.mongo_url, tz_aware=True)
+    info = await mongo.admin.command("buildInfo")
+    ferret = "ferretdbVersion" in info
+    server = "FerretDB (SQLite)" if ferret else f"MongoDB {info.get('version')}"
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([10_000, 100_000] if ferret else [10_000, 100_000, 1_000_000])
+    )
+    database = f"bench_list_runs_{uuid.uuid4().hex[:8]}"
+    db = mongo[database]
+    prefix = "b"
+    rnd = random.Random(42)
+    print(f"server: {server} at {args.mongo_url}; scratch database {database}", file=sys.stderr)
+    print(
+        "seeding: BULK LOADER straight into the read models (the projector's fold, "
+        "plain inserts), not the engine/projector path",
+        file=sys.stderr,
+    )
+
+    from services.api.app import build_app
+
+    settings = ApiSettings(mongo_url=args.mongo_url, mongo_database=database, api_keys=None)
+    app = build_app(settings)
+    results: dict[int, dict[str, tuple[float, float, int]]] = {}
+    try:
+        await MongoReadModelStore(db).setup()
+        await load(db, long_run(prefix))
+        seeded = 0
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+            for size in sizes:
+                print(f"{size:,} runs:", file=sys.stderr)
+                await seed(db, rnd, seeded, size, prefix)
+                seeded = size
+                results[size] = await run_measures(http, prefix, size, rnd, ferret)
+    finally:
+        await mongo.drop_database(database)
+        await mongo.close()
+
+    print_table(server, sizes, results)
+
+
+def print_table(
+    server: str, sizes: list[int], results: dict[int, dict[str, tuple[float, float, int]]]
+) -> None:
+    base = sizes[0]
+    names = list(results[base])
+    head = f"{'measure (ms)':<36}" + "".join(f"{f'{s:,} p50':>12}{f'{s:,} p95':>12}" for s in sizes)
+    if len(sizes) > 1:
+        head += "".join(f"{f'p95 {s // base}x/1x':>12}" for s in sizes[1:])
+    print(f"\nlist_runs benchmark on {server} (page_size 50; seeded by bulk loader)")
+    print(head)
+    print("-" * len(head))
+    for name in names:
+        row = f"{name:<36}"
+        for s in sizes:
+            if name in results[s]:
+                p50, p95, _ = results[s][name]
+                row += f"{p50:>12.1f}{p95:>12.1f}"
+            else:
+                row += f"{'-':>12}{'-':>12}"
+        for s in sizes[1:]:
+            if name in results[s]:
+                row += f"{results[s][name][1] / max(results[base][name][1], 1e-6):>12.2f}"
+            else:
+                row += f"{'-':>12}"
+        print(row)
+    print("samples per measure: lists 2-3 on FerretDB (each a full scan), else >= 5 within 4 s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

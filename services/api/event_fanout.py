@@ -1,0 +1,269 @@
+"""One Kafka consumer per API process, fanning `workflows.events` out to every stream
+subscriber inside the process.
+
+The consumer has no group: it is assigned every partition and starts at the end, so each
+API instance sees every event published after it started, whoever consumes what else.
+A record is parsed only if some subscriber wants it (subscribers of one execution are
+found by the record key, which is the execution id), so an API with no streams open pays
+little for following the topic.
+
+Each subscription notes, when it is made, the offset the fanout will deliver next on
+every partition (`start_positions`): whatever was published before is not delivered to
+it, whatever comes after is. Streams use that to join history (from MongoDB, or from
+Kafka with `read_between`) to live events without gap or overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.events import EVENT_ADAPTER, Event
+from services.common.kafka_topics import partitions_of
+from services.common.settings import RunstoreSettings
+
+log = logging.getLogger(__name__)
+
+_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    partition: int
+    offset: int
+    event: Event
+
+
+class SubscriberOverflow(Exception):
+    """The subscriber fell further behind than its buffer: it must re-sync."""
+
+
+class FanoutFailed(Exception):
+    """The live feed itself failed; the subscriber cannot be served."""
+
+
+class Subscription:
+    """What one stream receives: deliveries in the order the fanout read them."""
+
+    def __init__(
+        self,
+        execution_id: str | None,
+        match: Callable[[Event], bool] | None,
+        limit: int,
+        start_positions: dict[int, int],
+    ) -> None:
+        self.execution_id = execution_id
+        self.match = match
+        self.start_positions = start_positions
+        self._limit = limit
+        self._items: deque[Delivery] = deque()
+        self._wake = asyncio.Event()
+        self._overflowed = False
+        self._failure: str | None = None
+
+    def offer(self, delivery: Delivery) -> None:
+        if self._overflowed:
+            return
+        if len(self._items) >= self._limit:
+            # Never block the fanout for one slow reader: drop its buffer and let it
+            # re-sync from the store or the broker (see SubscriberOverflow).
+            self._overflowed = True
+            self._items.clear()
+        else:
+            self._items.append(delivery)
+        self._wake.set()
+
+    def fail(self, reason: str) -> None:
+        self._failure = reason
+        self._wake.set()
+
+    async def next(self, wait_seconds: float) -> Delivery | None:
+        """The next delivery, or None after `wait_seconds` of silence."""
+        while not self._items:
+            if self._overflowed:
+                raise SubscriberOverflow
+            if self._failure is not None:
+                raise FanoutFailed(self._failure)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait_seconds)
+            except TimeoutError:
+                return None
+        return self._items.popleft()
+
+
+class EventFanout:
+    def __init__(self, settings: RunstoreSettings, queue_size: int = 2000) -> None:
+        self._settings = settings
+        self._topic = settings.topics.events
+        self._queue_size = queue_size
+        self._positions: dict[int, int] = {}
+        self._by_execution: dict[str, set[Subscription]] = {}
+        self._wildcards: set[Subscription] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.records_seen = 0
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._wildcards) + sum(len(s) for s in self._by_execution.values())
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="runstore-api-events",
+            fetch_max_wait_ms=100,
+        )
+        partitions = await partitions_of(self._settings, self._topic)
+        await consumer.start()
+        assigned = [TopicPartition(self._topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:
+            self._positions[tp.partition] = await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow(consumer), name="event-fanout")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for sub in [*self._wildcards, *(s for v in self._by_execution.values() for s in v)]:
+            sub.fail("the API is shutting down")
+
+    def subscribe(
+        self,
+        *,
+        execution_id: str | None = None,
+        match: Callable[[Event], bool] | None = None,
+    ) -> Subscription:
+        """Deliveries of one execution's events (`execution_id`), or of every event that
+        `match` accepts (all events if neither is given)."""
+        sub = Subscription(execution_id, match, self._queue_size, dict(self._positions))
+        if execution_id is not None:
+            self._by_execution.setdefault(execution_id, set()).add(sub)
+        else:
+            self._wildcards.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.execution_id is None:
+            self._wildcards.discard(sub)
+            return
+        subs = self._by_execution.get(sub.execution_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_execution[sub.execution_id]
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker client failed: tell every stream
+                log.exception("reading %s failed", self._topic)
+                for sub in [*self._wildcards, *(s for v in self._by_execution.values() for s in v)]:
+                    sub.fail(f"live event feed failed: {exc}")
+                await asyncio.sleep(_RETRY_SECONDS)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    self._dispatch(tp.partition, record)
+                    self._positions[tp.partition] = record.offset + 1
+                self.records_seen += len(records)
+
+    def _dispatch(self, partition: int, record: Any) -> None:
+        targets: set[Subscription] = set()
+        if self._by_execution and record.key is not None:
+            targets = self._by_execution.get(record.key.decode("utf-8", "replace"), set())
+        if not targets and not self._wildcards:
+            return
+        event = parse_event(record.value, partition, record.offset)
+        if event is None:
+            return
+        delivery = Delivery(partition, record.offset, event)
+        for sub in list(targets):
+            sub.offer(delivery)
+        for sub in list(self._wildcards):
+            if sub.match is None or sub.match(event):
+                sub.offer(delivery)
+
+
+def parse_event(raw: bytes | None, partition: int, offset: int) -> Event | None:
+    if not raw:
+        return None
+    try:
+        return EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        # Only the engine writes this topic: an unreadable record is a bug to report,
+        # not a reason to stop everyone's streams.
+        log.error("skipping unreadable event at %s/%s: %s", partition, offset, exc)
+        return None
+
+
+async def read_between(
+    settings: RunstoreSettings,
+    start: dict[int, int],
+    end: dict[int, int],
+    idle_seconds: float = 1.0,
+) -> AsyncIterator[Delivery | None]:
+    """Events of `workflows.events` at offsets `start[p] <= offset < end[p]`, partition by
+    partition in offset order; None after each `idle_seconds` without records (so a
+    caller can send keep-alives). A short-lived consumer, used only to catch up."""
+    wanted = {p: end[p] for p, s in start.items() if p in end and s < end[p]}
+    if not wanted:
+        return
+    topic = settings.topics.events
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="runstore-api-catch-up",
+    )
+    await consumer.start()
+    try:
+        tps = {p: TopicPartition(topic, p) for p in wanted}
+        consumer.assign(list(tps.values()))
+        for p, tp in tps.items():
+            consumer.seek(tp, start[p])
+        while wanted:
+            batches = await consumer.getmany(
+                *[tps[p] for p in wanted], timeout_ms=int(idle_seconds * 1000), max_records=1000
+            )
+            if not batches:
+                yield None
+            for tp, records in batches.items():
+                stop_at = wanted.get(tp.partition)
+                if stop_at is None:
+                    continue
+                for record in records:
+                    if record.offset >= stop_at:
+                        break
+                    event = parse_event(record.value, tp.partition, record.offset)
+                    if event is not None:
+                        yield Delivery(tp.partition, record.offset, event)
+            for p in list(wanted):
+                if await consumer.position(tps[p]) >= wanted[p]:
+                    del wanted[p]
+    finally:
+        await consumer.stop()
