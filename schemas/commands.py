@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, JsonValue, TypeAdapter
+from pydantic import AwareDatetime, Field, JsonValue, TypeAdapter, model_validator
 
 from schemas.common import Failure, FrozenModel, Identifier, RetryPolicy
 
@@ -107,6 +107,12 @@ class ActivityReportPayload(_RunReport):
     result: JsonValue = None
     failure: Failure | None = None
 
+    @model_validator(mode="after")
+    def _failure_when_failing(self) -> ActivityReportPayload:
+        if self.stage in {"retrying", "failed"} and self.failure is None:
+            raise ValueError(f"an activity report with stage {self.stage!r} needs a failure")
+        return self
+
 
 class CustomTaskReportPayload(_RunReport):
     stage: Literal["started", "in_progress", "completed", "failed", "timed_out", "canceled"]
@@ -115,6 +121,12 @@ class CustomTaskReportPayload(_RunReport):
     payload: JsonValue = None
     failure: Failure | None = None
     reason: str | None = None
+
+    @model_validator(mode="after")
+    def _failure_when_failing(self) -> CustomTaskReportPayload:
+        if self.stage == "failed" and self.failure is None:
+            raise ValueError("a custom task report with stage 'failed' needs a failure")
+        return self
 
 
 class TimerPayload(_RunReport):

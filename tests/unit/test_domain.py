@@ -130,6 +130,8 @@ def continue_as_new(run_id: str, **payload: Any) -> ContinueAsNew:
 
 
 def activity(run_id: str, stage: str = "completed", task_id: str = "act-1", **kw: Any) -> Any:
+    if stage in {"retrying", "failed"}:
+        kw.setdefault("failure", BOOM)  # the contract requires one for these stages
     return RecordActivityTask(
         **_envelope(EXEC, None),
         payload=ActivityReportPayload(
@@ -139,6 +141,8 @@ def activity(run_id: str, stage: str = "completed", task_id: str = "act-1", **kw
 
 
 def custom_task(run_id: str, stage: str = "completed", task_id: str = "ct-1", **kw: Any) -> Any:
+    if stage == "failed":
+        kw.setdefault("failure", BOOM)  # the contract requires one for this stage
     return RecordCustomTask(
         **_envelope(EXEC, None),
         payload=CustomTaskReportPayload(

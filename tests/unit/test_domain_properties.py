@@ -261,6 +261,7 @@ def _report(world: World, op: Op, env: dict[str, Any]) -> Command:
                 stage=ACTIVITY_STAGES[op.number % 4],  # type: ignore[arg-type]
                 task_id=f"a{op.number}",
                 activity_name="act",
+                failure=failure,
             ),
         )
     if op.kind == "custom_task":
@@ -271,6 +272,7 @@ def _report(world: World, op: Op, env: dict[str, Any]) -> Command:
                 stage=CUSTOM_STAGES[op.number % 6],  # type: ignore[arg-type]
                 custom_task_id=f"t{op.number}",
                 custom_task_type="review",
+                failure=failure,
             ),
         )
     return TimeOutExecution(**env, payload=TimerPayload(run_id=run_id))
