@@ -21,3 +21,21 @@ def mongo_database(
     client: AsyncMongoClient[Document], settings: RunstoreSettings
 ) -> AsyncDatabase[Document]:
     return client[settings.mongo_database]
+
+
+_IS_FERRETDB: dict[int, bool] = {}
+
+
+async def is_ferretdb(db: AsyncDatabase[Document]) -> bool:
+    """Whether the server is FerretDB (asked once per client, via buildInfo).
+
+    Both servers get the same operations; only how many go in one request differs:
+    FerretDB scans for `$in` while its `_id` point reads use an index (see
+    deploy/local/ferretdb/idindex.go), and its bulk updates slow down super-linearly with
+    the number of statements in one command.
+    """
+    key = id(db.client)
+    if key not in _IS_FERRETDB:
+        info = await db.client.admin.command("buildInfo")
+        _IS_FERRETDB[key] = "ferretdbVersion" in info
+    return _IS_FERRETDB[key]
