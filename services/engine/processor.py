@@ -223,7 +223,10 @@ class CommandProcessor:
                 # Another engine instance wrote this seq first: reload and decide again.
                 log.warning("seq conflict on %s; reloading", failed.command.execution_id)
                 rest = todo[position:]
-            self._cache.drop({c.execution_id for _, c in rest})
+            # Everything decided from the failed record on assumed commits that were not
+            # stored: forget those states (the failed record's execution included, even
+            # when nothing else of it follows in this batch).
+            self._cache.drop({c.execution_id for _, c in todo[position:]})
             todo = rest
 
     async def _replay_known_rejections(self, decided: list[_Decided]) -> None:

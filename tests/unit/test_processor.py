@@ -197,3 +197,19 @@ async def test_command_sent_twice_in_one_batch_gets_the_first_answer(store, cloc
         ("c2", True, 2),
     ]
     assert [c.seq async for c in store.read_stream("e1")] == [1, 2]
+
+
+async def test_after_a_duplicate_the_next_command_continues_the_stream_without_a_gap(
+    store, clock
+) -> None:
+    await processor(store, clock).process(
+        [record(start("e1", "c1")), record(command("SignalExecution", "e1", "sig", name="a"))]
+    )
+    # A fresh engine sees the signal re-sent (new offset): it decides it, the append finds
+    # the command id stored, and the stored commit is replayed.
+    engine = processor(store, clock)
+    replay = await engine.process([record(command("SignalExecution", "e1", "sig", name="a"))])
+    assert [(o.command_id, o.seq) for o in replay.outcomes] == [("sig", 2)]
+    after = await engine.process([record(command("SignalExecution", "e1", "next", name="b"))])
+    assert [(o.command_id, o.seq) for o in after.outcomes] == [("next", 3)]
+    assert [c.seq async for c in store.read_stream("e1")] == [1, 2, 3]
