@@ -19,7 +19,7 @@ from schemas.commits import Commit
 from schemas.common import TERMINAL_STATUSES
 from schemas.events import Event
 from services.api.run_list import Cursor, RunFilter, make_token, read_token
-from services.common.commit_log import COMMITS, read_commit
+from services.common.commit_log import COMMITS, locate_run, read_commit
 from services.common.readmodels.mongo_store import load_by_ids
 from services.common.readmodels.projection import (
     LIST_FIELDS,
@@ -49,6 +49,7 @@ class RunView:
 
 class RunReader:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
         self._runs = db[RUNS]
         self._executions = db[EXECUTIONS]
         self._history = db[HISTORY]
@@ -99,11 +100,11 @@ class RunReader:
         if run is not None:
             execution_id = run["execution_id"]
         else:
-            # Not projected (yet): find its execution through any commit of the run.
-            found = await self._commits.find_one({"run_id": run_id}, {"execution_id": 1})
-            if found is None:
+            # Not projected (yet): the engine's locator names its execution.
+            located = await locate_run(self._db, run_id)
+            if located is None:
                 return None
-            execution_id = found["execution_id"]
+            execution_id = located
         pointer = await self._executions.find_one({"_id": execution_id})
         seq = int(pointer["seq"]) if pointer else 0
         if run is None or int(run["seq"]) < seq:

@@ -6,12 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commits import Commit, commit_id
 
 Document = dict[str, Any]
 
 COMMITS = "commits"
+RUN_LOCATORS = "run_locators"
+"""`{_id: run_id, execution_id}`: written by the engine before the commit that opens a run,
+so a run the projector has not written yet is found by one `_id` read (and an unknown run
+id is a miss, not a scan)."""
 
 
 def commit_to_doc(commit: Commit) -> Document:
@@ -42,3 +47,9 @@ async def read_commits_after(
     while (c := await read_commit(commits, execution_id, after_seq + len(found) + 1)) is not None:
         found.append(c)
     return found
+
+
+async def locate_run(db: AsyncDatabase[Document], run_id: str) -> str | None:
+    """The execution a run belongs to, if the engine has opened (or is opening) it."""
+    doc = await db[RUN_LOCATORS].find_one({"_id": run_id})
+    return str(doc["execution_id"]) if doc else None

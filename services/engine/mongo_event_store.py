@@ -19,8 +19,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from schemas.commits import Commit
+from schemas.events import EventType
 from services.common.commit_log import (
     COMMITS,
+    RUN_LOCATORS,
     commit_from_doc,
     commit_to_doc,
     read_commit,
@@ -36,6 +38,7 @@ _READ_CONCURRENCY = 32
 class MongoEventStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._commits = db[COMMITS]
+        self._run_locators = db[RUN_LOCATORS]
 
     async def setup(self) -> None:
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
@@ -71,6 +74,7 @@ class MongoEventStore:
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
         if not commits:
             return AppendReport(inserted=0)
+        await self._locate_new_runs(commits)
         docs = [commit_to_doc(c) for c in commits]
         try:
             await self._commits.insert_many(docs, ordered=True)
@@ -82,6 +86,23 @@ class MongoEventStore:
                 raise
             return AppendReport(inserted=index, failure=await self._classify(commits[index]))
         return AppendReport(inserted=len(commits))
+
+    async def _locate_new_runs(self, commits: Sequence[Commit]) -> None:
+        # Before the commits: a locator whose commit never lands names a run nobody knows,
+        # which reads as "not found" anyway; the reverse would hide a stored run.
+        locators = {
+            e.run_id: {"_id": e.run_id, "execution_id": e.execution_id}
+            for c in commits
+            for e in c.events
+            if e.type is EventType.WORKFLOW_EXECUTION_STARTED
+        }
+        if not locators:
+            return
+        try:
+            await self._run_locators.insert_many(list(locators.values()), ordered=False)
+        except BulkWriteError as exc:  # already there from an earlier attempt: fine
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
 
     async def _classify(self, commit: Commit) -> AppendFailure:
         # FerretDB's duplicate-key message does not name the index, so ask the data.

@@ -13,6 +13,7 @@ from pymongo import AsyncMongoClient
 from schemas.commits import Commit, SourcePosition
 from schemas.common import Payload
 from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
+from services.common.commit_log import locate_run
 from services.engine.event_store import AppendFailure, EventStore
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
@@ -124,13 +125,27 @@ class TestInMemoryEventStore(EventStoreContract):
 
 class TestMongoEventStore(EventStoreContract):
     @pytest.fixture
-    async def store(self, mongo_url: str) -> AsyncIterator[EventStore]:
+    async def db(self, mongo_url: str) -> AsyncIterator[Any]:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
         name = f"contract_{uuid.uuid4().hex[:12]}"
-        store = MongoEventStore(client[name])
-        await store.setup()
         try:
-            yield store
+            yield client[name]
         finally:
             await client.drop_database(name)
             await client.close()
+
+    @pytest.fixture
+    async def store(self, db: Any) -> EventStore:
+        store = MongoEventStore(db)
+        await store.setup()
+        return store
+
+    async def test_a_run_is_locatable_once_its_start_is_appended(
+        self, store: EventStore, db: Any
+    ) -> None:
+        assert await locate_run(db, "run-1") is None
+        await store.append([make_commit("e1", 1)])  # opens run-1
+        assert await locate_run(db, "run-1") == "e1"
+        # Appending again (a retry after a crash) finds the locator there: no error.
+        report = await store.append([make_commit("e1", 1, command_id="again")])
+        assert report.failure is AppendFailure.CONFLICT

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from services.api.run_list import Cursor, RunFilter
-from services.common.commit_log import COMMITS
 from services.common.readmodels.indexes import SELECTIVITY, Index, declared_indexes
 from services.common.readmodels.store import RUNS
 
@@ -156,9 +155,3 @@ def test_every_declared_runs_index_ends_with_sort_field_then_id() -> None:
         *prefix, (f, d), (last, d2) = index.keys
         assert f in ("start_time", "end_time") and last == "_id" and d == d2
         assert all(p in SELECTIVITY for p, _ in prefix)
-
-
-def test_the_unprojected_run_lookup_is_served() -> None:
-    # RunReader finds the execution of a run the projector has not written yet with
-    # `commits.find_one({"run_id": ...})`.
-    assert any(i.keys[0] == ("run_id", 1) for i in declared_indexes()[COMMITS])

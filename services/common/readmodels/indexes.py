@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.commit_log import COMMITS
 from services.common.readmodels.store import RUNS
 
 SORT_FIELDS = ("start_time", "end_time")
@@ -65,11 +64,4 @@ def _run_index(prefix: tuple[str, ...], sort_field: str) -> Index:
 
 def declared_indexes() -> dict[str, list[Index]]:
     runs = [_run_index(p, s) for p in RUN_PREFIXES for s in SORT_FIELDS]
-    commits = [
-        Index(
-            name="commits_run_id",
-            keys=(("run_id", 1),),
-            serves="get_run of a run the projector has not written yet: find its execution",
-        )
-    ]
-    return {RUNS: runs, COMMITS: commits}
+    return {RUNS: runs}
