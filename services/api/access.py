@@ -61,6 +61,14 @@ class OwnedRunReader(RunReader):
         run = await super().run(run_id)
         return run if run is not None and run.get("user_id") == self._user_id else None
 
+    async def run_history(self, run_id: str) -> tuple[Document, list[Document]] | None:
+        found = await super().run_history(run_id)
+        return found if found is not None and found[0].get("user_id") == self._user_id else None
+
+    async def execution_history(self, execution_id: str) -> tuple[Document, list[Document]] | None:
+        found = await super().execution_history(execution_id)
+        return found if found is not None and found[0].get("user_id") == self._user_id else None
+
     async def list_runs(
         self, flt: RunFilter, page_size: int, token: str | None
     ) -> tuple[list[Document], str | None]:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from services.api import routes_commands, routes_runs, routes_streams
 from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
+from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
@@ -62,6 +63,14 @@ def build_app(api_settings: ApiSettings) -> FastAPI:
     app.state.reader = RunReader(db)
     app.state.gateway = gateway
     app.state.fanout = fanout
+    app.state.wiring = Wiring(
+        settings=settings,
+        gateway=gateway,
+        fanout=fanout,
+        access=app.state.access,
+        all_runs=app.state.reader,
+        db=db,
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -8,9 +8,10 @@ is narrowed to the caller's runs in that mode too, so lists never show others' r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.access import AccessPolicy, OwnedRunReader
@@ -25,11 +26,9 @@ from services.common.settings import ApiSettings
 Document = dict[str, Any]
 
 
-async def _caller(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
+async def _caller(request: Request) -> Caller:
     keys: ApiKeys = request.app.state.api_keys
-    found = keys.caller(authorization)
+    found = keys.caller(request.headers.get("authorization"))
     if found is None:
         raise HTTPException(
             status_code=401,
@@ -55,7 +54,7 @@ async def _check_path_owner(request: Request, access: AccessPolicy, caller: Call
         raise not_found("run", run_id)
 
 
-def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) -> RunReader:
+async def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) -> RunReader:
     access: AccessPolicy = request.app.state.access
     if access.separate:
         db: AsyncDatabase[Document] = request.app.state.db
@@ -64,27 +63,27 @@ def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) -> RunRe
     return reader
 
 
-def _gateway(request: Request) -> CommandGateway:
+async def _gateway(request: Request) -> CommandGateway:
     gateway: CommandGateway = request.app.state.gateway
     return gateway
 
 
-def _settings(request: Request) -> GatewaySettings:
+async def _settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def _fanout(request: Request) -> EventFanout:
+async def _fanout(request: Request) -> EventFanout:
     fanout: EventFanout = request.app.state.fanout
     return fanout
 
 
-def _access(request: Request) -> AccessPolicy:
+async def _access(request: Request) -> AccessPolicy:
     access: AccessPolicy = request.app.state.access
     return access
 
 
-def _db(request: Request) -> AsyncDatabase[Document]:
+async def _db(request: Request) -> AsyncDatabase[Document]:
     db: AsyncDatabase[Document] = request.app.state.db
     return db
 
@@ -99,10 +98,38 @@ Access = Annotated[AccessPolicy, Depends(_access)]
 Database = Annotated[AsyncDatabase[Document], Depends(_db)]
 
 
-def _all_runs(request: Request) -> RunReader:
+async def _all_runs(request: Request) -> RunReader:
     """The unscoped reader: for checks that must see other users' runs (id taken …)."""
     reader: RunReader = request.app.state.reader
     return reader
 
 
 AllRuns = Annotated[RunReader, Depends(_all_runs)]
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """Everything `build_app` wires, as one dependency: the command routes are hot, and
+    each FastAPI dependency costs a resolution per request."""
+
+    settings: GatewaySettings
+    gateway: CommandGateway
+    fanout: EventFanout
+    access: AccessPolicy
+    all_runs: RunReader
+    """Unscoped: for checks that must see other users' runs (an execution id taken …)."""
+    db: AsyncDatabase[Document]
+
+    def reader_for(self, caller: Caller) -> RunReader:
+        """What `Reader` gives: narrowed to the caller's runs in separate-users mode."""
+        if self.access.separate:
+            return OwnedRunReader(self.db, caller.user_id)
+        return self.all_runs
+
+
+async def _wiring(request: Request) -> Wiring:
+    wiring: Wiring = request.app.state.wiring
+    return wiring
+
+
+Wired = Annotated[Wiring, Depends(_wiring)]

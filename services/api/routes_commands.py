@@ -30,7 +30,7 @@ from schemas.commands import (
 from schemas.common import TERMINAL_STATUSES, ExecutionStatus, Identifier
 from schemas.outcomes import CommandOutcome
 from services.api import errors
-from services.api.access import AccessPolicy, existing_execution, known_execution_id
+from services.api.access import existing_execution, known_execution_id
 from services.api.auth import Caller
 from services.api.command_shapes import (
     BatchItemResult,
@@ -42,7 +42,7 @@ from services.api.command_shapes import (
     SignalAccepted,
     UpdateResponse,
 )
-from services.api.deps import Access, AllRuns, Authed, Fanout, FullSettings, Gateway, Reader
+from services.api.deps import Authed, Reader, Wired, Wiring
 from services.api.event_fanout import (
     EventFanout,
     FanoutFailed,
@@ -51,7 +51,6 @@ from services.api.event_fanout import (
 )
 from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
 from services.api.run_reader import RunReader
-from services.api.settings import GatewaySettings
 from services.api.shapes import ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
@@ -88,16 +87,11 @@ ExecutionId = Annotated[str, Path()]
 @router.post("/v1/workflows/{workflow_identifier}/execute", response_model=Execution)
 async def execute(
     who: Authed,
-    reader: Reader,
-    all_runs: AllRuns,
-    gateway: Gateway,
-    fanout: Fanout,
-    access: Access,
-    settings: FullSettings,
+    api: Wired,
     body: ExecuteRequest,
     workflow_identifier: Annotated[str, Path()],
     idempotency_key: IdempotencyKey = None,
-) -> Execution:
+) -> Response:
     workflow_name = workflow_name_from_path(workflow_identifier)
     if body.execution_id:
         execution_id = body.execution_id
@@ -106,17 +100,15 @@ async def execute(
         execution_id = derived_id("execution", who.user_id, idempotency_key)
     else:
         execution_id = new_id()
-    if access.separate and body.execution_id:
-        existing = await all_runs.execution(execution_id)
-        if existing is not None and not access.may_see(who, existing):
+    if api.access.separate and body.execution_id:
+        existing = await api.all_runs.execution(execution_id)
+        if existing is not None and not api.access.may_see(who, existing):
             raise HTTPException(
                 status_code=409,
                 detail=f"execution_id_taken: execution id {execution_id!r} belongs to another user",
             )
     command = StartWorkflow(
-        command_id=(
-            derived_id("execute", who.user_id, idempotency_key) if idempotency_key else new_id()
-        ),
+        command_id=_command_id("execute", who, execution_id, idempotency_key),
         execution_id=execution_id,
         issued_at=utcnow(),
         user_id=who.user_id,
@@ -126,24 +118,30 @@ async def execute(
             deployment_name=body.deployment_name or body.task_queue,
         ),
     )
+    reader = api.reader_for(who)
     if not body.wait_for_result:
-        await _apply(gateway, command)
-        run = await reader.execution(execution_id)
+        outcome = await _apply(api.gateway, command)
+        started = _started_execution(command, outcome)
+        run = None if started is not None else await reader.execution(execution_id)
     else:
         limit = min(
-            body.timeout_seconds or settings.api_wait_default_seconds,
-            settings.api_wait_max_seconds,
+            body.timeout_seconds or api.settings.api_wait_default_seconds,
+            api.settings.api_wait_max_seconds,
         )
         # Subscribe before the command goes out: the end cannot slip past unseen.
-        sub = fanout.subscribe(execution_id=execution_id)
+        sub = api.fanout.subscribe(execution_id=execution_id)
         try:
-            await _apply(gateway, command)
-            run = await _wait_until_closed(reader, fanout, sub, execution_id, limit)
+            await _apply(api.gateway, command)
+            run = await _wait_until_closed(reader, api.fanout, sub, execution_id, limit)
         finally:
-            fanout.unsubscribe(sub)
-    if run is None:  # the engine stored it; only a lost store gets here
-        raise HTTPException(status_code=503, detail="execution accepted but not readable yet")
-    return execution_from_run(run)
+            api.fanout.unsubscribe(sub)
+        started = None
+    if started is None:
+        if run is None:  # the engine stored it; only a lost store gets here
+            raise HTTPException(status_code=503, detail="execution accepted but not readable")
+        started = execution_from_run(run)
+    # Serialized here: FastAPI would validate the model again on the way out.
+    return Response(started.model_dump_json(), media_type="application/json")
 
 
 async def _wait_until_closed(
@@ -173,6 +171,34 @@ async def _wait_until_closed(
             await asyncio.sleep(min(left, _WAIT_RECHECK_SECONDS))
 
 
+def _started_execution(command: StartWorkflow, outcome: CommandOutcome) -> Execution | None:
+    """The execution as the engine's outcome of its start describes it.
+
+    The outcome carries the run id, the status and the decision time (which is the STARTED
+    event's time); the command carries the rest. Answering from it saves the reads of a
+    fresh execution. A retried request gets the first answer, as idempotency keys promise.
+    """
+    if outcome.run_id is None or outcome.status is None:
+        return None
+    p = command.payload
+    at = outcome.decided_at
+    return Execution(
+        workflow_name=p.workflow_name,
+        execution_id=command.execution_id,
+        root_execution_id=p.root_execution_id or p.parent_execution_id or command.execution_id,
+        status=outcome.status.value,
+        # Read models keep milliseconds (BSON dates): answer the same start_time as a read.
+        start_time=at.replace(microsecond=at.microsecond // 1000 * 1000),
+        end_time=None,
+        workflow_id=p.workflow_name,
+        deployment_name=p.deployment_name,
+        parent_execution_id=p.parent_execution_id,
+        run_id=outcome.run_id,
+        user_id=command.user_id,
+        result=None,
+    )
+
+
 def _is_terminal(run: Document) -> bool:
     status = run.get("status")
     return status is not None and ExecutionStatus(status) in TERMINAL_STATUSES
@@ -183,49 +209,34 @@ def _is_terminal(run: Document) -> bool:
 
 @router.post("/v1/workflows/executions/cancel", response_model=BatchResponse)
 async def batch_cancel(
-    who: Authed,
-    gateway: Gateway,
-    all_runs: AllRuns,
-    access: Access,
-    settings: FullSettings,
-    body: BatchRequest,
-    idempotency_key: IdempotencyKey = None,
+    who: Authed, api: Wired, body: BatchRequest, idempotency_key: IdempotencyKey = None
 ) -> BatchResponse:
-    return await _batch(
-        who, gateway, all_runs, access, settings, body, idempotency_key, _cancel_command
-    )
+    return await _batch(who, api, body, idempotency_key, _cancel_command)
 
 
 @router.post("/v1/workflows/executions/terminate", response_model=BatchResponse)
 async def batch_terminate(
-    who: Authed,
-    gateway: Gateway,
-    all_runs: AllRuns,
-    access: Access,
-    settings: FullSettings,
-    body: BatchRequest,
-    idempotency_key: IdempotencyKey = None,
+    who: Authed, api: Wired, body: BatchRequest, idempotency_key: IdempotencyKey = None
 ) -> BatchResponse:
-    return await _batch(
-        who, gateway, all_runs, access, settings, body, idempotency_key, _terminate_command
-    )
+    return await _batch(who, api, body, idempotency_key, _terminate_command)
 
 
 @router.post("/v1/workflows/executions/{execution_id}/cancel", status_code=204)
 async def cancel(
-    who: Authed, gateway: Gateway, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
+    who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    await _apply(gateway, _cancel_command(who, known_execution_id(execution_id), idempotency_key))
+    await _apply(
+        api.gateway, _cancel_command(who, known_execution_id(execution_id), idempotency_key)
+    )
     return Response(status_code=204)
 
 
 @router.post("/v1/workflows/executions/{execution_id}/terminate", status_code=204)
 async def terminate(
-    who: Authed, gateway: Gateway, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
+    who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    await _apply(
-        gateway, _terminate_command(who, known_execution_id(execution_id), idempotency_key)
-    )
+    command = _terminate_command(who, known_execution_id(execution_id), idempotency_key)
+    await _apply(api.gateway, command)
     return Response(status_code=204)
 
 
@@ -236,7 +247,7 @@ async def terminate(
 )
 async def signal(
     who: Authed,
-    gateway: Gateway,
+    api: Wired,
     execution_id: ExecutionId,
     body: InvocationRequest,
     idempotency_key: IdempotencyKey = None,
@@ -249,14 +260,14 @@ async def signal(
         user_id=who.user_id,
         payload=SignalPayload(name=body.name, input=body.input),
     )
-    await _apply(gateway, command)
+    await _apply(api.gateway, command)
     return SignalAccepted()
 
 
 @router.post("/v1/workflows/executions/{execution_id}/reset", status_code=204)
 async def reset(
     who: Authed,
-    gateway: Gateway,
+    api: Wired,
     execution_id: ExecutionId,
     body: ResetRequest,
     idempotency_key: IdempotencyKey = None,
@@ -274,7 +285,7 @@ async def reset(
             exclude_updates=bool(body.exclude_updates),
         ),
     )
-    await _apply(gateway, command)
+    await _apply(api.gateway, command)
     return Response(status_code=204)
 
 
@@ -337,19 +348,16 @@ def _terminate_command(who: Caller, execution_id: str, key: str | None) -> Comma
 
 async def _batch(
     who: Caller,
-    gateway: CommandGateway,
-    all_runs: RunReader,
-    access: AccessPolicy,
-    settings: GatewaySettings,
+    api: Wiring,
     body: BatchRequest,
     key: str | None,
     make: Callable[[Caller, str, str | None], Command],
 ) -> BatchResponse:
     ids = list(dict.fromkeys(body.execution_ids))
-    if len(ids) > settings.api_batch_max_ids:
+    if len(ids) > api.settings.api_batch_max_ids:
         raise errors.invalid(
             ["body", "execution_ids"],
-            f"at most {settings.api_batch_max_ids} execution ids per request",
+            f"at most {api.settings.api_batch_max_ids} execution ids per request",
             "too_long",
         )
     limiter = asyncio.Semaphore(_BATCH_CONCURRENCY)
@@ -358,9 +366,11 @@ async def _batch(
         async with limiter:
             try:
                 valid = known_execution_id(execution_id)
-                if access.separate and not access.may_see(who, await all_runs.execution(valid)):
+                if api.access.separate and not api.access.may_see(
+                    who, await api.all_runs.execution(valid)
+                ):
                     raise errors.not_found("execution", execution_id)
-                await _apply(gateway, make(who, valid, key))
+                await _apply(api.gateway, make(who, valid, key))
             except HTTPException as exc:
                 return BatchItemResult(status="failure", error=str(exc.detail))
             return BatchItemResult(status="success", error=None)

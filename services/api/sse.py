@@ -185,9 +185,18 @@ class ExecutionStream:
                     if position <= self._last:
                         continue  # already delivered (history overlap or re-publication)
                     if anchored and not _follows(self._last, position):
-                        log.info("gap in live events of %s; re-reading", self.execution_id)
-                        read_store = True
-                        break
+                        # Missed something (the buffer, a slow fanout): the store has it.
+                        async for chunk, _ in self._stored():
+                            if chunk:
+                                yield chunk
+                        if position <= self._last:
+                            continue
+                        log.warning(
+                            "stream of %s: no stored event between %s and %s",
+                            self.execution_id,
+                            self._last,
+                            position,
+                        )
                     anchored = True
                     self._last = position
                     chunk = self._render(event)
