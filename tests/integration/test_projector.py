@@ -13,9 +13,9 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.run_reader import RunReader
-from services.common.commit_log import COMMITS, commit_to_doc
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import EXECUTIONS, HISTORY, READ_MODELS, RUNS
+from services.engine.mongo_event_store import MongoEventStore
 from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.projector import Projector
 from tests.unit.test_projection import Workload, mixed_workload
@@ -28,7 +28,11 @@ async def snapshot(store: MongoReadModelStore) -> dict[str, dict[str, Any]]:
 
 
 async def store_commits(db: Db, w: Workload) -> None:
-    await db[COMMITS].insert_many([commit_to_doc(c) for c in w.commits])
+    """Store the workload's commits the way the engine does (run locators included)."""
+    store = MongoEventStore(db)
+    await store.setup()
+    report = await store.append(w.commits)
+    assert report.failure is None
 
 
 async def test_the_same_events_twice_equal_once(mongo_db: Db) -> None:
