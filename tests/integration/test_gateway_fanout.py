@@ -109,7 +109,13 @@ async def test_catch_up_joins_live_delivery_without_gap_or_overlap(
     for d in seen[:4]:  # the client saw four, then went away
         resume_from[d.partition] = max(resume_from[d.partition], d.offset + 1)
     fanout.unsubscribe(before)
+    consumed = fanout.records_seen
     await publish(settings, [(f"y{i}", 1) for i in range(5)])
+    # Subscribe once the fan-out has read the y records, so they lie before `live`'s
+    # start positions (subscribing earlier would rightly deliver them live instead).
+    async with asyncio.timeout(20):
+        while fanout.records_seen < consumed + 5:  # noqa: ASYNC110 (a counter, no event)
+            await asyncio.sleep(0.02)
     live = fanout.subscribe()
     await publish(settings, [(f"z{i}", 1) for i in range(3)])
 
