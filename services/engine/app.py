@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -17,9 +16,9 @@ from schemas.commands import COMMAND_ADAPTER
 from schemas.events import EVENT_ADAPTER
 from services.common.clock import now_ns
 from services.common.kafka_io import Outgoing, batch_records, kafka_broker, publish_all
-from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import EngineSettings, Topics
+from services.common.stream_service import seek_back, service_app
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.processor import (
     CommandProcessor,
@@ -29,10 +28,6 @@ from services.engine.processor import (
 )
 
 log = logging.getLogger(__name__)
-
-# After a failure (store or broker unreachable) the batch is sought back and retried;
-# waiting a little keeps a dead dependency from turning into a busy loop.
-_RETRY_BACKOFF_SECONDS = 1.0
 
 
 class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -50,16 +45,6 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         return None
-
-
-async def _seek_back(message: KafkaMessage) -> None:
-    """Make the batch be consumed again after a pause (for a broken dependency)."""
-    try:
-        await message.nack()
-    except Exception:
-        # Partitions revoked meanwhile: their new owner starts from the committed offset.
-        log.warning("could not seek back after a failed batch", exc_info=True)
-    await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
 
 
 def outgoing_records(out: Outbound, topics: Topics) -> Iterator[Outgoing]:
@@ -135,7 +120,7 @@ def build_app(settings: EngineSettings) -> FastStream:
             await publish_all(broker, outgoing_records(out, topics))
         except Exception:
             log.exception("batch of %d commands failed; it will be retried", len(records))
-            await _seek_back(message)
+            await seek_back(message)
             return
         await message.ack()
         log.debug(
@@ -146,15 +131,4 @@ def build_app(settings: EngineSettings) -> FastStream:
             (time.perf_counter() - started) * 1000,
         )
 
-    app = FastStream(broker)
-
-    @app.on_startup
-    async def prepare() -> None:
-        await ensure_topics(settings)
-        await store.setup()
-
-    @app.after_shutdown
-    async def close() -> None:
-        await client.close()
-
-    return app
+    return service_app(broker, settings, client, store.setup)

@@ -20,6 +20,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -389,14 +391,12 @@ class CommandProcessor:
         return _Decided(
             record,
             command,
-            outcome=CommandOutcome(
-                command_id=command.command_id,
-                command_type=command.type,
-                execution_id=command.execution_id,
+            outcome=_outcome(
+                command,
+                ns_to_datetime(self._clock_ns()),
                 accepted=False,
                 code=RejectionCode.INVALID_TRANSITION,
                 message="command was redelivered after being processed; not applied again",
-                decided_at=ns_to_datetime(self._clock_ns()),
             ),
         )
 
@@ -461,44 +461,44 @@ def _already_applied(stream: _Stream, record: InboundRecord) -> bool:
     )
 
 
-def _accepted(
-    command: Command, commit: Commit, state: ExecutionState, now_ns: int
-) -> CommandOutcome:
+def _outcome(command: Command, decided_at: datetime, **fields: Any) -> CommandOutcome:
     return CommandOutcome(
         command_id=command.command_id,
         command_type=command.type,
         execution_id=command.execution_id,
+        decided_at=decided_at,
+        **fields,
+    )
+
+
+def _accepted(
+    command: Command, commit: Commit, state: ExecutionState, now_ns: int
+) -> CommandOutcome:
+    return _outcome(
+        command,
+        ns_to_datetime(now_ns),
         accepted=True,
         seq=commit.seq,
         run_id=state.run_id,
         status=state.status,
-        decided_at=ns_to_datetime(now_ns),
     )
 
 
 def _rejected(command: Command, rejection: Rejected, now_ns: int) -> CommandOutcome:
-    return CommandOutcome(
-        command_id=command.command_id,
-        command_type=command.type,
-        execution_id=command.execution_id,
+    return _outcome(
+        command,
+        ns_to_datetime(now_ns),
         accepted=False,
         code=rejection.code,
         message=rejection.message,
-        decided_at=ns_to_datetime(now_ns),
     )
 
 
 def _stored_rejection(
     command: Command, rejected: RejectedCommand, commit: Commit
 ) -> CommandOutcome:
-    return CommandOutcome(
-        command_id=command.command_id,
-        command_type=command.type,
-        execution_id=command.execution_id,
-        accepted=False,
-        code=rejected.code,
-        message=rejected.message,
-        decided_at=commit.committed_at,
+    return _outcome(
+        command, commit.committed_at, accepted=False, code=rejected.code, message=rejected.message
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from faststream import AckPolicy, FastStream
@@ -11,16 +10,14 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
 from services.common.kafka_io import batch_records, kafka_broker
-from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
+from services.common.stream_service import seek_back, service_app
 from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.projector import Projector
 
 log = logging.getLogger(__name__)
-
-_RETRY_BACKOFF_SECONDS = 1.0
 
 
 def build_app(settings: ProjectorSettings) -> FastStream:
@@ -57,20 +54,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
             await projector.apply(events)
         except Exception:
             log.exception("projecting %d events failed; retrying", len(events))
-            await message.nack()
-            await asyncio.sleep(_RETRY_BACKOFF_SECONDS)
+            await seek_back(message)
             return
         await message.ack()
 
-    app = FastStream(broker)
-
-    @app.on_startup
-    async def prepare() -> None:
-        await ensure_topics(settings)
-        await store.setup()
-
-    @app.after_shutdown
-    async def close() -> None:
-        await client.close()
-
-    return app
+    return service_app(broker, settings, client, store.setup)

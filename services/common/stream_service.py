@@ -1,0 +1,54 @@
+"""What every Kafka-consuming service shares: its app lifecycle and how it retries a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+from pymongo import AsyncMongoClient
+
+from services.common.kafka_topics import ensure_topics
+from services.common.settings import RunstoreSettings
+
+log = logging.getLogger(__name__)
+
+# After a failure (store or broker unreachable) a batch is sought back and consumed again;
+# waiting a little keeps a dead dependency from turning into a busy loop.
+RETRY_BACKOFF_SECONDS = 1.0
+
+
+def service_app(
+    broker: KafkaBroker,
+    settings: RunstoreSettings,
+    client: AsyncMongoClient[dict[str, Any]],
+    setup: Callable[[], Awaitable[None]],
+) -> FastStream:
+    """A FastStream app that creates the topics and runs `setup` before consuming, and
+    closes the MongoDB client after shutdown."""
+    app = FastStream(broker)
+
+    @app.on_startup
+    async def prepare() -> None:
+        await ensure_topics(settings)
+        await setup()
+
+    @app.after_shutdown
+    async def close() -> None:
+        await client.close()
+
+    return app
+
+
+async def seek_back(message: KafkaMessage) -> None:
+    """Have a failed batch consumed again after a pause (its offsets were not committed)."""
+    try:
+        await message.nack()
+    except Exception:
+        # Partitions revoked meanwhile: their new owner starts from the committed offset.
+        log.warning("could not seek back after a failed batch", exc_info=True)
+    await asyncio.sleep(RETRY_BACKOFF_SECONDS)
