@@ -140,11 +140,19 @@ class OutcomeReader:
         self.seen: set[str] = set()
         self.first_at: float | None = None
 
-    async def until(self, total: int, on_record: Any = None, limit: float = 600) -> None:
+    async def until(
+        self,
+        total: int,
+        on_record: Any = None,
+        limit: float = 600,
+        engine: subprocess.Popen[bytes] | None = None,
+    ) -> None:
         started = time.monotonic()
         while len(self.seen) < total:
             if time.monotonic() - started > limit:
                 raise SystemExit(f"gave up after {limit}s with {len(self.seen)}/{total}")
+            if engine is not None and engine.poll() is not None:
+                raise SystemExit(f"the engine exited ({engine.returncode}); see its log")
             batch = await self.consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batch.values():
                 for r in records:
@@ -235,12 +243,13 @@ async def run(n: int, profile: bool) -> None:
         mongo_rate = await baseline_mongo(mongo, min(n, 20000))
 
         log = Path(tempfile.mkstemp(prefix="engine-", suffix=".log")[1])
+        print(f"  engine log: {log}")
         prof = Path(tempfile.mkstemp(suffix=".prof")[1]) if profile else None
         outcomes = OutcomeReader(await tail(bootstrap, settings.topics.outcomes))
         engine = start_engine(env, log, prof)
         try:
             # Timed from the first outcome, so process start-up is not counted.
-            await outcomes.until(n)
+            await outcomes.until(n, engine=engine)
             assert outcomes.first_at is not None
             rate = (n - 1) / (time.monotonic() - outcomes.first_at)
 
@@ -275,7 +284,9 @@ async def run(n: int, profile: bool) -> None:
                 if body["command_id"] in sent_at:
                     latencies.append(time.monotonic() - sent_at[body["command_id"]])
 
-            await asyncio.gather(steady_producer(), outcomes.until(n + len(steady), on_outcome))
+            await asyncio.gather(
+                steady_producer(), outcomes.until(n + len(steady), on_outcome, engine=engine)
+            )
         finally:
             await outcomes.consumer.stop()
             stop(engine)
@@ -297,7 +308,9 @@ async def run(n: int, profile: bool) -> None:
         print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")
         if prof:
             print("\nwhere the engine's time goes (cumulative, top 30):")
-            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(str(prof)).sort_stats(
+                os.environ.get("BENCH_PROFILE_SORT", "cumulative")
+            ).print_stats(int(os.environ.get("BENCH_PROFILE_TOP", "30")))
 
 
 def main() -> None:

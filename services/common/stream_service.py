@@ -27,10 +27,17 @@ def service_app(
     settings: RunstoreSettings,
     client: AsyncMongoClient[dict[str, Any]],
     setup: Callable[[], Awaitable[None]],
+    before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    after_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> FastStream:
-    """A FastStream app that creates the topics and runs `setup` before consuming, and
-    closes the MongoDB client after shutdown."""
+    """A FastStream app that creates the topics and runs `setup` before consuming, runs
+    `before_shutdown` while the broker is still up and `after_shutdown` once it is down,
+    then closes the MongoDB client."""
     app = FastStream(broker)
+    if before_shutdown is not None:
+        app.on_shutdown(before_shutdown)
+    if after_shutdown is not None:
+        app.after_shutdown(after_shutdown)
 
     @app.on_startup
     async def prepare() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from typing import cast
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -15,11 +17,12 @@ from faststream.kafka.annotations import KafkaMessage
 from schemas.commands import COMMAND_ADAPTER
 from schemas.events import EVENT_ADAPTER
 from services.common.clock import now_ns
-from services.common.kafka_io import Outgoing, batch_records, kafka_broker, publish_all
+from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import EngineSettings, Topics
-from services.common.stream_service import seek_back, service_app
+from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
 from services.engine.mongo_event_store import MongoEventStore
+from services.engine.pipeline import Consumer, PublishPipeline, earliest
 from services.engine.processor import (
     CommandProcessor,
     InboundRecord,
@@ -31,17 +34,21 @@ log = logging.getLogger(__name__)
 
 
 class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Drops cached states of partitions this instance lost.
+    """Drops cached states of partitions this instance lost, once the batch being
+    published has committed its offsets.
 
     aiokafka calls this from its coordinator task, possibly while a batch is being
     decided, so the cache is only told here and forgets at the start of the next batch.
     """
 
-    def __init__(self, cache: StateCache) -> None:
+    def __init__(self, cache: StateCache, pipeline: PublishPipeline) -> None:
         self._cache = cache
+        self._pipeline = pipeline
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._cache.forget_partitions_later({tp.partition for tp in revoked})
+        # Let the batch being published commit its offsets before the partitions go.
+        await self._pipeline.drain()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         return None
@@ -85,10 +92,13 @@ def build_app(settings: EngineSettings) -> FastStream:
     store = MongoEventStore(mongo_database(client, settings))
     cache = StateCache(settings.engine_cache_size)
     processor = CommandProcessor(store, cache, now_ns)
+    pipeline = PublishPipeline()
+    publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
 
-    # MANUAL acks: offsets are committed only after the batch's commits are stored
-    # and everything they imply is published; on failure the batch is sought back.
+    # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
+    # offsets) only after its commits are stored and everything they imply is
+    # published; on failure the batch is sought back. See services/engine/pipeline.py.
     @broker.subscriber(
         topics.commands,
         group_id=settings.group(settings.engine_group_id),
@@ -97,12 +107,13 @@ def build_app(settings: EngineSettings) -> FastStream:
         batch_timeout_ms=50,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_ForgetRevokedPartitions(cache),
+        listener=_ForgetRevokedPartitions(cache, pipeline),
         group_instance_id=settings.engine_instance_id,
         session_timeout_ms=settings.engine_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
     )
     async def handle_commands(message: KafkaMessage) -> None:
+        raw = batch_records(message)
         records = [
             InboundRecord(
                 partition=r.partition,
@@ -111,24 +122,47 @@ def build_app(settings: EngineSettings) -> FastStream:
                 value=r.value,
                 headers=tuple((k, v) for k, v in (r.headers or ())),
             )
-            for r in batch_records(message)
+            for r in raw
         ]
+        consumer = cast("Consumer", message.consumer)
         started = time.perf_counter()
         try:
+            # Runs while the previous batch's records are still being acknowledged.
             out = await processor.process(records)
-            decided = time.perf_counter()
-            await publish_all(broker, outgoing_records(out, topics))
         except Exception:
             log.exception("batch of %d commands failed; it will be retried", len(records))
-            await seek_back(message)
+            pipeline.rewind(consumer, await pipeline.settle(), earliest(raw))
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS)
             return
-        await message.ack()
+        decided = time.perf_counter()
+        if failed := await pipeline.settle():
+            # The previous batch was not published, so this one (stored, but to be
+            # published after it) is not either: both are consumed again, and their
+            # stored commits re-published.
+            pipeline.rewind(consumer, failed, earliest(raw))
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS)
+            return
+        pipeline.start(consumer, raw, lambda: publisher.publish_all(outgoing_records(out, topics)))
         log.debug(
-            "batch of %d: decide+append %.1f ms, publish %.1f ms, total %.1f ms",
+            "batch of %d: decide+append %.1f ms, then waited %.1f ms for the previous publish",
             len(records),
             (decided - started) * 1000,
             (time.perf_counter() - decided) * 1000,
-            (time.perf_counter() - started) * 1000,
         )
 
-    return service_app(broker, settings, client, store.setup)
+    async def drain() -> None:
+        # While the consumer is up (so the offsets can be committed), and again once the
+        # subscriber has stopped (its last batch may have started publishing meanwhile).
+        await pipeline.drain()
+        if await pipeline.settle():
+            log.warning("the last batch was not published; it is consumed again at restart")
+
+    async def close() -> None:
+        await drain()
+        await publisher.stop()
+
+    async def setup() -> None:
+        await store.setup()
+        await publisher.start()
+
+    return service_app(broker, settings, client, setup, before_shutdown=drain, after_shutdown=close)

@@ -39,6 +39,16 @@ class EventStore(Protocol):
         written; the report says which, and nothing after it is attempted.
         """
 
+    async def append_first(self, commits: Sequence[Commit]) -> set[int]:
+        """Insert the first commits (seq 1) of executions believed new, independently of
+        each other; return the positions of those that did not go in.
+
+        A commit is refused when its execution already has a seq 1 or its command id is
+        stored; the others are written whatever happens to those. This lets the engine
+        start executions without reading first: a refused start is decided again against
+        the stored state.
+        """
+
     async def get(self, execution_id: str, seq: int) -> Commit | None:
         """One commit by its position."""
 

@@ -34,6 +34,18 @@ class InMemoryEventStore:
             self._by_command[commit.command_id] = commit
         return AppendReport(inserted=len(commits))
 
+    async def append_first(self, commits: Sequence[Commit]) -> set[int]:
+        refused: set[int] = set()
+        for position, commit in enumerate(commits):
+            if commit.seq != 1:
+                raise ValueError(f"append_first takes first commits only, not {commit.doc_id}")
+            if commit.command_id in self._by_command or self._streams.get(commit.execution_id):
+                refused.add(position)
+                continue
+            self._streams[commit.execution_id] = [commit]
+            self._by_command[commit.command_id] = commit
+        return refused
+
     async def get(self, execution_id: str, seq: int) -> Commit | None:
         stream = self._streams.get(execution_id, [])
         return stream[seq - 1] if 1 <= seq <= len(stream) else None

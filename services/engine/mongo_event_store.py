@@ -87,6 +87,21 @@ class MongoEventStore:
             return AppendReport(inserted=index, failure=await self._classify(commits[index]))
         return AppendReport(inserted=len(commits))
 
+    async def append_first(self, commits: Sequence[Commit]) -> set[int]:
+        if not commits:
+            return set()
+        if later := [c.doc_id for c in commits if c.seq != 1]:
+            raise ValueError(f"append_first takes first commits only, not {later}")
+        await self._locate_new_runs(commits)
+        try:
+            await self._commits.insert_many([commit_to_doc(c) for c in commits], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            return {int(e["index"]) for e in errors}
+        return set()
+
     async def _locate_new_runs(self, commits: Sequence[Commit]) -> None:
         # Before the commits: a locator whose commit never lands names a run nobody knows,
         # which reads as "not found" anyway; the reverse would hide a stored run.

@@ -17,6 +17,7 @@ commit is then re-published instead of deciding again.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -202,34 +203,85 @@ class CommandProcessor:
 
     async def _apply(self, parsed: list[tuple[InboundRecord, Command]], out: Outbound) -> None:
         todo = parsed
+        must_read: set[str] = set()
         while todo:
-            await self._load({c.execution_id for _, c in todo})
-            decided = await self._decide_round(todo)
+            t0 = time.perf_counter()
+            assumed_new = await self._load(todo, must_read)
+            t1 = time.perf_counter()
+            decided = await self._decide_round(todo)  # decided[i] answers todo[i]
             await self._replay_known_rejections(decided)
-            new = [d for d in decided if d.commit is not None and not d.replay]
-            report = await self._store.append([d.commit for d in new if d.commit])
+            t2 = time.perf_counter()
+
+            # 1. Starts of executions assumed new (never read): each goes in on its own;
+            # a refused one means the execution or the command exists after all, so
+            # everything of that execution in this round is decided again after a read.
+            firsts = [
+                i
+                for i, d in enumerate(decided)
+                if d.commit is not None
+                and not d.replay
+                and d.commit.seq == 1
+                and d.command.execution_id in assumed_new
+            ]
+            refused_positions = await self._store.append_first(
+                [c for i in firsts if (c := decided[i].commit) is not None]
+            )
+            refused = {decided[firsts[p]].command.execution_id for p in refused_positions}
+            if refused:
+                log.debug("%d executions assumed new exist; reading them", len(refused))
+            pending = [i for i, d in enumerate(decided) if d.command.execution_id not in refused]
+            claimed = set(firsts)
+
+            # 2. Everything else in one ordered append.
+            new = [
+                i
+                for i in pending
+                if (d := decided[i]).commit is not None and not d.replay and i not in claimed
+            ]
+            report = await self._store.append([c for i in new if (c := decided[i].commit)])
+            t3 = time.perf_counter()
+            log.debug(
+                "round of %d (%d assumed new): load %.1f ms, decide %.1f ms, append %.1f ms",
+                len(todo),
+                len(assumed_new),
+                (t1 - t0) * 1000,
+                (t2 - t1) * 1000,
+                (t3 - t2) * 1000,
+            )
             if report.failure is None:
-                self._emit(decided, out)
-                return
-            failed = new[report.inserted]
-            position = decided.index(failed)
-            self._emit(decided[:position], out)
-            rest = todo[position + 1 :]
-            if report.failure is AppendFailure.DUPLICATE_COMMAND:
-                # The same command id was applied before (a producer re-sent it).
-                stored = await self._store.find_by_command(failed.command.command_id)
-                if stored is None:
-                    raise RuntimeError(f"duplicate command {failed.command.command_id} vanished")
-                self._emit([self._replayed(failed.record, failed.command, stored)], out)
+                self._emit([decided[i] for i in pending], out)
+                again = refused
+                redo_from = len(todo)
             else:
-                # Another engine instance wrote this seq first: reload and decide again.
-                log.warning("seq conflict on %s; reloading", failed.command.execution_id)
-                rest = todo[position:]
-            # Everything decided from the failed record on assumed commits that were not
-            # stored: forget those states (the failed record's execution included, even
-            # when nothing else of it follows in this batch).
-            self._cache.drop({c.execution_id for _, c in todo[position:]})
-            todo = rest
+                failed_at = new[report.inserted]
+                failed = decided[failed_at]
+                self._emit([decided[i] for i in pending if i < failed_at], out)
+                redo_from = failed_at
+                if report.failure is AppendFailure.DUPLICATE_COMMAND:
+                    # The same command id was applied before (a producer re-sent it).
+                    stored = await self._store.find_by_command(failed.command.command_id)
+                    if stored is None:
+                        raise RuntimeError(
+                            f"duplicate command {failed.command.command_id} vanished"
+                        )
+                    self._emit([self._replayed(failed.record, failed.command, stored)], out)
+                    redo_from = failed_at + 1
+                else:
+                    # Another engine instance wrote this seq first: reload, decide again.
+                    log.warning("seq conflict on %s; reloading", failed.command.execution_id)
+                # Everything decided from the failed record on assumed commits that were
+                # not stored (the failed record's execution included, even when nothing
+                # else of it follows), and starts claimed after it were stored but not
+                # emitted: read those executions again.
+                again = refused | {
+                    decided[i].command.execution_id for i in pending if i >= failed_at
+                }
+            self._cache.drop(again)
+            must_read |= again
+            redo = {i for i in pending if i >= redo_from}
+            todo = [
+                item for i, item in enumerate(todo) if i in redo or item[1].execution_id in refused
+            ]
 
     async def _replay_known_rejections(self, decided: list[_Decided]) -> None:
         """A rejected command whose id is already stored was sent twice (a producer or
@@ -259,13 +311,30 @@ class CommandProcessor:
                 if len(kept) != len(d.commit.rejected):
                     decided[i].commit = d.commit.model_copy(update={"rejected": kept})
 
-    async def _load(self, execution_ids: set[str]) -> None:
-        missing = [e for e in execution_ids if self._cache.get(e) is None]
-        log.debug("loading %d of %d executions", len(missing), len(execution_ids))
-        if not missing:
-            return
-        latest = await self._store.latest(missing)
-        for execution_id in missing:
+    async def _load(
+        self, todo: list[tuple[InboundRecord, Command]], must_read: set[str]
+    ) -> set[str]:
+        """Have every execution of `todo` in the cache; return those assumed new.
+
+        An execution missing from the cache whose first command here is a start is
+        assumed not to exist, without a read: starts of new executions are the bulk of a
+        busy stream and the read would always miss. `append_first` checks the guess.
+        """
+        first_type: dict[str, str] = {}
+        for _, command in todo:
+            first_type.setdefault(command.execution_id, command.type)
+        missing = [e for e in first_type if self._cache.get(e) is None]
+        assumed_new = {
+            e for e in missing if first_type[e] == "StartWorkflow" and e not in must_read
+        }
+        for execution_id in assumed_new:
+            self._cache.put(execution_id, _Stream(None, 0, None, -1))
+        to_read = [e for e in missing if e not in assumed_new]
+        log.debug("reading %d of %d executions", len(to_read), len(first_type))
+        if not to_read:
+            return assumed_new
+        latest = await self._store.latest(to_read)
+        for execution_id in to_read:
             commit = latest.get(execution_id)
             if commit is None:
                 self._cache.put(execution_id, _Stream(None, 0, None, -1))
@@ -273,6 +342,7 @@ class CommandProcessor:
                 state = ExecutionState.model_validate(commit.state)
                 partition = commit.source.partition if commit.source else -1
                 self._cache.put(execution_id, _Stream(state, commit.seq, commit.source, partition))
+        return assumed_new
 
     async def _decide_round(self, todo: list[tuple[InboundRecord, Command]]) -> list[_Decided]:
         decided: list[_Decided] = []
@@ -514,7 +584,6 @@ _TASK_KINDS = {
 
 def tasks_for(commit: Commit) -> list[WorkflowTask]:
     """Work for workers that a commit's events call for (derived, so replays agree)."""
-    state = ExecutionState.model_validate(commit.state) if commit.state else None
     tasks: list[WorkflowTask] = []
     for event in commit.events:
         kind = _TASK_KINDS.get(event.type)
@@ -529,7 +598,7 @@ def tasks_for(commit: Commit) -> list[WorkflowTask]:
                 run_id=event.run_id,
                 seq=event.seq,
                 workflow_name=event.workflow_name,
-                attempt=getattr(attrs, "attempt", None) or (state.attempt if state else 1),
+                attempt=getattr(attrs, "attempt", None) or int(commit.state.get("attempt") or 1),
                 input=_payload_value(getattr(attrs, "input", None)),
                 signal_name=getattr(attrs, "signal_name", None),
                 deployment_name=getattr(attrs, "deployment_name", None),

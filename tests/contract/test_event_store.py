@@ -105,6 +105,32 @@ class EventStoreContract:
         assert await store.get("e2", 1) is not None
         assert await store.get("e3", 1) is None
 
+    async def test_first_commits_go_in_independently_and_refusals_are_reported(
+        self, store: EventStore
+    ) -> None:
+        await store.append([make_commit("taken", 1, command_id="t1")])
+        await store.append([make_commit("other", 1, command_id="used")])
+        batch = [
+            make_commit("new1", 1),
+            make_commit("taken", 1, command_id="t2"),  # the execution exists
+            make_commit("new2", 1, command_id="used"),  # the command id is stored
+            make_commit("new3", 1),
+        ]
+        assert await store.append_first(batch) == {1, 2}
+        assert {e: c.seq for e, c in (await store.latest(["new1", "new2", "new3"])).items()} == {
+            "new1": 1,
+            "new3": 1,
+        }
+        stored = await store.get("taken", 1)
+        assert stored is not None and stored.command_id == "t1"
+        # The same batch again (a redelivery): every one is refused, nothing doubles.
+        assert await store.append_first(batch) == {0, 1, 2, 3}
+        assert [c.seq async for c in store.read_stream("new1")] == [1]
+
+    async def test_append_first_takes_only_first_commits(self, store: EventStore) -> None:
+        with pytest.raises(ValueError, match="first commits only"):
+            await store.append_first([make_commit("e1", 2)])
+
     async def test_scan_yields_each_stream_in_seq_order(self, store: EventStore) -> None:
         await store.append([make_commit("b", 1), make_commit("a", 1)])
         await store.append([make_commit("b", 2), make_commit("a", 2)])
@@ -149,3 +175,29 @@ class TestMongoEventStore(EventStoreContract):
         # Appending again (a retry after a crash) finds the locator there: no error.
         report = await store.append([make_commit("e1", 1, command_id="again")])
         assert report.failure is AppendFailure.CONFLICT
+        assert await store.append_first([make_commit("e1", 1, command_id="again")]) == {0}
+        assert await locate_run(db, "run-1") == "e1"
+
+    async def test_commits_are_stored_as_flat_fields_and_a_json_body(
+        self, store: EventStore, db: Any
+    ) -> None:
+        commit = make_commit("e1", 1)
+        await store.append([commit])
+        doc = await db.commits.find_one({"_id": "e1:000000000001"})
+        assert {k: doc[k] for k in ("execution_id", "seq", "command_id", "run_id")} == {
+            "execution_id": "e1",
+            "seq": 1,
+            "command_id": commit.command_id,
+            "run_id": "run-1",
+        }
+        assert Commit.model_validate_json(doc["body"]) == commit
+        assert await store.find_by_command(commit.command_id) == commit
+
+    async def test_commits_written_before_bodies_existed_are_still_read(
+        self, store: EventStore, db: Any
+    ) -> None:
+        commit = make_commit("old", 1)
+        legacy = {**commit.model_dump(mode="json"), "_id": commit.doc_id}
+        legacy["committed_at"] = commit.committed_at
+        await db.commits.insert_one(legacy)
+        assert await store.get("old", 1) == commit

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from services.common.commit_log import commit_from_doc
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 from tests.support.kafka import command, produce, read_topic
@@ -164,7 +165,9 @@ async def test_engine_killed_twenty_times_applies_every_command_exactly_once(
         assert seen[command_id] == {(accepted, code.value if code else None, seq)}, command_id
 
     # 3. Every stored event reached workflows.events (duplicates allowed, gaps not).
-    commit_events = {ev["event_id"] for docs in stored.values() for d in docs for ev in d["events"]}
+    commit_events = {
+        e.event_id for docs in stored.values() for d in docs for e in commit_from_doc(d).events
+    }
     published = await read_topic(
         bootstrap,
         f"{prefix}workflows.events",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from itertools import count
 from typing import Any
 
 import pytest
 
+from schemas.commits import Commit
 from schemas.outcomes import RejectionCode
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
@@ -213,3 +214,88 @@ async def test_after_a_duplicate_the_next_command_continues_the_stream_without_a
     after = await engine.process([record(command("SignalExecution", "e1", "next", name="b"))])
     assert [(o.command_id, o.seq) for o in after.outcomes] == [("next", 3)]
     assert [c.seq async for c in store.read_stream("e1")] == [1, 2, 3]
+
+
+class CountingStore(InMemoryEventStore):
+    """Counts the reads the processor makes before deciding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latest_reads: list[str] = []
+
+    async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
+        self.latest_reads.extend(execution_ids)
+        return await super().latest(execution_ids)
+
+
+async def test_starts_of_unseen_executions_are_decided_without_a_read(clock) -> None:
+    store = CountingStore()
+    out = await processor(store, clock).process(
+        [
+            record(start("n1", "a")),
+            record(command("SignalExecution", "n1", "b", name="go")),
+            record(start("n2", "c")),
+            record(command("SignalExecution", "ghost", "d", name="go")),
+        ]
+    )
+    assert store.latest_reads == ["ghost"]  # only the execution whose first command is not a start
+    assert [(o.command_id, o.accepted, o.seq) for o in out.outcomes] == [
+        ("a", True, 1),
+        ("b", True, 2),
+        ("c", True, 1),
+        ("d", False, None),
+    ]
+    assert [c.command_id async for c in store.read_stream("n1")] == ["a", "b"]
+
+
+async def test_redelivered_starts_are_replayed_not_applied_again(store, clock) -> None:
+    batch = [
+        record(start("e1", "s1")),
+        record(command("SignalExecution", "e1", "g1", name="x")),
+        record(start("e2", "s2")),
+        record(start("e3", "s3")),
+    ]
+    first = await processor(store, clock).process(batch)
+    # A crash before the offset commit: a fresh engine assumes the starts are new; the
+    # store refuses them and the stored commits are re-published instead.
+    again = await processor(store, clock).process(batch)
+    assert sorted(c.doc_id for c in again.commits) == sorted(c.doc_id for c in first.commits)
+    assert [c.model_dump() for c in sorted(again.commits, key=lambda c: c.doc_id)] == [
+        c.model_dump() for c in sorted(first.commits, key=lambda c: c.doc_id)
+    ]
+    assert sorted((o.command_id, o.seq) for o in again.outcomes) == sorted(
+        (o.command_id, o.seq) for o in first.outcomes
+    )
+    for execution_id, length in (("e1", 2), ("e2", 1), ("e3", 1)):
+        assert [c.seq async for c in store.read_stream(execution_id)] == list(range(1, length + 1))
+
+
+async def test_start_of_an_execution_that_exists_is_decided_against_its_state(store, clock) -> None:
+    await processor(store, clock).process(
+        [record(start("running", "r1")), record(start("closed", "c1"))]
+    )
+    await processor(store, clock).process([record(command("CancelExecution", "closed", "c2"))])
+    out = await processor(store, clock).process(
+        [record(start("running", "r2")), record(start("closed", "c3"))]
+    )
+    by_id = {o.command_id: o for o in out.outcomes}
+    assert not by_id["r2"].accepted
+    assert by_id["r2"].code is RejectionCode.EXECUTION_ALREADY_RUNNING
+    # A closed execution id is reused (the documented default policy): a new run at seq 3.
+    assert by_id["c3"].accepted and by_id["c3"].seq == 3
+    assert [c.command_id async for c in store.read_stream("running")] == ["r1"]
+
+
+async def test_start_claimed_before_a_conflict_is_published_once(store, clock) -> None:
+    mine = processor(store, clock)
+    await mine.process([record(start("e1", "c1"))])
+    await processor(store, clock).process(
+        [record(command("SignalExecution", "e1", "theirs", name="x"))]
+    )
+    # e2's start goes in first (assumed new); e1's signal then conflicts (stale cache).
+    out = await mine.process(
+        [record(command("SignalExecution", "e1", "mine", name="y")), record(start("e2", "s2"))]
+    )
+    assert sorted((o.command_id, o.seq) for o in out.outcomes) == [("mine", 3), ("s2", 1)]
+    assert sorted(c.doc_id for c in out.commits) == ["e1:000000000003", "e2:000000000001"]
+    assert [c.command_id async for c in store.read_stream("e2")] == ["s2"]
