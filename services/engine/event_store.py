@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -55,8 +55,14 @@ class EventStore(Protocol):
     async def find_by_command(self, command_id: str) -> Commit | None:
         """The commit a command produced, if any."""
 
-    async def find_by_commands(self, command_ids: Collection[str]) -> dict[str, Commit]:
-        """The commits these commands produced, by command id (absent if none)."""
+    async def find_by_commands(
+        self, command_ids: Collection[str], streams: Mapping[str, int] | None = None
+    ) -> dict[str, Commit]:
+        """The commits these commands produced, by command id (absent if none).
+
+        `streams` (execution id → its newest seq) says where they would be, if anywhere:
+        an adapter whose command-id index cannot serve reads may look there instead.
+        """
 
     def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         """The execution's commits after `after_seq`, in order."""

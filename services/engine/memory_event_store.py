@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 from schemas.commits import Commit
 from services.engine.event_store import AppendFailure, AppendReport
@@ -53,7 +53,9 @@ class InMemoryEventStore:
     async def find_by_command(self, command_id: str) -> Commit | None:
         return self._by_command.get(command_id)
 
-    async def find_by_commands(self, command_ids: Collection[str]) -> dict[str, Commit]:
+    async def find_by_commands(
+        self, command_ids: Collection[str], streams: Mapping[str, int] | None = None
+    ) -> dict[str, Commit]:
         return {c: self._by_command[c] for c in command_ids if c in self._by_command}
 
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:

@@ -12,13 +12,13 @@ O(log n) point reads, which stay fast on FerretDB (it scans for anything but `_i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from schemas.commits import Commit
+from schemas.commits import Commit, commit_id
 from schemas.events import EventType
 from services.common.commit_log import (
     COMMITS,
@@ -27,20 +27,26 @@ from services.common.commit_log import (
     commit_to_doc,
     read_commit,
 )
+from services.common.mongo import is_ferretdb
 from services.engine.event_store import AppendFailure, AppendReport
 
 Document = dict[str, Any]
 
 # Concurrent point reads per call: enough to hide round trips, few enough for the pool.
 _READ_CONCURRENCY = 32
+# Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
+_PROBE_LIMIT = 256
 
 
 class MongoEventStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
         self._commits = db[COMMITS]
         self._run_locators = db[RUN_LOCATORS]
+        self._ferretdb = False
 
     async def setup(self) -> None:
+        self._ferretdb = await is_ferretdb(self._db)
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
@@ -133,11 +139,33 @@ class MongoEventStore:
         doc = await self._commits.find_one({"command_id": command_id})
         return commit_from_doc(doc) if doc else None
 
-    async def find_by_commands(self, command_ids: Collection[str]) -> dict[str, Commit]:
+    async def find_by_commands(
+        self, command_ids: Collection[str], streams: Mapping[str, int] | None = None
+    ) -> dict[str, Commit]:
         if not command_ids:
             return {}
+        if streams is not None and self._ferretdb and sum(streams.values()) <= _PROBE_LIMIT:
+            # FerretDB answers a command_id query with a scan of every commit; reading
+            # the few streams the commands belong to by `_id` costs a few ms instead.
+            return await self._find_in_streams(set(command_ids), streams)
         cursor = self._commits.find({"command_id": {"$in": list(command_ids)}})
         return {c.command_id: c for c in map(commit_from_doc, await cursor.to_list())}
+
+    async def _find_in_streams(
+        self, command_ids: set[str], streams: Mapping[str, int]
+    ) -> dict[str, Commit]:
+        gate = asyncio.Semaphore(_READ_CONCURRENCY)
+
+        async def command_at(doc_id: str) -> tuple[str, Any]:
+            async with gate:
+                doc = await self._commits.find_one({"_id": doc_id}, {"command_id": 1})
+            return doc_id, doc and doc.get("command_id")
+
+        ids = [commit_id(e, seq) for e, newest in streams.items() for seq in range(1, newest + 1)]
+        found = await asyncio.gather(*(command_at(i) for i in ids))
+        matches = [doc_id for doc_id, command_id in found if command_id in command_ids]
+        docs = await asyncio.gather(*(self._commits.find_one({"_id": i}) for i in matches))
+        return {c.command_id: c for c in (commit_from_doc(d) for d in docs if d)}
 
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         seq = after_seq

@@ -296,8 +296,13 @@ class CommandProcessor:
         ]
         if not rejected:
             return
+        streams: dict[str, int] = {}
+        for i in rejected:
+            execution_id = decided[i].command.execution_id
+            cached = self._cache.get(execution_id)
+            streams[execution_id] = cached.seq if cached is not None else 0
         stored = await self._store.find_by_commands(
-            {decided[i].command.command_id for i in rejected}
+            {decided[i].command.command_id for i in rejected}, streams
         )
         for i in rejected:
             d = decided[i]

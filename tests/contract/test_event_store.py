@@ -142,6 +142,17 @@ class EventStoreContract:
     async def test_find_by_unknown_command_is_none(self, store: EventStore) -> None:
         assert await store.find_by_command("missing") is None
 
+    @pytest.mark.parametrize("hinted", [True, False])
+    async def test_find_by_commands_with_and_without_stream_hints(
+        self, store: EventStore, hinted: bool
+    ) -> None:
+        commits = [make_commit("e1", s) for s in (1, 2, 3)] + [make_commit("e2", 1)]
+        await store.append(commits)
+        wanted = {"cmd-e1-2", "cmd-e2-1", "missing"}
+        streams = {"e1": 3, "e2": 4} if hinted else None  # e2's newest may not be stored yet
+        found = await store.find_by_commands(wanted, streams)
+        assert found == {"cmd-e1-2": commits[1], "cmd-e2-1": commits[3]}
+
 
 class TestInMemoryEventStore(EventStoreContract):
     @pytest.fixture
