@@ -54,6 +54,12 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
+def _raw_records(message: KafkaMessage) -> object:
+    """The handler reads the raw records itself: skip FastStream's decoding of each one
+    (a header dict and a body decode per record, ~4 % of the engine's CPU)."""
+    return message.raw_message
+
+
 def outgoing_records(out: Outbound, topics: Topics) -> Iterator[Outgoing]:
     """What a processed batch publishes, in an order that keeps each execution's order."""
     for dead in out.dead_letters:
@@ -111,6 +117,7 @@ def build_app(settings: EngineSettings) -> FastStream:
         group_instance_id=settings.engine_instance_id,
         session_timeout_ms=settings.engine_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
+        decoder=_raw_records,
     )
     async def handle_commands(message: KafkaMessage) -> None:
         raw = batch_records(message)
