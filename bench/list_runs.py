@@ -1,7 +1,9 @@
-"""Read-path benchmark: list_runs per filter, get_run, get_workflow_execution and run
-histories, at 10k and 100k runs (and 1M on a real MongoDB).
+"""Read-path benchmark: list_runs per filter (search keys and workflow tags included),
+get_run, get_workflow_execution and run histories — a 1-2 event run, a page of 100 events
+of a 10,000-event run (the paging extension, random pages), and that run's whole history —
+at 10k and 100k runs (and 1M on a real MongoDB).
 
-    .venv/bin/python bench/list_runs.py [--mongo-url URL] [--sizes 10000,100000]
+    .venv/bin/python bench/list_runs.py [--mongo-url URL] [--sizes 10000,100000] [--no-lists]
 
 Seeding is a BULK LOADER, not the real path: run documents, execution pointers, history
 chunks and commits are made by the projector's own pure fold (`project`) from synthetic
@@ -48,6 +50,7 @@ from schemas.events import (
     StartedAttributes,
     event_id_for,
 )
+from services.api.run_reader import history_token
 from services.common.commit_log import COMMITS, commit_to_doc
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.projection import ReadModelDocs, project
@@ -60,6 +63,13 @@ SPAN_NS = 30 * 24 * 3600 * 10**9  # start times spread over 30 days
 WORKFLOWS = [f"workflow-{i:02d}" for i in range(20)]
 USERS = [f"user-{i:02d}" for i in range(50)]
 DEPLOYMENTS = ["prod", "staging", "dev", "eu", "us"]
+TAGS = ["billing", "nightly", "eu", "beta", "etl"]
+# Tags belong to workflows: workflow i has TAGS[i % 5] and, for even i, TAGS[(i + 1) % 5].
+WORKFLOW_TAGS = {
+    w: sorted({TAGS[i % 5], *([TAGS[(i + 1) % 5]] if i % 2 == 0 else [])})
+    for i, w in enumerate(WORKFLOWS)
+}
+HISTORY_PAGE = 100
 LONG_RUN_EVENTS = 10_000
 BUDGET_SECONDS = 4.0
 MAX_SAMPLES = 200
@@ -110,6 +120,16 @@ def synthetic_run(rnd: random.Random, i: int, prefix: str) -> list[Event]:
                 deployment_name=rnd.choice(DEPLOYMENTS),
                 user_id=rnd.choice(USERS),
                 internal=rnd.random() < 0.05,
+                # Most runs name their customer (~1,000 of them); some an order too.
+                search_keys=(
+                    {
+                        "customer": f"Customer {i % 997:03d}",
+                        **({"order": f"O-{i}"} if i % 3 == 0 else {}),
+                    }
+                    if i % 10 < 8
+                    else None
+                ),
+                workflow_tags=WORKFLOW_TAGS[workflow],
             ),
         )
     ]
@@ -240,6 +260,10 @@ def list_filters(prefix: str) -> dict[str, dict[str, Any]]:
         "list: end_time_after": {"end_time_after": mid.isoformat()},
         "list: sort end_time asc": {"sort_by": "end_time", "order": "asc"},
         "list: workflow + status": {"workflow_identifier": "workflow-07", "status": "FAILED"},
+        "list: search_key exact": {"search_key": "customer==:Customer 123"},
+        "list: search_key similar": {"search_key": "customer:tomer 12"},
+        "list: search_key set (key)": {"search_key": "order"},
+        "list: workflow_tags (2)": {"workflow_tags": ["billing", "nightly"]},
     }
 
 
@@ -251,12 +275,19 @@ SCAN_SUBSET = (
     "list: status=FAILED",
     "list: search (display name)",
     "list: sort end_time asc",
+    "list: search_key exact",
+    "list: workflow_tags (2)",
 )
 SCAN_HEAVY_FROM = 50_000
 
 
 async def run_measures(
-    http: httpx.AsyncClient, prefix: str, size: int, rnd: random.Random, scans: bool
+    http: httpx.AsyncClient,
+    prefix: str,
+    size: int,
+    rnd: random.Random,
+    scans: bool,
+    lists: bool = True,
 ) -> dict[str, tuple[float, float, int]]:
     out: dict[str, tuple[float, float, int]] = {}
     headers = {"Authorization": "Bearer bench"}
@@ -272,7 +303,7 @@ async def run_measures(
         return res
 
     heavy = scans and size >= SCAN_HEAVY_FROM
-    for name, params in list_filters(prefix).items():
+    for name, params in list_filters(prefix).items() if lists else ():
         if heavy and name not in SCAN_SUBSET:
             continue
 
@@ -282,14 +313,15 @@ async def run_measures(
         out[name] = await measure(one, least=1 if heavy else 3, warm_up=not scans)
         print(f"  {name}: p95 {out[name][1]:.1f} ms", file=sys.stderr)
 
-    first = (await get("/v1/workflows/runs")).json()["next_page_token"]
+    first = (await get("/v1/workflows/runs")).json()["next_page_token"] if lists else None
 
     async def second_page(_: int) -> None:
         await get("/v1/workflows/runs", next_page_token=first)
 
-    out["list: second page (token)"] = await measure(
-        second_page, least=1 if heavy else 3, warm_up=not scans
-    )
+    if lists:
+        out["list: second page (token)"] = await measure(
+            second_page, least=1 if heavy else 3, warm_up=not scans
+        )
 
     def some_run() -> int:
         return rnd.randrange(size)
@@ -318,6 +350,24 @@ async def run_measures(
         body = (await get(f"/v1/workflows/runs/run-{prefix}-long/history")).json()
         assert len(body["events"]) == LONG_RUN_EVENTS
 
+    long_run_id = f"run-{prefix}-long"
+    pages = LONG_RUN_EVENTS // HISTORY_PAGE
+
+    async def history_page(_: int) -> None:
+        after = rnd.randrange(pages) * HISTORY_PAGE
+        params: dict[str, Any] = {"page_size": HISTORY_PAGE}
+        if after:
+            params["next_page_token"] = history_token(long_run_id, after)
+        body = (await get(f"/v1/workflows/runs/{long_run_id}/history", **params)).json()
+        assert body["events"][0]["event_number"] == after + 1
+        assert len(body["events"]) == HISTORY_PAGE
+
+    async def execution_history_page(_: int) -> None:
+        body = (
+            await get(f"/v1/workflows/executions/{prefix}-long/history", page_size=HISTORY_PAGE)
+        ).json()
+        assert len(body["events"]) == HISTORY_PAGE
+
     async def missing_run(_: int) -> None:
         res = await http.get(f"/v1/workflows/runs/no-such-run-{_}", headers=headers)
         assert res.status_code == 404
@@ -326,13 +376,15 @@ async def run_measures(
     out["get_run (RUNNING run)"] = await measure(get_running_run)
     out["get_workflow_execution"] = await measure(get_execution)
     out["history: 1-2 event run (1 chunk)"] = await measure(short_history)
-    out[f"history: {LONG_RUN_EVENTS:,}-event run"] = await measure(
+    out[f"history: page of {HISTORY_PAGE} ({LONG_RUN_EVENTS // 1000}k-ev run)"] = await measure(
+        history_page
+    )
+    out["history: 1st page, by execution"] = await measure(execution_history_page)
+    out[f"history: whole {LONG_RUN_EVENTS:,}-event run"] = await measure(
         long_history, least=2 if heavy else 5, warm_up=not scans
     )
-    # A 404 scans `runs` and `commits` on FerretDB (about 90 s at 100k runs).
-    out["get_run: unknown id (404)"] = await measure(
-        missing_run, least=1 if heavy else 3, warm_up=not scans
-    )
+    # A 404 is two `_id` misses (the run, its locator).
+    out["get_run: unknown id (404)"] = await measure(missing_run)
     return out
 
 
@@ -344,6 +396,11 @@ async def main() -> None:
         "--mongo-url", default=os.environ.get("RUNSTORE_MONGO_URL", "mongodb://127.0.0.1:27017")
     )
     parser.add_argument("--sizes", default=None, help="comma-separated run counts")
+    parser.add_argument(
+        "--no-lists",
+        action="store_true",
+        help="point reads and histories only (lists are full scans on FerretDB: minutes)",
+    )
     args = parser.parse_args()
 
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(args.mongo_url, tz_aware=True)
@@ -381,7 +438,9 @@ async def main() -> None:
                 print(f"{size:,} runs:", file=sys.stderr)
                 await seed(db, rnd, seeded, size, prefix)
                 seeded = size
-                results[size] = await run_measures(http, prefix, size, rnd, ferret)
+                results[size] = await run_measures(
+                    http, prefix, size, rnd, ferret, lists=not args.no_lists
+                )
     finally:
         await mongo.drop_database(database)
         await mongo.close()

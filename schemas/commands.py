@@ -15,6 +15,14 @@ from schemas.common import Failure, FrozenModel, Identifier, RetryPolicy
 
 SCHEMA_VERSION: Literal[1] = 1
 
+# Search keys are filtered on as `key:value` / `key==:value` / `key` / `key==` (list_runs
+# `search_key`), so a key holds none of ':', '=' or spaces, and is stored as a field name
+# (no '.', no leading '$'): letters, digits, '_' and '-'.
+SEARCH_KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
+SearchKeyName = Annotated[str, Field(min_length=1, max_length=100, pattern=SEARCH_KEY_PATTERN)]
+SearchKeyValue = Annotated[str, Field(max_length=1024)]
+WorkflowTag = Annotated[str, Field(min_length=1, max_length=100)]
+
 
 class IdReusePolicy(StrEnum):
     """What StartWorkflow does when its execution id already names a closed execution."""
@@ -52,7 +60,19 @@ class StartWorkflowPayload(FrozenModel):
     internal: bool = False
     display_name: str | None = None
     id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE
-    search_keys: dict[str, str | None] | None = None
+    search_keys: (
+        Annotated[
+            dict[SearchKeyName, SearchKeyValue | None],
+            # Published schemas: a key outside the pattern is an error, not an extra.
+            Field(max_length=50, json_schema_extra={"additionalProperties": False}),
+        ]
+        | None
+    ) = None
+    """Values the run can be found by (list_runs `search_key`): strings, or null for a key
+    that is set without a value. Runs opened by a reset and continue-as-new successors
+    keep them."""
+    workflow_tags: Annotated[list[WorkflowTag] | None, Field(max_length=50)] = None
+    """The tags of the workflow (list_runs `workflow_tags`); kept like `search_keys`."""
     run_id: str | None = None
     """Pre-assigned run id; the engine sets it on continue-as-new successors, else generated."""
     continued_from_execution_id: Identifier | None = None

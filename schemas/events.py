@@ -78,6 +78,7 @@ class StartedAttributes(FrozenModel):
     execution_timeout_seconds: float | None = None
     retry_policy: RetryPolicy | None = None
     search_keys: dict[str, str | None] | None = None
+    workflow_tags: list[str] | None = None
     continued_from_execution_id: str | None = None
     """Set when this execution was started by a continue-as-new."""
 

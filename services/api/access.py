@@ -22,9 +22,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from schemas.common import Identifier
 from services.api.auth import Caller
 from services.api.errors import not_found
-from services.api.run_list import RunFilter
+from services.api.run_list import PageTokens, RunFilter
 from services.api.run_reader import RunReader
-from services.api.settings import AccessMode
+from services.common.settings import AccessMode
 
 Document = dict[str, Any]
 
@@ -49,25 +49,14 @@ class AccessPolicy:
 class OwnedRunReader(RunReader):
     """A RunReader that shows one user only the runs that user started."""
 
-    def __init__(self, db: AsyncDatabase[Document], user_id: str) -> None:
-        super().__init__(db)
+    def __init__(
+        self, db: AsyncDatabase[Document], user_id: str, tokens: PageTokens | None = None
+    ) -> None:
+        super().__init__(db, tokens)
         self._user_id = user_id
 
-    async def execution(self, execution_id: str) -> Document | None:
-        run = await super().execution(execution_id)
-        return run if run is not None and run.get("user_id") == self._user_id else None
-
-    async def run(self, run_id: str) -> Document | None:
-        run = await super().run(run_id)
-        return run if run is not None and run.get("user_id") == self._user_id else None
-
-    async def run_history(self, run_id: str) -> tuple[Document, list[Document]] | None:
-        found = await super().run_history(run_id)
-        return found if found is not None and found[0].get("user_id") == self._user_id else None
-
-    async def execution_history(self, execution_id: str) -> tuple[Document, list[Document]] | None:
-        found = await super().execution_history(execution_id)
-        return found if found is not None and found[0].get("user_id") == self._user_id else None
+    def _visible(self, run: Document) -> bool:
+        return run.get("user_id") == self._user_id
 
     async def list_runs(
         self, flt: RunFilter, page_size: int, token: str | None

@@ -15,11 +15,11 @@ from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
+from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
+from services.api.run_list import PageTokens
 from services.api.run_reader import RunReader
-from services.api.settings import GatewaySettings
-from services.common.kafka_io import kafka_broker
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import ApiSettings
@@ -27,13 +27,11 @@ from services.common.settings import ApiSettings
 log = logging.getLogger(__name__)
 
 
-def build_app(api_settings: ApiSettings) -> FastAPI:
-    settings = GatewaySettings.from_api(api_settings)
+def build_app(settings: ApiSettings) -> FastAPI:
     keys = ApiKeys(settings.api_keys)
-    broker = kafka_broker(settings, client_id="runstore-api")
     client = mongo_client(settings)
     db = mongo_database(client, settings)
-    gateway = CommandGateway(settings, broker)
+    gateway = CommandGateway(settings)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
 
     @asynccontextmanager
@@ -44,7 +42,6 @@ def build_app(api_settings: ApiSettings) -> FastAPI:
             )
         log.info("access mode: %s", settings.api_access_mode.value)
         await ensure_topics(settings)
-        await broker.connect()
         await gateway.start()
         await fanout.start()
         try:
@@ -52,7 +49,6 @@ def build_app(api_settings: ApiSettings) -> FastAPI:
         finally:
             await fanout.stop()
             await gateway.stop()
-            await broker.stop()
             await client.close()
 
     app = FastAPI(title="Runstore", version="0.1.0", lifespan=lifespan)
@@ -60,7 +56,7 @@ def build_app(api_settings: ApiSettings) -> FastAPI:
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.db = db
-    app.state.reader = RunReader(db)
+    app.state.reader = RunReader(db, PageTokens.from_secret(settings.page_token_secret))
     app.state.gateway = gateway
     app.state.fanout = fanout
     app.state.wiring = Wiring(
@@ -87,7 +83,9 @@ def build_app(api_settings: ApiSettings) -> FastAPI:
     app.include_router(routes_streams.router)
     app.include_router(routes_commands.router)
 
-    # Outermost last: the failure budget sees every answer, 413s included.
+    # Outermost last: the failure budget sees every answer, 413s included; the execute
+    # fast path is innermost, so both limits apply to it as to any request.
+    app.add_middleware(ExecuteFastPath, wiring=app.state.wiring, keys=keys)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(
         FailureBudget,

@@ -4,6 +4,8 @@
 caller (401 otherwise), and in separate-users mode an `execution_id` or `run_id` in the
 path must name one of the caller's runs (404 otherwise, like an unknown id). `Reader`
 is narrowed to the caller's runs in that mode too, so lists never show others' runs.
+The read routes (routes_runs) take `Identified` + `RunsReader` instead: the narrowed
+reader answers another user's run with the same 404, without a second read of the run.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ from services.api.errors import not_found
 from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
 from services.api.run_reader import RunReader
-from services.api.settings import GatewaySettings
 from services.common.settings import ApiSettings
 
 Document = dict[str, Any]
 
 
-async def _caller(request: Request) -> Caller:
+async def _identified(request: Request) -> Caller:
     keys: ApiKeys = request.app.state.api_keys
     found = keys.caller(request.headers.get("authorization"))
     if found is None:
@@ -35,6 +36,10 @@ async def _caller(request: Request) -> Caller:
             detail="missing or unknown API key (send Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return found
+
+
+async def _caller(request: Request, found: Annotated[Caller, Depends(_identified)]) -> Caller:
     access: AccessPolicy = request.app.state.access
     if access.separate:
         await _check_path_owner(request, access, found)
@@ -58,7 +63,18 @@ async def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) ->
     access: AccessPolicy = request.app.state.access
     if access.separate:
         db: AsyncDatabase[Document] = request.app.state.db
-        return OwnedRunReader(db, who.user_id)
+        return OwnedRunReader(db, who.user_id, request.app.state.reader.tokens)
+    reader: RunReader = request.app.state.reader
+    return reader
+
+
+async def _runs_reader(request: Request, who: Annotated[Caller, Depends(_identified)]) -> RunReader:
+    # The read routes need no path check: this reader already shows another user's run
+    # as no run at all (the same 404), and checking first would read the run twice.
+    access: AccessPolicy = request.app.state.access
+    if access.separate:
+        db: AsyncDatabase[Document] = request.app.state.db
+        return OwnedRunReader(db, who.user_id, request.app.state.reader.tokens)
     reader: RunReader = request.app.state.reader
     return reader
 
@@ -68,8 +84,8 @@ async def _gateway(request: Request) -> CommandGateway:
     return gateway
 
 
-async def _settings(request: Request) -> GatewaySettings:
-    settings: GatewaySettings = request.app.state.settings
+async def _settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
     return settings
 
 
@@ -90,9 +106,12 @@ async def _db(request: Request) -> AsyncDatabase[Document]:
 
 Authed = Annotated[Caller, Depends(_caller)]
 Reader = Annotated[RunReader, Depends(_reader)]
+Identified = Annotated[Caller, Depends(_identified)]
+"""The caller (401 otherwise), without the path check: only with `RunsReader`."""
+RunsReader = Annotated[RunReader, Depends(_runs_reader)]
+"""What the read routes read through: `Reader`, minus the path check."""
 Gateway = Annotated[CommandGateway, Depends(_gateway)]
 Settings = Annotated[ApiSettings, Depends(_settings)]
-FullSettings = Annotated[GatewaySettings, Depends(_settings)]
 Fanout = Annotated[EventFanout, Depends(_fanout)]
 Access = Annotated[AccessPolicy, Depends(_access)]
 Database = Annotated[AsyncDatabase[Document], Depends(_db)]
@@ -112,7 +131,7 @@ class Wiring:
     """Everything `build_app` wires, as one dependency: the command routes are hot, and
     each FastAPI dependency costs a resolution per request."""
 
-    settings: GatewaySettings
+    settings: ApiSettings
     gateway: CommandGateway
     fanout: EventFanout
     access: AccessPolicy
@@ -123,7 +142,7 @@ class Wiring:
     def reader_for(self, caller: Caller) -> RunReader:
         """What `Reader` gives: narrowed to the caller's runs in separate-users mode."""
         if self.access.separate:
-            return OwnedRunReader(self.db, caller.user_id)
+            return OwnedRunReader(self.db, caller.user_id, self.all_runs.tokens)
         return self.all_runs
 
 

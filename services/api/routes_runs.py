@@ -6,11 +6,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from pydantic import BaseModel
 
-from services.api.deps import Authed, Reader
-from services.api.errors import not_found
-from services.api.run_list import BadPageToken, RunFilter
+from services.api.deps import Identified, RunsReader
+from services.api.errors import invalid, not_found
+from services.api.run_list import BadPageToken, BadSearchKey, RunFilter, parse_search_keys
+from services.api.run_reader import (
+    MAX_HISTORY_PAGE,
+    HistoryPage,
+    history_token,
+    read_history_token,
+)
 from services.api.shapes import (
     MAX_PAGE_SIZE,
     Execution,
@@ -22,11 +29,19 @@ from services.api.shapes import (
 
 router = APIRouter()
 
+_JSON = "application/json"
+
+
+def _json(model: BaseModel) -> Response:
+    # The model is already the response: serialise it once, in pydantic-core, instead of
+    # letting FastAPI validate it again against the response model.
+    return Response(model.model_dump_json(), media_type=_JSON)
+
 
 @router.get("/v1/workflows/runs", response_model=ExecutionList)
 async def list_runs(
-    who: Authed,
-    reader: Reader,
+    who: Identified,
+    reader: RunsReader,
     workflow_identifier: str | None = None,
     root_execution_id: str | None = None,
     search: str | None = None,
@@ -39,13 +54,18 @@ async def list_runs(
     end_time_after: datetime | None = None,
     end_time_before: datetime | None = None,
     user_id: str | None = None,
+    workflow_tags: Annotated[list[str] | None, Query()] = None,
     include_internal: bool = True,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     next_page_token: str | None = None,
-) -> ExecutionList:
+    search_key: Annotated[list[str] | None, Query()] = None,
+) -> Response:
     # Workflows have no id apart from their name here, so `workflow_identifier` (name or
-    # id) is the name. `search_key` and `workflow_tags` are not supported yet: FastAPI
-    # ignores them, which lists more rather than fewer runs.
+    # id) is the name.
+    try:
+        search_keys = parse_search_keys(search_key or [])
+    except BadSearchKey as exc:
+        raise invalid(["query", "search_key"], str(exc)) from exc
     flt = RunFilter(
         workflow_name=workflow_identifier or None,
         root_execution_id=root_execution_id or None,
@@ -62,53 +82,116 @@ async def list_runs(
         end_time_before=floor_ms(utc(end_time_before)),
         sort_by=sort_by,
         order=order,
+        search_keys=search_keys,
+        workflow_tags=tuple(sorted({t for t in workflow_tags or () if t})),
     )
     try:
         rows, token = await reader.list_runs(flt, page_size, next_page_token or None)
     except BadPageToken as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
-    return ExecutionList(executions=[list_item_from_run(r) for r in rows], next_page_token=token)
+    return _json(
+        ExecutionList(executions=[list_item_from_run(r) for r in rows], next_page_token=token)
+    )
 
 
 @router.get("/v1/workflows/runs/{run_id}", response_model=Execution)
-async def get_run(who: Authed, reader: Reader, run_id: str) -> Execution:
+async def get_run(who: Identified, reader: RunsReader, run_id: str) -> Response:
     run = await reader.run(run_id)
     if run is None:
         raise not_found("run", run_id)
-    return execution_from_run(run)
+    return _json(execution_from_run(run))
+
+
+# History paging is an extension the SDK does not know (it sends neither parameter and
+# gets the whole history): `page_size` events per page, and `next_page_token` from the
+# previous page's body. Each page is one or two `_id` reads of history chunks.
+HistoryPageSize = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=MAX_HISTORY_PAGE,
+        description="Events per page (extension; absent = the whole history)",
+    ),
+]
+HistoryToken = Annotated[
+    str | None, Query(description="`next_page_token` of the previous history page")
+]
 
 
 @router.get("/v1/workflows/runs/{run_id}/history")
 async def get_run_history(
-    who: Authed, reader: Reader, run_id: str, decode_payloads: bool = True
-) -> JSONResponse:
+    who: Identified,
+    reader: RunsReader,
+    run_id: str,
+    decode_payloads: bool = True,
+    page_size: HistoryPageSize = None,
+    next_page_token: HistoryToken = None,
+) -> Response:
     # Payloads are stored as the JSON the caller sent (client-encoded ones stay as the
     # client encoded them), so `decode_payloads` changes nothing.
-    found = await reader.run_history(run_id)
-    if found is None:
+    after = 0
+    if next_page_token:
+        token_run, after = _history_cursor(next_page_token)
+        if token_run != run_id:
+            raise HTTPException(
+                status_code=400,
+                detail=f"next_page_token belongs to the history of run {token_run!r}, "
+                f"not of run {run_id!r}",
+            )
+    page = await reader.run_history_page(run_id, after, page_size)
+    if page is None:
         raise not_found("run", run_id)
-    return JSONResponse(history_body(*found))
+    return _history(page)
 
 
 @router.get("/v1/workflows/executions/{execution_id}", response_model=Execution)
 async def get_execution(
-    who: Authed, reader: Reader, execution_id: str, include_search_keys: bool = False
-) -> Execution:
+    who: Identified, reader: RunsReader, execution_id: str, include_search_keys: bool = False
+) -> Response:
     run = await reader.execution(execution_id)
     if run is None:
         raise not_found("execution", execution_id)
-    return execution_from_run(run, include_search_keys=include_search_keys)
+    return _json(execution_from_run(run, include_search_keys=include_search_keys))
 
 
 @router.get("/v1/workflows/executions/{execution_id}/history")
 async def get_execution_history(
-    who: Authed, reader: Reader, execution_id: str, decode_payloads: bool = True
-) -> JSONResponse:
-    """The history of the execution's latest run (each run has its own history)."""
-    found = await reader.execution_history(execution_id)
-    if found is None:
-        raise not_found("execution", execution_id)
-    return JSONResponse(history_body(*found))
+    who: Identified,
+    reader: RunsReader,
+    execution_id: str,
+    decode_payloads: bool = True,
+    page_size: HistoryPageSize = None,
+    next_page_token: HistoryToken = None,
+) -> Response:
+    """The history of the execution's latest run (each run has its own history). Pages
+    after the first stay on the run the first page showed, even if a reset or restart
+    opens another run meanwhile."""
+    if not next_page_token:
+        page = await reader.execution_history_page(execution_id, 0, page_size)
+        if page is None:
+            raise not_found("execution", execution_id)
+        return _history(page)
+    token_run, after = _history_cursor(next_page_token)
+    page = await reader.run_history_page(token_run, after, page_size)
+    if page is None or page.run["execution_id"] != execution_id:
+        raise HTTPException(
+            status_code=400,
+            detail=f"next_page_token does not belong to a history of execution "
+            f"{execution_id!r}; pass the next_page_token of its previous history page",
+        )
+    return _history(page)
+
+
+def _history_cursor(token: str) -> tuple[str, int]:
+    try:
+        return read_history_token(token)
+    except BadPageToken as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+
+def _history(page: HistoryPage) -> Response:
+    token = None if page.next_after is None else history_token(page.run["run_id"], page.next_after)
+    return Response(history_body(page.run, page.events, token), media_type=_JSON)
 
 
 def floor_ms(value: datetime | None) -> datetime | None:

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from schemas.events import EventType
 from services.api import errors
 from services.api.access import existing_execution, known_execution_id
-from services.api.deps import Access, Authed, Database, Fanout, FullSettings, Reader
+from services.api.deps import Access, Authed, Database, Fanout, Reader, Settings
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.sse import (
     BrokerStream,
@@ -55,7 +55,7 @@ async def execution_stream(
     reader: Reader,
     fanout: Fanout,
     db: Database,
-    settings: FullSettings,
+    settings: Settings,
     execution_id: str,
     event_source: Literal["DATABASE", "LIVE", "HYBRID"] = "HYBRID",
     last_event_id: Annotated[str | None, Query(max_length=4096)] = None,
@@ -85,7 +85,7 @@ async def events_stream(
     access: Access,
     fanout: Fanout,
     db: Database,
-    settings: FullSettings,
+    settings: Settings,
     scope: Literal["activity", "workflow", "*"] = "*",
     activity_name: str = "*",
     activity_id: str = "*",

@@ -7,8 +7,10 @@ order. The list is walked as ordered *segments* (the dated runs, the open runs),
 served by the same index; a page that ends in one segment continues in the next.
 
 The page token holds the last row's sort value and `_id` plus a fingerprint of the
-filters it was made for, and a MAC over both: a token that was altered, or reused with
-other filters, is refused with a clear 400 instead of returning wrong rows.
+filters it was made for, and a MAC over both: a token that was altered, signed under
+another key, or reused with other filters, is refused with a clear 400 instead of
+returning wrong rows. The MAC key comes from `RUNSTORE_PAGE_TOKEN_SECRET`; without it
+each process signs with a random key of its own (see `PageTokens.from_secret`).
 """
 
 from __future__ import annotations
@@ -18,23 +20,106 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
+import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
+from schemas.commands import SEARCH_KEY_PATTERN
+from services.common.readmodels.projection import (
+    search_key_exact_term,
+    search_key_folded_prefix,
+    search_key_null_term,
+    search_key_set_term,
+)
+
+log = logging.getLogger(__name__)
+
 Document = dict[str, Any]
 SortField = Literal["start_time", "end_time"]
 Order = Literal["asc", "desc"]
+SearchKeyMatch = Literal["similar", "exact", "set", "null"]
 
-# Keys the token MAC. Not a secret: the MAC only tells a token this API made from one
-# that was edited or made up; a made-up token can at most start a page elsewhere in a
-# list its bearer may read anyway.
-_TOKEN_KEY = b"runstore.list_runs.page_token.v1"
 _TOKEN_VERSION = 1
+MAX_SEARCH_KEYS = 3
+"""Most `search_key` filters in one list_runs call (API.md §4.1)."""
+_SEARCH_KEY_NAME = re.compile(SEARCH_KEY_PATTERN)
 
 
 class BadPageToken(ValueError):
     """The token is not one this API issued for these filters."""
+
+
+class BadSearchKey(ValueError):
+    """A `search_key` filter that is not one of its four forms."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SearchKeyFilter:
+    """One `search_key` filter: `key:value` (similar), `key==:value` (exact), `key`
+    (set) or `key==` (null)."""
+
+    key: str
+    match: SearchKeyMatch
+    value: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SearchKeyFilter:
+        """Raises BadSearchKey with a message naming the accepted forms."""
+        head, colon, value = text.partition(":")
+        exact = head.endswith("==")
+        key = head[:-2] if exact else head
+        if not _SEARCH_KEY_NAME.fullmatch(key) or len(key) > 100:
+            raise BadSearchKey(
+                f"search_key {text!r}: expected key:value (similar value), key==:value "
+                "(exact value), key (key is set) or key== (value is null), with a key of "
+                "letters, digits, '_' or '-'"
+            )
+        if colon and exact:
+            return cls(key, "exact", value)
+        if colon:
+            if not value:
+                raise BadSearchKey(
+                    f"search_key {text!r}: a similar-value filter needs a value; use "
+                    f"{key!r} for runs where the key is set"
+                )
+            return cls(key, "similar", value)
+        return cls(key, "null" if exact else "set")
+
+    def clauses(self) -> list[Document]:
+        """The filter as clauses on the run's `search_terms` array."""
+        if self.match == "set":
+            return [{"search_terms": search_key_set_term(self.key)}]
+        if self.match == "null":
+            return [{"search_terms": search_key_null_term(self.key)}]
+        assert self.value is not None
+        if self.match == "exact":
+            return [{"search_terms": search_key_exact_term(self.key, self.value)}]
+        # Similar: the key's term pins the index walk; the substring of the case-folded
+        # value is checked on the way (`[\s\S]` also crosses newlines in the value).
+        folded = _escape_regex(self.value.casefold())
+        prefix = _escape_regex(search_key_folded_prefix(self.key))
+        return [
+            {"search_terms": search_key_set_term(self.key)},
+            {"search_terms": {"$regex": f"^{prefix}[\\s\\S]*{folded}"}},
+        ]
+
+    def fingerprint(self) -> list[str | None]:
+        return [self.key, self.match, self.value]
+
+
+def parse_search_keys(values: list[str]) -> tuple[SearchKeyFilter, ...]:
+    """The `search_key` query values as filters; BadSearchKey if one is malformed or
+    there are more than MAX_SEARCH_KEYS."""
+    if len(values) > MAX_SEARCH_KEYS:
+        raise BadSearchKey(
+            f"at most {MAX_SEARCH_KEYS} search_key filters are allowed, got {len(values)}"
+        )
+    return tuple(sorted({SearchKeyFilter.parse(v) for v in values}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +154,10 @@ class RunFilter:
     end_time_before: datetime | None = None
     sort_by: SortField = "start_time"
     order: Order = "desc"
+    search_keys: tuple[SearchKeyFilter, ...] = ()
+    """ANDed; see SearchKeyFilter."""
+    workflow_tags: tuple[str, ...] = ()
+    """The run's workflow has every one of these tags."""
 
     def fingerprint(self) -> str:
         """Identifies the filters and sort a page token belongs to."""
@@ -83,6 +172,8 @@ class RunFilter:
             *(_iso(t) for t in self._times()),
             self.sort_by,
             self.order,
+            sorted(k.fingerprint() for k in set(self.search_keys)),
+            sorted(set(self.workflow_tags)),
         ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
@@ -116,6 +207,10 @@ class RunFilter:
         statuses = sorted(set(self.statuses))
         if len(statuses) > 1:
             out.append({"status": {"$in": statuses}})
+        for search_key in sorted(set(self.search_keys)):
+            out += [c for c in search_key.clauses() if c not in out]
+        for tag in sorted(set(self.workflow_tags)):
+            out.append({"workflow_tags": tag})
         if not self.include_internal:
             out.append({"internal": {"$ne": True}})
         if self.search:
@@ -191,45 +286,77 @@ class RunFilter:
         ]
 
 
-def make_token(flt: RunFilter, last_row: Document) -> str:
-    """The token for the page after the one that ended with `last_row`."""
-    payload = json.dumps(
-        [_TOKEN_VERSION, flt.fingerprint(), _iso(last_row.get(flt.sort_by)), last_row["_id"]],
-        separators=(",", ":"),
-    ).encode()
-    return f"{_b64(payload)}.{_b64(_mac(payload))}"
+class PageTokens:
+    """Makes and checks list_runs page tokens under one MAC key.
 
+    The key is not what keeps lists private (access rules do that; a made-up token can at
+    most start a page elsewhere in a list its bearer may read anyway): it makes a token
+    that was edited, or issued by an API with another key, fail with a clear 400 instead
+    of paging from a position this API never returned. Every API instance behind one
+    address must share the key (`RUNSTORE_PAGE_TOKEN_SECRET`) for tokens to survive a
+    restart or land on another instance.
+    """
 
-def read_token(flt: RunFilter, token: str) -> Cursor:
-    """The cursor a token holds; BadPageToken if it is not one made for `flt`."""
-    body, dot, mac = token.strip().partition(".")
-    try:
-        payload = _unb64(body)
-        ok = bool(dot) and hmac.compare_digest(_unb64(mac), _mac(payload))
-    except (ValueError, binascii.Error):
-        ok = False
-    if not ok:
-        raise BadPageToken(
-            "next_page_token is not a token this API issued; pass the next_page_token of "
-            "the previous page unchanged"
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("the page token key must not be empty")
+        self._key = key
+
+    @classmethod
+    def from_secret(cls, secret: SecretStr | None) -> PageTokens:
+        """Tokens keyed by `secret`; without one, by this process's random key (logged)."""
+        if secret is not None and secret.get_secret_value():
+            return cls(hashlib.sha256(secret.get_secret_value().encode()).digest())
+        log.warning(
+            "RUNSTORE_PAGE_TOKEN_SECRET is unset: list_runs page tokens are signed with a "
+            "random key of this process, so they stop working after a restart and on "
+            "other API instances (set the same secret on every instance)"
         )
-    try:
-        version, fingerprint, value, run_id = json.loads(payload)
-        if version != _TOKEN_VERSION or not isinstance(run_id, str) or not run_id:
-            raise ValueError("bad fields")
-        sort_value = None if value is None else _aware(datetime.fromisoformat(value))
-    except (ValueError, TypeError) as exc:
-        raise BadPageToken("next_page_token is malformed") from exc
-    if fingerprint != flt.fingerprint():
-        raise BadPageToken(
-            "next_page_token was issued for other filters, sort or order; repeat the "
-            "request with the parameters of the first page"
-        )
-    return Cursor(sort_value, run_id)
+        return PROCESS_TOKENS
+
+    def make(self, flt: RunFilter, last_row: Document) -> str:
+        """The token for the page after the one that ended with `last_row`."""
+        payload = json.dumps(
+            [_TOKEN_VERSION, flt.fingerprint(), _iso(last_row.get(flt.sort_by)), last_row["_id"]],
+            separators=(",", ":"),
+        ).encode()
+        return f"{_b64(payload)}.{_b64(self.mac(payload))}"
+
+    def read(self, flt: RunFilter, token: str) -> Cursor:
+        """The cursor a token holds; BadPageToken if it is not one made for `flt`."""
+        body, dot, mac = token.strip().partition(".")
+        try:
+            payload = _unb64(body)
+            ok = bool(dot) and hmac.compare_digest(_unb64(mac), self.mac(payload))
+        except (ValueError, binascii.Error):
+            ok = False
+        if not ok:
+            raise BadPageToken(
+                "next_page_token is not a token this API issued: it was altered, or signed "
+                "under another page-token secret (another API instance, or this one before "
+                "a restart without RUNSTORE_PAGE_TOKEN_SECRET); pass the next_page_token of "
+                "the previous page unchanged, or start again from the first page"
+            )
+        try:
+            version, fingerprint, value, run_id = json.loads(payload)
+            if version != _TOKEN_VERSION or not isinstance(run_id, str) or not run_id:
+                raise ValueError("bad fields")
+            sort_value = None if value is None else _aware(datetime.fromisoformat(value))
+        except (ValueError, TypeError) as exc:
+            raise BadPageToken("next_page_token is malformed") from exc
+        if fingerprint != flt.fingerprint():
+            raise BadPageToken(
+                "next_page_token was issued for other filters, sort or order; repeat the "
+                "request with the parameters of the first page"
+            )
+        return Cursor(sort_value, run_id)
+
+    def mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:12]
 
 
-def _mac(payload: bytes) -> bytes:
-    return hmac.new(_TOKEN_KEY, payload, hashlib.sha256).digest()[:12]
+PROCESS_TOKENS = PageTokens(secrets.token_bytes(32))
+"""Signs with a random key made when this process started: used when no secret is set."""
 
 
 def _b64(raw: bytes) -> str:

@@ -1,15 +1,34 @@
 """Reads runs, executions and histories, folding commits the projector has not applied
 yet, so a point read reflects every command whose HTTP call has returned.
 
-Why folding from the execution pointer's `seq` is enough: the projector writes a batch's
-history chunks, then its runs, then its execution pointers. So once a pointer says `seq`,
-every run and history event of that execution up to `seq` is already written, and the
-commits after `seq` (read by `_id` until one is missing) are all a reader can be missing.
+Every read is an `_id` lookup, and the independent ones of a request go out together:
+
+Sequential round trips per request (`‖` = sent together):
+
+- get_run: closed run 1 (its row: final, nothing follows a run's terminal event); open
+  run 2 (the row, then the commit after the row's `seq`, normally a miss);
+- get_workflow_execution: 2 (the pointer, then its latest run's row ‖ the commit after
+  the pointer's `seq`);
+- a history page (paging extension): closed run 1 (the row ‖ the page's chunks); open run
+  2 (then the commit probe); of an execution 2 (the pointer, then row ‖ chunks ‖ probe);
+- a whole history: 1 for a closed run of one chunk (≤ 100 events), else 2 (the row ‖
+  chunk 0, then the other chunks ‖ the commit probe); one more for an execution's.
+
+Why folding from a `seq` is enough: the projector writes a batch's history chunks, then its
+runs, then its execution pointers. So once a pointer (or a run row) says `seq`, every run
+row (or that run's history) up to `seq` is already written, and the commits after `seq`
+(read by `_id` until one is missing) are all a reader can be missing. A chunk read at the
+same time as its row can predate the row; the page checks it holds what the row promises
+and reads it again if not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +37,19 @@ from pymongo.asynchronous.database import AsyncDatabase
 from schemas.commits import Commit
 from schemas.common import TERMINAL_STATUSES
 from schemas.events import Event
-from services.api.run_list import Cursor, RunFilter, make_token, read_token
+from services.api.run_list import PROCESS_TOKENS, BadPageToken, Cursor, PageTokens, RunFilter
 from services.common.commit_log import COMMITS, locate_run, read_commit
 from services.common.readmodels.mongo_store import load_by_ids
 from services.common.readmodels.projection import (
+    HISTORY_CHUNK,
     LIST_FIELDS,
     apply_to_execution,
     apply_to_run,
-    event_json,
-    events_of_chunks,
-    history_chunk_ids,
+    chunk_body_text,
+    chunk_event_texts,
+    event_text,
+    history_chunk_range,
+    is_newer,
 )
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 
@@ -37,82 +59,160 @@ _FINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 # Most commits read at once while catching up with the event store.
 _COMMIT_WINDOW = 32
 _LIST_PROJECTION = dict.fromkeys(LIST_FIELDS, 1)
+MAX_HISTORY_PAGE = 1000
+"""Largest `page_size` of the history paging extension."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunView:
-    """A run as of the newest commit, and the events the projection has not written."""
+    """A run as of the newest commit: its row as the projection had it (which holds its
+    first `projected` events in history chunks) with the newer events folded in."""
 
     run: Document
+    projected: int
     unprojected: list[Event]
+    """The run's events after the first `projected`, from the event store, in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Events of one run in event_number order, as JSON text ready to be spliced into a
+    response, and where the next page starts (None when this page reaches the end)."""
+
+    run: Document
+    events: list[str]
+    next_after: int | None
 
 
 class RunReader:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], tokens: PageTokens | None = None) -> None:
         self._db = db
         self._runs = db[RUNS]
         self._executions = db[EXECUTIONS]
         self._history = db[HISTORY]
         self._commits = db[COMMITS]
+        self.tokens = tokens or PROCESS_TOKENS
+
+    def _visible(self, run: Document) -> bool:
+        """Whether this reader shows `run` (all runs; see access.OwnedRunReader)."""
+        return True
 
     # --- point reads ---------------------------------------------------------------
 
     async def execution(self, execution_id: str) -> Document | None:
         """The latest run of an execution, as of the newest commit."""
-        view = await self._latest(execution_id)
-        return view.run if view else None
+        found = await self._latest(execution_id, None)
+        return found[0].run if found and self._visible(found[0].run) else None
 
     async def run(self, run_id: str) -> Document | None:
         """One run by id, as of the newest commit of its execution."""
-        view = await self._run(run_id)
-        return view.run if view else None
+        found = await self._run(run_id, None)
+        return found[0].run if found and self._visible(found[0].run) else None
+
+    async def run_history_page(
+        self, run_id: str, after: int = 0, limit: int | None = None
+    ) -> HistoryPage | None:
+        """Events `after`+1 … `after`+`limit` of a run (all after `after` when `limit` is
+        None); None if the run is unknown."""
+        found = await self._run(run_id, _Span(after, limit))
+        return await self._page(found, after, limit)
+
+    async def execution_history_page(
+        self, execution_id: str, after: int = 0, limit: int | None = None
+    ) -> HistoryPage | None:
+        """`run_history_page` of the execution's latest run."""
+        found = await self._latest(execution_id, _Span(after, limit))
+        return await self._page(found, after, limit)
 
     async def run_history(self, run_id: str) -> tuple[Document, list[Document]] | None:
-        """A run and its events ordered by event_number; None if the run is unknown."""
-        view = await self._run(run_id)
-        return (view.run, await self._events(view)) if view else None
+        """A run and its events (parsed) ordered by event_number; None if unknown."""
+        return _parsed(await self.run_history_page(run_id))
 
     async def execution_history(self, execution_id: str) -> tuple[Document, list[Document]] | None:
         """The latest run of an execution and its events (see `run_history`)."""
-        view = await self._latest(execution_id)
-        return (view.run, await self._events(view)) if view else None
+        return _parsed(await self.execution_history_page(execution_id))
 
-    async def _latest(self, execution_id: str) -> RunView | None:
+    async def _latest(
+        self, execution_id: str, span: _Span | None
+    ) -> tuple[RunView, dict[str, Document]] | None:
         pointer = await self._executions.find_one({"_id": execution_id})
-        seq = int(pointer["seq"]) if pointer else 0
-        newer = await self._commits_after(execution_id, seq)
-        for commit in newer:
-            for event in commit.events:
-                pointer = apply_to_execution(pointer, event)
         if pointer is None:
-            return None
-        latest = pointer["latest_run_id"]
-        run = await self._runs.find_one({"_id": latest})
-        mine = [e for c in newer for e in c.events if e.run_id == latest]
-        return _fold(run, mine)
+            # Not projected yet: every event of the execution is in its commits.
+            view = _view_from_commits(await self._commits_after(execution_id, 0))
+            return (view, {}) if view is not None else None
+        latest = str(pointer["latest_run_id"])
+        row, newer, chunks = await asyncio.gather(
+            self._runs.find_one({"_id": latest}),
+            self._commits_after(execution_id, int(pointer["seq"])),
+            self._first_chunks(latest, span),
+        )
+        for event in (e for c in newer for e in c.events):
+            pointer = apply_to_execution(pointer, event)
+        assert pointer is not None
+        if pointer["latest_run_id"] != latest or row is None:
+            # A run opened after the pointer's seq has all its events in `newer`; a row
+            # missing under a pointer (a rebuild in progress) is found the slow way.
+            view = _view_from_commits(newer)
+            if view is not None and view.run["run_id"] == pointer["latest_run_id"]:
+                return view, {}
+            return await self._run(str(pointer["latest_run_id"]), span)
+        view = _fold(row, [e for c in newer for e in c.events if e.run_id == latest])
+        assert view is not None
+        chunks.update(await self._more_chunks(latest, span, view.projected, chunks))
+        return view, chunks
 
-    async def _run(self, run_id: str) -> RunView | None:
-        run = await self._runs.find_one({"_id": run_id})
-        if run is not None and run["status"] in _FINAL:
-            # Nothing follows a run's terminal event (a reset or restart opens another
-            # run), and the projector wrote its history before the row: it is final.
-            return RunView(run, [])
-        if run is not None:
-            execution_id = run["execution_id"]
-        else:
-            # Not projected (yet): the engine's locator names its execution.
-            located = await locate_run(self._db, run_id)
-            if located is None:
-                return None
-            execution_id = located
+    async def _run(
+        self, run_id: str, span: _Span | None
+    ) -> tuple[RunView, dict[str, Document]] | None:
+        row, chunks = await asyncio.gather(
+            self._runs.find_one({"_id": run_id}), self._first_chunks(run_id, span)
+        )
+        if row is not None:
+            projected = int(row.get("event_count", 0))
+            more = self._more_chunks(run_id, span, projected, chunks)
+            if row["status"] in _FINAL:
+                # Nothing follows a run's terminal event (a reset or restart opens another
+                # run), and the projector wrote its history before the row: it is final.
+                chunks.update(await more)
+                return RunView(row, projected, []), chunks
+            newer, extra = await asyncio.gather(
+                self._commits_after(str(row["execution_id"]), int(row["seq"])), more
+            )
+            chunks.update(extra)
+            view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
+            assert view is not None
+            return view, chunks
+        # Not projected (yet): the engine's locator names its execution.
+        execution_id = await locate_run(self._db, run_id)
+        if execution_id is None:
+            return None
         pointer = await self._executions.find_one({"_id": execution_id})
         seq = int(pointer["seq"]) if pointer else 0
-        if run is None or int(run["seq"]) < seq:
-            # Read again now that the pointer is known: the run is at least at `seq`.
-            run = await self._runs.find_one({"_id": run_id})
-        after = max(seq, int(run["seq"]) if run else 0)
+        # Read again now that the pointer is known: a pointer at `seq` means the run's row
+        # holds every event of the run up to `seq` (or the run has none up to there).
+        row = await self._runs.find_one({"_id": run_id})
+        after = max(seq, int(row["seq"]) if row else 0)
         newer = await self._commits_after(execution_id, after)
-        return _fold(run, [e for c in newer for e in c.events if e.run_id == run_id])
+        view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
+        return (view, {}) if view is not None else None
+
+    async def _first_chunks(self, run_id: str, span: _Span | None) -> dict[str, Document]:
+        """The chunks a history read most likely needs, read before the row says how many
+        events the run has: the page's own chunks, or the first for a whole history."""
+        if span is None:
+            return {}
+        last = span.after + (span.limit or 1)
+        return await load_by_ids(self._history, history_chunk_range(run_id, span.after + 1, last))
+
+    async def _more_chunks(
+        self, run_id: str, span: _Span | None, projected: int, have: Mapping[str, Document]
+    ) -> dict[str, Document]:
+        """The chunks of the span's events up to `projected` that are not in `have`."""
+        if span is None:
+            return {}
+        last = projected if span.limit is None else min(projected, span.after + span.limit)
+        ids = [i for i in history_chunk_range(run_id, span.after + 1, last) if i not in have]
+        return await load_by_ids(self._history, ids) if ids else {}
 
     async def _commits_after(self, execution_id: str, seq: int) -> list[Commit]:
         """Commits after `seq`, by `_id`, until one is missing. Usually there is none
@@ -131,16 +231,39 @@ class RunReader:
                 found.append(commit)
             window = min(window * 2, _COMMIT_WINDOW)
 
-    async def _events(self, view: RunView) -> list[Document]:
-        run_id = view.run["run_id"]
-        # Event numbers are contiguous in a run, and the unprojected events are its last
-        # ones: the chunks hold the ones before.
-        projected = int(view.run.get("event_count", 0)) - len(view.unprojected)
-        chunks = await load_by_ids(self._history, history_chunk_ids(run_id, projected))
-        events = events_of_chunks(chunks.values())
-        for event in view.unprojected:
-            events.setdefault(event.event_number, event_json(event))
-        return [events[n] for n in sorted(events)]
+    async def _page(
+        self, found: tuple[RunView, dict[str, Document]] | None, after: int, limit: int | None
+    ) -> HistoryPage | None:
+        if found is None or not self._visible(found[0].run):
+            return None
+        view, chunks = found
+        total = int(view.run.get("event_count", 0))
+        last = total if limit is None else min(total, after + limit)
+        # Events up to `projected` are in the chunks, the ones after in `unprojected`.
+        from_chunks = min(last, view.projected)
+        texts = await self._chunk_texts(view.run["run_id"], after + 1, from_chunks, chunks)
+        start = max(after, from_chunks)
+        texts += [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        more = limit is not None and last < total
+        return HistoryPage(view.run, texts, last if more else None)
+
+    async def _chunk_texts(
+        self, run_id: str, first: int, last: int, chunks: Mapping[str, Document]
+    ) -> list[str]:
+        """Event texts `first`..`last` from the run's chunks, reading again those that
+        lack events (read at the same time as a row written after them)."""
+        if last < first:
+            return []
+        texts = _texts_between(chunks, run_id, first, last)
+        if texts is None:
+            ids = history_chunk_range(run_id, first, last)
+            texts = _texts_between(await load_by_ids(self._history, ids), run_id, first, last)
+        if texts is None:
+            raise RuntimeError(
+                f"the history chunks of run {run_id!r} lack events of {first}..{last} "
+                "that its row reflects"
+            )
+        return texts
 
     # --- the list -------------------------------------------------------------------
 
@@ -151,7 +274,7 @@ class RunReader:
 
         Raises BadPageToken for a token not made for `flt`.
         """
-        after: Cursor | None = read_token(flt, token) if token else None
+        after: Cursor | None = self.tokens.read(flt, token) if token else None
         rows: list[Document] = []
         for query in flt.page_queries(after):
             want = page_size + 1 - len(rows)
@@ -161,12 +284,94 @@ class RunReader:
                 break
         if len(rows) <= page_size:
             return rows, None
-        return rows[:page_size], make_token(flt, rows[page_size - 1])
+        return rows[:page_size], self.tokens.make(flt, rows[page_size - 1])
 
 
-def _fold(run: Document | None, events: list[Event]) -> RunView | None:
-    """`run` with `events` applied: every event of this run after a seq up to which the
-    projection has written the run's whole history."""
-    for event in events:
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """The events a history read wants: after `after`, at most `limit` (None: all)."""
+
+    after: int
+    limit: int | None
+
+
+def _fold(row: Document | None, events: list[Event]) -> RunView | None:
+    """`row` with `events` applied: the events of this run after a seq up to which the
+    projection has written the run's whole history (the ones `row` reflects are skipped)."""
+    projected = int(row.get("event_count", 0)) if row else 0
+    unprojected = [e for e in events if is_newer(e, row)]
+    run = row
+    for event in unprojected:
         run = apply_to_run(run, event)
-    return RunView(run, events) if run is not None else None
+    return RunView(run, projected, unprojected) if run is not None else None
+
+
+def _view_from_commits(commits: list[Commit]) -> RunView | None:
+    """The latest run of an execution folded from commits that hold all its events."""
+    pointer: Document | None = None
+    for event in (e for c in commits for e in c.events):
+        pointer = apply_to_execution(pointer, event)
+    if pointer is None:
+        return None
+    latest = pointer["latest_run_id"]
+    return _fold(None, [e for c in commits for e in c.events if e.run_id == latest])
+
+
+def _texts_between(
+    chunks: Mapping[str, Document], run_id: str, first: int, last: int
+) -> list[str] | None:
+    """The event texts `first`..`last` held by `chunks`, or None if one is missing."""
+    texts: list[str] = []
+    for c in range((first - 1) // HISTORY_CHUNK, (last - 1) // HISTORY_CHUNK + 1):
+        chunk = chunks.get(f"{run_id}:{c:06d}")
+        if chunk is None:
+            return None
+        low, high = max(first, c * HISTORY_CHUNK + 1), min(last, (c + 1) * HISTORY_CHUNK)
+        if "body" in chunk:
+            held_first, held_last = int(chunk["first"]), int(chunk["last"])
+            if int(chunk["count"]) == held_last - held_first + 1:
+                # Without holes (always, in practice): slice the lines, parse nothing.
+                if not held_first <= low <= high <= held_last:
+                    return None
+                lines = chunk_body_text(chunk).split("\n")
+                texts += lines[low - held_first : high - held_first + 1]
+                continue
+        held = dict(chunk_event_texts(chunk))
+        if any(n not in held for n in range(low, high + 1)):
+            return None
+        texts += [held[n] for n in range(low, high + 1)]
+    return texts
+
+
+def _parsed(page: HistoryPage | None) -> tuple[Document, list[Document]] | None:
+    return None if page is None else (page.run, [json.loads(t) for t in page.events])
+
+
+# --- the history paging extension's token ---------------------------------------------
+
+
+def history_token(run_id: str, after: int) -> str:
+    """Where the next history page starts: the run it belongs to and the last event number
+    returned. Not signed: it only names a position in a history its bearer may read, and
+    both routes check the run it names (see routes_runs)."""
+    raw = json.dumps([run_id, after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def read_history_token(token: str) -> tuple[str, int]:
+    """(run_id, after) from a history page token; BadPageToken if it is not one."""
+    text = token.strip()
+    try:
+        if not text.isascii():
+            raise ValueError("non-ASCII")
+        run_id, after = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError("run id")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ValueError("position")
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadPageToken(
+            "next_page_token is not a history page token; pass the next_page_token of the "
+            "previous history page unchanged"
+        ) from exc
+    return run_id, after

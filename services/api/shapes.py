@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -73,23 +74,50 @@ def execution_from_run(run: dict[str, Any], *, include_search_keys: bool = False
         user_id=run.get("user_id"),
         total_duration_ms=run.get("total_duration_ms"),
         result=run.get("result"),
-        search_keys=run.get("search_keys") if include_search_keys else None,
+        search_keys=search_keys_of(run) if include_search_keys else None,
     )
+
+
+def search_keys_of(run: dict[str, Any]) -> dict[str, str | None]:
+    """The run's search keys, `{}` if it has none. Only string or null values: the SDK
+    drops the whole map over one value of another type (API.md §5.1)."""
+    keys = run.get("search_keys") or {}
+    return {k: v for k, v in keys.items() if v is None or isinstance(v, str)}
 
 
 def list_item_from_run(run: dict[str, Any]) -> ExecutionListItem:
-    return ExecutionListItem.model_validate(
-        execution_from_run(run).model_dump(exclude={"result", "search_keys"})
+    return ExecutionListItem(
+        workflow_name=run["workflow_name"],
+        execution_id=run["execution_id"],
+        root_execution_id=run["root_execution_id"],
+        status=run["status"],
+        start_time=run["start_time"],
+        end_time=run.get("end_time"),
+        workflow_id=run["workflow_name"],
+        deployment_name=run.get("deployment_name"),
+        parent_execution_id=run.get("parent_execution_id"),
+        run_id=run["run_id"],
+        user_id=run.get("user_id"),
+        total_duration_ms=run.get("total_duration_ms"),
     )
 
 
-def history_body(run: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+def history_body(run: dict[str, Any], events: list[str], next_page_token: str | None) -> bytes:
     """A run's history as both history endpoints answer it (raw JSON, unmodelled by the
-    SDK): the run's ids and its stored events, oldest first (`event_number` 1, 2, …)."""
-    return {
-        "execution_id": run["execution_id"],
-        "run_id": run["run_id"],
-        "workflow_name": run["workflow_name"],
-        "status": run["status"],
-        "events": events,
-    }
+    SDK): the run's ids, its stored events oldest first (`event_number` 1, 2, …), and the
+    paging extension's `next_page_token` (null when the events reach the end).
+
+    `events` are JSON texts as the history chunks hold them: spliced in, never parsed.
+    """
+    head = json.dumps(
+        {
+            "execution_id": run["execution_id"],
+            "run_id": run["run_id"],
+            "workflow_name": run["workflow_name"],
+            "status": run["status"],
+            "next_page_token": next_page_token,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return f'{head[:-1]},"events":[{",".join(events)}]}}'.encode()

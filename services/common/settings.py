@@ -6,7 +6,9 @@ Defaults point at the local stack that `make run` starts.
 
 from __future__ import annotations
 
-from pydantic import Field
+from enum import StrEnum
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -75,6 +77,17 @@ class EngineSettings(RunstoreSettings):
 class ProjectorSettings(RunstoreSettings):
     projector_group_id: str = "projector"
     projector_max_batch: int = Field(default=1000, ge=1)
+    projector_memory_mb: int = Field(default=64, ge=0)
+    """Documents the projector keeps of the executions it wrote last (0: none), so their
+    next events need no reads; dropped whenever partitions move."""
+
+
+class AccessMode(StrEnum):
+    SHARED = "shared"
+    """Every authenticated caller may read and command every run (one workspace, as
+    the Mistral API behaves: `list_runs(user_id=...)` filters, it does not restrict)."""
+    SEPARATE = "separate"
+    """A caller sees and commands only the runs it started; others' runs answer 404."""
 
 
 class ApiSettings(RunstoreSettings):
@@ -87,3 +100,21 @@ class ApiSettings(RunstoreSettings):
     api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
     api_instance_id: str | None = None
     """Names this API instance's outcome consumer group; generated when unset."""
+    api_publish_linger_ms: int = Field(default=10, ge=0, le=1000)
+    """How long the gateway holds a command for others to share its produce request."""
+    api_access_mode: AccessMode = AccessMode.SHARED
+    """Whether users see each other's runs (docs/api-gateway.md, "Access")."""
+    api_sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    """Silence after which a stream sends a `: keep-alive` comment (resets client timeouts)."""
+    api_sse_queue_size: int = Field(default=2000, ge=10)
+    """Events buffered per stream subscriber before it re-syncs from the store/broker."""
+    api_wait_default_seconds: float = Field(default=60.0, gt=0)
+    """How long `execute` with `wait_for_result` waits when the body names no timeout."""
+    api_wait_max_seconds: float = Field(default=3600.0, gt=0)
+    api_batch_max_ids: int = Field(default=1000, ge=1)
+    api_bad_requests_per_second: float = Field(default=50.0, gt=0)
+    """Refill rate of each client's bucket of failed (4xx) requests; empty bucket → 429."""
+    api_bad_requests_burst: int = Field(default=500, ge=1)
+    page_token_secret: SecretStr | None = None
+    """Key of the list_runs page-token MAC (`RUNSTORE_PAGE_TOKEN_SECRET`); the same on every
+    API instance. Unset: a random key per process, so tokens do not survive a restart."""

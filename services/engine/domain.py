@@ -372,6 +372,7 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
         execution_timeout_seconds=p.execution_timeout_seconds,
         retry_policy=p.retry_policy,
         search_keys=p.search_keys,
+        workflow_tags=p.workflow_tags,
         continued_from_execution_id=p.continued_from_execution_id,
     )
     commit.add(ExecutionStarted(**env, attributes=attributes))
@@ -920,6 +921,7 @@ def successor_commands(
             internal=started.internal,
             display_name=started.display_name,
             search_keys=started.search_keys,
+            workflow_tags=started.workflow_tags,
             run_id=event.attributes.new_execution_run_id,
             continued_from_execution_id=event.execution_id,
         )

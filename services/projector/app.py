@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
@@ -20,12 +22,34 @@ from services.projector.projector import Projector
 log = logging.getLogger(__name__)
 
 
+class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The documents a projector remembers are only as good as its being their single
+    writer: once partitions move (either way), it reads them again."""
+
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._projector.forget()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._projector.forget()
+
+
+def _raw_records(message: KafkaMessage) -> object:
+    """The handler parses the records itself: skip FastStream's decoding of each one
+    (~5 % of the projector's CPU, measured with py-spy)."""
+    return message.raw_message
+
+
 def build_app(settings: ProjectorSettings) -> FastStream:
     broker = kafka_broker(settings, client_id="runstore-projector")
     client = mongo_client(settings)
     db = mongo_database(client, settings)
     store = MongoReadModelStore(db)
-    projector = Projector(store, MongoCommitSource(db))
+    projector = Projector(
+        store, MongoCommitSource(db), memory_bytes=settings.projector_memory_mb << 20
+    )
 
     # MANUAL acks: offsets move only after the batch's documents are written; a failed
     # batch is sought back and applied again (the seq guards make that harmless).
@@ -37,6 +61,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         batch_timeout_ms=50,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
+        listener=_ForgetOnRebalance(projector),
+        decoder=_raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
         events: list[Event] = []
@@ -54,6 +80,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
             await projector.apply(events)
         except Exception:
             log.exception("projecting %d events failed; retrying", len(events))
+            projector.forget()  # which of its writes happened is unknown
             await seek_back(message)
             return
         await message.ack()

@@ -1,17 +1,113 @@
-"""Applies a batch of events to the read models: load by `_id`, fold, write back in bulk."""
+"""Applies a batch of events to the read models: fold in memory, write each changed
+document once, by inserts wherever the document is new.
+
+What a batch costs the database (on FerretDB a point read costs about 4 inserted
+documents, a replace 6; measured 0.66, 1.0 and 0.16 ms of its CPU):
+
+- an execution whose first event in the batch is its very first (`seq` 1, index 0) is
+  assumed new: nothing is read, and its run rows, history chunks and pointer are
+  *inserted*. An insert refused as a duplicate `_id` means the documents exist after all
+  (a re-delivery): that execution is projected again the careful way (read, fold, replace);
+- an execution this projector wrote recently is folded onto the documents it remembers
+  (`KnownDocuments`), so nothing is read either; only changed documents are replaced;
+- any other execution: its pointer is read (to find gaps), then its runs and chunks.
+
+All of one execution's events in a batch are folded first, so each document is written
+at most once per batch, whatever the number of events.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from schemas.events import Event
-from services.common.readmodels.projection import ReadModelDocs, ids_touched, project
-from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, ReadModelStore
+from services.common.readmodels.projection import ReadModelDocs, history_chunk_id, project
+from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
 from services.projector.commit_source import CommitSource
 
 log = logging.getLogger(__name__)
+
+# Memory a remembered execution is charged beyond its history bodies (pointer, run row).
+_ENTRY_BYTES = 2048
+
+
+@dataclass(slots=True)
+class _Remembered:
+    """The documents of one execution as this projector last wrote or read them."""
+
+    pointer: Document
+    runs: dict[str, Document] = field(default_factory=dict)
+    history: dict[str, Document] = field(default_factory=dict)
+    size: int = 0
+
+
+def _doc_size(doc: Document) -> int:
+    body = doc.get("body")
+    if isinstance(body, str | bytes):
+        return len(body) + 200
+    if "events" in doc:  # a chunk of the earlier format: too big to guess; never kept
+        return 1 << 30
+    return 200
+
+
+class KnownDocuments:
+    """An LRU of the documents this projector wrote (or read), per execution, so the next
+    batch of a busy execution needs no reads.
+
+    Sound only while this projector is their single writer: the owner of the execution's
+    partition. `forget()` drops everything; the projector calls it when partitions move
+    (the Kafka rebalance listener in app.py) and when a batch fails (what was written of
+    it is unknown). A batch that started before a `forget()` remembers nothing.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, _Remembered] = OrderedDict()
+        self._bytes = 0
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def forget(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+        self.generation += 1
+
+    def get(self, execution_id: str) -> _Remembered | None:
+        entry = self._entries.get(execution_id)
+        if entry is not None:
+            self._entries.move_to_end(execution_id)
+        return entry
+
+    def drop(self, execution_id: str) -> None:
+        entry = self._entries.pop(execution_id, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    def keep(self, execution_id: str, entry: _Remembered) -> None:
+        self.drop(execution_id)
+        entry.size = (
+            _ENTRY_BYTES
+            + sum(_doc_size(d) for d in entry.runs.values())
+            + sum(_doc_size(d) for d in entry.history.values())
+        )
+        if entry.size > self._max_bytes // 8:
+            return  # one huge history chunk must not push out everything else
+        self._entries[execution_id] = entry
+        self._bytes += entry.size
+        while self._bytes > self._max_bytes and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.size
+
+
+class ConcurrentWriter(Exception):
+    """Documents of these executions appeared while a batch was being projected: another
+    projector writes them too (a rebalance in progress). The batch is retried."""
 
 
 class Projector:
@@ -20,34 +116,134 @@ class Projector:
     Single writer per execution (the owner of its partition), so read-fold-replace is
     safe without compare-and-set. Idempotent: the position guards in `projection` ignore
     an event a document already reflects, so a re-delivered or replayed batch changes
-    nothing. Gap-free: an event whose execution's pointer is more than one commit behind
-    (a lost or reordered record) first pulls the missing commits from the event store, so
-    every document is always the fold of a prefix of its execution's commits.
+    nothing, and an insert never overwrites anything. Gap-free: an event whose execution's
+    pointer is more than one commit behind (a lost or reordered record) first pulls the
+    missing commits from the event store, so every document is always the fold of a
+    prefix of its execution's commits.
     """
 
-    def __init__(self, store: ReadModelStore, commits: CommitSource | None = None) -> None:
+    def __init__(
+        self,
+        store: ReadModelStore,
+        commits: CommitSource | None = None,
+        memory_bytes: int = 64 << 20,
+    ) -> None:
         self._store = store
         self._commits = commits
+        self.known = KnownDocuments(memory_bytes)
+
+    def forget(self) -> None:
+        """Stop trusting remembered documents (partitions moved, or a batch failed)."""
+        self.known.forget()
 
     async def apply(self, events: Iterable[Event]) -> int:
         """Project `events` (in stream order per execution); returns how many were given."""
         given = list(events)
         if not given:
             return 0
-        executions = await self._store.load(EXECUTIONS, {e.execution_id for e in given})
-        ordered = await self._fill_gaps(given, {i: int(p["seq"]) for i, p in executions.items()})
-        run_ids, _, chunk_ids = ids_touched(ordered)
-        runs, chunks = await asyncio.gather(
-            self._store.load(RUNS, run_ids), self._store.load(HISTORY, chunk_ids)
+        first_seen: dict[str, Event] = {}
+        for e in given:
+            first_seen.setdefault(e.execution_id, e)
+        fresh = {
+            x
+            for x, e in first_seen.items()
+            if e.seq == 1 and e.index == 0 and self.known.get(x) is None
+        }
+        existed = await self._project(given, fresh)
+        if existed:
+            # Assumed new, found written: a re-delivery. Read, fold, replace.
+            log.info("%d executions were already projected; folding onto them", len(existed))
+            for x in existed:
+                self.known.drop(x)
+            again = await self._project([e for e in given if e.execution_id in existed], set())
+            if again:
+                # Documents appeared between a read and an insert: another writer.
+                raise ConcurrentWriter(sorted(again))
+        return len(given)
+
+    async def _project(self, events: list[Event], fresh: set[str]) -> set[str]:
+        """One pass: fold, then write history → runs → pointers. Returns the executions
+        of `fresh` that turned out to exist (none of their pointers is written)."""
+        generation = self.known.generation
+        docs = ReadModelDocs()
+        remembered: dict[str, _Remembered] = {}
+        for x in {e.execution_id for e in events} - fresh:
+            entry = self.known.get(x)
+            if entry is not None:
+                remembered[x] = entry
+                docs.executions[x] = entry.pointer
+                docs.runs.update(entry.runs)
+                docs.history.update(entry.history)
+        unknown = {e.execution_id for e in events} - fresh - set(remembered)
+        docs.executions.update(await self._store.load(EXECUTIONS, unknown))
+        seen = {x: int(p["seq"]) for x, p in docs.executions.items()}
+        ordered = await self._fill_gaps(events, seen)
+
+        owners: dict[str, dict[str, str]] = {RUNS: {}, HISTORY: {}}  # _id -> execution
+        for e in ordered:
+            owners[RUNS][e.run_id] = e.execution_id
+            owners[HISTORY][history_chunk_id(e.run_id, e.event_number)] = e.execution_id
+        owners[EXECUTIONS] = {e.execution_id: e.execution_id for e in ordered}
+        missing_runs = {i for i, x in owners[RUNS].items() if x not in fresh} - set(docs.runs)
+        missing_chunks = {i for i, x in owners[HISTORY].items() if x not in fresh} - set(
+            docs.history
         )
-        docs = project(ordered, ReadModelDocs(runs=runs, executions=executions, history=chunks))
+        runs, chunks = await asyncio.gather(
+            self._store.load(RUNS, missing_runs), self._store.load(HISTORY, missing_chunks)
+        )
+        docs.runs.update(runs)
+        docs.history.update(chunks)
+        before = {
+            HISTORY: set(docs.history),
+            RUNS: set(docs.runs),
+            EXECUTIONS: set(docs.executions),
+        }
+
+        project(ordered, docs)
         history, changed_runs, pointers = docs.changes()
         # History first, then runs, then pointers: a reader who finds a pointer at seq s
         # finds every run and history event up to s (the API folds commits after s).
-        await self._store.save(HISTORY, history)
-        await self._store.save(RUNS, changed_runs)
-        await self._store.save(EXECUTIONS, pointers)
-        return len(given)
+        existed: set[str] = set()
+        for name, changed in ((HISTORY, history), (RUNS, changed_runs), (EXECUTIONS, pointers)):
+            owner = owners[name]
+            new = {i: d for i, d in changed.items() if i not in before[name]}
+            new = {i: d for i, d in new.items() if owner[i] not in existed}
+            existed.update(owner[i] for i in await self._store.insert_new(name, new))
+            # (An execution refused above is one assumed new: it has no document to replace.)
+            await self._store.save(name, {i: d for i, d in changed.items() if i in before[name]})
+
+        if self.known.generation == generation:
+            self._remember(docs, history, ordered, existed)
+        return existed
+
+    def _remember(
+        self,
+        docs: ReadModelDocs,
+        written_chunks: Mapping[str, Document],
+        events: list[Event],
+        existed: set[str],
+    ) -> None:
+        """Keep, per execution, its pointer, the runs and the history chunks the batch
+        touched, as they now are in the store (chunks in their stored form: what a read
+        would return)."""
+        entries: dict[str, _Remembered] = {}
+        for e in events:
+            x = e.execution_id
+            if x in existed or x not in docs.executions:
+                continue
+            entry = entries.get(x)
+            if entry is None:
+                entry = entries[x] = _Remembered(pointer=docs.executions[x])
+            run = docs.runs.get(e.run_id)
+            if run is not None and run.get("end_time") is None:
+                # (A closed run gets no more events, and its result may be large.)
+                entry.runs[e.run_id] = run
+            chunk_id = history_chunk_id(e.run_id, e.event_number)
+            chunk = written_chunks.get(chunk_id) or docs.history.get(chunk_id)
+            if chunk is not None:
+                entry.history[chunk_id] = chunk
+        for x, entry in entries.items():
+            self.known.keep(x, entry)
 
     async def _fill_gaps(self, events: list[Event], seen: dict[str, int]) -> list[Event]:
         """`events` with the events of any commit missing before them spliced in."""

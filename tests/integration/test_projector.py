@@ -51,6 +51,40 @@ async def test_the_same_events_twice_equal_once(mongo_db: Db) -> None:
     assert await snapshot(store) == once
 
 
+async def test_a_restarted_projector_finds_what_it_wrote_by_refused_inserts(
+    mongo_db: Db,
+) -> None:
+    """New executions are inserted without reads; a projector that remembers nothing
+    (restarted) and is handed everything again learns from the server's duplicate-key
+    answers that they exist, folds onto them, and changes nothing. The same when the
+    first attempt died between its history and its pointers."""
+    events = mixed_workload().all_events()
+    store = MongoReadModelStore(mongo_db)
+    await store.setup()
+    await Projector(store).apply(events)
+    once = await snapshot(store)
+    await Projector(store).apply(events)
+    assert await snapshot(store) == once
+
+    await mongo_db[EXECUTIONS].delete_many({})  # "crashed" before writing the pointers
+    await Projector(store).apply(events)
+    assert await snapshot(store) == once
+
+
+async def test_insert_new_reports_exactly_the_existing_ids(mongo_db: Db) -> None:
+    store = MongoReadModelStore(mongo_db)
+    assert await store.insert_new(RUNS, {"a": {"_id": "a", "n": 1}}) == set()
+    refused = await store.insert_new(
+        RUNS, {"a": {"_id": "a", "n": 2}, "b": {"_id": "b", "n": 2}, "c": {"_id": "c", "n": 2}}
+    )
+    assert refused == {"a"}
+    assert await store.snapshot(RUNS) == {
+        "a": {"_id": "a", "n": 1},
+        "b": {"_id": "b", "n": 2},
+        "c": {"_id": "c", "n": 2},
+    }
+
+
 async def test_batching_does_not_change_the_result(mongo_db: Db) -> None:
     events = mixed_workload().all_events()
     whole = MongoReadModelStore(mongo_db)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
@@ -146,3 +147,78 @@ def test_history_of_unknown_ids_is_404(client: Mistral) -> None:
     with pytest.raises(SDKError) as err:
         client.workflows.executions.get_workflow_execution_history(execution_id="nope")
     assert err.value.status_code == 404 and "execution 'nope' not found" in err.value.body
+
+
+# --- the paging extension (page_size + next_page_token; the SDK sends neither) ----------------
+
+
+def get(stack: Stack, path: str, **params: Any) -> httpx.Response:
+    return httpx.get(
+        f"{stack.api_url}{path}", params=params, headers={"Authorization": "Bearer test-key"}
+    )
+
+
+def test_history_paging_extension_reads_a_long_history_page_by_page(
+    client: Mistral, module_stack: Stack
+) -> None:
+    execution_id = new_id("paged")
+    started = client.workflows.execute_workflow(
+        workflow_identifier="saga", execution_id=execution_id
+    )
+    assert started.run_id
+    publish(module_stack, signals(execution_id, 249))
+    whole = wait_for_events(client, started.run_id, 250)
+    assert whole["next_page_token"] is None  # no paging asked: the whole history
+    for path in (
+        f"/v1/workflows/runs/{started.run_id}/history",
+        f"/v1/workflows/executions/{execution_id}/history",
+    ):
+        events: list[Any] = []
+        sizes: list[int] = []
+        token: str | None = None
+        while True:
+            res = get(
+                module_stack, path, page_size=100, **({"next_page_token": token} if token else {})
+            )
+            assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+            body = res.json()
+            assert {k: body[k] for k in ("execution_id", "run_id", "status")} == {
+                k: whole[k] for k in ("execution_id", "run_id", "status")
+            }
+            events += body["events"]
+            sizes.append(len(body["events"]))
+            token = body["next_page_token"]
+            if token is None:
+                break
+        assert sizes == [100, 100, 50], path
+        assert events == whole["events"], path
+
+
+def test_history_page_errors_are_4xx_with_a_message(client: Mistral, module_stack: Stack) -> None:
+    ids = [new_id("pe"), new_id("pe")]
+    runs = [
+        client.workflows.execute_workflow(workflow_identifier="story", execution_id=i).run_id
+        for i in ids
+    ]
+    publish(module_stack, [r for i in ids for r in signals(i, 3)])
+    for run_id in runs:
+        assert run_id
+        wait_for_events(client, run_id, 4)
+    run_path = f"/v1/workflows/runs/{runs[0]}/history"
+    res = get(module_stack, run_path, page_size=0)
+    assert res.status_code == 422 and res.json()["detail"][0]["loc"] == ["query", "page_size"]
+    assert get(module_stack, run_path, page_size=1001).status_code == 422
+    res = get(module_stack, run_path, next_page_token="garbage!")
+    assert res.status_code == 400 and "history page token" in res.json()["detail"]
+
+    first = get(module_stack, run_path, page_size=2).json()
+    assert [e["event_number"] for e in first["events"]] == [1, 2] and first["next_page_token"]
+    token = first["next_page_token"]
+    rest = get(module_stack, run_path, page_size=2, next_page_token=token).json()
+    assert [e["event_number"] for e in rest["events"]] == [3, 4] and rest["next_page_token"] is None
+    res = get(module_stack, f"/v1/workflows/runs/{runs[1]}/history", next_page_token=token)
+    assert res.status_code == 400 and f"run {runs[0]!r}" in res.json()["detail"]
+    res = get(module_stack, f"/v1/workflows/executions/{ids[1]}/history", next_page_token=token)
+    assert res.status_code == 400 and "does not belong" in res.json()["detail"]
+    res = get(module_stack, f"/v1/workflows/executions/{ids[0]}/history", next_page_token=token)
+    assert [e["event_number"] for e in res.json()["events"]] == [3, 4]

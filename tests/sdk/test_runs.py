@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,6 +46,8 @@ class Seeded:
     parent: str | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    search_keys: dict[str, str | None] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +111,10 @@ def seed(stack: Stack, client: Mistral) -> DataSet:
             payload["parent_execution_id"] = s.parent
         if s.root:
             payload["root_execution_id"] = s.root
+        if s.search_keys:
+            payload["search_keys"] = s.search_keys
+        if s.tags:
+            payload["workflow_tags"] = s.tags
         records.append(
             (s.execution_id, start_command(s.execution_id, s.workflow, s.user, s.run_id, **payload))
         )
@@ -115,7 +122,13 @@ def seed(stack: Stack, client: Mistral) -> DataSet:
             records.append((s.execution_id, c))
         ds.runs[s.run_id] = s
 
+    customers = itertools.cycle(["ACME Corp", "acme-eu", "Globex", None])
     for i in range(42):
+        keys: dict[str, str | None] = {}
+        if i % 2 == 0:
+            keys["customer"] = next(customers)
+        if i % 5 == 0:
+            keys["order"] = f"O-{i}"
         add(
             Seeded(
                 execution_id=f"{tag}-e{i:02d}",
@@ -126,6 +139,9 @@ def seed(stack: Stack, client: Mistral) -> DataSet:
                 deployment=next(deployments),
                 internal=i % 7 == 0,
                 display_name=f"Nightly Report {tag} #{i}" if i % 5 == 0 else None,
+                search_keys=keys,
+                # Tags belong to the workflow: alpha has two, beta one, gamma none.
+                tags=[["billing", "nightly"], ["billing"], []][i % 3],
             )
         )
     root = f"{tag}-tree"
@@ -329,6 +345,110 @@ def test_list_runs_combined_filters(client: Mistral, data: DataSet) -> None:
     )
 
 
+def _key(r: Seeded, key: str) -> str | None:
+    return r.search_keys.get(key)
+
+
+def test_list_runs_search_key_similar_value_is_a_case_insensitive_substring(
+    client: Mistral, data: DataSet
+) -> None:
+    acme = data.ids(lambda r: "acme" in (_key(r, "customer") or "").lower())
+    assert len(acme) > 2
+    assert set(run_ids(client, search_key=["customer:acme"], search=data.tag)) == acme
+    corp = data.ids(lambda r: _key(r, "customer") == "ACME Corp")
+    assert set(run_ids(client, search_key=["customer:me cO"], search=data.tag)) == corp
+    assert run_ids(client, search_key=["customer:acme.*"], search=data.tag) == []
+
+
+def test_list_runs_search_key_exact_value_is_case_sensitive(client: Mistral, data: DataSet) -> None:
+    eu = data.ids(lambda r: _key(r, "customer") == "acme-eu")
+    assert eu
+    assert set(run_ids(client, search_key=["customer==:acme-eu"], search=data.tag)) == eu
+    assert run_ids(client, search_key=["customer==:ACME-EU"], search=data.tag) == []
+    assert run_ids(client, search_key=["customer==:acme"], search=data.tag) == []
+
+
+def test_list_runs_bare_search_key_means_the_key_is_set(client: Mistral, data: DataSet) -> None:
+    has_customer = data.ids(lambda r: "customer" in r.search_keys)
+    assert data.ids(lambda r: "customer" in r.search_keys and _key(r, "customer") is None)
+    # Paged, so the filters travel in the token's fingerprint too.
+    got = run_ids(client, search_key=["customer"], search=data.tag, page_size=4)
+    assert len(got) == len(set(got)) and set(got) == has_customer
+
+
+def test_list_runs_search_key_equals_nothing_means_the_value_is_null(
+    client: Mistral, data: DataSet
+) -> None:
+    null = data.ids(lambda r: "customer" in r.search_keys and _key(r, "customer") is None)
+    assert null
+    assert set(run_ids(client, search_key=["customer=="], search=data.tag)) == null
+    assert run_ids(client, search_key=["order=="], search=data.tag) == []
+
+
+def test_list_runs_search_keys_are_anded(client: Mistral, data: DataSet) -> None:
+    both = data.ids(
+        lambda r: "acme" in (_key(r, "customer") or "").lower() and "order" in r.search_keys
+    )
+    assert both
+    got = set(run_ids(client, search_key=["customer:ACME", "order"], search=data.tag))
+    assert got == both
+    one = data.runs[sorted(both)[0]]
+    three = ["customer:ACME", "order", f"order==:{one.search_keys['order']}"]
+    assert run_ids(client, search_key=three, search=data.tag) == [one.run_id]
+
+
+def test_list_runs_workflow_tags_selects_workflows_with_every_tag(
+    client: Mistral, data: DataSet
+) -> None:
+    billing = data.ids(lambda r: "billing" in r.tags)
+    assert set(run_ids(client, workflow_tags=["billing"], search=data.tag)) == billing
+    both = data.ids(lambda r: {"billing", "nightly"} <= set(r.tags))
+    assert both and both < billing
+    got = set(run_ids(client, workflow_tags=["nightly", "billing"], search=data.tag))
+    assert got == both
+    assert run_ids(client, workflow_tags=["billing", "unknown"], search=data.tag) == []
+
+
+def test_list_runs_search_keys_tags_and_other_filters_combine(
+    client: Mistral, data: DataSet
+) -> None:
+    name = f"alpha-{data.tag}"
+    got = set(
+        run_ids(client, workflow_identifier=name, workflow_tags=["billing"], search_key=["order"])
+    )
+    assert got == data.ids(lambda r: r.workflow == name and "order" in r.search_keys)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [["customer:"], ["cust omer:x"], [":x"], ["a.b==:x"], ["a", "b", "c", "d"]],
+)
+def test_malformed_search_key_or_more_than_three_is_422(client: Mistral, keys: list[str]) -> None:
+    with pytest.raises(HTTPValidationError) as err:
+        client.workflows.runs.list_runs(search_key=keys)
+    assert err.value.data.detail
+    detail = err.value.data.detail[0]
+    assert list(detail.loc) == ["query", "search_key"]
+    assert "search_key" in detail.msg
+
+
+def test_get_workflow_execution_includes_search_keys_when_asked(
+    client: Mistral, data: DataSet
+) -> None:
+    with_null = next(
+        r for r in data.runs.values() if "customer" in r.search_keys and _key(r, "customer") is None
+    )
+    without = next(r for r in data.runs.values() if r.execution_id.endswith("-e01"))
+    assert without.search_keys == {}
+    for s in (with_null, without):
+        got = client.workflows.executions.get_workflow_execution(
+            execution_id=s.execution_id, include_search_keys=True
+        )
+        assert got.search_keys == s.search_keys
+        plain = client.workflows.executions.get_workflow_execution(execution_id=s.execution_id)
+        assert plain.search_keys is None
+
+
 def test_list_rows_have_the_list_item_fields(client: Mistral, data: DataSet) -> None:
     rows = {r.run_id: r for r in listed(client, root_execution_id=f"{data.tag}-tree")}
     grandchild = rows[f"{data.tag}-rg1"]
@@ -457,6 +577,44 @@ def test_forged_page_token_is_400_with_a_message(client: Mistral) -> None:
             client.workflows.runs.list_runs(next_page_token=token)
         assert err.value.status_code == 400
         assert "next_page_token" in err.value.body
+
+
+def test_page_tokens_survive_a_restart_under_one_secret_and_fail_under_another(
+    client: Mistral, module_stack: Stack, data: DataSet, tmp_path: Path
+) -> None:
+    def api(secret: str) -> Stack:
+        other = Stack(
+            env={**module_stack.env, "RUNSTORE_PAGE_TOKEN_SECRET": secret}, log_dir=tmp_path
+        )
+        other.start("api")
+        return other
+
+    expected = expected_order(data, lambda r: True, "start_time", "desc")
+    first = api("secret-one")
+    try:
+        sdk = Mistral(api_key="test-key", server_url=first.api_url)
+        page = sdk.workflows.runs.list_runs(search=data.tag, page_size=5)
+        assert page is not None and page.result.next_page_token
+        token = page.result.next_page_token
+    finally:
+        first.stop_all()
+    restarted = api("secret-one")  # a restart, or another instance with the same secret
+    try:
+        sdk = Mistral(api_key="test-key", server_url=restarted.api_url)
+        page = sdk.workflows.runs.list_runs(search=data.tag, page_size=5, next_page_token=token)
+        assert page is not None
+        assert [r.run_id for r in page.result.executions] == expected[5:10]
+    finally:
+        restarted.stop_all()
+    other = api("secret-two")
+    try:
+        for sdk in (Mistral(api_key="test-key", server_url=other.api_url), client):
+            with pytest.raises(SDKError) as err:
+                sdk.workflows.runs.list_runs(search=data.tag, page_size=5, next_page_token=token)
+            assert err.value.status_code == 400
+            assert "signed under another page-token secret" in err.value.body
+    finally:
+        other.stop_all()
 
 
 def test_page_token_of_other_filters_is_400(client: Mistral, data: DataSet) -> None:

@@ -323,6 +323,45 @@ def test_events_stream_across_executions_resumes_with_the_last_event_id_header(
     assert all(i.id.startswith("kafka:") for i in seen.items + resumed.items)
 
 
+def test_the_unfiltered_events_stream_resumes_from_its_last_id_without_gap_or_repeat(
+    client: Mistral,
+) -> None:
+    """No filter at all (the SDK sends `*` for each, and start_seq=0): live from the
+    moment it opens; the Kafka-position id of the last frame received resumes it."""
+    seen = Collector(client.workflows.events.get_stream_events())
+    time.sleep(0.5)  # subscribed before the starts
+    mine = [start(client) for _ in range(3)]
+
+    def of_mine(items: list[Any]) -> list[Any]:
+        return [i for i in items if i.data.workflow_context.workflow_exec_id in mine]
+
+    wait_until(lambda: _at_least(of_mine(seen.items), 3), 20)
+    seen.close()
+    for execution_id in mine:  # while nobody listens
+        signal(client, execution_id, f"missed-{execution_id}")
+    client.workflows.executions.cancel_workflow_execution(execution_id=mine[0])
+    resumed = Collector(client.workflows.events.get_stream_events(last_event_id=seen.items[-1].id))
+    wait_until(lambda: _at_least(of_mine(resumed.items), 4), 20)
+    signal(client, mine[1], "live")
+    wait_until(lambda: _at_least(of_mine(resumed.items), 5), 20)
+    time.sleep(0.5)
+    resumed.close()
+
+    before, after = of_mine(seen.items), of_mine(resumed.items)
+    assert [i.data.data.event_type for i in before] == ["WORKFLOW_EXECUTION_STARTED"] * 3
+    assert sorted(signal_names(after)) == sorted(["live", *(f"missed-{x}" for x in mine)])
+    assert [i.data.data.event_type for i in after].count("WORKFLOW_EXECUTION_CANCELED") == 1
+    assert signal_names(after)[-1] == "live"
+    assert len(after) == 5
+    event_ids = [i.data.data.event_id for i in before + after]
+    assert len(event_ids) == len(set(event_ids)), "an event was delivered twice"
+    assert all(i.id.startswith("kafka:") for i in seen.items + resumed.items)
+
+
+def _at_least(items: list[Any], count: int) -> None:
+    assert len(items) >= count, [i.data.data.event_type for i in items]
+
+
 def test_events_stream_filters_by_event_type_and_root(client: Mistral) -> None:
     execution_id = start(client)
     seen = Collector(

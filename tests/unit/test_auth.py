@@ -10,8 +10,7 @@ from pydantic import BaseModel
 from services.api.access import AccessPolicy
 from services.api.auth import DEV_USER, ApiKeys, Caller
 from services.api.limits import BodySizeLimit, FailureBudget
-from services.api.settings import AccessMode, GatewaySettings
-from services.common.settings import ApiSettings
+from services.common.settings import AccessMode, ApiSettings
 
 
 def test_keys_name_their_users() -> None:
@@ -52,12 +51,17 @@ def test_separate_mode_shows_a_caller_only_its_own_runs() -> None:
     assert not shared.may_see(alice, None)
 
 
-def test_gateway_settings_extend_the_api_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_api_setting_is_read_from_its_documented_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("RUNSTORE_API_ACCESS_MODE", "separate")
-    upgraded = GatewaySettings.from_api(ApiSettings(api_port=1234))
-    assert upgraded.api_port == 1234
-    assert upgraded.api_access_mode is AccessMode.SEPARATE
-    assert GatewaySettings.from_api(upgraded) is upgraded
+    monkeypatch.setenv("RUNSTORE_API_SSE_KEEPALIVE_SECONDS", "2.5")
+    monkeypatch.setenv("RUNSTORE_API_BATCH_MAX_IDS", "7")
+    settings = ApiSettings(api_port=1234)
+    assert settings.api_port == 1234
+    assert settings.api_access_mode is AccessMode.SEPARATE
+    assert settings.api_sse_keepalive_seconds == 2.5
+    assert settings.api_batch_max_ids == 7
 
 
 # --- limits ------------------------------------------------------------------------------

@@ -281,6 +281,7 @@ def test_start_of_a_new_execution_records_everything_a_run_row_needs() -> None:
             internal=True,
             display_name="Order 7",
             search_keys={"tenant": "acme"},
+            workflow_tags=["billing", "eu"],
         )
     )
 
@@ -294,6 +295,7 @@ def test_start_of_a_new_execution_records_everything_a_run_row_needs() -> None:
     assert (a.user_id, a.deployment_name, a.display_name) == ("alice", "prod", "Order 7")
     assert (a.internal, a.execution_timeout_seconds, a.retry_policy) == (True, 60, policy)
     assert a.search_keys == {"tenant": "acme"}
+    assert a.workflow_tags == ["billing", "eu"]
     assert a.attempt == 1
     assert stream.status is ExecutionStatus.RUNNING
     assert (stream.current.run_count, stream.current.attempt, stream.current.seq) == (1, 1, 1)
@@ -836,6 +838,7 @@ def test_successor_command_starts_the_new_execution_with_the_inherited_settings(
         internal=True,
         display_name="Batch",
         search_keys={"k": "v"},
+        workflow_tags=["nightly"],
     )
     events = stream.when(continue_as_new(stream.run, input=[1, 2], new_execution_id="exec-2"))
     ctx = stream.ctx(now_ns=T0 + 2 * SECOND + 5_000)
@@ -855,6 +858,7 @@ def test_successor_command_starts_the_new_execution_with_the_inherited_settings(
     assert (p.parent_execution_id, p.root_execution_id) == ("parent-1", "root-0")
     assert (p.deployment_name, p.retry_policy, p.execution_timeout_seconds) == ("prod", policy, 90)
     assert (p.internal, p.display_name, p.search_keys) == (True, "Batch", {"k": "v"})
+    assert p.workflow_tags == ["nightly"]
     assert successor_commands(events, ctx, stream.state) == [cmd]
 
 

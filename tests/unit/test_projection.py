@@ -39,10 +39,15 @@ from schemas.events import Event
 from services.common.readmodels.projection import (
     HISTORY_CHUNK,
     ReadModelDocs,
+    apply_to_history,
     apply_to_run,
+    chunk_body_text,
+    chunk_event_texts,
+    event_json,
     events_of_chunks,
     history_chunk_ids,
     project,
+    search_terms,
 )
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
 from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands
@@ -179,10 +184,10 @@ def mixed_workload() -> Workload:
     w.fail("b")
     w.start("c", parent_execution_id="a", root_execution_id="a")
     w.cancel("c")
-    w.start("d")
+    w.start("d", search_keys={"order": "O-17", "note": None}, workflow_tags=["billing"])
     w.signal("d")
     w.reset("d")
-    w.start("e")
+    w.start("e", search_keys={"customer": "ACME"}, workflow_tags=["nightly", "eu", "nightly"])
     w.continue_as_new("e")
     w.start("f")
     w.terminate("f")
@@ -337,6 +342,105 @@ def test_history_is_chunked_by_event_number_and_reads_back_in_order() -> None:
     assert events[count]["type"] == "WORKFLOW_EXECUTION_SIGNALED"
 
 
+def test_history_chunks_hold_event_json_text_as_lines_of_a_flat_document() -> None:
+    w = Workload()
+    w.start("a")
+    for _ in range(4):
+        w.signal("a")
+    events = w.all_events()
+    docs = fold_all(events)
+    [chunk] = docs.history.values()
+    assert set(chunk) == {"_id", "run_id", "first", "last", "count", "body"}
+    assert (chunk["first"], chunk["last"], chunk["count"]) == (1, 5, 5)
+    assert chunk["body"].split("\n") == [e.model_dump_json() for e in events]
+    assert events_of_chunks([chunk]) == {e.event_number: event_json(e) for e in events}
+    # Written compressed; read back (and appended to) the same.
+    [stored] = docs.changes()[0].values()
+    assert isinstance(stored["body"], bytes) and len(stored["body"]) < len(chunk["body"])
+    assert chunk_body_text(stored) == chunk["body"]
+    assert events_of_chunks([stored]) == events_of_chunks([chunk])
+    assert apply_to_history(stored, events[2]) is stored
+    w.signal("a")
+    sixth = w.all_events()[-1]
+    assert events_of_chunks([apply_to_history(stored, sixth)])[6] == event_json(sixth)
+
+
+def test_history_event_arriving_out_of_order_finds_its_place() -> None:
+    w = Workload()
+    w.start("a")
+    for _ in range(5):
+        w.signal("a")
+    events = w.all_events()
+    chunk = None
+    for e in [events[0], events[3], events[1], events[5], events[3], events[2], events[4]]:
+        chunk = apply_to_history(chunk, e)
+    assert chunk is not None
+    assert [n for n, _ in chunk_event_texts(chunk)] == [1, 2, 3, 4, 5, 6]
+    assert apply_to_history(chunk, events[2]) is chunk  # already there: unchanged
+    holes = apply_to_history(apply_to_history(None, events[0]), events[2])
+    assert (holes["first"], holes["last"], holes["count"]) == (1, 3, 2)
+    assert [n for n, _ in chunk_event_texts(holes)] == [1, 3]
+
+
+def test_history_chunks_of_the_earlier_format_are_read_and_upgraded_when_touched() -> None:
+    w = Workload()
+    w.start("a")
+    w.signal("a")
+    w.signal("a")
+    first, second, third = w.all_events()
+    legacy = {
+        "_id": f"{first.run_id}:000000",
+        "run_id": first.run_id,
+        "events": {"1": event_json(first), "2": event_json(second)},
+    }
+    assert events_of_chunks([legacy]) == {1: event_json(first), 2: event_json(second)}
+    assert apply_to_history(legacy, second) is legacy
+    upgraded = apply_to_history(legacy, third)
+    assert "events" not in upgraded and upgraded["count"] == 3
+    assert events_of_chunks([upgraded]) == {
+        e.event_number: event_json(e) for e in (first, second, third)
+    }
+
+
+# --- search keys and workflow tags -------------------------------------------------------------
+
+
+def test_search_terms_encode_each_filter_form() -> None:
+    assert search_terms({"order": "O-17", "note": None, "who": "Ann Lee"}) == [
+        "set:note",
+        "null:note",
+        "set:order",
+        "eq:order=O-17",
+        "fold:order=o-17",
+        "set:who",
+        "eq:who=Ann Lee",
+        "fold:who=ann lee",
+    ]
+    assert search_terms(None) == search_terms({}) == []
+
+
+def test_run_rows_carry_search_keys_and_tags_to_reset_and_continued_runs() -> None:
+    w = mixed_workload()
+    docs = fold_all(w.all_events())
+    rows = list(docs.runs.values())
+    d_runs = [r for r in rows if r["execution_id"] == "d"]
+    assert len(d_runs) == 2  # the reset opened a second run
+    for row in d_runs:
+        assert row["search_keys"] == {"order": "O-17", "note": None}
+        assert row["search_terms"] == search_terms(row["search_keys"])
+        assert row["workflow_tags"] == ["billing"]
+    successor = [r for r in rows if r["execution_id"] == w.states["e"].successor_execution_id]
+    assert len(successor) == 1
+    for row in [docs.runs[w.run_id("e")], *successor]:
+        assert row["search_keys"] == {"customer": "ACME"}
+        assert row["workflow_tags"] == ["eu", "nightly"]  # sorted, once each
+    assert all(
+        r["search_terms"] == [] and r["workflow_tags"] == []
+        for r in rows
+        if r["execution_id"] in ("a", "b", "c", "f", "g")
+    )
+
+
 def test_history_chunk_ids_of_an_empty_run_are_none() -> None:
     assert history_chunk_ids("r", 0) == []
     assert history_chunk_ids("r", HISTORY_CHUNK) == ["r:000000"]
@@ -367,6 +471,11 @@ class MemoryStore:
     async def insert(self, collection: str, docs: Mapping[str, Document]) -> None:
         assert not set(docs) & set(self.data[collection]), "insert of an existing _id"
         await self.save(collection, docs)
+
+    async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
+        existing = set(docs) & set(self.data[collection])
+        await self.save(collection, {i: d for i, d in docs.items() if i not in existing})
+        return existing
 
     async def drop_all(self) -> None:
         for c in self.data.values():

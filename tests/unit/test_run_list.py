@@ -15,17 +15,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from services.api.run_list import (
     BadPageToken,
+    BadSearchKey,
     Cursor,
+    PageTokens,
     RunFilter,
-    _mac,
-    make_token,
-    read_token,
+    SearchKeyFilter,
+    parse_search_keys,
 )
+from services.common.readmodels.projection import search_terms
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+TOKENS = PageTokens(b"unit-test-key")
+make_token = TOKENS.make
+read_token = TOKENS.read
 
 # --- a tiny MongoDB query interpreter ---------------------------------------------------------
 
@@ -35,6 +41,8 @@ def _comparable(a: Any, b: Any) -> bool:
 
 
 def _op(op: str, value: Any, arg: Any, cond: dict[str, Any]) -> bool:
+    if isinstance(value, list) and op in ("$regex", "$in"):  # an array: any element
+        return any(_op(op, v, arg, cond) for v in value)
     if op == "$in":
         return value in arg
     if op == "$ne":
@@ -64,6 +72,8 @@ def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
             ok = any(matches(doc, q) for q in cond)
         elif isinstance(cond, dict):
             ok = all(_op(op, doc.get(key), arg, cond) for op, arg in cond.items())
+        elif isinstance(doc.get(key), list):  # an array matches a value it holds
+            ok = cond in doc[key]
         else:
             ok = doc.get(key) == cond
         if not ok:
@@ -120,8 +130,17 @@ def make_rows(n: int, seed: int = 7) -> list[dict[str, Any]]:
     for i in range(n):
         start = T0 + timedelta(milliseconds=rnd.randrange(0, 40))  # many ties
         ended = rnd.random() < 0.6
+        keys: dict[str, str | None] = {}
+        if rnd.random() < 0.7:
+            keys["customer"] = rnd.choice(["ACME Corp", "acme-eu", "Globex", "", "x:y==z"])
+        if rnd.random() < 0.4:
+            keys["region"] = rnd.choice([None, "eu", "us"])
+        tags = sorted(set(rnd.sample(["billing", "nightly", "eu", "beta"], rnd.randrange(0, 4))))
         rows.append(
             {
+                "search_keys": keys,
+                "search_terms": search_terms(keys),
+                "workflow_tags": tags,
                 "_id": f"run-{i:03d}",
                 "execution_id": f"Exec-{i:03d}",
                 "workflow_name": rnd.choice(["order", "invoice", "Nightly-Report"]),
@@ -159,6 +178,21 @@ def reference(rows: list[dict[str, Any]], flt: RunFilter) -> list[str]:
             fields = (r["workflow_name"], r["display_name"] or "", r["execution_id"])
             if not any(s in f.lower() for f in fields):
                 return False
+        for sk in flt.search_keys:
+            keys = r["search_keys"]
+            if sk.key not in keys:
+                return False
+            value = keys[sk.key]
+            if sk.match == "null" and value is not None:
+                return False
+            if sk.match == "exact" and value != sk.value:
+                return False
+            if sk.match == "similar" and (
+                value is None or str(sk.value).casefold() not in value.casefold()
+            ):
+                return False
+        if not set(flt.workflow_tags) <= set(r["workflow_tags"]):
+            return False
         end = r["end_time"]
         if flt.start_time_after and r["start_time"] < flt.start_time_after:
             return False
@@ -188,6 +222,18 @@ FILTERS = [
     RunFilter(start_time_before=T0 + timedelta(milliseconds=20)),
     RunFilter(end_time_after=T0 + timedelta(milliseconds=5)),
     RunFilter(end_time_before=T0 + timedelta(milliseconds=30)),
+    RunFilter(search_keys=parse_search_keys(["customer:acme"])),
+    RunFilter(search_keys=parse_search_keys(["customer==:Globex"])),
+    RunFilter(search_keys=parse_search_keys(["customer==:"])),
+    RunFilter(search_keys=parse_search_keys(["customer:Y==Z"])),
+    RunFilter(search_keys=parse_search_keys(["region"])),
+    RunFilter(search_keys=parse_search_keys(["region=="])),
+    RunFilter(search_keys=parse_search_keys(["region", "customer:ACME", "region==:eu"])),
+    RunFilter(workflow_tags=("nightly",)),
+    RunFilter(workflow_tags=("billing", "eu")),
+    RunFilter(
+        workflow_name="order", workflow_tags=("beta",), search_keys=parse_search_keys(["customer"])
+    ),
 ]
 
 
@@ -308,7 +354,7 @@ def test_edited_token_is_refused() -> None:
 def _signed(payload: Any) -> str:
     raw = json.dumps(payload).encode()
     b64 = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")  # noqa: E731
-    return f"{b64(raw)}.{b64(_mac(raw))}"
+    return f"{b64(raw)}.{b64(TOKENS.mac(raw))}"
 
 
 @pytest.mark.parametrize(
@@ -332,3 +378,89 @@ def test_null_cursor_under_a_sort_without_nulls_is_refused() -> None:
     cursor = read_token(flt, token)
     with pytest.raises(BadPageToken, match="does not fit"):
         flt.page_queries(cursor)
+
+
+def test_token_signed_under_another_secret_is_refused_with_a_clear_message() -> None:
+    flt = RunFilter(workflow_name="order")
+    token = PageTokens.from_secret(SecretStr("instance-a")).make(
+        flt, {"_id": "r", "start_time": T0}
+    )
+    same = PageTokens.from_secret(SecretStr("instance-a"))
+    assert same.read(flt, token) == Cursor(T0, "r")  # another instance, same secret
+    with pytest.raises(BadPageToken, match="signed under another page-token secret"):
+        PageTokens.from_secret(SecretStr("instance-b")).read(flt, token)
+
+
+def test_without_a_secret_tokens_use_a_random_process_key_and_say_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING"):
+        tokens = PageTokens.from_secret(None)
+    assert "RUNSTORE_PAGE_TOKEN_SECRET is unset" in caplog.text
+    assert PageTokens.from_secret(SecretStr("")) is tokens  # empty = unset
+    flt = RunFilter()
+    token = tokens.make(flt, {"_id": "r", "start_time": T0})
+    assert tokens.read(flt, token) == Cursor(T0, "r")
+    with pytest.raises(BadPageToken):
+        TOKENS.read(flt, token)
+
+
+# --- search keys and workflow tags ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("customer:acme", SearchKeyFilter("customer", "similar", "acme")),
+        ("customer:a:b", SearchKeyFilter("customer", "similar", "a:b")),
+        ("customer==:ACME Corp", SearchKeyFilter("customer", "exact", "ACME Corp")),
+        ("customer==:", SearchKeyFilter("customer", "exact", "")),
+        ("customer==:a==:b", SearchKeyFilter("customer", "exact", "a==:b")),
+        ("customer", SearchKeyFilter("customer", "set")),
+        ("customer==", SearchKeyFilter("customer", "null")),
+        ("order-id_2", SearchKeyFilter("order-id_2", "set")),
+    ],
+)
+def test_search_key_forms(text: str, expected: SearchKeyFilter) -> None:
+    assert SearchKeyFilter.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", ":acme", "==:x", "==", "cust omer:x", "a.b:x", "a=b", "customer:", "k===", "é:x"]
+)
+def test_malformed_search_key_is_refused(text: str) -> None:
+    with pytest.raises(BadSearchKey, match="search_key"):
+        SearchKeyFilter.parse(text)
+
+
+def test_more_than_three_search_keys_are_refused() -> None:
+    assert len(parse_search_keys(["a", "b", "c"])) == 3
+    with pytest.raises(BadSearchKey, match="at most 3"):
+        parse_search_keys(["a", "b", "c", "d"])
+
+
+def test_search_keys_and_tags_are_part_of_the_token_fingerprint() -> None:
+    base = RunFilter(search_keys=parse_search_keys(["a:x"]), workflow_tags=("t",))
+    token = _token_for(base)
+    same = RunFilter(search_keys=parse_search_keys(["a:x", "a:x"]), workflow_tags=("t",))
+    assert read_token(same, token) == Cursor(T0, "run-1")
+    for other in [
+        RunFilter(search_keys=parse_search_keys(["a:y"]), workflow_tags=("t",)),
+        RunFilter(search_keys=parse_search_keys(["a==:x"]), workflow_tags=("t",)),
+        RunFilter(search_keys=parse_search_keys(["a:x"]), workflow_tags=("t", "u")),
+        RunFilter(search_keys=parse_search_keys(["a:x"])),
+    ]:
+        with pytest.raises(BadPageToken, match="other filters"):
+            read_token(other, token)
+
+
+def test_similar_search_key_escapes_its_value_and_folds_case() -> None:
+    rows = make_rows(10)
+    rows[0]["search_keys"] = {"customer": "Big.*Deal (EU)"}
+    rows[0]["search_terms"] = search_terms(rows[0]["search_keys"])
+    rows[1]["search_keys"] = {"customer": "BigXXDeal (EU)"}
+    rows[1]["search_terms"] = search_terms(rows[1]["search_keys"])
+    rows[2]["search_keys"] = {"customer": "line\nbreak .*deal (eu)"}
+    rows[2]["search_terms"] = search_terms(rows[2]["search_keys"])
+    flt = RunFilter(search_keys=parse_search_keys(["customer:.*DEAL (eu"]))
+    assert sorted(r["_id"] for r in rows if matches(r, flt.query())) == ["run-000", "run-002"]

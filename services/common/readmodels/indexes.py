@@ -6,16 +6,25 @@ as the keyset tie-break, so MongoDB serves the filter and the page from one inde
 (descending keys serve `order=asc` too, walked backwards). Which fields lead:
 
 - the most selective equality field a query pins leads its index, by this rank:
-  root_execution_id > workflow_name > user_id > deployment_name > status;
+  root_execution_id > search_terms > workflow_name > user_id > deployment_name >
+  workflow_tags > status. A search key usually names one business object (an order, a
+  customer), so it pins fewer runs than a workflow; a tag is shared by the runs of
+  several workflows;
+- `search_terms` and `workflow_tags` are arrays (multikey indexes). Each is the only
+  array in its indexes (MongoDB cannot index two arrays of one document together), and
+  a query pins one value of it, so the index walk still comes out in sort order. A
+  query with several `search_key`s or tags walks one and checks the others on the way,
+  as it does a `search_key:value` substring (a regex) after its `key` term;
 - status, the most common second filter, gets compound indexes after workflow, user
   and deployment ("failed runs of workflow X"); `status` given several values is served
   by the same index (MongoDB merges one sorted walk per value);
 - everything else a query holds (a second equality field, search, include_internal,
   time ranges on the field that is not the sort field) is filtered during the walk.
 
-`commits.run_id` serves the one fallback the API has when a run is not projected yet
-(find its execution). `tests/unit/test_indexes.py` builds every query shape the API can
-produce and checks an index here serves it; docs/read-models.md lists them.
+Every other read is by `_id` (a run not projected yet is found through the engine's run
+locators, not a `commits.run_id` query). `tests/unit/test_indexes.py` builds every query
+shape the API can produce and checks an index here serves it; docs/read-models.md lists
+them.
 """
 
 from __future__ import annotations
@@ -27,18 +36,28 @@ from services.common.readmodels.store import RUNS
 SORT_FIELDS = ("start_time", "end_time")
 
 # Equality fields in the order they are preferred to lead an index (most selective first).
-SELECTIVITY = ("root_execution_id", "workflow_name", "user_id", "deployment_name", "status")
+SELECTIVITY = (
+    "root_execution_id",
+    "search_terms",
+    "workflow_name",
+    "user_id",
+    "deployment_name",
+    "workflow_tags",
+    "status",
+)
 
 # The equality prefixes that get an index for each sort field.
 RUN_PREFIXES: tuple[tuple[str, ...], ...] = (
     (),
     ("root_execution_id",),
+    ("search_terms",),
     ("workflow_name",),
     ("workflow_name", "status"),
     ("user_id",),
     ("user_id", "status"),
     ("deployment_name",),
     ("deployment_name", "status"),
+    ("workflow_tags",),
     ("status",),
 )
 

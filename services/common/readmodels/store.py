@@ -26,6 +26,10 @@ class ReadModelStore(Protocol):
     async def insert(self, collection: str, docs: Mapping[str, Document]) -> None:
         """Insert documents known not to exist yet (a rebuild into empty collections)."""
 
+    async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
+        """Insert documents believed not to exist yet; returns the `_id`s that did exist
+        (those are left as they were; every other document is inserted)."""
+
     async def drop_all(self) -> None:
         """Remove every read model (before a rebuild)."""
 

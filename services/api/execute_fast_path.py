@@ -1,0 +1,135 @@
+"""`POST /v1/workflows/{workflow_identifier}/execute` answered in front of the router.
+
+Execute is the API's hottest request, and FastAPI's per-request machinery (route
+matching over every route, the exception and exit-stack middlewares, dependency
+resolution, request and response objects) cost more CPU than the work itself: measured
+with py-spy under `bench/http_gateway.py`, the endpoint's own code was 14% of the API's
+samples and the layers around it about 45%.
+
+This middleware sits innermost among the API's middlewares (inside the body-size limit
+and the failure budget, so those apply as to any request) and handles a request that is
+an execute with a known caller and a body that parses and validates, by calling the very
+function the route calls (`routes_commands.start_execution`) and rendering its answer or
+its HTTPException exactly as FastAPI does. Anything else — no or an unknown key, another
+content type, a body that is not valid, an over-long idempotency key, a reserved or
+unusable workflow name, a trailing slash — goes on to FastAPI with the body replayed, so
+every error keeps FastAPI's own shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.requests import Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.auth import ApiKeys
+from services.api.deps import Wiring
+from services.api.routes_commands import RESERVED_WORKFLOW_NAMES, start_execution
+from services.api.shapes import ExecuteRequest
+
+_EXECUTE_PATH = re.compile(r"/v1/workflows/([^/]+)/execute")
+_MAX_IDEMPOTENCY_KEY = 255  # as the route's `Header(max_length=255)`
+
+
+class ExecuteFastPath:
+    def __init__(self, app: ASGIApp, wiring: Wiring, keys: ApiKeys) -> None:
+        self.app = app
+        self.wiring = wiring
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        matched = _EXECUTE_PATH.fullmatch(scope["path"])
+        if matched is None or matched.group(1) in RESERVED_WORKFLOW_NAMES:
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        caller = self.keys.caller(headers.get("authorization"))
+        key = headers.get("idempotency-key")
+        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if (
+            caller is None
+            or media_type != "application/json"
+            or (key is not None and len(key) > _MAX_IDEMPOTENCY_KEY)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        request = _parse(body)
+        if request is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            answer = await start_execution(caller, self.wiring, request, matched.group(1), key)
+        except HTTPException as exc:
+            response = await http_exception_handler(Request(scope), exc)
+        else:
+            response = Response(answer, media_type="application/json")
+        await response(scope, receive, send)
+
+
+_READ = frozenset({b"authorization", b"idempotency-key", b"content-type"})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The headers this path reads; none at all when one of them is repeated (FastAPI
+    then decides what that means)."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.lower()
+        if name in _READ:
+            text = name.decode("latin-1")
+            if text in found:
+                return {}
+            found[text] = raw_value.decode("latin-1")
+    return found
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _parse(body: bytes) -> ExecuteRequest | None:
+    """The body as the route would validate it (`json.loads`, then the model), or None
+    when FastAPI should answer it."""
+    try:
+        value: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    try:
+        return ExecuteRequest.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the already-read body out again, then the real stream."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
