@@ -59,20 +59,27 @@ class ExecutionList(BaseModel):
     next_page_token: str | None = None
 
 
+def _run_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """The fields a list item and an execution share."""
+    return {
+        "workflow_name": run["workflow_name"],
+        "execution_id": run["execution_id"],
+        "root_execution_id": run["root_execution_id"],
+        "status": run["status"],
+        "start_time": run["start_time"],
+        "end_time": run.get("end_time"),
+        "workflow_id": run["workflow_name"],
+        "deployment_name": run.get("deployment_name"),
+        "parent_execution_id": run.get("parent_execution_id"),
+        "run_id": run["run_id"],
+        "user_id": run.get("user_id"),
+        "total_duration_ms": run.get("total_duration_ms"),
+    }
+
+
 def execution_from_run(run: dict[str, Any], *, include_search_keys: bool = False) -> Execution:
     return Execution(
-        workflow_name=run["workflow_name"],
-        execution_id=run["execution_id"],
-        root_execution_id=run["root_execution_id"],
-        status=run["status"],
-        start_time=run["start_time"],
-        end_time=run.get("end_time"),
-        workflow_id=run["workflow_name"],
-        deployment_name=run.get("deployment_name"),
-        parent_execution_id=run.get("parent_execution_id"),
-        run_id=run["run_id"],
-        user_id=run.get("user_id"),
-        total_duration_ms=run.get("total_duration_ms"),
+        **_run_fields(run),
         result=run.get("result"),
         search_keys=search_keys_of(run) if include_search_keys else None,
     )
@@ -86,20 +93,7 @@ def search_keys_of(run: dict[str, Any]) -> dict[str, str | None]:
 
 
 def list_item_from_run(run: dict[str, Any]) -> ExecutionListItem:
-    return ExecutionListItem(
-        workflow_name=run["workflow_name"],
-        execution_id=run["execution_id"],
-        root_execution_id=run["root_execution_id"],
-        status=run["status"],
-        start_time=run["start_time"],
-        end_time=run.get("end_time"),
-        workflow_id=run["workflow_name"],
-        deployment_name=run.get("deployment_name"),
-        parent_execution_id=run.get("parent_execution_id"),
-        run_id=run["run_id"],
-        user_id=run.get("user_id"),
-        total_duration_ms=run.get("total_duration_ms"),
-    )
+    return ExecutionListItem(**_run_fields(run))
 
 
 def history_body(run: dict[str, Any], events: list[str], next_page_token: str | None) -> bytes:
