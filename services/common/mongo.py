@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from services.common.settings import RunstoreSettings
 
@@ -21,6 +24,28 @@ def mongo_database(
     client: AsyncMongoClient[Document], settings: RunstoreSettings
 ) -> AsyncDatabase[Document]:
     return client[settings.mongo_database]
+
+
+DUPLICATE_KEY = 11000
+
+
+async def insert_unless_present(
+    coll: AsyncCollection[Document], docs: Sequence[Document]
+) -> set[int]:
+    """Insert `docs` independently of each other (unordered); return the positions of
+    those refused because their `_id` or another unique key is taken. Any other error
+    (a write-concern error included) is raised."""
+    if not docs:
+        return set()
+    try:
+        await coll.insert_many(list(docs), ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if others or exc.details.get("writeConcernErrors"):
+            raise
+        return {int(e["index"]) for e in errors}
+    return set()
 
 
 _IS_FERRETDB: dict[int, bool] = {}

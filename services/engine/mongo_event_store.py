@@ -27,7 +27,7 @@ from services.common.commit_log import (
     commit_to_doc,
     read_commit,
 )
-from services.common.mongo import is_ferretdb
+from services.common.mongo import DUPLICATE_KEY, insert_unless_present, is_ferretdb
 from services.engine.event_store import AppendFailure, AppendReport
 
 Document = dict[str, Any]
@@ -88,7 +88,7 @@ class MongoEventStore:
             errors = exc.details.get("writeErrors", [])
             first = errors[0] if errors else {}
             index = int(first.get("index") or exc.details.get("nInserted") or 0)
-            if first.get("code") != 11000:
+            if first.get("code") != DUPLICATE_KEY:
                 raise
             return AppendReport(inserted=index, failure=await self._classify(commits[index]))
         return AppendReport(inserted=len(commits))
@@ -99,14 +99,7 @@ class MongoEventStore:
         if later := [c.doc_id for c in commits if c.seq != 1]:
             raise ValueError(f"append_first takes first commits only, not {later}")
         await self._locate_new_runs(commits)
-        try:
-            await self._commits.insert_many([commit_to_doc(c) for c in commits], ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != 11000 for e in errors):
-                raise
-            return {int(e["index"]) for e in errors}
-        return set()
+        return await insert_unless_present(self._commits, [commit_to_doc(c) for c in commits])
 
     async def _locate_new_runs(self, commits: Sequence[Commit]) -> None:
         # Before the commits: a locator whose commit never lands names a run nobody knows,
@@ -117,13 +110,8 @@ class MongoEventStore:
             for e in c.events
             if e.type is EventType.WORKFLOW_EXECUTION_STARTED
         }
-        if not locators:
-            return
-        try:
-            await self._run_locators.insert_many(list(locators.values()), ordered=False)
-        except BulkWriteError as exc:  # already there from an earlier attempt: fine
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
+        # Refusals are locators already there from an earlier attempt: fine.
+        await insert_unless_present(self._run_locators, list(locators.values()))
 
     async def _classify(self, commit: Commit) -> AppendFailure:
         # FerretDB's duplicate-key message does not name the index, so ask the data.

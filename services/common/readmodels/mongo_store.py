@@ -8,9 +8,8 @@ from collections.abc import Collection, Mapping
 from pymongo import ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
 
-from services.common.mongo import is_ferretdb
+from services.common.mongo import insert_unless_present, is_ferretdb
 from services.common.readmodels.indexes import declared_indexes
 from services.common.readmodels.store import READ_MODELS, Document
 
@@ -26,7 +25,6 @@ _FERRETDB_WRITE_CHUNK = 10
 _MONGODB_WRITE_CHUNK = 1000
 # Inserts have no such limit: FerretDB writes up to 100 documents per SQL statement.
 _INSERT_CHUNK = 1000
-_DUPLICATE_KEY = 11000
 
 
 class MongoReadModelStore:
@@ -68,14 +66,8 @@ class MongoReadModelStore:
         values = list(docs.values())
         for k in range(0, len(values), _INSERT_CHUNK):
             part = values[k : k + _INSERT_CHUNK]
-            try:
-                await self._db[collection].insert_many(part, ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
-                if others or exc.details.get("writeConcernErrors"):
-                    raise
-                existing.update(str(part[e["index"]]["_id"]) for e in errors)
+            refused = await insert_unless_present(self._db[collection], part)
+            existing.update(str(part[i]["_id"]) for i in refused)
         return existing
 
     async def drop_all(self) -> None:
