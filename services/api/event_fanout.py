@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
-from services.common.kafka_topics import partitions_of
+from services.common.kafka_io import tail_from_end
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
@@ -121,20 +121,10 @@ class EventFanout:
         return len(self._wildcards) + sum(len(s) for s in self._by_execution.values())
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="runstore-api-events",
-            fetch_max_wait_ms=100,
+        consumer, ends = await tail_from_end(
+            self._settings, self._topic, "runstore-api-events", fetch_max_wait_ms=100
         )
-        partitions = await partitions_of(self._settings, self._topic)
-        await consumer.start()
-        assigned = [TopicPartition(self._topic, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            self._positions[tp.partition] = await consumer.position(tp)
+        self._positions.update(ends)
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name="event-fanout")
 

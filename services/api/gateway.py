@@ -13,13 +13,13 @@ import logging
 from collections import OrderedDict
 from contextlib import suppress
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command
 from schemas.outcomes import CommandOutcome
-from services.common.kafka_topics import partitions_of
+from services.common.kafka_io import Outgoing, RecordPublisher, tail_from_end
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class PublishFailed(Exception):
 class CommandGateway:
     def __init__(self, settings: ApiSettings) -> None:
         self._settings = settings
-        self._producer: AIOKafkaProducer | None = None
+        self._publisher: RecordPublisher | None = None
         self._topics = settings.topics
         self._waiting: dict[str, asyncio.Future[CommandOutcome]] = {}
         # Recently accepted outcomes by command id: a client retrying with its idempotency
@@ -48,32 +48,17 @@ class CommandGateway:
         self._tail: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # Plain aiokafka (FastStream's publish costs twice the CPU per record; the engine
-        # reads only key and value). Idempotent, acks=all: a retried send never
-        # duplicates or reorders a command. The linger lets the commands of concurrent
-        # requests share a produce request: each request costs the broker far more than
-        # a record in it, and 10 ms is little next to the engine's round trip.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            client_id="runstore-api",
-            enable_idempotence=True,
-            linger_ms=self._settings.api_publish_linger_ms,
+        # The linger lets the commands of concurrent requests share a produce request:
+        # each request costs the broker far more than a record in it, and 10 ms is little
+        # next to the engine's round trip.
+        self._publisher = RecordPublisher(
+            self._settings, "runstore-api", linger_ms=self._settings.api_publish_linger_ms
         )
-        await self._producer.start()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id="runstore-api-outcomes",
+        await self._publisher.start()
+        # Tailed from the end: an outcome published after this point is seen.
+        consumer, _ = await tail_from_end(
+            self._settings, self._topics.outcomes, "runstore-api-outcomes"
         )
-        partitions = await partitions_of(self._settings, self._topics.outcomes)
-        await consumer.start()
-        assigned = [TopicPartition(self._topics.outcomes, p) for p in partitions]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        # Resolve the end offsets now: an outcome published after this point is seen.
-        for tp in assigned:
-            await consumer.position(tp)
         self._consumer = consumer
         self._tail = asyncio.create_task(self._follow(consumer), name="outcome-tail")
 
@@ -84,8 +69,8 @@ class CommandGateway:
                 await self._tail
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -107,14 +92,15 @@ class CommandGateway:
             waiter.set_result(outcome)
 
     async def _publish(self, command: Command) -> None:
-        if self._producer is None:
+        if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
-        ack = await self._producer.send(
-            self._topics.commands,
-            COMMAND_ADAPTER.dump_json(command),
-            key=command.execution_id.encode(),
+        await self._publisher.publish_all(
+            [
+                Outgoing(
+                    self._topics.commands, command.execution_id, COMMAND_ADAPTER.dump_json(command)
+                )
+            ]
         )
-        await ack
 
     async def send(self, command: Command, wait_seconds: float | None = None) -> CommandOutcome:
         """Publish `command` and return its outcome; OutcomeTimeout if none comes in time.
