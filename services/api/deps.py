@@ -59,24 +59,19 @@ async def _check_path_owner(request: Request, access: AccessPolicy, caller: Call
         raise not_found("run", run_id)
 
 
+def _reader_for(request: Request, who: Caller) -> RunReader:
+    wiring: Wiring = request.app.state.wiring
+    return wiring.reader_for(who)
+
+
 async def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) -> RunReader:
-    access: AccessPolicy = request.app.state.access
-    if access.separate:
-        db: AsyncDatabase[Document] = request.app.state.db
-        return OwnedRunReader(db, who.user_id, request.app.state.reader.tokens)
-    reader: RunReader = request.app.state.reader
-    return reader
+    return _reader_for(request, who)
 
 
 async def _runs_reader(request: Request, who: Annotated[Caller, Depends(_identified)]) -> RunReader:
     # The read routes need no path check: this reader already shows another user's run
     # as no run at all (the same 404), and checking first would read the run twice.
-    access: AccessPolicy = request.app.state.access
-    if access.separate:
-        db: AsyncDatabase[Document] = request.app.state.db
-        return OwnedRunReader(db, who.user_id, request.app.state.reader.tokens)
-    reader: RunReader = request.app.state.reader
-    return reader
+    return _reader_for(request, who)
 
 
 async def _gateway(request: Request) -> CommandGateway:

@@ -124,10 +124,7 @@ async def start_execution(
                 detail=f"execution_id_taken: execution id {execution_id!r} belongs to another user",
             )
     command = StartWorkflow(
-        command_id=_command_id("execute", who, execution_id, idempotency_key),
-        execution_id=execution_id,
-        issued_at=utcnow(),
-        user_id=who.user_id,
+        **_envelope("execute", who, execution_id, idempotency_key),
         payload=StartWorkflowPayload(
             workflow_name=workflow_name,
             input=body.input if body.encoded_input is None else body.encoded_input,
@@ -270,10 +267,7 @@ async def signal(
 ) -> SignalAccepted:
     execution_id = known_execution_id(execution_id)
     command = SignalExecution(
-        command_id=_command_id("signal", who, execution_id, idempotency_key),
-        execution_id=execution_id,
-        issued_at=utcnow(),
-        user_id=who.user_id,
+        **_envelope("signal", who, execution_id, idempotency_key),
         payload=SignalPayload(name=body.name, input=body.input),
     )
     await _apply(api.gateway, command)
@@ -290,10 +284,7 @@ async def reset(
 ) -> Response:
     execution_id = known_execution_id(execution_id)
     command = ResetExecution(
-        command_id=_command_id("reset", who, execution_id, idempotency_key),
-        execution_id=execution_id,
-        issued_at=utcnow(),
-        user_id=who.user_id,
+        **_envelope("reset", who, execution_id, idempotency_key),
         payload=ResetPayload(
             event_id=body.event_id,
             reason=body.reason,
@@ -338,26 +329,27 @@ async def _apply(gateway: CommandGateway, command: Command) -> CommandOutcome:
     return outcome
 
 
-def _command_id(kind: str, who: Caller, execution_id: str, key: str | None) -> str:
-    return derived_id(kind, who.user_id, execution_id, key) if key else new_id()
+def _envelope(kind: str, who: Caller, execution_id: str, key: str | None) -> dict[str, Any]:
+    """The fields every command the API sends shares; with an idempotency key the command
+    id is derived from it, so a retried request sends the same command."""
+    return {
+        "command_id": derived_id(kind, who.user_id, execution_id, key) if key else new_id(),
+        "execution_id": execution_id,
+        "issued_at": utcnow(),
+        "user_id": who.user_id,
+    }
 
 
 def _cancel_command(who: Caller, execution_id: str, key: str | None) -> Command:
     return CancelExecution(
-        command_id=_command_id("cancel", who, execution_id, key),
-        execution_id=execution_id,
-        issued_at=utcnow(),
-        user_id=who.user_id,
+        **_envelope("cancel", who, execution_id, key),
         payload=ReasonPayload(),
     )
 
 
 def _terminate_command(who: Caller, execution_id: str, key: str | None) -> Command:
     return TerminateExecution(
-        command_id=_command_id("terminate", who, execution_id, key),
-        execution_id=execution_id,
-        issued_at=utcnow(),
-        user_id=who.user_id,
+        **_envelope("terminate", who, execution_id, key),
         payload=ReasonPayload(),
     )
 
