@@ -46,7 +46,9 @@ func run() error {
 	if err := level.UnmarshalText([]byte(strings.ToUpper(*logLevel))); err != nil {
 		return fmt.Errorf("bad --log-level %q: %w", *logLevel, err)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// See lazylog.go: FerretDB logs each SQL statement with attributes that slog would
+	// otherwise format eagerly, even when the statement is never logged.
+	logger := slog.New(newLazyHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 
 	// The SQLite backend requires the URL to name an existing directory and to end with "/".
 	absDir, err := filepath.Abs(*dataDir)
