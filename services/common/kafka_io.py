@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 
@@ -34,6 +36,23 @@ def batch_records(message: KafkaMessage) -> Sequence[ConsumerRecord[Any, Any]]:
     """The raw records behind a batch subscriber's message, in consumption order."""
     raw = message.raw_message
     return raw if isinstance(raw, tuple) else (raw,)
+
+
+class _KeyHashes:
+    """Kafka's partitioning hash of recent keys (murmur2, positive): computing it in
+    Python costs ~10 µs, and the engine sends several records per key at once."""
+
+    def __init__(self, max_size: int = 65536) -> None:
+        self._max = max_size
+        self._known: dict[bytes, int] = {}
+
+    def of(self, key: bytes) -> int:
+        found = self._known.get(key)
+        if found is None:
+            if len(self._known) >= self._max:
+                self._known.clear()
+            found = self._known[key] = murmur2(key) & 0x7FFFFFFF
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +82,7 @@ class RecordPublisher:
         if linger_ms is not None:
             self._options["linger_ms"] = linger_ms
         self._producer: AIOKafkaProducer | None = None
+        self._hashes = _KeyHashes()
 
     async def start(self) -> None:
         # Created here: aiokafka binds a producer to the running event loop.
@@ -77,15 +97,63 @@ class RecordPublisher:
         if self._producer is not None:
             await self._producer.stop()
 
+    async def publish_batches(self, records: Iterable[Outgoing]) -> None:
+        """Send many records as ready-built batches, one chain per partition, and wait
+        for every acknowledgement.
+
+        For the engine's output (thousands of records at once) this costs a fraction of
+        `publish_all`: no per-record future, partitioner call or accumulator step
+        (measured in the engine's profile: 52 µs of CPU per record through `send`).
+        Records of one partition go out in the given order, so one key keeps its order.
+        Partitions are what aiokafka's (and Kafka's) default partitioner picks: murmur2
+        of the key modulo the topic's partition count.
+        """
+        producer = self._started()
+        cluster = producer.client.cluster
+        counts: dict[str, int] = {}
+        chains: dict[tuple[str, int], list[BatchBuilder]] = {}
+        for r in records:
+            count = counts.get(r.topic)
+            if count is None:
+                await producer.partitions_for(r.topic)  # waits for the topic's metadata
+                count = counts[r.topic] = len(cluster.partitions_for_topic(r.topic) or ())
+            key = r.key.encode()
+            partition = self._hashes.of(key) % count
+            chain = chains.setdefault((r.topic, partition), [])
+            headers = [(k, v.encode()) for k, v in r.headers.items()] if r.headers else []
+            if (
+                not chain
+                or chain[-1].append(timestamp=None, key=key, value=r.value, headers=headers) is None
+            ):
+                builder = producer.create_batch()
+                if builder.append(timestamp=None, key=key, value=r.value, headers=headers) is None:
+                    raise ValueError(f"a record of {len(r.value)} bytes exceeds the batch size")
+                chain.append(builder)
+
+        async def send_chain(topic: str, partition: int, chain: list[BatchBuilder]) -> None:
+            # A partition takes one queued batch at a time: send_batch waits for the
+            # previous one of the chain to go out before it queues the next.
+            acks = []
+            for builder in chain:
+                builder.close()
+                acks.append(await producer.send_batch(builder, topic, partition=partition))
+            await asyncio.gather(*acks)
+
+        if chains:
+            await asyncio.gather(*(send_chain(t, p, c) for (t, p), c in chains.items()))
+
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("RecordPublisher.start() was not called")
+        return self._producer
+
     async def publish_all(self, records: Iterable[Outgoing]) -> None:
         """Send every record without waiting for each, then wait for all acknowledgements.
 
         Sends are issued in order, so records with one key keep their order in the
         partition.
         """
-        if self._producer is None:
-            raise RuntimeError("RecordPublisher.start() was not called")
-        send = self._producer.send
+        send = self._started().send
         futures = [
             await send(
                 r.topic,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from typing import cast
 
@@ -22,7 +20,7 @@ from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
 from services.engine.mongo_event_store import MongoEventStore
-from services.engine.pipeline import Consumer, PublishPipeline, earliest
+from services.engine.pipeline import Consumer, EnginePipeline
 from services.engine.processor import (
     CommandProcessor,
     InboundRecord,
@@ -34,21 +32,21 @@ log = logging.getLogger(__name__)
 
 
 class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Drops cached states of partitions this instance lost, once the batch being
-    published has committed its offsets.
+    """Drops cached states of partitions this instance lost, once the batches in flight
+    are stored and published with their offsets committed.
 
     aiokafka calls this from its coordinator task, possibly while a batch is being
     decided, so the cache is only told here and forgets at the start of the next batch.
     """
 
-    def __init__(self, cache: StateCache, pipeline: PublishPipeline) -> None:
+    def __init__(self, cache: StateCache, pipeline: EnginePipeline) -> None:
         self._cache = cache
         self._pipeline = pipeline
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._cache.forget_partitions_later({tp.partition for tp in revoked})
-        # Let the batch being published commit its offsets before the partitions go.
-        await self._pipeline.drain()
+        # Let the batches in flight commit their offsets before the partitions go.
+        await self._pipeline.flush()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         return None
@@ -98,9 +96,13 @@ def build_app(settings: EngineSettings) -> FastStream:
     store = MongoEventStore(mongo_database(client, settings))
     cache = StateCache(settings.engine_cache_size)
     processor = CommandProcessor(store, cache, now_ns)
-    pipeline = PublishPipeline()
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
+    pipeline = EnginePipeline(
+        processor,
+        lambda out: publisher.publish_batches(outgoing_records(out, topics)),
+        RETRY_BACKOFF_SECONDS,
+    )
 
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
     # offsets) only after its commits are stored and everything they imply is
@@ -131,38 +133,14 @@ def build_app(settings: EngineSettings) -> FastStream:
             )
             for r in raw
         ]
-        consumer = cast("Consumer", message.consumer)
-        started = time.perf_counter()
-        try:
-            # Runs while the previous batch's records are still being acknowledged.
-            out = await processor.process(records)
-        except Exception:
-            log.exception("batch of %d commands failed; it will be retried", len(records))
-            pipeline.rewind(consumer, await pipeline.settle(), earliest(raw))
-            await asyncio.sleep(RETRY_BACKOFF_SECONDS)
-            return
-        decided = time.perf_counter()
-        if failed := await pipeline.settle():
-            # The previous batch was not published, so this one (stored, but to be
-            # published after it) is not either: both are consumed again, and their
-            # stored commits re-published.
-            pipeline.rewind(consumer, failed, earliest(raw))
-            await asyncio.sleep(RETRY_BACKOFF_SECONDS)
-            return
-        pipeline.start(consumer, raw, lambda: publisher.publish_all(outgoing_records(out, topics)))
-        log.debug(
-            "batch of %d: decide+append %.1f ms, then waited %.1f ms for the previous publish",
-            len(records),
-            (decided - started) * 1000,
-            (time.perf_counter() - decided) * 1000,
-        )
+        await pipeline.submit(cast("Consumer", message.consumer), raw, records)
 
     async def drain() -> None:
         # While the consumer is up (so the offsets can be committed), and again once the
-        # subscriber has stopped (its last batch may have started publishing meanwhile).
-        await pipeline.drain()
-        if await pipeline.settle():
-            log.warning("the last batch was not published; it is consumed again at restart")
+        # subscriber has stopped (its last batch may have been submitted meanwhile).
+        stored = await pipeline.flush()
+        if not (stored and await pipeline.settle_publishing()):
+            log.warning("the last batch was not stored or published; it is consumed again")
 
     async def close() -> None:
         await drain()

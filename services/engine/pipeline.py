@@ -1,27 +1,38 @@
-"""Publishing one batch while the next is decided, with offsets committed in order.
+"""The engine's batches in three overlapping stages, with offsets committed in order.
 
-The engine's steps for a batch are: decide and append (MongoDB), publish what the
-commits imply (Kafka), commit the offsets. Publishing waits for acknowledgements, so
-done strictly in turn the two servers take turns at being idle. The pipeline lets the
-append of batch N+1 run while batch N's records are being acknowledged:
+A batch is decided (engine CPU), stored (MongoDB), then published (Kafka) before its
+offsets are committed. Done strictly in turn, each server waits for the others most of
+the time. `EnginePipeline` overlaps them:
 
-- at most one batch is being published; N+1's publishing starts only after N's has
-  finished, so the records of one key keep their order across batches;
-- N's offsets are committed only after everything it implies is acknowledged;
-- if N's publishing fails, N+1 is stored but not published either: both are sought
+    decide N+1   ||   store N   ||   publish N-1
+
+- N+1 is decided against the cached states as N left them, before N is stored. If N's
+  store turns out differently (a start whose execution existed, a seq another writer
+  took), N is finished with reads and N+1 is forgotten and decided again.
+- Appends go in batch order: N+1's store starts only after N is finished.
+- At most one batch is being published (`PublishPipeline`); N+1's publishing starts only
+  after N's has finished, so the records of one key keep their order across batches.
+- N's offsets are committed only after everything it implies is acknowledged.
+- If N's publishing fails, N+1 is stored but not published either: both are sought
   back, and their redelivery re-publishes the stored commits without deciding again
-  (the processor recognises a record by its source offset).
+  (the processor recognises a record by its source offset). A failed store or decision
+  seeks back in the same way.
+- When no batch follows, a finisher completes the stored batch on its own, so a lone
+  batch is not left waiting for the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import TopicPartition
+
+from services.engine.processor import InboundRecord, Outbound, Plan
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,15 @@ def following(records: Iterable[Position]) -> dict[TopicPartition, int]:
         tp = TopicPartition(r.topic, r.partition)
         after[tp] = max(after.get(tp, 0), r.offset + 1)
     return after
+
+
+def _merge(*starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Per partition, the earliest of the given positions."""
+    merged: dict[TopicPartition, int] = {}
+    for start in starts:
+        for tp, offset in start.items():
+            merged[tp] = min(merged.get(tp, offset), offset)
+    return merged
 
 
 @dataclass(slots=True)
@@ -121,13 +141,164 @@ class PublishPipeline:
     @staticmethod
     def rewind(consumer: Consumer, *starts: Mapping[TopicPartition, int]) -> None:
         """Seek each partition back to the earliest of the given positions."""
-        merged: dict[TopicPartition, int] = {}
-        for start in starts:
-            for tp, offset in start.items():
-                merged[tp] = min(merged.get(tp, offset), offset)
-        for tp, offset in merged.items():
+        for tp, offset in _merge(*starts).items():
             try:
                 consumer.seek(tp, offset)
             except Exception:
                 # Revoked meanwhile: the new owner starts from the committed offset.
                 log.warning("could not seek %s back to %d", tp, offset, exc_info=True)
+
+
+class Stages(Protocol):
+    """The processor's stages (`services.engine.processor.CommandProcessor`)."""
+
+    async def decide(
+        self,
+        records: Sequence[InboundRecord],
+        settle: Callable[[], Awaitable[object]] | None = None,
+    ) -> Plan: ...
+
+    async def store(self, plan: Plan) -> None: ...
+
+    async def finish(self, plan: Plan) -> Outbound: ...
+
+    def forget(self, plan: Plan) -> None: ...
+
+
+@dataclass(slots=True)
+class _Storing:
+    plan: Plan
+    task: asyncio.Task[None]
+    consumer: Consumer
+    positions: list[Position]
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    changed: bool = False
+    """The finished batch was decided again in part: batches decided before are stale."""
+    rewind: dict[TopicPartition, int] = field(default_factory=dict)
+    """Non-empty when it failed: where to consume again from (it, and what follows)."""
+    consumer: Consumer | None = None
+
+
+class EnginePipeline:
+    def __init__(
+        self,
+        stages: Stages,
+        publish: Callable[[Outbound], Awaitable[None]],
+        backoff_seconds: float,
+    ) -> None:
+        self._stages = stages
+        self._publish = publish
+        self._backoff = backoff_seconds
+        self._publishing = PublishPipeline()
+        # Held while a batch is decided or finished: the cached states are changed by
+        # both, and appends must follow batch order.
+        self._lock = asyncio.Lock()
+        self._storing: _Storing | None = None
+        self._finishers: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self,
+        consumer: Consumer,
+        positions: Sequence[Position],
+        records: Sequence[InboundRecord],
+    ) -> None:
+        """Decide a consumed batch and start storing it. Returns once its store has
+        started (in the background); publishing and the offset commit follow."""
+        async with self._lock:
+            started = time.perf_counter()
+            finished: _Finished | None = None
+
+            async def settle() -> _Finished:
+                nonlocal finished
+                if finished is None:
+                    finished = await self._finish_storing()
+                return finished
+
+            try:
+                plan = await self._stages.decide(records, settle)
+                stale = finished is None  # decided on top of the batch still being stored
+                decided = time.perf_counter()
+                done = await settle()
+                if done.rewind:
+                    # The batch before failed, and this one was decided on its states:
+                    # forget it; both are consumed again.
+                    self._stages.forget(plan)
+                elif done.changed and stale:
+                    self._stages.forget(plan)
+                    plan = await self._stages.decide(records)
+            except Exception:
+                log.exception(
+                    "deciding a batch of %d commands failed; it will be retried", len(records)
+                )
+                done = _Finished(True, _merge((await settle()).rewind, earliest(positions)))
+            if done.rewind:
+                self.rewind(consumer, done.rewind, earliest(positions))
+                await asyncio.sleep(self._backoff)
+                return
+            task = asyncio.create_task(self._stages.store(plan))
+            storing = _Storing(plan, task, consumer, list(positions))
+            self._storing = storing
+            finisher = asyncio.create_task(self._finish_when_stored(storing))
+            self._finishers.add(finisher)
+            finisher.add_done_callback(self._finishers.discard)
+            log.debug(
+                "batch of %d: decided in %.1f ms, then waited %.1f ms for the batch before",
+                len(records),
+                (decided - started) * 1000,
+                (time.perf_counter() - decided) * 1000,
+            )
+
+    async def flush(self) -> bool:
+        """Finish the batch being stored and wait until nothing is being published (before
+        a rebalance or a shutdown). Returns False if that batch failed (it is consumed
+        again)."""
+        async with self._lock:
+            done = await self._finish_storing()
+            self._rewind_alone(done)
+        await self._publishing.drain()
+        return not done.rewind
+
+    async def settle_publishing(self) -> bool:
+        """After `flush`: whether the last batch's publishing succeeded."""
+        return not await self._publishing.settle()
+
+    async def _finish_when_stored(self, storing: _Storing) -> None:
+        await asyncio.wait({storing.task})
+        async with self._lock:
+            if self._storing is storing:  # else the next batch finished it already
+                self._rewind_alone(await self._finish_storing())
+
+    def _rewind_alone(self, done: _Finished) -> None:
+        if done.rewind and done.consumer is not None:
+            self.rewind(done.consumer, done.rewind)
+
+    async def _finish_storing(self) -> _Finished:
+        """Finish the batch being stored (call with the lock held) and hand it to the
+        publishing stage."""
+        storing, self._storing = self._storing, None
+        if storing is None:
+            return _Finished()
+        first = earliest(storing.positions)
+        try:
+            await storing.task
+            out = await self._stages.finish(storing.plan)
+        except Exception:
+            log.exception(
+                "storing a batch of %d commands failed; it will be consumed again",
+                len(storing.positions),
+            )
+            self._stages.forget(storing.plan)
+            failed = await self._publishing.settle()
+            return _Finished(True, _merge(failed, first), storing.consumer)
+        if failed := await self._publishing.settle():
+            # The batch before was not published, so this one (stored, but to be
+            # published after it) is not either: both are consumed again, and their
+            # stored commits re-published.
+            return _Finished(True, _merge(failed, first), storing.consumer)
+        self._publishing.start(storing.consumer, storing.positions, lambda: self._publish(out))
+        return _Finished(changed=not storing.plan.clean)
+
+    rewind = staticmethod(PublishPipeline.rewind)

@@ -5,8 +5,12 @@ only then commits offsets. The order of effects is what makes a crash harmless:
 
 1. invalid records become dead letters (never decided, never dropped);
 2. each command is decided against its execution's state (cache, else the store);
-3. all new commits go in with one ordered insert;
+3. the new commits go in (first commits of new executions unordered, the rest with one
+   ordered insert);
 4. the caller publishes events, tasks, outcomes and successor commands, then acks.
+
+Steps 2 and 3 are separate stages (`decide`, `store`, `finish`) so that the caller can
+decide the next batch while this one is stored (services/engine/pipeline.py).
 
 A record redelivered after a crash is recognised by its source offset, which every
 commit stores: all of one execution's commands share a partition (key = execution_id),
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,7 +46,7 @@ from services.engine.domain import (
     fold,
     successor_commands,
 )
-from services.engine.event_store import AppendFailure, EventStore
+from services.engine.event_store import AppendFailure, AppendReport, EventStore
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,34 @@ class _Decided:
     follow_ups: list[Command] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What `store` did with a round: executions whose first commit was refused, the
+    round's positions still answered by it, those appended in order, and how far."""
+
+    refused: set[str]
+    pending: list[int]
+    new: list[int]
+    report: AppendReport
+
+
+@dataclass(slots=True)
+class Plan:
+    """A batch between `decide` and `finish`."""
+
+    out: Outbound
+    todo: list[tuple[InboundRecord, Command]]
+    """The records of the current round (all valid ones at first; then those to redo)."""
+    execution_ids: frozenset[str]
+    decided: list[_Decided] = field(default_factory=list)
+    assumed_new: set[str] = field(default_factory=set)
+    must_read: set[str] = field(default_factory=set)
+    rejection_streams: dict[str, int] = field(default_factory=dict)
+    stored: _Stored | None = None
+    clean: bool = True
+    """False once a round had to be decided again: states cached meanwhile were wrong."""
+
+
 class CommandProcessor:
     def __init__(
         self,
@@ -157,6 +189,36 @@ class CommandProcessor:
         self._max_record_bytes = max_record_bytes
 
     async def process(self, records: Sequence[InboundRecord]) -> Outbound:
+        """Decide, store and finish one batch, strictly in turn."""
+        plan = await self.decide(records)
+        try:
+            await self.store(plan)
+        except BaseException:
+            self.forget(plan)
+            raise
+        return await self.finish(plan)
+
+    # The three stages, for callers that overlap one batch's `store` with the next
+    # batch's `decide` (services/engine/pipeline.py):
+    #
+    # - `decide` parses and decides a batch against the cached states, which it updates
+    #   as if the batch were stored (the next batch is decided on top of it);
+    # - `store` appends the decided commits; it touches no cached state, so it may run
+    #   while the next batch is being decided, but only once the batch before is
+    #   finished (appends go in batch order);
+    # - `finish` emits what was stored, and decides again (with reads) and stores
+    #   whatever the store refused. `Plan.clean` then turns false: a batch decided
+    #   meanwhile rests on states that were wrong, and must be forgotten and decided
+    #   again.
+
+    async def decide(
+        self,
+        records: Sequence[InboundRecord],
+        settle: Callable[[], Awaitable[object]] | None = None,
+    ) -> Plan:
+        """Parse and decide a batch. `settle` finishes the batch whose store is still in
+        flight; it is awaited before deciding when this batch needs stored history
+        (a reset, or a record redelivered after it was applied)."""
         self._cache.apply_revocations()
         out = Outbound()
         parsed: list[tuple[InboundRecord, Command]] = []
@@ -166,13 +228,29 @@ class CommandProcessor:
                 out.dead_letters.append(command_or_dead)
             else:
                 parsed.append((record, command_or_dead))
+        plan = Plan(out, parsed, frozenset(c.execution_id for _, c in parsed))
+        if settle is not None and self._reads_history(parsed):
+            await settle()
         try:
-            await self._apply(parsed, out)
+            await self._decide(plan)
         except BaseException:
-            # The store may hold part of this batch: forget what we believed of it.
-            self._cache.drop({c.execution_id for _, c in parsed})
+            self.forget(plan)
             raise
-        return out
+        return plan
+
+    def forget(self, plan: Plan) -> None:
+        """Drop the cached states of a batch's executions: what it decided may not be
+        stored (it failed, or it is to be decided again)."""
+        self._cache.drop(plan.execution_ids)
+
+    def _reads_history(self, parsed: list[tuple[InboundRecord, Command]]) -> bool:
+        for record, command in parsed:
+            if command.type == "ResetExecution":
+                return True
+            stream = self._cache.get(command.execution_id)
+            if stream is not None and _already_applied(stream, record):
+                return True
+        return False
 
     # --- validation --------------------------------------------------------------
 
@@ -201,89 +279,117 @@ class CommandProcessor:
 
     # --- decide and append --------------------------------------------------------
 
-    async def _apply(self, parsed: list[tuple[InboundRecord, Command]], out: Outbound) -> None:
-        todo = parsed
-        must_read: set[str] = set()
-        while todo:
-            t0 = time.perf_counter()
-            assumed_new = await self._load(todo, must_read)
-            t1 = time.perf_counter()
-            decided = await self._decide_round(todo)  # decided[i] answers todo[i]
-            await self._replay_known_rejections(decided)
-            t2 = time.perf_counter()
+    async def _decide(self, plan: Plan) -> None:
+        t0 = time.perf_counter()
+        plan.assumed_new = await self._load(plan.todo, plan.must_read)
+        t1 = time.perf_counter()
+        plan.decided = await self._decide_round(plan.todo)  # decided[i] answers todo[i]
+        # The streams a rejected command's id could be stored in, up to what was decided
+        # (captured now: `store` must not read the cache, which moves on meanwhile).
+        plan.rejection_streams = {}
+        for d in plan.decided:
+            if d.outcome is not None and not d.outcome.accepted:
+                cached = self._cache.get(d.command.execution_id)
+                plan.rejection_streams[d.command.execution_id] = cached.seq if cached else 0
+        log.debug(
+            "decided %d (%d assumed new): load %.1f ms, decide %.1f ms",
+            len(plan.todo),
+            len(plan.assumed_new),
+            (t1 - t0) * 1000,
+            (time.perf_counter() - t1) * 1000,
+        )
 
-            # 1. Starts of executions assumed new (never read): each goes in on its own;
-            # a refused one means the execution or the command exists after all, so
-            # everything of that execution in this round is decided again after a read.
-            firsts = [
-                i
-                for i, d in enumerate(decided)
-                if d.commit is not None
-                and not d.replay
-                and d.commit.seq == 1
-                and d.command.execution_id in assumed_new
-            ]
-            refused_positions = await self._store.append_first(
-                [c for i in firsts if (c := decided[i].commit) is not None]
-            )
-            refused = {decided[firsts[p]].command.execution_id for p in refused_positions}
-            if refused:
-                log.debug("%d executions assumed new exist; reading them", len(refused))
-            pending = [i for i, d in enumerate(decided) if d.command.execution_id not in refused]
-            claimed = set(firsts)
+    async def store(self, plan: Plan) -> None:
+        """Append a decided round: first commits of executions assumed new, each on its
+        own, then everything else in one ordered append."""
+        t0 = time.perf_counter()
+        decided = plan.decided
+        await self._replay_known_rejections(decided, plan.rejection_streams)
+        # 1. Starts of executions assumed new (never read): each goes in on its own; a
+        # refused one means the execution or the command exists after all, so everything
+        # of that execution in this round is decided again after a read.
+        firsts = [
+            i
+            for i, d in enumerate(decided)
+            if d.commit is not None
+            and not d.replay
+            and d.commit.seq == 1
+            and d.command.execution_id in plan.assumed_new
+        ]
+        refused_positions = await self._store.append_first(
+            [c for i in firsts if (c := decided[i].commit) is not None]
+        )
+        refused = {decided[firsts[p]].command.execution_id for p in refused_positions}
+        if refused:
+            log.debug("%d executions assumed new exist; reading them", len(refused))
+        pending = [i for i, d in enumerate(decided) if d.command.execution_id not in refused]
+        claimed = set(firsts)
+        # 2. Everything else in one ordered append.
+        new = [
+            i
+            for i in pending
+            if (d := decided[i]).commit is not None and not d.replay and i not in claimed
+        ]
+        report = await self._store.append([c for i in new if (c := decided[i].commit)])
+        plan.stored = _Stored(refused, pending, new, report)
+        log.debug("stored %d: %.1f ms", len(decided), (time.perf_counter() - t0) * 1000)
 
-            # 2. Everything else in one ordered append.
-            new = [
-                i
-                for i in pending
-                if (d := decided[i]).commit is not None and not d.replay and i not in claimed
-            ]
-            report = await self._store.append([c for i in new if (c := decided[i].commit)])
-            t3 = time.perf_counter()
-            log.debug(
-                "round of %d (%d assumed new): load %.1f ms, decide %.1f ms, append %.1f ms",
-                len(todo),
-                len(assumed_new),
-                (t1 - t0) * 1000,
-                (t2 - t1) * 1000,
-                (t3 - t2) * 1000,
-            )
-            if report.failure is None:
-                self._emit([decided[i] for i in pending], out)
-                again = refused
-                redo_from = len(todo)
+    async def finish(self, plan: Plan) -> Outbound:
+        """Emit what was stored; decide again, after reads, and store what was refused,
+        until the whole batch is answered."""
+        try:
+            while not await self._settle_round(plan):
+                plan.clean = False
+                await self._decide(plan)
+                await self.store(plan)
+        except BaseException:
+            self.forget(plan)
+            raise
+        return plan.out
+
+    async def _settle_round(self, plan: Plan) -> bool:
+        """Emit a stored round's answers; leave in `plan.todo` what must be decided again
+        (then return False)."""
+        stored, decided, out = plan.stored, plan.decided, plan.out
+        if stored is None:
+            raise RuntimeError("finish() before store()")
+        plan.stored = None
+        refused, pending, new, report = stored.refused, stored.pending, stored.new, stored.report
+        if report.failure is None:
+            self._emit([decided[i] for i in pending], out)
+            again = refused
+            redo_from = len(plan.todo)
+        else:
+            failed_at = new[report.inserted]
+            failed = decided[failed_at]
+            self._emit([decided[i] for i in pending if i < failed_at], out)
+            redo_from = failed_at
+            if report.failure is AppendFailure.DUPLICATE_COMMAND:
+                # The same command id was applied before (a producer re-sent it).
+                stored_commit = await self._store.find_by_command(failed.command.command_id)
+                if stored_commit is None:
+                    raise RuntimeError(f"duplicate command {failed.command.command_id} vanished")
+                self._emit([self._replayed(failed.record, failed.command, stored_commit)], out)
+                redo_from = failed_at + 1
             else:
-                failed_at = new[report.inserted]
-                failed = decided[failed_at]
-                self._emit([decided[i] for i in pending if i < failed_at], out)
-                redo_from = failed_at
-                if report.failure is AppendFailure.DUPLICATE_COMMAND:
-                    # The same command id was applied before (a producer re-sent it).
-                    stored = await self._store.find_by_command(failed.command.command_id)
-                    if stored is None:
-                        raise RuntimeError(
-                            f"duplicate command {failed.command.command_id} vanished"
-                        )
-                    self._emit([self._replayed(failed.record, failed.command, stored)], out)
-                    redo_from = failed_at + 1
-                else:
-                    # Another engine instance wrote this seq first: reload, decide again.
-                    log.warning("seq conflict on %s; reloading", failed.command.execution_id)
-                # Everything decided from the failed record on assumed commits that were
-                # not stored (the failed record's execution included, even when nothing
-                # else of it follows), and starts claimed after it were stored but not
-                # emitted: read those executions again.
-                again = refused | {
-                    decided[i].command.execution_id for i in pending if i >= failed_at
-                }
-            self._cache.drop(again)
-            must_read |= again
-            redo = {i for i in pending if i >= redo_from}
-            todo = [
-                item for i, item in enumerate(todo) if i in redo or item[1].execution_id in refused
-            ]
+                # Another engine instance wrote this seq first: reload, decide again.
+                log.warning("seq conflict on %s; reloading", failed.command.execution_id)
+            # Everything decided from the failed record on assumed commits that were not
+            # stored (the failed record's execution included, even when nothing else of
+            # it follows), and starts claimed after it were stored but not emitted: read
+            # those executions again.
+            again = refused | {decided[i].command.execution_id for i in pending if i >= failed_at}
+        self._cache.drop(again)
+        plan.must_read |= again
+        redo = {i for i in pending if i >= redo_from}
+        plan.todo = [
+            item for i, item in enumerate(plan.todo) if i in redo or item[1].execution_id in refused
+        ]
+        return not plan.todo
 
-    async def _replay_known_rejections(self, decided: list[_Decided]) -> None:
+    async def _replay_known_rejections(
+        self, decided: list[_Decided], streams: dict[str, int]
+    ) -> None:
         """A rejected command whose id is already stored was sent twice (a producer or
         client retry): answer it with the stored commit, as the first time.
 
@@ -296,11 +402,6 @@ class CommandProcessor:
         ]
         if not rejected:
             return
-        streams: dict[str, int] = {}
-        for i in rejected:
-            execution_id = decided[i].command.execution_id
-            cached = self._cache.get(execution_id)
-            streams[execution_id] = cached.seq if cached is not None else 0
         stored = await self._store.find_by_commands(
             {decided[i].command.command_id for i in rejected}, streams
         )
@@ -638,6 +739,7 @@ __all__ = [
     "ExecutionStatus",
     "InboundRecord",
     "Outbound",
+    "Plan",
     "StateCache",
     "tasks_for",
 ]
