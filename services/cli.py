@@ -8,6 +8,7 @@ import sys
 import time
 
 from services.common.logs import configure_logging
+from services.common.runtime import tune_gc
 from services.common.settings import ApiSettings, EngineSettings, ProjectorSettings
 
 
@@ -16,7 +17,9 @@ def _run_engine() -> None:
 
     settings = EngineSettings()
     configure_logging(settings.log_level)
-    asyncio.run(build_app(settings).run())
+    app = build_app(settings)
+    tune_gc()
+    asyncio.run(app.run())
 
 
 def _run_projector() -> None:
@@ -24,7 +27,9 @@ def _run_projector() -> None:
 
     settings = ProjectorSettings()
     configure_logging(settings.log_level)
-    asyncio.run(build_app(settings).run())
+    app = build_app(settings)
+    tune_gc()
+    asyncio.run(app.run())
 
 
 def _run_api() -> None:
@@ -34,8 +39,10 @@ def _run_api() -> None:
 
     settings = ApiSettings()
     configure_logging(settings.log_level)
+    app = build_app(settings)
+    tune_gc()
     uvicorn.run(
-        build_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
