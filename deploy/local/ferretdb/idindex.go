@@ -4,12 +4,16 @@ package main
 // `WHERE _ferretdb_sjson->'$._id' = ?`, but builds its own unique `_id` index on the
 // expression `_ferretdb_sjson->"_id"`. SQLite only uses an expression index whose
 // expression is written the same way, so every `_id` point read scans the whole table
-// (measured: 200 reads over 4,000 documents took 19.8 s; with the index below, 0.13 s).
+// (measured: 200 reads over 4,000 documents took 19.8 s; with the fix below, 0.13 s).
 //
-// Runstore's storage rules make `_id` reads the hot path, so this wrapper adds a plain
-// (non-unique) index on the exact pushdown expression to every collection table, soon
-// after FerretDB creates it. FerretDB does not know about this index: it never lists or
-// drops it, and dropping the collection drops the table together with its indexes.
+// Runstore's storage rules make `_id` reads the hot path, so soon after FerretDB
+// creates a collection table this wrapper rebuilds that table's unique `_id` index,
+// under the same name, on the exact pushdown expression. Both expressions give the
+// same JSON value for every document, so uniqueness (and FerretDB's duplicate-key
+// error) is unchanged, and the table keeps a single `_id` index: an earlier version
+// added a second, non-unique one, which every insert had to maintain as well (dropped
+// here when found). FerretDB keeps its index list in its own metadata and never
+// rebuilds this index; dropping the collection drops the table with its indexes.
 
 import (
 	"context"
@@ -24,9 +28,17 @@ import (
 	_ "modernc.org/sqlite" // the SQLite driver FerretDB itself uses
 )
 
-const idIndexSuffix = "_runstore_id"
+// FerretDB names a collection table's `_id` index `<table>__id_`.
+const ferretIDIndexSuffix = "__id_"
 
-// keepIDIndexes watches dir's database files and indexes new tables until ctx ends.
+// An earlier version's extra index, `<table>_runstore_id`.
+const extraIDIndexSuffix = "_runstore_id"
+
+// pushdownID is the expression FerretDB's `_id` filters use.
+const pushdownID = `_ferretdb_sjson->'$._id'`
+
+// keepIDIndexes watches dir's database files and fixes new tables' `_id` indexes until
+// ctx ends.
 func keepIDIndexes(ctx context.Context, dir string, logger *slog.Logger) {
 	seen := map[string]string{} // database file -> stamp of its last check
 	ticker := time.NewTicker(200 * time.Millisecond)
@@ -73,35 +85,55 @@ func indexTables(ctx context.Context, file string, logger *slog.Logger) error {
 	defer db.Close()
 
 	rows, err := db.QueryContext(ctx,
-		`SELECT name FROM sqlite_master
-		 WHERE type = 'table' AND sql LIKE '%_ferretdb_sjson%'
-		 AND name NOT IN (SELECT tbl_name FROM sqlite_master WHERE type = 'index' AND name LIKE ?)`,
-		"%"+idIndexSuffix,
-	)
+		`SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL`)
 	if err != nil {
 		return err
 	}
-	var tables []string
+	type index struct{ name, table string }
+	var indexes []index // `_id` indexes not on the pushdown expression yet, extra ones
 	for rows.Next() {
-		var name string
-		if err = rows.Scan(&name); err != nil {
+		var ix index
+		var def string
+		if err = rows.Scan(&ix.name, &ix.table, &def); err != nil {
 			rows.Close()
 			return err
 		}
-		tables = append(tables, name)
+		stale := ix.name == ix.table+ferretIDIndexSuffix && !strings.Contains(def, pushdownID)
+		if stale || ix.name == ix.table+extraIDIndexSuffix {
+			indexes = append(indexes, ix)
+		}
 	}
 	rows.Close()
 	if err = rows.Err(); err != nil {
 		return err
 	}
 
-	for _, table := range tables {
-		q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %q ON %q (_ferretdb_sjson->'$._id')`,
-			table+idIndexSuffix, table)
-		if _, err = db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("%s: %w", table, err)
+	for _, ix := range indexes {
+		if err = fixIndex(ctx, db, ix.name, ix.table); err != nil {
+			return fmt.Errorf("%s: %w", ix.name, err)
 		}
-		logger.Debug("added _id index", "file", filepath.Base(file), "table", table)
+		logger.Debug("fixed _id index", "file", filepath.Base(file), "index", ix.name)
 	}
 	return nil
+}
+
+// fixIndex rebuilds FerretDB's `_id` index on the pushdown expression, or drops an
+// extra index of an earlier version, in one transaction.
+func fixIndex(ctx context.Context, db *sql.DB, name, table string) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+
+	if _, err = tx.ExecContext(ctx, fmt.Sprintf(`DROP INDEX %q`, name)); err != nil {
+		return err
+	}
+	if strings.HasSuffix(name, ferretIDIndexSuffix) {
+		q := fmt.Sprintf(`CREATE UNIQUE INDEX %q ON %q (%s)`, name, table, pushdownID)
+		if _, err = tx.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }

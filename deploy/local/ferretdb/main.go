@@ -60,10 +60,14 @@ func run() error {
 	}
 
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *addr},
-		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/",
+		Listener: ferretdb.ListenerConfig{TCP: *addr},
+		Logger:   logger,
+		Handler:  "sqlite",
+		// Checkpoint the write-ahead log every 10,000 pages instead of SQLite's 1,000:
+		// random-key index pages are rewritten by many transactions between two
+		// checkpoints, and copied back once each. Inserts of commit-shaped documents
+		// with random ids went from ~3,900 to ~4,600 docs/s.
+		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/?_pragma=wal_autocheckpoint(10000)",
 	})
 	if err != nil {
 		return err
