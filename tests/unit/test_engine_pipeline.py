@@ -5,7 +5,8 @@ every failure seeking back what was not published."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import count
 
@@ -16,6 +17,7 @@ from services.engine.event_store import AppendReport
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.pipeline import EnginePipeline
 from services.engine.processor import CommandProcessor, InboundRecord, Outbound, Plan, StateCache
+from tests.unit.test_pipeline import FakeConsumer
 from tests.unit.test_processor import command, record, start
 
 TOPIC = "commands"
@@ -31,18 +33,6 @@ class Pos:
 
 def positions(records: Sequence[InboundRecord]) -> list[Pos]:
     return [Pos(TOPIC, r.partition, r.offset) for r in records]
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.seeks: list[tuple[TopicPartition, int]] = []
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-
-    def seek(self, partition: TopicPartition, offset: int) -> None:
-        self.seeks.append((partition, offset))
 
 
 class GatedStore(InMemoryEventStore):
@@ -66,11 +56,6 @@ class GatedStore(InMemoryEventStore):
     async def append_first(self, commits: Sequence[Commit]) -> set[int]:
         await self._enter()
         return await super().append_first(commits)
-
-    async def find_by_commands(
-        self, command_ids: Collection[str], streams: Mapping[str, int] | None = None
-    ) -> dict[str, Commit]:
-        return await super().find_by_commands(command_ids, streams)
 
 
 class Traced:
@@ -105,8 +90,6 @@ class Traced:
 
 
 def _command_id(value: str) -> str:
-    import json
-
     return str(json.loads(value)["command_id"])
 
 
