@@ -64,7 +64,6 @@ class Traced:
     def __init__(self, processor: CommandProcessor) -> None:
         self.processor = processor
         self.log: list[str] = []
-        self._batches = count(1)
 
     async def decide(
         self,
