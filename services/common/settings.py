@@ -62,7 +62,7 @@ class Topics:
 
 class EngineSettings(RunstoreSettings):
     engine_group_id: str = "engine"
-    engine_max_batch: int = Field(default=500, ge=1, le=5_000)
+    engine_max_batch: int = Field(default=2_000, ge=1, le=5_000)
     """Most commands handled (and appended with one insert) per batch."""
     engine_cache_size: int = Field(default=100_000, ge=10_000)
     """Execution states kept in memory; a miss costs two `_id` reads. At least twice the
