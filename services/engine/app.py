@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import cast
@@ -11,15 +12,17 @@ from aiokafka.abc import ConsumerRebalanceListener
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from pymongo import AsyncMongoClient
 
 from schemas.commands import COMMAND_ADAPTER
 from schemas.events import EVENT_ADAPTER
 from services.common.clock import now_ns
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
-from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo import Document, mongo_client, mongo_database
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
 from services.engine.mongo_event_store import MongoEventStore
+from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.pipeline import Consumer, EnginePipeline
 from services.engine.processor import (
     CommandProcessor,
@@ -90,10 +93,21 @@ def outgoing_records(out: Outbound, topics: Topics) -> Iterator[Outgoing]:
         yield Outgoing(topics.outcomes, outcome.execution_id, outcome.model_dump_json().encode())
 
 
+async def _build_client(settings: EngineSettings) -> AsyncMongoClient[Document]:
+    return mongo_client(settings)
+
+
 def build_app(settings: EngineSettings) -> FastStream:
     broker: KafkaBroker = kafka_broker(settings, client_id="runstore-engine")
     client = mongo_client(settings)
-    store = MongoEventStore(mongo_database(client, settings))
+    writer = LoopThread("engine-appends")
+    # The writer loop's own client: built there, closed there.
+    writer_client = asyncio.run_coroutine_threadsafe(_build_client(settings), writer.loop).result()
+    store = OffLoopAppends(
+        MongoEventStore(mongo_database(client, settings)),
+        MongoEventStore(mongo_database(writer_client, settings)),
+        writer,
+    )
     cache = StateCache(settings.engine_cache_size)
     processor = CommandProcessor(store, cache, now_ns)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
@@ -145,6 +159,8 @@ def build_app(settings: EngineSettings) -> FastStream:
     async def close() -> None:
         await drain()
         await publisher.stop()
+        await writer.run(writer_client.close())
+        writer.stop()
 
     async def setup() -> None:
         await store.setup()

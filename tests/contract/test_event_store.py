@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from services.common.commit_log import locate_run
 from services.engine.event_store import AppendFailure, EventStore
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
+from services.engine.offloop import LoopThread, OffLoopAppends
 
 
 def make_commit(execution_id: str, seq: int, command_id: str | None = None) -> Commit:
@@ -212,3 +214,41 @@ class TestMongoEventStore(EventStoreContract):
         legacy["committed_at"] = commit.committed_at
         await db.commits.insert_one(legacy)
         assert await store.get("old", 1) == commit
+
+
+class TestOffLoopAppends(TestMongoEventStore):
+    """The engine's wiring: appends on a loop of their own (a thread, with its own
+    client), reads on the caller's loop; the whole contract holds across the two."""
+
+    @pytest.fixture
+    async def store(self, db: Any, mongo_url: str) -> AsyncIterator[EventStore]:
+        writer = LoopThread("test-appends")
+
+        async def writer_db() -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+            return client, client[db.name]
+
+        client, other_db = await writer.run(writer_db())
+        store = OffLoopAppends(MongoEventStore(db), MongoEventStore(other_db), writer)
+        await store.setup()
+        try:
+            yield store
+        finally:
+            await writer.run(client.close())
+            writer.stop()
+
+
+async def test_a_loop_thread_runs_coroutines_on_its_own_thread() -> None:
+    async def where() -> int:
+        return threading.get_ident()
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    writer = LoopThread("test-loop")
+    try:
+        assert await writer.run(where()) != threading.get_ident()
+        with pytest.raises(ValueError, match="boom"):
+            await writer.run(fails())
+    finally:
+        writer.stop()

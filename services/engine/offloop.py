@@ -1,0 +1,77 @@
+"""The event store's appends on an event loop of their own, in a thread.
+
+The engine's loop runs CPU-bound stretches of tens of ms (deciding a batch, building the
+records of another): while the store's inserts wait for that loop, each of a batch's
+sequential insert requests starts late, and the database idles in between. Appends run
+on a second loop (its own `AsyncMongoClient`: a client belongs to one loop), so the next
+request goes out as soon as the previous one is answered; reads stay on the main loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+from schemas.commits import Commit
+from services.engine.event_store import AppendReport, EventStore
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the thread's loop; await its result from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+class OffLoopAppends:
+    """An EventStore whose `append` and `append_first` run on `writer`'s loop through
+    `writes` (a store built on that loop's client); everything else through `reads`."""
+
+    def __init__(self, reads: EventStore, writes: EventStore, writer: LoopThread) -> None:
+        self._reads = reads
+        self._writes = writes
+        self._writer = writer
+
+    async def setup(self) -> None:
+        await self._reads.setup()
+        await self._writer.run(self._writes.setup())
+
+    async def append(self, commits: Sequence[Commit]) -> AppendReport:
+        return await self._writer.run(self._writes.append(commits))
+
+    async def append_first(self, commits: Sequence[Commit]) -> set[int]:
+        return await self._writer.run(self._writes.append_first(commits))
+
+    async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
+        return await self._reads.latest(execution_ids)
+
+    async def get(self, execution_id: str, seq: int) -> Commit | None:
+        return await self._reads.get(execution_id, seq)
+
+    async def find_by_command(self, command_id: str) -> Commit | None:
+        return await self._reads.find_by_command(command_id)
+
+    async def find_by_commands(
+        self, command_ids: Collection[str], streams: Mapping[str, int] | None = None
+    ) -> dict[str, Commit]:
+        return await self._reads.find_by_commands(command_ids, streams)
+
+    def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
+        return self._reads.read_stream(execution_id, after_seq)
+
+    def scan(self) -> AsyncIterator[Commit]:
+        return self._reads.scan()
