@@ -132,6 +132,14 @@ class PublishPipeline:
 
         self._in_flight = _InFlight(asyncio.create_task(publish_then_commit()), earliest(positions))
 
+    def clear(self) -> bool:
+        """Nothing is being published, or what was has been acknowledged."""
+        in_flight = self._in_flight
+        if in_flight is None:
+            return True
+        task = in_flight.task
+        return task.done() and not task.cancelled() and task.exception() is None
+
     async def drain(self) -> None:
         """Wait until nothing is being published (before a rebalance or a shutdown); the
         outcome is still reported by the next `settle`."""
@@ -210,18 +218,30 @@ class EnginePipeline:
         async with self._lock:
             started = time.perf_counter()
             finished: _Finished | None = None
+            plan: Plan | None = None
+            stored_early = False
 
-            async def settle() -> _Finished:
+            def store_now() -> None:
+                nonlocal stored_early
+                assert plan is not None
+                stored_early = True
+                self._start_storing(consumer, positions, plan)
+
+            async def settle(then: Callable[[], None] | None = None) -> _Finished:
                 nonlocal finished
                 if finished is None:
-                    finished = await self._finish_storing()
+                    finished = await self._finish_storing(then)
                 return finished
 
             try:
                 plan = await self._stages.decide(records, settle)
                 stale = finished is None  # decided on top of the batch still being stored
                 decided = time.perf_counter()
-                done = await settle()
+                # Once the batch before is known stored as decided, this one's store starts
+                # at once, while the one before is finished and handed to publishing.
+                done = await settle(store_now if stale else None)
+                if stored_early and done.rewind:
+                    await self._abandon_storing()
                 if done.rewind:
                     # The batch before failed, and this one was decided on its states:
                     # forget it; both are consumed again.
@@ -238,18 +258,36 @@ class EnginePipeline:
                 self.rewind(consumer, done.rewind, earliest(positions))
                 await asyncio.sleep(self._backoff)
                 return
-            task = asyncio.create_task(self._stages.store(plan))
-            storing = _Storing(plan, task, consumer, list(positions))
-            self._storing = storing
-            finisher = asyncio.create_task(self._finish_when_stored(storing))
-            self._finishers.add(finisher)
-            finisher.add_done_callback(self._finishers.discard)
+            if not stored_early:
+                assert plan is not None  # decided, or the batch was sought back above
+                self._start_storing(consumer, positions, plan)
+            # Let the store send its first request now: what runs next (FastStream handing
+            # over the next batch, deciding it) may not yield to the loop for a long while.
+            await asyncio.sleep(0)
             log.debug(
                 "batch of %d: decided in %.1f ms, then waited %.1f ms for the batch before",
                 len(records),
                 (decided - started) * 1000,
                 (time.perf_counter() - decided) * 1000,
             )
+
+    def _start_storing(self, consumer: Consumer, positions: Sequence[Position], plan: Plan) -> None:
+        task = asyncio.create_task(self._stages.store(plan))
+        storing = _Storing(plan, task, consumer, list(positions))
+        self._storing = storing
+        finisher = asyncio.create_task(self._finish_when_stored(storing))
+        self._finishers.add(finisher)
+        finisher.add_done_callback(self._finishers.discard)
+
+    async def _abandon_storing(self) -> None:
+        """Wait out a store started early whose batch is to be consumed again anyway."""
+        storing, self._storing = self._storing, None
+        if storing is not None:
+            await asyncio.wait({storing.task})
+            if not storing.task.cancelled() and storing.task.exception() is not None:
+                log.warning(
+                    "an abandoned batch's store failed too", exc_info=storing.task.exception()
+                )
 
     async def flush(self) -> bool:
         """Finish the batch being stored and wait until nothing is being published (before
@@ -275,15 +313,18 @@ class EnginePipeline:
         if done.rewind and done.consumer is not None:
             self.rewind(done.consumer, done.rewind)
 
-    async def _finish_storing(self) -> _Finished:
+    async def _finish_storing(self, then: Callable[[], None] | None = None) -> _Finished:
         """Finish the batch being stored (call with the lock held) and hand it to the
-        publishing stage."""
+        publishing stage. `then` runs as soon as that batch is known stored as decided,
+        with nothing failed before it, before its answers are built."""
         storing, self._storing = self._storing, None
         if storing is None:
             return _Finished()
         first = earliest(storing.positions)
         try:
             await storing.task
+            if then is not None and storing.plan.stored_as_decided and self._publishing.clear():
+                then()
             out = await self._stages.finish(storing.plan)
         except Exception:
             log.exception(

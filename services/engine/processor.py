@@ -174,6 +174,12 @@ class Plan:
     clean: bool = True
     """False once a round had to be decided again: states cached meanwhile were wrong."""
 
+    @property
+    def stored_as_decided(self) -> bool:
+        """The round just stored went in whole: nothing refused, nothing conflicting."""
+        stored = self.stored
+        return stored is not None and not stored.refused and stored.report.failure is None
+
 
 class CommandProcessor:
     def __init__(

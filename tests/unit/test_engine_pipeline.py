@@ -81,7 +81,13 @@ class Traced:
         self.log.append(f"stored {first}")
 
     async def finish(self, plan: Plan) -> Outbound:
+        first = plan.todo[0][1].command_id if plan.todo else "-"
+        self.log.append(f"finish {first}" + (" (next store started)" if self.storing() else ""))
         return await self.processor.finish(plan)
+
+    def storing(self) -> bool:
+        """Whether the pipeline has a store in flight (set by the rig)."""
+        return False
 
     def forget(self, plan: Plan) -> None:
         self.log.append("forget")
@@ -128,7 +134,9 @@ def rig() -> Rig:
     clock = count(1_700_000_000_000_000_000, 1000)
     processor = CommandProcessor(store, StateCache(1000), lambda: next(clock))
     stages, published = Traced(processor), Published()
-    return Rig(store, stages, published, FakeConsumer(), EnginePipeline(stages, published, 0.0))
+    pipeline = EnginePipeline(stages, published, 0.0)
+    stages.storing = lambda: pipeline._storing is not None  # type: ignore[method-assign]
+    return Rig(store, stages, published, FakeConsumer(), pipeline)
 
 
 async def settle(r: Rig) -> None:
@@ -146,13 +154,16 @@ async def test_the_next_batch_is_decided_while_the_previous_one_is_stored() -> N
     r.store.gate.set()
     await second
     await settle(r)
+    # c2's store started as soon as c1 was stored, before c1's answers were built.
     assert r.stages.log == [
         "decide c1",
         "store c1",
         "decide c2",
         "stored c1",
+        "finish c1 (next store started)",
         "store c2",
         "stored c2",
+        "finish c2",
     ]
     assert r.published.outcomes() == {"c1": (True, 1, None), "c2": (True, 1, None)}
     # Offsets committed per batch, in order, after each was published.
