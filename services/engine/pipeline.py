@@ -254,6 +254,10 @@ class EnginePipeline:
                     "deciding a batch of %d commands failed; it will be retried", len(records)
                 )
                 done = _Finished(True, _merge((await settle()).rewind, earliest(positions)))
+                if stored_early:
+                    await self._abandon_storing()
+                if plan is not None:
+                    self._stages.forget(plan)
             if done.rewind:
                 self.rewind(consumer, done.rewind, earliest(positions))
                 await asyncio.sleep(self._backoff)

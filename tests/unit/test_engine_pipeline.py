@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from itertools import count
 
@@ -274,3 +274,32 @@ async def test_a_reset_is_decided_only_after_the_batch_before_is_stored() -> Non
     # s1 was stored before the reset read the history it resets within.
     assert log.index("stored s1") < log.index("store r1")
     assert "r1" in r.published.outcomes()
+
+
+async def test_a_failed_decision_seeks_its_batch_back_and_the_one_before_completes() -> None:
+    r = rig()
+    latest = r.store.latest
+    failures = [ConnectionError("database gone while loading states")]
+
+    async def flaky(execution_ids: Collection[str]) -> dict[str, Commit]:
+        if failures:
+            raise failures.pop()
+        return await latest(execution_ids)
+
+    r.store.latest = flaky  # type: ignore[method-assign]
+    await r.submit([record(start("e1", "c1"), offset=50)])
+    # e0 is not cached: deciding needs a read, which fails.
+    batch = [
+        record(start("e2", "c2"), offset=51),
+        record(command("CancelExecution", "e0", "x"), offset=52),
+    ]
+    await r.submit(batch)
+    assert r.consumer.seeks == [(TP0, 51)]
+    assert await r.store.get("e2", 1) is None  # never stored
+    # Consumed again: decided from scratch (its cached states were forgotten).
+    await r.submit(batch)
+    await settle(r)
+    outcomes = r.published.outcomes()
+    assert outcomes["c1"] == (True, 1, None) and outcomes["c2"] == (True, 1, None)
+    assert outcomes["x"][0] is False  # e0 does not exist
+    assert r.consumer.commits == [{TP0: 51}, {TP0: 53}]
