@@ -38,6 +38,12 @@ def batch_records(message: KafkaMessage) -> Sequence[ConsumerRecord[Any, Any]]:
     return raw if isinstance(raw, tuple) else (raw,)
 
 
+def _raise_first(results: Iterable[object]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 class _KeyHashes:
     """Kafka's partitioning hash of recent keys (murmur2, positive): computing it in
     Python costs ~10 µs, and the engine sends several records per key at once."""
@@ -134,13 +140,20 @@ class RecordPublisher:
             # A partition takes one queued batch at a time: send_batch waits for the
             # previous one of the chain to go out before it queues the next.
             acks = []
-            for builder in chain:
-                builder.close()
-                acks.append(await producer.send_batch(builder, topic, partition=partition))
-            await asyncio.gather(*acks)
+            try:
+                for builder in chain:
+                    builder.close()
+                    acks.append(await producer.send_batch(builder, topic, partition=partition))
+            finally:
+                _raise_first(await asyncio.gather(*acks, return_exceptions=True))
 
-        if chains:
-            await asyncio.gather(*(send_chain(t, p, c) for (t, p), c in chains.items()))
+        # Every send ends before this returns or raises: nothing of a failed publish may
+        # reach a partition after what is published next.
+        _raise_first(
+            await asyncio.gather(
+                *(send_chain(t, p, c) for (t, p), c in chains.items()), return_exceptions=True
+            )
+        )
 
     def _started(self) -> AIOKafkaProducer:
         if self._producer is None:

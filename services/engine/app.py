@@ -50,6 +50,7 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         self._cache.forget_partitions_later({tp.partition for tp in revoked})
         # Let the batches in flight commit their offsets before the partitions go.
         await self._pipeline.flush()
+        self._pipeline.lift_fences(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         return None
@@ -157,10 +158,12 @@ def build_app(settings: EngineSettings) -> FastStream:
             log.warning("the last batch was not stored or published; it is consumed again")
 
     async def close() -> None:
-        await drain()
-        await publisher.stop()
-        await writer.run(writer_client.close())
-        writer.stop()
+        try:
+            await drain()
+            await publisher.stop()
+        finally:
+            await writer.run(writer_client.close())
+            writer.stop()
 
     async def setup() -> None:
         await store.setup()

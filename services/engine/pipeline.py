@@ -132,6 +132,10 @@ class PublishPipeline:
 
         self._in_flight = _InFlight(asyncio.create_task(publish_then_commit()), earliest(positions))
 
+    def current(self) -> asyncio.Task[None] | None:
+        """The publish in flight (or finished but not settled yet), if any."""
+        return self._in_flight.task if self._in_flight is not None else None
+
     def clear(self) -> bool:
         """Nothing is being published, or what was has been acknowledged."""
         in_flight = self._in_flight
@@ -206,6 +210,10 @@ class EnginePipeline:
         self._lock = asyncio.Lock()
         self._storing: _Storing | None = None
         self._finishers: set[asyncio.Task[None]] = set()
+        # Where a partition was sought back to outside `submit` (by a finisher or a
+        # flush), while FastStream may already hold a batch fetched from further on: such
+        # a batch is dropped, and the partition sought back again, until one starts there.
+        self._fences: dict[TopicPartition, int] = {}
 
     async def submit(
         self,
@@ -216,6 +224,8 @@ class EnginePipeline:
         """Decide a consumed batch and start storing it. Returns once its store has
         started (in the background); publishing and the offset commit follow."""
         async with self._lock:
+            if self._fenced_off(consumer, positions):
+                return
             started = time.perf_counter()
             finished: _Finished | None = None
             plan: Plan | None = None
@@ -275,6 +285,21 @@ class EnginePipeline:
                 (time.perf_counter() - decided) * 1000,
             )
 
+    def _fenced_off(self, consumer: Consumer, positions: Sequence[Position]) -> bool:
+        """Whether this batch was fetched before a background seek: drop it and seek its
+        partitions back again. A batch from the fence (or before) lifts it."""
+        if not self._fences:
+            return False
+        first = earliest(positions)
+        stale = any(offset > self._fences.get(tp, offset) for tp, offset in first.items())
+        if stale:
+            log.info("dropping a batch fetched before its partitions were sought back")
+            self.rewind(consumer, self._fences, first)
+            return True
+        for tp in first:
+            self._fences.pop(tp, None)
+        return False
+
     def _start_storing(self, consumer: Consumer, positions: Sequence[Position], plan: Plan) -> None:
         task = asyncio.create_task(self._stages.store(plan))
         storing = _Storing(plan, task, consumer, list(positions))
@@ -303,30 +328,54 @@ class EnginePipeline:
         await self._publishing.drain()
         return not done.rewind
 
+    def lift_fences(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions this instance no longer owns: their next owner starts from the
+        committed offsets."""
+        for tp in partitions:
+            self._fences.pop(tp, None)
+
     async def settle_publishing(self) -> bool:
         """After `flush`: whether the last batch's publishing succeeded."""
         return not await self._publishing.settle()
 
     async def _finish_when_stored(self, storing: _Storing) -> None:
+        """Finish a batch no later batch came to finish, and settle its publishing if no
+        later batch does: a failed publish is then sought back without waiting for one."""
         await asyncio.wait({storing.task})
         async with self._lock:
-            if self._storing is storing:  # else the next batch finished it already
-                self._rewind_alone(await self._finish_storing())
+            if self._storing is not storing:
+                return  # the next batch finished it already
+            self._rewind_alone(await self._finish_storing())
+            publishing = self._publishing.current()
+        if publishing is None:
+            return
+        await asyncio.wait({publishing})
+        async with self._lock:
+            if self._publishing.current() is publishing and self._storing is None:
+                failed = await self._publishing.settle()
+                self._rewind_alone(_Finished(True, failed, storing.consumer))
 
     def _rewind_alone(self, done: _Finished) -> None:
+        """Seek back outside `submit`: fence the partitions (see `_fenced_off`)."""
         if done.rewind and done.consumer is not None:
+            for tp, offset in done.rewind.items():
+                self._fences[tp] = min(self._fences.get(tp, offset), offset)
             self.rewind(done.consumer, done.rewind)
 
     async def _finish_storing(self, then: Callable[[], None] | None = None) -> _Finished:
         """Finish the batch being stored (call with the lock held) and hand it to the
         publishing stage. `then` runs as soon as that batch is known stored as decided,
         with nothing failed before it, before its answers are built."""
-        storing, self._storing = self._storing, None
+        storing = self._storing
         if storing is None:
             return _Finished()
+        # Not `await storing.task`: cancelling this wait must not cancel the store, which
+        # stays `_storing` for its finisher.
+        await asyncio.wait({storing.task})
+        self._storing = None
         first = earliest(storing.positions)
         try:
-            await storing.task
+            storing.task.result()
             if then is not None and storing.plan.stored_as_decided and self._publishing.clear():
                 then()
             out = await self._stages.finish(storing.plan)

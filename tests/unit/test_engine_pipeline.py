@@ -303,3 +303,53 @@ async def test_a_failed_decision_seeks_its_batch_back_and_the_one_before_complet
     assert outcomes["c1"] == (True, 1, None) and outcomes["c2"] == (True, 1, None)
     assert outcomes["x"][0] is False  # e0 does not exist
     assert r.consumer.commits == [{TP0: 51}, {TP0: 53}]
+
+
+async def test_a_batch_fetched_before_a_background_seek_is_dropped_and_nothing_skipped() -> None:
+    r = rig()
+    publish, release = r.pipeline._publish, asyncio.Event()
+
+    async def slow(out: Outbound) -> None:
+        await release.wait()
+        await publish(out)
+
+    r.pipeline._publish = slow  # type: ignore[method-assign]
+    await r.submit([record(start("e1", "c1"), offset=10)])
+    await asyncio.sleep(0.02)  # its finisher finished it; its publish is held
+    r.store.gate.clear()
+    s1 = record(command("SignalExecution", "e1", "s1", name="x"), offset=11)
+    await r.submit([s1])
+    r.store.fail = ConnectionError("database blip")
+    r.store.gate.set()
+    await asyncio.sleep(0.01)  # s1's store failed; its finisher waits for c1's publish
+    r.store.fail = None
+    # FastStream fetched the next batch before the finisher sought back to 11.
+    s2 = record(command("SignalExecution", "e1", "s2", name="y"), offset=12)
+    late = asyncio.create_task(r.submit([s2]))
+    await asyncio.sleep(0.01)
+    release.set()
+    await late
+    assert (TP0, 11) in r.consumer.seeks
+    assert await r.store.get("e1", 2) is None  # s2 was not applied ahead of s1
+    # Redelivery from 11: both, in order.
+    await r.submit([s1, s2])
+    await settle(r)
+    assert [c.command_id async for c in r.store.read_stream("e1")] == ["c1", "s1", "s2"]
+    assert r.consumer.commits == [{TP0: 11}, {TP0: 13}]
+
+
+async def test_a_lone_batch_whose_publish_fails_is_sought_back() -> None:
+    r = rig()
+    r.published.fail_next = True
+    await r.submit([record(start("e1", "c1"), offset=30)])
+    for _ in range(100):
+        if r.consumer.seeks:
+            break
+        await asyncio.sleep(0.01)
+    assert r.consumer.seeks == [(TP0, 30)]
+    assert r.consumer.commits == []
+    # Redelivered: the stored commit is published.
+    await r.submit([record(start("e1", "c1"), offset=30)])
+    await settle(r)
+    assert r.published.outcomes() == {"c1": (True, 1, None)}
+    assert r.consumer.commits == [{TP0: 31}]
