@@ -122,8 +122,7 @@ async def test_point_reads_fold_commits_the_projector_has_not_applied(mongo_db: 
     store = MongoReadModelStore(mongo_db)
     await Projector(store).apply(w.all_events())  # the projector saw only the start
     first_run = w.run_id("a")
-    for _ in range(150):
-        w.signal("a")
+    w.signals("a", 150)
     w.reset("a", event_id=1)  # a new run, not projected at all
     second_run = w.run_id("a")
     w.signal("a")
@@ -161,12 +160,10 @@ async def test_point_reads_fold_commits_the_projector_has_not_applied(mongo_db: 
 async def test_history_reads_join_projected_chunks_and_newer_commits(mongo_db: Db) -> None:
     w = Workload()
     w.start("a")
-    for _ in range(120):
-        w.signal("a")
+    w.signals("a", 120)
     store = MongoReadModelStore(mongo_db)
     await Projector(store).apply(w.all_events())
-    for _ in range(90):
-        w.signal("a")
+    w.signals("a", 90)
     w.complete("a", result=3)
     await store_commits(mongo_db, w)
     found = await RunReader(mongo_db).run_history(w.run_id("a"))

@@ -39,8 +39,7 @@ async def pages(reader: RunReader, run_id: str, size: int) -> list[list[int]]:
 async def test_pages_of_a_closed_run_walk_its_history_once(mongo_db: Db) -> None:
     w = Workload()
     w.start("a")
-    for _ in range(248):
-        w.signal("a")
+    w.signals("a", 248)
     w.complete("a", result=1)
     await Projector(MongoReadModelStore(mongo_db)).apply(w.all_events())
     reader = RunReader(mongo_db)
@@ -61,11 +60,9 @@ async def test_pages_of_a_closed_run_walk_its_history_once(mongo_db: Db) -> None
 async def test_pages_join_projected_chunks_and_newer_commits(mongo_db: Db) -> None:
     w = Workload()
     w.start("a")
-    for _ in range(119):
-        w.signal("a")
+    w.signals("a", 119)
     await Projector(MongoReadModelStore(mongo_db)).apply(w.all_events())  # 120 projected
-    for _ in range(90):
-        w.signal("a")
+    w.signals("a", 90)
     await store_commits(mongo_db, w)  # the engine stored 210; the projector saw 120
     reader = RunReader(mongo_db)
     run_id = w.run_id("a")
@@ -99,8 +96,7 @@ async def test_an_execution_the_projector_never_saw_is_read_from_its_commits(mon
 async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: Db) -> None:
     w = Workload()
     w.start("a")
-    for _ in range(9):
-        w.signal("a")
+    w.signals("a", 9)
     events = w.all_events()
     store = MongoReadModelStore(mongo_db)
     await Projector(store).apply(events[:4])
@@ -115,8 +111,7 @@ async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: D
 async def test_chunks_of_the_earlier_format_are_read(mongo_db: Db) -> None:
     w = Workload()
     w.start("a")
-    for _ in range(4):
-        w.signal("a")
+    w.signals("a", 4)
     w.complete("a")
     events = w.all_events()
     store = MongoReadModelStore(mongo_db)

@@ -43,6 +43,20 @@ def wait_for_events(client: Mistral, run_id: str, n: int) -> dict[str, Any]:
     return wait_until(check, timeout=60)
 
 
+def signalled_saga(
+    client: Mistral, stack: Stack, prefix: str, n: int
+) -> tuple[str, str, dict[str, Any]]:
+    """A saga execution signalled `n` times: its id, its run id, and its whole history
+    once all `n + 1` events are there."""
+    execution_id = new_id(prefix)
+    started = client.workflows.execute_workflow(
+        workflow_identifier="saga", execution_id=execution_id
+    )
+    assert started.run_id
+    publish(stack, signals(execution_id, n))
+    return execution_id, started.run_id, wait_for_events(client, started.run_id, n + 1)
+
+
 def test_run_history_holds_the_stored_events_in_order(client: Mistral, module_stack: Stack) -> None:
     execution_id = new_id("hist")
     started = client.workflows.execute_workflow(
@@ -120,13 +134,7 @@ def test_execution_history_is_the_latest_runs_history(client: Mistral, module_st
 def test_long_history_spans_chunks_and_comes_back_whole(
     client: Mistral, module_stack: Stack
 ) -> None:
-    execution_id = new_id("long")
-    started = client.workflows.execute_workflow(
-        workflow_identifier="saga", execution_id=execution_id
-    )
-    assert started.run_id
-    publish(module_stack, signals(execution_id, 260))
-    body = wait_for_events(client, started.run_id, 261)
+    _, _, body = signalled_saga(client, module_stack, "long", 260)
     assert [e["event_number"] for e in body["events"]] == list(range(1, 262))
     assert [e["attributes"]["signal_name"] for e in body["events"][1:]] == [
         f"s{i}" for i in range(260)
@@ -161,16 +169,10 @@ def get(stack: Stack, path: str, **params: Any) -> httpx.Response:
 def test_history_paging_extension_reads_a_long_history_page_by_page(
     client: Mistral, module_stack: Stack
 ) -> None:
-    execution_id = new_id("paged")
-    started = client.workflows.execute_workflow(
-        workflow_identifier="saga", execution_id=execution_id
-    )
-    assert started.run_id
-    publish(module_stack, signals(execution_id, 249))
-    whole = wait_for_events(client, started.run_id, 250)
+    execution_id, run_id, whole = signalled_saga(client, module_stack, "paged", 249)
     assert whole["next_page_token"] is None  # no paging asked: the whole history
     for path in (
-        f"/v1/workflows/runs/{started.run_id}/history",
+        f"/v1/workflows/runs/{run_id}/history",
         f"/v1/workflows/executions/{execution_id}/history",
     ):
         events: list[Any] = []

@@ -159,6 +159,11 @@ class Workload:
             SignalExecution(**self._env(execution_id), payload=SignalPayload(name=name, input=1))
         )
 
+    def signals(self, execution_id: str, count: int) -> None:
+        """`count` signals in a row (named "poke")."""
+        for _ in range(count):
+            self.signal(execution_id)
+
     def reset(self, execution_id: str, event_id: int = 1) -> Commit:
         return self.run(
             ResetExecution(**self._env(execution_id), payload=ResetPayload(event_id=event_id))
@@ -327,8 +332,7 @@ def test_any_split_into_batches_gives_the_same_documents() -> None:
 def test_history_is_chunked_by_event_number_and_reads_back_in_order() -> None:
     w = Workload()
     w.start("a")
-    for _ in range(2 * HISTORY_CHUNK + 10):
-        w.signal("a")
+    w.signals("a", 2 * HISTORY_CHUNK + 10)
     run_id = w.run_id("a")
     docs = fold_all(w.all_events())
     count = docs.runs[run_id]["event_count"]
@@ -345,8 +349,7 @@ def test_history_is_chunked_by_event_number_and_reads_back_in_order() -> None:
 def test_history_chunks_hold_event_json_text_as_lines_of_a_flat_document() -> None:
     w = Workload()
     w.start("a")
-    for _ in range(4):
-        w.signal("a")
+    w.signals("a", 4)
     events = w.all_events()
     docs = fold_all(events)
     [chunk] = docs.history.values()
@@ -368,8 +371,7 @@ def test_history_chunks_hold_event_json_text_as_lines_of_a_flat_document() -> No
 def test_history_event_arriving_out_of_order_finds_its_place() -> None:
     w = Workload()
     w.start("a")
-    for _ in range(5):
-        w.signal("a")
+    w.signals("a", 5)
     events = w.all_events()
     chunk = None
     for e in [events[0], events[3], events[1], events[5], events[3], events[2], events[4]]:

@@ -74,8 +74,7 @@ async def test_a_new_execution_with_more_events_in_the_batch_is_written_once_per
 ):
     w = Workload()
     w.start("a")
-    for _ in range(5):
-        w.signal("a")
+    w.signals("a", 5)
     w.complete("a", result=1)
     store = CountingStore()
     await Projector(store).apply(w.all_events())
