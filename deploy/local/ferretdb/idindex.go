@@ -78,7 +78,9 @@ func fileStamp(file string) string {
 }
 
 func indexTables(ctx context.Context, file string, logger *slog.Logger) error {
-	db, err := sql.Open("sqlite", "file:"+filepath.ToSlash(file)+"?_pragma=busy_timeout(10000)")
+	// mode=rw: a database dropped since the directory was listed must stay gone; the
+	// default (rwc) would create an empty file that FerretDB then fails to open.
+	db, err := sql.Open("sqlite", "file:"+filepath.ToSlash(file)+"?mode=rw&_pragma=busy_timeout(10000)")
 	if err != nil {
 		return err
 	}
