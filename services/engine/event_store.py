@@ -25,6 +25,17 @@ class AppendReport:
     failure: AppendFailure | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RoundReport:
+    """What `append_round` did: the positions of the first commits refused, the commits
+    it went on to append (those of executions with no refused first commit), and how far
+    that append got."""
+
+    refused: set[int]
+    appended: list[Commit]
+    report: AppendReport
+
+
 class EventStore(Protocol):
     async def setup(self) -> None:
         """Create collections and indexes; idempotent."""
@@ -49,6 +60,11 @@ class EventStore(Protocol):
         the stored state.
         """
 
+    async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
+        """`append_first(firsts)`, then `append` of the commits of `rest` whose execution
+        had no first commit refused, in one call (an adapter that hands writes to another
+        loop or thread runs both there, back to back). See `append_round_with`."""
+
     async def get(self, execution_id: str, seq: int) -> Commit | None:
         """One commit by its position."""
 
@@ -71,3 +87,19 @@ class EventStore(Protocol):
     def scan(self) -> AsyncIterator[Commit]:
         """Every commit, each execution's in `seq` order (for rebuilds and audits)."""
         ...  # pragma: no cover
+
+
+class _Appends(Protocol):
+    async def append(self, commits: Sequence[Commit]) -> AppendReport: ...
+
+    async def append_first(self, commits: Sequence[Commit]) -> set[int]: ...
+
+
+async def append_round_with(
+    store: _Appends, firsts: Sequence[Commit], rest: Sequence[Commit]
+) -> RoundReport:
+    """`EventStore.append_round` in terms of `append_first` and `append`."""
+    refused = await store.append_first(firsts)
+    refused_executions = {firsts[p].execution_id for p in refused}
+    appended = [c for c in rest if c.execution_id not in refused_executions]
+    return RoundReport(refused, appended, await store.append(appended))

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 from schemas.commits import Commit
-from services.engine.event_store import AppendFailure, AppendReport
+from services.engine.event_store import (
+    AppendFailure,
+    AppendReport,
+    RoundReport,
+    append_round_with,
+)
 
 
 class InMemoryEventStore:
@@ -45,6 +50,9 @@ class InMemoryEventStore:
             self._streams[commit.execution_id] = [commit]
             self._by_command[commit.command_id] = commit
         return refused
+
+    async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
+        return await append_round_with(self, firsts, rest)
 
     async def get(self, execution_id: str, seq: int) -> Commit | None:
         stream = self._streams.get(execution_id, [])

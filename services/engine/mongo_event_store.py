@@ -28,7 +28,12 @@ from services.common.commit_log import (
     read_commit,
 )
 from services.common.mongo import DUPLICATE_KEY, insert_unless_present, is_ferretdb
-from services.engine.event_store import AppendFailure, AppendReport
+from services.engine.event_store import (
+    AppendFailure,
+    AppendReport,
+    RoundReport,
+    append_round_with,
+)
 
 Document = dict[str, Any]
 
@@ -100,6 +105,9 @@ class MongoEventStore:
             raise ValueError(f"append_first takes first commits only, not {later}")
         await self._locate_new_runs(commits)
         return await insert_unless_present(self._commits, [commit_to_doc(c) for c in commits])
+
+    async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
+        return await append_round_with(self, firsts, rest)
 
     async def _locate_new_runs(self, commits: Sequence[Commit]) -> None:
         # Before the commits: a locator whose commit never lands names a run nobody knows,

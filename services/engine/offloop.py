@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Seque
 from typing import Any, TypeVar
 
 from schemas.commits import Commit
-from services.engine.event_store import AppendReport, EventStore
+from services.engine.event_store import AppendReport, EventStore, RoundReport
 
 T = TypeVar("T")
 
@@ -40,8 +40,9 @@ class LoopThread:
 
 
 class OffLoopAppends:
-    """An EventStore whose `append` and `append_first` run on `writer`'s loop through
-    `writes` (a store built on that loop's client); everything else through `reads`."""
+    """An EventStore whose appends (`append`, `append_first`, `append_round`) run on
+    `writer`'s loop through `writes` (a store built on that loop's client); everything
+    else through `reads`."""
 
     def __init__(self, reads: EventStore, writes: EventStore, writer: LoopThread) -> None:
         self._reads = reads
@@ -57,6 +58,11 @@ class OffLoopAppends:
 
     async def append_first(self, commits: Sequence[Commit]) -> set[int]:
         return await self._writer.run(self._writes.append_first(commits))
+
+    async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
+        # Both requests on the writer's loop: the second goes out as soon as the first is
+        # answered, not when the engine's loop next gets to it.
+        return await self._writer.run(self._writes.append_round(firsts, rest))
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
         return await self._reads.latest(execution_ids)

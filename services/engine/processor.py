@@ -311,9 +311,10 @@ class CommandProcessor:
         t0 = time.perf_counter()
         decided = plan.decided
         await self._replay_known_rejections(decided, plan.rejection_streams)
-        # 1. Starts of executions assumed new (never read): each goes in on its own; a
+        # Starts of executions assumed new (never read) each go in on their own; a
         # refused one means the execution or the command exists after all, so everything
-        # of that execution in this round is decided again after a read.
+        # of that execution in this round is decided again after a read. Everything else
+        # goes in as one ordered append, in the same call.
         firsts = [
             i
             for i, d in enumerate(decided)
@@ -322,21 +323,23 @@ class CommandProcessor:
             and d.commit.seq == 1
             and d.command.execution_id in plan.assumed_new
         ]
-        refused_positions = await self._store.append_first(
-            [c for i in firsts if (c := decided[i].commit) is not None]
+        claimed = set(firsts)
+        rest = [
+            i
+            for i, d in enumerate(decided)
+            if d.commit is not None and not d.replay and i not in claimed
+        ]
+        round_ = await self._store.append_round(
+            [c for i in firsts if (c := decided[i].commit) is not None],
+            [c for i in rest if (c := decided[i].commit) is not None],
         )
-        refused = {decided[firsts[p]].command.execution_id for p in refused_positions}
+        refused = {decided[firsts[p]].command.execution_id for p in round_.refused}
         if refused:
             log.debug("%d executions assumed new exist; reading them", len(refused))
         pending = [i for i, d in enumerate(decided) if d.command.execution_id not in refused]
-        claimed = set(firsts)
-        # 2. Everything else in one ordered append.
-        new = [
-            i
-            for i in pending
-            if (d := decided[i]).commit is not None and not d.replay and i not in claimed
-        ]
-        report = await self._store.append([c for i in new if (c := decided[i].commit)])
+        new = [i for i in rest if decided[i].command.execution_id not in refused]
+        assert len(new) == len(round_.appended)
+        report = round_.report
         plan.stored = _Stored(refused, pending, new, report)
         log.debug("stored %d: %.1f ms", len(decided), (time.perf_counter() - t0) * 1000)
 

@@ -15,7 +15,7 @@ from schemas.commits import Commit, SourcePosition
 from schemas.common import Payload
 from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
 from services.common.commit_log import locate_run
-from services.engine.event_store import AppendFailure, EventStore
+from services.engine.event_store import AppendFailure, AppendReport, EventStore
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
@@ -128,6 +128,36 @@ class EventStoreContract:
         # The same batch again (a redelivery): every one is refused, nothing doubles.
         assert await store.append_first(batch) == {0, 1, 2, 3}
         assert [c.seq async for c in store.read_stream("new1")] == [1]
+
+    async def test_a_round_appends_the_rest_of_executions_whose_first_commit_went_in(
+        self, store: EventStore
+    ) -> None:
+        await store.append([make_commit("taken", 1, command_id="t1")])
+        firsts = [make_commit("new1", 1), make_commit("taken", 1, command_id="t2")]
+        rest = [
+            make_commit("new1", 2),
+            make_commit("taken", 2),  # follows a refused first commit: not attempted
+            make_commit("new1", 3),
+        ]
+        round_ = await store.append_round(firsts, rest)
+        assert round_.refused == {1}
+        assert [c.doc_id for c in round_.appended] == [rest[0].doc_id, rest[2].doc_id]
+        assert round_.report == AppendReport(inserted=2)
+        assert [c.seq async for c in store.read_stream("new1")] == [1, 2, 3]
+        assert [c.command_id async for c in store.read_stream("taken")] == ["t1"]
+
+        # Again (a redelivery): every first is refused, so nothing else is attempted.
+        again = await store.append_round(firsts, rest)
+        assert again.refused == {0, 1} and again.appended == []
+        assert again.report == AppendReport(inserted=0)
+
+    async def test_a_round_reports_where_its_append_stopped(self, store: EventStore) -> None:
+        await store.append([make_commit("old", 1), make_commit("old", 2, command_id="dup")])
+        rest = [make_commit("old", 3), make_commit("old", 4, command_id="dup")]
+        round_ = await store.append_round([make_commit("new", 1)], rest)
+        assert round_.refused == set() and round_.appended == rest
+        assert round_.report == AppendReport(1, AppendFailure.DUPLICATE_COMMAND)
+        assert await store.get("new", 1) is not None
 
     async def test_append_first_takes_only_first_commits(self, store: EventStore) -> None:
         with pytest.raises(ValueError, match="first commits only"):

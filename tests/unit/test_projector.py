@@ -69,9 +69,7 @@ async def test_new_executions_are_inserted_without_a_single_read() -> None:
     assert store.data == expected(events)
 
 
-async def test_a_new_execution_with_more_events_in_the_batch_is_written_once_per_document() -> (
-    None
-):
+async def test_a_new_execution_with_more_events_in_the_batch_is_written_once_per_document() -> None:
     w = Workload()
     w.start("a")
     w.signals("a", 5)
