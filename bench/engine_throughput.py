@@ -35,6 +35,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
@@ -42,28 +43,38 @@ from pymongo import AsyncMongoClient
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
+sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
+from cpu_meter import CpuMeter, listening_pid  # noqa: E402
 
 from services.common.kafka_topics import ensure_topics  # noqa: E402
 from services.common.settings import RunstoreSettings  # noqa: E402
 
 
 @contextmanager
-def servers() -> Iterator[tuple[str, str]]:
+def servers() -> Iterator[tuple[str, str, dict[str, int]]]:
+    """Kafka's and MongoDB's addresses, and their pids where known (for CPU accounting)."""
     kafka = os.environ.get("RUNSTORE_KAFKA_BOOTSTRAP")
     mongo = os.environ.get("RUNSTORE_MONGO_URL")
+    pids: dict[str, int] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="runstore-bench-")))
         if not kafka:
             handle = infra.start_kafka(infra.free_port(), infra.free_port(), tmp / "kafka")
             stack.callback(handle.stop)
             kafka = handle.address
+            pids["kafka"] = handle.pid
+        elif (pid := listening_pid(urlsplit(f"//{kafka.split(',')[0]}").port or 9092)) is not None:
+            pids["kafka"] = pid
         if not mongo:
             handle = infra.start_ferretdb(infra.free_port(), tmp / "ferretdb")
             stack.callback(handle.stop)
             mongo = handle.address
-        yield kafka, mongo
+            pids["mongo"] = handle.pid
+        elif (pid := listening_pid(urlsplit(mongo).port or 27017)) is not None:
+            pids["mongo"] = pid
+        yield kafka, mongo, pids
 
 
 def workload(n: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -234,7 +245,7 @@ async def baseline_mongo(mongo: str, n: int) -> float:
 
 async def run(n: int, profile: bool) -> None:
     rng = random.Random(7)
-    with servers() as (bootstrap, mongo):
+    with servers() as (bootstrap, mongo, server_pids):
         tag = uuid.uuid4().hex[:8]
         env = {
             "RUNSTORE_KAFKA_BOOTSTRAP": bootstrap,
@@ -259,9 +270,16 @@ async def run(n: int, profile: bool) -> None:
         prof = Path(tempfile.mkstemp(suffix=".prof")[1]) if profile else None
         outcomes = OutcomeReader(await tail(bootstrap, settings.topics.outcomes))
         engine = start_engine(env, log, prof)
+        cpu = CpuMeter({"engine": engine.pid, **server_pids})
+
+        def first_outcome(body: dict[str, Any]) -> None:
+            if not cpu.running:
+                cpu.begin()
+
         try:
             # Timed from the first outcome, so process start-up is not counted.
-            await outcomes.until(n, engine=engine)
+            await outcomes.until(n, first_outcome, engine=engine)
+            cpu.end()
             assert outcomes.first_at is not None
             rate = (n - 1) / (time.monotonic() - outcomes.first_at)
 
@@ -315,6 +333,13 @@ async def run(n: int, profile: bool) -> None:
         print(f"  {'engine drain (backlog)':44} {rate:10.0f}/s")
         print(f"  {'  ratio to Kafka pass-through':44} {rate / kafka_rate:11.2f}x")
         print(f"  {'  ratio to raw inserts':44} {rate / mongo_rate:11.2f}x")
+        for name, used in cpu.used.items():
+            label = f"  CPU per command during the drain: {name}"
+            print(f"{label:46} {used / n * 1e6:9.0f} µs")
+        total = sum(cpu.used.values())
+        cores = os.cpu_count() or 1
+        print(f"{'  CPU per command, all of the above':46} {total / n * 1e6:9.0f} µs")
+        print(f"{f'    → {cores} cores could do at most':46} {cores * n / total:10.0f}/s")
         print(f"  {'steady load offered':44} {target:10.0f}/s")
         print(f"  {'command→outcome latency p50':44} {pct(0.50):9.1f} ms")
         print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")

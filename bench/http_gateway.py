@@ -50,8 +50,10 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
+sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
+from cpu_meter import CpuMeter  # noqa: E402
 
 KEY = "bench-key"
 
@@ -71,31 +73,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.starts / self.seconds if self.seconds else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its reaped children, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds used by named processes between `begin()` and `end()`."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._at: dict[str, float] = {}
-        self.used: dict[str, float] = {}
-
-    def begin(self) -> None:
-        self._at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-
-    def end(self) -> None:
-        self.used = {n: cpu_seconds(p) - self._at.get(n, 0.0) for n, p in self.pids.items()}
 
 
 def pct(values: list[float], q: float) -> float:

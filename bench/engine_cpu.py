@@ -1,0 +1,125 @@
+"""The engine's CPU per command, without I/O: where one core's time goes per command.
+
+    .venv/bin/python bench/engine_cpu.py [--commands 30000] [--batch 2000] [--rounds 3]
+
+Runs the same workload as bench/engine_throughput.py (40% starts, 50% signals, 10%
+cancels) through the engine's own code, in process: `CommandProcessor` on the in-memory
+event store (decide, store, finish), the records the engine publishes
+(`outgoing_records`, serialised as it sends them), and the documents it would insert
+(`commit_to_doc`, BSON-encoded as PyMongo does). Prints µs per command for each stage and
+in all, best of `--rounds`; the ceiling it implies for one engine on one core is
+1e6 / total. Kafka, MongoDB and the event loop's own overhead are not in it: compare with
+the drain rate of bench/engine_throughput.py for what they add.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import bson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from engine_throughput import workload  # noqa: E402
+
+from services.common.commit_log import commit_to_doc  # noqa: E402
+from services.common.runtime import tune_gc  # noqa: E402
+from services.common.settings import Topics  # noqa: E402
+from services.engine.app import outgoing_records  # noqa: E402
+from services.engine.memory_event_store import InMemoryEventStore  # noqa: E402
+from services.engine.processor import (  # noqa: E402
+    CommandProcessor,
+    InboundRecord,
+    StateCache,
+)
+
+PARTITIONS = 12
+
+
+def records(n: int, seed: int) -> list[list[InboundRecord]]:
+    """The workload as Kafka would deliver it: per partition, in offset order."""
+    by_partition: dict[int, list[InboundRecord]] = {p: [] for p in range(PARTITIONS)}
+    for command in workload(n, random.Random(seed)):
+        key = command["execution_id"].encode()
+        partition = zlib.crc32(key) % PARTITIONS
+        offset = len(by_partition[partition])
+        value = json.dumps(command).encode()
+        by_partition[partition].append(InboundRecord(partition, offset, key, value))
+    return [rs for rs in by_partition.values() if rs]
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+async def one_round(partitions: list[list[InboundRecord]], batch: int) -> dict[str, float]:
+    processor = CommandProcessor(InMemoryEventStore(), StateCache(1_000_000), time.time_ns)
+    topics = Topics.with_prefix("")
+    stages = Stages()
+    # Batches as the consumer hands them over: a slice of each partition in turn.
+    per_partition = max(1, batch // len(partitions))
+    cursors = [0] * len(partitions)
+    while any(c < len(p) for c, p in zip(cursors, partitions, strict=True)):
+        chunk: list[InboundRecord] = []
+        for i, part in enumerate(partitions):
+            chunk.extend(part[cursors[i] : cursors[i] + per_partition])
+            cursors[i] += per_partition
+        with stages.timed("decide"):
+            plan = await processor.decide(chunk)
+        with stages.timed("store (in memory)"):
+            await processor.store(plan)
+        with stages.timed("finish"):
+            out = await processor.finish(plan)
+        with stages.timed("commit documents (+BSON)"):
+            for commit in out.commits:
+                bson.encode(commit_to_doc(commit))
+        with stages.timed("records to publish"):
+            for record in outgoing_records(out, topics):
+                record.key.encode()
+    return stages.seconds
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--commands", type=int, default=30000)
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tune_gc()
+    partitions = records(args.commands, seed=7)
+    best: dict[str, float] | None = None
+    for _ in range(args.rounds):
+        gc.collect()
+        seconds = await one_round(partitions, args.batch)
+        if best is None or sum(seconds.values()) < sum(best.values()):
+            best = seconds
+    assert best is not None
+    n = args.commands
+    print(f"engine CPU per command — {n} commands, batches of {args.batch}, best of {args.rounds}")
+    for name, s in best.items():
+        print(f"  {name:28} {s / n * 1e6:8.1f} µs")
+    total = sum(best.values())
+    print(f"  {'total':28} {total / n * 1e6:8.1f} µs  (one core: {n / total:,.0f} commands/s)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
