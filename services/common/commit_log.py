@@ -26,7 +26,9 @@ def commit_to_doc(commit: Commit) -> Document:
     The body is opaque to the database on purpose (as event stores keep event payloads):
     nothing queries inside it, and a document of a few flat fields is several times
     cheaper to insert and read than the nested one (FerretDB converts and indexes every
-    nested field; see bench/engine_throughput.py).
+    nested field; see bench/engine_throughput.py). Fields that are None are left out of
+    the body (they read back as their default, None): about a third fewer bytes per
+    commit, for the engine to encode and the database to store.
     """
     return {
         "_id": commit.doc_id,
@@ -36,7 +38,7 @@ def commit_to_doc(commit: Commit) -> Document:
         "command_type": commit.command_type,
         "run_id": commit.run_id,
         "committed_at": commit.committed_at,  # a BSON date, for operators' queries
-        "body": commit.model_dump_json(),
+        "body": commit.model_dump_json(exclude_none=True),
     }
 
 

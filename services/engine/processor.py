@@ -506,7 +506,8 @@ class CommandProcessor:
                 committed_at=ns_to_datetime(now_ns),
                 source=source,
                 rejected=rejected_since_commit.pop(command.execution_id, []),
-                state=state.model_dump(mode="json"),
+                # None fields left out: they load back as their default (None).
+                state=state.model_dump(mode="json", exclude_none=True),
             )
             self._cache.put(
                 command.execution_id, _Stream(state, commit.seq, source, record.partition)

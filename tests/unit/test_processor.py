@@ -11,6 +11,7 @@ import pytest
 
 from schemas.commits import Commit
 from schemas.outcomes import RejectionCode
+from services.common.commit_log import commit_from_doc, commit_to_doc
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 
@@ -299,3 +300,35 @@ async def test_start_claimed_before_a_conflict_is_published_once(store, clock) -
     assert sorted((o.command_id, o.seq) for o in out.outcomes) == [("mine", 3), ("s2", 1)]
     assert sorted(c.doc_id for c in out.commits) == ["e1:000000000003", "e2:000000000001"]
     assert [c.command_id async for c in store.read_stream("e2")] == ["s2"]
+
+
+async def test_stored_commits_leave_out_absent_fields_and_read_back_equal(store, clock) -> None:
+    out = await processor(store, clock).process(
+        [
+            record(
+                command(
+                    "StartWorkflow",
+                    "e1",
+                    "c1",
+                    workflow_name="wf",
+                    # A null inside user data is data: it must survive.
+                    input={"keep": None, "list": [None, 1]},
+                )
+            ),
+            record(command("SignalExecution", "e1", "c2", name="go", input=None)),
+            record(command("CancelExecution", "e1", "c3")),
+            record(command("SignalExecution", "e1", "c4", name="late")),  # rejected
+            record(start("e1", "c5")),  # starts again: a second run
+        ]
+    )
+    assert [c.seq for c in out.commits] == [1, 2, 3, 4]
+    for commit in out.commits:
+        doc = commit_to_doc(commit)
+        assert commit_from_doc(doc) == commit
+        body = json.loads(doc["body"])
+        # Fields that are absent (None) are not written: they read back as their default.
+        assert "parent_execution_id" not in body["events"][0]
+        assert "closed_at_ns" not in body["state"] or body["state"]["closed_at_ns"] is not None
+    started = json.loads(commit_to_doc(out.commits[0])["body"])["events"][0]
+    assert started["attributes"]["input"]["value"] == {"keep": None, "list": [None, 1]}
+    assert [r.command_id for r in out.commits[3].rejected] == ["c4"]
