@@ -3,8 +3,9 @@
     .venv/bin/python bench/engine_cpu.py [--commands 30000] [--batch 2000] [--rounds 3]
 
 Runs the same workload as bench/engine_throughput.py (40% starts, 50% signals, 10%
-cancels) through the engine's own code, in process: `CommandProcessor` on the in-memory
-event store (decide, store, finish), the records the engine publishes
+cancels) through the engine's own code, in process, with the engine's garbage-collection
+policy: `CommandProcessor` on the in-memory event store (decide, store, finish), the
+records the engine publishes
 (`outgoing_records`, serialised as it sends them), and the documents it would insert
 (`commit_to_doc`, BSON-encoded as PyMongo does). Prints µs per command for each stage and
 in all, best of `--rounds`; the ceiling it implies for one engine on one core is
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from engine_throughput import workload  # noqa: E402
 
 from services.common.commit_log import commit_to_doc  # noqa: E402
-from services.common.runtime import tune_gc  # noqa: E402
+from services.common.runtime import BatchCollector, tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
 from services.engine.app import outgoing_records  # noqa: E402
 from services.engine.memory_event_store import InMemoryEventStore  # noqa: E402
@@ -71,7 +72,9 @@ class Stages:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-async def one_round(partitions: list[list[InboundRecord]], batch: int) -> dict[str, float]:
+async def one_round(
+    partitions: list[list[InboundRecord]], batch: int, collector: BatchCollector
+) -> dict[str, float]:
     processor = CommandProcessor(InMemoryEventStore(), StateCache(1_000_000), time.time_ns)
     topics = Topics.with_prefix("")
     stages = Stages()
@@ -95,6 +98,7 @@ async def one_round(partitions: list[list[InboundRecord]], batch: int) -> dict[s
         with stages.timed("records to publish"):
             for record in outgoing_records(out, topics):
                 record.key.encode()
+        collector.after_batch()  # as the engine does after each batch
     return stages.seconds
 
 
@@ -105,11 +109,13 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     tune_gc()
+    collector = BatchCollector()
+    collector.start()
     partitions = records(args.commands, seed=7)
     best: dict[str, float] | None = None
     for _ in range(args.rounds):
         gc.collect()
-        seconds = await one_round(partitions, args.batch)
+        seconds = await one_round(partitions, args.batch, collector)
         if best is None or sum(seconds.values()) < sum(best.values()):
             best = seconds
     assert best is not None

@@ -19,6 +19,7 @@ from schemas.events import EVENT_ADAPTER
 from services.common.clock import now_ns
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
 from services.common.mongo import Document, mongo_client, mongo_database
+from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
 from services.engine.mongo_event_store import MongoEventStore
@@ -110,6 +111,7 @@ def build_app(settings: EngineSettings) -> FastStream:
         writer,
     )
     cache = StateCache(settings.engine_cache_size)
+    collector = BatchCollector(settings.engine_gc_full_every_s)
     processor = CommandProcessor(store, cache, now_ns)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
@@ -149,6 +151,7 @@ def build_app(settings: EngineSettings) -> FastStream:
             for r in raw
         ]
         await pipeline.submit(cast("Consumer", message.consumer), raw, records)
+        collector.after_batch()
 
     async def drain() -> None:
         # While the consumer is up (so the offsets can be committed), and again once the
@@ -168,5 +171,6 @@ def build_app(settings: EngineSettings) -> FastStream:
     async def setup() -> None:
         await store.setup()
         await publisher.start()
+        collector.start()
 
     return service_app(broker, settings, client, setup, before_shutdown=drain, after_shutdown=close)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from services.common.runtime import GC_THRESHOLDS, tune_gc
+from services.common.runtime import GC_THRESHOLDS, BatchCollector, tune_gc
 
 
 @pytest.fixture
 def restore_gc() -> Iterator[None]:
     thresholds = gc.get_threshold()
+    enabled = gc.isenabled()
     yield
     gc.unfreeze()
     gc.set_threshold(*thresholds)
+    if enabled:
+        gc.enable()
 
 
 def test_tune_gc_freezes_the_startup_heap_and_raises_the_thresholds(restore_gc: None) -> None:
@@ -27,3 +31,82 @@ def test_tune_gc_freezes_the_startup_heap_and_raises_the_thresholds(restore_gc: 
     # Frozen objects are out of the collector's generations: a full collection does
     # not look at them.
     assert not any(o is survivor for o in gc.get_objects())
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def _cycle() -> weakref.ref[_Node]:
+    """A reference cycle that nothing else holds: only a cyclic collection frees it."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def collector(restore_gc: None) -> Iterator[tuple[BatchCollector, _Clock]]:
+    clock = _Clock()
+    collector = BatchCollector(full_every_s=60, clock=clock)
+    collector.start()
+    try:
+        yield collector, clock
+    finally:
+        collector.stop()
+
+
+def test_batches_freeze_their_survivors_and_do_not_collect(
+    collector: tuple[BatchCollector, _Clock],
+) -> None:
+    batches, _ = collector
+    assert not gc.isenabled()
+    frozen = gc.get_freeze_count()
+    survivors = [_Node() for _ in range(100)]
+    cycle = _cycle()
+    batches.after_batch()
+    assert gc.get_freeze_count() >= frozen + len(survivors)
+    # Frozen, not collected: the cycle waits for the next full collection.
+    assert cycle() is not None
+    gc.collect()
+    assert cycle() is not None
+
+
+def test_a_full_collection_comes_when_due_and_frees_cycles_among_frozen_objects(
+    collector: tuple[BatchCollector, _Clock],
+) -> None:
+    batches, clock = collector
+    cycle = _cycle()
+    batches.after_batch()
+    clock.now = 59.0
+    batches.after_batch()
+    assert cycle() is not None
+    clock.now = 60.0
+    batches.after_batch()  # due: unfreeze, collect, freeze again
+    assert cycle() is None
+    assert not gc.isenabled()
+    later = _cycle()
+    clock.now = 100.0
+    batches.after_batch()
+    assert later() is not None  # the next one is due at 120
+    assert batches.collect_all() >= 2
+    assert later() is None
+
+
+def test_stop_hands_collection_back_to_the_interpreter(restore_gc: None) -> None:
+    batches = BatchCollector()
+    batches.start()
+    cycle = _cycle()
+    batches.after_batch()
+    batches.stop()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.collect()
+    assert cycle() is None
