@@ -1,15 +1,17 @@
 """Engine throughput and command→commit latency on real Kafka and the MongoDB-protocol server.
 
-    .venv/bin/python bench/engine_throughput.py [--commands 20000] [--profile]
+    .venv/bin/python bench/engine_throughput.py [--commands 20000] [--warmup 10000] [--profile]
 
 Uses RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when set, else starts local servers
 (deploy/local/infra.py) on free ports. Prints, in one run:
 
 - baselines: a pass-through Kafka consumer draining the same records, and raw
   `insert_many` of commit-sized documents into the same database server;
-- drain: the engine started on a backlog of N commands (40% starts of new executions,
-  50% signals, 10% cancels), time until every command has its outcome → commands/s,
-  and that rate as a ratio of each baseline;
+- drain: the engine started on a backlog of warm-up commands followed by N measured ones
+  (40% starts of new executions, 50% signals, 10% cancels); from the first measured
+  outcome to the last → commands/s, that rate as a ratio of each baseline, and the CPU
+  each process (engine, Kafka, database) spent per command meanwhile, with the rate the
+  box's cores would allow at that cost;
 - latency: commands produced at a steady rate (half the drain rate), p50/p99 from the
   producer's send to the engine's outcome (which is published after the commit).
 
@@ -149,7 +151,6 @@ class OutcomeReader:
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
         self.seen: set[str] = set()
-        self.first_at: float | None = None
 
     async def until(
         self,
@@ -172,8 +173,6 @@ class OutcomeReader:
                     if key in self.seen:
                         continue
                     self.seen.add(key)
-                    if self.first_at is None:
-                        self.first_at = time.monotonic()
                     if on_record:
                         on_record(body)
 
@@ -243,7 +242,7 @@ async def baseline_mongo(mongo: str, n: int) -> float:
     return n / seconds
 
 
-async def run(n: int, profile: bool) -> None:
+async def run(n: int, warmup_n: int, profile: bool) -> None:
     rng = random.Random(7)
     with servers() as (bootstrap, mongo, server_pids):
         tag = uuid.uuid4().hex[:8]
@@ -258,10 +257,14 @@ async def run(n: int, profile: bool) -> None:
             kafka_bootstrap=bootstrap, topic_prefix=env["RUNSTORE_TOPIC_PREFIX"]
         )
         await ensure_topics(settings)
+        # One backlog: the warm-up's commands first in every partition, then the measured
+        # ones. The warm-up brings the engine, Kafka's JVM (JIT) and the database's caches
+        # to a steady state; only the measured commands' outcomes are timed.
+        warmup = workload(warmup_n, rng)
         commands = workload(n, rng)
-        await produce(bootstrap, settings.topics.commands, commands)
+        await produce(bootstrap, settings.topics.commands, warmup + commands)
         kafka_rate = await baseline_kafka(
-            bootstrap, commands, settings.topics.commands[: -len("workflows.commands")]
+            bootstrap, warmup + commands, settings.topics.commands[: -len("workflows.commands")]
         )
         mongo_rate = await baseline_mongo(mongo, min(n, 20000))
 
@@ -271,17 +274,21 @@ async def run(n: int, profile: bool) -> None:
         outcomes = OutcomeReader(await tail(bootstrap, settings.topics.outcomes))
         engine = start_engine(env, log, prof)
         cpu = CpuMeter({"engine": engine.pid, **server_pids})
+        measured = {c["command_id"] for c in commands}
+        span: list[float] = []  # when the first and the latest measured outcome came
 
-        def first_outcome(body: dict[str, Any]) -> None:
-            if not cpu.running:
-                cpu.begin()
+        def timed(body: dict[str, Any]) -> None:
+            if body["command_id"] in measured:
+                if not span:
+                    cpu.begin()
+                    span.append(time.monotonic())
+                span[1:] = [time.monotonic()]
 
         try:
-            # Timed from the first outcome, so process start-up is not counted.
-            await outcomes.until(n, first_outcome, engine=engine)
+            # Timed from the first measured outcome: start-up and warm-up are not counted.
+            await outcomes.until(len(warmup) + n, timed, engine=engine)
             cpu.end()
-            assert outcomes.first_at is not None
-            rate = (n - 1) / (time.monotonic() - outcomes.first_at)
+            rate = (n - 1) / (span[-1] - span[0])
 
             # Steady load at half the drain rate: latency without a backlog.
             latencies: list[float] = []
@@ -315,7 +322,8 @@ async def run(n: int, profile: bool) -> None:
                     latencies.append(time.monotonic() - sent_at[body["command_id"]])
 
             await asyncio.gather(
-                steady_producer(), outcomes.until(n + len(steady), on_outcome, engine=engine)
+                steady_producer(),
+                outcomes.until(len(warmup) + n + len(steady), on_outcome, engine=engine),
             )
         finally:
             await outcomes.consumer.stop()
@@ -325,7 +333,10 @@ async def run(n: int, profile: bool) -> None:
         def pct(p: float) -> float:
             return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
-        print(f"\nengine throughput — {n} commands (40% start, 50% signal, 10% cancel), one engine")
+        print(
+            f"\nengine throughput — {n} commands (40% start, 50% signal, 10% cancel) after "
+            f"{len(warmup)} of warm-up, one engine"
+        )
         print(f"  servers: kafka {bootstrap}, mongo {mongo}")
         print(f"  {'measure':44} {'value':>12}")
         print(f"  {'baseline: Kafka pass-through consumer':44} {kafka_rate:10.0f}/s")
@@ -355,9 +366,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--commands", type=int, default=20000)
+    parser.add_argument(
+        "--warmup", type=int, default=10000, help="commands drained first, not measured"
+    )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    asyncio.run(run(args.commands, args.profile))
+    asyncio.run(run(args.commands, args.warmup, args.profile))
 
 
 if __name__ == "__main__":
