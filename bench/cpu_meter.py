@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def cpu_seconds(pid: int) -> float:
@@ -61,3 +62,13 @@ def listening_pid(port: int) -> int | None:
         except OSError:
             continue
     return None
+
+
+def kafka_pid(bootstrap: str) -> int | None:
+    """The local Kafka broker serving the first address of `bootstrap`, if any."""
+    return listening_pid(urlsplit(f"//{bootstrap.split(',')[0]}").port or 9092)
+
+
+def mongo_pid(url: str) -> int | None:
+    """The local MongoDB-protocol server of a `mongodb://` URL, if any."""
+    return listening_pid(urlsplit(url).port or 27017)

@@ -37,7 +37,6 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
@@ -48,7 +47,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
-from cpu_meter import CpuMeter, listening_pid  # noqa: E402
+from cpu_meter import CpuMeter, kafka_pid, mongo_pid  # noqa: E402
 
 from services.common.kafka_topics import ensure_topics  # noqa: E402
 from services.common.settings import RunstoreSettings  # noqa: E402
@@ -67,14 +66,14 @@ def servers() -> Iterator[tuple[str, str, dict[str, int]]]:
             stack.callback(handle.stop)
             kafka = handle.address
             pids["kafka"] = handle.pid
-        elif (pid := listening_pid(urlsplit(f"//{kafka.split(',')[0]}").port or 9092)) is not None:
+        elif (pid := kafka_pid(kafka)) is not None:
             pids["kafka"] = pid
         if not mongo:
             handle = infra.start_ferretdb(infra.free_port(), tmp / "ferretdb")
             stack.callback(handle.stop)
             mongo = handle.address
             pids["mongo"] = handle.pid
-        elif (pid := listening_pid(urlsplit(mongo).port or 27017)) is not None:
+        elif (pid := mongo_pid(mongo)) is not None:
             pids["mongo"] = pid
         yield kafka, mongo, pids
 

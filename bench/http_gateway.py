@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
-from cpu_meter import CpuMeter  # noqa: E402
+from cpu_meter import CpuMeter, kafka_pid, mongo_pid  # noqa: E402
 
 KEY = "bench-key"
 
@@ -207,11 +207,15 @@ def runstore_stack(
             stack.callback(handle.stop)
             kafka = handle.address
             pids["kafka"] = handle.pid
+        elif (pid := kafka_pid(kafka)) is not None:
+            pids["kafka"] = pid
         if not mongo:
             handle = infra.start_ferretdb(infra.free_port(), workdir / "ferretdb")
             stack.callback(handle.stop)
             mongo = handle.address
             pids["ferretdb"] = handle.pid
+        elif (pid := mongo_pid(mongo)) is not None:
+            pids["ferretdb"] = pid
         tag = uuid.uuid4().hex[:8]
         port = infra.free_port()
         env = {
