@@ -37,39 +37,58 @@ class BatchCollector:
     allocation counts.
 
     Automatic collection is off. After each batch, what is alive is frozen (moved out of
-    the collector's generations: O(1)), so no object is ever traversed twice; freed
+    the collector's generations: O(1)), so no object is traversed again and again; freed
     objects still go at once by reference counting, frozen or not. Only garbage in
-    reference cycles waits, for a full collection every `full_every_s` seconds (after
-    unfreezing everything; then the survivors are frozen again).
+    reference cycles waits, for a full collection (everything unfrozen, collected, and
+    the survivors frozen again), which `check` runs:
+
+    - when the frozen heap has grown by `growth` (25%, CPython's own rule for its oldest
+      generation) since the last full collection: this bounds what cycles can hold, e.g.
+      the batches a failing store or publish leaves in exception/traceback cycles
+      (~14 MB per failed batch of 2,000);
+    - every `full_every_s` seconds in any case.
 
     Why: a batch of 2,000 commands allocates ~600,000 tracked objects, alive until the
     batch is published. Collections by allocation count traversed them again and again
     while they were alive (gen 0 every 20,000, gen 1 every 400,000): 25-30% of the
-    engine's CPU per command (bench/engine_cpu.py, with and without). The engine's
-    batches create almost no cycles (in bench/engine_throughput.py with a full collection
-    every 3 s: 21 unreachable objects in the first, none in the next five); each full
-    collection logs what it found and how long it took (~0.5 s for ~300,000 objects: rare
-    on purpose).
+    engine's CPU per command (bench/engine_cpu.py, with and without). Batches that go
+    through create no cycles (in bench/engine_throughput.py with a full collection every
+    3 s: 21 unreachable objects in the first, none in the next five). A full collection
+    logs what it found and how long it took: ~0.5 s for ~300,000 objects, ~1.2 s for the
+    ~1.25 million of a full state cache (100,000 executions).
     """
 
     def __init__(
-        self, full_every_s: float = 600.0, clock: Callable[[], float] = time.monotonic
+        self,
+        full_every_s: float = 600.0,
+        growth: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._full_every_s = full_every_s
+        self._growth = growth
         self._clock = clock
         self._last_full = clock()
+        self._frozen_after_full = 0
 
     def start(self) -> None:
         gc.collect()
         gc.freeze()
         gc.disable()
         self._last_full = self._clock()
+        self._frozen_after_full = gc.get_freeze_count()
 
     def after_batch(self) -> None:
-        if self._clock() - self._last_full >= self._full_every_s:
+        gc.freeze()
+
+    def check(self) -> bool:
+        """Run a full collection if one is due (by time or growth); call it every few
+        seconds. Counting the frozen objects walks them: ~16 ms per million."""
+        gc.freeze()
+        due = self._clock() - self._last_full >= self._full_every_s
+        if due or gc.get_freeze_count() > self._frozen_after_full * (1 + self._growth):
             self.collect_all()
-        else:
-            gc.freeze()
+            return True
+        return False
 
     def collect_all(self) -> int:
         """A full collection over everything, frozen or not; returns what it freed."""
@@ -78,11 +97,12 @@ class BatchCollector:
         found = gc.collect()
         gc.freeze()
         self._last_full = self._clock()
+        self._frozen_after_full = gc.get_freeze_count()
         log.info(
             "full collection: %d unreachable objects, %.0f ms, %d objects tracked",
             found,
             (time.perf_counter() - started) * 1000,
-            gc.get_freeze_count(),
+            self._frozen_after_full,
         )
         return found
 

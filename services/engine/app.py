@@ -95,6 +95,13 @@ def outgoing_records(out: Outbound, topics: Topics) -> Iterator[Outgoing]:
         yield Outgoing(topics.outcomes, outcome.execution_id, outcome.model_dump_json().encode())
 
 
+async def _collect_periodically(collector: BatchCollector, every_s: float = 5.0) -> None:
+    """Full collections when due, also while no batch comes (an idle or stalled engine)."""
+    while True:
+        await asyncio.sleep(every_s)
+        collector.check()
+
+
 async def _build_client(settings: EngineSettings) -> AsyncMongoClient[Document]:
     return mongo_client(settings)
 
@@ -160,8 +167,12 @@ def build_app(settings: EngineSettings) -> FastStream:
         if not (stored and await pipeline.settle_publishing()):
             log.warning("the last batch was not stored or published; it is consumed again")
 
+    collecting: list[asyncio.Task[None]] = []
+
     async def close() -> None:
         try:
+            for task in collecting:
+                task.cancel()
             await drain()
             await publisher.stop()
         finally:
@@ -172,5 +183,6 @@ def build_app(settings: EngineSettings) -> FastStream:
         await store.setup()
         await publisher.start()
         collector.start()
+        collecting.append(asyncio.create_task(_collect_periodically(collector), name="gc"))
 
     return service_app(broker, settings, client, setup, before_shutdown=drain, after_shutdown=close)

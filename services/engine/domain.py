@@ -108,8 +108,9 @@ class Context:
 class ExecutionState(FrozenModel):
     """What the domain knows about one execution after its last commit.
 
-    The engine stores it as a snapshot (`model_dump(mode="json")`), so every field is
-    plain data and the shape only grows with defaults: old snapshots must stay loadable.
+    The engine stores it as a snapshot (`model_dump(mode="json", exclude_none=True)`), so
+    every field is plain data, every field that may be None defaults to None, and the shape
+    only grows with defaults: old snapshots must stay loadable.
     Everything is about the LATEST run, except `seq` and `run_count`.
     """
 

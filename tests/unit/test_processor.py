@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Collection, Iterator
 from itertools import count
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, JsonValue
 
 from schemas.commits import Commit
 from schemas.outcomes import RejectionCode
 from services.common.commit_log import commit_from_doc, commit_to_doc
+from services.engine.domain import ExecutionState
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 
@@ -332,3 +336,42 @@ async def test_stored_commits_leave_out_absent_fields_and_read_back_equal(store,
     started = json.loads(commit_to_doc(out.commits[0])["body"])["events"][0]
     assert started["attributes"]["input"]["value"] == {"keep": None, "list": [None, 1]}
     assert [r.command_id for r in out.commits[3].rejected] == ["c4"]
+
+
+def _models(root: Any, seen: set[type[BaseModel]]) -> None:
+    """Every pydantic model reachable through `root`'s annotations."""
+    if typing.get_origin(root) is not None:
+        for arg in typing.get_args(root):
+            _models(arg, seen)
+    elif isinstance(root, type) and issubclass(root, BaseModel) and root not in seen:
+        seen.add(root)
+        for model_field in root.model_fields.values():
+            _models(model_field.annotation, seen)
+    else:
+        for arg in typing.get_args(root):  # unions, Annotated
+            _models(arg, seen)
+
+
+def test_every_field_that_may_be_none_in_a_commit_defaults_to_none() -> None:
+    # Commits are stored without their None fields: each must read back as None.
+    seen: set[type[BaseModel]] = set()
+    _models(Commit, seen)
+    _models(ExecutionState, seen)
+    assert len(seen) > 20  # the events, their attributes, the state and its parts
+    wrong = [
+        f"{model.__name__}.{name}"
+        for model in seen
+        for name, f in model.model_fields.items()
+        if _accepts_none(f.annotation)
+        and (f.is_required() or f.get_default(call_default_factory=True) is not None)
+    ]
+    assert wrong == []
+
+
+def _accepts_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None) or annotation in (Any, JsonValue):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_accepts_none(a) for a in typing.get_args(annotation))
+    return False

@@ -20,6 +20,8 @@ def restore_gc() -> Iterator[None]:
     gc.set_threshold(*thresholds)
     if enabled:
         gc.enable()
+    else:
+        gc.disable()
 
 
 def test_tune_gc_freezes_the_startup_heap_and_raises_the_thresholds(restore_gc: None) -> None:
@@ -87,18 +89,58 @@ def test_a_full_collection_comes_when_due_and_frees_cycles_among_frozen_objects(
     cycle = _cycle()
     batches.after_batch()
     clock.now = 59.0
-    batches.after_batch()
+    assert not batches.check()
     assert cycle() is not None
     clock.now = 60.0
-    batches.after_batch()  # due: unfreeze, collect, freeze again
+    assert batches.check()  # due: unfreeze, collect, freeze again
     assert cycle() is None
     assert not gc.isenabled()
     later = _cycle()
     clock.now = 100.0
-    batches.after_batch()
-    assert later() is not None  # the next one is due at 120
+    assert not batches.check()  # the next one is due at 120
+    assert later() is not None
     assert batches.collect_all() >= 2
     assert later() is None
+
+
+def test_a_full_collection_comes_when_the_frozen_heap_grows_by_a_quarter(
+    collector: tuple[BatchCollector, _Clock],
+) -> None:
+    batches, _ = collector
+    cycle = _cycle()
+    grown = [[] for _ in range(gc.get_freeze_count() // 8)]  # ~12%: not yet
+    batches.after_batch()
+    assert not batches.check()
+    assert cycle() is not None
+    grown += [[] for _ in range(len(grown) * 2)]  # ~37% in all
+    batches.after_batch()
+    assert batches.check()
+    assert cycle() is None
+    # The new baseline includes what survived: the same heap is not collected again.
+    assert not batches.check()
+
+
+def test_survivors_of_a_full_collection_are_frozen_again(
+    collector: tuple[BatchCollector, _Clock],
+) -> None:
+    batches, _ = collector
+    survivor = [_Node() for _ in range(10)]
+    batches.collect_all()
+    assert gc.get_freeze_count() >= len(survivor)
+    assert not any(o is survivor for o in gc.get_objects())
+
+
+def test_start_sets_the_time_of_the_first_full_collection(restore_gc: None) -> None:
+    clock = _Clock()
+    batches = BatchCollector(full_every_s=60, clock=clock)
+    clock.now = 1000.0  # constructed long before it starts
+    batches.start()
+    try:
+        assert not batches.check()
+        clock.now = 1060.0
+        assert batches.check()
+    finally:
+        batches.stop()
 
 
 def test_stop_hands_collection_back_to_the_interpreter(restore_gc: None) -> None:
