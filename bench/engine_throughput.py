@@ -43,11 +43,10 @@ from pymongo import AsyncMongoClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
-import infra  # noqa: E402
-from cpu_meter import CpuMeter, kafka_pid, mongo_pid  # noqa: E402
+from cpu_meter import CpuMeter  # noqa: E402
+from servers import bench_servers  # noqa: E402
 
 from services.common.kafka_topics import ensure_topics  # noqa: E402
 from services.common.settings import RunstoreSettings  # noqa: E402
@@ -55,27 +54,9 @@ from services.common.settings import RunstoreSettings  # noqa: E402
 
 @contextmanager
 def servers() -> Iterator[tuple[str, str, dict[str, int]]]:
-    """Kafka's and MongoDB's addresses, and their pids where known (for CPU accounting)."""
-    kafka = os.environ.get("RUNSTORE_KAFKA_BOOTSTRAP")
-    mongo = os.environ.get("RUNSTORE_MONGO_URL")
-    pids: dict[str, int] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="runstore-bench-")))
-        if not kafka:
-            handle = infra.start_kafka(infra.free_port(), infra.free_port(), tmp / "kafka")
-            stack.callback(handle.stop)
-            kafka = handle.address
-            pids["kafka"] = handle.pid
-        elif (pid := kafka_pid(kafka)) is not None:
-            pids["kafka"] = pid
-        if not mongo:
-            handle = infra.start_ferretdb(infra.free_port(), tmp / "ferretdb")
-            stack.callback(handle.stop)
-            mongo = handle.address
-            pids["mongo"] = handle.pid
-        elif (pid := mongo_pid(mongo)) is not None:
-            pids["mongo"] = pid
-        yield kafka, mongo, pids
+        yield stack.enter_context(bench_servers(tmp))
 
 
 def workload(n: int, rng: random.Random) -> list[dict[str, Any]]:

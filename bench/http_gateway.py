@@ -53,7 +53,8 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
-from cpu_meter import CpuMeter, kafka_pid, mongo_pid  # noqa: E402
+from cpu_meter import CpuMeter  # noqa: E402
+from servers import bench_servers  # noqa: E402
 
 KEY = "bench-key"
 
@@ -198,24 +199,8 @@ def runstore_stack(
     workdir: Path, services: tuple[str, ...] = ("engine", "projector", "api")
 ) -> Iterator[tuple[str, dict[str, int]]]:
     """The API URL, and the pid of every process of the stack (for CPU accounting)."""
-    kafka = os.environ.get("RUNSTORE_KAFKA_BOOTSTRAP")
-    mongo = os.environ.get("RUNSTORE_MONGO_URL")
-    pids: dict[str, int] = {}
     with ExitStack() as stack:
-        if not kafka:
-            handle = infra.start_kafka(infra.free_port(), infra.free_port(), workdir / "kafka")
-            stack.callback(handle.stop)
-            kafka = handle.address
-            pids["kafka"] = handle.pid
-        elif (pid := kafka_pid(kafka)) is not None:
-            pids["kafka"] = pid
-        if not mongo:
-            handle = infra.start_ferretdb(infra.free_port(), workdir / "ferretdb")
-            stack.callback(handle.stop)
-            mongo = handle.address
-            pids["ferretdb"] = handle.pid
-        elif (pid := mongo_pid(mongo)) is not None:
-            pids["ferretdb"] = pid
+        kafka, mongo, pids = stack.enter_context(bench_servers(workdir))
         tag = uuid.uuid4().hex[:8]
         port = infra.free_port()
         env = {
