@@ -10,12 +10,13 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 # CPython's defaults (700, 10, 10) collect the youngest generation every 700 net
-# allocations and, as the heap grows, scan all of it again and again. The engine
-# allocates a few hundred objects per command and keeps every execution's state in its
-# cache: with the defaults, collections took 3.1-4.0 s of a 20,000-command benchmark
-# run, with pauses up to 490 ms (bench/engine_throughput.py, gc.callbacks timing);
-# with these thresholds and the start-up heap frozen, 0.86-1.0 s and at most 191 ms,
-# and command→outcome p99 went from 587-915 ms to 348-389 ms.
+# allocations and, as the heap grows, scan all of it again and again. Measured on the
+# engine (a few hundred objects per command, every execution's state in its cache):
+# with the defaults, collections took 3.1-4.0 s of a 20,000-command benchmark run, with
+# pauses up to 490 ms (bench/engine_throughput.py, gc.callbacks timing); with these
+# thresholds and the start-up heap frozen, 0.86-1.0 s and at most 191 ms, and
+# command→outcome p99 went from 587-915 ms to 348-389 ms. The projector and the API
+# collect this way; the engine now goes further (`BatchCollector`).
 GC_THRESHOLDS = (20_000, 20, 10)
 
 
@@ -71,8 +72,7 @@ class BatchCollector:
         self._frozen_after_full = 0
 
     def start(self) -> None:
-        gc.collect()
-        gc.freeze()
+        tune_gc()  # again: what start-up allocated since is out of sight too
         gc.disable()
         self._last_full = self._clock()
         self._frozen_after_full = gc.get_freeze_count()
