@@ -413,6 +413,7 @@ async def main() -> None:
         help="point reads and histories only (lists are full scans on FerretDB: minutes)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--label", help="the server's name in the table (default: detected)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="runstore-list-runs-") as tmp, ExitStack() as stack:
         if args.mongo_url is None:
@@ -425,7 +426,7 @@ async def bench(args: argparse.Namespace) -> None:
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(args.mongo_url, tz_aware=True)
     info = await mongo.admin.command("buildInfo")
     ferret = "ferretdbVersion" in info
-    server = "FerretDB (SQLite)" if ferret else f"MongoDB {info.get('version')}"
+    server = args.label or ("FerretDB (SQLite)" if ferret else f"MongoDB {info.get('version')}")
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
