@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent / "deploy" / "local"))
 
 import infra  # noqa: E402
 import psycopg  # noqa: E402
-from peers.postgres import postgres_server  # noqa: E402
+from postgres import postgres_server  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
 Doc = dict[str, Any]

@@ -22,11 +22,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "local"))
+
 from cpu_meter import CpuMeter
 from loadgen import Result, measure
+from postgres import postgres_server
 
 from peers.dbos_app import APP, QUEUE, WORKFLOW
-from peers.postgres import postgres_server
 from peers.procs import process
 
 APP_SCRIPT = Path(__file__).resolve().with_name("dbos_app.py")

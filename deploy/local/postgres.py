@@ -1,6 +1,7 @@
-"""A throw-away PostgreSQL cluster for the DBOS peer, at PostgreSQL's shipped defaults
-(fsync on, synchronous_commit on, full_page_writes on: a commit returns once its WAL is
-flushed to disk).
+"""A throw-away PostgreSQL cluster on a free port, at PostgreSQL's shipped defaults (fsync
+on, synchronous_commit on, full_page_writes on: a commit returns once its WAL is flushed
+to disk). Used by the DBOS peer of bench/http_gateway.py, by bench/local_store.py and by
+the tests of FerretDB's PostgreSQL handler.
 
 The server binaries come from Debian's `postgresql` package: found in
 /usr/lib/postgresql/<version>/bin (or RUNSTORE_BENCH_PG_BIN), installed with apt-get when
@@ -23,14 +24,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from peers.procs import process, wait_port
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "local"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import infra
 
 
-def pg_bin() -> Path:
-    """The directory of `initdb` and `postgres`, installing Debian's package if needed."""
+def pg_bin(install: bool = True) -> Path:
+    """The directory of `initdb` and `postgres`, installing Debian's package if needed
+    (and `install`)."""
     if configured := os.environ.get("RUNSTORE_BENCH_PG_BIN"):
         return Path(configured)
     found = sorted(
@@ -39,7 +39,7 @@ def pg_bin() -> Path:
     )
     if found:
         return found[-1].parent
-    if os.geteuid() == 0 and shutil.which("apt-get"):
+    if install and os.geteuid() == 0 and shutil.which("apt-get"):
         print("PostgreSQL: installing Debian's postgresql package...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
@@ -108,19 +108,38 @@ def postgres_server(log_dir: Path, database: str = "bench") -> Iterator[tuple[st
             str(root),  # its Unix socket, instead of /var/run/postgresql
         ]
         log = log_dir / "postgres.log"
-        # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients).
-        with process(cmd, log, user=user, stop_signal=signal.SIGINT) as proc:
-            wait_port(port, proc, log)
-            url = f"postgresql://postgres@127.0.0.1:{port}"
-            _create_database(binaries, port, database, user)
-            yield f"{url}/{database}", proc.pid
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, user=user, start_new_session=True
+            )
+        try:
+            _create_database(binaries, port, database, user, proc, log)
+            yield f"postgresql://postgres@127.0.0.1:{port}/{database}", proc.pid
+        finally:
+            # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients).
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _create_database(binaries: Path, port: int, database: str, user: str | None) -> None:
-    deadline = time.monotonic() + 30
+def _create_database(
+    binaries: Path,
+    port: int,
+    database: str,
+    user: str | None,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+) -> None:
+    """Creates the database, retrying until the server accepts connections."""
+    deadline = time.monotonic() + 60
     while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {proc.returncode}; see {log}")
         done = subprocess.run(
             [
                 str(binaries / "createdb"),
