@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,10 +80,12 @@ def run_one(bench: Benchmark, quick: bool, json_path: Path) -> tuple[int, str, f
     if bench.json:
         cmd += ["--json", str(json_path)]
     print(f"\n== {bench.name}: {' '.join(cmd[1:])}", flush=True)
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", flush=True)
     began = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    lines = []
+    lines = [f"load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n"]
     for line in proc.stdout:
         print(line, end="", flush=True)
         lines.append(line)
@@ -176,7 +179,9 @@ def plot_local_store(data: dict[str, Any], out: Path) -> list[Path]:
     if pg:
         labels = list(pg)
         right.bar(
-            labels, [pg[k]["postgres_execution_ms"] or 0.0 for k in labels], color="tab:green"
+            [textwrap.fill(k, 18) for k in labels],
+            [pg[k]["postgres_execution_ms"] or 0.0 for k in labels],
+            color="tab:green",
         )
         right.set_ylabel("PostgreSQL execution ms")
         right.set_title("equality filter on PostgreSQL, by index")
@@ -185,7 +190,30 @@ def plot_local_store(data: dict[str, Any], out: Path) -> list[Path]:
     path = out / "local_store.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    paths = [path]
+    lists = data.get("list_runs") or {}
+    if lists:
+        # list_runs on each store, side by side: the API's reads end to end.
+        names = list(lists)
+        size = str(lists[names[0]]["sizes"][0])
+        measures = list(lists[names[0]]["results"][size])
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(measures) + 1.4))
+        height = 0.8 / len(names)
+        for k, name in enumerate(names):
+            values = [lists[name]["results"][size][m]["p95_ms"] for m in measures]
+            ys = [i + k * height for i in range(len(measures))]
+            ax.barh(ys, values, height=height, label=name)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(measures))], measures, fontsize=7)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("p95 ms (log scale)")
+        ax.set_title(f"bench/list_runs.py at {int(size):,} runs, by store")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "local_store_list_runs.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
 
 
 PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
@@ -207,10 +235,11 @@ def page(sections: list[str], quick: bool) -> str:
         "benchmark starts its own servers. What each one measures, and what each peer's",
         "start guarantees, is in the output below and in the scripts' docstrings.",
         "",
-        f"Run at {time.strftime('%Y-%m-%d %H:%M %Z')} on {os.cpu_count()} cores; load average",
-        f"when the page was written {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15",
-        "min). The cores are shared with other work, so rates move by tens of percent from",
-        "run to run: compare rows of the same run, not figures from different runs.",
+        f"Run ending {time.strftime('%Y-%m-%d %H:%M %Z')}, on {os.cpu_count()} cores shared with",
+        "other work (load average, 1 / 5 / 15 min: at each benchmark's start, in its output;",
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end). Rates move by tens of",
+        "percent from run to run: compare rows of the same run, not figures from",
+        "different runs.",
     ]
     if quick:
         head += ["", "**`--quick` run: short durations and small sizes, not figures to quote.**"]
