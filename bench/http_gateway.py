@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import infra  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
 from loadgen import HttpConnection, Result, measure, pct  # noqa: E402
+from peers.procs import process, wait_port  # noqa: E402
 from servers import bench_servers  # noqa: E402
 
 KEY = "bench-key"
@@ -200,27 +200,10 @@ def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterato
     ]
     if db_file is not None:
         cmd += ["--db-filename", str(db_file)]
-    log = (workdir / f"temporal-{'file' if db_file else 'mem'}.log").open("ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"temporal exited with {proc.returncode}; see {log.name}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("temporal did not listen in 60 s")
-            time.sleep(0.2)
+    log = workdir / f"temporal-{'file' if db_file else 'mem'}.log"
+    with process(cmd, log) as proc:
+        wait_port(port, proc, log)
         yield f"127.0.0.1:{port}", proc.pid
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def bench_temporal(

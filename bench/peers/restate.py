@@ -87,47 +87,30 @@ def restate_stack(work: Path, with_service: bool) -> Iterator[tuple[int, int, di
         wait_port(ingress, server, log)
         wait_port(admin, server, log)
         pids = {"restate-server": server.pid}
+        # The service is registered with the server in both rows (Restate needs its
+        # handlers' schema); for "start only" it is stopped right after, so that nothing
+        # but the server runs.
+        service_stack = ExitStack()
+        port, service = _service(service_stack, work)
+        _register(admin, port)
         if with_service:
-            port = infra.free_port()
-            svc_log = work / "restate-service.log"
-            service = stack.enter_context(
-                process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "hypercorn",
-                        "--bind",
-                        f"127.0.0.1:{port}",
-                        "peers.restate_service:app",
-                    ],
-                    svc_log,
-                    {"PYTHONPATH": str(BENCH_DIR)},
-                )
-            )
-            wait_port(port, service, svc_log)
+            stack.enter_context(service_stack)
             pids["Python service (runs workflows)"] = service.pid
         else:
-            # Start-only: the service is registered (Restate needs its handlers' schema),
-            # then stopped, so that nothing but the server runs.
-            port = infra.free_port()
-            svc_log = work / "restate-service.log"
-            with process(
-                [
-                    sys.executable,
-                    "-m",
-                    "hypercorn",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "peers.restate_service:app",
-                ],
-                svc_log,
-                {"PYTHONPATH": str(BENCH_DIR)},
-            ) as service:
-                wait_port(port, service, svc_log)
-                _register(admin, port)
-        if with_service:
-            _register(admin, port)
+            service_stack.close()
         yield ingress, admin, pids
+
+
+def _service(stack: ExitStack, work: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """The Python service under hypercorn on a free port, stopped when `stack` closes."""
+    port = infra.free_port()
+    log = work / "restate-service.log"
+    cmd = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}"]
+    service = stack.enter_context(
+        process([*cmd, "peers.restate_service:app"], log, {"PYTHONPATH": str(BENCH_DIR)})
+    )
+    wait_port(port, service, log)
+    return port, service
 
 
 def _register(admin: int, service_port: int) -> None:
