@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import infra  # noqa: E402  (a sibling script, not a package)
 
-SERVICES = ("engine", "projector", "api")
+SERVICES = ("engine", "projector", "timers", "api")
 RUN_DIR = REPO / ".local" / "run"
 LOG_DIR = REPO / ".local" / "logs"
 API_READY_TIMEOUT = 90.0

@@ -51,7 +51,7 @@ from services.api.event_fanout import (
 )
 from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
 from services.api.run_reader import RunReader
-from services.api.shapes import ExecuteRequest, Execution, execution_from_run
+from services.api.shapes import ExecuteExtensions, ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
 
@@ -123,12 +123,20 @@ async def start_execution(
                 status_code=409,
                 detail=f"execution_id_taken: execution id {execution_id!r} belongs to another user",
             )
+    try:
+        options = ExecuteExtensions.model_validate(body.extensions or {})
+    except ValidationError as exc:
+        raise HTTPException(
+            status_code=422, detail=f"invalid extensions: {exc.errors(include_url=False)}"
+        ) from exc
     command = StartWorkflow(
         **_envelope("execute", who, execution_id, idempotency_key),
         payload=StartWorkflowPayload(
             workflow_name=workflow_name,
             input=body.input if body.encoded_input is None else body.encoded_input,
             deployment_name=body.deployment_name or body.task_queue,
+            execution_timeout_seconds=options.execution_timeout_seconds,
+            retry_policy=options.retry_policy,
         ),
     )
     reader = api.reader_for(who)
