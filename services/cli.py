@@ -45,8 +45,8 @@ def _run_timers() -> None:
 def _timers_status() -> None:
     """One line per timers instance (its last stats report) and the stored totals."""
     from services.common.mongo import mongo_client, mongo_database
+    from services.common.schedule_store import SCHEDULES
     from services.timers.app import STATS_COLLECTION
-    from services.timers.schedule_store import SCHEDULES
 
     settings = TimersSettings()
 

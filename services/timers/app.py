@@ -21,11 +21,11 @@ from services.common.clock import now_ns, utcnow
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
 from services.common.kafka_topics import partitions_of
 from services.common.mongo import mongo_client, mongo_database
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
 from services.common.stream_service import seek_back, service_app
 from services.timers.firing import TimerService
 from services.timers.schedule_runner import ScheduleRunner
-from services.timers.schedule_store import MongoScheduleStore
 from services.timers.timer_store import MongoTimerStore
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from schemas.schedules import (
 from services.common.clock import now_ns, ns_to_datetime, utcnow
 from services.common.kafka_io import Outgoing, RecordPublisher
 from services.common.readmodels.store import EXECUTIONS, RUNS
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
-from services.timers.schedule_store import MongoScheduleStore
 from services.timers.stats import TimerStats
 
 log = logging.getLogger(__name__)
