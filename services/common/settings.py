@@ -134,5 +134,9 @@ class TimersSettings(RunstoreSettings):
     """Most timers fired per publish."""
     timers_stats_seconds: float = Field(default=10.0, gt=0)
     """Period of the summary log line (and of the stats document `runstore timers status` reads)."""
+    timers_instance_id: str | None = None
+    """Kafka static membership id (e.g. the pod name): a restarted instance gets its
+    partitions back at once instead of after the session timeout."""
+    timers_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     timers_schedule_refresh_seconds: float = Field(default=1.0, gt=0)
     """How often the schedules are re-read: a change made over HTTP takes effect within it."""

@@ -84,6 +84,9 @@ def build_app(settings: TimersSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=_FollowPartitions(service, runner, settings.topics.events),
+        group_instance_id=settings.timers_instance_id,
+        session_timeout_ms=settings.timers_session_timeout_ms,
+        heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
         decoder=_raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
