@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["engine_cpu.py", "engine_throughput.py", "list_runs.py", "http_gateway.py"]
+BENCHMARKS = [
+    "engine_cpu.py",
+    "engine_throughput.py",
+    "list_runs.py",
+    "http_gateway.py",
+    "timers.py",
+]
 
 
 def main() -> int:

@@ -38,6 +38,8 @@ class TimerService:
         self._tick = tick_seconds
         self._fire_batch = fire_batch
         self._wake = asyncio.Event()
+        self._fired_keys: list[str] = []
+        self._fired_wake = asyncio.Event()
 
     # --- partitions -------------------------------------------------------------------
 
@@ -91,7 +93,30 @@ class TimerService:
     # --- firing -----------------------------------------------------------------------
 
     async def run_firing(self) -> None:
-        """Fire due timers until cancelled."""
+        """Fire due timers until cancelled (and delete fired ones from the store alongside)."""
+        deleting = asyncio.create_task(self._run_deleting(), name="timers-delete")
+        try:
+            await self._fire_forever()
+        finally:
+            deleting.cancel()
+
+    async def _run_deleting(self) -> None:
+        """Deletes fired timers from the store, off the firing path: FerretDB's deletes are
+        slow, and a fired timer still stored is only fired again (same command id) after a
+        reload, which the engine applies once."""
+        while True:
+            await self._fired_wake.wait()
+            self._fired_wake.clear()
+            keys, self._fired_keys = self._fired_keys, []
+            try:
+                await self.store.write((), keys)
+            except Exception:
+                log.warning("deleting %d fired timers failed; retrying", len(keys), exc_info=True)
+                self._fired_keys.extend(keys)
+                self._fired_wake.set()
+                await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _fire_forever(self) -> None:
         while True:
             try:
                 fired = await self.fire_due()
@@ -110,7 +135,8 @@ class TimerService:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
     async def fire_due(self) -> int:
-        """Send the commands of due timers, then forget them and delete them from the store.
+        """Send the commands of due timers, then forget them and queue their deletion from
+        the store.
 
         A crash after the send and before the delete fires them again after a restart with
         the same command ids, which the engine applies once."""
@@ -145,11 +171,8 @@ class TimerService:
             self.stats.record_firing((sent_ns - placed.timer.fire_at_ns) / 1e9)
             if self.pending.fired(placed):
                 done.append(placed.timer.key)
-        try:
-            await self.store.write((), done)
-        except Exception:
-            # Still stored: fired again (same command ids) after the next load. Harmless.
-            log.warning("deleting %d fired timers failed", len(done), exc_info=True)
+        self._fired_keys.extend(done)
+        self._fired_wake.set()
         return len(sendable)
 
     def refresh_stats(self) -> TimerStats:
