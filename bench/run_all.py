@@ -71,6 +71,11 @@ BENCHMARKS = [
         quick=["--docs", "5000", "--list-runs", "0"],
         json=True,
     ),
+    Benchmark(
+        "timers",
+        "Timers: fires per second and firing lateness with 100,000 pending",
+        quick=["--timers", "5000", "--rate", "1000"],
+    ),
 ]
 
 

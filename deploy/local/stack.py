@@ -59,6 +59,7 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     Service("engine", ("engine",)),
     Service("projector", ("projector",)),
+    Service("timers", ("timers",)),
     Service("api", ("api",)),
 )
 

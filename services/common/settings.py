@@ -136,3 +136,21 @@ class ApiSettings(RunstoreSettings):
     page_token_secret: SecretStr | None = None
     """Key of the list_runs page-token MAC (`RUNSTORE_PAGE_TOKEN_SECRET`); the same on every
     API instance. Unset: a random key per process, so tokens do not survive a restart."""
+
+
+class TimersSettings(RunstoreSettings):
+    timers_group_id: str = "timers"
+    timers_max_batch: int = Field(default=1000, ge=1)
+    """Most events read per batch (one store write per batch)."""
+    timers_tick_seconds: float = Field(default=0.05, gt=0, le=1)
+    """Longest sleep of the firing loop: the floor of a timer's lateness when idle."""
+    timers_fire_batch: int = Field(default=5000, ge=1)
+    """Most timers fired per publish."""
+    timers_stats_seconds: float = Field(default=10.0, gt=0)
+    """Period of the summary log line (and of the stats document `runstore timers status` reads)."""
+    timers_instance_id: str | None = None
+    """Kafka static membership id (e.g. the pod name): a restarted instance gets its
+    partitions back at once instead of after the session timeout."""
+    timers_session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    timers_schedule_refresh_seconds: float = Field(default=1.0, gt=0)
+    """How often the schedules are re-read: a change made over HTTP takes effect within it."""
