@@ -95,7 +95,9 @@ class BodySizeLimit:
 class FailureBudget:
     """Token buckets of failed requests, one per client address."""
 
-    def __init__(self, app: ASGIApp, per_second: float, burst: int, max_clients: int) -> None:
+    def __init__(
+        self, app: ASGIApp, per_second: float, burst: int, max_clients: int = 50_000
+    ) -> None:
         self.app = app
         self.max_clients = max_clients
         self.rate = per_second
