@@ -9,7 +9,7 @@ import time
 
 from services.common.logs import configure_logging
 from services.common.runtime import tune_gc
-from services.common.settings import ApiSettings, EngineSettings, ProjectorSettings
+from services.common.settings import ApiSettings, EngineSettings, ProjectorSettings, TimersSettings
 
 
 def _run_engine() -> None:
@@ -32,6 +32,41 @@ def _run_projector() -> None:
     asyncio.run(app.run())
 
 
+def _run_timers() -> None:
+    from services.timers.app import build_app
+
+    settings = TimersSettings()
+    configure_logging(settings.log_level)
+    app = build_app(settings)
+    tune_gc()
+    asyncio.run(app.run())
+
+
+def _timers_status() -> None:
+    """One line per timers instance (its last stats report) and the stored totals."""
+    from services.common.mongo import mongo_client, mongo_database
+    from services.common.schedule_store import SCHEDULES
+    from services.timers.app import STATS_COLLECTION
+
+    settings = TimersSettings()
+
+    async def run() -> None:
+        client = mongo_client(settings)
+        try:
+            db = mongo_database(client, settings)
+            async for doc in db[STATS_COLLECTION].find({}):
+                fields = " ".join(f"{k}={v}" for k, v in doc.items() if k not in {"_id"})
+                print(f"instance {doc['_id']}: {fields}")
+            # Operator commands, not hot paths: counting scans on FerretDB.
+            stored = await db["timers"].count_documents({})
+            schedules = await db[SCHEDULES].count_documents({})
+            print(f"stored pending timers: {stored}; schedules: {schedules}")
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
 def _run_api() -> None:
     import uvicorn
 
@@ -47,6 +82,7 @@ def _run_api() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        limit_concurrency=settings.api_max_connections,
         # libuv's loop and the C HTTP parser: a third less CPU per request than the
         # pure-Python defaults (asyncio, h11).
         loop="uvloop",
@@ -104,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("engine", help="apply commands from Kafka to the event store")
     sub.add_parser("projector", help="project events into the read models")
     sub.add_parser("api", help="serve the HTTP API")
+    timers = sub.add_parser("timers", help="fire durable timers and schedules")
+    timers_sub = timers.add_subparsers(dest="action")
+    timers_sub.add_parser("status", help="pending timers, next fire time, lateness per instance")
     projections = sub.add_parser("projections", help="operate on the read models")
     projections_sub = projections.add_subparsers(dest="action", required=True)
     projections_sub.add_parser(
@@ -115,7 +154,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "projections":
         _rebuild_projections()
         return
-    runners = {"engine": _run_engine, "projector": _run_projector, "api": _run_api}
+    if args.command == "timers" and args.action == "status":
+        _timers_status()
+        return
+    runners = {
+        "timers": _run_timers,
+        "engine": _run_engine,
+        "projector": _run_projector,
+        "api": _run_api,
+    }
     runners[args.command]()
 
 

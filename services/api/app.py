@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.api import routes_commands, routes_runs, routes_streams
+from services.api import routes_commands, routes_runs, routes_schedules, routes_streams
 from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
@@ -81,6 +81,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     # before the routes that take a {workflow_identifier}, so they win (API.md §12.13).
     app.include_router(routes_runs.router)
     app.include_router(routes_streams.router)
+    app.include_router(routes_schedules.router)
     app.include_router(routes_commands.router)
 
     # Outermost last: the failure budget sees every answer, 413s included; the execute
@@ -91,5 +92,6 @@ def build_app(settings: ApiSettings) -> FastAPI:
         FailureBudget,
         per_second=settings.api_bad_requests_per_second,
         burst=settings.api_bad_requests_burst,
+        max_clients=settings.api_failure_clients,
     )
     return app

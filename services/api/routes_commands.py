@@ -51,7 +51,7 @@ from services.api.event_fanout import (
 )
 from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
 from services.api.run_reader import RunReader
-from services.api.shapes import ExecuteRequest, Execution, execution_from_run
+from services.api.shapes import ExecuteExtensions, ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
 
@@ -123,17 +123,25 @@ async def start_execution(
                 status_code=409,
                 detail=f"execution_id_taken: execution id {execution_id!r} belongs to another user",
             )
+    try:
+        options = ExecuteExtensions.model_validate(body.extensions or {})
+    except ValidationError as exc:
+        raise HTTPException(
+            status_code=422, detail=f"invalid extensions: {exc.errors(include_url=False)}"
+        ) from exc
     command = StartWorkflow(
         **_envelope("execute", who, execution_id, idempotency_key),
         payload=StartWorkflowPayload(
             workflow_name=workflow_name,
             input=body.input if body.encoded_input is None else body.encoded_input,
             deployment_name=body.deployment_name or body.task_queue,
+            execution_timeout_seconds=options.execution_timeout_seconds,
+            retry_policy=options.retry_policy,
         ),
     )
     reader = api.reader_for(who)
     if not body.wait_for_result:
-        outcome = await _apply(api.gateway, command)
+        outcome = await apply_command(api.gateway, command)
         started = _started_execution(command, outcome)
         run = None if started is not None else await reader.execution(execution_id)
     else:
@@ -144,7 +152,7 @@ async def start_execution(
         # Subscribe before the command goes out: the end cannot slip past unseen.
         sub = api.fanout.subscribe(execution_id=execution_id)
         try:
-            await _apply(api.gateway, command)
+            await apply_command(api.gateway, command)
             run = await _wait_until_closed(reader, api.fanout, sub, execution_id, limit)
         finally:
             api.fanout.unsubscribe(sub)
@@ -238,7 +246,7 @@ async def batch_terminate(
 async def cancel(
     who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    await _apply(
+    await apply_command(
         api.gateway, _cancel_command(who, known_execution_id(execution_id), idempotency_key)
     )
     return Response(status_code=204)
@@ -249,7 +257,7 @@ async def terminate(
     who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     command = _terminate_command(who, known_execution_id(execution_id), idempotency_key)
-    await _apply(api.gateway, command)
+    await apply_command(api.gateway, command)
     return Response(status_code=204)
 
 
@@ -270,7 +278,7 @@ async def signal(
         **_envelope("signal", who, execution_id, idempotency_key),
         payload=SignalPayload(name=body.name, input=body.input),
     )
-    await _apply(api.gateway, command)
+    await apply_command(api.gateway, command)
     return SignalAccepted()
 
 
@@ -292,7 +300,7 @@ async def reset(
             exclude_updates=bool(body.exclude_updates),
         ),
     )
-    await _apply(api.gateway, command)
+    await apply_command(api.gateway, command)
     return Response(status_code=204)
 
 
@@ -316,7 +324,7 @@ async def update(
 # --- helpers --------------------------------------------------------------------------
 
 
-async def _apply(gateway: CommandGateway, command: Command) -> CommandOutcome:
+async def apply_command(gateway: CommandGateway, command: Command) -> CommandOutcome:
     """The accepted outcome of `command`, or the HTTP error that says what happened."""
     try:
         outcome = await gateway.send(command)
@@ -378,7 +386,7 @@ async def _batch(
                     who, await api.all_runs.execution(valid)
                 ):
                     raise errors.not_found("execution", execution_id)
-                await _apply(api.gateway, make(who, valid, key))
+                await apply_command(api.gateway, make(who, valid, key))
             except HTTPException as exc:
                 return BatchItemResult(status="failure", error=str(exc.detail))
             return BatchItemResult(status="success", error=None)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.common import Identifier
+from schemas.common import Identifier, RetryPolicy
 
 
 class ExecuteRequest(BaseModel):
@@ -28,6 +28,17 @@ class ExecuteRequest(BaseModel):
     task_queue: str | None = None
     deployment_name: str | None = None
     encoded_input: dict[str, Any] | None = None
+
+
+class ExecuteExtensions(BaseModel):
+    """The `extensions` of an execute body that Runstore reads (others are ignored): the
+    run's execution timeout and retry policy, as on the Kafka StartWorkflow. Absent: no
+    timeout, no retry (a failed run is FAILED)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execution_timeout_seconds: float | None = Field(default=None, gt=0)
+    retry_policy: RetryPolicy | None = None
 
 
 class ExecutionListItem(BaseModel):

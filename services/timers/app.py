@@ -1,0 +1,143 @@
+"""Timers wiring: `workflows.events` (consumer group `timers`) → durable timers → commands
+on `workflows.commands`; schedules → StartWorkflow commands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from contextlib import suppress
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from faststream import AckPolicy, FastStream
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from schemas.events import EVENT_ADAPTER, Event
+from services.common.clock import now_ns, utcnow
+from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
+from services.common.kafka_topics import partitions_of
+from services.common.mongo import mongo_client, mongo_database
+from services.common.schedule_store import MongoScheduleStore
+from services.common.settings import TimersSettings
+from services.common.stream_service import seek_back, service_app
+from services.timers.firing import TimerService
+from services.timers.schedule_runner import ScheduleRunner
+from services.timers.timer_store import MongoTimerStore
+
+log = logging.getLogger(__name__)
+
+STATS_COLLECTION = "timer_stats"
+
+
+class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Timers are partitioned like the events: owning an events partition = owning its
+    timers and schedules. Loaded on assignment, before any of its events is consumed."""
+
+    def __init__(self, service: TimerService, runner: ScheduleRunner, topic: str) -> None:
+        self._service = service
+        self._runner = runner
+        self._topic = topic
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        mine = [tp.partition for tp in revoked if tp.topic == self._topic]
+        self._service.revoke(mine)
+        self._runner.owned = self._service.pending.partitions
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._service.assign(tp.partition for tp in assigned if tp.topic == self._topic)
+        self._runner.owned = self._service.pending.partitions
+
+
+def _raw_records(message: KafkaMessage) -> object:
+    return message.raw_message
+
+
+def build_app(settings: TimersSettings) -> FastStream:
+    broker = kafka_broker(settings, client_id="runstore-timers")
+    client = mongo_client(settings)
+    db = mongo_database(client, settings)
+    publisher = RecordPublisher(settings, client_id="runstore-timers-fire")
+    store = MongoTimerStore(db)
+    service = TimerService(
+        store,
+        publisher,
+        settings.topics.commands,
+        tick_seconds=settings.timers_tick_seconds,
+        fire_batch=settings.timers_fire_batch,
+    )
+    runner = ScheduleRunner(MongoScheduleStore(db), db, publisher, settings, service.stats)
+    instance = f"{socket.gethostname()}:{os.getpid()}"
+    tasks: list[asyncio.Task[Any]] = []
+
+    # MANUAL acks: a batch's offsets are committed only after the timers it implies are
+    # stored; a failed batch is sought back and applied again (idempotent upserts).
+    @broker.subscriber(
+        settings.topics.events,
+        group_id=settings.group(settings.timers_group_id),
+        batch=True,
+        max_records=settings.timers_max_batch,
+        batch_timeout_ms=20,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        listener=_FollowPartitions(service, runner, settings.topics.events),
+        group_instance_id=settings.timers_instance_id,
+        session_timeout_ms=settings.timers_session_timeout_ms,
+        heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
+        decoder=_raw_records,
+    )
+    async def handle_events(message: KafkaMessage) -> None:
+        events: list[tuple[int, Event]] = []
+        for record in batch_records(message):
+            try:
+                events.append((record.partition, EVENT_ADAPTER.validate_json(record.value)))
+            except ValidationError as exc:
+                # Only the engine writes this topic: report, never block the partition.
+                log.error(
+                    "skipping unreadable event at %s/%s: %s", record.partition, record.offset, exc
+                )
+        try:
+            await service.apply(events)
+        except Exception:
+            log.exception("storing the timers of %d events failed; retrying", len(events))
+            await seek_back(message)
+            return
+        await message.ack()
+
+    async def report_stats() -> None:
+        stats_coll = db[STATS_COLLECTION]
+        while True:
+            await asyncio.sleep(settings.timers_stats_seconds)
+            summary = service.refresh_stats().summary(now_ns())
+            log.info("timers: %s", " ".join(f"{k}={v}" for k, v in summary.items()))
+            with suppress(Exception):
+                await stats_coll.replace_one(
+                    {"_id": instance},
+                    {**summary, "instance": instance, "at": utcnow()},
+                    upsert=True,
+                )
+
+    async def setup() -> None:
+        await store.setup()
+        await publisher.start()
+        runner.partition_count = len(await partitions_of(settings, settings.topics.events))
+
+    async def start_loops() -> None:
+        tasks.append(asyncio.create_task(service.run_firing(), name="timers-firing"))
+        tasks.append(asyncio.create_task(runner.run(), name="timers-schedules"))
+        tasks.append(asyncio.create_task(report_stats(), name="timers-stats"))
+
+    async def stop_loops() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        await publisher.stop()
+
+    app = service_app(broker, settings, client, setup, before_shutdown=stop_loops)
+    app.after_startup(start_loops)
+    return app

@@ -1,0 +1,180 @@
+"""The timers service as a real process: execution timeouts, retry back-off, timers of
+closed runs, on real Kafka and the MongoDB-protocol server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from schemas.commits import Commit
+from tests.integration.test_engine import commits_of, topic
+from tests.support.eventually import assert_eventually
+from tests.support.kafka import command, produce, read_topic
+from tests.support.stack import Stack
+
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture(scope="module")
+def timers_stack(
+    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    from tests.conftest import isolated_env
+
+    s = Stack(env=isolated_env(kafka_bootstrap, mongo_url), log_dir=tmp_path_factory.mktemp("t"))
+    try:
+        for service in ("engine", "projector", "timers", "api"):
+            s.start(service)
+        yield s
+    finally:
+        s.stop_all()
+
+
+async def execute(stack: Stack, execution_id: str, **extensions: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http:
+        answer = await http.post(
+            "/v1/workflows/wf/execute",
+            json={"execution_id": execution_id, "input": {}, "extensions": extensions},
+        )
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+async def events_of(stack: Stack, execution_id: str) -> list[dict[str, Any]]:
+    commits = await commits_of(stack.env, execution_id)
+    out: list[dict[str, Any]] = []
+    for doc in commits:
+        commit = Commit.model_validate_json(doc["body"])
+        out.extend(e.model_dump(mode="json") for e in commit.events)
+    return out
+
+
+async def report(stack: Stack, kind: str, execution_id: str, **payload: Any) -> None:
+    env = stack.env
+    await produce(
+        env["RUNSTORE_KAFKA_BOOTSTRAP"],
+        topic(env, "commands"),
+        [(execution_id, command(kind, execution_id, **payload))],
+    )
+
+
+async def test_execution_timeout_over_http_times_out_the_run_within_a_second(
+    timers_stack: Stack,
+) -> None:
+    started = await execute(timers_stack, "to-1", execution_timeout_seconds=2)
+    assert started["status"] == "RUNNING"
+
+    async def timed_out() -> dict[str, Any]:
+        events = await events_of(timers_stack, "to-1")
+        assert events[-1]["type"] == "WORKFLOW_EXECUTION_TIMED_OUT", [e["type"] for e in events]
+        return events[-1]
+
+    last = await assert_eventually(timed_out, timeout=30, interval=0.1)
+    first = (await events_of(timers_stack, "to-1"))[0]
+    deadline_ns = first["timestamp_ns"] + 2_000_000_000
+    late_s = (last["timestamp_ns"] - deadline_ns) / 1e9
+    assert 0 <= late_s < 1.0, f"timed out {late_s:.3f}s after its deadline"
+    assert last["command_id"] == f"timer:to-1:{first['run_id']}:execution-timeout:{deadline_ns}"
+
+
+async def test_failing_run_is_retried_after_its_back_off_then_fails_after_the_last_attempt(
+    timers_stack: Stack,
+) -> None:
+    policy = {"max_attempts": 3, "initial_interval_seconds": 0.5, "backoff_coefficient": 2.0}
+    started = await execute(timers_stack, "retry-1", retry_policy=policy)
+    run_id = started["run_id"]
+    failure = {"message": "boom"}
+    for attempt in (1, 2):
+        await report(timers_stack, "FailExecution", "retry-1", run_id=run_id, failure=failure)
+
+        async def retried(attempt: int = attempt) -> list[dict[str, Any]]:
+            events = await events_of(timers_stack, "retry-1")
+            types = [e["type"] for e in events]
+            assert types.count("WORKFLOW_EXECUTION_RETRY_STARTED") == attempt, types
+            return events
+
+        events = await assert_eventually(retried, timeout=30, interval=0.1)
+        scheduled = [e for e in events if e["type"] == "WORKFLOW_EXECUTION_RETRY_SCHEDULED"][-1]
+        restarted = [e for e in events if e["type"] == "WORKFLOW_EXECUTION_RETRY_STARTED"][-1]
+        delay = scheduled["attributes"]["delay_seconds"]
+        assert delay == 0.5 * 2 ** (attempt - 1)
+        waited = (restarted["timestamp_ns"] - scheduled["timestamp_ns"]) / 1e9
+        assert waited >= delay, f"retried after {waited:.3f}s, back-off was {delay}s"
+        assert restarted["attributes"]["attempt"] == attempt + 1
+    await report(timers_stack, "FailExecution", "retry-1", run_id=run_id, failure=failure)
+
+    async def failed() -> None:
+        types = [e["type"] for e in await events_of(timers_stack, "retry-1")]
+        assert types[-1] == "WORKFLOW_EXECUTION_FAILED", types
+
+    await assert_eventually(failed, timeout=30, interval=0.1)
+
+
+async def test_retried_run_completes(timers_stack: Stack) -> None:
+    policy = {"max_attempts": 2, "initial_interval_seconds": 0.2}
+    started = await execute(timers_stack, "retry-2", retry_policy=policy)
+    await report(
+        timers_stack, "FailExecution", "retry-2", run_id=started["run_id"], failure={"message": "x"}
+    )
+
+    async def running_again() -> None:
+        types = [e["type"] for e in await events_of(timers_stack, "retry-2")]
+        assert types[-1] == "WORKFLOW_EXECUTION_RETRY_STARTED", types
+
+    await assert_eventually(running_again, timeout=30, interval=0.1)
+    await report(timers_stack, "CompleteExecution", "retry-2", run_id=started["run_id"], result=1)
+    async with httpx.AsyncClient(base_url=timers_stack.api_url, headers=AUTH) as http:
+
+        async def completed() -> None:
+            got = await http.get("/v1/workflows/executions/retry-2")
+            assert got.json()["status"] == "COMPLETED", got.text
+
+        await assert_eventually(completed, timeout=30, interval=0.1)
+
+
+async def test_timer_of_a_closed_run_never_fires(timers_stack: Stack) -> None:
+    started = await execute(timers_stack, "closed-1", execution_timeout_seconds=1.5)
+    await report(timers_stack, "CompleteExecution", "closed-1", run_id=started["run_id"], result=1)
+
+    async def completed() -> None:
+        types = [e["type"] for e in await events_of(timers_stack, "closed-1")]
+        assert types[-1] == "WORKFLOW_EXECUTION_COMPLETED", types
+
+    await assert_eventually(completed, timeout=30)
+    # A later execution's timeout, due after closed-1's, fires: so had closed-1's timer
+    # been kept, it would have fired by then.
+    await execute(timers_stack, "closed-probe", execution_timeout_seconds=2.5)
+
+    async def probe_timed_out() -> None:
+        types = [e["type"] for e in await events_of(timers_stack, "closed-probe")]
+        assert types[-1] == "WORKFLOW_EXECUTION_TIMED_OUT", types
+
+    await assert_eventually(probe_timed_out, timeout=30, interval=0.1)
+    env = timers_stack.env
+    records = await read_topic(
+        env["RUNSTORE_KAFKA_BOOTSTRAP"],
+        topic(env, "commands"),
+        until=lambda rs: any(
+            b"closed-probe" in r.value and b"TimeOutExecution" in r.value for r in rs
+        ),
+    )
+    fired = [json.loads(r.value) for r in records if r.key == b"closed-1"]
+    assert [c["type"] for c in fired if c["type"] == "TimeOutExecution"] == []
+    assert (await events_of(timers_stack, "closed-1"))[-1]["type"] == (
+        "WORKFLOW_EXECUTION_COMPLETED"
+    )
+
+
+async def test_bad_extensions_are_refused(timers_stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=timers_stack.api_url, headers=AUTH) as http:
+        answer = await http.post(
+            "/v1/workflows/wf/execute",
+            json={"extensions": {"execution_timeout_seconds": -1}},
+        )
+    assert answer.status_code == 422, answer.text
+    assert "execution_timeout_seconds" in answer.text
