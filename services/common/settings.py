@@ -94,6 +94,25 @@ class ProjectorSettings(RunstoreSettings):
     next events need no reads; dropped whenever partitions move."""
 
 
+class WorkerSettings(RunstoreSettings):
+    """`runstore worker` (the worker SDK's process): RUNSTORE_WORKER_*."""
+
+    worker_deployment: str = "default"
+    """The deployment this worker serves: its tasks' route and its consumer group."""
+    worker_id: str | None = None
+    """Names the worker in the commands it sends; default host:pid."""
+    worker_cache_size: int = Field(default=2000, ge=1)
+    """Live workflow instances kept in memory (least recently used out); a task for one
+    of them needs no replay."""
+    worker_concurrency: int = Field(default=200, ge=1)
+    """Executions advanced at once within a batch of tasks."""
+    worker_max_batch: int = Field(default=500, ge=1)
+    worker_linger_ms: int = Field(default=2, ge=0)
+    worker_own_command_wait_seconds: float = Field(default=3.0, ge=0)
+    """How long a worker waits for its last command of an execution to show in the history
+    before it rebuilds the instance from what is there (the engine refused it)."""
+
+
 class AccessMode(StrEnum):
     SHARED = "shared"
     """Every authenticated caller may read and command every run (one workspace, as

@@ -1,0 +1,1 @@
+"""Runstore's public Python packages: `runstore.workflows` is the worker SDK."""

@@ -1,0 +1,456 @@
+"""The decorators and functions workflow authors use: `workflow.*` and `activity`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+from schemas.commands import CustomTaskStep
+from schemas.common import Failure, ParentClosePolicy
+
+from runstore.workflows._definitions import (
+    HANDLER_MARK,
+    RUN_MARK,
+    ActivityDefinition,
+    Handler,
+    RetryPolicy,
+    WorkflowDefinition,
+    WorkflowDefinitionError,
+    build_definition,
+    definition_of,
+    from_json,
+)
+from runstore.workflows._errors import ContinueAsNewRequest
+from runstore.workflows._instance import WorkflowInstance, current
+
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=type)
+
+DEFAULT_START_TO_CLOSE = timedelta(minutes=5)
+
+
+def _instance() -> WorkflowInstance:
+    try:
+        return current.get()
+    except LookupError:
+        raise RuntimeError("this function is only available inside workflow code") from None
+
+
+# --- activities -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivityInfo:
+    """What an activity attempt knows about itself. `idempotency_key` is stable across
+    re-deliveries of the same attempt: use it to make side effects apply once."""
+
+    execution_id: str
+    run_id: str
+    workflow_name: str
+    activity_id: str
+    activity_name: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.execution_id}:{self.activity_id}:{self.attempt}"
+
+
+activity_context: contextvars.ContextVar[tuple[ActivityInfo, Callable[[], None]]] = (
+    contextvars.ContextVar("runstore_activity")
+)
+
+
+class ActivityFunction:
+    """An `@activity`: called inside workflow code it runs as a durable activity; called
+    anywhere else it is the plain async function (handy in tests)."""
+
+    def __init__(self, definition: ActivityDefinition) -> None:
+        self.definition = definition
+        self.__name__ = definition.name
+        self.__doc__ = definition.fn.__doc__
+        self.__wrapped__ = definition.fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        try:
+            current.get()
+        except LookupError:
+            return self.definition.fn(*args, **kwargs)
+        return workflow.execute_activity(self, *args, **kwargs)
+
+
+class _ActivityApi:
+    """`@activity` / `@activity(name=…, start_to_close_timeout=…, retry_policy=…)` and the
+    functions activity code calls (`activity.heartbeat()`, `activity.info()`)."""
+
+    @overload
+    def __call__(self, fn: F) -> F: ...
+
+    @overload
+    def __call__(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        start_to_close_timeout: timedelta | None = DEFAULT_START_TO_CLOSE,
+        heartbeat_timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        retry_policy_max_attempts: int | None = None,
+        retry_policy_backoff_coefficient: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def __call__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        start_to_close_timeout: timedelta | None = DEFAULT_START_TO_CLOSE,
+        heartbeat_timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        retry_policy_max_attempts: int | None = None,
+        retry_policy_backoff_coefficient: float | None = None,
+    ) -> Any:
+        def decorate(target: Callable[..., Any]) -> Any:
+            if not inspect.iscoroutinefunction(target):
+                raise WorkflowDefinitionError(f"activity {target.__name__} must be `async def`")
+            policy = retry_policy or RetryPolicy()
+            if retry_policy_max_attempts is not None:
+                policy = _replace(policy, maximum_attempts=retry_policy_max_attempts)
+            if retry_policy_backoff_coefficient is not None:
+                policy = _replace(policy, backoff_coefficient=retry_policy_backoff_coefficient)
+            return ActivityFunction(
+                ActivityDefinition(
+                    name=name or target.__name__,
+                    fn=target,
+                    start_to_close_timeout=start_to_close_timeout,
+                    heartbeat_timeout=heartbeat_timeout,
+                    retry_policy=policy,
+                )
+            )
+
+        return decorate if fn is None else decorate(fn)
+
+    @staticmethod
+    def heartbeat(*details: Any) -> None:
+        """Tell the worker this attempt is alive (resets its heartbeat timeout)."""
+        try:
+            _, beat = activity_context.get()
+        except LookupError:
+            return
+        beat()
+
+    @staticmethod
+    def info() -> ActivityInfo:
+        try:
+            return activity_context.get()[0]
+        except LookupError:
+            raise RuntimeError("activity.info() is only available inside an activity") from None
+
+
+def _replace(policy: RetryPolicy, **changes: Any) -> RetryPolicy:
+    from dataclasses import replace
+
+    return replace(policy, **changes)
+
+
+activity = _ActivityApi()
+activity_heartbeat = activity.heartbeat
+
+
+# --- workflows --------------------------------------------------------------------------
+
+
+class ChildHandle:
+    """A started child workflow: `await handle.result()` waits for it to close."""
+
+    def __init__(self, execution_id: str, result: asyncio.Future[Any], returns: Any) -> None:
+        self.execution_id = execution_id
+        self._result = result
+        self._returns = returns
+
+    async def result(self) -> Any:
+        value = await self._result
+        return value if self._returns is None else from_json(self._returns, value)
+
+
+class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Logs with the execution's ids; silent while replaying (a record is logged once)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        try:
+            instance = current.get()
+        except LookupError:
+            return msg, kwargs
+        extra = kwargs.setdefault("extra", {})
+        extra.update(execution_id=instance.execution_id, run_id=instance.run_id)
+        return f"[{instance.workflow_name} {instance.execution_id}] {msg}", kwargs
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+        try:
+            if current.get().replaying:
+                return False
+        except LookupError:
+            pass
+        return super().isEnabledFor(level)
+
+
+class workflow:  # noqa: N801 - used as a namespace: `workflow.define`, `workflow.sleep` …
+    """Decorators for workflow classes and the functions workflow code calls."""
+
+    logger = _WorkflowLogger(logging.getLogger("runstore.workflows.user"), {})
+
+    # --- declaring ---
+
+    @staticmethod
+    def define(
+        name: str | None = None,
+        *,
+        display_name: str | None = None,
+        description: str | None = None,
+        workflow_display_name: str | None = None,
+        workflow_description: str | None = None,
+    ) -> Callable[[C], C]:
+        """Register a class as a workflow; `name` is what execute calls it by."""
+
+        def decorate(cls: C) -> C:
+            definition = build_definition(
+                cls,
+                name or cls.__name__,
+                display_name or workflow_display_name,
+                description or workflow_description,
+            )
+            cls.__runstore_workflow__ = definition  # type: ignore[attr-defined]
+            return cls
+
+        return decorate
+
+    @staticmethod
+    def run(fn: F) -> F:
+        """Mark the workflow's entry point (`async def run(self, arg)`)."""
+        setattr(fn, RUN_MARK, True)
+        return fn
+
+    entrypoint = run
+
+    @staticmethod
+    def signal(
+        fn: F | None = None, *, name: str | None = None, description: str | None = None
+    ) -> Any:
+        return _handler("signal", fn, name, description)
+
+    @staticmethod
+    def query(
+        fn: F | None = None, *, name: str | None = None, description: str | None = None
+    ) -> Any:
+        return _handler("query", fn, name, description)
+
+    @staticmethod
+    def update(
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        validator: Callable[..., Any] | None = None,
+    ) -> Any:
+        """An update handler; `validator` (or `@handler.validator`) may refuse the input
+        by raising, before anything is recorded."""
+        return _handler("update", fn, name, description, validator)
+
+    # --- doing ---
+
+    @staticmethod
+    async def execute_activity(
+        fn: Any,
+        *args: Any,
+        start_to_close_timeout: timedelta | None = None,
+        heartbeat_timeout: timedelta | None = None,
+        retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run an activity durably and return its result (recorded: a replay returns it
+        without running the activity again)."""
+        instance = _instance()
+        if isinstance(fn, ActivityFunction):
+            definition = fn.definition
+        elif isinstance(fn, str) and fn in instance.activities:
+            definition = instance.activities[fn]
+        else:
+            raise WorkflowDefinitionError(f"{fn!r} is not an @activity")
+        return await instance.schedule_activity(
+            definition,
+            args,
+            kwargs,
+            retry_policy=retry_policy,
+            start_to_close_timeout=start_to_close_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+        )
+
+    @staticmethod
+    async def sleep(duration: timedelta | float) -> None:
+        """A durable timer: survives worker restarts; fired by the timers service."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else duration
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        instance = _instance()
+        timer_id = instance.start_timer(seconds)
+        try:
+            await instance.timer_future(timer_id)
+        except asyncio.CancelledError:
+            instance.cancel_timer(timer_id)
+            raise
+
+    @staticmethod
+    async def wait_condition(
+        check: Callable[[], bool], *, timeout: timedelta | float | None = None
+    ) -> None:
+        """Wait until `check()` is true (re-checked whenever the code has run); with a
+        timeout, raise `asyncio.TimeoutError` when it passes first (a durable timer)."""
+        if check():
+            return
+        instance = _instance()
+        waiting = instance.wait_condition(check)
+        if timeout is None:
+            await waiting
+            return
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+
+        def expire() -> None:
+            if not waiting.done():
+                waiting.set_exception(TimeoutError("wait_condition timed out"))
+
+        timer_id = instance.start_timer(seconds, on_fire=expire)
+        try:
+            await waiting
+        finally:
+            instance.cancel_timer(timer_id)
+
+    @staticmethod
+    async def start_child_workflow(
+        child: Any,
+        arg: Any = None,
+        *,
+        id: str | None = None,  # noqa: A002 - the SDKs' name
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
+        deployment_name: str | None = None,
+        execution_timeout: timedelta | None = None,
+        display_name: str | None = None,
+    ) -> ChildHandle:
+        """Start a child workflow (a class decorated with @workflow.define, or its name)
+        and return once it started; raises ChildWorkflowError if it could not."""
+        instance = _instance()
+        returns = None
+        if isinstance(child, str):
+            name = child
+        else:
+            definition: WorkflowDefinition = definition_of(child)
+            name, returns = definition.name, definition.run_method
+        child_id, state = instance.start_child(
+            name,
+            arg,
+            child_id=id,
+            parent_close_policy=parent_close_policy,
+            deployment_name=deployment_name,
+            execution_timeout=execution_timeout,
+            display_name=display_name,
+        )
+        await state.started
+        return ChildHandle(child_id, state.result, returns)
+
+    @staticmethod
+    async def execute_child_workflow(child: Any, arg: Any = None, **options: Any) -> Any:
+        """Start a child workflow and wait for its result."""
+        handle = await workflow.start_child_workflow(child, arg, **options)
+        return await handle.result()
+
+    @staticmethod
+    def continue_as_new(arg: Any = None, *, workflow_name: str | None = None) -> None:
+        """End this run and start the workflow again with `arg` under a new execution."""
+        _instance()
+        raise ContinueAsNewRequest(arg, workflow_name)
+
+    @staticmethod
+    def side_effect(compute: Callable[[], Any], *, name: str = "side_effect") -> Any:
+        """Run `compute` once and record its value; a replay returns the recorded value."""
+        return _instance().side_effect(name, compute)
+
+    @staticmethod
+    def report_progress(
+        custom_task_id: str,
+        custom_task_type: str,
+        stage: str = "in_progress",
+        payload: Any = None,
+        *,
+        failure: Failure | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record a custom task's progress (CUSTOM_TASK_* events in the history)."""
+        _instance().custom_task(
+            CustomTaskStep(
+                custom_task_id=custom_task_id,
+                custom_task_type=custom_task_type,
+                stage=stage,  # type: ignore[arg-type]
+                payload=payload,
+                failure=failure,
+                reason=reason,
+            )
+        )
+
+    @staticmethod
+    def now() -> datetime:
+        """The workflow's clock: the time of the history event the code last saw."""
+        return _instance().now()
+
+    @staticmethod
+    def uuid4() -> uuid.UUID:
+        """A random UUID that a replay reproduces."""
+        return _instance().uuid4()
+
+    @staticmethod
+    def random() -> random.Random:
+        """A random generator seeded by the run: a replay draws the same numbers."""
+        return _instance().rng
+
+    @staticmethod
+    def is_replaying() -> bool:
+        return _instance().replaying
+
+    @staticmethod
+    def info() -> dict[str, Any]:
+        instance = _instance()
+        return {
+            "execution_id": instance.execution_id,
+            "run_id": instance.run_id,
+            "workflow_name": instance.workflow_name,
+            "attempt": instance.attempt,
+        }
+
+
+def _handler(
+    kind: str,
+    fn: Callable[..., Any] | None,
+    name: str | None,
+    description: str | None,
+    validator: Callable[..., Any] | None = None,
+) -> Any:
+    def decorate(target: Callable[..., Any]) -> Any:
+        handler = Handler(kind, name or target.__name__, target, validator, description)
+        setattr(target, HANDLER_MARK, handler)
+        if kind == "update":
+
+            def set_validator(check: Callable[..., Any]) -> Callable[..., Any]:
+                setattr(target, HANDLER_MARK, Handler(kind, handler.name, target, check, description))
+                return check
+
+            target.validator = set_validator  # type: ignore[attr-defined]
+        return target
+
+    return decorate if fn is None else decorate(fn)

@@ -1,0 +1,546 @@
+"""The worker: takes workflow tasks of its deployment, replays, runs code, reports.
+
+One consumer group per deployment (`worker.<deployment>`) on `workflows.tasks`; a task
+names an execution, so all of one execution's tasks reach one worker, in order. A batch
+is handled per execution (executions concurrently), and its offsets are committed only
+after every command and reply it produced was acknowledged by Kafka: a worker that dies
+mid-batch has its tasks redelivered, and replay makes that safe (a command is
+identified by the history it was computed from, so the engine applies it once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import ValidationError
+from pymongo.asynchronous.collection import AsyncCollection
+
+from schemas.commands import (
+    CompleteWorkflowTask,
+    CompleteWorkflowTaskPayload,
+    FailWorkflowTask,
+    FailWorkflowTaskPayload,
+)
+from schemas.commits import Commit
+from schemas.common import Failure
+from schemas.events import Event, EventType
+from schemas.replies import ReplyError, WorkerReply
+from schemas.tasks import WorkflowTask
+from services.common.commit_log import COMMITS, Document, read_commit
+from services.common.kafka_topics import ensure_topics
+from services.common.mongo import mongo_client, mongo_database
+from services.common.settings import WorkerSettings
+
+from runstore.workflows._api import ActivityFunction, ActivityInfo, activity_context
+from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
+from runstore.workflows._errors import NondeterminismError, failure_of
+from runstore.workflows._instance import ActivityRequest, WorkflowInstance
+
+log = logging.getLogger("runstore.worker")
+
+_RUN_KINDS = frozenset({"run", "signal"})
+_OPENS_ATTEMPT = frozenset(
+    {EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_RETRY_STARTED}
+)
+
+
+class ActivityTimeoutError(TimeoutError):
+    """An activity attempt overran its start-to-close or heartbeat timeout."""
+
+
+class Worker:
+    """Hosts workflows and activities; `await Worker(...).run()` until stopped.
+
+    `deployment_name` routes tasks: a start without a deployment goes to `default`.
+    """
+
+    def __init__(
+        self,
+        workflows: Sequence[type],
+        activities: Sequence[Any] = (),
+        *,
+        deployment_name: str | None = None,
+        settings: WorkerSettings | None = None,
+    ) -> None:
+        self.settings = settings or WorkerSettings()
+        self.deployment = deployment_name or self.settings.worker_deployment
+        self.worker_id = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.workflows: dict[str, WorkflowDefinition] = {}
+        for cls in workflows:
+            definition = definition_of(cls)
+            self.workflows[definition.name] = definition
+        self.activities: dict[str, ActivityDefinition] = {}
+        for fn in activities:
+            if not isinstance(fn, ActivityFunction):
+                raise TypeError(f"{fn!r} is not decorated with @activity")
+            self.activities[fn.definition.name] = fn.definition
+        self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
+        self._stopping = asyncio.Event()
+        self._commits: AsyncCollection[Document] | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    # --- the process ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        await ensure_topics(settings)
+        client = mongo_client(settings)
+        self._commits = mongo_database(client, settings)[COMMITS]
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            linger_ms=settings.worker_linger_ms,
+            acks="all",
+            enable_idempotence=True,
+        )
+        consumer = AIOKafkaConsumer(
+            settings.topics.tasks,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.group(f"worker.{self.deployment}"),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.worker_max_batch,
+        )
+        await self._producer.start()
+        await consumer.start()
+        log.info(
+            "worker %s serving deployment %r: workflows %s, activities %s",
+            self.worker_id,
+            self.deployment,
+            sorted(self.workflows),
+            sorted(self.activities),
+        )
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(timeout_ms=200)
+                records = [r for batch in batches.values() for r in batch]
+                if not records:
+                    continue
+                await self.handle([r.value for r in records])
+                await consumer.commit()
+        finally:
+            await consumer.stop()
+            await self._producer.stop()
+            await client.close()
+
+    async def handle(self, values: Iterable[bytes | None]) -> None:
+        """One batch of task records: grouped by execution, executions concurrently."""
+        by_execution: dict[str, list[WorkflowTask]] = {}
+        for raw in values:
+            try:
+                task = WorkflowTask.model_validate_json(raw or b"")
+            except ValidationError as exc:
+                log.error("skipping a task record that is not a WorkflowTask: %s", exc)
+                continue
+            if (task.deployment_name or "default") != self.deployment:
+                continue
+            by_execution.setdefault(task.execution_id, []).append(task)
+        limit = asyncio.Semaphore(self.settings.worker_concurrency)
+
+        async def one(tasks: list[WorkflowTask]) -> None:
+            async with limit:
+                await self._handle_execution(tasks)
+
+        await asyncio.gather(*(one(tasks) for tasks in by_execution.values()))
+        assert self._producer is not None
+        await self._producer.flush()
+
+    async def _handle_execution(self, tasks: list[WorkflowTask]) -> None:
+        execution_id = tasks[0].execution_id
+        try:
+            advance: WorkflowTask | None = None
+            for task in tasks:
+                if task.kind == "stop":
+                    self._forget(execution_id, task.run_id)
+                    advance = None
+                elif task.kind in _RUN_KINDS:
+                    advance = task if advance is None or task.seq >= advance.seq else advance
+                else:
+                    if advance is not None:
+                        await self._advance(advance)
+                        advance = None
+                    await self._answer(task)
+            if advance is not None:
+                await self._advance(advance)
+        except Exception:
+            log.exception("tasks of execution %s failed; they will be redelivered", execution_id)
+            self._cache.pop(execution_id, None)
+            raise
+
+    # --- advancing a run ----------------------------------------------------------------
+
+    async def _advance(self, task: WorkflowTask) -> WorkflowInstance | None:
+        definition = self.workflows.get(task.workflow_name)
+        if definition is None:
+            await self._send_failure(
+                task.execution_id,
+                task.run_id,
+                max(task.seq, 1),
+                Failure(
+                    message=f"no worker of deployment {self.deployment!r} serves workflow "
+                    f"{task.workflow_name!r}",
+                    type="WorkflowNotRegistered",
+                ),
+            )
+            return None
+        try:
+            instance = await self._instance_at(task.execution_id, task.run_id, task.seq, definition)
+            if instance is None or instance.finished:
+                return instance
+            applied = instance.applied_seq
+            instance.go_live()
+            await self._drive(instance)
+        except (NondeterminismError, ValidationError, TypeError, KeyError) as exc:
+            self._cache.pop(task.execution_id, None)
+            log.error("workflow task of %s failed: %s", task.execution_id, exc)
+            await self._send_failure(task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc))
+            return None
+        await self._flush(instance, applied, f"wft:{instance.run_id}:{applied}")
+        return instance
+
+    async def _flush(self, instance: WorkflowInstance, task_seq: int, command_id: str) -> None:
+        outcome = instance.take_outcome()
+        if not outcome.steps:
+            return
+        command = CompleteWorkflowTask(
+            command_id=command_id,
+            execution_id=instance.execution_id,
+            issued_at=datetime.now(UTC),
+            payload=CompleteWorkflowTaskPayload(
+                run_id=instance.run_id,
+                task_seq=task_seq,
+                worker_id=self.worker_id,
+                steps=outcome.steps,
+            ),
+        )
+        await self._send(self.settings.topics.commands, instance.execution_id, command)
+        instance.last_command_id = command_id
+        self._remember(instance)
+
+    async def _send_failure(
+        self, execution_id: str, run_id: str, task_seq: int, failure: Failure
+    ) -> None:
+        command = FailWorkflowTask(
+            command_id=f"wft-fail:{run_id}:{task_seq}",
+            execution_id=execution_id,
+            issued_at=datetime.now(UTC),
+            payload=FailWorkflowTaskPayload(
+                run_id=run_id, task_seq=task_seq, failure=failure, worker_id=self.worker_id
+            ),
+        )
+        await self._send(self.settings.topics.commands, execution_id, command)
+
+    async def _send(self, topic: str, key: str, model: Any) -> None:
+        assert self._producer is not None
+        await self._producer.send(topic, key=key.encode(), value=model.model_dump_json().encode())
+
+    async def _drive(self, instance: WorkflowInstance) -> None:
+        """Run the activities the code asks for, feeding each result back, until the
+        code waits on something only a later task can bring (a timer, a signal …)."""
+        running: dict[asyncio.Task[tuple[Any, BaseException | None]], ActivityRequest] = {}
+        try:
+            while True:
+                for request in instance.take_activity_requests():
+                    job = asyncio.create_task(self._run_activity(instance, request))
+                    running[job] = request
+                if not running:
+                    return
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for job in sorted(done, key=lambda j: _activity_order(running[j])):
+                    request = running.pop(job)
+                    result, error = job.result()
+                    instance.activity_outcome(request.activity_id, request.attempt, result, error)
+                for job, request in list(running.items()):
+                    if instance.activity_abandoned(request.activity_id):
+                        job.cancel()
+                        del running[job]
+        finally:
+            for job in running:
+                job.cancel()
+
+    async def _run_activity(
+        self, instance: WorkflowInstance, request: ActivityRequest
+    ) -> tuple[Any, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        last_beat = [loop.time()]
+        info = ActivityInfo(
+            execution_id=instance.execution_id,
+            run_id=instance.run_id,
+            workflow_name=instance.workflow_name,
+            activity_id=request.activity_id,
+            activity_name=request.definition.name,
+            attempt=request.attempt,
+        )
+        token = activity_context.set((info, lambda: last_beat.__setitem__(0, loop.time())))
+        try:
+            job = asyncio.ensure_future(request.definition.fn(*request.args, **request.kwargs))
+        finally:
+            activity_context.reset(token)
+        started = loop.time()
+        stc = request.start_to_close_timeout.total_seconds() if request.start_to_close_timeout else None
+        hb = request.heartbeat_timeout.total_seconds() if request.heartbeat_timeout else None
+        try:
+            while True:
+                waits = [w for w in (
+                    stc - (loop.time() - started) if stc else None,
+                    hb - (loop.time() - last_beat[0]) if hb else None,
+                ) if w is not None]
+                done, _ = await asyncio.wait({job}, timeout=max(0.0, min(waits)) if waits else None)
+                if done:
+                    return job.result(), None
+                if stc and loop.time() - started >= stc:
+                    job.cancel()
+                    return None, ActivityTimeoutError(f"start_to_close_timeout of {stc} s passed")
+                if hb and loop.time() - last_beat[0] >= hb:
+                    job.cancel()
+                    return None, ActivityTimeoutError(f"no heartbeat for {hb} s")
+        except Exception as exc:
+            return None, exc
+
+    # --- loading a run's history ----------------------------------------------------------
+
+    async def _instance_at(
+        self, execution_id: str, run_id: str, seq: int, definition: WorkflowDefinition
+    ) -> WorkflowInstance | None:
+        """The run's instance with the history up to at least `seq` taken in."""
+        cached = self._cache.get(execution_id)
+        if cached is not None and cached.run_id == run_id:
+            fresh = await self._catch_up(cached, seq)
+            if fresh:
+                self._cache.move_to_end(execution_id)
+                return cached
+        self._cache.pop(execution_id, None)
+        instance = await self._replay(execution_id, run_id, max(seq, 1), definition)
+        if instance is not None:
+            self._remember(instance)
+        return instance
+
+    async def _catch_up(self, instance: WorkflowInstance, seq: int) -> bool:
+        """Apply the commits after the instance's; False if it must be rebuilt (another
+        worker advanced the run, or the engine refused this worker's last command)."""
+        own = instance.last_command_id
+        waited = 0.0
+        while True:
+            commits = await self._commits_after(instance.execution_id, instance.applied_seq)
+            last = commits[-1].seq if commits else instance.applied_seq
+            own_seen = own is None or any(c.command_id == own for c in commits)
+            if own_seen and last >= seq:
+                break
+            if waited >= self.settings.worker_own_command_wait_seconds:
+                return False
+            await asyncio.sleep(0.02)
+            waited += 0.02
+        for commit in commits:
+            events = [e for e in commit.events if e.run_id == instance.run_id]
+            if commit.command_id == own:
+                instance.applied_seq = commit.seq
+                instance.last_command_id = None
+                continue
+            if events and events[0].type == EventType.WORKFLOW_TASK_COMPLETED:
+                return False
+            instance.apply(events)
+        return True
+
+    async def _replay(
+        self, execution_id: str, run_id: str, seq: int, definition: WorkflowDefinition
+    ) -> WorkflowInstance | None:
+        """Rebuild the run's instance from its history: back from `seq` to the commit that
+        opened the current attempt, then forward to the newest commit."""
+        commits: list[Commit] = []
+        probe = seq
+        opening: Event | None = None
+        while probe >= 1:
+            commit = await self._read(execution_id, probe)
+            if commit is None:
+                if commits:
+                    break
+                probe -= 1
+                continue
+            commits.append(commit)
+            opening = next(
+                (e for e in reversed(commit.events) if e.run_id == run_id and e.type in _OPENS_ATTEMPT),
+                None,
+            )
+            if opening is not None:
+                break
+            probe -= 1
+        if opening is None:
+            log.warning("no start of run %s found in execution %s", run_id, execution_id)
+            return None
+        commits.reverse()
+        commits.extend(await self._commits_after(execution_id, commits[-1].seq))
+        state = commits[0].state
+        started = state.get("started") or {}
+        value = (started.get("input") or {}).get("value")
+        instance = WorkflowInstance(
+            definition,
+            execution_id=execution_id,
+            run_id=run_id,
+            input=value,
+            attempt=int(state.get("attempt") or 1),
+            activities=self.activities,
+            started_ns=opening.timestamp_ns,
+        )
+        events = [
+            e
+            for c in commits
+            for e in c.events
+            if e.run_id == run_id and (c.seq > opening.seq or e.index >= opening.index)
+        ]
+        instance.apply(events)
+        return instance
+
+    async def _commits_after(self, execution_id: str, after: int) -> list[Commit]:
+        found: list[Commit] = []
+        while (commit := await self._read(execution_id, after + len(found) + 1)) is not None:
+            found.append(commit)
+        return found
+
+    async def _read(self, execution_id: str, seq: int) -> Commit | None:
+        assert self._commits is not None
+        return await read_commit(self._commits, execution_id, seq)
+
+    def _remember(self, instance: WorkflowInstance) -> None:
+        self._cache[instance.execution_id] = instance
+        self._cache.move_to_end(instance.execution_id)
+        while len(self._cache) > self.settings.worker_cache_size:
+            self._cache.popitem(last=False)
+
+    def _forget(self, execution_id: str, run_id: str) -> None:
+        cached = self._cache.get(execution_id)
+        if cached is not None and cached.run_id == run_id:
+            del self._cache[execution_id]
+
+    # --- queries and updates -------------------------------------------------------------
+
+    async def _answer(self, task: WorkflowTask) -> None:
+        assert task.request_id is not None and task.name is not None
+        kind = "update" if task.kind == "update" else "query"
+        definition = self.workflows.get(task.workflow_name)
+        instance = None
+        if definition is not None:
+            instance = await self._instance_at(task.execution_id, task.run_id, task.seq, definition)
+        reply = WorkerReply(
+            request_id=task.request_id,
+            execution_id=task.execution_id,
+            kind=kind,
+            ok=False,
+            worker_id=self.worker_id,
+            error=ReplyError(
+                code="query_failed" if kind == "query" else "update_failed",
+                message=f"workflow {task.workflow_name!r} has no history this worker can load",
+            ),
+        )
+        if instance is not None and definition is not None:
+            reply = (
+                self._query(instance, definition, task)
+                if kind == "query"
+                else await self._update(instance, definition, task)
+            )
+        await self._send(self.settings.topics.replies, task.execution_id, reply)
+
+    def _query(
+        self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
+    ) -> WorkerReply:
+        assert task.request_id is not None and task.name is not None
+        base = {"request_id": task.request_id, "execution_id": task.execution_id,
+                "kind": "query", "worker_id": self.worker_id}
+        if task.name not in definition.queries:
+            error = ReplyError(
+                code="unknown_query",
+                message=f"workflow {definition.name!r} has no query {task.name!r}",
+                known_names=sorted(definition.queries),
+            )
+            return WorkerReply(ok=False, error=error, **base)
+        try:
+            return WorkerReply(ok=True, result=instance.query(task.name, task.input), **base)
+        except Exception as exc:
+            error = ReplyError(code="query_failed", message=f"{type(exc).__name__}: {exc}")
+            return WorkerReply(ok=False, error=error, **base)
+
+    async def _update(
+        self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
+    ) -> WorkerReply:
+        assert task.request_id is not None and task.name is not None
+        base = {"request_id": task.request_id, "execution_id": task.execution_id,
+                "kind": "update", "worker_id": self.worker_id}
+        if task.name not in definition.updates:
+            error = ReplyError(
+                code="unknown_update",
+                message=f"workflow {definition.name!r} has no update {task.name!r}",
+                known_names=sorted(definition.updates),
+            )
+            return WorkerReply(ok=False, error=error, **base)
+        if instance.finished:
+            error = ReplyError(code="update_rejected", message="the run is closed")
+            return WorkerReply(ok=False, error=error, **base)
+        try:
+            instance.validate_update(task.name, task.input)
+        except Exception as exc:
+            error = ReplyError(code="update_rejected", message=f"{type(exc).__name__}: {exc}")
+            return WorkerReply(ok=False, error=error, **base)
+        applied = instance.applied_seq
+        command_id = f"update:{task.request_id}"
+        try:
+            instance.go_live()
+            instance.accept_update(task.request_id, task.name, task.input)
+            await self._drive(instance)
+        except NondeterminismError as exc:
+            self._cache.pop(task.execution_id, None)
+            error = ReplyError(code="update_failed", message=str(exc))
+            return WorkerReply(ok=False, error=error, **base)
+        outcome_result = instance.update_result(task.request_id)
+        await self._flush(instance, applied, command_id)
+        if outcome_result is None:
+            error = ReplyError(
+                code="update_failed",
+                message="the update handler is still waiting; its result will be in the history",
+            )
+            return WorkerReply(ok=False, error=error, command_id=command_id, **base)
+        ok, value = outcome_result
+        if not ok:
+            error = ReplyError(code="update_failed", message=str(value))
+            return WorkerReply(ok=False, error=error, command_id=command_id, **base)
+        return WorkerReply(ok=True, result=value, command_id=command_id, **base)
+
+
+def _activity_order(request: ActivityRequest) -> tuple[int, str]:
+    digits = "".join(ch for ch in request.activity_id if ch.isdigit())
+    return (int(digits or 0), request.activity_id)
+
+
+def run_worker(
+    workflows: Sequence[type],
+    activities: Sequence[Any] = (),
+    *,
+    deployment_name: str | None = None,
+    settings: WorkerSettings | None = None,
+) -> None:
+    """Run a worker in this process until SIGINT/SIGTERM."""
+    worker = Worker(workflows, activities, deployment_name=deployment_name, settings=settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
