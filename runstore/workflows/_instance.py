@@ -208,6 +208,7 @@ class WorkflowInstance:
         self._undelivered: deque[Event] = deque()
         self.obj = definition.cls()
         self._main: asyncio.Task[Any] | None = None
+        self._violation: NondeterminismError | None = None
 
     # --- feeding the history ----------------------------------------------------------
 
@@ -256,7 +257,7 @@ class WorkflowInstance:
         while self._expected and not self.finished:
             head = self._expected[0]
             if head.type not in _RESOLUTIONS:
-                raise NondeterminismError(
+                raise self._diverged(
                     f"the history recorded {_describe_event(head)} here, but the code did not "
                     f"issue it (workflow {self.workflow_name!r}, execution {self.execution_id!r})"
                 )
@@ -464,7 +465,7 @@ class WorkflowInstance:
         self._main.add_done_callback(self._main_done)
 
     def _main_done(self, task: asyncio.Task[Any]) -> None:
-        if self.finished:
+        if self.finished or self._violation is not None:
             return
         step: Step
         if task.cancelled():
@@ -505,11 +506,9 @@ class WorkflowInstance:
                         item[1].set_result(None)
         finally:
             current.reset(token)
-        if self.loop.errors:
-            error = self.loop.errors[0]
-            self.loop.errors.clear()
-            if isinstance(error, NondeterminismError):
-                raise error
+        self.loop.errors.clear()
+        if self._violation is not None:
+            raise self._violation
 
     def _emit(self, step: Step) -> Event | None:
         """A step of the code: checked against the history while replaying, kept live."""
@@ -519,19 +518,27 @@ class WorkflowInstance:
             self._steps.append(step)
             return None
         if not self._expected:
-            raise NondeterminismError(
+            raise self._diverged(
                 f"the code issued {_describe_step(step)}, which the history does not have "
                 f"here (workflow {self.workflow_name!r}, execution {self.execution_id!r})"
             )
         recorded = self._expected.popleft()
         if not _matches(step, recorded):
-            raise NondeterminismError(
+            raise self._diverged(
                 f"the code issued {_describe_step(step)} where the history recorded "
                 f"{_describe_event(recorded)} (workflow {self.workflow_name!r}, execution "
                 f"{self.execution_id!r})"
             )
         self.now_ns = max(self.now_ns, recorded.timestamp_ns)
         return recorded
+
+    def _diverged(self, message: str) -> NondeterminismError:
+        """Remembered as well as raised: workflow code may catch what is raised into it,
+        but the workflow task must fail all the same."""
+        error = NondeterminismError(message)
+        if self._violation is None:
+            self._violation = error
+        return error
 
     def _request(self, activity: _Activity) -> None:
         if self.replaying:
@@ -567,7 +574,7 @@ class WorkflowInstance:
             retry = not non_retryable and activity.retry_policy.allows_another(activity.attempt)
             stage = "retrying" if retry else "failed"
         if recorded_stage is not None and recorded_stage != stage:
-            raise NondeterminismError(
+            raise self._diverged(
                 f"activity {activity.activity_id} ({name!r}) attempt {activity.attempt} was "
                 f"recorded {recorded_stage!r} but the retry policy now says {stage!r}"
             )
@@ -621,7 +628,7 @@ class WorkflowInstance:
         }:
             activity = self._activities.get(attrs.task_id)
             if activity is None:
-                raise NondeterminismError(
+                raise self._diverged(
                     f"the history resolves activity {attrs.task_id} that the code never started"
                 )
             stage = kind.value.removeprefix("ACTIVITY_TASK_").lower()

@@ -430,9 +430,8 @@ class Worker:
         assert task.request_id is not None and task.name is not None
         kind = "update" if task.kind == "update" else "query"
         definition = self.workflows.get(task.workflow_name)
-        instance = None
-        if definition is not None:
-            instance = await self._instance_at(task.execution_id, task.run_id, task.seq, definition)
+        # Brought up to date first: inputs the code has not seen yet are delivered.
+        instance = await self._advance(task) if definition is not None else None
         reply = WorkerReply(
             request_id=task.request_id,
             execution_id=task.execution_id,
