@@ -9,7 +9,13 @@ import time
 
 from services.common.logs import configure_logging
 from services.common.runtime import tune_gc
-from services.common.settings import ApiSettings, EngineSettings, ProjectorSettings, TimersSettings
+from services.common.settings import (
+    ApiSettings,
+    EngineSettings,
+    ProjectorSettings,
+    TimersSettings,
+    WorkerSettings,
+)
 
 
 def _run_engine() -> None:
@@ -90,6 +96,19 @@ def _run_api() -> None:
     )
 
 
+def _run_worker(modules: list[str], deployment: str | None) -> None:
+    from runstore.workflows import run_worker
+    from runstore.workflows._discovery import discover
+
+    settings = WorkerSettings()
+    configure_logging(settings.log_level)
+    workflows, activities = discover(modules)
+    if not workflows:
+        raise SystemExit(f"no @workflow.define class found in {', '.join(modules)}")
+    tune_gc()
+    run_worker(workflows, activities, deployment_name=deployment, settings=settings)
+
+
 def _rebuild_projections() -> None:
     from services.common.mongo import mongo_client, mongo_database
     from services.common.readmodels.mongo_store import MongoReadModelStore
@@ -140,6 +159,17 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("engine", help="apply commands from Kafka to the event store")
     sub.add_parser("projector", help="project events into the read models")
     sub.add_parser("api", help="serve the HTTP API")
+    worker = sub.add_parser("worker", help="run workflow code: the worker of one deployment")
+    worker.add_argument(
+        "--module",
+        action="append",
+        required=True,
+        help="module (or package) holding @workflow.define classes and @activity functions; "
+        "repeatable",
+    )
+    worker.add_argument(
+        "--deployment", default=None, help="deployment served (default RUNSTORE_WORKER_DEPLOYMENT)"
+    )
     timers = sub.add_parser("timers", help="fire durable timers and schedules")
     timers_sub = timers.add_subparsers(dest="action")
     timers_sub.add_parser("status", help="pending timers, next fire time, lateness per instance")
@@ -153,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "projections":
         _rebuild_projections()
+        return
+    if args.command == "worker":
+        _run_worker(args.module, args.deployment)
         return
     if args.command == "timers" and args.action == "status":
         _timers_status()

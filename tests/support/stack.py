@@ -33,16 +33,18 @@ class Stack:
         instance: str | None = None,
         env: dict[str, str] | None = None,
         api_port: int | None = None,
+        args: list[str] | None = None,
     ) -> None:
         """Start `runstore <service>` as process `instance` (default: the service's name;
         several instances of one service need distinct names). An API started with its
-        own `api_port` is reached at `url_of(instance)`."""
+        own `api_port` is reached at `url_of(instance)`; `args` follow the service name
+        (e.g. a worker's `--module`)."""
         name = instance or service
         port = api_port or self.api_port
         env = {**os.environ, **self.env, "RUNSTORE_API_PORT": str(port), **(env or {})}
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", service],
+            [sys.executable, "-m", "services.cli", service, *(args or [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

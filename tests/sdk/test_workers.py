@@ -1,0 +1,175 @@
+"""Workflow code runs: the official SDK against engine, projector, API, timers and a real
+`runstore worker --module examples.workflows` process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mistralai.client import Mistral
+
+from tests.conftest import isolated_env
+from tests.support.eventually import wait_until
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def worker_stack(
+    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    env = isolated_env(kafka_bootstrap, mongo_url)
+    stack = Stack(env=env, log_dir=Path(tmp_path_factory.mktemp("workers")))
+    try:
+        for service in ("engine", "projector", "timers"):
+            stack.start(service)
+        stack.start("worker", args=["--module", "examples.workflows"])
+        stack.start("api")
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+@pytest.fixture
+def client(worker_stack: Stack) -> Mistral:
+    return Mistral(api_key="test-key", server_url=worker_stack.api_url)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def status_of(client: Mistral, execution_id: str) -> str:
+    return str(client.workflows.executions.get_workflow_execution(execution_id=execution_id).status)
+
+
+def wait_for_status(client: Mistral, execution_id: str, status: str, timeout: float = 30) -> None:
+    def reached() -> None:
+        assert status_of(client, execution_id) == status
+
+    wait_until(reached, timeout=timeout)
+
+
+def result_of(client: Mistral, execution_id: str) -> Any:
+    return client.workflows.executions.get_workflow_execution(execution_id=execution_id).result
+
+
+def history_types(client: Mistral, execution_id: str) -> list[str]:
+    run_id = client.workflows.executions.get_workflow_execution(execution_id=execution_id).run_id
+    history: Any = client.workflows.runs.get_run_history(run_id=run_id)
+    events = history if isinstance(history, list) else history.get("events", [])
+    return [str(e.get("event_type")) for e in events]
+
+
+def test_execute_and_wait_returns_the_echo_of_its_input(client: Mistral) -> None:
+    value = {"hello": "world", "n": [1, 2, 3]}
+    result = client.workflows.execute_workflow_and_wait(
+        workflow_identifier="runstore-echo", input=value, polling_interval=1
+    )
+    assert result == value
+
+
+def test_signals_and_queries_round_trip_on_the_approval(client: Mistral) -> None:
+    execution_id = new_id("approval")
+    client.workflows.execute_workflow(
+        workflow_identifier="approval",
+        input={"request": "new laptop", "approvers_needed": 2},
+        execution_id=execution_id,
+    )
+    executions = client.workflows.executions
+
+    def waiting_for_two() -> None:
+        answer = executions.query_workflow_execution(execution_id=execution_id, name="state")
+        assert answer.result["needed"] == 2
+
+    wait_until(waiting_for_two, timeout=30)
+    executions.signal_workflow_execution(execution_id=execution_id, name="approve", input={"by": "ann"})
+
+    def one_approval() -> None:
+        answer = executions.query_workflow_execution(execution_id=execution_id, name="state")
+        assert answer.result["approvals"] == ["ann"]
+
+    wait_until(one_approval, timeout=30)
+    assert status_of(client, execution_id) == "RUNNING"
+    executions.signal_workflow_execution(execution_id=execution_id, name="approve", input={"by": "bob"})
+    wait_for_status(client, execution_id, "COMPLETED")
+    assert result_of(client, execution_id) == {"status": "approved", "by": ["ann", "bob"]}
+
+
+def test_an_update_changes_the_approval_and_its_validator_refuses_bad_input(
+    client: Mistral,
+) -> None:
+    execution_id = new_id("approval-upd")
+    client.workflows.execute_workflow(
+        workflow_identifier="approval",
+        input={"request": "budget", "approvers_needed": 3},
+        execution_id=execution_id,
+    )
+    executions = client.workflows.executions
+    wait_until(
+        lambda: executions.query_workflow_execution(execution_id=execution_id, name="state"),
+        timeout=30,
+    )
+    with pytest.raises(Exception, match="approver"):
+        executions.update_workflow_execution(
+            execution_id=execution_id, name="set_approvers_needed", input={"needed": 0}
+        )
+    updated = executions.update_workflow_execution(
+        execution_id=execution_id, name="set_approvers_needed", input={"needed": 1}
+    )
+    assert updated.result == {"previous": 3, "needed": 1}
+    executions.signal_workflow_execution(execution_id=execution_id, name="approve", input={"by": "cy"})
+    wait_for_status(client, execution_id, "COMPLETED")
+
+
+def test_a_failing_saga_compensates_and_fails(client: Mistral) -> None:
+    execution_id = new_id("saga-fail")
+    client.workflows.execute_workflow(
+        workflow_identifier="order-saga",
+        input={"order_id": execution_id, "amount": 3, "fail_at": "ship"},
+        execution_id=execution_id,
+    )
+    wait_for_status(client, execution_id, "FAILED", timeout=60)
+    types = history_types(client, execution_id)
+    assert types.count("ACTIVITY_TASK_RETRYING") == 2  # ship was tried three times
+    assert "ACTIVITY_TASK_FAILED" in types
+
+
+def test_cancel_of_the_saga_runs_its_compensation(client: Mistral) -> None:
+    execution_id = new_id("saga-cancel")
+    client.workflows.execute_workflow(
+        workflow_identifier="order-saga",
+        input={"order_id": execution_id, "amount": 3, "wait_seconds": 600},
+        execution_id=execution_id,
+    )
+
+    def charged() -> None:
+        answer = client.workflows.executions.query_workflow_execution(
+            execution_id=execution_id, name="progress"
+        )
+        assert len(answer.result["done"]) == 2
+
+    wait_until(charged, timeout=30)
+    client.workflows.executions.cancel_workflow_execution(execution_id=execution_id)
+    wait_for_status(client, execution_id, "CANCELED", timeout=30)
+    answer = client.workflows.executions.query_workflow_execution(
+        execution_id=execution_id, name="progress"
+    )
+    assert answer.result["compensations"] == [
+        f"refunded charge-{execution_id}",
+        f"released reservation-{execution_id}",
+    ]
+
+
+def test_a_fan_out_of_children_lists_under_its_root(client: Mistral) -> None:
+    execution_id = new_id("fan")
+    client.workflows.execute_workflow(
+        workflow_identifier="fan-out", input={"items": [1, 2, 3]}, execution_id=execution_id
+    )
+    wait_for_status(client, execution_id, "COMPLETED", timeout=60)
+    assert result_of(client, execution_id) == {"results": [1, 2, 3]}
+    tree = client.workflows.runs.list_runs(root_execution_id=execution_id)
+    ids = {run.execution_id for run in tree.result.executions}
+    assert execution_id in ids and len(ids) == 4
