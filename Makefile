@@ -39,11 +39,11 @@ status:
 	$(PY) deploy/local/stack.py status
 
 lint: install
-	$(VENV)/bin/ruff check services schemas tests bench deploy/local/stack.py
-	$(VENV)/bin/ruff format --check services schemas
+	$(VENV)/bin/ruff check services schemas runstore examples tests bench deploy/local/stack.py
+	$(VENV)/bin/ruff format --check services schemas runstore
 
 typecheck: install
-	$(VENV)/bin/mypy services schemas
+	$(VENV)/bin/mypy services schemas runstore
 
 test-unit: install
 	$(VENV)/bin/pytest tests/unit -q

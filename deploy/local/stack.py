@@ -60,6 +60,7 @@ SERVICES: tuple[Service, ...] = (
     Service("engine", ("engine",)),
     Service("projector", ("projector",)),
     Service("timers", ("timers",)),
+    Service("worker", ("worker", "--module", "examples.workflows")),
     Service("api", ("api",)),
 )
 

@@ -1,4 +1,5 @@
-"""Example workflows that `make run` / `make up` serve: `runstore worker --module examples.workflows`."""
+"""Example workflows that `make run` / `make up` serve:
+`runstore worker --module examples.workflows`."""
 
 from examples.workflows import approval, echo, fanout, order_saga
 

@@ -23,7 +23,9 @@ class Approval:
     @workflow.run
     async def run(self, request: dict[str, Any]) -> dict[str, Any]:
         self.needed = int(request.get("approvers_needed", 1))
-        workflow.logger.info("waiting for %d approval(s) of %r", self.needed, request.get("request"))
+        workflow.logger.info(
+            "waiting for %d approval(s) of %r", self.needed, request.get("request")
+        )
         await workflow.wait_condition(
             lambda: self.rejection is not None or len(self.approvals) >= self.needed
         )

@@ -14,8 +14,6 @@
 See docs/workers.md for determinism rules, failure semantics and deployment routing.
 """
 
-from schemas.common import ParentClosePolicy
-
 from runstore.workflows._api import (
     ActivityInfo,
     ChildHandle,
@@ -32,6 +30,7 @@ from runstore.workflows._errors import (
     WorkflowCancelledError,
 )
 from runstore.workflows._worker import Worker, run_worker
+from schemas.common import ParentClosePolicy
 
 __all__ = [
     "ActivityError",

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
-from schemas.commands import CustomTaskStep
-from schemas.common import Failure, ParentClosePolicy
-
 from runstore.workflows._definitions import (
     HANDLER_MARK,
     RUN_MARK,
@@ -30,6 +27,8 @@ from runstore.workflows._definitions import (
 )
 from runstore.workflows._errors import ContinueAsNewRequest
 from runstore.workflows._instance import WorkflowInstance, current
+from schemas.commands import CustomTaskStep
+from schemas.common import Failure, ParentClosePolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
@@ -193,7 +192,7 @@ class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         extra.update(execution_id=instance.execution_id, run_id=instance.run_id)
         return f"[{instance.workflow_name} {instance.execution_id}] {msg}", kwargs
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+    def isEnabledFor(self, level: int) -> bool:
         try:
             if current.get().replaying:
                 return False
@@ -202,7 +201,7 @@ class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return super().isEnabledFor(level)
 
 
-class workflow:  # noqa: N801 - used as a namespace: `workflow.define`, `workflow.sleep` …
+class workflow:
     """Decorators for workflow classes and the functions workflow code calls."""
 
     logger = _WorkflowLogger(logging.getLogger("runstore.workflows.user"), {})
@@ -310,7 +309,9 @@ class workflow:  # noqa: N801 - used as a namespace: `workflow.define`, `workflo
 
     @staticmethod
     async def wait_condition(
-        check: Callable[[], bool], *, timeout: timedelta | float | None = None
+        check: Callable[[], bool],
+        *,
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109
     ) -> None:
         """Wait until `check()` is true (re-checked whenever the code has run); with a
         timeout, raise `asyncio.TimeoutError` when it passes first (a durable timer)."""
@@ -338,7 +339,7 @@ class workflow:  # noqa: N801 - used as a namespace: `workflow.define`, `workflo
         child: Any,
         arg: Any = None,
         *,
-        id: str | None = None,  # noqa: A002 - the SDKs' name
+        id: str | None = None,
         parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE,
         deployment_name: str | None = None,
         execution_timeout: timedelta | None = None,
@@ -397,7 +398,7 @@ class workflow:  # noqa: N801 - used as a namespace: `workflow.define`, `workflo
             CustomTaskStep(
                 custom_task_id=custom_task_id,
                 custom_task_type=custom_task_type,
-                stage=stage,  # type: ignore[arg-type]
+                stage=stage,
                 payload=payload,
                 failure=failure,
                 reason=reason,
@@ -447,7 +448,9 @@ def _handler(
         if kind == "update":
 
             def set_validator(check: Callable[..., Any]) -> Callable[..., Any]:
-                setattr(target, HANDLER_MARK, Handler(kind, handler.name, target, check, description))
+                setattr(
+                    target, HANDLER_MARK, Handler(kind, handler.name, target, check, description)
+                )
                 return check
 
             target.validator = set_validator  # type: ignore[attr-defined]

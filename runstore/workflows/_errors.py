@@ -18,7 +18,7 @@ class ApplicationError(Exception):
         self,
         message: str,
         *,
-        type: str | None = None,  # noqa: A002 - the name the failure model uses
+        type: str | None = None,
         non_retryable: bool = False,
         details: Any = None,
     ) -> None:
@@ -33,7 +33,9 @@ class ActivityError(Exception):
     """An activity failed for good (its retries are exhausted or it is not retryable)."""
 
     def __init__(self, activity_name: str, attempt: int, failure: Failure) -> None:
-        super().__init__(f"activity {activity_name!r} failed at attempt {attempt}: {failure.message}")
+        super().__init__(
+            f"activity {activity_name!r} failed at attempt {attempt}: {failure.message}"
+        )
         self.activity_name = activity_name
         self.attempt = attempt
         self.failure = failure
@@ -61,10 +63,10 @@ class NondeterminismError(RuntimeError):
     """The code took another path than its recorded history; the workflow task fails."""
 
 
-class ContinueAsNewRequest(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class ContinueAsNewRequest(BaseException):
     """Raised by `workflow.continue_as_new`; ends the run as CONTINUED_AS_NEW."""
 
-    def __init__(self, input: Any, workflow_name: str | None) -> None:  # noqa: A002
+    def __init__(self, input: Any, workflow_name: str | None) -> None:
         super().__init__("continue as new")
         self.input = input
         self.workflow_name = workflow_name
@@ -73,7 +75,9 @@ class ContinueAsNewRequest(BaseException):  # noqa: N818 - a control-flow signal
 def failure_of(exc: BaseException) -> Failure:
     """An exception as the failure recorded in the history."""
     if isinstance(exc, ApplicationError):
-        return Failure(message=exc.message, type=exc.type or type(exc).__name__, details=exc.details)
+        return Failure(
+            message=exc.message, type=exc.type or type(exc).__name__, details=exc.details
+        )
     if isinstance(exc, ActivityError | ChildWorkflowError):
         return Failure(message=str(exc), type=type(exc).__name__)
     return Failure(message=str(exc) or type(exc).__name__, type=type(exc).__name__)

@@ -30,24 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.commands import (
-    ActivityStep,
-    CancelStep,
-    CancelTimerStep,
-    CompleteStep,
-    ContinueAsNewStep,
-    CustomTaskStep,
-    FailStep,
-    MarkerStep,
-    StartChildStep,
-    StartTimerStep,
-    Step,
-    UpdateAcceptedStep,
-    UpdateCompletedStep,
-)
-from schemas.common import ExecutionStatus, Failure, ParentClosePolicy
-from schemas.events import Event, EventType
-
 from runstore.workflows._definitions import (
     ActivityDefinition,
     RetryPolicy,
@@ -66,6 +48,23 @@ from runstore.workflows._errors import (
     failure_of,
 )
 from runstore.workflows._loop import DeterministicLoop
+from schemas.commands import (
+    ActivityStep,
+    CancelStep,
+    CancelTimerStep,
+    CompleteStep,
+    ContinueAsNewStep,
+    CustomTaskStep,
+    FailStep,
+    MarkerStep,
+    StartChildStep,
+    StartTimerStep,
+    Step,
+    UpdateAcceptedStep,
+    UpdateCompletedStep,
+)
+from schemas.common import ExecutionStatus, Failure, ParentClosePolicy
+from schemas.events import Event, EventType
 
 log = logging.getLogger("runstore.workflows")
 
@@ -172,7 +171,7 @@ class WorkflowInstance:
         *,
         execution_id: str,
         run_id: str,
-        input: Any,  # noqa: A002
+        input: Any,
         attempt: int,
         activities: dict[str, ActivityDefinition],
         started_ns: int,
@@ -184,7 +183,7 @@ class WorkflowInstance:
         self.attempt = attempt
         self.activities = activities
         self.now_ns = started_ns
-        self.loop = DeterministicLoop(lambda: self.now_ns / 1e9)
+        self.loop = DeterministicLoop(lambda: self.now_ns / 1e9)  # type: ignore[abstract]
         self.rng = random.Random(f"{run_id}:{attempt}")
         self.replaying = True
         self.finished = False
@@ -230,7 +229,7 @@ class WorkflowInstance:
         self.applied_seq = seq
         first = events[0]
         if first.type == EventType.WORKFLOW_TASK_COMPLETED:
-            task_seq = first.attributes.task_seq  # type: ignore[union-attr]
+            task_seq = first.attributes.task_seq
             self._replay_task(task_seq, events[1:])
             return
         for event in events:
@@ -458,7 +457,7 @@ class WorkflowInstance:
         if self._main is not None or self.finished:
             return
         args, kwargs = call_arguments(self.definition.run_method, self._input)
-        coro = self.definition.run_method(self.obj, *args, **kwargs)
+        coro: Any = self.definition.run_method(self.obj, *args, **kwargs)
         context = contextvars.copy_context()
         context.run(current.set, self)
         self._main = self.loop.create_task(coro, context=context)
@@ -567,9 +566,8 @@ class WorkflowInstance:
         if failure is None:
             stage = "completed"
         else:
-            non_retryable = (
-                (isinstance(error, ApplicationError) and error.non_retryable)
-                or (failure.type in activity.retry_policy.non_retryable_error_types)
+            non_retryable = (isinstance(error, ApplicationError) and error.non_retryable) or (
+                failure.type in activity.retry_policy.non_retryable_error_types
             )
             retry = not non_retryable and activity.retry_policy.allows_another(activity.attempt)
             stage = "retrying" if retry else "failed"
@@ -583,7 +581,7 @@ class WorkflowInstance:
                 ActivityStep(
                     activity_id=activity.activity_id,
                     activity_name=name,
-                    stage=stage,  # type: ignore[arg-type]
+                    stage=stage,
                     attempt=activity.attempt,
                     result=result if failure is None else None,
                     failure=failure,
@@ -653,9 +651,10 @@ class WorkflowInstance:
             child = self._children.get(attrs.child_execution_id)
             if child is not None:
                 error = ChildWorkflowError(attrs.child_execution_id, None, attrs.failure)
-                for future in (child.started, child.result):
-                    if not future.done():
-                        future.set_exception(error)
+                if not child.started.done():
+                    child.started.set_exception(error)
+                if not child.result.done():
+                    child.result.set_exception(error)
         elif kind == EventType.CHILD_WORKFLOW_CLOSED:
             child = self._children.get(attrs.child_execution_id)
             if child is not None:
@@ -667,7 +666,9 @@ class WorkflowInstance:
                         child.result.set_result(value)
                     else:
                         child.result.set_exception(
-                            ChildWorkflowError(attrs.child_execution_id, attrs.status, attrs.failure)
+                            ChildWorkflowError(
+                                attrs.child_execution_id, attrs.status, attrs.failure
+                            )
                         )
         elif kind == EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED:
             self.cancel_requested = True
@@ -773,14 +774,33 @@ def _describe_step(step: Step) -> str:
     details = {
         k: v
         for k, v in step.model_dump().items()
-        if k in {"activity_id", "activity_name", "stage", "timer_id", "child_execution_id",
-                 "workflow_name", "marker_id", "name", "update_id", "custom_task_id"}
+        if k
+        in {
+            "activity_id",
+            "activity_name",
+            "stage",
+            "timer_id",
+            "child_execution_id",
+            "workflow_name",
+            "marker_id",
+            "name",
+            "update_id",
+            "custom_task_id",
+        }
     }
     return f"{step.kind} {details}"
 
 
 def _describe_event(event: Event) -> str:
     attrs = event.attributes.model_dump()
-    keys = ("task_id", "activity_name", "timer_id", "child_execution_id", "marker_id", "name",
-            "update_id", "custom_task_id")
+    keys = (
+        "task_id",
+        "activity_name",
+        "timer_id",
+        "child_execution_id",
+        "marker_id",
+        "name",
+        "update_id",
+        "custom_task_id",
+    )
     return f"{event.type.value} {{{', '.join(f'{k}: {attrs[k]!r}' for k in keys if k in attrs)}}}"

@@ -22,10 +22,14 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 
+from runstore.workflows._api import ActivityFunction, ActivityInfo, activity_context
+from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
+from runstore.workflows._errors import NondeterminismError, failure_of
+from runstore.workflows._instance import ActivityRequest, WorkflowInstance
 from schemas.commands import (
     CompleteWorkflowTask,
     CompleteWorkflowTaskPayload,
@@ -41,11 +45,6 @@ from services.common.commit_log import COMMITS, Document, read_commit
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import WorkerSettings
-
-from runstore.workflows._api import ActivityFunction, ActivityInfo, activity_context
-from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
-from runstore.workflows._errors import NondeterminismError, failure_of
-from runstore.workflows._instance import ActivityRequest, WorkflowInstance
 
 log = logging.getLogger("runstore.worker")
 
@@ -107,15 +106,17 @@ class Worker:
             enable_idempotence=True,
         )
         consumer = AIOKafkaConsumer(
-            settings.topics.tasks,
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.group(f"worker.{self.deployment}"),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.worker_max_batch,
+            group_instance_id=settings.worker_instance_id,
+            session_timeout_ms=settings.worker_session_timeout_ms,
         )
         await self._producer.start()
         await consumer.start()
+        consumer.subscribe([settings.topics.tasks], listener=_ForgetOnRevoke(self._cache))
         log.info(
             "worker %s serving deployment %r: workflows %s, activities %s",
             self.worker_id,
@@ -206,7 +207,9 @@ class Worker:
         except (NondeterminismError, ValidationError, TypeError, KeyError) as exc:
             self._cache.pop(task.execution_id, None)
             log.error("workflow task of %s failed: %s", task.execution_id, exc)
-            await self._send_failure(task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc))
+            await self._send_failure(
+                task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc)
+            )
             return None
         await self._flush(instance, applied, f"wft:{instance.run_id}:{applied}")
         return instance
@@ -290,14 +293,22 @@ class Worker:
         finally:
             activity_context.reset(token)
         started = loop.time()
-        stc = request.start_to_close_timeout.total_seconds() if request.start_to_close_timeout else None
+        stc = (
+            request.start_to_close_timeout.total_seconds()
+            if request.start_to_close_timeout
+            else None
+        )
         hb = request.heartbeat_timeout.total_seconds() if request.heartbeat_timeout else None
         try:
             while True:
-                waits = [w for w in (
-                    stc - (loop.time() - started) if stc else None,
-                    hb - (loop.time() - last_beat[0]) if hb else None,
-                ) if w is not None]
+                waits = [
+                    w
+                    for w in (
+                        stc - (loop.time() - started) if stc else None,
+                        hb - (loop.time() - last_beat[0]) if hb else None,
+                    )
+                    if w is not None
+                ]
                 done, _ = await asyncio.wait({job}, timeout=max(0.0, min(waits)) if waits else None)
                 if done:
                     return job.result(), None
@@ -371,7 +382,11 @@ class Worker:
                 continue
             commits.append(commit)
             opening = next(
-                (e for e in reversed(commit.events) if e.run_id == run_id and e.type in _OPENS_ATTEMPT),
+                (
+                    e
+                    for e in reversed(commit.events)
+                    if e.run_id == run_id and e.type in _OPENS_ATTEMPT
+                ),
                 None,
             )
             if opening is not None:
@@ -427,7 +442,8 @@ class Worker:
     # --- queries and updates -------------------------------------------------------------
 
     async def _answer(self, task: WorkflowTask) -> None:
-        assert task.request_id is not None and task.name is not None
+        assert task.request_id is not None
+        assert task.name is not None
         kind = "update" if task.kind == "update" else "query"
         definition = self.workflows.get(task.workflow_name)
         # Brought up to date first: inputs the code has not seen yet are delivered.
@@ -454,9 +470,14 @@ class Worker:
     def _query(
         self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
     ) -> WorkerReply:
-        assert task.request_id is not None and task.name is not None
-        base = {"request_id": task.request_id, "execution_id": task.execution_id,
-                "kind": "query", "worker_id": self.worker_id}
+        assert task.request_id is not None
+        assert task.name is not None
+        base = {
+            "request_id": task.request_id,
+            "execution_id": task.execution_id,
+            "kind": "query",
+            "worker_id": self.worker_id,
+        }
         if task.name not in definition.queries:
             error = ReplyError(
                 code="unknown_query",
@@ -473,9 +494,14 @@ class Worker:
     async def _update(
         self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
     ) -> WorkerReply:
-        assert task.request_id is not None and task.name is not None
-        base = {"request_id": task.request_id, "execution_id": task.execution_id,
-                "kind": "update", "worker_id": self.worker_id}
+        assert task.request_id is not None
+        assert task.name is not None
+        base = {
+            "request_id": task.request_id,
+            "execution_id": task.execution_id,
+            "kind": "update",
+            "worker_id": self.worker_id,
+        }
         if task.name not in definition.updates:
             error = ReplyError(
                 code="unknown_update",
@@ -514,6 +540,20 @@ class Worker:
             error = ReplyError(code="update_failed", message=str(value))
             return WorkerReply(ok=False, error=error, command_id=command_id, **base)
         return WorkerReply(ok=True, result=value, command_id=command_id, **base)
+
+
+class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Another worker may advance the executions of a revoked partition: cached instances
+    are dropped (a later task rebuilds them from the history)."""
+
+    def __init__(self, cache: OrderedDict[str, WorkflowInstance]) -> None:
+        self.cache = cache
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        self.cache.clear()
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        return None
 
 
 def _activity_order(request: ActivityRequest) -> tuple[int, str]:

@@ -108,6 +108,10 @@ class WorkerSettings(RunstoreSettings):
     """Executions advanced at once within a batch of tasks."""
     worker_max_batch: int = Field(default=500, ge=1)
     worker_linger_ms: int = Field(default=2, ge=0)
+    worker_instance_id: str | None = None
+    """Kafka static membership id (e.g. the pod name): a restarted worker gets its
+    partitions back at once instead of after the session timeout."""
+    worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
     worker_own_command_wait_seconds: float = Field(default=3.0, ge=0)
     """How long a worker waits for its last command of an execution to show in the history
     before it rebuilds the instance from what is there (the engine refused it)."""

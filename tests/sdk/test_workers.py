@@ -85,7 +85,9 @@ def test_signals_and_queries_round_trip_on_the_approval(client: Mistral) -> None
         assert answer.result["needed"] == 2
 
     wait_until(waiting_for_two, timeout=30)
-    executions.signal_workflow_execution(execution_id=execution_id, name="approve", input={"by": "ann"})
+    executions.signal_workflow_execution(
+        execution_id=execution_id, name="approve", input={"by": "ann"}
+    )
 
     def one_approval() -> None:
         answer = executions.query_workflow_execution(execution_id=execution_id, name="state")
@@ -93,7 +95,9 @@ def test_signals_and_queries_round_trip_on_the_approval(client: Mistral) -> None
 
     wait_until(one_approval, timeout=30)
     assert status_of(client, execution_id) == "RUNNING"
-    executions.signal_workflow_execution(execution_id=execution_id, name="approve", input={"by": "bob"})
+    executions.signal_workflow_execution(
+        execution_id=execution_id, name="approve", input={"by": "bob"}
+    )
     wait_for_status(client, execution_id, "COMPLETED")
     assert result_of(client, execution_id) == {"status": "approved", "by": ["ann", "bob"]}
 
@@ -120,7 +124,9 @@ def test_an_update_changes_the_approval_and_its_validator_refuses_bad_input(
         execution_id=execution_id, name="set_approvers_needed", input={"needed": 1}
     )
     assert updated.result == {"previous": 3, "needed": 1}
-    executions.signal_workflow_execution(execution_id=execution_id, name="approve", input={"by": "cy"})
+    executions.signal_workflow_execution(
+        execution_id=execution_id, name="approve", input={"by": "cy"}
+    )
     wait_for_status(client, execution_id, "COMPLETED")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from runstore.workflows import Worker
+from runstore.workflows._instance import WorkflowInstance
 from schemas.commands import (
     CancelExecution,
     Command,
@@ -25,9 +27,6 @@ from schemas.commands import (
 )
 from schemas.events import Event, EventType
 from services.engine.domain import Context, ExecutionState, decide, fold
-
-from runstore.workflows import Worker
-from runstore.workflows._instance import WorkflowInstance
 
 T0 = 1_800_000_000 * 10**9
 SECOND = 10**9
@@ -87,7 +86,9 @@ class WorkflowSim:
     def cancel(self) -> None:
         self.apply(
             CancelExecution(
-                command_id=self._id(), execution_id=self.execution_id, issued_at=NOW,
+                command_id=self._id(),
+                execution_id=self.execution_id,
+                issued_at=NOW,
                 payload=ReasonPayload(reason="test"),
             )
         )

@@ -153,7 +153,10 @@ async def test_a_durable_sleep_is_a_timer_and_now_follows_the_history() -> None:
     await sim.task()
     assert sim.state is not None and sim.state.status == ExecutionStatus.COMPLETED
     result = sim.state.result.value  # type: ignore[union-attr]
-    assert result.startswith("slept from") and result.split(" to ")[0] != "slept from " + result.split(" to ")[1]
+    assert (
+        result.startswith("slept from")
+        and result.split(" to ")[0] != "slept from " + result.split(" to ")[1]
+    )
 
 
 async def test_signals_reach_the_handler_in_order_and_wake_a_wait_condition() -> None:
