@@ -153,15 +153,6 @@ class _PendingUpdate:
     name: str
 
 
-@dataclass
-class Outcome:
-    """What one live activation produced."""
-
-    steps: list[Step] = field(default_factory=list)
-    completed_updates: dict[str, tuple[bool, Any]] = field(default_factory=dict)
-    """update_id -> (ok, result or failure message), for the replies."""
-
-
 class WorkflowInstance:
     """The live object of one run of one workflow, stepped by the worker."""
 
@@ -325,12 +316,19 @@ class WorkflowInstance:
 
     def update_result(self, update_id: str) -> tuple[bool, Any] | None:
         """(ok, result or failure message) once the update's handler has finished."""
-        return self._update_results.get(update_id)
+        return self._update_results.pop(update_id, None)
 
-    def take_outcome(self) -> Outcome:
-        outcome = Outcome(steps=self._steps, completed_updates=self._update_results)
-        self._steps, self._update_results = [], {}
-        return outcome
+    def take_steps(self) -> list[Step]:
+        steps, self._steps = self._steps, []
+        return steps
+
+    def has_steps(self) -> bool:
+        return bool(self._steps)
+
+    def deliver_inputs(self, up_to: int) -> None:
+        """Inputs taken in with `apply` up to seq `up_to`, delivered to the live code (after
+        a checkpoint, as a replay delivers them before the next task's steps)."""
+        self._deliver_inputs(up_to=up_to)
 
     # --- the code's commands (called from workflow code through `workflow.*`) ---------
 

@@ -54,6 +54,10 @@ _OPENS_ATTEMPT = frozenset(
 )
 
 
+class _Rebuild(Exception):
+    """The cached instance no longer matches the history: rebuild it by replay."""
+
+
 class ActivityTimeoutError(TimeoutError):
     """An activity attempt overran its start-to-close or heartbeat timeout."""
 
@@ -130,7 +134,15 @@ class Worker:
                 records = [r for batch in batches.values() for r in batch]
                 if not records:
                     continue
-                await self.handle([r.value for r in records])
+                try:
+                    await self.handle([r.value for r in records])
+                except Exception:
+                    # Nothing of this batch is acknowledged: take it again from the last
+                    # committed offsets after a pause (replay makes a second pass safe).
+                    log.exception("a batch of tasks failed; retrying it")
+                    await asyncio.sleep(1.0)
+                    await consumer.seek_to_committed()
+                    continue
                 await consumer.commit()
         finally:
             await consumer.stop()
@@ -197,27 +209,39 @@ class Worker:
                 ),
             )
             return None
-        try:
-            instance = await self._instance_at(task.execution_id, task.run_id, task.seq, definition)
-            if instance is None or instance.finished:
-                return instance
-            applied = instance.applied_seq
-            instance.go_live()
-            await self._drive(instance)
-        except (NondeterminismError, ValidationError, TypeError, KeyError) as exc:
-            self._cache.pop(task.execution_id, None)
-            log.error("workflow task of %s failed: %s", task.execution_id, exc)
-            await self._send_failure(
-                task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc)
-            )
-            return None
-        await self._flush(instance, applied, f"wft:{instance.run_id}:{applied}")
-        return instance
+        for _ in range(3):
+            try:
+                instance = await self._instance_at(
+                    task.execution_id, task.run_id, task.seq, definition
+                )
+                if instance is None or instance.finished:
+                    return instance
+                instance.go_live()
+                await self._drive(instance)
+            except _Rebuild as why:
+                log.info("rebuilding %s from its history: %s", task.execution_id, why)
+                self._cache.pop(task.execution_id, None)
+                continue
+            except (NondeterminismError, ValidationError, TypeError, KeyError) as exc:
+                self._cache.pop(task.execution_id, None)
+                log.error("workflow task of %s failed: %s", task.execution_id, exc)
+                await self._send_failure(
+                    task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc)
+                )
+                return None
+            await self._flush(instance)
+            return instance
+        raise RuntimeError(f"execution {task.execution_id}: its history kept moving under us")
 
-    async def _flush(self, instance: WorkflowInstance, task_seq: int, command_id: str) -> None:
-        outcome = instance.take_outcome()
-        if not outcome.steps:
+    async def _flush(self, instance: WorkflowInstance, command_id: str | None = None) -> None:
+        """Report the steps taken since the last report, computed from the history up to
+        `applied_seq`; the command id derives from that, so a redelivered task that
+        computes the same report is applied once."""
+        steps = instance.take_steps()
+        if not steps:
             return
+        task_seq = instance.applied_seq
+        command_id = command_id or f"wft:{instance.run_id}:{task_seq}"
         command = CompleteWorkflowTask(
             command_id=command_id,
             execution_id=instance.execution_id,
@@ -226,7 +250,7 @@ class Worker:
                 run_id=instance.run_id,
                 task_seq=task_seq,
                 worker_id=self.worker_id,
-                steps=outcome.steps,
+                steps=steps,
             ),
         )
         await self._send(self.settings.topics.commands, instance.execution_id, command)
@@ -254,6 +278,8 @@ class Worker:
         """Run the activities the code asks for, feeding each result back, until the
         code waits on something only a later task can bring (a timer, a signal …)."""
         running: dict[asyncio.Task[tuple[Any, BaseException | None]], ActivityRequest] = {}
+        loop = asyncio.get_running_loop()
+        last_report = loop.time()
         try:
             while True:
                 for request in instance.take_activity_requests():
@@ -261,6 +287,12 @@ class Worker:
                     running[job] = request
                 if not running:
                     return
+                if (
+                    instance.has_steps()
+                    and loop.time() - last_report >= self.settings.worker_checkpoint_seconds
+                ):
+                    await self._checkpoint(instance)
+                    last_report = loop.time()
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for job in sorted(done, key=lambda j: _activity_order(running[j])):
                     request = running.pop(job)
@@ -273,6 +305,32 @@ class Worker:
         finally:
             for job in running:
                 job.cancel()
+
+    async def _checkpoint(self, instance: WorkflowInstance) -> None:
+        """Report the steps so far while activities still run, and wait until the history
+        holds them: a long task keeps its progress if the worker dies."""
+        await self._flush(instance)
+        assert self._producer is not None
+        await self._producer.flush()
+        own = instance.last_command_id
+        waited = 0.0
+        while waited < self.settings.worker_own_command_wait_seconds:
+            commits = await self._commits_after(instance.execution_id, instance.applied_seq)
+            position = next((i for i, c in enumerate(commits) if c.command_id == own), None)
+            if position is not None:
+                for commit in commits[:position]:
+                    events = [e for e in commit.events if e.run_id == instance.run_id]
+                    if events and events[0].type == EventType.WORKFLOW_TASK_COMPLETED:
+                        raise _Rebuild("another worker advanced the run")
+                    instance.apply(events)
+                mine = commits[position]
+                instance.applied_seq = mine.seq
+                instance.last_command_id = None
+                instance.deliver_inputs(up_to=mine.seq)
+                return
+            await asyncio.sleep(0.01)
+            waited += 0.01
+        raise _Rebuild("the engine did not take the worker's checkpoint")
 
     async def _run_activity(
         self, instance: WorkflowInstance, request: ActivityRequest
@@ -517,18 +575,17 @@ class Worker:
         except Exception as exc:
             error = ReplyError(code="update_rejected", message=f"{type(exc).__name__}: {exc}")
             return WorkerReply(ok=False, error=error, **base)
-        applied = instance.applied_seq
         command_id = f"update:{task.request_id}"
         try:
             instance.go_live()
             instance.accept_update(task.request_id, task.name, task.input)
             await self._drive(instance)
-        except NondeterminismError as exc:
+        except (NondeterminismError, _Rebuild) as exc:
             self._cache.pop(task.execution_id, None)
             error = ReplyError(code="update_failed", message=str(exc))
             return WorkerReply(ok=False, error=error, **base)
         outcome_result = instance.update_result(task.request_id)
-        await self._flush(instance, applied, command_id)
+        await self._flush(instance, command_id)
         if outcome_result is None:
             error = ReplyError(
                 code="update_failed",

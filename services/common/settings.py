@@ -108,6 +108,9 @@ class WorkerSettings(RunstoreSettings):
     """Executions advanced at once within a batch of tasks."""
     worker_max_batch: int = Field(default=500, ge=1)
     worker_linger_ms: int = Field(default=2, ge=0)
+    worker_checkpoint_seconds: float = Field(default=1.0, gt=0)
+    """While activities of a task still run, its steps so far are reported at least this
+    often, so a worker that dies loses at most that much progress."""
     worker_instance_id: str | None = None
     """Kafka static membership id (e.g. the pod name): a restarted worker gets its
     partitions back at once instead of after the session timeout."""

@@ -147,8 +147,8 @@ class WorkflowSim:
         task_seq = instance.applied_seq
         instance.go_live()
         await self.worker._drive(instance)
-        outcome = instance.take_outcome()
-        if outcome.steps:
+        steps = instance.take_steps()
+        if steps:
             assert self.state is not None
             self.apply(
                 CompleteWorkflowTask(
@@ -156,7 +156,7 @@ class WorkflowSim:
                     execution_id=self.execution_id,
                     issued_at=NOW,
                     payload=CompleteWorkflowTaskPayload(
-                        run_id=self.state.run_id, task_seq=task_seq, steps=outcome.steps
+                        run_id=self.state.run_id, task_seq=task_seq, steps=steps
                     ),
                 )
             )
