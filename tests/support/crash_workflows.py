@@ -5,6 +5,7 @@ MongoDB under the attempt's idempotency key and logging every execution of its b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -32,12 +33,11 @@ async def apply_step(step: dict[str, Any]) -> int:
     # Every execution of the body, applied or not: shows the at-least-once delivery.
     await db["activity_bodies"].insert_one({"_id": uuid.uuid4().hex, "key": info.idempotency_key})
     await asyncio.sleep(0.1)
-    try:
+    # An attempt whose side effect is already applied (keyed by the attempt) applies nothing.
+    with contextlib.suppress(DuplicateKeyError):
         await db["side_effects"].insert_one(
             {"_id": info.idempotency_key, "execution_id": info.execution_id, "n": step["n"]}
         )
-    except DuplicateKeyError:
-        pass  # this attempt's side effect is already applied: apply it once
     return int(step["n"]) * int(step["n"])
 
 
