@@ -10,7 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.api import routes_commands, routes_runs, routes_schedules, routes_streams
+from services.api import (
+    routes_commands,
+    routes_runs,
+    routes_schedules,
+    routes_streams,
+    routes_workers,
+)
 from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
@@ -20,6 +26,7 @@ from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_list import PageTokens
 from services.api.run_reader import RunReader
+from services.api.worker_requests import WorkerRequests
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import ApiSettings
@@ -32,6 +39,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     client = mongo_client(settings)
     db = mongo_database(client, settings)
     gateway = CommandGateway(settings)
+    worker_requests = WorkerRequests(settings, gateway)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
 
     @asynccontextmanager
@@ -43,11 +51,13 @@ def build_app(settings: ApiSettings) -> FastAPI:
         log.info("access mode: %s", settings.api_access_mode.value)
         await ensure_topics(settings)
         await gateway.start()
+        await worker_requests.start()
         await fanout.start()
         try:
             yield
         finally:
             await fanout.stop()
+            await worker_requests.stop()
             await gateway.stop()
             await client.close()
 
@@ -58,6 +68,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.db = db
     app.state.reader = RunReader(db, PageTokens.from_secret(settings.page_token_secret))
     app.state.gateway = gateway
+    app.state.worker_requests = worker_requests
     app.state.fanout = fanout
     app.state.wiring = Wiring(
         settings=settings,
@@ -83,6 +94,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_streams.router)
     app.include_router(routes_schedules.router)
     app.include_router(routes_commands.router)
+    app.include_router(routes_workers.router)
 
     # Outermost last: the failure budget sees every answer, 413s included; the execute
     # fast path is innermost, so both limits apply to it as to any request.

@@ -100,6 +100,25 @@ class CommandGateway:
             ]
         )
 
+    async def publish(self, records: list[Outgoing]) -> None:
+        """Publish records other than commands (query and update tasks) with the same
+        producer; raises KafkaError."""
+        if self._publisher is None:
+            raise RuntimeError("CommandGateway.start() was not called")
+        await self._publisher.publish_all(records)
+
+    def expect(self, command_id: str) -> asyncio.Future[CommandOutcome]:
+        """A future for the outcome of a command someone else publishes (a worker's update
+        task): register it BEFORE the command can be published; `forget` it after."""
+        waiter = self._waiting.get(command_id)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[command_id] = waiter
+        return waiter
+
+    def forget(self, command_id: str) -> None:
+        self._waiting.pop(command_id, None)
+
     async def send(self, command: Command, wait_seconds: float | None = None) -> CommandOutcome:
         """Publish `command` and return its outcome; OutcomeTimeout if none comes in time.
 

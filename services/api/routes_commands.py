@@ -30,19 +30,17 @@ from schemas.commands import (
 from schemas.common import TERMINAL_STATUSES, ExecutionStatus, Identifier
 from schemas.outcomes import CommandOutcome
 from services.api import errors
-from services.api.access import existing_execution, known_execution_id
+from services.api.access import known_execution_id
 from services.api.auth import Caller
 from services.api.command_shapes import (
     BatchItemResult,
     BatchRequest,
     BatchResponse,
     InvocationRequest,
-    QueryResponse,
     ResetRequest,
     SignalAccepted,
-    UpdateResponse,
 )
-from services.api.deps import Authed, Reader, Wired, Wiring
+from services.api.deps import Authed, Wired, Wiring
 from services.api.event_fanout import (
     EventFanout,
     FanoutFailed,
@@ -302,23 +300,6 @@ async def reset(
     )
     await apply_command(api.gateway, command)
     return Response(status_code=204)
-
-
-@router.post("/v1/workflows/executions/{execution_id}/queries", response_model=QueryResponse)
-async def query(
-    who: Authed, reader: Reader, execution_id: ExecutionId, body: InvocationRequest
-) -> QueryResponse:
-    run = await existing_execution(reader, execution_id)
-    # Queries are answered by the worker hosting the workflow; there are none yet.
-    raise errors.no_worker("query", execution_id, run["workflow_name"])
-
-
-@router.post("/v1/workflows/executions/{execution_id}/updates", response_model=UpdateResponse)
-async def update(
-    who: Authed, reader: Reader, execution_id: ExecutionId, body: InvocationRequest
-) -> UpdateResponse:
-    run = await existing_execution(reader, execution_id)
-    raise errors.no_worker("update", execution_id, run["workflow_name"])
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -146,6 +146,9 @@ class ApiSettings(RunstoreSettings):
     """Silence after which a stream sends a `: keep-alive` comment (resets client timeouts)."""
     api_sse_queue_size: int = Field(default=2000, ge=10)
     """Events buffered per stream subscriber before it re-syncs from the store/broker."""
+    api_worker_timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a query or update waits for a worker's reply (and an update for the engine
+    to accept what the worker recorded) before answering 504."""
     api_wait_default_seconds: float = Field(default=60.0, gt=0)
     """How long `execute` with `wait_for_result` waits when the body names no timeout."""
     api_wait_max_seconds: float = Field(default=3600.0, gt=0)

@@ -515,7 +515,14 @@ def fail_run(
 ) -> None:
     """Add RETRY_SCHEDULED (retry policy left) or WORKFLOW_EXECUTION_FAILED to `commit`."""
     policy = state.started.retry_policy
-    if retryable and policy is not None and state.attempt < policy.max_attempts:
+    # A run asked to cancel is not retried: its failure ends it.
+    cancel_asked = state.cancel_deadline_ns is not None
+    if (
+        retryable
+        and not cancel_asked
+        and policy is not None
+        and state.attempt < policy.max_attempts
+    ):
         delay = policy.delay_seconds(state.attempt)
         env = commit.stamp()
         retry = RetryScheduledAttributes(

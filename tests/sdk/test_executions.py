@@ -194,24 +194,7 @@ def test_batch_with_no_ids_is_422(client: Mistral) -> None:
         client.workflows.executions.batch_cancel_workflow_executions(execution_ids=[])
 
 
-# --- queries and updates --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["query", "update"])
-def test_queries_and_updates_say_no_worker_handles_the_workflow(client: Mistral, kind: str) -> None:
-    execution_id = start(client, workflow="needs-worker")
-    executions = client.workflows.executions
-    call = (
-        executions.query_workflow_execution
-        if kind == "query"
-        else executions.update_workflow_execution
-    )
-    with pytest.raises(SDKError) as err:
-        call(execution_id=execution_id, name="progress")
-    assert err.value.status_code == 409
-    body = json.loads(err.value.body)
-    assert body["detail"].startswith("no_worker:")
-    assert "needs-worker" in body["detail"]
+# --- queries and updates: tests/sdk/test_queries_updates.py (with a fake worker) ------------
 
 
 # --- execute --------------------------------------------------------------------------------
