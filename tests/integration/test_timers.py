@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from schemas.commits import Commit
+from tests.conftest import isolated_env
 from tests.integration.test_engine import commits_of, topic
 from tests.support.eventually import assert_eventually
 from tests.support.kafka import command, produce, read_topic
-from tests.support.stack import Stack
+from tests.support.stack import TIMERS_STACK, Stack, running
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -23,15 +24,8 @@ AUTH = {"Authorization": "Bearer test-key"}
 def timers_stack(
     kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    from tests.conftest import isolated_env
-
-    s = Stack(env=isolated_env(kafka_bootstrap, mongo_url), log_dir=tmp_path_factory.mktemp("t"))
-    try:
-        for service in ("engine", "projector", "timers", "api"):
-            s.start(service)
-        yield s
-    finally:
-        s.stop_all()
+    env = isolated_env(kafka_bootstrap, mongo_url)
+    yield from running(env, tmp_path_factory.mktemp("timers"), TIMERS_STACK)
 
 
 async def execute(stack: Stack, execution_id: str, **extensions: Any) -> dict[str, Any]:
