@@ -25,6 +25,7 @@ from pydantic import Field  # noqa: E402
 from schemas.commands import Command  # noqa: E402
 from schemas.events import Event  # noqa: E402
 from schemas.outcomes import CommandOutcome  # noqa: E402
+from schemas.replies import WorkerReply  # noqa: E402
 from schemas.tasks import WorkflowTask  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
 
@@ -41,7 +42,9 @@ def build() -> AsyncAPI:
         description=(
             "Commands for the engine (consumer group `engine`): StartWorkflow, "
             "CancelExecution, TerminateExecution, SignalExecution, ResetExecution, worker "
-            "reports and timer firings; `type` selects the payload. A `command_id` is applied "
+            "reports (CompleteWorkflowTask, FailWorkflowTask, …), timer firings (FireTimer, "
+            "…) and the engine's derived commands (RecordChildWorkflow, children's starts); "
+            "`type` selects the payload. A `command_id` is applied "
             f"at most once; its outcome appears on workflows.outcomes. {KEY}"
         ),
     )
@@ -73,9 +76,24 @@ def build() -> AsyncAPI:
     broker.publisher(
         topics.tasks,
         title="workflows.tasks",
-        description=f"Work for workers, derived from events (run, signal, stop). {KEY}",
+        description=(
+            "Work for workers (docs/worker-protocol.md): run, signal and stop tasks derived "
+            "from events by the engine; query and update tasks published by the API. "
+            f"`deployment_name` routes a task to the workers of that deployment. {KEY}"
+        ),
         schema=WorkflowTask,
     )
+
+    @broker.subscriber(
+        topics.replies,
+        title="workflows.replies",
+        description=(
+            "Workers' answers to query and update tasks, correlated by `request_id`; every "
+            f"API instance reads all partitions. {KEY}"
+        ),
+    )
+    async def api_replies(reply: WorkerReply) -> None: ...
+
     broker.publisher(
         topics.dlq,
         title="workflows.commands.dlq",

@@ -11,7 +11,14 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue, TypeAdapter, model_validator
 
-from schemas.common import Failure, FrozenModel, Identifier, RetryPolicy
+from schemas.common import (
+    ExecutionStatus,
+    Failure,
+    FrozenModel,
+    Identifier,
+    ParentClosePolicy,
+    RetryPolicy,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -33,6 +40,15 @@ class IdReusePolicy(StrEnum):
     """Only if the latest run did not complete successfully."""
     REJECT_DUPLICATE = "reject_duplicate"
     """Never reuse an execution id."""
+
+
+DEFAULT_CANCEL_GRACE_SECONDS = 30.0
+"""How long a cancel request waits for the workflow code before the engine cancels."""
+
+MAX_STEPS = 1_000
+"""Most steps one CompleteWorkflowTask may carry."""
+
+StepId = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Envelope(FrozenModel):
@@ -77,6 +93,13 @@ class StartWorkflowPayload(FrozenModel):
     """Pre-assigned run id; the engine sets it on continue-as-new successors, else generated."""
     continued_from_execution_id: Identifier | None = None
     """Set by the engine on the StartWorkflow of a continue-as-new successor."""
+    parent_run_id: str | None = None
+    """A child's parent run (set by the engine on a child's StartWorkflow)."""
+    parent_close_policy: ParentClosePolicy | None = None
+    """A child's policy when its parent's run closes (the parent's state applies it)."""
+    cancel_grace_seconds: float | None = Field(default=None, ge=0)
+    """How long a cancel request waits for the workflow code to end the run before the
+    engine cancels it itself; None = DEFAULT_CANCEL_GRACE_SECONDS."""
 
 
 class ReasonPayload(FrozenModel):
@@ -154,6 +177,193 @@ class TimerPayload(_RunReport):
     """For RetryExecution: the attempt the retry starts."""
 
 
+# --- workflow tasks: what a worker reports after running workflow code ---------------
+
+
+class ActivityStep(FrozenModel):
+    """An activity the code ran (or started) inside the worker: ACTIVITY_TASK_<STAGE>."""
+
+    kind: Literal["activity"] = "activity"
+    activity_id: StepId
+    activity_name: Annotated[str, Field(min_length=1, max_length=200)]
+    stage: Literal["started", "completed", "retrying", "failed"]
+    attempt: int = Field(default=1, ge=1)
+    input: JsonValue = None
+    result: JsonValue = None
+    failure: Failure | None = None
+
+    @model_validator(mode="after")
+    def _failure_when_failing(self) -> ActivityStep:
+        if self.stage in {"retrying", "failed"} and self.failure is None:
+            raise ValueError(f"an activity step with stage {self.stage!r} needs a failure")
+        return self
+
+
+class CustomTaskStep(FrozenModel):
+    """A custom task's progress, as RecordCustomTask's payload: CUSTOM_TASK_<STAGE>."""
+
+    kind: Literal["custom_task"] = "custom_task"
+    stage: Literal["started", "in_progress", "completed", "failed", "timed_out", "canceled"]
+    custom_task_id: StepId
+    custom_task_type: str
+    payload: JsonValue = None
+    failure: Failure | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _failure_when_failing(self) -> CustomTaskStep:
+        if self.stage == "failed" and self.failure is None:
+            raise ValueError("a custom task step with stage 'failed' needs a failure")
+        return self
+
+
+class StartTimerStep(FrozenModel):
+    """A durable timer: TIMER_STARTED; the timers service fires it as FireTimer."""
+
+    kind: Literal["start_timer"] = "start_timer"
+    timer_id: StepId
+    duration_seconds: float = Field(ge=0)
+
+
+class CancelTimerStep(FrozenModel):
+    kind: Literal["cancel_timer"] = "cancel_timer"
+    timer_id: StepId
+
+
+class StartChildStep(FrozenModel):
+    """A child workflow: CHILD_WORKFLOW_INITIATED; the engine publishes its StartWorkflow."""
+
+    kind: Literal["start_child"] = "start_child"
+    child_execution_id: Identifier
+    workflow_name: Identifier
+    input: JsonValue = None
+    parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE
+    deployment_name: str | None = None
+    """Defaults to the parent's deployment."""
+    execution_timeout_seconds: float | None = Field(default=None, gt=0)
+    retry_policy: RetryPolicy | None = None
+    display_name: str | None = None
+
+
+class MarkerStep(FrozenModel):
+    """A value the code must see again on replay (side effect, version): MARKER_RECORDED."""
+
+    kind: Literal["marker"] = "marker"
+    marker_id: StepId
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    value: JsonValue = None
+
+
+class UpdateAcceptedStep(FrozenModel):
+    kind: Literal["update_accepted"] = "update_accepted"
+    update_id: StepId
+    update_name: Annotated[str, Field(min_length=1, max_length=200)]
+    input: JsonValue = None
+
+
+class UpdateCompletedStep(FrozenModel):
+    kind: Literal["update_completed"] = "update_completed"
+    update_id: StepId
+    result: JsonValue = None
+    failure: Failure | None = None
+
+
+class CompleteStep(FrozenModel):
+    """Final: WORKFLOW_EXECUTION_COMPLETED."""
+
+    kind: Literal["complete"] = "complete"
+    result: JsonValue = None
+
+
+class FailStep(FrozenModel):
+    """Final: WORKFLOW_EXECUTION_FAILED, or a retry, as FailExecution."""
+
+    kind: Literal["fail"] = "fail"
+    failure: Failure
+    retryable: bool = True
+
+
+class ContinueAsNewStep(FrozenModel):
+    """Final: as ContinueAsNew."""
+
+    kind: Literal["continue_as_new"] = "continue_as_new"
+    input: JsonValue = None
+    workflow_name: Identifier | None = None
+    new_execution_id: Identifier | None = None
+
+
+class CancelStep(FrozenModel):
+    """Final: WORKFLOW_EXECUTION_CANCELED (the code acknowledged a cancel request)."""
+
+    kind: Literal["cancel"] = "cancel"
+    reason: str | None = None
+
+
+Step = Annotated[
+    ActivityStep
+    | CustomTaskStep
+    | StartTimerStep
+    | CancelTimerStep
+    | StartChildStep
+    | MarkerStep
+    | UpdateAcceptedStep
+    | UpdateCompletedStep
+    | CompleteStep
+    | FailStep
+    | ContinueAsNewStep
+    | CancelStep,
+    Field(discriminator="kind"),
+]
+
+FINAL_STEP_KINDS = frozenset({"complete", "fail", "continue_as_new", "cancel"})
+
+
+class CompleteWorkflowTaskPayload(_RunReport):
+    task_seq: int = Field(ge=1)
+    """The last seq of the history the worker's replay saw."""
+    worker_id: str | None = None
+    steps: Annotated[list[Step], Field(max_length=MAX_STEPS)] = Field(default_factory=list)
+    """In the order the code took them; at most one final step, and only last."""
+
+    @model_validator(mode="after")
+    def _final_step_last(self) -> CompleteWorkflowTaskPayload:
+        for position, step in enumerate(self.steps[:-1]):
+            if step.kind in FINAL_STEP_KINDS:
+                raise ValueError(
+                    f"steps[{position}] ({step.kind}) is final: only the last step may be"
+                )
+        return self
+
+
+class FailWorkflowTaskPayload(_RunReport):
+    task_seq: int = Field(ge=1)
+    failure: Failure
+    worker_id: str | None = None
+
+
+class FireTimerPayload(_RunReport):
+    timer_id: StepId
+    """A TIMER_STARTED id, or the engine's own `workflow-task:{seq}` / `cancel-deadline`."""
+
+
+class ChildReportPayload(_RunReport):
+    """`run_id` is the PARENT's run."""
+
+    child_execution_id: Identifier
+    child_run_id: str | None = None
+    stage: Literal["started", "start_failed", "closed"]
+    status: ExecutionStatus | None = None
+    """The child's terminal status (stage closed)."""
+    result: JsonValue = None
+    failure: Failure | None = None
+
+    @model_validator(mode="after")
+    def _status_when_closed(self) -> ChildReportPayload:
+        if self.stage == "closed" and (self.status is None or not self.status.is_terminal):
+            raise ValueError("a closed child report needs the child's terminal status")
+        return self
+
+
 # --- commands -----------------------------------------------------------------------
 
 
@@ -221,6 +431,34 @@ class RetryExecution(_Envelope):
     payload: TimerPayload
 
 
+class CompleteWorkflowTask(_Envelope):
+    """A worker ran the workflow code from a replay of the history up to `task_seq`."""
+
+    type: Literal["CompleteWorkflowTask"] = "CompleteWorkflowTask"
+    payload: CompleteWorkflowTaskPayload
+
+
+class FailWorkflowTask(_Envelope):
+    """A worker could not run the workflow code (non-determinism, an error outside it)."""
+
+    type: Literal["FailWorkflowTask"] = "FailWorkflowTask"
+    payload: FailWorkflowTaskPayload
+
+
+class FireTimer(_Envelope):
+    """Fired by the timers service when a pending timer of a run is due."""
+
+    type: Literal["FireTimer"] = "FireTimer"
+    payload: FireTimerPayload
+
+
+class RecordChildWorkflow(_Envelope):
+    """Derived by the engine from a child's stream, sent to the parent's execution."""
+
+    type: Literal["RecordChildWorkflow"] = "RecordChildWorkflow"
+    payload: ChildReportPayload
+
+
 Command = Annotated[
     StartWorkflow
     | CancelExecution
@@ -233,7 +471,11 @@ Command = Annotated[
     | RecordActivityTask
     | RecordCustomTask
     | TimeOutExecution
-    | RetryExecution,
+    | RetryExecution
+    | CompleteWorkflowTask
+    | FailWorkflowTask
+    | FireTimer
+    | RecordChildWorkflow,
     Field(discriminator="type"),
 ]
 

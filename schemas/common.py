@@ -15,9 +15,21 @@ __all__ = [
     "FrozenModel",
     "Identifier",
     "JsonValue",
+    "ParentClosePolicy",
     "Payload",
     "RetryPolicy",
 ]
+
+
+class ParentClosePolicy(StrEnum):
+    """What closing a parent's run does to a child it started that is still open."""
+
+    TERMINATE = "terminate"
+    """TerminateExecution of the child (the default)."""
+    REQUEST_CANCEL = "request_cancel"
+    """CancelExecution of the child: its code gets a chance to clean up."""
+    ABANDON = "abandon"
+    """Nothing: the child runs on."""
 
 
 class FrozenModel(BaseModel):

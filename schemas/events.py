@@ -7,8 +7,10 @@ de-duplicate re-delivered events by that position. `event_number` is the event's
 1-based position in its run's history: the `event_id` that a reset names.
 
 Event types are the 17 public Mistral types where one fits, plus what the domain needs
-(terminated, timed out, signal received, retry scheduled/started, run reset). The public
-API maps the extra types or leaves them out of public event streams.
+(terminated, timed out, signal received, retry scheduled/started, run reset, and the
+worker protocol's: workflow task completed, timers, markers, cancel requested, children,
+updates — docs/worker-protocol.md). The public API maps the extra types or leaves them out
+of public event streams.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, JsonValue, TypeAdapter
 
-from schemas.common import ExecutionStatus, Failure, FrozenModel, Payload, RetryPolicy
+from schemas.common import (
+    ExecutionStatus,
+    Failure,
+    FrozenModel,
+    ParentClosePolicy,
+    Payload,
+    RetryPolicy,
+)
 
 
 class EventType(StrEnum):
@@ -46,6 +55,18 @@ class EventType(StrEnum):
     WORKFLOW_EXECUTION_RETRY_SCHEDULED = "WORKFLOW_EXECUTION_RETRY_SCHEDULED"
     WORKFLOW_EXECUTION_RETRY_STARTED = "WORKFLOW_EXECUTION_RETRY_STARTED"
     WORKFLOW_RUN_RESET = "WORKFLOW_RUN_RESET"
+    WORKFLOW_TASK_COMPLETED = "WORKFLOW_TASK_COMPLETED"
+    TIMER_STARTED = "TIMER_STARTED"
+    TIMER_FIRED = "TIMER_FIRED"
+    TIMER_CANCELED = "TIMER_CANCELED"
+    MARKER_RECORDED = "MARKER_RECORDED"
+    WORKFLOW_EXECUTION_CANCEL_REQUESTED = "WORKFLOW_EXECUTION_CANCEL_REQUESTED"
+    CHILD_WORKFLOW_INITIATED = "CHILD_WORKFLOW_INITIATED"
+    CHILD_WORKFLOW_STARTED = "CHILD_WORKFLOW_STARTED"
+    CHILD_WORKFLOW_START_FAILED = "CHILD_WORKFLOW_START_FAILED"
+    CHILD_WORKFLOW_CLOSED = "CHILD_WORKFLOW_CLOSED"
+    WORKFLOW_EXECUTION_UPDATE_ACCEPTED = "WORKFLOW_EXECUTION_UPDATE_ACCEPTED"
+    WORKFLOW_EXECUTION_UPDATE_COMPLETED = "WORKFLOW_EXECUTION_UPDATE_COMPLETED"
 
     @property
     def is_public(self) -> bool:
@@ -60,6 +81,18 @@ _INTERNAL_TYPES = frozenset(
         EventType.WORKFLOW_EXECUTION_RETRY_SCHEDULED,
         EventType.WORKFLOW_EXECUTION_RETRY_STARTED,
         EventType.WORKFLOW_RUN_RESET,
+        EventType.WORKFLOW_TASK_COMPLETED,
+        EventType.TIMER_STARTED,
+        EventType.TIMER_FIRED,
+        EventType.TIMER_CANCELED,
+        EventType.MARKER_RECORDED,
+        EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED,
+        EventType.CHILD_WORKFLOW_INITIATED,
+        EventType.CHILD_WORKFLOW_STARTED,
+        EventType.CHILD_WORKFLOW_START_FAILED,
+        EventType.CHILD_WORKFLOW_CLOSED,
+        EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+        EventType.WORKFLOW_EXECUTION_UPDATE_COMPLETED,
     }
 )
 
@@ -81,6 +114,11 @@ class StartedAttributes(FrozenModel):
     workflow_tags: list[str] | None = None
     continued_from_execution_id: str | None = None
     """Set when this execution was started by a continue-as-new."""
+    parent_run_id: str | None = None
+    """A child's parent run."""
+    parent_close_policy: ParentClosePolicy | None = None
+    cancel_grace_seconds: float | None = None
+    """None = the default grace (schemas.commands.DEFAULT_CANCEL_GRACE_SECONDS)."""
 
 
 class CompletedAttributes(FrozenModel):
@@ -117,6 +155,76 @@ class WorkflowTaskTimedOutAttributes(FrozenModel):
 class WorkflowTaskFailedAttributes(FrozenModel):
     task_id: str
     failure: Failure
+    task_seq: int | None = None
+    """The history the failing replay saw (FailWorkflowTask)."""
+    worker_id: str | None = None
+    retry_at_ns: int | None = None
+    """When the timers service fires `workflow-task:{seq}` (seq = this event's commit)."""
+
+
+class WorkflowTaskCompletedAttributes(FrozenModel):
+    task_seq: int
+    """The last seq of the history the worker's replay saw."""
+    worker_id: str | None = None
+
+
+class TimerStartedAttributes(FrozenModel):
+    timer_id: str
+    duration_seconds: float
+    fire_at_ns: int
+
+
+class TimerAttributes(FrozenModel):
+    """TIMER_FIRED / TIMER_CANCELED."""
+
+    timer_id: str
+
+
+class MarkerRecordedAttributes(FrozenModel):
+    marker_id: str
+    name: str
+    value: Payload
+
+
+class CancelRequestedAttributes(FrozenModel):
+    reason: str | None = None
+    cancel_deadline_ns: int
+    """When the engine cancels the run itself if the code has not ended it (`cancel-deadline`)."""
+    user_id: str | None = None
+
+
+class ChildInitiatedAttributes(FrozenModel):
+    child_execution_id: str
+    workflow_name: str
+    input: Payload
+    parent_close_policy: ParentClosePolicy = ParentClosePolicy.TERMINATE
+    deployment_name: str | None = None
+    execution_timeout_seconds: float | None = None
+    retry_policy: RetryPolicy | None = None
+    display_name: str | None = None
+
+
+class ChildReportAttributes(FrozenModel):
+    """CHILD_WORKFLOW_STARTED / _START_FAILED / _CLOSED."""
+
+    child_execution_id: str
+    child_run_id: str | None = None
+    status: ExecutionStatus | None = None
+    """The child's terminal status (CLOSED)."""
+    result: Payload | None = None
+    failure: Failure | None = None
+
+
+class UpdateAcceptedAttributes(FrozenModel):
+    update_id: str
+    update_name: str
+    input: Payload
+
+
+class UpdateCompletedAttributes(FrozenModel):
+    update_id: str
+    result: Payload | None = None
+    failure: Failure | None = None
 
 
 class CustomTaskAttributes(FrozenModel):
@@ -288,6 +396,61 @@ class RunReset(_Event):
     attributes: RunResetAttributes
 
 
+class WorkflowTaskCompleted(_Event):
+    type: Literal[EventType.WORKFLOW_TASK_COMPLETED] = EventType.WORKFLOW_TASK_COMPLETED
+    attributes: WorkflowTaskCompletedAttributes
+
+
+class TimerStarted(_Event):
+    type: Literal[EventType.TIMER_STARTED] = EventType.TIMER_STARTED
+    attributes: TimerStartedAttributes
+
+
+class TimerEvent(_Event):
+    type: Literal[EventType.TIMER_FIRED, EventType.TIMER_CANCELED]
+    attributes: TimerAttributes
+
+
+class MarkerRecorded(_Event):
+    type: Literal[EventType.MARKER_RECORDED] = EventType.MARKER_RECORDED
+    attributes: MarkerRecordedAttributes
+
+
+class CancelRequested(_Event):
+    type: Literal[EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED] = (
+        EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED
+    )
+    attributes: CancelRequestedAttributes
+
+
+class ChildInitiated(_Event):
+    type: Literal[EventType.CHILD_WORKFLOW_INITIATED] = EventType.CHILD_WORKFLOW_INITIATED
+    attributes: ChildInitiatedAttributes
+
+
+class ChildReported(_Event):
+    type: Literal[
+        EventType.CHILD_WORKFLOW_STARTED,
+        EventType.CHILD_WORKFLOW_START_FAILED,
+        EventType.CHILD_WORKFLOW_CLOSED,
+    ]
+    attributes: ChildReportAttributes
+
+
+class UpdateAccepted(_Event):
+    type: Literal[EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED] = (
+        EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    )
+    attributes: UpdateAcceptedAttributes
+
+
+class UpdateCompleted(_Event):
+    type: Literal[EventType.WORKFLOW_EXECUTION_UPDATE_COMPLETED] = (
+        EventType.WORKFLOW_EXECUTION_UPDATE_COMPLETED
+    )
+    attributes: UpdateCompletedAttributes
+
+
 Event = Annotated[
     ExecutionStarted
     | ExecutionCompleted
@@ -303,7 +466,16 @@ Event = Annotated[
     | SignalReceived
     | RetryScheduled
     | RetryStarted
-    | RunReset,
+    | RunReset
+    | WorkflowTaskCompleted
+    | TimerStarted
+    | TimerEvent
+    | MarkerRecorded
+    | CancelRequested
+    | ChildInitiated
+    | ChildReported
+    | UpdateAccepted
+    | UpdateCompleted,
     Field(discriminator="type"),
 ]
 

@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 from schemas.commands import Command
 from schemas.events import Event
 from schemas.outcomes import CommandOutcome
+from schemas.replies import WorkerReply
 from schemas.tasks import WorkflowTask
 
 CONTRACTS: dict[str, tuple[str, TypeAdapter[Any]]] = {
@@ -24,6 +25,7 @@ CONTRACTS: dict[str, tuple[str, TypeAdapter[Any]]] = {
     "event.schema.json": ("A record of workflows.events", TypeAdapter(Event)),
     "outcome.schema.json": ("A record of workflows.outcomes", TypeAdapter(CommandOutcome)),
     "task.schema.json": ("A record of workflows.tasks", TypeAdapter(WorkflowTask)),
+    "reply.schema.json": ("A record of workflows.replies", TypeAdapter(WorkerReply)),
 }
 
 

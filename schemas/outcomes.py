@@ -23,6 +23,14 @@ class RejectionCode(StrEnum):
     RUN_NOT_ACTIVE = "run_not_active"
     INVALID_RESET_POINT = "invalid_reset_point"
     INVALID_TRANSITION = "invalid_transition"
+    STALE_WORKFLOW_TASK = "stale_workflow_task"
+    """CompleteWorkflowTask from a replay older than the run's last accepted workflow task."""
+    INVALID_WORKFLOW_TASK = "invalid_workflow_task"
+    """A step that makes no sense in the run's state; the message names the step."""
+    TIMER_NOT_PENDING = "timer_not_pending"
+    """FireTimer of a timer that is not pending (fired, canceled, never started)."""
+    CHILD_NOT_FOUND = "child_not_found"
+    """RecordChildWorkflow for a child the parent's run did not initiate (or already closed)."""
 
 
 class CommandOutcome(FrozenModel):

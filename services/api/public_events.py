@@ -12,6 +12,12 @@ the SDK's iteration with an error. Runstore's own types are mapped or left out:
 | WORKFLOW_RUN_RESET                   | left out (the new run's STARTED follows)            |
 | WORKFLOW_EXECUTION_TERMINATED        | left out: the execution stream ends there           |
 | WORKFLOW_EXECUTION_TIMED_OUT         | left out: the execution stream ends there           |
+| WORKFLOW_EXECUTION_UPDATE_ACCEPTED   | CUSTOM_TASK_STARTED, custom_task_type `runstore.update` |
+| WORKFLOW_EXECUTION_UPDATE_COMPLETED  | CUSTOM_TASK_COMPLETED (or _FAILED), `runstore.update` |
+
+The worker protocol's bookkeeping (WORKFLOW_TASK_COMPLETED, TIMER_*, MARKER_RECORDED,
+WORKFLOW_EXECUTION_CANCEL_REQUESTED, CHILD_WORKFLOW_*) is left out; a child's own events
+carry its root and parent ids.
 
 Positions: an event sits at `(seq, index)` in its execution's stream. Its
 `broker_sequence` is `seq * 1_000_000 + index` (commit 3, event 1 → 3000001): one
@@ -31,6 +37,7 @@ SEQ_FACTOR = 1_000_000
 """Events per commit never reach this (a commit is one document of at most 16 MiB)."""
 
 SIGNAL_TASK_TYPE = "runstore.signal"
+UPDATE_TASK_TYPE = "runstore.update"
 NAMESPACE = "default"
 
 _CLOSING = {
@@ -172,6 +179,20 @@ def public_attributes(event: Event) -> tuple[str, dict[str, Any]] | None:
             "task_id": a.task_id,
             "failure": _failure(a.failure),
         }
+    if t is EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+        return EventType.CUSTOM_TASK_STARTED.value, {
+            "custom_task_id": a.update_id,
+            "custom_task_type": UPDATE_TASK_TYPE,
+            "payload": {
+                "type": "json",
+                "value": {"update_name": a.update_name, "input": a.input.value},
+            },
+        }
+    if t is EventType.WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+        update = {"custom_task_id": a.update_id, "custom_task_type": UPDATE_TASK_TYPE}
+        if a.failure is not None:
+            return EventType.CUSTOM_TASK_FAILED.value, {**update, "failure": _failure(a.failure)}
+        return EventType.CUSTOM_TASK_COMPLETED.value, {**update, "payload": _payload(a.result)}
     return None
 
 

@@ -37,14 +37,18 @@ class RunstoreSettings(BaseSettings):
 class Topics:
     """Names of every topic Runstore uses."""
 
-    __slots__ = ("commands", "dlq", "events", "outcomes", "tasks")
+    __slots__ = ("commands", "dlq", "events", "outcomes", "replies", "tasks")
 
-    def __init__(self, commands: str, dlq: str, events: str, tasks: str, outcomes: str) -> None:
+    def __init__(
+        self, commands: str, dlq: str, events: str, tasks: str, outcomes: str, replies: str
+    ) -> None:
         self.commands = commands
         self.dlq = dlq
         self.events = events
         self.tasks = tasks
         self.outcomes = outcomes
+        self.replies = replies
+        """Workers' answers to query and update tasks (schemas/replies.py)."""
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -54,10 +58,11 @@ class Topics:
             events=f"{prefix}workflows.events",
             tasks=f"{prefix}workflows.tasks",
             outcomes=f"{prefix}workflows.outcomes",
+            replies=f"{prefix}workflows.replies",
         )
 
     def all(self) -> list[str]:
-        return [self.commands, self.dlq, self.events, self.tasks, self.outcomes]
+        return [self.commands, self.dlq, self.events, self.tasks, self.outcomes, self.replies]
 
 
 class EngineSettings(RunstoreSettings):

@@ -193,7 +193,10 @@ def decide(state: ExecutionState | None, cmd: Command, ctx: Context) -> list[Eve
         raise ValueError(
             f"command for execution {cmd.execution_id!r} applied to {state.execution_id!r}"
         )
-    return _DECIDERS[type(cmd)](state, cmd, ctx)
+    decider = _DECIDERS.get(type(cmd))
+    if decider is None:
+        raise Rejected(RejectionCode.INVALID_TRANSITION, f"{cmd.type}: not supported yet")
+    return decider(state, cmd, ctx)
 
 
 class _EnvelopeFields(TypedDict):

@@ -94,6 +94,31 @@ ATTRIBUTES: dict[EventType, dict[str, Any]] = {
     },
     EventType.WORKFLOW_EXECUTION_RETRY_STARTED: {"task_id": "r:3", "attempt": 2},
     EventType.WORKFLOW_RUN_RESET: {"previous_run_id": "r0", "event_id": 1},
+    EventType.WORKFLOW_TASK_COMPLETED: {"task_seq": 2, "worker_id": "w1"},
+    EventType.TIMER_STARTED: {"timer_id": "t1", "duration_seconds": 1.0, "fire_at_ns": 9},
+    EventType.TIMER_FIRED: {"timer_id": "t1"},
+    EventType.TIMER_CANCELED: {"timer_id": "t1"},
+    EventType.MARKER_RECORDED: {"marker_id": "m1", "name": "side_effect", "value": PAYLOAD},
+    EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED: {"reason": "x", "cancel_deadline_ns": 9},
+    EventType.CHILD_WORKFLOW_INITIATED: {
+        "child_execution_id": "c1",
+        "workflow_name": "child",
+        "input": PAYLOAD,
+    },
+    EventType.CHILD_WORKFLOW_STARTED: {"child_execution_id": "c1", "child_run_id": "cr1"},
+    EventType.CHILD_WORKFLOW_START_FAILED: {"child_execution_id": "c1", "failure": FAILURE},
+    EventType.CHILD_WORKFLOW_CLOSED: {
+        "child_execution_id": "c1",
+        "child_run_id": "cr1",
+        "status": "COMPLETED",
+        "result": PAYLOAD,
+    },
+    EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED: {
+        "update_id": "u1",
+        "update_name": "approve",
+        "input": PAYLOAD,
+    },
+    EventType.WORKFLOW_EXECUTION_UPDATE_COMPLETED: {"update_id": "u1", "result": PAYLOAD},
 }
 
 
@@ -130,6 +155,16 @@ def test_what_reaches_a_stream_is_a_valid_public_sdk_event(event_type: EventType
             EventType.WORKFLOW_EXECUTION_TIMED_OUT,
             EventType.WORKFLOW_EXECUTION_RETRY_STARTED,
             EventType.WORKFLOW_RUN_RESET,
+            EventType.WORKFLOW_TASK_COMPLETED,
+            EventType.TIMER_STARTED,
+            EventType.TIMER_FIRED,
+            EventType.TIMER_CANCELED,
+            EventType.MARKER_RECORDED,
+            EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED,
+            EventType.CHILD_WORKFLOW_INITIATED,
+            EventType.CHILD_WORKFLOW_STARTED,
+            EventType.CHILD_WORKFLOW_START_FAILED,
+            EventType.CHILD_WORKFLOW_CLOSED,
         }
         return
     parsed = models.StreamEventSsePayload.model_validate(payload)
@@ -154,6 +189,18 @@ def test_a_signal_is_shown_as_a_completed_custom_task() -> None:
     assert shown["event_type"] == "CUSTOM_TASK_COMPLETED"
     assert shown["attributes"]["custom_task_type"] == SIGNAL_TASK_TYPE
     assert shown["attributes"]["payload"]["value"] == {"signal_name": "approve", "input": {"k": 1}}
+
+
+def test_an_update_is_shown_as_a_custom_task_started_then_completed() -> None:
+    accepted = public_event(make_event(EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED))
+    completed = public_event(make_event(EventType.WORKFLOW_EXECUTION_UPDATE_COMPLETED))
+    assert accepted is not None and completed is not None
+    assert accepted["event_type"] == "CUSTOM_TASK_STARTED"
+    shown = accepted["attributes"]["payload"]["value"]
+    assert shown == {"update_name": "approve", "input": {"k": 1}}
+    assert completed["event_type"] == "CUSTOM_TASK_COMPLETED"
+    assert completed["attributes"]["custom_task_type"] == "runstore.update"
+    assert completed["attributes"]["payload"] == {"type": "json", "value": {"k": 1}}
 
 
 def test_a_scheduled_retry_is_shown_as_a_failed_workflow_task() -> None:
