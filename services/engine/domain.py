@@ -15,15 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
 from schemas.commands import (
+    DEFAULT_CANCEL_GRACE_SECONDS,
     CancelExecution,
     Command,
     CompleteExecution,
     ContinueAsNew,
+    CustomTaskReportPayload,
+    CustomTaskStep,
     FailExecution,
     IdReusePolicy,
     RecordActivityTask,
@@ -36,12 +39,14 @@ from schemas.commands import (
     TerminateExecution,
     TimeOutExecution,
 )
-from schemas.common import ExecutionStatus, Failure, FrozenModel, Payload
+from schemas.common import ExecutionStatus, Failure, FrozenModel, ParentClosePolicy, Payload
 from schemas.events import (
     STATUS_AFTER,
     ActivityTaskAttributes,
     ActivityTaskEvent,
     CanceledAttributes,
+    CancelRequested,
+    CancelRequestedAttributes,
     CompletedAttributes,
     ContinuedAsNewAttributes,
     CustomTaskAttributes,
@@ -145,6 +150,23 @@ class ExecutionState(FrozenModel):
     successor_execution_id: str | None = None
     """Set when the latest run CONTINUED_AS_NEW."""
     successor_run_id: str | None = None
+    # The worker protocol (docs/worker-protocol.md), all about the latest run; each
+    # defaults to "nothing yet", so snapshots written before it load unchanged.
+    workflow_task_seq: int | None = None
+    """Seq of the run's last accepted CompleteWorkflowTask; None: no worker advanced it."""
+    workflow_task_failures: int = Field(default=0, ge=0)
+    """Consecutive FailWorkflowTask since the last accepted CompleteWorkflowTask."""
+    timers: dict[str, int] = Field(default_factory=dict)
+    """Pending timers: id -> fire_at_ns (the code's, `workflow-task:{seq}`, `cancel-deadline`)."""
+    activities: dict[str, int] = Field(default_factory=dict)
+    """Activities started and not yet ended: activity id -> attempt."""
+    children: dict[str, ParentClosePolicy] = Field(default_factory=dict)
+    """Children initiated and not yet closed: child execution id -> parent-close policy.
+    Kept after the run closes: the engine applies the policies from it."""
+    updates: dict[str, str] = Field(default_factory=dict)
+    """Updates accepted and not yet completed: update id -> name."""
+    cancel_deadline_ns: int | None = None
+    """Set by a cancel request: when the engine cancels the run itself."""
 
     @property
     def is_open(self) -> bool:
@@ -378,6 +400,9 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
         search_keys=p.search_keys,
         workflow_tags=p.workflow_tags,
         continued_from_execution_id=p.continued_from_execution_id,
+        parent_run_id=p.parent_run_id,
+        parent_close_policy=p.parent_close_policy,
+        cancel_grace_seconds=p.cancel_grace_seconds,
     )
     commit.add(ExecutionStarted(**env, attributes=attributes))
     return commit.done()
@@ -411,12 +436,34 @@ def _check_id_reuse(state: ExecutionState, cmd: StartWorkflow) -> None:
 def _decide_cancel(state: ExecutionState | None, cmd: CancelExecution, ctx: Context) -> list[Event]:
     state = _require_open(state, cmd)
     commit = _Commit.after(state, cmd, ctx)
+    if state.workflow_task_seq is None or state.status is ExecutionStatus.RETRYING_AFTER_ERROR:
+        # No code is running it (no worker advanced the run, or it waits for a retry):
+        # nothing could clean up, so cancel at once.
+        cancel_run(commit, state, cmd.payload.reason)
+        return commit.done()
+    if state.cancel_deadline_ns is not None:
+        raise Rejected(
+            RejectionCode.INVALID_TRANSITION,
+            f"CancelExecution: {_describe(state)} is already asked to cancel",
+        )
+    grace = state.started.cancel_grace_seconds
+    if grace is None:
+        grace = DEFAULT_CANCEL_GRACE_SECONDS
     env = commit.stamp()
-    attributes = CanceledAttributes(
-        task_id=_task_id(env), reason=cmd.payload.reason, attempt=state.attempt
+    requested = CancelRequestedAttributes(
+        reason=cmd.payload.reason,
+        cancel_deadline_ns=ctx.now_ns + _seconds_to_ns(grace),
+        user_id=cmd.user_id,
     )
-    commit.add(ExecutionCanceled(**env, attributes=attributes))
+    commit.add(CancelRequested(**env, attributes=requested))
     return commit.done()
+
+
+def cancel_run(commit: _Commit, state: ExecutionState, reason: str | None) -> None:
+    """Add WORKFLOW_EXECUTION_CANCELED to `commit`."""
+    env = commit.stamp()
+    attributes = CanceledAttributes(task_id=_task_id(env), reason=reason, attempt=state.attempt)
+    commit.add(ExecutionCanceled(**env, attributes=attributes))
 
 
 def _decide_terminate(
@@ -459,9 +506,23 @@ def _decide_complete(
 def _decide_fail(state: ExecutionState | None, cmd: FailExecution, ctx: Context) -> list[Event]:
     state = _require_running_run(state, cmd, cmd.payload.run_id)
     commit = _Commit.after(state, cmd, ctx)
+    fail_run(commit, state, cmd.payload.failure, cmd.payload.retryable, ctx)
+    return commit.done()
+
+
+def fail_run(
+    commit: _Commit, state: ExecutionState, failure: Failure, retryable: bool, ctx: Context
+) -> None:
+    """Add RETRY_SCHEDULED (retry policy left) or WORKFLOW_EXECUTION_FAILED to `commit`."""
     policy = state.started.retry_policy
-    failure = cmd.payload.failure
-    if cmd.payload.retryable and policy is not None and state.attempt < policy.max_attempts:
+    # A run asked to cancel is not retried: its failure ends it.
+    cancel_asked = state.cancel_deadline_ns is not None
+    if (
+        retryable
+        and not cancel_asked
+        and policy is not None
+        and state.attempt < policy.max_attempts
+    ):
         delay = policy.delay_seconds(state.attempt)
         env = commit.stamp()
         retry = RetryScheduledAttributes(
@@ -476,7 +537,6 @@ def _decide_fail(state: ExecutionState | None, cmd: FailExecution, ctx: Context)
         env = commit.stamp()
         failed = FailedAttributes(task_id=_task_id(env), failure=failure, attempt=state.attempt)
         commit.add(ExecutionFailed(**env, attributes=failed))
-    return commit.done()
 
 
 def _decide_retry(state: ExecutionState | None, cmd: RetryExecution, ctx: Context) -> list[Event]:
@@ -520,24 +580,48 @@ def _decide_continue_as_new(
     state: ExecutionState | None, cmd: ContinueAsNew, ctx: Context
 ) -> list[Event]:
     state = _require_running_run(state, cmd, cmd.payload.run_id)
-    new_execution_id = cmd.payload.new_execution_id or ctx.new_execution_id
-    if new_execution_id == state.execution_id:
+    new_execution_id = continuation_id(state, cmd.payload.new_execution_id, ctx)
+    if new_execution_id is None:
         raise Rejected(
             RejectionCode.INVALID_TRANSITION,
             f"ContinueAsNew: {_describe(state)} cannot continue as itself; "
             f"name another execution id",
         )
     commit = _Commit.after(state, cmd, ctx)
+    continue_run(commit, state, new_execution_id, cmd.payload, ctx)
+    return commit.done()
+
+
+def continuation_id(state: ExecutionState, named: str | None, ctx: Context) -> str | None:
+    """The successor's execution id; None if it would be the execution itself."""
+    new_execution_id = named or ctx.new_execution_id
+    return None if new_execution_id == state.execution_id else new_execution_id
+
+
+class _Continuation(Protocol):
+    @property
+    def input(self) -> JsonValue: ...
+    @property
+    def workflow_name(self) -> str | None: ...
+
+
+def continue_run(
+    commit: _Commit,
+    state: ExecutionState,
+    new_execution_id: str,
+    asked: _Continuation,
+    ctx: Context,
+) -> None:
+    """Add WORKFLOW_EXECUTION_CONTINUED_AS_NEW to `commit`."""
     env = commit.stamp()
     attributes = ContinuedAsNewAttributes(
         task_id=_task_id(env),
         new_execution_id=new_execution_id,
         new_execution_run_id=ctx.successor_run_id,
-        workflow_name=cmd.payload.workflow_name or state.workflow_name,
-        input=Payload(value=cmd.payload.input),
+        workflow_name=asked.workflow_name or state.workflow_name,
+        input=Payload(value=asked.input),
     )
     commit.add(ExecutionContinuedAsNew(**env, attributes=attributes))
-    return commit.done()
 
 
 _ActivityType = Literal[
@@ -561,9 +645,30 @@ def _decide_activity(
     state = _require_running_run(state, cmd, cmd.payload.run_id)
     p = cmd.payload
     commit = _Commit.after(state, cmd, ctx)
+    add_activity(commit, p.task_id, p)
+    return commit.done()
+
+
+class _ActivityFacts(Protocol):
+    @property
+    def stage(self) -> Literal["started", "completed", "retrying", "failed"]: ...
+    @property
+    def activity_name(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def input(self) -> JsonValue: ...
+    @property
+    def result(self) -> JsonValue: ...
+    @property
+    def failure(self) -> Failure | None: ...
+
+
+def add_activity(commit: _Commit, activity_id: str, p: _ActivityFacts) -> None:
+    """Add ACTIVITY_TASK_<STAGE> (a report or a workflow-task step) to `commit`."""
     env = commit.stamp()
     attributes = ActivityTaskAttributes(
-        task_id=p.task_id,
+        task_id=activity_id,
         activity_name=p.activity_name,
         attempt=p.attempt,
         # The public shapes require input on STARTED and result on COMPLETED.
@@ -573,7 +678,6 @@ def _decide_activity(
     )
     event_type = _ACTIVITY_EVENT[p.stage]
     commit.add(ActivityTaskEvent(**env, type=event_type, attributes=attributes))
-    return commit.done()
 
 
 _CustomTaskType = Literal[
@@ -598,8 +702,13 @@ def _decide_custom_task(
     state: ExecutionState | None, cmd: RecordCustomTask, ctx: Context
 ) -> list[Event]:
     state = _require_running_run(state, cmd, cmd.payload.run_id)
-    p = cmd.payload
     commit = _Commit.after(state, cmd, ctx)
+    add_custom_task(commit, cmd.payload)
+    return commit.done()
+
+
+def add_custom_task(commit: _Commit, p: CustomTaskReportPayload | CustomTaskStep) -> None:
+    """Add CUSTOM_TASK_<STAGE> (a report or a workflow-task step) to `commit`."""
     env = commit.stamp()
     attributes = CustomTaskAttributes(
         custom_task_id=p.custom_task_id,
@@ -611,7 +720,6 @@ def _decide_custom_task(
     )
     event_type = _CUSTOM_TASK_EVENT[p.stage]
     commit.add(CustomTaskEvent(**env, type=event_type, attributes=attributes))
-    return commit.done()
 
 
 # Facts a reset carries into the new run. Status changes (start, retry, close) are not
@@ -688,7 +796,10 @@ def _started_event(history: Sequence[Event]) -> ExecutionStarted:
     raise InvalidHistory("a run's history has no WORKFLOW_EXECUTION_STARTED event")
 
 
-_DECIDERS: Mapping[type[Any], Callable[[ExecutionState | None, Any, Context], list[Event]]] = {
+_Decider = Callable[[ExecutionState | None, Any, Context], list[Event]]
+_Applier = Callable[[ExecutionState, Event], ExecutionState]
+
+_DECIDERS: dict[type[Any], _Decider] = {
     StartWorkflow: _decide_start,
     CancelExecution: _decide_cancel,
     TerminateExecution: _decide_terminate,
@@ -790,11 +901,24 @@ def _open_run(state: ExecutionState, event: Event) -> ExecutionState:
                 "reset_event_id": event.attributes.event_id,
                 "successor_execution_id": None,
                 "successor_run_id": None,
+                **_FRESH_RUN,
             }
         )
     raise InvalidHistory(
         f"event {event.event_id} ({event.type.value}) cannot open run {event.run_id!r}"
     )
+
+
+# The worker-protocol fields of a run no worker has advanced yet.
+_FRESH_RUN: dict[str, Any] = {
+    "workflow_task_seq": None,
+    "workflow_task_failures": 0,
+    "timers": {},
+    "activities": {},
+    "children": {},
+    "updates": {},
+    "cancel_deadline_ns": None,
+}
 
 
 def _state_of_started_run(event: ExecutionStarted, seq: int, run_count: int) -> ExecutionState:
@@ -842,10 +966,14 @@ def _apply_failed(state: ExecutionState, event: Event) -> ExecutionState:
 
 def _apply_retry_scheduled(state: ExecutionState, event: Event) -> ExecutionState:
     assert isinstance(event, RetryScheduled)
+    # The failed attempt's timers, activities and updates end with it; its children run on.
     return state.model_copy(
         update={
             "last_failure": event.attributes.failure,
             "retry_at_ns": event.attributes.retry_at_ns,
+            "timers": {},
+            "activities": {},
+            "updates": {},
         }
     )
 
@@ -871,7 +999,7 @@ def _apply_reset_inside_run(state: ExecutionState, event: Event) -> ExecutionSta
     raise InvalidHistory(f"event {event.event_id}: a reset must open a new run")
 
 
-_APPLIERS: Mapping[EventType, Callable[[ExecutionState, Event], ExecutionState]] = {
+_APPLIERS: dict[EventType, _Applier] = {
     EventType.WORKFLOW_EXECUTION_STARTED: _apply_started_after_reset,
     EventType.WORKFLOW_EXECUTION_COMPLETED: _apply_completed,
     EventType.WORKFLOW_EXECUTION_FAILED: _apply_failed,
@@ -928,6 +1056,7 @@ def successor_commands(
             workflow_tags=started.workflow_tags,
             run_id=event.attributes.new_execution_run_id,
             continued_from_execution_id=event.execution_id,
+            cancel_grace_seconds=started.cancel_grace_seconds,
         )
         commands.append(
             StartWorkflow(
@@ -959,3 +1088,16 @@ def _wrap(value: Any, *, always: bool) -> Payload | None:
     if value is None and not always:
         return None
     return Payload(value=value)
+
+
+def register(
+    deciders: Mapping[type[Any], _Decider], appliers: Mapping[EventType, _Applier]
+) -> None:
+    """Add the deciders and appliers of a sibling module (services/engine/workflow_tasks.py)."""
+    _DECIDERS.update(deciders)
+    _APPLIERS.update(appliers)
+
+
+# The worker protocol's half of the domain builds on this module's helpers and registers
+# itself when imported; importing it last works whichever of the two is imported first.
+import services.engine.workflow_tasks  # noqa: E402, F401

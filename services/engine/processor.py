@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -47,6 +47,7 @@ from services.engine.domain import (
     successor_commands,
 )
 from services.engine.event_store import AppendFailure, AppendReport, EventStore
+from services.engine.workflow_tasks import derived_commands, start_failed_report
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +490,12 @@ class CommandProcessor:
                     )
                 )
                 decided.append(
-                    _Decided(record, command, outcome=_rejected(command, rejection, now_ns))
+                    _Decided(
+                        record,
+                        command,
+                        outcome=_rejected(command, rejection, now_ns),
+                        follow_ups=_after_rejection(command, rejection),
+                    )
                 )
                 first_of[command.command_id] = decided[-1]
                 continue
@@ -518,7 +524,7 @@ class CommandProcessor:
                     command,
                     commit=commit,
                     outcome=_accepted(command, commit, state, now_ns),
-                    follow_ups=successor_commands(events, ctx, state),
+                    follow_ups=_follow_ups(events, ctx, state),
                 )
             )
             first_of[command.command_id] = decided[-1]
@@ -563,7 +569,12 @@ class CommandProcessor:
                 for rejected in commit.rejected:
                     if rejected.command_id == command.command_id:
                         return _Decided(
-                            record, command, outcome=_stored_rejection(command, rejected, commit)
+                            record,
+                            command,
+                            outcome=_stored_rejection(command, rejected, commit),
+                            follow_ups=_after_rejection(
+                                command, Rejected(rejected.code, rejected.message)
+                            ),
                         )
                 if commit.source.offset < record.offset:
                     break
@@ -595,7 +606,7 @@ class CommandProcessor:
             commit=commit,
             outcome=_accepted(command, commit, state, commit.events[0].timestamp_ns),
             replay=True,
-            follow_ups=successor_commands(commit.events, ctx, state),
+            follow_ups=_follow_ups(commit.events, ctx, state),
         )
 
     def _emit(self, decided: Sequence[_Decided], out: Outbound) -> None:
@@ -608,15 +619,36 @@ class CommandProcessor:
             out.follow_ups.extend(d.follow_ups)
 
 
+def _follow_ups(events: list[Event], ctx: Context, state: ExecutionState) -> list[Command]:
+    """Commands a commit sends to other executions (all with ids derived from its events)."""
+    return successor_commands(events, ctx, state) + derived_commands(events, ctx, state)
+
+
+def _after_rejection(command: Command, rejection: Rejected) -> list[Command]:
+    """A child's refused start still reaches its parent (derived from the start's id)."""
+    if command.type != "StartWorkflow":
+        return []
+    report = start_failed_report(command, rejection)
+    return [] if report is None else [report]
+
+
 # Which ids each command type can need; deriving them costs a hash each.
 _NEEDS_RUN_ID = frozenset({"StartWorkflow", "ResetExecution", "ContinueAsNew"})
 _NEEDS_SUCCESSOR_IDS = frozenset({"ContinueAsNew"})
 
 
+def _continues_as_new(command: Command) -> bool:
+    if command.type == "ContinueAsNew":
+        return True
+    if command.type != "CompleteWorkflowTask" or not command.payload.steps:
+        return False
+    return command.payload.steps[-1].kind == "continue_as_new"
+
+
 def _context_for(command: Command, now_ns: int, history: tuple[Event, ...] = ()) -> Context:
     """Ids derive from the command id, so a decision taken again picks the same ids."""
     cid = command.command_id
-    successor = command.type in _NEEDS_SUCCESSOR_IDS
+    successor = _continues_as_new(command)
     return Context(
         now_ns=now_ns,
         new_run_id=derived_id(cid, "run") if command.type in _NEEDS_RUN_ID else "",
@@ -688,23 +720,46 @@ def _stored_rejection(
     )
 
 
-_TASK_KINDS = {
+# The events that give the workflow code something new (docs/worker-protocol.md) and the
+# task each calls for.
+_TASK_KINDS: dict[EventType, Literal["run", "signal", "stop"]] = {
     EventType.WORKFLOW_EXECUTION_STARTED: "run",
     EventType.WORKFLOW_EXECUTION_RETRY_STARTED: "run",
     EventType.WORKFLOW_EXECUTION_SIGNALED: "signal",
+    EventType.TIMER_FIRED: "run",
+    EventType.CHILD_WORKFLOW_STARTED: "run",
+    EventType.CHILD_WORKFLOW_START_FAILED: "run",
+    EventType.CHILD_WORKFLOW_CLOSED: "run",
+    EventType.WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "run",
+    EventType.WORKFLOW_EXECUTION_CANCEL_REQUESTED: "run",
     EventType.WORKFLOW_EXECUTION_CANCELED: "stop",
     EventType.WORKFLOW_EXECUTION_TERMINATED: "stop",
     EventType.WORKFLOW_EXECUTION_TIMED_OUT: "stop",
 }
+_RUN_OPENING = frozenset(
+    {EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_RETRY_STARTED}
+)
+# Activity events call for a task only when reported asynchronously (RecordActivityTask);
+# in a CompleteWorkflowTask the worker that ran the activity already goes on.
+_ASYNC_ACTIVITY = frozenset(
+    {
+        EventType.ACTIVITY_TASK_COMPLETED,
+        EventType.ACTIVITY_TASK_RETRYING,
+        EventType.ACTIVITY_TASK_FAILED,
+    }
+)
 
 
 def tasks_for(commit: Commit) -> list[WorkflowTask]:
     """Work for workers that a commit's events call for (derived, so replays agree)."""
     tasks: list[WorkflowTask] = []
+    started = commit.state.get("started") or {}
     for event in commit.events:
         kind = _TASK_KINDS.get(event.type)
         if kind is None:
-            continue
+            if event.type not in _ASYNC_ACTIVITY or commit.command_type != "RecordActivityTask":
+                continue
+            kind = "run"
         attrs = event.attributes
         tasks.append(
             WorkflowTask(
@@ -714,10 +769,16 @@ def tasks_for(commit: Commit) -> list[WorkflowTask]:
                 run_id=event.run_id,
                 seq=event.seq,
                 workflow_name=event.workflow_name,
-                attempt=getattr(attrs, "attempt", None) or int(commit.state.get("attempt") or 1),
+                attempt=getattr(attrs, "attempt", None)
+                if event.type in _RUN_OPENING
+                else int(commit.state.get("attempt") or 1),
                 input=_payload_value(getattr(attrs, "input", None)),
                 signal_name=getattr(attrs, "signal_name", None),
-                deployment_name=getattr(attrs, "deployment_name", None),
+                # The run's deployment routes every task of it (the STARTED event's own,
+                # else the state's after the commit).
+                deployment_name=getattr(attrs, "deployment_name", None)
+                if event.type is EventType.WORKFLOW_EXECUTION_STARTED
+                else started.get("deployment_name"),
             )
         )
     return tasks

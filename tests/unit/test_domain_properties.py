@@ -24,11 +24,17 @@ from schemas.commands import (
     Command,
     CompleteExecution,
     CompletePayload,
+    CompleteWorkflowTask,
+    CompleteWorkflowTaskPayload,
     ContinueAsNew,
     ContinueAsNewPayload,
     CustomTaskReportPayload,
     FailExecution,
     FailPayload,
+    FailWorkflowTask,
+    FailWorkflowTaskPayload,
+    FireTimer,
+    FireTimerPayload,
     IdReusePolicy,
     ReasonPayload,
     RecordActivityTask,
@@ -54,6 +60,7 @@ from services.engine.domain import (
     fold,
     successor_commands,
 )
+from services.engine.workflow_tasks import derived_commands, start_failed_report
 
 T0 = 1_700_000_000_000_000_000
 ISSUED = datetime(2024, 1, 1, tzinfo=UTC)
@@ -71,6 +78,9 @@ KINDS = (
     "custom_task",
     "time_out",
     "retry",
+    "workflow_task",
+    "fail_task",
+    "fire_timer",
 )
 ACTIVITY_STAGES = ("started", "completed", "retrying", "failed")
 CUSTOM_STAGES = ("started", "in_progress", "completed", "failed", "timed_out", "canceled")
@@ -92,7 +102,20 @@ class Op:
 
 # Worker reports and timers are weighted up: they only get past the guards when they
 # name the latest run of a live execution, so they need more tries.
-WEIGHTED_KINDS = (*KINDS, "start", "complete", "fail", "fail", "retry", "retry", "reset")
+WEIGHTED_KINDS = (
+    *KINDS,
+    "start",
+    "complete",
+    "fail",
+    "fail",
+    "retry",
+    "retry",
+    "reset",
+    "workflow_task",
+    "workflow_task",
+    "workflow_task",
+    "fire_timer",
+)
 
 ops = st.builds(
     Op,
@@ -150,6 +173,11 @@ class World:
             assert isinstance(again, Rejected), "decide is deterministic"
             assert (again.code, again.message) == (decided.code, decided.message)
             assert decided.message
+            if isinstance(cmd, StartWorkflow):
+                # A child's refused start reaches its parent, as the engine derives it.
+                report = start_failed_report(cmd, decided)
+                if report is not None:
+                    self.apply(report)
             return
         event(f"accepted {cmd.type}")
         assert again == decided, "decide is deterministic"
@@ -158,7 +186,11 @@ class World:
         assert after is not None
         self.streams.setdefault(execution_id, []).extend(decided)
         self.states[execution_id] = after
-        for follow_up in successor_commands(decided, ctx, after):
+        follow_ups = successor_commands(decided, ctx, after) + derived_commands(decided, ctx, after)
+        assert follow_ups == successor_commands(decided, ctx, after) + derived_commands(
+            decided, ctx, after
+        ), "derived commands are deterministic"
+        for follow_up in follow_ups:
             self.apply(follow_up)
 
     # --- building commands from random choices ---------------------------------------
@@ -278,6 +310,64 @@ def _report(world: World, op: Op, env: dict[str, Any]) -> Command:
     return TimeOutExecution(**env, payload=TimerPayload(run_id=run_id))
 
 
+def _workflow_task_steps(op: Op) -> list[dict[str, Any]]:
+    n = op.number
+    activity = {"kind": "activity", "activity_id": f"a{n % 3}", "activity_name": "act"}
+    policies = ("terminate", "request_cancel", "abandon")
+    choices: list[list[dict[str, Any]]] = [
+        [{**activity, "stage": "started"}, {**activity, "stage": "completed", "result": n}],
+        [{"kind": "start_timer", "timer_id": f"t{n % 3}", "duration_seconds": n}],
+        [
+            {
+                "kind": "start_child",
+                "child_execution_id": f"kid{n % 4}",
+                "workflow_name": "child",
+                "parent_close_policy": policies[op.run_choice % 3],
+            }
+        ],
+        [{"kind": "complete", "result": n}],
+        [{"kind": "cancel_timer", "timer_id": f"t{n % 3}"}],
+        [
+            {"kind": "marker", "marker_id": "m", "name": "side_effect", "value": n},
+            {"kind": "fail", "failure": {"message": "x"}, "retryable": op.flag},
+        ],
+        [{"kind": "cancel", "reason": "asked"}],
+        [
+            {"kind": "update_accepted", "update_id": f"u{n}", "update_name": "u"},
+            {"kind": "update_completed", "update_id": f"u{n}", "result": n},
+        ],
+        [{"kind": "continue_as_new", "input": n}],
+        [],
+    ]
+    return choices[n % len(choices)]
+
+
+def _worker_protocol(world: World, op: Op, env: dict[str, Any]) -> Command:
+    execution_id = env["execution_id"]
+    state = world.states.get(execution_id)
+    run_id = world.run_id(op, execution_id)
+    seq = state.seq if state else 1
+    # Mostly the latest view; sometimes an older one (stale) or one past the end.
+    task_seq = max(1, seq - op.run_choice % 3) if op.run_choice != 6 else seq + 1
+    if op.kind == "fire_timer":
+        pending = sorted(state.timers) if state else []
+        timer_id = pending[op.number % len(pending)] if pending and op.flag else f"t{op.number % 3}"
+        return FireTimer(**env, payload=FireTimerPayload(run_id=run_id, timer_id=timer_id))
+    if op.kind == "fail_task":
+        return FailWorkflowTask(
+            **env,
+            payload=FailWorkflowTaskPayload(
+                run_id=run_id, task_seq=task_seq, failure=Failure(message="nondeterminism")
+            ),
+        )
+    return CompleteWorkflowTask(
+        **env,
+        payload=CompleteWorkflowTaskPayload.model_validate(
+            {"run_id": run_id, "task_seq": task_seq, "steps": _workflow_task_steps(op)}
+        ),
+    )
+
+
 _BUILDERS: dict[str, Callable[[World, Op, dict[str, Any]], Command]] = {
     "start": _start,
     "cancel": lambda w, op, env: CancelExecution(**env, payload=ReasonPayload(reason="r")),
@@ -293,6 +383,9 @@ _BUILDERS: dict[str, Callable[[World, Op, dict[str, Any]], Command]] = {
     "custom_task": _report,
     "time_out": _report,
     "retry": _retry,
+    "workflow_task": _worker_protocol,
+    "fail_task": _worker_protocol,
+    "fire_timer": _worker_protocol,
 }
 
 
@@ -372,6 +465,11 @@ def _assert_stream_invariants(
     # and that state survives the engine's JSON snapshot.
     assert fold(events) == state
     assert ExecutionState.model_validate(state.model_dump(mode="json")) == state
+    # The worker protocol's bookkeeping follows the run.
+    if state.workflow_task_seq is not None:
+        assert state.workflow_task_seq <= state.seq
+    if state.cancel_deadline_ns is not None and state.is_open:
+        assert state.timers.get("cancel-deadline") == state.cancel_deadline_ns
 
 
 def _start_roots(world: World) -> None:

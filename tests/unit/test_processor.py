@@ -375,3 +375,61 @@ def _accepts_none(annotation: Any) -> bool:
     if origin in (typing.Union, types.UnionType, typing.Annotated):
         return any(_accepts_none(a) for a in typing.get_args(annotation))
     return False
+
+
+# --- the worker protocol --------------------------------------------------------------
+
+
+async def test_workflow_task_inputs_become_run_tasks_routed_by_the_runs_deployment(
+    store, clock
+) -> None:
+    p = processor(store, clock)
+    body = start("w1", "s1")
+    body["payload"]["deployment_name"] = "blue"
+    out = await p.process([record(body)])
+    run_id = out.commits[0].run_id
+    timer = {"kind": "start_timer", "timer_id": "t", "duration_seconds": 1}
+    out = await p.process(
+        [
+            record(
+                command(
+                    "CompleteWorkflowTask", "w1", "wt1", run_id=run_id, task_seq=1, steps=[timer]
+                )
+            ),
+            record(command("SignalExecution", "w1", "sig", name="go")),
+            record(command("FireTimer", "w1", "f1", run_id=run_id, timer_id="t")),
+        ]
+    )
+    assert [(t.kind, t.seq, t.deployment_name) for t in out.tasks] == [
+        ("signal", 3, "blue"),
+        ("run", 4, "blue"),
+    ]
+
+
+async def test_a_child_start_and_its_refusal_reach_the_parent_as_derived_commands(
+    store, clock
+) -> None:
+    p = processor(store, clock)
+    out = await p.process([record(start("kid", "k0")), record(start("mom", "m0"))])
+    mom_run = out.commits[1].run_id
+    child = {"kind": "start_child", "child_execution_id": "kid", "workflow_name": "wf"}
+    out = await p.process(
+        [
+            record(
+                command(
+                    "CompleteWorkflowTask", "mom", "wt", run_id=mom_run, task_seq=1, steps=[child]
+                )
+            )
+        ]
+    )
+    (child_start,) = out.follow_ups
+    assert child_start.type == "StartWorkflow" and child_start.execution_id == "kid"
+    # "kid" is still running: its start is refused, and the parent hears of it.
+    out = await p.process([record(json.loads(child_start.model_dump_json()))])
+    assert out.outcomes[0].code is RejectionCode.EXECUTION_ALREADY_RUNNING
+    (report,) = out.follow_ups
+    assert report.type == "RecordChildWorkflow" and report.execution_id == "mom"
+    assert report.command_id == f"{child_start.command_id}:start-failed"
+    out = await p.process([record(json.loads(report.model_dump_json()))])
+    assert [e.type.value for e in out.events] == ["CHILD_WORKFLOW_START_FAILED"]
+    assert [t.kind for t in out.tasks] == ["run"]

@@ -18,9 +18,10 @@ import pytest
 from schemas.commands import COMMAND_ADAPTER, StartWorkflow
 from schemas.events import EVENT_LIST_ADAPTER, EventType
 from services.engine.domain import Context, ExecutionState, evolve, fold, successor_commands
+from services.engine.workflow_tasks import derived_commands
 
 HISTORIES = Path(__file__).parent / "histories"
-EXPECTED = {"lifecycle", "retry_to_success", "reset", "continue_as_new"}
+EXPECTED = {"lifecycle", "retry_to_success", "reset", "continue_as_new", "worker_protocol"}
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -82,3 +83,21 @@ def test_recorded_continue_as_new_yields_the_recorded_successor_command() -> Non
     assert successor[0].type is EventType.WORKFLOW_EXECUTION_STARTED
     assert successor[0].command_id == command.command_id
     assert successor[0].run_id == command.payload.run_id
+
+
+def test_recorded_worker_protocol_derives_the_recorded_child_and_parent_commands() -> None:
+    """The child's start, its reports to the parent: the same commands, the same ids."""
+    recorded_any = False
+    for stream in _load("worker_protocol")["streams"]:
+        events = EVENT_LIST_ADAPTER.validate_python(stream["events"])
+        for recorded in stream.get("successor_commands", []):
+            commit = [e for e in events if e.seq == recorded["seq"]]
+            state = fold(e for e in events if e.seq <= recorded["seq"])
+            assert state is not None
+            ctx = Context(
+                now_ns=recorded["now_ns"], new_run_id="", new_execution_id="", successor_run_id=""
+            )
+            derived = successor_commands(commit, ctx, state) + derived_commands(commit, ctx, state)
+            assert derived == [COMMAND_ADAPTER.validate_python(c) for c in recorded["commands"]]
+            recorded_any = True
+    assert recorded_any

@@ -18,6 +18,7 @@ from typing import Any
 from schemas.commands import COMMAND_ADAPTER, Command
 from schemas.events import EVENT_LIST_ADAPTER, Event
 from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands
+from services.engine.workflow_tasks import derived_commands
 
 HERE = Path(__file__).parent
 T0 = 1_718_000_000_000_000_000  # 2024-06-10T06:13:20Z
@@ -60,7 +61,7 @@ class Recorder:
         assert after is not None
         self.streams.setdefault(cmd.execution_id, []).extend(events)
         self.states[cmd.execution_id] = after
-        follow_ups = successor_commands(events, ctx, after)
+        follow_ups = successor_commands(events, ctx, after) + derived_commands(events, ctx, after)
         if follow_ups:
             self.successors.setdefault(cmd.execution_id, []).append(
                 {
@@ -349,6 +350,95 @@ def continue_as_new(r: Recorder) -> None:
     r.apply({"type": "TerminateExecution", "execution_id": e, "payload": {"reason": "dup"}})
 
 
+def worker_protocol(r: Recorder) -> None:
+    """A parent and a child advanced by workflow tasks, as a worker SDK would send them."""
+    e = "approval-1"
+
+    def task(execution_id: str, *steps: dict[str, Any], **extra: Any) -> list[Command]:
+        state = r.states[execution_id]
+        payload = {"run_id": state.run_id, "task_seq": state.seq, "worker_id": "worker-a"}
+        return r.apply(
+            {
+                "type": "CompleteWorkflowTask",
+                "execution_id": execution_id,
+                "payload": {**payload, "steps": list(steps)},
+                **extra,
+            }
+        )
+
+    def deliver(commands: list[Command]) -> None:
+        for command in commands:
+            deliver(r.apply(COMMAND_ADAPTER.dump_python(command, mode="json")))
+
+    r.apply(
+        {
+            "type": "StartWorkflow",
+            "execution_id": e,
+            "user_id": "user-42",
+            "payload": {
+                "workflow_name": "approval",
+                "input": {"amount": 1200},
+                "deployment_name": "finance",
+                "cancel_grace_seconds": 60,
+            },
+        }
+    )
+    check = {"kind": "activity", "activity_id": "1", "activity_name": "check_budget"}
+    deliver(
+        task(
+            e,
+            {**check, "stage": "started", "input": {"amount": 1200}},
+            {**check, "stage": "completed", "result": {"ok": True}},
+            {"kind": "marker", "marker_id": "2", "name": "side_effect", "value": "a1b2"},
+            {"kind": "start_timer", "timer_id": "3", "duration_seconds": 3600},
+            {
+                "kind": "start_child",
+                "child_execution_id": "approval-1-notify",
+                "workflow_name": "notify",
+                "input": {"to": "manager"},
+                "parent_close_policy": "request_cancel",
+            },
+        )
+    )
+    deliver(task("approval-1-notify", {"kind": "complete", "result": {"sent": True}}))
+    r.apply({"type": "SignalExecution", "execution_id": e, "payload": {"name": "approve"}})
+    state = r.states[e]
+    r.apply(
+        {
+            "type": "FailWorkflowTask",
+            "execution_id": e,
+            "payload": {
+                "run_id": state.run_id,
+                "task_seq": state.seq,
+                "failure": {"message": "non-deterministic", "type": "NonDeterminismError"},
+            },
+        }
+    )
+    (retry_timer,) = [t for t in r.states[e].timers if t.startswith("workflow-task:")]
+    r.apply(
+        {
+            "type": "FireTimer",
+            "execution_id": e,
+            "payload": {"run_id": r.run(e), "timer_id": retry_timer},
+        }
+    )
+    task(
+        e,
+        {"kind": "update_accepted", "update_id": "u-1", "update_name": "raise", "input": 100},
+        {"kind": "update_completed", "update_id": "u-1", "result": 1300},
+        {"kind": "cancel_timer", "timer_id": "3"},
+        command_id="update:req-1",
+    )
+    r.apply({"type": "CancelExecution", "execution_id": e, "payload": {"reason": "withdrawn"}})
+    undo = {"kind": "activity", "activity_id": "4", "activity_name": "release_budget"}
+    task(
+        e,
+        {**undo, "stage": "started", "input": None},
+        {**undo, "stage": "completed", "result": None},
+        {"kind": "cancel", "reason": "withdrawn"},
+    )
+
+
 SCENARIOS: dict[str, tuple[Callable[[Recorder], None], str]] = {
     "lifecycle": (
         lifecycle,
@@ -367,6 +457,12 @@ SCENARIOS: dict[str, tuple[Callable[[Recorder], None], str]] = {
         continue_as_new,
         "A run continues as new; the successor execution starts from the successor command "
         "and completes; the old execution id is then started again and terminated.",
+    ),
+    "worker_protocol": (
+        worker_protocol,
+        "Workflow tasks: eager activity, marker, timer, a child started, reported and "
+        "completed; a signal; a failed workflow task retried by its timer; an update; a "
+        "cancel request answered by compensation and a cancel step.",
     ),
 }
 
