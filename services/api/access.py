@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fastapi import Query
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -66,6 +69,44 @@ class OwnedRunReader(RunReader):
         return await super().list_runs(
             dataclasses.replace(flt, user_id=self._user_id), page_size, token
         )
+
+
+NAMES_EXECUTION = "x-names-execution"
+"""OpenAPI extension on a query parameter whose value is an execution id: in separate mode
+`deps.Authed` checks that every such value names one of the caller's executions."""
+
+ABSENT_FILTER_VALUES = frozenset({"*", ""})
+"""What the SDK sends for a stream filter it leaves out; such a value names nothing."""
+
+
+def execution_query(**options: Any) -> Any:
+    """`Query(...)` for a parameter that names an execution. Declaring it this way is what
+    puts it under the owner check: the check reads the route's parameters, not a list."""
+    return Query(json_schema_extra={NAMES_EXECUTION: True}, **options)
+
+
+_EXECUTION_QUERY_PARAMS: dict[int, tuple[str, ...]] = {}
+
+
+def execution_query_params(route: APIRoute) -> tuple[str, ...]:
+    """The query parameters of `route` (its dependencies included) declared with
+    `execution_query`, by their names on the wire."""
+    known = _EXECUTION_QUERY_PARAMS.get(id(route))
+    if known is None:
+        known = tuple(dict.fromkeys(_marked_query_params(route.dependant)))
+        _EXECUTION_QUERY_PARAMS[id(route)] = known
+    return known
+
+
+def _marked_query_params(dependant: Dependant) -> list[str]:
+    found = [
+        p.alias
+        for p in dependant.query_params
+        if isinstance(extra := p.field_info.json_schema_extra, dict) and extra.get(NAMES_EXECUTION)
+    ]
+    for sub in dependant.dependencies:
+        found += _marked_query_params(sub)
+    return found
 
 
 def known_execution_id(execution_id: str) -> str:

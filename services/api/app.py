@@ -92,5 +92,6 @@ def build_app(settings: ApiSettings) -> FastAPI:
         FailureBudget,
         per_second=settings.api_bad_requests_per_second,
         burst=settings.api_bad_requests_burst,
+        max_clients=settings.api_failure_clients,
     )
     return app

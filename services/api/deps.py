@@ -2,7 +2,8 @@
 
 `Authed` is where access control happens for every route: the bearer key names the
 caller (401 otherwise), and in separate-users mode an `execution_id` or `run_id` in the
-path must name one of the caller's runs (404 otherwise, like an unknown id). `Reader`
+path, and every query parameter the route declares with `access.execution_query`, must
+name one of the caller's runs (404 otherwise, like an unknown id). `Reader`
 is narrowed to the caller's runs in that mode too, so lists never show others' runs.
 The read routes (routes_runs) take `Identified` + `RunsReader` instead: the narrowed
 reader answers another user's run with the same 404, without a second read of the run.
@@ -14,9 +15,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.routing import APIRoute
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.api.access import AccessPolicy, OwnedRunReader
+from services.api.access import (
+    ABSENT_FILTER_VALUES,
+    AccessPolicy,
+    OwnedRunReader,
+    execution_query_params,
+)
 from services.api.auth import ApiKeys, Caller
 from services.api.errors import not_found
 from services.api.event_fanout import EventFanout
@@ -57,6 +64,14 @@ async def _check_path_owner(request: Request, access: AccessPolicy, caller: Call
     run_id = params.get("run_id")
     if run_id is not None and not access.may_see(caller, await reader.run(run_id)):
         raise not_found("run", run_id)
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        for name in execution_query_params(route):
+            for value in dict.fromkeys(request.query_params.getlist(name)):
+                if value in ABSENT_FILTER_VALUES:
+                    continue
+                if not access.may_see(caller, await reader.execution(value)):
+                    raise not_found("execution", value)
 
 
 def _reader_for(request: Request, who: Caller) -> RunReader:

@@ -24,8 +24,6 @@ from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-_ACCEPTED_MEMORY = 10_000
-
 
 class OutcomeTimeout(Exception):
     """The engine did not answer in time; the command may still be applied later."""
@@ -150,6 +148,6 @@ class CommandGateway:
         if outcome.accepted:
             self._accepted[command.command_id] = outcome
             self._accepted.move_to_end(command.command_id)
-            while len(self._accepted) > _ACCEPTED_MEMORY:
+            while len(self._accepted) > self._settings.api_outcome_memory:
                 self._accepted.popitem(last=False)
         return outcome

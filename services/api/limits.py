@@ -23,7 +23,6 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _COUNTED = frozenset({400, 401, 403, 404, 405, 411, 413, 414, 415, 422, 431})
-_MAX_CLIENTS = 50_000
 
 
 async def _answer(
@@ -96,8 +95,11 @@ class BodySizeLimit:
 class FailureBudget:
     """Token buckets of failed requests, one per client address."""
 
-    def __init__(self, app: ASGIApp, per_second: float, burst: int) -> None:
+    def __init__(
+        self, app: ASGIApp, per_second: float, burst: int, max_clients: int = 50_000
+    ) -> None:
         self.app = app
+        self.max_clients = max_clients
         self.rate = per_second
         self.burst = float(burst)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -109,7 +111,7 @@ class FailureBudget:
     def _store(self, client: str, tokens: float, now: float) -> None:
         self._buckets[client] = (tokens, now)
         self._buckets.move_to_end(client)
-        while len(self._buckets) > _MAX_CLIENTS:
+        while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

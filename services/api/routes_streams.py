@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from schemas.events import EventType
 from services.api import errors
-from services.api.access import existing_execution, known_execution_id
+from services.api.access import execution_query, existing_execution, known_execution_id
 from services.api.deps import Access, Authed, Database, Fanout, Reader, Settings
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.sse import (
@@ -81,7 +81,6 @@ async def execution_stream(
 async def events_stream(
     request: Request,
     who: Authed,
-    reader: Reader,
     access: Access,
     fanout: Fanout,
     db: Database,
@@ -90,10 +89,12 @@ async def events_stream(
     activity_name: str = "*",
     activity_id: str = "*",
     workflow_name: str = "*",
-    workflow_exec_id: str = "*",
-    root_workflow_exec_id: str = "*",
-    parent_workflow_exec_id: str = "*",
-    stream: str = "*",
+    # Every parameter naming an execution is declared with `execution_query`: in separate
+    # mode `Authed` then checks that each names one of the caller's executions (404).
+    workflow_exec_id: Annotated[str, execution_query()] = "*",
+    root_workflow_exec_id: Annotated[str, execution_query()] = "*",
+    parent_workflow_exec_id: Annotated[str, execution_query()] = "*",
+    stream: Annotated[str, execution_query()] = "*",
     start_seq: Annotated[int, Query(ge=0)] = 0,
     workflow_event_types: Annotated[list[str] | None, Query()] = None,
     last_event_id: Annotated[str | None, Query(max_length=4096)] = None,
@@ -122,21 +123,20 @@ async def events_stream(
         stream=_given(stream),
         event_types=frozenset(workflow_event_types) if workflow_event_types else None,
     )
-    named = flt.workflow_exec_id or flt.root_workflow_exec_id or flt.parent_workflow_exec_id
-    if access.separate:
-        if named is None:
-            raise errors.invalid(
-                ["query", "workflow_exec_id"],
-                "name workflow_exec_id, root_workflow_exec_id or parent_workflow_exec_id "
-                "(users are separate: the events of all executions are not yours to read)",
-                "missing",
-            )
-        for ident in {
-            i
-            for i in (flt.workflow_exec_id, flt.root_workflow_exec_id, flt.parent_workflow_exec_id)
-            if i is not None
-        }:
-            await existing_execution(reader, ident)
+    named = (
+        flt.workflow_exec_id
+        or flt.root_workflow_exec_id
+        or flt.parent_workflow_exec_id
+        or flt.stream
+    )
+    if access.separate and named is None:
+        # (Each execution named was checked by `Authed`: the caller's, or 404.)
+        raise errors.invalid(
+            ["query", "workflow_exec_id"],
+            "name workflow_exec_id, root_workflow_exec_id, parent_workflow_exec_id or stream "
+            "(users are separate: the events of all executions are not yours to read)",
+            "missing",
+        )
     resume = last_event_id_header or last_event_id
     single = flt.workflow_exec_id or flt.stream
     if (

@@ -48,7 +48,7 @@ from services.api.public_events import (
     sse_payload,
 )
 from services.common.commit_log import read_commit
-from services.common.settings import RunstoreSettings
+from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ Document = dict[str, Any]
 KEEPALIVE = b": keep-alive\n\n"
 EVENT_NAME = "event"
 _KAFKA_ID_PREFIX = "kafka:"
-_DEDUP_MEMORY = 100_000
 
 
 # --- frames ---------------------------------------------------------------------------
@@ -288,7 +287,7 @@ class BrokerStream:
     """One client's view of every event its filters accept, across executions."""
 
     fanout: EventFanout
-    settings: RunstoreSettings
+    settings: ApiSettings
     keepalive_seconds: float
     flt: EventFilter = NO_FILTER
     resume_from: dict[int, int] | None = None
@@ -344,7 +343,7 @@ class BrokerStream:
             return None  # a re-published commit: already delivered
         self._seen[event.execution_id] = position
         self._seen.move_to_end(event.execution_id)
-        if len(self._seen) > _DEDUP_MEMORY:
+        if len(self._seen) > self.settings.api_sse_dedup_memory:
             self._seen.popitem(last=False)
         payload = sse_payload(event)
         if payload is None or not self.flt.payload_matches(payload):

@@ -48,7 +48,7 @@ class _KeyHashes:
     """Kafka's partitioning hash of recent keys (murmur2, positive): computing it in
     Python costs ~10 µs, and the engine sends several records per key at once."""
 
-    def __init__(self, max_size: int = 65536) -> None:
+    def __init__(self, max_size: int) -> None:
         self._max = max_size
         self._known: dict[bytes, int] = {}
 
@@ -88,7 +88,7 @@ class RecordPublisher:
         if linger_ms is not None:
             self._options["linger_ms"] = linger_ms
         self._producer: AIOKafkaProducer | None = None
-        self._hashes = _KeyHashes()
+        self._hashes = _KeyHashes(settings.kafka_key_hash_memory)
 
     async def start(self) -> None:
         # Created here: aiokafka binds a producer to the running event loop.

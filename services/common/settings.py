@@ -23,6 +23,9 @@ class RunstoreSettings(BaseSettings):
     partitions: int = Field(default=12, ge=1)
     """Partition count for commands, events, tasks and outcomes when they are created."""
     log_level: str = "INFO"
+    kafka_key_hash_memory: int = Field(default=65_536, ge=0)
+    """Record keys whose partition hash a producer remembers (~100 bytes each); the
+    table is emptied when full."""
 
     @property
     def topics(self) -> Topics:
@@ -121,6 +124,17 @@ class ApiSettings(RunstoreSettings):
     """How long `execute` with `wait_for_result` waits when the body names no timeout."""
     api_wait_max_seconds: float = Field(default=3600.0, gt=0)
     api_batch_max_ids: int = Field(default=1000, ge=1)
+    api_outcome_memory: int = Field(default=10_000, ge=0)
+    """Accepted outcomes remembered by command id, so a client's retry of the same
+    idempotency key is answered without another trip through the engine (~1 KB each)."""
+    api_sse_dedup_memory: int = Field(default=100_000, ge=100)
+    """Executions whose last delivered position each broker-wide stream remembers to drop
+    re-published events (~150 bytes each, per stream)."""
+    api_max_connections: int = Field(default=4096, ge=16)
+    """Open connections and requests (streams included) an API process serves at once;
+    more are answered 503 (uvicorn `limit_concurrency`). Bounds the memory of streams."""
+    api_failure_clients: int = Field(default=50_000, ge=100)
+    """Client addresses whose failed-request bucket is remembered (least recent out)."""
     api_bad_requests_per_second: float = Field(default=50.0, gt=0)
     """Refill rate of each client's bucket of failed (4xx) requests; empty bucket → 429."""
     api_bad_requests_burst: int = Field(default=500, ge=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import cast
 
 from aiokafka import TopicPartition
@@ -22,6 +22,7 @@ from services.common.mongo import Document, mongo_client, mongo_database
 from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
+from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.pipeline import Consumer, EnginePipeline
@@ -63,22 +64,15 @@ def _raw_records(message: KafkaMessage) -> object:
     return message.raw_message
 
 
-def outgoing_records(out: Outbound, topics: Topics) -> Iterator[Outgoing]:
-    """What a processed batch publishes, in an order that keeps each execution's order."""
-    for dead in out.dead_letters:
-        r = dead.record
-        headers = {k: v.decode("utf-8", "replace") for k, v in r.headers}
-        headers.update(
-            {
-                "x-dlq-reason": dead.reason,
-                "x-dlq-error": dead.detail,
-                "x-dlq-source-topic": topics.commands,
-                "x-dlq-source-partition": str(r.partition),
-                "x-dlq-source-offset": str(r.offset),
-            }
-        )
-        key = r.key.decode("utf-8", "replace") if r.key is not None else ""
-        yield Outgoing(topics.dlq, key, r.value or b"", headers)
+def outgoing_records(
+    out: Outbound, topics: Topics, dead_letters: Sequence[Outgoing] | None = None
+) -> Iterator[Outgoing]:
+    """What a processed batch publishes, in an order that keeps each execution's order.
+    `dead_letters`: the batch's DLQ records as `DeadLetterRecords` made them (oversized
+    ones stored elsewhere); by default each dead letter whole."""
+    if dead_letters is None:
+        dead_letters = [dead_letter_record(d, topics) for d in out.dead_letters]
+    yield from dead_letters
     for commit in out.commits:
         for event in commit.events:
             yield Outgoing(
@@ -122,11 +116,13 @@ def build_app(settings: EngineSettings) -> FastStream:
     processor = CommandProcessor(store, cache, now_ns)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
-    pipeline = EnginePipeline(
-        processor,
-        lambda out: publisher.publish_batches(outgoing_records(out, topics)),
-        RETRY_BACKOFF_SECONDS,
-    )
+    dead_letters = DeadLetterRecords(mongo_database(client, settings), topics)
+
+    async def publish(out: Outbound) -> None:
+        dlq = await dead_letters.records(out.dead_letters) if out.dead_letters else []
+        await publisher.publish_batches(outgoing_records(out, topics, dlq))
+
+    pipeline = EnginePipeline(processor, publish, RETRY_BACKOFF_SECONDS)
 
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
     # offsets) only after its commits are stored and everything they imply is

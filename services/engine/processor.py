@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from schemas import admission
 from schemas.commands import Command, parse_command
 from schemas.commits import Commit, RejectedCommand, SourcePosition
 from schemas.common import ExecutionStatus
@@ -65,7 +66,8 @@ class InboundRecord:
 class DeadLetter:
     record: InboundRecord
     reason: str
-    """Short code: empty, too_large, invalid_json, unknown_type, schema_violation, key_mismatch."""
+    """Short code: empty, too_large, invalid_json, unknown_type, schema_violation,
+    key_mismatch, payload_refused (the admission rule, schemas/admission.py)."""
     detail: str
 
 
@@ -188,7 +190,7 @@ class CommandProcessor:
         store: EventStore,
         cache: StateCache,
         clock_ns: Callable[[], int],
-        max_record_bytes: int = 1_048_576,
+        max_record_bytes: int = admission.MAX_COMMAND_BYTES,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -282,6 +284,11 @@ class CommandProcessor:
                 "key_mismatch",
                 f"record key {key!r} must equal execution_id {command.execution_id!r}",
             )
+        # Before anything is decided or stored: a value no store or consumer downstream
+        # can take would otherwise stop the projector (or a partition) later.
+        refused = admission.refusal(command, len(value))
+        if refused is not None:
+            return DeadLetter(record, refused.code, str(refused))
         return command
 
     # --- decide and append --------------------------------------------------------

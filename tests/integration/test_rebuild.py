@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -17,6 +15,7 @@ from pymongo import AsyncMongoClient
 
 from services.common.readmodels.store import READ_MODELS
 from tests.support.eventually import assert_eventually
+from tests.support.exactly_once import assert_caught_up, read_models, rebuild
 from tests.support.kafka import command, produce
 from tests.support.stack import Stack
 
@@ -87,18 +86,6 @@ def random_command(rnd: random.Random, execution_id: str, run_id: str) -> dict[s
     return command("StartWorkflow", execution_id, workflow_name="again", input=None)
 
 
-async def read_models(db: Any) -> dict[str, dict[str, Doc]]:
-    return {name: {d["_id"]: d async for d in db[name].find({})} for name in READ_MODELS}
-
-
-async def assert_caught_up(db: Any) -> None:
-    newest: dict[str, int] = {}
-    async for c in db.commits.find({}, {"execution_id": 1, "seq": 1}):
-        newest[c["execution_id"]] = max(newest.get(c["execution_id"], 0), c["seq"])
-    pointers = {d["_id"]: d["seq"] async for d in db.executions.find({})}
-    assert pointers == newest
-
-
 async def test_rebuilt_read_models_equal_the_live_ones(stack: Stack) -> None:
     env = stack.env
     rnd = random.Random(int(os.environ.get("RUNSTORE_TEST_SEED", "5")))
@@ -145,15 +132,7 @@ async def test_rebuilt_read_models_equal_the_live_ones(stack: Stack) -> None:
         statuses = {r["status"] for r in live["runs"].values()}
         assert len(statuses) >= 4, statuses
 
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "services.cli", "projections", "rebuild"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
+        result = await rebuild(env)
         assert "rebuild [" in result.stderr and "rebuilt from" in result.stderr
         rebuilt = await read_models(db)
         for name in READ_MODELS:

@@ -37,14 +37,22 @@ def docker_available() -> bool:
     return True
 
 
-def _infra() -> ModuleType:
-    path = REPO / "deploy" / "local" / "infra.py"
-    spec = importlib.util.spec_from_file_location("runstore_local_infra", path)
+def local_script(name: str) -> ModuleType:
+    """A script of deploy/local/ (`infra`, `stack`) loaded as a module."""
+    if name == "stack":
+        _infra()  # stack.py imports its sibling by name
+        sys.modules.setdefault("infra", sys.modules["runstore_local_infra"])
+    path = REPO / "deploy" / "local" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"runstore_local_{name}", path)
     assert spec and spec.loader, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _infra() -> ModuleType:
+    return sys.modules.get("runstore_local_infra") or local_script("infra")
 
 
 @contextlib.contextmanager

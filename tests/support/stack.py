@@ -22,15 +22,27 @@ class Stack:
     log_dir: Path
     api_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self, service: str) -> None:
-        env = {**os.environ, **self.env, "RUNSTORE_API_PORT": str(self.api_port)}
-        log = (self.log_dir / f"{service}.log").open("ab")
-        self.procs[service] = subprocess.Popen(
+    def start(
+        self,
+        service: str,
+        instance: str | None = None,
+        env: dict[str, str] | None = None,
+        api_port: int | None = None,
+    ) -> None:
+        """Start `runstore <service>` as process `instance` (default: the service's name;
+        several instances of one service need distinct names). An API started with its
+        own `api_port` is reached at `url_of(instance)`."""
+        name = instance or service
+        port = api_port or self.api_port
+        env = {**os.environ, **self.env, "RUNSTORE_API_PORT": str(port), **(env or {})}
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", service],
             env=env,
             stdout=log,
@@ -38,21 +50,25 @@ class Stack:
             start_new_session=True,
         )
         if service == "api":
-            self._wait_for_api()
+            self.ports[name] = port
+            self._wait_for_api(name)
 
-    def _wait_for_api(self, timeout: float = 60.0) -> None:
+    def url_of(self, instance: str) -> str:
+        return f"http://127.0.0.1:{self.ports[instance]}"
+
+    def _wait_for_api(self, name: str = "api", timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            proc = self.procs["api"]
+            proc = self.procs[name]
             if proc.poll() is not None:
-                raise RuntimeError(f"api exited with {proc.returncode}:\n{self.log_tail('api')}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
             try:
-                if httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url_of(name)}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"api did not answer in {timeout}s:\n{self.log_tail('api')}")
+        raise RuntimeError(f"{name} did not answer in {timeout}s:\n{self.log_tail(name)}")
 
     def kill(self, service: str) -> None:
         """SIGKILL: no shutdown hooks, no flush, no offset commit."""

@@ -1,5 +1,7 @@
-// Command runstore-ferretdb runs FerretDB v1 (SQLite backend) as a local,
-// Docker-free MongoDB-protocol server for development and tests.
+// Command runstore-ferretdb runs FerretDB v1 as a local, Docker-free
+// MongoDB-protocol server for development and tests: on its SQLite backend (the
+// default), or on PostgreSQL with --handler postgresql --postgresql-url URL (an
+// existing database; see docs/local-store.md for how the two compare).
 //
 // FerretDB is embedded through its public github.com/FerretDB/FerretDB/ferretdb
 // package instead of `go install`-ing its own command: a main package in its own
@@ -40,7 +42,19 @@ func run() error {
 	addr := flag.String("addr", "127.0.0.1:27017", "TCP listen address (port 0 picks a free port)")
 	dataDir := flag.String("data-dir", ".local/data/ferretdb", "directory holding one <database>.sqlite file per MongoDB database")
 	logLevel := flag.String("log-level", "warn", "log level: debug, info, warn or error")
+	handler := flag.String("handler", "sqlite", "storage backend: sqlite or postgresql")
+	postgresURL := flag.String("postgresql-url", "", "with --handler postgresql: the database, e.g. postgres://user@127.0.0.1:5432/ferretdb")
 	flag.Parse()
+
+	switch *handler {
+	case "sqlite":
+	case "postgresql", "pg":
+		if *postgresURL == "" {
+			return fmt.Errorf("--handler postgresql needs --postgresql-url")
+		}
+	default:
+		return fmt.Errorf("bad --handler %q: sqlite or postgresql", *handler)
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(strings.ToUpper(*logLevel))); err != nil {
@@ -59,7 +73,7 @@ func run() error {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 
-	f, err := ferretdb.New(&ferretdb.Config{
+	config := &ferretdb.Config{
 		Listener: ferretdb.ListenerConfig{TCP: *addr},
 		Logger:   logger,
 		Handler:  "sqlite",
@@ -68,7 +82,13 @@ func run() error {
 		// checkpoints, and copied back once each. Inserts of commit-shaped documents
 		// with random ids went from ~3,900 to ~4,600 docs/s.
 		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/?_pragma=wal_autocheckpoint(10000)",
-	})
+	}
+	if *handler != "sqlite" {
+		config.Handler = "postgresql"
+		config.SQLiteURL = ""
+		config.PostgreSQLURL = *postgresURL
+	}
+	f, err := ferretdb.New(config)
 	if err != nil {
 		return err
 	}
@@ -79,7 +99,9 @@ func run() error {
 	// New has already bound the listener, so the URI (with the real port) is valid now.
 	fmt.Println(f.MongoDBURI())
 
-	go keepIDIndexes(ctx, absDir, logger) // see idindex.go
+	if config.Handler == "sqlite" {
+		go keepIDIndexes(ctx, absDir, logger) // see idindex.go
+	}
 
 	if err = f.Run(ctx); err != nil {
 		return err

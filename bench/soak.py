@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Soak: a steady command load with readers for N minutes; memory of every process.
+
+    .venv/bin/python bench/soak.py                     # 30 min at 300 commands/s
+    .venv/bin/python bench/soak.py --minutes 5 --rate 100 --markdown docs/soak-run.md
+
+The load goes to Kafka (`workflows.commands`), one third each StartWorkflow (with a
+pre-assigned run id), SignalExecution and CompleteExecution: every execution is started,
+signalled a tick later and completed a tick after that. Readers use the HTTP API meanwhile:
+point reads (`GET /v1/workflows/executions/{id}` of a recent execution) and list pages
+(`GET /v1/workflows/runs`, first page and the one after it). Every `--sample-every`
+seconds the resident memory (VmRSS) of the engine, projector, API, Kafka and FerretDB is
+recorded. At the end: a table of RSS at start, every 10 minutes and at the end, and
+p50/p99 of the reads per 10-minute window. Not part of `make test`: it takes the box.
+
+Kafka and FerretDB are the ones RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL name, or
+started here on free ports (bench/servers.py); the services always start here, with the
+settings of this environment (so `RUNSTORE_ENGINE_CACHE_SIZE=…` etc. reach them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from servers import bench_servers  # noqa: E402
+
+from tests.support.servers import free_port  # noqa: E402
+from tests.support.stack import Stack  # noqa: E402
+
+SERVICES = ("engine", "projector", "api")
+TICKS_PER_SECOND = 10
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (VmRSS), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def command(kind: str, execution_id: str, **payload: object) -> dict[str, object]:
+    return {
+        "type": kind,
+        "command_id": str(uuid.uuid4()),
+        "execution_id": execution_id,
+        "issued_at": datetime.now(UTC).isoformat(),
+        "user_id": "soak",
+        "payload": payload,
+    }
+
+
+@dataclass
+class Soak:
+    bootstrap: str
+    topic: str
+    api_url: str
+    rate: int
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
+    # (elapsed seconds, latency seconds, status) per read kind
+    reads: dict[str, list[tuple[float, float, int]]] = field(
+        default_factory=lambda: {"point": [], "list": []}
+    )
+    samples: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def done(self) -> bool:
+        return self.elapsed() >= self.seconds
+
+    async def load(self) -> None:
+        """`rate` commands/s in ticks: starts of new executions, signals to the previous
+        tick's, completes of the one before."""
+        per_tick = max(1, self.rate // 3 // TICKS_PER_SECOND)
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            previous: list[tuple[str, str]] = []
+            before: list[tuple[str, str]] = []
+            tick = 0
+            while not self.done():
+                batch = [
+                    (f"soak-{uuid.uuid4().hex[:16]}", uuid.uuid4().hex) for _ in range(per_tick)
+                ]
+                cmds = [
+                    command("StartWorkflow", e, workflow_name="soak", input={"n": tick}, run_id=r)
+                    for e, r in batch
+                ]
+                cmds += [
+                    command("SignalExecution", e, name="go", input={"t": tick}) for e, _ in previous
+                ]
+                cmds += [
+                    command("CompleteExecution", e, run_id=r, result={"ok": True})
+                    for e, r in before
+                ]
+                for c in cmds:
+                    await producer.send(
+                        self.topic, json.dumps(c).encode(), key=str(c["execution_id"]).encode()
+                    )
+                self.sent += len(cmds)
+                self.recent.extend(e for e, _ in before)  # read once completed
+                before, previous = previous, batch
+                tick += 1
+                # Keep the schedule: sleep until this tick's slot, never drift.
+                await asyncio.sleep(
+                    max(0.0, self.started + tick / TICKS_PER_SECOND - time.monotonic())
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def point_reader(self, client: httpx.AsyncClient, pause: float) -> None:
+        while not self.done():
+            if not self.recent:
+                await asyncio.sleep(0.5)
+                continue
+            eid = random.choice(self.recent)
+            await self._timed("point", client, f"/v1/workflows/executions/{eid}")
+            await asyncio.sleep(pause)
+
+    async def list_reader(self, client: httpx.AsyncClient, pause: float) -> None:
+        while not self.done():
+            reply = await self._timed("list", client, "/v1/workflows/runs?page_size=50")
+            token = (
+                reply.json().get("next_page_token") if reply and reply.status_code == 200 else None
+            )
+            if token:
+                await self._timed(
+                    "list",
+                    client,
+                    "/v1/workflows/runs",
+                    {"page_size": 50, "next_page_token": token},
+                )
+            await asyncio.sleep(pause)
+
+    async def _timed(
+        self,
+        kind: str,
+        client: httpx.AsyncClient,
+        path: str,
+        params: dict[str, object] | None = None,
+    ) -> httpx.Response | None:
+        at = time.monotonic()
+        try:
+            reply = await client.get(path, params=params)  # type: ignore[arg-type]
+        except httpx.HTTPError:
+            self.reads[kind].append((self.elapsed(), time.monotonic() - at, 0))
+            return None
+        self.reads[kind].append((self.elapsed(), time.monotonic() - at, reply.status_code))
+        return reply
+
+    async def sampler(self, pids: dict[str, int], every: float) -> None:
+        while True:
+            sample = {name: rss_mb(pid) for name, pid in pids.items()}
+            self.samples.append((self.elapsed(), sample))
+            line = "  ".join(
+                f"{n} {v:.0f}" if v is not None else f"{n} gone" for n, v in sample.items()
+            )
+            print(
+                f"[soak] {self.elapsed() / 60:5.1f} min  sent {self.sent:,}  RSS MB: {line}",
+                flush=True,
+            )
+            if self.done():
+                return
+            await asyncio.sleep(min(every, max(0.0, self.seconds - self.elapsed())) or every)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(soak: Soak, args: argparse.Namespace) -> str:
+    names = list(soak.samples[0][1]) if soak.samples else []
+    marks = sorted({0.0, *range(600, int(soak.seconds) + 1, 600), soak.seconds})
+
+    def nearest(at: float) -> tuple[float, dict[str, float | None]]:
+        return min(soak.samples, key=lambda s: abs(s[0] - at))
+
+    out = [
+        f"{args.minutes:g} min at {args.rate} commands/s ({soak.sent:,} sent), "
+        f"{args.point_readers} point readers, {args.list_readers} list reader(s)",
+        "",
+        "| RSS (MB) | " + " | ".join(f"{nearest(m)[0] / 60:.1f} min" for m in marks) + " |",
+        "|---|" + "---:|" * len(marks),
+    ]
+    for name in names:
+        cells = []
+        for m in marks:
+            v = nearest(m)[1].get(name)
+            cells.append("gone" if v is None else f"{v:.0f}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "| reads | window | n | errors | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    windows = list(pairwise(marks))
+    if len(windows) > 1:
+        windows.append((0.0, soak.seconds))
+    for kind, rows in soak.reads.items():
+        for a, b in windows:
+            sel = [r for r in rows if a <= r[0] < b or (b == soak.seconds and r[0] >= b)]
+            ok = [lat * 1000 for _, lat, status in sel if status == 200]
+            missing = sum(1 for r in sel if r[2] == 404)
+            label = "all" if (a, b) == (0.0, soak.seconds) else f"{a / 60:.0f}-{b / 60:.0f} min"
+            out.append(
+                f"| {kind} | {label} | {len(sel)} | {missing} | {len(sel) - len(ok) - missing} | "
+                f"{percentile(ok, 0.5):.0f} | {percentile(ok, 0.99):.0f} |"
+            )
+    return "\n".join(out)
+
+
+async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
+    with bench_servers(workdir) as (kafka, mongo, server_pids):
+        prefix = f"soak{int(time.time())}."
+        env = {
+            "RUNSTORE_KAFKA_BOOTSTRAP": kafka,
+            "RUNSTORE_MONGO_URL": mongo,
+            "RUNSTORE_MONGO_DATABASE": prefix.strip("."),
+            "RUNSTORE_TOPIC_PREFIX": prefix,
+            "RUNSTORE_LOG_LEVEL": "WARNING",
+        }
+        stack = Stack(env=env, log_dir=workdir, api_port=free_port())
+        try:
+            for service in SERVICES:
+                stack.start(service)
+            pids = {s: stack.procs[s].pid for s in SERVICES}
+            pids |= {("ferretdb" if k == "mongo" else k): v for k, v in server_pids.items()}
+            await asyncio.sleep(5)  # let the consumers join before the clock starts
+            soak = Soak(
+                kafka, f"{prefix}workflows.commands", stack.api_url, args.rate, args.minutes * 60
+            )
+            headers = {"Authorization": "Bearer soak"}
+            async with httpx.AsyncClient(
+                base_url=stack.api_url, headers=headers, timeout=60
+            ) as client:
+                await asyncio.gather(
+                    soak.load(),
+                    soak.sampler(pids, args.sample_every),
+                    *(soak.point_reader(client, 0.05) for _ in range(args.point_readers)),
+                    *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
+                )
+            for service in SERVICES:
+                if stack.procs[service].poll() is not None:
+                    print(f"[soak] {service} died:\n{stack.log_tail(service)}", file=sys.stderr)
+            return report(soak, args)
+        finally:
+            stack.stop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=int, default=300, help="commands per second")
+    parser.add_argument(
+        "--sample-every", type=float, default=30.0, help="seconds between RSS samples"
+    )
+    parser.add_argument("--point-readers", type=int, default=4)
+    parser.add_argument("--list-readers", type=int, default=1)
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="runstore-soak-") as tmp:
+        table = asyncio.run(soak_run(args, Path(tmp)))
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

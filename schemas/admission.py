@@ -1,0 +1,147 @@
+"""The admission rule: what a command may carry so that every store and consumer
+downstream can take it. One rule, applied by the engine before a command is decided (a
+refused record is dead-lettered with the reason) and by the API before it publishes one
+(4xx with the same reason).
+
+Why each limit (measured against FerretDB 1.24 and PyMongo; MongoDB refuses the same or
+less):
+
+- object keys: no NUL (PyMongo cannot encode it: `InvalidDocument`), none starting with
+  `$` and none containing `.` (FerretDB refuses both; MongoDB accepts them since 5.0 but
+  its query language cannot address them). Results and failure details are stored as BSON
+  in the run documents, so one such key would stop the projector.
+- integers within 64 bits (BSON has no larger integer; PyMongo raises `OverflowError`);
+  numbers finite (FerretDB refuses infinities and drops the connection on NaN; JSON has
+  neither).
+- strings valid Unicode (a lone UTF-16 surrogate cannot be encoded as UTF-8).
+- nesting at most `MAX_DEPTH` levels (a run document nests the value 2-3 levels down, and
+  MongoDB stores at most 100; JSON parsers downstream have recursion limits too).
+- the command, as the engine encodes it again, at most `MAX_COMMAND_BYTES`: every record
+  the engine derives from one command (event, task, successor command) carries at most
+  that command's values plus an envelope, so it stays under `TOPIC_RECORD_BYTES`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+TOPIC_RECORD_BYTES = 1_000_000
+"""The largest record every Runstore topic must accept (key, value and headers): under
+Kafka's default `max.message.bytes` (1 MiB + 12 B) with room for the batch framing."""
+ENVELOPE_MARGIN_BYTES = 64 * 1024
+"""What a derived record may add to its command's values (ids, names, attributes)."""
+MAX_COMMAND_BYTES = TOPIC_RECORD_BYTES - ENVELOPE_MARGIN_BYTES
+"""The largest command, JSON-encoded as the engine encodes it."""
+MAX_DEPTH = 64
+"""Nesting levels of a JSON value in a command (an object or array is one level)."""
+_MIN_INT = -(1 << 63)
+_MAX_INT = (1 << 63) - 1
+# pydantic re-encodes a parsed number in at most ~4.5x its bytes (`1E15` ->
+# `1000000000000000.0`); a record under this many bytes cannot grow past the limit, so it
+# is not encoded again just to be measured.
+_SURELY_SMALL_BYTES = MAX_COMMAND_BYTES // 5
+
+TOO_LARGE = "too_large"
+PAYLOAD_REFUSED = "payload_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a command is not admitted: a code (`too_large` or `payload_refused`), where in
+    the command (a path of keys and indexes) and what is wrong."""
+
+    code: str
+    loc: tuple[str | int, ...]
+    message: str
+
+    def __str__(self) -> str:
+        where = ".".join(str(p) for p in self.loc) or "<command>"
+        return f"{where}: {self.message}"
+
+
+def refusal(command: BaseModel, encoded_size: int | None = None) -> Refusal | None:
+    """Why `command` must not be applied, or None when it may.
+
+    `encoded_size` is the size of the record it was parsed from, when known: small
+    records are not encoded again to be measured.
+    """
+    found = _check(command, (), 0)
+    if found is not None:
+        return found
+    if encoded_size is not None and encoded_size <= _SURELY_SMALL_BYTES:
+        return None
+    size = len(command.model_dump_json(exclude_none=False))
+    if size > MAX_COMMAND_BYTES:
+        return Refusal(
+            TOO_LARGE, (), f"the command is {size} bytes encoded, over {MAX_COMMAND_BYTES}"
+        )
+    return None
+
+
+def value_refusal(value: Any, loc: tuple[str | int, ...] = ()) -> Refusal | None:
+    """The rule for one JSON value (the API checks request bodies with it)."""
+    return _check(value, loc, 0)
+
+
+def _check(value: Any, loc: tuple[str | int, ...], depth: int) -> Refusal | None:
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return Refusal(PAYLOAD_REFUSED, loc, "a string holds a lone UTF-16 surrogate")
+        return None
+    if kind is int:
+        if not _MIN_INT <= value <= _MAX_INT:
+            return Refusal(PAYLOAD_REFUSED, loc, "an integer outside 64 bits")
+        return None
+    if kind is float:
+        if not math.isfinite(value):
+            return Refusal(PAYLOAD_REFUSED, loc, "a number that is not finite")
+        return None
+    if value is None or kind is bool:
+        return None
+    if isinstance(value, BaseModel):
+        # A contract model is not a level of the user's value: walk its fields in place.
+        for name, field_value in value.__dict__.items():
+            found = _check(field_value, (*loc, name), depth)
+            if found is not None:
+                return found
+        return None
+    if depth >= MAX_DEPTH:
+        return Refusal(PAYLOAD_REFUSED, loc, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                continue
+            bad = _bad_key(key)
+            if bad is not None:
+                return Refusal(PAYLOAD_REFUSED, (*loc, key), bad)
+            found = _check(key, (*loc, key), depth)
+            if found is None:
+                found = _check(item, (*loc, key), depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _check(item, (*loc, i), depth + 1)
+            if found is not None:
+                return found
+        return None
+    return None  # enums, datetimes, …: typed fields the contracts already constrain
+
+
+def _bad_key(key: str) -> str | None:
+    if "\x00" in key:
+        return "an object key holds a NUL character"
+    if key.startswith("$"):
+        return "an object key starts with '$'"
+    if "." in key:
+        return "an object key holds a '.'"
+    return None
