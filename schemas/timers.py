@@ -13,12 +13,31 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from schemas.commands import Command, RetryExecution, TimeOutExecution, TimerPayload
+from schemas.commands import (
+    Command,
+    FireTimer,
+    FireTimerPayload,
+    RetryExecution,
+    TimeOutExecution,
+    TimerPayload,
+)
 from schemas.common import FrozenModel
-from schemas.events import STATUS_AFTER, Event, ExecutionStarted, RetryScheduled, RetryStarted
+from schemas.events import (
+    STATUS_AFTER,
+    CancelRequested,
+    Event,
+    ExecutionStarted,
+    RetryScheduled,
+    RetryStarted,
+    TimerEvent,
+    TimerStarted,
+    WorkflowTaskFailed,
+)
 
 EXECUTION_TIMEOUT = "execution-timeout"
 """Timer id of a run's execution timeout."""
+CANCEL_DEADLINE = "cancel-deadline"
+"""Timer id of the end of a cancel request's grace period."""
 
 _MAX_COMMAND_ID = 200  # schemas.commands._Envelope.command_id
 
@@ -89,7 +108,7 @@ def timer_changes(event: Event) -> TimerChanges:
 
     The execution timeout is set when a run starts and spans all its retry attempts (the
     engine's `ExecutionState.deadline_ns`: run start + timeout), so a RETRY_STARTED starts
-    no new one.
+    no new one. A timer started again under the same id replaces the pending one.
     """
     if isinstance(event, ExecutionStarted):
         timeout = event.attributes.execution_timeout_seconds
@@ -116,9 +135,33 @@ def timer_changes(event: Event) -> TimerChanges:
         return TimerChanges(start=(timer,))
     if isinstance(event, RetryStarted):
         return TimerChanges(stop=(f"retry:{event.attributes.attempt - 1}",))
+    if isinstance(event, TimerStarted):
+        return TimerChanges(
+            start=(_fire_timer(event, event.attributes.timer_id, event.attributes.fire_at_ns),)
+        )
+    if isinstance(event, TimerEvent):  # TIMER_FIRED / TIMER_CANCELED
+        return TimerChanges(stop=(event.attributes.timer_id,))
+    if isinstance(event, WorkflowTaskFailed):
+        retry_at = event.attributes.retry_at_ns
+        if retry_at is None:
+            return _NOTHING
+        return TimerChanges(start=(_fire_timer(event, f"workflow-task:{event.seq}", retry_at),))
+    if isinstance(event, CancelRequested):
+        deadline = event.attributes.cancel_deadline_ns
+        return TimerChanges(start=(_fire_timer(event, CANCEL_DEADLINE, deadline),))
     if event.type in _CLOSING:
         return TimerChanges(close_runs=(event.run_id,))
     return _NOTHING
+
+
+def _fire_timer(event: Event, timer_id: str, fire_at_ns: int) -> Timer:
+    return Timer(
+        execution_id=event.execution_id,
+        run_id=event.run_id,
+        timer_id=timer_id,
+        fire_at_ns=fire_at_ns,
+        action=TimerAction.FIRE,
+    )
 
 
 def firing_command(timer: Timer, issued_at: datetime) -> Command:
@@ -137,4 +180,9 @@ def firing_command(timer: Timer, issued_at: datetime) -> Command:
             issued_at=issued_at,
             payload=TimerPayload(run_id=timer.run_id, attempt=timer.attempt),
         )
-    raise ValueError(f"timer action {timer.action} has no command yet")
+    return FireTimer(
+        command_id=timer.command_id,
+        execution_id=timer.execution_id,
+        issued_at=issued_at,
+        payload=FireTimerPayload(run_id=timer.run_id, timer_id=timer.timer_id),
+    )

@@ -44,6 +44,7 @@ _INVALID: dict[str, Any] = {
     "content": {"application/json": {}},
 }
 _JSON: dict[str, Any] = {"application/json": {}}
+_UNAUTHORIZED: dict[str, Any] = {"description": "Missing or unknown API key", "content": _JSON}
 
 
 # --- request bodies (as the SDK sends them; unknown fields ignored) ----------------------
@@ -324,7 +325,7 @@ ScheduleId = Annotated[str, Path(min_length=1, max_length=256)]
 @router.get(
     "/v1/workflows/schedules",
     response_model=ScheduleListOut,
-    responses={422: _INVALID},
+    responses={401: _UNAUTHORIZED, 422: _INVALID},
 )
 async def get_schedules(
     who: Identified,
@@ -372,7 +373,11 @@ async def get_schedules(
     "/v1/workflows/schedules",
     status_code=201,
     response_model=ScheduleIdOut,
-    responses={409: {"description": "The schedule id is taken", "content": _JSON}, 422: _INVALID},
+    responses={
+        401: _UNAUTHORIZED,
+        409: {"description": "The schedule id is taken", "content": _JSON},
+        422: _INVALID,
+    },
 )
 async def schedule_workflow(who: Identified, api: Wired, body: ScheduleRequest) -> Response:
     identifier = (
@@ -401,7 +406,7 @@ async def schedule_workflow(who: Identified, api: Wired, body: ScheduleRequest) 
 @router.get(
     "/v1/workflows/schedules/{schedule_id}",
     response_model=ScheduleOut,
-    responses={404: _NOT_FOUND},
+    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
 )
 async def get_schedule(who: Identified, api: Wired, schedule_id: ScheduleId) -> Response:
     return _json(await _render(api, await _owned(api, who, schedule_id)))
@@ -410,7 +415,7 @@ async def get_schedule(who: Identified, api: Wired, schedule_id: ScheduleId) -> 
 @router.patch(
     "/v1/workflows/schedules/{schedule_id}",
     response_model=ScheduleIdOut,
-    responses={404: _NOT_FOUND, 422: _INVALID},
+    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND, 422: _INVALID},
 )
 async def update_schedule(
     who: Identified, api: Wired, schedule_id: ScheduleId, body: ScheduleUpdateRequest
@@ -429,7 +434,7 @@ async def update_schedule(
     "/v1/workflows/schedules/{schedule_id}",
     status_code=204,
     response_class=Response,
-    responses={404: _NOT_FOUND},
+    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
 )
 async def unschedule_workflow(who: Identified, api: Wired, schedule_id: ScheduleId) -> Response:
     await _owned(api, who, schedule_id)
@@ -452,7 +457,7 @@ async def _set_paused(
     "/v1/workflows/schedules/{schedule_id}/pause",
     status_code=204,
     response_class=Response,
-    responses={404: _NOT_FOUND},
+    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
 )
 async def pause_schedule(
     who: Identified, api: Wired, schedule_id: ScheduleId, body: NoteRequest | None = None
@@ -464,7 +469,7 @@ async def pause_schedule(
     "/v1/workflows/schedules/{schedule_id}/resume",
     status_code=204,
     response_class=Response,
-    responses={404: _NOT_FOUND},
+    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
 )
 async def resume_schedule(
     who: Identified, api: Wired, schedule_id: ScheduleId, body: NoteRequest | None = None
@@ -477,6 +482,7 @@ async def resume_schedule(
     status_code=204,
     response_class=Response,
     responses={
+        401: _UNAUTHORIZED,
         404: _NOT_FOUND,
         503: {"description": "The start could not be published", "content": _JSON},
         504: {"description": "The engine did not answer in time", "content": _JSON},

@@ -43,6 +43,9 @@ class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         self._topic = topic
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Forgotten even when the next assignment gives them back: after a lost session
+        # another instance may have owned them meanwhile (fired, stored and committed), and
+        # only the store knows. aiokafka rebalances eagerly, so a rebalance reloads all.
         mine = [tp.partition for tp in revoked if tp.topic == self._topic]
         self._service.revoke(mine)
         self._runner.owned = self._service.pending.partitions

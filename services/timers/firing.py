@@ -149,9 +149,10 @@ class TimerService:
         for placed in due:
             try:
                 command = firing_command(placed.timer, issued_at)
-            except ValueError:
-                log.warning("timer %s has no command; dropped", placed.timer.key)
-                self.pending.fired(placed)
+            except ValueError as exc:  # a timer id the command refuses: report, never block
+                log.error("timer %s cannot be fired; dropped: %s", placed.timer.key, exc)
+                if self.pending.fired(placed):
+                    self._fired_keys.append(placed.timer.key)
                 continue
             sendable.append(placed)
             records.append(

@@ -3,16 +3,20 @@ timers service, in separate-users mode (a schedule is its creator's)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from mistralai.client import Mistral
+from pymongo import MongoClient
 
 from tests.conftest import isolated_env
 from tests.sdk.test_auth import status_of
 from tests.support.eventually import wait_until
-from tests.support.stack import Stack
+from tests.support.kafka import command, produce
+from tests.support.stack import TIMERS_STACK, Stack, running
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +24,7 @@ def stack(
     kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     env = {**isolated_env(kafka_bootstrap, mongo_url), "RUNSTORE_API_ACCESS_MODE": "separate"}
-    s = Stack(env=env, log_dir=tmp_path_factory.mktemp("schedules"))
-    try:
-        for service in ("engine", "projector", "timers", "api"):
-            s.start(service)
-        yield s
-    finally:
-        s.stop_all()
+    yield from running(env, tmp_path_factory.mktemp("schedules"), TIMERS_STACK)
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +167,68 @@ def test_invalid_schedules_are_refused_with_the_reason(
     with pytest.raises(HTTPValidationError) as caught:
         alice.workflows.schedules.schedule_workflow(workflow_identifier="wf", schedule=schedule)
     assert fragment in caught.value.raw_response.text
+
+
+def _state(stack: Stack, schedule_id: str) -> dict[str, Any]:
+    client: MongoClient[dict[str, Any]] = MongoClient(stack.env["RUNSTORE_MONGO_URL"])
+    try:
+        found = client[stack.env["RUNSTORE_MONGO_DATABASE"]].schedule_state.find_one(
+            {"_id": schedule_id}
+        )
+        assert found is not None, "no state yet"
+        return found
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("overlap", "name"), [(1, "skip"), (2, "buffer")])
+def test_overlap_policy_holds_times_while_the_previous_run_is_open(
+    stack: Stack, alice: Mistral, overlap: int, name: str
+) -> None:
+    schedule_id = f"overlap-{name}"
+    alice.workflows.schedules.schedule_workflow(
+        workflow_identifier="slow",
+        schedule_id=schedule_id,
+        schedule={"input": {}, "intervals": [{"every": "1s"}], "policy": {"overlap": overlap}},
+    )
+    first = wait_until(lambda: _one(runs_of(alice, schedule_id)), timeout=30)
+
+    def three_more_times_evaluated() -> dict[str, Any]:
+        state = _state(stack, schedule_id)
+        first_ns = int(state["recent"][0]["scheduled_at"].timestamp() * 1e9)
+        assert state["last_scheduled_ns"] >= first_ns + 3_000_000_000, state
+        return state
+
+    state = wait_until(three_more_times_evaluated, timeout=30, interval=0.2)
+    assert state["fired_count"] == 1  # the first run is still open: later times held back
+    assert len(runs_of(alice, schedule_id)) == 1
+    buffered = state.get("buffered_ns")
+    assert (buffered is not None) == (overlap == 2)
+
+    asyncio.run(
+        produce(
+            stack.env["RUNSTORE_KAFKA_BOOTSTRAP"],
+            f"{stack.env['RUNSTORE_TOPIC_PREFIX']}workflows.commands",
+            [
+                (
+                    first.execution_id,
+                    command(
+                        "CompleteExecution", first.execution_id, run_id=first.run_id, result=None
+                    ),
+                )
+            ],
+        )
+    )
+
+    def a_second_run() -> list[Any]:
+        rows = runs_of(alice, schedule_id)
+        assert len(rows) >= 2, rows
+        return rows
+
+    rows = wait_until(a_second_run, timeout=30, interval=0.2)
+    alice.workflows.schedules.unschedule_workflow(schedule_id=schedule_id)
+    if overlap == 2:
+        # The buffered time is the one started once the first run closed.
+        stamps = {r.execution_id.removeprefix(f"{schedule_id}-") for r in rows}
+        at = datetime.fromtimestamp(buffered / 1e9, UTC) if buffered else None
+        assert at is not None and at.strftime("%Y%m%dT%H%M%S.%fZ") in stamps

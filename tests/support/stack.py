@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,3 +98,17 @@ class Stack:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+TIMERS_STACK = ("engine", "projector", "timers", "api")
+
+
+def running(env: dict[str, str], log_dir: Path, services: tuple[str, ...]) -> Iterator[Stack]:
+    """A stack of these services (started in order), stopped when the generator closes."""
+    stack = Stack(env=env, log_dir=log_dir)
+    try:
+        for service in services:
+            stack.start(service)
+        yield stack
+    finally:
+        stack.stop_all()

@@ -112,3 +112,28 @@ def test_a_failed_send_puts_the_timer_back_and_revoking_forgets_it() -> None:
     pending.retry(placed)
     pending.revoke(3)
     assert len(pending) == 0 and pending.next_fire_ns() is None
+
+
+def test_worker_protocol_timers_fire_as_fire_timer_and_stop_when_fired_or_canceled() -> None:
+    started_timer = event(
+        "TIMER_STARTED", 6, {"timer_id": "sleep-1", "duration_seconds": 5, "fire_at_ns": 9_000}
+    )
+    (timer,) = timer_changes(started_timer).start
+    assert (timer.timer_id, timer.fire_at_ns, timer.action) == ("sleep-1", 9_000, TimerAction.FIRE)
+    command = firing_command(timer, datetime.now(UTC))
+    assert command.type == "FireTimer" and command.payload.timer_id == "sleep-1"
+    for kind in ("TIMER_FIRED", "TIMER_CANCELED"):
+        assert timer_changes(event(kind, 7, {"timer_id": "sleep-1"})).stop == ("sleep-1",)
+
+
+def test_a_failed_workflow_task_and_a_cancel_request_arm_their_engine_timers() -> None:
+    failed = event(
+        "WORKFLOW_TASK_FAILED",
+        8,
+        {"task_id": "t", "failure": {"message": "x"}, "retry_at_ns": 11_000},
+    )
+    (retry,) = timer_changes(failed).start
+    assert (retry.timer_id, retry.fire_at_ns) == ("workflow-task:8", 11_000)
+    cancel = event("WORKFLOW_EXECUTION_CANCEL_REQUESTED", 9, {"cancel_deadline_ns": 12_000})
+    (deadline,) = timer_changes(cancel).start
+    assert (deadline.timer_id, deadline.fire_at_ns) == ("cancel-deadline", 12_000)
