@@ -60,7 +60,7 @@ def history_types(client: Mistral, execution_id: str) -> list[str]:
     run_id = client.workflows.executions.get_workflow_execution(execution_id=execution_id).run_id
     history: Any = client.workflows.runs.get_run_history(run_id=run_id)
     events = history if isinstance(history, list) else history.get("events", [])
-    return [str(e.get("event_type")) for e in events]
+    return [str(e.get("type")) for e in events]
 
 
 def test_execute_and_wait_returns_the_echo_of_its_input(client: Mistral) -> None:
