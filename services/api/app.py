@@ -10,7 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.api import routes_commands, routes_runs, routes_streams
+from services.api import (
+    routes_catalogue,
+    routes_commands,
+    routes_deployments,
+    routes_observe,
+    routes_runs,
+    routes_streams,
+)
 from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
@@ -23,6 +30,7 @@ from services.api.run_reader import RunReader
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import ApiSettings
+from services.common.worker_registry import ensure_catalogue_indexes
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
             )
         log.info("access mode: %s", settings.api_access_mode.value)
         await ensure_topics(settings)
+        await ensure_catalogue_indexes(db)
         await gateway.start()
         await fanout.start()
         try:
@@ -81,7 +90,12 @@ def build_app(settings: ApiSettings) -> FastAPI:
     # before the routes that take a {workflow_identifier}, so they win (API.md §12.13).
     app.include_router(routes_runs.router)
     app.include_router(routes_streams.router)
+    app.include_router(routes_observe.router)
+    app.include_router(routes_deployments.router)
     app.include_router(routes_commands.router)
+    # Last: GET/PUT /v1/workflows/{workflow_identifier} would take any fixed path
+    # (/v1/workflows/schedules …) registered after it.
+    app.include_router(routes_catalogue.router)
 
     # Outermost last: the failure budget sees every answer, 413s included; the execute
     # fast path is innermost, so both limits apply to it as to any request.
