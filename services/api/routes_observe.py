@@ -286,7 +286,7 @@ async def get_workflow_execution_trace_otel(
     run, events = await _run_and_events(reader, db, execution_id)
     root = span_tree(run, events)
     trace = otel_trace(root)
-    trace_id = trace["batches"][0]["scope_spans"][0]["spans"][0]["trace_id"]
+    trace_id = trace["batches"][0]["scopeSpans"][0]["spans"][0]["traceId"]
     return json_body(
         {
             **_execution_fields(run),

@@ -117,25 +117,26 @@ def span_tree(run: Document, events: list[Event], include_internal: bool = True)
 
 
 def otel_trace(root: Span) -> Document:
-    """The span tree as Tempo's JSON (`TempoGetTraceResponse`)."""
+    """The span tree as Tempo's JSON (`TempoGetTraceResponse`: camelCase keys, integers
+    and nanosecond times as strings)."""
     trace_id = root.span_id.replace("-", "")[:32].ljust(32, "0")
     spans: list[Document] = []
 
     def add(span: Span, parent: str | None) -> None:
         spans.append(
             {
-                "trace_id": trace_id,
-                "span_id": span.span_id,
-                "parent_span_id": parent,
+                "traceId": trace_id,
+                "spanId": span.span_id,
+                "parentSpanId": parent,
                 "name": span.name,
                 "kind": "SPAN_KIND_INTERNAL",
-                "start_time_unix_nano": str(span.start_ns),
-                "end_time_unix_nano": str(span.end_ns or span.start_ns),
+                "startTimeUnixNano": str(span.start_ns),
+                "endTimeUnixNano": str(span.end_ns or span.start_ns),
                 "attributes": [_otel_attr(k, v) for k, v in span.attributes.items()],
                 "events": [
                     {
                         "name": e["name"],
-                        "time_unix_nano": str(e["timestamp_unix_nano"]),
+                        "timeUnixNano": str(e["timestamp_unix_nano"]),
                         "attributes": [_otel_attr(k, v) for k, v in e["attributes"].items()],
                     }
                     for e in span.events
@@ -150,7 +151,7 @@ def otel_trace(root: Span) -> Document:
         "batches": [
             {
                 "resource": {"attributes": [_otel_attr("service.name", "runstore")]},
-                "scope_spans": [{"scope": {"name": DATA_SOURCE}, "spans": spans}],
+                "scopeSpans": [{"scope": {"name": DATA_SOURCE}, "spans": spans}],
             }
         ]
     }
@@ -160,7 +161,7 @@ def _otel_attr(key: str, value: Any) -> Document:
     if isinstance(value, bool):
         return {"key": key, "value": {"boolValue": value}}
     if isinstance(value, int):
-        return {"key": key, "value": {"intValue": value}}
+        return {"key": key, "value": {"intValue": str(value)}}
     if isinstance(value, float):
         return {"key": key, "value": {"doubleValue": value}}
     return {"key": key, "value": {"stringValue": "" if value is None else str(value)}}
