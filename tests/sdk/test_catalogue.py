@@ -522,3 +522,31 @@ def test_openapi_declares_the_new_routes(module_stack: Stack) -> None:
     assert "404" in logs["responses"]
     archive = spec["paths"]["/v1/workflows/deployments/{name}/archive"]["get"]
     assert "501" in archive["responses"]
+
+
+def test_get_workflows_filters_by_deployment_tags_and_liveness(
+    module_stack: Stack, client: Mistral
+) -> None:
+    prefix = uid("flt")
+    live_dep, gone_dep = uid("dep"), uid("dep")
+    register(module_stack, registration(live_dep, [f"{prefix}-live"]))
+    register(module_stack, registration(gone_dep, [f"{prefix}-gone"], interval=0.1))
+    tag = uid("t")
+    client.workflows.add_workflow_tags(workflow_identifier=f"{prefix}-live", tags=[tag])
+
+    def names(**filters: Any) -> list[str]:
+        page = client.workflows.get_workflows(search=prefix, **filters)
+        assert page is not None
+        return [w.name for w in page.result.workflows]
+
+    assert names(deployment_name=[gone_dep]) == [f"{prefix}-gone"]
+    assert names(tags=[tag, "billing"]) == [f"{prefix}-live"]
+
+    def only_live() -> None:
+        assert names(deployment_status="active") == [f"{prefix}-live"]
+        assert names(deployment_status="inactive") == [f"{prefix}-gone"]
+
+    wait_until(only_live, timeout=10)
+    assert names(order="desc") == [f"{prefix}-live", f"{prefix}-gone"]
+    listed = client.workflows.deployments.list_deployments(workflow_name=f"{prefix}-live")
+    assert [d.name for d in listed.deployments] == [live_dep]
