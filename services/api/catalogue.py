@@ -9,9 +9,6 @@ what `list_runs(workflow_tags=…)` matches.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +18,8 @@ from fastapi import HTTPException
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.registry import MISSED_HEARTBEATS
+from services.api.http_docs import opaque_cursor, read_opaque_cursor
+from services.common.readmodels.store import RUNS
 from services.common.worker_registry import WORKERS, WORKFLOWS
 
 Document = dict[str, Any]
@@ -146,7 +145,7 @@ async def list_workflows(
     live = served(await live_workers(db))
     with_status: set[str] | None = None
     if flt.statuses:
-        names = await db["runs"].distinct("workflow_name", {"status": {"$in": list(flt.statuses)}})
+        names = await db[RUNS].distinct("workflow_name", {"status": {"$in": list(flt.statuses)}})
         with_status = {str(n) for n in names}
     rows = [d for d in docs if _matches(d, flt, live, with_status)]
     rows.sort(key=_sort_key, reverse=order == "desc")
@@ -193,17 +192,14 @@ def _sort_key(doc: Document) -> tuple[str, str]:
 
 
 def _cursor(key: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+    return opaque_cursor(list(key))
 
 
 def _read_cursor(cursor: str | None) -> tuple[str, str] | None:
     if not cursor:
         return None
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return (str(value[0]), str(value[1]))
-    except (ValueError, IndexError, TypeError, binascii.Error) as exc:
-        raise HTTPException(status_code=400, detail="cursor is not one this API issued") from exc
+    first, second = read_opaque_cursor(cursor, 2)
+    return (str(first), str(second))
 
 
 ADMISSION_TTL_SECONDS = 1.0

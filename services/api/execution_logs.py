@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException
+from fastapi.responses import StreamingResponse
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.common.worker_registry import EXECUTION_LOGS, log_chunk_id
@@ -184,11 +185,35 @@ def log_frame(position: str, record: Document) -> bytes:
     return f"id: {position}\nevent: log\ndata: {json.dumps(record)}\n\n".encode()
 
 
+LOG_POLL_SECONDS = 0.5
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+Fetch = Callable[[], Awaitable[list[tuple[str, Document]]]]
+
+
+def log_stream(
+    fetch: Fetch, finished: Callable[[], Awaitable[bool]], keepalive_seconds: float
+) -> StreamingResponse:
+    """The SSE answer of a logs stream (polls every LOG_POLL_SECONDS)."""
+    frames = poll_frames(fetch, keepalive_seconds, LOG_POLL_SECONDS, finished)
+    return StreamingResponse(_guard(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _guard(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A failure after the 200 becomes an `event: error` frame (API.md §7.2)."""
+    try:
+        async for frame in frames:
+            yield frame
+    except Exception as exc:
+        data = json.dumps({"error": str(exc) or type(exc).__name__, "reason": "internal_error"})
+        yield f"event: error\ndata: {data}\n\n".encode()
+
+
 async def poll_frames(
-    fetch: Any,
+    fetch: Fetch,
     keepalive_seconds: float,
     poll_seconds: float,
-    finished: Any,
+    finished: Callable[[], Awaitable[bool]],
 ) -> AsyncIterator[bytes]:
     """SSE frames from repeated `fetch()` calls (each returns `[(position_text, record)]`
     newer than the last); a `: keep-alive` comment after each silent `keepalive_seconds`;

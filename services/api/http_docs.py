@@ -3,10 +3,13 @@ deployments, logs, traces): each status code a route can answer and its content 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi import HTTPException
 from fastapi.responses import Response
 
 _WHAT = {
@@ -52,3 +55,19 @@ def _default(value: Any) -> Any:
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
         return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def opaque_cursor(key: list[Any]) -> str:
+    """A list cursor: the last row's sort key as URL-safe base64 JSON."""
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def read_opaque_cursor(cursor: str, size: int) -> list[Any]:
+    """The key of `opaque_cursor`, or 400 for anything else."""
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, binascii.Error) as exc:
+        raise HTTPException(status_code=400, detail="cursor is not one this API issued") from exc
+    if not isinstance(value, list) or len(value) != size:
+        raise HTTPException(status_code=400, detail="cursor is not one this API issued")
+    return value

@@ -19,20 +19,18 @@ from services.api.deps import Authed, Database, Settings
 from services.api.execution_logs import (
     LogFilter,
     deployment_records,
+    log_stream,
     page,
     parse_deployment_position,
-    poll_frames,
     position_text,
 )
 from services.api.http_docs import declared, json_body
-from services.api.routes_observe import LOG_POLL_SECONDS, _guard
 from services.api.routes_runs import utc
 from services.common.worker_registry import DEPLOYMENTS, WORKERS, WORKFLOWS
 
 router = APIRouter(tags=["deployments"])
 
 Document = dict[str, Any]
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HOSTED_ONLY = (
     "not_supported: Runstore runs no hosted code; deployments are groups of self-run "
     "workers (`runstore worker`), so there is no {what} (docs/catalogue.md)"
@@ -390,5 +388,4 @@ async def stream_deployment_logs(
     async def never() -> bool:
         return False
 
-    frames = poll_frames(fetch, settings.api_sse_keepalive_seconds, LOG_POLL_SECONDS, never)
-    return StreamingResponse(_guard(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return log_stream(fetch, never, settings.api_sse_keepalive_seconds)

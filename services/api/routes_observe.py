@@ -5,11 +5,7 @@ narrowed reader for `events/list`'s query ids)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -23,25 +19,24 @@ from services.api.execution_logs import (
     LogFilter,
     execution_chunks,
     execution_records,
+    log_stream,
     page,
     parse_execution_position,
-    poll_frames,
     position_text,
 )
-from services.api.http_docs import declared, json_body
+from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
 from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
 from services.api.shapes import execution_from_run
 from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
 from services.common.commit_log import COMMITS, locate_run, read_commits_after
+from services.common.readmodels.store import RUNS
 
 router = APIRouter(tags=["observe"])
 
 Document = dict[str, Any]
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"}
-LOG_POLL_SECONDS = 0.5
 METRICS_MAX_RUNS = 100_000
 METRICS_BUCKETS = 24
 
@@ -122,7 +117,7 @@ async def get_workflow_events(
 
 async def _tree(db: Database, reader: Reader, root: str) -> list[str]:
     rows = (
-        await db["runs"]
+        await db[RUNS]
         .find({"root_execution_id": root}, {"execution_id": 1, "start_time": 1})
         .to_list(10_000)
     )
@@ -136,16 +131,16 @@ async def _tree(db: Database, reader: Reader, root: str) -> list[str]:
 
 
 def _events_cursor(position: tuple[str, int, int]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode()
+    return opaque_cursor(list(position))
 
 
 def _read_events_cursor(cursor: str | None) -> tuple[str, int, int] | None:
     if not cursor:
         return None
+    execution_id, seq, index = read_opaque_cursor(cursor, 3)
     try:
-        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return (str(value[0]), int(value[1]), int(value[2]))
-    except (ValueError, IndexError, TypeError, binascii.Error) as exc:
+        return (str(execution_id), int(seq), int(index))
+    except (TypeError, ValueError) as exc:
         raise HTTPException(status_code=400, detail="cursor is not one this API issued") from exc
 
 
@@ -236,18 +231,7 @@ async def stream_workflow_execution_logs(
             closed_polls += 1
         return closed_polls > 2
 
-    frames = poll_frames(fetch, settings.api_sse_keepalive_seconds, LOG_POLL_SECONDS, finished)
-    return StreamingResponse(_guard(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-
-async def _guard(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A failure after the 200 becomes an `event: error` frame (API.md §7.2)."""
-    try:
-        async for frame in frames:
-            yield frame
-    except Exception as exc:
-        data = json.dumps({"error": str(exc) or type(exc).__name__, "reason": "internal_error"})
-        yield f"event: error\ndata: {data}\n\n".encode()
+    return log_stream(fetch, finished, settings.api_sse_keepalive_seconds)
 
 
 # --- traces ---------------------------------------------------------------------------
@@ -365,7 +349,7 @@ async def get_workflow_metrics(
     if api.access.separate:
         query["user_id"] = who.user_id
     runs = (
-        await api.db["runs"]
+        await api.db[RUNS]
         .find(query, {"status": 1, "total_duration_ms": 1, "start_time": 1, "attempt": 1})
         .to_list(METRICS_MAX_RUNS)
     )

@@ -256,6 +256,7 @@ class HeartbeatingWorker:
         self._thread = threading.Thread(target=self._main, daemon=True)
         self._thread.start()
         self._ready.wait(10)
+        wait_until(lambda: _assert(bool(self.directives)), timeout=10)  # registered
 
     def _main(self) -> None:
         async def go(db: Any) -> None:
