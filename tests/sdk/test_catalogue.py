@@ -24,6 +24,7 @@ from services.common.worker_registry import (
     ExecutionLogShipper,
     WorkerRegistry,
 )
+from tests.conftest import _running_stack as running_stack
 from tests.conftest import isolated_env
 from tests.support.eventually import wait_until
 from tests.support.kafka import command, produce
@@ -41,13 +42,7 @@ def module_stack(
         "RUNSTORE_API_ALLOW_UNREGISTERED": "false",
         "RUNSTORE_API_ACCESS_MODE": "separate",
     }
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("catalogue"))
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
-        yield stack
-    finally:
-        stack.stop_all()
+    yield from running_stack(env, tmp_path_factory.mktemp("catalogue"))
 
 
 @pytest.fixture
