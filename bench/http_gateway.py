@@ -84,6 +84,7 @@ def runstore_stack(
             "RUNSTORE_MONGO_DATABASE": f"bench_{tag}",
             "RUNSTORE_TOPIC_PREFIX": f"bench{tag}.",
             "RUNSTORE_API_KEYS": f"{KEY}=bench",
+            "RUNSTORE_API_ALLOW_UNREGISTERED": "true",
             "RUNSTORE_API_PORT": str(port),
             "RUNSTORE_LOG_LEVEL": "WARNING",
         }

@@ -1,6 +1,9 @@
 """Drive Runstore with the official `mistralai` SDK: start, signal, watch, list.
 
 RUNSTORE_API_URL=http://127.0.0.1:8080 RUNSTORE_API_KEY=dev python examples/query_client.py
+
+HTTP execute starts only workflows a worker registered (docs/catalogue.md): run a worker
+that serves `greeter` first, or start the API with RUNSTORE_API_ALLOW_UNREGISTERED=true.
 """
 
 from __future__ import annotations

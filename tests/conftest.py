@@ -47,6 +47,9 @@ def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
         "RUNSTORE_TOPIC_PREFIX": f"t{tag}.",
         "RUNSTORE_PARTITIONS": "4",
         "RUNSTORE_API_KEYS": "test-key=alice,bob-key=bob",
+        # The suites start runs of workflows no worker registered (tests/sdk/test_catalogue.py
+        # turns this off to check the refusal).
+        "RUNSTORE_API_ALLOW_UNREGISTERED": "true",
         "RUNSTORE_LOG_LEVEL": "INFO",
     }
 

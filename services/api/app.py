@@ -11,7 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.api import (
+    routes_catalogue,
     routes_commands,
+    routes_deployments,
+    routes_observe,
     routes_runs,
     routes_schedules,
     routes_streams,
@@ -30,6 +33,7 @@ from services.api.worker_requests import WorkerRequests
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import ApiSettings
+from services.common.worker_registry import ensure_catalogue_indexes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
             )
         log.info("access mode: %s", settings.api_access_mode.value)
         await ensure_topics(settings)
+        await ensure_catalogue_indexes(db)
         await gateway.start()
         await worker_requests.start()
         await fanout.start()
@@ -93,8 +98,13 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_runs.router)
     app.include_router(routes_streams.router)
     app.include_router(routes_schedules.router)
+    app.include_router(routes_observe.router)
+    app.include_router(routes_deployments.router)
     app.include_router(routes_commands.router)
     app.include_router(routes_workers.router)
+    # Last: GET/PUT /v1/workflows/{workflow_identifier} would take any fixed path
+    # (/v1/workflows/schedules …) registered after it.
+    app.include_router(routes_catalogue.router)
 
     # Outermost last: the failure budget sees every answer, 413s included; the execute
     # fast path is innermost, so both limits apply to it as to any request.

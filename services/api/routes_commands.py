@@ -32,6 +32,7 @@ from schemas.outcomes import CommandOutcome
 from services.api import errors
 from services.api.access import known_execution_id
 from services.api.auth import Caller
+from services.api.catalogue import admit
 from services.api.command_shapes import (
     BatchItemResult,
     BatchRequest,
@@ -107,6 +108,8 @@ async def start_execution(
     """Start (or, with `wait_for_result`, run to its end) an execution; the JSON body of
     the 200 answer. HTTPException for every other answer."""
     workflow_name = workflow_name_from_path(workflow_identifier)
+    # The catalogue decides whether HTTP may start this name, and gives the run its tags.
+    tags = await admit(api.db, workflow_name, api.settings.api_allow_unregistered)
     if body.execution_id:
         execution_id = body.execution_id
     elif idempotency_key:
@@ -135,6 +138,7 @@ async def start_execution(
             deployment_name=body.deployment_name or body.task_queue,
             execution_timeout_seconds=options.execution_timeout_seconds,
             retry_policy=options.retry_policy,
+            workflow_tags=tags or None,
         ),
     )
     reader = api.reader_for(who)

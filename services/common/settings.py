@@ -167,6 +167,9 @@ class ApiSettings(RunstoreSettings):
     api_bad_requests_per_second: float = Field(default=50.0, gt=0)
     """Refill rate of each client's bucket of failed (4xx) requests; empty bucket → 429."""
     api_bad_requests_burst: int = Field(default=500, ge=1)
+    api_allow_unregistered: bool = False
+    """Let HTTP execute start workflows no worker registered (docs/catalogue.md); an
+    archived workflow is refused either way. Kafka starts are never checked."""
     page_token_secret: SecretStr | None = None
     """Key of the list_runs page-token MAC (`RUNSTORE_PAGE_TOKEN_SECRET`); the same on every
     API instance. Unset: a random key per process, so tokens do not survive a restart."""

@@ -1,0 +1,399 @@
+"""Looking at executions: their log records and traces, the events list, workflow
+metrics, and `workers/whoami` (docs/catalogue.md). Every route naming an execution
+checks, in separate access mode, that it is the caller's (`Authed` for a path id; the
+narrowed reader for `events/list`'s query ids)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response, StreamingResponse
+
+from schemas.events import Event
+from services.api.access import existing_execution
+from services.api.deps import Authed, Database, Reader, Settings, Wired
+from services.api.execution_logs import (
+    LogFilter,
+    execution_chunks,
+    execution_records,
+    log_stream,
+    page,
+    parse_execution_position,
+    position_text,
+)
+from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
+from services.api.public_events import NAMESPACE, public_event
+from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
+from services.api.routes_runs import utc
+from services.api.shapes import execution_from_run
+from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
+from services.common.commit_log import COMMITS, locate_run, read_commits_after
+from services.common.readmodels.store import RUNS
+
+router = APIRouter(tags=["observe"])
+
+Document = dict[str, Any]
+_TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"}
+METRICS_MAX_RUNS = 100_000
+METRICS_BUCKETS = 24
+
+
+# --- events list ----------------------------------------------------------------------
+
+
+@router.get("/v1/workflows/events/list", responses=declared(200, 400, 401, 404, 422))
+async def get_workflow_events(
+    who: Authed,
+    reader: Reader,
+    db: Database,
+    root_workflow_exec_id: str | None = None,
+    workflow_exec_id: str | None = None,
+    workflow_run_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> Response:
+    """Stored events in the public shape, execution by execution (a root's tree in start
+    order), each in stream order. One of the three filters is required: an unfiltered
+    list would read every stream."""
+    if workflow_exec_id:
+        await existing_execution(reader, workflow_exec_id)
+        executions = [workflow_exec_id]
+    elif workflow_run_id:
+        execution_id = await locate_run(db, workflow_run_id)
+        if execution_id is None:
+            raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
+        await existing_execution(reader, execution_id)
+        executions = [execution_id]
+    elif root_workflow_exec_id:
+        await existing_execution(reader, root_workflow_exec_id)
+        executions = await _tree(db, reader, root_workflow_exec_id)
+    else:
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {
+                    "loc": ["query", "workflow_exec_id"],
+                    "msg": "give workflow_exec_id, workflow_run_id or root_workflow_exec_id",
+                    "type": "missing",
+                }
+            ],
+        )
+    start = _read_events_cursor(cursor)
+    out: list[Document] = []
+    more = False
+    last: tuple[str, int, int] = ("", 0, 0)
+    started = start is None
+    for execution_id in executions:
+        after_seq = 0
+        if not started:
+            if execution_id != start[0]:  # type: ignore[index]
+                continue
+            started = True
+            after_seq = start[1] - 1  # type: ignore[index]
+        for commit in await read_commits_after(db[COMMITS], execution_id, after_seq):
+            for event in commit.events:
+                if start is not None and (execution_id, event.seq, event.index) <= start:
+                    continue
+                if workflow_run_id and event.run_id != workflow_run_id:
+                    continue
+                shaped = public_event(event)
+                if shaped is None:
+                    continue
+                if len(out) == limit:
+                    more = True
+                    break
+                out.append(shaped)
+                last = (execution_id, event.seq, event.index)
+            if more:
+                break
+        if more:
+            break
+    next_cursor = _events_cursor(last) if more else None
+    return json_body({"events": out, "next_cursor": next_cursor})
+
+
+async def _tree(db: Database, reader: Reader, root: str) -> list[str]:
+    rows = (
+        await db[RUNS]
+        .find({"root_execution_id": root}, {"execution_id": 1, "start_time": 1})
+        .to_list(10_000)
+    )
+    rows.sort(key=lambda r: (r["start_time"], r["execution_id"]))
+    seen: list[str] = []
+    for row in rows:
+        eid = str(row["execution_id"])
+        if eid not in seen and await reader.execution(eid) is not None:
+            seen.append(eid)
+    return seen
+
+
+def _events_cursor(position: tuple[str, int, int]) -> str:
+    return opaque_cursor(list(position))
+
+
+def _read_events_cursor(cursor: str | None) -> tuple[str, int, int] | None:
+    if not cursor:
+        return None
+    execution_id, seq, index = read_opaque_cursor(cursor, 3)
+    try:
+        return (str(execution_id), int(seq), int(index))
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(status_code=400, detail="cursor is not one this API issued") from exc
+
+
+# --- whoami ---------------------------------------------------------------------------
+
+
+@router.get("/v1/workflows/workers/whoami", responses=declared(200, 401))
+async def whoami(who: Authed, settings: Settings) -> Response:
+    """What the SDK's payload-encoding set-up asks: the caller's namespace, and where
+    the scheduler is (Runstore's commands topic on its Kafka)."""
+    return json_body(
+        {
+            "namespace": NAMESPACE,
+            "scheduler_url": f"kafka://{settings.kafka_bootstrap}/{settings.topics.commands}",
+            "user_id": who.user_id,
+        }
+    )
+
+
+# --- execution logs -------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/workflows/executions/{execution_id}/logs", responses=declared(200, 400, 401, 404, 422)
+)
+async def get_workflow_execution_logs(
+    who: Authed,
+    reader: Reader,
+    db: Database,
+    execution_id: str,
+    run_id: str | None = None,
+    activity_id: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    order: Literal["asc", "desc"] = "asc",
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> Response:
+    """The execution's log records in shipping order (or reversed)."""
+    await existing_execution(reader, execution_id)
+    flt = LogFilter(run_id=run_id, activity_id=activity_id, after=utc(after), before=utc(before))
+    rows = execution_records(await execution_chunks(db, execution_id), flt)
+    position = parse_execution_position(cursor) if cursor else None
+    records, next_cursor = page(list(rows), order, position, limit)
+    return json_body({"results": records, "next_cursor": next_cursor})
+
+
+@router.get(
+    "/v1/workflows/executions/{execution_id}/logs/stream",
+    responses=declared(200, 400, 401, 404, 422, stream=True),
+)
+async def stream_workflow_execution_logs(
+    who: Authed,
+    reader: Reader,
+    db: Database,
+    settings: Settings,
+    execution_id: str,
+    run_id: str | None = None,
+    activity_id: str | None = None,
+    after: datetime | None = None,
+    last_event_id: str | None = None,
+) -> StreamingResponse:
+    """Log records as `event: log` frames with the record's position as `id`; resumes
+    after `last_event_id`. Ends once the execution is closed and its records are sent
+    (records shipped later than that are in `get_workflow_execution_logs`)."""
+    await existing_execution(reader, execution_id)
+    flt = LogFilter(
+        run_id=run_id, activity_id=activity_id, after=None if last_event_id else utc(after)
+    )
+    last = parse_execution_position(last_event_id) if last_event_id else (-1, -1)
+
+    async def fetch() -> list[tuple[str, Document]]:
+        nonlocal last
+        chunks = await execution_chunks(db, execution_id, first=max(last[0], 0))
+        rows = [r for r in execution_records(chunks, flt) if r[0] > last]
+        if rows:
+            last = rows[-1][0]
+        return [(position_text(p), rec) for p, rec in rows]
+
+    closed_polls = 0
+
+    async def finished() -> bool:
+        # Closed, and one more poll after that found nothing: the worker ships its last
+        # records within a second of the run's end.
+        nonlocal closed_polls
+        run = await reader.execution(execution_id)
+        if run is None or run.get("status") in _TERMINAL:
+            closed_polls += 1
+        return closed_polls > 2
+
+    return log_stream(fetch, finished, settings.api_sse_keepalive_seconds)
+
+
+# --- traces ---------------------------------------------------------------------------
+
+
+async def _run_and_events(
+    reader: Reader, db: Database, execution_id: str
+) -> tuple[Document, list[Event]]:
+    run = await existing_execution(reader, execution_id)
+    events = [
+        e
+        for c in await read_commits_after(db[COMMITS], execution_id, 0)
+        for e in c.events
+        if e.run_id == run["run_id"]
+    ]
+    return run, events
+
+
+def _execution_fields(run: Document) -> Document:
+    return execution_from_run(run, include_search_keys=True).model_dump(mode="json")
+
+
+@router.get("/v1/workflows/executions/{execution_id}/trace/info", responses=declared(200, 401, 404))
+async def get_workflow_execution_trace_info(
+    who: Authed, reader: Reader, execution_id: str
+) -> Response:
+    """No tracing backend: the trace is built from the history (the other trace routes)."""
+    await existing_execution(reader, execution_id)
+    return json_body({"otel_trace_id": None, "has_trace_data": False})
+
+
+@router.get("/v1/workflows/executions/{execution_id}/trace/otel", responses=declared(200, 401, 404))
+async def get_workflow_execution_trace_otel(
+    who: Authed, reader: Reader, db: Database, execution_id: str
+) -> Response:
+    run, events = await _run_and_events(reader, db, execution_id)
+    root = span_tree(run, events)
+    trace = otel_trace(root)
+    trace_id = trace["batches"][0]["scopeSpans"][0]["spans"][0]["traceId"]
+    return json_body(
+        {
+            **_execution_fields(run),
+            "data_source": DATA_SOURCE,
+            "otel_trace_id": trace_id,
+            "otel_trace_data": trace,
+        }
+    )
+
+
+@router.get(
+    "/v1/workflows/executions/{execution_id}/trace/summary", responses=declared(200, 401, 404)
+)
+async def get_workflow_execution_trace_summary(
+    who: Authed, reader: Reader, db: Database, execution_id: str
+) -> Response:
+    run, events = await _run_and_events(reader, db, execution_id)
+    return json_body({**_execution_fields(run), "span_tree": span_tree(run, events).summary()})
+
+
+@router.get(
+    "/v1/workflows/executions/{execution_id}/trace/events",
+    responses=declared(200, 401, 404, 422),
+)
+async def get_workflow_execution_trace_events(
+    who: Authed,
+    reader: Reader,
+    db: Database,
+    execution_id: str,
+    merge_same_id_events: bool = False,
+    include_internal_events: bool = False,
+) -> Response:
+    """The run's events as trace events; `merge_same_id_events` keeps the last event of
+    each activity / custom task (its latest state)."""
+    run, events = await _run_and_events(reader, db, execution_id)
+    shaped = [trace_event(e) for e in events]
+    if not include_internal_events:
+        shaped = [s for s in shaped if not s["internal"]]
+    if merge_same_id_events:
+        merged: dict[str, Document] = {}
+        for s in shaped:
+            attrs = s["attributes"]
+            key = str(attrs.get("task_id") or attrs.get("custom_task_id") or s["id"])
+            merged.pop(key, None)
+            merged[key] = s
+        shaped = list(merged.values())
+    return json_body({**_execution_fields(run), "events": shaped})
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+@router.get("/v1/workflows/{workflow_name}/metrics", responses=declared(200, 401, 404, 422))
+async def get_workflow_metrics(
+    who: Authed,
+    api: Wired,
+    workflow_name: str,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+) -> Response:
+    """Runs of the workflow started in [start_time, end_time] (default: the last 24 h):
+    counts, mean and percentiles of the closed runs' durations, and the mean duration
+    per hour-sized bucket (`latency_over_time`: `[[bucket_start_unix_s, mean_ms], …]`)."""
+    if workflow_name in RESERVED_WORKFLOW_NAMES:
+        raise HTTPException(status_code=404, detail=f"{workflow_name!r} is not a workflow")
+    end = utc(end_time) or datetime.now(UTC)
+    start = utc(start_time) or end - timedelta(days=1)
+    if start > end:
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {"loc": ["query", "start_time"], "msg": "after end_time", "type": "value_error"}
+            ],
+        )
+    query: Document = {"workflow_name": workflow_name, "start_time": {"$gte": start, "$lte": end}}
+    if api.access.separate:
+        query["user_id"] = who.user_id
+    runs = (
+        await api.db[RUNS]
+        .find(query, {"status": 1, "total_duration_ms": 1, "start_time": 1, "attempt": 1})
+        .to_list(METRICS_MAX_RUNS)
+    )
+    return json_body(workflow_metrics(runs, start, end))
+
+
+def workflow_metrics(runs: list[Document], start: datetime, end: datetime) -> Document:
+    """The SDK's `WorkflowMetrics` of these runs (extra keys: counts by status and
+    duration percentiles, which the SDK model ignores)."""
+    by_status: dict[str, int] = {}
+    for r in runs:
+        by_status[str(r.get("status"))] = by_status.get(str(r.get("status")), 0) + 1
+    durations = sorted(
+        int(r["total_duration_ms"]) for r in runs if r.get("total_duration_ms") is not None
+    )
+    retried = sum(1 for r in runs if int(r.get("attempt") or 1) > 1)
+    span = max((end - start).total_seconds(), 1.0)
+    width = span / METRICS_BUCKETS
+    buckets: dict[int, list[int]] = {}
+    for r in runs:
+        if r.get("total_duration_ms") is None:
+            continue
+        began = r["start_time"] if r["start_time"].tzinfo else r["start_time"].replace(tzinfo=UTC)
+        n = min(int((began - start).total_seconds() // width), METRICS_BUCKETS - 1)
+        buckets.setdefault(n, []).append(int(r["total_duration_ms"]))
+    over_time = [
+        [int(start.timestamp() + n * width), sum(v) / len(v)] for n, v in sorted(buckets.items())
+    ]
+    return {
+        "execution_count": {"value": len(runs)},
+        "success_count": {"value": by_status.get("COMPLETED", 0)},
+        "error_count": {
+            "value": sum(by_status.get(s, 0) for s in ("FAILED", "TIMED_OUT", "TERMINATED"))
+        },
+        "average_latency_ms": {"value": sum(durations) / len(durations) if durations else 0},
+        "latency_over_time": {"value": over_time},
+        "retry_rate": {"value": retried / len(runs) if runs else 0},
+        "count_by_status": by_status,
+        "latency_percentiles_ms": {f"p{p}": _percentile(durations, p) for p in (50, 90, 95, 99)},
+    }
+
+
+def _percentile(values: list[int], p: int) -> int | None:
+    """Nearest-rank percentile of sorted values; None for none."""
+    if not values:
+        return None
+    return values[max(0, math.ceil(p / 100 * len(values)) - 1)]
