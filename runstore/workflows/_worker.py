@@ -39,14 +39,23 @@ from schemas.commands import (
 from schemas.commits import Commit
 from schemas.common import Failure
 from schemas.events import Event, EventType
+from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
 from schemas.replies import ReplyError, WorkerReply
 from schemas.tasks import WorkflowTask
 from services.common.commit_log import COMMITS, Document, read_commit
 from services.common.kafka_topics import ensure_topics
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import WorkerSettings
+from services.common.worker_registry import (
+    ExecutionLogHandler,
+    ExecutionLogShipper,
+    WorkerRegistry,
+    execution_log_context,
+)
 
 log = logging.getLogger("runstore.worker")
+user_logger = logging.getLogger("runstore.workflows.user")
+"""`workflow.logger`'s records: also shipped to the execution's logs (the catalogue's)."""
 
 _RUN_KINDS = frozenset({"run", "signal"})
 _OPENS_ATTEMPT = frozenset(
@@ -120,7 +129,34 @@ class Worker:
         )
         await self._producer.start()
         await consumer.start()
-        consumer.subscribe([settings.topics.tasks], listener=_ForgetOnRevoke(self._cache))
+        listener = _ForgetOnRevoke(self._cache)
+        consumer.subscribe([settings.topics.tasks], listener=listener)
+        db = mongo_database(client, settings)
+        registration = self.registration()
+        seen_generation: int | None = None
+
+        async def obey(directive: DeploymentDirective) -> None:
+            # A stopped deployment pauses dispatch; a restart makes its workers rejoin.
+            nonlocal seen_generation
+            if directive.stopped:
+                consumer.pause(*consumer.assignment())
+            else:
+                consumer.resume(*consumer.paused())
+            if seen_generation is not None and directive.restart_generation > seen_generation:
+                log.info("deployment %r restarted: rejoining the group", self.deployment)
+                self._cache.clear()
+                consumer.unsubscribe()
+                consumer.subscribe([settings.topics.tasks], listener=listener)
+            seen_generation = directive.restart_generation
+
+        stop_heartbeats = asyncio.Event()
+        heartbeats = asyncio.create_task(
+            WorkerRegistry(db).run_heartbeats(registration, obey, stop_heartbeats)
+        )
+        shipper = ExecutionLogShipper(db, worker_id=self.worker_id, deployment_name=self.deployment)
+        shipping = asyncio.create_task(shipper.run(1.0))
+        handler = ExecutionLogHandler(shipper)
+        user_logger.addHandler(handler)
         log.info(
             "worker %s serving deployment %r: workflows %s, activities %s",
             self.worker_id,
@@ -145,9 +181,36 @@ class Worker:
                     continue
                 await consumer.commit()
         finally:
+            stop_heartbeats.set()
+            user_logger.removeHandler(handler)
+            shipping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeats
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await shipping
             await consumer.stop()
             await self._producer.stop()
             await client.close()
+
+    def registration(self) -> WorkerRegistration:
+        """What this worker tells the catalogue: who it is and what it serves."""
+        return WorkerRegistration(
+            worker_id=self.worker_id,
+            deployment_name=self.deployment,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=self.settings.worker_version,
+            workflows=[
+                spec_of(
+                    d.name,
+                    d.run_method,
+                    display_name=d.display_name,
+                    description=d.description,
+                )
+                for d in self.workflows.values()
+            ],
+            heartbeat_interval_seconds=self.settings.worker_heartbeat_seconds,
+        )
 
     async def handle(self, values: Iterable[bytes | None]) -> None:
         """One batch of task records: grouped by execution, executions concurrently."""
@@ -211,13 +274,16 @@ class Worker:
             return None
         for _ in range(3):
             try:
-                instance = await self._instance_at(
-                    task.execution_id, task.run_id, task.seq, definition
-                )
-                if instance is None or instance.finished:
-                    return instance
-                instance.go_live()
-                await self._drive(instance)
+                with execution_log_context(
+                    task.execution_id, task.run_id, workflow_name=task.workflow_name
+                ):
+                    instance = await self._instance_at(
+                        task.execution_id, task.run_id, task.seq, definition
+                    )
+                    if instance is None or instance.finished:
+                        return instance
+                    instance.go_live()
+                    await self._drive(instance)
             except _Rebuild as why:
                 log.info("rebuilding %s from its history: %s", task.execution_id, why)
                 self._cache.pop(task.execution_id, None)
@@ -347,7 +413,13 @@ class Worker:
         )
         token = activity_context.set((info, lambda: last_beat.__setitem__(0, loop.time())))
         try:
-            job = asyncio.ensure_future(request.definition.fn(*request.args, **request.kwargs))
+            with execution_log_context(
+                instance.execution_id,
+                instance.run_id,
+                activity_id=request.activity_id,
+                workflow_name=instance.workflow_name,
+            ):
+                job = asyncio.ensure_future(request.definition.fn(*request.args, **request.kwargs))
         finally:
             activity_context.reset(token)
         started = loop.time()

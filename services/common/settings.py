@@ -101,6 +101,10 @@ class WorkerSettings(RunstoreSettings):
     """The deployment this worker serves: its tasks' route and its consumer group."""
     worker_id: str | None = None
     """Names the worker in the commands it sends; default host:pid."""
+    worker_version: str = ""
+    """The code version the worker reports to the catalogue."""
+    worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    """How often a worker re-registers; it counts as gone after 3 missed heartbeats."""
     worker_cache_size: int = Field(default=2000, ge=1)
     """Live workflow instances kept in memory (least recently used out); a task for one
     of them needs no replay."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,38 @@ def test_a_fan_out_of_children_lists_under_its_root(client: Mistral) -> None:
     tree = client.workflows.runs.list_runs(root_execution_id=execution_id)
     ids = {run.execution_id for run in tree.result.executions}
     assert execution_id in ids and len(ids) == 4
+
+
+def test_the_examples_register_in_the_catalogue_and_the_worker_is_listed(
+    client: Mistral, worker_stack: Stack
+) -> None:
+    def registered() -> set[str]:
+        page = client.workflows.get_workflows(limit=50)
+        assert page is not None
+        names = {w.name for w in page.result.workflows}
+        assert {"runstore-echo", "order-saga", "approval", "fan-out"} <= names
+        return names
+
+    wait_until(registered, timeout=30)
+    echo = client.workflows.get_workflow(workflow_identifier="runstore-echo")
+    assert echo.workflow.description == "Returns its input unchanged."
+    workers = client.workflows.deployments.list_deployment_workers(name="default")
+    worker_pid = worker_stack.procs["worker"].pid
+    assert [w.name for w in workers.workers] == [f"{socket.gethostname()}:{worker_pid}"]
+    assert workers.workers[0].is_active
+
+
+def test_workflow_log_lines_reach_the_execution_logs(client: Mistral) -> None:
+    execution_id = new_id("approval-logs")
+    client.workflows.execute_workflow(
+        workflow_identifier="approval",
+        input={"request": "logged", "approvers_needed": 1},
+        execution_id=execution_id,
+    )
+
+    def logged() -> None:
+        got = client.workflows.executions.get_workflow_execution_logs(execution_id=execution_id)
+        bodies = [r.body for r in got.results]
+        assert any("waiting for 1 approval(s) of 'logged'" in b for b in bodies), bodies
+
+    wait_until(logged, timeout=30)
