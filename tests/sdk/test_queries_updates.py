@@ -210,6 +210,7 @@ def test_an_update_is_recorded_then_answered(client: Mistral) -> None:
     )
     assert answer.update_name == "raise"
     assert answer.result == 42
+
     # Answered after the engine accepted the record: the history already holds it.
     def recorded() -> list[Any]:
         events = update_events(client, execution_id)
