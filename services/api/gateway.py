@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from contextlib import suppress
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command
 from schemas.outcomes import CommandOutcome
-from services.common.kafka_io import Outgoing, RecordPublisher, tail_from_end
+from services.api.topic_tail import TopicTail
+from services.common.kafka_io import Outgoing, RecordPublisher
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,9 @@ class CommandGateway:
         # Recently accepted outcomes by command id: a client retrying with its idempotency
         # key is answered at once, without another round through Kafka and the engine.
         self._accepted: OrderedDict[str, CommandOutcome] = OrderedDict()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._tail: asyncio.Task[None] | None = None
+        self._tail = TopicTail(
+            settings, self._topics.outcomes, "runstore-api-outcomes", self._resolve
+        )
 
     async def start(self) -> None:
         # The linger lets the commands of concurrent requests share a produce request:
@@ -54,28 +54,12 @@ class CommandGateway:
         )
         await self._publisher.start()
         # Tailed from the end: an outcome published after this point is seen.
-        consumer, _ = await tail_from_end(
-            self._settings, self._topics.outcomes, "runstore-api-outcomes"
-        )
-        self._consumer = consumer
-        self._tail = asyncio.create_task(self._follow(consumer), name="outcome-tail")
+        await self._tail.start()
 
     async def stop(self) -> None:
-        if self._tail is not None:
-            self._tail.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._tail
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._tail.stop()
         if self._publisher is not None:
             await self._publisher.stop()
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
-            for records in batches.values():
-                for record in records:
-                    self._resolve(record.value)
 
     def _resolve(self, raw: bytes | None) -> None:
         if not raw:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import suppress
 
-from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from schemas.outcomes import CommandOutcome
 from schemas.replies import WorkerReply
 from schemas.tasks import WorkflowTask
 from services.api.gateway import CommandGateway
-from services.common.kafka_io import Outgoing, tail_from_end
+from services.api.topic_tail import TopicTail
+from services.common.kafka_io import Outgoing
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -38,30 +37,15 @@ class WorkerRequests:
         self._gateway = gateway
         self._topics = settings.topics
         self._waiting: dict[str, asyncio.Future[WorkerReply]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._tail: asyncio.Task[None] | None = None
+        self._tail = TopicTail(
+            settings, self._topics.replies, "runstore-api-replies", self._resolve
+        )
 
     async def start(self) -> None:
-        consumer, _ = await tail_from_end(
-            self._settings, self._topics.replies, "runstore-api-replies"
-        )
-        self._consumer = consumer
-        self._tail = asyncio.create_task(self._follow(consumer), name="reply-tail")
+        await self._tail.start()
 
     async def stop(self) -> None:
-        if self._tail is not None:
-            self._tail.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._tail
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
-            for records in batches.values():
-                for record in records:
-                    self._resolve(record.value)
+        await self._tail.stop()
 
     def _resolve(self, raw: bytes | None) -> None:
         if not raw:

@@ -6,27 +6,14 @@ tasks and the commands the engine derives for other executions (docs/worker-prot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from services.common.commit_log import commit_from_doc
 from tests.integration.test_engine import commits_of, start, topic
+from tests.integration.test_engine import engine as engine
 from tests.support.eventually import assert_eventually
 from tests.support.kafka import command, produce, read_topic
 from tests.support.stack import Stack
-
-
-@pytest.fixture
-def engine(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(env=isolated, log_dir=tmp_path)
-    s.start("engine")
-    try:
-        yield s
-    finally:
-        s.stop_all()
 
 
 def event_types(commits: list[dict[str, Any]]) -> list[str]:

@@ -210,8 +210,14 @@ def test_an_update_is_recorded_then_answered(client: Mistral) -> None:
     )
     assert answer.update_name == "raise"
     assert answer.result == 42
+
     # Answered after the engine accepted the record: the history already holds it.
-    events = wait_until(lambda: update_events(client, execution_id) or None)
+    def recorded() -> list[Any]:
+        events = update_events(client, execution_id)
+        assert len(events) == 2, events
+        return events
+
+    events = wait_until(recorded)
     assert [e.event_type for e in events] == ["CUSTOM_TASK_STARTED", "CUSTOM_TASK_COMPLETED"]
 
 

@@ -433,3 +433,18 @@ async def test_a_child_start_and_its_refusal_reach_the_parent_as_derived_command
     out = await p.process([record(json.loads(report.model_dump_json()))])
     assert [e.type.value for e in out.events] == ["CHILD_WORKFLOW_START_FAILED"]
     assert [t.kind for t in out.tasks] == ["run"]
+
+
+async def test_a_continue_as_new_step_hands_over_to_a_derived_successor(store, clock) -> None:
+    p = processor(store, clock)
+    out = await p.process([record(start("can", "c0"))])
+    run_id = out.commits[0].run_id
+    step = {"kind": "continue_as_new", "input": {"page": 2}}
+    task = command("CompleteWorkflowTask", "can", "wt", run_id=run_id, task_seq=1, steps=[step])
+    out = await p.process([record(task)])
+    assert out.events[-1].type.value == "WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
+    (successor,) = out.follow_ups
+    assert successor.type == "StartWorkflow"
+    assert successor.execution_id not in ("", "can")
+    assert successor.payload.input == {"page": 2}
+    assert successor.payload.continued_from_execution_id == "can"
