@@ -12,7 +12,7 @@ help:
 	@echo "make up      the same stack in the background (returns when the API answers)"
 	@echo "make down    stop the background stack and free every port"
 	@echo "make test    install, start the test servers, run lint, types and every test suite"
-	@echo "make bench   run the benchmarks in bench/ (not part of make test)"
+	@echo "make bench   run every benchmark in bench/ (own servers, ~1 h) and write docs/benchmarks.md"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

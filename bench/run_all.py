@@ -282,7 +282,8 @@ def main() -> int:
                     section += ["", *(f"![{p.stem}]({p.as_posix()})" for p in rel)]
             section += ["", "```", output.rstrip(), "```", ""]
             sections.append("\n".join(section))
-    args.out.write_text(page(sections, args.quick))
+            # Written after each benchmark: a long run that is cut short keeps what it did.
+            args.out.write_text(page(sections, args.quick))
     print(f"\nwrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
