@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.exactly_once import assert_exactly_once, await_outcomes, workload
+from tests.support.exactly_once import (
+    assert_exactly_once,
+    await_outcomes,
+    create_topics,
+    workload,
+)
 from tests.support.kafka import produce
 from tests.support.stack import Stack
 
@@ -37,6 +42,7 @@ async def test_engine_killed_twenty_times_applies_every_command_exactly_once(
     }
     bootstrap = env["RUNSTORE_KAFKA_BOOTSTRAP"]
     prefix = env["RUNSTORE_TOPIC_PREFIX"]
+    await create_topics(env)
     stack = Stack(env=env, log_dir=tmp_path)
     stack.start("engine")
     kills = 0

@@ -23,7 +23,9 @@ from aiokafka import ConsumerRecord
 from pymongo import AsyncMongoClient
 
 from services.common.commit_log import commit_from_doc
+from services.common.kafka_topics import ensure_topics
 from services.common.readmodels.store import READ_MODELS
+from services.common.settings import RunstoreSettings
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 from tests.support.kafka import command, read_topic
@@ -82,6 +84,18 @@ async def reference(commands: list[dict[str, Any]]) -> tuple[dict[str, list[str]
         for e in {c["execution_id"] for c in commands}
     }
     return streams, outcomes
+
+
+async def create_topics(env: dict[str, str]) -> None:
+    """The topics `env` names, created now: a producer that starts before the services
+    would otherwise race their creation (and fail on a slow machine)."""
+    await ensure_topics(
+        RunstoreSettings(
+            kafka_bootstrap=env["RUNSTORE_KAFKA_BOOTSTRAP"],
+            topic_prefix=env["RUNSTORE_TOPIC_PREFIX"],
+            partitions=int(env.get("RUNSTORE_PARTITIONS", "12")),
+        )
+    )
 
 
 async def await_outcomes(
