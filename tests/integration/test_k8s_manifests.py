@@ -64,6 +64,7 @@ def test_production_overlay_runs_the_sized_instances_with_static_engine_ids(
     config = next(o for (k, _), o in production.items() if k == "ConfigMap")
     assert config["data"]["RUNSTORE_KAFKA_BOOTSTRAP"].endswith("-kafka-bootstrap.kafka.svc:9092")
     assert config["data"]["RUNSTORE_PARTITIONS"] == "12"
+    assert config["data"]["RUNSTORE_TOPIC_REPLICATION_FACTOR"] == "3"
     for obj in (engine, projector, api):
         c = _container(obj)
         assert c["image"] == "registry.example.com/runstore:0.1.0"
