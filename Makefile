@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: help install infra run up down status test test-unit lint typecheck bench clean
+.PHONY: help install infra run up down status test test-unit lint typecheck bench soak k8s clean
 
 help:
 	@echo "make run     install everything, run Kafka + FerretDB + all services in the foreground"
@@ -13,6 +13,8 @@ help:
 	@echo "make down    stop the background stack and free every port"
 	@echo "make test    install, start the test servers, run lint, types and every test suite"
 	@echo "make bench   run every benchmark in bench/ (own servers, ~1 h) and write docs/benchmarks.md"
+	@echo "make soak    30 minutes at 300 commands/s with readers; RSS and read latencies (bench/soak.py)"
+	@echo "make k8s     render deploy/k8s with kustomize and validate it offline (also in make test)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +41,7 @@ status:
 	$(PY) deploy/local/stack.py status
 
 lint: install
-	$(VENV)/bin/ruff check services schemas runstore examples tests bench deploy/local/stack.py
+	$(VENV)/bin/ruff check services schemas runstore examples tests bench deploy/local/stack.py deploy/k8s/validate.py
 	$(VENV)/bin/ruff format --check services schemas runstore
 
 typecheck: install
@@ -56,6 +58,14 @@ test: infra lint typecheck
 bench: infra
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run_all.py
+
+soak: infra
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# kustomize is built once into .local/cache (Go module proxy); the schemas come from the
+# kubernetes-validate test dependency. tests/integration/test_k8s_manifests.py runs the same.
+k8s: install
+	$(PY) deploy/k8s/validate.py
 
 clean: down
 	rm -rf .local/data .local/logs .local/run

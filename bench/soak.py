@@ -30,12 +30,12 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from servers import bench_servers  # noqa: E402
 
+from tests.support.kafka import command  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 
@@ -61,17 +62,6 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def command(kind: str, execution_id: str, **payload: object) -> dict[str, object]:
-    return {
-        "type": kind,
-        "command_id": str(uuid.uuid4()),
-        "execution_id": execution_id,
-        "issued_at": datetime.now(UTC).isoformat(),
-        "user_id": "soak",
-        "payload": payload,
-    }
-
-
 @dataclass
 class Soak:
     bootstrap: str
@@ -87,6 +77,7 @@ class Soak:
         default_factory=lambda: {"point": [], "list": []}
     )
     samples: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
+    lags: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -175,20 +166,52 @@ class Soak:
         self.reads[kind].append((self.elapsed(), time.monotonic() - at, reply.status_code))
         return reply
 
-    async def sampler(self, pids: dict[str, int], every: float) -> None:
+    async def sampler(self, pids: dict[str, int], every: float, prefix: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await admin.start()
+        await ends.start()
+        try:
+            await self._sample(pids, every, prefix, admin, ends)
+        finally:
+            await ends.stop()
+            await admin.close()
+
+    async def _sample(
+        self,
+        pids: dict[str, int],
+        every: float,
+        prefix: str,
+        admin: AIOKafkaAdminClient,
+        ends: AIOKafkaConsumer,
+    ) -> None:
+        groups = {"engine": f"{prefix}engine", "projector": f"{prefix}projector"}
         while True:
             sample = {name: rss_mb(pid) for name, pid in pids.items()}
             self.samples.append((self.elapsed(), sample))
+            lags = {name: await group_lag(admin, ends, g) for name, g in groups.items()}
+            self.lags.append((self.elapsed(), lags))
             line = "  ".join(
                 f"{n} {v:.0f}" if v is not None else f"{n} gone" for n, v in sample.items()
             )
+            lag = "  ".join(f"{n} {v:,}" for n, v in lags.items())
             print(
-                f"[soak] {self.elapsed() / 60:5.1f} min  sent {self.sent:,}  RSS MB: {line}",
+                f"[soak] {self.elapsed() / 60:5.1f} min  sent {self.sent:,}  RSS MB: {line}"
+                f"  lag: {lag}",
                 flush=True,
             )
             if self.done():
                 return
             await asyncio.sleep(min(every, max(0.0, self.seconds - self.elapsed())) or every)
+
+
+async def group_lag(admin: AIOKafkaAdminClient, ends: AIOKafkaConsumer, group: str) -> int:
+    """Records a consumer group has yet to commit, over all its partitions."""
+    committed = await admin.list_consumer_group_offsets(group)
+    if not committed:
+        return 0
+    latest = await ends.end_offsets(list(committed))
+    return sum(max(0, latest[tp] - meta.offset) for tp, meta in committed.items())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -218,10 +241,13 @@ def report(soak: Soak, args: argparse.Namespace) -> str:
             v = nearest(m)[1].get(name)
             cells.append("gone" if v is None else f"{v:.0f}")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name in ("engine", "projector"):
+        lag_cells = [f"{min(soak.lags, key=lambda s: abs(s[0] - m))[1][name]:,}" for m in marks]
+        out.append(f"| {name} lag (records) | " + " | ".join(lag_cells) + " |")
     out += [
         "",
-        "| reads | window | n | errors | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|",
+        "| reads | window | n | 404 | other errors | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     windows = list(pairwise(marks))
     if len(windows) > 1:
@@ -265,7 +291,7 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
             ) as client:
                 await asyncio.gather(
                     soak.load(),
-                    soak.sampler(pids, args.sample_every),
+                    soak.sampler(pids, args.sample_every, prefix),
                     *(soak.point_reader(client, 0.05) for _ in range(args.point_readers)),
                     *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
                 )

@@ -31,7 +31,11 @@ async def ensure_topics(settings: RunstoreSettings) -> None:
         with suppress(TopicAlreadyExistsError):
             await admin.create_topics(
                 [
-                    NewTopic(name=name, num_partitions=settings.partitions, replication_factor=1)
+                    NewTopic(
+                        name=name,
+                        num_partitions=settings.partitions,
+                        replication_factor=settings.topic_replication_factor,
+                    )
                     for name in missing
                 ]
             )

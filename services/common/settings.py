@@ -22,6 +22,9 @@ class RunstoreSettings(BaseSettings):
     """Prepended to every topic name: lets tests and tenants share one cluster."""
     partitions: int = Field(default=12, ge=1)
     """Partition count for commands, events, tasks and outcomes when they are created."""
+    topic_replication_factor: int = Field(default=1, ge=1)
+    """Replicas of each topic the services create (1 for a one-broker local Kafka; 3 on a
+    production cluster). Existing topics are left as they are."""
     log_level: str = "INFO"
     kafka_key_hash_memory: int = Field(default=65_536, ge=0)
     """Record keys whose partition hash a producer remembers (~100 bytes each); the

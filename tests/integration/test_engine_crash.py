@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.exactly_once import assert_exactly_once, await_outcomes, workload
-from tests.support.kafka import produce
+from tests.support.exactly_once import (
+    assert_exactly_once,
+    await_outcomes,
+    create_topics,
+    produce_paced,
+    workload,
+)
 from tests.support.stack import Stack
 
 KILLS = 20
@@ -35,19 +40,10 @@ async def test_engine_killed_twenty_times_applies_every_command_exactly_once(
         "RUNSTORE_ENGINE_SESSION_TIMEOUT_MS": "6000",
         "RUNSTORE_ENGINE_MAX_BATCH": "100",
     }
-    bootstrap = env["RUNSTORE_KAFKA_BOOTSTRAP"]
-    prefix = env["RUNSTORE_TOPIC_PREFIX"]
+    await create_topics(env)
     stack = Stack(env=env, log_dir=tmp_path)
     stack.start("engine")
     kills = 0
-
-    async def producer() -> None:
-        for i in range(0, len(commands), 40):
-            chunk = commands[i : i + 40]
-            await produce(
-                bootstrap, f"{prefix}workflows.commands", [(c["execution_id"], c) for c in chunk]
-            )
-            await asyncio.sleep(rng.uniform(0.05, 0.25))
 
     async def killer() -> None:
         nonlocal kills
@@ -60,7 +56,7 @@ async def test_engine_killed_twenty_times_applies_every_command_exactly_once(
 
     try:
         started = time.monotonic()
-        await asyncio.gather(producer(), killer())
+        await asyncio.gather(produce_paced(env, commands, rng, 40, (0.05, 0.25)), killer())
         outcome_records = await await_outcomes(env, {c["command_id"] for c in commands})
         elapsed = time.monotonic() - started
     finally:

@@ -25,11 +25,11 @@ from tests.support.exactly_once import (
     assert_exactly_once,
     assert_rebuild_equals,
     await_outcomes,
+    produce_paced,
     read_models,
     stored_commits,
     workload,
 )
-from tests.support.kafka import produce
 from tests.support.servers import free_port
 from tests.support.stack import Stack
 
@@ -54,7 +54,6 @@ async def test_three_engines_two_projectors_two_apis_survive_kills_and_a_join(
         "RUNSTORE_API_COMMAND_TIMEOUT_SECONDS": "60",
         "RUNSTORE_LOG_LEVEL": "WARNING",
     }
-    bootstrap, prefix = env["RUNSTORE_KAFKA_BOOTSTRAP"], env["RUNSTORE_TOPIC_PREFIX"]
     stack = Stack(env=env, log_dir=tmp_path)
 
     def engine(n: int) -> None:
@@ -68,14 +67,6 @@ async def test_three_engines_two_projectors_two_apis_survive_kills_and_a_join(
     stack.start("api", "api-1", api_port=free_port())
     apis = [stack.url_of("api-0"), stack.url_of("api-1")]
     http_started: dict[str, str] = {}  # execution id -> run id
-
-    async def producer() -> None:
-        for i in range(0, len(commands), 30):
-            chunk = commands[i : i + 30]
-            await produce(
-                bootstrap, f"{prefix}workflows.commands", [(c["execution_id"], c) for c in chunk]
-            )
-            await asyncio.sleep(rng.uniform(0.2, 0.4))
 
     async def http_starts() -> None:
         async with httpx.AsyncClient(headers=HEADERS, timeout=90) as client:
@@ -101,7 +92,9 @@ async def test_three_engines_two_projectors_two_apis_survive_kills_and_a_join(
     db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
     try:
         started = time.monotonic()
-        await asyncio.gather(producer(), http_starts(), chaos())
+        await asyncio.gather(
+            produce_paced(env, commands, rng, 30, (0.2, 0.4)), http_starts(), chaos()
+        )
         outcome_records = await await_outcomes(env, {c["command_id"] for c in commands})
         elapsed = time.monotonic() - started
 

@@ -23,10 +23,12 @@ from aiokafka import ConsumerRecord
 from pymongo import AsyncMongoClient
 
 from services.common.commit_log import commit_from_doc
+from services.common.kafka_topics import ensure_topics
 from services.common.readmodels.store import READ_MODELS
+from services.common.settings import RunstoreSettings
 from services.engine.memory_event_store import InMemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
-from tests.support.kafka import command, read_topic
+from tests.support.kafka import command, produce, read_topic
 
 Doc = dict[str, Any]
 
@@ -82,6 +84,36 @@ async def reference(commands: list[dict[str, Any]]) -> tuple[dict[str, list[str]
         for e in {c["execution_id"] for c in commands}
     }
     return streams, outcomes
+
+
+async def create_topics(env: dict[str, str]) -> None:
+    """The topics `env` names, created now: a producer that starts before the services
+    would otherwise race their creation (and fail on a slow machine)."""
+    await ensure_topics(
+        RunstoreSettings(
+            kafka_bootstrap=env["RUNSTORE_KAFKA_BOOTSTRAP"],
+            topic_prefix=env["RUNSTORE_TOPIC_PREFIX"],
+            partitions=int(env.get("RUNSTORE_PARTITIONS", "12")),
+        )
+    )
+
+
+async def produce_paced(
+    env: dict[str, str],
+    commands: list[dict[str, Any]],
+    rng: random.Random,
+    chunk: int,
+    pause: tuple[float, float],
+) -> None:
+    """Send `commands` in order to the commands topic, `chunk` at a time, with a random
+    pause in `pause` between chunks: a load that lasts while processes are killed."""
+    topic = f"{env['RUNSTORE_TOPIC_PREFIX']}workflows.commands"
+    for i in range(0, len(commands), chunk):
+        part = commands[i : i + chunk]
+        await produce(
+            env["RUNSTORE_KAFKA_BOOTSTRAP"], topic, [(c["execution_id"], c) for c in part]
+        )
+        await asyncio.sleep(rng.uniform(*pause))
 
 
 async def await_outcomes(

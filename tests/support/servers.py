@@ -37,13 +37,13 @@ def docker_available() -> bool:
     return True
 
 
-def local_script(name: str) -> ModuleType:
-    """A script of deploy/local/ (`infra`, `stack`) loaded as a module."""
-    if name == "stack":
-        _infra()  # stack.py imports its sibling by name
+def local_script(name: str, folder: str = "local") -> ModuleType:
+    """A script of deploy/<folder>/ (`infra`, `stack`; k8s `validate`) loaded as a module."""
+    if name != "infra":
+        _infra()  # the other scripts import infra by name
         sys.modules.setdefault("infra", sys.modules["runstore_local_infra"])
-    path = REPO / "deploy" / "local" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"runstore_local_{name}", path)
+    path = REPO / "deploy" / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"runstore_{folder}_{name}", path)
     assert spec and spec.loader, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

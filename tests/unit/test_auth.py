@@ -91,7 +91,7 @@ def limited_app(max_bytes: int = 1024, per_second: float = 1.0, burst: int = 3) 
         raise HTTPException(409, "busy")
 
     app.add_middleware(BodySizeLimit, max_bytes=max_bytes)
-    app.add_middleware(FailureBudget, per_second=per_second, burst=burst)
+    app.add_middleware(FailureBudget, per_second=per_second, burst=burst, max_clients=1000)
     return app
 
 

@@ -96,7 +96,7 @@ def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
     if fast:
         app.add_middleware(ExecuteFastPath, wiring=wiring, keys=keys)
     app.add_middleware(BodySizeLimit, max_bytes=4096)
-    app.add_middleware(FailureBudget, per_second=100.0, burst=1000)
+    app.add_middleware(FailureBudget, per_second=100.0, burst=1000, max_clients=1000)
     return app
 
 
