@@ -58,6 +58,7 @@ def _rebuild_projections() -> None:
     from services.common.mongo import mongo_client, mongo_database
     from services.common.readmodels.mongo_store import MongoReadModelStore
     from services.projector.mongo_commit_source import MongoCommitSource
+    from services.projector.parking import ParkedExecutions
     from services.projector.rebuild import rebuild
 
     settings = ProjectorSettings()
@@ -85,15 +86,53 @@ def _rebuild_projections() -> None:
                 "from commits (stop the projectors first)\n"
             )
             report = await rebuild(
-                MongoReadModelStore(db), MongoCommitSource(db), progress=progress
+                MongoReadModelStore(db),
+                MongoCommitSource(db),
+                progress=progress,
+                parking=ParkedExecutions(db),
             )
         finally:
             await client.close()
         sys.stderr.write(
             f"\nrebuilt from {report.commits} commits ({report.events} events): "
             f"{report.runs} runs, {report.executions} executions, "
-            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s\n"
+            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
+            + (
+                f"; {report.parked} executions could not be projected and are parked "
+                "(`runstore projections parked`)"
+                if report.parked
+                else ""
+            )
+            + "\n"
         )
+
+    asyncio.run(run())
+
+
+def _parked(retry: bool, execution_ids: list[str]) -> None:
+    from services.common.mongo import mongo_client, mongo_database
+    from services.projector.parking import parked_executions, request_retry
+
+    settings = ProjectorSettings()
+
+    async def run() -> None:
+        client = mongo_client(settings)
+        try:
+            db = mongo_database(client, settings)
+            if retry:
+                asked = await request_retry(db, execution_ids)
+                print(f"{asked} parked executions will be retried by their projectors")
+                return
+            parked = await parked_executions(db)
+            for d in parked:
+                print(
+                    f"{d['_id']}\tseq {d['seq']}\tpartition {d.get('partition')}\t"
+                    f"attempts {d['attempts']}\tretry at {d['retry_at']:%Y-%m-%dT%H:%M:%SZ}\t"
+                    f"{d['error']}"
+                )
+            print(f"{len(parked)} executions parked")
+        finally:
+            await client.close()
 
     asyncio.run(run())
 
@@ -111,9 +150,19 @@ def main(argv: list[str] | None = None) -> None:
         help="drop runs/executions/history and rebuild them from the commits "
         "(stop the projectors first)",
     )
+    projections_sub.add_parser(
+        "parked", help="list the executions the projector could not project (parked)"
+    )
+    retry = projections_sub.add_parser(
+        "retry", help="have the projectors retry parked executions now (all, or those named)"
+    )
+    retry.add_argument("execution_ids", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "projections":
-        _rebuild_projections()
+        if args.action == "rebuild":
+            _rebuild_projections()
+        else:
+            _parked(args.action == "retry", getattr(args, "execution_ids", []))
         return
     runners = {"engine": _run_engine, "projector": _run_projector, "api": _run_api}
     runners[args.command]()

@@ -84,6 +84,9 @@ class ProjectorSettings(RunstoreSettings):
     projector_memory_mb: int = Field(default=64, ge=0)
     """Documents the projector keeps of the executions it wrote last (0: none), so their
     next events need no reads; dropped whenever partitions move."""
+    projector_parked_check_seconds: float = Field(default=10.0, gt=0)
+    """How often the projector looks for parked executions due for a retry (and for
+    `runstore projections retry` requests)."""
 
 
 class AccessMode(StrEnum):
