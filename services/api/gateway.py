@@ -91,19 +91,23 @@ class CommandGateway:
         if waiter is not None and not waiter.done():
             waiter.set_result(outcome)
 
-    async def _publish(self, command: Command) -> None:
+    async def _publish(self, command: Command, encoded: bytes | None) -> None:
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
+        if encoded is None:
+            encoded = COMMAND_ADAPTER.dump_json(command)
         await self._publisher.publish_all(
-            [
-                Outgoing(
-                    self._topics.commands, command.execution_id, COMMAND_ADAPTER.dump_json(command)
-                )
-            ]
+            [Outgoing(self._topics.commands, command.execution_id, encoded)]
         )
 
-    async def send(self, command: Command, wait_seconds: float | None = None) -> CommandOutcome:
-        """Publish `command` and return its outcome; OutcomeTimeout if none comes in time.
+    async def send(
+        self,
+        command: Command,
+        wait_seconds: float | None = None,
+        encoded: bytes | None = None,
+    ) -> CommandOutcome:
+        """Publish `command` (as `encoded`, when the caller encoded it already) and return
+        its outcome; OutcomeTimeout if none comes in time.
 
         Concurrent sends of one command id (client retries) share a single wait.
         """
@@ -119,7 +123,7 @@ class CommandGateway:
             try:
                 # (`timeout` rather than `wait_for`: no extra task per request.)
                 async with asyncio.timeout(self._settings.api_command_timeout_seconds):
-                    await self._publish(command)
+                    await self._publish(command, encoded)
             except TimeoutError as exc:
                 # Unacknowledged, not refused: the record may still reach the topic.
                 raise OutcomeTimeout(

@@ -11,6 +11,8 @@ from enum import StrEnum
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.admission import MAX_COMMAND_BYTES
+
 
 class RunstoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNSTORE_", extra="ignore")
@@ -104,7 +106,9 @@ class ApiSettings(RunstoreSettings):
     """Comma-separated `key=user_id` pairs; unset = dev mode (any key is the dev user)."""
     api_command_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long the gateway waits for the engine's outcome before answering 504."""
-    api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    api_max_body_bytes: int = Field(default=900 * 1024, ge=1024, le=MAX_COMMAND_BYTES)
+    """Largest request body; below the largest command (schemas/admission.py), which is
+    below what the command topic accepts once the body is enveloped as a command."""
     api_instance_id: str | None = None
     """Names this API instance's outcome consumer group; generated when unset."""
     api_publish_linger_ms: int = Field(default=10, ge=0, le=1000)
