@@ -36,6 +36,7 @@ def _run_api() -> None:
     import uvicorn
 
     from services.api.app import build_app
+    from services.api.http_deadlines import deadline_protocol
 
     settings = ApiSettings()
     configure_logging(settings.log_level)
@@ -48,9 +49,15 @@ def _run_api() -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         # libuv's loop and the C HTTP parser: a third less CPU per request than the
-        # pure-Python defaults (asyncio, h11).
+        # pure-Python defaults (asyncio, h11); the parser's protocol with deadlines on
+        # reading a request (slow clients).
         loop="uvloop",
-        http="httptools",
+        http=deadline_protocol(
+            settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
+        ),
+        # Requests still running after this on SIGTERM (waits for a result, streams) are
+        # cancelled: the process exits within a bound.
+        timeout_graceful_shutdown=settings.api_shutdown_seconds,
     )
 
 

@@ -123,6 +123,14 @@ class ApiSettings(RunstoreSettings):
     """How long `execute` with `wait_for_result` waits when the body names no timeout."""
     api_wait_max_seconds: float = Field(default=3600.0, gt=0)
     api_batch_max_ids: int = Field(default=1000, ge=1)
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A request's headers must be complete this long after its connection opened (or its
+    first byte came); else 408 and the connection is closed (services/api/http_deadlines.py)."""
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A request's body must be complete this long after its headers; else 408 and close."""
+    api_shutdown_seconds: int = Field(default=5, ge=1)
+    """On SIGTERM: how long requests in flight (a `wait_for_result`, a stream) may still
+    run before they are cancelled and the API exits."""
     api_bad_requests_per_second: float = Field(default=50.0, gt=0)
     """Refill rate of each client's bucket of failed (4xx) requests; empty bucket → 429."""
     api_bad_requests_burst: int = Field(default=500, ge=1)
