@@ -82,9 +82,14 @@ def refusal(command: BaseModel, encoded_size: int | None = None) -> Refusal | No
     return None
 
 
-def value_refusal(value: Any, loc: tuple[str | int, ...] = ()) -> Refusal | None:
-    """The rule for one JSON value (the API checks request bodies with it)."""
-    return _check(value, loc, 0)
+def encoded_refusal(command: BaseModel, encoded: bytes) -> Refusal | None:
+    """`refusal` for a command about to be published as `encoded` (its exact bytes)."""
+    found = _check(command, (), 0)
+    if found is None and len(encoded) > MAX_COMMAND_BYTES:
+        found = Refusal(
+            TOO_LARGE, (), f"the command is {len(encoded)} bytes encoded, over {MAX_COMMAND_BYTES}"
+        )
+    return found
 
 
 def _check(value: Any, loc: tuple[str | int, ...], depth: int) -> Refusal | None:

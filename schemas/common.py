@@ -69,11 +69,16 @@ TERMINAL_STATUSES = frozenset(
 # The SDK puts ids into URL paths without escaping them (API.md §2), so an id holding
 # one of these characters could never be addressed again: refuse it at creation.
 _FORBIDDEN_ID_CHARS = re.compile(r"[/?#%\s]")
+# Control characters (C0, DEL, C1) and the bidirectional controls: invisible or
+# reordering in logs, terminals and UIs, so two ids that look alike would differ.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _check_identifier(value: str) -> str:
     if _FORBIDDEN_ID_CHARS.search(value):
         raise ValueError("must not contain '/', '?', '#', '%' or whitespace")
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control or bidirectional-control characters")
     if value in {".", ".."}:
         raise ValueError("must not be '.' or '..'")
     return value

@@ -77,6 +77,7 @@ def _run_api() -> None:
     import uvicorn
 
     from services.api.app import build_app
+    from services.api.http_deadlines import deadline_protocol
 
     settings = ApiSettings()
     configure_logging(settings.log_level)
@@ -90,9 +91,15 @@ def _run_api() -> None:
         access_log=False,
         limit_concurrency=settings.api_max_connections,
         # libuv's loop and the C HTTP parser: a third less CPU per request than the
-        # pure-Python defaults (asyncio, h11).
+        # pure-Python defaults (asyncio, h11); the parser's protocol with deadlines on
+        # reading a request (slow clients).
         loop="uvloop",
-        http="httptools",
+        http=deadline_protocol(
+            settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
+        ),
+        # Requests still running after this on SIGTERM (waits for a result, streams) are
+        # cancelled: the process exits within a bound.
+        timeout_graceful_shutdown=settings.api_shutdown_seconds,
     )
 
 
@@ -113,6 +120,7 @@ def _rebuild_projections() -> None:
     from services.common.mongo import mongo_client, mongo_database
     from services.common.readmodels.mongo_store import MongoReadModelStore
     from services.projector.mongo_commit_source import MongoCommitSource
+    from services.projector.parking import ParkedExecutions
     from services.projector.rebuild import rebuild
 
     settings = ProjectorSettings()
@@ -140,15 +148,53 @@ def _rebuild_projections() -> None:
                 "from commits (stop the projectors first)\n"
             )
             report = await rebuild(
-                MongoReadModelStore(db), MongoCommitSource(db), progress=progress
+                MongoReadModelStore(db),
+                MongoCommitSource(db),
+                progress=progress,
+                parking=ParkedExecutions(db),
             )
         finally:
             await client.close()
         sys.stderr.write(
             f"\nrebuilt from {report.commits} commits ({report.events} events): "
             f"{report.runs} runs, {report.executions} executions, "
-            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s\n"
+            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
+            + (
+                f"; {report.parked} executions could not be projected and are parked "
+                "(`runstore projections parked`)"
+                if report.parked
+                else ""
+            )
+            + "\n"
         )
+
+    asyncio.run(run())
+
+
+def _parked(retry: bool, execution_ids: list[str]) -> None:
+    from services.common.mongo import mongo_client, mongo_database
+    from services.projector.parking import parked_executions, request_retry
+
+    settings = ProjectorSettings()
+
+    async def run() -> None:
+        client = mongo_client(settings)
+        try:
+            db = mongo_database(client, settings)
+            if retry:
+                asked = await request_retry(db, execution_ids)
+                print(f"{asked} parked executions will be retried by their projectors")
+                return
+            parked = await parked_executions(db)
+            for d in parked:
+                print(
+                    f"{d['_id']}\tseq {d['seq']}\tpartition {d.get('partition')}\t"
+                    f"attempts {d['attempts']}\tretry at {d['retry_at']:%Y-%m-%dT%H:%M:%SZ}\t"
+                    f"{d['error']}"
+                )
+            print(f"{len(parked)} executions parked")
+        finally:
+            await client.close()
 
     asyncio.run(run())
 
@@ -180,9 +226,19 @@ def main(argv: list[str] | None = None) -> None:
         help="drop runs/executions/history and rebuild them from the commits "
         "(stop the projectors first)",
     )
+    projections_sub.add_parser(
+        "parked", help="list the executions the projector could not project (parked)"
+    )
+    retry = projections_sub.add_parser(
+        "retry", help="have the projectors retry parked executions now (all, or those named)"
+    )
+    retry.add_argument("execution_ids", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "projections":
-        _rebuild_projections()
+        if args.action == "rebuild":
+            _rebuild_projections()
+        else:
+            _parked(args.action == "retry", getattr(args, "execution_ids", []))
         return
     if args.command == "worker":
         _run_worker(args.module, args.deployment)

@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from services.api import (
     routes_catalogue,
@@ -87,6 +90,18 @@ def build_app(settings: ApiSettings) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own 422, unless an error quotes a value JSON cannot hold (a number
+        # that overflowed to infinity): then without the quoted inputs, not a 500.
+        try:
+            return await request_validation_exception_handler(request, exc)
+        except ValueError:
+            detail = [
+                {k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()
+            ]
+            return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -9,6 +9,8 @@
 | no worker handles the workflow (queries, updates) | 409 `no_worker` |
 | the engine did not answer in time | 504 (the command may still apply) |
 | the command could not be published | 503 (it was not applied) |
+| the admission rule refuses the command: too large | 413 `too_large` |
+| the admission rule refuses a value in it | 422 `payload_refused` (FastAPI's shape) |
 
 Bodies are `{"detail": "<code>: <message>"}`; 422s keep FastAPI's `detail` list.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from fastapi import HTTPException
 
+from schemas.admission import TOO_LARGE, Refusal
 from schemas.outcomes import CommandOutcome, RejectionCode
 
 _STATUS = {
@@ -72,3 +75,11 @@ def not_found(what: str, ident: str) -> HTTPException:
 def invalid(loc: list[str | int], msg: str, kind: str = "value_error") -> HTTPException:
     """A 422 shaped like FastAPI's own (the SDK parses it as HTTPValidationError)."""
     return HTTPException(status_code=422, detail=[{"loc": loc, "msg": msg, "type": kind}])
+
+
+def refused(refusal: Refusal) -> HTTPException:
+    """A command the admission rule refuses, as the engine would dead-letter it."""
+    if refusal.code == TOO_LARGE:
+        return HTTPException(status_code=413, detail=f"{TOO_LARGE}: {refusal.message}")
+    loc: list[str | int] = ["body", *refusal.loc[1:]] if refusal.loc else ["body"]
+    return invalid(loc, refusal.message, refusal.code)

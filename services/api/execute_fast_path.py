@@ -18,7 +18,6 @@ every error keeps FastAPI's own shape.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
+from services.api.request_json import parse_json
 from services.api.routes_commands import RESERVED_WORKFLOW_NAMES, start_execution
 from services.api.shapes import ExecuteRequest
 
@@ -107,10 +107,10 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 def _parse(body: bytes) -> ExecuteRequest | None:
-    """The body as the route would validate it (`json.loads`, then the model), or None
+    """The body as the route would validate it (`parse_json`, then the model), or None
     when FastAPI should answer it."""
     try:
-        value: Any = json.loads(body)
+        value: Any = parse_json(body)
     except ValueError:
         return None
     if not isinstance(value, dict):

@@ -73,15 +73,13 @@ class CommandGateway:
         if waiter is not None and not waiter.done():
             waiter.set_result(outcome)
 
-    async def _publish(self, command: Command) -> None:
+    async def _publish(self, command: Command, encoded: bytes | None) -> None:
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
+        if encoded is None:
+            encoded = COMMAND_ADAPTER.dump_json(command)
         await self._publisher.publish_all(
-            [
-                Outgoing(
-                    self._topics.commands, command.execution_id, COMMAND_ADAPTER.dump_json(command)
-                )
-            ]
+            [Outgoing(self._topics.commands, command.execution_id, encoded)]
         )
 
     async def publish(self, records: list[Outgoing]) -> None:
@@ -103,8 +101,14 @@ class CommandGateway:
     def forget(self, command_id: str) -> None:
         self._waiting.pop(command_id, None)
 
-    async def send(self, command: Command, wait_seconds: float | None = None) -> CommandOutcome:
-        """Publish `command` and return its outcome; OutcomeTimeout if none comes in time.
+    async def send(
+        self,
+        command: Command,
+        wait_seconds: float | None = None,
+        encoded: bytes | None = None,
+    ) -> CommandOutcome:
+        """Publish `command` (as `encoded`, when the caller encoded it already) and return
+        its outcome; OutcomeTimeout if none comes in time.
 
         Concurrent sends of one command id (client retries) share a single wait.
         """
@@ -120,7 +124,7 @@ class CommandGateway:
             try:
                 # (`timeout` rather than `wait_for`: no extra task per request.)
                 async with asyncio.timeout(self._settings.api_command_timeout_seconds):
-                    await self._publish(command)
+                    await self._publish(command, encoded)
             except TimeoutError as exc:
                 # Unacknowledged, not refused: the record may still reach the topic.
                 raise OutcomeTimeout(

@@ -15,7 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Path, Response
 from pydantic import TypeAdapter, ValidationError
 
+from schemas import admission
 from schemas.commands import (
+    COMMAND_ADAPTER,
     CancelExecution,
     Command,
     ReasonPayload,
@@ -49,12 +51,13 @@ from services.api.event_fanout import (
     Subscription,
 )
 from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
+from services.api.request_json import StrictJsonRoute
 from services.api.run_reader import RunReader
 from services.api.shapes import ExecuteExtensions, ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 Document = dict[str, Any]
 
@@ -310,9 +313,17 @@ async def reset(
 
 
 async def apply_command(gateway: CommandGateway, command: Command) -> CommandOutcome:
-    """The accepted outcome of `command`, or the HTTP error that says what happened."""
+    """The accepted outcome of `command`, or the HTTP error that says what happened.
+
+    The admission rule (schemas/admission.py) is applied first, as the engine applies it:
+    a command it would dead-let is refused here (413 too large, 422 otherwise), instead
+    of being published and answered 504 when no outcome comes."""
+    encoded = COMMAND_ADAPTER.dump_json(command)
+    refused = admission.encoded_refusal(command, encoded)
+    if refused is not None:
+        raise errors.refused(refused)
     try:
-        outcome = await gateway.send(command)
+        outcome = await gateway.send(command, encoded=encoded)
     except OutcomeTimeout as exc:
         raise errors.gateway_timeout(str(exc)) from exc
     except PublishFailed as exc:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from services.api.deps import Identified, RunsReader
 from services.api.errors import invalid, not_found
+from services.api.request_json import StrictJsonRoute
 from services.api.run_list import BadPageToken, BadSearchKey, RunFilter, parse_search_keys
 from services.api.run_reader import (
     MAX_HISTORY_PAGE,
@@ -27,7 +28,7 @@ from services.api.shapes import (
     list_item_from_run,
 )
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 _JSON = "application/json"
 

@@ -17,6 +17,7 @@ from services.api import errors
 from services.api.access import execution_query, existing_execution, known_execution_id
 from services.api.deps import Access, Authed, Database, Fanout, Reader, Settings
 from services.api.public_events import BEFORE_ALL, Position, parse_position
+from services.api.request_json import StrictJsonRoute
 from services.api.sse import (
     BrokerStream,
     EventFilter,
@@ -26,7 +27,7 @@ from services.api.sse import (
 )
 from services.common.commit_log import COMMITS
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 PUBLIC_EVENT_TYPES = frozenset(t.value for t in EventType if t.is_public)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -11,6 +11,8 @@ from enum import StrEnum
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.admission import MAX_COMMAND_BYTES
+
 
 class RunstoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNSTORE_", extra="ignore")
@@ -95,6 +97,9 @@ class ProjectorSettings(RunstoreSettings):
     projector_memory_mb: int = Field(default=64, ge=0)
     """Documents the projector keeps of the executions it wrote last (0: none), so their
     next events need no reads; dropped whenever partitions move."""
+    projector_parked_check_seconds: float = Field(default=10.0, gt=0)
+    """How often the projector looks for parked executions due for a retry (and for
+    `runstore projections retry` requests)."""
 
 
 class WorkerSettings(RunstoreSettings):
@@ -142,7 +147,9 @@ class ApiSettings(RunstoreSettings):
     """Comma-separated `key=user_id` pairs; unset = dev mode (any key is the dev user)."""
     api_command_timeout_seconds: float = Field(default=10.0, gt=0)
     """How long the gateway waits for the engine's outcome before answering 504."""
-    api_max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    api_max_body_bytes: int = Field(default=900 * 1024, ge=1024, le=MAX_COMMAND_BYTES)
+    """Largest request body; below the largest command (schemas/admission.py), which is
+    below what the command topic accepts once the body is enveloped as a command."""
     api_instance_id: str | None = None
     """Names this API instance's outcome consumer group; generated when unset."""
     api_publish_linger_ms: int = Field(default=10, ge=0, le=1000)
@@ -171,6 +178,14 @@ class ApiSettings(RunstoreSettings):
     more are answered 503 (uvicorn `limit_concurrency`). Bounds the memory of streams."""
     api_failure_clients: int = Field(default=50_000, ge=100)
     """Client addresses whose failed-request bucket is remembered (least recent out)."""
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A request's headers must be complete this long after its connection opened (or its
+    first byte came); else 408 and the connection is closed (services/api/http_deadlines.py)."""
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A request's body must be complete this long after its headers; else 408 and close."""
+    api_shutdown_seconds: int = Field(default=5, ge=1)
+    """On SIGTERM: how long requests in flight (a `wait_for_result`, a stream) may still
+    run before they are cancelled and the API exits."""
     api_bad_requests_per_second: float = Field(default=50.0, gt=0)
     """Refill rate of each client's bucket of failed (4xx) requests; empty bucket → 429."""
     api_bad_requests_burst: int = Field(default=500, ge=1)

@@ -14,6 +14,10 @@ documents, a replace 6; measured 0.66, 1.0 and 0.16 ms of its CPU):
 
 All of one execution's events in a batch are folded first, so each document is written
 at most once per batch, whatever the number of events.
+
+A batch that fails for a reason other than an unavailable server is projected again one
+execution at a time, and an execution that still fails is parked (services/projector/
+parking.py): the others go on.
 """
 
 from __future__ import annotations
@@ -24,15 +28,19 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from schemas.commits import Commit
 from schemas.events import Event
 from services.common.readmodels.projection import ReadModelDocs, history_chunk_id, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
 from services.projector.commit_source import CommitSource
+from services.projector.parking import ParkedExecutions, is_transient
 
 log = logging.getLogger(__name__)
 
 # Memory a remembered execution is charged beyond its history bodies (pointer, run row).
 _ENTRY_BYTES = 2048
+# Commits read per round trip when a parked execution is retried.
+_RETRY_READ = 100
 
 
 @dataclass(slots=True)
@@ -127,20 +135,87 @@ class Projector:
         store: ReadModelStore,
         commits: CommitSource | None = None,
         memory_bytes: int = 64 << 20,
+        parking: ParkedExecutions | None = None,
     ) -> None:
         self._store = store
         self._commits = commits
         self.known = KnownDocuments(memory_bytes)
+        self.parking = parking
 
     def forget(self) -> None:
         """Stop trusting remembered documents (partitions moved, or a batch failed)."""
         self.known.forget()
 
-    async def apply(self, events: Iterable[Event]) -> int:
-        """Project `events` (in stream order per execution); returns how many were given."""
+    async def apply(
+        self, events: Iterable[Event], partitions: Mapping[str, int] | None = None
+    ) -> int:
+        """Project `events` (in stream order per execution); returns how many were given.
+
+        With parking: events of parked executions are skipped, and an execution whose
+        events cannot be projected is parked (`partitions`: where each execution's events
+        come from, recorded with it) instead of failing the batch."""
         given = list(events)
+        count = len(given)
+        parking = self.parking
+        if parking is None:
+            await self._apply(given)
+            return count
+        if parking.entries:
+            given = [e for e in given if not parking.is_parked(e.execution_id)]
+        try:
+            await self._apply(given)
+        except Exception as exc:
+            if isinstance(exc, ConcurrentWriter) or is_transient(exc):
+                raise
+            self.forget()  # which of its writes happened is unknown
+            log.warning("projecting a batch failed (%r); projecting it execution by execution", exc)
+            by_execution: dict[str, list[Event]] = {}
+            for e in given:
+                by_execution.setdefault(e.execution_id, []).append(e)
+            for execution_id, own in by_execution.items():
+                await self._apply_or_park(
+                    execution_id, own, (partitions or {}).get(execution_id), own[0].seq
+                )
+        return count
+
+    async def _apply_or_park(
+        self, execution_id: str, events: list[Event], partition: int | None, seq: int
+    ) -> bool:
+        assert self.parking is not None
+        try:
+            await self._apply(events)
+        except Exception as exc:
+            if isinstance(exc, ConcurrentWriter) or is_transient(exc):
+                raise
+            self.known.drop(execution_id)
+            await self.parking.park(execution_id, partition, seq, exc)
+            return False
+        return True
+
+    async def retry_parked(self, execution_id: str) -> bool:
+        """Fold a parked execution's commits after what its read models reflect; unpark it
+        if that works (True), park it again for later if not."""
+        if self.parking is None or self._commits is None:
+            raise RuntimeError("retry_parked needs parking and a commit source")
+        pointer = (await self._store.load(EXECUTIONS, {execution_id})).get(execution_id)
+        after = int(pointer["seq"]) if pointer else 0
+        commits: list[Commit] = []
+        while True:
+            first = after + 1 + len(commits)
+            found = await self._commits.read(execution_id, range(first, first + _RETRY_READ))
+            commits.extend(found)
+            if len(found) < _RETRY_READ:
+                break
+        self.known.drop(execution_id)
+        events = [e for c in commits for e in c.events]
+        if events and not await self._apply_or_park(execution_id, events, None, after + 1):
+            return False
+        await self.parking.unpark(execution_id)
+        return True
+
+    async def _apply(self, given: list[Event]) -> None:
         if not given:
-            return 0
+            return
         first_seen: dict[str, Event] = {}
         for e in given:
             first_seen.setdefault(e.execution_id, e)
@@ -159,7 +234,6 @@ class Projector:
             if again:
                 # Documents appeared between a read and an insert: another writer.
                 raise ConcurrentWriter(sorted(again))
-        return len(given)
 
     async def _project(self, events: list[Event], fresh: set[str]) -> set[str]:
         """One pass: fold, then write history → runs → pointers. Returns the executions

@@ -3,6 +3,10 @@
 The projector must be stopped while this runs (each read-model document has one writer
 at a time). When it starts again it resumes from its committed offsets; the events it
 re-reads are already reflected and the position guards skip them.
+
+With `parking`, an execution whose commits cannot be projected does not stop the rebuild:
+it is parked (services/projector/parking.py) and the rebuild goes on; the parked set is
+emptied first, since everything is folded again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from schemas.events import Event
 from services.common.readmodels.projection import ReadModelDocs, ids_touched, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
 from services.projector.commit_source import CommitSource
+from services.projector.parking import ParkedExecutions, is_transient
 
 Progress = Callable[[int, int], None]
 """Called with (commits done, commits expected) after each flush."""
@@ -26,6 +31,7 @@ class RebuildReport:
     runs: int
     executions: int
     history_chunks: int
+    parked: int = 0
 
 
 async def rebuild(
@@ -34,11 +40,15 @@ async def rebuild(
     *,
     batch_events: int = 5000,
     progress: Progress | None = None,
+    parking: ParkedExecutions | None = None,
 ) -> RebuildReport:
     """Drop runs/executions/history and rebuild them from every commit."""
     total = await commits.count()
     await store.drop_all()
     await store.setup()
+    if parking is not None:
+        await parking.clear()
+    parked = 0
     flushed: set[str] = set()  # executions already written by an earlier flush
     pending: list[Event] = []
     current: str | None = None
@@ -46,10 +56,30 @@ async def rebuild(
     counts = {RUNS: 0, EXECUTIONS: 0, HISTORY: 0}
 
     async def flush() -> None:
-        nonlocal pending
+        nonlocal pending, parked
         if not pending:
             return
-        written = await _write(store, pending, flushed)
+        try:
+            written = await _write(store, pending, flushed)
+        except Exception as exc:
+            if parking is None or is_transient(exc):
+                raise
+            # Execution by execution, replacing what the failed attempt may have written.
+            written = dict.fromkeys(counts, 0)
+            by_execution: dict[str, list[Event]] = {}
+            for e in pending:
+                by_execution.setdefault(e.execution_id, []).append(e)
+            for execution_id, own in by_execution.items():
+                try:
+                    one = await _write(store, own, flushed | {execution_id})
+                except Exception as one_exc:
+                    if is_transient(one_exc):
+                        raise
+                    await parking.park(execution_id, None, own[0].seq, one_exc)
+                    parked += 1
+                    continue
+                for name, n in one.items():
+                    written[name] += n
         for name, n in written.items():
             counts[name] += n
         flushed.update(e.execution_id for e in pending)
@@ -69,7 +99,7 @@ async def rebuild(
     await flush()
     if progress is not None:
         progress(done, max(total, done))
-    return RebuildReport(done, events, counts[RUNS], counts[EXECUTIONS], counts[HISTORY])
+    return RebuildReport(done, events, counts[RUNS], counts[EXECUTIONS], counts[HISTORY], parked)
 
 
 async def _write(store: ReadModelStore, events: list[Event], flushed: set[str]) -> dict[str, int]:

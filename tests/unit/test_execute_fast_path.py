@@ -39,7 +39,9 @@ class EngineLikeGateway:
     def __init__(self) -> None:
         self.sent: list[Command] = []
 
-    async def send(self, command: Command, wait_seconds: float | None = None) -> CommandOutcome:
+    async def send(
+        self, command: Command, wait_seconds: float | None = None, encoded: bytes | None = None
+    ) -> CommandOutcome:
         self.sent.append(command)
         if command.execution_id.startswith("slow-"):
             raise OutcomeTimeout(f"the engine did not answer for {command.execution_id}")
