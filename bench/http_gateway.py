@@ -70,9 +70,13 @@ KEY = "bench-key"
 
 @contextmanager
 def runstore_stack(
-    workdir: Path, services: tuple[str, ...] = ("engine", "projector", "api")
+    workdir: Path,
+    services: tuple[str | tuple[str, ...], ...] = ("engine", "projector", "api"),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, dict[str, int]]]:
-    """The API URL, and the pid of every process of the stack (for CPU accounting)."""
+    """The API URL, and the pid of every process of the stack (for CPU accounting). A
+    service is a name or a tuple of `runstore` arguments (e.g. a worker and its module);
+    the API must come last."""
     with ExitStack() as stack:
         kafka, mongo, pids = stack.enter_context(bench_servers(workdir))
         tag = uuid.uuid4().hex[:8]
@@ -100,11 +104,14 @@ def runstore_stack(
                     os.killpg(proc.pid, signal.SIGKILL)
 
         stack.callback(stop_all)
+        env.update(extra_env or {})
         for service in services:
+            args = (service,) if isinstance(service, str) else service
+            service = args[0]
             log = (workdir / f"{service}.log").open("ab")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", service],
+                    [sys.executable, "-m", "services.cli", *args],
                     cwd=REPO,
                     env=env,
                     stdout=log,

@@ -22,14 +22,10 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,78 +34,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
-import infra  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
-from http_gateway import temporal_binary, temporal_server  # noqa: E402
+from http_gateway import KEY, runstore_stack, temporal_binary, temporal_server  # noqa: E402
 from loadgen import HttpConnection, Result, drive, pct  # noqa: E402
 from peers.procs import process  # noqa: E402
-from servers import bench_servers  # noqa: E402
 
-KEY = "bench-key"
-SERVICES: tuple[tuple[str, ...], ...] = (
-    ("engine",),
-    ("projector",),
+SERVICES: tuple[str | tuple[str, ...], ...] = (
+    "engine",
+    "projector",
     ("worker", "--module", "bench_workflows"),
-    ("api",),
+    "api",
 )
-
-
-@contextmanager
-def runstore_stack(workdir: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    with ExitStack() as stack:
-        kafka, mongo, pids = stack.enter_context(bench_servers(workdir))
-        tag = uuid.uuid4().hex[:8]
-        port = infra.free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{REPO}:{REPO / 'bench'}",
-            "RUNSTORE_KAFKA_BOOTSTRAP": kafka,
-            "RUNSTORE_MONGO_URL": mongo,
-            "RUNSTORE_MONGO_DATABASE": f"bench_{tag}",
-            "RUNSTORE_TOPIC_PREFIX": f"bench{tag}.",
-            "RUNSTORE_API_KEYS": f"{KEY}=bench",
-            "RUNSTORE_API_PORT": str(port),
-            "RUNSTORE_API_ALLOW_UNREGISTERED": "true",
-            "RUNSTORE_LOG_LEVEL": "WARNING",
-        }
-        procs: list[subprocess.Popen[bytes]] = []
-
-        def stop_all() -> None:
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-        stack.callback(stop_all)
-        for args in SERVICES:
-            log = (workdir / f"{args[0]}.log").open("ab")
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", *args],
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            pids[args[0]] = procs[-1].pid
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        import urllib.request
-
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"api did not start; see {workdir / 'api.log'}") from None
-                time.sleep(0.2)
-        yield url, pids
+ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'bench'}", "RUNSTORE_API_ALLOW_UNREGISTERED": "true"}
 
 
 async def bench_runstore(
@@ -237,7 +173,7 @@ def main() -> int:
     rows: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="runstore-workers-bench-") as tmp:
         work = Path(tmp)
-        with runstore_stack(work) as (url, pids):
+        with runstore_stack(work, SERVICES, ENV) as (url, pids):
             rows.append(
                 asyncio.run(bench_runstore(url, pids, args.clients, args.seconds, args.warmup))
             )

@@ -578,12 +578,8 @@ class Worker:
         definition = self.workflows.get(task.workflow_name)
         # Brought up to date first: inputs the code has not seen yet are delivered.
         instance = await self._advance(task) if definition is not None else None
-        reply = WorkerReply(
-            request_id=task.request_id,
-            execution_id=task.execution_id,
-            kind=kind,
-            ok=False,
-            worker_id=self.worker_id,
+        reply = self._reply(
+            task,
             error=ReplyError(
                 code="query_failed" if kind == "query" else "update_failed",
                 message=f"workflow {task.workflow_name!r} has no history this worker can load",
@@ -597,56 +593,68 @@ class Worker:
             )
         await self._send(self.settings.topics.replies, task.execution_id, reply)
 
+    def _reply(
+        self,
+        task: WorkflowTask,
+        *,
+        result: Any = None,
+        error: ReplyError | None = None,
+        command_id: str | None = None,
+    ) -> WorkerReply:
+        assert task.request_id is not None
+        return WorkerReply(
+            request_id=task.request_id,
+            execution_id=task.execution_id,
+            kind="update" if task.kind == "update" else "query",
+            ok=error is None,
+            result=result,
+            error=error,
+            command_id=command_id,
+            worker_id=self.worker_id,
+        )
+
+    @staticmethod
+    def _unknown(task: WorkflowTask, definition: WorkflowDefinition) -> ReplyError | None:
+        """The error for a handler name the workflow does not have, with those it has."""
+        kind = "update" if task.kind == "update" else "query"
+        handlers = definition.updates if kind == "update" else definition.queries
+        if task.name in handlers:
+            return None
+        return ReplyError(
+            code="unknown_update" if kind == "update" else "unknown_query",
+            message=f"workflow {definition.name!r} has no {kind} {task.name!r}",
+            known_names=sorted(handlers),
+        )
+
     def _query(
         self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
     ) -> WorkerReply:
-        assert task.request_id is not None
         assert task.name is not None
-        base = {
-            "request_id": task.request_id,
-            "execution_id": task.execution_id,
-            "kind": "query",
-            "worker_id": self.worker_id,
-        }
-        if task.name not in definition.queries:
-            error = ReplyError(
-                code="unknown_query",
-                message=f"workflow {definition.name!r} has no query {task.name!r}",
-                known_names=sorted(definition.queries),
-            )
-            return WorkerReply(ok=False, error=error, **base)
+        unknown = self._unknown(task, definition)
+        if unknown is not None:
+            return self._reply(task, error=unknown)
         try:
-            return WorkerReply(ok=True, result=instance.query(task.name, task.input), **base)
+            return self._reply(task, result=instance.query(task.name, task.input))
         except Exception as exc:
-            error = ReplyError(code="query_failed", message=f"{type(exc).__name__}: {exc}")
-            return WorkerReply(ok=False, error=error, **base)
+            message = f"{type(exc).__name__}: {exc}"
+            return self._reply(task, error=ReplyError(code="query_failed", message=message))
 
     async def _update(
         self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
     ) -> WorkerReply:
         assert task.request_id is not None
         assert task.name is not None
-        base = {
-            "request_id": task.request_id,
-            "execution_id": task.execution_id,
-            "kind": "update",
-            "worker_id": self.worker_id,
-        }
-        if task.name not in definition.updates:
-            error = ReplyError(
-                code="unknown_update",
-                message=f"workflow {definition.name!r} has no update {task.name!r}",
-                known_names=sorted(definition.updates),
-            )
-            return WorkerReply(ok=False, error=error, **base)
+        unknown = self._unknown(task, definition)
+        if unknown is not None:
+            return self._reply(task, error=unknown)
         if instance.finished:
-            error = ReplyError(code="update_rejected", message="the run is closed")
-            return WorkerReply(ok=False, error=error, **base)
+            closed = ReplyError(code="update_rejected", message="the run is closed")
+            return self._reply(task, error=closed)
         try:
             instance.validate_update(task.name, task.input)
         except Exception as exc:
-            error = ReplyError(code="update_rejected", message=f"{type(exc).__name__}: {exc}")
-            return WorkerReply(ok=False, error=error, **base)
+            message = f"{type(exc).__name__}: {exc}"
+            return self._reply(task, error=ReplyError(code="update_rejected", message=message))
         command_id = f"update:{task.request_id}"
         try:
             instance.go_live()
@@ -654,21 +662,18 @@ class Worker:
             await self._drive(instance)
         except (NondeterminismError, _Rebuild) as exc:
             self._cache.pop(task.execution_id, None)
-            error = ReplyError(code="update_failed", message=str(exc))
-            return WorkerReply(ok=False, error=error, **base)
+            return self._reply(task, error=ReplyError(code="update_failed", message=str(exc)))
         outcome_result = instance.update_result(task.request_id)
         await self._flush(instance, command_id)
         if outcome_result is None:
-            error = ReplyError(
-                code="update_failed",
-                message="the update handler is still waiting; its result will be in the history",
-            )
-            return WorkerReply(ok=False, error=error, command_id=command_id, **base)
+            waiting = "the update handler is still waiting; its result will be in the history"
+            error = ReplyError(code="update_failed", message=waiting)
+            return self._reply(task, error=error, command_id=command_id)
         ok, value = outcome_result
         if not ok:
             error = ReplyError(code="update_failed", message=str(value))
-            return WorkerReply(ok=False, error=error, command_id=command_id, **base)
-        return WorkerReply(ok=True, result=value, command_id=command_id, **base)
+            return self._reply(task, error=error, command_id=command_id)
+        return self._reply(task, result=value, command_id=command_id)
 
 
 class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
