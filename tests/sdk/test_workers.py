@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from mistralai.client import Mistral
+from pymongo import MongoClient
 
+from services.common.commit_log import commit_from_doc
 from tests.conftest import isolated_env
 from tests.support.eventually import wait_until
 from tests.support.stack import Stack
@@ -215,3 +217,35 @@ def test_workflow_log_lines_reach_the_execution_logs(client: Mistral) -> None:
         assert any("waiting for 1 approval(s) of 'logged'" in b for b in bodies), bodies
 
     wait_until(logged, timeout=30)
+
+
+def test_a_deployment_name_routes_the_run_to_that_deployments_workers(
+    client: Mistral, worker_stack: Stack
+) -> None:
+    blue_args = ["--module", "examples.workflows", "--deployment", "blue"]
+    worker_stack.start("worker", instance="worker-blue", args=blue_args)
+    try:
+        execution_id = new_id("blue")
+        client.workflows.execute_workflow(
+            workflow_identifier="runstore-echo",
+            input={"to": "blue"},
+            deployment_name="blue",
+            execution_id=execution_id,
+        )
+        wait_for_status(client, execution_id, "COMPLETED", timeout=60)
+        assert result_of(client, execution_id) == {"to": "blue"}
+        env = worker_stack.env
+        with MongoClient(env["RUNSTORE_MONGO_URL"]) as mongo:
+            docs = mongo[env["RUNSTORE_MONGO_DATABASE"]]["commits"].find(
+                {"execution_id": execution_id}
+            )
+            reporters = {
+                e.attributes.worker_id  # type: ignore[union-attr]
+                for c in map(commit_from_doc, docs)
+                for e in c.events
+                if e.type == "WORKFLOW_TASK_COMPLETED"
+            }
+        blue_pid = worker_stack.procs["worker-blue"].pid
+        assert reporters == {f"{socket.gethostname()}:{blue_pid}"}
+    finally:
+        worker_stack.stop("worker-blue")
