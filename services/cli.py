@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -55,6 +54,15 @@ def _run_api() -> None:
 
 
 def _rebuild_projections() -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from services.common.mongo import mongo_client, mongo_database
     from services.common.readmodels.mongo_store import MongoReadModelStore
     from services.projector.mongo_commit_source import MongoCommitSource
@@ -63,60 +71,64 @@ def _rebuild_projections() -> None:
     settings = ProjectorSettings()
     configure_logging(settings.log_level)
     started = time.monotonic()
+    bar = Progress(
+        TextColumn("rebuild"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("commits"),
+        TaskProgressColumn(),
+        # The rate over the whole rebuild so far: commits folded per second.
+        TextColumn("{task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+    task = bar.add_task("rebuild", total=None, rate=0.0)
 
     def progress(done: int, total: int) -> None:
-        # One stderr line redrawn in place: the commits folded so far and the rate.
         elapsed = max(time.monotonic() - started, 1e-9)
-        share = done / total if total else 1.0
-        width = 30
-        bar = "#" * int(share * width)
-        sys.stderr.write(
-            f"\rrebuild [{bar:<{width}}] {done}/{total} commits "
-            f"({share:.0%}, {done / elapsed:,.0f}/s)"
-        )
-        sys.stderr.flush()
+        bar.update(task, completed=done, total=total, rate=done / elapsed)
 
     async def run() -> None:
         client = mongo_client(settings)
         try:
             db = mongo_database(client, settings)
-            sys.stderr.write(
+            bar.console.print(
                 f"rebuilding runs, executions and history in {settings.mongo_database!r} "
-                "from commits (stop the projectors first)\n"
+                "from commits (stop the projectors first)"
             )
-            report = await rebuild(
-                MongoReadModelStore(db), MongoCommitSource(db), progress=progress
-            )
+            with bar:
+                report = await rebuild(
+                    MongoReadModelStore(db), MongoCommitSource(db), progress=progress
+                )
         finally:
             await client.close()
-        sys.stderr.write(
-            f"\nrebuilt from {report.commits} commits ({report.events} events): "
+        bar.console.print(
+            f"rebuilt from {report.commits} commits ({report.events} events): "
             f"{report.runs} runs, {report.executions} executions, "
-            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s\n"
+            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
         )
 
     asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="runstore", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("engine", help="apply commands from Kafka to the event store")
-    sub.add_parser("projector", help="project events into the read models")
-    sub.add_parser("api", help="serve the HTTP API")
-    projections = sub.add_parser("projections", help="operate on the read models")
-    projections_sub = projections.add_subparsers(dest="action", required=True)
-    projections_sub.add_parser(
+    """`runstore`: the service commands (as the stack starts them) and the operator's
+    commands of services/console."""
+    import typer
+
+    from services.console.app import app
+
+    app.command("engine", help="Apply commands from Kafka to the event store.")(_run_engine)
+    app.command("projector", help="Project events into the read models.")(_run_projector)
+    app.command("api", help="Serve the HTTP API and the web UI.")(_run_api)
+    projections = typer.Typer(help="Operate on the read models.", no_args_is_help=True)
+    projections.command(
         "rebuild",
-        help="drop runs/executions/history and rebuild them from the commits "
-        "(stop the projectors first)",
-    )
-    args = parser.parse_args(argv)
-    if args.command == "projections":
-        _rebuild_projections()
-        return
-    runners = {"engine": _run_engine, "projector": _run_projector, "api": _run_api}
-    runners[args.command]()
+        help="Drop runs/executions/history and rebuild them from the commits "
+        "(stop the projectors first).",
+    )(_rebuild_projections)
+    app.add_typer(projections, name="projections")
+    app(args=argv, prog_name="runstore")
 
 
 if __name__ == "__main__":

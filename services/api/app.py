@@ -20,7 +20,10 @@ from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_list import PageTokens
 from services.api.run_reader import RunReader
+from services.common.health import Health
+from services.common.http_observability import RequestMetrics, add_probe_routes
 from services.common.kafka_topics import ensure_topics
+from services.common.metrics import SSE_SUBSCRIBERS
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import ApiSettings
 
@@ -33,6 +36,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
     db = mongo_database(client, settings)
     gateway = CommandGateway(settings)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
+    health = Health(settings, client, consumer=False)
+    SSE_SUBSCRIBERS.set_function(lambda: fanout.subscriber_count)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +54,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         finally:
             await fanout.stop()
             await gateway.stop()
+            await health.close()
             await client.close()
 
     app = FastAPI(title="Runstore", version="0.1.0", lifespan=lifespan)
@@ -68,9 +74,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         db=db,
     )
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    add_probe_routes(app, health)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -92,4 +96,5 @@ def build_app(settings: ApiSettings) -> FastAPI:
         per_second=settings.api_bad_requests_per_second,
         burst=settings.api_bad_requests_burst,
     )
+    app.add_middleware(RequestMetrics)
     return app

@@ -23,6 +23,8 @@ class RunstoreSettings(BaseSettings):
     partitions: int = Field(default=12, ge=1)
     """Partition count for commands, events, tasks and outcomes when they are created."""
     log_level: str = "INFO"
+    health_host: str = "127.0.0.1"
+    """Interface of the /healthz, /readyz, /metrics port of services without an HTTP API."""
 
     @property
     def topics(self) -> Topics:
@@ -76,6 +78,8 @@ class EngineSettings(RunstoreSettings):
     """Longest time between full garbage collections (there is also one whenever the
     heap has grown by a quarter); between them, each batch's survivors are frozen
     instead of collected (services/common/runtime.py `BatchCollector`)."""
+    engine_health_port: int | None = 9464
+    """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 
 
 class ProjectorSettings(RunstoreSettings):
@@ -84,6 +88,8 @@ class ProjectorSettings(RunstoreSettings):
     projector_memory_mb: int = Field(default=64, ge=0)
     """Documents the projector keeps of the executions it wrote last (0: none), so their
     next events need no reads; dropped whenever partitions move."""
+    projector_health_port: int | None = 9465
+    """Port of the projector's /healthz, /readyz and /metrics (unset/empty: none)."""
 
 
 class AccessMode(StrEnum):

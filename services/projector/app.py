@@ -11,7 +11,14 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
+from services.common.health import Health
 from services.common.kafka_io import batch_records, kafka_broker
+from services.common.metrics import (
+    PROJECTOR_LAG,
+    PROJECTOR_LAST_SEQ,
+    STORE_LATENCY,
+    observe_consumed,
+)
 from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
@@ -26,14 +33,16 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """The documents a projector remembers are only as good as its being their single
     writer: once partitions move (either way), it reads them again."""
 
-    def __init__(self, projector: Projector) -> None:
+    def __init__(self, projector: Projector, health: Health) -> None:
         self._projector = projector
+        self._health = health
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._projector.forget()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._projector.forget()
+        self._health.assigned()
 
 
 def _raw_records(message: KafkaMessage) -> object:
@@ -47,6 +56,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     client = mongo_client(settings)
     db = mongo_database(client, settings)
     store = MongoReadModelStore(db)
+    health = Health(settings, client)
+    store_latency = STORE_LATENCY.labels("projector")
     projector = Projector(
         store, MongoCommitSource(db), memory_bytes=settings.projector_memory_mb << 20
     )
@@ -61,12 +72,14 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         batch_timeout_ms=50,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_ForgetOnRebalance(projector),
+        listener=_ForgetOnRebalance(projector, health),
         decoder=_raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
         events: list[Event] = []
-        for record in batch_records(message):
+        records = batch_records(message)
+        PROJECTOR_LAG.set(observe_consumed(settings.projector_group_id, message.consumer, records))
+        for record in records:
             try:
                 events.append(EVENT_ADAPTER.validate_json(record.value))
             except ValidationError as exc:
@@ -77,12 +90,22 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                     "skipping unreadable event at %s/%s: %s", record.partition, record.offset, exc
                 )
         try:
-            await projector.apply(events)
+            with store_latency.time():
+                await projector.apply(events)
         except Exception:
             log.exception("projecting %d events failed; retrying", len(events))
             projector.forget()  # which of its writes happened is unknown
             await seek_back(message)
             return
+        if events:
+            PROJECTOR_LAST_SEQ.set(max(e.seq for e in events))
         await message.ack()
 
-    return service_app(broker, settings, client, store.setup)
+    return service_app(
+        broker,
+        settings,
+        client,
+        store.setup,
+        health=health,
+        health_port=settings.projector_health_port,
+    )

@@ -20,14 +20,31 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     api_port: int = field(default_factory=free_port)
+    engine_health_port: int = field(default_factory=free_port)
+    projector_health_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def probe_url(self, service: str) -> str:
+        """Where a service serves /healthz, /readyz and /metrics."""
+        port = {
+            "api": self.api_port,
+            "engine": self.engine_health_port,
+            "projector": self.projector_health_port,
+        }[service]
+        return f"http://127.0.0.1:{port}"
+
     def start(self, service: str) -> None:
-        env = {**os.environ, **self.env, "RUNSTORE_API_PORT": str(self.api_port)}
+        env = {
+            **os.environ,
+            **self.env,
+            "RUNSTORE_API_PORT": str(self.api_port),
+            "RUNSTORE_ENGINE_HEALTH_PORT": str(self.engine_health_port),
+            "RUNSTORE_PROJECTOR_HEALTH_PORT": str(self.projector_health_port),
+        }
         log = (self.log_dir / f"{service}.log").open("ab")
         self.procs[service] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", service],
