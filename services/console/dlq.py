@@ -13,6 +13,7 @@ command topic).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pymongo.errors import DuplicateKeyError
 
+from services.common.kafka_topics import partitions_of
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import RunstoreSettings
 
 REPLAYS = "dlq_replays"
+READ_TIMEOUT_SECONDS = 60.0
 REPLAYED_FROM_HEADER = "x-dlq-replayed-from"
 
 
@@ -78,38 +81,37 @@ async def read_dead_letters(settings: RunstoreSettings) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
     )
+    tps = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
     await consumer.start()
     letters: list[DeadLetter] = []
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer.topics()  # refresh the metadata once
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
         consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+        pending = {tp for tp in tps if ends[tp] > starts[tp]}
+        for tp in pending:
+            consumer.seek(tp, starts[tp])
+        deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end")
+            batches = await consumer.getmany(*pending, timeout_ms=500)
             for tp, records in batches.items():
                 for r in records:
-                    if r.offset < ends[tp]:
-                        letters.append(
-                            DeadLetter(
-                                r.partition,
-                                r.offset,
-                                (r.key or b"").decode("utf-8", "replace"),
-                                r.value or b"",
-                                list(r.headers or ()),
-                                r.timestamp,
-                            )
+                    if r.offset >= ends[tp]:
+                        break
+                    letters.append(
+                        DeadLetter(
+                            r.partition,
+                            r.offset,
+                            (r.key or b"").decode("utf-8", "replace"),
+                            r.value or b"",
+                            list(r.headers or ()),
+                            r.timestamp,
                         )
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+                    )
+                if records and records[-1].offset >= ends[tp] - 1:
+                    pending.discard(tp)
     finally:
         await consumer.stop()
     client = mongo_client(settings)
