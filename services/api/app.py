@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.api import routes_commands, routes_runs, routes_streams
+from services.api import routes_commands, routes_runs, routes_streams, routes_ui
 from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
@@ -86,6 +86,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_runs.router)
     app.include_router(routes_streams.router)
     app.include_router(routes_commands.router)
+    app.include_router(routes_ui.router)
 
     # Outermost last: the failure budget sees every answer, 413s included; the execute
     # fast path is innermost, so both limits apply to it as to any request.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -351,7 +352,8 @@ def runs_history(
         f"{_status(run.get('status'))}"
     )
     for e in events:
-        at = e.get("timestamp") or e.get("occurred_at") or e.get("at") or ""
+        ns = e.get("timestamp_ns")
+        at = datetime.fromtimestamp(ns / 1e9, UTC).isoformat() if ns else ""
         out.print(
             f"  {e.get('event_number', ''):>4} {str(at)[:23]:23} "
             f"[bold]{e.get('type', e.get('event_type', '?'))}[/bold] {_event_summary(e)}",
