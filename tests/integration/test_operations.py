@@ -263,3 +263,21 @@ def test_dlq_lists_reasons_and_replays_a_record_only_once(module_stack: Stack, c
     rows = back_again()
     assert [r["replay"] for r in rows] == ["published", None]
     assert "not on the dead-letter topic" in cli("dlq", "replay", "99:99", ok=False)
+
+
+def test_status_lines_show_readiness_and_lag(module_stack: Stack) -> None:
+    from services.console.status import service_line
+
+    for service in ("api", "engine", "projector"):
+        port = int(module_stack.probe_url(service).rsplit(":", 1)[1])
+        line = wait_until(lambda s=service, p=port: _ready_line(s, p), timeout=60)
+        assert line.split()[:2] == [service, "ready"] and " lag " in line
+    assert "unreachable" in service_line("engine", 1)
+
+
+def _ready_line(service: str, port: int) -> str:
+    from services.console.status import service_line
+
+    line = service_line(service, port)
+    assert " ready " in line, line
+    return line
