@@ -131,53 +131,44 @@ workflow_cli.command("terminate", help="Terminate an execution's current run.")(
 )
 
 
-@workflow_cli.command("signal")
-def workflow_signal(
-    execution_id: str,
-    name: str,
-    input: InputOpt = None,
-    url: Url = DEFAULT_URL,
-    api_key: ApiKey = "",
-) -> None:
-    """Send a signal to an execution."""
-    with _api(url, api_key) as api:
-        api.post(
-            f"/v1/workflows/executions/{execution_id}/signals",
-            {"name": name, "input": _json_input(input)},
-        )
+def _invocation(kind: str, show: Callable[[str, str, Any], None]) -> Callable[..., None]:
+    """A signal, query or update: `{name, input}` to the execution; `show` reports the
+    reply."""
+
+    def run(
+        execution_id: str,
+        name: str,
+        input: InputOpt = None,
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = "",
+    ) -> None:
+        with _api(url, api_key) as api:
+            reply = api.post(
+                f"/v1/workflows/executions/{execution_id}/{kind}",
+                {"name": name, "input": _json_input(input)},
+            )
+        show(execution_id, name, reply)
+
+    return run
+
+
+def _signal_accepted(execution_id: str, name: str, _: Any) -> None:
     out.print(f"signal {name!r} accepted by {execution_id}")
 
 
-def _invoke(kind: str, execution_id: str, name: str, input: str | None, url: str, key: str) -> Any:
-    with _api(url, key) as api:
-        return api.post(
-            f"/v1/workflows/executions/{execution_id}/{kind}",
-            {"name": name, "input": _json_input(input)},
-        )
+def _reply(_: str, __: str, reply: Any) -> None:
+    _print_json(reply)
 
 
-@workflow_cli.command("query")
-def workflow_query(
-    execution_id: str,
-    name: str,
-    input: InputOpt = None,
-    url: Url = DEFAULT_URL,
-    api_key: ApiKey = "",
-) -> None:
-    """Ask a running execution a query (answered by its worker); prints the JSON reply."""
-    _print_json(_invoke("queries", execution_id, name, input, url, api_key))
-
-
-@workflow_cli.command("update")
-def workflow_update(
-    execution_id: str,
-    name: str,
-    input: InputOpt = None,
-    url: Url = DEFAULT_URL,
-    api_key: ApiKey = "",
-) -> None:
-    """Send an update to a running execution; prints the JSON reply."""
-    _print_json(_invoke("updates", execution_id, name, input, url, api_key))
+workflow_cli.command("signal", help="Send a signal to an execution.")(
+    _invocation("signals", _signal_accepted)
+)
+workflow_cli.command(
+    "query", help="Ask a running execution a query (answered by its worker); prints the reply."
+)(_invocation("queries", _reply))
+workflow_cli.command("update", help="Send an update to a running execution; prints the reply.")(
+    _invocation("updates", _reply)
+)
 
 
 @workflow_cli.command("reset")

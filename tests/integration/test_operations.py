@@ -197,34 +197,13 @@ def test_cli_events_tail_resumes_after_the_last_seen_id(cli: Any, tmp_path: Any)
     execution_id = f"tail-{uuid.uuid4().hex[:8]}"
     cli("workflow", "start", "tailed", "--id", execution_id)
     state = tmp_path / "tail.state"
-    first = cli(
-        "events",
-        "tail",
-        "--execution",
-        execution_id,
-        "--state-file",
-        str(state),
-        "--limit",
-        "1",
-        "-o",
-        "json",
-    )
-    assert json.loads(first.splitlines()[0])["id"] == state.read_text()
+    tail = ("events", "tail", "--execution", execution_id, "--state-file", str(state))
+
+    first = json.loads(cli(*tail, "--limit", "1", "-o", "json").splitlines()[0])
+    assert first["id"] == state.read_text()
     cli("workflow", "signal", execution_id, "poke")
-    resumed = cli(
-        "events",
-        "tail",
-        "--execution",
-        execution_id,
-        "--state-file",
-        str(state),
-        "--limit",
-        "1",
-        "-o",
-        "json",
-    )
-    event = json.loads(resumed.splitlines()[0])
-    assert event["id"] != json.loads(first.splitlines()[0])["id"]
+    event = json.loads(cli(*tail, "--limit", "1", "-o", "json").splitlines()[0])
+    assert event["id"] != first["id"]
     assert '"signal_name": "poke"' in json.dumps(event["data"])
 
 
