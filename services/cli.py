@@ -54,6 +54,7 @@ def _run_api() -> None:
 
 
 def _rebuild_projections() -> None:
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -80,6 +81,7 @@ def _rebuild_projections() -> None:
         # The rate over the whole rebuild so far: commits folded per second.
         TextColumn("{task.fields[rate]:,.0f}/s"),
         TimeElapsedColumn(),
+        console=Console(stderr=True),  # stdout stays free for scripts
         transient=False,
     )
     task = bar.add_task("rebuild", total=None, rate=0.0)
