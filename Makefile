@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: help install infra run up down status test test-unit lint typecheck bench soak k8s clean
+.PHONY: help install infra browser run up down status test test-unit lint typecheck bench soak k8s clean
 
 help:
 	@echo "make run     install everything, run Kafka + FerretDB + all services in the foreground"
@@ -26,6 +26,10 @@ install: $(STAMP)
 
 infra: install
 	$(PY) deploy/local/infra.py install all
+
+# Debian's chromium + chromedriver for the web UI's browser test (tests/ui); apt only.
+browser:
+	deploy/local/install-browser.sh
 
 run: infra
 	$(PY) deploy/local/stack.py run
@@ -52,7 +56,7 @@ test-unit: install
 
 # Servers for the tests are started by the fixtures themselves (tests/support/servers.py)
 # on free ports, so a running `make up` stack is never touched.
-test: infra lint typecheck
+test: infra browser lint typecheck
 	$(VENV)/bin/pytest -q -ra --durations=15
 
 bench: infra

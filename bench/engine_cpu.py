@@ -38,7 +38,7 @@ from engine_throughput import workload  # noqa: E402
 from services.common.commit_log import commit_to_doc  # noqa: E402
 from services.common.runtime import BatchCollector, tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
-from services.engine.app import outgoing_records  # noqa: E402
+from services.engine.app import count_outbound, outgoing_records  # noqa: E402
 from services.engine.memory_event_store import InMemoryEventStore  # noqa: E402
 from services.engine.processor import (  # noqa: E402
     CommandProcessor,
@@ -98,6 +98,8 @@ async def one_round(
         with stages.timed("records to publish"):
             for record in outgoing_records(out, topics):
                 record.key.encode()
+        with stages.timed("metrics"):
+            count_outbound(out)  # as the engine counts outcomes and dead letters per batch
         collector.after_batch()  # as the engine does after each batch
     return stages.seconds
 

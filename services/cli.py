@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -36,6 +35,28 @@ def _run_projector() -> None:
     app = build_app(settings)
     tune_gc()
     asyncio.run(app.run())
+
+
+def _run_api() -> None:
+    import uvicorn
+
+    from services.api.app import build_app
+
+    settings = ApiSettings()
+    configure_logging(settings.log_level)
+    app = build_app(settings)
+    tune_gc()
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        # libuv's loop and the C HTTP parser: a third less CPU per request than the
+        # pure-Python defaults (asyncio, h11).
+        loop="uvloop",
+        http="httptools",
+    )
 
 
 def _run_timers() -> None:
@@ -73,36 +94,6 @@ def _timers_status() -> None:
     asyncio.run(run())
 
 
-def _run_api() -> None:
-    import uvicorn
-
-    from services.api.app import build_app
-    from services.api.http_deadlines import deadline_protocol
-
-    settings = ApiSettings()
-    configure_logging(settings.log_level)
-    app = build_app(settings)
-    tune_gc()
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        limit_concurrency=settings.api_max_connections,
-        # libuv's loop and the C HTTP parser: a third less CPU per request than the
-        # pure-Python defaults (asyncio, h11); the parser's protocol with deadlines on
-        # reading a request (slow clients).
-        loop="uvloop",
-        http=deadline_protocol(
-            settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
-        ),
-        # Requests still running after this on SIGTERM (waits for a result, streams) are
-        # cancelled: the process exits within a bound.
-        timeout_graceful_shutdown=settings.api_shutdown_seconds,
-    )
-
-
 def _run_worker(modules: list[str], deployment: str | None) -> None:
     from runstore.workflows import run_worker
     from runstore.workflows._discovery import discover
@@ -114,61 +105,6 @@ def _run_worker(modules: list[str], deployment: str | None) -> None:
         raise SystemExit(f"no @workflow.define class found in {', '.join(modules)}")
     tune_gc()
     run_worker(workflows, activities, deployment_name=deployment, settings=settings)
-
-
-def _rebuild_projections() -> None:
-    from services.common.mongo import mongo_client, mongo_database
-    from services.common.readmodels.mongo_store import MongoReadModelStore
-    from services.projector.mongo_commit_source import MongoCommitSource
-    from services.projector.parking import ParkedExecutions
-    from services.projector.rebuild import rebuild
-
-    settings = ProjectorSettings()
-    configure_logging(settings.log_level)
-    started = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        # One stderr line redrawn in place: the commits folded so far and the rate.
-        elapsed = max(time.monotonic() - started, 1e-9)
-        share = done / total if total else 1.0
-        width = 30
-        bar = "#" * int(share * width)
-        sys.stderr.write(
-            f"\rrebuild [{bar:<{width}}] {done}/{total} commits "
-            f"({share:.0%}, {done / elapsed:,.0f}/s)"
-        )
-        sys.stderr.flush()
-
-    async def run() -> None:
-        client = mongo_client(settings)
-        try:
-            db = mongo_database(client, settings)
-            sys.stderr.write(
-                f"rebuilding runs, executions and history in {settings.mongo_database!r} "
-                "from commits (stop the projectors first)\n"
-            )
-            report = await rebuild(
-                MongoReadModelStore(db),
-                MongoCommitSource(db),
-                progress=progress,
-                parking=ParkedExecutions(db),
-            )
-        finally:
-            await client.close()
-        sys.stderr.write(
-            f"\nrebuilt from {report.commits} commits ({report.events} events): "
-            f"{report.runs} runs, {report.executions} executions, "
-            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
-            + (
-                f"; {report.parked} executions could not be projected and are parked "
-                "(`runstore projections parked`)"
-                if report.parked
-                else ""
-            )
-            + "\n"
-        )
-
-    asyncio.run(run())
 
 
 def _parked(retry: bool, execution_ids: list[str]) -> None:
@@ -199,60 +135,123 @@ def _parked(retry: bool, execution_ids: list[str]) -> None:
     asyncio.run(run())
 
 
+def _rebuild_projections() -> None:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from services.common.mongo import mongo_client, mongo_database
+    from services.common.readmodels.mongo_store import MongoReadModelStore
+    from services.projector.mongo_commit_source import MongoCommitSource
+    from services.projector.rebuild import rebuild
+
+    settings = ProjectorSettings()
+    configure_logging(settings.log_level)
+    started = time.monotonic()
+    bar = Progress(
+        TextColumn("rebuild"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("commits"),
+        TaskProgressColumn(),
+        # The rate over the whole rebuild so far: commits folded per second.
+        TextColumn("{task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),  # stdout stays free for scripts
+        transient=False,
+    )
+    task = bar.add_task("rebuild", total=None, rate=0.0)
+
+    def progress(done: int, total: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        bar.update(task, completed=done, total=total, rate=done / elapsed)
+
+    async def run() -> None:
+        client = mongo_client(settings)
+        try:
+            db = mongo_database(client, settings)
+            bar.console.print(
+                f"rebuilding runs, executions and history in {settings.mongo_database!r} "
+                "from commits (stop the projectors first)"
+            )
+            with bar:
+                report = await rebuild(
+                    MongoReadModelStore(db), MongoCommitSource(db), progress=progress
+                )
+        finally:
+            await client.close()
+        bar.console.print(
+            f"rebuilt from {report.commits} commits ({report.events} events): "
+            f"{report.runs} runs, {report.executions} executions, "
+            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
+        )
+
+    asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="runstore", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("engine", help="apply commands from Kafka to the event store")
-    sub.add_parser("projector", help="project events into the read models")
-    sub.add_parser("api", help="serve the HTTP API")
-    worker = sub.add_parser("worker", help="run workflow code: the worker of one deployment")
-    worker.add_argument(
-        "--module",
-        action="append",
-        required=True,
-        help="module (or package) holding @workflow.define classes and @activity functions; "
-        "repeatable",
+    """`runstore`: the service commands (as the stack starts them) and the operator's
+    commands of services/console."""
+    import typer
+
+    from services.console.app import app
+
+    app.command("engine", help="Apply commands from Kafka to the event store.")(_run_engine)
+    app.command("projector", help="Project events into the read models.")(_run_projector)
+    app.command("api", help="Serve the HTTP API and the web UI.")(_run_api)
+
+    @app.command("worker", help="Run workflow code: a worker of one deployment.")
+    def worker(
+        module: list[str] = typer.Option(  # noqa: B008 - typer's declaration style
+            ...,
+            "--module",
+            help="module (or package) holding @workflow.define classes and @activity "
+            "functions; repeatable",
+        ),
+        deployment: str | None = typer.Option(
+            None, "--deployment", help="deployment served (default RUNSTORE_WORKER_DEPLOYMENT)"
+        ),
+    ) -> None:
+        _run_worker(module, deployment)
+
+    timers = typer.Typer(
+        help="Fire durable timers and schedules (no subcommand: run the service).",
+        invoke_without_command=True,
     )
-    worker.add_argument(
-        "--deployment", default=None, help="deployment served (default RUNSTORE_WORKER_DEPLOYMENT)"
+
+    @timers.callback()
+    def timers_service(ctx: typer.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            _run_timers()
+
+    timers.command("status", help="Pending timers, next fire time, lateness per instance.")(
+        _timers_status
     )
-    timers = sub.add_parser("timers", help="fire durable timers and schedules")
-    timers_sub = timers.add_subparsers(dest="action")
-    timers_sub.add_parser("status", help="pending timers, next fire time, lateness per instance")
-    projections = sub.add_parser("projections", help="operate on the read models")
-    projections_sub = projections.add_subparsers(dest="action", required=True)
-    projections_sub.add_parser(
+    app.add_typer(timers, name="timers")
+    projections = typer.Typer(help="Operate on the read models.", no_args_is_help=True)
+    projections.command(
         "rebuild",
-        help="drop runs/executions/history and rebuild them from the commits "
-        "(stop the projectors first)",
+        help="Drop runs/executions/history and rebuild them from the commits "
+        "(stop the projectors first).",
+    )(_rebuild_projections)
+    projections.command(
+        "parked", help="List the executions the projector could not project (parked)."
+    )(lambda: _parked(False, []))
+
+    @projections.command(
+        "retry", help="Have the projectors retry parked executions now (all, or those named)."
     )
-    projections_sub.add_parser(
-        "parked", help="list the executions the projector could not project (parked)"
-    )
-    retry = projections_sub.add_parser(
-        "retry", help="have the projectors retry parked executions now (all, or those named)"
-    )
-    retry.add_argument("execution_ids", nargs="*")
-    args = parser.parse_args(argv)
-    if args.command == "projections":
-        if args.action == "rebuild":
-            _rebuild_projections()
-        else:
-            _parked(args.action == "retry", getattr(args, "execution_ids", []))
-        return
-    if args.command == "worker":
-        _run_worker(args.module, args.deployment)
-        return
-    if args.command == "timers" and args.action == "status":
-        _timers_status()
-        return
-    runners = {
-        "timers": _run_timers,
-        "engine": _run_engine,
-        "projector": _run_projector,
-        "api": _run_api,
-    }
-    runners[args.command]()
+    def retry(execution_ids: list[str] = typer.Argument(None)) -> None:  # noqa: B008
+        _parked(True, execution_ids or [])
+
+    app.add_typer(projections, name="projections")
+    app(args=argv, prog_name="runstore")
 
 
 if __name__ == "__main__":

@@ -421,6 +421,10 @@ def status() -> None:
             print(f"{service.name:10} stopped")
     for name in ("kafka", "ferretdb"):
         print(infra.status(name).line())
+    sys.path.insert(0, str(REPO))
+    from services.console.status import print_status  # readiness and lag of each service
+
+    print_status()
 
 
 def main() -> None:

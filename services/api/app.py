@@ -21,6 +21,7 @@ from services.api import (
     routes_runs,
     routes_schedules,
     routes_streams,
+    routes_ui,
     routes_workers,
 )
 from services.api.access import AccessPolicy
@@ -33,7 +34,10 @@ from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_list import PageTokens
 from services.api.run_reader import RunReader
 from services.api.worker_requests import WorkerRequests
+from services.common.health import Health
+from services.common.http_observability import RequestMetrics, add_probe_routes
 from services.common.kafka_topics import ensure_topics
+from services.common.metrics import SSE_SUBSCRIBERS
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import ApiSettings
 from services.common.worker_registry import ensure_catalogue_indexes
@@ -48,6 +52,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
     gateway = CommandGateway(settings)
     worker_requests = WorkerRequests(settings, gateway)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
+    health = Health(settings, client, consumer=False)
+    SSE_SUBSCRIBERS.set_function(lambda: fanout.subscriber_count)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -67,6 +73,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
             await fanout.stop()
             await worker_requests.stop()
             await gateway.stop()
+            await health.close()
             await client.close()
 
     app = FastAPI(title="Runstore", version="0.1.0", lifespan=lifespan)
@@ -87,9 +94,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         db=db,
     )
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    add_probe_routes(app, health)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -116,6 +121,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_observe.router)
     app.include_router(routes_deployments.router)
     app.include_router(routes_commands.router)
+    app.include_router(routes_ui.router)
     app.include_router(routes_workers.router)
     # Last: GET/PUT /v1/workflows/{workflow_identifier} would take any fixed path
     # (/v1/workflows/schedules …) registered after it.
@@ -131,4 +137,5 @@ def build_app(settings: ApiSettings) -> FastAPI:
         burst=settings.api_bad_requests_burst,
         max_clients=settings.api_failure_clients,
     )
+    app.add_middleware(RequestMetrics)
     return app

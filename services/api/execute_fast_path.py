@@ -52,6 +52,8 @@ class ExecuteFastPath:
         if matched is None or matched.group(1) in RESERVED_WORKFLOW_NAMES:
             await self.app(scope, receive, send)
             return
+        # For the request metrics, which see no route on requests answered here.
+        scope["route_hint"] = "/v1/workflows/{workflow_identifier}/execute"
         headers = _headers(scope)
         caller = self.keys.caller(headers.get("authorization"))
         key = headers.get("idempotency-key")

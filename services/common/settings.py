@@ -31,6 +31,8 @@ class RunstoreSettings(BaseSettings):
     kafka_key_hash_memory: int = Field(default=65_536, ge=0)
     """Record keys whose partition hash a producer remembers (~100 bytes each); the
     table is emptied when full."""
+    health_host: str = "127.0.0.1"
+    """Interface of the /healthz, /readyz, /metrics port of services without an HTTP API."""
 
     @property
     def topics(self) -> Topics:
@@ -89,6 +91,8 @@ class EngineSettings(RunstoreSettings):
     """Longest time between full garbage collections (there is also one whenever the
     heap has grown by a quarter); between them, each batch's survivors are frozen
     instead of collected (services/common/runtime.py `BatchCollector`)."""
+    engine_health_port: int | None = 9464
+    """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 
 
 class ProjectorSettings(RunstoreSettings):
@@ -100,6 +104,8 @@ class ProjectorSettings(RunstoreSettings):
     projector_parked_check_seconds: float = Field(default=10.0, gt=0)
     """How often the projector looks for parked executions due for a retry (and for
     `runstore projections retry` requests)."""
+    projector_health_port: int | None = 9465
+    """Port of the projector's /healthz, /readyz and /metrics (unset/empty: none)."""
 
 
 class WorkerSettings(RunstoreSettings):

@@ -12,6 +12,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 from pymongo import AsyncMongoClient
 
+from services.common.health import Health, serve_health
 from services.common.kafka_topics import ensure_topics
 from services.common.settings import RunstoreSettings
 
@@ -29,11 +30,15 @@ def service_app(
     setup: Callable[[], Awaitable[None]],
     before_shutdown: Callable[[], Awaitable[None]] | None = None,
     after_shutdown: Callable[[], Awaitable[None]] | None = None,
+    health: Health | None = None,
+    health_port: int | None = None,
 ) -> FastStream:
     """A FastStream app that creates the topics and runs `setup` before consuming, runs
     `before_shutdown` while the broker is still up and `after_shutdown` once it is down,
-    then closes the MongoDB client."""
+    then closes the MongoDB client. With `health` and a port, it serves /healthz, /readyz
+    and /metrics there (services/common/health.py)."""
     app = FastStream(broker)
+    probes: list[asyncio.Server] = []
     if before_shutdown is not None:
         app.on_shutdown(before_shutdown)
     if after_shutdown is not None:
@@ -41,11 +46,19 @@ def service_app(
 
     @app.on_startup
     async def prepare() -> None:
+        if health is not None:
+            server = await serve_health(health, settings.health_host, health_port)
+            if server is not None:
+                probes.append(server)
         await ensure_topics(settings)
         await setup()
 
     @app.after_shutdown
     async def close() -> None:
+        for server in probes:
+            server.close()
+        if health is not None:
+            await health.close()
         await client.close()
 
     return app

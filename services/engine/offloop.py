@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Seque
 from typing import Any, TypeVar
 
 from schemas.commits import Commit
+from services.common.metrics import STORE_LATENCY
 from services.engine.event_store import AppendReport, EventStore, RoundReport
 
 T = TypeVar("T")
@@ -39,6 +40,9 @@ class LoopThread:
             self.loop.close()
 
 
+_STORE_LATENCY = STORE_LATENCY.labels("engine")
+
+
 class OffLoopAppends:
     """An EventStore whose appends (`append`, `append_first`, `append_round`) run on
     `writer`'s loop through `writes` (a store built on that loop's client); everything
@@ -54,7 +58,8 @@ class OffLoopAppends:
         await self._writer.run(self._writes.setup())
 
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
-        return await self._writer.run(self._writes.append(commits))
+        with _STORE_LATENCY.time():
+            return await self._writer.run(self._writes.append(commits))
 
     async def append_first(self, commits: Sequence[Commit]) -> set[int]:
         return await self._writer.run(self._writes.append_first(commits))
@@ -62,7 +67,8 @@ class OffLoopAppends:
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         # Both requests on the writer's loop: the second goes out as soon as the first is
         # answered, not when the engine's loop next gets to it.
-        return await self._writer.run(self._writes.append_round(firsts, rest))
+        with _STORE_LATENCY.time():
+            return await self._writer.run(self._writes.append_round(firsts, rest))
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
         return await self._reads.latest(execution_ids)

@@ -14,7 +14,14 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
+from services.common.health import Health
 from services.common.kafka_io import batch_records, kafka_broker
+from services.common.metrics import (
+    PROJECTOR_LAG,
+    PROJECTOR_LAST_SEQ,
+    STORE_LATENCY,
+    observe_consumed,
+)
 from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
@@ -32,9 +39,10 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     partitions owned (parked executions are retried only by their partition's owner) and
     has the parked ones of newly assigned partitions retried at once."""
 
-    def __init__(self, projector: Projector, retries: ParkedRetries) -> None:
+    def __init__(self, projector: Projector, retries: ParkedRetries, health: Health) -> None:
         self._projector = projector
         self._retries = retries
+        self._health = health
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._projector.forget()
@@ -94,6 +102,7 @@ class ParkedRetries:
                 unparked += await self._projector.retry_parked(execution_id)
             log.warning("%d executions parked", len(parking.entries))
             return unparked
+        self._health.assigned()
 
 
 def _raw_records(message: KafkaMessage) -> object:
@@ -108,6 +117,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     db = mongo_database(client, settings)
     store = MongoReadModelStore(db)
     parking = ParkedExecutions(db)
+    health = Health(settings, client)
+    store_latency = STORE_LATENCY.labels("projector")
     projector = Projector(
         store,
         MongoCommitSource(db),
@@ -128,13 +139,15 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         batch_timeout_ms=50,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_ForgetOnRebalance(projector, retries),
+        listener=_ForgetOnRebalance(projector, retries, health),
         decoder=_raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
         events: list[Event] = []
         partitions: dict[str, int] = {}
-        for record in batch_records(message):
+        records = batch_records(message)
+        PROJECTOR_LAG.set(observe_consumed(settings.projector_group_id, message.consumer, records))
+        for record in records:
             try:
                 event = EVENT_ADAPTER.validate_json(record.value)
                 events.append(event)
@@ -148,7 +161,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                 )
         try:
             async with lock:
-                await projector.apply(events, partitions)
+                with store_latency.time():
+                    await projector.apply(events, partitions)
         except Exception as exc:
             # Parking took care of everything but unavailable servers (and bugs that
             # fail every execution): retry the batch.
@@ -159,6 +173,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
             projector.forget()  # which of its writes happened is unknown
             await seek_back(message)
             return
+        if events:
+            PROJECTOR_LAST_SEQ.set(max(e.seq for e in events))
         await message.ack()
 
     async def setup() -> None:
@@ -172,4 +188,12 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         for task in background:
             task.cancel()
 
-    return service_app(broker, settings, client, setup, before_shutdown=stop_background)
+    return service_app(
+        broker,
+        settings,
+        client,
+        setup,
+        before_shutdown=stop_background,
+        health=health,
+        health_port=settings.projector_health_port,
+    )

@@ -21,12 +21,23 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     api_port: int = field(default_factory=free_port)
+    engine_health_port: int = field(default_factory=free_port)
+    projector_health_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    def probe_url(self, service: str) -> str:
+        """Where a service serves /healthz, /readyz and /metrics."""
+        port = {
+            "api": self.api_port,
+            "engine": self.engine_health_port,
+            "projector": self.projector_health_port,
+        }[service]
+        return f"http://127.0.0.1:{port}"
 
     def start(
         self,
@@ -42,7 +53,15 @@ class Stack:
         (e.g. a worker's `--module`)."""
         name = instance or service
         port = api_port or self.api_port
-        env = {**os.environ, **self.env, "RUNSTORE_API_PORT": str(port), **(env or {})}
+        env = {
+            **os.environ,
+            **self.env,
+            "RUNSTORE_API_PORT": str(port),
+            # A second instance finds its probe port taken: it logs that and runs on.
+            "RUNSTORE_ENGINE_HEALTH_PORT": str(self.engine_health_port),
+            "RUNSTORE_PROJECTOR_HEALTH_PORT": str(self.projector_health_port),
+            **(env or {}),
+        }
         log = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", service, *(args or [])],

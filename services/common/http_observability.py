@@ -1,0 +1,70 @@
+"""Observability of an HTTP (ASGI) service: request latency by route, and the /healthz,
+/readyz and /metrics routes, added to a FastAPI app in two lines:
+
+    app.add_middleware(RequestMetrics)      # outermost: sees every answer
+    add_probe_routes(app, health)
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.health import Health, answer
+from services.common.metrics import HTTP_LATENCY
+
+
+class RequestMetrics:
+    """Observes each HTTP request's duration under its route template (`/v1/workflows/
+    runs/{run_id}`, not the concrete path, so label values stay few). Requests answered
+    before routing (the execute fast path, 404s, 413s) are labelled by what the
+    `route_hint` in their scope says, else `unrouted`. For a streamed response the
+    duration is the whole stream's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or scope.get("route_hint", "unrouted")
+            HTTP_LATENCY.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def add_probe_routes(app: FastAPI, health: Health) -> None:
+    """GET /healthz, /readyz and /metrics (see services/common/health.py)."""
+
+    async def probe(path: str) -> Response:
+        status, content_type, body = await answer(health, path)
+        return Response(body, status_code=status, media_type=content_type)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return await probe("/healthz")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        return await probe("/readyz")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return await probe("/metrics")

@@ -1,0 +1,139 @@
+"""Prometheus metrics every Runstore service exposes on `/metrics` (prometheus-client).
+
+All metrics live in the process's default registry and are declared here, in one place,
+so their names and labels stay consistent across services. Services record with the
+small helpers below (one call per batch, not per record: the engine handles thousands
+of commands a second, and a labelled `inc` costs about a microsecond).
+
+Hooks for services still to come:
+- timers: `TIMERS_PENDING.set(n)` when the due-deadline set changes and
+  `TIMER_LATENESS.observe(fired_at - due_at)` per fired deadline;
+- worker: `observe_consumed("worker", consumer, records)` per task batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Batches go up to 5,000 records (engine) and 1,000 (projector).
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+CONSUMER_LAG = Gauge(
+    "runstore_consumer_lag",
+    "Records in a partition not yet consumed by the group (high watermark - next offset), "
+    "as of the group's last batch from that partition.",
+    ["group", "topic", "partition"],
+)
+COMMANDS_APPLIED = Counter(
+    "runstore_commands_applied_total",
+    "Commands the engine decided, by command type and outcome code ('accepted' or the "
+    "rejection code).",
+    ["type", "outcome"],
+)
+BATCH_SIZE = Histogram(
+    "runstore_batch_size",
+    "Records per consumed batch.",
+    ["service"],
+    buckets=_BATCH_BUCKETS,
+)
+STORE_LATENCY = Histogram(
+    "runstore_store_latency_seconds",
+    "Time to write one batch's documents to MongoDB (engine: commits; projector: read models).",
+    ["service"],
+    buckets=_LATENCY_BUCKETS,
+)
+DEAD_LETTERS = Counter(
+    "runstore_dead_letters_total",
+    "Records sent to the dead-letter topic, by reason.",
+    ["reason"],
+)
+PROJECTOR_LAG = Gauge(
+    "runstore_projector_lag_events",
+    "Events on workflows.events not yet projected (sum over the partitions this "
+    "projector owns, as of its last batch).",
+)
+PROJECTOR_LAST_SEQ = Gauge(
+    "runstore_projector_last_seq",
+    "Highest per-execution seq in the projector's last batch.",
+)
+HTTP_LATENCY = Histogram(
+    "runstore_http_request_duration_seconds",
+    "HTTP request latency by route template, method and status.",
+    ["method", "route", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+SSE_SUBSCRIBERS = Gauge(
+    "runstore_sse_subscribers",
+    "Server-sent-event streams open on this API instance.",
+)
+TIMERS_PENDING = Gauge(
+    "runstore_timers_pending",
+    "Deadlines stored and not yet fired (set by the timers service).",
+)
+TIMER_LATENESS = Histogram(
+    "runstore_timer_lateness_seconds",
+    "How long after its due time a deadline fired (observed by the timers service).",
+    buckets=_LATENCY_BUCKETS,
+)
+
+
+class _Record(Protocol):
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+class _Consumer(Protocol):
+    def highwater(self, partition: Any) -> int | None: ...
+
+
+def observe_consumed(group: str, consumer: object, records: Sequence[_Record]) -> int:
+    """Record a consumed batch's size and its partitions' lag; returns the summed lag."""
+    BATCH_SIZE.labels(group).observe(len(records))
+    last: dict[tuple[str, int], int] = {}
+    for r in records:
+        last[(r.topic, r.partition)] = r.offset
+    highwater = getattr(consumer, "highwater", None)
+    if highwater is None:
+        return 0
+    from aiokafka import TopicPartition
+
+    total = 0
+    for (topic, partition), offset in last.items():
+        end = highwater(TopicPartition(topic, partition))
+        if end is None:
+            continue
+        lag = max(end - offset - 1, 0)
+        total += lag
+        CONSUMER_LAG.labels(group, topic, str(partition)).set(lag)
+    return total
+
+
+def count_outcomes(outcomes: Iterable[tuple[str, str]]) -> None:
+    """Count decided commands by (command type, outcome code)."""
+    for (kind, outcome), n in Tally(outcomes).items():
+        COMMANDS_APPLIED.labels(kind, outcome).inc(n)
+
+
+def count_dead_letters(reasons: Iterable[str]) -> None:
+    for reason, n in Tally(reasons).items():
+        DEAD_LETTERS.labels(reason).inc(n)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format of every metric of this process, and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
