@@ -6,6 +6,8 @@ import asyncio
 import sys
 import time
 
+import typer
+
 from services.common.logs import configure_logging
 from services.common.runtime import tune_gc
 from services.common.settings import (
@@ -198,8 +200,6 @@ def _rebuild_projections() -> None:
 def main(argv: list[str] | None = None) -> None:
     """`runstore`: the service commands (as the stack starts them) and the operator's
     commands of services/console."""
-    import typer
-
     from services.console.app import app
 
     app.command("engine", help="Apply commands from Kafka to the event store.")(_run_engine)
