@@ -6,7 +6,7 @@
 | `execution_already_running`, `execution_already_closed`, | 409 |
 | `execution_id_reuse_rejected`, `run_not_active`, `invalid_transition` | 409 |
 | `invalid_reset_point` | 400 |
-| no worker handles the workflow (queries, updates) | 409 `no_worker` |
+| no worker answered a query / update in time (worker_requests.py) | 504 `no_worker_reply` |
 | the engine did not answer in time | 504 (the command may still apply) |
 | the command could not be published | 503 (it was not applied) |
 | the admission rule refuses the command: too large | 413 `too_large` |
@@ -32,9 +32,6 @@ _STATUS = {
     RejectionCode.INVALID_TRANSITION: 409,
 }
 
-NO_WORKER = "no_worker"
-
-
 def rejection_error(outcome: CommandOutcome) -> HTTPException:
     code = outcome.code or RejectionCode.INVALID_TRANSITION
     return HTTPException(
@@ -54,18 +51,6 @@ def gateway_timeout(message: str) -> HTTPException:
 
 def not_published(message: str) -> HTTPException:
     return HTTPException(status_code=503, detail=f"not_published: {message}")
-
-
-def no_worker(kind: str, execution_id: str, workflow_name: str) -> HTTPException:
-    plural = "queries" if kind == "query" else f"{kind}s"
-    return HTTPException(
-        status_code=409,
-        detail=(
-            f"{NO_WORKER}: no worker handles workflow {workflow_name!r}, so the {kind} to "
-            f"execution {execution_id!r} cannot be answered; {plural} are answered by workers "
-            "and none is registered for this workflow"
-        ),
-    )
 
 
 def not_found(what: str, ident: str) -> HTTPException:
