@@ -43,6 +43,7 @@ def _run_api() -> None:
     import uvicorn
 
     from services.api.app import build_app
+    from services.api.http_deadlines import deadline_protocol
 
     settings = ApiSettings()
     configure_logging(settings.log_level)
@@ -54,10 +55,17 @@ def _run_api() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        limit_concurrency=settings.api_max_connections,
         # libuv's loop and the C HTTP parser: a third less CPU per request than the
-        # pure-Python defaults (asyncio, h11).
+        # pure-Python defaults (asyncio, h11); the parser's protocol with deadlines on
+        # reading a request (slow clients).
         loop="uvloop",
-        http="httptools",
+        http=deadline_protocol(
+            settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
+        ),
+        # Requests still running after this on SIGTERM (waits for a result, streams) are
+        # cancelled: the process exits within a bound.
+        timeout_graceful_shutdown=settings.api_shutdown_seconds,
     )
 
 
@@ -151,6 +159,7 @@ def _rebuild_projections() -> None:
     from services.common.mongo import mongo_client, mongo_database
     from services.common.readmodels.mongo_store import MongoReadModelStore
     from services.projector.mongo_commit_source import MongoCommitSource
+    from services.projector.parking import ParkedExecutions
     from services.projector.rebuild import rebuild
 
     settings = ProjectorSettings()
@@ -184,7 +193,10 @@ def _rebuild_projections() -> None:
             )
             with bar:
                 report = await rebuild(
-                    MongoReadModelStore(db), MongoCommitSource(db), progress=progress
+                    MongoReadModelStore(db),
+                    MongoCommitSource(db),
+                    progress=progress,
+                    parking=ParkedExecutions(db),
                 )
         finally:
             await client.close()
@@ -192,6 +204,12 @@ def _rebuild_projections() -> None:
             f"rebuilt from {report.commits} commits ({report.events} events): "
             f"{report.runs} runs, {report.executions} executions, "
             f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
+            + (
+                f"; {report.parked} executions could not be projected and are parked "
+                "(`runstore projections parked`)"
+                if report.parked
+                else ""
+            )
         )
 
     asyncio.run(run())

@@ -52,6 +52,7 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._projector.forget()
         self._retries.owned |= {tp.partition for tp in assigned}
         self._retries.wake_all()
+        self._health.assigned()
 
 
 class ParkedRetries:
@@ -102,7 +103,6 @@ class ParkedRetries:
                 unparked += await self._projector.retry_parked(execution_id)
             log.warning("%d executions parked", len(parking.entries))
             return unparked
-        self._health.assigned()
 
 
 def _raw_records(message: KafkaMessage) -> object:
