@@ -53,12 +53,13 @@ from services.api.event_fanout import (
 )
 from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
 from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVERY_ROUTE, declared
 from services.api.run_reader import RunReader
 from services.api.shapes import ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
 
-router = APIRouter(route_class=StrictJsonRoute)
+router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 
@@ -87,7 +88,11 @@ ExecutionId = Annotated[str, Path()]
 # --- execute --------------------------------------------------------------------------
 
 
-@router.post("/v1/workflows/{workflow_identifier}/execute", response_model=Execution)
+@router.post(
+    "/v1/workflows/{workflow_identifier}/execute",
+    response_model=Execution,
+    responses=declared(409, 503, 504),
+)
 async def execute(
     who: Authed,
     api: Wired,
@@ -237,7 +242,11 @@ async def batch_terminate(
     return await _batch(who, api, body, idempotency_key, _terminate_command)
 
 
-@router.post("/v1/workflows/executions/{execution_id}/cancel", status_code=204)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/cancel",
+    status_code=204,
+    responses=declared(404, 409, 503, 504),
+)
 async def cancel(
     who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
@@ -247,7 +256,11 @@ async def cancel(
     return Response(status_code=204)
 
 
-@router.post("/v1/workflows/executions/{execution_id}/terminate", status_code=204)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/terminate",
+    status_code=204,
+    responses=declared(404, 409, 503, 504),
+)
 async def terminate(
     who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
@@ -260,6 +273,7 @@ async def terminate(
     "/v1/workflows/executions/{execution_id}/signals",
     status_code=202,
     response_model=SignalAccepted,
+    responses=declared(404, 409, 503, 504),
 )
 async def signal(
     who: Authed,
@@ -277,7 +291,11 @@ async def signal(
     return SignalAccepted()
 
 
-@router.post("/v1/workflows/executions/{execution_id}/reset", status_code=204)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/reset",
+    status_code=204,
+    responses=declared(400, 404, 409, 503, 504),
+)
 async def reset(
     who: Authed,
     api: Wired,
@@ -299,7 +317,11 @@ async def reset(
     return Response(status_code=204)
 
 
-@router.post("/v1/workflows/executions/{execution_id}/queries", response_model=QueryResponse)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/queries",
+    response_model=QueryResponse,
+    responses=declared(404, 409),
+)
 async def query(
     who: Authed, reader: Reader, execution_id: ExecutionId, body: InvocationRequest
 ) -> QueryResponse:
@@ -308,7 +330,11 @@ async def query(
     raise errors.no_worker("query", execution_id, run["workflow_name"])
 
 
-@router.post("/v1/workflows/executions/{execution_id}/updates", response_model=UpdateResponse)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/updates",
+    response_model=UpdateResponse,
+    responses=declared(404, 409),
+)
 async def update(
     who: Authed, reader: Reader, execution_id: ExecutionId, body: InvocationRequest
 ) -> UpdateResponse:
