@@ -32,6 +32,7 @@ _STATUS = {
     RejectionCode.INVALID_TRANSITION: 409,
 }
 
+
 def rejection_error(outcome: CommandOutcome) -> HTTPException:
     code = outcome.code or RejectionCode.INVALID_TRANSITION
     return HTTPException(

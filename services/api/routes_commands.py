@@ -52,12 +52,13 @@ from services.api.event_fanout import (
 )
 from services.api.gateway import CommandGateway, OutcomeTimeout, PublishFailed
 from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVERY_ROUTE, declared
 from services.api.run_reader import RunReader
 from services.api.shapes import ExecuteExtensions, ExecuteRequest, Execution, execution_from_run
 from services.common.clock import utcnow
 from services.common.ids import derived_id, new_id
 
-router = APIRouter(route_class=StrictJsonRoute)
+router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 
@@ -86,7 +87,11 @@ ExecutionId = Annotated[str, Path()]
 # --- execute --------------------------------------------------------------------------
 
 
-@router.post("/v1/workflows/{workflow_identifier}/execute", response_model=Execution)
+@router.post(
+    "/v1/workflows/{workflow_identifier}/execute",
+    response_model=Execution,
+    responses=declared(409, 503, 504),
+)
 async def execute(
     who: Authed,
     api: Wired,
@@ -247,7 +252,11 @@ async def batch_terminate(
     return await _batch(who, api, body, idempotency_key, _terminate_command)
 
 
-@router.post("/v1/workflows/executions/{execution_id}/cancel", status_code=204)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/cancel",
+    status_code=204,
+    responses=declared(404, 409, 503, 504),
+)
 async def cancel(
     who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
@@ -257,7 +266,11 @@ async def cancel(
     return Response(status_code=204)
 
 
-@router.post("/v1/workflows/executions/{execution_id}/terminate", status_code=204)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/terminate",
+    status_code=204,
+    responses=declared(404, 409, 503, 504),
+)
 async def terminate(
     who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
@@ -270,6 +283,7 @@ async def terminate(
     "/v1/workflows/executions/{execution_id}/signals",
     status_code=202,
     response_model=SignalAccepted,
+    responses=declared(404, 409, 503, 504),
 )
 async def signal(
     who: Authed,
@@ -287,7 +301,11 @@ async def signal(
     return SignalAccepted()
 
 
-@router.post("/v1/workflows/executions/{execution_id}/reset", status_code=204)
+@router.post(
+    "/v1/workflows/executions/{execution_id}/reset",
+    status_code=204,
+    responses=declared(400, 404, 409, 503, 504),
+)
 async def reset(
     who: Authed,
     api: Wired,

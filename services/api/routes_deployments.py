@@ -25,10 +25,13 @@ from services.api.execution_logs import (
     position_text,
 )
 from services.api.http_docs import declared, json_body
+from services.api.responses import EVERY_ROUTE
+from services.api.responses import declared as declared_everywhere
 from services.api.routes_runs import utc
 from services.common.worker_registry import DEPLOYMENTS, WORKERS, WORKFLOWS
 
-router = APIRouter(tags=["deployments"])
+# Every route can answer these (auth, request limits and deadlines, failure budget).
+router = APIRouter(tags=["deployments"], responses=declared_everywhere(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 HOSTED_ONLY = (

@@ -26,6 +26,8 @@ from services.api.execution_logs import (
 )
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
+from services.api.responses import EVERY_ROUTE
+from services.api.responses import declared as declared_everywhere
 from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
 from services.api.shapes import execution_from_run
@@ -33,7 +35,8 @@ from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
 from services.common.commit_log import COMMITS, locate_run, read_commits_after
 from services.common.readmodels.store import RUNS
 
-router = APIRouter(tags=["observe"])
+# Every route can answer these (auth, request limits and deadlines, failure budget).
+router = APIRouter(tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"}

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from services.api.deps import Identified, RunsReader
 from services.api.errors import invalid, not_found
 from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVERY_ROUTE, declared
 from services.api.run_list import BadPageToken, BadSearchKey, RunFilter, parse_search_keys
 from services.api.run_reader import (
     MAX_HISTORY_PAGE,
@@ -28,7 +29,7 @@ from services.api.shapes import (
     list_item_from_run,
 )
 
-router = APIRouter(route_class=StrictJsonRoute)
+router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
 _JSON = "application/json"
 
@@ -39,7 +40,7 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type=_JSON)
 
 
-@router.get("/v1/workflows/runs", response_model=ExecutionList)
+@router.get("/v1/workflows/runs", response_model=ExecutionList, responses=declared(400))
 async def list_runs(
     who: Identified,
     reader: RunsReader,
@@ -95,7 +96,7 @@ async def list_runs(
     )
 
 
-@router.get("/v1/workflows/runs/{run_id}", response_model=Execution)
+@router.get("/v1/workflows/runs/{run_id}", response_model=Execution, responses=declared(404))
 async def get_run(who: Identified, reader: RunsReader, run_id: str) -> Response:
     run = await reader.run(run_id)
     if run is None:
@@ -119,7 +120,7 @@ HistoryToken = Annotated[
 ]
 
 
-@router.get("/v1/workflows/runs/{run_id}/history")
+@router.get("/v1/workflows/runs/{run_id}/history", responses=declared(400, 404))
 async def get_run_history(
     who: Identified,
     reader: RunsReader,
@@ -145,7 +146,9 @@ async def get_run_history(
     return _history(page)
 
 
-@router.get("/v1/workflows/executions/{execution_id}", response_model=Execution)
+@router.get(
+    "/v1/workflows/executions/{execution_id}", response_model=Execution, responses=declared(404)
+)
 async def get_execution(
     who: Identified, reader: RunsReader, execution_id: str, include_search_keys: bool = False
 ) -> Response:
@@ -155,7 +158,7 @@ async def get_execution(
     return _json(execution_from_run(run, include_search_keys=include_search_keys))
 
 
-@router.get("/v1/workflows/executions/{execution_id}/history")
+@router.get("/v1/workflows/executions/{execution_id}/history", responses=declared(400, 404))
 async def get_execution_history(
     who: Identified,
     reader: RunsReader,

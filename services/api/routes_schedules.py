@@ -27,12 +27,14 @@ from schemas.schedules import (
 from services.api import errors
 from services.api.auth import Caller
 from services.api.deps import Identified, Wired
+from services.api.responses import EVERY_ROUTE, declared
 from services.api.routes_commands import apply_command, workflow_name_from_path
 from services.common.clock import utcnow
 from services.common.ids import new_id
 from services.common.schedule_store import MongoScheduleStore
 
-router = APIRouter()
+# Every route can answer these (auth, request limits and deadlines, failure budget).
+router = APIRouter(responses=declared(*EVERY_ROUTE))
 
 _FUTURE_SHOWN = 5
 _NOT_FOUND: dict[str, Any] = {

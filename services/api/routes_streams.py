@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
 
 from schemas.events import EventType
 from services.api import errors
@@ -18,6 +17,7 @@ from services.api.access import execution_query, existing_execution, known_execu
 from services.api.deps import Access, Authed, Database, Fanout, Reader, Settings
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVENT_STREAM, EVERY_ROUTE, EventStreamResponse, declared_json
 from services.api.sse import (
     BrokerStream,
     EventFilter,
@@ -27,7 +27,7 @@ from services.api.sse import (
 )
 from services.common.commit_log import COMMITS
 
-router = APIRouter(route_class=StrictJsonRoute)
+router = APIRouter(route_class=StrictJsonRoute, responses=declared_json(*EVERY_ROUTE))
 
 PUBLIC_EVENT_TYPES = frozenset(t.value for t in EventType if t.is_public)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -50,7 +50,11 @@ _EVENTS_STREAM_PARAMS = frozenset(
 LastEventIdHeader = Annotated[str | None, Header(alias="last-event-id", max_length=4096)]
 
 
-@router.get("/v1/workflows/executions/{execution_id}/stream")
+@router.get(
+    "/v1/workflows/executions/{execution_id}/stream",
+    response_class=EventStreamResponse,
+    responses={**EVENT_STREAM, **declared_json(404)},
+)
 async def execution_stream(
     who: Authed,
     reader: Reader,
@@ -61,7 +65,7 @@ async def execution_stream(
     event_source: Literal["DATABASE", "LIVE", "HYBRID"] = "HYBRID",
     last_event_id: Annotated[str | None, Query(max_length=4096)] = None,
     last_event_id_header: LastEventIdHeader = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     run = await existing_execution(reader, execution_id)
     after = _position(last_event_id or last_event_id_header, "last_event_id")
     stream = ExecutionStream(
@@ -78,7 +82,11 @@ async def execution_stream(
     return _sse(guarded(stream.frames(), lambda: f"stream of execution {execution_id}"))
 
 
-@router.get("/v1/workflows/events/stream")
+@router.get(
+    "/v1/workflows/events/stream",
+    response_class=EventStreamResponse,
+    responses={**EVENT_STREAM, **declared_json(404)},
+)
 async def events_stream(
     request: Request,
     who: Authed,
@@ -100,7 +108,7 @@ async def events_stream(
     workflow_event_types: Annotated[list[str] | None, Query()] = None,
     last_event_id: Annotated[str | None, Query(max_length=4096)] = None,
     last_event_id_header: LastEventIdHeader = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     unknown = sorted(set(request.query_params) - _EVENTS_STREAM_PARAMS)
     if unknown:
         # The SDK sends metadata_filters as bare query keys; events carry no metadata.
@@ -205,5 +213,5 @@ def _position(text: str | None, name: str) -> Position:
         raise errors.invalid(["query", name], str(exc)) from exc
 
 
-def _sse(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers=_SSE_HEADERS)
+def _sse(frames: AsyncIterator[bytes]) -> EventStreamResponse:
+    return EventStreamResponse(frames, headers=_SSE_HEADERS)

@@ -27,10 +27,12 @@ from services.api.access import existing_execution
 from services.api.auth import Caller
 from services.api.command_shapes import InvocationRequest, QueryResponse, UpdateResponse
 from services.api.deps import Authed, Reader
+from services.api.responses import EVERY_ROUTE, declared
 from services.api.worker_requests import NoReply, WorkerRequests
 from services.common.ids import derived_id, new_id
 
-router = APIRouter()
+# Every route can answer these (auth, request limits and deadlines, failure budget).
+router = APIRouter(responses=declared(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 ExecutionId = Annotated[str, Path()]
@@ -41,20 +43,10 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "unknown name, or the update's validator refused it (nothing recorded)",
-        404: "no such execution (or another user's, in separate access mode)",
-        409: "the handler failed, or the execution is closed (updates)",
-        504: "no worker answered in time",
-    }
-    return {code: {"model": ErrorBody, "description": described[code]} for code in codes}
-
-
 @router.post(
     "/v1/workflows/executions/{execution_id}/queries",
     response_model=QueryResponse,
-    responses=_responses(400, 404, 409, 504),
+    responses=declared(400, 404, 409, 504),
 )
 async def query(
     request: Request,
@@ -71,7 +63,7 @@ async def query(
 @router.post(
     "/v1/workflows/executions/{execution_id}/updates",
     response_model=UpdateResponse,
-    responses=_responses(400, 404, 409, 504),
+    responses=declared(400, 404, 409, 504),
 )
 async def update(
     request: Request,

@@ -1,0 +1,80 @@
+"""What the OpenAPI document says each route can answer, declared in one place.
+
+Every route can answer 401 (no or unknown key), 408 (request not read in time,
+services/api/http_deadlines.py), 413 (body over the limit, or a command too large),
+422 (FastAPI's validation shape; FastAPI declares it) and 429 (the client's failure
+budget ran out, services/api/limits.py); each route adds what its own code raises.
+`tests/sdk/test_openapi.py` walks the document, and schemathesis checks in `make test`
+that no answer is undeclared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    """Every error but a 422: `<code>: <message>` or a plain message."""
+
+    detail: str
+
+
+_WHY = {
+    400: "Malformed request (a page token of another list or secret, an invalid reset point)",
+    401: "Missing or unknown API key",
+    404: "No such execution or run (or, in separate-users mode, another user's)",
+    408: "The request was not read in time",
+    409: "The command conflicts with the execution's state (or the id is another user's)",
+    413: "The body, or the command it makes, is too large",
+    429: "Too many failed requests from this client; see Retry-After",
+    503: "The command could not be published (it was not applied)",
+    504: "The engine did not answer in time (the command may still be applied)",
+}
+
+EVERY_ROUTE = (401, 408, 413, 429)
+
+
+def declared(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these status codes."""
+    return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
+
+
+def declared_json(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`declared` for a route whose own answers are not JSON (FastAPI would give its
+    errors the route's media type): the schema spelled out under `application/json`."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        code: {"description": _WHY[code], "content": {"application/json": {"schema": schema}}}
+        for code in codes
+    }
+
+
+class EventStreamResponse(StreamingResponse):
+    """A Server-Sent Events stream (so the OpenAPI document says `text/event-stream`)."""
+
+    media_type = "text/event-stream"
+
+
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: `id`, `event`, `data` frames and keep-alive comments",
+        # Each event (keep-alive comments are not events): `data` is the JSON of the
+        # SDK's StreamEventSsePayload, or of an error that ended the stream.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string", "enum": ["event", "error"]},
+                        "data": {"type": "string"},
+                    },
+                    "required": ["data"],
+                }
+            }
+        },
+    }
+}
