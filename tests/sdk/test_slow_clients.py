@@ -55,23 +55,29 @@ def trickle(api: Stack, head: bytes, rest: bytes) -> tuple[float, bytes]:
     try:
         sock.sendall(head)
         for byte in rest:
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                break
+            # Read before each byte sent: once the server has answered and closed, a
+            # further byte would draw a reset that can discard its unread answer.
             try:
                 chunk = sock.recv(4096)
             except TimeoutError:
                 chunk = None
+            except ConnectionResetError:
+                break
             if chunk == b"":
                 break
             if chunk:
                 answer += chunk
+                break
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
             if time.monotonic() - started > CLOSED_WITHIN:
                 raise AssertionError(f"connection still open after {CLOSED_WITHIN}s")
         sock.settimeout(CLOSED_WITHIN)
-        while chunk := sock.recv(4096):
-            answer += chunk
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                answer += chunk
         return time.monotonic() - started, answer
     finally:
         sock.close()
