@@ -227,3 +227,51 @@ def test_after_downtime_a_schedule_catches_up_only_within_its_window(timers_stac
 def _scheduled_at(execution_id: str, schedule_id: str) -> float:
     stamp = execution_id.removeprefix(f"{schedule_id}-")
     return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+async def test_a_workflow_sleep_fires_once_and_a_canceled_timer_never_fires(
+    timers_stack: Stack,
+) -> None:
+    started = await execute(timers_stack, "sleeper")
+    run_id = started["run_id"]
+    task = command(
+        "CompleteWorkflowTask",
+        "sleeper",
+        run_id=run_id,
+        task_seq=1,
+        steps=[
+            {"kind": "start_timer", "timer_id": "nap", "duration_seconds": 1},
+            {"kind": "start_timer", "timer_id": "never", "duration_seconds": 1.5},
+            {"kind": "cancel_timer", "timer_id": "never"},
+        ],
+    )
+    env = timers_stack.env
+    await produce(env["RUNSTORE_KAFKA_BOOTSTRAP"], topic(env, "commands"), [("sleeper", task)])
+
+    async def nap_fired() -> list[dict[str, Any]]:
+        events = await events_of(timers_stack, "sleeper")
+        assert "TIMER_FIRED" in [e["type"] for e in events], [e["type"] for e in events]
+        return events
+
+    events = await assert_eventually(nap_fired, timeout=30, interval=0.1)
+    (nap,) = [
+        e for e in events if e["type"] == "TIMER_STARTED" and e["attributes"]["timer_id"] == "nap"
+    ]
+    (fired,) = [e for e in events if e["type"] == "TIMER_FIRED"]
+    assert fired["attributes"]["timer_id"] == "nap"
+    assert fired["timestamp_ns"] >= nap["attributes"]["fire_at_ns"]
+    assert fired["command_id"] == f"timer:sleeper:{run_id}:nap:{nap['attributes']['fire_at_ns']}"
+    # A later timeout probe fires after "never" would have: "never" stayed canceled.
+    await execute(timers_stack, "sleeper-probe", execution_timeout_seconds=2)
+
+    async def probe_timed_out() -> None:
+        types = [e["type"] for e in await events_of(timers_stack, "sleeper-probe")]
+        assert types[-1] == "WORKFLOW_EXECUTION_TIMED_OUT", types
+
+    await assert_eventually(probe_timed_out, timeout=30, interval=0.1)
+    fired_ids = [
+        e["attributes"]["timer_id"]
+        for e in await events_of(timers_stack, "sleeper")
+        if e["type"] == "TIMER_FIRED"
+    ]
+    assert fired_ids == ["nap"]
