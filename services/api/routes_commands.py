@@ -29,7 +29,7 @@ from schemas.commands import (
     StartWorkflowPayload,
     TerminateExecution,
 )
-from schemas.common import TERMINAL_STATUSES, ExecutionStatus, Identifier
+from schemas.common import ExecutionStatus, Identifier
 from schemas.outcomes import CommandOutcome
 from services.api import errors
 from services.api.access import known_execution_id
@@ -55,7 +55,7 @@ from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.run_reader import RunReader
 from services.api.shapes import ExecuteExtensions, ExecuteRequest, Execution, execution_from_run
-from services.common.clock import utcnow
+from services.common.clock import to_milliseconds, utcnow
 from services.common.ids import derived_id, new_id
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
@@ -191,7 +191,7 @@ async def _wait_until_closed(
     while True:
         run = await reader.execution(execution_id)
         left = deadline - loop.time()
-        if run is None or _is_terminal(run) or left <= 0:
+        if run is None or not ExecutionStatus(run["status"]).is_open or left <= 0:
             return run
         try:
             await sub.next(min(left, _WAIT_RECHECK_SECONDS))  # any event of it: look again
@@ -212,14 +212,13 @@ def _started_execution(command: StartWorkflow, outcome: CommandOutcome) -> Execu
     if outcome.run_id is None or outcome.status is None:
         return None
     p = command.payload
-    at = outcome.decided_at
     return Execution(
         workflow_name=p.workflow_name,
         execution_id=command.execution_id,
         root_execution_id=p.root_execution_id or p.parent_execution_id or command.execution_id,
         status=outcome.status.value,
         # Read models keep milliseconds (BSON dates): answer the same start_time as a read.
-        start_time=at.replace(microsecond=at.microsecond // 1000 * 1000),
+        start_time=to_milliseconds(outcome.decided_at),
         end_time=None,
         workflow_id=p.workflow_name,
         deployment_name=p.deployment_name,
@@ -228,11 +227,6 @@ def _started_execution(command: StartWorkflow, outcome: CommandOutcome) -> Execu
         user_id=command.user_id,
         result=None,
     )
-
-
-def _is_terminal(run: Document) -> bool:
-    status = run.get("status")
-    return status is not None and ExecutionStatus(status) in TERMINAL_STATUSES
 
 
 # --- commands on one execution ----------------------------------------------------------

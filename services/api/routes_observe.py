@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
+from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.access import existing_execution
 from services.api.deps import Authed, Database, Reader, Settings, Wired
@@ -39,7 +40,6 @@ from services.common.readmodels.store import RUNS
 router = APIRouter(tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE))
 
 Document = dict[str, Any]
-_TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"}
 METRICS_MAX_RUNS = 100_000
 METRICS_BUCKETS = 24
 
@@ -230,7 +230,7 @@ async def stream_workflow_execution_logs(
         # records within a second of the run's end.
         nonlocal closed_polls
         run = await reader.execution(execution_id)
-        if run is None or run.get("status") in _TERMINAL:
+        if run is None or not ExecutionStatus(run["status"]).is_open:
             closed_polls += 1
         return closed_polls > 2
 

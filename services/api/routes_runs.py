@@ -28,6 +28,7 @@ from services.api.shapes import (
     history_body,
     list_item_from_run,
 )
+from services.common.clock import to_milliseconds
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
@@ -199,7 +200,7 @@ def _history(page: HistoryPage) -> Response:
 
 
 def floor_ms(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return None if value is None else to_milliseconds(value)
 
 
 def ceil_ms(value: datetime | None) -> datetime | None:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 
+from schemas.common import ExecutionStatus
 from schemas.events import EventType
 from services.api import errors
 from services.api.access import execution_query, existing_execution, known_execution_id
@@ -77,7 +78,7 @@ async def execution_stream(
         history=event_source != "LIVE",
         live=event_source != "DATABASE",
         end_when_closed=True,
-        closed_at_open=run["status"] not in ("RUNNING", "RETRYING_AFTER_ERROR"),
+        closed_at_open=not ExecutionStatus(run["status"]).is_open,
     )
     return _sse(guarded(stream.frames(), lambda: f"stream of execution {execution_id}"))
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Path, Request
 from pydantic import BaseModel
 
-from schemas.common import TERMINAL_STATUSES, ExecutionStatus
+from schemas.common import ExecutionStatus
 from schemas.replies import WorkerReply
 from schemas.tasks import WorkflowTask
 from services.api import errors
@@ -74,7 +74,7 @@ async def update(
     idempotency_key: IdempotencyKey = None,
 ) -> UpdateResponse:
     run = await existing_execution(reader, execution_id)
-    if ExecutionStatus(run["status"]) in TERMINAL_STATUSES:
+    if not ExecutionStatus(run["status"]).is_open:
         raise HTTPException(
             status_code=409,
             detail=f"execution_already_closed: execution {execution_id!r} is "

@@ -35,7 +35,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commits import Commit
-from schemas.common import TERMINAL_STATUSES
+from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.run_list import PROCESS_TOKENS, BadPageToken, Cursor, PageTokens, RunFilter
 from services.common.commit_log import COMMITS, locate_run, read_commit
@@ -48,6 +48,8 @@ from services.common.readmodels.projection import (
     chunk_body_text,
     chunk_event_texts,
     event_text,
+    history_chunk_key,
+    history_chunk_of,
     history_chunk_range,
     is_newer,
 )
@@ -55,7 +57,6 @@ from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 
 Document = dict[str, Any]
 
-_FINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 # Most commits read at once while catching up with the event store.
 _COMMIT_WINDOW = 32
 _LIST_PROJECTION = dict.fromkeys(LIST_FIELDS, 1)
@@ -170,7 +171,7 @@ class RunReader:
         if row is not None:
             projected = int(row.get("event_count", 0))
             more = self._more_chunks(run_id, span, projected, chunks)
-            if row["status"] in _FINAL:
+            if not ExecutionStatus(row["status"]).is_open:
                 # Nothing follows a run's terminal event (a reset or restart opens another
                 # run), and the projector wrote its history before the row: it is final.
                 chunks.update(await more)
@@ -322,8 +323,8 @@ def _texts_between(
 ) -> list[str] | None:
     """The event texts `first`..`last` held by `chunks`, or None if one is missing."""
     texts: list[str] = []
-    for c in range((first - 1) // HISTORY_CHUNK, (last - 1) // HISTORY_CHUNK + 1):
-        chunk = chunks.get(f"{run_id}:{c:06d}")
+    for c in range(history_chunk_of(first), history_chunk_of(last) + 1):
+        chunk = chunks.get(history_chunk_key(run_id, c))
         if chunk is None:
             return None
         low, high = max(first, c * HISTORY_CHUNK + 1), min(last, (c + 1) * HISTORY_CHUNK)

@@ -33,20 +33,15 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from schemas.common import TERMINAL_STATUSES, ExecutionStatus
-from schemas.events import Event
+from schemas.common import ExecutionStatus
+from schemas.events import Event, closes_run
 from services.api.event_fanout import (
     EventFanout,
     FanoutFailed,
     SubscriberOverflow,
     read_between,
 )
-from services.api.public_events import (
-    BEFORE_ALL,
-    Position,
-    closes_execution,
-    sse_payload,
-)
+from services.api.public_events import BEFORE_ALL, Position, sse_payload
 from services.common.commit_log import read_commit
 from services.common.settings import ApiSettings
 
@@ -205,11 +200,7 @@ class ExecutionStream:
                     elif time.monotonic() - quiet_since > self.keepalive_seconds:
                         yield KEEPALIVE
                         quiet_since = time.monotonic()
-                    if (
-                        self.end_when_closed
-                        and closes_execution(event)
-                        and await self._closed_by(event)
-                    ):
+                    if self.end_when_closed and closes_run(event) and await self._closed_by(event):
                         return
             except SubscriberOverflow:
                 log.info("stream of %s fell behind; re-reading from the store", self.execution_id)
@@ -257,8 +248,9 @@ def _follows(last: Position, position: Position) -> bool:
 
 
 def _terminal(state: Document) -> bool:
+    """Whether a commit's state snapshot leaves the execution closed."""
     status = state.get("status")
-    return status is not None and ExecutionStatus(status) in TERMINAL_STATUSES
+    return status is not None and not ExecutionStatus(status).is_open
 
 
 # --- broker sessions ------------------------------------------------------------------

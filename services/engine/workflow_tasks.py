@@ -70,6 +70,7 @@ from schemas.events import (
     WorkflowTaskCompletedAttributes,
     WorkflowTaskFailed,
     WorkflowTaskFailedAttributes,
+    closes_run,
 )
 from schemas.outcomes import RejectionCode
 from services.engine import domain
@@ -516,8 +517,6 @@ def _unchanged(state: ExecutionState, event: Event) -> ExecutionState:
 
 # --- commands for other streams ---------------------------------------------------------
 
-_CLOSING = frozenset(t for t, status in STATUS_AFTER.items() if status.is_terminal)
-
 
 def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionState) -> list[Command]:
     """Commands a commit's events send to OTHER executions, besides a continue-as-new
@@ -554,7 +553,7 @@ def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionStat
                         issued_at,
                     )
                 )
-        elif event.type in _CLOSING and not reset:
+        elif closes_run(event) and not reset:
             # A reset's TERMINATED ends a run another one replaces: not a close the parent
             # or the children should see (documented in docs/domain.md).
             commands.extend(_closing_commands(event, state, issued_at))

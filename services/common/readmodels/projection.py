@@ -23,21 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.events import STATUS_AFTER, Event, EventType
-from services.common.clock import ns_to_datetime
+from schemas.events import STATUS_AFTER, Event, EventType, closes_run
+from services.common.clock import ns_to_datetime, to_milliseconds
 
 Document = dict[str, Any]
 
 HISTORY_CHUNK = 100
-
-_ENDING = {
-    EventType.WORKFLOW_EXECUTION_COMPLETED,
-    EventType.WORKFLOW_EXECUTION_FAILED,
-    EventType.WORKFLOW_EXECUTION_CANCELED,
-    EventType.WORKFLOW_EXECUTION_TERMINATED,
-    EventType.WORKFLOW_EXECUTION_TIMED_OUT,
-    EventType.WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-}
 
 # Fields a list row needs; the rest of a run document (result, failure, search keys) is
 # only read by point reads, so list queries leave it on the server.
@@ -60,7 +51,7 @@ LIST_FIELDS = (
 def read_model_time(ns: int) -> datetime:
     """Event time at millisecond precision: what BSON dates keep, so a document folded
     in memory equals the same document read back from the store."""
-    return ns_to_datetime(ns // 1_000_000 * 1_000_000)
+    return to_milliseconds(ns_to_datetime(ns))
 
 
 def position(event: Event) -> list[int]:
@@ -153,7 +144,7 @@ def apply_to_run(run: Document | None, event: Event) -> Document | None:
         status = STATUS_AFTER.get(event.type)
         if status is not None:
             run["status"] = status.value
-        if event.type in _ENDING:
+        if closes_run(event):
             run["end_time"] = read_model_time(event.timestamp_ns)
             start_ms = round(run["start_time"].timestamp() * 1000)
             run["total_duration_ms"] = max(0, event.timestamp_ns // 1_000_000 - start_ms)
@@ -188,8 +179,19 @@ def apply_to_execution(pointer: Document | None, event: Event) -> Document | Non
     }
 
 
+def history_chunk_of(event_number: int) -> int:
+    """The number of the chunk that holds `event_number` (1-based event numbers)."""
+    return (event_number - 1) // HISTORY_CHUNK
+
+
+def history_chunk_key(run_id: str, chunk: int) -> str:
+    """The `_id` of a run's chunk number `chunk`: the one spelling of a history chunk id."""
+    return f"{run_id}:{chunk:06d}"
+
+
 def history_chunk_id(run_id: str, event_number: int) -> str:
-    return f"{run_id}:{(event_number - 1) // HISTORY_CHUNK:06d}"
+    """The `_id` of the chunk that holds a run's event `event_number`."""
+    return history_chunk_key(run_id, history_chunk_of(event_number))
 
 
 def history_chunk_ids(run_id: str, event_count: int) -> list[str]:
@@ -201,8 +203,8 @@ def history_chunk_range(run_id: str, first: int, last: int) -> list[str]:
     """The `_id`s of the chunks holding event numbers `first`..`last` (inclusive)."""
     if last < first:
         return []
-    low, high = (first - 1) // HISTORY_CHUNK, (last - 1) // HISTORY_CHUNK
-    return [f"{run_id}:{c:06d}" for c in range(low, high + 1)]
+    low, high = history_chunk_of(first), history_chunk_of(last)
+    return [history_chunk_key(run_id, c) for c in range(low, high + 1)]
 
 
 def event_json(event: Event) -> Document:
