@@ -27,6 +27,7 @@ from services.api.auth import Caller
 from services.api.errors import not_found
 from services.api.run_list import PageTokens, RunFilter
 from services.api.run_reader import RunReader
+from services.common.commit_log import CommitLog
 from services.common.settings import AccessMode
 
 Document = dict[str, Any]
@@ -53,9 +54,13 @@ class OwnedRunReader(RunReader):
     """A RunReader that shows one user only the runs that user started."""
 
     def __init__(
-        self, db: AsyncDatabase[Document], user_id: str, tokens: PageTokens | None = None
+        self,
+        db: AsyncDatabase[Document],
+        user_id: str,
+        tokens: PageTokens | None = None,
+        commits: CommitLog | None = None,
     ) -> None:
-        super().__init__(db, tokens)
+        super().__init__(db, tokens, commits)
         self._user_id = user_id
 
     def _visible(self, run: Document) -> bool:

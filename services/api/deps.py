@@ -152,7 +152,9 @@ class Wiring:
     def reader_for(self, caller: Caller) -> RunReader:
         """What `Reader` gives: narrowed to the caller's runs in separate-users mode."""
         if self.access.separate:
-            return OwnedRunReader(self.db, caller.user_id, self.all_runs.tokens)
+            return OwnedRunReader(
+                self.db, caller.user_id, self.all_runs.tokens, self.all_runs.commits
+            )
         return self.all_runs
 
 

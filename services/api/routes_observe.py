@@ -33,7 +33,6 @@ from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
 from services.api.shapes import execution_from_run
 from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
-from services.common.commit_log import COMMITS, locate_run, read_commits_after
 from services.common.readmodels.store import RUNS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
@@ -65,7 +64,7 @@ async def get_workflow_events(
         await existing_execution(reader, workflow_exec_id)
         executions = [workflow_exec_id]
     elif workflow_run_id:
-        execution_id = await locate_run(db, workflow_run_id)
+        execution_id = await reader.commits.locate_run(workflow_run_id)
         if execution_id is None:
             raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
         await existing_execution(reader, execution_id)
@@ -96,7 +95,7 @@ async def get_workflow_events(
                 continue
             started = True
             after_seq = start[1] - 1  # type: ignore[index]
-        for commit in await read_commits_after(db[COMMITS], execution_id, after_seq):
+        for commit in await reader.commits.read_after(execution_id, after_seq):
             for event in commit.events:
                 if start is not None and (execution_id, event.seq, event.index) <= start:
                     continue
@@ -246,7 +245,7 @@ async def _run_and_events(
     run = await existing_execution(reader, execution_id)
     events = [
         e
-        for c in await read_commits_after(db[COMMITS], execution_id, 0)
+        for c in await reader.commits.read_after(execution_id, 0)
         for e in c.events
         if e.run_id == run["run_id"]
     ]

@@ -15,7 +15,7 @@ from schemas.common import ExecutionStatus
 from schemas.events import EventType
 from services.api import errors
 from services.api.access import execution_query, existing_execution, known_execution_id
-from services.api.deps import Access, Authed, Database, Fanout, Reader, Settings
+from services.api.deps import Access, Authed, Fanout, Reader, Settings
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVENT_STREAM, EVERY_ROUTE, EventStreamResponse, declared_json
@@ -26,7 +26,6 @@ from services.api.sse import (
     decode_kafka_id,
     guarded,
 )
-from services.common.commit_log import COMMITS
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared_json(*EVERY_ROUTE))
 
@@ -60,7 +59,6 @@ async def execution_stream(
     who: Authed,
     reader: Reader,
     fanout: Fanout,
-    db: Database,
     settings: Settings,
     execution_id: str,
     event_source: Literal["DATABASE", "LIVE", "HYBRID"] = "HYBRID",
@@ -72,7 +70,7 @@ async def execution_stream(
     stream = ExecutionStream(
         execution_id=execution_id,
         fanout=fanout,
-        commits=db[COMMITS],
+        commits=reader.commits,
         keepalive_seconds=settings.api_sse_keepalive_seconds,
         after=after,
         history=event_source != "LIVE",
@@ -93,7 +91,7 @@ async def events_stream(
     who: Authed,
     access: Access,
     fanout: Fanout,
-    db: Database,
+    reader: Reader,
     settings: Settings,
     scope: Literal["activity", "workflow", "*"] = "*",
     activity_name: str = "*",
@@ -165,7 +163,7 @@ async def events_stream(
         session = ExecutionStream(
             execution_id=single,
             fanout=fanout,
-            commits=db[COMMITS],
+            commits=reader.commits,
             keepalive_seconds=settings.api_sse_keepalive_seconds,
             after=after,
             end_when_closed=False,

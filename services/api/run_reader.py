@@ -38,7 +38,8 @@ from schemas.commits import Commit
 from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.run_list import PROCESS_TOKENS, BadPageToken, Cursor, PageTokens, RunFilter
-from services.common.commit_log import COMMITS, locate_run, read_commit
+from services.common.commit_log import CommitLog
+from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import load_by_ids
 from services.common.readmodels.projection import (
     HISTORY_CHUNK,
@@ -57,8 +58,6 @@ from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 
 Document = dict[str, Any]
 
-# Most commits read at once while catching up with the event store.
-_COMMIT_WINDOW = 32
 _LIST_PROJECTION = dict.fromkeys(LIST_FIELDS, 1)
 MAX_HISTORY_PAGE = 1000
 """Largest `page_size` of the history paging extension."""
@@ -86,12 +85,17 @@ class HistoryPage:
 
 
 class RunReader:
-    def __init__(self, db: AsyncDatabase[Document], tokens: PageTokens | None = None) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        tokens: PageTokens | None = None,
+        commits: CommitLog | None = None,
+    ) -> None:
         self._db = db
         self._runs = db[RUNS]
         self._executions = db[EXECUTIONS]
         self._history = db[HISTORY]
-        self._commits = db[COMMITS]
+        self.commits = commits or MongoCommitLog(db)
         self.tokens = tokens or PROCESS_TOKENS
 
     def _visible(self, run: Document) -> bool:
@@ -139,12 +143,12 @@ class RunReader:
         pointer = await self._executions.find_one({"_id": execution_id})
         if pointer is None:
             # Not projected yet: every event of the execution is in its commits.
-            view = _view_from_commits(await self._commits_after(execution_id, 0))
+            view = _view_from_commits(await self.commits.read_after(execution_id, 0))
             return (view, {}) if view is not None else None
         latest = str(pointer["latest_run_id"])
         row, newer, chunks = await asyncio.gather(
             self._runs.find_one({"_id": latest}),
-            self._commits_after(execution_id, int(pointer["seq"])),
+            self.commits.read_after(execution_id, int(pointer["seq"])),
             self._first_chunks(latest, span),
         )
         for event in (e for c in newer for e in c.events):
@@ -177,14 +181,14 @@ class RunReader:
                 chunks.update(await more)
                 return RunView(row, projected, []), chunks
             newer, extra = await asyncio.gather(
-                self._commits_after(str(row["execution_id"]), int(row["seq"])), more
+                self.commits.read_after(str(row["execution_id"]), int(row["seq"])), more
             )
             chunks.update(extra)
             view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
             assert view is not None
             return view, chunks
         # Not projected (yet): the engine's locator names its execution.
-        execution_id = await locate_run(self._db, run_id)
+        execution_id = await self.commits.locate_run(run_id)
         if execution_id is None:
             return None
         pointer = await self._executions.find_one({"_id": execution_id})
@@ -193,7 +197,7 @@ class RunReader:
         # holds every event of the run up to `seq` (or the run has none up to there).
         row = await self._runs.find_one({"_id": run_id})
         after = max(seq, int(row["seq"]) if row else 0)
-        newer = await self._commits_after(execution_id, after)
+        newer = await self.commits.read_after(execution_id, after)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
         return (view, {}) if view is not None else None
 
@@ -214,23 +218,6 @@ class RunReader:
         last = projected if span.limit is None else min(projected, span.after + span.limit)
         ids = [i for i in history_chunk_range(run_id, span.after + 1, last) if i not in have]
         return await load_by_ids(self._history, ids) if ids else {}
-
-    async def _commits_after(self, execution_id: str, seq: int) -> list[Commit]:
-        """Commits after `seq`, by `_id`, until one is missing. Usually there is none
-        (one read); when the projector is far behind, the reads go out in growing
-        concurrent windows instead of one round trip per commit."""
-        found: list[Commit] = []
-        window = 1
-        while True:
-            start = seq + len(found) + 1
-            batch = await asyncio.gather(
-                *(read_commit(self._commits, execution_id, s) for s in range(start, start + window))
-            )
-            for commit in batch:
-                if commit is None:
-                    return found
-                found.append(commit)
-            window = min(window * 2, _COMMIT_WINDOW)
 
     async def _page(
         self, found: tuple[RunView, dict[str, Document]] | None, after: int, limit: int | None

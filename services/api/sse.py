@@ -31,8 +31,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
-
 from schemas.common import ExecutionStatus
 from schemas.events import Event, closes_run
 from services.api.event_fanout import (
@@ -42,7 +40,7 @@ from services.api.event_fanout import (
     read_between,
 )
 from services.api.public_events import BEFORE_ALL, Position, sse_payload
-from services.common.commit_log import read_commit
+from services.common.commit_log import CommitLog
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -136,7 +134,7 @@ class ExecutionStream:
 
     execution_id: str
     fanout: EventFanout
-    commits: AsyncCollection[Document]
+    commits: CommitLog
     keepalive_seconds: float
     after: Position = BEFORE_ALL
     history: bool = True
@@ -212,7 +210,7 @@ class ExecutionStream:
         """Stored events after the last position, each with "is the execution closed"
         as of the commit holding it."""
         seq = max(self._last.seq, 1)
-        while (commit := await read_commit(self.commits, self.execution_id, seq)) is not None:
+        while (commit := await self.commits.get(self.execution_id, seq)) is not None:
             closed = _terminal(commit.state)
             rendered = False
             for event in commit.events:
@@ -231,7 +229,7 @@ class ExecutionStream:
     async def _closed_by(self, event: Event) -> bool:
         """Whether `event` is the last event of a commit that leaves the execution closed
         (a reset commit closes the old run and opens a new one)."""
-        commit = await read_commit(self.commits, event.execution_id, event.seq)
+        commit = await self.commits.get(event.execution_id, event.seq)
         if commit is None:
             return False
         return event.index == len(commit.events) - 1 and _terminal(commit.state)

@@ -13,10 +13,10 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.run_reader import RunReader
+from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import EXECUTIONS, HISTORY, READ_MODELS, RUNS
 from services.engine.mongo_event_store import MongoEventStore
-from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.projector import Projector
 from tests.unit.test_projection import Workload, mixed_workload
 
@@ -112,7 +112,7 @@ async def test_a_lost_commit_is_filled_from_the_event_store(mongo_db: Db) -> Non
     lost = {(c.execution_id, c.seq) for c in w.commits[::2] if c.seq < last[c.execution_id]}
     assert len(lost) >= 3
     kept = [e for e in events if (e.execution_id, e.seq) not in lost]
-    await Projector(store, MongoCommitSource(mongo_db)).apply(kept)
+    await Projector(store, MongoCommitLog(mongo_db)).apply(kept)
     assert await snapshot(store) == expected
 
 

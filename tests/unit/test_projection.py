@@ -9,7 +9,7 @@ so they are the events the engine would store and publish.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from schemas.commands import (
 from schemas.commits import Commit
 from schemas.common import Failure
 from schemas.events import Event
+from services.common.memory_commit_log import MemoryCommitLog
 from services.common.readmodels.projection import (
     HISTORY_CHUNK,
     ReadModelDocs,
@@ -487,21 +488,18 @@ class MemoryStore:
         return dict(self.data[collection])
 
 
-class MemoryCommits:
+class MemoryCommits(MemoryCommitLog):
+    """The in-memory commit log, counting the reads of runs of commits."""
+
     def __init__(self, commits: Sequence[Commit]) -> None:
-        self.commits = list(commits)
+        super().__init__(commits)
         self.reads = 0
 
-    async def read(self, execution_id: str, seqs: Sequence[int]) -> list[Commit]:
+    async def read_after(
+        self, execution_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Commit]:
         self.reads += 1
-        return [c for c in self.commits if c.execution_id == execution_id and c.seq in seqs]
-
-    async def scan(self) -> AsyncIterator[Commit]:
-        for c in sorted(self.commits, key=lambda c: (c.execution_id, c.seq)):
-            yield c
-
-    async def count(self) -> int:
-        return len(self.commits)
+        return await super().read_after(execution_id, after_seq, limit)
 
 
 async def test_projector_writes_each_batch_with_one_bulk_write_per_collection() -> None:
