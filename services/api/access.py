@@ -20,14 +20,15 @@ from fastapi import Query
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
-from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.common import Identifier
 from services.api.auth import Caller
 from services.api.errors import not_found
-from services.api.run_list import PageTokens, RunFilter
+from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
 from services.common.commit_log import CommitLog
+from services.common.readmodels.reader import ReadModelReader
+from services.common.readmodels.run_filter import RunFilter
 from services.common.settings import AccessMode
 
 Document = dict[str, Any]
@@ -55,12 +56,12 @@ class OwnedRunReader(RunReader):
 
     def __init__(
         self,
-        db: AsyncDatabase[Document],
+        models: ReadModelReader,
+        commits: CommitLog,
         user_id: str,
         tokens: PageTokens | None = None,
-        commits: CommitLog | None = None,
     ) -> None:
-        super().__init__(db, tokens, commits)
+        super().__init__(models, commits, tokens)
         self._user_id = user_id
 
     def _visible(self, run: Document) -> bool:
@@ -71,9 +72,15 @@ class OwnedRunReader(RunReader):
     ) -> tuple[list[Document], str | None]:
         if flt.user_id is not None and flt.user_id != self._user_id:
             return [], None
-        return await super().list_runs(
-            dataclasses.replace(flt, user_id=self._user_id), page_size, token
-        )
+        return await super().list_runs(self._own(flt), page_size, token)
+
+    async def rows(self, flt: RunFilter, limit: int) -> list[Document]:
+        if flt.user_id is not None and flt.user_id != self._user_id:
+            return []
+        return await super().rows(self._own(flt), limit)
+
+    def _own(self, flt: RunFilter) -> RunFilter:
+        return dataclasses.replace(flt, user_id=self._user_id)
 
 
 NAMES_EXECUTION = "x-names-execution"

@@ -152,9 +152,8 @@ class Wiring:
     def reader_for(self, caller: Caller) -> RunReader:
         """What `Reader` gives: narrowed to the caller's runs in separate-users mode."""
         if self.access.separate:
-            return OwnedRunReader(
-                self.db, caller.user_id, self.all_runs.tokens, self.all_runs.commits
-            )
+            runs = self.all_runs
+            return OwnedRunReader(runs.models, runs.commits, caller.user_id, runs.tokens)
         return self.all_runs
 
 

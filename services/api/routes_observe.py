@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.access import existing_execution
-from services.api.deps import Authed, Database, Reader, Settings, Wired
+from services.api.deps import Authed, Database, Reader, Settings
 from services.api.execution_logs import (
     LogFilter,
     execution_chunks,
@@ -33,13 +33,14 @@ from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
 from services.api.shapes import execution_from_run
 from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
-from services.common.readmodels.store import RUNS
+from services.common.readmodels.run_filter import RunFilter
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
 router = APIRouter(tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 METRICS_MAX_RUNS = 100_000
+TREE_MAX_RUNS = 10_000
 METRICS_BUCKETS = 24
 
 
@@ -71,7 +72,7 @@ async def get_workflow_events(
         executions = [execution_id]
     elif root_workflow_exec_id:
         await existing_execution(reader, root_workflow_exec_id)
-        executions = await _tree(db, reader, root_workflow_exec_id)
+        executions = await reader.execution_tree(root_workflow_exec_id, TREE_MAX_RUNS)
     else:
         raise HTTPException(
             status_code=422,
@@ -115,21 +116,6 @@ async def get_workflow_events(
             break
     next_cursor = _events_cursor(last) if more else None
     return json_body({"events": out, "next_cursor": next_cursor})
-
-
-async def _tree(db: Database, reader: Reader, root: str) -> list[str]:
-    rows = (
-        await db[RUNS]
-        .find({"root_execution_id": root}, {"execution_id": 1, "start_time": 1})
-        .to_list(10_000)
-    )
-    rows.sort(key=lambda r: (r["start_time"], r["execution_id"]))
-    seen: list[str] = []
-    for row in rows:
-        eid = str(row["execution_id"])
-        if eid not in seen and await reader.execution(eid) is not None:
-            seen.append(eid)
-    return seen
 
 
 def _events_cursor(position: tuple[str, int, int]) -> str:
@@ -328,7 +314,7 @@ async def get_workflow_execution_trace_events(
 @router.get("/v1/workflows/{workflow_name}/metrics", responses=declared(200, 401, 404, 422))
 async def get_workflow_metrics(
     who: Authed,
-    api: Wired,
+    reader: Reader,
     workflow_name: str,
     start_time: datetime | None = None,
     end_time: datetime | None = None,
@@ -347,14 +333,8 @@ async def get_workflow_metrics(
                 {"loc": ["query", "start_time"], "msg": "after end_time", "type": "value_error"}
             ],
         )
-    query: Document = {"workflow_name": workflow_name, "start_time": {"$gte": start, "$lte": end}}
-    if api.access.separate:
-        query["user_id"] = who.user_id
-    runs = (
-        await api.db[RUNS]
-        .find(query, {"status": 1, "total_duration_ms": 1, "start_time": 1, "attempt": 1})
-        .to_list(METRICS_MAX_RUNS)
-    )
+    flt = RunFilter(workflow_name=workflow_name, start_time_after=start, start_time_before=end)
+    runs = await reader.rows(flt, METRICS_MAX_RUNS)
     return json_body(workflow_metrics(runs, start, end))
 
 

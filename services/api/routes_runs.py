@@ -13,7 +13,6 @@ from services.api.deps import Identified, RunsReader
 from services.api.errors import invalid, not_found
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
-from services.api.run_list import BadPageToken, BadSearchKey, RunFilter, parse_search_keys
 from services.api.run_reader import (
     MAX_HISTORY_PAGE,
     HistoryPage,
@@ -29,6 +28,8 @@ from services.api.shapes import (
     list_item_from_run,
 )
 from services.common.clock import to_milliseconds
+from services.common.readmodels.run_filter import BadPageToken, RunFilter
+from services.common.readmodels.search_keys import BadSearchKey, parse_search_keys
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 

@@ -9,7 +9,7 @@ so they are the events the engine would store and publish.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from schemas.commits import Commit
 from schemas.common import Failure
 from schemas.events import Event
 from services.common.memory_commit_log import MemoryCommitLog
+from services.common.readmodels.memory_store import MemoryReadModels
 from services.common.readmodels.projection import (
     HISTORY_CHUNK,
     ReadModelDocs,
@@ -48,9 +49,9 @@ from services.common.readmodels.projection import (
     events_of_chunks,
     history_chunk_ids,
     project,
-    search_terms,
 )
-from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
+from services.common.readmodels.search_keys import search_terms
+from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands
 from services.projector.projector import Projector
 
@@ -453,41 +454,6 @@ def test_history_chunk_ids_of_an_empty_run_are_none() -> None:
 # --- the Projector on an in-memory store ------------------------------------------------------
 
 
-class MemoryStore:
-    """ReadModelStore in memory; counts bulk writes."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Document]] = {RUNS: {}, EXECUTIONS: {}, HISTORY: {}}
-        self.writes: list[tuple[str, int]] = []
-
-    async def setup(self) -> None:
-        return None
-
-    async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
-        return {i: self.data[collection][i] for i in ids if i in self.data[collection]}
-
-    async def save(self, collection: str, docs: Mapping[str, Document]) -> None:
-        if docs:
-            self.writes.append((collection, len(docs)))
-            self.data[collection].update(docs)
-
-    async def insert(self, collection: str, docs: Mapping[str, Document]) -> None:
-        assert not set(docs) & set(self.data[collection]), "insert of an existing _id"
-        await self.save(collection, docs)
-
-    async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
-        existing = set(docs) & set(self.data[collection])
-        await self.save(collection, {i: d for i, d in docs.items() if i not in existing})
-        return existing
-
-    async def drop_all(self) -> None:
-        for c in self.data.values():
-            c.clear()
-
-    async def snapshot(self, collection: str) -> dict[str, Document]:
-        return dict(self.data[collection])
-
-
 class MemoryCommits(MemoryCommitLog):
     """The in-memory commit log, counting the reads of runs of commits."""
 
@@ -503,14 +469,14 @@ class MemoryCommits(MemoryCommitLog):
 
 
 async def test_projector_writes_each_batch_with_one_bulk_write_per_collection() -> None:
-    store = MemoryStore()
+    store = MemoryReadModels()
     await Projector(store).apply(mixed_workload().all_events())
     assert [c for c, _ in store.writes] == [HISTORY, RUNS, EXECUTIONS]
 
 
 async def test_projector_applied_twice_equals_applied_once() -> None:
     events = mixed_workload().all_events()
-    once, twice = MemoryStore(), MemoryStore()
+    once, twice = MemoryReadModels(), MemoryReadModels()
     await Projector(once).apply(events)
     await Projector(twice).apply(events)
     writes = len(twice.writes)
@@ -522,12 +488,12 @@ async def test_projector_applied_twice_equals_applied_once() -> None:
 async def test_projector_fills_a_gap_from_the_event_store() -> None:
     w = mixed_workload()
     events = w.all_events()
-    full = MemoryStore()
+    full = MemoryReadModels()
     await Projector(full).apply(events)
     # Lose every event of commit 2 of execution "a" and deliver the rest.
     lost = {(e.execution_id, e.seq) for e in events if e.execution_id == "a" and e.seq == 2}
     commits = MemoryCommits(w.commits)
-    gappy = MemoryStore()
+    gappy = MemoryReadModels()
     await Projector(gappy, commits).apply(
         [e for e in events if (e.execution_id, e.seq) not in lost]
     )
@@ -538,9 +504,9 @@ async def test_projector_fills_a_gap_from_the_event_store() -> None:
 async def test_projector_fills_a_gap_across_batches_and_after_reordering() -> None:
     w = mixed_workload()
     events = w.all_events()
-    full = MemoryStore()
+    full = MemoryReadModels()
     await Projector(full).apply(events)
-    store = MemoryStore()
+    store = MemoryReadModels()
     projector = Projector(store, MemoryCommits(w.commits))
     later = [e for e in events if e.seq >= 2]
     earlier = [e for e in events if e.seq < 2]

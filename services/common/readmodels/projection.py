@@ -25,27 +25,11 @@ from typing import Any
 
 from schemas.events import STATUS_AFTER, Event, EventType, closes_run
 from services.common.clock import ns_to_datetime, to_milliseconds
+from services.common.readmodels.search_keys import search_terms
 
 Document = dict[str, Any]
 
 HISTORY_CHUNK = 100
-
-# Fields a list row needs; the rest of a run document (result, failure, search keys) is
-# only read by point reads, so list queries leave it on the server.
-LIST_FIELDS = (
-    "_id",
-    "run_id",
-    "execution_id",
-    "workflow_name",
-    "root_execution_id",
-    "parent_execution_id",
-    "deployment_name",
-    "user_id",
-    "status",
-    "start_time",
-    "end_time",
-    "total_duration_ms",
-)
 
 
 def read_model_time(ns: int) -> datetime:
@@ -61,47 +45,6 @@ def position(event: Event) -> list[int]:
 def is_newer(event: Event, doc: Document | None) -> bool:
     """Whether `event` comes after everything `doc` already reflects."""
     return doc is None or position(event) > list(doc.get("position", [0, -1]))
-
-
-# --- search keys ----------------------------------------------------------------------
-# A run's search keys are matched through one array of terms, so that one multikey index
-# (`search_terms`, sort field, `_id`) serves every `search_key` filter form. Keys hold
-# only letters, digits, '_' and '-' (schemas.commands.SEARCH_KEY_PATTERN), so the ':'
-# after the kind and the '=' after the key are unambiguous.
-
-
-def search_key_set_term(key: str) -> str:
-    """Matches runs where `key` is set (to a value or to null): filter `key`."""
-    return f"set:{key}"
-
-
-def search_key_null_term(key: str) -> str:
-    """Matches runs where `key` is set to null: filter `key==`."""
-    return f"null:{key}"
-
-
-def search_key_exact_term(key: str, value: str) -> str:
-    """Matches runs where `key` is exactly `value`: filter `key==:value`."""
-    return f"eq:{key}={value}"
-
-
-def search_key_folded_prefix(key: str) -> str:
-    """Prefix of the term holding `key`'s value case-folded: filter `key:value` matches
-    runs having a term that starts with this and contains the folded value after it."""
-    return f"fold:{key}="
-
-
-def search_terms(search_keys: Mapping[str, str | None] | None) -> list[str]:
-    """The terms a run with these search keys is found by."""
-    terms: list[str] = []
-    for key, value in sorted((search_keys or {}).items()):
-        terms.append(search_key_set_term(key))
-        if value is None:
-            terms.append(search_key_null_term(key))
-        else:
-            terms.append(search_key_exact_term(key, value))
-            terms.append(search_key_folded_prefix(key) + value.casefold())
-    return terms
 
 
 def apply_to_run(run: Document | None, event: Event) -> Document | None:
