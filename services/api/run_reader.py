@@ -315,15 +315,14 @@ def _texts_between(
         if chunk is None:
             return None
         low, high = max(first, c * HISTORY_CHUNK + 1), min(last, (c + 1) * HISTORY_CHUNK)
-        if "body" in chunk:
-            held_first, held_last = int(chunk["first"]), int(chunk["last"])
-            if int(chunk["count"]) == held_last - held_first + 1:
-                # Without holes (always, in practice): slice the lines, parse nothing.
-                if not held_first <= low <= high <= held_last:
-                    return None
-                lines = chunk_body_text(chunk).split("\n")
-                texts += lines[low - held_first : high - held_first + 1]
-                continue
+        held_first, held_last = int(chunk["first"]), int(chunk["last"])
+        if int(chunk["count"]) == held_last - held_first + 1:
+            # Without holes (always, in practice): slice the lines, parse nothing.
+            if not held_first <= low <= high <= held_last:
+                return None
+            lines = chunk_body_text(chunk).split("\n")
+            texts += lines[low - held_first : high - held_first + 1]
+            continue
         held = dict(chunk_event_texts(chunk))
         if any(n not in held for n in range(low, high + 1)):
             return None

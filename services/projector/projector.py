@@ -54,8 +54,6 @@ def _doc_size(doc: Document) -> int:
     body = doc.get("body")
     if isinstance(body, str | bytes):
         return len(body) + 200
-    if "events" in doc:  # a chunk of the earlier format: too big to guess; never kept
-        return 1 << 30
     return 200
 
 

@@ -1,6 +1,6 @@
 """History pages of the RunReader against the real MongoDB-protocol server: projected
-chunks, commits the projector has not applied yet, chunks read before their row, chunks of
-the earlier format, and the per-user view."""
+chunks, commits the projector has not applied yet, chunks read before their row, and the
+per-user view."""
 
 from __future__ import annotations
 
@@ -117,29 +117,6 @@ async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: D
     # What `run_history_page` does when the chunk it read with the row predates the row.
     texts = await reader._chunk_texts(w.run_id("a"), 1, 10, stale)
     assert numbers(texts) == list(range(1, 11))
-
-
-async def test_chunks_of_the_earlier_format_are_read(mongo_db: Db) -> None:
-    w = Workload()
-    w.start("a")
-    w.signals("a", 4)
-    w.complete("a")
-    events = w.all_events()
-    store = MongoReadModelStore(mongo_db)
-    await Projector(store).apply(events)
-    run_id = w.run_id("a")
-    legacy = {
-        "_id": history_chunk_id(run_id, 1),
-        "run_id": run_id,
-        "events": {str(e.event_number): event_json(e) for e in events},
-    }
-    await mongo_db[HISTORY].replace_one({"_id": legacy["_id"]}, legacy)
-    found = await mongo_reader(mongo_db).run_history(run_id)
-    assert found is not None and found[1] == [event_json(e) for e in events]
-    page = await RunReader(
-        MongoReadModelReader(mongo_db), MongoCommitLog(mongo_db)
-    ).run_history_page(run_id, 2, 2)
-    assert page is not None and numbers(page.events) == [3, 4]
 
 
 async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:

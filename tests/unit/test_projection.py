@@ -386,26 +386,6 @@ def test_history_event_arriving_out_of_order_finds_its_place() -> None:
     assert [n for n, _ in chunk_event_texts(holes)] == [1, 3]
 
 
-def test_history_chunks_of_the_earlier_format_are_read_and_upgraded_when_touched() -> None:
-    w = Workload()
-    w.start("a")
-    w.signal("a")
-    w.signal("a")
-    first, second, third = w.all_events()
-    legacy = {
-        "_id": f"{first.run_id}:000000",
-        "run_id": first.run_id,
-        "events": {"1": event_json(first), "2": event_json(second)},
-    }
-    assert events_of_chunks([legacy]) == {1: event_json(first), 2: event_json(second)}
-    assert apply_to_history(legacy, second) is legacy
-    upgraded = apply_to_history(legacy, third)
-    assert "events" not in upgraded and upgraded["count"] == 3
-    assert events_of_chunks([upgraded]) == {
-        e.event_number: event_json(e) for e in (first, second, third)
-    }
-
-
 # --- search keys and workflow tags -------------------------------------------------------------
 
 

@@ -164,16 +164,13 @@ def event_text(event: Event) -> str:
 # order, zlib-compressed, with the range they cover as plain numbers:
 #   {_id, run_id, first, last, count, body: zlib("<event json>\n<event json>\n...")}
 # The database never looks inside an event, and FerretDB reads a document of a few flat
-# fields and a small binary fast: a chunk of 100 nested events took ~20 ms to read, the
-# same events as text ~3.5 ms, compressed (5-15x smaller) ~0.9 ms, like any small
-# document. Readers splice the lines into a response without parsing them. JSON text
-# never holds a raw newline, so the separator is unambiguous. While a fold runs, a chunk
+# fields and a small binary far faster than nested events (docs/read-models.md has the
+# measurements). Readers splice the lines into a response without parsing them. JSON
+# text never holds a raw newline, so the separator is unambiguous. While a fold runs, a chunk
 # it changed holds its body as text; `ReadModelDocs.changes` compresses it once per batch.
 # The events of a run arrive in order (the projector fills gaps from the event store), so
 # a chunk normally holds `first`..`last` without holes (`count == last - first + 1`); an
-# event that arrives out of order still finds its place (the slow path below). Chunks
-# written before this format (`events: {"<event_number>": {...}}`) are read, and
-# rewritten when touched.
+# event that arrives out of order still finds its place (the slow path below).
 _LINE = "\n"
 _ZLIB_LEVEL = 1  # ~0.1 ms for a 40 kB chunk; higher levels gain little on JSON
 
@@ -184,10 +181,6 @@ def apply_to_history(chunk: Document | None, event: Event) -> Document:
     Returns `chunk` itself when the event is already there.
     """
     n = event.event_number
-    if chunk is not None and "events" in chunk:  # the format before text bodies
-        if str(n) in chunk["events"]:
-            return chunk
-        chunk = _chunk_of(chunk["_id"], chunk["run_id"], dict(chunk_event_texts(chunk)))
     if chunk is None:
         chunk_id = history_chunk_id(event.run_id, n)
         return _chunk_of(chunk_id, event.run_id, {n: event_text(event)})
@@ -222,10 +215,6 @@ def _chunk_of(chunk_id: str, run_id: str, texts: Mapping[int, str]) -> Document:
 
 def chunk_event_texts(chunk: Document) -> Iterator[tuple[int, str]]:
     """(event_number, event JSON text) of every event a chunk holds, in order."""
-    if "events" in chunk:  # the format before text bodies
-        for key, value in sorted(chunk["events"].items(), key=lambda kv: int(kv[0])):
-            yield int(key), json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        return
     lines = chunk_body_text(chunk).split(_LINE)
     first, last = int(chunk["first"]), int(chunk["last"])
     if len(lines) == last - first + 1:
@@ -236,7 +225,7 @@ def chunk_event_texts(chunk: Document) -> Iterator[tuple[int, str]]:
 
 
 def chunk_body_text(chunk: Document) -> str:
-    """The event lines of a chunk (of the text-body format), decompressed if stored."""
+    """The event lines of a chunk, decompressed if stored."""
     body = chunk["body"]
     return zlib.decompress(body).decode() if isinstance(body, bytes) else str(body)
 
