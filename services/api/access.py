@@ -97,16 +97,16 @@ def execution_query(**options: Any) -> Any:
     return Query(json_schema_extra={NAMES_EXECUTION: True}, **options)
 
 
-_EXECUTION_QUERY_PARAMS: dict[int, tuple[str, ...]] = {}
+_EXECUTION_PARAMS_ATTR = "runstore_execution_query_params"
 
 
 def execution_query_params(route: APIRoute) -> tuple[str, ...]:
     """The query parameters of `route` (its dependencies included) declared with
-    `execution_query`, by their names on the wire."""
-    known = _EXECUTION_QUERY_PARAMS.get(id(route))
+    `execution_query`, by their names on the wire (worked out once, kept on the route)."""
+    known: tuple[str, ...] | None = getattr(route, _EXECUTION_PARAMS_ATTR, None)
     if known is None:
         known = tuple(dict.fromkeys(_marked_query_params(route.dependant)))
-        _EXECUTION_QUERY_PARAMS[id(route)] = known
+        setattr(route, _EXECUTION_PARAMS_ATTR, known)
     return known
 
 

@@ -7,6 +7,7 @@ from collections.abc import Collection
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.common.mongo import ServerKind
 from services.common.readmodels import run_query
 from services.common.readmodels.mongo_store import load_by_ids
 from services.common.readmodels.reader import LIST_FIELDS
@@ -19,12 +20,13 @@ _LIST_PROJECTION = dict.fromkeys(LIST_FIELDS, 1)
 class MongoReadModelReader:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
+        self._server = ServerKind(db)
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         return await self._db[collection].find_one({"_id": doc_id})
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
-        return await load_by_ids(self._db[collection], ids)
+        return await load_by_ids(self._db[collection], ids, await self._server.ferretdb())
 
     async def list_runs(self, flt: RunFilter, after: Cursor | None, limit: int) -> list[Document]:
         rows: list[Document] = []
