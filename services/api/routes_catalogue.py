@@ -23,16 +23,14 @@ from services.api.catalogue import (
     workflow_doc,
     workflow_shape,
 )
+from services.api.command_sending import IdempotencyKey
 from services.api.deps import Authed, Database, Wired
 from services.api.http_docs import declared, json_body
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
-from services.api.routes_commands import (
-    RESERVED_WORKFLOW_NAMES,
-    IdempotencyKey,
-    start_execution,
-)
 from services.api.shapes import ExecuteRequest
+from services.api.start_execution import start_execution
+from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 from services.common.worker_registry import REGISTRATIONS, WORKFLOWS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).

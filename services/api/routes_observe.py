@@ -29,10 +29,10 @@ from services.api.http_docs import declared, json_body, opaque_cursor, read_opaq
 from services.api.public_events import NAMESPACE, public_event
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
-from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
 from services.api.shapes import execution_from_run
 from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
+from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 from services.common.readmodels.run_filter import RunFilter
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).

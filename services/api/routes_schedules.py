@@ -26,9 +26,10 @@ from schemas.schedules import (
 )
 from services.api import errors
 from services.api.auth import Caller
+from services.api.command_sending import apply_command
 from services.api.deps import Identified, Wired
 from services.api.responses import EVERY_ROUTE, declared
-from services.api.routes_commands import apply_command, workflow_name_from_path
+from services.api.workflow_names import workflow_name_from_path
 from services.common.clock import utcnow
 from services.common.ids import new_id
 from services.common.schedule_store import MongoScheduleStore

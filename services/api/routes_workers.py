@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
 from schemas.common import ExecutionStatus
@@ -25,6 +25,7 @@ from schemas.tasks import WorkflowTask
 from services.api import errors
 from services.api.access import existing_execution
 from services.api.auth import Caller
+from services.api.command_sending import IdempotencyKey
 from services.api.command_shapes import InvocationRequest, QueryResponse, UpdateResponse
 from services.api.deps import Authed, Reader
 from services.api.responses import EVERY_ROUTE, declared
@@ -36,7 +37,6 @@ router = APIRouter(responses=declared(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 ExecutionId = Annotated[str, Path()]
-IdempotencyKey = Annotated[str | None, Header(max_length=255)]
 
 
 class ErrorBody(BaseModel):
