@@ -17,6 +17,7 @@ from services.api import (
     routes_catalogue,
     routes_commands,
     routes_deployments,
+    routes_logs,
     routes_observe,
     routes_runs,
     routes_schedules,
@@ -126,6 +127,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_schedules.router)
     app.include_router(routes_observe.router)
     app.include_router(routes_deployments.router)
+    app.include_router(routes_logs.router)
     app.include_router(routes_commands.router)
     app.include_router(routes_ui.router)
     app.include_router(routes_workers.router)

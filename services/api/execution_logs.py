@@ -10,16 +10,16 @@ the SSE ids. Order is shipping order: one worker's records keep their order.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.api.sse import KEEPALIVE, SSE_HEADERS, frame, guarded
 from services.common.worker_registry import EXECUTION_LOGS, log_chunk_id
 
 Document = dict[str, Any]
@@ -182,31 +182,36 @@ def parse_deployment_position(text: str) -> tuple[int, str, int]:
 
 
 def log_frame(position: str, record: Document) -> bytes:
-    return f"id: {position}\nevent: log\ndata: {json.dumps(record)}\n\n".encode()
+    return frame(record, event_id=position, event="log")
 
 
 LOG_POLL_SECONDS = 0.5
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Fetch = Callable[[], Awaitable[list[tuple[str, Document]]]]
+P = TypeVar("P")
 
 
-def log_stream(
-    fetch: Fetch, finished: Callable[[], Awaitable[bool]], keepalive_seconds: float
+def tail_stream(
+    records_after: Callable[[P | None], Awaitable[list[tuple[P, Document]]]],
+    start: P | None,
+    finished: Callable[[], Awaitable[bool]],
+    keepalive_seconds: float,
 ) -> StreamingResponse:
-    """The SSE answer of a logs stream (polls every LOG_POLL_SECONDS)."""
+    """The SSE answer of a log tail: `records_after(last position sent)` polled every
+    LOG_POLL_SECONDS from `start` (None: from the first record), until `finished()` and a
+    last poll finds nothing."""
+    last = start
+
+    async def fetch() -> list[tuple[str, Document]]:
+        nonlocal last
+        rows = await records_after(last)
+        if rows:
+            last = rows[-1][0]
+        return [(position_text(cast("tuple[Any, ...]", p)), rec) for p, rec in rows]
+
     frames = poll_frames(fetch, keepalive_seconds, LOG_POLL_SECONDS, finished)
-    return StreamingResponse(_guard(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-
-async def _guard(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A failure after the 200 becomes an `event: error` frame (API.md §7.2)."""
-    try:
-        async for frame in frames:
-            yield frame
-    except Exception as exc:
-        data = json.dumps({"error": str(exc) or type(exc).__name__, "reason": "internal_error"})
-        yield f"event: error\ndata: {data}\n\n".encode()
+    guarded_frames = guarded(frames, lambda: "log stream")
+    return StreamingResponse(guarded_frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def poll_frames(
@@ -232,4 +237,4 @@ async def poll_frames(
         silent += poll_seconds
         if silent >= keepalive_seconds:
             silent = 0.0
-            yield b": keep-alive\n\n"
+            yield KEEPALIVE

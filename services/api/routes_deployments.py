@@ -10,24 +10,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import Identifier
 from services.api.catalogue import CATALOGUE_SCAN_LIMIT, is_live
-from services.api.deps import Authed, Database, Settings
-from services.api.execution_logs import (
-    LogFilter,
-    deployment_records,
-    log_stream,
-    page,
-    parse_deployment_position,
-    position_text,
-)
+from services.api.deps import Authed, Database
 from services.api.http_docs import declared, json_body
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
-from services.api.routes_runs import utc
 from services.common.worker_registry import DEPLOYMENTS, WORKERS, WORKFLOWS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
@@ -123,7 +114,8 @@ def _managed_shape(d: Document, live_count: int) -> Document:
     }
 
 
-async def _deployment(db: Database, name: str) -> Document:
+async def existing_deployment(db: Database, name: str) -> Document:
+    """The deployment, or 404."""
     doc = await db[DEPLOYMENTS].find_one({"_id": name})
     if doc is None:
         raise HTTPException(status_code=404, detail=f"deployment {name!r} not found")
@@ -135,7 +127,7 @@ async def _workers(db: Database, name: str) -> list[Document]:
 
 
 async def _accepted(db: Database, name: str) -> Response:
-    doc = await _deployment(db, name)
+    doc = await existing_deployment(db, name)
     now = datetime.now(UTC)
     live = [w for w in await _workers(db, name) if is_live(w, now)]
     return json_body(_managed_shape(doc, len(live)), status_code=202)
@@ -208,7 +200,7 @@ async def create_deployment(who: Authed, db: Database, body: DeploymentCreate) -
 
 @router.get("/v1/workflows/deployments/{name}", responses=declared(200, 401, 404))
 async def get_deployment(who: Authed, db: Database, name: str) -> Response:
-    doc = await _deployment(db, name)
+    doc = await existing_deployment(db, name)
     now = datetime.now(UTC)
     workers = await _workers(db, name)
     shape = _deployment_shape(doc, workers, now)
@@ -222,7 +214,7 @@ async def get_deployment(who: Authed, db: Database, name: str) -> Response:
 async def update_deployment(
     who: Authed, db: Database, name: str, body: DeploymentPatch
 ) -> Response:
-    await _deployment(db, name)
+    await existing_deployment(db, name)
     update: Document = {"updated_at": datetime.now(UTC)}
     if body.spec is not None:
         update["spec"] = body.spec
@@ -235,7 +227,7 @@ async def update_deployment(
 )
 async def delete_deployment(who: Authed, db: Database, name: str) -> Response:
     """Only a deployment without live workers (409 otherwise: stop them first)."""
-    doc = await _deployment(db, name)
+    doc = await existing_deployment(db, name)
     now = datetime.now(UTC)
     if any(is_live(w, now) for w in await _workers(db, name)):
         raise HTTPException(
@@ -247,7 +239,7 @@ async def delete_deployment(who: Authed, db: Database, name: str) -> Response:
 
 
 async def _set_state(db: Database, name: str, update: Document) -> Response:
-    await _deployment(db, name)
+    await existing_deployment(db, name)
     now = datetime.now(UTC)
     ops: Document = {"$set": {"updated_at": now, **update.get("$set", {})}}
     if "$inc" in update:
@@ -297,7 +289,7 @@ async def list_deployment_workers(
 ) -> Response:
     """Live workers (heartbeat within 3 intervals), by id; `worker_status=inactive` lists
     the silent ones still on record, `all` both."""
-    await _deployment(db, name)
+    await existing_deployment(db, name)
     now = datetime.now(UTC)
     shapes = sorted(
         (_worker_shape(w, now) for w in await _workers(db, name)), key=lambda s: str(s["name"])
@@ -314,7 +306,7 @@ async def list_deployment_workers(
 
 @router.get("/v1/workflows/deployments/{name}/archive", responses=declared(401, 404, 501))
 async def get_deployment_archive(who: Authed, db: Database, name: str) -> Response:
-    await _deployment(db, name)
+    await existing_deployment(db, name)
     raise HTTPException(status_code=501, detail=HOSTED_ONLY.format(what="code archive"))
 
 
@@ -324,71 +316,5 @@ async def get_deployment_archive(who: Authed, db: Database, name: str) -> Respon
 async def unharden_deployment(
     who: Authed, db: Database, deployment_id: str, workspace_id: str | None = None
 ) -> Response:
-    await _deployment(db, deployment_id)
+    await existing_deployment(db, deployment_id)
     raise HTTPException(status_code=501, detail=HOSTED_ONLY.format(what="hardening to undo"))
-
-
-@router.get("/v1/workflows/deployments/{name}/logs", responses=declared(200, 400, 401, 404, 422))
-async def get_deployment_logs(
-    who: Authed,
-    db: Database,
-    name: str,
-    log_type: str | None = None,
-    worker_name: str | None = None,
-    workflow_name: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-    order: Literal["asc", "desc"] = "asc",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> Response:
-    """The log records the deployment's workers shipped, in shipping order. `order=desc`
-    reverses one page of the oldest records after `cursor` (logs are read forwards)."""
-    await _deployment(db, name)
-    flt = LogFilter(
-        worker_name=worker_name, workflow_name=workflow_name, after=utc(after), before=utc(before)
-    )
-    position = parse_deployment_position(cursor) if cursor else None
-    rows = await deployment_records(db, name, flt, position, limit + 1)
-    records, _ = page(list(rows), "asc", None, limit)
-    next_cursor = position_text(rows[limit - 1][0]) if len(rows) > limit else None
-    if order == "desc":
-        records.reverse()
-    return json_body({"results": records, "next_cursor": next_cursor})
-
-
-@router.get(
-    "/v1/workflows/deployments/{name}/logs/stream",
-    responses=declared(200, 400, 401, 404, 422, stream=True),
-)
-async def stream_deployment_logs(
-    who: Authed,
-    db: Database,
-    settings: Settings,
-    name: str,
-    worker_name: str | None = None,
-    workflow_name: str | None = None,
-    after: datetime | None = None,
-    last_event_id: str | None = None,
-) -> StreamingResponse:
-    """Live log records of the deployment's workers (`event: log`, id = position);
-    runs until the client disconnects."""
-    await _deployment(db, name)
-    flt = LogFilter(
-        worker_name=worker_name,
-        workflow_name=workflow_name,
-        after=None if last_event_id else utc(after),
-    )
-    last = parse_deployment_position(last_event_id) if last_event_id else None
-
-    async def fetch() -> list[tuple[str, Document]]:
-        nonlocal last
-        rows = await deployment_records(db, name, flt, last, 500)
-        if rows:
-            last = rows[-1][0]
-        return [(position_text(p), rec) for p, rec in rows]
-
-    async def never() -> bool:
-        return False
-
-    return log_stream(fetch, never, settings.api_sse_keepalive_seconds)

@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.access import existing_execution
 from services.api.deps import Authed, Database, Reader, Settings
-from services.api.execution_logs import (
-    LogFilter,
-    execution_chunks,
-    execution_records,
-    log_stream,
-    page,
-    parse_execution_position,
-    position_text,
-)
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
 from services.api.responses import EVERY_ROUTE
@@ -146,80 +136,6 @@ async def whoami(who: Authed, settings: Settings) -> Response:
             "user_id": who.user_id,
         }
     )
-
-
-# --- execution logs -------------------------------------------------------------------
-
-
-@router.get(
-    "/v1/workflows/executions/{execution_id}/logs", responses=declared(200, 400, 401, 404, 422)
-)
-async def get_workflow_execution_logs(
-    who: Authed,
-    reader: Reader,
-    db: Database,
-    execution_id: str,
-    run_id: str | None = None,
-    activity_id: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-    order: Literal["asc", "desc"] = "asc",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> Response:
-    """The execution's log records in shipping order (or reversed)."""
-    await existing_execution(reader, execution_id)
-    flt = LogFilter(run_id=run_id, activity_id=activity_id, after=utc(after), before=utc(before))
-    rows = execution_records(await execution_chunks(db, execution_id), flt)
-    position = parse_execution_position(cursor) if cursor else None
-    records, next_cursor = page(list(rows), order, position, limit)
-    return json_body({"results": records, "next_cursor": next_cursor})
-
-
-@router.get(
-    "/v1/workflows/executions/{execution_id}/logs/stream",
-    responses=declared(200, 400, 401, 404, 422, stream=True),
-)
-async def stream_workflow_execution_logs(
-    who: Authed,
-    reader: Reader,
-    db: Database,
-    settings: Settings,
-    execution_id: str,
-    run_id: str | None = None,
-    activity_id: str | None = None,
-    after: datetime | None = None,
-    last_event_id: str | None = None,
-) -> StreamingResponse:
-    """Log records as `event: log` frames with the record's position as `id`; resumes
-    after `last_event_id`. Ends once the execution is closed and its records are sent
-    (records shipped later than that are in `get_workflow_execution_logs`)."""
-    await existing_execution(reader, execution_id)
-    flt = LogFilter(
-        run_id=run_id, activity_id=activity_id, after=None if last_event_id else utc(after)
-    )
-    last = parse_execution_position(last_event_id) if last_event_id else (-1, -1)
-
-    async def fetch() -> list[tuple[str, Document]]:
-        nonlocal last
-        chunks = await execution_chunks(db, execution_id, first=max(last[0], 0))
-        rows = [r for r in execution_records(chunks, flt) if r[0] > last]
-        if rows:
-            last = rows[-1][0]
-        return [(position_text(p), rec) for p, rec in rows]
-
-    closed_polls = 0
-
-    async def finished() -> bool:
-        # Closed, and one more poll after that found nothing: the worker ships its last
-        # records within a second of the run's end.
-        nonlocal closed_polls
-        run = await reader.execution(execution_id)
-        if run is None or not ExecutionStatus(run["status"]).is_open:
-            closed_polls += 1
-        return closed_polls > 2
-
-    return log_stream(fetch, finished, settings.api_sse_keepalive_seconds)
 
 
 # --- traces ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVENT_STREAM, EVERY_ROUTE, EventStreamResponse, declared_json
 from services.api.sse import (
+    SSE_HEADERS,
     BrokerStream,
     EventFilter,
     ExecutionStream,
@@ -30,7 +31,6 @@ from services.api.sse import (
 router = APIRouter(route_class=StrictJsonRoute, responses=declared_json(*EVERY_ROUTE))
 
 PUBLIC_EVENT_TYPES = frozenset(t.value for t in EventType if t.is_public)
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _EVENTS_STREAM_PARAMS = frozenset(
     {
         "scope",
@@ -213,4 +213,4 @@ def _position(text: str | None, name: str) -> Position:
 
 
 def _sse(frames: AsyncIterator[bytes]) -> EventStreamResponse:
-    return EventStreamResponse(frames, headers=_SSE_HEADERS)
+    return EventStreamResponse(frames, headers=SSE_HEADERS)

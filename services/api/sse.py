@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 Document = dict[str, Any]
 
 KEEPALIVE = b": keep-alive\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+"""Keep proxies from caching or buffering a stream."""
 EVENT_NAME = "event"
 _KAFKA_ID_PREFIX = "kafka:"
 
