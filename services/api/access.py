@@ -85,7 +85,7 @@ class OwnedRunReader(RunReader):
 
 NAMES_EXECUTION = "x-names-execution"
 """OpenAPI extension on a query parameter whose value is an execution id: in separate mode
-`deps.Authed` checks that every such value names one of the caller's executions."""
+`deps.Authorized` checks that every such value names one of the caller's executions."""
 
 ABSENT_FILTER_VALUES = frozenset({"*", ""})
 """What the SDK sends for a stream filter it leaves out; such a value names nothing."""

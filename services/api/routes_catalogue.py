@@ -24,7 +24,7 @@ from services.api.catalogue import (
     workflow_shape,
 )
 from services.api.command_sending import IdempotencyKey
-from services.api.deps import Authed, Database, Wired
+from services.api.deps import Authorized, Database, Wired
 from services.api.http_docs import declared, json_body
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
@@ -62,7 +62,7 @@ class TagsAdd(BaseModel):
     responses=declared(200, 400, 401, 422),
 )
 async def get_workflow_registrations(
-    who: Authed,
+    who: Authorized,
     db: Database,
     workflow_id: str | None = None,
     task_queue: str | None = None,
@@ -116,7 +116,7 @@ async def get_workflow_registrations(
     responses=declared(200, 401, 404, 422),
 )
 async def get_workflow_registration(
-    who: Authed,
+    who: Authorized,
     db: Database,
     workflow_registration_id: str,
     with_workflow: bool = False,
@@ -135,7 +135,7 @@ async def get_workflow_registration(
     responses=declared(200, 401, 404, 409, 422, 503, 504),
 )
 async def execute_workflow_registration(
-    who: Authed,
+    who: Authorized,
     api: Wired,
     body: ExecuteRequest,
     workflow_registration_id: str,
@@ -161,7 +161,7 @@ async def _registration(db: Database, registration_id: str) -> Document:
 
 @router.get("/v1/workflows", responses=declared(200, 400, 401, 422))
 async def get_workflows(
-    who: Authed,
+    who: Authorized,
     db: Database,
     status: Annotated[list[str] | None, Query()] = None,
     include_shared: bool = True,
@@ -193,19 +193,19 @@ async def get_workflows(
 
 
 @router.put("/v1/workflows/archive", responses=declared(200, 401, 422))
-async def bulk_archive_workflows(who: Authed, db: Database, body: WorkflowIds) -> Response:
+async def bulk_archive_workflows(who: Authorized, db: Database, body: WorkflowIds) -> Response:
     done, errored = await _set_archived_many(db, body.workflow_ids, True)
     return json_body({"archived": done, "errored": errored})
 
 
 @router.put("/v1/workflows/unarchive", responses=declared(200, 401, 422))
-async def bulk_unarchive_workflows(who: Authed, db: Database, body: WorkflowIds) -> Response:
+async def bulk_unarchive_workflows(who: Authorized, db: Database, body: WorkflowIds) -> Response:
     done, errored = await _set_archived_many(db, body.workflow_ids, False)
     return json_body({"unarchived": done, "errored": errored})
 
 
 @router.get("/v1/workflows/{workflow_identifier}", responses=declared(200, 401, 404))
-async def get_workflow(who: Authed, db: Database, workflow_identifier: str) -> Response:
+async def get_workflow(who: Authorized, db: Database, workflow_identifier: str) -> Response:
     doc = await workflow_doc(db, _name(workflow_identifier))
     active = workflow_identifier in served(await live_workers(db))
     return json_body({"workflow": workflow_shape(doc, active=active)})
@@ -213,7 +213,7 @@ async def get_workflow(who: Authed, db: Database, workflow_identifier: str) -> R
 
 @router.put("/v1/workflows/{workflow_identifier}", responses=declared(200, 401, 404, 422))
 async def update_workflow(
-    who: Authed, db: Database, workflow_identifier: str, body: WorkflowUpdate
+    who: Authorized, db: Database, workflow_identifier: str, body: WorkflowUpdate
 ) -> Response:
     """Given fields replace what the code registered; `tags` replaces the user-added
     tags (the code's own tags always stay)."""
@@ -232,12 +232,12 @@ async def update_workflow(
 
 
 @router.put("/v1/workflows/{workflow_identifier}/archive", responses=declared(200, 401, 404))
-async def archive_workflow(who: Authed, db: Database, workflow_identifier: str) -> Response:
+async def archive_workflow(who: Authorized, db: Database, workflow_identifier: str) -> Response:
     return json_body({"workflow": await _set_archived(db, _name(workflow_identifier), True)})
 
 
 @router.put("/v1/workflows/{workflow_identifier}/unarchive", responses=declared(200, 401, 404))
-async def unarchive_workflow(who: Authed, db: Database, workflow_identifier: str) -> Response:
+async def unarchive_workflow(who: Authorized, db: Database, workflow_identifier: str) -> Response:
     return json_body({"workflow": await _set_archived(db, _name(workflow_identifier), False)})
 
 
@@ -247,7 +247,7 @@ async def unarchive_workflow(who: Authed, db: Database, workflow_identifier: str
     responses=declared(204, 401, 404, 422),
 )
 async def add_workflow_tags(
-    who: Authed, db: Database, workflow_identifier: str, body: Annotated[TagsAdd, Body()]
+    who: Authorized, db: Database, workflow_identifier: str, body: Annotated[TagsAdd, Body()]
 ) -> Response:
     """Adds user tags (existing ones stay); runs started over HTTP from now on carry
     them (`list_runs(workflow_tags=…)`)."""

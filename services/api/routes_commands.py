@@ -36,7 +36,7 @@ from services.api.command_shapes import (
     ResetRequest,
     SignalAccepted,
 )
-from services.api.deps import Authed, Wired, Wiring
+from services.api.deps import Authorized, Wired, Wiring
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.shapes import ExecuteRequest, Execution
@@ -60,7 +60,7 @@ ExecutionId = Annotated[str, Path()]
     responses=declared(409, 503, 504),
 )
 async def execute(
-    who: Authed,
+    who: Authorized,
     api: Wired,
     body: ExecuteRequest,
     workflow_identifier: Annotated[str, Path()],
@@ -78,14 +78,14 @@ async def execute(
 
 @router.post("/v1/workflows/executions/cancel", response_model=BatchResponse)
 async def batch_cancel(
-    who: Authed, api: Wired, body: BatchRequest, idempotency_key: IdempotencyKey = None
+    who: Authorized, api: Wired, body: BatchRequest, idempotency_key: IdempotencyKey = None
 ) -> BatchResponse:
     return await _batch(who, api, body, idempotency_key, _cancel_command)
 
 
 @router.post("/v1/workflows/executions/terminate", response_model=BatchResponse)
 async def batch_terminate(
-    who: Authed, api: Wired, body: BatchRequest, idempotency_key: IdempotencyKey = None
+    who: Authorized, api: Wired, body: BatchRequest, idempotency_key: IdempotencyKey = None
 ) -> BatchResponse:
     return await _batch(who, api, body, idempotency_key, _terminate_command)
 
@@ -96,7 +96,7 @@ async def batch_terminate(
     responses=declared(404, 409, 503, 504),
 )
 async def cancel(
-    who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
+    who: Authorized, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     await apply_command(
         api.gateway, _cancel_command(who, known_execution_id(execution_id), idempotency_key)
@@ -110,7 +110,7 @@ async def cancel(
     responses=declared(404, 409, 503, 504),
 )
 async def terminate(
-    who: Authed, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
+    who: Authorized, api: Wired, execution_id: ExecutionId, idempotency_key: IdempotencyKey = None
 ) -> Response:
     command = _terminate_command(who, known_execution_id(execution_id), idempotency_key)
     await apply_command(api.gateway, command)
@@ -124,7 +124,7 @@ async def terminate(
     responses=declared(404, 409, 503, 504),
 )
 async def signal(
-    who: Authed,
+    who: Authorized,
     api: Wired,
     execution_id: ExecutionId,
     body: InvocationRequest,
@@ -145,7 +145,7 @@ async def signal(
     responses=declared(400, 404, 409, 503, 504),
 )
 async def reset(
-    who: Authed,
+    who: Authorized,
     api: Wired,
     execution_id: ExecutionId,
     body: ResetRequest,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import Identifier
 from services.api.catalogue import CATALOGUE_SCAN_LIMIT, is_live
-from services.api.deps import Authed, Database
+from services.api.deps import Authorized, Database
 from services.api.http_docs import declared, json_body
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
@@ -135,7 +135,7 @@ async def _accepted(db: Database, name: str) -> Response:
 
 @router.get("/v1/workflows/deployments", responses=declared(200, 400, 401, 422))
 async def list_deployments(
-    who: Authed,
+    who: Authorized,
     db: Database,
     active_only: bool = True,
     workflow_name: str | None = None,
@@ -179,7 +179,7 @@ async def list_deployments(
 
 
 @router.post("/v1/workflows/deployments", status_code=202, responses=declared(202, 401, 409, 422))
-async def create_deployment(who: Authed, db: Database, body: DeploymentCreate) -> Response:
+async def create_deployment(who: Authorized, db: Database, body: DeploymentCreate) -> Response:
     """Declares a deployment before its workers register (409 if it exists)."""
     if await db[DEPLOYMENTS].find_one({"_id": body.name}) is not None:
         raise HTTPException(status_code=409, detail=f"deployment {body.name!r} already exists")
@@ -199,7 +199,7 @@ async def create_deployment(who: Authed, db: Database, body: DeploymentCreate) -
 
 
 @router.get("/v1/workflows/deployments/{name}", responses=declared(200, 401, 404))
-async def get_deployment(who: Authed, db: Database, name: str) -> Response:
+async def get_deployment(who: Authorized, db: Database, name: str) -> Response:
     doc = await existing_deployment(db, name)
     now = datetime.now(UTC)
     workers = await _workers(db, name)
@@ -212,7 +212,7 @@ async def get_deployment(who: Authed, db: Database, name: str) -> Response:
     "/v1/workflows/deployments/{name}", status_code=202, responses=declared(202, 401, 404, 422)
 )
 async def update_deployment(
-    who: Authed, db: Database, name: str, body: DeploymentPatch
+    who: Authorized, db: Database, name: str, body: DeploymentPatch
 ) -> Response:
     await existing_deployment(db, name)
     update: Document = {"updated_at": datetime.now(UTC)}
@@ -225,7 +225,7 @@ async def update_deployment(
 @router.delete(
     "/v1/workflows/deployments/{name}", status_code=202, responses=declared(202, 401, 404, 409)
 )
-async def delete_deployment(who: Authed, db: Database, name: str) -> Response:
+async def delete_deployment(who: Authorized, db: Database, name: str) -> Response:
     """Only a deployment without live workers (409 otherwise: stop them first)."""
     doc = await existing_deployment(db, name)
     now = datetime.now(UTC)
@@ -251,21 +251,21 @@ async def _set_state(db: Database, name: str, update: Document) -> Response:
 @router.post(
     "/v1/workflows/deployments/{name}/start", status_code=202, responses=declared(202, 401, 404)
 )
-async def start_deployment(who: Authed, db: Database, name: str) -> Response:
+async def start_deployment(who: Authorized, db: Database, name: str) -> Response:
     return await _set_state(db, name, {"$set": {"stopped": False}})
 
 
 @router.post(
     "/v1/workflows/deployments/{name}/stop", status_code=202, responses=declared(202, 401, 404)
 )
-async def stop_deployment(who: Authed, db: Database, name: str) -> Response:
+async def stop_deployment(who: Authorized, db: Database, name: str) -> Response:
     return await _set_state(db, name, {"$set": {"stopped": True}})
 
 
 @router.post(
     "/v1/workflows/deployments/{name}/restart", status_code=202, responses=declared(202, 401, 404)
 )
-async def restart_deployment(who: Authed, db: Database, name: str) -> Response:
+async def restart_deployment(who: Authorized, db: Database, name: str) -> Response:
     # One writer at a time is the API instance handling the request; two concurrent
     # restarts both increment, which asks workers to reconnect, as both wanted.
     return await _set_state(
@@ -280,7 +280,7 @@ async def restart_deployment(who: Authed, db: Database, name: str) -> Response:
 
 @router.get("/v1/workflows/deployments/{name}/workers", responses=declared(200, 400, 401, 404))
 async def list_deployment_workers(
-    who: Authed,
+    who: Authorized,
     db: Database,
     name: str,
     worker_status: str | None = None,
@@ -305,7 +305,7 @@ async def list_deployment_workers(
 
 
 @router.get("/v1/workflows/deployments/{name}/archive", responses=declared(401, 404, 501))
-async def get_deployment_archive(who: Authed, db: Database, name: str) -> Response:
+async def get_deployment_archive(who: Authorized, db: Database, name: str) -> Response:
     await existing_deployment(db, name)
     raise HTTPException(status_code=501, detail=HOSTED_ONLY.format(what="code archive"))
 
@@ -314,7 +314,7 @@ async def get_deployment_archive(who: Authed, db: Database, name: str) -> Respon
     "/v1/workflows/deployments/{deployment_id}/unharden", responses=declared(401, 404, 501)
 )
 async def unharden_deployment(
-    who: Authed, db: Database, deployment_id: str, workspace_id: str | None = None
+    who: Authorized, db: Database, deployment_id: str, workspace_id: str | None = None
 ) -> Response:
     await existing_deployment(db, deployment_id)
     raise HTTPException(status_code=501, detail=HOSTED_ONLY.format(what="hardening to undo"))

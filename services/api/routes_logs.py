@@ -13,7 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from schemas.common import ExecutionStatus
 from services.api.access import existing_execution
-from services.api.deps import Authed, Database, Reader, Settings
+from services.api.deps import Authorized, CallerReader, Database, Settings
 from services.api.execution_logs import (
     Document,
     LogFilter,
@@ -45,8 +45,8 @@ _CLOSED_POLLS = 3
     "/v1/workflows/executions/{execution_id}/logs", responses=declared(200, 400, 401, 404, 422)
 )
 async def get_workflow_execution_logs(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     db: Database,
     execution_id: str,
     run_id: str | None = None,
@@ -71,8 +71,8 @@ async def get_workflow_execution_logs(
     responses=declared(200, 400, 401, 404, 422, stream=True),
 )
 async def stream_workflow_execution_logs(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     db: Database,
     settings: Settings,
     execution_id: str,
@@ -107,7 +107,7 @@ async def stream_workflow_execution_logs(
 
 @router.get("/v1/workflows/deployments/{name}/logs", responses=declared(200, 400, 401, 404, 422))
 async def get_deployment_logs(
-    who: Authed,
+    who: Authorized,
     db: Database,
     name: str,
     log_type: str | None = None,
@@ -139,7 +139,7 @@ async def get_deployment_logs(
     responses=declared(200, 400, 401, 404, 422, stream=True),
 )
 async def stream_deployment_logs(
-    who: Authed,
+    who: Authorized,
     db: Database,
     settings: Settings,
     name: str,

@@ -1,6 +1,6 @@
 """Looking at executions: their log records and traces, the events list, workflow
 metrics, and `workers/whoami` (docs/catalogue.md). Every route naming an execution
-checks, in separate access mode, that it is the caller's (`Authed` for a path id; the
+checks, in separate access mode, that it is the caller's (`Authorized` for a path id; the
 narrowed reader for `events/list`'s query ids)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from schemas.events import Event
 from services.api.access import existing_execution
-from services.api.deps import Authed, Database, Reader, Settings
+from services.api.deps import Authorized, CallerReader, Database, Settings
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
 from services.api.responses import EVERY_ROUTE
@@ -39,8 +39,8 @@ METRICS_BUCKETS = 24
 
 @router.get("/v1/workflows/events/list", responses=declared(200, 400, 401, 404, 422))
 async def get_workflow_events(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     db: Database,
     root_workflow_exec_id: str | None = None,
     workflow_exec_id: str | None = None,
@@ -126,7 +126,7 @@ def _read_events_cursor(cursor: str | None) -> tuple[str, int, int] | None:
 
 
 @router.get("/v1/workflows/workers/whoami", responses=declared(200, 401))
-async def whoami(who: Authed, settings: Settings) -> Response:
+async def whoami(who: Authorized, settings: Settings) -> Response:
     """What the SDK's payload-encoding set-up asks: the caller's namespace, and where
     the scheduler is (Runstore's commands topic on its Kafka)."""
     return json_body(
@@ -142,7 +142,7 @@ async def whoami(who: Authed, settings: Settings) -> Response:
 
 
 async def _run_and_events(
-    reader: Reader, db: Database, execution_id: str
+    reader: CallerReader, db: Database, execution_id: str
 ) -> tuple[Document, list[Event]]:
     run = await existing_execution(reader, execution_id)
     events = [
@@ -160,7 +160,7 @@ def _execution_fields(run: Document) -> Document:
 
 @router.get("/v1/workflows/executions/{execution_id}/trace/info", responses=declared(200, 401, 404))
 async def get_workflow_execution_trace_info(
-    who: Authed, reader: Reader, execution_id: str
+    who: Authorized, reader: CallerReader, execution_id: str
 ) -> Response:
     """No tracing backend: the trace is built from the history (the other trace routes)."""
     await existing_execution(reader, execution_id)
@@ -169,7 +169,7 @@ async def get_workflow_execution_trace_info(
 
 @router.get("/v1/workflows/executions/{execution_id}/trace/otel", responses=declared(200, 401, 404))
 async def get_workflow_execution_trace_otel(
-    who: Authed, reader: Reader, db: Database, execution_id: str
+    who: Authorized, reader: CallerReader, db: Database, execution_id: str
 ) -> Response:
     run, events = await _run_and_events(reader, db, execution_id)
     root = span_tree(run, events)
@@ -189,7 +189,7 @@ async def get_workflow_execution_trace_otel(
     "/v1/workflows/executions/{execution_id}/trace/summary", responses=declared(200, 401, 404)
 )
 async def get_workflow_execution_trace_summary(
-    who: Authed, reader: Reader, db: Database, execution_id: str
+    who: Authorized, reader: CallerReader, db: Database, execution_id: str
 ) -> Response:
     run, events = await _run_and_events(reader, db, execution_id)
     return json_body({**_execution_fields(run), "span_tree": span_tree(run, events).summary()})
@@ -200,8 +200,8 @@ async def get_workflow_execution_trace_summary(
     responses=declared(200, 401, 404, 422),
 )
 async def get_workflow_execution_trace_events(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     db: Database,
     execution_id: str,
     merge_same_id_events: bool = False,
@@ -229,8 +229,8 @@ async def get_workflow_execution_trace_events(
 
 @router.get("/v1/workflows/{workflow_name}/metrics", responses=declared(200, 401, 404, 422))
 async def get_workflow_metrics(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     workflow_name: str,
     start_time: datetime | None = None,
     end_time: datetime | None = None,

@@ -15,7 +15,7 @@ from schemas.common import ExecutionStatus
 from schemas.events import EventType
 from services.api import errors
 from services.api.access import execution_query, existing_execution, known_execution_id
-from services.api.deps import Access, Authed, Fanout, Reader, Settings
+from services.api.deps import Access, Authorized, CallerReader, Fanout, Settings
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVENT_STREAM, EVERY_ROUTE, EventStreamResponse, declared_json
@@ -56,8 +56,8 @@ LastEventIdHeader = Annotated[str | None, Header(alias="last-event-id", max_leng
     responses={**EVENT_STREAM, **declared_json(404)},
 )
 async def execution_stream(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     fanout: Fanout,
     settings: Settings,
     execution_id: str,
@@ -88,17 +88,17 @@ async def execution_stream(
 )
 async def events_stream(
     request: Request,
-    who: Authed,
+    who: Authorized,
     access: Access,
     fanout: Fanout,
-    reader: Reader,
+    reader: CallerReader,
     settings: Settings,
     scope: Literal["activity", "workflow", "*"] = "*",
     activity_name: str = "*",
     activity_id: str = "*",
     workflow_name: str = "*",
     # Every parameter naming an execution is declared with `execution_query`: in separate
-    # mode `Authed` then checks that each names one of the caller's executions (404).
+    # mode `Authorized` then checks that each names one of the caller's executions (404).
     workflow_exec_id: Annotated[str, execution_query()] = "*",
     root_workflow_exec_id: Annotated[str, execution_query()] = "*",
     parent_workflow_exec_id: Annotated[str, execution_query()] = "*",
@@ -138,7 +138,7 @@ async def events_stream(
         or flt.stream
     )
     if access.separate and named is None:
-        # (Each execution named was checked by `Authed`: the caller's, or 404.)
+        # (Each execution named was checked by `Authorized`: the caller's, or 404.)
         raise errors.invalid(
             ["query", "workflow_exec_id"],
             "name workflow_exec_id, root_workflow_exec_id, parent_workflow_exec_id or stream "

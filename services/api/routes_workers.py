@@ -27,7 +27,7 @@ from services.api.access import existing_execution
 from services.api.auth import Caller
 from services.api.command_sending import IdempotencyKey
 from services.api.command_shapes import InvocationRequest, QueryResponse, UpdateResponse
-from services.api.deps import Authed, Reader
+from services.api.deps import Authorized, CallerReader
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.worker_requests import NoReply, WorkerRequests
 from services.common.ids import derived_id, new_id
@@ -50,8 +50,8 @@ class ErrorBody(BaseModel):
 )
 async def query(
     request: Request,
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     execution_id: ExecutionId,
     body: InvocationRequest,
 ) -> QueryResponse:
@@ -67,8 +67,8 @@ async def query(
 )
 async def update(
     request: Request,
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     execution_id: ExecutionId,
     body: InvocationRequest,
     idempotency_key: IdempotencyKey = None,
