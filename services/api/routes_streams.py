@@ -15,18 +15,13 @@ from schemas.common import ExecutionStatus
 from schemas.events import EventType
 from services.api import errors
 from services.api.access import execution_query, existing_execution, known_execution_id
+from services.api.broker_stream import BrokerStream, decode_kafka_id
 from services.api.deps import Access, Authorized, CallerReader, Fanout, Settings
+from services.api.execution_stream import ExecutionStream
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVENT_STREAM, EVERY_ROUTE, EventStreamResponse, declared_json
-from services.api.sse import (
-    SSE_HEADERS,
-    BrokerStream,
-    EventFilter,
-    ExecutionStream,
-    decode_kafka_id,
-    guarded,
-)
+from services.api.sse import SSE_HEADERS, EventFilter, guarded
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared_json(*EVERY_ROUTE))
 
