@@ -37,18 +37,12 @@ from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
-from services.common.readmodels.projection import (
-    HISTORY_CHUNK,
-    apply_to_execution,
-    apply_to_run,
-    chunk_body_text,
-    chunk_event_texts,
+from services.common.readmodels.history_chunks import (
     event_text,
-    history_chunk_key,
-    history_chunk_of,
     history_chunk_range,
-    is_newer,
+    texts_between,
 )
+from services.common.readmodels.projection import apply_to_execution, apply_to_run, is_newer
 from services.common.readmodels.reader import ReadModelReader
 from services.common.readmodels.run_filter import BadPageToken, Cursor, RunFilter
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
@@ -232,10 +226,10 @@ class RunReader:
         lack events (read at the same time as a row written after them)."""
         if last < first:
             return []
-        texts = _texts_between(chunks, run_id, first, last)
+        texts = texts_between(chunks, run_id, first, last)
         if texts is None:
             ids = history_chunk_range(run_id, first, last)
-            texts = _texts_between(await self.models.load(HISTORY, ids), run_id, first, last)
+            texts = texts_between(await self.models.load(HISTORY, ids), run_id, first, last)
         if texts is None:
             raise RuntimeError(
                 f"the history chunks of run {run_id!r} lack events of {first}..{last} "
@@ -303,31 +297,6 @@ def _view_from_commits(commits: list[Commit]) -> RunView | None:
         return None
     latest = pointer["latest_run_id"]
     return _fold(None, [e for c in commits for e in c.events if e.run_id == latest])
-
-
-def _texts_between(
-    chunks: Mapping[str, Document], run_id: str, first: int, last: int
-) -> list[str] | None:
-    """The event texts `first`..`last` held by `chunks`, or None if one is missing."""
-    texts: list[str] = []
-    for c in range(history_chunk_of(first), history_chunk_of(last) + 1):
-        chunk = chunks.get(history_chunk_key(run_id, c))
-        if chunk is None:
-            return None
-        low, high = max(first, c * HISTORY_CHUNK + 1), min(last, (c + 1) * HISTORY_CHUNK)
-        held_first, held_last = int(chunk["first"]), int(chunk["last"])
-        if int(chunk["count"]) == held_last - held_first + 1:
-            # Without holes (always, in practice): slice the lines, parse nothing.
-            if not held_first <= low <= high <= held_last:
-                return None
-            lines = chunk_body_text(chunk).split("\n")
-            texts += lines[low - held_first : high - held_first + 1]
-            continue
-        held = dict(chunk_event_texts(chunk))
-        if any(n not in held for n in range(low, high + 1)):
-            return None
-        texts += [held[n] for n in range(low, high + 1)]
-    return texts
 
 
 def _parsed(page: HistoryPage | None) -> tuple[Document, list[Document]] | None:

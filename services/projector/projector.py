@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from schemas.events import Event
 from services.common.commit_log import CommitLog
-from services.common.readmodels.projection import ReadModelDocs, history_chunk_id, project
+from services.common.readmodels.history_chunks import history_chunk_id
+from services.common.readmodels.projection import ReadModelDocs, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
 from services.projector.parking import ParkedExecutions, is_transient
 

@@ -12,9 +12,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.api.access import OwnedRunReader
 from services.api.run_reader import RunReader
 from services.common.mongo_commit_log import MongoCommitLog
+from services.common.readmodels.history_chunks import event_json, history_chunk_id
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
-from services.common.readmodels.projection import event_json, history_chunk_id
 from services.common.readmodels.store import HISTORY, RUNS
 from services.projector.projector import Projector
 from tests.integration.test_projector import store_commits

@@ -37,19 +37,17 @@ from schemas.commits import Commit
 from schemas.common import Failure
 from schemas.events import Event
 from services.common.memory_commit_log import MemoryCommitLog
-from services.common.readmodels.memory_store import MemoryReadModels
-from services.common.readmodels.projection import (
+from services.common.readmodels.history_chunks import (
     HISTORY_CHUNK,
-    ReadModelDocs,
     apply_to_history,
-    apply_to_run,
     chunk_body_text,
     chunk_event_texts,
     event_json,
     events_of_chunks,
     history_chunk_ids,
-    project,
 )
+from services.common.readmodels.memory_store import MemoryReadModels
+from services.common.readmodels.projection import ReadModelDocs, apply_to_run, project
 from services.common.readmodels.search_keys import search_terms
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from schemas.common import TERMINAL_STATUSES, ExecutionStatus
 from schemas.events import CLOSING_EVENT_TYPES, STATUS_AFTER, EventType
 from services.common.clock import to_milliseconds
-from services.common.readmodels.projection import (
+from services.common.readmodels.history_chunks import (
     HISTORY_CHUNK,
     history_chunk_id,
     history_chunk_range,
