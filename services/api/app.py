@@ -40,8 +40,10 @@ from services.common.http_observability import RequestMetrics, add_probe_routes
 from services.common.kafka_topics import ensure_topics
 from services.common.metrics import SSE_SUBSCRIBERS
 from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo_catalogue import MongoCatalogue
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_reader import MongoReadModelReader
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import ApiSettings
 from services.common.worker_registry import ensure_catalogue_indexes
 
@@ -83,7 +85,6 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
-    app.state.db = db
     app.state.reader = RunReader(
         MongoReadModelReader(db),
         MongoCommitLog(db),
@@ -98,7 +99,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
         fanout=fanout,
         access=app.state.access,
         all_runs=app.state.reader,
-        db=db,
+        catalogue=MongoCatalogue(db),
+        schedules=MongoScheduleStore(db),
     )
 
     add_probe_routes(app, health)

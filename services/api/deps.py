@@ -12,7 +12,7 @@ what they check or give.
   checking first would read the run twice.
 - `Wired`: everything `build_app` wired, as one dependency (the command routes are hot,
   and each dependency costs a resolution per request); `Settings`, `Fanout`, `Access` and
-  `Database` for routes that need one thing.
+  `Catalogue` for routes that need one thing.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.routing import APIRoute
-from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.access import (
     ABSENT_FILTER_VALUES,
@@ -35,6 +34,8 @@ from services.api.errors import not_found
 from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
 from services.api.run_reader import RunReader
+from services.common.mongo_catalogue import MongoCatalogue
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import ApiSettings
 
 Document = dict[str, Any]
@@ -50,7 +51,8 @@ class Wiring:
     access: AccessPolicy
     all_runs: RunReader
     """Unscoped: for checks that must see other users' runs (an execution id taken …)."""
-    db: AsyncDatabase[Document]
+    catalogue: MongoCatalogue
+    schedules: MongoScheduleStore
 
     def reader_for(self, caller: Caller) -> RunReader:
         """`CallerReader`: narrowed to the caller's runs in separate-users mode."""
@@ -128,8 +130,8 @@ async def _access(request: Request) -> AccessPolicy:
     return _wiring(request).access
 
 
-async def _db(request: Request) -> AsyncDatabase[Document]:
-    return _wiring(request).db
+async def _catalogue(request: Request) -> MongoCatalogue:
+    return _wiring(request).catalogue
 
 
 Identified = Annotated[Caller, Depends(_identified)]
@@ -139,4 +141,4 @@ Wired = Annotated[Wiring, Depends(_wired)]
 Settings = Annotated[ApiSettings, Depends(_settings)]
 Fanout = Annotated[EventFanout, Depends(_fanout)]
 Access = Annotated[AccessPolicy, Depends(_access)]
-Database = Annotated[AsyncDatabase[Document], Depends(_db)]
+Catalogue = Annotated[MongoCatalogue, Depends(_catalogue)]

@@ -17,14 +17,12 @@ from typing import Any, TypeVar, cast
 
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
-from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.sse import KEEPALIVE, SSE_HEADERS, frame, guarded
-from services.common.worker_registry import EXECUTION_LOGS, log_chunk_id
+from services.common.mongo_catalogue import MongoCatalogue
 
 Document = dict[str, Any]
 
-MAX_CHUNKS_READ = 10_000
 DEPLOYMENT_CHUNKS_PER_READ = 200
 
 
@@ -63,21 +61,6 @@ def parse_execution_position(text: str) -> tuple[int, int]:
         return int(chunk), int(index)
     except ValueError as exc:
         raise HTTPException(status_code=400, detail=f"{text!r} is not a log cursor") from exc
-
-
-async def execution_chunks(
-    db: AsyncDatabase[Document], execution_id: str, first: int = 0
-) -> list[Document]:
-    found: list[Document] = []
-    coll = db[EXECUTION_LOGS]
-    chunk = first
-    while chunk < MAX_CHUNKS_READ:
-        doc = await coll.find_one({"_id": log_chunk_id(execution_id, chunk)})
-        if doc is None:
-            break
-        found.append(doc)
-        chunk += 1
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +122,7 @@ def page(
 
 
 async def deployment_records(
-    db: AsyncDatabase[Document],
+    catalogue: MongoCatalogue,
     deployment: str,
     flt: LogFilter,
     after_position: tuple[int, str, int] | None,
@@ -147,17 +130,14 @@ async def deployment_records(
 ) -> list[tuple[tuple[int, str, int], Document]]:
     """Up to `wanted` records of the deployment's workers after `after_position`, in
     shipping order."""
-    query: Document = {"deployment_name": deployment}
+    shipped_from = None
     if after_position is not None:
-        query["shipped_at"] = {"$gte": datetime.fromtimestamp(after_position[0] / 1000, UTC)}
+        shipped_from = datetime.fromtimestamp(after_position[0] / 1000, UTC)
     out: list[tuple[tuple[int, str, int], Document]] = []
-    cursor = (
-        db[EXECUTION_LOGS]
-        .find(query)
-        .sort([("shipped_at", 1), ("_id", 1)])
-        .limit(DEPLOYMENT_CHUNKS_PER_READ)
+    chunks = await catalogue.deployment_log_chunks(
+        deployment, shipped_from, DEPLOYMENT_CHUNKS_PER_READ
     )
-    async for chunk in cursor:
+    for chunk in chunks:
         shipped = chunk["shipped_at"]
         shipped = shipped if shipped.tzinfo else shipped.replace(tzinfo=UTC)
         ms = int(shipped.timestamp() * 1000)

@@ -13,12 +13,11 @@ from fastapi.responses import Response, StreamingResponse
 
 from schemas.common import ExecutionStatus
 from services.api.access import existing_execution
-from services.api.deps import Authorized, CallerReader, Database, Settings
+from services.api.deps import Authorized, CallerReader, Catalogue, Settings
 from services.api.execution_logs import (
     Document,
     LogFilter,
     deployment_records,
-    execution_chunks,
     execution_records,
     page,
     parse_deployment_position,
@@ -47,7 +46,7 @@ _CLOSED_POLLS = 3
 async def get_workflow_execution_logs(
     who: Authorized,
     reader: CallerReader,
-    db: Database,
+    catalogue: Catalogue,
     execution_id: str,
     run_id: str | None = None,
     activity_id: str | None = None,
@@ -60,7 +59,7 @@ async def get_workflow_execution_logs(
     """The execution's log records in shipping order (or reversed)."""
     await existing_execution(reader, execution_id)
     flt = LogFilter(run_id=run_id, activity_id=activity_id, after=utc(after), before=utc(before))
-    rows = execution_records(await execution_chunks(db, execution_id), flt)
+    rows = execution_records(await catalogue.execution_log_chunks(execution_id), flt)
     position = parse_execution_position(cursor) if cursor else None
     records, next_cursor = page(list(rows), order, position, limit)
     return json_body({"results": records, "next_cursor": next_cursor})
@@ -73,7 +72,7 @@ async def get_workflow_execution_logs(
 async def stream_workflow_execution_logs(
     who: Authorized,
     reader: CallerReader,
-    db: Database,
+    catalogue: Catalogue,
     settings: Settings,
     execution_id: str,
     run_id: str | None = None,
@@ -89,7 +88,7 @@ async def stream_workflow_execution_logs(
     )
 
     async def records_after(last: tuple[int, int] | None) -> list[tuple[tuple[int, int], Document]]:
-        chunks = await execution_chunks(db, execution_id, first=max(last[0], 0) if last else 0)
+        chunks = await catalogue.execution_log_chunks(execution_id, max(last[0], 0) if last else 0)
         return [r for r in execution_records(chunks, flt) if last is None or r[0] > last]
 
     closed_polls = 0
@@ -108,7 +107,7 @@ async def stream_workflow_execution_logs(
 @router.get("/v1/workflows/deployments/{name}/logs", responses=declared(200, 400, 401, 404, 422))
 async def get_deployment_logs(
     who: Authorized,
-    db: Database,
+    catalogue: Catalogue,
     name: str,
     log_type: str | None = None,
     worker_name: str | None = None,
@@ -121,12 +120,12 @@ async def get_deployment_logs(
 ) -> Response:
     """The log records the deployment's workers shipped, in shipping order. `order=desc`
     reverses one page of the oldest records after `cursor` (logs are read forwards)."""
-    await existing_deployment(db, name)
+    await existing_deployment(catalogue, name)
     flt = LogFilter(
         worker_name=worker_name, workflow_name=workflow_name, after=utc(after), before=utc(before)
     )
     position = parse_deployment_position(cursor) if cursor else None
-    rows = await deployment_records(db, name, flt, position, limit + 1)
+    rows = await deployment_records(catalogue, name, flt, position, limit + 1)
     records, _ = page(list(rows), "asc", None, limit)
     next_cursor = position_text(rows[limit - 1][0]) if len(rows) > limit else None
     if order == "desc":
@@ -140,7 +139,7 @@ async def get_deployment_logs(
 )
 async def stream_deployment_logs(
     who: Authorized,
-    db: Database,
+    catalogue: Catalogue,
     settings: Settings,
     name: str,
     worker_name: str | None = None,
@@ -149,7 +148,7 @@ async def stream_deployment_logs(
     last_event_id: str | None = None,
 ) -> StreamingResponse:
     """Runs until the client disconnects."""
-    await existing_deployment(db, name)
+    await existing_deployment(catalogue, name)
     flt = LogFilter(
         worker_name=worker_name,
         workflow_name=workflow_name,
@@ -159,7 +158,7 @@ async def stream_deployment_logs(
     async def records_after(
         last: tuple[int, str, int] | None,
     ) -> list[tuple[tuple[int, str, int], Document]]:
-        return await deployment_records(db, name, flt, last, _DEPLOYMENT_RECORDS_PER_READ)
+        return await deployment_records(catalogue, name, flt, last, _DEPLOYMENT_RECORDS_PER_READ)
 
     async def never() -> bool:
         return False

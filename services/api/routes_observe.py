@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from schemas.events import Event
 from services.api.access import existing_execution
-from services.api.deps import Authorized, CallerReader, Database, Settings
+from services.api.deps import Authorized, CallerReader, Catalogue, Settings
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
 from services.api.responses import EVERY_ROUTE
@@ -41,7 +41,7 @@ METRICS_BUCKETS = 24
 async def get_workflow_events(
     who: Authorized,
     reader: CallerReader,
-    db: Database,
+    catalogue: Catalogue,
     root_workflow_exec_id: str | None = None,
     workflow_exec_id: str | None = None,
     workflow_run_id: str | None = None,
@@ -141,9 +141,7 @@ async def whoami(who: Authorized, settings: Settings) -> Response:
 # --- traces ---------------------------------------------------------------------------
 
 
-async def _run_and_events(
-    reader: CallerReader, db: Database, execution_id: str
-) -> tuple[Document, list[Event]]:
+async def _run_and_events(reader: CallerReader, execution_id: str) -> tuple[Document, list[Event]]:
     run = await existing_execution(reader, execution_id)
     events = [
         e
@@ -169,9 +167,9 @@ async def get_workflow_execution_trace_info(
 
 @router.get("/v1/workflows/executions/{execution_id}/trace/otel", responses=declared(200, 401, 404))
 async def get_workflow_execution_trace_otel(
-    who: Authorized, reader: CallerReader, db: Database, execution_id: str
+    who: Authorized, reader: CallerReader, execution_id: str
 ) -> Response:
-    run, events = await _run_and_events(reader, db, execution_id)
+    run, events = await _run_and_events(reader, execution_id)
     root = span_tree(run, events)
     trace = otel_trace(root)
     trace_id = trace["batches"][0]["scopeSpans"][0]["spans"][0]["traceId"]
@@ -189,9 +187,9 @@ async def get_workflow_execution_trace_otel(
     "/v1/workflows/executions/{execution_id}/trace/summary", responses=declared(200, 401, 404)
 )
 async def get_workflow_execution_trace_summary(
-    who: Authorized, reader: CallerReader, db: Database, execution_id: str
+    who: Authorized, reader: CallerReader, execution_id: str
 ) -> Response:
-    run, events = await _run_and_events(reader, db, execution_id)
+    run, events = await _run_and_events(reader, execution_id)
     return json_body({**_execution_fields(run), "span_tree": span_tree(run, events).summary()})
 
 
@@ -202,14 +200,14 @@ async def get_workflow_execution_trace_summary(
 async def get_workflow_execution_trace_events(
     who: Authorized,
     reader: CallerReader,
-    db: Database,
+    catalogue: Catalogue,
     execution_id: str,
     merge_same_id_events: bool = False,
     include_internal_events: bool = False,
 ) -> Response:
     """The run's events as trace events; `merge_same_id_events` keeps the last event of
     each activity / custom task (its latest state)."""
-    run, events = await _run_and_events(reader, db, execution_id)
+    run, events = await _run_and_events(reader, execution_id)
     shaped = [trace_event(e) for e in events]
     if not include_internal_events:
         shaped = [s for s in shaped if not s["internal"]]

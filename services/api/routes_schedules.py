@@ -57,7 +57,7 @@ _NO_CONTENT: dict[str, Any] = {
 
 
 def _store(api: Wired) -> MongoScheduleStore:
-    return MongoScheduleStore(api.db)
+    return api.schedules
 
 
 async def _owned(api: Wired, who: Caller, schedule_id: str) -> StoredSchedule:

@@ -45,7 +45,7 @@ async def start_execution(
     the 200 answer. HTTPException for every other answer."""
     workflow_name = workflow_name_from_path(workflow_identifier)
     # The catalogue decides whether HTTP may start this name, and gives the run its tags.
-    tags = await admit(api.db, workflow_name, api.settings.api_allow_unregistered)
+    tags = await admit(api.catalogue, workflow_name, api.settings.api_allow_unregistered)
     if body.execution_id:
         execution_id = body.execution_id
     elif idempotency_key:

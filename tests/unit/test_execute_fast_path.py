@@ -28,6 +28,8 @@ from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway, OutcomeTimeout
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_reader import RunReader
+from services.common.mongo_catalogue import MongoCatalogue
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import AccessMode, ApiSettings
 
 DECIDED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -89,7 +91,8 @@ def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
         fanout=cast("EventFanout", None),
         access=access,
         all_runs=cast("RunReader", None),
-        db=cast("Any", EmptyCatalogue()),
+        catalogue=MongoCatalogue(cast("Any", EmptyCatalogue())),
+        schedules=cast("MongoScheduleStore", None),
     )
     app = FastAPI()
     app.state.settings, app.state.api_keys, app.state.access = settings, keys, access
