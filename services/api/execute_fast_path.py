@@ -2,9 +2,8 @@
 
 Execute is the API's hottest request, and FastAPI's per-request machinery (route
 matching over every route, the exception and exit-stack middlewares, dependency
-resolution, request and response objects) cost more CPU than the work itself: measured
-with py-spy under `bench/http_gateway.py`, the endpoint's own code was 14% of the API's
-samples and the layers around it about 45%.
+resolution, request and response objects) cost more CPU than the work itself
+(docs/api-gateway.md has the profile).
 
 This middleware sits innermost among the API's middlewares (inside the body-size limit
 and the failure budget, so those apply as to any request) and handles a request that is

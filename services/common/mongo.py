@@ -28,6 +28,11 @@ def mongo_database(
 
 DUPLICATE_KEY = 11000
 
+POINT_READ_CONCURRENCY = 32
+"""Most `_id` reads one call keeps in flight: enough to hide round trips (FerretDB answers
+`$in` with a scan, so batches there are concurrent point reads), few enough for the
+connection pool (maxPoolSize 64)."""
+
 
 async def insert_unless_present(
     coll: AsyncCollection[Document], docs: Sequence[Document]

@@ -9,11 +9,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commits import Commit
 from services.common.commit_log import COMMITS, RUN_LOCATORS, Document, commit_from_doc, read_commit
+from services.common.mongo import POINT_READ_CONCURRENCY
 
 _SCAN_BATCH = 1000
-# Most `_id` reads in flight at once while reading a run of commits: enough to hide round
-# trips when the projector is far behind, few enough for the connection pool.
-_MAX_WINDOW = 32
 
 
 class MongoCommitLog:
@@ -31,7 +29,7 @@ class MongoCommitLog:
         # none (a point read checking whether the projector is behind): start with one
         # read and double. With a limit the caller knows they exist (a gap): all at once.
         found: list[Commit] = []
-        window = 1 if limit is None else min(limit, _MAX_WINDOW)
+        window = 1 if limit is None else min(limit, POINT_READ_CONCURRENCY)
         while limit is None or len(found) < limit:
             start = after_seq + len(found) + 1
             size = window if limit is None else min(window, limit - len(found))
@@ -42,7 +40,7 @@ class MongoCommitLog:
                 if commit is None:
                     return found
                 found.append(commit)
-            window = min(window * 2, _MAX_WINDOW)
+            window = min(window * 2, POINT_READ_CONCURRENCY)
         return found
 
     async def scan(self) -> AsyncIterator[Commit]:

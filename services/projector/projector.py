@@ -1,8 +1,8 @@
 """Applies a batch of events to the read models: fold in memory, write each changed
 document once, by inserts wherever the document is new.
 
-What a batch costs the database (on FerretDB a point read costs about 4 inserted
-documents, a replace 6; measured 0.66, 1.0 and 0.16 ms of its CPU):
+What a batch costs the database (on FerretDB a point read or a replace costs several
+inserts; docs/read-models.md, "Measurements"):
 
 - an execution whose first event in the batch is its very first (`seq` 1, index 0) is
   assumed new: nothing is read, and its run rows, history chunks and pointer are

@@ -9,18 +9,16 @@ from pymongo import ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.common.mongo import ServerKind, insert_unless_present
+from services.common.mongo import POINT_READ_CONCURRENCY, ServerKind, insert_unless_present
 from services.common.readmodels.indexes import declared_indexes
 from services.common.readmodels.store import READ_MODELS, Document
 
-# Concurrent point reads per call: enough to hide round trips, few enough for the pool.
-_READ_CONCURRENCY = 32
 # MongoDB serves `{_id: {$in: [...]}}` from the `_id` index in one round trip; FerretDB
 # answers `$in` with a full scan but `{_id: v}` from the index our wrapper adds, so there
 # the reads are concurrent point reads.
 _IN_BATCH = 1000
-# FerretDB slows down super-linearly with the statements of one bulk update (40: 0.1 s,
-# 100: over 20 s); in chunks of 10 it stays linear.
+# FerretDB slows down super-linearly with the statements of one bulk update; in chunks
+# of 10 it stays linear (docs/read-models.md, "Measurements").
 _FERRETDB_WRITE_CHUNK = 10
 _MONGODB_WRITE_CHUNK = 1000
 # Inserts have no such limit: FerretDB writes up to 100 documents per SQL statement.
@@ -36,8 +34,7 @@ class MongoReadModelStore:
         if await self._server.ferretdb():
             # FerretDB (SQLite backend) answers every filter but `{_id: v}` with a full
             # scan and sorts in memory, so a secondary index never serves a read there;
-            # it only costs writes (each run insert or replace updates every index:
-            # measured 3x the cost of an index-free collection).
+            # it only costs writes (each run insert or replace updates every index).
             return
         for collection, indexes in declared_indexes().items():
             for index in indexes:
@@ -91,7 +88,7 @@ async def load_by_ids(
             async for doc in coll.find({"_id": {"$in": wanted[k : k + _IN_BATCH]}}):
                 out[doc["_id"]] = doc
         return out
-    gate = asyncio.Semaphore(_READ_CONCURRENCY)
+    gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
 
     async def one(doc_id: str) -> Document | None:
         async with gate:
