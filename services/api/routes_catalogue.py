@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api import errors
 from services.api.catalogue import (
     WorkflowFilter,
     basic_shape,
@@ -263,16 +264,7 @@ async def add_workflow_tags(
     doc = await workflow_doc(catalogue, name)
     tags = sorted(set(doc.get("user_tags") or ()) | set(body.tags))
     if len(tags) > 50:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "loc": ["body", "tags"],
-                    "msg": "a workflow has at most 50 tags",
-                    "type": "value_error",
-                }
-            ],
-        )
+        raise errors.invalid(["body", "tags"], "a workflow has at most 50 tags")
     await catalogue.edit_workflow(name, {"user_tags": tags})
     return Response(status_code=204)
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 
 from schemas.events import Event
+from services.api import errors
 from services.api.access import existing_execution
 from services.api.deps import Authorized, CallerReader, Catalogue, Settings
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
@@ -64,15 +65,10 @@ async def get_workflow_events(
         await existing_execution(reader, root_workflow_exec_id)
         executions = await reader.execution_tree(root_workflow_exec_id, TREE_MAX_RUNS)
     else:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "loc": ["query", "workflow_exec_id"],
-                    "msg": "give workflow_exec_id, workflow_run_id or root_workflow_exec_id",
-                    "type": "missing",
-                }
-            ],
+        raise errors.invalid(
+            ["query", "workflow_exec_id"],
+            "give workflow_exec_id, workflow_run_id or root_workflow_exec_id",
+            "missing",
         )
     start = _read_events_cursor(cursor)
     out: list[Document] = []
@@ -241,12 +237,7 @@ async def get_workflow_metrics(
     end = utc(end_time) or datetime.now(UTC)
     start = utc(start_time) or end - timedelta(days=1)
     if start > end:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {"loc": ["query", "start_time"], "msg": "after end_time", "type": "value_error"}
-            ],
-        )
+        raise errors.invalid(["query", "start_time"], "after end_time")
     flt = RunFilter(workflow_name=workflow_name, start_time_after=start, start_time_before=end)
     runs = await reader.rows(flt, METRICS_MAX_RUNS)
     return json_body(workflow_metrics(runs, start, end))

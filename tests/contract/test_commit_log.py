@@ -4,13 +4,11 @@ one the unit tests use, and MongoCommitLog on the test session's MongoDB-protoco
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from schemas.commits import Commit
 from schemas.common import Payload
@@ -137,16 +135,6 @@ class TestMemoryCommitLog(CommitLogContract):
 
 
 class TestMongoCommitLog(CommitLogContract):
-    @pytest.fixture
-    async def db(self, mongo_url: str) -> AsyncIterator[Any]:
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
-        name = f"contract_{uuid.uuid4().hex[:12]}"
-        try:
-            yield client[name]
-        finally:
-            await client.drop_database(name)
-            await client.close()
-
     @pytest.fixture
     def log(self, db: Any) -> MongoCommitLog:
         return MongoCommitLog(db)

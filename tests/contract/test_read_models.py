@@ -13,13 +13,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError
 
 from services.common.readmodels.memory_store import DuplicateDocument, MemoryReadModels
@@ -247,17 +244,6 @@ class TestMemoryReadModels(ReadModelsContract):
     @pytest.fixture
     def reader(self, models: MemoryReadModels) -> ReadModelReader:
         return models
-
-
-@pytest.fixture
-async def db(mongo_url: str) -> AsyncIterator[Any]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
-    name = f"contract_{uuid.uuid4().hex[:12]}"
-    try:
-        yield client[name]
-    finally:
-        await client.drop_database(name)
-        await client.close()
 
 
 class TestMongoReadModels(ReadModelsContract):
