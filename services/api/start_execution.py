@@ -143,7 +143,7 @@ def _started_execution(command: StartWorkflow, outcome: CommandOutcome) -> Execu
     return Execution(
         workflow_name=p.workflow_name,
         execution_id=command.execution_id,
-        root_execution_id=p.root_execution_id or p.parent_execution_id or command.execution_id,
+        root_execution_id=command.root_execution_id,
         status=outcome.status.value,
         # Read models keep milliseconds (BSON dates): answer the same start_time as a read.
         start_time=to_milliseconds(outcome.decided_at),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from schemas.commands import StartWorkflow, StartWorkflowPayload
 from schemas.common import TERMINAL_STATUSES, ExecutionStatus
 from schemas.events import CLOSING_EVENT_TYPES, STATUS_AFTER, EventType
 from services.common.clock import to_milliseconds
@@ -51,3 +52,17 @@ def test_history_chunk_ids_change_every_hundred_events() -> None:
     assert history_chunk_id("r", 101) == "r:000001"
     assert history_chunk_range("r", 99, 201) == ["r:000000", "r:000001", "r:000002"]
     assert history_chunk_range("r", 5, 4) == []
+
+
+def test_a_start_joins_the_tree_of_its_root_else_its_parent_else_its_own() -> None:
+    def start(**payload: str) -> StartWorkflow:
+        return StartWorkflow(
+            command_id="c",
+            execution_id="x",
+            issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+            payload=StartWorkflowPayload(workflow_name="wf", **payload),
+        )
+
+    assert start().root_execution_id == "x"
+    assert start(parent_execution_id="p").root_execution_id == "p"
+    assert start(parent_execution_id="p", root_execution_id="r").root_execution_id == "r"
