@@ -17,7 +17,7 @@ from fastapi import HTTPException
 
 from schemas.registry import MISSED_HEARTBEATS
 from services.api.http_docs import opaque_cursor, read_opaque_cursor
-from services.common.mongo_catalogue import MongoCatalogue
+from services.common.catalogue_store import CatalogueStore
 
 Document = dict[str, Any]
 
@@ -38,7 +38,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def live_workers(catalogue: MongoCatalogue, deployment: str | None = None) -> list[Document]:
+async def live_workers(catalogue: CatalogueStore, deployment: str | None = None) -> list[Document]:
     now = datetime.now(UTC)
     return [w for w in await catalogue.workers(deployment) if is_live(w, now)]
 
@@ -105,7 +105,7 @@ def basic_shape(doc: Document) -> Document:
     }
 
 
-async def workflow_doc(catalogue: MongoCatalogue, name: str) -> Document:
+async def workflow_doc(catalogue: CatalogueStore, name: str) -> Document:
     """The workflow's catalogue document, or 404."""
     doc = await catalogue.workflow(name)
     if doc is None:
@@ -128,7 +128,7 @@ class WorkflowFilter:
 
 
 async def list_workflows(
-    catalogue: MongoCatalogue, flt: WorkflowFilter, order: str, limit: int, cursor: str | None
+    catalogue: CatalogueStore, flt: WorkflowFilter, order: str, limit: int, cursor: str | None
 ) -> tuple[list[Document], str | None]:
     """One page of the catalogue sorted by (display_name, name); `next_cursor` is None on
     the last page (a full page always has one)."""
@@ -192,7 +192,7 @@ def _read_cursor(cursor: str | None) -> tuple[str, str] | None:
     return (str(first), str(second))
 
 
-async def admit(catalogue: MongoCatalogue, name: str, allow_unregistered: bool) -> list[str]:
+async def admit(catalogue: CatalogueStore, name: str, allow_unregistered: bool) -> list[str]:
     """Whether HTTP execute may start `name`; the workflow's tags for the run.
 
     Unknown: 404 unless `allow_unregistered`; archived: 409 always."""

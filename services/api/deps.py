@@ -34,7 +34,7 @@ from services.api.errors import not_found
 from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
 from services.api.run_reader import RunReader
-from services.common.mongo_catalogue import MongoCatalogue
+from services.common.catalogue_store import CatalogueStore
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import ApiSettings
 
@@ -51,7 +51,7 @@ class Wiring:
     access: AccessPolicy
     all_runs: RunReader
     """Unscoped: for checks that must see other users' runs (an execution id taken …)."""
-    catalogue: MongoCatalogue
+    catalogue: CatalogueStore
     schedules: MongoScheduleStore
 
     def reader_for(self, caller: Caller) -> RunReader:
@@ -130,7 +130,7 @@ async def _access(request: Request) -> AccessPolicy:
     return _wiring(request).access
 
 
-async def _catalogue(request: Request) -> MongoCatalogue:
+async def _catalogue(request: Request) -> CatalogueStore:
     return _wiring(request).catalogue
 
 
@@ -141,4 +141,4 @@ Wired = Annotated[Wiring, Depends(_wired)]
 Settings = Annotated[ApiSettings, Depends(_settings)]
 Fanout = Annotated[EventFanout, Depends(_fanout)]
 Access = Annotated[AccessPolicy, Depends(_access)]
-Catalogue = Annotated[MongoCatalogue, Depends(_catalogue)]
+Catalogue = Annotated[CatalogueStore, Depends(_catalogue)]

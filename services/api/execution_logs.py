@@ -19,7 +19,7 @@ from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
 
 from services.api.sse import KEEPALIVE, SSE_HEADERS, frame, guarded
-from services.common.mongo_catalogue import MongoCatalogue
+from services.common.catalogue_store import CatalogueStore
 
 Document = dict[str, Any]
 
@@ -122,7 +122,7 @@ def page(
 
 
 async def deployment_records(
-    catalogue: MongoCatalogue,
+    catalogue: CatalogueStore,
     deployment: str,
     flt: LogFilter,
     after_position: tuple[int, str, int] | None,

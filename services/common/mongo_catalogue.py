@@ -1,7 +1,5 @@
-"""The catalogue as the API reads and edits it, on MongoDB / FerretDB: workflows,
-registrations, deployments and workers (written by workers through
-services/common/worker_registry.py), and the log records workers ship. The API's routes
-reach these collections only through this class."""
+"""CatalogueStore (catalogue_store.py) on MongoDB / FerretDB: `_id` reads, small scans
+of the catalogue collections, and a sorted query for a deployment's logs."""
 
 from __future__ import annotations
 
@@ -12,6 +10,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.common.catalogue_store import ADMISSION_TTL_SECONDS
 from services.common.readmodels.store import RUNS
 from services.common.worker_registry import (
     DEPLOYMENTS,
@@ -28,9 +27,6 @@ CATALOGUE_SCAN_LIMIT = 10_000
 """Most catalogue documents one list reads (the catalogue is filtered in memory: it is
 small — workflows, not runs — and every filter then costs the same on FerretDB)."""
 MAX_LOG_CHUNKS_READ = 10_000
-ADMISSION_TTL_SECONDS = 1.0
-"""How long an API instance reuses a workflow's catalogue document for execute (the
-hot path): an archive or tag edit made on another instance applies within this time."""
 _ADMISSION_MEMORY = 10_000
 
 

@@ -57,7 +57,7 @@ class MemoryReadModels:
         """One bulk write (none for no documents)."""
         if docs:
             self.writes.append((collection, len(docs)))
-            self.data[collection].update({i: _as_stored(d) for i, d in docs.items()})
+            self.data[collection].update({i: as_stored(d) for i, d in docs.items()})
 
     async def drop_all(self) -> None:
         for held in self.data.values():
@@ -127,12 +127,12 @@ def _sort_key(value: datetime | None, run_id: str) -> tuple[bool, datetime, str]
     return (value is not None, aware(value) if value is not None else _OLDEST, run_id)
 
 
-def _as_stored(value: Any) -> Any:
-    """`value` as a BSON round trip returns it."""
+def as_stored(value: Any) -> Any:
+    """`value` as a BSON round trip returns it (copied; lists; UTC milliseconds)."""
     if isinstance(value, dict):
-        return {k: _as_stored(v) for k, v in value.items()}
+        return {k: as_stored(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_as_stored(v) for v in value]
+        return [as_stored(v) for v in value]
     if isinstance(value, datetime):
         return to_milliseconds(aware(value))
     return copy.deepcopy(value)
