@@ -39,7 +39,7 @@ from services.common.commit_log import commit_to_doc  # noqa: E402
 from services.common.runtime import BatchCollector, tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
 from services.engine.app import count_outbound, outgoing_records  # noqa: E402
-from services.engine.memory_event_store import InMemoryEventStore  # noqa: E402
+from services.engine.memory_event_store import MemoryEventStore  # noqa: E402
 from services.engine.processor import (  # noqa: E402
     CommandProcessor,
     InboundRecord,
@@ -75,7 +75,7 @@ class Stages:
 async def one_round(
     partitions: list[list[InboundRecord]], batch: int, collector: BatchCollector
 ) -> dict[str, float]:
-    processor = CommandProcessor(InMemoryEventStore(), StateCache(1_000_000), time.time_ns)
+    processor = CommandProcessor(MemoryEventStore(), StateCache(1_000_000), time.time_ns)
     topics = Topics.with_prefix("")
     stages = Stages()
     # Batches as the consumer hands them over: a slice of each partition in turn.
