@@ -11,8 +11,8 @@ from schemas.commits import Commit, RejectedCommand
 from schemas.events import Event
 from schemas.outcomes import CommandOutcome, RejectionCode
 from services.common.clock import ns_to_datetime
+from services.engine.derived_commands import derived_commands, start_failed_report
 from services.engine.domain import Context, ExecutionState, Rejected, successor_commands
-from services.engine.workflow_tasks import derived_commands, start_failed_report
 
 
 def _outcome(command: Command, decided_at: datetime, **fields: Any) -> CommandOutcome:
