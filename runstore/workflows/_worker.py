@@ -565,11 +565,18 @@ class Worker:
             activities=self.activities,
             started_ns=opening.timestamp_ns,
         )
+        # From the opening event on; a reset's RUN_RESET (just before its STARTED) too: the
+        # instance takes the activity outcomes that reset carried over from it.
         events = [
             e
             for c in commits
             for e in c.events
-            if e.run_id == run_id and (c.seq > opening.seq or e.index >= opening.index)
+            if e.run_id == run_id
+            and (
+                c.seq > opening.seq
+                or e.index >= opening.index
+                or e.type == EventType.WORKFLOW_RUN_RESET
+            )
         ]
         instance.apply(events)
         return instance
