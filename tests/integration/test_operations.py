@@ -260,3 +260,45 @@ def _ready_line(service: str, port: int) -> str:
     line = service_line(service, port)
     assert " ready " in line, line
     return line
+
+
+def test_cli_creates_lists_shows_pauses_triggers_and_deletes_a_schedule(cli: Any) -> None:
+    schedule_id = f"nightly-{uuid.uuid4().hex[:6]}"
+    created = cli(
+        "schedules",
+        "create",
+        "clisched",
+        "--cron",
+        "0 3 * * *",
+        "--id",
+        schedule_id,
+        "--input",
+        '{"n": 1}',
+    )
+    assert schedule_id in created
+
+    listed = json.loads(cli("schedules", "list", "--workflow", "clisched", "-o", "json"))
+    assert [s["schedule_id"] for s in listed] == [schedule_id]
+    assert listed[0]["cron_expressions"] == ["0 3 * * *"] and listed[0]["paused"] is False
+    assert schedule_id in cli("schedules", "list")
+
+    cli("schedules", "pause", schedule_id)
+    shown = json.loads(cli("schedules", "show", schedule_id, "-o", "json"))
+    assert shown["paused"] is True and shown["input"] == {"n": 1}
+    paused = json.loads(cli("schedules", "list", "--status", "paused", "-o", "json"))
+    assert schedule_id in [s["schedule_id"] for s in paused]
+    cli("schedules", "resume", schedule_id)
+    assert json.loads(cli("schedules", "show", schedule_id, "-o", "json"))["paused"] is False
+
+    # A trigger starts a run of the schedule's workflow now.
+    cli("schedules", "trigger", schedule_id)
+
+    def started() -> None:
+        runs = json.loads(cli("runs", "list", "--workflow", "clisched", "-o", "json"))
+        assert runs, "no run of the triggered schedule yet"
+
+    wait_until(started, timeout=30)
+
+    cli("schedules", "delete", schedule_id)
+    assert "404" in cli("schedules", "show", schedule_id, ok=False)
+    assert "give --cron or --every" in cli("schedules", "create", "clisched", ok=False)
