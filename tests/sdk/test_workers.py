@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import uuid
 from collections.abc import Iterator
@@ -13,10 +12,8 @@ import httpx
 import pytest
 from mistralai.client import Mistral
 from pymongo import MongoClient
-from typer.testing import CliRunner
 
 from services.common.commit_log import commit_from_doc
-from services.console.app import app
 from tests.support.eventually import wait_until
 from tests.support.stack import WORKER_STACK, Stack, StackWith
 
@@ -291,32 +288,3 @@ def test_the_worker_serves_probes_and_counts_its_tasks_and_activities(
     assert metric_value(after, activities, deployment="default", outcome="failed") > failed
     assert "runstore_worker_workflow_task_seconds_count" in after
     assert 'runstore_batch_size_count{service="worker.default"}' in after
-
-
-def test_the_cli_lists_the_worker_of_each_deployment(worker_stack: Stack) -> None:
-    env = {
-        "RUNSTORE_URL": worker_stack.api_url,
-        "RUNSTORE_API_KEY": "test-key",
-        "COLUMNS": "200",
-    }
-    runner = CliRunner()
-
-    def workers(*args: str) -> list[dict[str, Any]]:
-        result = runner.invoke(app, ["workers", "list", *args, "-o", "json"], env=env)
-        assert result.exit_code == 0, result.output
-        rows: list[dict[str, Any]] = json.loads(result.output)
-        return rows
-
-    def listed() -> list[dict[str, Any]]:
-        rows = [w for w in workers() if w["deployment"] == "default"]
-        assert rows, "the example worker has not registered yet"
-        return rows
-
-    rows = wait_until(listed, timeout=30)
-    assert rows[0]["is_active"] is True
-    assert {"runstore-echo", "order-saga"} <= {
-        w if isinstance(w, str) else w["name"] for w in rows[0]["workflows"]
-    }
-    assert [w["name"] for w in workers("--deployment", "default")] == [r["name"] for r in rows]
-    table = runner.invoke(app, ["workers", "list"], env=env).output
-    assert "default" in table and str(rows[0]["name"]) in table
