@@ -4,6 +4,10 @@ All metrics live in the process's default registry and are declared here, in one
 so their names and labels stay consistent across services. Services record with the
 small helpers below (one call per batch, not per record: the engine handles thousands
 of commands a second, and a labelled `inc` costs about a microsecond).
+
+Hooks for services still to come:
+- timers: `TIMERS_PENDING.set(n)` when the due-deadline set changes and
+  `TIMER_LATENESS.observe(fired_at - due_at)` per fired deadline;
 """
 
 from __future__ import annotations

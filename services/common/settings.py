@@ -215,8 +215,6 @@ class TimersSettings(RunstoreSettings):
     """Most timers fired per publish."""
     timers_stats_seconds: float = Field(default=10.0, gt=0)
     """Period of the summary log line (and of the stats document `runstore timers status` reads)."""
-    timers_health_port: int | None = 9466
-    """Port of the timers service's /healthz, /readyz and /metrics (None: not served)."""
     timers_instance_id: str | None = None
     """Kafka static membership id (e.g. the pod name): a restarted instance gets its
     partitions back at once instead of after the session timeout."""
