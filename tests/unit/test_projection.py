@@ -8,202 +8,28 @@ so they are the events the engine would store and publish.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 
-from schemas.commands import (
-    CancelExecution,
-    Command,
-    CompleteExecution,
-    CompletePayload,
-    ContinueAsNew,
-    ContinueAsNewPayload,
-    FailExecution,
-    FailPayload,
-    ReasonPayload,
-    ResetExecution,
-    ResetPayload,
-    SignalExecution,
-    SignalPayload,
-    StartWorkflow,
-    StartWorkflowPayload,
-    TerminateExecution,
-)
 from schemas.commits import Commit
-from schemas.common import Failure
-from schemas.events import Event
-from services.common.readmodels.projection import (
+from services.common.memory_commit_log import MemoryCommitLog
+from services.common.readmodels.history_chunks import (
     HISTORY_CHUNK,
-    ReadModelDocs,
     apply_to_history,
-    apply_to_run,
     chunk_body_text,
     chunk_event_texts,
     event_json,
     events_of_chunks,
     history_chunk_ids,
-    project,
-    search_terms,
 )
-from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
-from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands
+from services.common.readmodels.memory_store import MemoryReadModels
+from services.common.readmodels.projection import ReadModelDocs, apply_to_run, project
+from services.common.readmodels.search_keys import search_terms
+from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 from services.projector.projector import Projector
-
-T0 = 1_700_000_000_000_000_000
-MS = 1_000_000
-
-# --- a workload built by the real domain ----------------------------------------------------
-
-
-class Workload:
-    """Executions grown by `decide` + `fold`, as the engine grows them; keeps every commit."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, ExecutionState] = {}
-        self.events: dict[str, list[Event]] = {}
-        self.commits: list[Commit] = []
-        self._n = itertools.count(1)
-
-    def run(self, cmd: Command) -> Commit:
-        n = next(self._n)
-        state = self.states.get(cmd.execution_id)
-        history = tuple(
-            e for e in self.events.get(cmd.execution_id, []) if state and e.run_id == state.run_id
-        )
-        ctx = Context(
-            now_ns=T0 + n * 7 * MS + n,  # sub-millisecond parts on purpose
-            new_run_id=f"run-{cmd.command_id}",
-            new_execution_id=f"next-{cmd.command_id}",
-            successor_run_id=f"succ-{cmd.command_id}",
-            history=history,
-        )
-        events = decide(state, cmd, ctx)
-        state = fold(events, state)
-        assert state is not None
-        self.states[cmd.execution_id] = state
-        self.events.setdefault(cmd.execution_id, []).extend(events)
-        commit = Commit(
-            execution_id=cmd.execution_id,
-            seq=events[0].seq,
-            command_id=cmd.command_id,
-            command_type=cmd.type,
-            run_id=events[-1].run_id,
-            events=events,
-            committed_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=n),
-            state=state.model_dump(mode="json"),
-        )
-        self.commits.append(commit)
-        for follow_up in successor_commands(events, ctx, state):
-            self.run(follow_up)
-        return commit
-
-    def run_id(self, execution_id: str) -> str:
-        return self.states[execution_id].run_id
-
-    def all_events(self) -> list[Event]:
-        return [e for c in self.commits for e in c.events]
-
-    # command builders ----------------------------------------------------------------
-
-    def _env(self, execution_id: str, user: str | None = "alice") -> dict[str, Any]:
-        return {
-            "command_id": f"c{next(self._n)}-{execution_id}",
-            "execution_id": execution_id,
-            "issued_at": datetime(2024, 1, 1, tzinfo=UTC),
-            "user_id": user,
-        }
-
-    def start(self, execution_id: str, workflow: str = "order", **payload: Any) -> Commit:
-        user = payload.pop("user_id", "alice")
-        return self.run(
-            StartWorkflow(
-                **self._env(execution_id, user),
-                payload=StartWorkflowPayload(workflow_name=workflow, **payload),
-            )
-        )
-
-    def complete(self, execution_id: str, result: Any = None) -> Commit:
-        return self.run(
-            CompleteExecution(
-                **self._env(execution_id, None),
-                payload=CompletePayload(run_id=self.run_id(execution_id), result=result),
-            )
-        )
-
-    def fail(self, execution_id: str) -> Commit:
-        return self.run(
-            FailExecution(
-                **self._env(execution_id, None),
-                payload=FailPayload(
-                    run_id=self.run_id(execution_id),
-                    failure=Failure(message="boom"),
-                    retryable=False,
-                ),
-            )
-        )
-
-    def cancel(self, execution_id: str) -> Commit:
-        return self.run(
-            CancelExecution(**self._env(execution_id), payload=ReasonPayload(reason="stop"))
-        )
-
-    def terminate(self, execution_id: str) -> Commit:
-        return self.run(TerminateExecution(**self._env(execution_id), payload=ReasonPayload()))
-
-    def signal(self, execution_id: str, name: str = "poke") -> Commit:
-        return self.run(
-            SignalExecution(**self._env(execution_id), payload=SignalPayload(name=name, input=1))
-        )
-
-    def signals(self, execution_id: str, count: int) -> None:
-        """`count` signals in a row (named "poke")."""
-        for _ in range(count):
-            self.signal(execution_id)
-
-    def reset(self, execution_id: str, event_id: int = 1) -> Commit:
-        return self.run(
-            ResetExecution(**self._env(execution_id), payload=ResetPayload(event_id=event_id))
-        )
-
-    def continue_as_new(self, execution_id: str) -> Commit:
-        return self.run(
-            ContinueAsNew(
-                **self._env(execution_id, None),
-                payload=ContinueAsNewPayload(run_id=self.run_id(execution_id), input={"n": 2}),
-            )
-        )
-
-
-def mixed_workload() -> Workload:
-    """Every kind of run life: running, completed, failed, canceled, terminated, reset,
-    continued-as-new, signalled, children, a re-started execution id."""
-    w = Workload()
-    w.start("a", display_name="Nightly A", deployment_name="prod", user_id="bob")
-    w.signal("a")
-    w.complete("a", result={"ok": True})
-    w.start("b", internal=True)
-    w.fail("b")
-    w.start("c", parent_execution_id="a", root_execution_id="a")
-    w.cancel("c")
-    w.start("d", search_keys={"order": "O-17", "note": None}, workflow_tags=["billing"])
-    w.signal("d")
-    w.reset("d")
-    w.start("e", search_keys={"customer": "ACME"}, workflow_tags=["nightly", "eu", "nightly"])
-    w.continue_as_new("e")
-    w.start("f")
-    w.terminate("f")
-    w.start("f")  # a second run under the same execution id
-    w.start("g")
-    return w
-
-
-def fold_all(events: Sequence[Event], docs: ReadModelDocs | None = None) -> ReadModelDocs:
-    return project(events, docs or ReadModelDocs())
-
+from tests.support.workloads import Workload, fold_all, mixed_workload
 
 # --- run rows ---------------------------------------------------------------------------------
 
@@ -384,26 +210,6 @@ def test_history_event_arriving_out_of_order_finds_its_place() -> None:
     assert [n for n, _ in chunk_event_texts(holes)] == [1, 3]
 
 
-def test_history_chunks_of_the_earlier_format_are_read_and_upgraded_when_touched() -> None:
-    w = Workload()
-    w.start("a")
-    w.signal("a")
-    w.signal("a")
-    first, second, third = w.all_events()
-    legacy = {
-        "_id": f"{first.run_id}:000000",
-        "run_id": first.run_id,
-        "events": {"1": event_json(first), "2": event_json(second)},
-    }
-    assert events_of_chunks([legacy]) == {1: event_json(first), 2: event_json(second)}
-    assert apply_to_history(legacy, second) is legacy
-    upgraded = apply_to_history(legacy, third)
-    assert "events" not in upgraded and upgraded["count"] == 3
-    assert events_of_chunks([upgraded]) == {
-        e.event_number: event_json(e) for e in (first, second, third)
-    }
-
-
 # --- search keys and workflow tags -------------------------------------------------------------
 
 
@@ -452,67 +258,29 @@ def test_history_chunk_ids_of_an_empty_run_are_none() -> None:
 # --- the Projector on an in-memory store ------------------------------------------------------
 
 
-class MemoryStore:
-    """ReadModelStore in memory; counts bulk writes."""
+class MemoryCommits(MemoryCommitLog):
+    """The in-memory commit log, counting the reads of runs of commits."""
 
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Document]] = {RUNS: {}, EXECUTIONS: {}, HISTORY: {}}
-        self.writes: list[tuple[str, int]] = []
-
-    async def setup(self) -> None:
-        return None
-
-    async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
-        return {i: self.data[collection][i] for i in ids if i in self.data[collection]}
-
-    async def save(self, collection: str, docs: Mapping[str, Document]) -> None:
-        if docs:
-            self.writes.append((collection, len(docs)))
-            self.data[collection].update(docs)
-
-    async def insert(self, collection: str, docs: Mapping[str, Document]) -> None:
-        assert not set(docs) & set(self.data[collection]), "insert of an existing _id"
-        await self.save(collection, docs)
-
-    async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
-        existing = set(docs) & set(self.data[collection])
-        await self.save(collection, {i: d for i, d in docs.items() if i not in existing})
-        return existing
-
-    async def drop_all(self) -> None:
-        for c in self.data.values():
-            c.clear()
-
-    async def snapshot(self, collection: str) -> dict[str, Document]:
-        return dict(self.data[collection])
-
-
-class MemoryCommits:
     def __init__(self, commits: Sequence[Commit]) -> None:
-        self.commits = list(commits)
+        super().__init__(commits)
         self.reads = 0
 
-    async def read(self, execution_id: str, seqs: Sequence[int]) -> list[Commit]:
+    async def read_after(
+        self, execution_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Commit]:
         self.reads += 1
-        return [c for c in self.commits if c.execution_id == execution_id and c.seq in seqs]
-
-    async def scan(self) -> AsyncIterator[Commit]:
-        for c in sorted(self.commits, key=lambda c: (c.execution_id, c.seq)):
-            yield c
-
-    async def count(self) -> int:
-        return len(self.commits)
+        return await super().read_after(execution_id, after_seq, limit)
 
 
 async def test_projector_writes_each_batch_with_one_bulk_write_per_collection() -> None:
-    store = MemoryStore()
+    store = MemoryReadModels()
     await Projector(store).apply(mixed_workload().all_events())
     assert [c for c, _ in store.writes] == [HISTORY, RUNS, EXECUTIONS]
 
 
 async def test_projector_applied_twice_equals_applied_once() -> None:
     events = mixed_workload().all_events()
-    once, twice = MemoryStore(), MemoryStore()
+    once, twice = MemoryReadModels(), MemoryReadModels()
     await Projector(once).apply(events)
     await Projector(twice).apply(events)
     writes = len(twice.writes)
@@ -524,12 +292,12 @@ async def test_projector_applied_twice_equals_applied_once() -> None:
 async def test_projector_fills_a_gap_from_the_event_store() -> None:
     w = mixed_workload()
     events = w.all_events()
-    full = MemoryStore()
+    full = MemoryReadModels()
     await Projector(full).apply(events)
     # Lose every event of commit 2 of execution "a" and deliver the rest.
     lost = {(e.execution_id, e.seq) for e in events if e.execution_id == "a" and e.seq == 2}
     commits = MemoryCommits(w.commits)
-    gappy = MemoryStore()
+    gappy = MemoryReadModels()
     await Projector(gappy, commits).apply(
         [e for e in events if (e.execution_id, e.seq) not in lost]
     )
@@ -540,9 +308,9 @@ async def test_projector_fills_a_gap_from_the_event_store() -> None:
 async def test_projector_fills_a_gap_across_batches_and_after_reordering() -> None:
     w = mixed_workload()
     events = w.all_events()
-    full = MemoryStore()
+    full = MemoryReadModels()
     await Projector(full).apply(events)
-    store = MemoryStore()
+    store = MemoryReadModels()
     projector = Projector(store, MemoryCommits(w.commits))
     later = [e for e in events if e.seq >= 2]
     earlier = [e for e in events if e.seq < 2]
