@@ -33,6 +33,9 @@ class RunstoreSettings(BaseSettings):
     table is emptied when full."""
     health_host: str = "127.0.0.1"
     """Interface of the /healthz, /readyz, /metrics port of services without an HTTP API."""
+    tracing_endpoint: str | None = None
+    """OTLP/HTTP base URL spans are exported to (e.g. http://127.0.0.1:4318); unset, the
+    standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT decides; neither: no tracing."""
 
     @property
     def topics(self) -> Topics:
