@@ -220,5 +220,7 @@ class TimersSettings(RunstoreSettings):
     """Kafka static membership id (e.g. the pod name): a restarted instance gets its
     partitions back at once instead of after the session timeout."""
     timers_session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    timers_health_port: int | None = 9466
+    """Port of the timers' /healthz, /readyz and /metrics (unset/empty: none)."""
     timers_schedule_refresh_seconds: float = Field(default=1.0, gt=0)
     """How often the schedules are re-read: a change made over HTTP takes effect within it."""
