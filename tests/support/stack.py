@@ -27,6 +27,7 @@ class Stack:
     engine_health_port: int = field(default_factory=free_port)
     projector_health_port: int = field(default_factory=free_port)
     timers_health_port: int = field(default_factory=free_port)
+    worker_health_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -41,6 +42,7 @@ class Stack:
             "engine": self.engine_health_port,
             "projector": self.projector_health_port,
             "timers": self.timers_health_port,
+            "worker": self.worker_health_port,
         }[service]
         return f"http://127.0.0.1:{port}"
 
@@ -66,6 +68,7 @@ class Stack:
             "RUNSTORE_ENGINE_HEALTH_PORT": str(self.engine_health_port),
             "RUNSTORE_PROJECTOR_HEALTH_PORT": str(self.projector_health_port),
             "RUNSTORE_TIMERS_HEALTH_PORT": str(self.timers_health_port),
+            "RUNSTORE_WORKER_HEALTH_PORT": str(self.worker_health_port),
             **(env or {}),
         }
         log = (self.log_dir / f"{name}.log").open("ab")
