@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from opentelemetry.context import Context
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -31,6 +32,7 @@ from runstore.workflows._api import ActivityFunction, ActivityInfo, activity_con
 from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
 from runstore.workflows._errors import NondeterminismError, failure_of
 from runstore.workflows._instance import ActivityRequest, WorkflowInstance
+from runstore.workflows._task_spans import command_headers, task_span
 from schemas.commands import (
     CompleteWorkflowTask,
     CompleteWorkflowTaskPayload,
@@ -43,6 +45,7 @@ from schemas.events import Event, EventType
 from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
 from schemas.replies import ReplyError, WorkerReply
 from schemas.tasks import WorkflowTask
+from services.common import tracing
 from services.common.commit_log import COMMITS, Document, read_commit
 from services.common.health import Health, serve_health
 from services.common.kafka_topics import ensure_topics
@@ -182,7 +185,10 @@ class Worker:
                     continue
                 observe_consumed(f"worker.{self.deployment}", consumer, records)
                 try:
-                    await self.handle([r.value for r in records])
+                    await self.handle(
+                        [r.value for r in records],
+                        [r.headers for r in records] if tracing.tracer() else None,
+                    )
                 except Exception:
                     # Nothing of this batch is acknowledged: take it again from the last
                     # committed offsets after a pause (replay makes a second pass safe).
@@ -226,10 +232,16 @@ class Worker:
             heartbeat_interval_seconds=self.settings.worker_heartbeat_seconds,
         )
 
-    async def handle(self, values: Iterable[bytes | None]) -> None:
-        """One batch of task records: grouped by execution, executions concurrently."""
+    async def handle(
+        self,
+        values: Iterable[bytes | None],
+        headers: Sequence[Sequence[tuple[str, bytes]] | None] | None = None,
+    ) -> None:
+        """One batch of task records: grouped by execution, executions concurrently.
+        `headers` (the records', when tracing is on) carry the tasks' trace contexts."""
         by_execution: dict[str, list[WorkflowTask]] = {}
-        for raw in values:
+        parents: dict[str, Context] = {}
+        for index, raw in enumerate(values):
             try:
                 task = WorkflowTask.model_validate_json(raw or b"")
             except ValidationError as exc:
@@ -238,11 +250,15 @@ class Worker:
             if (task.deployment_name or "default") != self.deployment:
                 continue
             by_execution.setdefault(task.execution_id, []).append(task)
+            parent = tracing.parent_of(headers[index]) if headers is not None else None
+            if parent is not None:
+                parents[task.task_id] = parent
         limit = asyncio.Semaphore(self.settings.worker_concurrency)
 
         async def one(tasks: list[WorkflowTask]) -> None:
             async with limit:
-                await self._handle_execution(tasks)
+                with task_span(tasks, parents, self.deployment):
+                    await self._handle_execution(tasks)
 
         await asyncio.gather(*(one(tasks) for tasks in by_execution.values()))
         assert self._producer is not None
@@ -363,7 +379,12 @@ class Worker:
 
     async def _send(self, topic: str, key: str, model: Any) -> None:
         assert self._producer is not None
-        await self._producer.send(topic, key=key.encode(), value=model.model_dump_json().encode())
+        await self._producer.send(
+            topic,
+            key=key.encode(),
+            value=model.model_dump_json().encode(),
+            headers=command_headers(),
+        )
 
     async def _drive(self, instance: WorkflowInstance) -> None:
         """Run the activities the code asks for, feeding each result back, until the

@@ -5,9 +5,8 @@ so their names and labels stay consistent across services. Services record with 
 small helpers below (one call per batch, not per record: the engine handles thousands
 of commands a second, and a labelled `inc` costs about a microsecond).
 
-Hooks for services still to come:
-- timers: `TIMERS_PENDING.set(n)` when the due-deadline set changes and
-  `TIMER_LATENESS.observe(fired_at - due_at)` per fired deadline;
+The timers service reads `TIMERS_PENDING` from its pending set at scrape time and
+observes `TIMER_LATENESS` per fired deadline (services/timers/stats.py).
 """
 
 from __future__ import annotations
