@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import Response
 
+from services.api.responses import event_stream
+
 _WHAT = {
     200: "OK",
     202: "Accepted",
@@ -29,12 +31,13 @@ _WHAT = {
 
 def declared(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: JSON bodies, or `text/event-stream` for the 200 of a
-    stream; 204 has no body."""
+    stream (whose route takes `response_class=EventStreamResponse`); 204 has no body."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"description": _WHAT.get(code, "")}
         if code == 200 and stream:
-            entry["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+            # Log streams: `event: log` frames, `event: error` if the stream fails.
+            entry = event_stream("log", "error")[200]
         elif code != 204:
             entry["content"] = {"application/json": {"schema": {"type": "object"}}}
         out[code] = entry

@@ -58,23 +58,31 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-EVENT_STREAM: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: `id`, `event`, `data` frames and keep-alive comments",
-        # Each event (keep-alive comments are not events): `data` is the JSON of the
-        # SDK's StreamEventSsePayload, or of an error that ended the stream.
-        "content": {
-            "text/event-stream": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "event": {"type": "string", "enum": ["event", "error"]},
-                        "data": {"type": "string"},
-                    },
-                    "required": ["data"],
+def event_stream(*event_names: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a Server-Sent Events route: `text/event-stream`, each event (keep-alive
+    comments are not events) an `id`, one of `event_names` and a `data` line of JSON.
+    The route also needs `response_class=EventStreamResponse`, or FastAPI adds an
+    `application/json` 200 the route never answers."""
+    return {
+        200: {
+            "description": "Server-Sent Events: `id`, `event`, `data` frames, keep-alive comments",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "event": {"type": "string", "enum": list(event_names)},
+                            "data": {"type": "string"},
+                        },
+                        "required": ["data"],
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
+
+
+# The workflow events streams: `data` is the JSON of the SDK's StreamEventSsePayload, or
+# of an error that ended the stream.
+EVENT_STREAM = event_stream("event", "error")

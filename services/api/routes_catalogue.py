@@ -25,6 +25,7 @@ from services.api.catalogue import (
 )
 from services.api.deps import Authed, Database, Wired
 from services.api.http_docs import declared, json_body
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
 from services.api.routes_commands import (
@@ -36,7 +37,9 @@ from services.api.shapes import ExecuteRequest
 from services.common.worker_registry import REGISTRATIONS, WORKFLOWS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["catalogue"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["catalogue"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 Document = dict[str, Any]
 Tag = Annotated[str, Field(min_length=1, max_length=128)]

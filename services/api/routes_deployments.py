@@ -25,13 +25,16 @@ from services.api.execution_logs import (
     position_text,
 )
 from services.api.http_docs import declared, json_body
-from services.api.responses import EVERY_ROUTE
+from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVERY_ROUTE, EventStreamResponse
 from services.api.responses import declared as declared_everywhere
 from services.api.routes_runs import utc
 from services.common.worker_registry import DEPLOYMENTS, WORKERS, WORKFLOWS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["deployments"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["deployments"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 Document = dict[str, Any]
 HOSTED_ONLY = (
@@ -359,6 +362,7 @@ async def get_deployment_logs(
 
 @router.get(
     "/v1/workflows/deployments/{name}/logs/stream",
+    response_class=EventStreamResponse,
     responses=declared(200, 400, 401, 404, 422, stream=True),
 )
 async def stream_deployment_logs(

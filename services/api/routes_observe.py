@@ -26,7 +26,8 @@ from services.api.execution_logs import (
 )
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
-from services.api.responses import EVERY_ROUTE
+from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVERY_ROUTE, EventStreamResponse
 from services.api.responses import declared as declared_everywhere
 from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
@@ -36,7 +37,9 @@ from services.common.commit_log import COMMITS, locate_run, read_commits_after
 from services.common.readmodels.store import RUNS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 Document = dict[str, Any]
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"}
@@ -193,6 +196,7 @@ async def get_workflow_execution_logs(
 
 @router.get(
     "/v1/workflows/executions/{execution_id}/logs/stream",
+    response_class=EventStreamResponse,
     responses=declared(200, 400, 401, 404, 422, stream=True),
 )
 async def stream_workflow_execution_logs(

@@ -27,6 +27,7 @@ from schemas.schedules import (
 from services.api import errors
 from services.api.auth import Caller
 from services.api.deps import Identified, Wired
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.routes_commands import apply_command, workflow_name_from_path
 from services.common.clock import utcnow
@@ -34,7 +35,7 @@ from services.common.ids import new_id
 from services.common.schedule_store import MongoScheduleStore
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(responses=declared(*EVERY_ROUTE))
+router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
 _FUTURE_SHOWN = 5
 _NOT_FOUND: dict[str, Any] = {
