@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from services.api.responses import event_stream
+from services.api.responses import EVERY_ROUTE, declared_json, event_stream
 
 _WHAT = {
     200: "OK",
@@ -32,7 +32,9 @@ _WHAT = {
 def declared(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: JSON bodies, or `text/event-stream` for the 200 of a
     stream (whose route takes `response_class=EventStreamResponse`); 204 has no body."""
-    out: dict[int | str, dict[str, Any]] = {}
+    # A stream's route has `text/event-stream` as its media type, which FastAPI would give
+    # the router's every-route errors too: they are JSON.
+    out: dict[int | str, dict[str, Any]] = declared_json(*EVERY_ROUTE) if stream else {}
     for code in codes:
         entry: dict[str, Any] = {"description": _WHAT.get(code, "")}
         if code == 200 and stream:

@@ -25,7 +25,7 @@ class ErrorBody(BaseModel):
 _WHY = {
     400: "Malformed request (a page token of another list or secret, an invalid reset point)",
     401: "Missing or unknown API key",
-    404: "No such execution or run (or, in separate-users mode, another user's)",
+    404: "No such execution, run or workflow (or, in separate-users mode, another user's)",
     408: "The request was not read in time",
     409: "The command conflicts with the execution's state (or the id is another user's)",
     413: "The body, or the command it makes, is too large",
@@ -42,14 +42,18 @@ def declared(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
 
 
+# The content of an error answer, spelled out (for `responses=` entries written by hand):
+# `{"detail": str}`, or FastAPI's validation shape for a 422.
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+INVALID_JSON = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+}
+
+
 def declared_json(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`declared` for a route whose own answers are not JSON (FastAPI would give its
     errors the route's media type): the schema spelled out under `application/json`."""
-    schema = {"$ref": "#/components/schemas/ErrorBody"}
-    return {
-        code: {"description": _WHY[code], "content": {"application/json": {"schema": schema}}}
-        for code in codes
-    }
+    return {code: {"description": _WHY[code], "content": ERROR_JSON} for code in codes}
 
 
 class EventStreamResponse(StreamingResponse):

@@ -90,7 +90,7 @@ ExecutionId = Annotated[str, Path()]
 @router.post(
     "/v1/workflows/{workflow_identifier}/execute",
     response_model=Execution,
-    responses=declared(409, 503, 504),
+    responses=declared(404, 409, 503, 504),
 )
 async def execute(
     who: Authed,
@@ -135,8 +135,13 @@ async def start_execution(
     try:
         options = ExecuteExtensions.model_validate(body.extensions or {})
     except ValidationError as exc:
+        # FastAPI's 422 shape, as the SDK parses every 422 (HTTPValidationError).
         raise HTTPException(
-            status_code=422, detail=f"invalid extensions: {exc.errors(include_url=False)}"
+            status_code=422,
+            detail=[
+                {"loc": ["body", "extensions", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ],
         ) from exc
     command = StartWorkflow(
         **_envelope("execute", who, execution_id, idempotency_key),

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
 from schemas.events import Event
-from services.api.access import existing_execution
+from services.api.access import execution_query, existing_execution
 from services.api.deps import Authed, Database, Reader, Settings, Wired
 from services.api.execution_logs import (
     LogFilter,
@@ -55,24 +55,27 @@ async def get_workflow_events(
     who: Authed,
     reader: Reader,
     db: Database,
-    root_workflow_exec_id: str | None = None,
-    workflow_exec_id: str | None = None,
+    root_workflow_exec_id: Annotated[str | None, execution_query()] = None,
+    workflow_exec_id: Annotated[str | None, execution_query()] = None,
     workflow_run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> Response:
     """Stored events in the public shape, execution by execution (a root's tree in start
     order), each in stream order. One of the three filters is required: an unfiltered
-    list would read every stream."""
+    list would read every stream. Every id given must be the caller's (404), also one
+    that another filter overrides."""
+    run_execution = None
+    if workflow_run_id:
+        run_execution = await locate_run(db, workflow_run_id)
+        if run_execution is None:
+            raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
+        await existing_execution(reader, run_execution)
     if workflow_exec_id:
         await existing_execution(reader, workflow_exec_id)
         executions = [workflow_exec_id]
-    elif workflow_run_id:
-        execution_id = await locate_run(db, workflow_run_id)
-        if execution_id is None:
-            raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
-        await existing_execution(reader, execution_id)
-        executions = [execution_id]
+    elif run_execution is not None:
+        executions = [run_execution]
     elif root_workflow_exec_id:
         await existing_execution(reader, root_workflow_exec_id)
         executions = await _tree(db, reader, root_workflow_exec_id)

@@ -28,7 +28,7 @@ from services.api import errors
 from services.api.auth import Caller
 from services.api.deps import Identified, Wired
 from services.api.request_json import StrictJsonRoute
-from services.api.responses import EVERY_ROUTE, declared
+from services.api.responses import ERROR_JSON, EVERY_ROUTE, INVALID_JSON, declared
 from services.api.routes_commands import apply_command, workflow_name_from_path
 from services.common.clock import utcnow
 from services.common.ids import new_id
@@ -40,13 +40,13 @@ router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE)
 _FUTURE_SHOWN = 5
 _NOT_FOUND: dict[str, Any] = {
     "description": "No such schedule (or another user's, in separate mode)",
-    "content": {"application/json": {}},
+    "content": ERROR_JSON,
 }
 _INVALID: dict[str, Any] = {
     "description": "Invalid request (FastAPI's validation error shape)",
-    "content": {"application/json": {}},
+    "content": INVALID_JSON,
 }
-_JSON: dict[str, Any] = {"application/json": {}}
+_JSON: dict[str, Any] = ERROR_JSON
 _UNAUTHORIZED: dict[str, Any] = {"description": "Missing or unknown API key", "content": _JSON}
 
 

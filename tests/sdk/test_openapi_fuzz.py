@@ -8,8 +8,9 @@ fuzzed requests, and checks every answer: no 5xx, a status code the operation de
 declared content type, a body and headers that match the declared schema.
 
 Deterministic: a fixed seed, derandomized generation, no example database, a bounded
-number of fuzzed examples per operation. Both access modes run: `shared`, and
-`separate` (where every id that names an execution is an owner check).
+number of fuzzed examples per operation. Both access modes run: `shared` (any workflow
+name starts, so generated executions reach the engine), and `separate` with the default
+that only registered workflows start (every id that names an execution is an owner check).
 
 SSE routes (`text/event-stream`) are in the run: schemathesis reads a stream until its
 first event or `SSE_READ_SECONDS` (keep-alive comments every 0.2 s keep the read moving),
@@ -103,6 +104,9 @@ def fuzzed_stack(
     env = {
         **isolated_env(kafka_bootstrap, mongo_url),
         "RUNSTORE_API_ACCESS_MODE": request.param,
+        # The default (only registered workflows start) in separate mode; any name starts
+        # in shared mode, so generated executions reach the engine.
+        "RUNSTORE_API_ALLOW_UNREGISTERED": str(request.param == "shared").lower(),
         "RUNSTORE_API_SSE_KEEPALIVE_SECONDS": "0.2",
         # Every generated request with a bad value fails: the failure budget must not
         # turn the run into 429s.
