@@ -32,6 +32,7 @@ import schemathesis
 from schemas.registry import LogRecord
 from services.api.responses import EVERY_ROUTE
 from services.common.worker_registry import ExecutionLogShipper
+from tests.conftest import _running_stack as running_stack
 from tests.conftest import isolated_env
 from tests.sdk.test_catalogue import register, registration, with_db
 from tests.sdk.test_openapi_fuzz import short_run_config
@@ -87,13 +88,7 @@ def separate_stack(
         "RUNSTORE_API_WORKER_TIMEOUT_SECONDS": "1",
         "RUNSTORE_API_BAD_REQUESTS_BURST": "100000",
     }
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("openapi-walk"))
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
-        yield stack
-    finally:
-        stack.stop_all()
+    yield from running_stack(env, tmp_path_factory.mktemp("openapi-walk"))
 
 
 @pytest.fixture(scope="module")

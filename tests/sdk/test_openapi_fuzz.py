@@ -39,6 +39,7 @@ import schemathesis
 from schemathesis import engine
 from schemathesis.engine import events
 
+from tests.conftest import _running_stack as running_stack
 from tests.conftest import isolated_env
 from tests.support.stack import Stack
 
@@ -79,13 +80,7 @@ def fuzzed_stack(
         "RUNSTORE_API_WORKER_TIMEOUT_SECONDS": "1",
         "RUNSTORE_API_WAIT_MAX_SECONDS": "1",
     }
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp(f"fuzz-{request.param}"))
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
-        yield stack
-    finally:
-        stack.stop_all()
+    yield from running_stack(env, tmp_path_factory.mktemp(f"fuzz-{request.param}"))
 
 
 @dataclass
