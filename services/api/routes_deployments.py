@@ -6,6 +6,7 @@ it, `restart` asks them to reconnect. The hosted-code operations answer 501."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,10 @@ HOSTED_ONLY = (
     "not_supported: Runstore runs no hosted code; deployments are groups of self-run "
     "workers (`runstore worker`), so there is no {what} (docs/catalogue.md)"
 )
+
+
+# A deployment's `spec` is any JSON object the client sends; it is stored as JSON text
+# (`spec_json`), since FerretDB cannot store every JSON value (nested arrays were a 500).
 
 
 class DeploymentCreate(BaseModel):
@@ -99,7 +104,7 @@ def _deployment_shape(d: Document, workers: list[Document], now: datetime) -> Do
 
 def _managed_shape(d: Document, live_count: int) -> Document:
     """The SDK's `ManagedDeploymentResponse` for a group of self-run workers."""
-    spec = d.get("spec") or {}
+    spec = json.loads(d["spec_json"]) if "spec_json" in d else d.get("spec") or {}
     created = d.get("created_at") or datetime.now(UTC)
     stopped = bool(d.get("stopped", False))
     return {
@@ -202,7 +207,7 @@ async def create_deployment(who: Authed, db: Database, body: DeploymentCreate) -
             "updated_at": now,
             "stopped": False,
             "restart_generation": 0,
-            "spec": body.spec,
+            "spec_json": json.dumps(body.spec),
             "created_by": who.user_id,
         }
     )
@@ -228,7 +233,7 @@ async def update_deployment(
     await _deployment(db, name)
     update: Document = {"updated_at": datetime.now(UTC)}
     if body.spec is not None:
-        update["spec"] = body.spec
+        update["spec_json"] = json.dumps(body.spec)
     await db[DEPLOYMENTS].update_one({"_id": name}, {"$set": update})
     return await _accepted(db, name)
 
