@@ -26,11 +26,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from opentelemetry.context import Context
 from pydantic import ValidationError
-from pymongo.asynchronous.collection import AsyncCollection
 
-from runstore.workflows._api import ActivityFunction, ActivityInfo, activity_context
+from runstore.workflows._activities import activity_order, activity_outcome, run_activity
+from runstore.workflows._api import ActivityFunction
 from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
 from runstore.workflows._errors import NondeterminismError, failure_of
+from runstore.workflows._history import RunHistory
 from runstore.workflows._instance import ActivityRequest, WorkflowInstance
 from runstore.workflows._task_spans import command_headers, task_span
 from schemas.commands import (
@@ -39,14 +40,12 @@ from schemas.commands import (
     FailWorkflowTask,
     FailWorkflowTaskPayload,
 )
-from schemas.commits import Commit
 from schemas.common import Failure
-from schemas.events import Event, EventType
+from schemas.events import EventType
 from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
 from schemas.replies import ReplyError, WorkerReply
 from schemas.tasks import WorkflowTask
 from services.common import tracing
-from services.common.commit_log import COMMITS, Document, read_commit
 from services.common.health import Health, serve_health
 from services.common.kafka_topics import ensure_topics
 from services.common.metrics import (
@@ -56,6 +55,7 @@ from services.common.metrics import (
     observe_consumed,
 )
 from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo_commit_log import MongoCommitLog
 from services.common.settings import WorkerSettings
 from services.common.worker_registry import (
     ExecutionLogHandler,
@@ -69,17 +69,10 @@ user_logger = logging.getLogger("runstore.workflows.user")
 """`workflow.logger`'s records: also shipped to the execution's logs (the catalogue's)."""
 
 _RUN_KINDS = frozenset({"run", "signal"})
-_OPENS_ATTEMPT = frozenset(
-    {EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_RETRY_STARTED}
-)
 
 
 class _Rebuild(Exception):
     """The cached instance no longer matches the history: rebuild it by replay."""
-
-
-class ActivityTimeoutError(TimeoutError):
-    """An activity attempt overran its start-to-close or heartbeat timeout."""
 
 
 class Worker:
@@ -110,8 +103,13 @@ class Worker:
             self.activities[fn.definition.name] = fn.definition
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._stopping = asyncio.Event()
-        self._commits: AsyncCollection[Document] | None = None
+        self._history_reader: RunHistory | None = None
         self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def _history(self) -> RunHistory:
+        assert self._history_reader is not None, "the worker is not running"
+        return self._history_reader
 
     # --- the process ------------------------------------------------------------------
 
@@ -122,7 +120,11 @@ class Worker:
         settings = self.settings
         await ensure_topics(settings)
         client = mongo_client(settings)
-        self._commits = mongo_database(client, settings)[COMMITS]
+        self._history_reader = RunHistory(
+            MongoCommitLog(mongo_database(client, settings)),
+            self.activities,
+            settings.worker_own_command_wait_seconds,
+        )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             linger_ms=settings.worker_linger_ms,
@@ -395,7 +397,7 @@ class Worker:
         try:
             while True:
                 for request in instance.take_activity_requests():
-                    job = asyncio.create_task(self._run_activity(instance, request))
+                    job = asyncio.create_task(run_activity(instance, request))
                     running[job] = request
                 if not running:
                     return
@@ -406,10 +408,10 @@ class Worker:
                     await self._checkpoint(instance)
                     last_report = loop.time()
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for job in sorted(done, key=lambda j: _activity_order(running[j])):
+                for job in sorted(done, key=lambda j: activity_order(running[j])):
                     request = running.pop(job)
                     result, error = job.result()
-                    ACTIVITIES.labels(self.deployment, _activity_outcome(error)).inc()
+                    ACTIVITIES.labels(self.deployment, activity_outcome(error)).inc()
                     instance.activity_outcome(request.activity_id, request.attempt, result, error)
                 for job, request in list(running.items()):
                     if instance.activity_abandoned(request.activity_id):
@@ -428,7 +430,7 @@ class Worker:
         own = instance.last_command_id
         waited = 0.0
         while waited < self.settings.worker_own_command_wait_seconds:
-            commits = await self._commits_after(instance.execution_id, instance.applied_seq)
+            commits = await self._history.commits_after(instance.execution_id, instance.applied_seq)
             position = next((i for i, c in enumerate(commits) if c.command_id == own), None)
             if position is not None:
                 for commit in commits[:position]:
@@ -445,59 +447,6 @@ class Worker:
             waited += 0.01
         raise _Rebuild("the engine did not take the worker's checkpoint")
 
-    async def _run_activity(
-        self, instance: WorkflowInstance, request: ActivityRequest
-    ) -> tuple[Any, BaseException | None]:
-        loop = asyncio.get_running_loop()
-        last_beat = [loop.time()]
-        info = ActivityInfo(
-            execution_id=instance.execution_id,
-            run_id=instance.run_id,
-            workflow_name=instance.workflow_name,
-            activity_id=request.activity_id,
-            activity_name=request.definition.name,
-            attempt=request.attempt,
-        )
-        token = activity_context.set((info, lambda: last_beat.__setitem__(0, loop.time())))
-        try:
-            with execution_log_context(
-                instance.execution_id,
-                instance.run_id,
-                activity_id=request.activity_id,
-                workflow_name=instance.workflow_name,
-            ):
-                job = asyncio.ensure_future(request.definition.fn(*request.args, **request.kwargs))
-        finally:
-            activity_context.reset(token)
-        started = loop.time()
-        stc = (
-            request.start_to_close_timeout.total_seconds()
-            if request.start_to_close_timeout
-            else None
-        )
-        hb = request.heartbeat_timeout.total_seconds() if request.heartbeat_timeout else None
-        try:
-            while True:
-                waits = [
-                    w
-                    for w in (
-                        stc - (loop.time() - started) if stc else None,
-                        hb - (loop.time() - last_beat[0]) if hb else None,
-                    )
-                    if w is not None
-                ]
-                done, _ = await asyncio.wait({job}, timeout=max(0.0, min(waits)) if waits else None)
-                if done:
-                    return job.result(), None
-                if stc and loop.time() - started >= stc:
-                    job.cancel()
-                    return None, ActivityTimeoutError(f"start_to_close_timeout of {stc} s passed")
-                if hb and loop.time() - last_beat[0] >= hb:
-                    job.cancel()
-                    return None, ActivityTimeoutError(f"no heartbeat for {hb} s")
-        except Exception as exc:
-            return None, exc
-
     # --- loading a run's history ----------------------------------------------------------
 
     async def _instance_at(
@@ -506,111 +455,15 @@ class Worker:
         """The run's instance with the history up to at least `seq` taken in."""
         cached = self._cache.get(execution_id)
         if cached is not None and cached.run_id == run_id:
-            fresh = await self._catch_up(cached, seq)
+            fresh = await self._history.catch_up(cached, seq)
             if fresh:
                 self._cache.move_to_end(execution_id)
                 return cached
         self._cache.pop(execution_id, None)
-        instance = await self._replay(execution_id, run_id, max(seq, 1), definition)
+        instance = await self._history.replay(execution_id, run_id, max(seq, 1), definition)
         if instance is not None:
             self._remember(instance)
         return instance
-
-    async def _catch_up(self, instance: WorkflowInstance, seq: int) -> bool:
-        """Apply the commits after the instance's; False if it must be rebuilt (another
-        worker advanced the run, or the engine refused this worker's last command)."""
-        own = instance.last_command_id
-        waited = 0.0
-        while True:
-            commits = await self._commits_after(instance.execution_id, instance.applied_seq)
-            last = commits[-1].seq if commits else instance.applied_seq
-            own_seen = own is None or any(c.command_id == own for c in commits)
-            if own_seen and last >= seq:
-                break
-            if waited >= self.settings.worker_own_command_wait_seconds:
-                return False
-            await asyncio.sleep(0.02)
-            waited += 0.02
-        for commit in commits:
-            events = [e for e in commit.events if e.run_id == instance.run_id]
-            if commit.command_id == own:
-                instance.applied_seq = commit.seq
-                instance.last_command_id = None
-                continue
-            if events and events[0].type == EventType.WORKFLOW_TASK_COMPLETED:
-                return False
-            instance.apply(events)
-        return True
-
-    async def _replay(
-        self, execution_id: str, run_id: str, seq: int, definition: WorkflowDefinition
-    ) -> WorkflowInstance | None:
-        """Rebuild the run's instance from its history: back from `seq` to the commit that
-        opened the current attempt, then forward to the newest commit."""
-        commits: list[Commit] = []
-        probe = seq
-        opening: Event | None = None
-        while probe >= 1:
-            commit = await self._read(execution_id, probe)
-            if commit is None:
-                if commits:
-                    break
-                probe -= 1
-                continue
-            commits.append(commit)
-            opening = next(
-                (
-                    e
-                    for e in reversed(commit.events)
-                    if e.run_id == run_id and e.type in _OPENS_ATTEMPT
-                ),
-                None,
-            )
-            if opening is not None:
-                break
-            probe -= 1
-        if opening is None:
-            log.warning("no start of run %s found in execution %s", run_id, execution_id)
-            return None
-        commits.reverse()
-        commits.extend(await self._commits_after(execution_id, commits[-1].seq))
-        state = commits[0].state
-        started = state.get("started") or {}
-        value = (started.get("input") or {}).get("value")
-        instance = WorkflowInstance(
-            definition,
-            execution_id=execution_id,
-            run_id=run_id,
-            input=value,
-            attempt=int(state.get("attempt") or 1),
-            activities=self.activities,
-            started_ns=opening.timestamp_ns,
-        )
-        # From the opening event on; a reset's RUN_RESET (just before its STARTED) too: the
-        # instance takes the activity outcomes that reset carried over from it.
-        events = [
-            e
-            for c in commits
-            for e in c.events
-            if e.run_id == run_id
-            and (
-                c.seq > opening.seq
-                or e.index >= opening.index
-                or e.type == EventType.WORKFLOW_RUN_RESET
-            )
-        ]
-        instance.apply(events)
-        return instance
-
-    async def _commits_after(self, execution_id: str, after: int) -> list[Commit]:
-        found: list[Commit] = []
-        while (commit := await self._read(execution_id, after + len(found) + 1)) is not None:
-            found.append(commit)
-        return found
-
-    async def _read(self, execution_id: str, seq: int) -> Commit | None:
-        assert self._commits is not None
-        return await read_commit(self._commits, execution_id, seq)
 
     def _remember(self, instance: WorkflowInstance) -> None:
         self._cache[instance.execution_id] = instance
@@ -743,17 +596,6 @@ class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self.health.assigned()
-
-
-def _activity_outcome(error: BaseException | None) -> str:
-    if error is None:
-        return "completed"
-    return "timed_out" if isinstance(error, ActivityTimeoutError) else "failed"
-
-
-def _activity_order(request: ActivityRequest) -> tuple[int, str]:
-    digits = "".join(ch for ch in request.activity_id if ch.isdigit())
-    return (int(digits or 0), request.activity_id)
 
 
 def run_worker(

@@ -7,9 +7,9 @@ from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from runstore.workflows import Worker, activity
+from runstore.workflows import activity
+from runstore.workflows._activities import ActivityTimeoutError, run_activity
 from runstore.workflows._instance import ActivityRequest
-from runstore.workflows._worker import ActivityTimeoutError
 
 SEEN: list[str] = []
 
@@ -53,12 +53,11 @@ def _request(fn: Any, arg: Any, **timeouts: timedelta | None) -> ActivityRequest
 
 
 INSTANCE: Any = SimpleNamespace(execution_id="e-1", run_id="r-1", workflow_name="wf")
-WORKER = Worker([], [])
 
 
 async def test_an_attempt_over_its_start_to_close_timeout_fails_with_a_timeout() -> None:
     request = _request(slow, 1.0, start_to_close=timedelta(seconds=0.1))
-    result, error = await WORKER._run_activity(INSTANCE, request)
+    result, error = await run_activity(INSTANCE, request)
     assert result is None
     assert isinstance(error, ActivityTimeoutError)
     assert "start_to_close" in str(error)
@@ -66,9 +65,9 @@ async def test_an_attempt_over_its_start_to_close_timeout_fails_with_a_timeout()
 
 async def test_heartbeats_keep_a_long_attempt_alive_and_silence_times_it_out() -> None:
     alive = _request(beating, 8, heartbeat=timedelta(seconds=0.2))
-    assert await WORKER._run_activity(INSTANCE, alive) == ("alive", None)
+    assert await run_activity(INSTANCE, alive) == ("alive", None)
     quiet = _request(silent, None, heartbeat=timedelta(seconds=0.1))
-    result, error = await WORKER._run_activity(INSTANCE, quiet)
+    result, error = await run_activity(INSTANCE, quiet)
     assert result is None
     assert isinstance(error, ActivityTimeoutError)
     assert "heartbeat" in str(error)
@@ -76,8 +75,8 @@ async def test_heartbeats_keep_a_long_attempt_alive_and_silence_times_it_out() -
 
 async def test_an_attempt_sees_its_idempotency_key_and_errors_come_back_as_values() -> None:
     SEEN.clear()
-    assert await WORKER._run_activity(INSTANCE, _request(keyed, None)) == ("ok", None)
+    assert await run_activity(INSTANCE, _request(keyed, None)) == ("ok", None)
     assert SEEN == ["e-1:a1:2"]
-    result, error = await WORKER._run_activity(INSTANCE, _request(slow, "not a number"))
+    result, error = await run_activity(INSTANCE, _request(slow, "not a number"))
     assert result is None
     assert isinstance(error, TypeError)
