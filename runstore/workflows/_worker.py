@@ -33,6 +33,7 @@ from runstore.workflows._definitions import ActivityDefinition, WorkflowDefiniti
 from runstore.workflows._errors import NondeterminismError, failure_of
 from runstore.workflows._history import RunHistory
 from runstore.workflows._instance import ActivityRequest, WorkflowInstance
+from runstore.workflows._requests import answer_query, reply, unknown_handler
 from runstore.workflows._task_spans import command_headers, task_span
 from schemas.commands import (
     CompleteWorkflowTask,
@@ -485,83 +486,40 @@ class Worker:
         definition = self.workflows.get(task.workflow_name)
         # Brought up to date first: inputs the code has not seen yet are delivered.
         instance = await self._advance(task) if definition is not None else None
-        reply = self._reply(
+        answer = reply(
             task,
+            self.worker_id,
             error=ReplyError(
                 code="query_failed" if kind == "query" else "update_failed",
                 message=f"workflow {task.workflow_name!r} has no history this worker can load",
             ),
         )
         if instance is not None and definition is not None:
-            reply = (
-                self._query(instance, definition, task)
+            answer = (
+                answer_query(instance, definition, task, self.worker_id)
                 if kind == "query"
                 else await self._update(instance, definition, task)
             )
-        await self._send(self.settings.topics.replies, task.execution_id, reply)
-
-    def _reply(
-        self,
-        task: WorkflowTask,
-        *,
-        result: Any = None,
-        error: ReplyError | None = None,
-        command_id: str | None = None,
-    ) -> WorkerReply:
-        assert task.request_id is not None
-        return WorkerReply(
-            request_id=task.request_id,
-            execution_id=task.execution_id,
-            kind="update" if task.kind == "update" else "query",
-            ok=error is None,
-            result=result,
-            error=error,
-            command_id=command_id,
-            worker_id=self.worker_id,
-        )
-
-    @staticmethod
-    def _unknown(task: WorkflowTask, definition: WorkflowDefinition) -> ReplyError | None:
-        """The error for a handler name the workflow does not have, with those it has."""
-        kind = "update" if task.kind == "update" else "query"
-        handlers = definition.updates if kind == "update" else definition.queries
-        if task.name in handlers:
-            return None
-        return ReplyError(
-            code="unknown_update" if kind == "update" else "unknown_query",
-            message=f"workflow {definition.name!r} has no {kind} {task.name!r}",
-            known_names=sorted(handlers),
-        )
-
-    def _query(
-        self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
-    ) -> WorkerReply:
-        assert task.name is not None
-        unknown = self._unknown(task, definition)
-        if unknown is not None:
-            return self._reply(task, error=unknown)
-        try:
-            return self._reply(task, result=instance.query(task.name, task.input))
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            return self._reply(task, error=ReplyError(code="query_failed", message=message))
+        await self._send(self.settings.topics.replies, task.execution_id, answer)
 
     async def _update(
         self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
     ) -> WorkerReply:
         assert task.request_id is not None
         assert task.name is not None
-        unknown = self._unknown(task, definition)
+        unknown = unknown_handler(task, definition)
         if unknown is not None:
-            return self._reply(task, error=unknown)
+            return reply(task, self.worker_id, error=unknown)
         if instance.finished:
             closed = ReplyError(code="update_rejected", message="the run is closed")
-            return self._reply(task, error=closed)
+            return reply(task, self.worker_id, error=closed)
         try:
             instance.validate_update(task.name, task.input)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
-            return self._reply(task, error=ReplyError(code="update_rejected", message=message))
+            return reply(
+                task, self.worker_id, error=ReplyError(code="update_rejected", message=message)
+            )
         command_id = f"update:{task.request_id}"
         try:
             instance.go_live()
@@ -569,18 +527,20 @@ class Worker:
             await self._drive(instance)
         except (NondeterminismError, _Rebuild) as exc:
             self._cache.pop(task.execution_id, None)
-            return self._reply(task, error=ReplyError(code="update_failed", message=str(exc)))
+            return reply(
+                task, self.worker_id, error=ReplyError(code="update_failed", message=str(exc))
+            )
         outcome_result = instance.update_result(task.request_id)
         await self._flush(instance, command_id)
         if outcome_result is None:
             waiting = "the update handler is still waiting; its result will be in the history"
             error = ReplyError(code="update_failed", message=waiting)
-            return self._reply(task, error=error, command_id=command_id)
+            return reply(task, self.worker_id, error=error, command_id=command_id)
         ok, value = outcome_result
         if not ok:
             error = ReplyError(code="update_failed", message=str(value))
-            return self._reply(task, error=error, command_id=command_id)
-        return self._reply(task, result=value, command_id=command_id)
+            return reply(task, self.worker_id, error=error, command_id=command_id)
+        return reply(task, self.worker_id, result=value, command_id=command_id)
 
 
 class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
