@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The long schemathesis run over the API's OpenAPI (not part of `make test`): every
-# operation, every phase, checks for 5xx and for answers the document does not declare.
-# Usage: make up ...; bench/schemathesis_long.sh http://127.0.0.1:8080 <api-key> [examples]
+# The long schemathesis run over the API's OpenAPI (not part of `make test`): the checks and
+# stream settings of the short run (tests/sdk/schemathesis.toml), with more examples per
+# operation and the stateful phase. Start the stack with a failure budget that does not turn
+# the run into 429s:
+#   RUNSTORE_API_BAD_REQUESTS_BURST=1000000 make up
+#   bench/schemathesis_long.sh http://127.0.0.1:8080 <api-key> [examples] [seed]
 set -euo pipefail
-url=${1:-http://127.0.0.1:8080}; key=${2:-dev}; n=${3:-200}
-exec .venv/bin/schemathesis run "$url/openapi.json" -H "Authorization: Bearer $key" \
-  -c not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
-  -n "$n" --seed 1 --phases examples,coverage,fuzzing --request-timeout 30 --continue-on-failure
+url=${1:-http://127.0.0.1:8080}; key=${2:-dev}; n=${3:-200}; seed=${4:-18}
+exec .venv/bin/schemathesis --config-file tests/sdk/schemathesis.toml run "$url/openapi.json" \
+  -H "Authorization: Bearer $key" -n "$n" --seed "$seed" \
+  --phases examples,coverage,fuzzing,stateful --continue-on-failure

@@ -12,17 +12,20 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from services.api.responses import WHY
+from services.api.responses import EVERY_ROUTE, WHY, declared_json, event_stream
 
 
 def declared(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: JSON bodies, or `text/event-stream` for the 200 of a
-    stream; 204 has no body."""
-    out: dict[int | str, dict[str, Any]] = {}
+    stream (whose route takes `response_class=EventStreamResponse`); 204 has no body."""
+    # A stream's route has `text/event-stream` as its media type, which FastAPI would give
+    # the router's every-route errors too: they are JSON.
+    out: dict[int | str, dict[str, Any]] = declared_json(*EVERY_ROUTE) if stream else {}
     for code in codes:
         entry: dict[str, Any] = {"description": WHY[code]}
         if code == 200 and stream:
-            entry["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+            # Log streams: `event: log` frames, `event: error` if the stream fails.
+            entry = event_stream("log", "error")[200]
         elif code != 204:
             entry["content"] = {"application/json": {"schema": {"type": "object"}}}
         out[code] = entry

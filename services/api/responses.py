@@ -29,7 +29,8 @@ WHY = {
     400: "Malformed request (a page token or cursor of another list or secret, an invalid "
     "reset point)",
     401: "Missing or unknown API key",
-    404: "Not found (or, in separate-users mode, another user's execution, run or schedule)",
+    404: "No such execution, run, workflow or schedule (or, in separate-users mode, another "
+    "user's)",
     408: "The request was not read in time",
     409: "Conflicts with the current state (or the id is another user's)",
     413: "The body, or the command it makes, is too large",
@@ -50,14 +51,18 @@ def declared(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": WHY[code]} for code in codes}
 
 
+# The content of an error answer, spelled out (for `responses=` entries written by hand):
+# `{"detail": str}`, or FastAPI's validation shape for a 422.
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+INVALID_JSON = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+}
+
+
 def declared_json(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`declared` for a route whose own answers are not JSON (FastAPI would give its
     errors the route's media type): the schema spelled out under `application/json`."""
-    schema = {"$ref": "#/components/schemas/ErrorBody"}
-    return {
-        code: {"description": WHY[code], "content": {"application/json": {"schema": schema}}}
-        for code in codes
-    }
+    return {code: {"description": WHY[code], "content": ERROR_JSON} for code in codes}
 
 
 class EventStreamResponse(StreamingResponse):
@@ -66,23 +71,31 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
-EVENT_STREAM: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: `id`, `event`, `data` frames and keep-alive comments",
-        # Each event (keep-alive comments are not events): `data` is the JSON of the
-        # SDK's StreamEventSsePayload, or of an error that ended the stream.
-        "content": {
-            "text/event-stream": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "event": {"type": "string", "enum": ["event", "error"]},
-                        "data": {"type": "string"},
-                    },
-                    "required": ["data"],
+def event_stream(*event_names: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a Server-Sent Events route: `text/event-stream`, each event (keep-alive
+    comments are not events) an `id`, one of `event_names` and a `data` line of JSON.
+    The route also needs `response_class=EventStreamResponse`, or FastAPI adds an
+    `application/json` 200 the route never answers."""
+    return {
+        200: {
+            "description": "Server-Sent Events: `id`, `event`, `data` frames, keep-alive comments",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "event": {"type": "string", "enum": list(event_names)},
+                            "data": {"type": "string"},
+                        },
+                        "required": ["data"],
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
+
+
+# The workflow events streams: `data` is the JSON of the SDK's StreamEventSsePayload, or
+# of an error that ended the stream.
+EVENT_STREAM = event_stream("event", "error")

@@ -24,6 +24,7 @@ from services.api.catalogue import (
 from services.api.command_sending import IdempotencyKey
 from services.api.deps import Authorized, Catalogue, Wired
 from services.api.http_docs import declared, json_body
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
 from services.api.shapes import ExecuteRequest
@@ -31,7 +32,9 @@ from services.api.start_execution import start_execution
 from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["catalogue"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["catalogue"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 Document = dict[str, Any]
 Tag = Annotated[str, Field(min_length=1, max_length=128)]

@@ -57,7 +57,7 @@ ExecutionId = Annotated[str, Path()]
 @router.post(
     "/v1/workflows/{workflow_identifier}/execute",
     response_model=Execution,
-    responses=declared(409, 503, 504),
+    responses=declared(404, 409, 503, 504),
 )
 async def execute(
     who: Authorized,

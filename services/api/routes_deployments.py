@@ -6,6 +6,7 @@ it, `restart` asks them to reconnect. The hosted-code operations answer 501."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,17 +18,24 @@ from schemas.common import Identifier
 from services.api.catalogue import is_live
 from services.api.deps import Authorized, Catalogue
 from services.api.http_docs import declared, json_body
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["deployments"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["deployments"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 Document = dict[str, Any]
 HOSTED_ONLY = (
     "not_supported: Runstore runs no hosted code; deployments are groups of self-run "
     "workers (`runstore worker`), so there is no {what} (docs/catalogue.md)"
 )
+
+
+# A deployment's `spec` is any JSON object the client sends; it is stored as JSON text
+# (`spec_json`), since FerretDB cannot store every JSON value (nested arrays were a 500).
 
 
 class DeploymentCreate(BaseModel):
@@ -86,7 +94,7 @@ def _deployment_shape(d: Document, workers: list[Document], now: datetime) -> Do
 
 def _managed_shape(d: Document, live_count: int) -> Document:
     """The SDK's `ManagedDeploymentResponse` for a group of self-run workers."""
-    spec = d.get("spec") or {}
+    spec = json.loads(d["spec_json"]) if "spec_json" in d else d.get("spec") or {}
     created = d.get("created_at") or datetime.now(UTC)
     stopped = bool(d.get("stopped", False))
     return {
@@ -192,7 +200,7 @@ async def create_deployment(
             "updated_at": now,
             "stopped": False,
             "restart_generation": 0,
-            "spec": body.spec,
+            "spec_json": json.dumps(body.spec),
             "created_by": who.user_id,
         }
     )
@@ -216,7 +224,9 @@ async def update_deployment(
     who: Authorized, catalogue: Catalogue, name: str, body: DeploymentPatch
 ) -> Response:
     await existing_deployment(catalogue, name)
-    await catalogue.edit_deployment(name, {} if body.spec is None else {"spec": body.spec})
+    await catalogue.edit_deployment(
+        name, {} if body.spec is None else {"spec_json": json.dumps(body.spec)}
+    )
     return await _accepted(catalogue, name)
 
 

@@ -26,13 +26,16 @@ from services.api.execution_logs import (
     tail_stream,
 )
 from services.api.http_docs import declared, json_body
-from services.api.responses import EVERY_ROUTE
+from services.api.request_json import StrictJsonRoute
+from services.api.responses import EVERY_ROUTE, EventStreamResponse
 from services.api.responses import declared as declared_everywhere
 from services.api.routes_deployments import existing_deployment
 from services.api.routes_runs import utc
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["logs"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["logs"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 _DEPLOYMENT_RECORDS_PER_READ = 500
 # Polls of a closed execution before its log stream ends: the worker ships its last
@@ -67,6 +70,7 @@ async def get_workflow_execution_logs(
 
 @router.get(
     "/v1/workflows/executions/{execution_id}/logs/stream",
+    response_class=EventStreamResponse,
     responses=declared(200, 400, 401, 404, 422, stream=True),
 )
 async def stream_workflow_execution_logs(
@@ -135,6 +139,7 @@ async def get_deployment_logs(
 
 @router.get(
     "/v1/workflows/deployments/{name}/logs/stream",
+    response_class=EventStreamResponse,
     responses=declared(200, 400, 401, 404, 422, stream=True),
 )
 async def stream_deployment_logs(

@@ -14,10 +14,11 @@ from fastapi.responses import Response
 
 from schemas.events import Event
 from services.api import errors
-from services.api.access import existing_execution
+from services.api.access import execution_query, existing_execution
 from services.api.deps import Authorized, CallerReader, Catalogue, Settings
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
 from services.api.routes_runs import utc
@@ -27,7 +28,9 @@ from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 from services.common.readmodels.run_filter import RunFilter
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE))
+router = APIRouter(
+    route_class=StrictJsonRoute, tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE)
+)
 
 Document = dict[str, Any]
 METRICS_MAX_RUNS = 100_000
@@ -43,24 +46,27 @@ async def get_workflow_events(
     who: Authorized,
     reader: CallerReader,
     catalogue: Catalogue,
-    root_workflow_exec_id: str | None = None,
-    workflow_exec_id: str | None = None,
+    root_workflow_exec_id: Annotated[str | None, execution_query()] = None,
+    workflow_exec_id: Annotated[str | None, execution_query()] = None,
     workflow_run_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> Response:
     """Stored events in the public shape, execution by execution (a root's tree in start
     order), each in stream order. One of the three filters is required: an unfiltered
-    list would read every stream."""
+    list would read every stream. Every id given must be the caller's (404), also one
+    that another filter overrides."""
+    run_execution = None
+    if workflow_run_id:
+        run_execution = await reader.commits.locate_run(workflow_run_id)
+        if run_execution is None:
+            raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
+        await existing_execution(reader, run_execution)
     if workflow_exec_id:
         await existing_execution(reader, workflow_exec_id)
         executions = [workflow_exec_id]
-    elif workflow_run_id:
-        execution_id = await reader.commits.locate_run(workflow_run_id)
-        if execution_id is None:
-            raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
-        await existing_execution(reader, execution_id)
-        executions = [execution_id]
+    elif run_execution is not None:
+        executions = [run_execution]
     elif root_workflow_exec_id:
         await existing_execution(reader, root_workflow_exec_id)
         executions = await reader.execution_tree(root_workflow_exec_id, TREE_MAX_RUNS)

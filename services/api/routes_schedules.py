@@ -22,6 +22,7 @@ from services.api import errors
 from services.api.auth import Caller
 from services.api.command_sending import apply_command
 from services.api.deps import Identified, Wired
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.schedule_shapes import (
     NoteRequest,
@@ -42,7 +43,7 @@ from services.common.ids import new_id
 from services.common.schedule_store import MongoScheduleStore
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(responses=declared(*EVERY_ROUTE))
+router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
 # A schedule id names no execution: another user's schedule answers 404 like an unknown
 # one (`_owned`).

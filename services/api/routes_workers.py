@@ -28,12 +28,13 @@ from services.api.auth import Caller
 from services.api.command_sending import IdempotencyKey
 from services.api.command_shapes import InvocationRequest, QueryResponse, UpdateResponse
 from services.api.deps import Authorized, CallerReader
+from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.worker_requests import NoReply, WorkerRequests
 from services.common.ids import derived_id, new_id
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
-router = APIRouter(responses=declared(*EVERY_ROUTE))
+router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 ExecutionId = Annotated[str, Path()]

@@ -9,12 +9,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from schemas.admission import refusal
 from schemas.schedules import (
     SUPPORTED_OVERLAP,
     Interval,
     OverlapPolicy,
     StoredSchedule,
     parse_duration,
+    schedule_execution_id,
+    schedule_start,
     upcoming,
 )
 from services.api import errors
@@ -220,6 +223,11 @@ def validated(fields: dict[str, Any], loc: str) -> StoredSchedule:
         )
     if schedule.start_at and schedule.end_at and schedule.end_at <= schedule.start_at:
         raise errors.invalid(["body", loc, "end_at"], "end_at must be after start_at")
+    # Its runs must pass the admission rule, or the engine would dead-letter every firing.
+    at = schedule.created_at
+    start = schedule_start(schedule, schedule_execution_id(schedule.schedule_id, at), "check", at)
+    if (refused := refusal(start)) is not None:
+        raise errors.refused(refused)
     return schedule
 
 

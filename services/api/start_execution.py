@@ -64,8 +64,13 @@ async def start_execution(
     try:
         options = ExecuteExtensions.model_validate(body.extensions or {})
     except ValidationError as exc:
+        # FastAPI's 422 shape, as the SDK parses every 422 (HTTPValidationError).
         raise HTTPException(
-            status_code=422, detail=f"invalid extensions: {exc.errors(include_url=False)}"
+            status_code=422,
+            detail=[
+                {"loc": ["body", "extensions", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ],
         ) from exc
     command = StartWorkflow(
         **command_envelope("execute", who, execution_id, idempotency_key),

@@ -4,6 +4,7 @@ schedule), both addressed by `_id` = schedule_id."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -21,12 +22,17 @@ SCHEDULE_STATE = "schedule_state"
 
 
 def schedule_from_doc(doc: Document) -> StoredSchedule:
-    return StoredSchedule.model_validate({k: v for k, v in doc.items() if k != "_id"})
+    fields = {k: v for k, v in doc.items() if k not in ("_id", "input_json")}
+    if "input_json" in doc:
+        fields["input"] = json.loads(doc["input_json"])
+    return StoredSchedule.model_validate(fields)
 
 
 def schedule_to_doc(schedule: StoredSchedule) -> Document:
-    # Datetimes stay BSON dates; the rest is the model's JSON form.
+    # Datetimes stay BSON dates; the rest is the model's JSON form. The input is stored as
+    # JSON text: FerretDB cannot store every JSON value (nested arrays were a 500).
     doc = schedule.model_dump(mode="json")
+    doc["input_json"] = json.dumps(doc.pop("input"))
     for name in ("start_at", "end_at", "created_at", "active_since"):
         doc[name] = getattr(schedule, name)
     return {"_id": schedule.schedule_id, **doc}

@@ -84,7 +84,12 @@ def test_production_overlay_runs_the_sized_instances_with_static_engine_ids(
 def test_every_service_is_probed_on_the_port_its_settings_serve(
     production: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
-    from services.common.settings import EngineSettings, ProjectorSettings, WorkerSettings
+    from services.common.settings import (
+        EngineSettings,
+        ProjectorSettings,
+        TimersSettings,
+        WorkerSettings,
+    )
 
     config = next(o for (k, _), o in production.items() if k == "ConfigMap")
     # The probe ports listen on the pod's address, not only on loopback.
@@ -95,6 +100,9 @@ def test_every_service_is_probed_on_the_port_its_settings_serve(
         ].default,
         ("Deployment", "runstore-projector"): ProjectorSettings.model_fields[
             "projector_health_port"
+        ].default,
+        ("StatefulSet", "runstore-timers"): TimersSettings.model_fields[
+            "timers_health_port"
         ].default,
         ("Deployment", "runstore-worker"): WorkerSettings.model_fields[
             "worker_health_port"

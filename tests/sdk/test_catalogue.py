@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,14 +15,13 @@ import httpx
 import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
-from pydantic import BaseModel
-from pymongo import AsyncMongoClient
 
-from schemas.registry import LogRecord, WorkerRegistration, spec_of
+from schemas.registry import LogRecord, WorkerRegistration
 from services.common.worker_registry import (
     ExecutionLogShipper,
     WorkerRegistry,
 )
+from tests.support.catalogue import register, registration, uid, with_db
 from tests.support.eventually import wait_until
 from tests.support.kafka import command, produce
 from tests.support.stack import Stack, StackWith
@@ -47,61 +45,6 @@ def client(module_stack: Stack) -> Mistral:
 @pytest.fixture
 def bob(module_stack: Stack) -> Mistral:
     return Mistral(api_key="bob-key", server_url=module_stack.api_url)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def with_db(stack: Stack, work: Callable[[Any], Awaitable[T]]) -> T:
-    async def go() -> T:
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            stack.env["RUNSTORE_MONGO_URL"], tz_aware=True
-        )
-        try:
-            return await work(mongo[stack.env["RUNSTORE_MONGO_DATABASE"]])
-        finally:
-            await mongo.close()
-
-    return asyncio.run(go())
-
-
-class Order(BaseModel):
-    order_id: str
-    amount: int
-
-
-class Invoice(BaseModel):
-    total: int
-
-
-class InvoiceWorkflow:
-    async def run(self, order: Order) -> Invoice:
-        """Bill one order.
-
-        More words."""
-        return Invoice(total=order.amount)
-
-
-def registration(
-    deployment: str, names: list[str], interval: float = 60.0, worker: str | None = None
-) -> WorkerRegistration:
-    return WorkerRegistration(
-        worker_id=worker or uid("worker"),
-        deployment_name=deployment,
-        host="test-host",
-        pid=4242,
-        version="1.2.3",
-        workflows=[
-            spec_of(n, InvoiceWorkflow.run, display_name=f"Display {n}", tags=["billing"])
-            for n in names
-        ],
-        heartbeat_interval_seconds=interval,
-    )
-
-
-def register(stack: Stack, reg: WorkerRegistration) -> None:
-    with_db(stack, lambda db: WorkerRegistry(db).register(reg))
 
 
 def complete(stack: Stack, client: Mistral, execution_id: str) -> None:
