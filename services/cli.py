@@ -50,7 +50,7 @@ def _run_api() -> None:
 
     settings = ApiSettings()
     configure_logging(settings.log_level)
-    setup_tracing("runstore-api", settings)
+    setup_tracing("runstore-api", settings, set_global=False)
     app = build_app(settings)
     tune_gc()
     uvicorn.run(

@@ -54,9 +54,11 @@ def endpoint_of(settings: RunstoreSettings) -> str | None:
     return base.rstrip("/") + "/v1/traces" if base else None
 
 
-def setup_tracing(service: str, settings: RunstoreSettings) -> bool:
+def setup_tracing(service: str, settings: RunstoreSettings, set_global: bool = True) -> bool:
     """Turn tracing on for this process when an endpoint is configured; True if on.
-    Also the global tracer provider, so a worker's own code can add child spans."""
+    With `set_global`, also the global tracer provider, so a worker's own code can add
+    child spans. (Not for the API: FastAPI traces requests through the global provider by
+    itself, which would add a second, unnamed server span next to `RequestTracing`'s.)"""
     endpoint = endpoint_of(settings)
     if endpoint is None:
         return False
@@ -65,7 +67,8 @@ def setup_tracing(service: str, settings: RunstoreSettings) -> bool:
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service}
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    trace.set_tracer_provider(provider)
+    if set_global:
+        trace.set_tracer_provider(provider)
     install(provider)
     return True
 

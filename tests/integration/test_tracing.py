@@ -58,6 +58,15 @@ def _one(spans: list[CollectedSpan], name: str, parent: CollectedSpan | str) -> 
     return found[0]
 
 
+def _tree(spans: list[CollectedSpan], parent: str, depth: int = 0) -> str:
+    lines = []
+    for s in spans:
+        if s.parent_span_id == parent:
+            lines.append(f"{'  ' * depth}{s.name}  [{s.service}]")
+            lines.append(_tree(spans, s.span_id, depth + 1))
+    return "\n".join(line for line in lines if line)
+
+
 def test_a_traceparent_header_continues_through_api_engine_projector_and_worker(
     traced: tuple[Stack, Collector],
 ) -> None:
@@ -91,6 +100,7 @@ def test_a_traceparent_header_continues_through_api_engine_projector_and_worker(
         }
 
     path = wait_until(whole_path, timeout=60)
+    print(_tree(collector.trace(TRACE_ID), CALLER_SPAN))  # the trace, with pytest -s
     assert {s.service for s in path.values()} == {
         "runstore-api",
         "runstore-engine",
