@@ -4,7 +4,7 @@
 
 Runs the same workload as bench/engine_throughput.py (40% starts, 50% signals, 10%
 cancels) through the engine's own code, in process, with the engine's garbage-collection
-policy: `CommandProcessor` on the in-memory event store (decide, store, finish), the
+policy: `CommandProcessor` on the in-memory event store (parse and decide, store, complete), the
 records the engine publishes
 (`outgoing_records`, serialised as it sends them), and the documents it would insert
 (`commit_to_doc`, BSON-encoded as PyMongo does). Prints µs per command for each stage and
@@ -39,7 +39,7 @@ from services.common.commit_log import commit_to_doc  # noqa: E402
 from services.common.runtime import BatchCollector, tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
 from services.engine.app import count_outbound, outgoing_records  # noqa: E402
-from services.engine.memory_event_store import InMemoryEventStore  # noqa: E402
+from services.engine.memory_event_store import MemoryEventStore  # noqa: E402
 from services.engine.processor import (  # noqa: E402
     CommandProcessor,
     InboundRecord,
@@ -75,7 +75,7 @@ class Stages:
 async def one_round(
     partitions: list[list[InboundRecord]], batch: int, collector: BatchCollector
 ) -> dict[str, float]:
-    processor = CommandProcessor(InMemoryEventStore(), StateCache(1_000_000), time.time_ns)
+    processor = CommandProcessor(MemoryEventStore(), StateCache(1_000_000), time.time_ns)
     topics = Topics.with_prefix("")
     stages = Stages()
     # Batches as the consumer hands them over: a slice of each partition in turn.
@@ -87,11 +87,11 @@ async def one_round(
             chunk.extend(part[cursors[i] : cursors[i] + per_partition])
             cursors[i] += per_partition
         with stages.timed("decide"):
-            plan = await processor.decide(chunk)
+            decision = await processor.decide(processor.parse(chunk))
         with stages.timed("store (in memory)"):
-            await processor.store(plan)
-        with stages.timed("finish"):
-            out = await processor.finish(plan)
+            stored = await processor.store(decision.round)
+        with stages.timed("complete"):
+            out = (await processor.complete(decision, stored)).out
         with stages.timed("commit documents (+BSON)"):
             for commit in out.commits:
                 bson.encode(commit_to_doc(commit))

@@ -27,13 +27,12 @@ from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
 from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
-from services.engine.pipeline import Consumer, EnginePipeline
-from services.engine.processor import (
-    CommandProcessor,
-    InboundRecord,
-    Outbound,
-    StateCache,
-)
+from services.engine.offsets import Consumer
+from services.engine.outbound import Outbound
+from services.engine.pipeline import EnginePipeline
+from services.engine.processor import CommandProcessor
+from services.engine.state_cache import StateCache
+from services.engine.validation import InboundRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,8 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._cache.forget_partitions_later({tp.partition for tp in revoked})
         # Let the batches in flight commit their offsets before the partitions go.
-        await self._pipeline.flush()
-        self._pipeline.lift_fences(revoked)
+        await self._pipeline.drain()
+        self._pipeline.release(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._health.assigned()
@@ -172,8 +171,8 @@ def build_app(settings: EngineSettings) -> FastStream:
     async def drain() -> None:
         # While the consumer is up (so the offsets can be committed), and again once the
         # subscriber has stopped (its last batch may have been submitted meanwhile).
-        stored = await pipeline.flush()
-        if not (stored and await pipeline.settle_publishing()):
+        stored = await pipeline.drain()
+        if not (stored and await pipeline.published()):
             log.warning("the last batch was not stored or published; it is consumed again")
 
     collecting: list[asyncio.Task[None]] = []

@@ -24,7 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from schemas.admission import TOPIC_RECORD_BYTES
 from services.common.kafka_io import Outgoing
 from services.common.settings import Topics
-from services.engine.processor import DeadLetter
+from services.engine.validation import DeadLetter
 
 Document = dict[str, Any]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, TypedDict
 
 from pydantic import Field, JsonValue
@@ -75,6 +74,7 @@ from schemas.events import (
     event_id_for,
 )
 from schemas.outcomes import RejectionCode
+from services.common.clock import ns_to_datetime
 
 __all__ = [
     "Context",
@@ -1062,7 +1062,7 @@ def successor_commands(
             StartWorkflow(
                 command_id=f"{event.event_id}:successor",
                 execution_id=event.attributes.new_execution_id,
-                issued_at=_datetime_from_ns(ctx.now_ns),
+                issued_at=ns_to_datetime(ctx.now_ns),
                 user_id=started.user_id,
                 payload=payload,
             )
@@ -1072,16 +1072,9 @@ def successor_commands(
 
 # --- small conversions ----------------------------------------------------------------
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def _seconds_to_ns(seconds: float) -> int:
     return round(seconds * 1_000_000_000)
-
-
-def _datetime_from_ns(ns: int) -> datetime:
-    # Integer arithmetic: a float timestamp would make the result depend on rounding.
-    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 def _wrap(value: Any, *, always: bool) -> Payload | None:

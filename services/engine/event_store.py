@@ -1,4 +1,10 @@
-"""The port the engine writes through: an append-only store of per-execution commits."""
+"""The port the engine writes through: an append-only store of per-execution commits.
+
+`EventStore` is what the engine needs. Every adapter builds its `append_round` from the
+two appends of `Appends` (`append_round_with`), which the contract suite
+(tests/contract/test_event_store.py) checks on each adapter as well. Commits of one
+execution are appended with contiguous seqs from 1; the engine never makes a gap.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ class AppendFailure(Enum):
     DUPLICATE_COMMAND = "duplicate_command"
     """The command id is already stored: the command was applied before."""
     CONFLICT = "conflict"
-    """Another writer already stored this `(execution_id, seq)`: reload and decide again."""
+    """Another writer already stored this `(execution_id, seq)`: reload and decide again
+    (reported also when the command id is stored too: the reload then finds it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,23 +50,6 @@ class EventStore(Protocol):
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
         """The newest commit of each execution that has one (others are absent)."""
 
-    async def append(self, commits: Sequence[Commit]) -> AppendReport:
-        """Insert commits in order, stopping at the first that cannot go in.
-
-        A commit whose `command_id` is stored already, or whose `seq` is taken, is not
-        written; the report says which, and nothing after it is attempted.
-        """
-
-    async def append_first(self, commits: Sequence[Commit]) -> set[int]:
-        """Insert the first commits (seq 1) of executions believed new, independently of
-        each other; return the positions of those that did not go in.
-
-        A commit is refused when its execution already has a seq 1 or its command id is
-        stored; the others are written whatever happens to those. This lets the engine
-        start executions without reading first: a refused start is decided again against
-        the stored state.
-        """
-
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         """`append_first(firsts)`, then `append` of the commits of `rest` whose execution
         had no first commit refused, in one call (an adapter that hands writes to another
@@ -81,22 +71,40 @@ class EventStore(Protocol):
         """
 
     def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
-        """The execution's commits after `after_seq`, in order."""
-        ...  # pragma: no cover
-
-    def scan(self) -> AsyncIterator[Commit]:
-        """Every commit, each execution's in `seq` order (for rebuilds and audits)."""
+        """The execution's commits after `after_seq` (all of them if it is 0 or less),
+        in order."""
         ...  # pragma: no cover
 
 
-class _Appends(Protocol):
-    async def append(self, commits: Sequence[Commit]) -> AppendReport: ...
+class Appends(Protocol):
+    """The two appends every adapter builds `append_round` from."""
 
-    async def append_first(self, commits: Sequence[Commit]) -> set[int]: ...
+    async def append(self, commits: Sequence[Commit]) -> AppendReport:
+        """Insert commits in order, stopping at the first that cannot go in.
+
+        A commit whose `seq` is taken (`CONFLICT`) or whose `command_id` is stored
+        already (`DUPLICATE_COMMAND`) is not written; the report says which, and nothing
+        after it is attempted.
+        """
+
+    async def append_first(self, commits: Sequence[Commit]) -> set[int]:
+        """Insert the first commits (seq 1) of executions believed new, independently of
+        each other; return the positions of those that did not go in.
+
+        A commit is refused when its execution already has a seq 1 or its command id is
+        stored; the others are written whatever happens to those. This lets the engine
+        start executions without reading first: a refused start is decided again against
+        the stored state. A commit that is not a first one is an error: nothing is
+        written then.
+        """
+
+
+class EventStoreAdapter(EventStore, Appends, Protocol):
+    """What each adapter offers: the port and the two appends it is built from."""
 
 
 async def append_round_with(
-    store: _Appends, firsts: Sequence[Commit], rest: Sequence[Commit]
+    store: Appends, firsts: Sequence[Commit], rest: Sequence[Commit]
 ) -> RoundReport:
     """`EventStore.append_round` in terms of `append_first` and `append`."""
     refused = await store.append_first(firsts)

@@ -1,4 +1,5 @@
-"""EventStore in memory: for unit tests of the engine; passes the same contract suite."""
+"""EventStore in memory: for unit tests of the engine; passes the same contract suite
+as the MongoDB adapter (tests/contract/test_event_store.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from services.engine.event_store import (
 )
 
 
-class InMemoryEventStore:
+class MemoryEventStore:
     def __init__(self) -> None:
         self._streams: dict[str, list[Commit]] = {}
         self._by_command: dict[str, Commit] = {}
@@ -26,11 +27,12 @@ class InMemoryEventStore:
 
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
         for done, commit in enumerate(commits):
-            if commit.command_id in self._by_command:
-                return AppendReport(inserted=done, failure=AppendFailure.DUPLICATE_COMMAND)
             stream = self._streams.setdefault(commit.execution_id, [])
+            # A taken seq first, as the MongoDB adapter tells them apart.
             if commit.seq <= len(stream):
                 return AppendReport(inserted=done, failure=AppendFailure.CONFLICT)
+            if commit.command_id in self._by_command:
+                return AppendReport(inserted=done, failure=AppendFailure.DUPLICATE_COMMAND)
             if commit.seq != len(stream) + 1:
                 raise ValueError(
                     f"gap in {commit.execution_id}: seq {commit.seq} after {len(stream)}"
@@ -40,10 +42,10 @@ class InMemoryEventStore:
         return AppendReport(inserted=len(commits))
 
     async def append_first(self, commits: Sequence[Commit]) -> set[int]:
+        if later := [c.doc_id for c in commits if c.seq != 1]:
+            raise ValueError(f"append_first takes first commits only, not {later}")
         refused: set[int] = set()
         for position, commit in enumerate(commits):
-            if commit.seq != 1:
-                raise ValueError(f"append_first takes first commits only, not {commit.doc_id}")
             if commit.command_id in self._by_command or self._streams.get(commit.execution_id):
                 refused.add(position)
                 continue
@@ -67,10 +69,5 @@ class InMemoryEventStore:
         return {c: self._by_command[c] for c in command_ids if c in self._by_command}
 
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
-        for commit in list(self._streams.get(execution_id, []))[after_seq:]:
+        for commit in list(self._streams.get(execution_id, []))[max(after_seq, 0) :]:
             yield commit
-
-    async def scan(self) -> AsyncIterator[Commit]:
-        for execution_id in sorted(self._streams):
-            for commit in list(self._streams[execution_id]):
-                yield commit

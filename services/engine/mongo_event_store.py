@@ -164,11 +164,7 @@ class MongoEventStore:
         return {c.command_id: c for c in (commit_from_doc(d) for d in docs if d)}
 
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
-        seq = after_seq
+        seq = max(after_seq, 0)
         while (commit := await self.get(execution_id, seq + 1)) is not None:
             yield commit
             seq += 1
-
-    async def scan(self) -> AsyncIterator[Commit]:
-        async for doc in self._commits.find({}).sort("_id", 1):
-            yield commit_from_doc(doc)

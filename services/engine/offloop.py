@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from schemas.commits import Commit
 from services.common.metrics import STORE_LATENCY
-from services.engine.event_store import AppendReport, EventStore, RoundReport
+from services.engine.event_store import AppendReport, EventStore, EventStoreAdapter, RoundReport
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ class OffLoopAppends:
     `writer`'s loop through `writes` (a store built on that loop's client); everything
     else through `reads`."""
 
-    def __init__(self, reads: EventStore, writes: EventStore, writer: LoopThread) -> None:
+    def __init__(self, reads: EventStore, writes: EventStoreAdapter, writer: LoopThread) -> None:
         self._reads = reads
         self._writes = writes
         self._writer = writer
@@ -86,6 +86,3 @@ class OffLoopAppends:
 
     def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         return self._reads.read_stream(execution_id, after_seq)
-
-    def scan(self) -> AsyncIterator[Commit]:
-        return self._reads.scan()

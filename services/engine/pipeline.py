@@ -1,24 +1,29 @@
-"""The engine's batches in three overlapping stages, with offsets committed in order.
+"""The engine's batches as a state machine, in three overlapping stages, with offsets
+committed in order. This module alone moves a batch from one phase to the next:
+
+    received → decided → storing → stored → publishing → committed
+                  (any phase before committed → failed: sought back, consumed again)
 
 A batch is decided (engine CPU), stored (MongoDB), then published (Kafka) before its
 offsets are committed. Done strictly in turn, each server waits for the others most of
-the time. `EnginePipeline` overlaps them:
+the time, so the stages overlap:
 
     decide N+1   ||   store N   ||   publish N-1
 
 - N+1 is decided against the cached states as N left them, before N is stored. If N's
   store turns out differently (a start whose execution existed, a seq another writer
-  took), N is finished with reads and N+1 is forgotten and decided again.
-- Appends go in batch order: N+1's store starts only after N is finished.
-- At most one batch is being published (`PublishPipeline`); N+1's publishing starts only
+  took), N is completed with reads and N+1 is forgotten and decided again. A batch that
+  reads stored history (a reset, a redelivered record) is decided only after N is stored.
+- Appends go in batch order: N+1's store starts once N is stored as decided (or, if it
+  was not, once N is completed).
+- At most one batch is being published (`PublishStage`); N+1's publishing starts only
   after N's has finished, so the records of one key keep their order across batches.
 - N's offsets are committed only after everything it implies is acknowledged.
 - If N's publishing fails, N+1 is stored but not published either: both are sought
   back, and their redelivery re-publishes the stored commits without deciding again
-  (the processor recognises a record by its source offset). A failed store or decision
-  seeks back in the same way.
-- When no batch follows, a finisher completes the stored batch on its own, so a lone
-  batch is not left waiting for the next one.
+  (services/engine/redelivery.py). A failed store or decision seeks back in the same way.
+- When no batch follows, a background task completes the stored batch on its own, so a
+  lone batch is not left waiting for the next one.
 """
 
 from __future__ import annotations
@@ -26,170 +31,92 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from services.engine.processor import InboundRecord, Outbound, Plan
+from services.engine.offsets import (
+    Consumer,
+    Position,
+    commit_offsets,
+    earliest,
+    earliest_of,
+    following,
+    seek_back,
+)
+from services.engine.outbound import Outbound
+from services.engine.processor import Completed, Decision, Parsed, Round, StoredRound
+from services.engine.publish_stage import PublishStage
+from services.engine.validation import InboundRecord
 
 log = logging.getLogger(__name__)
 
 
-class Consumer(Protocol):
-    """What the pipeline needs of `AIOKafkaConsumer`."""
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
-
-    def seek(self, partition: TopicPartition, offset: int) -> None: ...
-
-
-class Position(Protocol):
-    """A consumed record's place (an aiokafka `ConsumerRecord` is one)."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
+class Phase(Enum):
+    RECEIVED = "received"
+    DECIDED = "decided"
+    STORING = "storing"
+    STORED = "stored"
+    PUBLISHING = "publishing"
+    COMMITTED = "committed"
+    """Published, and its offsets committed (or handed to the partitions' next owner)."""
+    FAILED = "failed"
+    """Sought back: it is consumed again."""
 
 
-def earliest(records: Iterable[Position]) -> dict[TopicPartition, int]:
-    """Per partition, the first offset of a batch: where to seek to consume it again."""
-    first: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        first[tp] = min(first.get(tp, r.offset), r.offset)
-    return first
+_NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.RECEIVED: frozenset({Phase.DECIDED}),
+    Phase.DECIDED: frozenset({Phase.DECIDED, Phase.STORING}),  # decided again
+    Phase.STORING: frozenset({Phase.STORED}),
+    Phase.STORED: frozenset({Phase.PUBLISHING}),
+    Phase.PUBLISHING: frozenset({Phase.COMMITTED}),
+    Phase.COMMITTED: frozenset(),
+    Phase.FAILED: frozenset(),
+}
 
 
-def following(records: Iterable[Position]) -> dict[TopicPartition, int]:
-    """Per partition, the offset after a batch's last record: what to commit."""
-    after: dict[TopicPartition, int] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        after[tp] = max(after.get(tp, 0), r.offset + 1)
-    return after
+@dataclass(eq=False, slots=True)
+class Batch:
+    """One consumed batch on its way through the pipeline."""
 
-
-def _merge(*starts: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
-    """Per partition, the earliest of the given positions."""
-    merged: dict[TopicPartition, int] = {}
-    for start in starts:
-        for tp, offset in start.items():
-            merged[tp] = min(merged.get(tp, offset), offset)
-    return merged
-
-
-@dataclass(slots=True)
-class _InFlight:
-    task: asyncio.Task[None]
-    first: dict[TopicPartition, int]
-
-
-class PublishPipeline:
-    def __init__(self) -> None:
-        self._in_flight: _InFlight | None = None
-
-    async def settle(self) -> dict[TopicPartition, int]:
-        """Wait for the batch being published. Returns where to seek back to if its
-        publishing failed (empty when it succeeded or nothing was in flight)."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return {}
-        try:
-            await in_flight.task
-        except Exception:
-            log.exception("publishing a batch failed; it will be consumed again")
-            return in_flight.first
-        return {}
-
-    def start(
-        self,
-        consumer: Consumer,
-        batch: Iterable[Position],
-        publish: Callable[[], Awaitable[None]],
-    ) -> None:
-        """Publish a decided and stored batch in the background, then commit its offsets.
-        Call only after `settle`."""
-        if self._in_flight is not None:
-            raise RuntimeError("a batch is still being published; settle it first")
-        positions = list(batch)
-        offsets = following(positions)
-
-        async def publish_then_commit() -> None:
-            await publish()
-            try:
-                await consumer.commit(offsets)
-            except Exception:
-                # Typically the partitions were revoked meanwhile: their new owner starts
-                # from the last committed offsets and re-publishes from the store.
-                log.warning("could not commit offsets %s", offsets, exc_info=True)
-
-        self._in_flight = _InFlight(asyncio.create_task(publish_then_commit()), earliest(positions))
-
-    def current(self) -> asyncio.Task[None] | None:
-        """The publish in flight (or finished but not settled yet), if any."""
-        return self._in_flight.task if self._in_flight is not None else None
-
-    def clear(self) -> bool:
-        """Nothing is being published, or what was has been acknowledged."""
-        in_flight = self._in_flight
-        if in_flight is None:
-            return True
-        task = in_flight.task
-        return task.done() and not task.cancelled() and task.exception() is None
-
-    async def drain(self) -> None:
-        """Wait until nothing is being published (before a rebalance or a shutdown); the
-        outcome is still reported by the next `settle`."""
-        if self._in_flight is not None:
-            await asyncio.wait({self._in_flight.task})
-
-    @staticmethod
-    def rewind(consumer: Consumer, *starts: Mapping[TopicPartition, int]) -> None:
-        """Seek each partition back to the earliest of the given positions."""
-        for tp, offset in _merge(*starts).items():
-            try:
-                consumer.seek(tp, offset)
-            except Exception:
-                # Revoked meanwhile: the new owner starts from the committed offset.
-                log.warning("could not seek %s back to %d", tp, offset, exc_info=True)
-
-
-class Stages(Protocol):
-    """The processor's stages (`services.engine.processor.CommandProcessor`)."""
-
-    async def decide(
-        self,
-        records: Sequence[InboundRecord],
-        settle: Callable[[], Awaitable[object]] | None = None,
-    ) -> Plan: ...
-
-    async def store(self, plan: Plan) -> None: ...
-
-    async def finish(self, plan: Plan) -> Outbound: ...
-
-    def forget(self, plan: Plan) -> None: ...
-
-
-@dataclass(slots=True)
-class _Storing:
-    plan: Plan
-    task: asyncio.Task[None]
     consumer: Consumer
     positions: list[Position]
+    phase: Phase = Phase.RECEIVED
+    decision: Decision | None = None
+    storing: asyncio.Task[StoredRound] | None = None
+
+    @property
+    def start(self) -> dict[TopicPartition, int]:
+        """Where to seek back to, to consume the batch again."""
+        return earliest(self.positions)
+
+
+class Processor(Protocol):
+    """What the pipeline needs of `services.engine.processor.CommandProcessor`."""
+
+    def parse(self, records: Sequence[InboundRecord]) -> Parsed: ...
+
+    def needs_stored_history(self, parsed: Parsed) -> bool: ...
+
+    async def decide(self, parsed: Parsed) -> Decision: ...
+
+    async def store(self, round_: Round) -> StoredRound: ...
+
+    async def complete(self, decision: Decision, stored: StoredRound) -> Completed: ...
+
+    def forget(self, parsed: Parsed) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class _Finished:
-    changed: bool = False
-    """The finished batch was decided again in part: batches decided before are stale."""
-    rewind: dict[TopicPartition, int] = field(default_factory=dict)
+class _Handover:
+    """How completing the batch being stored went."""
+
+    redecided: bool = False
+    """Part of it was decided again: batches decided on top of it are stale."""
+    seek: dict[TopicPartition, int] = field(default_factory=dict)
     """Non-empty when it failed: where to consume again from (it, and what follows)."""
     consumer: Consumer | None = None
 
@@ -197,22 +124,26 @@ class _Finished:
 class EnginePipeline:
     def __init__(
         self,
-        stages: Stages,
+        processor: Processor,
         publish: Callable[[Outbound], Awaitable[None]],
         backoff_seconds: float,
+        observe: Callable[[Batch, Phase], None] | None = None,
     ) -> None:
-        self._stages = stages
+        """`observe` is told of every phase a batch enters (tests, tracing)."""
+        self._processor = processor
         self._publish = publish
         self._backoff = backoff_seconds
-        self._publishing = PublishPipeline()
-        # Held while a batch is decided or finished: the cached states are changed by
+        self._observe = observe
+        self._publishing = PublishStage()
+        # Held while a batch is decided or completed: the cached states are changed by
         # both, and appends must follow batch order.
         self._lock = asyncio.Lock()
-        self._storing: _Storing | None = None
-        self._finishers: set[asyncio.Task[None]] = set()
-        # Where a partition was sought back to outside `submit` (by a finisher or a
-        # flush), while FastStream may already hold a batch fetched from further on: such
-        # a batch is dropped, and the partition sought back again, until one starts there.
+        self._storing: Batch | None = None
+        self._completers: set[asyncio.Task[None]] = set()
+        # Where a partition was sought back to outside `submit` (by a background
+        # completion or `drain`), while FastStream may already hold a batch fetched from
+        # further on: such a batch is dropped, and the partition sought back again, until
+        # one starts there.
         self._fences: dict[TopicPartition, int] = {}
 
     async def submit(
@@ -227,54 +158,44 @@ class EnginePipeline:
             if self._fenced_off(consumer, positions):
                 return
             started = time.perf_counter()
-            finished: _Finished | None = None
-            plan: Plan | None = None
-            stored_early = False
-
-            def store_now() -> None:
-                nonlocal stored_early
-                assert plan is not None
-                stored_early = True
-                self._start_storing(consumer, positions, plan)
-
-            async def settle(then: Callable[[], None] | None = None) -> _Finished:
-                nonlocal finished
-                if finished is None:
-                    finished = await self._finish_storing(then)
-                return finished
-
+            batch = Batch(consumer, list(positions))
+            parsed = self._processor.parse(records)
+            before: _Handover | None = None
             try:
-                plan = await self._stages.decide(records, settle)
-                stale = finished is None  # decided on top of the batch still being stored
+                if self._processor.needs_stored_history(parsed):
+                    before = await self._complete_storing()
+                self._decided(batch, await self._processor.decide(parsed))
                 decided = time.perf_counter()
-                # Once the batch before is known stored as decided, this one's store starts
-                # at once, while the one before is finished and handed to publishing.
-                done = await settle(store_now if stale else None)
-                if stored_early and done.rewind:
-                    await self._abandon_storing()
-                if done.rewind:
+                on_top = before is None  # decided on the states of the batch being stored
+                if before is None:
+                    # Once the batch before is known stored as decided, this one's store
+                    # starts at once, while the one before is completed.
+                    before = await self._complete_storing(then_store=batch)
+                if before.seek:
                     # The batch before failed, and this one was decided on its states:
                     # forget it; both are consumed again.
-                    self._stages.forget(plan)
-                elif done.changed and stale:
-                    self._stages.forget(plan)
-                    plan = await self._stages.decide(records)
+                    await self._abandon_storing(batch)
+                    self._processor.forget(parsed)
+                elif before.redecided and on_top:
+                    self._processor.forget(parsed)
+                    self._decided(batch, await self._processor.decide(parsed))
+                seek = before.seek
             except Exception:
                 log.exception(
                     "deciding a batch of %d commands failed; it will be retried", len(records)
                 )
-                done = _Finished(True, _merge((await settle()).rewind, earliest(positions)))
-                if stored_early:
-                    await self._abandon_storing()
-                if plan is not None:
-                    self._stages.forget(plan)
-            if done.rewind:
-                self.rewind(consumer, done.rewind, earliest(positions))
+                if before is None:
+                    before = await self._complete_storing()
+                await self._abandon_storing(batch)
+                self._processor.forget(parsed)
+                seek = earliest_of(before.seek, batch.start)
+            if seek:
+                self._enter(batch, Phase.FAILED)
+                seek_back(consumer, seek, batch.start)
                 await asyncio.sleep(self._backoff)
                 return
-            if not stored_early:
-                assert plan is not None  # decided, or the batch was sought back above
-                self._start_storing(consumer, positions, plan)
+            if batch.phase is Phase.DECIDED:
+                self._start_storing(batch)
             # Let the store send its first request now: what runs next (FastStream handing
             # over the next batch, deciding it) may not yield to the loop for a long while.
             await asyncio.sleep(0)
@@ -285,6 +206,134 @@ class EnginePipeline:
                 (time.perf_counter() - decided) * 1000,
             )
 
+    async def drain(self) -> bool:
+        """Complete the batch being stored and wait until nothing is being published
+        (before a rebalance or a shutdown). Returns False if that batch failed (it is
+        consumed again); the publishing's result is left to `published`."""
+        async with self._lock:
+            done = await self._complete_storing()
+            self._seek_back_alone(done)
+        await self._publishing.wait()
+        return not done.seek
+
+    async def published(self) -> bool:
+        """After `drain`: whether the last batch's publishing succeeded."""
+        return not await self._publishing.result()
+
+    def release(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions this instance no longer owns: their next owner starts from the
+        committed offsets, so no fence is kept for them."""
+        for tp in partitions:
+            self._fences.pop(tp, None)
+
+    # --- phase transitions ---------------------------------------------------------
+
+    def _enter(self, batch: Batch, phase: Phase) -> None:
+        if phase is not Phase.FAILED and phase not in _NEXT[batch.phase]:
+            raise RuntimeError(f"a batch cannot go from {batch.phase.value} to {phase.value}")
+        batch.phase = phase
+        if self._observe is not None:
+            self._observe(batch, phase)
+
+    def _decided(self, batch: Batch, decision: Decision) -> None:
+        batch.decision = decision
+        self._enter(batch, Phase.DECIDED)
+
+    def _start_storing(self, batch: Batch) -> None:
+        assert batch.decision is not None
+        batch.storing = asyncio.create_task(self._processor.store(batch.decision.round))
+        self._enter(batch, Phase.STORING)
+        self._storing = batch
+        completer = asyncio.create_task(self._complete_when_stored(batch))
+        self._completers.add(completer)
+        completer.add_done_callback(self._completers.discard)
+
+    async def _complete_storing(self, then_store: Batch | None = None) -> _Handover:
+        """Wait for the batch being stored (call with the lock held), complete it and
+        hand it to the publish stage. `then_store`'s store starts as soon as that batch
+        is known stored as decided, with nothing failed before it, before its answers
+        are built."""
+        batch = self._storing
+        if batch is None:
+            return _Handover()
+        assert batch.storing is not None
+        assert batch.decision is not None
+        # Not `await batch.storing`: cancelling this wait must not cancel the store, which
+        # stays `_storing` for its background completion.
+        await asyncio.wait({batch.storing})
+        self._storing = None
+        try:
+            stored = batch.storing.result()
+            self._enter(batch, Phase.STORED)
+            if then_store is not None and stored.went_in_whole and self._publishing.acknowledged():
+                self._start_storing(then_store)
+            completed = await self._processor.complete(batch.decision, stored)
+        except Exception:
+            log.exception(
+                "storing a batch of %d commands failed; it will be consumed again",
+                len(batch.positions),
+            )
+            self._processor.forget(batch.decision.parsed)
+            return self._failed(batch, await self._publishing.result())
+        if failed := await self._publishing.result():
+            # The batch before was not published, so this one (stored, but to be
+            # published after it) is not either: both are consumed again, and their
+            # stored commits re-published.
+            return self._failed(batch, failed)
+        self._enter(batch, Phase.PUBLISHING)
+        self._publishing.start(batch.start, self._publish_and_commit(batch, completed.out))
+        return _Handover(redecided=completed.redecided)
+
+    def _failed(self, batch: Batch, seek_before: dict[TopicPartition, int]) -> _Handover:
+        self._enter(batch, Phase.FAILED)
+        return _Handover(True, earliest_of(seek_before, batch.start), batch.consumer)
+
+    async def _publish_and_commit(self, batch: Batch, out: Outbound) -> None:
+        try:
+            await self._publish(out)
+        except BaseException:
+            self._enter(batch, Phase.FAILED)
+            raise
+        await commit_offsets(batch.consumer, following(batch.positions))
+        self._enter(batch, Phase.COMMITTED)
+
+    async def _abandon_storing(self, batch: Batch) -> None:
+        """Wait out `batch`'s store, if it started: the batch is consumed again anyway."""
+        if self._storing is not batch or batch.storing is None:
+            return
+        self._storing = None
+        await asyncio.wait({batch.storing})
+        if not batch.storing.cancelled() and batch.storing.exception() is not None:
+            log.warning("an abandoned batch's store failed too", exc_info=batch.storing.exception())
+
+    async def _complete_when_stored(self, batch: Batch) -> None:
+        """Complete a batch no later batch came to complete, and take its publishing's
+        result if no later batch does: a failed publish is then sought back without
+        waiting for one."""
+        assert batch.storing is not None
+        await asyncio.wait({batch.storing})
+        async with self._lock:
+            if self._storing is not batch:
+                return  # the next batch completed it already
+            self._seek_back_alone(await self._complete_storing())
+            publishing = self._publishing.in_flight
+        if publishing is None:
+            return
+        await asyncio.wait({publishing})
+        async with self._lock:
+            if self._publishing.in_flight is publishing and self._storing is None:
+                failed = await self._publishing.result()
+                self._seek_back_alone(_Handover(True, failed, batch.consumer))
+
+    # --- seeking back --------------------------------------------------------------
+
+    def _seek_back_alone(self, done: _Handover) -> None:
+        """Seek back outside `submit`: fence the partitions (see `_fenced_off`)."""
+        if done.seek and done.consumer is not None:
+            for tp, offset in done.seek.items():
+                self._fences[tp] = min(self._fences.get(tp, offset), offset)
+            seek_back(done.consumer, done.seek)
+
     def _fenced_off(self, consumer: Consumer, positions: Sequence[Position]) -> bool:
         """Whether this batch was fetched before a background seek: drop it and seek its
         partitions back again. A batch from the fence (or before) lifts it."""
@@ -294,105 +343,8 @@ class EnginePipeline:
         stale = any(offset > self._fences.get(tp, offset) for tp, offset in first.items())
         if stale:
             log.info("dropping a batch fetched before its partitions were sought back")
-            self.rewind(consumer, self._fences, first)
+            seek_back(consumer, self._fences, first)
             return True
         for tp in first:
             self._fences.pop(tp, None)
         return False
-
-    def _start_storing(self, consumer: Consumer, positions: Sequence[Position], plan: Plan) -> None:
-        task = asyncio.create_task(self._stages.store(plan))
-        storing = _Storing(plan, task, consumer, list(positions))
-        self._storing = storing
-        finisher = asyncio.create_task(self._finish_when_stored(storing))
-        self._finishers.add(finisher)
-        finisher.add_done_callback(self._finishers.discard)
-
-    async def _abandon_storing(self) -> None:
-        """Wait out a store started early whose batch is to be consumed again anyway."""
-        storing, self._storing = self._storing, None
-        if storing is not None:
-            await asyncio.wait({storing.task})
-            if not storing.task.cancelled() and storing.task.exception() is not None:
-                log.warning(
-                    "an abandoned batch's store failed too", exc_info=storing.task.exception()
-                )
-
-    async def flush(self) -> bool:
-        """Finish the batch being stored and wait until nothing is being published (before
-        a rebalance or a shutdown). Returns False if that batch failed (it is consumed
-        again)."""
-        async with self._lock:
-            done = await self._finish_storing()
-            self._rewind_alone(done)
-        await self._publishing.drain()
-        return not done.rewind
-
-    def lift_fences(self, partitions: Iterable[TopicPartition]) -> None:
-        """Partitions this instance no longer owns: their next owner starts from the
-        committed offsets."""
-        for tp in partitions:
-            self._fences.pop(tp, None)
-
-    async def settle_publishing(self) -> bool:
-        """After `flush`: whether the last batch's publishing succeeded."""
-        return not await self._publishing.settle()
-
-    async def _finish_when_stored(self, storing: _Storing) -> None:
-        """Finish a batch no later batch came to finish, and settle its publishing if no
-        later batch does: a failed publish is then sought back without waiting for one."""
-        await asyncio.wait({storing.task})
-        async with self._lock:
-            if self._storing is not storing:
-                return  # the next batch finished it already
-            self._rewind_alone(await self._finish_storing())
-            publishing = self._publishing.current()
-        if publishing is None:
-            return
-        await asyncio.wait({publishing})
-        async with self._lock:
-            if self._publishing.current() is publishing and self._storing is None:
-                failed = await self._publishing.settle()
-                self._rewind_alone(_Finished(True, failed, storing.consumer))
-
-    def _rewind_alone(self, done: _Finished) -> None:
-        """Seek back outside `submit`: fence the partitions (see `_fenced_off`)."""
-        if done.rewind and done.consumer is not None:
-            for tp, offset in done.rewind.items():
-                self._fences[tp] = min(self._fences.get(tp, offset), offset)
-            self.rewind(done.consumer, done.rewind)
-
-    async def _finish_storing(self, then: Callable[[], None] | None = None) -> _Finished:
-        """Finish the batch being stored (call with the lock held) and hand it to the
-        publishing stage. `then` runs as soon as that batch is known stored as decided,
-        with nothing failed before it, before its answers are built."""
-        storing = self._storing
-        if storing is None:
-            return _Finished()
-        # Not `await storing.task`: cancelling this wait must not cancel the store, which
-        # stays `_storing` for its finisher.
-        await asyncio.wait({storing.task})
-        self._storing = None
-        first = earliest(storing.positions)
-        try:
-            storing.task.result()
-            if then is not None and storing.plan.stored_as_decided and self._publishing.clear():
-                then()
-            out = await self._stages.finish(storing.plan)
-        except Exception:
-            log.exception(
-                "storing a batch of %d commands failed; it will be consumed again",
-                len(storing.positions),
-            )
-            self._stages.forget(storing.plan)
-            failed = await self._publishing.settle()
-            return _Finished(True, _merge(failed, first), storing.consumer)
-        if failed := await self._publishing.settle():
-            # The batch before was not published, so this one (stored, but to be
-            # published after it) is not either: both are consumed again, and their
-            # stored commits re-published.
-            return _Finished(True, _merge(failed, first), storing.consumer)
-        self._publishing.start(storing.consumer, storing.positions, lambda: self._publish(out))
-        return _Finished(changed=not storing.plan.clean)
-
-    rewind = staticmethod(PublishPipeline.rewind)

@@ -15,8 +15,9 @@ from schemas.commits import Commit, SourcePosition
 from schemas.common import Payload
 from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
 from services.common.mongo_commit_log import MongoCommitLog
-from services.engine.event_store import AppendFailure, AppendReport, EventStore
-from services.engine.memory_event_store import InMemoryEventStore
+from services.engine.event_store import AppendFailure, AppendReport
+from services.engine.event_store import EventStoreAdapter as EventStore
+from services.engine.memory_event_store import MemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
 
@@ -163,13 +164,26 @@ class EventStoreContract:
         with pytest.raises(ValueError, match="first commits only"):
             await store.append_first([make_commit("e1", 2)])
 
-    async def test_scan_yields_each_stream_in_seq_order(self, store: EventStore) -> None:
-        await store.append([make_commit("b", 1), make_commit("a", 1)])
-        await store.append([make_commit("b", 2), make_commit("a", 2)])
-        seen = [(c.execution_id, c.seq) async for c in store.scan()]
-        assert sorted(seen) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
-        for execution_id in ("a", "b"):
-            assert [s for e, s in seen if e == execution_id] == [1, 2]
+    async def test_append_first_with_a_later_commit_writes_nothing(self, store: EventStore) -> None:
+        with pytest.raises(ValueError, match="first commits only"):
+            await store.append_first([make_commit("e1", 1), make_commit("e2", 2)])
+        assert await store.get("e1", 1) is None
+
+    async def test_a_taken_seq_is_a_conflict_even_when_the_command_is_stored_too(
+        self, store: EventStore
+    ) -> None:
+        await store.append([make_commit("e1", 1, command_id="first")])
+        await store.append([make_commit("e2", 1, command_id="again")])
+        report = await store.append([make_commit("e1", 1, command_id="again")])
+        assert report == AppendReport(0, AppendFailure.CONFLICT)
+
+    async def test_a_stream_read_from_before_its_start_is_read_whole(
+        self, store: EventStore
+    ) -> None:
+        await store.append([make_commit("e1", 1), make_commit("e1", 2)])
+        assert [c.seq async for c in store.read_stream("e1", after_seq=-1)] == [1, 2]
+        assert [c.seq async for c in store.read_stream("e1", after_seq=2)] == []
+        assert [c.seq async for c in store.read_stream("nope")] == []
 
     async def test_find_by_unknown_command_is_none(self, store: EventStore) -> None:
         assert await store.find_by_command("missing") is None
@@ -186,10 +200,10 @@ class EventStoreContract:
         assert found == {"cmd-e1-2": commits[1], "cmd-e2-1": commits[3]}
 
 
-class TestInMemoryEventStore(EventStoreContract):
+class TestMemoryEventStore(EventStoreContract):
     @pytest.fixture
     def store(self) -> EventStore:
-        return InMemoryEventStore()
+        return MemoryEventStore()
 
 
 class TestMongoEventStore(EventStoreContract):

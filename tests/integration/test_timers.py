@@ -13,21 +13,17 @@ import httpx
 import pytest
 
 from schemas.commits import Commit
-from tests.conftest import isolated_env
-from tests.integration.test_engine import commits_of, topic
 from tests.support.eventually import assert_eventually
-from tests.support.kafka import command, produce, read_topic
-from tests.support.stack import TIMERS_STACK, Stack, running
+from tests.support.kafka import command, commits_of, produce, read_topic, topic
+from tests.support.stack import TIMERS_STACK, Stack, StackWith
 
 AUTH = {"Authorization": "Bearer test-key"}
 
 
 @pytest.fixture(scope="module")
-def timers_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, mongo_url)
-    yield from running(env, tmp_path_factory.mktemp("timers"), TIMERS_STACK)
+def timers_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(services=TIMERS_STACK) as stack:
+        yield stack
 
 
 async def execute(stack: Stack, execution_id: str, **extensions: Any) -> dict[str, Any]:

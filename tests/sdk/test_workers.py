@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,25 +13,14 @@ from mistralai.client import Mistral
 from pymongo import MongoClient
 
 from services.common.commit_log import commit_from_doc
-from tests.conftest import isolated_env
 from tests.support.eventually import wait_until
-from tests.support.stack import Stack
+from tests.support.stack import WORKER_STACK, Stack, StackWith
 
 
 @pytest.fixture(scope="module")
-def worker_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, mongo_url)
-    stack = Stack(env=env, log_dir=Path(tmp_path_factory.mktemp("workers")))
-    try:
-        for service in ("engine", "projector", "timers"):
-            stack.start(service)
-        stack.start("worker", args=["--module", "examples.workflows"])
-        stack.start("api")
+def worker_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(services=WORKER_STACK) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from services.common.commit_log import commit_from_doc
 from services.common.kafka_topics import ensure_topics
 from services.common.readmodels.store import READ_MODELS
 from services.common.settings import RunstoreSettings
-from services.engine.memory_event_store import InMemoryEventStore
+from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 from tests.support.kafka import command, produce, read_topic
 
@@ -67,7 +67,7 @@ def workload(rng: random.Random, executions: int, prefix: str = "crash") -> list
 
 async def reference(commands: list[dict[str, Any]]) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """What an engine that never crashes decides: commit order per execution, outcomes."""
-    store = InMemoryEventStore()
+    store = MemoryEventStore()
     clock = count(1_700_000_000_000_000_000, 1_000_000)
     processor = CommandProcessor(store, StateCache(10_000), lambda: next(clock))
     records = [

@@ -12,7 +12,7 @@ import pytest
 
 from schemas import admission
 from schemas.commands import parse_command
-from services.engine.memory_event_store import InMemoryEventStore
+from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 from tests.unit.test_processor import command, record, start
 
@@ -109,7 +109,7 @@ def clock() -> Iterator[int]:
 async def test_the_engine_dead_letters_a_refused_command_and_goes_on(
     clock: Iterator[int], case: str
 ) -> None:
-    store = InMemoryEventStore()
+    store = MemoryEventStore()
     processor = CommandProcessor(store, StateCache(1000), lambda: next(clock))
     started = await processor.process([record(start("x1", "s1"))])
     run_id = started.commits[0].run_id
@@ -123,7 +123,7 @@ async def test_the_engine_dead_letters_a_refused_command_and_goes_on(
 
 
 async def test_a_record_over_the_command_limit_is_too_large(clock: Iterator[int]) -> None:
-    processor = CommandProcessor(InMemoryEventStore(), StateCache(1000), lambda: next(clock))
+    processor = CommandProcessor(MemoryEventStore(), StateCache(1000), lambda: next(clock))
     huge = InboundRecord(
         partition=0,
         offset=1,

@@ -1,4 +1,5 @@
-"""The engine's publish pipeline: offsets committed after publishing, in order; failures rewind."""
+"""Offset bookkeeping and the ordered publish stage: offsets committed after publishing,
+one batch published at a time, failures seek back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 from aiokafka import TopicPartition
 
-from services.engine.pipeline import PublishPipeline, earliest, following
+from services.engine.offsets import commit_offsets, earliest, following, seek_back
+from services.engine.publish_stage import PublishStage
 
 
 @dataclass(frozen=True)
@@ -41,63 +43,75 @@ def test_positions_of_a_batch() -> None:
     assert following(BATCH_1) == {T0: 12, T1: 6}
 
 
+async def _publish_then_commit(
+    consumer: FakeConsumer, batch: list[Rec], gate: asyncio.Event | None = None
+) -> None:
+    if gate is not None:
+        await gate.wait()
+    await commit_offsets(consumer, following(batch))
+
+
 async def test_offsets_are_committed_only_after_the_batch_is_published() -> None:
-    consumer, pipeline = FakeConsumer(), PublishPipeline()
+    consumer, stage = FakeConsumer(), PublishStage()
     release = asyncio.Event()
-
-    async def publish() -> None:
-        await release.wait()
-
-    pipeline.start(consumer, BATCH_1, publish)
-    await asyncio.sleep(0.01)
+    stage.start(earliest(BATCH_1), _publish_then_commit(consumer, BATCH_1, release))
+    await asyncio.sleep(0)
     assert consumer.commits == []  # still publishing
+    assert not stage.acknowledged()
     release.set()
-    assert await pipeline.settle() == {}
+    assert await stage.result() == {}
     assert consumer.commits == [{T0: 12, T1: 6}]
+    assert stage.acknowledged()
 
 
-async def test_a_batch_is_published_only_after_the_previous_one_settled() -> None:
-    consumer, pipeline = FakeConsumer(), PublishPipeline()
-    order: list[str] = []
-
-    async def publish(name: str) -> None:
-        order.append(f"{name} start")
-        await asyncio.sleep(0.01)
-        order.append(f"{name} end")
-
-    pipeline.start(consumer, BATCH_1, lambda: publish("n"))
-    with pytest.raises(RuntimeError, match="settle it first"):
-        pipeline.start(consumer, BATCH_2, lambda: publish("n+1"))
-    await pipeline.settle()
-    pipeline.start(consumer, BATCH_2, lambda: publish("n+1"))
-    await pipeline.settle()
-    assert order == ["n start", "n end", "n+1 start", "n+1 end"]
+async def test_a_batch_is_published_only_after_the_previous_ones_result_was_taken() -> None:
+    consumer, stage = FakeConsumer(), PublishStage()
+    first = _publish_then_commit(consumer, BATCH_1)
+    stage.start(earliest(BATCH_1), first)
+    second = _publish_then_commit(consumer, BATCH_2)
+    with pytest.raises(RuntimeError, match="take its result first"):
+        stage.start(earliest(BATCH_2), second)
+    await stage.result()
+    stage.start(earliest(BATCH_2), second)
+    await stage.result()
     assert consumer.commits == [{T0: 12, T1: 6}, {T0: 13, T1: 7}]
 
 
 async def test_a_failed_publish_commits_nothing_and_both_batches_are_sought_back() -> None:
-    consumer, pipeline = FakeConsumer(), PublishPipeline()
+    consumer, stage = FakeConsumer(), PublishStage()
 
     async def broken() -> None:
         raise ConnectionError("broker gone")
 
-    pipeline.start(consumer, BATCH_1, broken)
-    failed = await pipeline.settle()
+    stage.start(earliest(BATCH_1), broken())
+    failed = await stage.result()
     assert failed == {T0: 10, T1: 5}
     assert consumer.commits == []
     # The next batch (stored meanwhile) goes back too: each partition to its earliest.
-    PublishPipeline.rewind(consumer, failed, earliest(BATCH_2))
+    seek_back(consumer, failed, earliest(BATCH_2))
     assert sorted(consumer.seeks) == [(T0, 10), (T1, 5)]
 
 
-async def test_drain_waits_for_the_publish_and_settle_still_reports_it() -> None:
-    consumer, pipeline = FakeConsumer(), PublishPipeline()
-
-    async def slow() -> None:
-        await asyncio.sleep(0.02)
-
-    pipeline.start(consumer, BATCH_2, slow)
-    await pipeline.drain()
+async def test_wait_leaves_the_result_to_be_taken() -> None:
+    consumer, stage = FakeConsumer(), PublishStage()
+    release = asyncio.Event()
+    stage.start(earliest(BATCH_2), _publish_then_commit(consumer, BATCH_2, release))
+    waiting = asyncio.create_task(stage.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    release.set()
+    await waiting
     assert consumer.commits == [{T0: 13, T1: 7}]
-    assert await pipeline.settle() == {}
-    await pipeline.drain()  # nothing in flight: returns at once
+    assert stage.in_flight is not None  # its result is still to be taken
+    assert await stage.result() == {}
+    assert stage.in_flight is None
+    await stage.wait()  # nothing in flight: returns at once
+
+
+async def test_a_refused_offset_commit_is_reported_not_raised() -> None:
+    class Revoked(FakeConsumer):
+        async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+            raise RuntimeError("partitions revoked")
+
+    assert await commit_offsets(Revoked(), {T0: 1}) is False
+    assert await commit_offsets(FakeConsumer(), {T0: 1}) is True

@@ -16,7 +16,7 @@ from schemas.commits import Commit
 from schemas.outcomes import RejectionCode
 from services.common.commit_log import commit_from_doc, commit_to_doc
 from services.engine.domain import ExecutionState
-from services.engine.memory_event_store import InMemoryEventStore
+from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 
 _offsets = count(100)
@@ -55,8 +55,8 @@ def start(execution_id: str, command_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def store() -> InMemoryEventStore:
-    return InMemoryEventStore()
+def store() -> MemoryEventStore:
+    return MemoryEventStore()
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def clock() -> Iterator[int]:
     return count(1_700_000_000_000_000_000, 1000)
 
 
-def processor(store: InMemoryEventStore, clock: Iterator[int]) -> CommandProcessor:
+def processor(store: MemoryEventStore, clock: Iterator[int]) -> CommandProcessor:
     return CommandProcessor(store, StateCache(1000), lambda: next(clock), max_record_bytes=4096)
 
 
@@ -221,7 +221,7 @@ async def test_after_a_duplicate_the_next_command_continues_the_stream_without_a
     assert [c.seq async for c in store.read_stream("e1")] == [1, 2, 3]
 
 
-class CountingStore(InMemoryEventStore):
+class CountingStore(MemoryEventStore):
     """Counts the reads the processor makes before deciding."""
 
     def __init__(self) -> None:

@@ -1,0 +1,33 @@
+"""The `Context` a command is decided in (pure): its clock reading and the ids it may
+need, all derived from the command id so that a decision taken again picks the same."""
+
+from __future__ import annotations
+
+from schemas.commands import Command
+from schemas.events import Event
+from services.common.ids import derived_id
+from services.engine.domain import Context
+
+# Which ids each command type can need; deriving them costs a hash each.
+_NEEDS_RUN_ID = frozenset({"StartWorkflow", "ResetExecution", "ContinueAsNew"})
+
+
+def _continues_as_new(command: Command) -> bool:
+    if command.type == "ContinueAsNew":
+        return True
+    if command.type != "CompleteWorkflowTask" or not command.payload.steps:
+        return False
+    return command.payload.steps[-1].kind == "continue_as_new"
+
+
+def context_for(command: Command, now_ns: int, history: tuple[Event, ...] = ()) -> Context:
+    """`history`: the latest run's events, which only a reset reads."""
+    cid = command.command_id
+    successor = _continues_as_new(command)
+    return Context(
+        now_ns=now_ns,
+        new_run_id=derived_id(cid, "run") if command.type in _NEEDS_RUN_ID else "",
+        new_execution_id=derived_id(cid, "execution") if successor else "",
+        successor_run_id=derived_id(cid, "successor-run") if successor else "",
+        history=history,
+    )
