@@ -133,6 +133,8 @@ class WorkerSettings(RunstoreSettings):
     """Kafka static membership id (e.g. the pod name): a restarted worker gets its
     partitions back at once instead of after the session timeout."""
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    worker_health_port: int | None = 9467
+    """Port of the worker's /healthz, /readyz and /metrics (None: not served)."""
     worker_own_command_wait_seconds: float = Field(default=3.0, ge=0)
     """How long a worker waits for its last command of an execution to show in the history
     before it rebuilds the instance from what is there (the engine refused it)."""
@@ -213,6 +215,8 @@ class TimersSettings(RunstoreSettings):
     """Most timers fired per publish."""
     timers_stats_seconds: float = Field(default=10.0, gt=0)
     """Period of the summary log line (and of the stats document `runstore timers status` reads)."""
+    timers_health_port: int | None = 9466
+    """Port of the timers service's /healthz, /readyz and /metrics (None: not served)."""
     timers_instance_id: str | None = None
     """Kafka static membership id (e.g. the pod name): a restarted instance gets its
     partitions back at once instead of after the session timeout."""

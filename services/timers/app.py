@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
 from services.common.clock import now_ns, utcnow
+from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
 from services.common.kafka_topics import partitions_of
 from services.common.mongo import mongo_client, mongo_database
@@ -38,10 +39,13 @@ class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
     """Timers are partitioned like the events: owning an events partition = owning its
     timers and schedules. Loaded on assignment, before any of its events is consumed."""
 
-    def __init__(self, service: TimerService, runner: ScheduleRunner, topic: str) -> None:
+    def __init__(
+        self, service: TimerService, runner: ScheduleRunner, topic: str, health: Health
+    ) -> None:
         self._service = service
         self._runner = runner
         self._topic = topic
+        self._health = health
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Forgotten even when the next assignment gives them back: after a lost session
@@ -50,10 +54,13 @@ class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         mine = [tp.partition for tp in revoked if tp.topic == self._topic]
         self._service.revoke(mine)
         self._runner.owned = self._service.pending.partitions
+        self._service.refresh_stats()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._service.assign(tp.partition for tp in assigned if tp.topic == self._topic)
         self._runner.owned = self._service.pending.partitions
+        self._service.refresh_stats()
+        self._health.assigned()
 
 
 def _raw_records(message: KafkaMessage) -> object:
@@ -77,6 +84,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         MongoScheduleStore(db), MongoReadModelReader(db), publisher, settings, service.stats
     )
     instance = f"{socket.gethostname()}:{os.getpid()}"
+    health = Health(settings, client)
     tasks: list[asyncio.Task[Any]] = []
 
     # MANUAL acks: a batch's offsets are committed only after the timers it implies are
@@ -89,7 +97,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         batch_timeout_ms=20,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_FollowPartitions(service, runner, settings.topics.events),
+        listener=_FollowPartitions(service, runner, settings.topics.events, health),
         group_instance_id=settings.timers_instance_id,
         session_timeout_ms=settings.timers_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
@@ -144,6 +152,14 @@ def build_app(settings: TimersSettings) -> FastStream:
                 await task
         await publisher.stop()
 
-    app = service_app(broker, settings, client, setup, before_shutdown=stop_loops)
+    app = service_app(
+        broker,
+        settings,
+        client,
+        setup,
+        before_shutdown=stop_loops,
+        health=health,
+        health_port=settings.timers_health_port,
+    )
     app.after_startup(start_loops)
     return app

@@ -86,6 +86,7 @@ class TimerService:
         dropped = before + started - len(self.pending)
         if dropped > 0:
             self.stats.dropped_total += dropped
+        self.stats.set_pending(len(self.pending), self.pending.next_fire_ns())
         if writes.put or writes.delete:
             await self.store.write(writes.put.values(), writes.delete)
             self._wake.set()
@@ -125,6 +126,7 @@ class TimerService:
                 await asyncio.sleep(_RETRY_SECONDS)
                 continue
             if fired:
+                self.refresh_stats()
                 continue  # a backlog: go on at once
             self._wake.clear()
             next_ns = self.pending.next_fire_ns()
@@ -177,6 +179,5 @@ class TimerService:
         return len(sendable)
 
     def refresh_stats(self) -> TimerStats:
-        self.stats.pending = len(self.pending)
-        self.stats.next_fire_ns = self.pending.next_fire_ns()
+        self.stats.set_pending(len(self.pending), self.pending.next_fire_ns())
         return self.stats

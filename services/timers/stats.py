@@ -9,6 +9,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.metrics import TIMER_LATENESS, TIMERS_PENDING
+
 
 @dataclass
 class TimerStats:
@@ -28,6 +30,12 @@ class TimerStats:
         self.fired_total += 1
         self.last_lateness_s = lateness_s
         self.lateness_window.append(lateness_s)
+        TIMER_LATENESS.observe(max(0.0, lateness_s))
+
+    def set_pending(self, pending: int, next_fire_ns: int | None) -> None:
+        self.pending = pending
+        self.next_fire_ns = next_fire_ns
+        TIMERS_PENDING.set(pending)
 
     def lateness_quantile(self, q: float) -> float:
         if not self.lateness_window:

@@ -271,3 +271,48 @@ async def test_a_workflow_sleep_fires_once_and_a_canceled_timer_never_fires(
         if e["type"] == "TIMER_FIRED"
     ]
     assert fired_ids == ["nap"]
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of an unlabelled Prometheus sample (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_the_timers_service_serves_probes_and_its_pending_and_lateness_metrics(
+    timers_stack: Stack,
+) -> None:
+    base = timers_stack.probe_url("timers")
+    async with httpx.AsyncClient(base_url=base, timeout=5) as probes:
+        assert (await probes.get("/healthz")).status_code == 200
+
+        async def ready() -> None:
+            answer = await probes.get("/readyz")
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["checks"] == {"mongodb": "ok", "kafka": "ok", "consumer": "ok"}
+
+        await assert_eventually(ready, timeout=30)
+        fired_before = _sample(
+            (await probes.get("/metrics")).text, "runstore_timer_lateness_seconds_count"
+        )
+
+        # A run with a long execution timeout: one more pending deadline.
+        await execute(timers_stack, "pending-1", execution_timeout_seconds=3600)
+
+        async def pending() -> None:
+            text = (await probes.get("/metrics")).text
+            assert _sample(text, "runstore_timers_pending") >= 1, text
+
+        await assert_eventually(pending, timeout=30, interval=0.1)
+
+        # A run that times out at once: one more firing observed.
+        await execute(timers_stack, "fires-1", execution_timeout_seconds=1)
+
+        async def fired() -> None:
+            text = (await probes.get("/metrics")).text
+            count = _sample(text, "runstore_timer_lateness_seconds_count")
+            assert count >= fired_before + 1, text
+
+        await assert_eventually(fired, timeout=30, interval=0.2)

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from mistralai.client import Mistral
 from pymongo import MongoClient
@@ -237,3 +238,53 @@ def test_a_deployment_name_routes_the_run_to_that_deployments_workers(
         assert reporters == {f"{socket.gethostname()}:{blue_pid}"}
     finally:
         worker_stack.stop("worker-blue")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{"):
+            got = line[len(name) + 1 : line.index("}")]
+            if ",".join(sorted(got.split(","))) == wanted:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_worker_serves_probes_and_counts_its_tasks_and_activities(
+    worker_stack: Stack, client: Mistral
+) -> None:
+    base = worker_stack.probe_url("worker")
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+
+    def ready() -> None:
+        answer = httpx.get(f"{base}/readyz", timeout=5)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["checks"] == {"mongodb": "ok", "kafka": "ok", "consumer": "ok"}
+
+    wait_until(ready, timeout=30)
+
+    def metrics() -> str:
+        return httpx.get(f"{base}/metrics", timeout=5).text
+
+    tasks = "runstore_worker_workflow_tasks_total"
+    activities = "runstore_worker_activities_total"
+    before = metrics()
+    advanced = metric_value(before, tasks, deployment="default", outcome="advanced")
+    completed = metric_value(before, activities, deployment="default", outcome="completed")
+    failed = metric_value(before, activities, deployment="default", outcome="failed")
+
+    execution_id = new_id("saga")
+    client.workflows.execute_workflow(
+        workflow_identifier="order-saga",
+        input={"order_id": execution_id, "amount": 3, "fail_at": "ship"},
+        execution_id=execution_id,
+    )
+    wait_for_status(client, execution_id, "FAILED", timeout=60)
+
+    after = metrics()
+    assert metric_value(after, tasks, deployment="default", outcome="advanced") > advanced
+    assert metric_value(after, activities, deployment="default", outcome="completed") > completed
+    assert metric_value(after, activities, deployment="default", outcome="failed") > failed
+    assert "runstore_worker_workflow_task_seconds_count" in after
+    assert 'runstore_batch_size_count{service="worker.default"}' in after

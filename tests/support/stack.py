@@ -26,6 +26,8 @@ class Stack:
     api_port: int = field(default_factory=free_port)
     engine_health_port: int = field(default_factory=free_port)
     projector_health_port: int = field(default_factory=free_port)
+    worker_health_port: int = field(default_factory=free_port)
+    timers_health_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -39,6 +41,8 @@ class Stack:
             "api": self.api_port,
             "engine": self.engine_health_port,
             "projector": self.projector_health_port,
+            "worker": self.worker_health_port,
+            "timers": self.timers_health_port,
         }[service]
         return f"http://127.0.0.1:{port}"
 
@@ -63,6 +67,8 @@ class Stack:
             # A second instance finds its probe port taken: it logs that and runs on.
             "RUNSTORE_ENGINE_HEALTH_PORT": str(self.engine_health_port),
             "RUNSTORE_PROJECTOR_HEALTH_PORT": str(self.projector_health_port),
+            "RUNSTORE_WORKER_HEALTH_PORT": str(self.worker_health_port),
+            "RUNSTORE_TIMERS_HEALTH_PORT": str(self.timers_health_port),
             **(env or {}),
         }
         log = (self.log_dir / f"{name}.log").open("ab")
