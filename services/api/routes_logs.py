@@ -5,10 +5,11 @@ the records live and how positions read, docs/catalogue.md for the contract."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
 from schemas.common import ExecutionStatus
@@ -43,6 +44,20 @@ _DEPLOYMENT_RECORDS_PER_READ = 500
 _CLOSED_POLLS = 3
 
 
+@dataclass
+class LogWindowQuery:
+    """The query parameters of both log pages: a time range, the order, where to start."""
+
+    after: datetime | None = None
+    before: datetime | None = None
+    order: Literal["asc", "desc"] = "asc"
+    cursor: str | None = None
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50
+
+
+LogWindow = Annotated[LogWindowQuery, Depends()]
+
+
 @router.get(
     "/v1/workflows/executions/{execution_id}/logs", responses=declared(200, 400, 401, 404, 422)
 )
@@ -51,20 +66,21 @@ async def get_workflow_execution_logs(
     reader: CallerReader,
     catalogue: Catalogue,
     execution_id: str,
+    window: LogWindow,
     run_id: str | None = None,
     activity_id: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-    order: Literal["asc", "desc"] = "asc",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> Response:
     """The execution's log records in shipping order (or reversed)."""
     await existing_execution(reader, execution_id)
-    flt = LogFilter(run_id=run_id, activity_id=activity_id, after=utc(after), before=utc(before))
+    flt = LogFilter(
+        run_id=run_id,
+        activity_id=activity_id,
+        after=utc(window.after),
+        before=utc(window.before),
+    )
     rows = execution_records(await catalogue.execution_log_chunks(execution_id), flt)
-    position = parse_execution_position(cursor) if cursor else None
-    records, next_cursor = page(list(rows), order, position, limit)
+    position = parse_execution_position(window.cursor) if window.cursor else None
+    records, next_cursor = page(list(rows), window.order, position, window.limit)
     return json_body({"results": records, "next_cursor": next_cursor})
 
 
@@ -113,26 +129,26 @@ async def get_deployment_logs(
     who: Authorized,
     catalogue: Catalogue,
     name: str,
+    window: LogWindow,
     log_type: str | None = None,
     worker_name: str | None = None,
     workflow_name: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-    order: Literal["asc", "desc"] = "asc",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> Response:
     """The log records the deployment's workers shipped, in shipping order. `order=desc`
     reverses one page of the oldest records after `cursor` (logs are read forwards)."""
     await existing_deployment(catalogue, name)
     flt = LogFilter(
-        worker_name=worker_name, workflow_name=workflow_name, after=utc(after), before=utc(before)
+        worker_name=worker_name,
+        workflow_name=workflow_name,
+        after=utc(window.after),
+        before=utc(window.before),
     )
-    position = parse_deployment_position(cursor) if cursor else None
+    limit = window.limit
+    position = parse_deployment_position(window.cursor) if window.cursor else None
     rows = await deployment_records(catalogue, name, flt, position, limit + 1)
     records, _ = page(list(rows), "asc", None, limit)
     next_cursor = position_text(rows[limit - 1][0]) if len(rows) > limit else None
-    if order == "desc":
+    if window.order == "desc":
         records.reverse()
     return json_body({"results": records, "next_cursor": next_cursor})
 

@@ -23,6 +23,7 @@ from services.common.kafka_io import RecordPublisher, batch_records, kafka_broke
 from services.common.kafka_topics import partitions_of
 from services.common.metrics import TIMERS_PENDING
 from services.common.mongo import mongo_client, mongo_database
+from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
 from services.common.stream_service import seek_back, service_app
@@ -78,7 +79,9 @@ def build_app(settings: TimersSettings) -> FastStream:
         tick_seconds=settings.timers_tick_seconds,
         fire_batch=settings.timers_fire_batch,
     )
-    runner = ScheduleRunner(MongoScheduleStore(db), db, publisher, settings, service.stats)
+    runner = ScheduleRunner(
+        MongoScheduleStore(db), MongoReadModelReader(db), publisher, settings, service.stats
+    )
     instance = f"{socket.gethostname()}:{os.getpid()}"
     health = Health(settings, client)
     # Read at scrape time: nothing to do on the firing path.

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commands import COMMAND_ADAPTER
 from schemas.common import ExecutionStatus
@@ -29,6 +28,7 @@ from schemas.schedules import (
 )
 from services.common.clock import now_ns, ns_to_datetime, utcnow
 from services.common.kafka_io import Outgoing, RecordPublisher
+from services.common.readmodels.reader import ReadModelReader
 from services.common.readmodels.store import EXECUTIONS, RUNS
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
@@ -52,13 +52,13 @@ class ScheduleRunner:
     def __init__(
         self,
         store: MongoScheduleStore,
-        db: AsyncDatabase[Document],
+        read_models: ReadModelReader,
         publisher: RecordPublisher,
         settings: TimersSettings,
         stats: TimerStats,
     ) -> None:
         self._store = store
-        self._db = db
+        self._read_models = read_models
         self._publisher = publisher
         self._commands_topic = settings.topics.commands
         self._refresh_s = settings.timers_schedule_refresh_seconds
@@ -171,11 +171,11 @@ class ScheduleRunner:
         A run not projected yet counts as running for a while: it was just started."""
         if execution_id is None:
             return False
-        pointer = await self._db[EXECUTIONS].find_one({"_id": execution_id})
+        pointer = await self._read_models.get(EXECUTIONS, execution_id)
         if pointer is None:
             recent = self._started_at(execution_id)
             return recent is not None and utcnow() - recent < _UNPROJECTED_GRACE
-        run = await self._db[RUNS].find_one({"_id": pointer["latest_run_id"]})
+        run = await self._read_models.get(RUNS, str(pointer["latest_run_id"]))
         return run is not None and ExecutionStatus(run["status"]).is_open
 
     def _started_at(self, execution_id: str) -> datetime | None:
