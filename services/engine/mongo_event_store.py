@@ -27,15 +27,13 @@ from services.common.commit_log import (
     commit_to_doc,
     read_commit,
 )
-from services.common.mongo import DUPLICATE_KEY, insert_unless_present, is_ferretdb
+from services.common.mongo import DUPLICATE_KEY, Document, insert_unless_present, is_ferretdb
 from services.engine.event_store import (
     AppendFailure,
     AppendReport,
     RoundReport,
     append_round_with,
 )
-
-Document = dict[str, Any]
 
 # Concurrent point reads per call: enough to hide round trips, few enough for the pool.
 _READ_CONCURRENCY = 32
