@@ -60,5 +60,3 @@ class StateCache:
             self.drop(gone)
             self._revoked.clear()
 
-    def __len__(self) -> int:
-        return len(self._streams)
