@@ -59,4 +59,3 @@ class StateCache:
             gone = {e for e, s in self._streams.items() if s.partition in self._revoked}
             self.drop(gone)
             self._revoked.clear()
-
