@@ -371,6 +371,14 @@ class StartWorkflow(_Envelope):
     type: Literal["StartWorkflow"] = "StartWorkflow"
     payload: StartWorkflowPayload
 
+    @property
+    def root_execution_id(self) -> str:
+        """The root of the tree the started execution joins: the payload's root, else its
+        parent (a child of a root), else itself (a root). The one rule, for the engine
+        and the API's answer to a start."""
+        p = self.payload
+        return p.root_execution_id or p.parent_execution_id or self.execution_id
+
 
 class CancelExecution(_Envelope):
     type: Literal["CancelExecution"] = "CancelExecution"

@@ -54,6 +54,12 @@ class ExecutionStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
+    @property
+    def is_open(self) -> bool:
+        """Whether a run in this status can still change (RUNNING, RETRYING_AFTER_ERROR):
+        the opposite of `is_terminal`."""
+        return self not in TERMINAL_STATUSES
+
 
 TERMINAL_STATUSES = frozenset(
     {

@@ -495,17 +495,27 @@ STATUS_AFTER: dict[EventType, ExecutionStatus] = {
     EventType.WORKFLOW_EXECUTION_CONTINUED_AS_NEW: ExecutionStatus.CONTINUED_AS_NEW,
 }
 
+CLOSING_EVENT_TYPES = frozenset(t for t, status in STATUS_AFTER.items() if status.is_terminal)
+"""The events that close a run (it gets no event after one; a reset opens another run)."""
+
+
+def closes_run(event: Event) -> bool:
+    """Whether `event` closes its run: the one rule, for every reader of events."""
+    return event.type in CLOSING_EVENT_TYPES
+
 
 def event_id_for(execution_id: str, seq: int, index: int) -> str:
     return f"{execution_id}:{seq}:{index}"
 
 
 __all__ = [
+    "CLOSING_EVENT_TYPES",
     "EVENT_ADAPTER",
     "EVENT_LIST_ADAPTER",
     "STATUS_AFTER",
     "Event",
     "EventType",
     "JsonValue",
+    "closes_run",
     "event_id_for",
 ]

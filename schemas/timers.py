@@ -23,7 +23,6 @@ from schemas.commands import (
 )
 from schemas.common import FrozenModel
 from schemas.events import (
-    STATUS_AFTER,
     CancelRequested,
     Event,
     ExecutionStarted,
@@ -32,6 +31,7 @@ from schemas.events import (
     TimerEvent,
     TimerStarted,
     WorkflowTaskFailed,
+    closes_run,
 )
 
 EXECUTION_TIMEOUT = "execution-timeout"
@@ -96,7 +96,6 @@ class TimerChanges(FrozenModel):
 
 
 _NOTHING = TimerChanges()
-_CLOSING = frozenset(t for t, status in STATUS_AFTER.items() if status.is_terminal)
 
 
 def _seconds_to_ns(seconds: float) -> int:
@@ -149,7 +148,7 @@ def timer_changes(event: Event) -> TimerChanges:
     if isinstance(event, CancelRequested):
         deadline = event.attributes.cancel_deadline_ns
         return TimerChanges(start=(_fire_timer(event, CANCEL_DEADLINE, deadline),))
-    if event.type in _CLOSING:
+    if closes_run(event):
         return TimerChanges(close_runs=(event.run_id,))
     return _NOTHING
 

@@ -157,8 +157,8 @@ def _rebuild_projections() -> None:
     )
 
     from services.common.mongo import mongo_client, mongo_database
+    from services.common.mongo_commit_log import MongoCommitLog
     from services.common.readmodels.mongo_store import MongoReadModelStore
-    from services.projector.mongo_commit_source import MongoCommitSource
     from services.projector.parking import ParkedExecutions
     from services.projector.rebuild import rebuild
 
@@ -194,7 +194,7 @@ def _rebuild_projections() -> None:
             with bar:
                 report = await rebuild(
                     MongoReadModelStore(db),
-                    MongoCommitSource(db),
+                    MongoCommitLog(db),
                     progress=progress,
                     parking=ParkedExecutions(db),
                 )

@@ -20,13 +20,15 @@ from fastapi import Query
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
-from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.common import Identifier
 from services.api.auth import Caller
 from services.api.errors import not_found
-from services.api.run_list import PageTokens, RunFilter
+from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
+from services.common.commit_log import CommitLog
+from services.common.readmodels.reader import ReadModelReader
+from services.common.readmodels.run_filter import RunFilter
 from services.common.settings import AccessMode
 
 Document = dict[str, Any]
@@ -53,9 +55,13 @@ class OwnedRunReader(RunReader):
     """A RunReader that shows one user only the runs that user started."""
 
     def __init__(
-        self, db: AsyncDatabase[Document], user_id: str, tokens: PageTokens | None = None
+        self,
+        models: ReadModelReader,
+        commits: CommitLog,
+        user_id: str,
+        tokens: PageTokens | None = None,
     ) -> None:
-        super().__init__(db, tokens)
+        super().__init__(models, commits, tokens)
         self._user_id = user_id
 
     def _visible(self, run: Document) -> bool:
@@ -66,14 +72,20 @@ class OwnedRunReader(RunReader):
     ) -> tuple[list[Document], str | None]:
         if flt.user_id is not None and flt.user_id != self._user_id:
             return [], None
-        return await super().list_runs(
-            dataclasses.replace(flt, user_id=self._user_id), page_size, token
-        )
+        return await super().list_runs(self._own(flt), page_size, token)
+
+    async def rows(self, flt: RunFilter, limit: int) -> list[Document]:
+        if flt.user_id is not None and flt.user_id != self._user_id:
+            return []
+        return await super().rows(self._own(flt), limit)
+
+    def _own(self, flt: RunFilter) -> RunFilter:
+        return dataclasses.replace(flt, user_id=self._user_id)
 
 
 NAMES_EXECUTION = "x-names-execution"
 """OpenAPI extension on a query parameter whose value is an execution id: in separate mode
-`deps.Authed` checks that every such value names one of the caller's executions."""
+`deps.Authorized` checks that every such value names one of the caller's executions."""
 
 ABSENT_FILTER_VALUES = frozenset({"*", ""})
 """What the SDK sends for a stream filter it leaves out; such a value names nothing."""
@@ -85,16 +97,16 @@ def execution_query(**options: Any) -> Any:
     return Query(json_schema_extra={NAMES_EXECUTION: True}, **options)
 
 
-_EXECUTION_QUERY_PARAMS: dict[int, tuple[str, ...]] = {}
+_EXECUTION_PARAMS_ATTR = "runstore_execution_query_params"
 
 
 def execution_query_params(route: APIRoute) -> tuple[str, ...]:
     """The query parameters of `route` (its dependencies included) declared with
-    `execution_query`, by their names on the wire."""
-    known = _EXECUTION_QUERY_PARAMS.get(id(route))
+    `execution_query`, by their names on the wire (worked out once, kept on the route)."""
+    known: tuple[str, ...] | None = getattr(route, _EXECUTION_PARAMS_ATTR, None)
     if known is None:
         known = tuple(dict.fromkeys(_marked_query_params(route.dependant)))
-        _EXECUTION_QUERY_PARAMS[id(route)] = known
+        setattr(route, _EXECUTION_PARAMS_ATTR, known)
     return known
 
 

@@ -17,6 +17,7 @@ from services.api import (
     routes_catalogue,
     routes_commands,
     routes_deployments,
+    routes_logs,
     routes_observe,
     routes_runs,
     routes_schedules,
@@ -31,7 +32,7 @@ from services.api.event_fanout import EventFanout
 from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
-from services.api.run_list import PageTokens
+from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
 from services.api.worker_requests import WorkerRequests
 from services.common.health import Health
@@ -39,6 +40,10 @@ from services.common.http_observability import RequestMetrics, add_probe_routes
 from services.common.kafka_topics import ensure_topics
 from services.common.metrics import SSE_SUBSCRIBERS
 from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo_catalogue import MongoCatalogue
+from services.common.mongo_commit_log import MongoCommitLog
+from services.common.readmodels.mongo_reader import MongoReadModelReader
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import ApiSettings
 from services.common.worker_registry import ensure_catalogue_indexes
 
@@ -80,8 +85,11 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
-    app.state.db = db
-    app.state.reader = RunReader(db, PageTokens.from_secret(settings.page_token_secret))
+    app.state.reader = RunReader(
+        MongoReadModelReader(db),
+        MongoCommitLog(db),
+        PageTokens.from_secret(settings.page_token_secret),
+    )
     app.state.gateway = gateway
     app.state.worker_requests = worker_requests
     app.state.fanout = fanout
@@ -91,7 +99,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
         fanout=fanout,
         access=app.state.access,
         all_runs=app.state.reader,
-        db=db,
+        catalogue=MongoCatalogue(db),
+        schedules=MongoScheduleStore(db),
     )
 
     add_probe_routes(app, health)
@@ -120,6 +129,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_schedules.router)
     app.include_router(routes_observe.router)
     app.include_router(routes_deployments.router)
+    app.include_router(routes_logs.router)
     app.include_router(routes_commands.router)
     app.include_router(routes_ui.router)
     app.include_router(routes_workers.router)

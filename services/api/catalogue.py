@@ -9,25 +9,19 @@ what `list_runs(workflow_tags=…)` matches.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException
-from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.registry import MISSED_HEARTBEATS
 from services.api.http_docs import opaque_cursor, read_opaque_cursor
-from services.common.readmodels.store import RUNS
-from services.common.worker_registry import WORKERS, WORKFLOWS
+from services.common.catalogue_store import CatalogueStore
 
 Document = dict[str, Any]
 
 NAMESPACE = "default"
-CATALOGUE_SCAN_LIMIT = 10_000
-"""Most catalogue documents one list reads (the catalogue is filtered in memory: it is
-small — workflows, not runs — and every filter then costs the same on FerretDB)."""
 
 
 def is_live(worker: Document, now: datetime) -> bool:
@@ -44,13 +38,9 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def live_workers(
-    db: AsyncDatabase[Document], deployment: str | None = None
-) -> list[Document]:
-    query: Document = {} if deployment is None else {"deployment_name": deployment}
+async def live_workers(catalogue: CatalogueStore, deployment: str | None = None) -> list[Document]:
     now = datetime.now(UTC)
-    found = await db[WORKERS].find(query).to_list(CATALOGUE_SCAN_LIMIT)
-    return [w for w in found if is_live(w, now)]
+    return [w for w in await catalogue.workers(deployment) if is_live(w, now)]
 
 
 def served(workers: list[Document]) -> dict[str, set[str]]:
@@ -115,8 +105,9 @@ def basic_shape(doc: Document) -> Document:
     }
 
 
-async def workflow_doc(db: AsyncDatabase[Document], name: str) -> Document:
-    doc = await db[WORKFLOWS].find_one({"_id": name})
+async def workflow_doc(catalogue: CatalogueStore, name: str) -> Document:
+    """The workflow's catalogue document, or 404."""
+    doc = await catalogue.workflow(name)
     if doc is None:
         raise HTTPException(
             status_code=404,
@@ -137,16 +128,15 @@ class WorkflowFilter:
 
 
 async def list_workflows(
-    db: AsyncDatabase[Document], flt: WorkflowFilter, order: str, limit: int, cursor: str | None
+    catalogue: CatalogueStore, flt: WorkflowFilter, order: str, limit: int, cursor: str | None
 ) -> tuple[list[Document], str | None]:
     """One page of the catalogue sorted by (display_name, name); `next_cursor` is None on
     the last page (a full page always has one)."""
-    docs = await db[WORKFLOWS].find({}).to_list(CATALOGUE_SCAN_LIMIT)
-    live = served(await live_workers(db))
+    docs = await catalogue.workflows()
+    live = served(await live_workers(catalogue))
     with_status: set[str] | None = None
     if flt.statuses:
-        names = await db[RUNS].distinct("workflow_name", {"status": {"$in": list(flt.statuses)}})
-        with_status = {str(n) for n in names}
+        with_status = await catalogue.workflow_names_with_runs(flt.statuses)
     rows = [d for d in docs if _matches(d, flt, live, with_status)]
     rows.sort(key=_sort_key, reverse=order == "desc")
     after = _read_cursor(cursor)
@@ -202,34 +192,11 @@ def _read_cursor(cursor: str | None) -> tuple[str, str] | None:
     return (str(first), str(second))
 
 
-ADMISSION_TTL_SECONDS = 1.0
-"""How long an API instance reuses a workflow's catalogue document for execute (the
-hot path): an archive or tag edit made on another instance applies within this time."""
-_admission: dict[tuple[str, str], tuple[float, Document | None]] = {}
-
-
-def forget_admission(db: AsyncDatabase[Document], name: str) -> None:
-    """After an edit on this instance: the next execute reads the catalogue again."""
-    _admission.pop((db.name, name), None)
-
-
-async def admit(db: AsyncDatabase[Document], name: str, allow_unregistered: bool) -> list[str]:
+async def admit(catalogue: CatalogueStore, name: str, allow_unregistered: bool) -> list[str]:
     """Whether HTTP execute may start `name`; the workflow's tags for the run.
 
     Unknown: 404 unless `allow_unregistered`; archived: 409 always."""
-    key = (db.name, name)
-    now = time.monotonic()
-    cached = _admission.get(key)
-    if cached is not None and cached[0] > now:
-        doc = cached[1]
-    else:
-        doc = await db[WORKFLOWS].find_one({"_id": name})
-        if len(_admission) > 10_000:
-            _admission.clear()
-        # A miss is remembered only when it is allowed: a workflow a worker has just
-        # registered must be executable at once.
-        if doc is not None or allow_unregistered:
-            _admission[key] = (now + ADMISSION_TTL_SECONDS, doc)
+    doc = await catalogue.workflow_for_execute(name, remember_missing=allow_unregistered)
     if doc is None:
         if allow_unregistered:
             return []

@@ -1,12 +1,18 @@
-"""Request-scoped access to what `build_app` wires: callers, readers, the gateway.
+"""Request-scoped access to what `build_app` wires, as FastAPI dependencies named for
+what they check or give.
 
-`Authed` is where access control happens for every route: the bearer key names the
-caller (401 otherwise), and in separate-users mode an `execution_id` or `run_id` in the
-path, and every query parameter the route declares with `access.execution_query`, must
-name one of the caller's runs (404 otherwise, like an unknown id). `Reader`
-is narrowed to the caller's runs in that mode too, so lists never show others' runs.
-The read routes (routes_runs) take `Identified` + `RunsReader` instead: the narrowed
-reader answers another user's run with the same 404, without a second read of the run.
+- `Identified`: the caller named by the bearer key (401 otherwise). Nothing more.
+- `Authorized`: `Identified`, and in separate-users mode every execution the request
+  names (an `execution_id` or `run_id` in the path, every query parameter declared with
+  `access.execution_query`) must be one of the caller's (404 otherwise, like an unknown
+  id). Every route that names an execution takes it.
+- `CallerReader`: the run reader as the caller sees it: narrowed to the caller's runs in
+  separate-users mode, so lists never show others' runs and another user's run reads as
+  no run (the same 404). The read routes (routes_runs) take it with `Identified` only:
+  checking first would read the run twice.
+- `Wired`: everything `build_app` wired, as one dependency (the command routes are hot,
+  and each dependency costs a resolution per request); `Settings`, `Fanout`, `Access` and
+  `Catalogue` for routes that need one thing.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.routing import APIRoute
-from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.access import (
     ABSENT_FILTER_VALUES,
@@ -29,9 +34,37 @@ from services.api.errors import not_found
 from services.api.event_fanout import EventFanout
 from services.api.gateway import CommandGateway
 from services.api.run_reader import RunReader
+from services.common.catalogue_store import CatalogueStore
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import ApiSettings
 
 Document = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """Everything `build_app` wires."""
+
+    settings: ApiSettings
+    gateway: CommandGateway
+    fanout: EventFanout
+    access: AccessPolicy
+    all_runs: RunReader
+    """Unscoped: for checks that must see other users' runs (an execution id taken …)."""
+    catalogue: CatalogueStore
+    schedules: MongoScheduleStore
+
+    def reader_for(self, caller: Caller) -> RunReader:
+        """`CallerReader`: narrowed to the caller's runs in separate-users mode."""
+        if self.access.separate:
+            runs = self.all_runs
+            return OwnedRunReader(runs.models, runs.commits, caller.user_id, runs.tokens)
+        return self.all_runs
+
+
+def _wiring(request: Request) -> Wiring:
+    wiring: Wiring = request.app.state.wiring
+    return wiring
 
 
 async def _identified(request: Request) -> Caller:
@@ -46,15 +79,16 @@ async def _identified(request: Request) -> Caller:
     return found
 
 
-async def _caller(request: Request, found: Annotated[Caller, Depends(_identified)]) -> Caller:
-    access: AccessPolicy = request.app.state.access
-    if access.separate:
-        await _check_path_owner(request, access, found)
-    return found
+async def _authorized(request: Request, who: Annotated[Caller, Depends(_identified)]) -> Caller:
+    wiring = _wiring(request)
+    if wiring.access.separate:
+        await _check_named_executions(request, wiring.access, wiring.all_runs, who)
+    return who
 
 
-async def _check_path_owner(request: Request, access: AccessPolicy, caller: Caller) -> None:
-    reader: RunReader = request.app.state.reader
+async def _check_named_executions(
+    request: Request, access: AccessPolicy, reader: RunReader, caller: Caller
+) -> None:
     params = request.path_params
     execution_id = params.get("execution_id")
     if execution_id is not None and not access.may_see(
@@ -74,91 +108,37 @@ async def _check_path_owner(request: Request, access: AccessPolicy, caller: Call
                     raise not_found("execution", value)
 
 
-def _reader_for(request: Request, who: Caller) -> RunReader:
-    wiring: Wiring = request.app.state.wiring
-    return wiring.reader_for(who)
+async def _caller_reader(
+    request: Request, who: Annotated[Caller, Depends(_identified)]
+) -> RunReader:
+    return _wiring(request).reader_for(who)
 
 
-async def _reader(request: Request, who: Annotated[Caller, Depends(_caller)]) -> RunReader:
-    return _reader_for(request, who)
-
-
-async def _runs_reader(request: Request, who: Annotated[Caller, Depends(_identified)]) -> RunReader:
-    # The read routes need no path check: this reader already shows another user's run
-    # as no run at all (the same 404), and checking first would read the run twice.
-    return _reader_for(request, who)
-
-
-async def _gateway(request: Request) -> CommandGateway:
-    gateway: CommandGateway = request.app.state.gateway
-    return gateway
+async def _wired(request: Request) -> Wiring:
+    return _wiring(request)
 
 
 async def _settings(request: Request) -> ApiSettings:
-    settings: ApiSettings = request.app.state.settings
-    return settings
+    return _wiring(request).settings
 
 
 async def _fanout(request: Request) -> EventFanout:
-    fanout: EventFanout = request.app.state.fanout
-    return fanout
+    return _wiring(request).fanout
 
 
 async def _access(request: Request) -> AccessPolicy:
-    access: AccessPolicy = request.app.state.access
-    return access
+    return _wiring(request).access
 
 
-async def _db(request: Request) -> AsyncDatabase[Document]:
-    db: AsyncDatabase[Document] = request.app.state.db
-    return db
+async def _catalogue(request: Request) -> CatalogueStore:
+    return _wiring(request).catalogue
 
 
-Authed = Annotated[Caller, Depends(_caller)]
-Reader = Annotated[RunReader, Depends(_reader)]
 Identified = Annotated[Caller, Depends(_identified)]
-"""The caller (401 otherwise), without the path check: only with `RunsReader`."""
-RunsReader = Annotated[RunReader, Depends(_runs_reader)]
-"""What the read routes read through: `Reader`, minus the path check."""
-Gateway = Annotated[CommandGateway, Depends(_gateway)]
+Authorized = Annotated[Caller, Depends(_authorized)]
+CallerReader = Annotated[RunReader, Depends(_caller_reader)]
+Wired = Annotated[Wiring, Depends(_wired)]
 Settings = Annotated[ApiSettings, Depends(_settings)]
 Fanout = Annotated[EventFanout, Depends(_fanout)]
 Access = Annotated[AccessPolicy, Depends(_access)]
-Database = Annotated[AsyncDatabase[Document], Depends(_db)]
-
-
-async def _all_runs(request: Request) -> RunReader:
-    """The unscoped reader: for checks that must see other users' runs (id taken …)."""
-    reader: RunReader = request.app.state.reader
-    return reader
-
-
-AllRuns = Annotated[RunReader, Depends(_all_runs)]
-
-
-@dataclass(frozen=True, slots=True)
-class Wiring:
-    """Everything `build_app` wires, as one dependency: the command routes are hot, and
-    each FastAPI dependency costs a resolution per request."""
-
-    settings: ApiSettings
-    gateway: CommandGateway
-    fanout: EventFanout
-    access: AccessPolicy
-    all_runs: RunReader
-    """Unscoped: for checks that must see other users' runs (an execution id taken …)."""
-    db: AsyncDatabase[Document]
-
-    def reader_for(self, caller: Caller) -> RunReader:
-        """What `Reader` gives: narrowed to the caller's runs in separate-users mode."""
-        if self.access.separate:
-            return OwnedRunReader(self.db, caller.user_id, self.all_runs.tokens)
-        return self.all_runs
-
-
-async def _wiring(request: Request) -> Wiring:
-    wiring: Wiring = request.app.state.wiring
-    return wiring
-
-
-Wired = Annotated[Wiring, Depends(_wiring)]
+Catalogue = Annotated[CatalogueStore, Depends(_catalogue)]

@@ -41,11 +41,6 @@ def rejection_error(outcome: CommandOutcome) -> HTTPException:
     )
 
 
-def rejection_message(outcome: CommandOutcome) -> str:
-    code = outcome.code or RejectionCode.INVALID_TRANSITION
-    return f"{code.value}: {outcome.message or 'command rejected'}"
-
-
 def gateway_timeout(message: str) -> HTTPException:
     return HTTPException(status_code=504, detail=f"engine_timeout: {message}")
 

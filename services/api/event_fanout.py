@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
+from services.api.topic_tail import stop_following
 from services.common.kafka_io import tail_from_end
 from services.common.settings import RunstoreSettings
 
@@ -129,12 +129,7 @@ class EventFanout:
         self._task = asyncio.create_task(self._follow(consumer), name="event-fanout")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_following(self._task, self._consumer)
         for sub in [*self._wildcards, *(s for v in self._by_execution.values() for s in v)]:
             sub.fail("the API is shutting down")
 

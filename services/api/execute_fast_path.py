@@ -2,14 +2,13 @@
 
 Execute is the API's hottest request, and FastAPI's per-request machinery (route
 matching over every route, the exception and exit-stack middlewares, dependency
-resolution, request and response objects) cost more CPU than the work itself: measured
-with py-spy under `bench/http_gateway.py`, the endpoint's own code was 14% of the API's
-samples and the layers around it about 45%.
+resolution, request and response objects) cost more CPU than the work itself
+(docs/api-gateway.md has the profile).
 
 This middleware sits innermost among the API's middlewares (inside the body-size limit
 and the failure budget, so those apply as to any request) and handles a request that is
 an execute with a known caller and a body that parses and validates, by calling the very
-function the route calls (`routes_commands.start_execution`) and rendering its answer or
+function the route calls (`start_execution.start_execution`) and rendering its answer or
 its HTTPException exactly as FastAPI does. Anything else — no or an unknown key, another
 content type, a body that is not valid, an over-long idempotency key, a reserved or
 unusable workflow name, a trailing slash — goes on to FastAPI with the body replayed, so
@@ -31,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
 from services.api.request_json import parse_json
-from services.api.routes_commands import RESERVED_WORKFLOW_NAMES, start_execution
 from services.api.shapes import ExecuteRequest
+from services.api.start_execution import start_execution
+from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 
 _EXECUTE_PATH = re.compile(r"/v1/workflows/([^/]+)/execute")
 _MAX_IDEMPOTENCY_KEY = 255  # as the route's `Header(max_length=255)`

@@ -10,21 +10,19 @@ the SSE ids. Order is shipping order: one worker's records keep their order.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fastapi import HTTPException
 from fastapi.responses import StreamingResponse
-from pymongo.asynchronous.database import AsyncDatabase
 
-from services.common.worker_registry import EXECUTION_LOGS, log_chunk_id
+from services.api.sse import KEEPALIVE, SSE_HEADERS, frame, guarded
+from services.common.catalogue_store import CatalogueStore
 
 Document = dict[str, Any]
 
-MAX_CHUNKS_READ = 10_000
 DEPLOYMENT_CHUNKS_PER_READ = 200
 
 
@@ -63,21 +61,6 @@ def parse_execution_position(text: str) -> tuple[int, int]:
         return int(chunk), int(index)
     except ValueError as exc:
         raise HTTPException(status_code=400, detail=f"{text!r} is not a log cursor") from exc
-
-
-async def execution_chunks(
-    db: AsyncDatabase[Document], execution_id: str, first: int = 0
-) -> list[Document]:
-    found: list[Document] = []
-    coll = db[EXECUTION_LOGS]
-    chunk = first
-    while chunk < MAX_CHUNKS_READ:
-        doc = await coll.find_one({"_id": log_chunk_id(execution_id, chunk)})
-        if doc is None:
-            break
-        found.append(doc)
-        chunk += 1
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +122,7 @@ def page(
 
 
 async def deployment_records(
-    db: AsyncDatabase[Document],
+    catalogue: CatalogueStore,
     deployment: str,
     flt: LogFilter,
     after_position: tuple[int, str, int] | None,
@@ -147,17 +130,14 @@ async def deployment_records(
 ) -> list[tuple[tuple[int, str, int], Document]]:
     """Up to `wanted` records of the deployment's workers after `after_position`, in
     shipping order."""
-    query: Document = {"deployment_name": deployment}
+    shipped_from = None
     if after_position is not None:
-        query["shipped_at"] = {"$gte": datetime.fromtimestamp(after_position[0] / 1000, UTC)}
+        shipped_from = datetime.fromtimestamp(after_position[0] / 1000, UTC)
     out: list[tuple[tuple[int, str, int], Document]] = []
-    cursor = (
-        db[EXECUTION_LOGS]
-        .find(query)
-        .sort([("shipped_at", 1), ("_id", 1)])
-        .limit(DEPLOYMENT_CHUNKS_PER_READ)
+    chunks = await catalogue.deployment_log_chunks(
+        deployment, shipped_from, DEPLOYMENT_CHUNKS_PER_READ
     )
-    async for chunk in cursor:
+    for chunk in chunks:
         shipped = chunk["shipped_at"]
         shipped = shipped if shipped.tzinfo else shipped.replace(tzinfo=UTC)
         ms = int(shipped.timestamp() * 1000)
@@ -182,31 +162,36 @@ def parse_deployment_position(text: str) -> tuple[int, str, int]:
 
 
 def log_frame(position: str, record: Document) -> bytes:
-    return f"id: {position}\nevent: log\ndata: {json.dumps(record)}\n\n".encode()
+    return frame(record, event_id=position, event="log")
 
 
 LOG_POLL_SECONDS = 0.5
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Fetch = Callable[[], Awaitable[list[tuple[str, Document]]]]
+P = TypeVar("P")
 
 
-def log_stream(
-    fetch: Fetch, finished: Callable[[], Awaitable[bool]], keepalive_seconds: float
+def tail_stream(
+    records_after: Callable[[P | None], Awaitable[list[tuple[P, Document]]]],
+    start: P | None,
+    finished: Callable[[], Awaitable[bool]],
+    keepalive_seconds: float,
 ) -> StreamingResponse:
-    """The SSE answer of a logs stream (polls every LOG_POLL_SECONDS)."""
+    """The SSE answer of a log tail: `records_after(last position sent)` polled every
+    LOG_POLL_SECONDS from `start` (None: from the first record), until `finished()` and a
+    last poll finds nothing."""
+    last = start
+
+    async def fetch() -> list[tuple[str, Document]]:
+        nonlocal last
+        rows = await records_after(last)
+        if rows:
+            last = rows[-1][0]
+        return [(position_text(cast("tuple[Any, ...]", p)), rec) for p, rec in rows]
+
     frames = poll_frames(fetch, keepalive_seconds, LOG_POLL_SECONDS, finished)
-    return StreamingResponse(_guard(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-
-async def _guard(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """A failure after the 200 becomes an `event: error` frame (API.md §7.2)."""
-    try:
-        async for frame in frames:
-            yield frame
-    except Exception as exc:
-        data = json.dumps({"error": str(exc) or type(exc).__name__, "reason": "internal_error"})
-        yield f"event: error\ndata: {data}\n\n".encode()
+    guarded_frames = guarded(frames, lambda: "log stream")
+    return StreamingResponse(guarded_frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def poll_frames(
@@ -232,4 +217,4 @@ async def poll_frames(
         silent += poll_seconds
         if silent >= keepalive_seconds:
             silent = 0.0
-            yield b": keep-alive\n\n"
+            yield KEEPALIVE

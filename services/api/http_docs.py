@@ -12,19 +12,7 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-_WHAT = {
-    200: "OK",
-    202: "Accepted",
-    204: "No content",
-    400: "Bad cursor or parameter",
-    401: "Missing or unknown API key",
-    404: "Not found (also another user's execution in separate access mode)",
-    409: "Conflict with the current state",
-    422: "Invalid request",
-    501: "Not implemented by Runstore (see docs/api-gateway.md)",
-    503: "Command not published",
-    504: "The engine did not answer in time",
-}
+from services.api.responses import WHY
 
 
 def declared(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
@@ -32,7 +20,7 @@ def declared(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any
     stream; 204 has no body."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
-        entry: dict[str, Any] = {"description": _WHAT.get(code, "")}
+        entry: dict[str, Any] = {"description": WHY[code]}
         if code == 200 and stream:
             entry["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
         elif code != 204:

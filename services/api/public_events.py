@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.common import Failure, Payload
-from schemas.events import STATUS_AFTER, Event, EventType
+from schemas.events import Event, EventType
 from services.common.clock import ns_to_datetime
 
 SEQ_FACTOR = 1_000_000
@@ -39,15 +39,6 @@ SEQ_FACTOR = 1_000_000
 SIGNAL_TASK_TYPE = "runstore.signal"
 UPDATE_TASK_TYPE = "runstore.update"
 NAMESPACE = "default"
-
-_CLOSING = {
-    EventType.WORKFLOW_EXECUTION_COMPLETED,
-    EventType.WORKFLOW_EXECUTION_FAILED,
-    EventType.WORKFLOW_EXECUTION_CANCELED,
-    EventType.WORKFLOW_EXECUTION_TERMINATED,
-    EventType.WORKFLOW_EXECUTION_TIMED_OUT,
-    EventType.WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -88,15 +79,6 @@ def parse_position(text: str) -> Position:
 
 def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 30
-
-
-def closes_execution(event: Event) -> bool:
-    """Whether the event ends its run (the execution is closed if nothing follows)."""
-    return event.type in _CLOSING
-
-
-def is_status_change(event: Event) -> bool:
-    return event.type in STATUS_AFTER
 
 
 def _payload(value: Payload | None) -> dict[str, Any]:

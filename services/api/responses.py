@@ -22,24 +22,32 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-_WHY = {
-    400: "Malformed request (a page token of another list or secret, an invalid reset point)",
+WHY = {
+    200: "OK",
+    202: "Accepted",
+    204: "No content",
+    400: "Malformed request (a page token or cursor of another list or secret, an invalid "
+    "reset point)",
     401: "Missing or unknown API key",
-    404: "No such execution or run (or, in separate-users mode, another user's)",
+    404: "Not found (or, in separate-users mode, another user's execution, run or schedule)",
     408: "The request was not read in time",
-    409: "The command conflicts with the execution's state (or the id is another user's)",
+    409: "Conflicts with the current state (or the id is another user's)",
     413: "The body, or the command it makes, is too large",
+    422: "Invalid request",
     429: "Too many failed requests from this client; see Retry-After",
+    501: "Not implemented by Runstore (see docs/api-gateway.md)",
     503: "The command could not be published (it was not applied)",
     504: "The engine did not answer in time (the command may still be applied)",
 }
+"""What each status code means, for every route's OpenAPI `responses` (here and in
+http_docs.py)."""
 
 EVERY_ROUTE = (401, 408, 413, 429)
 
 
 def declared(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these status codes."""
-    return {code: {"model": ErrorBody, "description": _WHY[code]} for code in codes}
+    return {code: {"model": ErrorBody, "description": WHY[code]} for code in codes}
 
 
 def declared_json(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -47,7 +55,7 @@ def declared_json(*codes: int) -> dict[int | str, dict[str, Any]]:
     errors the route's media type): the schema spelled out under `application/json`."""
     schema = {"$ref": "#/components/schemas/ErrorBody"}
     return {
-        code: {"description": _WHY[code], "content": {"application/json": {"schema": schema}}}
+        code: {"description": WHY[code], "content": {"application/json": {"schema": schema}}}
         for code in codes
     }
 

@@ -4,18 +4,16 @@ registration (docs/catalogue.md). Included after every router with fixed paths u
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.api import errors
 from services.api.catalogue import (
-    CATALOGUE_SCAN_LIMIT,
     WorkflowFilter,
     basic_shape,
-    forget_admission,
     list_workflows,
     live_workers,
     registration_shape,
@@ -23,17 +21,14 @@ from services.api.catalogue import (
     workflow_doc,
     workflow_shape,
 )
-from services.api.deps import Authed, Database, Wired
+from services.api.command_sending import IdempotencyKey
+from services.api.deps import Authorized, Catalogue, Wired
 from services.api.http_docs import declared, json_body
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
-from services.api.routes_commands import (
-    RESERVED_WORKFLOW_NAMES,
-    IdempotencyKey,
-    start_execution,
-)
 from services.api.shapes import ExecuteRequest
-from services.common.worker_registry import REGISTRATIONS, WORKFLOWS
+from services.api.start_execution import start_execution
+from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
 router = APIRouter(tags=["catalogue"], responses=declared_everywhere(*EVERY_ROUTE))
@@ -64,8 +59,8 @@ class TagsAdd(BaseModel):
     responses=declared(200, 400, 401, 422),
 )
 async def get_workflow_registrations(
-    who: Authed,
-    db: Database,
+    who: Authorized,
+    catalogue: Catalogue,
     workflow_id: str | None = None,
     task_queue: str | None = None,
     active_only: bool = False,
@@ -80,9 +75,9 @@ async def get_workflow_registrations(
 ) -> Response:
     """Registrations (workflow, deployment, version), by id; `next_cursor` is the last id
     of a full page."""
-    regs = await db[REGISTRATIONS].find({}).to_list(CATALOGUE_SCAN_LIMIT)
-    workflows = {d["_id"]: d for d in await db[WORKFLOWS].find({}).to_list(CATALOGUE_SCAN_LIMIT)}
-    live = served(await live_workers(db))
+    regs = await catalogue.registrations()
+    workflows = {d["_id"]: d for d in await catalogue.workflows()}
+    live = served(await live_workers(catalogue))
     rows = []
     for reg in sorted(regs, key=lambda r: str(r["_id"])):
         name = str(reg["workflow_name"])
@@ -118,15 +113,15 @@ async def get_workflow_registrations(
     responses=declared(200, 401, 404, 422),
 )
 async def get_workflow_registration(
-    who: Authed,
-    db: Database,
+    who: Authorized,
+    catalogue: Catalogue,
     workflow_registration_id: str,
     with_workflow: bool = False,
     include_shared: bool = True,
 ) -> Response:
-    reg = await _registration(db, workflow_registration_id)
-    wf = await db[WORKFLOWS].find_one({"_id": reg["workflow_name"]})
-    shape = registration_shape(reg, wf, served(await live_workers(db)))
+    reg = await _registration(catalogue, workflow_registration_id)
+    wf = await catalogue.workflow(str(reg["workflow_name"]))
+    shape = registration_shape(reg, wf, served(await live_workers(catalogue)))
     if not with_workflow:
         shape["workflow"] = None
     return json_body({"workflow_registration": shape, "workflow_version": shape})
@@ -137,7 +132,7 @@ async def get_workflow_registration(
     responses=declared(200, 401, 404, 409, 422, 503, 504),
 )
 async def execute_workflow_registration(
-    who: Authed,
+    who: Authorized,
     api: Wired,
     body: ExecuteRequest,
     workflow_registration_id: str,
@@ -145,15 +140,15 @@ async def execute_workflow_registration(
 ) -> Response:
     """Execute the registration's workflow on the registration's deployment (unless the
     body names another)."""
-    reg = await _registration(api.db, workflow_registration_id)
+    reg = await _registration(api.catalogue, workflow_registration_id)
     if not (body.deployment_name or body.task_queue):
         body = body.model_copy(update={"deployment_name": reg["deployment_name"]})
     answer = await start_execution(who, api, body, str(reg["workflow_name"]), idempotency_key)
     return Response(answer, media_type="application/json")
 
 
-async def _registration(db: Database, registration_id: str) -> Document:
-    reg = await db[REGISTRATIONS].find_one({"_id": registration_id})
+async def _registration(catalogue: Catalogue, registration_id: str) -> Document:
+    reg = await catalogue.registration(registration_id)
     if reg is None:
         raise HTTPException(
             status_code=404, detail=f"workflow registration {registration_id!r} not found"
@@ -163,8 +158,8 @@ async def _registration(db: Database, registration_id: str) -> Document:
 
 @router.get("/v1/workflows", responses=declared(200, 400, 401, 422))
 async def get_workflows(
-    who: Authed,
-    db: Database,
+    who: Authorized,
+    catalogue: Catalogue,
     status: Annotated[list[str] | None, Query()] = None,
     include_shared: bool = True,
     available_in_chat_assistant: bool | None = None,
@@ -190,57 +185,66 @@ async def get_workflows(
         tags=tuple(tags or ()),
         search=search or None,
     )
-    page, next_cursor = await list_workflows(db, flt, order, limit, cursor)
+    page, next_cursor = await list_workflows(catalogue, flt, order, limit, cursor)
     return json_body({"workflows": [basic_shape(d) for d in page], "next_cursor": next_cursor})
 
 
 @router.put("/v1/workflows/archive", responses=declared(200, 401, 422))
-async def bulk_archive_workflows(who: Authed, db: Database, body: WorkflowIds) -> Response:
-    done, errored = await _set_archived_many(db, body.workflow_ids, True)
+async def bulk_archive_workflows(
+    who: Authorized, catalogue: Catalogue, body: WorkflowIds
+) -> Response:
+    done, errored = await _set_archived_many(catalogue, body.workflow_ids, True)
     return json_body({"archived": done, "errored": errored})
 
 
 @router.put("/v1/workflows/unarchive", responses=declared(200, 401, 422))
-async def bulk_unarchive_workflows(who: Authed, db: Database, body: WorkflowIds) -> Response:
-    done, errored = await _set_archived_many(db, body.workflow_ids, False)
+async def bulk_unarchive_workflows(
+    who: Authorized, catalogue: Catalogue, body: WorkflowIds
+) -> Response:
+    done, errored = await _set_archived_many(catalogue, body.workflow_ids, False)
     return json_body({"unarchived": done, "errored": errored})
 
 
 @router.get("/v1/workflows/{workflow_identifier}", responses=declared(200, 401, 404))
-async def get_workflow(who: Authed, db: Database, workflow_identifier: str) -> Response:
-    doc = await workflow_doc(db, _name(workflow_identifier))
-    active = workflow_identifier in served(await live_workers(db))
+async def get_workflow(who: Authorized, catalogue: Catalogue, workflow_identifier: str) -> Response:
+    doc = await workflow_doc(catalogue, _name(workflow_identifier))
+    active = workflow_identifier in served(await live_workers(catalogue))
     return json_body({"workflow": workflow_shape(doc, active=active)})
 
 
 @router.put("/v1/workflows/{workflow_identifier}", responses=declared(200, 401, 404, 422))
 async def update_workflow(
-    who: Authed, db: Database, workflow_identifier: str, body: WorkflowUpdate
+    who: Authorized, catalogue: Catalogue, workflow_identifier: str, body: WorkflowUpdate
 ) -> Response:
     """Given fields replace what the code registered; `tags` replaces the user-added
     tags (the code's own tags always stay)."""
     name = _name(workflow_identifier)
-    await workflow_doc(db, name)
-    update: Document = {"updated_at": datetime.now(UTC)}
+    await workflow_doc(catalogue, name)
+    update: Document = {}
     for field in ("display_name", "description", "available_in_chat_assistant"):
         value = getattr(body, field)
         if value is not None:
             update[f"edits.{field}"] = value
     if body.tags is not None:
         update["user_tags"] = sorted(set(body.tags))
-    await db[WORKFLOWS].update_one({"_id": name}, {"$set": update})
-    forget_admission(db, name)
-    return json_body({"workflow": workflow_shape(await workflow_doc(db, name))})
+    await catalogue.edit_workflow(name, update)
+    return json_body({"workflow": workflow_shape(await workflow_doc(catalogue, name))})
 
 
 @router.put("/v1/workflows/{workflow_identifier}/archive", responses=declared(200, 401, 404))
-async def archive_workflow(who: Authed, db: Database, workflow_identifier: str) -> Response:
-    return json_body({"workflow": await _set_archived(db, _name(workflow_identifier), True)})
+async def archive_workflow(
+    who: Authorized, catalogue: Catalogue, workflow_identifier: str
+) -> Response:
+    return json_body({"workflow": await _set_archived(catalogue, _name(workflow_identifier), True)})
 
 
 @router.put("/v1/workflows/{workflow_identifier}/unarchive", responses=declared(200, 401, 404))
-async def unarchive_workflow(who: Authed, db: Database, workflow_identifier: str) -> Response:
-    return json_body({"workflow": await _set_archived(db, _name(workflow_identifier), False)})
+async def unarchive_workflow(
+    who: Authorized, catalogue: Catalogue, workflow_identifier: str
+) -> Response:
+    return json_body(
+        {"workflow": await _set_archived(catalogue, _name(workflow_identifier), False)}
+    )
 
 
 @router.post(
@@ -249,28 +253,19 @@ async def unarchive_workflow(who: Authed, db: Database, workflow_identifier: str
     responses=declared(204, 401, 404, 422),
 )
 async def add_workflow_tags(
-    who: Authed, db: Database, workflow_identifier: str, body: Annotated[TagsAdd, Body()]
+    who: Authorized,
+    catalogue: Catalogue,
+    workflow_identifier: str,
+    body: Annotated[TagsAdd, Body()],
 ) -> Response:
     """Adds user tags (existing ones stay); runs started over HTTP from now on carry
     them (`list_runs(workflow_tags=…)`)."""
     name = _name(workflow_identifier)
-    doc = await workflow_doc(db, name)
+    doc = await workflow_doc(catalogue, name)
     tags = sorted(set(doc.get("user_tags") or ()) | set(body.tags))
     if len(tags) > 50:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "loc": ["body", "tags"],
-                    "msg": "a workflow has at most 50 tags",
-                    "type": "value_error",
-                }
-            ],
-        )
-    await db[WORKFLOWS].update_one(
-        {"_id": name}, {"$set": {"user_tags": tags, "updated_at": datetime.now(UTC)}}
-    )
-    forget_admission(db, name)
+        raise errors.invalid(["body", "tags"], "a workflow has at most 50 tags")
+    await catalogue.edit_workflow(name, {"user_tags": tags})
     return Response(status_code=204)
 
 
@@ -280,23 +275,20 @@ def _name(identifier: str) -> str:
     return identifier
 
 
-async def _set_archived(db: Database, name: str, archived: bool) -> Document:
-    await workflow_doc(db, name)
-    await db[WORKFLOWS].update_one(
-        {"_id": name}, {"$set": {"archived": archived, "updated_at": datetime.now(UTC)}}
-    )
-    forget_admission(db, name)
-    return workflow_shape(await workflow_doc(db, name))
+async def _set_archived(catalogue: Catalogue, name: str, archived: bool) -> Document:
+    await workflow_doc(catalogue, name)
+    await catalogue.edit_workflow(name, {"archived": archived})
+    return workflow_shape(await workflow_doc(catalogue, name))
 
 
 async def _set_archived_many(
-    db: Database, names: list[str], archived: bool
+    catalogue: Catalogue, names: list[str], archived: bool
 ) -> tuple[list[Document], list[Document]]:
     done: list[Document] = []
     errored: list[Document] = []
     for name in dict.fromkeys(names):
         try:
-            done.append(await _set_archived(db, name, archived))
+            done.append(await _set_archived(catalogue, name, archived))
         except HTTPException as exc:
             errored.append({"workflow_id": name, "message": str(exc.detail), "workflow": None})
     return done, errored

@@ -10,25 +10,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import Identifier
-from services.api.catalogue import CATALOGUE_SCAN_LIMIT, is_live
-from services.api.deps import Authed, Database, Settings
-from services.api.execution_logs import (
-    LogFilter,
-    deployment_records,
-    log_stream,
-    page,
-    parse_deployment_position,
-    position_text,
-)
+from services.api.catalogue import is_live
+from services.api.deps import Authorized, Catalogue
 from services.api.http_docs import declared, json_body
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
-from services.api.routes_runs import utc
-from services.common.worker_registry import DEPLOYMENTS, WORKERS, WORKFLOWS
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
 router = APIRouter(tags=["deployments"], responses=declared_everywhere(*EVERY_ROUTE))
@@ -123,28 +113,29 @@ def _managed_shape(d: Document, live_count: int) -> Document:
     }
 
 
-async def _deployment(db: Database, name: str) -> Document:
-    doc = await db[DEPLOYMENTS].find_one({"_id": name})
+async def existing_deployment(catalogue: Catalogue, name: str) -> Document:
+    """The deployment, or 404."""
+    doc = await catalogue.deployment(name)
     if doc is None:
         raise HTTPException(status_code=404, detail=f"deployment {name!r} not found")
     return doc
 
 
-async def _workers(db: Database, name: str) -> list[Document]:
-    return await db[WORKERS].find({"deployment_name": name}).to_list(CATALOGUE_SCAN_LIMIT)
+async def _workers(catalogue: Catalogue, name: str) -> list[Document]:
+    return await catalogue.workers(name)
 
 
-async def _accepted(db: Database, name: str) -> Response:
-    doc = await _deployment(db, name)
+async def _accepted(catalogue: Catalogue, name: str) -> Response:
+    doc = await existing_deployment(catalogue, name)
     now = datetime.now(UTC)
-    live = [w for w in await _workers(db, name) if is_live(w, now)]
+    live = [w for w in await _workers(catalogue, name) if is_live(w, now)]
     return json_body(_managed_shape(doc, len(live)), status_code=202)
 
 
 @router.get("/v1/workflows/deployments", responses=declared(200, 400, 401, 422))
 async def list_deployments(
-    who: Authed,
-    db: Database,
+    who: Authorized,
+    catalogue: Catalogue,
     active_only: bool = True,
     workflow_name: str | None = None,
     created_by: str | None = None,
@@ -156,11 +147,11 @@ async def list_deployments(
 ) -> Response:
     """By creation time (then name); `cursor` is the last name of the previous page."""
     now = datetime.now(UTC)
-    docs = await db[DEPLOYMENTS].find({}).to_list(CATALOGUE_SCAN_LIMIT)
-    workers = await db[WORKERS].find({}).to_list(CATALOGUE_SCAN_LIMIT)
+    docs = await catalogue.deployments()
+    workers = await catalogue.workers()
     serving: set[str] | None = None
     if workflow_name:
-        wf = await db[WORKFLOWS].find_one({"_id": workflow_name})
+        wf = await catalogue.workflow(workflow_name)
         serving = set((wf or {}).get("deployment_names") or ())
     shapes = []
     for d in docs:
@@ -187,12 +178,14 @@ async def list_deployments(
 
 
 @router.post("/v1/workflows/deployments", status_code=202, responses=declared(202, 401, 409, 422))
-async def create_deployment(who: Authed, db: Database, body: DeploymentCreate) -> Response:
+async def create_deployment(
+    who: Authorized, catalogue: Catalogue, body: DeploymentCreate
+) -> Response:
     """Declares a deployment before its workers register (409 if it exists)."""
-    if await db[DEPLOYMENTS].find_one({"_id": body.name}) is not None:
+    if await catalogue.deployment(body.name) is not None:
         raise HTTPException(status_code=409, detail=f"deployment {body.name!r} already exists")
     now = datetime.now(UTC)
-    await db[DEPLOYMENTS].insert_one(
+    await catalogue.create_deployment(
         {
             "_id": body.name,
             "created_at": now,
@@ -203,14 +196,14 @@ async def create_deployment(who: Authed, db: Database, body: DeploymentCreate) -
             "created_by": who.user_id,
         }
     )
-    return await _accepted(db, body.name)
+    return await _accepted(catalogue, body.name)
 
 
 @router.get("/v1/workflows/deployments/{name}", responses=declared(200, 401, 404))
-async def get_deployment(who: Authed, db: Database, name: str) -> Response:
-    doc = await _deployment(db, name)
+async def get_deployment(who: Authorized, catalogue: Catalogue, name: str) -> Response:
+    doc = await existing_deployment(catalogue, name)
     now = datetime.now(UTC)
-    workers = await _workers(db, name)
+    workers = await _workers(catalogue, name)
     shape = _deployment_shape(doc, workers, now)
     shape["workers"] = [_worker_shape(w, now) for w in workers if is_live(w, now)]
     return json_body(shape)
@@ -220,76 +213,69 @@ async def get_deployment(who: Authed, db: Database, name: str) -> Response:
     "/v1/workflows/deployments/{name}", status_code=202, responses=declared(202, 401, 404, 422)
 )
 async def update_deployment(
-    who: Authed, db: Database, name: str, body: DeploymentPatch
+    who: Authorized, catalogue: Catalogue, name: str, body: DeploymentPatch
 ) -> Response:
-    await _deployment(db, name)
-    update: Document = {"updated_at": datetime.now(UTC)}
-    if body.spec is not None:
-        update["spec"] = body.spec
-    await db[DEPLOYMENTS].update_one({"_id": name}, {"$set": update})
-    return await _accepted(db, name)
+    await existing_deployment(catalogue, name)
+    await catalogue.edit_deployment(name, {} if body.spec is None else {"spec": body.spec})
+    return await _accepted(catalogue, name)
 
 
 @router.delete(
     "/v1/workflows/deployments/{name}", status_code=202, responses=declared(202, 401, 404, 409)
 )
-async def delete_deployment(who: Authed, db: Database, name: str) -> Response:
+async def delete_deployment(who: Authorized, catalogue: Catalogue, name: str) -> Response:
     """Only a deployment without live workers (409 otherwise: stop them first)."""
-    doc = await _deployment(db, name)
+    doc = await existing_deployment(catalogue, name)
     now = datetime.now(UTC)
-    if any(is_live(w, now) for w in await _workers(db, name)):
+    if any(is_live(w, now) for w in await _workers(catalogue, name)):
         raise HTTPException(
             status_code=409,
             detail=f"deployment {name!r} has live workers; stop them before deleting it",
         )
-    await db[DEPLOYMENTS].delete_one({"_id": name})
+    await catalogue.delete_deployment(name)
     return json_body(_managed_shape(doc, 0), status_code=202)
 
 
-async def _set_state(db: Database, name: str, update: Document) -> Response:
-    await _deployment(db, name)
-    now = datetime.now(UTC)
-    ops: Document = {"$set": {"updated_at": now, **update.get("$set", {})}}
-    if "$inc" in update:
-        ops["$inc"] = update["$inc"]
-    await db[DEPLOYMENTS].update_one({"_id": name}, ops)
-    return await _accepted(db, name)
+async def _set_state(
+    catalogue: Catalogue, name: str, fields: Document, increments: Document | None = None
+) -> Response:
+    await existing_deployment(catalogue, name)
+    await catalogue.edit_deployment(name, fields, increments)
+    return await _accepted(catalogue, name)
 
 
 @router.post(
     "/v1/workflows/deployments/{name}/start", status_code=202, responses=declared(202, 401, 404)
 )
-async def start_deployment(who: Authed, db: Database, name: str) -> Response:
-    return await _set_state(db, name, {"$set": {"stopped": False}})
+async def start_deployment(who: Authorized, catalogue: Catalogue, name: str) -> Response:
+    return await _set_state(catalogue, name, {"stopped": False})
 
 
 @router.post(
     "/v1/workflows/deployments/{name}/stop", status_code=202, responses=declared(202, 401, 404)
 )
-async def stop_deployment(who: Authed, db: Database, name: str) -> Response:
-    return await _set_state(db, name, {"$set": {"stopped": True}})
+async def stop_deployment(who: Authorized, catalogue: Catalogue, name: str) -> Response:
+    return await _set_state(catalogue, name, {"stopped": True})
 
 
 @router.post(
     "/v1/workflows/deployments/{name}/restart", status_code=202, responses=declared(202, 401, 404)
 )
-async def restart_deployment(who: Authed, db: Database, name: str) -> Response:
+async def restart_deployment(who: Authorized, catalogue: Catalogue, name: str) -> Response:
     # One writer at a time is the API instance handling the request; two concurrent
     # restarts both increment, which asks workers to reconnect, as both wanted.
     return await _set_state(
-        db,
+        catalogue,
         name,
-        {
-            "$set": {"restarted_at": datetime.now(UTC).isoformat()},
-            "$inc": {"restart_generation": 1},
-        },
+        {"restarted_at": datetime.now(UTC).isoformat()},
+        {"restart_generation": 1},
     )
 
 
 @router.get("/v1/workflows/deployments/{name}/workers", responses=declared(200, 400, 401, 404))
 async def list_deployment_workers(
-    who: Authed,
-    db: Database,
+    who: Authorized,
+    catalogue: Catalogue,
     name: str,
     worker_status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -297,10 +283,11 @@ async def list_deployment_workers(
 ) -> Response:
     """Live workers (heartbeat within 3 intervals), by id; `worker_status=inactive` lists
     the silent ones still on record, `all` both."""
-    await _deployment(db, name)
+    await existing_deployment(catalogue, name)
     now = datetime.now(UTC)
     shapes = sorted(
-        (_worker_shape(w, now) for w in await _workers(db, name)), key=lambda s: str(s["name"])
+        (_worker_shape(w, now) for w in await _workers(catalogue, name)),
+        key=lambda s: str(s["name"]),
     )
     wanted = (worker_status or "active").lower()
     if wanted != "all":
@@ -313,8 +300,8 @@ async def list_deployment_workers(
 
 
 @router.get("/v1/workflows/deployments/{name}/archive", responses=declared(401, 404, 501))
-async def get_deployment_archive(who: Authed, db: Database, name: str) -> Response:
-    await _deployment(db, name)
+async def get_deployment_archive(who: Authorized, catalogue: Catalogue, name: str) -> Response:
+    await existing_deployment(catalogue, name)
     raise HTTPException(status_code=501, detail=HOSTED_ONLY.format(what="code archive"))
 
 
@@ -322,73 +309,7 @@ async def get_deployment_archive(who: Authed, db: Database, name: str) -> Respon
     "/v1/workflows/deployments/{deployment_id}/unharden", responses=declared(401, 404, 501)
 )
 async def unharden_deployment(
-    who: Authed, db: Database, deployment_id: str, workspace_id: str | None = None
+    who: Authorized, catalogue: Catalogue, deployment_id: str, workspace_id: str | None = None
 ) -> Response:
-    await _deployment(db, deployment_id)
+    await existing_deployment(catalogue, deployment_id)
     raise HTTPException(status_code=501, detail=HOSTED_ONLY.format(what="hardening to undo"))
-
-
-@router.get("/v1/workflows/deployments/{name}/logs", responses=declared(200, 400, 401, 404, 422))
-async def get_deployment_logs(
-    who: Authed,
-    db: Database,
-    name: str,
-    log_type: str | None = None,
-    worker_name: str | None = None,
-    workflow_name: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-    order: Literal["asc", "desc"] = "asc",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> Response:
-    """The log records the deployment's workers shipped, in shipping order. `order=desc`
-    reverses one page of the oldest records after `cursor` (logs are read forwards)."""
-    await _deployment(db, name)
-    flt = LogFilter(
-        worker_name=worker_name, workflow_name=workflow_name, after=utc(after), before=utc(before)
-    )
-    position = parse_deployment_position(cursor) if cursor else None
-    rows = await deployment_records(db, name, flt, position, limit + 1)
-    records, _ = page(list(rows), "asc", None, limit)
-    next_cursor = position_text(rows[limit - 1][0]) if len(rows) > limit else None
-    if order == "desc":
-        records.reverse()
-    return json_body({"results": records, "next_cursor": next_cursor})
-
-
-@router.get(
-    "/v1/workflows/deployments/{name}/logs/stream",
-    responses=declared(200, 400, 401, 404, 422, stream=True),
-)
-async def stream_deployment_logs(
-    who: Authed,
-    db: Database,
-    settings: Settings,
-    name: str,
-    worker_name: str | None = None,
-    workflow_name: str | None = None,
-    after: datetime | None = None,
-    last_event_id: str | None = None,
-) -> StreamingResponse:
-    """Live log records of the deployment's workers (`event: log`, id = position);
-    runs until the client disconnects."""
-    await _deployment(db, name)
-    flt = LogFilter(
-        worker_name=worker_name,
-        workflow_name=workflow_name,
-        after=None if last_event_id else utc(after),
-    )
-    last = parse_deployment_position(last_event_id) if last_event_id else None
-
-    async def fetch() -> list[tuple[str, Document]]:
-        nonlocal last
-        rows = await deployment_records(db, name, flt, last, 500)
-        if rows:
-            last = rows[-1][0]
-        return [(position_text(p), rec) for p, rec in rows]
-
-    async def never() -> bool:
-        return False
-
-    return log_stream(fetch, never, settings.api_sse_keepalive_seconds)

@@ -1,46 +1,37 @@
 """Looking at executions: their log records and traces, the events list, workflow
 metrics, and `workers/whoami` (docs/catalogue.md). Every route naming an execution
-checks, in separate access mode, that it is the caller's (`Authed` for a path id; the
+checks, in separate access mode, that it is the caller's (`Authorized` for a path id; the
 narrowed reader for `events/list`'s query ids)."""
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from schemas.events import Event
+from services.api import errors
 from services.api.access import existing_execution
-from services.api.deps import Authed, Database, Reader, Settings, Wired
-from services.api.execution_logs import (
-    LogFilter,
-    execution_chunks,
-    execution_records,
-    log_stream,
-    page,
-    parse_execution_position,
-    position_text,
-)
+from services.api.deps import Authorized, CallerReader, Catalogue, Settings
 from services.api.http_docs import declared, json_body, opaque_cursor, read_opaque_cursor
 from services.api.public_events import NAMESPACE, public_event
 from services.api.responses import EVERY_ROUTE
 from services.api.responses import declared as declared_everywhere
-from services.api.routes_commands import RESERVED_WORKFLOW_NAMES
 from services.api.routes_runs import utc
 from services.api.shapes import execution_from_run
 from services.api.traces import DATA_SOURCE, otel_trace, span_tree, trace_event
-from services.common.commit_log import COMMITS, locate_run, read_commits_after
-from services.common.readmodels.store import RUNS
+from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
+from services.common.readmodels.run_filter import RunFilter
 
 # Every route can answer these (auth, request limits and deadlines, failure budget).
 router = APIRouter(tags=["observe"], responses=declared_everywhere(*EVERY_ROUTE))
 
 Document = dict[str, Any]
-_TERMINAL = {"COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"}
 METRICS_MAX_RUNS = 100_000
+TREE_MAX_RUNS = 10_000
 METRICS_BUCKETS = 24
 
 
@@ -49,9 +40,9 @@ METRICS_BUCKETS = 24
 
 @router.get("/v1/workflows/events/list", responses=declared(200, 400, 401, 404, 422))
 async def get_workflow_events(
-    who: Authed,
-    reader: Reader,
-    db: Database,
+    who: Authorized,
+    reader: CallerReader,
+    catalogue: Catalogue,
     root_workflow_exec_id: str | None = None,
     workflow_exec_id: str | None = None,
     workflow_run_id: str | None = None,
@@ -65,24 +56,19 @@ async def get_workflow_events(
         await existing_execution(reader, workflow_exec_id)
         executions = [workflow_exec_id]
     elif workflow_run_id:
-        execution_id = await locate_run(db, workflow_run_id)
+        execution_id = await reader.commits.locate_run(workflow_run_id)
         if execution_id is None:
             raise HTTPException(status_code=404, detail=f"run {workflow_run_id!r} not found")
         await existing_execution(reader, execution_id)
         executions = [execution_id]
     elif root_workflow_exec_id:
         await existing_execution(reader, root_workflow_exec_id)
-        executions = await _tree(db, reader, root_workflow_exec_id)
+        executions = await reader.execution_tree(root_workflow_exec_id, TREE_MAX_RUNS)
     else:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "loc": ["query", "workflow_exec_id"],
-                    "msg": "give workflow_exec_id, workflow_run_id or root_workflow_exec_id",
-                    "type": "missing",
-                }
-            ],
+        raise errors.invalid(
+            ["query", "workflow_exec_id"],
+            "give workflow_exec_id, workflow_run_id or root_workflow_exec_id",
+            "missing",
         )
     start = _read_events_cursor(cursor)
     out: list[Document] = []
@@ -96,7 +82,7 @@ async def get_workflow_events(
                 continue
             started = True
             after_seq = start[1] - 1  # type: ignore[index]
-        for commit in await read_commits_after(db[COMMITS], execution_id, after_seq):
+        for commit in await reader.commits.read_after(execution_id, after_seq):
             for event in commit.events:
                 if start is not None and (execution_id, event.seq, event.index) <= start:
                     continue
@@ -118,21 +104,6 @@ async def get_workflow_events(
     return json_body({"events": out, "next_cursor": next_cursor})
 
 
-async def _tree(db: Database, reader: Reader, root: str) -> list[str]:
-    rows = (
-        await db[RUNS]
-        .find({"root_execution_id": root}, {"execution_id": 1, "start_time": 1})
-        .to_list(10_000)
-    )
-    rows.sort(key=lambda r: (r["start_time"], r["execution_id"]))
-    seen: list[str] = []
-    for row in rows:
-        eid = str(row["execution_id"])
-        if eid not in seen and await reader.execution(eid) is not None:
-            seen.append(eid)
-    return seen
-
-
 def _events_cursor(position: tuple[str, int, int]) -> str:
     return opaque_cursor(list(position))
 
@@ -151,7 +122,7 @@ def _read_events_cursor(cursor: str | None) -> tuple[str, int, int] | None:
 
 
 @router.get("/v1/workflows/workers/whoami", responses=declared(200, 401))
-async def whoami(who: Authed, settings: Settings) -> Response:
+async def whoami(who: Authorized, settings: Settings) -> Response:
     """What the SDK's payload-encoding set-up asks: the caller's namespace, and where
     the scheduler is (Runstore's commands topic on its Kafka)."""
     return json_body(
@@ -163,90 +134,14 @@ async def whoami(who: Authed, settings: Settings) -> Response:
     )
 
 
-# --- execution logs -------------------------------------------------------------------
-
-
-@router.get(
-    "/v1/workflows/executions/{execution_id}/logs", responses=declared(200, 400, 401, 404, 422)
-)
-async def get_workflow_execution_logs(
-    who: Authed,
-    reader: Reader,
-    db: Database,
-    execution_id: str,
-    run_id: str | None = None,
-    activity_id: str | None = None,
-    after: datetime | None = None,
-    before: datetime | None = None,
-    order: Literal["asc", "desc"] = "asc",
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> Response:
-    """The execution's log records in shipping order (or reversed)."""
-    await existing_execution(reader, execution_id)
-    flt = LogFilter(run_id=run_id, activity_id=activity_id, after=utc(after), before=utc(before))
-    rows = execution_records(await execution_chunks(db, execution_id), flt)
-    position = parse_execution_position(cursor) if cursor else None
-    records, next_cursor = page(list(rows), order, position, limit)
-    return json_body({"results": records, "next_cursor": next_cursor})
-
-
-@router.get(
-    "/v1/workflows/executions/{execution_id}/logs/stream",
-    responses=declared(200, 400, 401, 404, 422, stream=True),
-)
-async def stream_workflow_execution_logs(
-    who: Authed,
-    reader: Reader,
-    db: Database,
-    settings: Settings,
-    execution_id: str,
-    run_id: str | None = None,
-    activity_id: str | None = None,
-    after: datetime | None = None,
-    last_event_id: str | None = None,
-) -> StreamingResponse:
-    """Log records as `event: log` frames with the record's position as `id`; resumes
-    after `last_event_id`. Ends once the execution is closed and its records are sent
-    (records shipped later than that are in `get_workflow_execution_logs`)."""
-    await existing_execution(reader, execution_id)
-    flt = LogFilter(
-        run_id=run_id, activity_id=activity_id, after=None if last_event_id else utc(after)
-    )
-    last = parse_execution_position(last_event_id) if last_event_id else (-1, -1)
-
-    async def fetch() -> list[tuple[str, Document]]:
-        nonlocal last
-        chunks = await execution_chunks(db, execution_id, first=max(last[0], 0))
-        rows = [r for r in execution_records(chunks, flt) if r[0] > last]
-        if rows:
-            last = rows[-1][0]
-        return [(position_text(p), rec) for p, rec in rows]
-
-    closed_polls = 0
-
-    async def finished() -> bool:
-        # Closed, and one more poll after that found nothing: the worker ships its last
-        # records within a second of the run's end.
-        nonlocal closed_polls
-        run = await reader.execution(execution_id)
-        if run is None or run.get("status") in _TERMINAL:
-            closed_polls += 1
-        return closed_polls > 2
-
-    return log_stream(fetch, finished, settings.api_sse_keepalive_seconds)
-
-
 # --- traces ---------------------------------------------------------------------------
 
 
-async def _run_and_events(
-    reader: Reader, db: Database, execution_id: str
-) -> tuple[Document, list[Event]]:
+async def _run_and_events(reader: CallerReader, execution_id: str) -> tuple[Document, list[Event]]:
     run = await existing_execution(reader, execution_id)
     events = [
         e
-        for c in await read_commits_after(db[COMMITS], execution_id, 0)
+        for c in await reader.commits.read_after(execution_id, 0)
         for e in c.events
         if e.run_id == run["run_id"]
     ]
@@ -259,7 +154,7 @@ def _execution_fields(run: Document) -> Document:
 
 @router.get("/v1/workflows/executions/{execution_id}/trace/info", responses=declared(200, 401, 404))
 async def get_workflow_execution_trace_info(
-    who: Authed, reader: Reader, execution_id: str
+    who: Authorized, reader: CallerReader, execution_id: str
 ) -> Response:
     """No tracing backend: the trace is built from the history (the other trace routes)."""
     await existing_execution(reader, execution_id)
@@ -268,9 +163,9 @@ async def get_workflow_execution_trace_info(
 
 @router.get("/v1/workflows/executions/{execution_id}/trace/otel", responses=declared(200, 401, 404))
 async def get_workflow_execution_trace_otel(
-    who: Authed, reader: Reader, db: Database, execution_id: str
+    who: Authorized, reader: CallerReader, execution_id: str
 ) -> Response:
-    run, events = await _run_and_events(reader, db, execution_id)
+    run, events = await _run_and_events(reader, execution_id)
     root = span_tree(run, events)
     trace = otel_trace(root)
     trace_id = trace["batches"][0]["scopeSpans"][0]["spans"][0]["traceId"]
@@ -288,9 +183,9 @@ async def get_workflow_execution_trace_otel(
     "/v1/workflows/executions/{execution_id}/trace/summary", responses=declared(200, 401, 404)
 )
 async def get_workflow_execution_trace_summary(
-    who: Authed, reader: Reader, db: Database, execution_id: str
+    who: Authorized, reader: CallerReader, execution_id: str
 ) -> Response:
-    run, events = await _run_and_events(reader, db, execution_id)
+    run, events = await _run_and_events(reader, execution_id)
     return json_body({**_execution_fields(run), "span_tree": span_tree(run, events).summary()})
 
 
@@ -299,16 +194,16 @@ async def get_workflow_execution_trace_summary(
     responses=declared(200, 401, 404, 422),
 )
 async def get_workflow_execution_trace_events(
-    who: Authed,
-    reader: Reader,
-    db: Database,
+    who: Authorized,
+    reader: CallerReader,
+    catalogue: Catalogue,
     execution_id: str,
     merge_same_id_events: bool = False,
     include_internal_events: bool = False,
 ) -> Response:
     """The run's events as trace events; `merge_same_id_events` keeps the last event of
     each activity / custom task (its latest state)."""
-    run, events = await _run_and_events(reader, db, execution_id)
+    run, events = await _run_and_events(reader, execution_id)
     shaped = [trace_event(e) for e in events]
     if not include_internal_events:
         shaped = [s for s in shaped if not s["internal"]]
@@ -328,8 +223,8 @@ async def get_workflow_execution_trace_events(
 
 @router.get("/v1/workflows/{workflow_name}/metrics", responses=declared(200, 401, 404, 422))
 async def get_workflow_metrics(
-    who: Authed,
-    api: Wired,
+    who: Authorized,
+    reader: CallerReader,
     workflow_name: str,
     start_time: datetime | None = None,
     end_time: datetime | None = None,
@@ -342,20 +237,9 @@ async def get_workflow_metrics(
     end = utc(end_time) or datetime.now(UTC)
     start = utc(start_time) or end - timedelta(days=1)
     if start > end:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {"loc": ["query", "start_time"], "msg": "after end_time", "type": "value_error"}
-            ],
-        )
-    query: Document = {"workflow_name": workflow_name, "start_time": {"$gte": start, "$lte": end}}
-    if api.access.separate:
-        query["user_id"] = who.user_id
-    runs = (
-        await api.db[RUNS]
-        .find(query, {"status": 1, "total_duration_ms": 1, "start_time": 1, "attempt": 1})
-        .to_list(METRICS_MAX_RUNS)
-    )
+        raise errors.invalid(["query", "start_time"], "after end_time")
+    flt = RunFilter(workflow_name=workflow_name, start_time_after=start, start_time_before=end)
+    runs = await reader.rows(flt, METRICS_MAX_RUNS)
     return json_body(workflow_metrics(runs, start, end))
 
 

@@ -9,11 +9,10 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from services.api.deps import Identified, RunsReader
+from services.api.deps import CallerReader, Identified
 from services.api.errors import invalid, not_found
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVERY_ROUTE, declared
-from services.api.run_list import BadPageToken, BadSearchKey, RunFilter, parse_search_keys
 from services.api.run_reader import (
     MAX_HISTORY_PAGE,
     HistoryPage,
@@ -28,6 +27,9 @@ from services.api.shapes import (
     history_body,
     list_item_from_run,
 )
+from services.common.clock import to_milliseconds
+from services.common.readmodels.run_filter import BadPageToken, RunFilter
+from services.common.readmodels.search_keys import BadSearchKey, parse_search_keys
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared(*EVERY_ROUTE))
 
@@ -43,7 +45,7 @@ def _json(model: BaseModel) -> Response:
 @router.get("/v1/workflows/runs", response_model=ExecutionList, responses=declared(400))
 async def list_runs(
     who: Identified,
-    reader: RunsReader,
+    reader: CallerReader,
     workflow_identifier: str | None = None,
     root_execution_id: str | None = None,
     search: str | None = None,
@@ -97,7 +99,7 @@ async def list_runs(
 
 
 @router.get("/v1/workflows/runs/{run_id}", response_model=Execution, responses=declared(404))
-async def get_run(who: Identified, reader: RunsReader, run_id: str) -> Response:
+async def get_run(who: Identified, reader: CallerReader, run_id: str) -> Response:
     run = await reader.run(run_id)
     if run is None:
         raise not_found("run", run_id)
@@ -123,7 +125,7 @@ HistoryToken = Annotated[
 @router.get("/v1/workflows/runs/{run_id}/history", responses=declared(400, 404))
 async def get_run_history(
     who: Identified,
-    reader: RunsReader,
+    reader: CallerReader,
     run_id: str,
     decode_payloads: bool = True,
     page_size: HistoryPageSize = None,
@@ -150,7 +152,7 @@ async def get_run_history(
     "/v1/workflows/executions/{execution_id}", response_model=Execution, responses=declared(404)
 )
 async def get_execution(
-    who: Identified, reader: RunsReader, execution_id: str, include_search_keys: bool = False
+    who: Identified, reader: CallerReader, execution_id: str, include_search_keys: bool = False
 ) -> Response:
     run = await reader.execution(execution_id)
     if run is None:
@@ -161,7 +163,7 @@ async def get_execution(
 @router.get("/v1/workflows/executions/{execution_id}/history", responses=declared(400, 404))
 async def get_execution_history(
     who: Identified,
-    reader: RunsReader,
+    reader: CallerReader,
     execution_id: str,
     decode_payloads: bool = True,
     page_size: HistoryPageSize = None,
@@ -199,7 +201,7 @@ def _history(page: HistoryPage) -> Response:
 
 
 def floor_ms(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return None if value is None else to_milliseconds(value)
 
 
 def ceil_ms(value: datetime | None) -> datetime | None:

@@ -7,28 +7,36 @@ their runs. Trigger-now is the one start the API sends itself.
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
 from schemas.schedules import (
     DEFAULT_CATCHUP_WINDOW_SECONDS,
-    SUPPORTED_OVERLAP,
-    Interval,
-    OverlapPolicy,
     StoredSchedule,
-    parse_duration,
     schedule_execution_id,
     schedule_start,
-    upcoming,
 )
 from services.api import errors
 from services.api.auth import Caller
+from services.api.command_sending import apply_command
 from services.api.deps import Identified, Wired
 from services.api.responses import EVERY_ROUTE, declared
-from services.api.routes_commands import apply_command, workflow_name_from_path
+from services.api.schedule_shapes import (
+    NoteRequest,
+    ScheduleIdOut,
+    ScheduleListOut,
+    ScheduleOut,
+    ScheduleRequest,
+    ScheduleUpdateRequest,
+    TriggerRequest,
+    apply_fields,
+    schedule_out,
+    timing_changed,
+    validated,
+)
+from services.api.workflow_names import workflow_name_from_path
 from services.common.clock import utcnow
 from services.common.ids import new_id
 from services.common.schedule_store import MongoScheduleStore
@@ -36,225 +44,20 @@ from services.common.schedule_store import MongoScheduleStore
 # Every route can answer these (auth, request limits and deadlines, failure budget).
 router = APIRouter(responses=declared(*EVERY_ROUTE))
 
-_FUTURE_SHOWN = 5
-_NOT_FOUND: dict[str, Any] = {
-    "description": "No such schedule (or another user's, in separate mode)",
-    "content": {"application/json": {}},
+# A schedule id names no execution: another user's schedule answers 404 like an unknown
+# one (`_owned`).
+_NO_CONTENT: dict[str, Any] = {
+    "status_code": 204,
+    "response_class": Response,
+    "responses": declared(404),
 }
-_INVALID: dict[str, Any] = {
-    "description": "Invalid request (FastAPI's validation error shape)",
-    "content": {"application/json": {}},
-}
-_JSON: dict[str, Any] = {"application/json": {}}
-_UNAUTHORIZED: dict[str, Any] = {"description": "Missing or unknown API key", "content": _JSON}
-
-
-# --- request bodies (as the SDK sends them; unknown fields ignored) ----------------------
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class IntervalIn(_Request):
-    every: str
-    offset: str | None = None
-
-
-class PolicyIn(_Request):
-    catchup_window_seconds: int | None = Field(default=None, ge=0)
-    overlap: int | None = None
-    pause_on_failure: bool | None = None
-
-
-class ScheduleFields(_Request):
-    """`PartialScheduleDefinition`: every field optional; only those sent change."""
-
-    input: Any = None
-    calendars: list[dict[str, Any]] | None = None
-    intervals: list[IntervalIn] | None = None
-    cron_expressions: list[str] | None = None
-    skip: list[dict[str, Any]] | None = None
-    start_at: datetime | None = None
-    end_at: datetime | None = None
-    jitter: str | None = None
-    time_zone_name: str | None = None
-    policy: PolicyIn | None = None
-    max_executions: int | None = Field(default=None, ge=0)
-
-
-class ScheduleDefinitionIn(ScheduleFields):
-    schedule_id: str | None = None
-
-
-class ScheduleRequest(_Request):
-    """`WorkflowScheduleRequest`."""
-
-    schedule: ScheduleDefinitionIn
-    workflow_registration_id: str | None = None
-    workflow_version_id: str | None = None
-    workflow_identifier: str | None = None
-    workflow_task_queue: str | None = None
-    schedule_id: str | None = None
-    deployment_name: str | None = None
-
-
-class ScheduleUpdateRequest(_Request):
-    schedule: ScheduleFields
-
-
-class NoteRequest(_Request):
-    note: str | None = Field(default=None, max_length=2000)
-
-
-class TriggerRequest(_Request):
-    overlap: int | None = None
-
-
-# --- responses (the shapes the SDK parses) -----------------------------------------------
-
-
-class ScheduleIdOut(BaseModel):
-    schedule_id: str
-
-
-class IntervalOut(BaseModel):
-    every: str
-    offset: str | None = None
-
-
-class PolicyOut(BaseModel):
-    catchup_window_seconds: int
-    overlap: int
-    pause_on_failure: bool
-
-
-class FutureOut(BaseModel):
-    scheduled_at: datetime
-
-
-class RecentOut(BaseModel):
-    scheduled_at: datetime
-    started_at: datetime
-    execution_id: str
-
-
-class ScheduleOut(BaseModel):
-    """`ScheduleDefinitionOutput`."""
-
-    input: Any = None
-    schedule_id: str
-    workflow_name: str
-    paused: bool
-    calendars: list[dict[str, Any]] = []
-    intervals: list[IntervalOut] = []
-    cron_expressions: list[str] = []
-    skip: list[dict[str, Any]] = []
-    start_at: datetime | None = None
-    end_at: datetime | None = None
-    jitter: str | None = None
-    time_zone_name: str | None = None
-    policy: PolicyOut
-    remaining_executions: int | None = None
-    deployment_name: str | None = None
-    note: str | None = None
-    future_executions: list[FutureOut] = []
-    recent_executions: list[RecentOut] = []
-
-
-class ScheduleListOut(BaseModel):
-    schedules: list[ScheduleOut]
-    next_page_token: str | None = None
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 
 def _store(api: Wired) -> MongoScheduleStore:
-    return MongoScheduleStore(api.db)
-
-
-def _seconds_text(seconds: float) -> str:
-    return f"{seconds:g}s"
-
-
-def _duration(loc: list[str | int], text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise errors.invalid(loc, str(exc)) from exc
-
-
-def _apply_fields(base: dict[str, Any], fields: ScheduleFields, loc: str) -> dict[str, Any]:
-    """`base` (StoredSchedule fields) with the fields the client sent; 422 on what Runstore
-    does not support (calendars, skip, overlap policies other than 1, 2, 6)."""
-    sent = fields.model_fields_set
-    out = dict(base)
-    if fields.calendars or fields.skip:
-        raise errors.invalid(
-            ["body", loc, "calendars" if fields.calendars else "skip"],
-            "calendar specifications are not supported; use cron_expressions (with "
-            "time_zone_name) or intervals",
-        )
-    if "input" in sent:
-        out["input"] = fields.input
-    if "cron_expressions" in sent:
-        out["cron_expressions"] = tuple(fields.cron_expressions or ())
-    if "intervals" in sent:
-        out["intervals"] = tuple(
-            Interval(
-                every_seconds=_duration(["body", loc, "intervals", i, "every"], iv.every),
-                offset_seconds=(
-                    _duration(["body", loc, "intervals", i, "offset"], iv.offset)
-                    if iv.offset
-                    else 0.0
-                ),
-            )
-            for i, iv in enumerate(fields.intervals or ())
-        )
-    for name in ("start_at", "end_at", "time_zone_name", "max_executions"):
-        if name in sent:
-            out[name] = getattr(fields, name)
-    if "jitter" in sent:
-        out["jitter_seconds"] = (
-            _duration(["body", loc, "jitter"], fields.jitter) if fields.jitter else 0.0
-        )
-    if fields.policy is not None:
-        policy = fields.policy
-        if policy.overlap is not None:
-            try:
-                overlap = OverlapPolicy(policy.overlap)
-            except ValueError as exc:
-                raise errors.invalid(
-                    ["body", loc, "policy", "overlap"], "overlap must be 1..6"
-                ) from exc
-            if overlap not in SUPPORTED_OVERLAP:
-                raise errors.invalid(
-                    ["body", loc, "policy", "overlap"],
-                    f"overlap {overlap.value} ({overlap.name}) is not supported; use 1 (SKIP), "
-                    "2 (BUFFER_ONE) or 6 (ALLOW_ALL)",
-                )
-            out["overlap"] = overlap
-        if policy.catchup_window_seconds is not None:
-            out["catchup_window_seconds"] = policy.catchup_window_seconds
-        if policy.pause_on_failure is not None:
-            out["pause_on_failure"] = policy.pause_on_failure
-    return out
-
-
-def _validated(fields: dict[str, Any], loc: str) -> StoredSchedule:
-    try:
-        schedule = StoredSchedule.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise errors.invalid(["body", loc, *first["loc"]], first["msg"]) from exc
-    if not schedule.cron_expressions and not schedule.intervals:
-        raise errors.invalid(
-            ["body", loc], "a schedule needs at least one cron expression or interval"
-        )
-    if schedule.start_at and schedule.end_at and schedule.end_at <= schedule.start_at:
-        raise errors.invalid(["body", loc, "end_at"], "end_at must be after start_at")
-    return schedule
+    return api.schedules
 
 
 async def _owned(api: Wired, who: Caller, schedule_id: str) -> StoredSchedule:
@@ -265,53 +68,9 @@ async def _owned(api: Wired, who: Caller, schedule_id: str) -> StoredSchedule:
     return schedule
 
 
-def _timing_changed(before: StoredSchedule, after: StoredSchedule) -> bool:
-    fields = ("cron_expressions", "intervals", "start_at", "time_zone_name", "jitter_seconds")
-    return any(getattr(before, f) != getattr(after, f) for f in fields)
-
-
 async def _render(api: Wired, schedule: StoredSchedule) -> ScheduleOut:
     state = await _store(api).state(schedule.schedule_id) or {}
-    fired = int(state.get("fired_count", 0))
-    now = utcnow()
-    future = (
-        []
-        if schedule.paused
-        else upcoming(schedule, max(now, schedule.active_since), _FUTURE_SHOWN)
-    )
-    remaining = None
-    if schedule.max_executions is not None:
-        remaining = max(0, schedule.max_executions - fired)
-        if remaining == 0:
-            future = []
-    return ScheduleOut(
-        input=schedule.input,
-        schedule_id=schedule.schedule_id,
-        workflow_name=schedule.workflow_name,
-        paused=schedule.paused,
-        intervals=[
-            IntervalOut(
-                every=_seconds_text(i.every_seconds),
-                offset=_seconds_text(i.offset_seconds) if i.offset_seconds else None,
-            )
-            for i in schedule.intervals
-        ],
-        cron_expressions=list(schedule.cron_expressions),
-        start_at=schedule.start_at,
-        end_at=schedule.end_at,
-        jitter=_seconds_text(schedule.jitter_seconds) if schedule.jitter_seconds else None,
-        time_zone_name=schedule.time_zone_name,
-        policy=PolicyOut(
-            catchup_window_seconds=int(schedule.catchup_window_seconds),
-            overlap=schedule.overlap.value,
-            pause_on_failure=schedule.pause_on_failure,
-        ),
-        remaining_executions=remaining,
-        deployment_name=schedule.deployment_name,
-        note=schedule.note,
-        future_executions=[FutureOut(scheduled_at=t) for t in future],
-        recent_executions=[RecentOut(**r) for r in reversed(state.get("recent", []))],
-    )
+    return schedule_out(schedule, state, utcnow())
 
 
 def _json(model: BaseModel, status_code: int = 200) -> Response:
@@ -327,7 +86,6 @@ ScheduleId = Annotated[str, Path(min_length=1, max_length=256)]
 @router.get(
     "/v1/workflows/schedules",
     response_model=ScheduleListOut,
-    responses={401: _UNAUTHORIZED, 422: _INVALID},
 )
 async def get_schedules(
     who: Identified,
@@ -375,11 +133,7 @@ async def get_schedules(
     "/v1/workflows/schedules",
     status_code=201,
     response_model=ScheduleIdOut,
-    responses={
-        401: _UNAUTHORIZED,
-        409: {"description": "The schedule id is taken", "content": _JSON},
-        422: _INVALID,
-    },
+    responses=declared(409),
 )
 async def schedule_workflow(who: Identified, api: Wired, body: ScheduleRequest) -> Response:
     identifier = (
@@ -397,7 +151,7 @@ async def schedule_workflow(who: Identified, api: Wired, body: ScheduleRequest) 
         "created_at": now,
         "active_since": now,
     }
-    schedule = _validated(_apply_fields(base, body.schedule, "schedule"), "schedule")
+    schedule = validated(apply_fields(base, body.schedule, "schedule"), "schedule")
     if not await _store(api).create(schedule):
         raise HTTPException(
             status_code=409, detail=f"schedule_exists: schedule {schedule.schedule_id!r} exists"
@@ -408,7 +162,7 @@ async def schedule_workflow(who: Identified, api: Wired, body: ScheduleRequest) 
 @router.get(
     "/v1/workflows/schedules/{schedule_id}",
     response_model=ScheduleOut,
-    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+    responses=declared(404),
 )
 async def get_schedule(who: Identified, api: Wired, schedule_id: ScheduleId) -> Response:
     return _json(await _render(api, await _owned(api, who, schedule_id)))
@@ -417,15 +171,15 @@ async def get_schedule(who: Identified, api: Wired, schedule_id: ScheduleId) -> 
 @router.patch(
     "/v1/workflows/schedules/{schedule_id}",
     response_model=ScheduleIdOut,
-    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND, 422: _INVALID},
+    responses=declared(404),
 )
 async def update_schedule(
     who: Identified, api: Wired, schedule_id: ScheduleId, body: ScheduleUpdateRequest
 ) -> Response:
     before = await _owned(api, who, schedule_id)
-    fields = _apply_fields(before.model_dump(), body.schedule, "schedule")
-    after = _validated(fields, "schedule")
-    if _timing_changed(before, after):
+    fields = apply_fields(before.model_dump(), body.schedule, "schedule")
+    after = validated(fields, "schedule")
+    if timing_changed(before, after):
         # A new timing starts now: times it would have had in the past are not fired.
         after = after.model_copy(update={"active_since": utcnow()})
     await _store(api).replace(after)
@@ -434,9 +188,7 @@ async def update_schedule(
 
 @router.delete(
     "/v1/workflows/schedules/{schedule_id}",
-    status_code=204,
-    response_class=Response,
-    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+    **_NO_CONTENT,
 )
 async def unschedule_workflow(who: Identified, api: Wired, schedule_id: ScheduleId) -> Response:
     await _owned(api, who, schedule_id)
@@ -457,9 +209,7 @@ async def _set_paused(
 
 @router.post(
     "/v1/workflows/schedules/{schedule_id}/pause",
-    status_code=204,
-    response_class=Response,
-    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+    **_NO_CONTENT,
 )
 async def pause_schedule(
     who: Identified, api: Wired, schedule_id: ScheduleId, body: NoteRequest | None = None
@@ -469,9 +219,7 @@ async def pause_schedule(
 
 @router.post(
     "/v1/workflows/schedules/{schedule_id}/resume",
-    status_code=204,
-    response_class=Response,
-    responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+    **_NO_CONTENT,
 )
 async def resume_schedule(
     who: Identified, api: Wired, schedule_id: ScheduleId, body: NoteRequest | None = None
@@ -483,12 +231,7 @@ async def resume_schedule(
     "/v1/workflows/schedules/{schedule_id}/trigger",
     status_code=204,
     response_class=Response,
-    responses={
-        401: _UNAUTHORIZED,
-        404: _NOT_FOUND,
-        503: {"description": "The start could not be published", "content": _JSON},
-        504: {"description": "The engine did not answer in time", "content": _JSON},
-    },
+    responses=declared(404, 503, 504),
 )
 async def trigger_schedule(
     who: Identified,

@@ -11,26 +11,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 
+from schemas.common import ExecutionStatus
 from schemas.events import EventType
 from services.api import errors
 from services.api.access import execution_query, existing_execution, known_execution_id
-from services.api.deps import Access, Authed, Database, Fanout, Reader, Settings
+from services.api.broker_stream import BrokerStream, decode_kafka_id
+from services.api.deps import Access, Authorized, CallerReader, Fanout, Settings
+from services.api.execution_stream import ExecutionStream
 from services.api.public_events import BEFORE_ALL, Position, parse_position
 from services.api.request_json import StrictJsonRoute
 from services.api.responses import EVENT_STREAM, EVERY_ROUTE, EventStreamResponse, declared_json
-from services.api.sse import (
-    BrokerStream,
-    EventFilter,
-    ExecutionStream,
-    decode_kafka_id,
-    guarded,
-)
-from services.common.commit_log import COMMITS
+from services.api.sse import SSE_HEADERS, EventFilter, guarded
 
 router = APIRouter(route_class=StrictJsonRoute, responses=declared_json(*EVERY_ROUTE))
 
 PUBLIC_EVENT_TYPES = frozenset(t.value for t in EventType if t.is_public)
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _EVENTS_STREAM_PARAMS = frozenset(
     {
         "scope",
@@ -56,10 +51,9 @@ LastEventIdHeader = Annotated[str | None, Header(alias="last-event-id", max_leng
     responses={**EVENT_STREAM, **declared_json(404)},
 )
 async def execution_stream(
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     fanout: Fanout,
-    db: Database,
     settings: Settings,
     execution_id: str,
     event_source: Literal["DATABASE", "LIVE", "HYBRID"] = "HYBRID",
@@ -71,13 +65,13 @@ async def execution_stream(
     stream = ExecutionStream(
         execution_id=execution_id,
         fanout=fanout,
-        commits=db[COMMITS],
+        commits=reader.commits,
         keepalive_seconds=settings.api_sse_keepalive_seconds,
         after=after,
         history=event_source != "LIVE",
         live=event_source != "DATABASE",
         end_when_closed=True,
-        closed_at_open=run["status"] not in ("RUNNING", "RETRYING_AFTER_ERROR"),
+        closed_at_open=not ExecutionStatus(run["status"]).is_open,
     )
     return _sse(guarded(stream.frames(), lambda: f"stream of execution {execution_id}"))
 
@@ -89,17 +83,17 @@ async def execution_stream(
 )
 async def events_stream(
     request: Request,
-    who: Authed,
+    who: Authorized,
     access: Access,
     fanout: Fanout,
-    db: Database,
+    reader: CallerReader,
     settings: Settings,
     scope: Literal["activity", "workflow", "*"] = "*",
     activity_name: str = "*",
     activity_id: str = "*",
     workflow_name: str = "*",
     # Every parameter naming an execution is declared with `execution_query`: in separate
-    # mode `Authed` then checks that each names one of the caller's executions (404).
+    # mode `Authorized` then checks that each names one of the caller's executions (404).
     workflow_exec_id: Annotated[str, execution_query()] = "*",
     root_workflow_exec_id: Annotated[str, execution_query()] = "*",
     parent_workflow_exec_id: Annotated[str, execution_query()] = "*",
@@ -139,7 +133,7 @@ async def events_stream(
         or flt.stream
     )
     if access.separate and named is None:
-        # (Each execution named was checked by `Authed`: the caller's, or 404.)
+        # (Each execution named was checked by `Authorized`: the caller's, or 404.)
         raise errors.invalid(
             ["query", "workflow_exec_id"],
             "name workflow_exec_id, root_workflow_exec_id, parent_workflow_exec_id or stream "
@@ -164,7 +158,7 @@ async def events_stream(
         session = ExecutionStream(
             execution_id=single,
             fanout=fanout,
-            commits=db[COMMITS],
+            commits=reader.commits,
             keepalive_seconds=settings.api_sse_keepalive_seconds,
             after=after,
             end_when_closed=False,
@@ -214,4 +208,4 @@ def _position(text: str | None, name: str) -> Position:
 
 
 def _sse(frames: AsyncIterator[bytes]) -> EventStreamResponse:
-    return EventStreamResponse(frames, headers=_SSE_HEADERS)
+    return EventStreamResponse(frames, headers=SSE_HEADERS)

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
-from schemas.common import TERMINAL_STATUSES, ExecutionStatus
+from schemas.common import ExecutionStatus
 from schemas.replies import WorkerReply
 from schemas.tasks import WorkflowTask
 from services.api import errors
 from services.api.access import existing_execution
 from services.api.auth import Caller
+from services.api.command_sending import IdempotencyKey
 from services.api.command_shapes import InvocationRequest, QueryResponse, UpdateResponse
-from services.api.deps import Authed, Reader
+from services.api.deps import Authorized, CallerReader
 from services.api.responses import EVERY_ROUTE, declared
 from services.api.worker_requests import NoReply, WorkerRequests
 from services.common.ids import derived_id, new_id
@@ -36,7 +37,6 @@ router = APIRouter(responses=declared(*EVERY_ROUTE))
 
 Document = dict[str, Any]
 ExecutionId = Annotated[str, Path()]
-IdempotencyKey = Annotated[str | None, Header(max_length=255)]
 
 
 class ErrorBody(BaseModel):
@@ -50,8 +50,8 @@ class ErrorBody(BaseModel):
 )
 async def query(
     request: Request,
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     execution_id: ExecutionId,
     body: InvocationRequest,
 ) -> QueryResponse:
@@ -67,14 +67,14 @@ async def query(
 )
 async def update(
     request: Request,
-    who: Authed,
-    reader: Reader,
+    who: Authorized,
+    reader: CallerReader,
     execution_id: ExecutionId,
     body: InvocationRequest,
     idempotency_key: IdempotencyKey = None,
 ) -> UpdateResponse:
     run = await existing_execution(reader, execution_id)
-    if ExecutionStatus(run["status"]) in TERMINAL_STATUSES:
+    if not ExecutionStatus(run["status"]).is_open:
         raise HTTPException(
             status_code=409,
             detail=f"execution_already_closed: execution {execution_id!r} is "

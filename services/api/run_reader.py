@@ -32,33 +32,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
-
 from schemas.commits import Commit
-from schemas.common import TERMINAL_STATUSES
+from schemas.common import ExecutionStatus
 from schemas.events import Event
-from services.api.run_list import PROCESS_TOKENS, BadPageToken, Cursor, PageTokens, RunFilter
-from services.common.commit_log import COMMITS, locate_run, read_commit
-from services.common.readmodels.mongo_store import load_by_ids
-from services.common.readmodels.projection import (
-    HISTORY_CHUNK,
-    LIST_FIELDS,
-    apply_to_execution,
-    apply_to_run,
-    chunk_body_text,
-    chunk_event_texts,
+from services.api.page_tokens import PROCESS_TOKENS, PageTokens
+from services.common.commit_log import CommitLog
+from services.common.readmodels.history_chunks import (
     event_text,
     history_chunk_range,
-    is_newer,
+    texts_between,
 )
+from services.common.readmodels.projection import apply_to_execution, apply_to_run, is_newer
+from services.common.readmodels.reader import ReadModelReader
+from services.common.readmodels.run_filter import BadPageToken, Cursor, RunFilter
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 
 Document = dict[str, Any]
 
-_FINAL = frozenset(s.value for s in TERMINAL_STATUSES)
-# Most commits read at once while catching up with the event store.
-_COMMIT_WINDOW = 32
-_LIST_PROJECTION = dict.fromkeys(LIST_FIELDS, 1)
 MAX_HISTORY_PAGE = 1000
 """Largest `page_size` of the history paging extension."""
 
@@ -85,12 +75,11 @@ class HistoryPage:
 
 
 class RunReader:
-    def __init__(self, db: AsyncDatabase[Document], tokens: PageTokens | None = None) -> None:
-        self._db = db
-        self._runs = db[RUNS]
-        self._executions = db[EXECUTIONS]
-        self._history = db[HISTORY]
-        self._commits = db[COMMITS]
+    def __init__(
+        self, models: ReadModelReader, commits: CommitLog, tokens: PageTokens | None = None
+    ) -> None:
+        self.models = models
+        self.commits = commits
         self.tokens = tokens or PROCESS_TOKENS
 
     def _visible(self, run: Document) -> bool:
@@ -135,15 +124,15 @@ class RunReader:
     async def _latest(
         self, execution_id: str, span: _Span | None
     ) -> tuple[RunView, dict[str, Document]] | None:
-        pointer = await self._executions.find_one({"_id": execution_id})
+        pointer = await self.models.get(EXECUTIONS, execution_id)
         if pointer is None:
             # Not projected yet: every event of the execution is in its commits.
-            view = _view_from_commits(await self._commits_after(execution_id, 0))
+            view = _view_from_commits(await self.commits.read_after(execution_id, 0))
             return (view, {}) if view is not None else None
         latest = str(pointer["latest_run_id"])
         row, newer, chunks = await asyncio.gather(
-            self._runs.find_one({"_id": latest}),
-            self._commits_after(execution_id, int(pointer["seq"])),
+            self.models.get(RUNS, latest),
+            self.commits.read_after(execution_id, int(pointer["seq"])),
             self._first_chunks(latest, span),
         )
         for event in (e for c in newer for e in c.events):
@@ -165,34 +154,34 @@ class RunReader:
         self, run_id: str, span: _Span | None
     ) -> tuple[RunView, dict[str, Document]] | None:
         row, chunks = await asyncio.gather(
-            self._runs.find_one({"_id": run_id}), self._first_chunks(run_id, span)
+            self.models.get(RUNS, run_id), self._first_chunks(run_id, span)
         )
         if row is not None:
             projected = int(row.get("event_count", 0))
             more = self._more_chunks(run_id, span, projected, chunks)
-            if row["status"] in _FINAL:
+            if not ExecutionStatus(row["status"]).is_open:
                 # Nothing follows a run's terminal event (a reset or restart opens another
                 # run), and the projector wrote its history before the row: it is final.
                 chunks.update(await more)
                 return RunView(row, projected, []), chunks
             newer, extra = await asyncio.gather(
-                self._commits_after(str(row["execution_id"]), int(row["seq"])), more
+                self.commits.read_after(str(row["execution_id"]), int(row["seq"])), more
             )
             chunks.update(extra)
             view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
             assert view is not None
             return view, chunks
         # Not projected (yet): the engine's locator names its execution.
-        execution_id = await locate_run(self._db, run_id)
+        execution_id = await self.commits.locate_run(run_id)
         if execution_id is None:
             return None
-        pointer = await self._executions.find_one({"_id": execution_id})
+        pointer = await self.models.get(EXECUTIONS, execution_id)
         seq = int(pointer["seq"]) if pointer else 0
         # Read again now that the pointer is known: a pointer at `seq` means the run's row
         # holds every event of the run up to `seq` (or the run has none up to there).
-        row = await self._runs.find_one({"_id": run_id})
+        row = await self.models.get(RUNS, run_id)
         after = max(seq, int(row["seq"]) if row else 0)
-        newer = await self._commits_after(execution_id, after)
+        newer = await self.commits.read_after(execution_id, after)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
         return (view, {}) if view is not None else None
 
@@ -202,7 +191,7 @@ class RunReader:
         if span is None:
             return {}
         last = span.after + (span.limit or 1)
-        return await load_by_ids(self._history, history_chunk_range(run_id, span.after + 1, last))
+        return await self.models.load(HISTORY, history_chunk_range(run_id, span.after + 1, last))
 
     async def _more_chunks(
         self, run_id: str, span: _Span | None, projected: int, have: Mapping[str, Document]
@@ -212,24 +201,7 @@ class RunReader:
             return {}
         last = projected if span.limit is None else min(projected, span.after + span.limit)
         ids = [i for i in history_chunk_range(run_id, span.after + 1, last) if i not in have]
-        return await load_by_ids(self._history, ids) if ids else {}
-
-    async def _commits_after(self, execution_id: str, seq: int) -> list[Commit]:
-        """Commits after `seq`, by `_id`, until one is missing. Usually there is none
-        (one read); when the projector is far behind, the reads go out in growing
-        concurrent windows instead of one round trip per commit."""
-        found: list[Commit] = []
-        window = 1
-        while True:
-            start = seq + len(found) + 1
-            batch = await asyncio.gather(
-                *(read_commit(self._commits, execution_id, s) for s in range(start, start + window))
-            )
-            for commit in batch:
-                if commit is None:
-                    return found
-                found.append(commit)
-            window = min(window * 2, _COMMIT_WINDOW)
+        return await self.models.load(HISTORY, ids) if ids else {}
 
     async def _page(
         self, found: tuple[RunView, dict[str, Document]] | None, after: int, limit: int | None
@@ -254,10 +226,10 @@ class RunReader:
         lack events (read at the same time as a row written after them)."""
         if last < first:
             return []
-        texts = _texts_between(chunks, run_id, first, last)
+        texts = texts_between(chunks, run_id, first, last)
         if texts is None:
             ids = history_chunk_range(run_id, first, last)
-            texts = _texts_between(await load_by_ids(self._history, ids), run_id, first, last)
+            texts = texts_between(await self.models.load(HISTORY, ids), run_id, first, last)
         if texts is None:
             raise RuntimeError(
                 f"the history chunks of run {run_id!r} lack events of {first}..{last} "
@@ -275,16 +247,26 @@ class RunReader:
         Raises BadPageToken for a token not made for `flt`.
         """
         after: Cursor | None = self.tokens.read(flt, token) if token else None
-        rows: list[Document] = []
-        for query in flt.page_queries(after):
-            want = page_size + 1 - len(rows)
-            cursor = self._runs.find(query, _LIST_PROJECTION).sort(flt.sort()).limit(want)
-            rows += await cursor.to_list()
-            if len(rows) > page_size:
-                break
+        rows = await self.models.list_runs(flt, after, page_size + 1)
         if len(rows) <= page_size:
             return rows, None
         return rows[:page_size], self.tokens.make(flt, rows[page_size - 1])
+
+    async def rows(self, flt: RunFilter, limit: int) -> list[Document]:
+        """Up to `limit` list rows matching `flt`, unpaged (for aggregates)."""
+        return await self.models.list_runs(flt, None, limit)
+
+    async def execution_tree(self, root_execution_id: str, limit: int) -> list[str]:
+        """The executions of a root's tree this reader shows, in start order (then id)."""
+        flt = RunFilter(root_execution_id=root_execution_id, order="asc")
+        rows = await self.models.list_runs(flt, None, limit)
+        rows.sort(key=lambda r: (r["start_time"], r["execution_id"]))
+        seen: list[str] = []
+        for row in rows:
+            eid = str(row["execution_id"])
+            if eid not in seen and await self.execution(eid) is not None:
+                seen.append(eid)
+        return seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,32 +297,6 @@ def _view_from_commits(commits: list[Commit]) -> RunView | None:
         return None
     latest = pointer["latest_run_id"]
     return _fold(None, [e for c in commits for e in c.events if e.run_id == latest])
-
-
-def _texts_between(
-    chunks: Mapping[str, Document], run_id: str, first: int, last: int
-) -> list[str] | None:
-    """The event texts `first`..`last` held by `chunks`, or None if one is missing."""
-    texts: list[str] = []
-    for c in range((first - 1) // HISTORY_CHUNK, (last - 1) // HISTORY_CHUNK + 1):
-        chunk = chunks.get(f"{run_id}:{c:06d}")
-        if chunk is None:
-            return None
-        low, high = max(first, c * HISTORY_CHUNK + 1), min(last, (c + 1) * HISTORY_CHUNK)
-        if "body" in chunk:
-            held_first, held_last = int(chunk["first"]), int(chunk["last"])
-            if int(chunk["count"]) == held_last - held_first + 1:
-                # Without holes (always, in practice): slice the lines, parse nothing.
-                if not held_first <= low <= high <= held_last:
-                    return None
-                lines = chunk_body_text(chunk).split("\n")
-                texts += lines[low - held_first : high - held_first + 1]
-                continue
-        held = dict(chunk_event_texts(chunk))
-        if any(n not in held for n in range(low, high + 1)):
-            return None
-        texts += [held[n] for n in range(low, high + 1)]
-    return texts
 
 
 def _parsed(page: HistoryPage | None) -> tuple[Document, list[Document]] | None:

@@ -38,12 +38,7 @@ class TopicTail:
         self._task = asyncio.create_task(self._follow(consumer), name=f"tail:{self._topic}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_following(self._task, self._consumer)
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -51,3 +46,15 @@ class TopicTail:
             for records in batches.values():
                 for record in records:
                     self._handle(record.value)
+
+
+async def stop_following(
+    task: asyncio.Task[None] | None, consumer: AIOKafkaConsumer | None
+) -> None:
+    """Stop a task that follows a topic, then its consumer (either may not exist yet)."""
+    if task is not None:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    if consumer is not None:
+        await consumer.stop()

@@ -24,3 +24,10 @@ def ns_to_datetime(ns: int) -> datetime:
     paid twice per command.
     """
     return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def to_milliseconds(value: datetime) -> datetime:
+    """`value` truncated to the millisecond: what a BSON date keeps. Every time the read
+    side stores or answers goes through here, so a value computed in memory equals the
+    same value read back from MongoDB."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)

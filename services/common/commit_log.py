@@ -1,12 +1,19 @@
-"""Reading and writing commit documents: shared by the engine's event store (which
-appends) and the API (which folds commits the projector has not applied yet)."""
+"""The commit log: how every reader of the event store's commits reads them (the port),
+and how a commit is stored as a MongoDB document (shared by the engine's event store,
+which appends, and `MongoCommitLog`, which reads).
+
+Readers: the projector (gaps and rebuilds), the API (point reads folding the commits the
+projector has not applied yet, SSE history, the events list, traces). Adapters:
+`services/common/mongo_commit_log.py` and `services/common/memory_commit_log.py`, both
+held to `tests/contract/test_commit_log.py`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commits import Commit, commit_id
 
@@ -19,6 +26,30 @@ so a run the projector has not written yet is found by one `_id` read (and an un
 id is a miss, not a scan)."""
 
 
+class CommitLog(Protocol):
+    """Read access to the stored commits. Every read but `scan` is by `_id`."""
+
+    async def get(self, execution_id: str, seq: int) -> Commit | None:
+        """One commit by its position; None if it is not stored."""
+
+    async def read_after(
+        self, execution_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Commit]:
+        """The execution's commits after `after_seq`, in seq order, up to the first seq
+        that is not stored (at most `limit` of them)."""
+
+    def scan(self) -> AsyncIterator[Commit]:
+        """Every commit in `_id` order (`{execution_id}:{seq:012d}`): each execution's
+        commits in seq order (for a rebuild)."""
+        ...  # pragma: no cover
+
+    async def count(self) -> int:
+        """About how many commits `scan` yields (for progress output)."""
+
+    async def locate_run(self, run_id: str) -> str | None:
+        """The execution a run belongs to, once the engine has opened (or is opening) it."""
+
+
 def commit_to_doc(commit: Commit) -> Document:
     """A commit as stored: the fields indexes and operators use at the top level, and the
     whole commit as JSON text in `body`.
@@ -26,9 +57,8 @@ def commit_to_doc(commit: Commit) -> Document:
     The body is opaque to the database on purpose (as event stores keep event payloads):
     nothing queries inside it, and a document of a few flat fields is several times
     cheaper to insert and read than the nested one (FerretDB converts and indexes every
-    nested field; see bench/engine_throughput.py). Fields that are None are left out of
-    the body (they read back as their default, None): about a third fewer bytes per
-    commit, for the engine to encode and the database to store.
+    nested field; docs/engine-performance.md). Fields that are None are left out of the
+    body (they read back as their default, None).
     """
     return {
         "_id": commit.doc_id,
@@ -43,31 +73,14 @@ def commit_to_doc(commit: Commit) -> Document:
 
 
 def commit_from_doc(doc: Document) -> Commit:
-    body = doc.get("body")
-    if isinstance(body, str):
-        return Commit.model_validate_json(body)
-    # Written before bodies existed: the commit's fields at the top level.
-    return Commit.model_validate({k: v for k, v in doc.items() if k != "_id"})
+    """The commit a `commit_to_doc` document holds."""
+    return Commit.model_validate_json(doc["body"])
 
 
 async def read_commit(
     commits: AsyncCollection[Document], execution_id: str, seq: int
 ) -> Commit | None:
+    """One commit by `_id` from the commits collection (`MongoCommitLog.get`; the engine's
+    event store reads through it too)."""
     doc = await commits.find_one({"_id": commit_id(execution_id, seq)})
     return commit_from_doc(doc) if doc else None
-
-
-async def read_commits_after(
-    commits: AsyncCollection[Document], execution_id: str, after_seq: int
-) -> list[Commit]:
-    """Commits after `after_seq`, probing `_id`s until one is missing."""
-    found: list[Commit] = []
-    while (c := await read_commit(commits, execution_id, after_seq + len(found) + 1)) is not None:
-        found.append(c)
-    return found
-
-
-async def locate_run(db: AsyncDatabase[Document], run_id: str) -> str | None:
-    """The execution a run belongs to, if the engine has opened (or is opening) it."""
-    doc = await db[RUN_LOCATORS].find_one({"_id": run_id})
-    return str(doc["execution_id"]) if doc else None

@@ -28,6 +28,11 @@ def mongo_database(
 
 DUPLICATE_KEY = 11000
 
+POINT_READ_CONCURRENCY = 32
+"""Most `_id` reads one call keeps in flight: enough to hide round trips (FerretDB answers
+`$in` with a scan, so batches there are concurrent point reads), few enough for the
+connection pool (maxPoolSize 64)."""
+
 
 async def insert_unless_present(
     coll: AsyncCollection[Document], docs: Sequence[Document]
@@ -48,19 +53,28 @@ async def insert_unless_present(
     return set()
 
 
-_IS_FERRETDB: dict[int, bool] = {}
-
-
 async def is_ferretdb(db: AsyncDatabase[Document]) -> bool:
-    """Whether the server is FerretDB (asked once per client, via buildInfo).
+    """Whether the server is FerretDB (one buildInfo round trip: adapters ask once and
+    keep the answer, see `ServerKind`).
 
     Both servers get the same operations; only how many go in one request differs:
     FerretDB scans for `$in` while its `_id` point reads use an index (see
     deploy/local/ferretdb/idindex.go), and its bulk updates slow down super-linearly with
     the number of statements in one command.
     """
-    key = id(db.client)
-    if key not in _IS_FERRETDB:
-        info = await db.client.admin.command("buildInfo")
-        _IS_FERRETDB[key] = "ferretdbVersion" in info
-    return _IS_FERRETDB[key]
+    info = await db.client.admin.command("buildInfo")
+    return "ferretdbVersion" in info
+
+
+class ServerKind:
+    """`is_ferretdb` of one database, asked on first use and then remembered (by the
+    adapter that owns this object, so nothing outlives its client)."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._db = db
+        self._ferretdb: bool | None = None
+
+    async def ferretdb(self) -> bool:
+        if self._ferretdb is None:
+            self._ferretdb = await is_ferretdb(self._db)
+        return self._ferretdb

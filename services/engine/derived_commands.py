@@ -28,13 +28,12 @@ from schemas.events import (
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionStarted,
+    closes_run,
 )
 from services.common.clock import ns_to_datetime
 
 if TYPE_CHECKING:  # not at run time: the domain imports the worker protocol's modules
     from services.engine.domain import Context, ExecutionState, Rejected
-
-_CLOSING = frozenset(t for t, status in STATUS_AFTER.items() if status.is_terminal)
 
 
 def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionState) -> list[Command]:
@@ -72,7 +71,7 @@ def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionStat
                         issued_at,
                     )
                 )
-        elif event.type in _CLOSING and not reset:
+        elif closes_run(event) and not reset:
             # A reset's TERMINATED ends a run another one replaces: not a close the parent
             # or the children should see (documented in docs/domain.md).
             commands.extend(_closing_commands(event, state, issued_at))

@@ -383,7 +383,7 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
     run_id = p.run_id or ctx.new_run_id
     _require_fresh_run_id(state, cmd, run_id)
     commit = _Commit.after(state, cmd, ctx)
-    root = p.root_execution_id or p.parent_execution_id or cmd.execution_id
+    root = cmd.root_execution_id
     commit.open_run(run_id, p.workflow_name, root, p.parent_execution_id)
     env = commit.stamp()
     attributes = StartedAttributes(

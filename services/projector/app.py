@@ -23,10 +23,10 @@ from services.common.metrics import (
     observe_consumed,
 )
 from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
 from services.common.stream_service import seek_back, service_app
-from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.parking import ParkedExecutions, is_transient
 from services.projector.projector import Projector
 
@@ -106,8 +106,8 @@ class ParkedRetries:
 
 
 def _raw_records(message: KafkaMessage) -> object:
-    """The handler parses the records itself: skip FastStream's decoding of each one
-    (~5 % of the projector's CPU, measured with py-spy)."""
+    """The handler parses the records itself: skip FastStream's decoding of each one (a
+    visible share of the projector's CPU; docs/read-models.md, "Measurements")."""
     return message.raw_message
 
 
@@ -121,7 +121,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     store_latency = STORE_LATENCY.labels("projector")
     projector = Projector(
         store,
-        MongoCommitSource(db),
+        MongoCommitLog(db),
         memory_bytes=settings.projector_memory_mb << 20,
         parking=parking,
     )

@@ -1,8 +1,8 @@
 """Applies a batch of events to the read models: fold in memory, write each changed
 document once, by inserts wherever the document is new.
 
-What a batch costs the database (on FerretDB a point read costs about 4 inserted
-documents, a replace 6; measured 0.66, 1.0 and 0.16 ms of its CPU):
+What a batch costs the database (on FerretDB a point read or a replace costs several
+inserts; docs/read-models.md, "Measurements"):
 
 - an execution whose first event in the batch is its very first (`seq` 1, index 0) is
   assumed new: nothing is read, and its run rows, history chunks and pointer are
@@ -28,19 +28,17 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from schemas.commits import Commit
 from schemas.events import Event
-from services.common.readmodels.projection import ReadModelDocs, history_chunk_id, project
+from services.common.commit_log import CommitLog
+from services.common.readmodels.history_chunks import history_chunk_id
+from services.common.readmodels.projection import ReadModelDocs, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
-from services.projector.commit_source import CommitSource
 from services.projector.parking import ParkedExecutions, is_transient
 
 log = logging.getLogger(__name__)
 
 # Memory a remembered execution is charged beyond its history bodies (pointer, run row).
 _ENTRY_BYTES = 2048
-# Commits read per round trip when a parked execution is retried.
-_RETRY_READ = 100
 
 
 @dataclass(slots=True)
@@ -57,8 +55,6 @@ def _doc_size(doc: Document) -> int:
     body = doc.get("body")
     if isinstance(body, str | bytes):
         return len(body) + 200
-    if "events" in doc:  # a chunk of the earlier format: too big to guess; never kept
-        return 1 << 30
     return 200
 
 
@@ -133,7 +129,7 @@ class Projector:
     def __init__(
         self,
         store: ReadModelStore,
-        commits: CommitSource | None = None,
+        commits: CommitLog | None = None,
         memory_bytes: int = 64 << 20,
         parking: ParkedExecutions | None = None,
     ) -> None:
@@ -199,13 +195,7 @@ class Projector:
             raise RuntimeError("retry_parked needs parking and a commit source")
         pointer = (await self._store.load(EXECUTIONS, {execution_id})).get(execution_id)
         after = int(pointer["seq"]) if pointer else 0
-        commits: list[Commit] = []
-        while True:
-            first = after + 1 + len(commits)
-            found = await self._commits.read(execution_id, range(first, first + _RETRY_READ))
-            commits.extend(found)
-            if len(found) < _RETRY_READ:
-                break
+        commits = await self._commits.read_after(execution_id, after)
         self.known.drop(execution_id)
         events = [e for c in commits for e in c.events]
         if events and not await self._apply_or_park(execution_id, events, None, after + 1):
@@ -324,16 +314,16 @@ class Projector:
         if self._commits is None:
             return events
         last = dict(seen)
-        missing: dict[int, tuple[str, list[int]]] = {}  # event index -> (execution, seqs)
+        missing: dict[int, tuple[str, int, int]] = {}  # event index -> (execution, after, n)
         for i, e in enumerate(events):
             upto = last.get(e.execution_id, 0)
             if e.seq > upto + 1:
-                missing[i] = (e.execution_id, list(range(upto + 1, e.seq)))
+                missing[i] = (e.execution_id, upto, e.seq - 1 - upto)
             last[e.execution_id] = max(upto, e.seq)
         if not missing:
             return events
         fetched = await asyncio.gather(
-            *(self._commits.read(execution_id, seqs) for execution_id, seqs in missing.values())
+            *(self._commits.read_after(x, after, limit=n) for x, after, n in missing.values())
         )
         fills = dict(zip(missing, fetched, strict=True))
         out: list[Event] = []

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.events import Event
+from services.common.commit_log import CommitLog
 from services.common.readmodels.projection import ReadModelDocs, ids_touched, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
-from services.projector.commit_source import CommitSource
 from services.projector.parking import ParkedExecutions, is_transient
 
 Progress = Callable[[int, int], None]
@@ -36,7 +36,7 @@ class RebuildReport:
 
 async def rebuild(
     store: ReadModelStore,
-    commits: CommitSource,
+    commits: CommitLog,
     *,
     batch_events: int = 5000,
     progress: Progress | None = None,

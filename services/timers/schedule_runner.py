@@ -16,6 +16,7 @@ from aiokafka.partitioner import murmur2
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commands import COMMAND_ADAPTER
+from schemas.common import ExecutionStatus
 from schemas.schedules import (
     OverlapPolicy,
     StoredSchedule,
@@ -36,7 +37,6 @@ from services.timers.stats import TimerStats
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
-_OPEN = frozenset({"RUNNING", "RETRYING_AFTER_ERROR"})
 _MAX_FIRINGS_PER_PASS = 100
 _RECENT = 10
 _PASS_SECONDS = 0.1
@@ -176,7 +176,7 @@ class ScheduleRunner:
             recent = self._started_at(execution_id)
             return recent is not None and utcnow() - recent < _UNPROJECTED_GRACE
         run = await self._db[RUNS].find_one({"_id": pointer["latest_run_id"]})
-        return run is not None and run.get("status") in _OPEN
+        return run is not None and ExecutionStatus(run["status"]).is_open
 
     def _started_at(self, execution_id: str) -> datetime | None:
         for state in self._states.values():

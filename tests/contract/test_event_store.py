@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 from schemas.commits import Commit, SourcePosition
 from schemas.common import Payload
 from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
-from services.common.commit_log import locate_run
+from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import AppendFailure, AppendReport
 from services.engine.event_store import EventStoreAdapter as EventStore
 from services.engine.memory_event_store import MemoryEventStore
@@ -226,14 +226,15 @@ class TestMongoEventStore(EventStoreContract):
     async def test_a_run_is_locatable_once_its_start_is_appended(
         self, store: EventStore, db: Any
     ) -> None:
-        assert await locate_run(db, "run-1") is None
+        commits = MongoCommitLog(db)
+        assert await commits.locate_run("run-1") is None
         await store.append([make_commit("e1", 1)])  # opens run-1
-        assert await locate_run(db, "run-1") == "e1"
+        assert await commits.locate_run("run-1") == "e1"
         # Appending again (a retry after a crash) finds the locator there: no error.
         report = await store.append([make_commit("e1", 1, command_id="again")])
         assert report.failure is AppendFailure.CONFLICT
         assert await store.append_first([make_commit("e1", 1, command_id="again")]) == {0}
-        assert await locate_run(db, "run-1") == "e1"
+        assert await commits.locate_run("run-1") == "e1"
 
     async def test_commits_are_stored_as_flat_fields_and_a_json_body(
         self, store: EventStore, db: Any

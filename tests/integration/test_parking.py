@@ -14,9 +14,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commits import Commit
 from services.common.commit_log import COMMITS, commit_to_doc
+from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import EXECUTIONS, RUNS
-from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.parking import (
     ParkedExecutions,
     parked_count,
@@ -64,7 +64,7 @@ async def test_an_execution_that_cannot_be_projected_is_parked_and_the_others_go
     store = MongoReadModelStore(mongo_db)
     await store.setup()
     parking = ParkedExecutions(mongo_db)
-    projector = Projector(store, MongoCommitSource(mongo_db), parking=parking)
+    projector = Projector(store, MongoCommitLog(mongo_db), parking=parking)
 
     await projector.apply(w.all_events(), {"poisoned": 3})  # one batch: no exception
 
@@ -109,7 +109,7 @@ async def test_a_rebuild_parks_what_it_cannot_project_and_rebuilds_the_rest(mong
     await store_commits(mongo_db, w)
     store = MongoReadModelStore(mongo_db)
     parking = ParkedExecutions(mongo_db)
-    report = await rebuild(store, MongoCommitSource(mongo_db), parking=parking)
+    report = await rebuild(store, MongoCommitLog(mongo_db), parking=parking)
     assert report.parked == 1
     assert [d["_id"] for d in await parked_executions(mongo_db)] == ["poisoned"]
     pointers = await store.snapshot(EXECUTIONS)

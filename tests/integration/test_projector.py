@@ -13,12 +13,20 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.run_reader import RunReader
+from services.common.mongo_commit_log import MongoCommitLog
+from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import EXECUTIONS, HISTORY, READ_MODELS, RUNS
 from services.engine.mongo_event_store import MongoEventStore
-from services.projector.mongo_commit_source import MongoCommitSource
 from services.projector.projector import Projector
 from tests.unit.test_projection import Workload, mixed_workload
+
+
+def mongo_reader(db: Any) -> RunReader:
+    """The API's reader over `db`."""
+    models, commits = MongoReadModelReader(db), MongoCommitLog(db)
+    return RunReader(models, commits)
+
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -112,7 +120,7 @@ async def test_a_lost_commit_is_filled_from_the_event_store(mongo_db: Db) -> Non
     lost = {(c.execution_id, c.seq) for c in w.commits[::2] if c.seq < last[c.execution_id]}
     assert len(lost) >= 3
     kept = [e for e in events if (e.execution_id, e.seq) not in lost]
-    await Projector(store, MongoCommitSource(mongo_db)).apply(kept)
+    await Projector(store, MongoCommitLog(mongo_db)).apply(kept)
     assert await snapshot(store) == expected
 
 
@@ -128,7 +136,7 @@ async def test_point_reads_fold_commits_the_projector_has_not_applied(mongo_db: 
     w.signal("a")
     w.start("b")  # an execution the projector never saw
     await store_commits(mongo_db, w)
-    reader = RunReader(mongo_db)
+    reader = mongo_reader(mongo_db)
 
     latest = await reader.execution("a")
     assert latest is not None and latest["run_id"] == second_run
@@ -166,7 +174,7 @@ async def test_history_reads_join_projected_chunks_and_newer_commits(mongo_db: D
     w.signals("a", 90)
     w.complete("a", result=3)
     await store_commits(mongo_db, w)
-    found = await RunReader(mongo_db).run_history(w.run_id("a"))
+    found = await mongo_reader(mongo_db).run_history(w.run_id("a"))
     assert found is not None
     run, history = found
     assert run["status"] == "COMPLETED" and run["event_count"] == 212

@@ -1,6 +1,6 @@
 """History pages of the RunReader against the real MongoDB-protocol server: projected
-chunks, commits the projector has not applied yet, chunks read before their row, chunks of
-the earlier format, and the per-user view."""
+chunks, commits the projector has not applied yet, chunks read before their row, and the
+per-user view."""
 
 from __future__ import annotations
 
@@ -11,12 +11,23 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.access import OwnedRunReader
 from services.api.run_reader import RunReader
+from services.common.mongo_commit_log import MongoCommitLog
+from services.common.readmodels.history_chunks import event_json, history_chunk_id
+from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
-from services.common.readmodels.projection import event_json, history_chunk_id
 from services.common.readmodels.store import HISTORY, RUNS
 from services.projector.projector import Projector
 from tests.integration.test_projector import store_commits
 from tests.unit.test_projection import Workload
+
+
+def mongo_reader(db: Any, user_id: str | None = None) -> RunReader:
+    """The API's reader over `db`: every run, or (with `user_id`) that user's."""
+    models, commits = MongoReadModelReader(db), MongoCommitLog(db)
+    if user_id is None:
+        return RunReader(models, commits)
+    return OwnedRunReader(models, commits, user_id)
+
 
 Db = AsyncDatabase[dict[str, Any]]
 
@@ -42,7 +53,7 @@ async def test_pages_of_a_closed_run_walk_its_history_once(mongo_db: Db) -> None
     w.signals("a", 248)
     w.complete("a", result=1)
     await Projector(MongoReadModelStore(mongo_db)).apply(w.all_events())
-    reader = RunReader(mongo_db)
+    reader = mongo_reader(mongo_db)
     run_id = w.run_id("a")
 
     whole = await reader.run_history_page(run_id)
@@ -64,7 +75,7 @@ async def test_pages_join_projected_chunks_and_newer_commits(mongo_db: Db) -> No
     await Projector(MongoReadModelStore(mongo_db)).apply(w.all_events())  # 120 projected
     w.signals("a", 90)
     await store_commits(mongo_db, w)  # the engine stored 210; the projector saw 120
-    reader = RunReader(mongo_db)
+    reader = mongo_reader(mongo_db)
     run_id = w.run_id("a")
     for size in (50, 120, 7):
         walked = await pages(reader, run_id, size)
@@ -81,7 +92,7 @@ async def test_an_execution_the_projector_never_saw_is_read_from_its_commits(mon
     w.signal("fresh")
     w.reset("fresh", event_id=1)
     await store_commits(mongo_db, w)
-    reader = RunReader(mongo_db)
+    reader = mongo_reader(mongo_db)
     page = await reader.execution_history_page("fresh", 0, 2)
     assert page is not None and page.run["run_id"] == w.run_id("fresh")
     assert [json.loads(t)["type"] for t in page.events] == [
@@ -102,31 +113,10 @@ async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: D
     await Projector(store).apply(events[:4])
     stale = await store.load(HISTORY, [history_chunk_id(w.run_id("a"), 1)])
     await Projector(store).apply(events[4:])
-    reader = RunReader(mongo_db)
+    reader = mongo_reader(mongo_db)
     # What `run_history_page` does when the chunk it read with the row predates the row.
     texts = await reader._chunk_texts(w.run_id("a"), 1, 10, stale)
     assert numbers(texts) == list(range(1, 11))
-
-
-async def test_chunks_of_the_earlier_format_are_read(mongo_db: Db) -> None:
-    w = Workload()
-    w.start("a")
-    w.signals("a", 4)
-    w.complete("a")
-    events = w.all_events()
-    store = MongoReadModelStore(mongo_db)
-    await Projector(store).apply(events)
-    run_id = w.run_id("a")
-    legacy = {
-        "_id": history_chunk_id(run_id, 1),
-        "run_id": run_id,
-        "events": {str(e.event_number): event_json(e) for e in events},
-    }
-    await mongo_db[HISTORY].replace_one({"_id": legacy["_id"]}, legacy)
-    found = await RunReader(mongo_db).run_history(run_id)
-    assert found is not None and found[1] == [event_json(e) for e in events]
-    page = await RunReader(mongo_db).run_history_page(run_id, 2, 2)
-    assert page is not None and numbers(page.events) == [3, 4]
 
 
 async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:
@@ -134,8 +124,23 @@ async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:
     w.start("a", user_id="alice")
     await Projector(MongoReadModelStore(mongo_db)).apply(w.all_events())
     run_id = w.run_id("a")
-    assert await OwnedRunReader(mongo_db, "alice").run_history_page(run_id, 0, 10) is not None
-    assert await OwnedRunReader(mongo_db, "bob").run_history_page(run_id, 0, 10) is None
-    assert await OwnedRunReader(mongo_db, "bob").execution_history_page("a") is None
-    assert await OwnedRunReader(mongo_db, "bob").run(run_id) is None
+    assert (
+        await OwnedRunReader(
+            MongoReadModelReader(mongo_db), MongoCommitLog(mongo_db), "alice"
+        ).run_history_page(run_id, 0, 10)
+        is not None
+    )
+    assert (
+        await OwnedRunReader(
+            MongoReadModelReader(mongo_db), MongoCommitLog(mongo_db), "bob"
+        ).run_history_page(run_id, 0, 10)
+        is None
+    )
+    assert (
+        await OwnedRunReader(
+            MongoReadModelReader(mongo_db), MongoCommitLog(mongo_db), "bob"
+        ).execution_history_page("a")
+        is None
+    )
+    assert await mongo_reader(mongo_db, "bob").run(run_id) is None
     assert (await mongo_db[RUNS].find_one({"_id": run_id})) is not None

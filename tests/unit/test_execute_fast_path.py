@@ -28,6 +28,8 @@ from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway, OutcomeTimeout
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_reader import RunReader
+from services.common.memory_catalogue import MemoryCatalogue
+from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import AccessMode, ApiSettings
 
 DECIDED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -67,18 +69,6 @@ class EngineLikeGateway:
         )
 
 
-class EmptyCatalogue:
-    """A database without registered workflows (execute admits them: the setting)."""
-
-    name = "empty"
-
-    def __getitem__(self, collection: str) -> EmptyCatalogue:
-        return self
-
-    async def find_one(self, query: object) -> None:
-        return None
-
-
 def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
     settings = ApiSettings(api_allow_unregistered=True)
     keys = ApiKeys("k=alice")
@@ -89,7 +79,8 @@ def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
         fanout=cast("EventFanout", None),
         access=access,
         all_runs=cast("RunReader", None),
-        db=cast("Any", EmptyCatalogue()),
+        catalogue=MemoryCatalogue(),  # no workflow registered: execute admits (the setting)
+        schedules=cast("MongoScheduleStore", None),
     )
     app = FastAPI()
     app.state.settings, app.state.api_keys, app.state.access = settings, keys, access

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from services.api.run_list import Cursor, RunFilter, parse_search_keys
+from services.common.readmodels import run_query
 from services.common.readmodels.indexes import SELECTIVITY, Index, declared_indexes
+from services.common.readmodels.run_filter import Cursor, RunFilter
+from services.common.readmodels.search_keys import parse_search_keys
 from services.common.readmodels.store import RUNS
 
 T = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -135,22 +137,24 @@ def test_every_list_query_shape_is_served_by_a_declared_index(sort_by: str) -> N
     checked = 0
     for flt in (f for f in FILTERS if f.sort_by == sort_by):
         for cursor in cursors(flt):
-            for query in flt.page_queries(cursor):
+            for query in run_query.page_queries(flt, cursor):
                 eq = shape(query, flt.sort_by)
                 want = wanted_prefix(eq)
                 served = [
                     i
-                    for i in serving_indexes(query, flt.sort())
+                    for i in serving_indexes(query, run_query.sort(flt))
                     if want <= {k for k, _ in i.keys[:-2]}
                 ]
-                assert served, f"no index leads with {sorted(want)} for {query} {flt.sort()}"
+                assert served, (
+                    f"no index leads with {sorted(want)} for {query} {run_query.sort(flt)}"
+                )
                 checked += 1
     assert checked > 27000
 
 
 def test_sort_is_the_sort_field_then_id_in_one_direction() -> None:
     for flt in FILTERS:
-        (f, d), (tie, d2) = flt.sort()
+        (f, d), (tie, d2) = run_query.sort(flt)
         assert f == flt.sort_by and tie == "_id" and d == d2 == (-1 if flt.order == "desc" else 1)
 
 

@@ -9,7 +9,7 @@ so they are the events the engine would store and publish.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,20 +36,20 @@ from schemas.commands import (
 from schemas.commits import Commit
 from schemas.common import Failure
 from schemas.events import Event
-from services.common.readmodels.projection import (
+from services.common.memory_commit_log import MemoryCommitLog
+from services.common.readmodels.history_chunks import (
     HISTORY_CHUNK,
-    ReadModelDocs,
     apply_to_history,
-    apply_to_run,
     chunk_body_text,
     chunk_event_texts,
     event_json,
     events_of_chunks,
     history_chunk_ids,
-    project,
-    search_terms,
 )
-from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
+from services.common.readmodels.memory_store import MemoryReadModels
+from services.common.readmodels.projection import ReadModelDocs, apply_to_run, project
+from services.common.readmodels.search_keys import search_terms
+from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
 from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands
 from services.projector.projector import Projector
 
@@ -384,26 +384,6 @@ def test_history_event_arriving_out_of_order_finds_its_place() -> None:
     assert [n for n, _ in chunk_event_texts(holes)] == [1, 3]
 
 
-def test_history_chunks_of_the_earlier_format_are_read_and_upgraded_when_touched() -> None:
-    w = Workload()
-    w.start("a")
-    w.signal("a")
-    w.signal("a")
-    first, second, third = w.all_events()
-    legacy = {
-        "_id": f"{first.run_id}:000000",
-        "run_id": first.run_id,
-        "events": {"1": event_json(first), "2": event_json(second)},
-    }
-    assert events_of_chunks([legacy]) == {1: event_json(first), 2: event_json(second)}
-    assert apply_to_history(legacy, second) is legacy
-    upgraded = apply_to_history(legacy, third)
-    assert "events" not in upgraded and upgraded["count"] == 3
-    assert events_of_chunks([upgraded]) == {
-        e.event_number: event_json(e) for e in (first, second, third)
-    }
-
-
 # --- search keys and workflow tags -------------------------------------------------------------
 
 
@@ -452,67 +432,29 @@ def test_history_chunk_ids_of_an_empty_run_are_none() -> None:
 # --- the Projector on an in-memory store ------------------------------------------------------
 
 
-class MemoryStore:
-    """ReadModelStore in memory; counts bulk writes."""
+class MemoryCommits(MemoryCommitLog):
+    """The in-memory commit log, counting the reads of runs of commits."""
 
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Document]] = {RUNS: {}, EXECUTIONS: {}, HISTORY: {}}
-        self.writes: list[tuple[str, int]] = []
-
-    async def setup(self) -> None:
-        return None
-
-    async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
-        return {i: self.data[collection][i] for i in ids if i in self.data[collection]}
-
-    async def save(self, collection: str, docs: Mapping[str, Document]) -> None:
-        if docs:
-            self.writes.append((collection, len(docs)))
-            self.data[collection].update(docs)
-
-    async def insert(self, collection: str, docs: Mapping[str, Document]) -> None:
-        assert not set(docs) & set(self.data[collection]), "insert of an existing _id"
-        await self.save(collection, docs)
-
-    async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
-        existing = set(docs) & set(self.data[collection])
-        await self.save(collection, {i: d for i, d in docs.items() if i not in existing})
-        return existing
-
-    async def drop_all(self) -> None:
-        for c in self.data.values():
-            c.clear()
-
-    async def snapshot(self, collection: str) -> dict[str, Document]:
-        return dict(self.data[collection])
-
-
-class MemoryCommits:
     def __init__(self, commits: Sequence[Commit]) -> None:
-        self.commits = list(commits)
+        super().__init__(commits)
         self.reads = 0
 
-    async def read(self, execution_id: str, seqs: Sequence[int]) -> list[Commit]:
+    async def read_after(
+        self, execution_id: str, after_seq: int, limit: int | None = None
+    ) -> list[Commit]:
         self.reads += 1
-        return [c for c in self.commits if c.execution_id == execution_id and c.seq in seqs]
-
-    async def scan(self) -> AsyncIterator[Commit]:
-        for c in sorted(self.commits, key=lambda c: (c.execution_id, c.seq)):
-            yield c
-
-    async def count(self) -> int:
-        return len(self.commits)
+        return await super().read_after(execution_id, after_seq, limit)
 
 
 async def test_projector_writes_each_batch_with_one_bulk_write_per_collection() -> None:
-    store = MemoryStore()
+    store = MemoryReadModels()
     await Projector(store).apply(mixed_workload().all_events())
     assert [c for c, _ in store.writes] == [HISTORY, RUNS, EXECUTIONS]
 
 
 async def test_projector_applied_twice_equals_applied_once() -> None:
     events = mixed_workload().all_events()
-    once, twice = MemoryStore(), MemoryStore()
+    once, twice = MemoryReadModels(), MemoryReadModels()
     await Projector(once).apply(events)
     await Projector(twice).apply(events)
     writes = len(twice.writes)
@@ -524,12 +466,12 @@ async def test_projector_applied_twice_equals_applied_once() -> None:
 async def test_projector_fills_a_gap_from_the_event_store() -> None:
     w = mixed_workload()
     events = w.all_events()
-    full = MemoryStore()
+    full = MemoryReadModels()
     await Projector(full).apply(events)
     # Lose every event of commit 2 of execution "a" and deliver the rest.
     lost = {(e.execution_id, e.seq) for e in events if e.execution_id == "a" and e.seq == 2}
     commits = MemoryCommits(w.commits)
-    gappy = MemoryStore()
+    gappy = MemoryReadModels()
     await Projector(gappy, commits).apply(
         [e for e in events if (e.execution_id, e.seq) not in lost]
     )
@@ -540,9 +482,9 @@ async def test_projector_fills_a_gap_from_the_event_store() -> None:
 async def test_projector_fills_a_gap_across_batches_and_after_reordering() -> None:
     w = mixed_workload()
     events = w.all_events()
-    full = MemoryStore()
+    full = MemoryReadModels()
     await Projector(full).apply(events)
-    store = MemoryStore()
+    store = MemoryReadModels()
     projector = Projector(store, MemoryCommits(w.commits))
     later = [e for e in events if e.seq >= 2]
     earlier = [e for e in events if e.seq < 2]

@@ -14,12 +14,13 @@ from collections.abc import Collection, Mapping
 import pytest
 
 from schemas.events import Event
+from services.common.readmodels.memory_store import MemoryReadModels
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
 from services.projector.projector import ConcurrentWriter, Projector
-from tests.unit.test_projection import MemoryStore, Workload, fold_all, mixed_workload
+from tests.unit.test_projection import Workload, fold_all, mixed_workload
 
 
-class CountingStore(MemoryStore):
+class CountingStore(MemoryReadModels):
     """Counts `_id` reads, inserts and replaces per collection."""
 
     def __init__(self) -> None:
@@ -37,9 +38,8 @@ class CountingStore(MemoryStore):
         await super().save(collection, docs)
 
     async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
-        existing = set(docs) & set(self.data[collection])
+        existing = await super().insert_new(collection, docs)
         self.inserted[collection] += len(docs) - len(existing)
-        self.data[collection].update({i: d for i, d in docs.items() if i not in existing})
         return existing
 
     def total(self, counts: dict[str, int]) -> int:

@@ -17,16 +17,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from services.api.run_list import (
-    BadPageToken,
+from services.api.page_tokens import PageTokens
+from services.common.readmodels import run_query
+from services.common.readmodels.run_filter import BadPageToken, Cursor, RunFilter
+from services.common.readmodels.search_keys import (
     BadSearchKey,
-    Cursor,
-    PageTokens,
-    RunFilter,
     SearchKeyFilter,
     parse_search_keys,
+    search_terms,
 )
-from services.common.readmodels.projection import search_terms
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 TOKENS = PageTokens(b"unit-test-key")
@@ -102,8 +101,8 @@ def page(
     """What RunReader.list_runs does, over `rows`."""
     after = read_token(flt, token) if token else None
     out: list[dict[str, Any]] = []
-    for query in flt.page_queries(after):
-        out += find(rows, query, flt.sort(), size + 1 - len(out))
+    for query in run_query.page_queries(flt, after):
+        out += find(rows, query, run_query.sort(flt), size + 1 - len(out))
         if len(out) > size:
             break
     if len(out) <= size:
@@ -377,7 +376,7 @@ def test_null_cursor_under_a_sort_without_nulls_is_refused() -> None:
     token = _signed([1, flt.fingerprint(), None, "run-1"])
     cursor = read_token(flt, token)
     with pytest.raises(BadPageToken, match="does not fit"):
-        flt.page_queries(cursor)
+        run_query.page_queries(flt, cursor)
 
 
 def test_token_signed_under_another_secret_is_refused_with_a_clear_message() -> None:
@@ -463,4 +462,7 @@ def test_similar_search_key_escapes_its_value_and_folds_case() -> None:
     rows[2]["search_keys"] = {"customer": "line\nbreak .*deal (eu)"}
     rows[2]["search_terms"] = search_terms(rows[2]["search_keys"])
     flt = RunFilter(search_keys=parse_search_keys(["customer:.*DEAL (eu"]))
-    assert sorted(r["_id"] for r in rows if matches(r, flt.query())) == ["run-000", "run-002"]
+    assert sorted(r["_id"] for r in rows if matches(r, run_query.query(flt))) == [
+        "run-000",
+        "run-002",
+    ]

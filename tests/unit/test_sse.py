@@ -18,6 +18,7 @@ from mistralai.client import Mistral, models
 from mistralai.extra.exceptions import StreamDisconnectedError
 
 from schemas.events import EVENT_ADAPTER, Event, EventType
+from services.api.broker_stream import decode_kafka_id, encode_kafka_id
 from services.api.public_events import (
     BEFORE_ALL,
     SIGNAL_TASK_TYPE,
@@ -26,15 +27,7 @@ from services.api.public_events import (
     public_event,
     sse_payload,
 )
-from services.api.sse import (
-    KEEPALIVE,
-    EventFilter,
-    decode_kafka_id,
-    encode_kafka_id,
-    error_frame,
-    frame,
-    guarded,
-)
+from services.api.sse import KEEPALIVE, EventFilter, error_frame, frame, guarded
 
 PAYLOAD = {"type": "json", "value": {"k": 1}}
 FAILURE = {"message": "boom", "type": "ValueError"}

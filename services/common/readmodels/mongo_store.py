@@ -9,18 +9,16 @@ from pymongo import ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.common.mongo import insert_unless_present, is_ferretdb
+from services.common.mongo import POINT_READ_CONCURRENCY, ServerKind, insert_unless_present
 from services.common.readmodels.indexes import declared_indexes
 from services.common.readmodels.store import READ_MODELS, Document
 
-# Concurrent point reads per call: enough to hide round trips, few enough for the pool.
-_READ_CONCURRENCY = 32
 # MongoDB serves `{_id: {$in: [...]}}` from the `_id` index in one round trip; FerretDB
 # answers `$in` with a full scan but `{_id: v}` from the index our wrapper adds, so there
 # the reads are concurrent point reads.
 _IN_BATCH = 1000
-# FerretDB slows down super-linearly with the statements of one bulk update (40: 0.1 s,
-# 100: over 20 s); in chunks of 10 it stays linear.
+# FerretDB slows down super-linearly with the statements of one bulk update; in chunks
+# of 10 it stays linear (docs/read-models.md, "Measurements").
 _FERRETDB_WRITE_CHUNK = 10
 _MONGODB_WRITE_CHUNK = 1000
 # Inserts have no such limit: FerretDB writes up to 100 documents per SQL statement.
@@ -30,26 +28,26 @@ _INSERT_CHUNK = 1000
 class MongoReadModelStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
+        self._server = ServerKind(db)
 
     async def setup(self) -> None:
-        if await is_ferretdb(self._db):
+        if await self._server.ferretdb():
             # FerretDB (SQLite backend) answers every filter but `{_id: v}` with a full
             # scan and sorts in memory, so a secondary index never serves a read there;
-            # it only costs writes (each run insert or replace updates every index:
-            # measured 3x the cost of an index-free collection).
+            # it only costs writes (each run insert or replace updates every index).
             return
         for collection, indexes in declared_indexes().items():
             for index in indexes:
                 await self._db[collection].create_index(list(index.keys), name=index.name)
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
-        return await load_by_ids(self._db[collection], ids)
+        return await load_by_ids(self._db[collection], ids, await self._server.ferretdb())
 
     async def save(self, collection: str, docs: Mapping[str, Document]) -> None:
         if not docs:
             return
         ops = [ReplaceOne({"_id": i}, d, upsert=True) for i, d in docs.items()]
-        chunk = _FERRETDB_WRITE_CHUNK if await is_ferretdb(self._db) else _MONGODB_WRITE_CHUNK
+        chunk = _FERRETDB_WRITE_CHUNK if await self._server.ferretdb() else _MONGODB_WRITE_CHUNK
         for k in range(0, len(ops), chunk):
             await self._db[collection].bulk_write(ops[k : k + chunk], ordered=False)
 
@@ -78,17 +76,19 @@ class MongoReadModelStore:
         return {d["_id"]: d async for d in self._db[collection].find({})}
 
 
-async def load_by_ids(coll: AsyncCollection[Document], ids: Collection[str]) -> dict[str, Document]:
+async def load_by_ids(
+    coll: AsyncCollection[Document], ids: Collection[str], ferretdb: bool
+) -> dict[str, Document]:
     """The documents among `ids`, by `_id` only (one `$in` on MongoDB, point reads on
     FerretDB)."""
     wanted = list(dict.fromkeys(ids))
-    if len(wanted) > 1 and not await is_ferretdb(coll.database):
+    if len(wanted) > 1 and not ferretdb:
         out: dict[str, Document] = {}
         for k in range(0, len(wanted), _IN_BATCH):
             async for doc in coll.find({"_id": {"$in": wanted[k : k + _IN_BATCH]}}):
                 out[doc["_id"]] = doc
         return out
-    gate = asyncio.Semaphore(_READ_CONCURRENCY)
+    gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
 
     async def one(doc_id: str) -> Document | None:
         async with gate:

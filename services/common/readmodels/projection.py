@@ -16,51 +16,27 @@ order always gives the same documents (what the rebuild relies on).
 
 from __future__ import annotations
 
-import json
-import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.events import STATUS_AFTER, Event, EventType
-from services.common.clock import ns_to_datetime
+from schemas.events import STATUS_AFTER, Event, EventType, closes_run
+from services.common.clock import ns_to_datetime, to_milliseconds
+from services.common.readmodels.history_chunks import (
+    apply_to_history,
+    history_chunk_id,
+    stored_chunk,
+)
+from services.common.readmodels.search_keys import search_terms
 
 Document = dict[str, Any]
-
-HISTORY_CHUNK = 100
-
-_ENDING = {
-    EventType.WORKFLOW_EXECUTION_COMPLETED,
-    EventType.WORKFLOW_EXECUTION_FAILED,
-    EventType.WORKFLOW_EXECUTION_CANCELED,
-    EventType.WORKFLOW_EXECUTION_TERMINATED,
-    EventType.WORKFLOW_EXECUTION_TIMED_OUT,
-    EventType.WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-}
-
-# Fields a list row needs; the rest of a run document (result, failure, search keys) is
-# only read by point reads, so list queries leave it on the server.
-LIST_FIELDS = (
-    "_id",
-    "run_id",
-    "execution_id",
-    "workflow_name",
-    "root_execution_id",
-    "parent_execution_id",
-    "deployment_name",
-    "user_id",
-    "status",
-    "start_time",
-    "end_time",
-    "total_duration_ms",
-)
 
 
 def read_model_time(ns: int) -> datetime:
     """Event time at millisecond precision: what BSON dates keep, so a document folded
     in memory equals the same document read back from the store."""
-    return ns_to_datetime(ns // 1_000_000 * 1_000_000)
+    return to_milliseconds(ns_to_datetime(ns))
 
 
 def position(event: Event) -> list[int]:
@@ -70,47 +46,6 @@ def position(event: Event) -> list[int]:
 def is_newer(event: Event, doc: Document | None) -> bool:
     """Whether `event` comes after everything `doc` already reflects."""
     return doc is None or position(event) > list(doc.get("position", [0, -1]))
-
-
-# --- search keys ----------------------------------------------------------------------
-# A run's search keys are matched through one array of terms, so that one multikey index
-# (`search_terms`, sort field, `_id`) serves every `search_key` filter form. Keys hold
-# only letters, digits, '_' and '-' (schemas.commands.SEARCH_KEY_PATTERN), so the ':'
-# after the kind and the '=' after the key are unambiguous.
-
-
-def search_key_set_term(key: str) -> str:
-    """Matches runs where `key` is set (to a value or to null): filter `key`."""
-    return f"set:{key}"
-
-
-def search_key_null_term(key: str) -> str:
-    """Matches runs where `key` is set to null: filter `key==`."""
-    return f"null:{key}"
-
-
-def search_key_exact_term(key: str, value: str) -> str:
-    """Matches runs where `key` is exactly `value`: filter `key==:value`."""
-    return f"eq:{key}={value}"
-
-
-def search_key_folded_prefix(key: str) -> str:
-    """Prefix of the term holding `key`'s value case-folded: filter `key:value` matches
-    runs having a term that starts with this and contains the folded value after it."""
-    return f"fold:{key}="
-
-
-def search_terms(search_keys: Mapping[str, str | None] | None) -> list[str]:
-    """The terms a run with these search keys is found by."""
-    terms: list[str] = []
-    for key, value in sorted((search_keys or {}).items()):
-        terms.append(search_key_set_term(key))
-        if value is None:
-            terms.append(search_key_null_term(key))
-        else:
-            terms.append(search_key_exact_term(key, value))
-            terms.append(search_key_folded_prefix(key) + value.casefold())
-    return terms
 
 
 def apply_to_run(run: Document | None, event: Event) -> Document | None:
@@ -153,7 +88,7 @@ def apply_to_run(run: Document | None, event: Event) -> Document | None:
         status = STATUS_AFTER.get(event.type)
         if status is not None:
             run["status"] = status.value
-        if event.type in _ENDING:
+        if closes_run(event):
             run["end_time"] = read_model_time(event.timestamp_ns)
             start_ms = round(run["start_time"].timestamp() * 1000)
             run["total_duration_ms"] = max(0, event.timestamp_ns // 1_000_000 - start_ms)
@@ -186,131 +121,6 @@ def apply_to_execution(pointer: Document | None, event: Event) -> Document | Non
         "position": position(event),
         "seq": event.seq,
     }
-
-
-def history_chunk_id(run_id: str, event_number: int) -> str:
-    return f"{run_id}:{(event_number - 1) // HISTORY_CHUNK:06d}"
-
-
-def history_chunk_ids(run_id: str, event_count: int) -> list[str]:
-    """The `_id`s of every chunk of a run with `event_count` events."""
-    return history_chunk_range(run_id, 1, event_count)
-
-
-def history_chunk_range(run_id: str, first: int, last: int) -> list[str]:
-    """The `_id`s of the chunks holding event numbers `first`..`last` (inclusive)."""
-    if last < first:
-        return []
-    low, high = (first - 1) // HISTORY_CHUNK, (last - 1) // HISTORY_CHUNK
-    return [f"{run_id}:{c:06d}" for c in range(low, high + 1)]
-
-
-def event_json(event: Event) -> Document:
-    """An event as the history endpoints show it: the stored event's fields as JSON."""
-    return event.model_dump(mode="json")
-
-
-def event_text(event: Event) -> str:
-    """`event_json` as JSON text (what a history chunk stores)."""
-    return event.model_dump_json()
-
-
-# History chunks keep their events as JSON text, one line per event in event_number
-# order, zlib-compressed, with the range they cover as plain numbers:
-#   {_id, run_id, first, last, count, body: zlib("<event json>\n<event json>\n...")}
-# The database never looks inside an event, and FerretDB reads a document of a few flat
-# fields and a small binary fast: a chunk of 100 nested events took ~20 ms to read, the
-# same events as text ~3.5 ms, compressed (5-15x smaller) ~0.9 ms, like any small
-# document. Readers splice the lines into a response without parsing them. JSON text
-# never holds a raw newline, so the separator is unambiguous. While a fold runs, a chunk
-# it changed holds its body as text; `ReadModelDocs.changes` compresses it once per batch.
-# The events of a run arrive in order (the projector fills gaps from the event store), so
-# a chunk normally holds `first`..`last` without holes (`count == last - first + 1`); an
-# event that arrives out of order still finds its place (the slow path below). Chunks
-# written before this format (`events: {"<event_number>": {...}}`) are read, and
-# rewritten when touched.
-_LINE = "\n"
-_ZLIB_LEVEL = 1  # ~0.1 ms for a 40 kB chunk; higher levels gain little on JSON
-
-
-def apply_to_history(chunk: Document | None, event: Event) -> Document:
-    """The history chunk holding `event`, with the event added if it was not already.
-
-    Returns `chunk` itself when the event is already there.
-    """
-    n = event.event_number
-    if chunk is not None and "events" in chunk:  # the format before text bodies
-        if str(n) in chunk["events"]:
-            return chunk
-        chunk = _chunk_of(chunk["_id"], chunk["run_id"], dict(chunk_event_texts(chunk)))
-    if chunk is None:
-        chunk_id = history_chunk_id(event.run_id, n)
-        return _chunk_of(chunk_id, event.run_id, {n: event_text(event)})
-    first, last, count = int(chunk["first"]), int(chunk["last"]), int(chunk["count"])
-    if n > last:
-        return {
-            **chunk,
-            "last": n,
-            "count": count + 1,
-            "body": chunk_body_text(chunk) + _LINE + event_text(event),
-        }
-    if count == last - first + 1 and n >= first:
-        return chunk  # within a chunk without holes: already there
-    texts = dict(chunk_event_texts(chunk))
-    if n in texts:
-        return chunk
-    texts[n] = event_text(event)
-    return _chunk_of(chunk["_id"], chunk["run_id"], texts)
-
-
-def _chunk_of(chunk_id: str, run_id: str, texts: Mapping[int, str]) -> Document:
-    numbers = sorted(texts)
-    return {
-        "_id": chunk_id,
-        "run_id": run_id,
-        "first": numbers[0],
-        "last": numbers[-1],
-        "count": len(numbers),
-        "body": _LINE.join(texts[n] for n in numbers),
-    }
-
-
-def chunk_event_texts(chunk: Document) -> Iterator[tuple[int, str]]:
-    """(event_number, event JSON text) of every event a chunk holds, in order."""
-    if "events" in chunk:  # the format before text bodies
-        for key, value in sorted(chunk["events"].items(), key=lambda kv: int(kv[0])):
-            yield int(key), json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        return
-    lines = chunk_body_text(chunk).split(_LINE)
-    first, last = int(chunk["first"]), int(chunk["last"])
-    if len(lines) == last - first + 1:
-        yield from zip(range(first, last + 1), lines, strict=True)
-        return
-    for line in lines:  # holes: each line names its own number
-        yield int(json.loads(line)["event_number"]), line
-
-
-def chunk_body_text(chunk: Document) -> str:
-    """The event lines of a chunk (of the text-body format), decompressed if stored."""
-    body = chunk["body"]
-    return zlib.decompress(body).decode() if isinstance(body, bytes) else str(body)
-
-
-def stored_chunk(chunk: Document) -> Document:
-    """A chunk as it is written: its body compressed."""
-    body = chunk.get("body")
-    if isinstance(body, str):
-        return {**chunk, "body": zlib.compress(body.encode(), _ZLIB_LEVEL)}
-    return chunk
-
-
-def events_of_chunks(chunks: Iterable[Document]) -> dict[int, Document]:
-    """The events stored in history chunks, parsed, by event_number."""
-    out: dict[int, Document] = {}
-    for chunk in chunks:
-        for number, text in chunk_event_texts(chunk):
-            out[number] = json.loads(text)
-    return out
 
 
 @dataclass
