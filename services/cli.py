@@ -17,6 +17,7 @@ from services.common.settings import (
     TimersSettings,
     WorkerSettings,
 )
+from services.common.tracing import setup_tracing
 
 
 def _run_engine() -> None:
@@ -24,6 +25,7 @@ def _run_engine() -> None:
 
     settings = EngineSettings()
     configure_logging(settings.log_level)
+    setup_tracing("runstore-engine", settings)
     app = build_app(settings)
     tune_gc()
     asyncio.run(app.run())
@@ -34,6 +36,7 @@ def _run_projector() -> None:
 
     settings = ProjectorSettings()
     configure_logging(settings.log_level)
+    setup_tracing("runstore-projector", settings)
     app = build_app(settings)
     tune_gc()
     asyncio.run(app.run())
@@ -47,6 +50,7 @@ def _run_api() -> None:
 
     settings = ApiSettings()
     configure_logging(settings.log_level)
+    setup_tracing("runstore-api", settings)
     app = build_app(settings)
     tune_gc()
     uvicorn.run(
@@ -74,6 +78,7 @@ def _run_timers() -> None:
 
     settings = TimersSettings()
     configure_logging(settings.log_level)
+    setup_tracing("runstore-timers", settings)
     app = build_app(settings)
     tune_gc()
     asyncio.run(app.run())
@@ -110,6 +115,7 @@ def _run_worker(modules: list[str], deployment: str | None) -> None:
 
     settings = WorkerSettings()
     configure_logging(settings.log_level)
+    setup_tracing("runstore-worker", settings)
     workflows, activities = discover(modules)
     if not workflows:
         raise SystemExit(f"no @workflow.define class found in {', '.join(modules)}")

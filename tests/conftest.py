@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 
 from services.common.settings import RunstoreSettings
 from tests.support.servers import REPO, kafka_server, mongo_server
-from tests.support.stack import Stack
+from tests.support.stack import CORE_SERVICES, Stack, StackWith, isolated_env, running
 
 REAL_INFRA_FIXTURES = {"kafka_bootstrap", "mongo_url"}
 
@@ -35,23 +35,6 @@ def kafka_bootstrap() -> Iterator[str]:
 def mongo_url() -> Iterator[str]:
     with mongo_server() as url:
         yield url
-
-
-def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
-    """Environment for services under test: real servers, private topics and database."""
-    tag = uuid.uuid4().hex[:10]
-    return {
-        "RUNSTORE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "RUNSTORE_MONGO_URL": mongo_url,
-        "RUNSTORE_MONGO_DATABASE": f"t_{tag}",
-        "RUNSTORE_TOPIC_PREFIX": f"t{tag}.",
-        "RUNSTORE_PARTITIONS": "4",
-        "RUNSTORE_API_KEYS": "test-key=alice,bob-key=bob",
-        # The suites start runs of workflows no worker registered (tests/sdk/test_catalogue.py
-        # turns this off to check the refusal).
-        "RUNSTORE_API_ALLOW_UNREGISTERED": "true",
-        "RUNSTORE_LOG_LEVEL": "INFO",
-    }
 
 
 @pytest.fixture
@@ -82,33 +65,39 @@ async def mongo_db(settings: RunstoreSettings) -> AsyncIterator[object]:
         await client.close()
 
 
-def _running_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
-    s = Stack(env=env, log_dir=log_dir)
-    try:
-        s.start("engine")
-        s.start("projector")
-        s.start("api")
-        yield s
-    finally:
-        s.stop_all()
-
-
 @pytest.fixture
 def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
     """Engine, projector and API as real processes, private to one test."""
-    yield from _running_stack(isolated, tmp_path)
+    with running(isolated, tmp_path) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def stack_with(
+    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> StackWith:
+    """Starts stacks with the test's own settings: `with stack_with(RUNSTORE_X="1") as s`
+    (module fixtures use it to share one stack; `services=` picks what runs)."""
+
+    def start(
+        services: tuple[str, ...] = CORE_SERVICES,
+        worker_module: str = "examples.workflows",
+        **env: str,
+    ) -> AbstractContextManager[Stack]:
+        settings = {**isolated_env(kafka_bootstrap, mongo_url), **env}
+        return running(settings, tmp_path_factory.mktemp("stack"), services, worker_module)
+
+    return start
 
 
 @pytest.fixture(scope="module")
-def module_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def module_stack(stack_with: StackWith) -> Iterator[Stack]:
     """One stack shared by a test module (tests must use their own execution ids).
 
     `module_stack.env` holds its topic prefix and database name.
     """
-    env = isolated_env(kafka_bootstrap, mongo_url)
-    yield from _running_stack(env, tmp_path_factory.mktemp("stack"))
+    with stack_with() as s:
+        yield s
 
 
 # --- the run must prove it talked to real servers ---------------------------------------

@@ -196,6 +196,9 @@ class WorkflowInstance:
         self._signal_buffer: list[tuple[str, Any]] = []
         self._update_results: dict[str, tuple[bool, Any]] = {}
         self._undelivered: deque[Event] = deque()
+        # Outcomes of activities a reset carried into this run, by activity id: the code
+        # gets them back without running the activity again (see `_take_reset`).
+        self._carried: dict[str, Event] = {}
         self.obj = definition.cls()
         self._main: asyncio.Task[Any] | None = None
         self._violation: NondeterminismError | None = None
@@ -219,6 +222,9 @@ class WorkflowInstance:
             return
         self.applied_seq = seq
         first = events[0]
+        if any(e.type == EventType.WORKFLOW_RUN_RESET for e in events):
+            self._take_reset(events)
+            return
         if first.type == EventType.WORKFLOW_TASK_COMPLETED:
             task_seq = first.attributes.task_seq
             self._replay_task(task_seq, events[1:])
@@ -228,6 +234,21 @@ class WorkflowInstance:
                 self._undelivered.append(event)
             elif event.type in _FINAL_EVENTS:
                 self.finished = True
+        self.now_ns = max(self.now_ns, events[-1].timestamp_ns)
+
+    def _take_reset(self, events: list[Event]) -> None:
+        """The commit that opened this run by a reset. It copied the replaced run's activity
+        events up to the reset point and its signals, but no workflow-task commits: so the
+        copied activity outcomes are not steps to match. The code gets each back when it
+        schedules that activity again (same deterministic id), without running it; the
+        copied signals are inputs, delivered before the code runs on."""
+        for event in events:
+            if event.run_id != self.run_id:
+                continue  # the replaced run's TERMINATED
+            if event.type in (EventType.ACTIVITY_TASK_COMPLETED, EventType.ACTIVITY_TASK_FAILED):
+                self._carried[event.attributes.task_id] = event
+            elif event.type in _INPUTS:
+                self._undelivered.append(event)
         self.now_ns = max(self.now_ns, events[-1].timestamp_ns)
 
     def _deliver_inputs(self, up_to: int | None) -> None:
@@ -360,6 +381,10 @@ class WorkflowInstance:
             heartbeat_timeout=heartbeat_timeout or definition.heartbeat_timeout,
         )
         self._activities[activity.activity_id] = activity
+        carried = self._carried.pop(activity.activity_id, None)
+        if carried is not None:
+            self._resolve_carried(activity, carried)
+            return activity.future
         self._emit(
             ActivityStep(
                 activity_id=activity.activity_id,
@@ -371,6 +396,23 @@ class WorkflowInstance:
         )
         self._request(activity)
         return activity.future
+
+    def _resolve_carried(self, activity: _Activity, carried: Event) -> None:
+        """An activity whose outcome a reset carried over: resolved as recorded."""
+        attrs: Any = carried.attributes
+        name = activity.definition.name
+        if attrs.activity_name != name:
+            raise self._diverged(
+                f"the code scheduled activity {activity.activity_id} as {name!r}, but before "
+                f"the reset it was {attrs.activity_name!r}"
+            )
+        activity.resolved = True
+        activity.attempt = attrs.attempt
+        if carried.type == EventType.ACTIVITY_TASK_COMPLETED:
+            result = attrs.result.value if attrs.result is not None else None
+            activity.future.set_result(from_json(activity.definition.fn, result))
+        else:
+            activity.future.set_exception(ActivityError(name, attrs.attempt, attrs.failure))
 
     def start_timer(self, seconds: float, on_fire: Callable[[], None] | None = None) -> str:
         timer_id = self.next_id("t")

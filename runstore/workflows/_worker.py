@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from opentelemetry.context import Context
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -30,6 +32,7 @@ from runstore.workflows._api import ActivityFunction, ActivityInfo, activity_con
 from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
 from runstore.workflows._errors import NondeterminismError, failure_of
 from runstore.workflows._instance import ActivityRequest, WorkflowInstance
+from runstore.workflows._task_spans import command_headers, task_span
 from schemas.commands import (
     CompleteWorkflowTask,
     CompleteWorkflowTaskPayload,
@@ -42,8 +45,16 @@ from schemas.events import Event, EventType
 from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
 from schemas.replies import ReplyError, WorkerReply
 from schemas.tasks import WorkflowTask
+from services.common import tracing
 from services.common.commit_log import COMMITS, Document, read_commit
+from services.common.health import Health, serve_health
 from services.common.kafka_topics import ensure_topics
+from services.common.metrics import (
+    ACTIVITIES,
+    WORKFLOW_TASK_LATENCY,
+    WORKFLOW_TASKS,
+    observe_consumed,
+)
 from services.common.mongo import mongo_client, mongo_database
 from services.common.settings import WorkerSettings
 from services.common.worker_registry import (
@@ -129,7 +140,9 @@ class Worker:
         )
         await self._producer.start()
         await consumer.start()
-        listener = _ForgetOnRevoke(self._cache)
+        health = Health(settings, client)
+        probes = await serve_health(health, settings.health_host, settings.worker_health_port)
+        listener = _ForgetOnRevoke(self._cache, health)
         consumer.subscribe([settings.topics.tasks], listener=listener)
         db = mongo_database(client, settings)
         registration = self.registration()
@@ -170,8 +183,12 @@ class Worker:
                 records = [r for batch in batches.values() for r in batch]
                 if not records:
                     continue
+                observe_consumed(f"worker.{self.deployment}", consumer, records)
                 try:
-                    await self.handle([r.value for r in records])
+                    await self.handle(
+                        [r.value for r in records],
+                        [r.headers for r in records] if tracing.tracer() else None,
+                    )
                 except Exception:
                     # Nothing of this batch is acknowledged: take it again from the last
                     # committed offsets after a pause (replay makes a second pass safe).
@@ -188,6 +205,9 @@ class Worker:
                 await heartbeats
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await shipping
+            if probes is not None:
+                probes.close()
+            await health.close()
             await consumer.stop()
             await self._producer.stop()
             await client.close()
@@ -212,10 +232,16 @@ class Worker:
             heartbeat_interval_seconds=self.settings.worker_heartbeat_seconds,
         )
 
-    async def handle(self, values: Iterable[bytes | None]) -> None:
-        """One batch of task records: grouped by execution, executions concurrently."""
+    async def handle(
+        self,
+        values: Iterable[bytes | None],
+        headers: Sequence[Sequence[tuple[str, bytes]] | None] | None = None,
+    ) -> None:
+        """One batch of task records: grouped by execution, executions concurrently.
+        `headers` (the records', when tracing is on) carry the tasks' trace contexts."""
         by_execution: dict[str, list[WorkflowTask]] = {}
-        for raw in values:
+        parents: dict[str, Context] = {}
+        for index, raw in enumerate(values):
             try:
                 task = WorkflowTask.model_validate_json(raw or b"")
             except ValidationError as exc:
@@ -224,11 +250,15 @@ class Worker:
             if (task.deployment_name or "default") != self.deployment:
                 continue
             by_execution.setdefault(task.execution_id, []).append(task)
+            parent = tracing.parent_of(headers[index]) if headers is not None else None
+            if parent is not None:
+                parents[task.task_id] = parent
         limit = asyncio.Semaphore(self.settings.worker_concurrency)
 
         async def one(tasks: list[WorkflowTask]) -> None:
             async with limit:
-                await self._handle_execution(tasks)
+                with task_span(tasks, parents, self.deployment):
+                    await self._handle_execution(tasks)
 
         await asyncio.gather(*(one(tasks) for tasks in by_execution.values()))
         assert self._producer is not None
@@ -259,6 +289,17 @@ class Worker:
     # --- advancing a run ----------------------------------------------------------------
 
     async def _advance(self, task: WorkflowTask) -> WorkflowInstance | None:
+        """Advance the task's run; counted and timed by outcome in the worker's metrics."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            instance, outcome = await self._advance_run(task)
+            return instance
+        finally:
+            WORKFLOW_TASKS.labels(self.deployment, outcome).inc()
+            WORKFLOW_TASK_LATENCY.labels(self.deployment).observe(time.perf_counter() - started)
+
+    async def _advance_run(self, task: WorkflowTask) -> tuple[WorkflowInstance | None, str]:
         definition = self.workflows.get(task.workflow_name)
         if definition is None:
             await self._send_failure(
@@ -271,7 +312,7 @@ class Worker:
                     type="WorkflowNotRegistered",
                 ),
             )
-            return None
+            return None, "failed"
         for _ in range(3):
             try:
                 with execution_log_context(
@@ -281,7 +322,7 @@ class Worker:
                         task.execution_id, task.run_id, task.seq, definition
                     )
                     if instance is None or instance.finished:
-                        return instance
+                        return instance, "advanced"
                     instance.go_live()
                     await self._drive(instance)
             except _Rebuild as why:
@@ -294,9 +335,9 @@ class Worker:
                 await self._send_failure(
                     task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc)
                 )
-                return None
+                return None, "failed"
             await self._flush(instance)
-            return instance
+            return instance, "advanced"
         raise RuntimeError(f"execution {task.execution_id}: its history kept moving under us")
 
     async def _flush(self, instance: WorkflowInstance, command_id: str | None = None) -> None:
@@ -338,7 +379,12 @@ class Worker:
 
     async def _send(self, topic: str, key: str, model: Any) -> None:
         assert self._producer is not None
-        await self._producer.send(topic, key=key.encode(), value=model.model_dump_json().encode())
+        await self._producer.send(
+            topic,
+            key=key.encode(),
+            value=model.model_dump_json().encode(),
+            headers=command_headers(),
+        )
 
     async def _drive(self, instance: WorkflowInstance) -> None:
         """Run the activities the code asks for, feeding each result back, until the
@@ -363,6 +409,7 @@ class Worker:
                 for job in sorted(done, key=lambda j: _activity_order(running[j])):
                     request = running.pop(job)
                     result, error = job.result()
+                    ACTIVITIES.labels(self.deployment, _activity_outcome(error)).inc()
                     instance.activity_outcome(request.activity_id, request.attempt, result, error)
                 for job, request in list(running.items()):
                     if instance.activity_abandoned(request.activity_id):
@@ -539,11 +586,18 @@ class Worker:
             activities=self.activities,
             started_ns=opening.timestamp_ns,
         )
+        # From the opening event on; a reset's RUN_RESET (just before its STARTED) too: the
+        # instance takes the activity outcomes that reset carried over from it.
         events = [
             e
             for c in commits
             for e in c.events
-            if e.run_id == run_id and (c.seq > opening.seq or e.index >= opening.index)
+            if e.run_id == run_id
+            and (
+                c.seq > opening.seq
+                or e.index >= opening.index
+                or e.type == EventType.WORKFLOW_RUN_RESET
+            )
         ]
         instance.apply(events)
         return instance
@@ -680,14 +734,21 @@ class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Another worker may advance the executions of a revoked partition: cached instances
     are dropped (a later task rebuilds them from the history)."""
 
-    def __init__(self, cache: OrderedDict[str, WorkflowInstance]) -> None:
+    def __init__(self, cache: OrderedDict[str, WorkflowInstance], health: Health) -> None:
         self.cache = cache
+        self.health = health
 
     async def on_partitions_revoked(self, revoked: object) -> None:
         self.cache.clear()
 
     async def on_partitions_assigned(self, assigned: object) -> None:
-        return None
+        self.health.assigned()
+
+
+def _activity_outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "completed"
+    return "timed_out" if isinstance(error, ActivityTimeoutError) else "failed"
 
 
 def _activity_order(request: ActivityRequest) -> tuple[int, str]:

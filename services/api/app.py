@@ -35,8 +35,9 @@ from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
 from services.api.worker_requests import WorkerRequests
+from services.common import tracing
 from services.common.health import Health
-from services.common.http_observability import RequestMetrics, add_probe_routes
+from services.common.http_observability import RequestMetrics, RequestTracing, add_probe_routes
 from services.common.kafka_topics import ensure_topics
 from services.common.metrics import SSE_SUBSCRIBERS
 from services.common.mongo import mongo_client, mongo_database
@@ -148,4 +149,6 @@ def build_app(settings: ApiSettings) -> FastAPI:
         max_clients=settings.api_failure_clients,
     )
     app.add_middleware(RequestMetrics)
+    if tracing.tracer() is not None:
+        app.add_middleware(RequestTracing)
     return app

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from schemas.commands import COMMAND_ADAPTER, Command
 from schemas.outcomes import CommandOutcome
 from services.api.topic_tail import TopicTail
+from services.common import tracing
 from services.common.kafka_io import Outgoing, RecordPublisher
 from services.common.settings import ApiSettings
 
@@ -78,9 +79,17 @@ class CommandGateway:
             raise RuntimeError("CommandGateway.start() was not called")
         if encoded is None:
             encoded = COMMAND_ADAPTER.dump_json(command)
-        await self._publisher.publish_all(
-            [Outgoing(self._topics.commands, command.execution_id, encoded)]
-        )
+        with tracing.producing(
+            f"send {command.type}",
+            self._topics.commands,
+            {
+                "runstore.execution_id": command.execution_id,
+                "runstore.command_id": command.command_id,
+            },
+        ) as headers:
+            await self._publisher.publish_all(
+                [Outgoing(self._topics.commands, command.execution_id, encoded, headers)]
+            )
 
     async def publish(self, records: list[Outgoing]) -> None:
         """Publish records other than commands (query and update tasks) with the same

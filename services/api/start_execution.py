@@ -26,6 +26,7 @@ from services.api.event_fanout import (
 from services.api.run_reader import RunReader
 from services.api.shapes import ExecuteExtensions, ExecuteRequest, Execution, execution_from_run
 from services.api.workflow_names import workflow_name_from_path
+from services.common import tracing
 from services.common.clock import to_milliseconds
 from services.common.ids import derived_id, new_id
 
@@ -78,23 +79,29 @@ async def start_execution(
         ),
     )
     reader = api.reader_for(who)
-    if not body.wait_for_result:
-        outcome = await apply_command(api.gateway, command)
-        started = _started_execution(command, outcome)
-        run = None if started is not None else await reader.execution(execution_id)
-    else:
-        limit = min(
-            body.timeout_seconds or api.settings.api_wait_default_seconds,
-            api.settings.api_wait_max_seconds,
-        )
-        # Subscribe before the command goes out: the end cannot slip past unseen.
-        sub = api.fanout.subscribe(execution_id=execution_id)
-        try:
-            await apply_command(api.gateway, command)
-            run = await _wait_until_closed(reader, api.fanout, sub, execution_id, limit)
-        finally:
-            api.fanout.unsubscribe(sub)
-        started = None
+    with tracing.execute_span(
+        f"execute {workflow_name}",
+        body.traceparent,
+        body.force_new_trace,
+        body.custom_tracing_attributes,
+    ):
+        if not body.wait_for_result:
+            outcome = await apply_command(api.gateway, command)
+            started = _started_execution(command, outcome)
+            run = None if started is not None else await reader.execution(execution_id)
+        else:
+            limit = min(
+                body.timeout_seconds or api.settings.api_wait_default_seconds,
+                api.settings.api_wait_max_seconds,
+            )
+            # Subscribe before the command goes out: the end cannot slip past unseen.
+            sub = api.fanout.subscribe(execution_id=execution_id)
+            try:
+                await apply_command(api.gateway, command)
+                run = await _wait_until_closed(reader, api.fanout, sub, execution_id, limit)
+            finally:
+                api.fanout.unsubscribe(sub)
+            started = None
     if started is None:
         if run is None:  # the engine stored it; only a lost store gets here
             raise HTTPException(status_code=503, detail="execution accepted but not readable")

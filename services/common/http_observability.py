@@ -11,10 +11,15 @@ import time
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common import tracing
 from services.common.health import Health, answer
 from services.common.metrics import HTTP_LATENCY
+
+_PROBES = frozenset(("/healthz", "/readyz", "/metrics"))
 
 
 class RequestMetrics:
@@ -48,6 +53,49 @@ class RequestMetrics:
             HTTP_LATENCY.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - started
             )
+
+
+class RequestTracing:
+    """A SERVER span per HTTP request (probes aside), the child of the request's
+    `traceparent` when it has one, and the current span while the request is served: a
+    command the request publishes carries it on (services/api/gateway.py). Added only
+    when tracing is on. Named `METHOD route-template` once the route is known."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _PROBES or tracing.tracer() is None:
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in (b"traceparent", b"tracestate")
+        }
+        span = tracing.start_span(
+            scope["method"],
+            tracing.parent_of_text(headers),
+            SpanKind.SERVER,
+            {"http.request.method": scope["method"], "url.path": scope["path"]},
+        )
+
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                span.set_attribute("http.response.status_code", message["status"])
+                if message["status"] >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+            await send(message)
+
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or scope.get("route_hint")
+            if route:
+                span.set_attribute("http.route", route)
+            span.update_name(f"{scope['method']} {route or scope['path']}")
+            span.end()
 
 
 def add_probe_routes(app: FastAPI, health: Health) -> None:

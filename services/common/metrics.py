@@ -5,10 +5,8 @@ so their names and labels stay consistent across services. Services record with 
 small helpers below (one call per batch, not per record: the engine handles thousands
 of commands a second, and a labelled `inc` costs about a microsecond).
 
-Hooks for services still to come:
-- timers: `TIMERS_PENDING.set(n)` when the due-deadline set changes and
-  `TIMER_LATENESS.observe(fired_at - due_at)` per fired deadline;
-- worker: `observe_consumed("worker", consumer, records)` per task batch.
+The timers service reads `TIMERS_PENDING` from its pending set at scrape time and
+observes `TIMER_LATENESS` per fired deadline (services/timers/stats.py).
 """
 
 from __future__ import annotations
@@ -85,6 +83,24 @@ TIMER_LATENESS = Histogram(
     "runstore_timer_lateness_seconds",
     "How long after its due time a deadline fired (observed by the timers service).",
     buckets=_LATENCY_BUCKETS,
+)
+WORKFLOW_TASKS = Counter(
+    "runstore_worker_workflow_tasks_total",
+    "Workflow tasks a worker handled, by outcome: 'advanced' (steps reported or nothing to "
+    "do), 'failed' (WORKFLOW_TASK_FAILED reported) or 'error' (left for redelivery).",
+    ["deployment", "outcome"],
+)
+WORKFLOW_TASK_LATENCY = Histogram(
+    "runstore_worker_workflow_task_seconds",
+    "Time a worker took to advance one execution for a task (replay, code and activities "
+    "run inline included).",
+    ["deployment"],
+    buckets=_LATENCY_BUCKETS,
+)
+ACTIVITIES = Counter(
+    "runstore_worker_activities_total",
+    "Activity attempts a worker ran, by outcome: 'completed', 'failed' or 'timed_out'.",
+    ["deployment", "outcome"],
 )
 
 

@@ -33,6 +33,9 @@ class RunstoreSettings(BaseSettings):
     table is emptied when full."""
     health_host: str = "127.0.0.1"
     """Interface of the /healthz, /readyz, /metrics port of services without an HTTP API."""
+    tracing_endpoint: str | None = None
+    """OTLP/HTTP base URL spans are exported to (e.g. http://127.0.0.1:4318); unset, the
+    standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT decides; neither: no tracing."""
 
     @property
     def topics(self) -> Topics:
@@ -133,6 +136,8 @@ class WorkerSettings(RunstoreSettings):
     """Kafka static membership id (e.g. the pod name): a restarted worker gets its
     partitions back at once instead of after the session timeout."""
     worker_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    worker_health_port: int | None = 9467
+    """Port of the worker's /healthz, /readyz and /metrics (None: not served)."""
     worker_own_command_wait_seconds: float = Field(default=3.0, ge=0)
     """How long a worker waits for its last command of an execution to show in the history
     before it rebuilds the instance from what is there (the engine refused it)."""
@@ -217,5 +222,7 @@ class TimersSettings(RunstoreSettings):
     """Kafka static membership id (e.g. the pod name): a restarted instance gets its
     partitions back at once instead of after the session timeout."""
     timers_session_timeout_ms: int = Field(default=10_000, ge=6_000)
+    timers_health_port: int | None = 9466
+    """Port of the timers' /healthz, /readyz and /metrics (unset/empty: none)."""
     timers_schedule_refresh_seconds: float = Field(default=1.0, gt=0)
     """How often the schedules are re-read: a change made over HTTP takes effect within it."""

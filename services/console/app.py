@@ -1,4 +1,5 @@
-"""`runstore workflow|runs|events|dlq …`: operate a running stack from the shell.
+"""`runstore workflow|runs|events …`: operate a running stack from the shell (`dlq` is in
+services/console/dlq_commands.py, `schedules` and `workers` in services/console/schedules.py).
 
 Every command reads the API's address and key from `--url`/`--api-key` or
 RUNSTORE_URL / RUNSTORE_API_KEY; read commands take `--output json` for scripts.
@@ -6,84 +7,37 @@ RUNSTORE_URL / RUNSTORE_API_KEY; read commands take `--output json` for scripts.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from services.common.settings import RunstoreSettings
-from services.console import dlq as dead_letters
 from services.console.client import ApiError, RunstoreApi
-
-app = typer.Typer(
-    name="runstore",
-    help="Runstore: run a service, or operate a running stack.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+from services.console.common import (
+    DEFAULT_URL,
+    ApiKey,
+    InputOpt,
+    Output,
+    OutputOpt,
+    Url,
+    api_client,
+    app,
+    err,
+    json_input,
+    out,
+    print_json,
 )
+
 workflow_cli = typer.Typer(help="Start and command workflow executions.", no_args_is_help=True)
 runs_cli = typer.Typer(help="Read runs and their histories.", no_args_is_help=True)
 events_cli = typer.Typer(help="Follow events live.", no_args_is_help=True)
-dlq_cli = typer.Typer(help="Inspect and replay dead-lettered commands.", no_args_is_help=True)
 app.add_typer(workflow_cli, name="workflow")
 app.add_typer(runs_cli, name="runs")
 app.add_typer(events_cli, name="events")
-app.add_typer(dlq_cli, name="dlq")
-
-out = Console()
-err = Console(stderr=True)
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
-Url = Annotated[
-    str, typer.Option("--url", envvar="RUNSTORE_URL", help="The Runstore API's base URL.")
-]
-ApiKey = Annotated[
-    str, typer.Option("--api-key", envvar="RUNSTORE_API_KEY", help="A bearer API key.")
-]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-InputOpt = Annotated[
-    str | None, typer.Option("--input", "-i", help="JSON object given to the workflow.")
-]
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-def _json_input(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--input is not JSON: {exc}") from exc
-
-
-@contextmanager
-def _api(url: str, key: str) -> Iterator[RunstoreApi]:
-    api = RunstoreApi(url or DEFAULT_URL, key or "dev")
-    try:
-        yield api
-    except ApiError as exc:
-        err.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        api.close()
-
-
-def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
 
 
 # --- workflow -----------------------------------------------------------------------
@@ -100,13 +54,13 @@ def workflow_start(
     output: OutputOpt = Output.table,
 ) -> None:
     """Start (execute) a workflow."""
-    body: dict[str, Any] = {"input": _json_input(input), "wait_for_result": wait}
+    body: dict[str, Any] = {"input": json_input(input), "wait_for_result": wait}
     if execution_id:
         body["execution_id"] = execution_id
-    with _api(url, api_key) as api:
+    with api_client(url, api_key) as api:
         started = api.post(f"/v1/workflows/{name}/execute", body)
     if output is Output.json:
-        _print_json(started)
+        print_json(started)
     else:
         out.print(
             f"started [bold]{started['execution_id']}[/bold] run {started.get('run_id')} "
@@ -116,7 +70,7 @@ def workflow_start(
 
 def _command(path: str, done: str) -> Callable[..., None]:
     def run(execution_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = "") -> None:
-        with _api(url, api_key) as api:
+        with api_client(url, api_key) as api:
             api.post(f"/v1/workflows/executions/{execution_id}/{path}")
         out.print(f"{done} {execution_id}")
 
@@ -142,10 +96,10 @@ def _invocation(kind: str, show: Callable[[str, str, Any], None]) -> Callable[..
         url: Url = DEFAULT_URL,
         api_key: ApiKey = "",
     ) -> None:
-        with _api(url, api_key) as api:
+        with api_client(url, api_key) as api:
             reply = api.post(
                 f"/v1/workflows/executions/{execution_id}/{kind}",
-                {"name": name, "input": _json_input(input)},
+                {"name": name, "input": json_input(input)},
             )
         show(execution_id, name, reply)
 
@@ -157,7 +111,7 @@ def _signal_accepted(execution_id: str, name: str, _: Any) -> None:
 
 
 def _reply(_: str, __: str, reply: Any) -> None:
-    _print_json(reply)
+    print_json(reply)
 
 
 workflow_cli.command("signal", help="Send a signal to an execution.")(
@@ -180,7 +134,7 @@ def workflow_reset(
     api_key: ApiKey = "",
 ) -> None:
     """Reset an execution to an event of its latest run: a new run starts from there."""
-    with _api(url, api_key) as api:
+    with api_client(url, api_key) as api:
         api.post(
             f"/v1/workflows/executions/{execution_id}/reset",
             {"event_id": event_id, "reason": reason},
@@ -253,7 +207,7 @@ def runs_list(
     params = {k: v for k, v in params.items() if v is not None}
     rows: list[dict[str, Any]] = []
     token = page_token
-    with _api(url, api_key) as api:
+    with api_client(url, api_key) as api:
         while True:
             page = api.get("/v1/workflows/runs", {**params, "next_page_token": token or ""})
             rows.extend(page["executions"])
@@ -261,7 +215,7 @@ def runs_list(
             if not (all_pages and token):
                 break
     if output is Output.json:
-        _print_json({"executions": rows, "next_page_token": token})
+        print_json({"executions": rows, "next_page_token": token})
         return
     table = Table("execution", "run", "workflow", "status", "started", "ended", "user")
     for r in rows:
@@ -298,10 +252,10 @@ def runs_show(
     output: OutputOpt = Output.table,
 ) -> None:
     """One run: status, times, input-free summary and result."""
-    with _api(url, api_key) as api:
+    with api_client(url, api_key) as api:
         run = _run_or_execution(api, ident)
     if output is Output.json:
-        _print_json(run)
+        print_json(run)
         return
     table = Table(show_header=False, box=None)
     for k, v in run.items():
@@ -325,7 +279,7 @@ def runs_history(
 ) -> None:
     """A run's history as a timeline, oldest first (all pages)."""
     events: list[dict[str, Any]] = []
-    with _api(url, api_key) as api:
+    with api_client(url, api_key) as api:
         run = _run_or_execution(api, ident)
         token: str | None = None
         while True:
@@ -336,7 +290,7 @@ def runs_history(
             if not token:
                 break
     if output is Output.json:
-        _print_json({"run_id": run["run_id"], "events": events})
+        print_json({"run_id": run["run_id"], "events": events})
         return
     out.print(
         f"[bold]{run['workflow_name']}[/bold] {run['execution_id']} run {run['run_id']} "
@@ -381,7 +335,7 @@ def events_tail(
     else:
         path, params = "/v1/workflows/events/stream", {"workflow_name": workflow or "*"}
     seen = 0
-    with _api(url, api_key) as api:
+    with api_client(url, api_key) as api:
         try:
             for ev in api.stream(path, params, last_event_id=last_event_id):
                 if ev.event == "error":
@@ -407,78 +361,7 @@ def events_tail(
             pass
 
 
-# --- dlq ----------------------------------------------------------------------------
+# The other command groups register themselves on `app` when imported.
+from services.console import dlq_commands, schedules  # noqa: E402
 
-
-def _kafka_settings() -> RunstoreSettings:
-    """Kafka, MongoDB and topic prefix from RUNSTORE_* like the services."""
-    return RunstoreSettings()
-
-
-@dlq_cli.command("list")
-def dlq_list(
-    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Dead-lettered commands with their reasons and whether they were replayed."""
-    letters = asyncio.run(dead_letters.read_dead_letters(_kafka_settings()))
-    rows = [d.as_json() for d in letters if reason is None or d.header("x-dlq-reason") == reason]
-    if output is Output.json:
-        _print_json(rows)
-        return
-    table = Table("ref", "key", "reason", "error", "source", "at", "replay")
-    for r in rows:
-        table.add_row(
-            r["ref"],
-            r["key"],
-            r["reason"],
-            r["error"][:60],
-            r["source"],
-            r["dead_lettered_at"][:19],
-            r["replay"] or "",
-        )
-    out.print(table)
-
-
-@dlq_cli.command("replay")
-def dlq_replay(
-    refs: Annotated[
-        list[str] | None, typer.Argument(help="partition:offset of the records to replay.")
-    ] = None,
-    reason: Annotated[str | None, typer.Option(help="Replay every record of this reason.")] = None,
-    all_records: Annotated[bool, typer.Option("--all", help="Replay every record.")] = False,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Re-publish chosen dead letters to the command topic, each at most once ever."""
-    if not (refs or reason or all_records):
-        raise typer.BadParameter("name records (partition:offset), --reason or --all")
-    settings = _kafka_settings()
-    letters = asyncio.run(dead_letters.read_dead_letters(settings))
-    wanted = set(refs or ())
-    chosen = [
-        d
-        for d in letters
-        if all_records or d.ref in wanted or (reason and d.header("x-dlq-reason") == reason)
-    ]
-    unknown = wanted - {d.ref for d in letters}
-    if unknown:
-        err.print(f"[red]not on the dead-letter topic:[/red] {', '.join(sorted(unknown))}")
-        raise typer.Exit(1)
-    report = asyncio.run(dead_letters.replay(settings, chosen))
-    if output is Output.json:
-        _print_json(
-            {
-                "published": report.published,
-                "already_replayed": report.already,
-                "interrupted": report.interrupted,
-            }
-        )
-        return
-    out.print(f"published {len(report.published)}: {' '.join(report.published)}")
-    if report.already:
-        out.print(f"already replayed, skipped {len(report.already)}: {' '.join(report.already)}")
-    if report.interrupted:
-        err.print(
-            f"[yellow]an earlier replay was interrupted for[/yellow] "
-            f"{' '.join(report.interrupted)}: not repeated (see docs/operations.md)"
-        )
+__all__ = ["app", "dlq_commands", "schedules"]

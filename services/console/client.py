@@ -55,6 +55,9 @@ class RunstoreApi:
         reply = self._check(self._http.post(path, json=body))
         return reply.json() if reply.content else None
 
+    def delete(self, path: str) -> None:
+        self._check(self._http.delete(path))
+
     def stream(
         self, path: str, params: Any = None, last_event_id: str | None = None
     ) -> Iterator[SseEvent]:

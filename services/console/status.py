@@ -17,6 +17,8 @@ def probe_ports() -> dict[str, int]:
         "api": int(os.environ.get("RUNSTORE_API_PORT", "8080")),
         "engine": int(os.environ.get("RUNSTORE_ENGINE_HEALTH_PORT", "9464")),
         "projector": int(os.environ.get("RUNSTORE_PROJECTOR_HEALTH_PORT", "9465")),
+        "timers": int(os.environ.get("RUNSTORE_TIMERS_HEALTH_PORT", "9466")),
+        "worker": int(os.environ.get("RUNSTORE_WORKER_HEALTH_PORT", "9467")),
     }
 
 

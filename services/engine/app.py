@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 
 from schemas.commands import COMMAND_ADAPTER
 from schemas.events import EVENT_ADAPTER
+from services.common import tracing
 from services.common.clock import now_ns
 from services.common.health import Health
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
@@ -24,6 +25,7 @@ from services.common.mongo import Document, mongo_client, mongo_database
 from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
+from services.engine.command_spans import CommandSpans, TracedBatch
 from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
@@ -75,28 +77,46 @@ def count_outbound(out: Outbound) -> Outbound:
 
 
 def outgoing_records(
-    out: Outbound, topics: Topics, dead_letters: Sequence[Outgoing] | None = None
+    out: Outbound,
+    topics: Topics,
+    dead_letters: Sequence[Outgoing] | None = None,
+    traced: TracedBatch | None = None,
 ) -> Iterator[Outgoing]:
     """What a processed batch publishes, in an order that keeps each execution's order.
     `dead_letters`: the batch's DLQ records as `DeadLetterRecords` made them (oversized
-    ones stored elsewhere); by default each dead letter whole."""
+    ones stored elsewhere); by default each dead letter whole. `traced` (tracing on):
+    the trace headers of each command's records."""
     if dead_letters is None:
         dead_letters = [dead_letter_record(d, topics) for d in out.dead_letters]
     yield from dead_letters
+    by_command = traced.by_command if traced is not None else {}
+    by_event = traced.by_event if traced is not None else {}
     for commit in out.commits:
+        trace = by_command.get(commit.command_id)
         for event in commit.events:
+            headers = {"event-type": event.type.value, "seq": str(event.seq)}
             yield Outgoing(
                 topics.events,
                 event.execution_id,
                 EVENT_ADAPTER.dump_json(event),
-                {"event-type": event.type.value, "seq": str(event.seq)},
+                headers if trace is None else {**headers, **trace},
             )
     for task in out.tasks:
-        yield Outgoing(topics.tasks, task.execution_id, task.model_dump_json().encode())
+        yield Outgoing(
+            topics.tasks,
+            task.execution_id,
+            task.model_dump_json().encode(),
+            by_event.get((task.execution_id, task.seq)),
+        )
     for command in out.follow_ups:
         yield Outgoing(topics.commands, command.execution_id, COMMAND_ADAPTER.dump_json(command))
     for outcome in out.outcomes:
-        yield Outgoing(topics.outcomes, outcome.execution_id, outcome.model_dump_json().encode())
+        yield Outgoing(
+            topics.outcomes,
+            outcome.execution_id,
+            outcome.model_dump_json().encode(),
+            by_command.get(outcome.command_id),
+        )
 
 
 async def _collect_periodically(collector: BatchCollector, every_s: float = 5.0) -> None:
@@ -129,9 +149,21 @@ def build_app(settings: EngineSettings) -> FastStream:
     topics = settings.topics
     dead_letters = DeadLetterRecords(mongo_database(client, settings), topics)
 
+    spans = CommandSpans() if tracing.tracer() is not None else None
+
     async def publish(out: Outbound) -> None:
         dlq = await dead_letters.records(out.dead_letters) if out.dead_letters else []
-        await publisher.publish_batches(outgoing_records(count_outbound(out), topics, dlq))
+        traced = spans.start(out) if spans is not None else None
+        try:
+            await publisher.publish_batches(
+                outgoing_records(count_outbound(out), topics, dlq, traced)
+            )
+        except BaseException as exc:
+            if traced is not None:
+                tracing.end_all(traced.spans, exc)
+            raise
+        if traced is not None:
+            tracing.end_all(traced.spans)
 
     pipeline = EnginePipeline(processor, publish, RETRY_BACKOFF_SECONDS)
 
@@ -165,6 +197,8 @@ def build_app(settings: EngineSettings) -> FastStream:
             for r in raw
         ]
         observe_consumed(settings.engine_group_id, message.consumer, raw)
+        if spans is not None:
+            spans.received(records)
         await pipeline.submit(cast("Consumer", message.consumer), raw, records)
         collector.after_batch()
 

@@ -14,6 +14,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
+from services.common import tracing
 from services.common.health import Health
 from services.common.kafka_io import batch_records, kafka_broker
 from services.common.metrics import (
@@ -161,7 +162,11 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                 )
         try:
             async with lock:
-                with store_latency.time():
+                # A span per commit that carries a trace (none when tracing is off).
+                with (
+                    tracing.consumed_spans("project events", settings.topics.events, records),
+                    store_latency.time(),
+                ):
                     await projector.apply(events, partitions)
         except Exception as exc:
             # Parking took care of everything but unavailable servers (and bugs that

@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
 from services.common.clock import now_ns, utcnow
+from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
 from services.common.kafka_topics import partitions_of
+from services.common.metrics import TIMERS_PENDING
 from services.common.mongo import mongo_client, mongo_database
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
@@ -37,10 +39,13 @@ class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
     """Timers are partitioned like the events: owning an events partition = owning its
     timers and schedules. Loaded on assignment, before any of its events is consumed."""
 
-    def __init__(self, service: TimerService, runner: ScheduleRunner, topic: str) -> None:
+    def __init__(
+        self, service: TimerService, runner: ScheduleRunner, topic: str, health: Health
+    ) -> None:
         self._service = service
         self._runner = runner
         self._topic = topic
+        self._health = health
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # Forgotten even when the next assignment gives them back: after a lost session
@@ -53,6 +58,7 @@ class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._service.assign(tp.partition for tp in assigned if tp.topic == self._topic)
         self._runner.owned = self._service.pending.partitions
+        self._health.assigned()
 
 
 def _raw_records(message: KafkaMessage) -> object:
@@ -74,6 +80,9 @@ def build_app(settings: TimersSettings) -> FastStream:
     )
     runner = ScheduleRunner(MongoScheduleStore(db), db, publisher, settings, service.stats)
     instance = f"{socket.gethostname()}:{os.getpid()}"
+    health = Health(settings, client)
+    # Read at scrape time: nothing to do on the firing path.
+    TIMERS_PENDING.set_function(lambda: len(service.pending))
     tasks: list[asyncio.Task[Any]] = []
 
     # MANUAL acks: a batch's offsets are committed only after the timers it implies are
@@ -86,7 +95,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         batch_timeout_ms=20,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_FollowPartitions(service, runner, settings.topics.events),
+        listener=_FollowPartitions(service, runner, settings.topics.events, health),
         group_instance_id=settings.timers_instance_id,
         session_timeout_ms=settings.timers_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
@@ -141,6 +150,14 @@ def build_app(settings: TimersSettings) -> FastStream:
                 await task
         await publisher.stop()
 
-    app = service_app(broker, settings, client, setup, before_shutdown=stop_loops)
+    app = service_app(
+        broker,
+        settings,
+        client,
+        setup,
+        before_shutdown=stop_loops,
+        health=health,
+        health_port=settings.timers_health_port,
+    )
     app.after_startup(start_loops)
     return app

@@ -9,6 +9,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.metrics import TIMER_LATENESS
+
 
 @dataclass
 class TimerStats:
@@ -28,6 +30,7 @@ class TimerStats:
         self.fired_total += 1
         self.last_lateness_s = lateness_s
         self.lateness_window.append(lateness_s)
+        TIMER_LATENESS.observe(lateness_s)
 
     def lateness_quantile(self, q: float) -> float:
         if not self.lateness_window:

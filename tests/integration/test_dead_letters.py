@@ -13,8 +13,7 @@ from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from services.engine.dead_letters import DEAD_LETTERS, PREVIEW_BYTES
-from tests.integration.test_engine import start, topic
-from tests.support.kafka import command, produce, read_topic
+from tests.support.kafka import command, produce, read_topic, start, topic
 from tests.support.stack import Stack
 
 

@@ -3,45 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import pytest
-from pymongo import AsyncMongoClient
-
-from tests.support.kafka import command, produce, read_topic
+from tests.support.kafka import command, commits_of, produce, read_topic, start, topic
 from tests.support.stack import Stack
-
-
-@pytest.fixture
-def engine(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(env=isolated, log_dir=tmp_path)
-    s.start("engine")
-    try:
-        yield s
-    finally:
-        s.stop_all()
-
-
-def topic(env: dict[str, str], name: str) -> str:
-    return f"{env['RUNSTORE_TOPIC_PREFIX']}workflows.{name}"
-
-
-def start(execution_id: str, command_id: str | None = None) -> dict[str, Any]:
-    return command("StartWorkflow", execution_id, command_id, workflow_name="wf", input={"n": 1})
-
-
-async def commits_of(env: dict[str, str], execution_id: str) -> list[dict[str, Any]]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
-    try:
-        db = client[env["RUNSTORE_MONGO_DATABASE"]]
-        found = []
-        while doc := await db.commits.find_one({"_id": f"{execution_id}:{len(found) + 1:012d}"}):
-            found.append(doc)
-        return found
-    finally:
-        await client.close()
 
 
 async def test_bad_records_are_dead_lettered_with_reason_and_processing_continues(

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 
 from tests.support.eventually import wait_until
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 
 @pytest.fixture
-def impatient_stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+def impatient_stack(stack_with: StackWith) -> Iterator[Stack]:
     """A stack whose API waits 2 s for the engine before answering 504."""
-    stack = Stack(env={**isolated, "RUNSTORE_API_COMMAND_TIMEOUT_SECONDS": "2"}, log_dir=tmp_path)
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
+    with stack_with(RUNSTORE_API_COMMAND_TIMEOUT_SECONDS="2") as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def test_a_silent_engine_gives_504_and_the_command_applies_later(impatient_stack: Stack) -> None:

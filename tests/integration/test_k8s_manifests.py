@@ -79,3 +79,37 @@ def test_production_overlay_runs_the_sized_instances_with_static_engine_ids(
     probes = _container(api)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probes[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+
+
+def test_every_service_is_probed_on_the_port_its_settings_serve(
+    production: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    from services.common.settings import (
+        EngineSettings,
+        ProjectorSettings,
+        TimersSettings,
+        WorkerSettings,
+    )
+
+    config = next(o for (k, _), o in production.items() if k == "ConfigMap")
+    # The probe ports listen on the pod's address, not only on loopback.
+    assert config["data"]["RUNSTORE_HEALTH_HOST"] == "0.0.0.0"
+    ports = {
+        ("StatefulSet", "runstore-engine"): EngineSettings.model_fields[
+            "engine_health_port"
+        ].default,
+        ("Deployment", "runstore-projector"): ProjectorSettings.model_fields[
+            "projector_health_port"
+        ].default,
+        ("StatefulSet", "runstore-timers"): TimersSettings.model_fields[
+            "timers_health_port"
+        ].default,
+        ("Deployment", "runstore-worker"): WorkerSettings.model_fields[
+            "worker_health_port"
+        ].default,
+    }
+    for key, port in ports.items():
+        c = _container(production[key])
+        assert c["ports"] == [{"name": "probes", "containerPort": port}], key
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}, key
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}, key

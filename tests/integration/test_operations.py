@@ -260,3 +260,65 @@ def _ready_line(service: str, port: int) -> str:
     line = service_line(service, port)
     assert " ready " in line, line
     return line
+
+
+def test_cli_schedules_create_list_show_pause_unpause_delete(cli: Any) -> None:
+    schedule_id = f"nightly-{uuid.uuid4().hex[:6]}"
+    created = json.loads(
+        cli(
+            "schedules", "create", "report", "--id", schedule_id, "--every", "1h",
+            "-i", '{"day": 1}', "-o", "json",
+        )
+    )  # fmt: skip
+    assert created == {"schedule_id": schedule_id}
+    cli("schedules", "create", "report", "--id", schedule_id, "--every", "1h", ok=False)  # 409
+    listed = json.loads(cli("schedules", "list", "--workflow", "report", "-o", "json"))
+    assert [s["schedule_id"] for s in listed] == [schedule_id]
+    assert listed[0]["input"] == {"day": 1} and listed[0]["paused"] is False
+    assert schedule_id in cli("schedules", "list")
+    cli("schedules", "pause", schedule_id)
+    shown = json.loads(cli("schedules", "show", schedule_id, "-o", "json"))
+    assert shown["paused"] is True and shown["intervals"][0]["every"]
+    assert (
+        json.loads(cli("schedules", "list", "--status", "paused", "-o", "json"))[0]["schedule_id"]
+        == schedule_id
+    )
+    cli("schedules", "unpause", schedule_id)
+    assert json.loads(cli("schedules", "show", schedule_id, "-o", "json"))["paused"] is False
+    cli("schedules", "delete", schedule_id)
+    cli("schedules", "show", schedule_id, ok=False)  # gone: 404
+    assert json.loads(cli("schedules", "list", "--workflow", "report", "-o", "json")) == []
+
+
+def test_cli_workers_list_shows_registered_workers(module_stack: Stack, cli: Any) -> None:
+    from pymongo import AsyncMongoClient
+
+    from schemas.registry import WorkerRegistration
+    from services.common.worker_registry import WorkerRegistry
+
+    deployment = f"blue-{uuid.uuid4().hex[:6]}"
+
+    async def register() -> None:
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            module_stack.env["RUNSTORE_MONGO_URL"], tz_aware=True
+        )
+        try:
+            registry = WorkerRegistry(mongo[module_stack.env["RUNSTORE_MONGO_DATABASE"]])
+            await registry.register(
+                WorkerRegistration(
+                    worker_id="w-cli-1", deployment_name=deployment, host="h1", pid=7,
+                    version="2.0", heartbeat_interval_seconds=60.0,
+                )
+            )  # fmt: skip
+        finally:
+            await mongo.close()
+
+    asyncio.run(register())
+    rows = json.loads(cli("workers", "list", "--deployment", deployment, "-o", "json"))
+    assert [(r["deployment"], r["name"], r["is_active"], r["pid"]) for r in rows] == [
+        (deployment, "w-cli-1", True, 7)
+    ]
+    everyone = json.loads(cli("workers", "list", "-o", "json"))
+    assert any(r["name"] == "w-cli-1" and r["deployment"] == deployment for r in everyone)
+    table = cli("workers", "list", "--deployment", deployment)
+    assert "w-cli-1" in table and "h1" in table

@@ -25,11 +25,10 @@ from services.projector.parking import (
 )
 from services.projector.projector import Projector
 from services.projector.rebuild import rebuild
-from tests.integration.test_projector import store_commits
 from tests.support.eventually import assert_eventually
 from tests.support.kafka import produce
 from tests.support.stack import Stack
-from tests.unit.test_projection import Workload
+from tests.support.workloads import Workload, store_commits
 
 Db = AsyncDatabase[dict[str, Any]]
 POISON = {"a\x00b": 1}  # a key PyMongo cannot encode (committed before the admission rule)

@@ -17,9 +17,8 @@ from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import EXECUTIONS, HISTORY, READ_MODELS, RUNS
-from services.engine.mongo_event_store import MongoEventStore
 from services.projector.projector import Projector
-from tests.unit.test_projection import Workload, mixed_workload
+from tests.support.workloads import Workload, mixed_workload, store_commits
 
 
 def mongo_reader(db: Any) -> RunReader:
@@ -33,14 +32,6 @@ Db = AsyncDatabase[dict[str, Any]]
 
 async def snapshot(store: MongoReadModelStore) -> dict[str, dict[str, Any]]:
     return {name: await store.snapshot(name) for name in READ_MODELS}
-
-
-async def store_commits(db: Db, w: Workload) -> None:
-    """Store the workload's commits the way the engine does (run locators included)."""
-    store = MongoEventStore(db)
-    await store.setup()
-    report = await store.append(w.commits)
-    assert report.failure is None
 
 
 async def test_the_same_events_twice_equal_once(mongo_db: Db) -> None:

@@ -17,8 +17,7 @@ from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import HISTORY, RUNS
 from services.projector.projector import Projector
-from tests.integration.test_projector import store_commits
-from tests.unit.test_projection import Workload
+from tests.support.workloads import Workload, store_commits
 
 
 def mongo_reader(db: Any, user_id: str | None = None) -> RunReader:

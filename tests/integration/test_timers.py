@@ -13,21 +13,17 @@ import httpx
 import pytest
 
 from schemas.commits import Commit
-from tests.conftest import isolated_env
-from tests.integration.test_engine import commits_of, topic
 from tests.support.eventually import assert_eventually
-from tests.support.kafka import command, produce, read_topic
-from tests.support.stack import TIMERS_STACK, Stack, running
+from tests.support.kafka import command, commits_of, produce, read_topic, topic
+from tests.support.stack import TIMERS_STACK, Stack, StackWith
 
 AUTH = {"Authorization": "Bearer test-key"}
 
 
 @pytest.fixture(scope="module")
-def timers_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, mongo_url)
-    yield from running(env, tmp_path_factory.mktemp("timers"), TIMERS_STACK)
+def timers_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(services=TIMERS_STACK) as stack:
+        yield stack
 
 
 async def execute(stack: Stack, execution_id: str, **extensions: Any) -> dict[str, Any]:
@@ -275,3 +271,40 @@ async def test_a_workflow_sleep_fires_once_and_a_canceled_timer_never_fires(
         if e["type"] == "TIMER_FIRED"
     ]
     assert fired_ids == ["nap"]
+
+
+async def _timers_get(stack: Stack, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(f"{stack.probe_url('timers')}{path}")
+
+
+async def _timers_metric(stack: Stack, name: str) -> float:
+    text = (await _timers_get(stack, "/metrics")).text
+    samples = [line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    assert samples, f"{name} not exposed"
+    return float(samples[0])
+
+
+async def test_timers_probes_and_metrics_show_pending_and_lateness(timers_stack: Stack) -> None:
+    assert (await _timers_get(timers_stack, "/healthz")).json() == {"status": "ok"}
+
+    async def ready() -> None:
+        reply = await _timers_get(timers_stack, "/readyz")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["checks"] == {"mongodb": "ok", "kafka": "ok", "consumer": "ok"}
+
+    await assert_eventually(ready, timeout=30)
+    fired_before = await _timers_metric(timers_stack, "runstore_timer_lateness_seconds_count")
+    await execute(timers_stack, "to-metrics", execution_timeout_seconds=600)
+
+    async def pending() -> None:
+        assert await _timers_metric(timers_stack, "runstore_timers_pending") >= 1
+
+    await assert_eventually(pending, timeout=30)
+    await execute(timers_stack, "to-metrics-2", execution_timeout_seconds=1)
+
+    async def fired() -> None:
+        count = await _timers_metric(timers_stack, "runstore_timer_lateness_seconds_count")
+        assert count >= fired_before + 1
+
+    await assert_eventually(fired, timeout=30)

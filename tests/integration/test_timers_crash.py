@@ -20,8 +20,7 @@ import pytest
 
 from services.common.kafka_topics import ensure_topics
 from services.common.settings import RunstoreSettings
-from tests.integration.test_engine import topic
-from tests.support.kafka import command, produce, read_topic
+from tests.support.kafka import command, produce, read_topic, topic
 from tests.support.stack import Stack
 
 KILLS = 20

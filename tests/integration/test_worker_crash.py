@@ -15,8 +15,10 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from schemas.events import Event
 from services.common.commit_log import commit_from_doc
-from tests.support.stack import Stack
+from tests.support.eventually import assert_eventually
+from tests.support.stack import Stack, StackWith
 
 KILLS = 20
 STEPS = 50
@@ -113,3 +115,70 @@ async def test_worker_killed_twenty_times_applies_each_side_effect_once(
     finally:
         await mongo.close()
         stack.stop_all()
+
+
+async def test_a_reset_replays_the_new_run_without_running_completed_activities_again(
+    stack_with: StackWith,
+) -> None:
+    """Reset to the third completed activity: the worker replays the new run from its
+    history (the reset copied the activity events up to that point), so only the activities
+    after it run again, and the result equals the first run's."""
+    steps, reset_after = 5, 3
+    services = ("engine", "projector", "timers", "worker", "api")
+    with stack_with(services=services, worker_module="tests.support.crash_workflows") as stack:
+        env = stack.env
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
+        db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
+        try:
+            async with httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http:
+                answer = await http.post(
+                    "/v1/workflows/crash-fifty/execute",
+                    json={"input": steps, "execution_id": "resettable"},
+                )
+                assert answer.status_code == 200, answer.text
+                first = await _wait_closed(http, "resettable", timeout=120)
+                assert first["status"] == "COMPLETED", first
+                assert await db["activity_bodies"].count_documents({}) == steps
+
+                events = await _events(db, "resettable")
+                first_run = events[0].run_id
+                done = [e for e in events if e.type == "ACTIVITY_TASK_COMPLETED"]
+                reset_point = done[reset_after - 1].event_number
+                answer = await http.post(
+                    "/v1/workflows/executions/resettable/reset",
+                    json={
+                        "event_id": reset_point,
+                        "reason": "test",
+                        "exclude_signals": False,
+                        "exclude_updates": False,
+                    },
+                )
+                assert answer.status_code == 204, answer.text
+
+                async def new_run_closed() -> list[Event]:
+                    events = await _events(db, "resettable")
+                    closed = [
+                        e
+                        for e in events
+                        if e.run_id != first_run and e.type == "WORKFLOW_EXECUTION_COMPLETED"
+                    ]
+                    assert closed, "the new run has not completed yet"
+                    return events
+
+                events = await assert_eventually(new_run_closed, timeout=120)
+                second = (await http.get("/v1/workflows/executions/resettable")).json()
+            assert second["status"] == "COMPLETED" and second["result"] == first["result"]
+            new_run = [e for e in events if e.run_id != first_run]
+            assert new_run[0].type == "WORKFLOW_RUN_RESET"
+            # Copied: the activities up to the reset point; run again: only the ones after it.
+            completed = [e for e in new_run if e.type == "ACTIVITY_TASK_COMPLETED"]
+            assert len(completed) == steps
+            bodies = await db["activity_bodies"].count_documents({})
+            assert bodies == steps + (steps - reset_after)
+        finally:
+            await mongo.close()
+
+
+async def _events(db: Any, execution_id: str) -> list[Event]:
+    docs = db["commits"].find({"execution_id": execution_id}).sort("seq", 1)
+    return [e async for d in docs for e in commit_from_doc(d).events]

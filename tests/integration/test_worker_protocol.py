@@ -9,10 +9,8 @@ import json
 from typing import Any
 
 from services.common.commit_log import commit_from_doc
-from tests.integration.test_engine import commits_of, start, topic
-from tests.integration.test_engine import engine as engine
 from tests.support.eventually import assert_eventually
-from tests.support.kafka import command, produce, read_topic
+from tests.support.kafka import command, commits_of, produce, read_topic, start, topic
 from tests.support.stack import Stack
 
 

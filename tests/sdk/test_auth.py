@@ -13,24 +13,12 @@ import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import HTTPValidationError, SDKError
 
-from tests.conftest import isolated_env
-from tests.support.stack import Stack
+from tests.support.sdk import status_of
+from tests.support.stack import Stack, StackWith
 
 
 def new_id(prefix: str = "au") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def status_of(call: Callable[[], Any]) -> int:
-    try:
-        result = call()
-        if hasattr(result, "close"):
-            result.close()
-    except SDKError as exc:
-        return exc.status_code
-    except HTTPValidationError as exc:
-        return exc.raw_response.status_code
-    return 200
 
 
 def every_endpoint(client: Mistral, execution_id: str) -> dict[str, Callable[[], Any]]:
@@ -104,23 +92,14 @@ def test_in_shared_mode_users_read_and_command_each_others_runs(
 
 
 @pytest.fixture(scope="module")
-def separate_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = {
-        **isolated_env(kafka_bootstrap, mongo_url),
-        "RUNSTORE_API_ACCESS_MODE": "separate",
-        "RUNSTORE_API_MAX_BODY_BYTES": "4096",
-        "RUNSTORE_API_BAD_REQUESTS_BURST": "100",
-        "RUNSTORE_API_BAD_REQUESTS_PER_SECOND": "5",
-    }
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("separate"))
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
+def separate_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(
+        RUNSTORE_API_ACCESS_MODE="separate",
+        RUNSTORE_API_MAX_BODY_BYTES="4096",
+        RUNSTORE_API_BAD_REQUESTS_BURST="100",
+        RUNSTORE_API_BAD_REQUESTS_PER_SECOND="5",
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def test_in_separate_mode_another_users_run_is_not_found_anywhere(

@@ -24,25 +24,19 @@ from services.common.worker_registry import (
     ExecutionLogShipper,
     WorkerRegistry,
 )
-from tests.conftest import _running_stack as running_stack
-from tests.conftest import isolated_env
 from tests.support.eventually import wait_until
 from tests.support.kafka import command, produce
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def module_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = {
-        **isolated_env(kafka_bootstrap, mongo_url),
-        "RUNSTORE_API_ALLOW_UNREGISTERED": "false",
-        "RUNSTORE_API_ACCESS_MODE": "separate",
-    }
-    yield from running_stack(env, tmp_path_factory.mktemp("catalogue"))
+def module_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(
+        RUNSTORE_API_ALLOW_UNREGISTERED="false", RUNSTORE_API_ACCESS_MODE="separate"
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 
-from tests.sdk.test_runs import publish
 from tests.support.eventually import wait_until
-from tests.support.kafka import command
+from tests.support.kafka import command, publish
 from tests.support.stack import Stack
 
 
@@ -53,7 +52,7 @@ def signalled_saga(
         workflow_identifier="saga", execution_id=execution_id
     )
     assert started.run_id
-    publish(stack, signals(execution_id, n))
+    publish(stack.env, signals(execution_id, n))
     return execution_id, started.run_id, wait_for_events(client, started.run_id, n + 1)
 
 
@@ -64,7 +63,7 @@ def test_run_history_holds_the_stored_events_in_order(client: Mistral, module_st
     )
     assert started.run_id
     done = command("CompleteExecution", execution_id, run_id=started.run_id, result="the end")
-    publish(module_stack, [*signals(execution_id, 3), (execution_id, done)])
+    publish(module_stack.env, [*signals(execution_id, 3), (execution_id, done)])
     body = wait_for_events(client, started.run_id, 5)
 
     assert body["execution_id"] == execution_id and body["run_id"] == started.run_id
@@ -102,7 +101,7 @@ def test_execution_history_is_the_latest_runs_history(client: Mistral, module_st
     )
     assert first.run_id
     publish(
-        module_stack,
+        module_stack.env,
         [
             *signals(execution_id, 2),
             (execution_id, command("ResetExecution", execution_id, event_id=2, reason="again")),
@@ -202,7 +201,7 @@ def test_history_page_errors_are_4xx_with_a_message(client: Mistral, module_stac
         client.workflows.execute_workflow(workflow_identifier="story", execution_id=i).run_id
         for i in ids
     ]
-    publish(module_stack, [r for i in ids for r in signals(i, 3)])
+    publish(module_stack.env, [r for i in ids for r in signals(i, 3)])
     for run_id in runs:
         assert run_id
         wait_for_events(client, run_id, 4)

@@ -13,26 +13,15 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import isolated_env
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 AUTH = {"Authorization": "Bearer test-key", "Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def api(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    stack = Stack(
-        env=isolated_env(kafka_bootstrap, mongo_url),
-        log_dir=tmp_path_factory.mktemp("refusals"),
-    )
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
+def api(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with() as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def nested(levels: int) -> str:

@@ -20,9 +20,8 @@ from mistralai.client.errors import SDKError
 
 from services.common.kafka_io import tail_from_end
 from services.common.settings import RunstoreSettings
-from tests.conftest import _running_stack, isolated_env
 from tests.support.eventually import wait_until
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 
 class FakeWorker:
@@ -126,14 +125,9 @@ class FakeWorker:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = {
-        **isolated_env(kafka_bootstrap, mongo_url),
-        "RUNSTORE_API_WORKER_TIMEOUT_SECONDS": "3",
-    }
-    yield from _running_stack(env, tmp_path_factory.mktemp("queries"))
+def stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(RUNSTORE_API_WORKER_TIMEOUT_SECONDS="3") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

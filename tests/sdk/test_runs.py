@@ -9,7 +9,6 @@ was seeded plus the times point reads report, then compared with what the list r
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import uuid
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from mistralai.client import Mistral
 from mistralai.client.errors import HTTPValidationError, SDKError
 
 from tests.support.eventually import wait_until
-from tests.support.kafka import command, produce
+from tests.support.kafka import command, publish
 from tests.support.stack import Stack
 
 # --- seeding ------------------------------------------------------------------------------------
@@ -86,12 +85,6 @@ def closing_command(status: str, execution_id: str, run_id: str) -> list[dict[st
         return [command("ContinueAsNew", execution_id, run_id=run_id, input={"again": True})]
     assert status == "RUNNING"
     return []
-
-
-def publish(stack: Stack, records: list[tuple[str, dict[str, Any]]]) -> None:
-    env = stack.env
-    topic = f"{env['RUNSTORE_TOPIC_PREFIX']}workflows.commands"
-    asyncio.run(produce(env["RUNSTORE_KAFKA_BOOTSTRAP"], topic, records))
 
 
 def seed(stack: Stack, client: Mistral) -> DataSet:
@@ -169,7 +162,7 @@ def seed(stack: Stack, client: Mistral) -> DataSet:
     )
     add(Seeded(f"{tag}-other", f"{tag}-ro", f"tree-{tag}", "alice", "RUNNING"))
     add(Seeded(f"{tag}-can", f"{tag}-rcan", f"loop-{tag}", "carol", "CONTINUED_AS_NEW"))
-    publish(stack, records)
+    publish(stack.env, records)
 
     def projected() -> None:
         got = client.workflows.runs.list_runs(search=tag, page_size=1000)
@@ -494,7 +487,7 @@ def test_paging_while_runs_are_added_has_no_duplicates_and_no_gaps(
     workflow = f"busy-{tag}"
     existing = {f"{tag}-r{i:02d}" for i in range(25)}
     publish(
-        module_stack,
+        module_stack.env,
         [
             (
                 f"{tag}-e{i:02d}",
@@ -686,7 +679,7 @@ def test_get_workflow_execution_is_the_latest_run(client: Mistral, module_stack:
     first = client.workflows.execute_workflow(
         workflow_identifier="twice", execution_id=execution_id
     )
-    publish(module_stack, [(execution_id, command("TerminateExecution", execution_id))])
+    publish(module_stack.env, [(execution_id, command("TerminateExecution", execution_id))])
     wait_until(
         lambda: _assert_status(client, execution_id, "TERMINATED"),
     )

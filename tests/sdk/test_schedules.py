@@ -12,19 +12,16 @@ import pytest
 from mistralai.client import Mistral
 from pymongo import MongoClient
 
-from tests.conftest import isolated_env
-from tests.sdk.test_auth import status_of
 from tests.support.eventually import wait_until
 from tests.support.kafka import command, produce
-from tests.support.stack import TIMERS_STACK, Stack, running
+from tests.support.sdk import status_of
+from tests.support.stack import TIMERS_STACK, Stack, StackWith
 
 
 @pytest.fixture(scope="module")
-def stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = {**isolated_env(kafka_bootstrap, mongo_url), "RUNSTORE_API_ACCESS_MODE": "separate"}
-    yield from running(env, tmp_path_factory.mktemp("schedules"), TIMERS_STACK)
+def stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(services=TIMERS_STACK, RUNSTORE_API_ACCESS_MODE="separate") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -19,30 +19,21 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import isolated_env
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 HEADER_S, BODY_S, SHUTDOWN_S = 1, 1, 2
 CLOSED_WITHIN = 15.0
 
 
 @pytest.fixture(scope="module")
-def api(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = {
-        **isolated_env(kafka_bootstrap, mongo_url),
-        "RUNSTORE_API_HEADER_TIMEOUT_SECONDS": str(HEADER_S),
-        "RUNSTORE_API_BODY_TIMEOUT_SECONDS": str(BODY_S),
-        "RUNSTORE_API_SHUTDOWN_SECONDS": str(SHUTDOWN_S),
-    }
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("slow"))
-    try:
-        stack.start("engine")
-        stack.start("api")
+def api(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(
+        services=("engine", "api"),
+        RUNSTORE_API_HEADER_TIMEOUT_SECONDS=str(HEADER_S),
+        RUNSTORE_API_BODY_TIMEOUT_SECONDS=str(BODY_S),
+        RUNSTORE_API_SHUTDOWN_SECONDS=str(SHUTDOWN_S),
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def trickle(api: Stack, head: bytes, rest: bytes) -> tuple[float, bytes]:

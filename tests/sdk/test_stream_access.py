@@ -21,8 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import isolated_env
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 EVENTS_STREAM = "/v1/workflows/events/stream"
 # Parameters of the events stream that name no execution (a new one must be added here
@@ -43,21 +42,11 @@ KEYS = {"alice": "test-key", "bob": "bob-key"}
 
 
 @pytest.fixture(scope="module")
-def separate_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = {
-        **isolated_env(kafka_bootstrap, mongo_url),
-        "RUNSTORE_API_ACCESS_MODE": "separate",
-        "RUNSTORE_API_SSE_KEEPALIVE_SECONDS": "0.2",
-    }
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("stream-access"))
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
+def separate_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(
+        RUNSTORE_API_ACCESS_MODE="separate", RUNSTORE_API_SSE_KEEPALIVE_SECONDS="0.2"
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 def classified_params(openapi: dict[str, Any], path: str) -> tuple[list[str], list[str]]:

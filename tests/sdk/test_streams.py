@@ -15,24 +15,15 @@ import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import HTTPValidationError, SDKError
 
-from tests.conftest import isolated_env
 from tests.support.eventually import wait_until
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 
 @pytest.fixture(scope="module")
-def module_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def module_stack(stack_with: StackWith) -> Iterator[Stack]:
     """A stack of its own: short keep-alives make them observable."""
-    env = {**isolated_env(kafka_bootstrap, mongo_url), "RUNSTORE_API_SSE_KEEPALIVE_SECONDS": "0.5"}
-    stack = Stack(env=env, log_dir=tmp_path_factory.mktemp("streams"))
-    try:
-        for service in ("engine", "projector", "api"):
-            stack.start(service)
+    with stack_with(RUNSTORE_API_SSE_KEEPALIVE_SECONDS="0.5") as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 @pytest.fixture

@@ -6,33 +6,22 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from mistralai.client import Mistral
 from pymongo import MongoClient
 
 from services.common.commit_log import commit_from_doc
-from tests.conftest import isolated_env
 from tests.support.eventually import wait_until
-from tests.support.stack import Stack
+from tests.support.stack import WORKER_STACK, Stack, StackWith
 
 
 @pytest.fixture(scope="module")
-def worker_stack(
-    kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    env = isolated_env(kafka_bootstrap, mongo_url)
-    stack = Stack(env=env, log_dir=Path(tmp_path_factory.mktemp("workers")))
-    try:
-        for service in ("engine", "projector", "timers"):
-            stack.start(service)
-        stack.start("worker", args=["--module", "examples.workflows"])
-        stack.start("api")
+def worker_stack(stack_with: StackWith) -> Iterator[Stack]:
+    with stack_with(services=WORKER_STACK) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 @pytest.fixture
@@ -249,3 +238,53 @@ def test_a_deployment_name_routes_the_run_to_that_deployments_workers(
         assert reporters == {f"{socket.gethostname()}:{blue_pid}"}
     finally:
         worker_stack.stop("worker-blue")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{"):
+            got = line[len(name) + 1 : line.index("}")]
+            if ",".join(sorted(got.split(","))) == wanted:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_worker_serves_probes_and_counts_its_tasks_and_activities(
+    worker_stack: Stack, client: Mistral
+) -> None:
+    base = worker_stack.probe_url("worker")
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+
+    def ready() -> None:
+        answer = httpx.get(f"{base}/readyz", timeout=5)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["checks"] == {"mongodb": "ok", "kafka": "ok", "consumer": "ok"}
+
+    wait_until(ready, timeout=30)
+
+    def metrics() -> str:
+        return httpx.get(f"{base}/metrics", timeout=5).text
+
+    tasks = "runstore_worker_workflow_tasks_total"
+    activities = "runstore_worker_activities_total"
+    before = metrics()
+    advanced = metric_value(before, tasks, deployment="default", outcome="advanced")
+    completed = metric_value(before, activities, deployment="default", outcome="completed")
+    failed = metric_value(before, activities, deployment="default", outcome="failed")
+
+    execution_id = new_id("saga")
+    client.workflows.execute_workflow(
+        workflow_identifier="order-saga",
+        input={"order_id": execution_id, "amount": 3, "fail_at": "ship"},
+        execution_id=execution_id,
+    )
+    wait_for_status(client, execution_id, "FAILED", timeout=60)
+
+    after = metrics()
+    assert metric_value(after, tasks, deployment="default", outcome="advanced") > advanced
+    assert metric_value(after, activities, deployment="default", outcome="completed") > completed
+    assert metric_value(after, activities, deployment="default", outcome="failed") > failed
+    assert "runstore_worker_workflow_task_seconds_count" in after
+    assert 'runstore_batch_size_count{service="worker.default"}' in after

@@ -1,4 +1,5 @@
-"""Kafka helpers for tests: produce raw records, read a whole topic back."""
+"""Kafka helpers for tests: build and produce command records, read a whole topic back,
+and read an execution's stored commits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from pymongo import AsyncMongoClient
 
 
 def command(
@@ -80,3 +82,31 @@ async def read_topic(
         return records
     finally:
         await consumer.stop()
+
+
+def topic(env: dict[str, str], name: str) -> str:
+    """The full name of topic `name` (e.g. "commands") under the test's topic prefix."""
+    return f"{env['RUNSTORE_TOPIC_PREFIX']}workflows.{name}"
+
+
+def start(execution_id: str, command_id: str | None = None) -> dict[str, Any]:
+    """A StartWorkflow command record for workflow `wf`."""
+    return command("StartWorkflow", execution_id, command_id, workflow_name="wf", input={"n": 1})
+
+
+def publish(env: dict[str, str], records: list[tuple[str, dict[str, Any]]]) -> None:
+    """Produce (key, command) records to the commands topic, from synchronous tests."""
+    asyncio.run(produce(env["RUNSTORE_KAFKA_BOOTSTRAP"], topic(env, "commands"), records))
+
+
+async def commits_of(env: dict[str, str], execution_id: str) -> list[dict[str, Any]]:
+    """The execution's stored commits, in seq order (stops at the first gap)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
+    try:
+        db = client[env["RUNSTORE_MONGO_DATABASE"]]
+        found = []
+        while doc := await db.commits.find_one({"_id": f"{execution_id}:{len(found) + 1:012d}"}):
+            found.append(doc)
+        return found
+    finally:
+        await client.close()

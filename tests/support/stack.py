@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -23,6 +26,8 @@ class Stack:
     api_port: int = field(default_factory=free_port)
     engine_health_port: int = field(default_factory=free_port)
     projector_health_port: int = field(default_factory=free_port)
+    timers_health_port: int = field(default_factory=free_port)
+    worker_health_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -36,6 +41,8 @@ class Stack:
             "api": self.api_port,
             "engine": self.engine_health_port,
             "projector": self.projector_health_port,
+            "timers": self.timers_health_port,
+            "worker": self.worker_health_port,
         }[service]
         return f"http://127.0.0.1:{port}"
 
@@ -60,6 +67,8 @@ class Stack:
             # A second instance finds its probe port taken: it logs that and runs on.
             "RUNSTORE_ENGINE_HEALTH_PORT": str(self.engine_health_port),
             "RUNSTORE_PROJECTOR_HEALTH_PORT": str(self.projector_health_port),
+            "RUNSTORE_TIMERS_HEALTH_PORT": str(self.timers_health_port),
+            "RUNSTORE_WORKER_HEALTH_PORT": str(self.worker_health_port),
             **(env or {}),
         }
         log = (self.log_dir / f"{name}.log").open("ab")
@@ -119,15 +128,54 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+CORE_SERVICES = ("engine", "projector", "api")
 TIMERS_STACK = ("engine", "projector", "timers", "api")
+WORKER_STACK = ("engine", "projector", "timers", "worker", "api")
 
 
-def running(env: dict[str, str], log_dir: Path, services: tuple[str, ...]) -> Iterator[Stack]:
-    """A stack of these services (started in order), stopped when the generator closes."""
+def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
+    """Environment for services under test: real servers, private topics and database."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "RUNSTORE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "RUNSTORE_MONGO_URL": mongo_url,
+        "RUNSTORE_MONGO_DATABASE": f"t_{tag}",
+        "RUNSTORE_TOPIC_PREFIX": f"t{tag}.",
+        "RUNSTORE_PARTITIONS": "4",
+        "RUNSTORE_API_KEYS": "test-key=alice,bob-key=bob",
+        # The suites start runs of workflows no worker registered (tests/sdk/test_catalogue.py
+        # turns this off to check the refusal).
+        "RUNSTORE_API_ALLOW_UNREGISTERED": "true",
+        "RUNSTORE_LOG_LEVEL": "INFO",
+    }
+
+
+@contextmanager
+def running(
+    env: dict[str, str],
+    log_dir: Path,
+    services: tuple[str, ...] = CORE_SERVICES,
+    worker_module: str = "examples.workflows",
+) -> Iterator[Stack]:
+    """A stack of these services (started in order; a worker serves `worker_module`),
+    stopped when the block ends."""
     stack = Stack(env=env, log_dir=log_dir)
     try:
         for service in services:
-            stack.start(service)
+            args = ["--module", worker_module] if service == "worker" else None
+            stack.start(service, args=args)
         yield stack
     finally:
         stack.stop_all()
+
+
+class StackWith(Protocol):
+    """The `stack_with` fixture: `with stack_with(RUNSTORE_X="1") as stack: ...` runs a
+    stack on private topics and a private database, the test's settings over the defaults."""
+
+    def __call__(
+        self,
+        services: tuple[str, ...] = CORE_SERVICES,
+        worker_module: str = "examples.workflows",
+        **env: str,
+    ) -> AbstractContextManager[Stack]: ...

@@ -17,7 +17,7 @@ from schemas.events import Event
 from services.common.readmodels.memory_store import MemoryReadModels
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
 from services.projector.projector import ConcurrentWriter, Projector
-from tests.unit.test_projection import Workload, fold_all, mixed_workload
+from tests.support.workloads import Workload, fold_all, mixed_workload
 
 
 class CountingStore(MemoryReadModels):

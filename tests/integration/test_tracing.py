@@ -1,0 +1,128 @@
+"""One trace through the real services: the services export their spans over OTLP/HTTP to
+a collector the test runs (tests/support/otlp_collector.py), which keeps them in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.eventually import wait_until
+from tests.support.otlp_collector import CollectedSpan, Collector, otlp_collector
+from tests.support.servers import free_port
+from tests.support.stack import Stack, StackWith
+
+TRACED = ("engine", "projector", "worker", "api")
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def traced(stack_with: StackWith) -> Iterator[tuple[Stack, Collector]]:
+    port = free_port()
+    with (
+        otlp_collector(port) as collector,
+        stack_with(
+            services=TRACED,
+            RUNSTORE_TRACING_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        ) as stack,
+    ):
+        yield stack, collector
+
+
+def _execute(
+    stack: Stack,
+    execution_id: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    def started() -> None:
+        reply = httpx.post(
+            f"{stack.api_url}/v1/workflows/runstore-echo/execute",
+            json={"execution_id": execution_id, "input": {"n": 1}, **(body or {})},
+            headers={"Authorization": "Bearer test-key", **(headers or {})},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text  # 404 until the worker registered
+
+    wait_until(started, timeout=60)
+
+
+def _one(spans: list[CollectedSpan], name: str, parent: CollectedSpan | str) -> CollectedSpan:
+    parent_id = parent if isinstance(parent, str) else parent.span_id
+    found = [s for s in spans if s.name == name and s.parent_span_id == parent_id]
+    assert found, f"no {name!r} under {parent_id}: {[(s.name, s.parent_span_id) for s in spans]}"
+    return found[0]
+
+
+def test_a_traceparent_header_continues_through_api_engine_projector_and_worker(
+    traced: tuple[Stack, Collector],
+) -> None:
+    stack, collector = traced
+    _execute(
+        stack,
+        "traced-1",
+        headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
+    )
+
+    def whole_path() -> dict[str, CollectedSpan]:
+        spans = collector.trace(TRACE_ID)
+        http = _one(spans, "POST /v1/workflows/{workflow_identifier}/execute", CALLER_SPAN)
+        execute = _one(spans, "execute runstore-echo", http)
+        send = _one(spans, "send StartWorkflow", execute)
+        start = _one(spans, "apply StartWorkflow", send)
+        projected = _one(spans, "project events", start)
+        task = _one(spans, "workflow task runstore-echo", start)
+        # The worker's report is applied by the engine within the same trace, and
+        # projected again.
+        reports = [s for s in spans if s.parent_span_id == task.span_id]
+        assert reports and all(s.name.startswith("apply ") for s in reports)
+        finished = _one(spans, "project events", reports[-1])
+        return {
+            "http": http,
+            "start": start,
+            "projected": projected,
+            "task": task,
+            "report": reports[-1],
+            "finished": finished,
+        }
+
+    path = wait_until(whole_path, timeout=60)
+    assert {s.service for s in path.values()} == {
+        "runstore-api",
+        "runstore-engine",
+        "runstore-projector",
+        "runstore-worker",
+    }
+    assert path["http"].attributes["http.response.status_code"] == 200
+    assert path["start"].attributes["runstore.execution_id"] == "traced-1"
+    assert path["start"].attributes["runstore.outcome"] == "accepted"
+    assert path["projected"].attributes["runstore.execution_id"] == "traced-1"
+    assert path["task"].attributes["runstore.execution_id"] == "traced-1"
+    assert path["report"].attributes["runstore.execution_id"] == "traced-1"
+
+
+def test_the_sdk_body_traceparent_and_custom_attributes_are_honoured(
+    traced: tuple[Stack, Collector],
+) -> None:
+    stack, collector = traced
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    _execute(
+        stack,
+        "traced-2",
+        body={
+            "traceparent": f"00-{trace_id}-b7ad6b7169203331-01",
+            "custom_tracing_attributes": {"team": "billing"},
+        },
+    )
+
+    def applied() -> CollectedSpan:
+        spans = collector.trace(trace_id)
+        execute = _one(spans, "execute runstore-echo", "b7ad6b7169203331")
+        assert execute.attributes["team"] == "billing"
+        return _one(spans, "apply StartWorkflow", _one(spans, "send StartWorkflow", execute))
+
+    assert wait_until(applied, timeout=60).attributes["runstore.execution_id"] == "traced-2"
