@@ -1,4 +1,5 @@
-"""The durable side of the pending timers: a port and its MongoDB adapter."""
+"""The durable side of the pending timers: a port, its MongoDB adapter and an in-memory one
+(held to the same contract suite, tests/contract/test_timer_store.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class TimerStore(Protocol):
 
     async def write(self, put: Iterable[Placed], delete: Iterable[str]) -> None:
         """Upsert `put` and delete the timers of `delete` (keys); idempotent."""
+        ...
+
+    async def count(self) -> int:
+        """Timers stored (all partitions)."""
         ...
 
 
@@ -78,3 +83,29 @@ class MongoTimerStore:
 
     async def count(self) -> int:
         return await self._coll.count_documents({})
+
+
+class MemoryTimerStore:
+    """TimerStore in a dict, for unit tests of the timers service."""
+
+    def __init__(self) -> None:
+        self._placed: dict[str, Placed] = {}
+
+    async def setup(self) -> None:
+        return None
+
+    async def load(self, partitions: Iterable[int]) -> dict[int, list[Timer]]:
+        found: dict[int, list[Timer]] = {p: [] for p in sorted(set(partitions))}
+        for placed in self._placed.values():
+            if placed.partition in found:
+                found[placed.partition].append(placed.timer)
+        return found
+
+    async def write(self, put: Iterable[Placed], delete: Iterable[str]) -> None:
+        for placed in put:
+            self._placed[placed.timer.key] = placed
+        for key in delete:
+            self._placed.pop(key, None)
+
+    async def count(self) -> int:
+        return len(self._placed)
