@@ -10,13 +10,9 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 # CPython's defaults (700, 10, 10) collect the youngest generation every 700 net
-# allocations and, as the heap grows, scan all of it again and again. Measured on the
-# engine (a few hundred objects per command, every execution's state in its cache):
-# with the defaults, collections took 3.1-4.0 s of a 20,000-command benchmark run, with
-# pauses up to 490 ms (bench/engine_throughput.py, gc.callbacks timing); with these
-# thresholds and the start-up heap frozen, 0.86-1.0 s and at most 191 ms, and
-# command→outcome p99 went from 587-915 ms to 348-389 ms. The projector and the API
-# collect this way; the engine now goes further (`BatchCollector`).
+# allocations and, as the heap grows, scan all of it again and again. The projector and
+# the API collect with these thresholds; the engine goes further (`BatchCollector`).
+# Measurements: docs/engine-performance.md, "Garbage collection".
 GC_THRESHOLDS = (20_000, 20, 10)
 
 
@@ -49,14 +45,11 @@ class BatchCollector:
       (~14 MB per failed batch of 2,000);
     - every `full_every_s` seconds in any case.
 
-    Why: a batch of 2,000 commands allocates ~600,000 tracked objects, alive until the
-    batch is published. Collections by allocation count traversed them again and again
-    while they were alive (gen 0 every 20,000, gen 1 every 400,000): 25-30% of the
-    engine's CPU per command (bench/engine_cpu.py, with and without). Batches that go
-    through create no cycles (in bench/engine_throughput.py with a full collection every
-    3 s: 21 unreachable objects in the first, none in the next five). A full collection
-    logs what it found and how long it took: ~0.5 s for ~300,000 objects, ~1.2 s for the
-    ~1.25 million of a full state cache (100,000 executions).
+    Why: a batch allocates a few hundred tracked objects per command, alive until it is
+    published; collections by allocation count traverse them again and again while they
+    are alive. Batches that go through create no cycles. A full collection logs what it
+    found and how long it took. Measurements: docs/engine-performance.md, "Garbage
+    collection".
     """
 
     def __init__(
@@ -82,7 +75,7 @@ class BatchCollector:
 
     def check(self) -> bool:
         """Run a full collection if one is due (by time or growth); call it every few
-        seconds. Counting the frozen objects walks them: ~16 ms per million."""
+        seconds. Counting the frozen objects walks them (see docs/engine-performance.md)."""
         gc.freeze()
         due = self._clock() - self._last_full >= self._full_every_s
         if due or gc.get_freeze_count() > self._frozen_after_full * (1 + self._growth):

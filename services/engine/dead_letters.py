@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from bson import Binary
 from pymongo import ReplaceOne
@@ -23,10 +22,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.admission import TOPIC_RECORD_BYTES
 from services.common.kafka_io import Outgoing
+from services.common.mongo import Document
 from services.common.settings import Topics
 from services.engine.validation import DeadLetter
-
-Document = dict[str, Any]
 
 DEAD_LETTERS = "dead_letters"
 PREVIEW_BYTES = 4096

@@ -7,6 +7,7 @@ and `command_id` indexes are the concurrency and idempotency guards. Finding an
 execution's newest commit needs no head document either: its seqs are contiguous from
 1, so galloping `_id` probes (1, 2, 4, 8, … then a binary search) find the last one in
 O(log n) point reads, which stay fast on FerretDB (it scans for anything but `_id`).
+Reads by position go through `MongoCommitLog`, the read port every reader of commits uses.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from schemas.events import EventType
 from services.common.commit_log import (
     COMMITS,
     RUN_LOCATORS,
+    CommitLog,
     commit_from_doc,
     commit_to_doc,
-    read_commit,
 )
-from services.common.mongo import DUPLICATE_KEY, insert_unless_present, is_ferretdb
+from services.common.mongo import (
+    DUPLICATE_KEY,
+    POINT_READ_CONCURRENCY,
+    Document,
+    insert_unless_present,
+    is_ferretdb,
+)
+from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import (
     AppendFailure,
     AppendReport,
@@ -35,10 +43,6 @@ from services.engine.event_store import (
     append_round_with,
 )
 
-Document = dict[str, Any]
-
-# Concurrent point reads per call: enough to hide round trips, few enough for the pool.
-_READ_CONCURRENCY = 32
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
 
@@ -47,6 +51,8 @@ class MongoEventStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
         self._commits = db[COMMITS]
+        # Reads of stored commits by position go through the read port every reader uses.
+        self._log: CommitLog = MongoCommitLog(db)
         self._run_locators = db[RUN_LOCATORS]
         self._ferretdb = False
 
@@ -55,7 +61,7 @@ class MongoEventStore:
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
-        gate = asyncio.Semaphore(_READ_CONCURRENCY)
+        gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
 
         async def one(execution_id: str) -> tuple[str, Commit | None]:
             async with gate:
@@ -129,7 +135,7 @@ class MongoEventStore:
         return AppendFailure.DUPLICATE_COMMAND
 
     async def get(self, execution_id: str, seq: int) -> Commit | None:
-        return await read_commit(self._commits, execution_id, seq)
+        return await self._log.get(execution_id, seq)
 
     async def find_by_command(self, command_id: str) -> Commit | None:
         doc = await self._commits.find_one({"command_id": command_id})
@@ -150,7 +156,7 @@ class MongoEventStore:
     async def _find_in_streams(
         self, command_ids: set[str], streams: Mapping[str, int]
     ) -> dict[str, Commit]:
-        gate = asyncio.Semaphore(_READ_CONCURRENCY)
+        gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
 
         async def command_at(doc_id: str) -> tuple[str, Any]:
             async with gate:
@@ -164,7 +170,5 @@ class MongoEventStore:
         return {c.command_id: c for c in (commit_from_doc(d) for d in docs if d)}
 
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
-        seq = max(after_seq, 0)
-        while (commit := await self.get(execution_id, seq + 1)) is not None:
+        for commit in await self._log.read_after(execution_id, max(after_seq, 0)):
             yield commit
-            seq += 1

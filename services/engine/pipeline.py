@@ -280,6 +280,9 @@ class EnginePipeline:
             # published after it) is not either: both are consumed again, and their
             # stored commits re-published.
             return self._failed(batch, failed)
+        # What it decided is answered in `completed.out`: let the rest go now rather than
+        # keep it alive while the batch is published.
+        batch.decision, batch.storing = None, None
         self._enter(batch, Phase.PUBLISHING)
         self._publishing.start(batch.start, self._publish_and_commit(batch, completed.out))
         return _Handover(redecided=completed.redecided)

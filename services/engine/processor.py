@@ -36,7 +36,7 @@ from schemas.commits import Commit, RejectedCommand, SourcePosition
 from schemas.events import Event
 from services.common.clock import ns_to_datetime
 from services.engine.context import context_for
-from services.engine.domain import ExecutionState, Rejected, decide, fold
+from services.engine.domain import Rejected, decide, fold
 from services.engine.event_store import AppendFailure, AppendReport, EventStore
 from services.engine.outbound import Decided, Outbound
 from services.engine.outcomes import accepted, after_rejection, follow_ups, rejected
@@ -47,7 +47,7 @@ from services.engine.redelivery import (
     replay_known_rejections,
     replayed,
 )
-from services.engine.state_cache import NEW_STREAM, StateCache, StreamHead
+from services.engine.state_cache import StateCache, StreamHead
 from services.engine.validation import DeadLetter, InboundRecord, parse_record
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class CommandProcessor:
 
     async def _decide_round(self, todo: Todo, must_read: frozenset[str]) -> Round:
         t0 = time.perf_counter()
-        assumed_new = await self._load(todo, must_read)
+        assumed_new = await self._cache.load(self._store, [c for _, c in todo], must_read)
         t1 = time.perf_counter()
         decided = await self._decide_each(todo)
         rejection_streams: dict[str, int] = {}
@@ -282,39 +282,6 @@ class CommandProcessor:
             (time.perf_counter() - t1) * 1000,
         )
         return Round(todo, tuple(decided), assumed_new, rejection_streams)
-
-    async def _load(self, todo: Todo, must_read: frozenset[str]) -> frozenset[str]:
-        """Have every execution of `todo` in the cache; return those assumed new.
-
-        An execution missing from the cache whose first command here is a start is
-        assumed not to exist, without a read: starts of new executions are the bulk of a
-        busy stream and the read would always miss. `append_first` checks the guess.
-        """
-        first_type: dict[str, str] = {}
-        for _, command in todo:
-            first_type.setdefault(command.execution_id, command.type)
-        missing = [e for e in first_type if self._cache.get(e) is None]
-        assumed_new = frozenset(
-            e for e in missing if first_type[e] == "StartWorkflow" and e not in must_read
-        )
-        for execution_id in assumed_new:
-            self._cache.put(execution_id, NEW_STREAM)
-        to_read = [e for e in missing if e not in assumed_new]
-        log.debug("reading %d of %d executions", len(to_read), len(first_type))
-        if not to_read:
-            return assumed_new
-        latest = await self._store.latest(to_read)
-        for execution_id in to_read:
-            commit = latest.get(execution_id)
-            if commit is None:
-                self._cache.put(execution_id, NEW_STREAM)
-            else:
-                state = ExecutionState.model_validate(commit.state)
-                partition = commit.source.partition if commit.source else -1
-                self._cache.put(
-                    execution_id, StreamHead(state, commit.seq, commit.source, partition)
-                )
-        return assumed_new
 
     async def _decide_each(self, todo: Todo) -> list[Decided]:
         decided: list[Decided] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -207,15 +206,7 @@ class TestMemoryEventStore(EventStoreContract):
 
 
 class TestMongoEventStore(EventStoreContract):
-    @pytest.fixture
-    async def db(self, mongo_url: str) -> AsyncIterator[Any]:
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
-        name = f"contract_{uuid.uuid4().hex[:12]}"
-        try:
-            yield client[name]
-        finally:
-            await client.drop_database(name)
-            await client.close()
+    """On the session's server, in a fresh database (`db`, tests/contract/conftest.py)."""
 
     @pytest.fixture
     async def store(self, db: Any) -> EventStore:

@@ -207,8 +207,12 @@ def rig(store: GatedStore | None = None) -> Rig:
     processor = Traced(CommandProcessor(store, StateCache(1000), lambda: next(clock)), phases)
     published = Published()
 
+    names: dict[Batch, str] = {}  # a batch lets its decision go once it is answered
+
     def observe(batch: Batch, phase: Phase) -> None:
-        first = _first_id(batch.decision.parsed.commands) if batch.decision else "-"
+        if batch.decision is not None:
+            names[batch] = _first_id(batch.decision.parsed.commands)
+        first = names.get(batch, "-")
         phases[first] = phase
         transitions.append((first, phase))
         signals.hit(f"{first} {phase.value}")
