@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,20 +215,24 @@ def temporal_server(binary: str, workdir: Path, db_file: Path | None) -> Iterato
         yield f"127.0.0.1:{port}", proc.pid
 
 
-async def bench_temporal(
-    name: str, address: str, pid: int, clients: int, seconds: float, warmup: float
-) -> Result:
+async def temporal_client(address: str) -> Any:
+    """A Temporal client, once the dev server answers (within a minute)."""
     from temporalio.client import Client
 
     deadline = time.monotonic() + 60
     while True:
         try:
-            client = await Client.connect(address, namespace="default")
-            break
+            return await Client.connect(address, namespace="default")
         except Exception:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def bench_temporal(
+    name: str, address: str, pid: int, clients: int, seconds: float, warmup: float
+) -> Result:
+    client = await temporal_client(address)
     run = uuid.uuid4().hex[:6]
     counter = iter(range(10**9))
 

@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,7 +34,13 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from cpu_meter import CpuMeter  # noqa: E402
-from http_gateway import KEY, runstore_stack, temporal_binary, temporal_server  # noqa: E402
+from http_gateway import (  # noqa: E402
+    KEY,
+    runstore_stack,
+    temporal_binary,
+    temporal_client,
+    temporal_server,
+)
 from loadgen import HttpConnection, Result, drive, pct  # noqa: E402
 from peers.procs import process  # noqa: E402
 
@@ -95,17 +100,7 @@ async def bench_temporal(
     seconds: float,
     warmup: float,
 ) -> Result:
-    from temporalio.client import Client
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = await Client.connect(address, namespace="default")
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+    client = await temporal_client(address)
     counter = iter(range(10**9))
     run = uuid.uuid4().hex[:6]
 
