@@ -5,56 +5,23 @@ one the unit tests use, and MongoCommitLog on the test session's MongoDB-protoco
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from schemas.commits import Commit
-from schemas.common import Payload
-from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
 from services.common.commit_log import CommitLog
 from services.common.memory_commit_log import MemoryCommitLog
 from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.mongo_event_store import MongoEventStore
+from tests.support.commits import make_commit
 
 Append = Callable[[Sequence[Commit]], Awaitable[None]]
 
 
 def commit(execution_id: str, seq: int) -> Commit:
     """A commit as the engine stores it: seq 1 opens run `{execution_id}-run`."""
-    common: dict[str, Any] = {
-        "event_id": f"{execution_id}:{seq}:0",
-        "execution_id": execution_id,
-        "seq": seq,
-        "index": 0,
-        "event_number": seq,
-        "run_id": f"{execution_id}-run",
-        "workflow_name": "wf",
-        "root_execution_id": execution_id,
-        "timestamp_ns": 1_700_000_000_000_000_000 + seq,
-        "command_id": f"cmd-{execution_id}-{seq}",
-    }
-    event = (
-        ExecutionStarted(
-            **common,
-            attributes=StartedAttributes(task_id="t", workflow_name="wf", input=Payload(value=1)),
-        )
-        if seq == 1
-        else SignalReceived(
-            **common, attributes=SignaledAttributes(signal_name="s", input=Payload(value=seq))
-        )
-    )
-    return Commit(
-        execution_id=execution_id,
-        seq=seq,
-        command_id=common["command_id"],
-        command_type="StartWorkflow" if seq == 1 else "SignalExecution",
-        run_id=common["run_id"],
-        events=[event],
-        committed_at=datetime(2026, 1, 1, tzinfo=UTC),
-        state={"seq": seq},
-    )
+    return make_commit(execution_id, seq, run_id=f"{execution_id}-run")
 
 
 def stream(execution_id: str, length: int) -> list[Commit]:

@@ -4,57 +4,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
-from schemas.commits import Commit, SourcePosition
-from schemas.common import Payload
-from schemas.events import ExecutionStarted, SignaledAttributes, SignalReceived, StartedAttributes
+from schemas.commits import Commit
 from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import AppendFailure, AppendReport
 from services.engine.event_store import EventStoreAdapter as EventStore
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
+from tests.support.commits import make_commit as commit_at
 
 
 def make_commit(execution_id: str, seq: int, command_id: str | None = None) -> Commit:
-    common: dict[str, Any] = {
-        "event_id": f"{execution_id}:{seq}:0",
-        "execution_id": execution_id,
-        "seq": seq,
-        "index": 0,
-        "event_number": seq,
-        "run_id": "run-1",
-        "workflow_name": "wf",
-        "root_execution_id": execution_id,
-        "timestamp_ns": 1_700_000_000_000_000_000 + seq,
-        "command_id": command_id or f"cmd-{execution_id}-{seq}",
-    }
-    event = (
-        ExecutionStarted(
-            **common,
-            attributes=StartedAttributes(task_id="t", workflow_name="wf", input=Payload(value=1)),
-        )
-        if seq == 1
-        else SignalReceived(
-            **common, attributes=SignaledAttributes(signal_name="s", input=Payload(value=seq))
-        )
-    )
-    return Commit(
-        execution_id=execution_id,
-        seq=seq,
-        command_id=common["command_id"],
-        command_type="StartWorkflow" if seq == 1 else "SignalExecution",
-        run_id="run-1",
-        events=[event],
-        committed_at=datetime(2026, 1, 1, tzinfo=UTC),
-        source=SourcePosition(partition=0, offset=seq),
-        state={"seq": seq},
-    )
+    return commit_at(execution_id, seq, run_id="run-1", command_id=command_id, with_source=True)
 
 
 class EventStoreContract:
