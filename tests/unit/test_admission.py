@@ -14,7 +14,7 @@ from schemas import admission
 from schemas.commands import parse_command
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
-from tests.unit.test_processor import command, record, start
+from tests.support.engine import command, record, start
 
 
 def nested(levels: int) -> Any:

@@ -28,8 +28,7 @@ from services.engine.processor import (
     StoredRound,
 )
 from services.engine.validation import InboundRecord
-from tests.unit.test_pipeline import FakeConsumer
-from tests.unit.test_processor import command, record, start
+from tests.support.engine import FakeConsumer, command, record, start
 
 TOPIC = "commands"
 TP0 = TopicPartition(TOPIC, 0)

@@ -12,6 +12,7 @@ from aiokafka import TopicPartition
 
 from services.engine.offsets import commit_offsets, earliest, following, seek_back
 from services.engine.publish_stage import PublishStage
+from tests.support.engine import FakeConsumer
 
 
 @dataclass(frozen=True)
@@ -19,18 +20,6 @@ class Rec:
     topic: str
     partition: int
     offset: int
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.seeks: list[tuple[TopicPartition, int]] = []
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
-
-    def seek(self, partition: TopicPartition, offset: int) -> None:
-        self.seeks.append((partition, offset))
 
 
 T0, T1 = TopicPartition("c", 0), TopicPartition("c", 1)

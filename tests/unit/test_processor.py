@@ -18,40 +18,7 @@ from services.common.commit_log import commit_from_doc, commit_to_doc
 from services.engine.domain import ExecutionState
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
-
-_offsets = count(100)
-
-
-def command(kind: str, execution_id: str, command_id: str, **payload: Any) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "command_id": command_id,
-        "execution_id": execution_id,
-        "issued_at": "2026-01-01T00:00:00Z",
-        "user_id": "u1",
-        "payload": payload,
-    }
-
-
-def record(
-    body: dict[str, Any] | bytes,
-    key: str | None = None,
-    offset: int | None = None,
-    partition: int = 0,
-) -> InboundRecord:
-    value = body if isinstance(body, bytes) else json.dumps(body).encode()
-    if key is None and isinstance(body, dict):
-        key = body["execution_id"]
-    return InboundRecord(
-        partition=partition,
-        offset=next(_offsets) if offset is None else offset,
-        key=key.encode() if key is not None else None,
-        value=value,
-    )
-
-
-def start(execution_id: str, command_id: str) -> dict[str, Any]:
-    return command("StartWorkflow", execution_id, command_id, workflow_name="wf", input={"n": 1})
+from tests.support.engine import command, record, start
 
 
 @pytest.fixture

@@ -28,14 +28,14 @@ from schemas.events import ChildReported, EventType, WorkflowTaskFailed
 from schemas.outcomes import RejectionCode
 from services.engine.domain import ExecutionState, Rejected
 from services.engine.workflow_tasks import derived_commands, start_failed_report
-from tests.unit.test_domain import (
+from tests.support.domain import (
     BOOM,
     EXEC,
     SECOND,
     T0,
     Stream,
-    _envelope,
     cancel,
+    envelope,
     running,
     signal,
     start,
@@ -47,7 +47,7 @@ from tests.unit.test_domain import (
 def task(stream: Stream, *steps: dict[str, Any], task_seq: int | None = None) -> Any:
     """A CompleteWorkflowTask for the stream's current run, from the latest history."""
     return CompleteWorkflowTask(
-        **_envelope(stream.current.execution_id, None),
+        **envelope(stream.current.execution_id, None),
         payload=CompleteWorkflowTaskPayload(
             run_id=stream.run,
             task_seq=task_seq if task_seq is not None else stream.current.seq,
@@ -59,7 +59,7 @@ def task(stream: Stream, *steps: dict[str, Any], task_seq: int | None = None) ->
 
 def failed_task(stream: Stream, task_seq: int | None = None) -> FailWorkflowTask:
     return FailWorkflowTask(
-        **_envelope(EXEC, None),
+        **envelope(EXEC, None),
         payload=FailWorkflowTaskPayload(
             run_id=stream.run,
             task_seq=task_seq if task_seq is not None else stream.current.seq,
@@ -70,14 +70,14 @@ def failed_task(stream: Stream, task_seq: int | None = None) -> FailWorkflowTask
 
 def fire(stream: Stream, timer_id: str, run_id: str | None = None) -> FireTimer:
     return FireTimer(
-        **_envelope(EXEC, None),
+        **envelope(EXEC, None),
         payload=FireTimerPayload(run_id=run_id or stream.run, timer_id=timer_id),
     )
 
 
 def child_report(parent: Stream, child_id: str, stage: str, **kw: Any) -> RecordChildWorkflow:
     return RecordChildWorkflow(
-        **_envelope(EXEC, None),
+        **envelope(EXEC, None),
         payload=ChildReportPayload(
             run_id=parent.run, child_execution_id=child_id, stage=stage, **kw
         ),
@@ -403,7 +403,7 @@ def test_closing_a_parent_applies_each_open_childs_policy(policy: str, expected:
 def test_a_terminated_child_reports_a_failure_to_its_parent() -> None:
     child = Stream().given(start("kid-1", parent_execution_id=EXEC, parent_run_id="p-run"))
     closed = child.when(
-        TerminateExecution(**_envelope("kid-1", "bob"), payload=ReasonPayload(reason="stuck"))
+        TerminateExecution(**envelope("kid-1", "bob"), payload=ReasonPayload(reason="stuck"))
     )
     (report,) = derived_commands(closed, child.ctx(), child.current)
     assert isinstance(report, RecordChildWorkflow)
