@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
@@ -24,6 +24,19 @@ _PRODUCER_OPTIONS: dict[str, Any] = {
     "linger_ms": 2,
     "max_batch_size": 256 * 1024,
 }
+
+
+class Position(Protocol):
+    """A consumed record's place (an aiokafka `ConsumerRecord` is one)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
 
 
 def kafka_broker(settings: RunstoreSettings, client_id: str) -> KafkaBroker:

@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from services.common.kafka_io import Position
+
 # Batches go up to 5,000 records (engine) and 1,000 (projector).
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -104,20 +106,11 @@ ACTIVITIES = Counter(
 )
 
 
-class _Record(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-
-
 class _Consumer(Protocol):
     def highwater(self, partition: Any) -> int | None: ...
 
 
-def observe_consumed(group: str, consumer: object, records: Sequence[_Record]) -> int:
+def observe_consumed(group: str, consumer: object, records: Sequence[Position]) -> int:
     """Record a consumed batch's size and its partitions' lag; returns the summed lag."""
     BATCH_SIZE.labels(group).observe(len(records))
     last: dict[tuple[str, int], int] = {}

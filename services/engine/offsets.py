@@ -8,6 +8,8 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
+from services.common.kafka_io import Position
+
 log = logging.getLogger(__name__)
 
 
@@ -17,19 +19,6 @@ class Consumer(Protocol):
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
-
-
-class Position(Protocol):
-    """A consumed record's place (an aiokafka `ConsumerRecord` is one)."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
 
 
 def earliest(records: Iterable[Position]) -> dict[TopicPartition, int]:

@@ -38,9 +38,9 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
+from services.common.kafka_io import Position
 from services.engine.offsets import (
     Consumer,
-    Position,
     commit_offsets,
     earliest,
     earliest_of,
