@@ -29,7 +29,8 @@ from runstore.workflows._errors import (
     NondeterminismError,
     WorkflowCancelledError,
 )
-from runstore.workflows._worker import Worker, run_worker
+from runstore.workflows._process import run_worker
+from runstore.workflows._worker import Worker
 from schemas.common import ParentClosePolicy
 
 __all__ = [

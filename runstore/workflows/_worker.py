@@ -11,10 +11,8 @@ identified by the history it was computed from, so the engine applies it once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -23,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaProducer
 from opentelemetry.context import Context
 from pydantic import ValidationError
 
@@ -43,25 +41,17 @@ from schemas.commands import (
 )
 from schemas.common import Failure
 from schemas.events import EventType
-from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
+from schemas.registry import WorkerRegistration
 from schemas.replies import ReplyError, WorkerReply
 from schemas.tasks import WorkflowTask
 from services.common import tracing
-from services.common.health import Health, serve_health
-from services.common.kafka_topics import ensure_topics
 from services.common.metrics import (
     ACTIVITIES,
     WORKFLOW_TASK_LATENCY,
     WORKFLOW_TASKS,
-    observe_consumed,
 )
-from services.common.mongo import mongo_client, mongo_database
-from services.common.mongo_commit_log import MongoCommitLog
 from services.common.settings import WorkerSettings
 from services.common.worker_registry import (
-    ExecutionLogHandler,
-    ExecutionLogShipper,
-    WorkerRegistry,
     execution_log_context,
 )
 
@@ -118,122 +108,30 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
-        settings = self.settings
-        await ensure_topics(settings)
-        client = mongo_client(settings)
-        self._history_reader = RunHistory(
-            MongoCommitLog(mongo_database(client, settings)),
-            self.activities,
-            settings.worker_own_command_wait_seconds,
-        )
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            linger_ms=settings.worker_linger_ms,
-            acks="all",
-            enable_idempotence=True,
-        )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.group(f"worker.{self.deployment}"),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.worker_max_batch,
-            group_instance_id=settings.worker_instance_id,
-            session_timeout_ms=settings.worker_session_timeout_ms,
-        )
-        await self._producer.start()
-        await consumer.start()
-        health = Health(settings, client)
-        probes = await serve_health(health, settings.health_host, settings.worker_health_port)
-        listener = _ForgetOnRevoke(self._cache, health)
-        consumer.subscribe([settings.topics.tasks], listener=listener)
-        db = mongo_database(client, settings)
-        registration = self.registration()
-        seen_generation: int | None = None
+        """Serve until `stop()`: the Kafka consumer, catalogue presence, log shipping and
+        probes live in `_process.serve`."""
+        from runstore.workflows._process import serve
 
-        async def obey(directive: DeploymentDirective) -> None:
-            # A stopped deployment pauses dispatch; a restart makes its workers rejoin.
-            nonlocal seen_generation
-            if directive.stopped:
-                consumer.pause(*consumer.assignment())
-            else:
-                consumer.resume(*consumer.paused())
-            if seen_generation is not None and directive.restart_generation > seen_generation:
-                log.info("deployment %r restarted: rejoining the group", self.deployment)
-                self._cache.clear()
-                consumer.unsubscribe()
-                consumer.subscribe([settings.topics.tasks], listener=listener)
-            seen_generation = directive.restart_generation
-
-        stop_heartbeats = asyncio.Event()
-        heartbeats = asyncio.create_task(
-            WorkerRegistry(db).run_heartbeats(registration, obey, stop_heartbeats)
-        )
-        shipper = ExecutionLogShipper(db, worker_id=self.worker_id, deployment_name=self.deployment)
-        shipping = asyncio.create_task(shipper.run(1.0))
-        handler = ExecutionLogHandler(shipper)
-        user_logger.addHandler(handler)
-        log.info(
-            "worker %s serving deployment %r: workflows %s, activities %s",
-            self.worker_id,
-            self.deployment,
-            sorted(self.workflows),
-            sorted(self.activities),
-        )
-        try:
-            while not self._stopping.is_set():
-                batches = await consumer.getmany(timeout_ms=200)
-                records = [r for batch in batches.values() for r in batch]
-                if not records:
-                    continue
-                observe_consumed(f"worker.{self.deployment}", consumer, records)
-                try:
-                    await self.handle(
-                        [r.value for r in records],
-                        [r.headers for r in records] if tracing.tracer() else None,
-                    )
-                except Exception:
-                    # Nothing of this batch is acknowledged: take it again from the last
-                    # committed offsets after a pause (replay makes a second pass safe).
-                    log.exception("a batch of tasks failed; retrying it")
-                    await asyncio.sleep(1.0)
-                    await consumer.seek_to_committed()
-                    continue
-                await consumer.commit()
-        finally:
-            stop_heartbeats.set()
-            user_logger.removeHandler(handler)
-            shipping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await heartbeats
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await shipping
-            if probes is not None:
-                probes.close()
-            await health.close()
-            await consumer.stop()
-            await self._producer.stop()
-            await client.close()
+        await serve(self)
 
     def registration(self) -> WorkerRegistration:
         """What this worker tells the catalogue: who it is and what it serves."""
-        return WorkerRegistration(
-            worker_id=self.worker_id,
-            deployment_name=self.deployment,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            version=self.settings.worker_version,
-            workflows=[
-                spec_of(
-                    d.name,
-                    d.run_method,
-                    display_name=d.display_name,
-                    description=d.description,
-                )
-                for d in self.workflows.values()
-            ],
-            heartbeat_interval_seconds=self.settings.worker_heartbeat_seconds,
-        )
+        from runstore.workflows._process import registration_of
+
+        return registration_of(self)
+
+    def attach(self, history: RunHistory, producer: AIOKafkaProducer) -> None:
+        """The connections of the running process (made by `_process.serve`)."""
+        self._history_reader = history
+        self._producer = producer
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
+    def forget_all(self) -> None:
+        """Drop every cached instance (partitions revoked, deployment restarted)."""
+        self._cache.clear()
 
     async def handle(
         self,
@@ -541,41 +439,6 @@ class Worker:
             error = ReplyError(code="update_failed", message=str(value))
             return reply(task, self.worker_id, error=error, command_id=command_id)
         return reply(task, self.worker_id, result=value, command_id=command_id)
-
-
-class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Another worker may advance the executions of a revoked partition: cached instances
-    are dropped (a later task rebuilds them from the history)."""
-
-    def __init__(self, cache: OrderedDict[str, WorkflowInstance], health: Health) -> None:
-        self.cache = cache
-        self.health = health
-
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        self.cache.clear()
-
-    async def on_partitions_assigned(self, assigned: object) -> None:
-        self.health.assigned()
-
-
-def run_worker(
-    workflows: Sequence[type],
-    activities: Sequence[Any] = (),
-    *,
-    deployment_name: str | None = None,
-    settings: WorkerSettings | None = None,
-) -> None:
-    """Run a worker in this process until SIGINT/SIGTERM."""
-    worker = Worker(workflows, activities, deployment_name=deployment_name, settings=settings)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
-
-    asyncio.run(main())
 
 
 def new_worker_id() -> str:
