@@ -222,7 +222,7 @@ async def baseline_mongo(mongo: str, n: int) -> float:
     return n / seconds
 
 
-async def run(n: int, warmup_n: int, profile: bool) -> None:
+async def run(n: int, warmup_n: int, profile: bool, steady_rate: float | None = None) -> None:
     rng = random.Random(7)
     with servers() as (bootstrap, mongo, server_pids):
         tag = uuid.uuid4().hex[:8]
@@ -274,7 +274,7 @@ async def run(n: int, warmup_n: int, profile: bool) -> None:
             latencies: list[float] = []
             sent_at: dict[str, float] = {}
             steady = workload(min(n // 2, int(rate * 10)), rng)
-            target = max(100.0, rate / 2)
+            target = steady_rate or max(100.0, rate / 2)
 
             async def steady_producer() -> None:
                 producer = AIOKafkaProducer(
@@ -350,8 +350,15 @@ def main() -> None:
         "--warmup", type=int, default=10000, help="commands drained first, not measured"
     )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="steady load of the latency phase (default: half the drain rate); a fixed rate "
+        "compares latencies of two builds at the same load",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.commands, args.warmup, args.profile))
+    asyncio.run(run(args.commands, args.warmup, args.profile, args.rate))
 
 
 if __name__ == "__main__":
