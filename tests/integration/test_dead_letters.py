@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,17 +13,14 @@ from pymongo import AsyncMongoClient
 
 from services.engine.dead_letters import DEAD_LETTERS, PREVIEW_BYTES
 from tests.support.kafka import command, produce, read_topic, start, topic
-from tests.support.stack import Stack
+from tests.support.stack import Stack, StackWith
 
 
 @pytest.fixture
-def engine(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(env={**isolated, "RUNSTORE_PARTITIONS": "1"}, log_dir=tmp_path)
-    s.start("engine")
-    try:
-        yield s
-    finally:
-        s.stop_all()
+def engine(stack_with: StackWith) -> Iterator[Stack]:
+    """The engine alone, on one partition."""
+    with stack_with(services=("engine",), RUNSTORE_PARTITIONS="1") as stack:
+        yield stack
 
 
 async def test_a_dead_letter_too_large_for_the_topic_is_stored_whole_and_the_partition_moves_on(
