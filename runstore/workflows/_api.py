@@ -38,7 +38,7 @@ DEFAULT_START_TO_CLOSE = timedelta(minutes=5)
 
 def _instance() -> WorkflowInstance:
     try:
-        return current.get()
+        return WorkflowInstance.of_current()
     except LookupError:
         raise RuntimeError("this function is only available inside workflow code") from None
 

@@ -8,15 +8,12 @@ import logging
 
 from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition
 from runstore.workflows._instance import WorkflowInstance
+from runstore.workflows._replay_rules import OPENS_ATTEMPT, recorded_as_sent
 from schemas.commits import Commit
 from schemas.events import Event, EventType
 from services.common.commit_log import CommitLog
 
 log = logging.getLogger("runstore.worker")
-
-_OPENS_ATTEMPT = frozenset(
-    {EventType.WORKFLOW_EXECUTION_STARTED, EventType.WORKFLOW_EXECUTION_RETRY_STARTED}
-)
 
 
 class RunHistory:
@@ -32,7 +29,8 @@ class RunHistory:
 
     async def catch_up(self, instance: WorkflowInstance, seq: int) -> bool:
         """Apply the commits after the instance's; False if it must be rebuilt (another
-        worker advanced the run, or the engine refused this worker's last command)."""
+        worker advanced the run, the engine refused this worker's last command, or kept
+        another report under its command id)."""
         own = instance.last_command_id
         waited = 0.0
         while True:
@@ -48,6 +46,8 @@ class RunHistory:
         for commit in commits:
             events = [e for e in commit.events if e.run_id == instance.run_id]
             if commit.command_id == own:
+                if not recorded_as_sent(instance.last_steps, events):
+                    return False  # another worker's report under the same id came first
                 instance.applied_seq = commit.seq
                 instance.last_command_id = None
                 continue
@@ -76,7 +76,7 @@ class RunHistory:
                 (
                     e
                     for e in reversed(commit.events)
-                    if e.run_id == run_id and e.type in _OPENS_ATTEMPT
+                    if e.run_id == run_id and e.type in OPENS_ATTEMPT
                 ),
                 None,
             )

@@ -119,6 +119,7 @@ async def serve(worker: Worker) -> None:
                 continue
             await consumer.commit()
     finally:
+        await worker.executor.close()
         stop_heartbeats.set()
         user_logger.removeHandler(handler)
         shipping.cancel()

@@ -6,6 +6,8 @@ is handled per execution (executions concurrently), and its offsets are committe
 after every command and reply it produced was acknowledged by Kafka: a worker that dies
 mid-batch has its tasks redelivered, and replay makes that safe (a command is
 identified by the history it was computed from, so the engine applies it once).
+Activities run in the worker's executor (_activities.py); a task waits for them only
+during its eager window (_task_driver.py), so a long activity never holds a batch.
 """
 
 from __future__ import annotations
@@ -18,38 +20,28 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from opentelemetry.context import Context
 from pydantic import ValidationError
 
-from runstore.workflows._activities import activity_order, activity_outcome, run_activity
+from runstore.workflows._activities import ActivityExecutor
 from runstore.workflows._api import ActivityFunction
 from runstore.workflows._definitions import ActivityDefinition, WorkflowDefinition, definition_of
 from runstore.workflows._errors import NondeterminismError, failure_of
 from runstore.workflows._history import RunHistory
-from runstore.workflows._instance import ActivityRequest, WorkflowInstance
+from runstore.workflows._instance import WorkflowInstance
+from runstore.workflows._reports import Reporter
 from runstore.workflows._requests import answer_query, reply, unknown_handler
-from runstore.workflows._task_spans import command_headers, task_span
-from schemas.commands import (
-    CompleteWorkflowTask,
-    CompleteWorkflowTaskPayload,
-    FailWorkflowTask,
-    FailWorkflowTaskPayload,
-)
+from runstore.workflows._task_driver import TaskDriver
+from runstore.workflows._task_spans import task_span
 from schemas.common import Failure
-from schemas.events import EventType
 from schemas.registry import WorkerRegistration
 from schemas.replies import ReplyError, WorkerReply
 from schemas.tasks import WorkflowTask
 from services.common import tracing
-from services.common.metrics import (
-    ACTIVITIES,
-    WORKFLOW_TASK_LATENCY,
-    WORKFLOW_TASKS,
-)
+from services.common.metrics import WORKFLOW_TASK_LATENCY, WORKFLOW_TASKS
 from services.common.settings import WorkerSettings
 from services.common.worker_registry import (
     execution_log_context,
@@ -60,10 +52,6 @@ user_logger = logging.getLogger("runstore.workflows.user")
 """`workflow.logger`'s records: also shipped to the execution's logs (the catalogue's)."""
 
 _RUN_KINDS = frozenset({"run", "signal"})
-
-
-class _Rebuild(Exception):
-    """The cached instance no longer matches the history: rebuild it by replay."""
 
 
 class Worker:
@@ -95,7 +83,11 @@ class Worker:
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._stopping = asyncio.Event()
         self._history_reader: RunHistory | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self.reporter = Reporter(self.settings, self.worker_id, self.deployment)
+        self.executor = ActivityExecutor(
+            self.settings.worker_activity_concurrency, self.reporter.report_activity
+        )
+        self.driver = TaskDriver(self.executor, self.settings, self.deployment)
 
     @property
     def _history(self) -> RunHistory:
@@ -123,7 +115,7 @@ class Worker:
     def attach(self, history: RunHistory, producer: AIOKafkaProducer) -> None:
         """The connections of the running process (made by `_process.serve`)."""
         self._history_reader = history
-        self._producer = producer
+        self.reporter.producer = producer
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -162,8 +154,7 @@ class Worker:
                     await self._handle_execution(tasks)
 
         await asyncio.gather(*(one(tasks) for tasks in by_execution.values()))
-        assert self._producer is not None
-        await self._producer.flush()
+        await self.reporter.flush()
 
     async def _handle_execution(self, tasks: list[WorkflowTask]) -> None:
         execution_id = tasks[0].execution_id
@@ -172,6 +163,7 @@ class Worker:
             for task in tasks:
                 if task.kind == "stop":
                     self._forget(execution_id, task.run_id)
+                    self.executor.cancel_run(execution_id, task.run_id)
                     advance = None
                 elif task.kind in _RUN_KINDS:
                     advance = task if advance is None or task.seq >= advance.seq else advance
@@ -203,7 +195,7 @@ class Worker:
     async def _advance_run(self, task: WorkflowTask) -> tuple[WorkflowInstance | None, str]:
         definition = self.workflows.get(task.workflow_name)
         if definition is None:
-            await self._send_failure(
+            await self.reporter.fail_task(
                 task.execution_id,
                 task.run_id,
                 max(task.seq, 1),
@@ -214,137 +206,31 @@ class Worker:
                 ),
             )
             return None, "failed"
-        for _ in range(3):
-            try:
-                with execution_log_context(
-                    task.execution_id, task.run_id, workflow_name=task.workflow_name
-                ):
-                    instance = await self._instance_at(
-                        task.execution_id, task.run_id, task.seq, definition
-                    )
-                    if instance is None or instance.finished:
-                        return instance, "advanced"
-                    instance.go_live()
-                    await self._drive(instance)
-            except _Rebuild as why:
-                log.info("rebuilding %s from its history: %s", task.execution_id, why)
-                self._cache.pop(task.execution_id, None)
-                continue
-            except (NondeterminismError, ValidationError, TypeError, KeyError) as exc:
-                self._cache.pop(task.execution_id, None)
-                log.error("workflow task of %s failed: %s", task.execution_id, exc)
-                await self._send_failure(
-                    task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc)
+        try:
+            with execution_log_context(
+                task.execution_id, task.run_id, workflow_name=task.workflow_name
+            ):
+                instance = await self._instance_at(
+                    task.execution_id, task.run_id, task.seq, definition
                 )
-                return None, "failed"
-            await self._flush(instance)
-            return instance, "advanced"
-        raise RuntimeError(f"execution {task.execution_id}: its history kept moving under us")
+                if instance is None or instance.finished:
+                    return instance, "advanced"
+                instance.go_live()
+                await self.driver.drive(instance)
+        except (NondeterminismError, ValidationError, TypeError, KeyError) as exc:
+            self._cache.pop(task.execution_id, None)
+            log.error("workflow task of %s failed: %s", task.execution_id, exc)
+            await self.reporter.fail_task(
+                task.execution_id, task.run_id, max(task.seq, 1), failure_of(exc)
+            )
+            return None, "failed"
+        await self._flush(instance)
+        return instance, "advanced"
 
     async def _flush(self, instance: WorkflowInstance, command_id: str | None = None) -> None:
-        """Report the steps taken since the last report, computed from the history up to
-        `applied_seq`; the command id derives from that, so a redelivered task that
-        computes the same report is applied once."""
-        steps = instance.take_steps()
-        if not steps:
-            return
-        task_seq = instance.applied_seq
-        command_id = command_id or f"wft:{instance.run_id}:{task_seq}"
-        command = CompleteWorkflowTask(
-            command_id=command_id,
-            execution_id=instance.execution_id,
-            issued_at=datetime.now(UTC),
-            payload=CompleteWorkflowTaskPayload(
-                run_id=instance.run_id,
-                task_seq=task_seq,
-                worker_id=self.worker_id,
-                steps=steps,
-            ),
-        )
-        await self._send(self.settings.topics.commands, instance.execution_id, command)
-        instance.last_command_id = command_id
-        self._remember(instance)
-
-    async def _send_failure(
-        self, execution_id: str, run_id: str, task_seq: int, failure: Failure
-    ) -> None:
-        command = FailWorkflowTask(
-            command_id=f"wft-fail:{run_id}:{task_seq}",
-            execution_id=execution_id,
-            issued_at=datetime.now(UTC),
-            payload=FailWorkflowTaskPayload(
-                run_id=run_id, task_seq=task_seq, failure=failure, worker_id=self.worker_id
-            ),
-        )
-        await self._send(self.settings.topics.commands, execution_id, command)
-
-    async def _send(self, topic: str, key: str, model: Any) -> None:
-        assert self._producer is not None
-        await self._producer.send(
-            topic,
-            key=key.encode(),
-            value=model.model_dump_json().encode(),
-            headers=command_headers(),
-        )
-
-    async def _drive(self, instance: WorkflowInstance) -> None:
-        """Run the activities the code asks for, feeding each result back, until the
-        code waits on something only a later task can bring (a timer, a signal …)."""
-        running: dict[asyncio.Task[tuple[Any, BaseException | None]], ActivityRequest] = {}
-        loop = asyncio.get_running_loop()
-        last_report = loop.time()
-        try:
-            while True:
-                for request in instance.take_activity_requests():
-                    job = asyncio.create_task(run_activity(instance, request))
-                    running[job] = request
-                if not running:
-                    return
-                if (
-                    instance.has_steps()
-                    and loop.time() - last_report >= self.settings.worker_checkpoint_seconds
-                ):
-                    await self._checkpoint(instance)
-                    last_report = loop.time()
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for job in sorted(done, key=lambda j: activity_order(running[j])):
-                    request = running.pop(job)
-                    result, error = job.result()
-                    ACTIVITIES.labels(self.deployment, activity_outcome(error)).inc()
-                    instance.activity_outcome(request.activity_id, request.attempt, result, error)
-                for job, request in list(running.items()):
-                    if instance.activity_abandoned(request.activity_id):
-                        job.cancel()
-                        del running[job]
-        finally:
-            for job in running:
-                job.cancel()
-
-    async def _checkpoint(self, instance: WorkflowInstance) -> None:
-        """Report the steps so far while activities still run, and wait until the history
-        holds them: a long task keeps its progress if the worker dies."""
-        await self._flush(instance)
-        assert self._producer is not None
-        await self._producer.flush()
-        own = instance.last_command_id
-        waited = 0.0
-        while waited < self.settings.worker_own_command_wait_seconds:
-            commits = await self._history.commits_after(instance.execution_id, instance.applied_seq)
-            position = next((i for i, c in enumerate(commits) if c.command_id == own), None)
-            if position is not None:
-                for commit in commits[:position]:
-                    events = [e for e in commit.events if e.run_id == instance.run_id]
-                    if events and events[0].type == EventType.WORKFLOW_TASK_COMPLETED:
-                        raise _Rebuild("another worker advanced the run")
-                    instance.apply(events)
-                mine = commits[position]
-                instance.applied_seq = mine.seq
-                instance.last_command_id = None
-                instance.deliver_inputs(up_to=mine.seq)
-                return
-            await asyncio.sleep(0.01)
-            waited += 0.01
-        raise _Rebuild("the engine did not take the worker's checkpoint")
+        """Report the instance's new steps (if any) and keep it for the run's next task."""
+        if await self.reporter.complete_task(instance, command_id):
+            self._remember(instance)
 
     # --- loading a run's history ----------------------------------------------------------
 
@@ -398,7 +284,7 @@ class Worker:
                 if kind == "query"
                 else await self._update(instance, definition, task)
             )
-        await self._send(self.settings.topics.replies, task.execution_id, answer)
+        await self.reporter.send(self.settings.topics.replies, task.execution_id, answer)
 
     async def _update(
         self, instance: WorkflowInstance, definition: WorkflowDefinition, task: WorkflowTask
@@ -422,8 +308,8 @@ class Worker:
         try:
             instance.go_live()
             instance.accept_update(task.request_id, task.name, task.input)
-            await self._drive(instance)
-        except (NondeterminismError, _Rebuild) as exc:
+            await self.driver.drive(instance)
+        except NondeterminismError as exc:
             self._cache.pop(task.execution_id, None)
             return reply(
                 task, self.worker_id, error=ReplyError(code="update_failed", message=str(exc))

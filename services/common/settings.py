@@ -129,9 +129,14 @@ class WorkerSettings(RunstoreSettings):
     """Executions advanced at once within a batch of tasks."""
     worker_max_batch: int = Field(default=500, ge=1)
     worker_linger_ms: int = Field(default=2, ge=0)
-    worker_checkpoint_seconds: float = Field(default=1.0, gt=0)
-    """While activities of a task still run, its steps so far are reported at least this
-    often, so a worker that dies loses at most that much progress."""
+    worker_activity_eager_seconds: float = Field(default=1.0, ge=0)
+    """How long a workflow task waits for its activities' outcomes (recorded in the task's
+    own report); an activity still running then goes on detached and reports itself."""
+    worker_activity_concurrency: int = Field(default=200, ge=1)
+    """Activity attempts a worker runs at once (more wait for a slot)."""
+    worker_activity_deadline_seconds: float = Field(default=300.0, gt=0)
+    """Longest a detached attempt goes unobserved: its deadline timer is at most this long
+    (and renewed while the attempt runs), so a dead worker's attempt is retried after it."""
     worker_instance_id: str | None = None
     """Kafka static membership id (e.g. the pod name): a restarted worker gets its
     partitions back at once instead of after the session timeout."""

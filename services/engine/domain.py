@@ -644,6 +644,18 @@ def _decide_activity(
     # Recorded as reported: the worker's replay owns the activity's own lifecycle.
     state = _require_running_run(state, cmd, cmd.payload.run_id)
     p = cmd.payload
+    if (
+        state.workflow_task_seq is not None
+        and p.stage != "started"
+        and state.activities.get(p.task_id) != p.attempt
+    ):
+        # A run a worker advances: a late outcome of an attempt that no longer runs (timed
+        # out by its deadline, superseded by a retry) would contradict the history.
+        raise Rejected(
+            RejectionCode.INVALID_TRANSITION,
+            f"RecordActivityTask: activity {p.task_id!r} attempt {p.attempt} is not running "
+            f"in {_describe(state)}",
+        )
     commit = _Commit.after(state, cmd, ctx)
     add_activity(commit, p.task_id, p)
     return commit.done()

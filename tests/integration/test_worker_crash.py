@@ -52,8 +52,9 @@ async def test_worker_killed_twenty_times_applies_each_side_effect_once(
         **isolated,
         "RUNSTORE_WORKER_INSTANCE_ID": "worker-0",
         "RUNSTORE_WORKER_SESSION_TIMEOUT_MS": "6000",
-        # Progress reported every 0.2 s: a kill loses at most that much.
-        "RUNSTORE_WORKER_CHECKPOINT_SECONDS": "0.2",
+        # A task waits 0.3 s for its activities, then they report on their own: kills hit
+        # both kinds (an unreported task is redelivered; a detached attempt times out).
+        "RUNSTORE_WORKER_ACTIVITY_EAGER_SECONDS": "0.3",
     }
     stack = Stack(env=env, log_dir=tmp_path)
     for service in ("engine", "projector", "timers"):
@@ -108,9 +109,16 @@ async def test_worker_killed_twenty_times_applies_each_side_effect_once(
         assert completed_keys <= applied_keys
         assert sorted(d["n"] for d in effects if d["_id"] in completed_keys) == list(range(STEPS))
         bodies = await db["activity_bodies"].count_documents({"key": {"$regex": "^crashy:"}})
+        detached = sum(
+            1
+            for e in events
+            if e.type == "TIMER_STARTED" and e.attributes.timer_id.startswith("activity:")  # type: ignore[union-attr]
+        )
+        timed_out = sum(1 for e in events if e.type == "ACTIVITY_TASK_RETRYING")
         print(
             f"\nworker kills: {kills}; commits: {len(commits)}; activity bodies run: {bodies} "
-            f"for {STEPS} activities (at-least-once); side effects applied: {len(effects)}"
+            f"for {STEPS} activities (at-least-once); side effects applied: {len(effects)}; "
+            f"attempts detached: {detached}; retried after their deadline: {timed_out}"
         )
     finally:
         await mongo.close()
@@ -175,6 +183,60 @@ async def test_a_reset_replays_the_new_run_without_running_completed_activities_
             assert len(completed) == steps
             bodies = await db["activity_bodies"].count_documents({})
             assert bodies == steps + (steps - reset_after)
+        finally:
+            await mongo.close()
+
+
+async def test_a_held_activity_does_not_stop_other_workflows_on_the_same_worker(
+    stack_with: StackWith, tmp_path: Path
+) -> None:
+    """One worker, one activity held until a file exists: its workflow task ends after the
+    eager window (the attempt is detached), so the worker's next tasks (here another
+    workflow's, maybe on the same partition) are taken while it is held."""
+    gate = tmp_path / "open"
+    services = ("engine", "projector", "timers", "worker", "api")
+    with stack_with(services=services, worker_module="tests.support.crash_workflows") as stack:
+        env = stack.env
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
+        db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
+        try:
+            async with httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http:
+                answer = await http.post(
+                    "/v1/workflows/held/execute",
+                    json={"input": str(gate), "execution_id": "long"},
+                )
+                assert answer.status_code == 200, answer.text
+
+                async def held_started() -> None:
+                    assert await db["held_started"].count_documents({}) == 1
+
+                await assert_eventually(held_started, timeout=60)
+                answer = await http.post(
+                    "/v1/workflows/crash-fifty/execute",
+                    json={"input": 3, "execution_id": "short"},
+                )
+                assert answer.status_code == 200, answer.text
+                short = await _wait_closed(http, "short", timeout=60)
+                assert short["status"] == "COMPLETED", short
+                assert short["result"] == {"sum": 0 + 1 + 4, "squares": [0, 1, 4]}
+                # Meanwhile the long one is still held, its attempt detached and watched.
+                assert not gate.exists()
+                still = (await http.get("/v1/workflows/executions/long")).json()
+                assert still["status"] == "RUNNING", still
+                timers = [
+                    e.attributes.timer_id  # type: ignore[union-attr]
+                    for e in await _events(db, "long")
+                    if e.type == "TIMER_STARTED"
+                ]
+                assert timers == ["activity:a1:1:1"]
+
+                gate.touch()
+                done = await _wait_closed(http, "long", timeout=60)
+            assert done["status"] == "COMPLETED" and done["result"] == "released a1", done
+            assert await db["held_started"].count_documents({}) == 1  # one attempt
+            types = [e.type for e in await _events(db, "long")]
+            assert types.count("ACTIVITY_TASK_COMPLETED") == 1
+            assert "TIMER_CANCELED" in types  # its deadline, once the outcome came
         finally:
             await mongo.close()
 

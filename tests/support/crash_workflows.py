@@ -1,18 +1,21 @@
-"""The workflow of the worker crash test (served by `runstore worker --module
+"""The workflows of the worker crash tests (served by `runstore worker --module
 tests.support.crash_workflows`): 50 activities in a row, each writing its side effect into
-MongoDB under the attempt's idempotency key and logging every execution of its body."""
+MongoDB under the attempt's idempotency key and logging every execution of its body; and
+one activity held until a file exists (a long activity, for as long as a test wants)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
-from runstore.workflows import activity, workflow
+from runstore.workflows import RetryPolicy, activity, workflow
 from services.common.settings import RunstoreSettings
 
 _client: AsyncMongoClient[dict[str, Any]] | None = None
@@ -26,7 +29,12 @@ def _db() -> Any:
     return _client[settings.mongo_database]
 
 
-@activity
+# An attempt whose worker was killed is timed out by its deadline (start-to-close + 2 s)
+# and retried: kept short so 20 kills fit the test; no limit on attempts.
+@activity(
+    start_to_close_timeout=timedelta(seconds=3),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=0.5), maximum_attempts=0),
+)
 async def apply_step(step: dict[str, Any]) -> int:
     info = activity.info()
     db = _db()
@@ -47,3 +55,21 @@ class Fifty:
     async def run(self, count: int) -> dict[str, Any]:
         squares = [await apply_step({"n": n}) for n in range(count)]
         return {"sum": sum(squares), "squares": squares}
+
+
+@activity
+async def held_until(gate: str) -> str:
+    """Runs until the file `gate` exists (heartbeating); its start is logged in MongoDB."""
+    info = activity.info()
+    await _db()["held_started"].insert_one({"_id": uuid.uuid4().hex, "key": info.idempotency_key})
+    while not await asyncio.to_thread(Path(gate).exists):
+        activity.heartbeat()
+        await asyncio.sleep(0.05)
+    return f"released {info.activity_id}"
+
+
+@workflow.define(name="held")
+class Held:
+    @workflow.run
+    async def run(self, gate: str) -> str:
+        return str(await held_until(gate))

@@ -2,16 +2,21 @@
 
 Commands go through the real pure domain (`decide`/`fold`); each workflow task is run by
 a NEW `WorkflowInstance` replayed from the whole history (so every task also proves that
-the history replays), then live through the real `Worker._drive`.
+the history replays), then live through the real `TaskDriver.drive`. An activity still
+running when a task's eager window closes reports itself as RecordActivityTask, which the
+sim applies like the engine (`settle`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 from runstore.workflows import Worker
+from runstore.workflows._activities import Attempt, Outcome
 from runstore.workflows._instance import WorkflowInstance
+from runstore.workflows._reports import activity_report
 from schemas.commands import (
     CancelExecution,
     Command,
@@ -20,12 +25,15 @@ from schemas.commands import (
     FireTimer,
     FireTimerPayload,
     ReasonPayload,
+    ResetExecution,
+    ResetPayload,
     SignalExecution,
     SignalPayload,
     StartWorkflow,
     StartWorkflowPayload,
 )
 from schemas.events import Event, EventType
+from services.common.settings import WorkerSettings
 from services.engine.domain import Context, ExecutionState, decide, fold
 
 T0 = 1_800_000_000 * 10**9
@@ -34,13 +42,39 @@ NOW = datetime(2027, 1, 1, tzinfo=UTC)
 
 
 class WorkflowSim:
-    def __init__(self, workflows: list[type], activities: list[Any] = ()) -> None:  # type: ignore[assignment]
-        self.worker = Worker(workflows, activities)
+    def __init__(
+        self,
+        workflows: list[type],
+        activities: list[Any] = (),  # type: ignore[assignment]
+        eager_seconds: float = 5.0,
+    ) -> None:
+        self._worker_args = (workflows, activities, eager_seconds)
+        self.worker = self._new_worker()
+        self.reports: list[Command] = []
+        self.reported = asyncio.Event()
         self.state: ExecutionState | None = None
         self.events: list[Event] = []
         self.clock_ns = T0
         self.n = 0
         self.execution_id = "wf-1"
+
+    def _new_worker(self) -> Worker:
+        workflows, activities, eager_seconds = self._worker_args
+        settings = WorkerSettings(worker_activity_eager_seconds=eager_seconds)
+        worker = Worker(workflows, activities, settings=settings)
+        worker.executor.report = self._reported
+        return worker
+
+    def restart_worker(self) -> None:
+        """As after a crash: a new worker whose executor runs nothing; the old one's
+        attempts are stopped without a report."""
+        old = self.worker
+        self.worker = self._new_worker()
+        old.executor.report = None
+        for key in list(old.executor._attempts):
+            attempt = old.executor.find(*key)
+            if attempt is not None:
+                old.executor.cancel(attempt)
 
     # --- the engine's side ---
 
@@ -93,6 +127,34 @@ class WorkflowSim:
             )
         )
 
+    async def _reported(self, attempt: Attempt, outcome: Outcome) -> None:
+        self.reports.append(activity_report(attempt, outcome))
+        self.reported.set()
+
+    async def settle(self) -> None:
+        """Wait for a detached activity's report and apply it (as the engine would)."""
+        if not self.reports:
+            self.reported.clear()
+            await asyncio.wait_for(self.reported.wait(), 30)
+        reports, self.reports = self.reports, []
+        for report in reports:
+            self.apply(report)
+
+    def reset(self, event_id: int) -> None:
+        self.apply(
+            ResetExecution(
+                command_id=self._id(),
+                execution_id=self.execution_id,
+                issued_at=NOW,
+                payload=ResetPayload(event_id=event_id, reason="test"),
+            )
+        )
+
+    def run_events(self) -> list[Event]:
+        """The latest run's history (event_number order)."""
+        assert self.state is not None
+        return [e for e in self.events if e.run_id == self.state.run_id]
+
     def pending_timers(self) -> list[str]:
         started = [e.attributes.timer_id for e in self.events if e.type == EventType.TIMER_STARTED]  # type: ignore[union-attr]
         ended = {
@@ -102,9 +164,13 @@ class WorkflowSim:
         }
         return [t for t in started if t not in ended]
 
-    def fire_timers(self) -> None:
+    def fire_timers(self, deadlines: bool = False) -> None:
+        """Fire the pending timers (activity deadlines only if asked: firing one means
+        its attempt's worker went silent)."""
         assert self.state is not None
         for timer_id in self.pending_timers():
+            if timer_id.startswith("activity:") and not deadlines:
+                continue
             self.apply(
                 FireTimer(
                     command_id=self._id(),
@@ -146,7 +212,7 @@ class WorkflowSim:
             return instance
         task_seq = instance.applied_seq
         instance.go_live()
-        await self.worker._drive(instance)
+        await self.worker.driver.drive(instance)
         steps = instance.take_steps()
         if steps:
             assert self.state is not None
@@ -171,6 +237,9 @@ class WorkflowSim:
             await self.task()
             if not self.state.is_open:
                 return
+            if self.state.activities:  # detached attempts: wait for their reports
+                await self.settle()
+                continue
             if not self.pending_timers():
                 return
             self.fire_timers()

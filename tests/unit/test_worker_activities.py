@@ -1,14 +1,19 @@
-"""How the worker runs one activity attempt: timeouts, heartbeats, the idempotency key."""
+"""How the worker runs activity attempts: timeouts, heartbeats, the idempotency key, and
+the executor (bounded concurrency, detached attempts reporting themselves once)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
-from runstore.workflows import activity
-from runstore.workflows._activities import ActivityTimeoutError, run_activity
+from runstore.workflows import ActivityInfo, activity
+from runstore.workflows._activities import (
+    ActivityExecutor,
+    ActivityTimeoutError,
+    Attempt,
+    Outcome,
+)
 from runstore.workflows._instance import ActivityRequest
 
 SEEN: list[str] = []
@@ -40,9 +45,11 @@ async def keyed(_: Any) -> str:
     return "ok"
 
 
-def _request(fn: Any, arg: Any, **timeouts: timedelta | None) -> ActivityRequest:
+def _request(
+    fn: Any, arg: Any, activity_id: str = "a1", **timeouts: timedelta | None
+) -> ActivityRequest:
     return ActivityRequest(
-        activity_id="a1",
+        activity_id=activity_id,
         definition=fn.definition,
         args=(arg,),
         kwargs={},
@@ -52,12 +59,24 @@ def _request(fn: Any, arg: Any, **timeouts: timedelta | None) -> ActivityRequest
     )
 
 
-INSTANCE: Any = SimpleNamespace(execution_id="e-1", run_id="r-1", workflow_name="wf")
+def _info(request: ActivityRequest) -> ActivityInfo:
+    return ActivityInfo(
+        execution_id="e-1",
+        run_id="r-1",
+        workflow_name="wf",
+        activity_id=request.activity_id,
+        activity_name=request.definition.name,
+        attempt=request.attempt,
+    )
+
+
+async def run_activity(request: ActivityRequest) -> Outcome:
+    return await ActivityExecutor(4).start(_info(request), request).task
 
 
 async def test_an_attempt_over_its_start_to_close_timeout_fails_with_a_timeout() -> None:
     request = _request(slow, 1.0, start_to_close=timedelta(seconds=0.1))
-    result, error = await run_activity(INSTANCE, request)
+    result, error = await run_activity(request)
     assert result is None
     assert isinstance(error, ActivityTimeoutError)
     assert "start_to_close" in str(error)
@@ -65,9 +84,9 @@ async def test_an_attempt_over_its_start_to_close_timeout_fails_with_a_timeout()
 
 async def test_heartbeats_keep_a_long_attempt_alive_and_silence_times_it_out() -> None:
     alive = _request(beating, 8, heartbeat=timedelta(seconds=0.2))
-    assert await run_activity(INSTANCE, alive) == ("alive", None)
+    assert await run_activity(alive) == ("alive", None)
     quiet = _request(silent, None, heartbeat=timedelta(seconds=0.1))
-    result, error = await run_activity(INSTANCE, quiet)
+    result, error = await run_activity(quiet)
     assert result is None
     assert isinstance(error, ActivityTimeoutError)
     assert "heartbeat" in str(error)
@@ -75,8 +94,59 @@ async def test_heartbeats_keep_a_long_attempt_alive_and_silence_times_it_out() -
 
 async def test_an_attempt_sees_its_idempotency_key_and_errors_come_back_as_values() -> None:
     SEEN.clear()
-    assert await run_activity(INSTANCE, _request(keyed, None)) == ("ok", None)
+    assert await run_activity(_request(keyed, None)) == ("ok", None)
     assert SEEN == ["e-1:a1:2"]
-    result, error = await run_activity(INSTANCE, _request(slow, "not a number"))
+    result, error = await run_activity(_request(slow, "not a number"))
     assert result is None
     assert isinstance(error, TypeError)
+
+
+GATES: dict[str, asyncio.Event] = {}
+
+
+@activity
+async def gated(name: str) -> str:
+    await GATES[name].wait()
+    return f"{name} released"
+
+
+async def test_the_executor_runs_at_most_its_concurrency_and_dedupes_a_running_attempt() -> None:
+    GATES.clear()
+    GATES.update(first=asyncio.Event(), second=asyncio.Event())
+    executor = ActivityExecutor(1)
+    first_request = _request(gated, "first", activity_id="a1")
+    first = executor.start(_info(first_request), first_request)
+    second_request = _request(gated, "second", activity_id="a2")
+    second = executor.start(_info(second_request), second_request)
+    await asyncio.sleep(0.05)
+    assert first.started_at is not None and second.started_at is None  # no slot yet
+    assert executor.start(_info(first_request), first_request) is first  # the same attempt
+    GATES["second"].set()
+    GATES["first"].set()
+    assert await first.task == ("first released", None)
+    assert await second.task == ("second released", None)
+    assert executor.running == 0
+
+
+async def test_a_detached_attempt_reports_its_outcome_once_and_a_cancelled_one_never() -> None:
+    GATES.clear()
+    GATES.update(kept=asyncio.Event(), dropped=asyncio.Event())
+    reports: list[tuple[str, Outcome]] = []
+
+    async def report(attempt: Attempt, outcome: Outcome) -> None:
+        reports.append((attempt.info.activity_id, outcome))
+
+    executor = ActivityExecutor(4, report)
+    kept_request = _request(gated, "kept", activity_id="a1")
+    kept = executor.start(_info(kept_request), kept_request)
+    dropped_request = _request(gated, "dropped", activity_id="a2")
+    dropped = executor.start(_info(dropped_request), dropped_request)
+    executor.detach(kept)
+    executor.detach(dropped)
+    assert reports == []  # both still held
+    executor.cancel(dropped)
+    GATES["kept"].set()
+    await kept.task
+    await executor.close()
+    assert reports == [("a1", ("kept released", None))]
+    assert dropped.task.cancelled()

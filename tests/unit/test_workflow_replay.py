@@ -7,7 +7,7 @@ proves that the history it built replays to the same steps.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,8 +20,10 @@ from runstore.workflows import (
     activity,
     workflow,
 )
+from schemas.commands import ActivityReportPayload, RecordActivityTask
 from schemas.common import ExecutionStatus
 from schemas.events import EventType
+from services.engine.domain import Rejected
 from tests.support.workflow_sim import WorkflowSim
 
 CALLS: list[str] = []
@@ -242,3 +244,129 @@ async def test_code_that_changed_its_path_fails_with_a_nondeterminism_error() ->
     changed.state, changed.events = sim.state, sim.events
     with pytest.raises(NondeterminismError, match="triple"):
         changed.replay()
+
+
+# --- detached activities: outcomes reported on their own, deadlines ------------------
+
+HELD: dict[str, asyncio.Event] = {}
+
+
+@activity(start_to_close_timeout=timedelta(seconds=30))
+async def held(key: str) -> str:
+    CALLS.append(f"held:{key}:{activity.info().attempt}")
+    await HELD[key].wait()
+    return f"{key} done"
+
+
+@workflow.define(name="holder")
+class Holder:
+    @workflow.run
+    async def run(self, key: str) -> str:
+        return str(await held(key))
+
+
+async def test_an_activity_past_the_eager_window_reports_itself_and_the_code_resumes() -> None:
+    CALLS.clear()
+    sim = WorkflowSim([Doubler], [double], eager_seconds=0)  # every activity detaches
+    sim.start("doubler", 5)
+    await sim.task()
+    assert sim.state is not None and sim.state.is_open
+    assert sim.types()[-2:] == ["ACTIVITY_TASK_STARTED", "TIMER_STARTED"]
+    assert sim.pending_timers() == ["activity:a1:1:1"]  # its deadline
+    await sim.run_to_end()
+    assert sim.state.status == ExecutionStatus.COMPLETED
+    assert sim.state.result is not None and sim.state.result.value == 5 * 2 + 5 * 4
+    assert CALLS == ["double:5", "double:10"]
+    # Each outcome came as RecordActivityTask and the next task canceled its deadline.
+    assert sim.types().count("ACTIVITY_TASK_COMPLETED") == 2
+    assert sim.types().count("TIMER_CANCELED") == 2
+    assert sim.pending_timers() == []
+    sim.replay()  # the history of detached activities replays too
+
+
+async def test_a_deadline_with_the_attempt_alive_here_is_renewed() -> None:
+    CALLS.clear()
+    HELD.clear()
+    HELD["renew"] = asyncio.Event()
+    sim = WorkflowSim([Holder], [held], eager_seconds=0)
+    sim.start("holder", "renew")
+    await sim.task()
+    await asyncio.sleep(0)  # the attempt starts in the executor
+    sim.fire_timers(deadlines=True)
+    await sim.task()
+    assert sim.pending_timers() == ["activity:a1:1:2"]  # renewed, not timed out
+    HELD["renew"].set()
+    await sim.run_to_end()
+    assert sim.state is not None and sim.state.status == ExecutionStatus.COMPLETED
+    assert CALLS == ["held:renew:1"]
+    assert "ACTIVITY_TASK_RETRYING" not in sim.types()
+
+
+async def test_a_deadline_after_the_worker_died_times_the_attempt_out_and_retries_it() -> None:
+    CALLS.clear()
+    HELD.clear()
+    HELD["crash"] = asyncio.Event()
+    sim = WorkflowSim([Holder], [held], eager_seconds=0)
+    sim.start("holder", "crash")
+    await sim.task()
+    await asyncio.sleep(0)
+    sim.restart_worker()  # attempt 1 dies with its worker: it never reports
+    HELD["crash"].set()
+    sim.fire_timers(deadlines=True)
+    await sim.task()  # the new worker does not run attempt 1: timed out
+    retrying = [e for e in sim.events if e.type == EventType.ACTIVITY_TASK_RETRYING]
+    assert len(retrying) == 1
+    failure = retrying[0].attributes.failure  # type: ignore[union-attr]
+    assert failure is not None and failure.type == "ActivityTimeoutError"
+    # Had attempt 1 survived somewhere, its late outcome is refused by the engine.
+    late = RecordActivityTask(
+        command_id="late",
+        execution_id=sim.execution_id,
+        issued_at=datetime.now(UTC),
+        payload=ActivityReportPayload(
+            run_id=sim.state.run_id,
+            stage="completed",
+            task_id="a1",
+            activity_name="held",
+            attempt=1,
+            result="crash done",
+        ),
+    )
+    with pytest.raises(Rejected, match="attempt 1 is not running"):
+        sim.apply(late)
+    await sim.run_to_end()  # back-off timer, attempt 2 (detached, reports), result
+    assert sim.state is not None and sim.state.status == ExecutionStatus.COMPLETED
+    assert sim.state.result is not None and sim.state.result.value == "crash done"
+    assert CALLS == ["held:crash:1", "held:crash:2"]
+    sim.replay()
+
+
+@workflow.define(name="three-steps")
+class ThreeSteps:
+    @workflow.run
+    async def run(self, n: int) -> list[int]:
+        return [await double(n), await double(n + 1), await double(n + 2)]
+
+
+async def test_a_reset_returns_copied_outcomes_and_reruns_the_attempt_cut_off() -> None:
+    CALLS.clear()
+    sim = WorkflowSim([ThreeSteps], [double])
+    sim.start("three-steps", 1)
+    await sim.run_to_end()
+    assert sim.state is not None and sim.state.status == ExecutionStatus.COMPLETED
+    assert CALLS == ["double:1", "double:2", "double:3"]
+    # Reset to just after a2 STARTED: a1 is copied completed, a2 copied as running.
+    a2_started = next(
+        e
+        for e in sim.run_events()
+        if e.type == EventType.ACTIVITY_TASK_STARTED and e.attributes.task_id == "a2"  # type: ignore[union-attr]
+    )
+    sim.reset(a2_started.event_number)
+    CALLS.clear()
+    await sim.run_to_end()
+    assert sim.state.status == ExecutionStatus.COMPLETED
+    assert sim.state.result is not None and sim.state.result.value == [2, 4, 6]
+    assert CALLS == ["double:2", "double:3"]  # a1 not run again; a2 re-run, then a3
+    types = [e.type.value for e in sim.run_events()]
+    assert types.count("ACTIVITY_TASK_STARTED") == 3  # a1, a2 copied; a3 new: no duplicate
+    sim.replay()
