@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runstore.workflows._activity_api import ActivityInfo, activity_context
 from runstore.workflows._activity_machine import ActivityRequest
-from runstore.workflows._api import ActivityInfo, activity_context
 from services.common.worker_registry import execution_log_context
 
 log = logging.getLogger("runstore.worker")

@@ -1,22 +1,27 @@
-"""The decorators and functions workflow authors use: `workflow.*` and `activity`."""
+"""What workflow authors use: `workflow.*` (the `activity` decorator is _activity_api.py's,
+re-exported here)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
+from runstore.workflows._activity_api import (
+    DEFAULT_START_TO_CLOSE,
+    ActivityFunction,
+    ActivityInfo,
+    activity,
+    activity_context,
+    activity_heartbeat,
+)
 from runstore.workflows._definitions import (
     HANDLER_MARK,
     RUN_MARK,
-    ActivityDefinition,
     Handler,
     RetryPolicy,
     WorkflowDefinition,
@@ -33,7 +38,16 @@ from schemas.common import Failure, ParentClosePolicy
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C", bound=type)
 
-DEFAULT_START_TO_CLOSE = timedelta(minutes=5)
+__all__ = [
+    "DEFAULT_START_TO_CLOSE",
+    "ActivityFunction",
+    "ActivityInfo",
+    "ChildHandle",
+    "activity",
+    "activity_context",
+    "activity_heartbeat",
+    "workflow",
+]
 
 
 def _instance() -> WorkflowInstance:
@@ -41,127 +55,6 @@ def _instance() -> WorkflowInstance:
         return WorkflowInstance.of_current()
     except LookupError:
         raise RuntimeError("this function is only available inside workflow code") from None
-
-
-# --- activities -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActivityInfo:
-    """What an activity attempt knows about itself. `idempotency_key` is stable across
-    re-deliveries of the same attempt: use it to make side effects apply once."""
-
-    execution_id: str
-    run_id: str
-    workflow_name: str
-    activity_id: str
-    activity_name: str
-    attempt: int
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.execution_id}:{self.activity_id}:{self.attempt}"
-
-
-activity_context: contextvars.ContextVar[tuple[ActivityInfo, Callable[[], None]]] = (
-    contextvars.ContextVar("runstore_activity")
-)
-
-
-class ActivityFunction:
-    """An `@activity`: called inside workflow code it runs as a durable activity; called
-    anywhere else it is the plain async function (handy in tests)."""
-
-    def __init__(self, definition: ActivityDefinition) -> None:
-        self.definition = definition
-        self.__name__ = definition.name
-        self.__doc__ = definition.fn.__doc__
-        self.__wrapped__ = definition.fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        try:
-            current.get()
-        except LookupError:
-            return self.definition.fn(*args, **kwargs)
-        return workflow.execute_activity(self, *args, **kwargs)
-
-
-class _ActivityApi:
-    """`@activity` / `@activity(name=…, start_to_close_timeout=…, retry_policy=…)` and the
-    functions activity code calls (`activity.heartbeat()`, `activity.info()`)."""
-
-    @overload
-    def __call__(self, fn: F) -> F: ...
-
-    @overload
-    def __call__(
-        self,
-        fn: None = None,
-        *,
-        name: str | None = None,
-        start_to_close_timeout: timedelta | None = DEFAULT_START_TO_CLOSE,
-        heartbeat_timeout: timedelta | None = None,
-        retry_policy: RetryPolicy | None = None,
-        retry_policy_max_attempts: int | None = None,
-        retry_policy_backoff_coefficient: float | None = None,
-    ) -> Callable[[F], F]: ...
-
-    def __call__(
-        self,
-        fn: Callable[..., Any] | None = None,
-        *,
-        name: str | None = None,
-        start_to_close_timeout: timedelta | None = DEFAULT_START_TO_CLOSE,
-        heartbeat_timeout: timedelta | None = None,
-        retry_policy: RetryPolicy | None = None,
-        retry_policy_max_attempts: int | None = None,
-        retry_policy_backoff_coefficient: float | None = None,
-    ) -> Any:
-        def decorate(target: Callable[..., Any]) -> Any:
-            if not inspect.iscoroutinefunction(target):
-                raise WorkflowDefinitionError(f"activity {target.__name__} must be `async def`")
-            policy = retry_policy or RetryPolicy()
-            if retry_policy_max_attempts is not None:
-                policy = _replace(policy, maximum_attempts=retry_policy_max_attempts)
-            if retry_policy_backoff_coefficient is not None:
-                policy = _replace(policy, backoff_coefficient=retry_policy_backoff_coefficient)
-            return ActivityFunction(
-                ActivityDefinition(
-                    name=name or target.__name__,
-                    fn=target,
-                    start_to_close_timeout=start_to_close_timeout,
-                    heartbeat_timeout=heartbeat_timeout,
-                    retry_policy=policy,
-                )
-            )
-
-        return decorate if fn is None else decorate(fn)
-
-    @staticmethod
-    def heartbeat(*details: Any) -> None:
-        """Tell the worker this attempt is alive (resets its heartbeat timeout)."""
-        try:
-            _, beat = activity_context.get()
-        except LookupError:
-            return
-        beat()
-
-    @staticmethod
-    def info() -> ActivityInfo:
-        try:
-            return activity_context.get()[0]
-        except LookupError:
-            raise RuntimeError("activity.info() is only available inside an activity") from None
-
-
-def _replace(policy: RetryPolicy, **changes: Any) -> RetryPolicy:
-    from dataclasses import replace
-
-    return replace(policy, **changes)
-
-
-activity = _ActivityApi()
-activity_heartbeat = activity.heartbeat
 
 
 # --- workflows --------------------------------------------------------------------------
