@@ -66,8 +66,8 @@ class TaskDriver:
                 for attempt in [a for a in waiting if self._abandoned(instance, a)]:
                     waiting.remove(attempt)
                     self.executor.cancel(attempt)
-                if not waiting:
-                    return
+                if not waiting or instance.finished:
+                    return  # (the finally stops what the closed run no longer waits for)
                 done = [a for a in waiting if a.task.done()]
                 left = window_ends - loop.time()
                 if not done and left > 0:
@@ -90,7 +90,7 @@ class TaskDriver:
                     self.executor.cancel(attempt)
             waiting = []
         finally:
-            for attempt in waiting:  # the task failed: nobody will take these outcomes
+            for attempt in waiting:  # the task failed or the run closed: nobody waits for these
                 self.executor.cancel(attempt)
 
     def _feed(self, instance: WorkflowInstance, attempt: Attempt) -> None:

@@ -6,8 +6,10 @@ result equals an uninterrupted run's, and the history has no gap and no duplicat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -132,59 +134,54 @@ async def test_a_reset_replays_the_new_run_without_running_completed_activities_
     history (the reset copied the activity events up to that point), so only the activities
     after it run again, and the result equals the first run's."""
     steps, reset_after = 5, 3
-    services = ("engine", "projector", "timers", "worker", "api")
-    with stack_with(services=services, worker_module="tests.support.crash_workflows") as stack:
-        env = stack.env
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
-        db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
-        try:
-            async with httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http:
-                answer = await http.post(
-                    "/v1/workflows/crash-fifty/execute",
-                    json={"input": steps, "execution_id": "resettable"},
-                )
-                assert answer.status_code == 200, answer.text
-                first = await _wait_closed(http, "resettable", timeout=120)
-                assert first["status"] == "COMPLETED", first
-                assert await db["activity_bodies"].count_documents({}) == steps
+    async with (
+        _crash_workflows_stack(stack_with) as (stack, db),
+        httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http,
+    ):
+        answer = await http.post(
+            "/v1/workflows/crash-fifty/execute",
+            json={"input": steps, "execution_id": "resettable"},
+        )
+        assert answer.status_code == 200, answer.text
+        first = await _wait_closed(http, "resettable", timeout=120)
+        assert first["status"] == "COMPLETED", first
+        assert await db["activity_bodies"].count_documents({}) == steps
 
-                events = await _events(db, "resettable")
-                first_run = events[0].run_id
-                done = [e for e in events if e.type == "ACTIVITY_TASK_COMPLETED"]
-                reset_point = done[reset_after - 1].event_number
-                answer = await http.post(
-                    "/v1/workflows/executions/resettable/reset",
-                    json={
-                        "event_id": reset_point,
-                        "reason": "test",
-                        "exclude_signals": False,
-                        "exclude_updates": False,
-                    },
-                )
-                assert answer.status_code == 204, answer.text
+        events = await _events(db, "resettable")
+        first_run = events[0].run_id
+        done = [e for e in events if e.type == "ACTIVITY_TASK_COMPLETED"]
+        reset_point = done[reset_after - 1].event_number
+        answer = await http.post(
+            "/v1/workflows/executions/resettable/reset",
+            json={
+                "event_id": reset_point,
+                "reason": "test",
+                "exclude_signals": False,
+                "exclude_updates": False,
+            },
+        )
+        assert answer.status_code == 204, answer.text
 
-                async def new_run_closed() -> list[Event]:
-                    events = await _events(db, "resettable")
-                    closed = [
-                        e
-                        for e in events
-                        if e.run_id != first_run and e.type == "WORKFLOW_EXECUTION_COMPLETED"
-                    ]
-                    assert closed, "the new run has not completed yet"
-                    return events
+        async def new_run_closed() -> list[Event]:
+            events = await _events(db, "resettable")
+            closed = [
+                e
+                for e in events
+                if e.run_id != first_run and e.type == "WORKFLOW_EXECUTION_COMPLETED"
+            ]
+            assert closed, "the new run has not completed yet"
+            return events
 
-                events = await assert_eventually(new_run_closed, timeout=120)
-                second = (await http.get("/v1/workflows/executions/resettable")).json()
-            assert second["status"] == "COMPLETED" and second["result"] == first["result"]
-            new_run = [e for e in events if e.run_id != first_run]
-            assert new_run[0].type == "WORKFLOW_RUN_RESET"
-            # Copied: the activities up to the reset point; run again: only the ones after it.
-            completed = [e for e in new_run if e.type == "ACTIVITY_TASK_COMPLETED"]
-            assert len(completed) == steps
-            bodies = await db["activity_bodies"].count_documents({})
-            assert bodies == steps + (steps - reset_after)
-        finally:
-            await mongo.close()
+        events = await assert_eventually(new_run_closed, timeout=120)
+        second = (await http.get("/v1/workflows/executions/resettable")).json()
+        assert second["status"] == "COMPLETED" and second["result"] == first["result"]
+        new_run = [e for e in events if e.run_id != first_run]
+        assert new_run[0].type == "WORKFLOW_RUN_RESET"
+        # Copied: the activities up to the reset point; run again: only the ones after it.
+        completed = [e for e in new_run if e.type == "ACTIVITY_TASK_COMPLETED"]
+        assert len(completed) == steps
+        bodies = await db["activity_bodies"].count_documents({})
+        assert bodies == steps + (steps - reset_after)
 
 
 async def test_a_held_activity_does_not_stop_other_workflows_on_the_same_worker(
@@ -194,49 +191,57 @@ async def test_a_held_activity_does_not_stop_other_workflows_on_the_same_worker(
     eager window (the attempt is detached), so the worker's next tasks (here another
     workflow's, maybe on the same partition) are taken while it is held."""
     gate = tmp_path / "open"
+    async with (
+        _crash_workflows_stack(stack_with) as (stack, db),
+        httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http,
+    ):
+        answer = await http.post(
+            "/v1/workflows/held/execute",
+            json={"input": str(gate), "execution_id": "long"},
+        )
+        assert answer.status_code == 200, answer.text
+
+        async def held_started() -> None:
+            assert await db["held_started"].count_documents({}) == 1
+
+        await assert_eventually(held_started, timeout=60)
+        answer = await http.post(
+            "/v1/workflows/crash-fifty/execute",
+            json={"input": 3, "execution_id": "short"},
+        )
+        assert answer.status_code == 200, answer.text
+        short = await _wait_closed(http, "short", timeout=60)
+        assert short["status"] == "COMPLETED", short
+        assert short["result"] == {"sum": 0 + 1 + 4, "squares": [0, 1, 4]}
+        # Meanwhile the long one is still held, its attempt detached and watched.
+        assert not gate.exists()
+        still = (await http.get("/v1/workflows/executions/long")).json()
+        assert still["status"] == "RUNNING", still
+        timers = [
+            e.attributes.timer_id  # type: ignore[union-attr]
+            for e in await _events(db, "long")
+            if e.type == "TIMER_STARTED"
+        ]
+        assert timers == ["activity:a1:1:1"]
+
+        gate.touch()
+        done = await _wait_closed(http, "long", timeout=60)
+        assert done["status"] == "COMPLETED" and done["result"] == "released a1", done
+        assert await db["held_started"].count_documents({}) == 1  # one attempt
+        types = [e.type for e in await _events(db, "long")]
+        assert types.count("ACTIVITY_TASK_COMPLETED") == 1
+        assert "TIMER_CANCELED" in types  # its deadline, once the outcome came
+
+
+@contextlib.asynccontextmanager
+async def _crash_workflows_stack(stack_with: StackWith) -> AsyncIterator[tuple[Stack, Any]]:
+    """A stack whose worker serves tests.support.crash_workflows, and its database."""
     services = ("engine", "projector", "timers", "worker", "api")
     with stack_with(services=services, worker_module="tests.support.crash_workflows") as stack:
         env = stack.env
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
-        db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
         try:
-            async with httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http:
-                answer = await http.post(
-                    "/v1/workflows/held/execute",
-                    json={"input": str(gate), "execution_id": "long"},
-                )
-                assert answer.status_code == 200, answer.text
-
-                async def held_started() -> None:
-                    assert await db["held_started"].count_documents({}) == 1
-
-                await assert_eventually(held_started, timeout=60)
-                answer = await http.post(
-                    "/v1/workflows/crash-fifty/execute",
-                    json={"input": 3, "execution_id": "short"},
-                )
-                assert answer.status_code == 200, answer.text
-                short = await _wait_closed(http, "short", timeout=60)
-                assert short["status"] == "COMPLETED", short
-                assert short["result"] == {"sum": 0 + 1 + 4, "squares": [0, 1, 4]}
-                # Meanwhile the long one is still held, its attempt detached and watched.
-                assert not gate.exists()
-                still = (await http.get("/v1/workflows/executions/long")).json()
-                assert still["status"] == "RUNNING", still
-                timers = [
-                    e.attributes.timer_id  # type: ignore[union-attr]
-                    for e in await _events(db, "long")
-                    if e.type == "TIMER_STARTED"
-                ]
-                assert timers == ["activity:a1:1:1"]
-
-                gate.touch()
-                done = await _wait_closed(http, "long", timeout=60)
-            assert done["status"] == "COMPLETED" and done["result"] == "released a1", done
-            assert await db["held_started"].count_documents({}) == 1  # one attempt
-            types = [e.type for e in await _events(db, "long")]
-            assert types.count("ACTIVITY_TASK_COMPLETED") == 1
-            assert "TIMER_CANCELED" in types  # its deadline, once the outcome came
+            yield stack, mongo[env["RUNSTORE_MONGO_DATABASE"]]
         finally:
             await mongo.close()
 
