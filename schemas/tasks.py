@@ -37,3 +37,7 @@ class WorkflowTask(FrozenModel):
     """query / update: the handler's name."""
     user_id: str | None = None
     """query / update: who asked."""
+    timestamp_ns: int | None = None
+    """run/signal/stop: the time of the event that caused the task. With `seq` 1 (an
+    execution's first commit holds only its STARTED) a worker has the whole history in the
+    task and starts the run without reading it."""

@@ -68,6 +68,7 @@ def tasks_for(commit: Commit) -> list[WorkflowTask]:
                 deployment_name=getattr(attrs, "deployment_name", None)
                 if event.type is EventType.WORKFLOW_EXECUTION_STARTED
                 else started.get("deployment_name"),
+                timestamp_ns=event.timestamp_ns,
             )
         )
     return tasks

@@ -17,12 +17,16 @@ from runstore.workflows import (
     ApplicationError,
     NondeterminismError,
     RetryPolicy,
+    Worker,
     activity,
     workflow,
 )
-from schemas.commands import ActivityReportPayload, RecordActivityTask
+from runstore.workflows._history import RunHistory
+from schemas.commands import ActivityReportPayload, CompleteWorkflowTask, RecordActivityTask
 from schemas.common import ExecutionStatus
 from schemas.events import EventType
+from schemas.tasks import WorkflowTask
+from services.common.memory_commit_log import MemoryCommitLog
 from services.engine.domain import Rejected
 from tests.support.workflow_sim import WorkflowSim
 
@@ -370,3 +374,51 @@ async def test_a_reset_returns_copied_outcomes_and_reruns_the_attempt_cut_off() 
     types = [e.type.value for e in sim.run_events()]
     assert types.count("ACTIVITY_TASK_STARTED") == 3  # a1, a2 copied; a3 new: no duplicate
     sim.replay()
+
+
+@workflow.define(name="clock")
+class Clock:
+    @workflow.run
+    async def run(self, n: int) -> dict[str, Any]:
+        return {"now": workflow.now().isoformat(), "double": await double(n)}
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, *, key: bytes, value: bytes, headers: Any = None) -> None:
+        self.sent.append(value)
+
+    async def flush(self) -> None:
+        return None
+
+
+async def test_an_executions_first_task_runs_without_reading_the_history() -> None:
+    sim = WorkflowSim([Clock], [double])
+    sim.start("clock", 3)
+    started = sim.events[0]
+    worker = Worker([Clock], [double])
+    producer = _Producer()
+    # An empty commit log: had the worker read the history it would find no start.
+    worker.attach(RunHistory(MemoryCommitLog(), worker.activities, 0.0), producer)  # type: ignore[arg-type]
+    task = WorkflowTask(
+        task_id=started.event_id,
+        kind="run",
+        execution_id=sim.execution_id,
+        run_id=started.run_id,
+        seq=1,
+        workflow_name="clock",
+        input=3,
+        timestamp_ns=started.timestamp_ns,
+    )
+    await worker.handle([task.model_dump_json().encode()])
+    [report] = producer.sent
+    sim.apply(CompleteWorkflowTask.model_validate_json(report))  # the engine takes it
+    assert sim.state is not None and sim.state.status == ExecutionStatus.COMPLETED
+    # workflow.now() is the STARTED event's time, as a replay from the history has it.
+    assert sim.state.result is not None and sim.state.result.value == {
+        "now": datetime.fromtimestamp(started.timestamp_ns / 1e9, UTC).isoformat(),
+        "double": 6,
+    }
+    assert sim.replay().finished
