@@ -86,8 +86,8 @@ class _Activity:
 
 
 class ActivityMachine(InstanceCore):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _setup(self) -> None:
+        super()._setup()
         self._activities: dict[str, _Activity] = {}
         self._live_requests: list[ActivityRequest] = []
         self._fired_deadlines: list[tuple[str, int]] = []

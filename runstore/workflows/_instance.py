@@ -65,8 +65,8 @@ class _Child:
 class WorkflowInstance(ActivityMachine):
     """The live object of one run of one workflow, stepped by the worker."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def _setup(self) -> None:
+        super()._setup()
         self._children: dict[str, _Child] = {}
         self._signal_buffer: list[tuple[str, Any]] = []
         self._update_results: dict[str, tuple[bool, Any]] = {}

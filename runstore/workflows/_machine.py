@@ -86,6 +86,10 @@ class InstanceCore:
         self.obj = definition.cls()
         self._main: asyncio.Task[Any] | None = None
         self._violation: NondeterminismError | None = None
+        self._setup()
+
+    def _setup(self) -> None:
+        """Where each layer above this one sets up its own state (before any history)."""
 
     # --- what the worker takes ----------------------------------------------------------
 
