@@ -31,6 +31,11 @@ class ActivityTimeoutError(TimeoutError):
     went silent (no outcome reported before the attempt's deadline timer fired)."""
 
 
+class WorkerStoppedError(RuntimeError):
+    """A detached attempt was still running when its worker stopped (SIGTERM): it is
+    reported failed, so its retry policy runs it again without waiting for its deadline."""
+
+
 @dataclass(eq=False)
 class Attempt:
     """One activity attempt in the executor."""
@@ -42,6 +47,8 @@ class Attempt:
     """Loop time the body started (None while it waits for a slot)."""
     last_beat: float = 0.0
     detached: bool = False
+    stopped: bool = False
+    """Cut off by the worker's shutdown: reported failed (`WorkerStoppedError`)."""
     task: asyncio.Task[Outcome] = field(init=False)
 
     @property
@@ -126,10 +133,21 @@ class ActivityExecutor:
     def running(self) -> int:
         return sum(1 for a in self._attempts.values() if not a.task.done())
 
-    async def close(self) -> None:
-        """Stop every attempt (the worker is stopping) and let started reports finish."""
+    async def close(self, grace_seconds: float = 0.0) -> None:
+        """The worker is stopping: detached attempts get `grace_seconds` to end (and
+        report); those still running then are stopped and reported failed with
+        `WorkerStoppedError` (retried at once by their policy, not after their deadline).
+        Attempts of unfinished tasks are stopped silently (their tasks are redelivered)."""
+        detached = [a for a in self._attempts.values() if a.detached and not a.task.done()]
+        if detached and grace_seconds > 0:
+            await asyncio.wait({a.task for a in detached}, timeout=grace_seconds)
+        stopping = [a.task for a in self._attempts.values() if not a.task.done()]
         for attempt in list(self._attempts.values()):
+            attempt.stopped = attempt.detached
             attempt.task.cancel()
+        if stopping:
+            await asyncio.wait(stopping, timeout=5)
+        await asyncio.sleep(0)  # the ended attempts' callbacks start their reports
         if self._reporting:
             await asyncio.wait(self._reporting, timeout=5)
 
@@ -142,12 +160,19 @@ class ActivityExecutor:
     def _ended(self, attempt: Attempt) -> None:
         if self._attempts.get(attempt.key) is attempt and attempt.task.done():
             del self._attempts[attempt.key]
-        if not attempt.detached or not attempt.task.done() or attempt.task.cancelled():
+        if not attempt.detached or not attempt.task.done():
+            return
+        if attempt.task.cancelled() and not attempt.stopped:
             return
         attempt.detached = False  # reported once
         if self.report is None:
             return
-        job = asyncio.ensure_future(self.report(attempt, attempt.task.result()))
+        outcome: Outcome = (
+            (None, WorkerStoppedError("the worker stopped while the attempt ran"))
+            if attempt.task.cancelled()
+            else attempt.task.result()
+        )
+        job = asyncio.ensure_future(self.report(attempt, outcome))
         self._reporting.add(job)
         job.add_done_callback(self._reporting.discard)
 

@@ -119,7 +119,7 @@ async def serve(worker: Worker) -> None:
                 continue
             await consumer.commit()
     finally:
-        await worker.executor.close()
+        await worker.executor.close(settings.worker_shutdown_grace_seconds)
         stop_heartbeats.set()
         user_logger.removeHandler(handler)
         shipping.cancel()

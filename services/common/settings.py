@@ -137,6 +137,9 @@ class WorkerSettings(RunstoreSettings):
     worker_activity_deadline_seconds: float = Field(default=300.0, gt=0)
     """Longest a detached attempt goes unobserved: its deadline timer is at most this long
     (and renewed while the attempt runs), so a dead worker's attempt is retried after it."""
+    worker_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    """A stopping worker (SIGTERM) lets its detached attempts run this long; those still
+    running then are reported failed (`WorkerStoppedError`) and retried by their policy."""
     worker_instance_id: str | None = None
     """Kafka static membership id (e.g. the pod name): a restarted worker gets its
     partitions back at once instead of after the session timeout."""

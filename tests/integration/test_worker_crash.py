@@ -233,11 +233,56 @@ async def test_a_held_activity_does_not_stop_other_workflows_on_the_same_worker(
         assert "TIMER_CANCELED" in types  # its deadline, once the outcome came
 
 
+async def test_a_stopped_worker_reports_its_detached_attempt_failed_and_it_runs_again(
+    stack_with: StackWith, tmp_path: Path
+) -> None:
+    """SIGTERM while a detached attempt runs: after its grace the worker reports the attempt
+    failed (WorkerStoppedError), so the policy retries it on the next worker at once, not
+    after the attempt's deadline (over 5 minutes here)."""
+    gate = tmp_path / "open"
+    async with (
+        _crash_workflows_stack(stack_with, RUNSTORE_WORKER_SHUTDOWN_GRACE_SECONDS="0.5") as (
+            stack,
+            db,
+        ),
+        httpx.AsyncClient(base_url=stack.api_url, headers=AUTH, timeout=30) as http,
+    ):
+        answer = await http.post(
+            "/v1/workflows/held/execute", json={"input": str(gate), "execution_id": "stopped"}
+        )
+        assert answer.status_code == 200, answer.text
+
+        async def held_started() -> None:
+            assert await db["held_started"].count_documents({}) == 1
+
+        await assert_eventually(held_started, timeout=60)
+        stack.stop("worker")
+
+        async def reported_stopped() -> None:
+            retrying = [
+                e for e in await _events(db, "stopped") if e.type == "ACTIVITY_TASK_RETRYING"
+            ]
+            assert [e.attributes.failure.type for e in retrying] == ["WorkerStoppedError"]  # type: ignore[union-attr]
+
+        await assert_eventually(reported_stopped, timeout=30)
+        stack.start("worker", args=WORKER_ARGS)
+        gate.touch()
+        done = await _wait_closed(http, "stopped", timeout=60)
+        assert done["status"] == "COMPLETED" and done["result"] == "released a1", done
+        assert await db["held_started"].count_documents({}) == 2  # attempt 1, attempt 2
+        completed = [e for e in await _events(db, "stopped") if e.type == "ACTIVITY_TASK_COMPLETED"]
+        assert [e.attributes.attempt for e in completed] == [2]  # type: ignore[union-attr]
+
+
 @contextlib.asynccontextmanager
-async def _crash_workflows_stack(stack_with: StackWith) -> AsyncIterator[tuple[Stack, Any]]:
+async def _crash_workflows_stack(
+    stack_with: StackWith, **env: str
+) -> AsyncIterator[tuple[Stack, Any]]:
     """A stack whose worker serves tests.support.crash_workflows, and its database."""
     services = ("engine", "projector", "timers", "worker", "api")
-    with stack_with(services=services, worker_module="tests.support.crash_workflows") as stack:
+    with stack_with(
+        services=services, worker_module="tests.support.crash_workflows", **env
+    ) as stack:
         env = stack.env
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
         try:

@@ -13,6 +13,7 @@ from runstore.workflows._activities import (
     ActivityTimeoutError,
     Attempt,
     Outcome,
+    WorkerStoppedError,
 )
 from runstore.workflows._instance import ActivityRequest
 
@@ -150,3 +151,24 @@ async def test_a_detached_attempt_reports_its_outcome_once_and_a_cancelled_one_n
     await executor.close()
     assert reports == [("a1", ("kept released", None))]
     assert dropped.task.cancelled()
+
+
+async def test_a_stopping_worker_gives_detached_attempts_a_grace_then_reports_them_stopped() -> None:
+    GATES.clear()
+    GATES.update(quick=asyncio.Event(), stuck=asyncio.Event())
+    reports: dict[str, Outcome] = {}
+
+    async def report(attempt: Attempt, outcome: Outcome) -> None:
+        reports[attempt.info.activity_id] = outcome
+
+    executor = ActivityExecutor(4, report)
+    attempts = {}
+    for activity_id, gate in (("a1", "quick"), ("a2", "stuck")):
+        request = _request(gated, gate, activity_id=activity_id)
+        attempts[activity_id] = executor.start(_info(request), request)
+        executor.detach(attempts[activity_id])
+    asyncio.get_running_loop().call_later(0.05, GATES["quick"].set)  # ends within the grace
+    await executor.close(grace_seconds=1.0)
+    assert reports["a1"] == ("quick released", None)
+    result, error = reports["a2"]
+    assert result is None and isinstance(error, WorkerStoppedError)
