@@ -153,7 +153,7 @@ async def test_a_detached_attempt_reports_its_outcome_once_and_a_cancelled_one_n
     assert dropped.task.cancelled()
 
 
-async def test_a_stopping_worker_gives_detached_attempts_a_grace_then_reports_them_stopped() -> None:
+async def test_a_stopping_worker_gives_detached_attempts_a_grace_then_reports_them() -> None:
     GATES.clear()
     GATES.update(quick=asyncio.Event(), stuck=asyncio.Event())
     reports: dict[str, Outcome] = {}
