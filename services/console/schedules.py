@@ -1,4 +1,4 @@
-"""`runstore schedules list|show|create|pause|unpause|delete` and `runstore workers list`,
+"""`runstore schedules list|show|create|pause|unpause|trigger|delete` and `runstore workers list`,
 over the API's schedule routes (docs/timers.md) and its deployments/workers catalogue."""
 
 from __future__ import annotations
@@ -145,6 +145,11 @@ def _action(kind: str, done: str, doc: str) -> None:
 
 _action("pause", "paused", "Pause a schedule: it starts nothing until unpaused.")
 _action("resume", "unpaused", "Unpause a schedule.")
+_action(
+    "trigger",
+    "triggered a run of",
+    "Start a run of a schedule now, whatever its pause state and overlap policy.",
+)
 _action("delete", "deleted", "Delete a schedule.")
 
 
