@@ -1,5 +1,5 @@
 """`runstore workflow|runs|events …`: operate a running stack from the shell (`dlq` is in
-services/console/dlq_commands.py, `schedules` and `workers` in services/console/schedules.py).
+services/console/dlq_commands.py, `schedules` in schedules.py, `workers` in workers.py).
 
 Every command reads the API's address and key from `--url`/`--api-key` or
 RUNSTORE_URL / RUNSTORE_API_KEY; read commands take `--output json` for scripts.
@@ -362,6 +362,6 @@ def events_tail(
 
 
 # The other command groups register themselves on `app` when imported.
-from services.console import dlq_commands, schedules  # noqa: E402
+from services.console import dlq_commands, schedules, workers  # noqa: E402
 
-__all__ = ["app", "dlq_commands", "schedules"]
+__all__ = ["app", "dlq_commands", "schedules", "workers"]

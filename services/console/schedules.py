@@ -1,5 +1,5 @@
-"""`runstore schedules list|show|create|pause|unpause|delete` and `runstore workers list`,
-over the API's schedule routes (docs/timers.md) and its deployments/workers catalogue."""
+"""`runstore schedules list|show|create|pause|unpause|trigger|delete`, over the API's
+schedule routes (docs/timers.md, docs/api-gateway.md "Schedules")."""
 
 from __future__ import annotations
 
@@ -23,10 +23,8 @@ from services.console.common import (
 )
 
 schedules_cli = typer.Typer(help="Schedules that start workflows.", no_args_is_help=True)
-workers_cli = typer.Typer(help="Workers registered in the catalogue.", no_args_is_help=True)
 
 app.add_typer(schedules_cli, name="schedules")
-app.add_typer(workers_cli, name="workers")
 
 _SCHEDULES = "/v1/workflows/schedules"
 
@@ -145,59 +143,9 @@ def _action(kind: str, done: str, doc: str) -> None:
 
 _action("pause", "paused", "Pause a schedule: it starts nothing until unpaused.")
 _action("resume", "unpaused", "Unpause a schedule.")
+_action(
+    "trigger",
+    "triggered a run of",
+    "Start a run of a schedule now, whatever its pause state and overlap policy.",
+)
 _action("delete", "deleted", "Delete a schedule.")
-
-
-@workers_cli.command("list")
-def workers_list(
-    deployment: Annotated[str | None, typer.Option(help="Only this deployment's.")] = None,
-    all_workers: Annotated[
-        bool, typer.Option("--all", help="Also workers that stopped heartbeating.")
-    ] = False,
-    url: Url = DEFAULT_URL,
-    api_key: ApiKey = "",
-    output: OutputOpt = Output.table,
-) -> None:
-    """Workers of every deployment (or one): live ones, or all on record with --all."""
-    status = "all" if all_workers else "active"
-    rows: list[dict[str, Any]] = []
-    with api_client(url, api_key) as api:
-        if deployment:
-            names = [deployment]
-        else:
-            listed = api.get(
-                "/v1/workflows/deployments", params={"active_only": "false", "limit": 1000}
-            )
-            names = [d["name"] for d in listed["deployments"]]
-        for name in names:
-            cursor: str | None = None
-            while True:
-                params: dict[str, Any] = {"worker_status": status, "limit": 1000}
-                if cursor:
-                    params["cursor"] = cursor
-                page = api.get(f"/v1/workflows/deployments/{name}/workers", params=params)
-                rows.extend({"deployment": name, **w} for w in page["workers"])
-                cursor = page.get("next_cursor")
-                if not cursor:
-                    break
-    if output is Output.json:
-        print_json(rows)
-        return
-    table = Table(
-        "deployment", "worker", "active", "host", "pid", "version", "heartbeat", "workflows"
-    )
-    for w in rows:
-        workflows = [
-            str(x.get("name", x)) if isinstance(x, dict) else str(x) for x in w["workflows"]
-        ]
-        table.add_row(
-            w["deployment"],
-            str(w["name"]),
-            "yes" if w["is_active"] else "no",
-            str(w.get("host") or ""),
-            str(w.get("pid") or ""),
-            str(w.get("version") or ""),
-            str(w.get("last_heartbeat") or "")[:19],
-            ", ".join(workflows),
-        )
-    out.print(table)

@@ -21,7 +21,7 @@ from services.common.clock import now_ns, utcnow
 from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
 from services.common.kafka_topics import partitions_of
-from services.common.metrics import TIMERS_PENDING
+from services.common.metrics import TIMERS_PENDING, observe_consumed
 from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
@@ -106,7 +106,9 @@ def build_app(settings: TimersSettings) -> FastStream:
     )
     async def handle_events(message: KafkaMessage) -> None:
         events: list[tuple[int, Event]] = []
-        for record in batch_records(message):
+        records = batch_records(message)
+        observe_consumed(settings.timers_group_id, message.consumer, records)
+        for record in records:
             try:
                 events.append((record.partition, EVENT_ADAPTER.validate_json(record.value)))
             except ValidationError as exc:

@@ -322,3 +322,22 @@ def test_cli_workers_list_shows_registered_workers(module_stack: Stack, cli: Any
     assert any(r["name"] == "w-cli-1" and r["deployment"] == deployment for r in everyone)
     table = cli("workers", "list", "--deployment", deployment)
     assert "w-cli-1" in table and "h1" in table
+
+
+def test_cli_schedules_trigger_starts_a_run_of_a_paused_schedule(cli: Any) -> None:
+    schedule_id = f"adhoc-{uuid.uuid4().hex[:6]}"
+    cli("schedules", "create", "report", "--id", schedule_id, "--every", "1h", "-i", '{"n": 2}')
+    cli("schedules", "pause", schedule_id)
+    mine = ("runs", "list", "--search-key", f"schedule_id==:{schedule_id}", "-o", "json")
+    assert json.loads(cli(*mine))["executions"] == []
+    assert f"triggered a run of {schedule_id}" in cli("schedules", "trigger", schedule_id)
+
+    def started() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(cli(*mine))["executions"]
+        assert len(rows) == 1, rows
+        return rows
+
+    [run] = wait_until(started, timeout=30)
+    assert run["workflow_name"] == "report" and run["execution_id"].startswith(schedule_id)
+    assert json.loads(cli("schedules", "show", schedule_id, "-o", "json"))["paused"] is True
+    cli("schedules", "trigger", "no-such-schedule", ok=False)  # 404

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from schemas.commits import Commit
+from services.console.status import service_line
 from tests.support.eventually import assert_eventually
 from tests.support.kafka import command, commits_of, produce, read_topic, topic
 from tests.support.stack import TIMERS_STACK, Stack, StackWith
@@ -297,10 +298,12 @@ async def test_timers_probes_and_metrics_show_pending_and_lateness(timers_stack:
     fired_before = await _timers_metric(timers_stack, "runstore_timer_lateness_seconds_count")
     await execute(timers_stack, "to-metrics", execution_timeout_seconds=600)
 
-    async def pending() -> None:
-        assert await _timers_metric(timers_stack, "runstore_timers_pending") >= 1
+    async def pending() -> float:
+        held = await _timers_metric(timers_stack, "runstore_timers_pending")
+        assert held >= 1
+        return held
 
-    await assert_eventually(pending, timeout=30)
+    held = await assert_eventually(pending, timeout=30)
     await execute(timers_stack, "to-metrics-2", execution_timeout_seconds=1)
 
     async def fired() -> None:
@@ -308,3 +311,21 @@ async def test_timers_probes_and_metrics_show_pending_and_lateness(timers_stack:
         assert count >= fired_before + 1
 
     await assert_eventually(fired, timeout=30)
+    # The 600 s deadline leaves the gauge when its run closes (it is dropped, not fired).
+    async with httpx.AsyncClient(base_url=timers_stack.api_url, headers=AUTH) as http:
+        ended = await http.post("/v1/workflows/executions/to-metrics/terminate")
+        assert ended.status_code < 300, ended.text
+
+    async def dropped() -> None:
+        assert await _timers_metric(timers_stack, "runstore_timers_pending") < held
+
+    await assert_eventually(dropped, timeout=30)
+    # Its consumer reports batches and lag per partition, like the engine's.
+    text = (await _timers_get(timers_stack, "/metrics")).text
+    assert 'runstore_consumer_lag{group="timers",' in text
+    batches = [ln for ln in text.splitlines() if ln.startswith("runstore_batch_size_count")]
+    assert any('service="timers"' in ln and float(ln.split()[-1]) >= 1 for ln in batches), batches
+    # `make status` reads the same probes.
+    port = int(timers_stack.probe_url("timers").rsplit(":", 1)[1])
+    line = service_line("timers", port)
+    assert line.split()[:2] == ["timers", "ready"] and " lag " in line, line
