@@ -3,6 +3,7 @@ a collector the test runs (tests/support/otlp_collector.py), which keeps them in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support.eventually import wait_until
+from tests.support.kafka import command, produce, topic
 from tests.support.otlp_collector import CollectedSpan, Collector, otlp_collector
 from tests.support.servers import free_port
 from tests.support.stack import Stack, StackWith
@@ -26,7 +28,8 @@ def traced(stack_with: StackWith) -> Iterator[tuple[Stack, Collector]]:
         otlp_collector(port) as collector,
         stack_with(
             services=TRACED,
-            RUNSTORE_TRACING_ENDPOINT=f"http://127.0.0.1:{port}",
+            # The standard variable (RUNSTORE_TRACING_ENDPOINT would win over it).
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
             OTEL_BSP_SCHEDULE_DELAY="100",
         ) as stack,
     ):
@@ -136,3 +139,33 @@ def test_the_sdk_body_traceparent_and_custom_attributes_are_honoured(
         return _one(spans, "apply StartWorkflow", _one(spans, "send StartWorkflow", execute))
 
     assert wait_until(applied, timeout=60).attributes["runstore.execution_id"] == "traced-2"
+
+
+def test_a_traceparent_kafka_header_on_a_produced_command_continues_the_trace(
+    traced: tuple[Stack, Collector],
+) -> None:
+    """A producer that is not the API (a script, another service) puts `traceparent` on
+    its command record: the engine's span is its child, and the trace goes on."""
+    stack, collector = traced
+    trace_id = "5c1a9e0f3d2b4c6e8f1a2b3c4d5e6f70"
+    producer_span = "1122334455667788"
+    start = command("StartWorkflow", "traced-3", workflow_name="runstore-echo", input={"n": 2})
+    asyncio.run(
+        produce(
+            stack.env["RUNSTORE_KAFKA_BOOTSTRAP"],
+            topic(stack.env, "commands"),
+            [("traced-3", start)],
+            headers=[("traceparent", f"00-{trace_id}-{producer_span}-01".encode())],
+        )
+    )
+
+    def whole_path() -> CollectedSpan:
+        spans = collector.trace(trace_id)
+        applied = _one(spans, "apply StartWorkflow", producer_span)
+        assert applied.attributes["runstore.command_id"] == start["command_id"]
+        _one(spans, "project events", applied)
+        task = _one(spans, "workflow task runstore-echo", applied)
+        return _one(spans, "apply CompleteWorkflowTask", task)
+
+    completed = wait_until(whole_path, timeout=60)
+    assert completed.attributes["runstore.execution_id"] == "traced-3"
