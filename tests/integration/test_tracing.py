@@ -41,10 +41,11 @@ def _execute(
     execution_id: str,
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    workflow: str = "runstore-echo",
 ) -> None:
     def started() -> None:
         reply = httpx.post(
-            f"{stack.api_url}/v1/workflows/runstore-echo/execute",
+            f"{stack.api_url}/v1/workflows/{workflow}/execute",
             json={"execution_id": execution_id, "input": {"n": 1}, **(body or {})},
             headers={"Authorization": "Bearer test-key", **(headers or {})},
             timeout=30,
@@ -169,3 +170,36 @@ def test_a_traceparent_kafka_header_on_a_produced_command_continues_the_trace(
 
     completed = wait_until(whole_path, timeout=60)
     assert completed.attributes["runstore.execution_id"] == "traced-3"
+
+
+def test_child_workflows_started_by_a_run_stay_in_its_trace(
+    traced: tuple[Stack, Collector],
+) -> None:
+    stack, collector = traced
+    trace_id = "7d3c2b1a09f8e7d6c5b4a39281706f5e"
+    _execute(
+        stack,
+        "traced-4",
+        body={"input": {"items": [1, 2]}},
+        headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"},
+        workflow="fan-out",
+    )
+
+    def children() -> list[CollectedSpan]:
+        spans = collector.trace(trace_id)
+        http = _one(spans, "POST /v1/workflows/{workflow_identifier}/execute", CALLER_SPAN)
+        send = _one(spans, "send StartWorkflow", _one(spans, "execute fan-out", http))
+        task = _one(spans, "workflow task fan-out", _one(spans, "apply StartWorkflow", send))
+        # The task's report starts the children: their engine spans are its children.
+        reports = [s.span_id for s in spans if s.parent_span_id == task.span_id]
+        started = [
+            s for s in spans if s.name == "apply StartWorkflow" and s.parent_span_id in reports
+        ]
+        assert len(started) == 2, [(s.name, s.parent_span_id) for s in spans]
+        for child in started:
+            _one(spans, "workflow task runstore-echo", child)  # and the children ran
+        return started
+
+    started = wait_until(children, timeout=60)
+    assert {s.attributes["runstore.execution_id"] for s in started}.isdisjoint({"traced-4"})
+    print(_tree(collector.trace(trace_id), CALLER_SPAN))

@@ -99,14 +99,16 @@ def test_a_failed_batch_ends_its_spans_as_errors(exporter: InMemorySpanExporter)
 
 
 def _started_batch(headers: tuple[tuple[str, bytes], ...]) -> tuple[InboundRecord, Outbound]:
-    """The engine's output for one accepted StartWorkflow whose record had `headers`."""
+    """The engine's output for one accepted StartWorkflow whose record had `headers`, with
+    a command it sends on (as a parent's step sends a child's start)."""
     start = command("StartWorkflow", "c1", workflow_name="wf", input={"n": 1})
+    child = command("StartWorkflow", "c1:child", workflow_name="wf")
     commit = started_commit()
     state = fold(commit.events, None)
     assert state is not None
     record = InboundRecord(0, 5, b"e1", COMMAND_ADAPTER.dump_json(start), headers)
     out = Outbound()
-    out.add([Decided(record, start, commit, accepted(start, commit, state, T0))])
+    out.add([Decided(record, start, commit, accepted(start, commit, state, T0), False, (child,))])
     return record, out
 
 
@@ -115,7 +117,12 @@ def test_when_off_the_engine_adds_no_trace_header_to_events_tasks_or_outcomes() 
     caller = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     _, out = _started_batch((caller,))
     records = list(outgoing_records(out, Topics.with_prefix("")))
-    assert {r.topic for r in records} >= {"workflows.events", "workflows.tasks"}
+    assert {r.topic for r in records} == {
+        "workflows.events",
+        "workflows.tasks",
+        "workflows.outcomes",
+        "workflows.commands",
+    }
     for record in records:
         assert "traceparent" not in (record.headers or {}), record
 
@@ -130,6 +137,12 @@ def test_the_engine_continues_a_commands_trace_on_everything_it_publishes(
     spans.received([record])
     traced = spans.start(out)
     records = list(outgoing_records(out, Topics.with_prefix(""), traced=traced))
+    assert {r.topic for r in records} == {
+        "workflows.events",
+        "workflows.tasks",
+        "workflows.outcomes",
+        "workflows.commands",  # the child's start: the child's apply span follows this one
+    }
     tracing.end_all(traced.spans)
     sent, applied = exporter.get_finished_spans()
     assert applied.name == "apply StartWorkflow"
