@@ -85,7 +85,8 @@ def outgoing_records(
     """What a processed batch publishes, in an order that keeps each execution's order.
     `dead_letters`: the batch's DLQ records as `DeadLetterRecords` made them (oversized
     ones stored elsewhere); by default each dead letter whole. `traced` (tracing on):
-    the trace headers of each command's records."""
+    the trace headers of each command's records (its events, tasks, outcome and the
+    commands it sends to other executions)."""
     if dead_letters is None:
         dead_letters = [dead_letter_record(d, topics) for d in out.dead_letters]
     yield from dead_letters
@@ -109,7 +110,12 @@ def outgoing_records(
             by_event.get((task.execution_id, task.seq)),
         )
     for command in out.follow_ups:
-        yield Outgoing(topics.commands, command.execution_id, COMMAND_ADAPTER.dump_json(command))
+        yield Outgoing(
+            topics.commands,
+            command.execution_id,
+            COMMAND_ADAPTER.dump_json(command),
+            by_command.get(out.caused_by.get(command.command_id, "")),
+        )
     for outcome in out.outcomes:
         yield Outgoing(
             topics.outcomes,

@@ -48,6 +48,9 @@ class Outbound:
     tasks: list[WorkflowTask] = field(default_factory=list)
     outcomes: list[CommandOutcome] = field(default_factory=list)
     follow_ups: list[Command] = field(default_factory=list)
+    caused_by: dict[str, str] = field(default_factory=dict)
+    """The id of the command each follow-up (by its command id) answers: a follow-up
+    continues that command's trace."""
 
     @property
     def events(self) -> list[Event]:
@@ -61,3 +64,5 @@ class Outbound:
             if d.outcome is not None:
                 self.outcomes.append(d.outcome)
             self.follow_ups.extend(d.follow_ups)
+            for follow_up in d.follow_ups:  # rare: children, continue-as-new, reports
+                self.caused_by[follow_up.command_id] = d.command.command_id

@@ -3,6 +3,7 @@ a collector the test runs (tests/support/otlp_collector.py), which keeps them in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support.eventually import wait_until
+from tests.support.kafka import command, produce, topic
 from tests.support.otlp_collector import CollectedSpan, Collector, otlp_collector
 from tests.support.servers import free_port
 from tests.support.stack import Stack, StackWith
@@ -26,7 +28,8 @@ def traced(stack_with: StackWith) -> Iterator[tuple[Stack, Collector]]:
         otlp_collector(port) as collector,
         stack_with(
             services=TRACED,
-            RUNSTORE_TRACING_ENDPOINT=f"http://127.0.0.1:{port}",
+            # The standard variable (RUNSTORE_TRACING_ENDPOINT would win over it).
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
             OTEL_BSP_SCHEDULE_DELAY="100",
         ) as stack,
     ):
@@ -38,10 +41,11 @@ def _execute(
     execution_id: str,
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    workflow: str = "runstore-echo",
 ) -> None:
     def started() -> None:
         reply = httpx.post(
-            f"{stack.api_url}/v1/workflows/runstore-echo/execute",
+            f"{stack.api_url}/v1/workflows/{workflow}/execute",
             json={"execution_id": execution_id, "input": {"n": 1}, **(body or {})},
             headers={"Authorization": "Bearer test-key", **(headers or {})},
             timeout=30,
@@ -136,3 +140,66 @@ def test_the_sdk_body_traceparent_and_custom_attributes_are_honoured(
         return _one(spans, "apply StartWorkflow", _one(spans, "send StartWorkflow", execute))
 
     assert wait_until(applied, timeout=60).attributes["runstore.execution_id"] == "traced-2"
+
+
+def test_a_traceparent_kafka_header_on_a_produced_command_continues_the_trace(
+    traced: tuple[Stack, Collector],
+) -> None:
+    """A producer that is not the API (a script, another service) puts `traceparent` on
+    its command record: the engine's span is its child, and the trace goes on."""
+    stack, collector = traced
+    trace_id = "5c1a9e0f3d2b4c6e8f1a2b3c4d5e6f70"
+    producer_span = "1122334455667788"
+    start = command("StartWorkflow", "traced-3", workflow_name="runstore-echo", input={"n": 2})
+    asyncio.run(
+        produce(
+            stack.env["RUNSTORE_KAFKA_BOOTSTRAP"],
+            topic(stack.env, "commands"),
+            [("traced-3", start)],
+            headers=[("traceparent", f"00-{trace_id}-{producer_span}-01".encode())],
+        )
+    )
+
+    def whole_path() -> CollectedSpan:
+        spans = collector.trace(trace_id)
+        applied = _one(spans, "apply StartWorkflow", producer_span)
+        assert applied.attributes["runstore.command_id"] == start["command_id"]
+        _one(spans, "project events", applied)
+        task = _one(spans, "workflow task runstore-echo", applied)
+        return _one(spans, "apply CompleteWorkflowTask", task)
+
+    completed = wait_until(whole_path, timeout=60)
+    assert completed.attributes["runstore.execution_id"] == "traced-3"
+
+
+def test_child_workflows_started_by_a_run_stay_in_its_trace(
+    traced: tuple[Stack, Collector],
+) -> None:
+    stack, collector = traced
+    trace_id = "7d3c2b1a09f8e7d6c5b4a39281706f5e"
+    _execute(
+        stack,
+        "traced-4",
+        body={"input": {"items": [1, 2]}},
+        headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"},
+        workflow="fan-out",
+    )
+
+    def children() -> list[CollectedSpan]:
+        spans = collector.trace(trace_id)
+        http = _one(spans, "POST /v1/workflows/{workflow_identifier}/execute", CALLER_SPAN)
+        send = _one(spans, "send StartWorkflow", _one(spans, "execute fan-out", http))
+        task = _one(spans, "workflow task fan-out", _one(spans, "apply StartWorkflow", send))
+        # The task's report starts the children: their engine spans are its children.
+        reports = [s.span_id for s in spans if s.parent_span_id == task.span_id]
+        started = [
+            s for s in spans if s.name == "apply StartWorkflow" and s.parent_span_id in reports
+        ]
+        assert len(started) == 2, [(s.name, s.parent_span_id) for s in spans]
+        for child in started:
+            _one(spans, "workflow task runstore-echo", child)  # and the children ran
+        return started
+
+    started = wait_until(children, timeout=60)
+    assert {s.attributes["runstore.execution_id"] for s in started}.isdisjoint({"traced-4"})
+    print(_tree(collector.trace(trace_id), CALLER_SPAN))

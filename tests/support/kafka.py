@@ -29,9 +29,12 @@ def command(
 
 
 async def produce(
-    bootstrap: str, topic: str, records: Sequence[tuple[str | None, bytes | dict[str, Any]]]
+    bootstrap: str,
+    topic: str,
+    records: Sequence[tuple[str | None, bytes | dict[str, Any]]],
+    headers: Sequence[tuple[str, bytes]] | None = None,
 ) -> None:
-    """Send (key, value) records in order; dict values are JSON-encoded."""
+    """Send (key, value) records in order, each with `headers`; dict values are JSON-encoded."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5)
     await producer.start()
     try:
@@ -39,7 +42,12 @@ async def produce(
         for key, value in records:
             raw = json.dumps(value).encode() if isinstance(value, dict) else value
             futures.append(
-                await producer.send(topic, raw, key=key.encode() if key is not None else None)
+                await producer.send(
+                    topic,
+                    raw,
+                    key=key.encode() if key is not None else None,
+                    headers=list(headers) if headers else None,
+                )
             )
         await asyncio.gather(*futures)
     finally:

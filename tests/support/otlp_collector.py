@@ -1,5 +1,6 @@
 """A small OTLP/HTTP trace collector for tests: services under test export their spans to
-it (`RUNSTORE_TRACING_ENDPOINT`), and it keeps them in memory, decoded."""
+it (`OTEL_EXPORTER_OTLP_ENDPOINT` or `RUNSTORE_TRACING_ENDPOINT`), and it keeps them in
+memory, decoded."""
 
 from __future__ import annotations
 

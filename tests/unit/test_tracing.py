@@ -7,11 +7,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from schemas.commands import COMMAND_ADAPTER
 from services.common import tracing
+from services.common.settings import RunstoreSettings, Topics
+from services.engine.app import outgoing_records
+from services.engine.command_spans import CommandSpans
+from services.engine.domain import fold
+from services.engine.outbound import Decided, Outbound
+from services.engine.outcomes import accepted
+from services.engine.validation import InboundRecord
+from tests.unit.test_engine_outputs import T0, command, started_commit
 
 
 @dataclass
@@ -86,3 +96,86 @@ def test_a_failed_batch_ends_its_spans_as_errors(exporter: InMemorySpanExporter)
         raise RuntimeError("store down")
     (failed,) = exporter.get_finished_spans()
     assert not failed.status.is_ok
+
+
+def _started_batch(headers: tuple[tuple[str, bytes], ...]) -> tuple[InboundRecord, Outbound]:
+    """The engine's output for one accepted StartWorkflow whose record had `headers`, with
+    a command it sends on (as a parent's step sends a child's start)."""
+    start = command("StartWorkflow", "c1", workflow_name="wf", input={"n": 1})
+    child = command("StartWorkflow", "c1:child", workflow_name="wf")
+    commit = started_commit()
+    state = fold(commit.events, None)
+    assert state is not None
+    record = InboundRecord(0, 5, b"e1", COMMAND_ADAPTER.dump_json(start), headers)
+    out = Outbound()
+    out.add([Decided(record, start, commit, accepted(start, commit, state, T0), False, (child,))])
+    return record, out
+
+
+def test_when_off_the_engine_adds_no_trace_header_to_events_tasks_or_outcomes() -> None:
+    assert tracing.tracer() is None
+    caller = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    _, out = _started_batch((caller,))
+    records = list(outgoing_records(out, Topics.with_prefix("")))
+    assert {r.topic for r in records} == {
+        "workflows.events",
+        "workflows.tasks",
+        "workflows.outcomes",
+        "workflows.commands",
+    }
+    for record in records:
+        assert "traceparent" not in (record.headers or {}), record
+
+
+def test_the_engine_continues_a_commands_trace_on_everything_it_publishes(
+    exporter: InMemorySpanExporter,
+) -> None:
+    with tracing.producing("send StartWorkflow", "commands", {}) as sent_headers:
+        assert sent_headers is not None
+    record, out = _started_batch(tuple(tracing.as_kafka(sent_headers)))
+    spans = CommandSpans()
+    spans.received([record])
+    traced = spans.start(out)
+    records = list(outgoing_records(out, Topics.with_prefix(""), traced=traced))
+    assert {r.topic for r in records} == {
+        "workflows.events",
+        "workflows.tasks",
+        "workflows.outcomes",
+        "workflows.commands",  # the child's start: the child's apply span follows this one
+    }
+    tracing.end_all(traced.spans)
+    sent, applied = exporter.get_finished_spans()
+    assert applied.name == "apply StartWorkflow"
+    assert applied.parent is not None and applied.parent.span_id == sent.context.span_id
+    assert applied.attributes is not None
+    assert applied.attributes["messaging.kafka.offset"] == 5
+    for outgoing in records:
+        assert outgoing.headers is not None, outgoing
+        parent = tracing.parent_of(tracing.as_kafka(outgoing.headers))
+        assert parent is not None
+        carried = trace.get_current_span(parent).get_span_context()
+        assert (carried.trace_id, carried.span_id) == (
+            applied.context.trace_id,
+            applied.context.span_id,
+        )
+
+
+def test_spans_go_to_the_runstore_endpoint_else_the_standard_otlp_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in (
+        "OTEL_SDK_DISABLED",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "RUNSTORE_TRACING_ENDPOINT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert tracing.endpoint_of(RunstoreSettings()) is None  # off by default
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    assert tracing.endpoint_of(RunstoreSettings()) == "http://collector:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/in")
+    assert tracing.endpoint_of(RunstoreSettings()) == "http://traces:4318/in"
+    ours = RunstoreSettings(tracing_endpoint="http://ours:4318")
+    assert tracing.endpoint_of(ours) == "http://ours:4318/v1/traces"
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracing.endpoint_of(ours) is None
