@@ -3,50 +3,15 @@ is decided in, the outcome it answers, the tasks a commit calls for."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from typing import Any
-
-from schemas.commands import Command, parse_command
-from schemas.commits import Commit
 from schemas.common import ExecutionStatus
 from schemas.outcomes import RejectionCode
 from services.common.ids import derived_id
 from services.engine.context import context_for
-from services.engine.domain import Rejected, decide, fold
+from services.engine.domain import Rejected, fold
 from services.engine.outcomes import accepted, after_rejection, not_reapplied, rejected
 from services.engine.tasks import tasks_for
-
-T0 = 1_700_000_000_000_000_000
-
-
-def command(kind: str, command_id: str, **payload: Any) -> Command:
-    body = {
-        "type": kind,
-        "command_id": command_id,
-        "execution_id": "e1",
-        "issued_at": "2026-01-01T00:00:00Z",
-        "user_id": "u1",
-        "payload": payload,
-    }
-    return parse_command(json.dumps(body))
-
-
-def started_commit(**payload: Any) -> Commit:
-    start = command("StartWorkflow", "c1", workflow_name="wf", input={"n": 1}, **payload)
-    events = decide(None, start, context_for(start, T0))
-    state = fold(events, None)
-    assert state is not None
-    return Commit(
-        execution_id="e1",
-        seq=1,
-        command_id="c1",
-        command_type="StartWorkflow",
-        run_id=events[-1].run_id,
-        events=events,
-        committed_at=datetime(2026, 1, 1, tzinfo=UTC),
-        state=state.model_dump(mode="json", exclude_none=True),
-    )
+from tests.support.engine import T0, started_commit
+from tests.support.engine import parsed_command as command
 
 
 def test_ids_in_a_context_derive_from_the_command_id() -> None:

@@ -21,7 +21,8 @@ from services.engine.domain import fold
 from services.engine.outbound import Decided, Outbound
 from services.engine.outcomes import accepted
 from services.engine.validation import InboundRecord
-from tests.unit.test_engine_outputs import T0, command, started_commit
+from tests.support.engine import T0, started_commit
+from tests.support.engine import parsed_command as command
 
 
 @dataclass
