@@ -36,7 +36,7 @@ def test_a_trusted_instance_equals_the_validated_one_byte_for_byte() -> None:
     assert trusted.model_fields_set == set(Commit.model_fields)
 
 
-def test_every_field_in_declaration_order_is_required() -> None:
+def test_under_the_tests_check_every_field_in_declaration_order_is_required() -> None:
     fields = commit_fields()
     del fields["rejected"]
     with pytest.raises(TypeError, match="every field in order"):
