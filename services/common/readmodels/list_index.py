@@ -1,0 +1,461 @@
+"""The run list in memory: a derived view of `runs` that answers `list_runs` without the
+store (pure, no I/O; `services/api/list_index_feed.py` loads and feeds it).
+
+Why: FerretDB 1.x on SQLite pushes down no filter and no sort, so every list page there is
+a scan and an in-memory sort of the whole collection (seconds at 10^4 runs, see
+docs/local-store.md). Here each page is a walk of a sorted key list from the cursor that
+stops at the page size.
+
+What it holds: per run only what lists return (LIST_FIELDS) and what filters test, in a
+slotted row with repeated strings shared. Per sort field (start_time, end_time) a list of
+keys `(milliseconds, run_id)` kept sorted, for all runs and for each value of each equality
+dimension (workflow, root execution, deployment, user, status, workflow tag, and the
+`set:`/`null:`/`eq:` search terms). A page walks the smallest list the filter pins (a union
+of lists for several statuses), from the cursor or the sort field's own time bound, and
+tests each row against the whole filter (`_predicate`, which means what
+`memory_store.accepts` means: `tests/contract/test_read_models.py` holds the index to the
+same pages as MongoDB and the memory adapter).
+
+It changes by the projector's own fold: `apply` runs `projection.apply_to_run` on the row
+and keeps what the fold returns, so a re-delivered or older event changes nothing
+(`position` guard) and the rows equal the projector's.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Collection, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.events import Event, EventType
+from services.common.readmodels.projection import apply_to_run
+from services.common.readmodels.reader import LIST_FIELDS, ReadModelReader
+from services.common.readmodels.run_filter import Cursor, RunFilter, aware
+
+Document = dict[str, Any]
+Key = tuple[int, str]
+"""(sort field in ms since the epoch, or _NULL for an open run's end time; run_id)."""
+Bound = tuple[Any, ...]
+"""A key or a prefix of one (`(ms,)` sorts before every key at ms)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NULL = -(2**63)
+"""An open run's end time: below every date, as MongoDB orders null."""
+_AFTER_ANY_ID = "\U0010ffff"
+"""Sorts after every run id: (ms, _AFTER_ANY_ID) lies between ms and ms + 1."""
+_ALL = ("", "")
+"""The dimension every run is in."""
+
+INDEX_FIELDS = (
+    *LIST_FIELDS,
+    "display_name",
+    "internal",
+    "search_terms",
+    "workflow_tags",
+    "position",
+)
+"""The fields of a run document the index keeps (a snapshot loads only these)."""
+
+
+class _Row:
+    """One run, compactly: LIST_FIELDS, what filters test, and the fold's position."""
+
+    __slots__ = (
+        "attempt",
+        "deployment_name",
+        "end",
+        "execution_id",
+        "haystack",
+        "internal",
+        "parent_execution_id",
+        "position",
+        "root_execution_id",
+        "run_id",
+        "start",
+        "status",
+        "tags",
+        "terms",
+        "total_duration_ms",
+        "user_id",
+        "workflow_name",
+    )
+
+    run_id: str
+    execution_id: str
+    workflow_name: str
+    root_execution_id: str
+    parent_execution_id: str | None
+    deployment_name: str | None
+    user_id: str | None
+    status: str
+    start: int
+    end: int
+    total_duration_ms: int | None
+    attempt: Any
+    internal: bool
+    terms: tuple[str, ...]
+    tags: tuple[str, ...]
+    haystack: tuple[str, str, str]
+    """workflow_name, display_name, execution_id case-folded as `search` compares them."""
+    position: tuple[int, int]
+
+    def key(self, sort_field: int) -> Key:
+        return (self.start if sort_field == 0 else self.end, self.run_id)
+
+    def dimensions(self) -> Iterator[tuple[str, Any]]:
+        """The (dimension, value) lists this run is in."""
+        yield _ALL
+        yield ("workflow_name", self.workflow_name)
+        yield ("root_execution_id", self.root_execution_id)
+        if self.deployment_name is not None:
+            yield ("deployment_name", self.deployment_name)
+        if self.user_id is not None:
+            yield ("user_id", self.user_id)
+        yield ("status", self.status)
+        for tag in self.tags:
+            yield ("tag", tag)
+        for term in self.terms:
+            if not term.startswith("fold:"):  # similar matches test the set: term's runs
+                yield ("term", term)
+
+    def document(self) -> Document:
+        """The list row (LIST_FIELDS), as the store returns it."""
+        return {
+            "_id": self.run_id,
+            "run_id": self.run_id,
+            "execution_id": self.execution_id,
+            "workflow_name": self.workflow_name,
+            "root_execution_id": self.root_execution_id,
+            "parent_execution_id": self.parent_execution_id,
+            "deployment_name": self.deployment_name,
+            "user_id": self.user_id,
+            "status": self.status,
+            "start_time": from_ms(self.start),
+            "end_time": None if self.end == _NULL else from_ms(self.end),
+            "total_duration_ms": self.total_duration_ms,
+            "attempt": self.attempt,
+        }
+
+    def fold_state(self) -> Document:
+        """What `apply_to_run` reads and changes for an event after the start."""
+        return {
+            "position": list(self.position),
+            "start_time": from_ms(self.start),
+            "status": self.status,
+            "end_time": None if self.end == _NULL else from_ms(self.end),
+            "total_duration_ms": self.total_duration_ms,
+            "attempt": self.attempt,
+        }
+
+
+class RunListIndex:
+    """The run list of one process. `ready` says whether it reflects the store (set by
+    whoever loads it; until then readers ask the store)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._lists: dict[tuple[str, Any], tuple[list[Key], list[Key]]] = {}
+        self._shared: dict[str, str] = {}
+        self.ready = False
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    # --- changes --------------------------------------------------------------------
+
+    def put(self, doc: Document, *, only_if_newer: bool = False) -> None:
+        """Hold run document `doc` (the store's, or one the fold made) in place of the
+        run's row; with `only_if_newer`, only if its position is after the row's."""
+        old = self._rows.get(doc["_id"])
+        if old is not None and only_if_newer and _position(doc) <= old.position:
+            return
+        self._replace(old, self._row(doc))
+
+    def apply(self, event: Event) -> None:
+        """Fold one event into its run's row, as the projector folds it into the run
+        document (an event at or before the row's position changes nothing)."""
+        old = self._rows.get(event.run_id)
+        if event.type is EventType.WORKFLOW_EXECUTION_STARTED:
+            doc = apply_to_run(old.fold_state() if old else None, event)
+            if doc is not None and (old is None or doc["position"] != list(old.position)):
+                self._replace(old, self._row(doc))
+            return
+        if old is None:
+            return  # nothing to show before the run's start (see apply_to_run)
+        state = old.fold_state()
+        doc = apply_to_run(state, event)
+        if doc is None or doc is state:
+            return
+        new = _copy(old)
+        new.status = self._share(doc["status"])
+        new.end = _NULL if doc["end_time"] is None else to_ms(doc["end_time"])
+        new.total_duration_ms = doc["total_duration_ms"]
+        new.attempt = doc["attempt"]
+        new.position = _position(doc)
+        self._replace(old, new)
+
+    def seq_of(self, run_id: str) -> int | None:
+        """The `seq` of the newest event the run's row reflects; None for an unknown run."""
+        row = self._rows.get(run_id)
+        return None if row is None else row.position[0]
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self._lists.clear()
+        self._shared.clear()
+        self.ready = False
+
+    def _share(self, value: str) -> str:
+        return self._shared.setdefault(value, value)
+
+    def _row(self, doc: Document) -> _Row:
+        s = self._share
+        row = _Row()
+        row.run_id = doc["_id"]
+        row.execution_id = doc["execution_id"]
+        row.workflow_name = _shared_or_none(s, doc.get("workflow_name"))
+        root = doc["root_execution_id"]
+        row.root_execution_id = row.execution_id if root == row.execution_id else root
+        row.parent_execution_id = doc.get("parent_execution_id")
+        row.deployment_name = _shared_or_none(s, doc.get("deployment_name"))
+        row.user_id = _shared_or_none(s, doc.get("user_id"))
+        row.status = s(doc["status"])
+        row.start = to_ms(doc["start_time"])
+        end = doc.get("end_time")
+        row.end = _NULL if end is None else to_ms(end)
+        row.total_duration_ms = doc.get("total_duration_ms")
+        row.attempt = doc.get("attempt")
+        row.internal = doc.get("internal") is True
+        row.terms = tuple(s(t) for t in doc.get("search_terms") or ())
+        row.tags = tuple(s(t) for t in doc.get("workflow_tags") or ())
+        row.haystack = (
+            s(_folded(row.workflow_name)),
+            _folded(doc.get("display_name")),
+            _folded(row.execution_id),
+        )
+        row.position = _position(doc)
+        return row
+
+    def _replace(self, old: _Row | None, new: _Row) -> None:
+        before = dict.fromkeys(old.dimensions()) if old is not None else {}
+        after = dict.fromkeys(new.dimensions())
+        for field in (0, 1):
+            old_key = old.key(field) if old is not None else None
+            new_key = new.key(field)
+            for dim in before:
+                if dim not in after or old_key != new_key:
+                    _remove(self._lists[dim][field], old_key)  # type: ignore[arg-type]
+            for dim in after:
+                if dim not in before or old_key != new_key:
+                    insort(self._lists.setdefault(dim, ([], []))[field], new_key)
+        for dim in before:
+            if dim not in after and not self._lists[dim][0]:
+                del self._lists[dim]
+        self._rows[new.run_id] = new
+
+    # --- the list -------------------------------------------------------------------
+
+    def list_runs(self, flt: RunFilter, after: Cursor | None, limit: int) -> list[Document]:
+        """ReadModelReader.list_runs over the index (BadPageToken for a cursor that fits
+        no segment of the sort)."""
+        flt.segments_from(after)
+        if limit <= 0:
+            return []
+        field = 0 if flt.sort_by == "start_time" else 1
+        desc = flt.order == "desc"
+        low, high = _sort_field_bounds(flt)
+        walks = [_walk(lst, low, high, after, desc) for lst in self._candidates(flt, field)]
+        keys: Iterable[Key] = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=desc)
+        accepts = _predicate(flt)
+        out: list[Document] = []
+        for _, run_id in keys:
+            row = self._rows[run_id]
+            if accepts(row):
+                out.append(row.document())
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _candidates(self, flt: RunFilter, field: int) -> list[list[Key]]:
+        """The sorted lists whose union holds every run `flt` accepts: the smallest of
+        the ones the filter pins (all runs if it pins none)."""
+        choices: list[list[list[Key]]] = []
+        pinned: list[tuple[str, Any]] = list(flt.equality().items())
+        pinned += [("tag", t) for t in flt.workflow_tags]
+        pinned += [("term", sk.index_term()) for sk in flt.search_keys]
+        for dim in pinned:
+            lists = self._lists.get(dim)
+            if lists is None:
+                return []
+            choices.append([lists[field]])
+        statuses = sorted(set(flt.statuses))
+        if len(statuses) > 1:
+            choices.append([ls[field] for s in statuses if (ls := self._lists.get(("status", s)))])
+        if not choices:
+            everything = self._lists.get(_ALL)
+            return [everything[field]] if everything else []
+        return min(choices, key=lambda lists: sum(len(lst) for lst in lists))
+
+
+def _walk(
+    keys: list[Key], low: Bound | None, high: Bound | None, after: Cursor | None, desc: bool
+) -> Iterator[Key]:
+    """The keys within [low, high] strictly after the cursor, in the sort's direction."""
+    start, stop = 0, len(keys)
+    if low is not None:
+        start = bisect_left(keys, low)
+    if high is not None:
+        stop = bisect_right(keys, high)
+    if after is not None:
+        mark = _cursor_key(after)
+        if desc:
+            stop = min(stop, bisect_left(keys, mark))
+        else:
+            start = max(start, bisect_right(keys, mark))
+    if desc:
+        for i in range(stop - 1, start - 1, -1):
+            yield keys[i]
+    else:
+        for i in range(start, stop):
+            yield keys[i]
+
+
+def _cursor_key(after: Cursor) -> Key:
+    if after.value is None:
+        return (_NULL, after.run_id)
+    us = _micros(after.value)
+    if us % 1000:
+        # A cursor between two milliseconds (not one this API issued): every run at the
+        # millisecond below it is before it, every run at the next one after it.
+        return (us // 1000, _AFTER_ANY_ID)
+    return (us // 1000, after.run_id)
+
+
+def _sort_field_bounds(flt: RunFilter) -> tuple[Bound | None, Bound | None]:
+    """The inclusive key range the sort field's own time bounds allow (None: open)."""
+    if flt.sort_by == "start_time":
+        low, high = flt.start_time_after, flt.start_time_before
+    else:
+        low, high = flt.end_time_after, flt.end_time_before
+    if low is None and high is None:
+        return None, None
+    # Range operators never match null: open runs (_NULL) are outside any bound.
+    low_key = (_NULL + 1,) if low is None else (_ceil_ms(low),)
+    high_key = None if high is None else (_floor_ms(high), _AFTER_ANY_ID)
+    return low_key, high_key
+
+
+def _predicate(flt: RunFilter) -> Callable[[_Row], bool]:
+    """`flt` as a test of one row (what memory_store.accepts means for a document)."""
+    eq = list(flt.equality().items())
+    statuses = frozenset(flt.statuses) if len(set(flt.statuses)) > 1 else None
+    search_keys = flt.search_keys
+    tags = flt.workflow_tags
+    needle = flt.search.lower() if flt.search else None
+    ranges = [
+        (field, None if low is None else _ceil_ms(low), None if high is None else _floor_ms(high))
+        for field, low, high in (
+            ("start", flt.start_time_after, flt.start_time_before),
+            ("end", flt.end_time_after, flt.end_time_before),
+        )
+        if low is not None or high is not None
+    ]
+    include_internal = flt.include_internal
+
+    def accepts(row: _Row) -> bool:
+        for name, value in eq:
+            if getattr(row, name) != value:
+                return False
+        if statuses is not None and row.status not in statuses:
+            return False
+        if not include_internal and row.internal:
+            return False
+        for tag in tags:
+            if tag not in row.tags:
+                return False
+        for sk in search_keys:
+            if not sk.matches(row.terms):
+                return False
+        if needle is not None and not any(needle in text for text in row.haystack):
+            return False
+        for field, low, high in ranges:
+            value = row.start if field == "start" else row.end
+            if value == _NULL:
+                return False  # range operators never match null
+            if (low is not None and value < low) or (high is not None and value > high):
+                return False
+        return True
+
+    return accepts
+
+
+def _remove(keys: list[Key], key: Key) -> None:
+    i = bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        del keys[i]
+
+
+def _copy(row: _Row) -> _Row:
+    new = _Row()
+    for name in _Row.__slots__:
+        setattr(new, name, getattr(row, name))
+    return new
+
+
+def _position(doc: Document) -> tuple[int, int]:
+    seq, index = doc.get("position") or (doc.get("seq", 0), -1)
+    return (int(seq), int(index))
+
+
+def _shared_or_none(share: Callable[[str], str], value: Any) -> Any:
+    return share(value) if isinstance(value, str) else value
+
+
+def _folded(value: Any) -> str:
+    """What accepts compares: str(value or "").lower() (the same object when already so)."""
+    text = str(value or "")
+    lowered = text.lower()
+    return text if lowered == text else lowered
+
+
+def _micros(value: datetime) -> int:
+    return (aware(value) - _EPOCH) // timedelta(microseconds=1)
+
+
+def to_ms(value: datetime) -> int:
+    """A stored time (millisecond precision) as milliseconds since the epoch."""
+    return _micros(value) // 1000
+
+
+def from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _floor_ms(value: datetime) -> int:
+    return _micros(value) // 1000
+
+
+def _ceil_ms(value: datetime) -> int:
+    return -(-_micros(value) // 1000)
+
+
+class IndexedListReader:
+    """ReadModelReader: point reads from `store`, lists from `index` once it is ready
+    (from `store` until then, so a list never shows less than the store holds)."""
+
+    def __init__(self, store: ReadModelReader, index: RunListIndex) -> None:
+        self.store = store
+        self.index = index
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        return await self.store.get(collection, doc_id)
+
+    async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
+        return await self.store.load(collection, ids)
+
+    async def list_runs(self, flt: RunFilter, after: Cursor | None, limit: int) -> list[Document]:
+        if self.index.ready:
+            return self.index.list_runs(flt, after, limit)
+        return await self.store.list_runs(flt, after, limit)

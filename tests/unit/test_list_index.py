@@ -1,0 +1,92 @@
+"""The in-memory run list index (services/common/readmodels/list_index.py) kept by the
+projector's fold: events applied to it give the rows the projector writes, however they
+are split between a snapshot of the store and the events after it, and re-applied events
+change nothing. (Its pages are held to the store's by tests/contract/test_read_models.py.)
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from schemas.events import Event
+from services.common.readmodels.list_index import RunListIndex
+from services.common.readmodels.reader import LIST_FIELDS
+from services.common.readmodels.run_filter import RunFilter
+from services.common.readmodels.store import Document
+from tests.support.workloads import fold_all, mixed_workload
+
+EVERYTHING = 1000
+
+
+def projected_rows(events: list[Event]) -> list[Document]:
+    """The list rows the projector would write for `events`, newest start first."""
+    runs = fold_all(events).runs.values()
+    rows = [{f: r[f] for f in LIST_FIELDS} for r in runs]
+    return sorted(rows, key=lambda r: (r["start_time"], r["_id"]), reverse=True)
+
+
+def listed(index: RunListIndex, flt: RunFilter | None = None) -> list[Document]:
+    return index.list_runs(flt or RunFilter(), None, EVERYTHING)
+
+
+def test_events_applied_to_the_index_give_the_projectors_rows() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+    # Every status change moved the run between the status lists.
+    for status in ("RUNNING", "COMPLETED", "FAILED", "CANCELED", "TERMINATED"):
+        expected = [r for r in projected_rows(events) if r["status"] == status]
+        assert listed(index, RunFilter(statuses=(status,))) == expected, status
+
+
+def test_events_applied_twice_change_nothing() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events + events:
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+    for event in reversed(events):  # old events after newer ones move nothing back
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_snapshot_and_the_events_after_an_earlier_offset_give_the_projectors_rows(
+    seed: int,
+) -> None:
+    """The bootstrap: the store's rows as of some point (snapshot), then every event from
+    an offset at or before that point (overlap), give the same rows as folding them all."""
+    events = mixed_workload().all_events()
+    rnd = random.Random(seed)
+    snapshot_at = rnd.randrange(len(events) + 1)
+    offset = rnd.randrange(snapshot_at + 1)
+    index = RunListIndex()
+    for doc in fold_all(events[:snapshot_at]).runs.values():
+        index.put(doc, only_if_newer=True)
+    for event in events[offset:]:
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+
+
+def test_a_snapshot_row_older_than_the_held_one_is_ignored() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:
+        index.apply(event)
+    for doc in fold_all(events[:3]).runs.values():
+        index.put(doc, only_if_newer=True)
+    assert listed(index) == projected_rows(events)
+
+
+def test_seq_of_names_the_newest_event_a_row_reflects() -> None:
+    w = mixed_workload()
+    index = RunListIndex()
+    for event in w.all_events():
+        index.apply(event)
+    run_id = w.run_id("a")
+    assert index.seq_of(run_id) == max(e.seq for e in w.events["a"] if e.run_id == run_id)
+    assert index.seq_of("no-such-run") is None
