@@ -6,16 +6,19 @@ change nothing. (Its pages are held to the store's by tests/contract/test_read_m
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
 from schemas.events import Event
 from services.common.readmodels.list_index import RunListIndex
+from services.common.readmodels.memory_store import MemoryReadModels, as_stored
 from services.common.readmodels.reader import LIST_FIELDS
 from services.common.readmodels.run_filter import RunFilter
+from services.common.readmodels.search_keys import parse_search_keys
 from services.common.readmodels.store import Document
-from tests.support.workloads import fold_all, mixed_workload
+from tests.support.workloads import Workload, fold_all, mixed_workload
 
 EVERYTHING = 1000
 
@@ -65,8 +68,9 @@ def test_a_snapshot_and_the_events_after_an_earlier_offset_give_the_projectors_r
     snapshot_at = rnd.randrange(len(events) + 1)
     offset = rnd.randrange(snapshot_at + 1)
     index = RunListIndex()
-    for doc in fold_all(events[:snapshot_at]).runs.values():
-        index.put(doc, only_if_newer=True)
+    with index.loading():  # as the feed loads a snapshot: sorted once at the end
+        for doc in fold_all(events[:snapshot_at]).runs.values():
+            index.put(doc, only_if_newer=True)
     for event in events[offset:]:
         index.apply(event)
     assert listed(index) == projected_rows(events)
@@ -90,3 +94,51 @@ def test_seq_of_names_the_newest_event_a_row_reflects() -> None:
     run_id = w.run_id("a")
     assert index.seq_of(run_id) == max(e.seq for e in w.events["a"] if e.run_id == run_id)
     assert index.seq_of("no-such-run") is None
+
+
+def test_a_gap_is_seen_only_where_an_event_is_missing() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:  # in order: no gap, ever
+        assert index.gap_before(event) is None, event
+        index.apply(event)
+    index = RunListIndex()
+    w = mixed_workload()
+    signal, complete = [e for e in w.events["a"] if e.type.name != "WORKFLOW_EXECUTION_STARTED"][:2]
+    index.apply(w.events["a"][0])
+    assert index.gap_before(complete) == 1  # the signal (seq 2) is missing
+    assert index.gap_before(signal) is None
+    unknown = w.events["b"][-1]  # the failure of a run whose start was never seen
+    assert index.gap_before(unknown) == 0
+
+
+def test_substring_filters_find_the_same_runs_by_scanning_texts_as_by_walking() -> None:
+    """Past a few thousand runs, `search` and similar search keys scan every run's text
+    first; the pages are those of a walk testing each row."""
+    index = RunListIndex()
+    docs = []
+    for i in range(6000):
+        w = Workload()
+        w.start(
+            f"e{i:05d}",
+            workflow=f"wf-{i % 7}",
+            display_name=f"Report {i}" if i % 3 == 0 else None,
+            search_keys={"customer": f"Customer {i % 101}"} if i % 2 else None,
+        )
+        docs.append(fold_all(w.all_events()).runs[w.run_id(f"e{i:05d}")])
+    with index.loading():
+        for doc in docs:
+            index.put(doc)
+    memory = MemoryReadModels()
+    for doc in docs:
+        memory.data["runs"][doc["_id"]] = as_stored(doc)
+    for flt in (
+        RunFilter(search="report 12"),
+        RunFilter(search="E0001"),
+        RunFilter(search="wf-3", order="asc"),
+        RunFilter(search_keys=parse_search_keys(["customer:mer 10"])),
+        RunFilter(search_keys=parse_search_keys(["customer:CUSTOMER 7"]), search="e00"),
+    ):
+        expected = asyncio.run(memory.list_runs(flt, None, 60))
+        assert index.list_runs(flt, None, 60) == expected, flt
+        assert expected, flt

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,10 @@ _AFTER_ANY_ID = "\U0010ffff"
 """Sorts after every run id: (ms, _AFTER_ANY_ID) lies between ms and ms + 1."""
 _ALL = ("", "")
 """The dimension every run is in."""
+_WALK_AT_MOST = 4096
+"""A walk of this many keys is cheaper than scanning every run's text for a substring."""
+_SORT_AT_MOST = 20_000
+"""More runs than this holding a substring are dense enough to find by walking."""
 
 INDEX_FIELDS = (
     *LIST_FIELDS,
@@ -120,6 +125,15 @@ class _Row:
             if not term.startswith("fold:"):  # similar matches test the set: term's runs
                 yield ("term", term)
 
+    def texts(self) -> Iterator[tuple[tuple[str, str], str]]:
+        """The texts substring filters scan: ("search", "") → the `search` fields joined
+        (a needle in one field is in the joined text); ("fold", key) → the key's folded
+        term (a similar value of the key is in it)."""
+        yield ("search", ""), "\x00".join(self.haystack)
+        for term in self.terms:
+            if term.startswith("fold:"):
+                yield ("fold", term[5 : term.index("=")]), term
+
     def document(self) -> Document:
         """The list row (LIST_FIELDS), as the store returns it."""
         return {
@@ -157,7 +171,9 @@ class RunListIndex:
     def __init__(self) -> None:
         self._rows: dict[str, _Row] = {}
         self._lists: dict[tuple[str, Any], tuple[list[Key], list[Key]]] = {}
+        self._texts: dict[tuple[str, str], dict[str, str]] = {}
         self._shared: dict[str, str] = {}
+        self._loading = False
         self.ready = False
 
     def __len__(self) -> int:
@@ -201,9 +217,38 @@ class RunListIndex:
         row = self._rows.get(run_id)
         return None if row is None else row.position[0]
 
+    def gap_before(self, event: Event) -> int | None:
+        """If the run's row lacks events before `event` (a lost or reordered record), the
+        seq after which its execution's commits hold them; None if there is no gap.
+
+        A run's events have consecutive seqs (only the latest run of an execution gets
+        events), and a run's first event is its start or the reset that opens it."""
+        seq = self.seq_of(event.run_id)
+        if seq is None:
+            opening = event.type in (
+                EventType.WORKFLOW_EXECUTION_STARTED,
+                EventType.WORKFLOW_RUN_RESET,
+            )
+            return None if opening else 0
+        return seq if event.seq > seq + 1 else None
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Many `put`s at once (a snapshot): keys are appended and each list is sorted
+        once at the end, instead of an insertion into sorted lists per run."""
+        self._loading = True
+        try:
+            yield
+        finally:
+            self._loading = False
+            for lists in self._lists.values():
+                for keys in lists:
+                    keys.sort()
+
     def clear(self) -> None:
         self._rows.clear()
         self._lists.clear()
+        self._texts.clear()
         self._shared.clear()
         self.ready = False
 
@@ -241,18 +286,26 @@ class RunListIndex:
     def _replace(self, old: _Row | None, new: _Row) -> None:
         before = dict.fromkeys(old.dimensions()) if old is not None else {}
         after = dict.fromkeys(new.dimensions())
+        add: Callable[[list[Key], Key], None] = _append if self._loading else insort
+        remove: Callable[[list[Key], Key], None] = _unsorted_remove if self._loading else _remove
         for field in (0, 1):
-            old_key = old.key(field) if old is not None else None
             new_key = new.key(field)
+            old_key = old.key(field) if old is not None else new_key
             for dim in before:
                 if dim not in after or old_key != new_key:
-                    _remove(self._lists[dim][field], old_key)  # type: ignore[arg-type]
+                    remove(self._lists[dim][field], old_key)
             for dim in after:
                 if dim not in before or old_key != new_key:
-                    insort(self._lists.setdefault(dim, ([], []))[field], new_key)
+                    add(self._lists.setdefault(dim, ([], []))[field], new_key)
         for dim in before:
             if dim not in after and not self._lists[dim][0]:
                 del self._lists[dim]
+        if old is None or old.haystack is not new.haystack or old.terms is not new.terms:
+            if old is not None:
+                for dim, _ in old.texts():
+                    self._texts[dim].pop(old.run_id, None)
+            for dim, text in new.texts():
+                self._texts.setdefault(dim, {})[new.run_id] = text
         self._rows[new.run_id] = new
 
     # --- the list -------------------------------------------------------------------
@@ -266,7 +319,11 @@ class RunListIndex:
         field = 0 if flt.sort_by == "start_time" else 1
         desc = flt.order == "desc"
         low, high = _sort_field_bounds(flt)
-        walks = [_walk(lst, low, high, after, desc) for lst in self._candidates(flt, field)]
+        lists = self._candidates(flt, field)
+        narrowed = self._text_matches(flt, field, sum(len(keys) for keys in lists))
+        if narrowed is not None:
+            lists = [narrowed]
+        walks = [_walk(lst, low, high, after, desc) for lst in lists]
         keys: Iterable[Key] = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=desc)
         accepts = _predicate(flt)
         out: list[Document] = []
@@ -297,6 +354,30 @@ class RunListIndex:
             everything = self._lists.get(_ALL)
             return [everything[field]] if everything else []
         return min(choices, key=lambda lists: sum(len(lst) for lst in lists))
+
+    def _text_matches(self, flt: RunFilter, field: int, walk: int) -> list[Key] | None:
+        """For a substring filter (`search`, a similar search key) when the walk would be
+        long: the sorted keys of the runs whose text holds the substring (a superset of
+        what the filter accepts), if they are fewer than the walk and few enough to sort;
+        else None. Scanning the texts of every run is a loop in C; testing each row in
+        Python costs about ten times as much."""
+        if walk <= _WALK_AT_MOST:
+            return None
+        scans: list[tuple[dict[str, str], str]] = []
+        if flt.search:
+            scans.append((self._texts.get(("search", ""), {}), flt.search.lower()))
+        for sk in flt.search_keys:
+            if sk.match == "similar" and sk.value is not None:
+                scans.append((self._texts.get(("fold", sk.key), {}), sk.value.casefold()))
+        best: list[str] | None = None
+        for texts, needle in scans:
+            found = [run_id for run_id, text in texts.items() if needle in text]
+            if best is None or len(found) < len(best):
+                best = found
+        if best is None or len(best) >= walk or len(best) > _SORT_AT_MOST:
+            return None
+        rows = self._rows
+        return sorted(rows[run_id].key(field) for run_id in best)
 
 
 def _walk(
@@ -389,6 +470,14 @@ def _predicate(flt: RunFilter) -> Callable[[_Row], bool]:
         return True
 
     return accepts
+
+
+def _append(keys: list[Key], key: Key) -> None:
+    keys.append(key)
+
+
+def _unsorted_remove(keys: list[Key], key: Key) -> None:
+    keys.remove(key)
 
 
 def _remove(keys: list[Key], key: Key) -> None:
