@@ -59,8 +59,15 @@ async def committed_offsets(settings: ApiSettings, group: str, topic: str) -> di
     return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic}
 
 
-async def load_runs(db: AsyncDatabase[Document], index: RunListIndex) -> int:
-    """Put every run row of the store into `index` (newer rows only); how many were read."""
+class _TooManyRuns(Exception):
+    """The index would hold more runs than RUNSTORE_API_LIST_INDEX_MAX_RUNS."""
+
+
+async def load_runs(
+    db: AsyncDatabase[Document], index: RunListIndex, max_runs: int | None = None
+) -> int:
+    """Put every run row of the store into `index` (newer rows only); how many were read.
+    _TooManyRuns past `max_runs`."""
     count = 0
     cursor = db[RUNS].find({}, dict.fromkeys(INDEX_FIELDS, 1)).batch_size(_SCAN_BATCH)
     with index.loading():
@@ -70,6 +77,8 @@ async def load_runs(db: AsyncDatabase[Document], index: RunListIndex) -> int:
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("run list index: skipping run document %r: %r", doc.get("_id"), exc)
             count += 1
+            if max_runs is not None and count > max_runs:
+                raise _TooManyRuns
     return count
 
 
@@ -113,6 +122,14 @@ class ListIndexFeed:
                 await self._bootstrap_and_follow()
             except asyncio.CancelledError:
                 raise
+            except _TooManyRuns:
+                self._index.clear()
+                log.warning(
+                    "run list index: more than RUNSTORE_API_LIST_INDEX_MAX_RUNS=%d runs; "
+                    "dropped, lists query the store",
+                    self._settings.api_list_index_max_runs,
+                )
+                return
             except Exception:  # the broker or the store failed: start over
                 log.exception("run list index: feed failed; reloading")
                 self._index.ready = False
@@ -126,7 +143,7 @@ class ListIndexFeed:
         group = self._settings.group(self._settings.api_list_index_group)
         offsets = await committed_offsets(self._settings, group, self._topic)
         self._index.clear()
-        rows = await load_runs(self._db, self._index)
+        rows = await load_runs(self._db, self._index, self._settings.api_list_index_max_runs)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=None,
@@ -158,6 +175,8 @@ class ListIndexFeed:
                     event = parse_event(record.value, record.partition, record.offset)
                     if event is not None:
                         await self._apply(event)
+            if len(self._index) > self._settings.api_list_index_max_runs:
+                raise _TooManyRuns
             if not self._index.ready and await _reached(consumer, ends):
                 self._index.ready = True
                 log.info(
