@@ -194,9 +194,16 @@ class ListIndexFeed:
                     break
                 for missing in commit.events:
                     if missing.run_id == event.run_id:
-                        self._index.apply(missing)
-        self._index.apply(event)
+                        self._fold(missing)
+        self._fold(event)
         self.events_applied += 1
+
+    def _fold(self, event: Event) -> None:
+        try:
+            self._index.apply(event)
+        except (KeyError, TypeError, ValueError):
+            # A bug to report, not a reason to stop following (or to reload in a loop).
+            log.exception("run list index: cannot fold event %s", event.event_id)
 
 
 async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
