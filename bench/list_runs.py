@@ -466,7 +466,8 @@ async def bench(args: argparse.Namespace) -> None:
     # the index from the store itself (as the feed's bootstrap does) and switches lists
     # between the store and the index with `ready`.
     index: RunListIndex = app.state.list_index
-    paths = [p.strip() for p in args.list_path.split(",") if p.strip()]
+    # Callers that build their own namespace (bench/local_store.py) compare stores only.
+    paths = [p.strip() for p in getattr(args, "list_path", "store").split(",") if p.strip()]
     results: dict[int, dict[str, tuple[float, float, int]]] = {}
     index_stats: dict[int, tuple[float, float]] = {}
     try:
