@@ -226,8 +226,8 @@ class ApiSettings(RunstoreSettings):
     archived workflow is refused either way. Kafka starts are never checked."""
     api_list_index: ListIndexMode = ListIndexMode.AUTO
     """`RUNSTORE_API_LIST_INDEX`: auto, memory or store (see ListIndexMode)."""
-    api_list_index_max_runs: int = Field(default=1_000_000, ge=0)
-    """Most runs the index holds (~1.1 KB each, docs/read-models.md): past it the index is
+    api_list_index_max_runs: int = Field(default=500_000, ge=0)
+    """Most runs the index holds (~1.5 KB each, docs/read-models.md): past it the index is
     dropped and lists query the store, until the API restarts."""
     api_list_index_group: str = "projector"
     """The projector's consumer group (unprefixed, as `projector_group_id`): the index
