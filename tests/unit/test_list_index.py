@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,6 +22,7 @@ from services.common.readmodels.store import Document
 from tests.support.workloads import Workload, fold_all, mixed_workload
 
 EVERYTHING = 1000
+OLDEST = datetime.min.replace(tzinfo=UTC)
 
 
 def projected_rows(events: list[Event]) -> list[Document]:
@@ -40,6 +42,13 @@ def test_events_applied_to_the_index_give_the_projectors_rows() -> None:
     for event in events:
         index.apply(event)
     assert listed(index) == projected_rows(events)
+    # Closing a run moved it in the end-time lists (open runs last, newest end first).
+    by_end = sorted(
+        projected_rows(events),
+        key=lambda r: (r["end_time"] is not None, r["end_time"] or OLDEST, r["_id"]),
+        reverse=True,
+    )
+    assert listed(index, RunFilter(sort_by="end_time")) == by_end
     # Every status change moved the run between the status lists.
     for status in ("RUNNING", "COMPLETED", "FAILED", "CANCELED", "TERMINATED"):
         expected = [r for r in projected_rows(events) if r["status"] == status]

@@ -38,6 +38,10 @@ from services.common.readmodels.run_filter import Cursor, RunFilter, aware
 Document = dict[str, Any]
 Key = tuple[int, str]
 """(sort field in ms since the epoch, or _NULL for an open run's end time; run_id)."""
+_Keys = tuple[list[Key], list[Key]]
+"""A dimension value's runs: their keys sorted, by start time and by end time."""
+_Entry = _Keys | list[str] | str
+"""A dimension value's runs: _Keys, or (at most _SMALL of them) their ids, or (one) its id."""
 Bound = tuple[Any, ...]
 """A key or a prefix of one (`(ms,)` sorts before every key at ms)."""
 
@@ -48,6 +52,9 @@ _AFTER_ANY_ID = "\U0010ffff"
 """Sorts after every run id: (ms, _AFTER_ANY_ID) lies between ms and ms + 1."""
 _ALL = ("", "")
 """The dimension every run is in."""
+_SMALL = 8
+"""A dimension value with at most this many runs (a root execution, an order number) keeps
+their ids only; its keys are sorted when a page asks (two key lists each would cost more)."""
 _WALK_AT_MOST = 4096
 """A walk of this many keys is cheaper than scanning every run's text for a substring."""
 _SORT_AT_MOST = 20_000
@@ -74,6 +81,7 @@ class _Row:
         "execution_id",
         "haystack",
         "internal",
+        "keys",
         "parent_execution_id",
         "position",
         "root_execution_id",
@@ -105,9 +113,14 @@ class _Row:
     haystack: tuple[str, str, str]
     """workflow_name, display_name, execution_id case-folded as `search` compares them."""
     position: tuple[int, int]
+    keys: tuple[Key, Key]
 
     def key(self, sort_field: int) -> Key:
-        return (self.start if sort_field == 0 else self.end, self.run_id)
+        return self.keys[sort_field]
+
+    def set_keys(self) -> None:
+        """Its keys in the sorted lists, made once: every list holds these same tuples."""
+        self.keys = ((self.start, self.run_id), (self.end, self.run_id))
 
     def dimensions(self) -> Iterator[tuple[str, Any]]:
         """The (dimension, value) lists this run is in."""
@@ -170,7 +183,7 @@ class RunListIndex:
 
     def __init__(self) -> None:
         self._rows: dict[str, _Row] = {}
-        self._lists: dict[tuple[str, Any], tuple[list[Key], list[Key]]] = {}
+        self._lists: dict[tuple[str, Any], _Entry] = {}
         self._texts: dict[tuple[str, str], dict[str, str]] = {}
         self._shared: dict[str, str] = {}
         self._loading = False
@@ -210,6 +223,8 @@ class RunListIndex:
         new.total_duration_ms = doc["total_duration_ms"]
         new.attempt = doc["attempt"]
         new.position = _position(doc)
+        if new.end != old.end:
+            new.set_keys()
         self._replace(old, new)
 
     def seq_of(self, run_id: str) -> int | None:
@@ -241,9 +256,10 @@ class RunListIndex:
             yield
         finally:
             self._loading = False
-            for lists in self._lists.values():
-                for keys in lists:
-                    keys.sort()
+            for entry in self._lists.values():
+                if isinstance(entry, tuple):
+                    entry[0].sort()
+                    entry[1].sort()
 
     def clear(self) -> None:
         self._rows.clear()
@@ -281,6 +297,7 @@ class RunListIndex:
             _folded(row.execution_id),
         )
         row.position = _position(doc)
+        row.set_keys()
         return row
 
     def _replace(self, old: _Row | None, new: _Row) -> None:
@@ -288,18 +305,19 @@ class RunListIndex:
         after = dict.fromkeys(new.dimensions())
         add: Callable[[list[Key], Key], None] = _append if self._loading else insort
         remove: Callable[[list[Key], Key], None] = _unsorted_remove if self._loading else _remove
-        for field in (0, 1):
-            new_key = new.key(field)
-            old_key = old.key(field) if old is not None else new_key
-            for dim in before:
-                if dim not in after or old_key != new_key:
-                    remove(self._lists[dim][field], old_key)
-            for dim in after:
-                if dim not in before or old_key != new_key:
-                    add(self._lists.setdefault(dim, ([], []))[field], new_key)
         for dim in before:
-            if dim not in after and not self._lists[dim][0]:
-                del self._lists[dim]
+            if dim not in after:
+                self._unlink(dim, old, remove)  # type: ignore[arg-type]
+        for dim in after:
+            if dim not in before:
+                self._link(dim, new, add)
+            elif old is not None and (old.start != new.start or old.end != new.end):
+                entry = self._lists[dim]
+                if isinstance(entry, tuple):  # (a small dimension holds run ids only)
+                    for field in (0, 1):
+                        if old.key(field) != new.key(field):
+                            remove(entry[field], old.key(field))
+                            add(entry[field], new.key(field))
         if old is None or old.haystack is not new.haystack or old.terms is not new.terms:
             if old is not None:
                 for dim, _ in old.texts():
@@ -307,6 +325,45 @@ class RunListIndex:
             for dim, text in new.texts():
                 self._texts.setdefault(dim, {})[new.run_id] = text
         self._rows[new.run_id] = new
+
+    def _link(self, dim: tuple[str, Any], row: _Row, add: Callable[[list[Key], Key], None]) -> None:
+        entry = self._lists.get(dim)
+        if entry is None:
+            self._lists[dim] = row.run_id
+        elif isinstance(entry, str):
+            self._lists[dim] = [entry, row.run_id]
+        elif isinstance(entry, list):
+            entry.append(row.run_id)
+            if len(entry) > _SMALL:
+                rows = [row if i == row.run_id else self._rows[i] for i in entry]
+                self._lists[dim] = (sorted(r.key(0) for r in rows), sorted(r.key(1) for r in rows))
+        else:
+            add(entry[0], row.key(0))
+            add(entry[1], row.key(1))
+
+    def _unlink(
+        self, dim: tuple[str, Any], row: _Row, remove: Callable[[list[Key], Key], None]
+    ) -> None:
+        entry = self._lists[dim]
+        if isinstance(entry, str):
+            empty = True
+        elif isinstance(entry, list):
+            entry.remove(row.run_id)
+            empty = not entry
+        else:
+            remove(entry[0], row.key(0))
+            remove(entry[1], row.key(1))
+            empty = not entry[0]
+        if empty:
+            del self._lists[dim]
+
+    def _keys(self, entry: _Entry, field: int) -> list[Key]:
+        """The sorted keys of a dimension's runs for one sort field."""
+        if isinstance(entry, tuple):
+            return entry[field]
+        if isinstance(entry, str):
+            return [self._rows[entry].key(field)]
+        return sorted(self._rows[i].key(field) for i in entry)
 
     # --- the list -------------------------------------------------------------------
 
@@ -343,17 +400,18 @@ class RunListIndex:
         pinned += [("tag", t) for t in flt.workflow_tags]
         pinned += [("term", sk.index_term()) for sk in flt.search_keys]
         for dim in pinned:
-            lists = self._lists.get(dim)
-            if lists is None:
+            entry = self._lists.get(dim)
+            if entry is None:
                 return []
-            choices.append([lists[field]])
+            choices.append([self._keys(entry, field)])
         statuses = sorted(set(flt.statuses))
         if len(statuses) > 1:
-            choices.append([ls[field] for s in statuses if (ls := self._lists.get(("status", s)))])
+            found = [e for s in statuses if (e := self._lists.get(("status", s))) is not None]
+            choices.append([self._keys(e, field) for e in found])
         if not choices:
             everything = self._lists.get(_ALL)
-            return [everything[field]] if everything else []
-        return min(choices, key=lambda lists: sum(len(lst) for lst in lists))
+            return [self._keys(everything, field)] if everything else []
+        return min(choices, key=lambda lists: sum(len(keys) for keys in lists))
 
     def _text_matches(self, flt: RunFilter, field: int, walk: int) -> list[Key] | None:
         """For a substring filter (`search`, a similar search key) when the walk would be
