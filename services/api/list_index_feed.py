@@ -154,7 +154,8 @@ class ListIndexFeed:
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # an offset gone by retention: the oldest kept
             client_id="runstore-api-list-index",
-            fetch_max_wait_ms=100,
+            # aiokafka's default fetch wait (500 ms), as the event fanout: a fetch returns as
+            # soon as a record arrives, the wait only paces empty fetches of an idle topic.
         )
         await consumer.start()
         self._consumer = consumer
