@@ -124,6 +124,7 @@ class ListIndexFeed:
                 raise
             except _TooManyRuns:
                 self._index.clear()
+                await self._stop_consumer()
                 log.warning(
                     "run list index: more than RUNSTORE_API_LIST_INDEX_MAX_RUNS=%d runs; "
                     "dropped, lists query the store",
@@ -133,10 +134,13 @@ class ListIndexFeed:
             except Exception:  # the broker or the store failed: start over
                 log.exception("run list index: feed failed; reloading")
                 self._index.ready = False
-                if self._consumer is not None:
-                    await self._consumer.stop()
-                    self._consumer = None
+                await self._stop_consumer()
                 await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _stop_consumer(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
     async def _bootstrap_and_follow(self) -> None:
         began = time.monotonic()
@@ -150,7 +154,8 @@ class ListIndexFeed:
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # an offset gone by retention: the oldest kept
             client_id="runstore-api-list-index",
-            fetch_max_wait_ms=100,
+            # aiokafka's default fetch wait (500 ms), as the event fanout: a fetch returns as
+            # soon as a record arrives, the wait only paces empty fetches of an idle topic.
         )
         await consumer.start()
         self._consumer = consumer
