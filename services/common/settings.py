@@ -104,6 +104,12 @@ class ProjectorSettings(RunstoreSettings):
     projector_memory_mb: int = Field(default=64, ge=0)
     """Documents the projector keeps of the executions it wrote last (0: none), so their
     next events need no reads; dropped whenever partitions move."""
+    projector_fetch_wait_ms: int = Field(default=200, ge=0)
+    """How long the broker holds the projector's fetch for more events (up to 1 MiB): one
+    batch then writes the events of many commits (and often both of an execution's) in
+    the same six read-model writes. Readers lose nothing by the delay: a point read folds
+    the commits the projection lacks (architecture: point reads); lists see a run that
+    much later. 0: a fetch returns as soon as one event is there."""
     projector_parked_check_seconds: float = Field(default=10.0, gt=0)
     """How often the projector looks for parked executions due for a retry (and for
     `runstore projections retry` requests)."""
