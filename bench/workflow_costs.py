@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -99,10 +100,9 @@ class MongoCounter:
             finally:
                 writer.close()
 
-        try:
+        # The run is over when this is cancelled: the relay stops with the event loop.
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(pipe_up(), pipe_down())
-        except asyncio.CancelledError:
-            pass  # the run is over: the relay stops with the event loop
 
     def _count(self, body: bytes) -> None:
         pos = 4  # flagBits
@@ -145,9 +145,7 @@ async def end_offsets(bootstrap: str, prefix: str) -> dict[str, int]:
         described = await admin.describe_topics(names)
     finally:
         await admin.close()
-    tps = [
-        TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
-    ]
+    tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -163,7 +161,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     with ExitStack() as stack:
         kafka, mongo, _ = stack.enter_context(bench_servers(work))
         parts = urlsplit(mongo)
-        counters = {s[0]: MongoCounter(s[0], (parts.hostname or "127.0.0.1", parts.port or 27017)) for s in SERVICES}
+        counters = {
+            s[0]: MongoCounter(s[0], (parts.hostname or "127.0.0.1", parts.port or 27017))
+            for s in SERVICES
+        }
         ports = {name: await c.serve() for name, c in counters.items()}
         tag = uuid.uuid4().hex[:8]
         prefix = f"cost{tag}."
@@ -184,7 +185,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             env = {**base_env, "RUNSTORE_MONGO_URL": f"mongodb://127.0.0.1:{ports[service[0]]}/"}
             log = (work / f"{service[0]}.log").open("ab")
             procs.append(
-                subprocess.Popen(
+                subprocess.Popen(  # noqa: ASYNC220 (starting the stack, before any load)
                     [sys.executable, "-m", "services.cli", *service],
                     cwd=REPO,
                     env=env,
