@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -136,6 +137,25 @@ class MongoCounter:
         self.documents[command] += docs
 
 
+def kafka_requests(kafka_port: int, pids: dict[int, str]) -> Counter[str]:
+    """Data segments each service sent to the broker so far, from `ss` (its long-lived
+    connections' `data_segs_out`): on loopback one request is one segment, so this
+    counts Kafka requests (produce, fetch, offset commit, heartbeat …) per process."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+    sent: Counter[str] = Counter()
+    owner: str | None = None
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):
+            fields = line.split()
+            owner = None
+            if len(fields) >= 5 and fields[4].endswith(f":{kafka_port}"):
+                found = re.search(r"pid=(\d+)", line)
+                owner = pids.get(int(found.group(1))) if found else None
+        elif owner is not None and (segs := re.search(r"data_segs_out:(\d+)", line)):
+            sent[owner] += int(segs.group(1))
+    return sent
+
+
 async def end_offsets(bootstrap: str, prefix: str) -> dict[str, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -230,7 +250,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         for _ in range(20):
             await asyncio.gather(*(one(c) for c in range(args.clients)))
         await asyncio.sleep(2)  # the warm-up's trailing writes (offset commits …)
+        kafka_port = int(kafka.rsplit(":", 1)[1])
+        names = {proc.pid: service[0] for proc, service in zip(procs, SERVICES, strict=True)}
         before = await end_offsets(kafka, prefix)
+        requests_before = kafka_requests(kafka_port, names)
         for c in counters.values():
             c.counting = True
         todo = iter(range(args.workflows))
@@ -244,12 +267,17 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         for c in counters.values():
             c.counting = False
         after = await end_offsets(kafka, prefix)
+        requests = kafka_requests(kafka_port, names)
+        requests.subtract(requests_before)
         n = args.workflows
         print(f"\nper workflow ({n} workflows, {args.clients} clients)\n\nKafka records:")
         for topic in sorted(after):
             delta = after[topic] - before.get(topic, 0)
             if delta:
                 print(f"  {topic:40} {delta / n:7.2f}")
+        print("\nKafka requests sent (idle polls and heartbeats included):")
+        for name, count in requests.items():
+            print(f"  {name:40} {count / n:7.2f}")
         print("\nMongoDB commands (documents):")
         for name, c in counters.items():
             total = sum(c.commands.values())
