@@ -11,6 +11,7 @@ from typing import Any, cast
 from schemas.common import ExecutionStatus
 from schemas.events import Event
 from services.api.event_fanout import Delivery, EventFanout, Subscription
+from services.api.shapes import run_result
 from services.api.start_execution import _fold_until_closed
 from services.common.readmodels.projection import apply_to_run
 from tests.support.domain import closed_as, complete, fail, reset, retry, with_retries
@@ -43,7 +44,7 @@ async def test_a_completed_run_is_answered_as_the_projection_has_it() -> None:
     run = await folded(events)
     assert run is not None
     assert run["status"] == "COMPLETED"
-    assert run["result"] == 1
+    assert run_result(run) == 1
     assert run == projected(events)
 
 
@@ -64,7 +65,7 @@ async def test_a_retried_run_is_answered_once_its_retry_completes() -> None:
     stream.given(lambda s: retry(s.run, 2), lambda s: complete(s.run, "second"))
     run = await folded(stream.events)
     assert run is not None
-    assert (run["status"], run["result"]) == ("COMPLETED", "second")
+    assert (run["status"], run_result(run)) == ("COMPLETED", "second")
     assert run == projected(stream.events)
 
 
