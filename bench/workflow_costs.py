@@ -20,9 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -45,6 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
 from loadgen import HttpConnection  # noqa: E402
+from peers.procs import process  # noqa: E402
 from servers import bench_servers  # noqa: E402
 
 KEY = "bench-key"
@@ -190,7 +189,6 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         prefix = f"cost{tag}."
         api_port = infra.free_port()
         base_env = {
-            **os.environ,
             "PYTHONPATH": f"{REPO}:{REPO / 'bench'}",
             "RUNSTORE_KAFKA_BOOTSTRAP": kafka,
             "RUNSTORE_MONGO_DATABASE": f"cost_{tag}",
@@ -202,29 +200,11 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         }
         procs: list[subprocess.Popen[bytes]] = []
         for service in SERVICES:
-            env = {**base_env, "RUNSTORE_MONGO_URL": f"mongodb://127.0.0.1:{ports[service[0]]}/"}
-            log = (work / f"{service[0]}.log").open("ab")
-            procs.append(
-                subprocess.Popen(  # noqa: ASYNC220 (starting the stack, before any load)
-                    [sys.executable, "-m", "services.cli", *service],
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-
-        def stop_all() -> None:
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-        stack.callback(stop_all)
+            mongo_url = f"mongodb://127.0.0.1:{ports[service[0]]}/"
+            command = [sys.executable, "-m", "services.cli", *service]
+            log = work / f"{service[0]}.log"
+            env = {**base_env, "RUNSTORE_MONGO_URL": mongo_url}
+            procs.append(stack.enter_context(process(command, log, env)))
         conns = [HttpConnection("127.0.0.1", api_port, KEY) for _ in range(args.clients)]
         counter = iter(range(10**9))
 
