@@ -138,10 +138,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         batch=True,
         max_records=settings.projector_max_batch,
         batch_timeout_ms=50,
-        # Held by the broker up to projector_fetch_wait_ms for up to 1 MiB; 0 = at once
-        # (the client's defaults: any byte, else a 500 ms long poll).
-        fetch_min_bytes=1 << 20 if settings.projector_fetch_wait_ms else 1,
-        fetch_max_wait_ms=settings.projector_fetch_wait_ms or 500,
+        fetch_max_wait_ms=settings.projector_fetch_wait_ms,
+        fetch_min_bytes=settings.projector_fetch_min_bytes,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=_ForgetOnRebalance(projector, retries, health),
