@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,16 +54,34 @@ SERVICES: tuple[str | tuple[str, ...], ...] = (
 ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'bench'}", "RUNSTORE_API_ALLOW_UNREGISTERED": "true"}
 
 
+def pacer(rate: float) -> Callable[[], Awaitable[None]]:
+    """Waits so that the calls together go at most `rate` per second (0: no limit)."""
+    next_at = 0.0
+
+    async def pace() -> None:
+        nonlocal next_at
+        if rate <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        at = max(now, next_at)
+        next_at = at + 1 / rate
+        await asyncio.sleep(at - now)
+
+    return pace
+
+
 async def bench_runstore(
-    url: str, pids: dict[str, int], clients: int, seconds: float, warmup: float
+    url: str, pids: dict[str, int], clients: int, seconds: float, warmup: float, rate: float = 0
 ) -> Result:
     parts = urlsplit(url)
+    pace = pacer(rate)
     conns = [
         HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80, KEY) for _ in range(clients)
     ]
     counter = iter(range(10**9))
 
     async def run_one(client: int) -> str:
+        await pace()
         n = next(counter)
         body = json.dumps(
             {"input": {"n": n}, "wait_for_result": True, "timeout_seconds": 30}
@@ -163,6 +182,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--no-temporal", action="store_true")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="Runstore only: offer at most this many workflows/s (0: closed loop). At a "
+        "rate both sides of an A/B sustain, the CPU per workflow compares the code, not the "
+        "box's load (latencies then include the wait for a slot).",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows: list[Result] = []
@@ -170,7 +197,9 @@ def main() -> int:
         work = Path(tmp)
         with runstore_stack(work, SERVICES, ENV) as (url, pids):
             rows.append(
-                asyncio.run(bench_runstore(url, pids, args.clients, args.seconds, args.warmup))
+                asyncio.run(
+                    bench_runstore(url, pids, args.clients, args.seconds, args.warmup, args.rate)
+                )
             )
         binary = temporal_binary()
         if not args.no_temporal and binary is not None:

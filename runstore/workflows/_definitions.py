@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -153,28 +154,64 @@ def _param_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    """What calling a function with JSON values needs of it, worked out once: reading type
+    hints (an `eval` per string annotation) and building a pydantic TypeAdapter cost
+    about a millisecond, more than the rest of a one-activity workflow task."""
+
+    names: tuple[str, ...]
+    """Its parameters but `self`/`cls`, `*args` and `**kwargs`."""
+    adapters: tuple[TypeAdapter[Any] | None, ...]
+    """Per parameter, its annotation's adapter; None when it has none."""
+    returns: TypeAdapter[Any] | None
+    """The return annotation's adapter; None when it has none (or `Any`)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature_of(fn: Callable[..., Any]) -> _Signature:
+    params = _params(fn)
+    hints = _hints(fn)
+    returns = hints.get("return")
+    return _Signature(
+        names=tuple(p.name for p in params),
+        adapters=tuple(
+            None if hints.get(p.name) is None else TypeAdapter(hints[p.name]) for p in params
+        ),
+        returns=None if returns is None or returns is Any else TypeAdapter(returns),
+    )
+
+
+def _signature(fn: Callable[..., Any]) -> _Signature:
+    # Keyed by the function itself: a bound method is a new object on every access (its
+    # signature without `self` is the function's, see `_params`).
+    target = getattr(fn, "__func__", fn)
+    try:
+        return _signature_of(target)
+    except TypeError:  # an unhashable callable (or a hint pydantic refuses: raised again)
+        return _signature_of.__wrapped__(target)
+
+
 def call_arguments(fn: Callable[..., Any], value: Any) -> tuple[list[Any], dict[str, Any]]:
     """Arguments for `fn` (a method: `self` is skipped) from one JSON value.
 
     No parameter: nothing is passed. One: the value, validated into its annotation. More:
     the value must be an object whose keys name them.
     """
-    params = _params(fn)
-    hints = _hints(fn)
-    if not params:
+    sig = _signature(fn)
+    if not sig.names:
         return [], {}
-    if len(params) == 1:
-        hint = hints.get(params[0].name)
-        return [value if hint is None else TypeAdapter(hint).validate_python(value)], {}
+    if len(sig.names) == 1:
+        adapter = sig.adapters[0]
+        return [value if adapter is None else adapter.validate_python(value)], {}
     if not isinstance(value, dict):
-        names = ", ".join(p.name for p in params)
+        names = ", ".join(sig.names)
         raise TypeError(f"{fn.__qualname__} takes ({names}): give an object with those keys")
     kwargs = {}
-    for p in params:
-        if p.name in value:
-            hint = hints.get(p.name)
-            raw = value[p.name]
-            kwargs[p.name] = raw if hint is None else TypeAdapter(hint).validate_python(raw)
+    for name, adapter in zip(sig.names, sig.adapters, strict=True):
+        if name in value:
+            raw = value[name]
+            kwargs[name] = raw if adapter is None else adapter.validate_python(raw)
     return [], kwargs
 
 
@@ -185,10 +222,8 @@ def to_json(value: Any) -> Any:
 
 def from_json(fn: Callable[..., Any], value: Any) -> Any:
     """A JSON result as `fn`'s return annotation says (the value itself if none)."""
-    hint = _hints(fn).get("return")
-    if hint is None or hint is Any:
-        return value
-    return TypeAdapter(hint).validate_python(value)
+    adapter = _signature(fn).returns
+    return value if adapter is None else adapter.validate_python(value)
 
 
 def args_to_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -117,7 +117,9 @@ async def serve(worker: Worker) -> None:
                 await asyncio.sleep(1.0)
                 await consumer.seek_to_committed()
                 continue
-            await consumer.commit()
+            # Only the partitions this batch read: a commit of every assigned partition
+            # writes one offset record per partition, most of them unchanged.
+            await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
     finally:
         await worker.executor.close(settings.worker_shutdown_grace_seconds)
         stop_heartbeats.set()

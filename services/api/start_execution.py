@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from schemas.commands import StartWorkflow, StartWorkflowPayload
 from schemas.common import ExecutionStatus
+from schemas.events import Event, EventType, closes_run
 from schemas.outcomes import CommandOutcome
 from services.api.auth import Caller
 from services.api.catalogue import admit
@@ -29,6 +30,7 @@ from services.api.workflow_names import workflow_name_from_path
 from services.common import tracing
 from services.common.clock import to_milliseconds
 from services.common.ids import derived_id, new_id
+from services.common.readmodels.projection import apply_to_execution, apply_to_run
 
 Document = dict[str, Any]
 
@@ -47,13 +49,15 @@ async def start_execution(
     workflow_name = workflow_name_from_path(workflow_identifier)
     # The catalogue decides whether HTTP may start this name, and gives the run its tags.
     tags = await admit(api.catalogue, workflow_name, api.settings.api_allow_unregistered)
+    # A fresh id names an execution with no commit before this request's start.
+    fresh = False
     if body.execution_id:
         execution_id = body.execution_id
     elif idempotency_key:
         # A retry must name the same execution, or its command would land elsewhere.
         execution_id = derived_id("execution", who.user_id, idempotency_key)
     else:
-        execution_id = new_id()
+        execution_id, fresh = new_id(), True
     if api.access.separate and body.execution_id:
         existing = await api.all_runs.execution(execution_id)
         if existing is not None and not api.access.may_see(who, existing):
@@ -102,8 +106,14 @@ async def start_execution(
             # Subscribe before the command goes out: the end cannot slip past unseen.
             sub = api.fanout.subscribe(execution_id=execution_id)
             try:
-                await apply_command(api.gateway, command)
-                run = await _wait_until_closed(reader, api.fanout, sub, execution_id, limit)
+                outcome = await apply_command(api.gateway, command)
+                deadline = asyncio.get_running_loop().time() + limit
+                run = None
+                if fresh and outcome.seq == 1:
+                    # Every event of the execution reaches `sub`, from its first.
+                    sub, run = await _fold_until_closed(api.fanout, sub, execution_id, deadline)
+                if run is None:
+                    run = await _wait_until_closed(reader, api.fanout, sub, execution_id, deadline)
             finally:
                 api.fanout.unsubscribe(sub)
             started = None
@@ -115,19 +125,82 @@ async def start_execution(
     return started.model_dump_json().encode()
 
 
+async def _fold_until_closed(
+    fanout: EventFanout, sub: Subscription, execution_id: str, deadline: float
+) -> tuple[Subscription, Document | None]:
+    """The execution once a live event closes its latest run, folded from the live events
+    alone: no read. For an execution whose first event is this request's start (a fresh
+    id), so `sub` receives all its events; the run is what a read would return (the same
+    fold as the projector's and the reader's).
+
+    None (with the subscription to go on waiting with) when the fold cannot answer: a gap
+    or an overflow in the feed, a TERMINATED (a reset's commit goes on after it, with the
+    new run), the deadline, or a silence of `_WAIT_RECHECK_SECONDS` (a stalled feed): the
+    reading wait takes over from there."""
+    loop = asyncio.get_running_loop()
+    fold = _ExecutionFold()
+    while (left := deadline - loop.time()) > 0:
+        try:
+            delivery = await sub.next(min(left, _WAIT_RECHECK_SECONDS))
+        except SubscriberOverflow:
+            fanout.unsubscribe(sub)
+            return fanout.subscribe(execution_id=execution_id), None
+        except FanoutFailed:
+            return sub, None
+        if delivery is None or not fold.add(delivery.event):
+            return sub, None
+        event = delivery.event
+        if closes_run(event):
+            if event.type is EventType.WORKFLOW_EXECUTION_TERMINATED:
+                return sub, None
+            return sub, fold.latest_run()
+    return sub, None
+
+
+class _ExecutionFold:
+    """An execution's latest run folded from its events, as long as they come complete:
+    from its first (seq 1, index 0), each the next position (re-deliveries skipped)."""
+
+    def __init__(self) -> None:
+        self._at: tuple[int, int] | None = None
+        self._pointer: Document | None = None
+        self._runs: dict[str, Document] = {}
+
+    def add(self, event: Event) -> bool:
+        """Fold `event`; False if it leaves a gap (the fold is then unusable)."""
+        at = (event.seq, event.index)
+        if self._at is not None and at <= self._at:
+            return True  # a re-published commit
+        expected = (
+            {(1, 0)} if self._at is None else {(self._at[0], self._at[1] + 1), (self._at[0] + 1, 0)}
+        )
+        if at not in expected:
+            return False
+        self._at = at
+        self._pointer = apply_to_execution(self._pointer, event)
+        run = apply_to_run(self._runs.get(event.run_id), event)
+        if run is not None:
+            self._runs[event.run_id] = run
+        return True
+
+    def latest_run(self) -> Document | None:
+        if self._pointer is None:
+            return None
+        return self._runs.get(str(self._pointer["latest_run_id"]))
+
+
 async def _wait_until_closed(
     reader: RunReader,
     fanout: EventFanout,
     sub: Subscription,
     execution_id: str,
-    limit: float,
+    deadline: float,
 ) -> Document | None:
-    """The execution once its status is terminal, or as it is when `limit` passes.
+    """The execution once its status is terminal, or as it is when `deadline` passes.
 
     Woken by the execution's live events; re-reads now and then as well, so a stalled
     live feed only slows the answer down."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
     while True:
         run = await reader.execution(execution_id)
         left = deadline - loop.time()

@@ -27,7 +27,7 @@ from services.common.mongo import mongo_client, mongo_database
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
-from services.common.stream_service import seek_back, service_app
+from services.common.stream_service import ack_batch, seek_back, service_app
 from services.projector.parking import ParkedExecutions, is_transient
 from services.projector.projector import Projector
 
@@ -182,7 +182,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
             return
         if events:
             PROJECTOR_LAST_SEQ.set(max(e.seq for e in events))
-        await message.ack()
+        await ack_batch(message)
 
     async def setup() -> None:
         await store.setup()

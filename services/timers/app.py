@@ -26,7 +26,7 @@ from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
-from services.common.stream_service import seek_back, service_app
+from services.common.stream_service import ack_batch, seek_back, service_app
 from services.timers.firing import TimerService
 from services.timers.schedule_runner import ScheduleRunner
 from services.timers.timer_store import MongoTimerStore
@@ -122,7 +122,7 @@ def build_app(settings: TimersSettings) -> FastStream:
             log.exception("storing the timers of %d events failed; retrying", len(events))
             await seek_back(message)
             return
-        await message.ack()
+        await ack_batch(message)
 
     async def report_stats() -> None:
         stats_coll = db[STATS_COLLECTION]

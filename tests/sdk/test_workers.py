@@ -63,6 +63,22 @@ def test_execute_and_wait_returns_the_echo_of_its_input(client: Mistral) -> None
     assert result == value
 
 
+def test_execute_with_wait_for_result_answers_what_a_read_of_the_execution_answers(
+    client: Mistral,
+) -> None:
+    # A fresh id: the API answers from the execution's live events, without a read.
+    answered = client.workflows.execute_workflow(
+        workflow_identifier="runstore-echo",
+        input={"echo": [1, "two"]},
+        wait_for_result=True,
+        timeout_seconds=60,
+    )
+    assert answered.status == "COMPLETED"
+    assert answered.result == {"echo": [1, "two"]}
+    read = client.workflows.executions.get_workflow_execution(execution_id=answered.execution_id)
+    assert answered.model_dump() == read.model_dump()
+
+
 def test_signals_and_queries_round_trip_on_the_approval(client: Mistral) -> None:
     execution_id = new_id("approval")
     client.workflows.execute_workflow(
