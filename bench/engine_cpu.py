@@ -35,17 +35,26 @@ from pathlib import Path
 
 import bson
 
-parser = argparse.ArgumentParser()
-parser.add_argument("repo", nargs="?", default=str(Path(__file__).resolve().parents[1]))
-parser.add_argument("--commands", type=int, default=30000)
-parser.add_argument("--batch", type=int, default=2000)
-parser.add_argument("--rounds", type=int, default=3)
-parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
-args = parser.parse_args()
-REPO = Path(args.repo).resolve()
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this bench's workload
-sys.path.insert(0, str(REPO))
-CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("repo", nargs="?", default=str(Path(__file__).resolve().parents[1]))
+    parser.add_argument("--commands", type=int, default=30000)
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    return parser.parse_args()
+
+
+# Only when run: bench/engine_pipeline_latency.py imports `records` from here, with its
+# own arguments and its own checkout on the path.
+args = _arguments() if __name__ == "__main__" else None
+REPO = Path(args.repo).resolve() if args else Path(__file__).resolve().parents[1]
+if args:
+    # REPO's own workload module: importing it puts its checkout first on the path again.
+    sys.path.insert(0, str(REPO / "bench"))
+    sys.path.insert(0, str(REPO))
+CLOCK = time.perf_counter if args and args.clock == "wall" else time.process_time
 
 from engine_throughput import workload  # noqa: E402
 
@@ -119,6 +128,7 @@ async def one_round(
 
 
 async def main() -> None:
+    assert args is not None
     tune_gc()
     collector = BatchCollector()
     collector.start()

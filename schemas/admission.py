@@ -119,7 +119,10 @@ def _kind(kind: type) -> int:
 
 
 def _check(value: Any, depth: int) -> _Found | None:
-    kind = _kind(type(value))
+    found: _Found | None
+    kind = _KINDS.get(type(value))
+    if kind is None:
+        kind = _kind(type(value))
     if kind == _STR:
         if not value.isascii():
             try:
@@ -140,6 +143,10 @@ def _check(value: Any, depth: int) -> _Found | None:
     if kind == _MODEL:
         # A contract model is not a level of the user's value: walk its fields in place.
         for name, field_value in value.__dict__.items():
+            # None, bools and ASCII strings (most fields) pass without a call.
+            field_kind = _KINDS.get(type(field_value))
+            if field_kind == _LEAF or (field_kind == _STR and field_value.isascii()):
+                continue
             found = _check(field_value, depth)
             if found is not None:
                 found[1].append(name)
@@ -152,7 +159,9 @@ def _check(value: Any, depth: int) -> _Found | None:
             if not isinstance(key, str):
                 continue
             bad = _bad_key(key)
-            found = (bad, []) if bad is not None else _check(key, depth)
+            if bad is not None:
+                return bad, [key]
+            found = None if key.isascii() else _check(key, depth)
             if found is None:
                 found = _check(item, depth + 1)
             if found is not None:
