@@ -32,6 +32,7 @@ from services.api.event_fanout import EventFanout
 from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
+from services.api.list_budget import BoundedLists, ListBudgetExceeded
 from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
 from services.api.worker_requests import WorkerRequests
@@ -87,7 +88,11 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.reader = RunReader(
-        MongoReadModelReader(db),
+        BoundedLists(
+            MongoReadModelReader(db),
+            settings.api_list_concurrency,
+            settings.api_list_timeout_seconds,
+        ),
         MongoCommitLog(db),
         PageTokens.from_secret(settings.page_token_secret),
     )
@@ -117,6 +122,13 @@ def build_app(settings: ApiSettings) -> FastAPI:
                 {k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()
             ]
             return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
+
+    @app.exception_handler(ListBudgetExceeded)
+    async def list_over_budget(request: Request, exc: ListBudgetExceeded) -> JSONResponse:
+        # Not the caller's fault and not permanent: the store is busy with other lists.
+        return JSONResponse(
+            status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
