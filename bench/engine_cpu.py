@@ -1,6 +1,7 @@
 """The engine's CPU per command, without I/O: where one core's time goes per command.
 
-    .venv/bin/python bench/engine_cpu.py [--commands 30000] [--batch 2000] [--rounds 3]
+    .venv/bin/python bench/engine_cpu.py [REPO] [--commands 30000] [--batch 2000] [--rounds 3]
+        [--clock cpu|wall]
 
 Runs the same workload as bench/engine_throughput.py (40% starts, 50% signals, 10%
 cancels) through the engine's own code, in process, with the engine's garbage-collection
@@ -11,6 +12,11 @@ records the engine publishes
 in all, best of `--rounds`; the ceiling it implies for one engine on one core is
 1e6 / total. Kafka, MongoDB and the event loop's own overhead are not in it: compare with
 the drain rate of bench/engine_throughput.py for what they add.
+
+`--clock cpu` (the default) counts the process's CPU time, which other processes on a
+busy box disturb far less than the elapsed time that `--clock wall` counts. `REPO`
+(default: this checkout) runs another checkout's engine under this same bench, so
+alternating runs compare two versions of the code.
 """
 
 from __future__ import annotations
@@ -29,9 +35,17 @@ from pathlib import Path
 
 import bson
 
-REPO = Path(__file__).resolve().parents[1]
+parser = argparse.ArgumentParser()
+parser.add_argument("repo", nargs="?", default=str(Path(__file__).resolve().parents[1]))
+parser.add_argument("--commands", type=int, default=30000)
+parser.add_argument("--batch", type=int, default=2000)
+parser.add_argument("--rounds", type=int, default=3)
+parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+args = parser.parse_args()
+REPO = Path(args.repo).resolve()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this bench's workload
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
 from engine_throughput import workload  # noqa: E402
 
@@ -67,9 +81,9 @@ class Stages:
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started = CLOCK()
         yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+        self.seconds[name] = self.seconds.get(name, 0.0) + CLOCK() - started
 
 
 async def one_round(
@@ -105,11 +119,6 @@ async def one_round(
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--commands", type=int, default=30000)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
     tune_gc()
     collector = BatchCollector()
     collector.start()
@@ -122,7 +131,10 @@ async def main() -> None:
             best = seconds
     assert best is not None
     n = args.commands
-    print(f"engine CPU per command — {n} commands, batches of {args.batch}, best of {args.rounds}")
+    print(
+        f"engine CPU per command — {n} commands, batches of {args.batch}, best of {args.rounds}"
+        f" ({args.clock} time; {REPO})"
+    )
     for name, s in best.items():
         print(f"  {name:28} {s / n * 1e6:8.1f} µs")
     total = sum(best.values())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -59,8 +60,10 @@ from schemas.events import (
     StartedAttributes,
     event_id_for,
 )
+from services.api.list_index_feed import load_runs
 from services.api.run_reader import history_token
 from services.common.commit_log import COMMITS, commit_to_doc
+from services.common.readmodels.list_index import RunListIndex
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.projection import ReadModelDocs, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS
@@ -297,7 +300,10 @@ async def run_measures(
     rnd: random.Random,
     scans: bool,
     lists: bool = True,
+    point_reads: bool = True,
+    suffix: str = "",
 ) -> dict[str, tuple[float, float, int]]:
+    """The measures at one size; list measures are named with `suffix` appended."""
     out: dict[str, tuple[float, float, int]] = {}
     headers = {"Authorization": "Bearer bench"}
 
@@ -319,8 +325,8 @@ async def run_measures(
         async def one(_: int, params: dict[str, Any] = params) -> None:
             await get("/v1/workflows/runs", **params)
 
-        out[name] = await measure(one, least=1 if heavy else 3, warm_up=not scans)
-        print(f"  {name}: p95 {out[name][1]:.1f} ms", file=sys.stderr)
+        out[name + suffix] = await measure(one, least=1 if heavy else 3, warm_up=not scans)
+        print(f"  {name + suffix}: p95 {out[name + suffix][1]:.1f} ms", file=sys.stderr)
 
     first = (await get("/v1/workflows/runs")).json()["next_page_token"] if lists else None
 
@@ -328,9 +334,11 @@ async def run_measures(
         await get("/v1/workflows/runs", next_page_token=first)
 
     if lists:
-        out["list: second page (token)"] = await measure(
+        out["list: second page (token)" + suffix] = await measure(
             second_page, least=1 if heavy else 3, warm_up=not scans
         )
+    if not point_reads:
+        return out
 
     def some_run() -> int:
         return rnd.randrange(size)
@@ -412,6 +420,13 @@ async def main() -> None:
         action="store_true",
         help="point reads and histories only (lists are full scans on FerretDB: minutes)",
     )
+    parser.add_argument(
+        "--list-path",
+        default="store,index",
+        help="where lists are answered, comma-separated and measured in this order: 'store' "
+        "(queries of the store), 'index' (the API's in-memory run list index, loaded from "
+        "the store at each size; its list measures are marked [index])",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--label", help="the server's name in the table (default: detected)")
     args = parser.parse_args()
@@ -447,7 +462,14 @@ async def bench(args: argparse.Namespace) -> None:
 
     settings = ApiSettings(mongo_url=args.mongo_url, mongo_database=database, api_keys=None)
     app = build_app(settings)
+    # The ASGI transport runs no lifespan, so the index feed never starts: the bench loads
+    # the index from the store itself (as the feed's bootstrap does) and switches lists
+    # between the store and the index with `ready`.
+    index: RunListIndex = app.state.list_index
+    # Callers that build their own namespace (bench/local_store.py) compare stores only.
+    paths = [p.strip() for p in getattr(args, "list_path", "store").split(",") if p.strip()]
     results: dict[int, dict[str, tuple[float, float, int]]] = {}
+    index_stats: dict[int, tuple[float, float]] = {}
     try:
         await MongoReadModelStore(db).setup()
         await load(db, long_run(prefix))
@@ -458,20 +480,45 @@ async def bench(args: argparse.Namespace) -> None:
                 print(f"{size:,} runs:", file=sys.stderr)
                 await seed(db, rnd, seeded, size, prefix)
                 seeded = size
-                results[size] = await run_measures(
-                    http, prefix, size, rnd, ferret, lists=not args.no_lists
-                )
+                results[size] = {}
+                for n, path in enumerate(paths):
+                    index.ready = False
+                    if path == "index":
+                        index_stats[size] = await load_index(db, index)
+                        index.ready = True
+                    results[size].update(
+                        await run_measures(
+                            http,
+                            prefix,
+                            size,
+                            rnd,
+                            ferret and path == "store",
+                            lists=not args.no_lists,
+                            point_reads=n == 0,
+                            suffix=" [index]" if path == "index" else "",
+                        )
+                    )
+                index.clear()
     finally:
         await mongo.drop_database(database)
         await mongo.close()
 
     print_table(server, sizes, results)
+    for size, (seconds, grown) in index_stats.items():
+        print(
+            f"index at {size:,} runs: loaded from the store in {seconds:.1f} s; "
+            f"process RSS grew {grown:.0f} MB while loading it"
+        )
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 {
                     "server": server,
                     "sizes": sizes,
+                    "index": {
+                        str(size): {"load_seconds": sec, "rss_growth_mb": mb}
+                        for size, (sec, mb) in index_stats.items()
+                    },
                     "results": {
                         str(size): {
                             name: {"p50_ms": p50, "p95_ms": p95, "samples": n}
@@ -485,19 +532,43 @@ async def bench(args: argparse.Namespace) -> None:
         )
 
 
+def rss_mb() -> float:
+    """This process's resident set size (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load_index(db: Any, index: RunListIndex) -> tuple[float, float]:
+    """Load the run list index from the store (the feed's bootstrap scan): (seconds, RSS
+    growth in MB)."""
+    index.clear()
+    gc.collect()
+    before, began = rss_mb(), time.monotonic()
+    count = await load_runs(db, index)
+    seconds = time.monotonic() - began
+    gc.collect()
+    grown = rss_mb() - before
+    print(
+        f"  index: {count:,} runs loaded in {seconds:.1f} s, RSS +{grown:.0f} MB", file=sys.stderr
+    )
+    return seconds, grown
+
+
 def print_table(
     server: str, sizes: list[int], results: dict[int, dict[str, tuple[float, float, int]]]
 ) -> None:
     base = sizes[0]
     names = list(results[base])
-    head = f"{'measure (ms)':<36}" + "".join(f"{f'{s:,} p50':>12}{f'{s:,} p95':>12}" for s in sizes)
+    head = f"{'measure (ms)':<44}" + "".join(f"{f'{s:,} p50':>12}{f'{s:,} p95':>12}" for s in sizes)
     if len(sizes) > 1:
         head += "".join(f"{f'p95 {s // base}x/1x':>12}" for s in sizes[1:])
     print(f"\nlist_runs benchmark on {server} (page_size 50; seeded by bulk loader)")
     print(head)
     print("-" * len(head))
     for name in names:
-        row = f"{name:<36}"
+        row = f"{name:<44}"
         for s in sizes:
             if name in results[s]:
                 p50, p95, _ = results[s][name]

@@ -69,7 +69,7 @@ def refusal(command: BaseModel, encoded_size: int | None = None) -> Refusal | No
     `encoded_size` is the size of the record it was parsed from, when known: small
     records are not encoded again to be measured.
     """
-    found = _check(command, (), 0)
+    found = _refused(command)
     if found is not None:
         return found
     if encoded_size is not None and encoded_size <= _SURELY_SMALL_BYTES:
@@ -84,7 +84,7 @@ def refusal(command: BaseModel, encoded_size: int | None = None) -> Refusal | No
 
 def encoded_refusal(command: BaseModel, encoded: bytes) -> Refusal | None:
     """`refusal` for a command about to be published as `encoded` (its exact bytes)."""
-    found = _check(command, (), 0)
+    found = _refused(command)
     if found is None and len(encoded) > MAX_COMMAND_BYTES:
         found = Refusal(
             TOO_LARGE, (), f"the command is {len(encoded)} bytes encoded, over {MAX_COMMAND_BYTES}"
@@ -92,51 +92,78 @@ def encoded_refusal(command: BaseModel, encoded: bytes) -> Refusal | None:
     return found
 
 
-def _check(value: Any, loc: tuple[str | int, ...], depth: int) -> Refusal | None:
-    kind = type(value)
-    if kind is str:
+def _refused(command: BaseModel) -> Refusal | None:
+    found = _check(command, 0)
+    if found is None:
+        return None
+    message, reversed_loc = found
+    return Refusal(PAYLOAD_REFUSED, tuple(reversed(reversed_loc)), message)
+
+
+# What `_check` does with a value, by its exact type. Every command is walked whole, so
+# the walk allocates nothing unless it finds something: the location is collected on
+# the way back up, innermost first.
+_STR, _INT, _FLOAT, _LEAF, _MODEL, _NESTED = range(6)
+_KINDS: dict[type, int] = {str: _STR, int: _INT, float: _FLOAT, bool: _LEAF, type(None): _LEAF}
+_Found = tuple[str, list[str | int]]
+"""What is wrong, and where (innermost key or index first)."""
+
+
+def _kind(kind: type) -> int:
+    found = _KINDS.get(kind)
+    if found is None:
+        # Anything else: a contract model, or a JSON container (or a typed leaf: enum,
+        # datetime …) that counts as a level of nesting.
+        found = _KINDS[kind] = _MODEL if issubclass(kind, BaseModel) else _NESTED
+    return found
+
+
+def _check(value: Any, depth: int) -> _Found | None:
+    kind = _kind(type(value))
+    if kind == _STR:
         if not value.isascii():
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                return Refusal(PAYLOAD_REFUSED, loc, "a string holds a lone UTF-16 surrogate")
+                return "a string holds a lone UTF-16 surrogate", []
         return None
-    if kind is int:
+    if kind == _INT:
         if not _MIN_INT <= value <= _MAX_INT:
-            return Refusal(PAYLOAD_REFUSED, loc, "an integer outside 64 bits")
+            return "an integer outside 64 bits", []
         return None
-    if kind is float:
+    if kind == _FLOAT:
         if not math.isfinite(value):
-            return Refusal(PAYLOAD_REFUSED, loc, "a number that is not finite")
+            return "a number that is not finite", []
         return None
-    if value is None or kind is bool:
+    if kind == _LEAF:
         return None
-    if isinstance(value, BaseModel):
+    if kind == _MODEL:
         # A contract model is not a level of the user's value: walk its fields in place.
         for name, field_value in value.__dict__.items():
-            found = _check(field_value, (*loc, name), depth)
+            found = _check(field_value, depth)
             if found is not None:
+                found[1].append(name)
                 return found
         return None
     if depth >= MAX_DEPTH:
-        return Refusal(PAYLOAD_REFUSED, loc, f"nested deeper than {MAX_DEPTH} levels")
+        return f"nested deeper than {MAX_DEPTH} levels", []
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 continue
             bad = _bad_key(key)
-            if bad is not None:
-                return Refusal(PAYLOAD_REFUSED, (*loc, key), bad)
-            found = _check(key, (*loc, key), depth)
+            found = (bad, []) if bad is not None else _check(key, depth)
             if found is None:
-                found = _check(item, (*loc, key), depth + 1)
+                found = _check(item, depth + 1)
             if found is not None:
+                found[1].append(key)
                 return found
         return None
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            found = _check(item, (*loc, i), depth + 1)
+            found = _check(item, depth + 1)
             if found is not None:
+                found[1].append(i)
                 return found
         return None
     return None  # enums, datetimes, …: typed fields the contracts already constrain

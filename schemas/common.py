@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
@@ -18,6 +18,7 @@ __all__ = [
     "ParentClosePolicy",
     "Payload",
     "RetryPolicy",
+    "check_trusted_models",
 ]
 
 
@@ -36,6 +37,55 @@ class FrozenModel(BaseModel):
     """Base of every contract: immutable, strict about unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def trusted(cls, **fields: Any) -> Self:
+        """An instance made of values that are valid already, without validating them
+        again: for what the engine builds on its hot path out of validated parts (a
+        commit of decided events, a task of a commit's event).
+
+        Every field must be given, in declaration order: the JSON follows the order of
+        the instance's fields, and a missing one would only fail when serialised. That
+        order is fixed by the calling code, so the tests check it for each call site:
+        they turn on `check_trusted_models`, which also validates each instance and
+        requires the same value and the same JSON. Nothing is checked otherwise: this
+        must cost less than pydantic-core's validation of a small model (~1 µs).
+        """
+        instance = _new_object(cls)
+        _set_attribute(instance, "__dict__", fields)
+        _set_attribute(instance, "__pydantic_fields_set__", set(fields))
+        _set_attribute(instance, "__pydantic_extra__", None)
+        _set_attribute(instance, "__pydantic_private__", None)
+        if _checks.on:
+            _check_trusted(instance)
+        return instance
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+class _Checks:
+    on = False
+
+
+_checks = _Checks()
+
+
+def check_trusted_models(on: bool) -> None:
+    """Validate every `FrozenModel.trusted` instance too (tests): a value that validation
+    would convert or refuse fails at once instead of reaching a store or a topic."""
+    _checks.on = on
+
+
+def _check_trusted(instance: FrozenModel) -> None:
+    model = type(instance)
+    names = tuple(model.model_fields)
+    if tuple(instance.__dict__) != names:
+        raise TypeError(f"{model.__name__}.trusted takes every field in order: {names}")
+    validated = model.model_validate(instance.__dict__)
+    if validated != instance or validated.model_dump_json() != instance.model_dump_json():
+        raise AssertionError(f"{type(instance).__name__}.trusted was given invalid values")
 
 
 class ExecutionStatus(StrEnum):

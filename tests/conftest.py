@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pymongo import AsyncMongoClient
 
+from schemas.common import check_trusted_models
 from services.common.settings import RunstoreSettings
 from tests.support.servers import REPO, kafka_server, mongo_server
 from tests.support.stack import CORE_SERVICES, Stack, StackWith, isolated_env, running
@@ -125,3 +126,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     ):
         print(f"\nreal-server tests did not all run: {_counts}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# Every model the engine builds without validation (FrozenModel.trusted) is validated
+# as well in the tests, and must come out the same.
+check_trusted_models(True)

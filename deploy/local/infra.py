@@ -95,6 +95,14 @@ FERRETDB_URI_RE = re.compile(rb"^mongodb://[^/\s]+:(\d+)/\s*$", re.MULTILINE)
 #: Go release the FerretDB v1.24.2 module requires (its go.mod says ``go 1.24``).
 MIN_GO = (1, 24)
 DEFAULT_KAFKA_HEAP = ("-Xms256m", "-Xmx768m")
+#: JIT and GC flags of the local broker (``KAFKA_JVM_PERFORMANCE_OPTS`` replaces them, as with
+#: Kafka's own scripts). C1 only (``TieredStopAtLevel=1``): a broker started by a test or a
+#: benchmark spends its first minutes mostly in the C2 compiler and in code not compiled yet
+#: -- measured in bench/http_gateway.py's window, C2 compiling took 0.7-1.5 ms of CPU per
+#: start and the broker 2-9 ms per start in all, against 0.7-0.9 ms with C1 alone, which
+#: compiles in seconds; the request handlers' steady-state CPU per start was no higher with
+#: C1's code (docs/write-path-cost.md).
+DEFAULT_KAFKA_JVM_OPTS = ("-XX:TieredStopAtLevel=1", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20")
 
 
 class InfraError(RuntimeError):
@@ -907,15 +915,21 @@ def kafka_server_properties(port: int, controller_port: int, data_dir: Path) -> 
         "group.initial.rebalance.delay.ms=0",
         "num.network.threads=2",
         "num.io.threads=4",
+        # The controller appends a no-op record to the metadata log every 500 ms by default
+        # so that other nodes can tell it is alive; a single node has no one to tell, and
+        # each append is a log write the broker's metadata loader then replays (idle broker
+        # CPU -3.5 ms/s measured, docs/write-path-cost.md).
+        "metadata.max.idle.interval.ms=5000",
         "",
     ])
 
 
 def _kafka_java_cmd(libs: Path, data_dir: Path, heap: Sequence[str], main: str,
                     *args: str) -> list[str]:
+    jvm = tuple(os.environ.get("KAFKA_JVM_PERFORMANCE_OPTS", "").split()) or DEFAULT_KAFKA_JVM_OPTS
     return [
-        _java(), *heap,
-        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
+        _java(), *heap, *jvm,
+        "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration={KAFKA_LOG4J.as_uri()}",
         f"-Dkafka.logs.dir={data_dir}",
@@ -944,7 +958,9 @@ def start_kafka(port: int = DEFAULT_KAFKA_PORT, controller_port: int | None = No
     """Start a single-node KRaft Kafka on 127.0.0.1 (installing it if needed).
 
     ``controller_port`` defaults to ``port + 1``. Heap defaults to 256-768 MB; set
-    ``KAFKA_HEAP_OPTS`` (as with Kafka's own scripts) to change it.
+    ``KAFKA_HEAP_OPTS`` (as with Kafka's own scripts) to change it, and
+    ``KAFKA_JVM_PERFORMANCE_OPTS`` to replace the JIT and GC flags
+    (``DEFAULT_KAFKA_JVM_OPTS``).
     """
     if port <= 0:
         raise InfraError("kafka needs an explicit port (advertised listeners must be known)")

@@ -33,6 +33,7 @@ from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.list_budget import BoundedLists, ListBudgetExceeded
+from services.api.list_index_feed import ListIndexFeed
 from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
 from services.api.worker_requests import WorkerRequests
@@ -40,10 +41,11 @@ from services.common import tracing
 from services.common.health import Health
 from services.common.http_observability import RequestMetrics, RequestTracing, add_probe_routes
 from services.common.kafka_topics import ensure_topics
-from services.common.metrics import SSE_SUBSCRIBERS
+from services.common.metrics import LIST_INDEX_RUNS, SSE_SUBSCRIBERS
 from services.common.mongo import mongo_client, mongo_database
 from services.common.mongo_catalogue import MongoCatalogue
 from services.common.mongo_commit_log import MongoCommitLog
+from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import ApiSettings
@@ -60,7 +62,11 @@ def build_app(settings: ApiSettings) -> FastAPI:
     worker_requests = WorkerRequests(settings, gateway)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
     health = Health(settings, client, consumer=False)
+    commits = MongoCommitLog(db)
+    list_index = RunListIndex()
+    list_index_feed = ListIndexFeed(settings, db, commits, list_index)
     SSE_SUBSCRIBERS.set_function(lambda: fanout.subscriber_count)
+    LIST_INDEX_RUNS.set_function(lambda: len(list_index) if list_index.ready else -1)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -74,9 +80,11 @@ def build_app(settings: ApiSettings) -> FastAPI:
         await gateway.start()
         await worker_requests.start()
         await fanout.start()
+        await list_index_feed.start()
         try:
             yield
         finally:
+            await list_index_feed.stop()
             await fanout.stop()
             await worker_requests.stop()
             await gateway.stop()
@@ -87,13 +95,19 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
+    app.state.list_index = list_index
     app.state.reader = RunReader(
-        BoundedLists(
-            MongoReadModelReader(db),
-            settings.api_list_concurrency,
-            settings.api_list_timeout_seconds,
+        # Lists the store answers (before the index is ready, or without one) are bounded;
+        # the in-memory index answers without touching the store.
+        IndexedListReader(
+            BoundedLists(
+                MongoReadModelReader(db),
+                settings.api_list_concurrency,
+                settings.api_list_timeout_seconds,
+            ),
+            list_index,
         ),
-        MongoCommitLog(db),
+        commits,
         PageTokens.from_secret(settings.page_token_secret),
     )
     app.state.gateway = gateway

@@ -91,9 +91,15 @@ def _run_fields(run: dict[str, Any]) -> dict[str, Any]:
 def execution_from_run(run: dict[str, Any], *, include_search_keys: bool = False) -> Execution:
     return Execution(
         **_run_fields(run),
-        result=run.get("result"),
+        result=run_result(run),
         search_keys=search_keys_of(run) if include_search_keys else None,
     )
+
+
+def run_result(run: dict[str, Any]) -> Any:
+    """The run's result (None until it completes), decoded from its JSON text."""
+    text = run.get("result_json")
+    return None if text is None else json.loads(text)
 
 
 def search_keys_of(run: dict[str, Any]) -> dict[str, str | None]:

@@ -77,6 +77,11 @@ SSE_SUBSCRIBERS = Gauge(
     "runstore_sse_subscribers",
     "Server-sent-event streams open on this API instance.",
 )
+LIST_INDEX_RUNS = Gauge(
+    "runstore_api_list_index_runs",
+    "Runs in this API instance's in-memory run list index; -1 while it is not ready (lists "
+    "then query the store) or off (RUNSTORE_API_LIST_INDEX).",
+)
 TIMERS_PENDING = Gauge(
     "runstore_timers_pending",
     "Deadlines stored and not yet fired (set by the timers service).",

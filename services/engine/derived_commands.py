@@ -21,6 +21,7 @@ from schemas.commands import (
 )
 from schemas.common import ExecutionStatus, Failure, ParentClosePolicy
 from schemas.events import (
+    CLOSING_EVENT_TYPES,
     STATUS_AFTER,
     ChildInitiated,
     Event,
@@ -36,6 +37,13 @@ if TYPE_CHECKING:  # not at run time: the domain imports the worker protocol's m
     from services.engine.domain import Context, ExecutionState, Rejected
 
 
+# The only event types the loop below derives commands from.
+_MAY_DERIVE = CLOSING_EVENT_TYPES | {
+    EventType.CHILD_WORKFLOW_INITIATED,
+    EventType.WORKFLOW_EXECUTION_STARTED,
+}
+
+
 def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionState) -> list[Command]:
     """Commands a commit's events send to OTHER executions, besides a continue-as-new
     successor (`domain.successor_commands`): a child's StartWorkflow, this execution's
@@ -44,6 +52,8 @@ def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionStat
     `state` is the execution's state right after the commit. Command ids derive from
     event ids: a re-published commit derives the same commands.
     """
+    if not any(e.type in _MAY_DERIVE for e in events):
+        return []  # most commits (signals, reports, timers …): nothing to derive
     commands: list[Command] = []
     issued_at = ns_to_datetime(ctx.now_ns)
     reset = any(e.type is EventType.WORKFLOW_RUN_RESET for e in events)

@@ -386,10 +386,12 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
     root = cmd.root_execution_id
     commit.open_run(run_id, p.workflow_name, root, p.parent_execution_id)
     env = commit.stamp()
-    attributes = StartedAttributes(
+    # The hot deciders build their events from the validated command without validating
+    # again (FrozenModel.trusted; tests validate them as well).
+    attributes = StartedAttributes.trusted(
         task_id=_task_id(env),
         workflow_name=p.workflow_name,
-        input=Payload(value=p.input),
+        input=Payload.trusted(type="json", value=p.input, encoding_options=None),
         display_name=p.display_name,
         attempt=1,
         deployment_name=p.deployment_name,
@@ -404,7 +406,11 @@ def _decide_start(state: ExecutionState | None, cmd: StartWorkflow, ctx: Context
         parent_close_policy=p.parent_close_policy,
         cancel_grace_seconds=p.cancel_grace_seconds,
     )
-    commit.add(ExecutionStarted(**env, attributes=attributes))
+    commit.add(
+        ExecutionStarted.trusted(
+            **env, type=EventType.WORKFLOW_EXECUTION_STARTED, attributes=attributes
+        )
+    )
     return commit.done()
 
 
@@ -462,8 +468,14 @@ def _decide_cancel(state: ExecutionState | None, cmd: CancelExecution, ctx: Cont
 def cancel_run(commit: _Commit, state: ExecutionState, reason: str | None) -> None:
     """Add WORKFLOW_EXECUTION_CANCELED to `commit`."""
     env = commit.stamp()
-    attributes = CanceledAttributes(task_id=_task_id(env), reason=reason, attempt=state.attempt)
-    commit.add(ExecutionCanceled(**env, attributes=attributes))
+    attributes = CanceledAttributes.trusted(
+        task_id=_task_id(env), reason=reason, attempt=state.attempt
+    )
+    commit.add(
+        ExecutionCanceled.trusted(
+            **env, type=EventType.WORKFLOW_EXECUTION_CANCELED, attributes=attributes
+        )
+    )
 
 
 def _decide_terminate(
@@ -481,10 +493,16 @@ def _decide_signal(state: ExecutionState | None, cmd: SignalExecution, ctx: Cont
     state = _require_open(state, cmd)
     commit = _Commit.after(state, cmd, ctx)
     env = commit.stamp()
-    attributes = SignaledAttributes(
-        signal_name=cmd.payload.name, input=Payload(value=cmd.payload.input), user_id=cmd.user_id
+    attributes = SignaledAttributes.trusted(
+        signal_name=cmd.payload.name,
+        input=Payload.trusted(type="json", value=cmd.payload.input, encoding_options=None),
+        user_id=cmd.user_id,
     )
-    commit.add(SignalReceived(**env, attributes=attributes))
+    commit.add(
+        SignalReceived.trusted(
+            **env, type=EventType.WORKFLOW_EXECUTION_SIGNALED, attributes=attributes
+        )
+    )
     return commit.done()
 
 

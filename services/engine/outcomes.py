@@ -29,13 +29,18 @@ def accepted(
     command: Command, commit: Commit, state: ExecutionState, now_ns: int
 ) -> CommandOutcome:
     """The command went in as `commit`, leaving the execution in `state`."""
-    return _outcome(
-        command,
-        ns_to_datetime(now_ns),
+    # One per accepted command, of validated values: not validated again.
+    return CommandOutcome.trusted(
+        command_id=command.command_id,
+        command_type=command.type,
+        execution_id=command.execution_id,
         accepted=True,
+        code=None,
+        message=None,
         seq=commit.seq,
         run_id=state.run_id,
         status=state.status,
+        decided_at=ns_to_datetime(now_ns),
     )
 
 

@@ -330,8 +330,10 @@ class CommandProcessor:
                 continue
             state = fold(events, stream.state)
             assert state is not None
-            source = SourcePosition(partition=record.partition, offset=record.offset)
-            commit = Commit(
+            # Built from validated parts (the command, the domain's events): not
+            # validated again (FrozenModel.trusted).
+            source = SourcePosition.trusted(partition=record.partition, offset=record.offset)
+            commit = Commit.trusted(
                 execution_id=command.execution_id,
                 seq=events[0].seq,
                 command_id=command.command_id,

@@ -51,7 +51,8 @@ def tasks_for(commit: Commit) -> list[WorkflowTask]:
             kind = "run"
         attrs = event.attributes
         tasks.append(
-            WorkflowTask(
+            # Of a stored commit's values: not validated again (one per command or more).
+            WorkflowTask.trusted(
                 task_id=event.event_id,
                 kind=kind,
                 execution_id=event.execution_id,
@@ -68,6 +69,9 @@ def tasks_for(commit: Commit) -> list[WorkflowTask]:
                 deployment_name=getattr(attrs, "deployment_name", None)
                 if event.type is EventType.WORKFLOW_EXECUTION_STARTED
                 else started.get("deployment_name"),
+                request_id=None,
+                name=None,
+                user_id=None,
                 timestamp_ns=event.timestamp_ns,
             )
         )

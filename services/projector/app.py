@@ -138,6 +138,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         batch=True,
         max_records=settings.projector_max_batch,
         batch_timeout_ms=50,
+        fetch_max_wait_ms=settings.projector_fetch_wait_ms,
+        fetch_min_bytes=settings.projector_fetch_min_bytes,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=_ForgetOnRebalance(projector, retries, health),

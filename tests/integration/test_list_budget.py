@@ -33,7 +33,12 @@ async def test_the_store_stops_a_list_past_its_budget(mongo_db: Any) -> None:
 
 
 def test_a_list_past_its_budget_answers_503_with_retry_after(stack_with: StackWith) -> None:
-    with stack_with(services=("api",), RUNSTORE_API_LIST_TIMEOUT_SECONDS="0.000001") as stack:
+    # Lists from the store (the in-memory index would answer without it).
+    with stack_with(
+        services=("api",),
+        RUNSTORE_API_LIST_INDEX="store",
+        RUNSTORE_API_LIST_TIMEOUT_SECONDS="0.000001",
+    ) as stack:
         headers = {"Authorization": "Bearer test-key"}
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
             listed = client.get("/v1/workflows/runs")

@@ -13,6 +13,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.commits import Commit
+from schemas.events import EventType
 from services.common.commit_log import COMMITS, commit_to_doc
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
@@ -31,27 +32,39 @@ from tests.support.stack import Stack
 from tests.support.workloads import Workload, store_commits
 
 Db = AsyncDatabase[dict[str, Any]]
-POISON = {"a\x00b": 1}  # a key PyMongo cannot encode (committed before the admission rule)
+POISON = {"a\x00b": "1"}  # a key PyMongo cannot encode (committed before the admission rule)
+
+
+FIXED = {"a_b": "1"}
+
+
+def with_search_keys(commit: Commit, keys: dict[str, str]) -> Commit:
+    """`commit` with other search keys on its started event, unvalidated (as a commit
+    stored before today's schema rule would be)."""
+    events = [
+        e.model_copy(update={"attributes": e.attributes.model_copy(update={"search_keys": keys})})
+        if e.type is EventType.WORKFLOW_EXECUTION_STARTED
+        else e
+        for e in commit.events
+    ]
+    return commit.model_copy(update={"events": events})
 
 
 def workload() -> Workload:
     w = Workload()
     w.start("before")
-    w.start("poisoned")
-    w.complete("poisoned", result=POISON)
+    started = w.start("poisoned")
+    w.commits[w.commits.index(started)] = with_search_keys(started, POISON)
+    w.complete("poisoned", result={"a_b": 1})
     w.start("after")
     w.complete("after", result={"fine": True})
     return w
 
 
 async def fixed(db: Db, w: Workload) -> None:
-    """The operator's fix: the poisoned result rewritten in the event store."""
-    (bad,) = [c for c in w.commits if c.execution_id == "poisoned" and c.seq == 2]
-    event = bad.events[0]
-    attributes = event.attributes.model_copy(
-        update={"result": event.attributes.result.model_copy(update={"value": {"a_b": 1}})}  # type: ignore[attr-defined]
-    )
-    good = bad.model_copy(update={"events": [event.model_copy(update={"attributes": attributes})]})
+    """The operator's fix: the poisoned search keys rewritten in the event store."""
+    (bad,) = [c for c in w.commits if c.execution_id == "poisoned" and c.seq == 1]
+    good = with_search_keys(bad, FIXED)
     await db[COMMITS].replace_one({"_id": good.doc_id}, commit_to_doc(Commit.model_validate(good)))
 
 
@@ -93,7 +106,7 @@ async def test_an_execution_that_cannot_be_projected_is_parked_and_the_others_go
         for r in (await store.snapshot(RUNS)).values()
         if r["run_id"] != restart.run_id and r["execution_id"] == "poisoned"
     ]
-    assert first["status"] == "COMPLETED" and first["result"] == {"a_b": 1}
+    assert first["status"] == "COMPLETED" and first["search_keys"] == FIXED
 
 
 def _only(w: Workload, commit: Commit) -> Workload:

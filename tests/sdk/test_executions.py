@@ -252,6 +252,34 @@ def test_execute_with_wait_for_result_returns_once_the_execution_closes(
     assert answers[0].result == {"greeting": "hello"}
 
 
+def test_a_result_with_nested_arrays_reaches_the_run_list_and_the_point_reads(
+    client: Mistral, module_stack: Stack
+) -> None:
+    # FerretDB 1.x cannot store a document whose arrays nest arrays; the run row keeps
+    # the result as JSON text, so such a result does not park the execution.
+    execution_id = start(client, new_id("nested"))
+    run_id = client.workflows.executions.get_workflow_execution(execution_id=execution_id).run_id
+    result = {"m": [[1, 2], [3, [4, []]]], "empty": [[]]}
+    complete = {
+        "type": "CompleteExecution",
+        "command_id": str(uuid.uuid4()),
+        "execution_id": execution_id,
+        "issued_at": datetime.now(UTC).isoformat(),
+        "payload": {"run_id": run_id, "result": result},
+    }
+    _produce(module_stack, execution_id, complete)
+
+    def listed_completed() -> None:
+        page = client.workflows.runs.list_runs(search=execution_id)
+        assert page is not None
+        assert [r.status for r in page.result.executions] == ["COMPLETED"]
+
+    wait_until(listed_completed)
+    assert client.workflows.runs.get_run(run_id=run_id).result == result
+    got = client.workflows.executions.get_workflow_execution(execution_id=execution_id)
+    assert got.status == "COMPLETED" and got.result == result
+
+
 def test_execute_with_wait_for_result_answers_at_the_time_limit(client: Mistral) -> None:
     started = client.workflows.execute_workflow(
         workflow_identifier="greeter", wait_for_result=True, timeout_seconds=1.0

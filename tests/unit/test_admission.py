@@ -135,3 +135,17 @@ async def test_a_record_over_the_command_limit_is_too_large(clock: Iterator[int]
     )
     out = await processor.process([huge])
     assert [d.reason for d in out.dead_letters] == ["too_large"]
+
+
+@pytest.mark.parametrize(
+    ("value", "loc"),
+    [
+        ({"ok": [{"$where": 1}]}, ("ok", 0, "$where")),
+        ({"a": [1, {"b": 2**64}]}, ("a", 1, "b")),
+        ({"ok": [[[{"a.b": 1}]]]}, ("ok", 0, 0, 0, "a.b")),
+    ],
+)
+def test_a_refusal_names_the_whole_path_to_the_value(value: Any, loc: tuple[Any, ...]) -> None:
+    parsed = parse_command(json.dumps(CARRIERS["signal input"](value)))
+    found = admission.refusal(parsed)
+    assert found is not None and found.loc == ("payload", "input", *loc)

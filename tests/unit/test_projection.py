@@ -8,6 +8,7 @@ so they are the events the engine would store and publish.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -47,6 +48,16 @@ def test_started_run_is_a_running_row_with_every_list_field() -> None:
     assert run["seq"] == 1 and run["event_count"] == 1
 
 
+def test_a_failed_run_keeps_its_failure_as_json_text() -> None:
+    w = Workload()
+    w.start("a")
+    w.fail("a")
+    run = fold_all(w.all_events()).runs[w.run_id("a")]
+    failure = w.commits[-1].events[-1].attributes.failure  # type: ignore[attr-defined]
+    assert run["status"] == "FAILED" and run["result_json"] is None
+    assert json.loads(run["failure_json"]) == failure.model_dump(mode="json")
+
+
 def test_completed_run_has_end_time_duration_and_result() -> None:
     w = Workload()
     w.start("a")
@@ -54,7 +65,7 @@ def test_completed_run_has_end_time_duration_and_result() -> None:
     w.complete("a", result=[1, 2])
     run = fold_all(w.all_events()).runs[w.run_id("a")]
     assert run["status"] == "COMPLETED"
-    assert run["result"] == [1, 2]
+    assert json.loads(run["result_json"]) == [1, 2]
     duration = run["end_time"] - run["start_time"]
     assert run["total_duration_ms"] == duration // timedelta(milliseconds=1)
     assert run["event_count"] == 3 and run["seq"] == 3

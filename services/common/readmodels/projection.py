@@ -1,8 +1,10 @@
 """Pure projection of events into read-model documents (no I/O).
 
 Three document kinds, all addressed by `_id` so every point read is fast on any server:
-- run (`runs`, `_id` = run_id): the list row of one run plus its result, and the
-  `search_terms` / `workflow_tags` arrays list filters match on;
+- run (`runs`, `_id` = run_id): the list row of one run plus its result and failure (as
+  JSON text: `result_json`, `failure_json`, because a value nested in arrays cannot be
+  stored as a document by FerretDB 1.x), and the `search_terms` / `workflow_tags` arrays
+  list filters match on;
 - execution pointer (`executions`, `_id` = execution_id): which run is the latest;
 - history chunk (`history`, `_id` = `{run_id}:{chunk:06d}`): up to HISTORY_CHUNK events
   of a run, as JSON text (see `apply_to_history`).
@@ -16,6 +18,7 @@ order always gives the same documents (what the rebuild relies on).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,8 +78,8 @@ def apply_to_run(run: Document | None, event: Event) -> Document | None:
             "start_time": read_model_time(event.timestamp_ns),
             "end_time": None,
             "total_duration_ms": None,
-            "result": None,
-            "failure": None,
+            "result_json": None,
+            "failure_json": None,
             "attempt": a.attempt,
         }
     elif run is None:
@@ -93,9 +96,9 @@ def apply_to_run(run: Document | None, event: Event) -> Document | None:
             start_ms = round(run["start_time"].timestamp() * 1000)
             run["total_duration_ms"] = max(0, event.timestamp_ns // 1_000_000 - start_ms)
         if event.type is EventType.WORKFLOW_EXECUTION_COMPLETED:
-            run["result"] = event.attributes.result.value
+            run["result_json"] = json.dumps(event.attributes.result.value)
         if event.type is EventType.WORKFLOW_EXECUTION_FAILED:
-            run["failure"] = event.attributes.failure.model_dump(mode="json")
+            run["failure_json"] = event.attributes.failure.model_dump_json()
         if event.type is EventType.WORKFLOW_EXECUTION_RETRY_STARTED:
             run["attempt"] = event.attributes.attempt
     run["event_count"] = event.event_number

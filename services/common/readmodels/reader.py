@@ -27,7 +27,7 @@ LIST_FIELDS = (
     "total_duration_ms",
     "attempt",
 )
-"""The fields of a list row. The rest of a run document (result, failure, search keys) is
+"""The fields of a list row. The rest of a run document (result_json, failure_json, search keys) is
 only needed by point reads, so lists leave it on the server."""
 
 

@@ -106,6 +106,16 @@ class SearchKeyFilter:
         prefix, folded = search_key_folded_prefix(self.key), self.value.casefold()
         return any(t.startswith(prefix) and folded in t[len(prefix) :] for t in terms)
 
+    def index_term(self) -> str:
+        """A term every run this filter accepts has (the exact term; for a similar value,
+        the key's `set:` term, whose runs are then tested with `matches`)."""
+        if self.match == "null":
+            return search_key_null_term(self.key)
+        if self.match == "exact":
+            assert self.value is not None
+            return search_key_exact_term(self.key, self.value)
+        return search_key_set_term(self.key)
+
     def fingerprint(self) -> list[str | None]:
         return [self.key, self.match, self.value]
 

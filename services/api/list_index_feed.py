@@ -1,0 +1,214 @@
+"""Loads the API's run list index (services/common/readmodels/list_index.py) and keeps it
+as fresh as the projector, from `workflows.events` (docs/read-models.md, "The run list
+index").
+
+Bootstrap, without gap or double count:
+1. note the projector group's committed offsets on the events topic: the projector
+   commits an offset only after writing what came before it, so the store reflects every
+   event before those offsets;
+2. load every run row from the store (INDEX_FIELDS only, one full scan);
+3. follow the topic from the offsets of 1, folding each event into the index.
+The events between 1 and 2 are in the snapshot and come again from the topic: the fold's
+position guard makes them change nothing. Everything after 2 comes from the topic. When
+3 has reached the ends the topic had when it started, the index is `ready` and lists use
+it; until then they go to the store.
+
+A gap (an event whose run row reflects an older seq than the one before it, or an event
+of a run the index has never seen that is not its start) is filled from the event store
+(`CommitLog.read_after`), as the projector fills its own; then the event is folded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from schemas.events import Event
+from services.api.event_fanout import parse_event
+from services.api.topic_tail import stop_following
+from services.common.commit_log import CommitLog
+from services.common.kafka_topics import partitions_of
+from services.common.mongo import is_ferretdb
+from services.common.readmodels.list_index import INDEX_FIELDS, RunListIndex
+from services.common.readmodels.store import RUNS
+from services.common.settings import ApiSettings, ListIndexMode
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+_RETRY_SECONDS = 1.0
+_SCAN_BATCH = 5000
+
+
+async def committed_offsets(settings: ApiSettings, group: str, topic: str) -> dict[int, int]:
+    """The offsets consumer group `group` has committed on `topic`, by partition (a
+    partition it never committed is absent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic}
+
+
+class _TooManyRuns(Exception):
+    """The index would hold more runs than RUNSTORE_API_LIST_INDEX_MAX_RUNS."""
+
+
+async def load_runs(
+    db: AsyncDatabase[Document], index: RunListIndex, max_runs: int | None = None
+) -> int:
+    """Put every run row of the store into `index` (newer rows only); how many were read.
+    _TooManyRuns past `max_runs`."""
+    count = 0
+    cursor = db[RUNS].find({}, dict.fromkeys(INDEX_FIELDS, 1)).batch_size(_SCAN_BATCH)
+    with index.loading():
+        async for doc in cursor:
+            try:
+                index.put(doc, only_if_newer=True)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("run list index: skipping run document %r: %r", doc.get("_id"), exc)
+            count += 1
+            if max_runs is not None and count > max_runs:
+                raise _TooManyRuns
+    return count
+
+
+class ListIndexFeed:
+    """Bootstraps `index` and follows the events topic into it (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        db: AsyncDatabase[Document],
+        commits: CommitLog,
+        index: RunListIndex,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._commits = commits
+        self._index = index
+        self._topic = settings.topics.events
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.events_applied = 0
+
+    async def start(self) -> None:
+        """Starts the bootstrap in the background (lists use the store until it is done),
+        if the setting (or, for `auto`, the server) asks for the index."""
+        mode = self._settings.api_list_index
+        if mode is ListIndexMode.AUTO:
+            mode = ListIndexMode.MEMORY if await is_ferretdb(self._db) else ListIndexMode.STORE
+        if mode is ListIndexMode.STORE:
+            log.info("run list index: off (lists are store queries)")
+            return
+        self._task = asyncio.create_task(self._run(), name="list-index-feed")
+
+    async def stop(self) -> None:
+        await stop_following(self._task, self._consumer)
+        self._task, self._consumer = None, None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._bootstrap_and_follow()
+            except asyncio.CancelledError:
+                raise
+            except _TooManyRuns:
+                self._index.clear()
+                log.warning(
+                    "run list index: more than RUNSTORE_API_LIST_INDEX_MAX_RUNS=%d runs; "
+                    "dropped, lists query the store",
+                    self._settings.api_list_index_max_runs,
+                )
+                return
+            except Exception:  # the broker or the store failed: start over
+                log.exception("run list index: feed failed; reloading")
+                self._index.ready = False
+                if self._consumer is not None:
+                    await self._consumer.stop()
+                    self._consumer = None
+                await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _bootstrap_and_follow(self) -> None:
+        began = time.monotonic()
+        group = self._settings.group(self._settings.api_list_index_group)
+        offsets = await committed_offsets(self._settings, group, self._topic)
+        self._index.clear()
+        rows = await load_runs(self._db, self._index, self._settings.api_list_index_max_runs)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # an offset gone by retention: the oldest kept
+            client_id="runstore-api-list-index",
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        partitions = await partitions_of(self._settings, self._topic)
+        tps = [TopicPartition(self._topic, p) for p in partitions]
+        consumer.assign(tps)
+        for tp in tps:
+            if tp.partition in offsets and offsets[tp.partition] >= 0:
+                consumer.seek(tp, offsets[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        ends = await consumer.end_offsets(tps)
+        log.info(
+            "run list index: %d runs loaded in %.1fs; catching up from the projector's offsets",
+            rows,
+            time.monotonic() - began,
+        )
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batches.values():
+                for record in records:
+                    event = parse_event(record.value, record.partition, record.offset)
+                    if event is not None:
+                        await self._apply(event)
+            if len(self._index) > self._settings.api_list_index_max_runs:
+                raise _TooManyRuns
+            if not self._index.ready and await _reached(consumer, ends):
+                self._index.ready = True
+                log.info(
+                    "run list index: ready, %d runs (%.1fs after start)",
+                    len(self._index),
+                    time.monotonic() - began,
+                )
+
+    async def _apply(self, event: Event) -> None:
+        gap = self._index.gap_before(event)
+        if gap is not None:
+            # Fold the run's missing events from the event store first.
+            for commit in await self._commits.read_after(event.execution_id, gap):
+                if commit.seq >= event.seq:
+                    break
+                for missing in commit.events:
+                    if missing.run_id == event.run_id:
+                        self._fold(missing)
+        self._fold(event)
+        self.events_applied += 1
+
+    def _fold(self, event: Event) -> None:
+        try:
+            self._index.apply(event)
+        except (KeyError, TypeError, ValueError):
+            # A bug to report, not a reason to stop following (or to reload in a loop).
+            log.exception("run list index: cannot fold event %s", event.event_id)
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether the consumer's position is at or past `ends` on every partition."""
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True

@@ -1,0 +1,160 @@
+"""The in-memory run list index (services/common/readmodels/list_index.py) kept by the
+projector's fold: events applied to it give the rows the projector writes, however they
+are split between a snapshot of the store and the events after it, and re-applied events
+change nothing. (Its pages are held to the store's by tests/contract/test_read_models.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.events import Event
+from services.common.readmodels.list_index import RunListIndex
+from services.common.readmodels.memory_store import MemoryReadModels, as_stored
+from services.common.readmodels.reader import LIST_FIELDS
+from services.common.readmodels.run_filter import RunFilter
+from services.common.readmodels.search_keys import parse_search_keys
+from services.common.readmodels.store import Document
+from tests.support.workloads import Workload, fold_all, mixed_workload
+
+EVERYTHING = 1000
+OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def projected_rows(events: list[Event]) -> list[Document]:
+    """The list rows the projector would write for `events`, newest start first."""
+    runs = fold_all(events).runs.values()
+    rows = [{f: r[f] for f in LIST_FIELDS} for r in runs]
+    return sorted(rows, key=lambda r: (r["start_time"], r["_id"]), reverse=True)
+
+
+def listed(index: RunListIndex, flt: RunFilter | None = None) -> list[Document]:
+    return index.list_runs(flt or RunFilter(), None, EVERYTHING)
+
+
+def test_events_applied_to_the_index_give_the_projectors_rows() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+    # Closing a run moved it in the end-time lists (open runs last, newest end first).
+    by_end = sorted(
+        projected_rows(events),
+        key=lambda r: (r["end_time"] is not None, r["end_time"] or OLDEST, r["_id"]),
+        reverse=True,
+    )
+    assert listed(index, RunFilter(sort_by="end_time")) == by_end
+    # Every status change moved the run between the status lists.
+    for status in ("RUNNING", "COMPLETED", "FAILED", "CANCELED", "TERMINATED"):
+        expected = [r for r in projected_rows(events) if r["status"] == status]
+        assert listed(index, RunFilter(statuses=(status,))) == expected, status
+
+
+def test_events_applied_twice_change_nothing() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events + events:
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+    for event in reversed(events):  # old events after newer ones move nothing back
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_snapshot_and_the_events_after_an_earlier_offset_give_the_projectors_rows(
+    seed: int,
+) -> None:
+    """The bootstrap: the store's rows as of some point (snapshot), then every event from
+    an offset at or before that point (overlap), give the same rows as folding them all."""
+    events = mixed_workload().all_events()
+    rnd = random.Random(seed)
+    snapshot_at = rnd.randrange(len(events) + 1)
+    offset = rnd.randrange(snapshot_at + 1)
+    index = RunListIndex()
+    with index.loading():  # as the feed loads a snapshot: sorted once at the end
+        for doc in fold_all(events[:snapshot_at]).runs.values():
+            index.put(doc, only_if_newer=True)
+    for event in events[offset:]:
+        index.apply(event)
+    assert listed(index) == projected_rows(events)
+
+
+def test_a_snapshot_row_older_than_the_held_one_is_ignored() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:
+        index.apply(event)
+    for doc in fold_all(events[:3]).runs.values():
+        index.put(doc, only_if_newer=True)
+    assert listed(index) == projected_rows(events)
+
+
+def test_seq_of_names_the_newest_event_a_row_reflects() -> None:
+    w = mixed_workload()
+    index = RunListIndex()
+    for event in w.all_events():
+        index.apply(event)
+    run_id = w.run_id("a")
+    assert index.seq_of(run_id) == max(e.seq for e in w.events["a"] if e.run_id == run_id)
+    assert index.seq_of("no-such-run") is None
+
+
+def test_a_gap_is_seen_only_where_an_event_is_missing() -> None:
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:  # in order: no gap, ever
+        assert index.gap_before(event) is None, event
+        index.apply(event)
+    index = RunListIndex()
+    w = mixed_workload()
+    signal, complete = [e for e in w.events["a"] if e.type.name != "WORKFLOW_EXECUTION_STARTED"][:2]
+    index.apply(w.events["a"][0])
+    assert index.gap_before(complete) == 1  # the signal (seq 2) is missing
+    assert index.gap_before(signal) is None
+    unknown = w.events["b"][-1]  # the failure of a run whose start was never seen
+    assert index.gap_before(unknown) == 0
+
+
+def test_substring_filters_find_the_same_runs_by_scanning_texts_as_by_walking() -> None:
+    """Past a few thousand runs, `search` and similar search keys scan every run's text
+    first (joined, plus the texts changed since they were joined); the pages are those of a
+    walk testing each row."""
+    index = RunListIndex()
+    memory = MemoryReadModels()
+
+    def add(i: int) -> Document:
+        w = Workload()
+        w.start(
+            f"e{i:05d}",
+            workflow=f"wf-{i % 7}",
+            display_name=f"Report {i}" if i % 3 == 0 else None,
+            search_keys={"customer": f"Customer {i % 101}"} if i % 2 else None,
+        )
+        doc = fold_all(w.all_events()).runs[w.run_id(f"e{i:05d}")]
+        memory.data["runs"][doc["_id"]] = as_stored(doc)
+        return doc
+
+    with index.loading():
+        for i in range(6000):
+            index.put(add(i))
+    filters = (
+        RunFilter(search="report 12"),
+        RunFilter(search="E0001"),
+        RunFilter(search="wf-3", order="asc"),
+        RunFilter(search_keys=parse_search_keys(["customer:mer 10"])),
+        RunFilter(search_keys=parse_search_keys(["customer:CUSTOMER 7"]), search="e00"),
+    )
+    for rounds in range(2):
+        for flt in filters:
+            expected = asyncio.run(memory.list_runs(flt, None, 60))
+            assert index.list_runs(flt, None, 60) == expected, flt
+            assert expected, flt
+        # Runs added after the texts were joined are found too.
+        for i in range(6000 + rounds * 30, 6030 + rounds * 30):
+            index.put(add(i))

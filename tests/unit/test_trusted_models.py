@@ -1,0 +1,55 @@
+"""`FrozenModel.trusted`: instances built without validation, for the engine's hot path.
+They must equal the validated ones, field order and JSON included; the tests' check
+(`check_trusted_models`, on in tests/conftest.py) refuses values validation would not."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.commits import Commit, SourcePosition
+
+
+def commit_fields(**changes: object) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "execution_id": "e1",
+        "seq": 1,
+        "command_id": "c1",
+        "command_type": "SignalExecution",
+        "run_id": "r1",
+        "events": [],
+        "committed_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "source": SourcePosition(partition=0, offset=3),
+        "rejected": [],
+        "state": {"seq": 1},
+    }
+    return {**fields, **changes}
+
+
+def test_a_trusted_instance_equals_the_validated_one_byte_for_byte() -> None:
+    trusted = Commit.trusted(**commit_fields())
+    validated = Commit(**commit_fields())
+    assert trusted == validated
+    assert trusted.model_dump_json() == validated.model_dump_json()
+    assert trusted.model_fields_set == set(Commit.model_fields)
+
+
+def test_under_the_tests_check_every_field_in_declaration_order_is_required() -> None:
+    fields = commit_fields()
+    del fields["rejected"]
+    with pytest.raises(TypeError, match="every field in order"):
+        Commit.trusted(**fields)
+    with pytest.raises(TypeError, match="every field in order"):
+        SourcePosition.trusted(offset=1, partition=0)
+
+
+def test_under_the_tests_check_values_validation_refuses_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        Commit.trusted(**commit_fields(seq=0))
+
+
+def test_under_the_tests_check_values_validation_would_convert_are_refused() -> None:
+    with pytest.raises(AssertionError, match="invalid values"):
+        SourcePosition.trusted(partition=0, offset="3")
