@@ -8,10 +8,13 @@ The load goes to Kafka (`workflows.commands`), one third each StartWorkflow (wit
 pre-assigned run id), SignalExecution and CompleteExecution: every execution is started,
 signalled a tick later and completed a tick after that. Readers use the HTTP API meanwhile:
 point reads (`GET /v1/workflows/executions/{id}` of a recent execution) and list pages
-(`GET /v1/workflows/runs`, first page and the one after it). Every `--sample-every`
+(`GET /v1/workflows/runs`, first page and the one after it); `--store-readers` more read an
+execution's pointer straight from the store (`find_one({_id})`, no API), which splits a
+point read's time between the store and the API. Every `--sample-every`
 seconds the resident memory (VmRSS) of the engine, projector, API, Kafka and FerretDB is
-recorded. At the end: a table of RSS at start, every 10 minutes and at the end, and
-p50/p99 of the reads per 10-minute window. Not part of `make test`: it takes the box.
+recorded. At the end: a table of RSS at start, every 10 minutes and at the end, the CPU
+each process used over the run, and p50/p99 of the reads per 10-minute window. Not part
+of `make test`: it takes the box.
 
 Kafka and FerretDB are the ones RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL name, or
 started here on free ports (bench/servers.py); the services always start here, with the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -41,8 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from cpu_meter import CpuMeter  # noqa: E402
+from pymongo import AsyncMongoClient  # noqa: E402
 from servers import bench_servers  # noqa: E402
 
+from services.common.readmodels.store import EXECUTIONS  # noqa: E402
 from tests.support.kafka import command  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
@@ -74,7 +81,7 @@ class Soak:
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
     # (elapsed seconds, latency seconds, status) per read kind
     reads: dict[str, list[tuple[float, float, int]]] = field(
-        default_factory=lambda: {"point": [], "list": []}
+        default_factory=lambda: {"point": [], "list": [], "store": []}
     )
     samples: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
     lags: list[tuple[float, dict[str, int]]] = field(default_factory=list)
@@ -150,6 +157,19 @@ class Soak:
                 )
             await asyncio.sleep(pause)
 
+    async def store_reader(self, client: AsyncMongoClient[dict[str, object]], db: str) -> None:
+        """`_id` reads of recent executions' pointers, straight from the store."""
+        coll = client[db][EXECUTIONS]
+        while not self.done():
+            if not self.recent:
+                await asyncio.sleep(0.5)
+                continue
+            at = time.monotonic()
+            found = await coll.find_one({"_id": random.choice(self.recent)})
+            status = 200 if found is not None else 404
+            self.reads["store"].append((self.elapsed(), time.monotonic() - at, status))
+            await asyncio.sleep(0.05)
+
     async def _timed(
         self,
         kind: str,
@@ -221,7 +241,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def report(soak: Soak, args: argparse.Namespace) -> str:
+def report(soak: Soak, args: argparse.Namespace, cpu: dict[str, float]) -> str:
     names = list(soak.samples[0][1]) if soak.samples else []
     marks = sorted({0.0, *range(600, int(soak.seconds) + 1, 600), soak.seconds})
 
@@ -230,7 +250,8 @@ def report(soak: Soak, args: argparse.Namespace) -> str:
 
     out = [
         f"{args.minutes:g} min at {args.rate} commands/s ({soak.sent:,} sent), "
-        f"{args.point_readers} point readers, {args.list_readers} list reader(s)",
+        f"{args.point_readers} point readers, {args.list_readers} list reader(s), "
+        f"{args.store_readers} store reader(s)",
         "",
         "| RSS (MB) | " + " | ".join(f"{nearest(m)[0] / 60:.1f} min" for m in marks) + " |",
         "|---|" + "---:|" * len(marks),
@@ -246,6 +267,12 @@ def report(soak: Soak, args: argparse.Namespace) -> str:
         out.append(f"| {name} lag (records) | " + " | ".join(lag_cells) + " |")
     out += [
         "",
+        "| CPU over the run | " + " | ".join(cpu) + " |",
+        "|---|" + "---:|" * len(cpu),
+        "| cores (CPU s / wall s) | "
+        + " | ".join(f"{v / soak.seconds:.2f}" for v in cpu.values())
+        + " |",
+        "",
         "| reads | window | n | 404 | other errors | p50 ms | p99 ms |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -253,6 +280,8 @@ def report(soak: Soak, args: argparse.Namespace) -> str:
     if len(windows) > 1:
         windows.append((0.0, soak.seconds))
     for kind, rows in soak.reads.items():
+        if not rows:
+            continue
         for a, b in windows:
             sel = [r for r in rows if a <= r[0] < b or (b == soak.seconds and r[0] >= b)]
             ok = [lat * 1000 for _, lat, status in sel if status == 200]
@@ -286,19 +315,28 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                 kafka, f"{prefix}workflows.commands", stack.api_url, args.rate, args.minutes * 60
             )
             headers = {"Authorization": "Bearer soak"}
+            meter = CpuMeter(pids | {"soak client": os.getpid()}, alone="soak client")
+            store: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo)
             async with httpx.AsyncClient(
                 base_url=stack.api_url, headers=headers, timeout=60
             ) as client:
+                meter.begin()
                 await asyncio.gather(
                     soak.load(),
                     soak.sampler(pids, args.sample_every, prefix),
                     *(soak.point_reader(client, 0.05) for _ in range(args.point_readers)),
                     *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
+                    *(
+                        soak.store_reader(store, env["RUNSTORE_MONGO_DATABASE"])
+                        for _ in range(args.store_readers)
+                    ),
                 )
+                meter.end()
+            await store.close()
             for service in SERVICES:
                 if stack.procs[service].poll() is not None:
                     print(f"[soak] {service} died:\n{stack.log_tail(service)}", file=sys.stderr)
-            return report(soak, args)
+            return report(soak, args, meter.used)
         finally:
             stack.stop_all()
 
@@ -314,6 +352,9 @@ def main() -> None:
     )
     parser.add_argument("--point-readers", type=int, default=4)
     parser.add_argument("--list-readers", type=int, default=1)
+    parser.add_argument(
+        "--store-readers", type=int, default=1, help="readers of the store itself (no API)"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="runstore-soak-") as tmp:

@@ -1000,8 +1000,11 @@ def start_ferretdb(port: int = DEFAULT_MONGO_PORT, data_dir: Path | None = None,
     files go to ``<data dir>/db/`` (one ``<database>.sqlite`` per MongoDB database). With
     ``postgresql_url`` (``postgres://user@host:port/db``, an existing database) FerretDB
     stores in PostgreSQL instead (its ``postgresql`` handler; docs/local-store.md).
+    With ``RUNSTORE_FERRETDB_DEBUG_ADDR=host:port`` set, the server also serves Go's
+    profiles there (``/debug/pprof/``; docs/soak.md).
     """
     data_dir = (data_dir or default_data_dir("ferretdb")).resolve()
+    debug_addr = os.environ.get("RUNSTORE_FERRETDB_DEBUG_ADDR")
     binary = install_ferretdb()
     db_dir = data_dir / "db"
     log_path = data_dir / "ferretdb.log"
@@ -1009,6 +1012,7 @@ def start_ferretdb(port: int = DEFAULT_MONGO_PORT, data_dir: Path | None = None,
         name="ferretdb", data_dir=data_dir, ports=(port,),
         cmd=[str(binary), f"--addr={HOST}:{port}", f"--data-dir={db_dir}",
              f"--log-level={log_level}",
+             *([f"--debug-addr={debug_addr}"] if debug_addr else []),
              *(["--handler=postgresql", f"--postgresql-url={postgresql_url}"]
                if postgresql_url else [])],
         log_path=log_path, console_path=log_path,

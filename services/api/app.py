@@ -32,6 +32,7 @@ from services.api.event_fanout import EventFanout
 from services.api.execute_fast_path import ExecuteFastPath
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
+from services.api.list_budget import BoundedLists, ListBudgetExceeded
 from services.api.list_index_feed import ListIndexFeed
 from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
@@ -96,7 +97,16 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.list_index = list_index
     app.state.reader = RunReader(
-        IndexedListReader(MongoReadModelReader(db), list_index),
+        # Lists the store answers (before the index is ready, or without one) are bounded;
+        # the in-memory index answers without touching the store.
+        IndexedListReader(
+            BoundedLists(
+                MongoReadModelReader(db),
+                settings.api_list_concurrency,
+                settings.api_list_timeout_seconds,
+            ),
+            list_index,
+        ),
         commits,
         PageTokens.from_secret(settings.page_token_secret),
     )
@@ -126,6 +136,13 @@ def build_app(settings: ApiSettings) -> FastAPI:
                 {k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()
             ]
             return JSONResponse(status_code=422, content={"detail": jsonable_encoder(detail)})
+
+    @app.exception_handler(ListBudgetExceeded)
+    async def list_over_budget(request: Request, exc: ListBudgetExceeded) -> JSONResponse:
+        # Not the caller's fault and not permanent: the store is busy with other lists.
+        return JSONResponse(
+            status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -37,7 +37,8 @@ WHY = {
     422: "Invalid request",
     429: "Too many failed requests from this client; see Retry-After",
     501: "Not implemented by Runstore (see docs/api-gateway.md)",
-    503: "The command could not be published (it was not applied)",
+    503: "The command could not be published (it was not applied), or a run list did not "
+    "finish within its time budget (`list_busy`, `list_timeout`; see Retry-After)",
     504: "The engine did not answer in time (the command may still be applied)",
 }
 """What each status code means, for every route's OpenAPI `responses` (here and in

@@ -41,7 +41,7 @@ METRICS_BUCKETS = 24
 # --- events list ----------------------------------------------------------------------
 
 
-@router.get("/v1/workflows/events/list", responses=declared(200, 400, 401, 404, 422))
+@router.get("/v1/workflows/events/list", responses=declared(200, 400, 401, 404, 422, 503))
 async def get_workflow_events(
     who: Authorized,
     reader: CallerReader,
@@ -227,7 +227,7 @@ async def get_workflow_execution_trace_events(
 # --- metrics --------------------------------------------------------------------------
 
 
-@router.get("/v1/workflows/{workflow_name}/metrics", responses=declared(200, 401, 404, 422))
+@router.get("/v1/workflows/{workflow_name}/metrics", responses=declared(200, 401, 404, 422, 503))
 async def get_workflow_metrics(
     who: Authorized,
     reader: CallerReader,

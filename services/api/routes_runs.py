@@ -42,7 +42,7 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type=_JSON)
 
 
-@router.get("/v1/workflows/runs", response_model=ExecutionList, responses=declared(400))
+@router.get("/v1/workflows/runs", response_model=ExecutionList, responses=declared(400, 503))
 async def list_runs(
     who: Identified,
     reader: CallerReader,

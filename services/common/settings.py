@@ -231,6 +231,12 @@ class ApiSettings(RunstoreSettings):
     api_bad_requests_per_second: float = Field(default=50.0, gt=0)
     """Refill rate of each client's bucket of failed (4xx) requests; empty bucket → 429."""
     api_bad_requests_burst: int = Field(default=500, ge=1)
+    api_list_concurrency: int = Field(default=2, ge=1)
+    """Run-list queries an API process runs at once; more wait for a turn
+    (services/api/list_budget.py: on the local FerretDB each is a scan of every run)."""
+    api_list_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time budget of one list request (its wait for a turn included), also sent to the
+    store as maxTimeMS; past it the request answers 503 with Retry-After."""
     api_allow_unregistered: bool = False
     """Let HTTP execute start workflows no worker registered (docs/catalogue.md); an
     archived workflow is refused either way. Kafka starts are never checked."""

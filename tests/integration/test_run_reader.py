@@ -143,3 +143,24 @@ async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:
     )
     assert await mongo_reader(mongo_db, "bob").run(run_id) is None
     assert (await mongo_db[RUNS].find_one({"_id": run_id})) is not None
+
+
+async def test_an_unprojected_execution_is_read_whole_however_many_commits_it_has(
+    mongo_db: Db,
+) -> None:
+    # Fewer, as many and more commits than the reader's first round (4) reads at once.
+    w = Workload()
+    for execution_id, signals in (("two", 1), ("four", 3), ("nine", 8)):
+        w.start(execution_id)
+        w.signals(execution_id, signals)
+    w.complete("nine", result=9)
+    await store_commits(mongo_db, w)
+    reader = mongo_reader(mongo_db)
+    for execution_id, events in (("two", 2), ("four", 4), ("nine", 10)):
+        run = await reader.execution(execution_id)
+        assert run is not None and run["event_count"] == events, (execution_id, run)
+        by_run = await reader.run(w.run_id(execution_id))
+        assert by_run == run
+    nine = await reader.execution("nine")
+    assert nine is not None and nine["status"] == "COMPLETED"
+    assert await reader.execution("never-started") is None

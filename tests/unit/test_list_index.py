@@ -7,18 +7,23 @@ change nothing. (Its pages are held to the store's by tests/contract/test_read_m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
 from schemas.events import Event
+from services.api.list_index_feed import ListIndexFeed
+from services.common.memory_commit_log import MemoryCommitLog
 from services.common.readmodels.list_index import RunListIndex
 from services.common.readmodels.memory_store import MemoryReadModels, as_stored
 from services.common.readmodels.reader import LIST_FIELDS
 from services.common.readmodels.run_filter import RunFilter
 from services.common.readmodels.search_keys import parse_search_keys
 from services.common.readmodels.store import Document
+from services.common.settings import ApiSettings
 from tests.support.workloads import Workload, fold_all, mixed_workload
 
 EVERYTHING = 1000
@@ -158,3 +163,37 @@ def test_substring_filters_find_the_same_runs_by_scanning_texts_as_by_walking() 
         # Runs added after the texts were joined are found too.
         for i in range(6000 + rounds * 30, 6030 + rounds * 30):
             index.put(add(i))
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    value: bytes | None
+    partition: int = 0
+    offset: int = 0
+
+
+async def test_the_feed_lets_requests_run_while_it_folds_a_large_batch() -> None:
+    w = Workload()
+    for n in range(120):
+        w.start(f"x{n}")
+        w.signal(f"x{n}")
+        w.complete(f"x{n}", result=n)
+    events = w.all_events()
+    records = [Record(e.model_dump_json().encode(), 0, i) for i, e in enumerate(events)]
+    index = RunListIndex()
+    feed = ListIndexFeed(ApiSettings(), cast(Any, None), MemoryCommitLog(), index)
+
+    folded_when_a_request_ran: list[int] = []
+
+    async def request() -> None:  # another coroutine of the API's loop, e.g. a point read
+        while len(folded_when_a_request_ran) < 1000:
+            folded_when_a_request_ran.append(feed.events_applied)
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(request())
+    await asyncio.sleep(0)
+    await feed.fold_records(records)
+    other.cancel()
+    # The request ran between slices of the batch, not only before or after it.
+    assert any(0 < n < len(events) for n in folded_when_a_request_ran)
+    assert listed(index) == projected_rows(events)
