@@ -87,7 +87,8 @@ async def run(url: str, server_pid: int | None) -> None:
         firsts = [make_commit(e, 1, run_id=f"{e}-run") for e in started]
         rest = [make_commit(e, 2, run_id=f"{e}-run") for e in previous[: args.rest]]
         round_ = await store.append_round(firsts, rest)
-        assert not round_.refused and round_.report.failure is None, round_
+        if round_.refused or round_.report.failure is not None:
+            raise RuntimeError(f"a round of new commits was refused: {round_}")
         previous = started
 
     try:
@@ -114,9 +115,11 @@ async def run(url: str, server_pid: int | None) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="runstore-engine-store-") as tmp:
-        with mongo_server(Path(tmp)) as (url, pid):
-            asyncio.run(run(url, pid))
+    with (
+        tempfile.TemporaryDirectory(prefix="runstore-engine-store-") as tmp,
+        mongo_server(Path(tmp)) as (url, pid),
+    ):
+        asyncio.run(run(url, pid))
 
 
 if __name__ == "__main__":
