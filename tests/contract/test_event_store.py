@@ -21,7 +21,7 @@ from services.engine.event_store import AppendFailure, AppendReport, RoundReport
 from services.engine.event_store import EventStoreAdapter as EventStore
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
-from services.engine.offloop import LoopThread, OffLoopAppends
+from services.engine.offloop import INLINE_ROUND_MAX, LoopThread, OffLoopAppends
 from tests.support.commits import make_commit as commit_at
 
 
@@ -326,8 +326,10 @@ class TestOffLoopAppends(TestMongoEventStore):
     """The engine's wiring: appends on a loop of their own (a thread, with its own
     client), reads on the caller's loop; the whole contract holds across the two."""
 
-    @pytest.fixture
-    async def store(self, db: Any, mongo_url: str) -> AsyncIterator[EventStore]:
+    @pytest.fixture(params=[0, INLINE_ROUND_MAX], ids=["on-writer", "small-inline"])
+    async def store(
+        self, db: Any, mongo_url: str, request: pytest.FixtureRequest
+    ) -> AsyncIterator[EventStore]:
         writer = LoopThread("test-appends")
 
         async def writer_db() -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
@@ -335,7 +337,9 @@ class TestOffLoopAppends(TestMongoEventStore):
             return client, client[db.name]
 
         client, other_db = await writer.run(writer_db())
-        store = OffLoopAppends(MongoEventStore(db), MongoEventStore(other_db), writer)
+        store = OffLoopAppends(
+            MongoEventStore(db), MongoEventStore(other_db), writer, inline_max=request.param
+        )
         await store.setup()
         try:
             yield store
