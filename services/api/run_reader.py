@@ -47,7 +47,8 @@ from services.common.readmodels.history_chunks import (
     chunk_ids_uncovered,
     event_text,
     history_doc_ids,
-    texts_between,
+    lines_between,
+    texts_of_lines,
 )
 from services.common.readmodels.projection import apply_to_execution, apply_to_run, is_newer
 from services.common.readmodels.reader import ReadModelReader
@@ -77,8 +78,15 @@ class HistoryPage:
     response, and where the next page starts (None when this page reaches the end)."""
 
     run: Document
-    events: list[str]
+    lines: list[bytes]
+    """Runs of event JSON texts (UTF-8) joined by newlines, as the history documents hold
+    them: a whole block is one run, never split (`shapes.history_body` splices them)."""
     next_after: int | None
+
+    @property
+    def events(self) -> list[str]:
+        """One JSON text per event."""
+        return texts_of_lines(self.lines)
 
 
 class RunReader:
@@ -228,31 +236,33 @@ class RunReader:
         last = total if limit is None else min(total, after + limit)
         # Events up to `projected` are in the chunks, the ones after in `unprojected`.
         from_chunks = min(last, view.projected)
-        texts = await self._chunk_texts(view.run["run_id"], after + 1, from_chunks, chunks)
+        lines = await self._chunk_lines(view.run["run_id"], after + 1, from_chunks, chunks)
         start = max(after, from_chunks)
-        texts += [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        newer = [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        if newer:
+            lines.append("\n".join(newer).encode())
         more = limit is not None and last < total
-        return HistoryPage(view.run, texts, last if more else None)
+        return HistoryPage(view.run, lines, last if more else None)
 
-    async def _chunk_texts(
+    async def _chunk_lines(
         self, run_id: str, first: int, last: int, docs: Mapping[str, Document]
-    ) -> list[str]:
-        """Event texts `first`..`last` from the run's blocks and chunks, reading again the
-        chunks (blocks never change) that lack events (read at the same time as a row
-        written after them)."""
+    ) -> list[bytes]:
+        """Events `first`..`last` from the run's blocks and chunks (`lines_between`),
+        reading again the chunks (blocks never change) that lack events (read at the same
+        time as a row written after them)."""
         if last < first:
             return []
-        texts = texts_between(docs, run_id, first, last)
-        if texts is None:
+        lines = lines_between(docs, run_id, first, last)
+        if lines is None:
             ids = chunk_ids_uncovered(docs, run_id, first, last)
             fresh = {**docs, **await self.models.load(HISTORY, ids)}
-            texts = texts_between(fresh, run_id, first, last)
-        if texts is None:
+            lines = lines_between(fresh, run_id, first, last)
+        if lines is None:
             raise RuntimeError(
                 f"the history chunks of run {run_id!r} lack events of {first}..{last} "
                 "that its row reflects"
             )
-        return texts
+        return lines
 
     # --- the list -------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from services.common.readmodels.history_chunks import (
     history_block_key,
     history_chunk_id,
     is_block,
+    texts_of_lines,
 )
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
@@ -122,8 +123,8 @@ async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: D
     await Projector(store).apply(events[4:])
     reader = mongo_reader(mongo_db)
     # What `run_history_page` does when the chunk it read with the row predates the row.
-    texts = await reader._chunk_texts(w.run_id("a"), 1, 10, stale)
-    assert numbers(texts) == list(range(1, 11))
+    lines = await reader._chunk_lines(w.run_id("a"), 1, 10, stale)
+    assert numbers(texts_of_lines(lines)) == list(range(1, 11))
 
 
 async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:

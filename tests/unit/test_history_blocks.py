@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Collection, Mapping
 
 import pytest
@@ -26,6 +27,7 @@ from services.common.readmodels.history_chunks import (
     history_doc_ids,
     history_ids_of,
     is_block,
+    lines_between,
     seal_block,
     texts_between,
 )
@@ -280,3 +282,7 @@ def test_texts_between_slices_blocks_and_chunks_alike() -> None:
         only_chunks = {i: d for i, d in docs.items() if not is_block(i)}
         assert texts_between(only_chunks, run_id, first, last) == expected[first - 1 : last]
     assert texts_between({}, run_id, 1, 1) is None
+    # A whole block is one run of lines, its body as it decompresses: nothing split.
+    block = docs[history_block_key(run_id, 0)]
+    assert lines_between(docs, run_id, 1, 1000) == [zlib.decompress(block["body"])]
+    assert len(lines_between(docs, run_id, 1, 1300) or []) == 4  # the block, 3 chunks

@@ -161,6 +161,7 @@ def event_text(event: Event) -> str:
 # a chunk normally holds `first`..`last` without holes (`count == last - first + 1`); an
 # event that arrives out of order still finds its place (the slow path below).
 _LINE = "\n"
+_LINE_BYTES = b"\n"
 _ZLIB_LEVEL = 1  # the fastest level: higher ones gain little on JSON
 
 
@@ -251,6 +252,12 @@ def chunk_body_text(chunk: Document) -> str:
     return zlib.decompress(body).decode() if isinstance(body, bytes) else str(body)
 
 
+def chunk_body_bytes(chunk: Document) -> bytes:
+    """The event lines of a chunk or block as UTF-8, decompressed if stored."""
+    body = chunk["body"]
+    return zlib.decompress(body) if isinstance(body, bytes) else str(body).encode()
+
+
 def stored_chunk(chunk: Document) -> Document:
     """A chunk as it is written: its body compressed."""
     body = chunk.get("body")
@@ -268,12 +275,14 @@ def events_of_chunks(chunks: Iterable[Document]) -> dict[int, Document]:
     return out
 
 
-def texts_between(
+def lines_between(
     docs: Mapping[str, Document], run_id: str, first: int, last: int
-) -> list[str] | None:
+) -> list[bytes] | None:
     """The event texts `first`..`last` held by `docs` (blocks and chunks by `_id`; a block,
-    when there, serves all its events), or None if one is missing."""
-    texts: list[str] = []
+    when there, serves all its events) as runs of lines: UTF-8 event JSON texts joined by
+    newlines, one run per document, a whole document's body as it decompresses (nothing
+    split, decoded or copied for the events in the middle); None if one is missing."""
+    runs: list[bytes] = []
     n = first
     while n <= last:
         block = history_block_of(n)
@@ -289,12 +298,28 @@ def texts_between(
             # Without holes (always, in practice): slice the lines, parse nothing.
             if not held_first <= n <= high <= held_last:
                 return None
-            lines = chunk_body_text(doc).split(_LINE)
-            texts += lines[n - held_first : high - held_first + 1]
+            raw = chunk_body_bytes(doc)
+            if n != held_first or high != held_last:
+                lines = raw.split(_LINE_BYTES)
+                raw = _LINE_BYTES.join(lines[n - held_first : high - held_first + 1])
+            runs.append(raw)
         else:
             held = dict(chunk_event_texts(doc))
             if any(k not in held for k in range(n, high + 1)):
                 return None
-            texts += [held[k] for k in range(n, high + 1)]
+            runs.append(_LINE.join(held[k] for k in range(n, high + 1)).encode())
         n = high + 1
-    return texts
+    return runs
+
+
+def texts_of_lines(runs: Iterable[bytes]) -> list[str]:
+    """One JSON text per event from runs of lines (`lines_between`)."""
+    return [text for run in runs for text in run.decode().split(_LINE)]
+
+
+def texts_between(
+    docs: Mapping[str, Document], run_id: str, first: int, last: int
+) -> list[str] | None:
+    """`lines_between` as one JSON text per event."""
+    runs = lines_between(docs, run_id, first, last)
+    return None if runs is None else texts_of_lines(runs)
