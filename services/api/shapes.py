@@ -134,5 +134,10 @@ def history_body(run: dict[str, Any], lines: list[bytes], next_page_token: str |
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    events = b",".join(stretch.replace(b"\n", b",") for stretch in lines)
-    return b"".join((head[:-1].encode(), b',"events":[', events, b"]}"))
+    parts = [head[:-1].encode(), b',"events":[']
+    for stretch in lines:
+        parts += (stretch.replace(b"\n", b","), b",")
+    if lines:
+        parts.pop()  # the comma after the last stretch
+    parts.append(b"]}")
+    return b"".join(parts)  # one copy of the events into the body
