@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -79,9 +80,10 @@ class Soak:
     started: float = field(default_factory=time.monotonic)
     sent: int = 0
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
+    recent_runs: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
     # (elapsed seconds, latency seconds, status) per read kind
     reads: dict[str, list[tuple[float, float, int]]] = field(
-        default_factory=lambda: {"point": [], "list": [], "store": []}
+        default_factory=lambda: {"point": [], "run": [], "list": [], "store": []}
     )
     samples: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
     lags: list[tuple[float, dict[str, int]]] = field(default_factory=list)
@@ -123,6 +125,7 @@ class Soak:
                     )
                 self.sent += len(cmds)
                 self.recent.extend(e for e, _ in before)  # read once completed
+                self.recent_runs.extend(r for _, r in before)
                 before, previous = previous, batch
                 tick += 1
                 # Keep the schedule: sleep until this tick's slot, never drift.
@@ -140,6 +143,16 @@ class Soak:
                 continue
             eid = random.choice(self.recent)
             await self._timed("point", client, f"/v1/workflows/executions/{eid}")
+            await asyncio.sleep(pause)
+
+    async def run_reader(self, client: httpx.AsyncClient, pause: float) -> None:
+        """`GET /v1/workflows/runs/{run_id}` of a recent run (get_run)."""
+        while not self.done():
+            if not self.recent_runs:
+                await asyncio.sleep(0.5)
+                continue
+            run_id = random.choice(self.recent_runs)
+            await self._timed("run", client, f"/v1/workflows/runs/{run_id}")
             await asyncio.sleep(pause)
 
     async def list_reader(self, client: httpx.AsyncClient, pause: float) -> None:
@@ -234,6 +247,58 @@ async def group_lag(admin: AIOKafkaAdminClient, ends: AIOKafkaConsumer, group: s
     return sum(max(0, latest[tp] - meta.offset) for tp, meta in committed.items())
 
 
+def point_read_paths(metrics: str) -> str:
+    """How many point reads the API started from its run list index and from the store
+    (`runstore_api_point_reads_total`)."""
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith("runstore_api_point_reads_total{"):
+            path = line.split('path="', 1)[1].split('"', 1)[0]
+            counts[path] = float(line.rsplit(" ", 1)[1])
+    return ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items())) or "not counted"
+
+
+API_ROUTES = {
+    "point": "/v1/workflows/executions/{execution_id}",
+    "run": "/v1/workflows/runs/{run_id}",
+    "list": "/v1/workflows/runs",
+}
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def api_side_table(metrics: str) -> str:
+    """The same reads as the API timed them (`runstore_http_request_duration_seconds`, GET,
+    200): without the client's side of each hop. Percentiles are the upper bound of the
+    histogram bucket they fall in."""
+    buckets: dict[str, dict[float, float]] = {}
+    for line in metrics.splitlines():
+        if not line.startswith("runstore_http_request_duration_seconds_bucket{"):
+            continue
+        labels = dict(LABEL.findall(line.rsplit("}", 1)[0]))
+        if labels.get("method") != "GET" or labels.get("status") != "200":
+            continue
+        kind = next((k for k, r in API_ROUTES.items() if r == labels.get("route")), None)
+        if kind is not None:
+            buckets.setdefault(kind, {})[float(labels["le"])] = float(line.rsplit(" ", 1)[1])
+    out = [
+        "| reads, in the API | n | ≤ 50 ms | p50 ≤ ms | p99 ≤ ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, cumulative in buckets.items():
+        ordered = sorted(cumulative.items())
+        total = ordered[-1][1]
+        if not total:
+            continue
+
+        def bound(q: float, ordered: list[tuple[float, float]] = ordered, n: float = total) -> str:
+            le = next(le for le, c in ordered if c >= q * n)
+            return "inf" if le == float("inf") else f"{le * 1000:g}"
+
+        under = cumulative.get(0.05, 0.0) / total
+        out.append(f"| {kind} | {total:,.0f} | {under:.1%} | {bound(0.5)} | {bound(0.99)} |")
+    return "\n".join(out)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -250,7 +315,8 @@ def report(soak: Soak, args: argparse.Namespace, cpu: dict[str, float]) -> str:
 
     out = [
         f"{args.minutes:g} min at {args.rate} commands/s ({soak.sent:,} sent), "
-        f"{args.point_readers} point readers, {args.list_readers} list reader(s), "
+        f"{args.point_readers} point readers, {args.run_readers} run readers, "
+        f"{args.list_readers} list reader(s), "
         f"{args.store_readers} store reader(s)",
         "",
         "| RSS (MB) | " + " | ".join(f"{nearest(m)[0] / 60:.1f} min" for m in marks) + " |",
@@ -325,6 +391,7 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                     soak.load(),
                     soak.sampler(pids, args.sample_every, prefix),
                     *(soak.point_reader(client, 0.05) for _ in range(args.point_readers)),
+                    *(soak.run_reader(client, 0.05) for _ in range(args.run_readers)),
                     *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
                     *(
                         soak.store_reader(store, env["RUNSTORE_MONGO_DATABASE"])
@@ -332,11 +399,17 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                     ),
                 )
                 meter.end()
+                metrics = (await client.get("/metrics")).text
             await store.close()
             for service in SERVICES:
                 if stack.procs[service].poll() is not None:
                     print(f"[soak] {service} died:\n{stack.log_tail(service)}", file=sys.stderr)
-            return report(soak, args, meter.used)
+            return (
+                report(soak, args, meter.used)
+                + "\n\n"
+                + api_side_table(metrics)
+                + f"\n\npoint reads by path (API): {point_read_paths(metrics)}"
+            )
         finally:
             stack.stop_all()
 
@@ -351,6 +424,9 @@ def main() -> None:
         "--sample-every", type=float, default=30.0, help="seconds between RSS samples"
     )
     parser.add_argument("--point-readers", type=int, default=4)
+    parser.add_argument(
+        "--run-readers", type=int, default=0, help="readers of recent runs by run id (get_run)"
+    )
     parser.add_argument("--list-readers", type=int, default=1)
     parser.add_argument(
         "--store-readers", type=int, default=1, help="readers of the store itself (no API)"

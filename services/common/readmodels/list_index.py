@@ -168,6 +168,17 @@ class _Row:
             "attempt": self.attempt,
         }
 
+    def point_document(self) -> Document:
+        """The run as point reads show it (docs/read-models.md, "Read guarantees"): the
+        list row, its search keys (decoded from the terms, which hold them exactly), and
+        the position of the newest event it reflects. No `result_json`: the index keeps no
+        results (the reader takes a completed run's result from its commit)."""
+        doc = self.document()
+        doc["search_keys"] = search_keys_from_terms(self.terms)
+        doc["position"] = list(self.position)
+        doc["seq"] = self.position[0]
+        return doc
+
     def fold_state(self) -> Document:
         """What `apply_to_run` reads and changes for an event after the start."""
         return {
@@ -189,6 +200,9 @@ class RunListIndex:
         self._lists: dict[tuple[str, Any], _Entry] = {}
         self._texts: dict[tuple[str, str], _TextScan] = {}
         self._shared: dict[str, str] = {}
+        self._latest: dict[str, str] = {}
+        """execution_id -> its latest run's id (the run with the newest position: only an
+        execution's latest run gets events, and it opens after every event of the others)."""
         self._loading = False
         self.ready = False
 
@@ -235,6 +249,17 @@ class RunListIndex:
         row = self._rows.get(run_id)
         return None if row is None else row.position[0]
 
+    def run_document(self, run_id: str) -> Document | None:
+        """The run's `point_document`; None for a run the index does not hold."""
+        row = self._rows.get(run_id)
+        return None if row is None else row.point_document()
+
+    def latest_run_document(self, execution_id: str) -> Document | None:
+        """The `point_document` of the execution's latest run the index holds; None for
+        an execution it does not hold."""
+        run_id = self._latest.get(execution_id)
+        return None if run_id is None else self._rows[run_id].point_document()
+
     def gap_before(self, event: Event) -> int | None:
         """If the run's row lacks events before `event` (a lost or reordered record), the
         seq after which its execution's commits hold them; None if there is no gap.
@@ -269,6 +294,7 @@ class RunListIndex:
         self._lists.clear()
         self._texts.clear()
         self._shared.clear()
+        self._latest.clear()
         self.ready = False
 
     def _share(self, value: str) -> str:
@@ -331,6 +357,9 @@ class RunListIndex:
                     scan = self._texts[dim] = _TextScan()
                 scan.set(new.run_id, text)
         self._rows[new.run_id] = new
+        latest = self._latest.get(new.execution_id)
+        if latest is None or latest == new.run_id or self._rows[latest].position < new.position:
+            self._latest[new.execution_id] = new.run_id
 
     def _link(self, dim: tuple[str, Any], row: _Row, add: Callable[[list[Key], Key], None]) -> None:
         entry = self._lists.get(dim)
@@ -614,6 +643,20 @@ def _position(doc: Document) -> tuple[int, int]:
 
 def _shared_or_none(share: Callable[[str], str], value: Any) -> Any:
     return share(value) if isinstance(value, str) else value
+
+
+def search_keys_from_terms(terms: Iterable[str]) -> dict[str, str | None]:
+    """The search keys `search_keys.search_terms` made `terms` from: `set:k` names each key,
+    `null:k` a null value, `eq:k=v` a value (keys hold no `=`, so the first splits)."""
+    keys: dict[str, str | None] = {}
+    for term in terms:
+        kind, _, rest = term.partition(":")
+        if kind == "set":
+            keys.setdefault(rest, None)
+        elif kind == "eq":
+            key, _, value = rest.partition("=")
+            keys[key] = value
+    return keys
 
 
 def _folded(value: Any) -> str:
