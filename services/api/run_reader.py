@@ -120,9 +120,10 @@ class RunReader:
     # the store: what the row may lack are the events of its last commit after its
     # position (the feed folds a commit's events one by one) and the commits after it,
     # and one round trip reads both (the commit at the row's seq, for a completed run its
-    # result, ‖ the probe after it). A run whose row is closed, other than completed, is
-    # final: no read at all. Anything else (an id the index does not hold, a run opened
-    # since the row, the index not ready) goes the store's way.
+    # result, ‖ the probe after it). A run whose row is closed is final: no read at all,
+    # unless it completed and the index does not keep its result (then its commit).
+    # Anything else (an id the index does not hold, a run opened since the row, the
+    # index not ready) goes the store's way.
 
     async def _indexed_run(self, run_id: str) -> Document | _Unanswered | None:
         index = self.index
@@ -132,7 +133,7 @@ class RunReader:
         if row is None:
             return _UNANSWERED
         status = ExecutionStatus(row["status"])
-        if not status.is_open and status is not ExecutionStatus.COMPLETED:
+        if not status.is_open and (status is not ExecutionStatus.COMPLETED or "result_json" in row):
             return row
         commits = await self._commits_from(row, probe=status.is_open)
         if commits is None:

@@ -132,9 +132,8 @@ async def test_reads_from_a_full_index_need_at_most_one_round_trip_to_the_commit
     assert commits == []  # a closed run that did not complete is final: no read
     completed = w.run_id("a")
     run = await indexed.run(completed)
-    assert run is not None and run["status"] == "COMPLETED"
-    assert execution_from_run(run).result == {"ok": True}  # from the completing commit
-    assert commits == [("a", max(e.seq for e in w.events["a"]))]
+    assert run is not None and execution_from_run(run).result == {"ok": True}
+    assert commits == []  # the feed folded its completion: the index keeps the result
     commits.clear()
     assert (await indexed.execution("g") or {}).get("status") == "RUNNING"
     # The row's commit and the probe after it (both by _id, sent together).
@@ -189,3 +188,32 @@ async def test_an_index_not_ready_is_not_used() -> None:
 )
 def test_search_keys_come_back_from_their_terms(keys: dict[str, str | None] | None) -> None:
     assert search_keys_from_terms(search_terms(keys)) == (keys or {})
+
+
+async def test_a_completed_run_whose_result_the_index_lacks_takes_it_from_its_commit() -> None:
+    w = Workload()
+    w.start("loaded")
+    w.complete("loaded", result={"n": 1})
+    w.start("big")
+    w.complete("big", result="x" * 5000)  # longer than a result the index keeps
+    index = RunListIndex()
+    with index.loading():  # rows from a store snapshot carry no result
+        index.put(fold_all(w.all_events()[:2]).runs[w.run_id("loaded")])
+    for event in w.all_events()[2:]:
+        index.apply(event)
+    index.ready = True
+    log = MemoryCommitLog(w.commits)
+    reads: list[tuple[str, int]] = []
+    real_get = log.get
+
+    async def get(execution_id: str, seq: int) -> Any:
+        reads.append((execution_id, seq))
+        return await real_get(execution_id, seq)
+
+    log.get = get  # type: ignore[method-assign]
+    reader = RunReader(IndexedListReader(MemoryReadModels(), index), log)
+    for execution_id, result in (("loaded", {"n": 1}), ("big", "x" * 5000)):
+        reads.clear()
+        run = await reader.run(w.run_id(execution_id))
+        assert run is not None and execution_from_run(run).result == result
+        assert reads == [(execution_id, 2)]  # the completing commit, nothing else

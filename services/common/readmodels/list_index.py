@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import bisect_left, bisect_right, insort
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,10 @@ _WALK_AT_MOST = 4096
 """A walk of this many keys is cheaper than scanning every run's text for a substring."""
 _SORT_AT_MOST = 20_000
 """More runs than this holding a substring are dense enough to find by walking."""
+_RESULTS_CHARS = 8_000_000
+"""The results of recently completed runs kept for point reads, in characters of JSON
+(oldest dropped first); a result longer than _RESULT_CHARS is never kept."""
+_RESULT_CHARS = 4096
 
 INDEX_FIELDS = (
     *LIST_FIELDS,
@@ -171,8 +176,8 @@ class _Row:
     def point_document(self) -> Document:
         """The run as point reads show it (docs/read-models.md, "Read guarantees"): the
         list row, its search keys (decoded from the terms, which hold them exactly), and
-        the position of the newest event it reflects. No `result_json`: the index keeps no
-        results (the reader takes a completed run's result from its commit)."""
+        the position of the newest event it reflects. No `result_json` (see
+        `RunListIndex.run_document`)."""
         doc = self.document()
         doc["search_keys"] = search_keys_from_terms(self.terms)
         doc["position"] = list(self.position)
@@ -200,6 +205,9 @@ class RunListIndex:
         self._lists: dict[tuple[str, Any], _Entry] = {}
         self._texts: dict[tuple[str, str], _TextScan] = {}
         self._shared: dict[str, str] = {}
+        self._results: OrderedDict[str, str] = OrderedDict()
+        """run_id -> result_json of runs whose completion the feed folded (bounded)."""
+        self._results_chars = 0
         self._latest: dict[str, str] = {}
         """execution_id -> its latest run's id (the run with the newest position: only an
         execution's latest run gets events, and it opens after every event of the others)."""
@@ -243,6 +251,19 @@ class RunListIndex:
         if new.end != old.end:
             new.set_keys()
         self._replace(old, new)
+        if doc.get("result_json") is not None:
+            self._keep_result(event.run_id, doc["result_json"])
+
+    def _keep_result(self, run_id: str, result_json: str) -> None:
+        """Keep a completed run's result for point reads (a run completes once: nothing
+        follows its terminal event), within _RESULTS_CHARS."""
+        if len(result_json) > _RESULT_CHARS:
+            return
+        self._results[run_id] = result_json
+        self._results_chars += len(result_json)
+        while self._results_chars > _RESULTS_CHARS:
+            _, dropped = self._results.popitem(last=False)
+            self._results_chars -= len(dropped)
 
     def seq_of(self, run_id: str) -> int | None:
         """The `seq` of the newest event the run's row reflects; None for an unknown run."""
@@ -250,15 +271,23 @@ class RunListIndex:
         return None if row is None else row.position[0]
 
     def run_document(self, run_id: str) -> Document | None:
-        """The run's `point_document`; None for a run the index does not hold."""
+        """The run's `point_document`, with its `result_json` if it completed and the result
+        is kept; None for a run the index does not hold."""
         row = self._rows.get(run_id)
-        return None if row is None else row.point_document()
+        return None if row is None else self._point_document(row)
 
     def latest_run_document(self, execution_id: str) -> Document | None:
-        """The `point_document` of the execution's latest run the index holds; None for
-        an execution it does not hold."""
+        """`run_document` of the execution's latest run the index holds; None for an
+        execution it does not hold."""
         run_id = self._latest.get(execution_id)
-        return None if run_id is None else self._rows[run_id].point_document()
+        return None if run_id is None else self._point_document(self._rows[run_id])
+
+    def _point_document(self, row: _Row) -> Document:
+        doc = row.point_document()
+        result = self._results.get(row.run_id) if row.status == "COMPLETED" else None
+        if result is not None:
+            doc["result_json"] = result
+        return doc
 
     def gap_before(self, event: Event) -> int | None:
         """If the run's row lacks events before `event` (a lost or reordered record), the
@@ -295,6 +324,8 @@ class RunListIndex:
         self._texts.clear()
         self._shared.clear()
         self._latest.clear()
+        self._results.clear()
+        self._results_chars = 0
         self.ready = False
 
     def _share(self, value: str) -> str:
