@@ -8,12 +8,15 @@ The load goes to Kafka (`workflows.commands`), one third each StartWorkflow (wit
 pre-assigned run id), SignalExecution and CompleteExecution: every execution is started,
 signalled a tick later and completed a tick after that. Readers use the HTTP API meanwhile:
 point reads (`GET /v1/workflows/executions/{id}` of a recent execution) and list pages
-(`GET /v1/workflows/runs`, first page and the one after it); `--store-readers` more read an
+(`GET /v1/workflows/runs`, first page and the one after it); `--run-readers` read runs by
+id (`GET /v1/workflows/runs/{run_id}` of a recent run); `--store-readers` more read an
 execution's pointer straight from the store (`find_one({_id})`, no API), which splits a
 point read's time between the store and the API. Every `--sample-every`
 seconds the resident memory (VmRSS) of the engine, projector, API, Kafka and FerretDB is
 recorded. At the end: a table of RSS at start, every 10 minutes and at the end, the CPU
-each process used over the run, and p50/p99 of the reads per 10-minute window. Not part
+each process used over the run, and p50/p99 of the reads per 10-minute window; then the
+same reads as the API timed them (its request-latency histogram, so without the client's
+side of each hop) and how many point reads the API answered from its run list index. Not part
 of `make test`: it takes the box.
 
 Kafka and FerretDB are the ones RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL name, or
@@ -56,6 +59,8 @@ from tests.support.servers import free_port  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 
 SERVICES = ("engine", "projector", "api")
+EXECUTION_ROUTE = "/v1/workflows/executions/{}"
+RUN_ROUTE = "/v1/workflows/runs/{}"
 TICKS_PER_SECOND = 10
 
 
@@ -136,23 +141,15 @@ class Soak:
         finally:
             await producer.stop()
 
-    async def point_reader(self, client: httpx.AsyncClient, pause: float) -> None:
+    async def point_reader(
+        self, client: httpx.AsyncClient, pause: float, kind: str, ids: deque[str], route: str
+    ) -> None:
+        """Reads `route` (`{}` = a random id of `ids`, recent ones) in a loop."""
         while not self.done():
-            if not self.recent:
+            if not ids:
                 await asyncio.sleep(0.5)
                 continue
-            eid = random.choice(self.recent)
-            await self._timed("point", client, f"/v1/workflows/executions/{eid}")
-            await asyncio.sleep(pause)
-
-    async def run_reader(self, client: httpx.AsyncClient, pause: float) -> None:
-        """`GET /v1/workflows/runs/{run_id}` of a recent run (get_run)."""
-        while not self.done():
-            if not self.recent_runs:
-                await asyncio.sleep(0.5)
-                continue
-            run_id = random.choice(self.recent_runs)
-            await self._timed("run", client, f"/v1/workflows/runs/{run_id}")
+            await self._timed(kind, client, route.format(random.choice(ids)))
             await asyncio.sleep(pause)
 
     async def list_reader(self, client: httpx.AsyncClient, pause: float) -> None:
@@ -390,8 +387,14 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                 await asyncio.gather(
                     soak.load(),
                     soak.sampler(pids, args.sample_every, prefix),
-                    *(soak.point_reader(client, 0.05) for _ in range(args.point_readers)),
-                    *(soak.run_reader(client, 0.05) for _ in range(args.run_readers)),
+                    *(
+                        soak.point_reader(client, 0.05, "point", soak.recent, EXECUTION_ROUTE)
+                        for _ in range(args.point_readers)
+                    ),
+                    *(
+                        soak.point_reader(client, 0.05, "run", soak.recent_runs, RUN_ROUTE)
+                        for _ in range(args.run_readers)
+                    ),
                     *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
                     *(
                         soak.store_reader(store, env["RUNSTORE_MONGO_DATABASE"])

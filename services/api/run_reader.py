@@ -14,6 +14,10 @@ Sequential round trips per request (`‖` = sent together):
 - a whole history: 1 for a closed run of one chunk (≤ 100 events), else 2 (the row ‖
   chunk 0, then the other chunks ‖ the commit probe); one more for an execution's.
 
+get_run and get_workflow_execution of a run the API's run list index holds start from
+its row instead (`_indexed_run`, `_indexed_execution`): 1 (the commit at the row's seq ‖
+the probe after it); none for a closed run whose result, if any, the index keeps.
+
 Why folding from a `seq` is enough: the projector writes a batch's history chunks, then its
 runs, then its execution pointers. So once a pointer (or a run row) says `seq`, every run
 row (or that run's history) up to `seq` is already written, and the commits after `seq`
@@ -125,11 +129,12 @@ class RunReader:
     # Anything else (an id the index does not hold, a run opened since the row, the
     # index not ready) goes the store's way.
 
+    def _ready_index(self) -> RunListIndex | None:
+        return self.index if self.index is not None and self.index.ready else None
+
     async def _indexed_run(self, run_id: str) -> Document | _Unanswered | None:
-        index = self.index
-        if index is None or not index.ready:
-            return _UNANSWERED
-        row = index.run_document(run_id)
+        index = self._ready_index()
+        row = index.run_document(run_id) if index else None
         if row is None:
             return _UNANSWERED
         status = ExecutionStatus(row["status"])
@@ -141,10 +146,8 @@ class RunReader:
         return _folded_run(row, [e for c in commits for e in c.events if e.run_id == run_id])
 
     async def _indexed_execution(self, execution_id: str) -> Document | _Unanswered | None:
-        index = self.index
-        if index is None or not index.ready:
-            return _UNANSWERED
-        row = index.latest_run_document(execution_id)
+        index = self._ready_index()
+        row = index.latest_run_document(execution_id) if index else None
         if row is None:
             return _UNANSWERED
         commits = await self._commits_from(row, probe=True)
