@@ -18,6 +18,7 @@ from services.api.access import OwnedRunReader
 from services.api.run_reader import RunReader
 from services.api.shapes import execution_from_run
 from services.common.memory_commit_log import MemoryCommitLog
+from services.common.readmodels import list_index
 from services.common.readmodels.list_index import (
     IndexedListReader,
     RunListIndex,
@@ -217,3 +218,18 @@ async def test_a_completed_run_whose_result_the_index_lacks_takes_it_from_its_co
         run = await reader.run(w.run_id(execution_id))
         assert run is not None and execution_from_run(run).result == result
         assert reads == [(execution_id, 2)]  # the completing commit, nothing else
+
+
+def test_the_index_keeps_the_newest_results_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(list_index, "_RESULTS_CHARS", 100)
+    w = Workload()
+    for n in range(5):
+        w.start(f"r{n}")
+        w.complete(f"r{n}", result="y" * 30)  # 32 characters of JSON each
+    index = RunListIndex()
+    for event in w.all_events() + w.all_events():  # (re-delivered: counted once)
+        index.apply(event)
+    kept = ["result_json" in (index.run_document(w.run_id(f"r{n}")) or {}) for n in range(5)]
+    assert kept == [False, False, True, True, True]

@@ -259,6 +259,9 @@ class RunListIndex:
         follows its terminal event), within _RESULTS_CHARS."""
         if len(result_json) > _RESULT_CHARS:
             return
+        kept = self._results.pop(run_id, None)
+        if kept is not None:
+            self._results_chars -= len(kept)
         self._results[run_id] = result_json
         self._results_chars += len(result_json)
         while self._results_chars > _RESULTS_CHARS:
