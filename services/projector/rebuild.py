@@ -31,6 +31,7 @@ class RebuildReport:
     runs: int
     executions: int
     history_chunks: int
+    """History documents: chunks and sealed blocks."""
     parked: int = 0
 
 
