@@ -20,6 +20,10 @@ History reads take a sealed block of 1,000 events instead of its chunks wherever
 at least 4 of its 10 chunks (`history_doc_ids`): 10,000 events are 10 block reads, not
 100 chunk reads.
 
+get_run and get_workflow_execution of a run the API's run list index holds start from
+its row instead (`_indexed_run`, `_indexed_execution`): 1 (the commit at the row's seq ‖
+the probe after it); none for a closed run whose result, if any, the index keeps.
+
 Why folding from a `seq` is enough: the projector writes a batch's history chunks, then its
 runs, then its execution pointers. So once a pointer (or a run row) says `seq`, every run
 row (or that run's history) up to `seq` is already written, and the commits after `seq`
@@ -40,9 +44,10 @@ from typing import Any
 
 from schemas.commits import Commit
 from schemas.common import ExecutionStatus
-from schemas.events import Event
+from schemas.events import Event, EventType
 from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
+from services.common.metrics import POINT_READS
 from services.common.readmodels.history_chunks import (
     chunk_ids_uncovered,
     event_text,
@@ -50,6 +55,7 @@ from services.common.readmodels.history_chunks import (
     lines_between,
     texts_of_lines,
 )
+from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.projection import apply_to_execution, apply_to_run, is_newer
 from services.common.readmodels.reader import ReadModelReader
 from services.common.readmodels.run_filter import BadPageToken, Cursor, RunFilter
@@ -96,6 +102,11 @@ class RunReader:
         self.models = models
         self.commits = commits
         self.tokens = tokens or PROCESS_TOKENS
+        # The API's run list index, when the models come with one: point reads of the
+        # runs it holds start from its rows instead of the store's (see `_indexed_run`).
+        self.index: RunListIndex | None = (
+            models.index if isinstance(models, IndexedListReader) else None
+        )
 
     def _visible(self, run: Document) -> bool:
         """Whether this reader shows `run` (all runs; see access.OwnedRunReader)."""
@@ -105,13 +116,84 @@ class RunReader:
 
     async def execution(self, execution_id: str) -> Document | None:
         """The latest run of an execution, as of the newest commit."""
-        found = await self._latest(execution_id, None)
-        return found[0].run if found and self._visible(found[0].run) else None
+        run = await self._indexed_execution(execution_id)
+        _count(run)
+        if isinstance(run, _Unanswered):
+            found = await self._latest(execution_id, None)
+            run = found[0].run if found else None
+        return run if run is not None and self._visible(run) else None
 
     async def run(self, run_id: str) -> Document | None:
         """One run by id, as of the newest commit of its execution."""
-        found = await self._run(run_id, None)
-        return found[0].run if found and self._visible(found[0].run) else None
+        run = await self._indexed_run(run_id)
+        _count(run)
+        if isinstance(run, _Unanswered):
+            found = await self._run(run_id, None)
+            run = found[0].run if found else None
+        return run if run is not None and self._visible(run) else None
+
+    # The run list index (services/common/readmodels/list_index.py) holds each run as the
+    # fold of a prefix of its events, like a projected row, but as fresh as the API's own
+    # tail of the events topic (usually ahead of the projector), and in this process. So
+    # a point read can start from its row instead of reading the pointer and the row from
+    # the store: what the row may lack are the events of its last commit after its
+    # position (the feed folds a commit's events one by one) and the commits after it,
+    # and one round trip reads both (the commit at the row's seq, for a completed run its
+    # result, ‖ the probe after it). A run whose row is closed is final: no read at all,
+    # unless it completed and the index does not keep its result (then its commit).
+    # Anything else (an id the index does not hold, a run opened since the row, the
+    # index not ready) goes the store's way.
+
+    def _ready_index(self) -> RunListIndex | None:
+        return self.index if self.index is not None and self.index.ready else None
+
+    async def _indexed_run(self, run_id: str) -> Document | _Unanswered | None:
+        index = self._ready_index()
+        row = index.run_document(run_id) if index else None
+        if row is None:
+            return _UNANSWERED
+        status = ExecutionStatus(row["status"])
+        if not status.is_open and (status is not ExecutionStatus.COMPLETED or "result_json" in row):
+            return row
+        commits = await self._commits_from(row, probe=status.is_open)
+        if commits is None:
+            return _UNANSWERED
+        return _folded_run(row, [e for c in commits for e in c.events if e.run_id == run_id])
+
+    async def _indexed_execution(self, execution_id: str) -> Document | _Unanswered | None:
+        index = self._ready_index()
+        row = index.latest_run_document(execution_id) if index else None
+        if row is None:
+            return _UNANSWERED
+        commits = await self._commits_from(row, probe=True)
+        if commits is None:
+            return _UNANSWERED
+        # The execution's pointer as of the row (only the latest run gets events, so the
+        # pointer's position is the row's): a start in the commits means another run.
+        pointer: Document | None = {
+            "latest_run_id": row["run_id"],
+            "root_execution_id": row["root_execution_id"],
+            "position": row["position"],
+        }
+        events = [e for c in commits for e in c.events]
+        for event in events:
+            pointer = apply_to_execution(pointer, event)
+        if pointer is None or pointer["latest_run_id"] != row["run_id"]:
+            return _UNANSWERED  # a run opened since the row: read it the store's way
+        return _folded_run(row, [e for e in events if e.run_id == row["run_id"]])
+
+    async def _commits_from(self, row: Document, *, probe: bool) -> list[Commit] | None:
+        """The commit holding the row's newest event and (with `probe`) every stored commit
+        after it, in one round trip; None if that commit is not found (not expected: the
+        engine stores a commit before it publishes its events)."""
+        execution_id, seq = str(row["execution_id"]), int(row["seq"])
+        if probe:
+            own, newer = await asyncio.gather(
+                self.commits.get(execution_id, seq), self.commits.read_after(execution_id, seq)
+            )
+        else:
+            own, newer = await self.commits.get(execution_id, seq), []
+        return None if own is None else [own, *newer]
 
     async def run_history_page(
         self, run_id: str, after: int = 0, limit: int | None = None
@@ -323,6 +405,36 @@ def _fold(row: Document | None, events: list[Event]) -> RunView | None:
     for event in unprojected:
         run = apply_to_run(run, event)
     return RunView(run, projected, unprojected) if run is not None else None
+
+
+class _Unanswered:
+    """What an index read returns when the store's path must answer instead."""
+
+
+_UNANSWERED = _Unanswered()
+_BY_INDEX = POINT_READS.labels(path="index")
+_BY_STORE = POINT_READS.labels(path="store")
+
+
+def _count(answer: object) -> None:
+    (_BY_STORE if isinstance(answer, _Unanswered) else _BY_INDEX).inc()
+
+
+def _folded_run(row: Document, events: list[Event]) -> Document | _Unanswered | None:
+    """An index row (`RunListIndex.point_document`) with the run's `events` from the commit
+    holding its newest event onwards folded in, and `result_json` taken from them when the
+    run completed at or before the row's position (the index keeps no results)."""
+    run: Document | None = row
+    for event in events:
+        run = apply_to_run(run, event)  # (events the row reflects change nothing)
+    if run is None:
+        return None
+    if run["status"] == ExecutionStatus.COMPLETED.value and "result_json" not in run:
+        done = [e for e in events if e.type is EventType.WORKFLOW_EXECUTION_COMPLETED]
+        if not done:
+            return _UNANSWERED
+        run = {**run, "result_json": json.dumps(done[-1].attributes.result.value)}
+    return run
 
 
 def _view_from_commits(commits: list[Commit]) -> RunView | None:

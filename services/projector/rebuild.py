@@ -99,7 +99,7 @@ async def rebuild(
         events += len(commit.events)
     await flush()
     if progress is not None:
-        progress(done, max(total, done))
+        progress(done, done)  # `total` was an estimate (it counts run locators too)
     return RebuildReport(done, events, counts[RUNS], counts[EXECUTIONS], counts[HISTORY], parked)
 
 
