@@ -8,12 +8,15 @@ The load goes to Kafka (`workflows.commands`), one third each StartWorkflow (wit
 pre-assigned run id), SignalExecution and CompleteExecution: every execution is started,
 signalled a tick later and completed a tick after that. Readers use the HTTP API meanwhile:
 point reads (`GET /v1/workflows/executions/{id}` of a recent execution) and list pages
-(`GET /v1/workflows/runs`, first page and the one after it); `--store-readers` more read an
+(`GET /v1/workflows/runs`, first page and the one after it); `--run-readers` read runs by
+id (`GET /v1/workflows/runs/{run_id}` of a recent run); `--store-readers` more read an
 execution's pointer straight from the store (`find_one({_id})`, no API), which splits a
 point read's time between the store and the API. Every `--sample-every`
 seconds the resident memory (VmRSS) of the engine, projector, API, Kafka and FerretDB is
 recorded. At the end: a table of RSS at start, every 10 minutes and at the end, the CPU
-each process used over the run, and p50/p99 of the reads per 10-minute window. Not part
+each process used over the run, and p50/p99 of the reads per 10-minute window; then the
+same reads as the API timed them (its request-latency histogram, so without the client's
+side of each hop) and how many point reads the API answered from its run list index. Not part
 of `make test`: it takes the box.
 
 Kafka and FerretDB are the ones RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL name, or
@@ -28,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -55,6 +59,8 @@ from tests.support.servers import free_port  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 
 SERVICES = ("engine", "projector", "api")
+EXECUTION_ROUTE = "/v1/workflows/executions/{}"
+RUN_ROUTE = "/v1/workflows/runs/{}"
 TICKS_PER_SECOND = 10
 
 
@@ -79,9 +85,10 @@ class Soak:
     started: float = field(default_factory=time.monotonic)
     sent: int = 0
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
+    recent_runs: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
     # (elapsed seconds, latency seconds, status) per read kind
     reads: dict[str, list[tuple[float, float, int]]] = field(
-        default_factory=lambda: {"point": [], "list": [], "store": []}
+        default_factory=lambda: {"point": [], "run": [], "list": [], "store": []}
     )
     samples: list[tuple[float, dict[str, float | None]]] = field(default_factory=list)
     lags: list[tuple[float, dict[str, int]]] = field(default_factory=list)
@@ -123,6 +130,7 @@ class Soak:
                     )
                 self.sent += len(cmds)
                 self.recent.extend(e for e, _ in before)  # read once completed
+                self.recent_runs.extend(r for _, r in before)
                 before, previous = previous, batch
                 tick += 1
                 # Keep the schedule: sleep until this tick's slot, never drift.
@@ -133,13 +141,15 @@ class Soak:
         finally:
             await producer.stop()
 
-    async def point_reader(self, client: httpx.AsyncClient, pause: float) -> None:
+    async def point_reader(
+        self, client: httpx.AsyncClient, pause: float, kind: str, ids: deque[str], route: str
+    ) -> None:
+        """Reads `route` (`{}` = a random id of `ids`, recent ones) in a loop."""
         while not self.done():
-            if not self.recent:
+            if not ids:
                 await asyncio.sleep(0.5)
                 continue
-            eid = random.choice(self.recent)
-            await self._timed("point", client, f"/v1/workflows/executions/{eid}")
+            await self._timed(kind, client, route.format(random.choice(ids)))
             await asyncio.sleep(pause)
 
     async def list_reader(self, client: httpx.AsyncClient, pause: float) -> None:
@@ -234,6 +244,58 @@ async def group_lag(admin: AIOKafkaAdminClient, ends: AIOKafkaConsumer, group: s
     return sum(max(0, latest[tp] - meta.offset) for tp, meta in committed.items())
 
 
+def point_read_paths(metrics: str) -> str:
+    """How many point reads the API started from its run list index and from the store
+    (`runstore_api_point_reads_total`)."""
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith("runstore_api_point_reads_total{"):
+            path = line.split('path="', 1)[1].split('"', 1)[0]
+            counts[path] = float(line.rsplit(" ", 1)[1])
+    return ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items())) or "not counted"
+
+
+API_ROUTES = {
+    "point": "/v1/workflows/executions/{execution_id}",
+    "run": "/v1/workflows/runs/{run_id}",
+    "list": "/v1/workflows/runs",
+}
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def api_side_table(metrics: str) -> str:
+    """The same reads as the API timed them (`runstore_http_request_duration_seconds`, GET,
+    200): without the client's side of each hop. Percentiles are the upper bound of the
+    histogram bucket they fall in."""
+    buckets: dict[str, dict[float, float]] = {}
+    for line in metrics.splitlines():
+        if not line.startswith("runstore_http_request_duration_seconds_bucket{"):
+            continue
+        labels = dict(LABEL.findall(line.rsplit("}", 1)[0]))
+        if labels.get("method") != "GET" or labels.get("status") != "200":
+            continue
+        kind = next((k for k, r in API_ROUTES.items() if r == labels.get("route")), None)
+        if kind is not None:
+            buckets.setdefault(kind, {})[float(labels["le"])] = float(line.rsplit(" ", 1)[1])
+    out = [
+        "| reads, in the API | n | ≤ 50 ms | p50 ≤ ms | p99 ≤ ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, cumulative in buckets.items():
+        ordered = sorted(cumulative.items())
+        total = ordered[-1][1]
+        if not total:
+            continue
+
+        def bound(q: float, ordered: list[tuple[float, float]] = ordered, n: float = total) -> str:
+            le = next(le for le, c in ordered if c >= q * n)
+            return "inf" if le == float("inf") else f"{le * 1000:g}"
+
+        under = cumulative.get(0.05, 0.0) / total
+        out.append(f"| {kind} | {total:,.0f} | {under:.1%} | {bound(0.5)} | {bound(0.99)} |")
+    return "\n".join(out)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -250,7 +312,8 @@ def report(soak: Soak, args: argparse.Namespace, cpu: dict[str, float]) -> str:
 
     out = [
         f"{args.minutes:g} min at {args.rate} commands/s ({soak.sent:,} sent), "
-        f"{args.point_readers} point readers, {args.list_readers} list reader(s), "
+        f"{args.point_readers} point readers, {args.run_readers} run readers, "
+        f"{args.list_readers} list reader(s), "
         f"{args.store_readers} store reader(s)",
         "",
         "| RSS (MB) | " + " | ".join(f"{nearest(m)[0] / 60:.1f} min" for m in marks) + " |",
@@ -324,7 +387,14 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                 await asyncio.gather(
                     soak.load(),
                     soak.sampler(pids, args.sample_every, prefix),
-                    *(soak.point_reader(client, 0.05) for _ in range(args.point_readers)),
+                    *(
+                        soak.point_reader(client, 0.05, "point", soak.recent, EXECUTION_ROUTE)
+                        for _ in range(args.point_readers)
+                    ),
+                    *(
+                        soak.point_reader(client, 0.05, "run", soak.recent_runs, RUN_ROUTE)
+                        for _ in range(args.run_readers)
+                    ),
                     *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
                     *(
                         soak.store_reader(store, env["RUNSTORE_MONGO_DATABASE"])
@@ -332,11 +402,17 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                     ),
                 )
                 meter.end()
+                metrics = (await client.get("/metrics")).text
             await store.close()
             for service in SERVICES:
                 if stack.procs[service].poll() is not None:
                     print(f"[soak] {service} died:\n{stack.log_tail(service)}", file=sys.stderr)
-            return report(soak, args, meter.used)
+            return (
+                report(soak, args, meter.used)
+                + "\n\n"
+                + api_side_table(metrics)
+                + f"\n\npoint reads by path (API): {point_read_paths(metrics)}"
+            )
         finally:
             stack.stop_all()
 
@@ -351,6 +427,9 @@ def main() -> None:
         "--sample-every", type=float, default=30.0, help="seconds between RSS samples"
     )
     parser.add_argument("--point-readers", type=int, default=4)
+    parser.add_argument(
+        "--run-readers", type=int, default=0, help="readers of recent runs by run id (get_run)"
+    )
     parser.add_argument("--list-readers", type=int, default=1)
     parser.add_argument(
         "--store-readers", type=int, default=1, help="readers of the store itself (no API)"

@@ -1001,10 +1001,13 @@ def start_ferretdb(port: int = DEFAULT_MONGO_PORT, data_dir: Path | None = None,
     ``postgresql_url`` (``postgres://user@host:port/db``, an existing database) FerretDB
     stores in PostgreSQL instead (its ``postgresql`` handler; docs/local-store.md).
     With ``RUNSTORE_FERRETDB_DEBUG_ADDR=host:port`` set, the server also serves Go's
-    profiles there (``/debug/pprof/``; docs/soak.md).
+    profiles there (``/debug/pprof/``; docs/soak.md). ``RUNSTORE_FERRETDB_SQLITE_PARAMS``
+    (e.g. ``_pragma=mmap_size(268435456)``) is appended to the SQLite URL's query (the
+    wrapper's ``--sqlite-params``), to try SQLite settings (docs/soak.md).
     """
     data_dir = (data_dir or default_data_dir("ferretdb")).resolve()
     debug_addr = os.environ.get("RUNSTORE_FERRETDB_DEBUG_ADDR")
+    sqlite_params = os.environ.get("RUNSTORE_FERRETDB_SQLITE_PARAMS")
     binary = install_ferretdb()
     db_dir = data_dir / "db"
     log_path = data_dir / "ferretdb.log"
@@ -1013,6 +1016,7 @@ def start_ferretdb(port: int = DEFAULT_MONGO_PORT, data_dir: Path | None = None,
         cmd=[str(binary), f"--addr={HOST}:{port}", f"--data-dir={db_dir}",
              f"--log-level={log_level}",
              *([f"--debug-addr={debug_addr}"] if debug_addr else []),
+             *([f"--sqlite-params={sqlite_params}"] if sqlite_params else []),
              *(["--handler=postgresql", f"--postgresql-url={postgresql_url}"]
                if postgresql_url else [])],
         log_path=log_path, console_path=log_path,

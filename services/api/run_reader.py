@@ -12,7 +12,17 @@ Sequential round trips per request (`‖` = sent together):
 - a history page (paging extension): closed run 1 (the row ‖ the page's chunks); open run
   2 (then the commit probe); of an execution 2 (the pointer, then row ‖ chunks ‖ probe);
 - a whole history: 1 for a closed run of one chunk (≤ 100 events), else 2 (the row ‖
-  chunk 0, then the other chunks ‖ the commit probe); one more for an execution's.
+  chunk 0, then the sealed blocks and the open tail's chunks ‖ the commit probe); one more
+  for an execution's, and one more when a block is missing (a history written before
+  blocks existed, or too large for one): its chunks.
+
+History reads take a sealed block of 1,000 events instead of its chunks wherever they need
+at least 4 of its 10 chunks (`history_doc_ids`): 10,000 events are 10 block reads, not
+100 chunk reads.
+
+get_run and get_workflow_execution of a run the API's run list index holds start from
+its row instead (`_indexed_run`, `_indexed_execution`): 1 (the commit at the row's seq ‖
+the probe after it); none for a closed run whose result, if any, the index keeps.
 
 Why folding from a `seq` is enough: the projector writes a batch's history chunks, then its
 runs, then its execution pointers. So once a pointer (or a run row) says `seq`, every run
@@ -34,14 +44,18 @@ from typing import Any
 
 from schemas.commits import Commit
 from schemas.common import ExecutionStatus
-from schemas.events import Event
+from schemas.events import Event, EventType
 from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
+from services.common.metrics import POINT_READS
 from services.common.readmodels.history_chunks import (
+    chunk_ids_uncovered,
     event_text,
-    history_chunk_range,
-    texts_between,
+    history_doc_ids,
+    lines_between,
+    texts_of_lines,
 )
+from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.projection import apply_to_execution, apply_to_run, is_newer
 from services.common.readmodels.reader import ReadModelReader
 from services.common.readmodels.run_filter import BadPageToken, Cursor, RunFilter
@@ -70,8 +84,15 @@ class HistoryPage:
     response, and where the next page starts (None when this page reaches the end)."""
 
     run: Document
-    events: list[str]
+    lines: list[bytes]
+    """Runs of event JSON texts (UTF-8) joined by newlines, as the history documents hold
+    them: a whole block is one run, never split (`shapes.history_body` splices them)."""
     next_after: int | None
+
+    @property
+    def events(self) -> list[str]:
+        """One JSON text per event."""
+        return texts_of_lines(self.lines)
 
 
 class RunReader:
@@ -81,6 +102,11 @@ class RunReader:
         self.models = models
         self.commits = commits
         self.tokens = tokens or PROCESS_TOKENS
+        # The API's run list index, when the models come with one: point reads of the
+        # runs it holds start from its rows instead of the store's (see `_indexed_run`).
+        self.index: RunListIndex | None = (
+            models.index if isinstance(models, IndexedListReader) else None
+        )
 
     def _visible(self, run: Document) -> bool:
         """Whether this reader shows `run` (all runs; see access.OwnedRunReader)."""
@@ -90,13 +116,84 @@ class RunReader:
 
     async def execution(self, execution_id: str) -> Document | None:
         """The latest run of an execution, as of the newest commit."""
-        found = await self._latest(execution_id, None)
-        return found[0].run if found and self._visible(found[0].run) else None
+        run = await self._indexed_execution(execution_id)
+        _count(run)
+        if isinstance(run, _Unanswered):
+            found = await self._latest(execution_id, None)
+            run = found[0].run if found else None
+        return run if run is not None and self._visible(run) else None
 
     async def run(self, run_id: str) -> Document | None:
         """One run by id, as of the newest commit of its execution."""
-        found = await self._run(run_id, None)
-        return found[0].run if found and self._visible(found[0].run) else None
+        run = await self._indexed_run(run_id)
+        _count(run)
+        if isinstance(run, _Unanswered):
+            found = await self._run(run_id, None)
+            run = found[0].run if found else None
+        return run if run is not None and self._visible(run) else None
+
+    # The run list index (services/common/readmodels/list_index.py) holds each run as the
+    # fold of a prefix of its events, like a projected row, but as fresh as the API's own
+    # tail of the events topic (usually ahead of the projector), and in this process. So
+    # a point read can start from its row instead of reading the pointer and the row from
+    # the store: what the row may lack are the events of its last commit after its
+    # position (the feed folds a commit's events one by one) and the commits after it,
+    # and one round trip reads both (the commit at the row's seq, for a completed run its
+    # result, ‖ the probe after it). A run whose row is closed is final: no read at all,
+    # unless it completed and the index does not keep its result (then its commit).
+    # Anything else (an id the index does not hold, a run opened since the row, the
+    # index not ready) goes the store's way.
+
+    def _ready_index(self) -> RunListIndex | None:
+        return self.index if self.index is not None and self.index.ready else None
+
+    async def _indexed_run(self, run_id: str) -> Document | _Unanswered | None:
+        index = self._ready_index()
+        row = index.run_document(run_id) if index else None
+        if row is None:
+            return _UNANSWERED
+        status = ExecutionStatus(row["status"])
+        if not status.is_open and (status is not ExecutionStatus.COMPLETED or "result_json" in row):
+            return row
+        commits = await self._commits_from(row, probe=status.is_open)
+        if commits is None:
+            return _UNANSWERED
+        return _folded_run(row, [e for c in commits for e in c.events if e.run_id == run_id])
+
+    async def _indexed_execution(self, execution_id: str) -> Document | _Unanswered | None:
+        index = self._ready_index()
+        row = index.latest_run_document(execution_id) if index else None
+        if row is None:
+            return _UNANSWERED
+        commits = await self._commits_from(row, probe=True)
+        if commits is None:
+            return _UNANSWERED
+        # The execution's pointer as of the row (only the latest run gets events, so the
+        # pointer's position is the row's): a start in the commits means another run.
+        pointer: Document | None = {
+            "latest_run_id": row["run_id"],
+            "root_execution_id": row["root_execution_id"],
+            "position": row["position"],
+        }
+        events = [e for c in commits for e in c.events]
+        for event in events:
+            pointer = apply_to_execution(pointer, event)
+        if pointer is None or pointer["latest_run_id"] != row["run_id"]:
+            return _UNANSWERED  # a run opened since the row: read it the store's way
+        return _folded_run(row, [e for e in events if e.run_id == row["run_id"]])
+
+    async def _commits_from(self, row: Document, *, probe: bool) -> list[Commit] | None:
+        """The commit holding the row's newest event and (with `probe`) every stored commit
+        after it, in one round trip; None if that commit is not found (not expected: the
+        engine stores a commit before it publishes its events)."""
+        execution_id, seq = str(row["execution_id"]), int(row["seq"])
+        if probe:
+            own, newer = await asyncio.gather(
+                self.commits.get(execution_id, seq), self.commits.read_after(execution_id, seq)
+            )
+        else:
+            own, newer = await self.commits.get(execution_id, seq), []
+        return None if own is None else [own, *newer]
 
     async def run_history_page(
         self, run_id: str, after: int = 0, limit: int | None = None
@@ -186,22 +283,30 @@ class RunReader:
         return (view, {}) if view is not None else None
 
     async def _first_chunks(self, run_id: str, span: _Span | None) -> dict[str, Document]:
-        """The chunks a history read most likely needs, read before the row says how many
-        events the run has: the page's own chunks, or the first for a whole history."""
-        if span is None:
-            return {}
-        last = span.after + (span.limit or 1)
-        return await self.models.load(HISTORY, history_chunk_range(run_id, span.after + 1, last))
+        """The history documents a read most likely needs, read before the row says how
+        many events the run has: the page's own chunks or blocks (`_first_ids`)."""
+        ids = _first_ids(run_id, span)
+        return await self.models.load(HISTORY, ids) if ids else {}
 
     async def _more_chunks(
         self, run_id: str, span: _Span | None, projected: int, have: Mapping[str, Document]
     ) -> dict[str, Document]:
-        """The chunks of the span's events up to `projected` that are not in `have`."""
+        """The blocks and chunks of the span's events up to `projected` that are not in
+        `have`; for a block asked for and missing, its chunks."""
         if span is None:
             return {}
+        first = span.after + 1
         last = projected if span.limit is None else min(projected, span.after + span.limit)
-        ids = [i for i in history_chunk_range(run_id, span.after + 1, last) if i not in have]
-        return await self.models.load(HISTORY, ids) if ids else {}
+        asked = _first_ids(run_id, span)
+        missing = {i for i in asked if i not in have}  # (blocks among them: not sealed)
+        plan = history_doc_ids(run_id, first, last, projected, missing)
+        ids = [i for i in plan if i not in have]
+        got = await self.models.load(HISTORY, ids) if ids else {}
+        docs = {**have, **got}
+        fallback = [i for i in chunk_ids_uncovered(docs, run_id, first, last) if i not in docs]
+        if fallback:
+            got.update(await self.models.load(HISTORY, fallback))
+        return got
 
     async def _page(
         self, found: tuple[RunView, dict[str, Document]] | None, after: int, limit: int | None
@@ -213,29 +318,33 @@ class RunReader:
         last = total if limit is None else min(total, after + limit)
         # Events up to `projected` are in the chunks, the ones after in `unprojected`.
         from_chunks = min(last, view.projected)
-        texts = await self._chunk_texts(view.run["run_id"], after + 1, from_chunks, chunks)
+        lines = await self._chunk_lines(view.run["run_id"], after + 1, from_chunks, chunks)
         start = max(after, from_chunks)
-        texts += [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        newer = [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        if newer:
+            lines.append("\n".join(newer).encode())
         more = limit is not None and last < total
-        return HistoryPage(view.run, texts, last if more else None)
+        return HistoryPage(view.run, lines, last if more else None)
 
-    async def _chunk_texts(
-        self, run_id: str, first: int, last: int, chunks: Mapping[str, Document]
-    ) -> list[str]:
-        """Event texts `first`..`last` from the run's chunks, reading again those that
-        lack events (read at the same time as a row written after them)."""
+    async def _chunk_lines(
+        self, run_id: str, first: int, last: int, docs: Mapping[str, Document]
+    ) -> list[bytes]:
+        """Events `first`..`last` from the run's blocks and chunks (`lines_between`),
+        reading again the chunks (blocks never change) that lack events (read at the same
+        time as a row written after them)."""
         if last < first:
             return []
-        texts = texts_between(chunks, run_id, first, last)
-        if texts is None:
-            ids = history_chunk_range(run_id, first, last)
-            texts = texts_between(await self.models.load(HISTORY, ids), run_id, first, last)
-        if texts is None:
+        lines = lines_between(docs, run_id, first, last)
+        if lines is None:
+            ids = chunk_ids_uncovered(docs, run_id, first, last)
+            fresh = {**docs, **await self.models.load(HISTORY, ids)}
+            lines = lines_between(fresh, run_id, first, last)
+        if lines is None:
             raise RuntimeError(
                 f"the history chunks of run {run_id!r} lack events of {first}..{last} "
                 "that its row reflects"
             )
-        return texts
+        return lines
 
     # --- the list -------------------------------------------------------------------
 
@@ -277,6 +386,16 @@ class _Span:
     limit: int | None
 
 
+def _first_ids(run_id: str, span: _Span | None) -> list[str]:
+    """What a history read asks for together with the row: for a whole history chunk 0
+    (most histories are short); for a page its blocks and chunks, as if all its events
+    were projected."""
+    if span is None:
+        return []
+    last = span.after + (span.limit or 1)
+    return history_doc_ids(run_id, span.after + 1, last, last)
+
+
 def _fold(row: Document | None, events: list[Event]) -> RunView | None:
     """`row` with `events` applied: the events of this run after a seq up to which the
     projection has written the run's whole history (the ones `row` reflects are skipped)."""
@@ -286,6 +405,36 @@ def _fold(row: Document | None, events: list[Event]) -> RunView | None:
     for event in unprojected:
         run = apply_to_run(run, event)
     return RunView(run, projected, unprojected) if run is not None else None
+
+
+class _Unanswered:
+    """What an index read returns when the store's path must answer instead."""
+
+
+_UNANSWERED = _Unanswered()
+_BY_INDEX = POINT_READS.labels(path="index")
+_BY_STORE = POINT_READS.labels(path="store")
+
+
+def _count(answer: object) -> None:
+    (_BY_STORE if isinstance(answer, _Unanswered) else _BY_INDEX).inc()
+
+
+def _folded_run(row: Document, events: list[Event]) -> Document | _Unanswered | None:
+    """An index row (`RunListIndex.point_document`) with the run's `events` from the commit
+    holding its newest event onwards folded in, and `result_json` taken from them when the
+    run completed at or before the row's position (the index keeps no results)."""
+    run: Document | None = row
+    for event in events:
+        run = apply_to_run(run, event)  # (events the row reflects change nothing)
+    if run is None:
+        return None
+    if run["status"] == ExecutionStatus.COMPLETED.value and "result_json" not in run:
+        done = [e for e in events if e.type is EventType.WORKFLOW_EXECUTION_COMPLETED]
+        if not done:
+            return _UNANSWERED
+        run = {**run, "result_json": json.dumps(done[-1].attributes.result.value)}
+    return run
 
 
 def _view_from_commits(commits: list[Commit]) -> RunView | None:

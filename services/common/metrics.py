@@ -82,6 +82,13 @@ LIST_INDEX_RUNS = Gauge(
     "Runs in this API instance's in-memory run list index; -1 while it is not ready (lists "
     "then query the store) or off (RUNSTORE_API_LIST_INDEX).",
 )
+POINT_READS = Counter(
+    "runstore_api_point_reads_total",
+    "Point reads of a run or an execution (get_run, get_workflow_execution, owner checks) by "
+    "where they started: `index` (the run list index's row, then at most one round trip to "
+    "the commits) or `store` (the read models, docs/read-models.md).",
+    ["path"],
+)
 TIMERS_PENDING = Gauge(
     "runstore_timers_pending",
     "Deadlines stored and not yet fired (set by the timers service).",

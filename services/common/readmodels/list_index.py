@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import bisect_left, bisect_right, insort
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,10 @@ _WALK_AT_MOST = 4096
 """A walk of this many keys is cheaper than scanning every run's text for a substring."""
 _SORT_AT_MOST = 20_000
 """More runs than this holding a substring are dense enough to find by walking."""
+_RESULTS_CHARS = 8_000_000
+"""The results of recently completed runs kept for point reads, in characters of JSON
+(oldest dropped first); a result longer than _RESULT_CHARS is never kept."""
+_RESULT_CHARS = 4096
 
 INDEX_FIELDS = (
     *LIST_FIELDS,
@@ -168,6 +173,17 @@ class _Row:
             "attempt": self.attempt,
         }
 
+    def point_document(self) -> Document:
+        """The run as point reads show it (docs/read-models.md, "Read guarantees"): the
+        list row, its search keys (decoded from the terms, which hold them exactly), and
+        the position of the newest event it reflects. No `result_json` (see
+        `RunListIndex.run_document`)."""
+        doc = self.document()
+        doc["search_keys"] = search_keys_from_terms(self.terms)
+        doc["position"] = list(self.position)
+        doc["seq"] = self.position[0]
+        return doc
+
     def fold_state(self) -> Document:
         """What `apply_to_run` reads and changes for an event after the start."""
         return {
@@ -189,6 +205,12 @@ class RunListIndex:
         self._lists: dict[tuple[str, Any], _Entry] = {}
         self._texts: dict[tuple[str, str], _TextScan] = {}
         self._shared: dict[str, str] = {}
+        self._results: OrderedDict[str, str] = OrderedDict()
+        """run_id -> result_json of runs whose completion the feed folded (bounded)."""
+        self._results_chars = 0
+        self._latest: dict[str, str] = {}
+        """execution_id -> its latest run's id (the run with the newest position: only an
+        execution's latest run gets events, and it opens after every event of the others)."""
         self._loading = False
         self.ready = False
 
@@ -229,11 +251,46 @@ class RunListIndex:
         if new.end != old.end:
             new.set_keys()
         self._replace(old, new)
+        if doc.get("result_json") is not None:
+            self._keep_result(event.run_id, doc["result_json"])
+
+    def _keep_result(self, run_id: str, result_json: str) -> None:
+        """Keep a completed run's result for point reads (a run completes once: nothing
+        follows its terminal event), within _RESULTS_CHARS."""
+        if len(result_json) > _RESULT_CHARS:
+            return
+        kept = self._results.pop(run_id, None)
+        if kept is not None:
+            self._results_chars -= len(kept)
+        self._results[run_id] = result_json
+        self._results_chars += len(result_json)
+        while self._results_chars > _RESULTS_CHARS:
+            _, dropped = self._results.popitem(last=False)
+            self._results_chars -= len(dropped)
 
     def seq_of(self, run_id: str) -> int | None:
         """The `seq` of the newest event the run's row reflects; None for an unknown run."""
         row = self._rows.get(run_id)
         return None if row is None else row.position[0]
+
+    def run_document(self, run_id: str) -> Document | None:
+        """The run's `point_document`, with its `result_json` if it completed and the result
+        is kept; None for a run the index does not hold."""
+        row = self._rows.get(run_id)
+        return None if row is None else self._point_document(row)
+
+    def latest_run_document(self, execution_id: str) -> Document | None:
+        """`run_document` of the execution's latest run the index holds; None for an
+        execution it does not hold."""
+        run_id = self._latest.get(execution_id)
+        return None if run_id is None else self._point_document(self._rows[run_id])
+
+    def _point_document(self, row: _Row) -> Document:
+        doc = row.point_document()
+        result = self._results.get(row.run_id) if row.status == "COMPLETED" else None
+        if result is not None:
+            doc["result_json"] = result
+        return doc
 
     def gap_before(self, event: Event) -> int | None:
         """If the run's row lacks events before `event` (a lost or reordered record), the
@@ -269,6 +326,9 @@ class RunListIndex:
         self._lists.clear()
         self._texts.clear()
         self._shared.clear()
+        self._latest.clear()
+        self._results.clear()
+        self._results_chars = 0
         self.ready = False
 
     def _share(self, value: str) -> str:
@@ -331,6 +391,9 @@ class RunListIndex:
                     scan = self._texts[dim] = _TextScan()
                 scan.set(new.run_id, text)
         self._rows[new.run_id] = new
+        latest = self._latest.get(new.execution_id)
+        if latest is None or latest == new.run_id or self._rows[latest].position < new.position:
+            self._latest[new.execution_id] = new.run_id
 
     def _link(self, dim: tuple[str, Any], row: _Row, add: Callable[[list[Key], Key], None]) -> None:
         entry = self._lists.get(dim)
@@ -614,6 +677,20 @@ def _position(doc: Document) -> tuple[int, int]:
 
 def _shared_or_none(share: Callable[[str], str], value: Any) -> Any:
     return share(value) if isinstance(value, str) else value
+
+
+def search_keys_from_terms(terms: Iterable[str]) -> dict[str, str | None]:
+    """The search keys `search_keys.search_terms` made `terms` from: `set:k` names each key,
+    `null:k` a null value, `eq:k=v` a value (keys hold no `=`, so the first splits)."""
+    keys: dict[str, str | None] = {}
+    for term in terms:
+        kind, _, rest = term.partition(":")
+        if kind == "set":
+            keys.setdefault(rest, None)
+        elif kind == "eq":
+            key, _, value = rest.partition("=")
+            keys[key] = value
+    return keys
 
 
 def _folded(value: Any) -> str:
