@@ -3,6 +3,7 @@
 and a client alternating A, B, B, A, ... so both see the same load on a shared machine.
 
     .venv/bin/python bench/history_ab.py --a /tmp/base [--b .] [--mongo-url URL] [--pairs 60]
+                                         [--no-blocks]
 
 The database is seeded once by this tree's bulk loader (bench/list_runs.py: the
 projector's own fold, so chunks and, where this tree seals them, blocks); a tree whose
@@ -35,6 +36,7 @@ from pymongo import AsyncMongoClient
 from servers import mongo_server
 
 from services.api.run_reader import history_token
+from services.common.readmodels.store import HISTORY
 
 # One API process: the tree's app, no lifespan (no Kafka feeds), on a port.
 _SERVE = """
@@ -71,13 +73,15 @@ async def _ready(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-async def _seed(mongo_url: str, database: str, drop: bool = False) -> None:
+async def _seed(mongo_url: str, database: str, blocks: bool = True, drop: bool = False) -> None:
     mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         if drop:
             await mongo.drop_database(database)
-        else:
-            await load(mongo[database], long_run("b"))
+            return
+        await load(mongo[database], long_run("b"))
+        if not blocks:  # as a history written before blocks existed
+            await mongo[database][HISTORY].delete_many({"_id": {"$regex": ":b[0-9]+$"}})
     finally:
         await mongo.close()
 
@@ -124,9 +128,9 @@ async def _measure(urls: dict[str, str], pairs: int) -> None:
             )
 
 
-def ab(trees: dict[str, Path], mongo_url: str, pairs: int) -> None:
+def ab(trees: dict[str, Path], mongo_url: str, pairs: int, blocks: bool = True) -> None:
     database = f"bench_history_ab_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_seed(mongo_url, database))
+    asyncio.run(_seed(mongo_url, database, blocks))
     urls = {side: f"http://127.0.0.1:{_free_port()}" for side in trees}
     procs = [
         subprocess.Popen(
@@ -153,13 +157,18 @@ def main() -> None:
     parser.add_argument("--b", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--mongo-url", default=os.environ.get("RUNSTORE_MONGO_URL"))
     parser.add_argument("--pairs", type=int, default=60, help="requests per side and read")
+    parser.add_argument(
+        "--no-blocks",
+        action="store_true",
+        help="delete the sealed blocks after seeding: B reads a history written before blocks",
+    )
     args = parser.parse_args()
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
     with tempfile.TemporaryDirectory(prefix="runstore-history-ab-") as tmp, ExitStack() as stack:
         url = args.mongo_url
         if url is None:
             url, _ = stack.enter_context(mongo_server(Path(tmp)))
-        ab(trees, url, args.pairs)
+        ab(trees, url, args.pairs, blocks=not args.no_blocks)
 
 
 if __name__ == "__main__":

@@ -169,12 +169,15 @@ class EventFanout:
 
     def _deliver(self, partition: int, records: Sequence[Any]) -> None:
         # Synchronous from first record to last: no subscribe() sees a position between.
-        if self._by_execution or self._wildcards:
-            for record in records:
-                self._dispatch(partition, record)
-        if records:
-            self._positions[partition] = records[-1].offset + 1
-        self.records_seen += len(records)
+        try:
+            if self._by_execution or self._wildcards:
+                for record in records:
+                    self._dispatch(partition, record)
+        finally:
+            # Past these records even if a subscriber's filter raised (the feed logs it).
+            if records:
+                self._positions[partition] = records[-1].offset + 1
+            self.records_seen += len(records)
 
     def _dispatch(self, partition: int, record: Any) -> None:
         targets: set[Subscription] = set()

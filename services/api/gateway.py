@@ -9,22 +9,18 @@ API's one `TopicFeed`) and resolves the waiter registered under the outcome's co
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command
 from schemas.outcomes import CommandOutcome
-from services.api.topic_tail import TopicFeed
+from services.api.topic_tail import TopicFeed, resolve_waiters
 from services.common import tracing
 from services.common.kafka_io import Outgoing, RecordPublisher
 from services.common.settings import ApiSettings
-
-log = logging.getLogger(__name__)
 
 
 class OutcomeTimeout(Exception):
@@ -61,17 +57,7 @@ class CommandGateway:
             await self._publisher.stop()
 
     def _resolve(self, _partition: int, records: Sequence[Any]) -> None:
-        for record in records:
-            if not record.value:
-                continue
-            try:
-                outcome = CommandOutcome.model_validate_json(record.value)
-            except ValidationError:
-                log.warning("unreadable outcome record ignored")
-                continue
-            waiter = self._waiting.get(outcome.command_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(outcome)
+        resolve_waiters(records, CommandOutcome, _command_id, self._waiting)
 
     async def _publish(self, command: Command, encoded: bytes | None) -> None:
         if self._publisher is None:
@@ -166,3 +152,7 @@ class CommandGateway:
             while len(self._accepted) > self._settings.api_outcome_memory:
                 self._accepted.popitem(last=False)
         return outcome
+
+
+def _command_id(outcome: CommandOutcome) -> str:
+    return outcome.command_id

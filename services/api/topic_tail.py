@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import BaseModel, ValidationError
 
 from services.common.kafka_topics import partitions_of
 from services.common.settings import RunstoreSettings
@@ -31,6 +32,8 @@ _RETRY_SECONDS = 1.0
 
 RecordsHandler = Callable[[int, Sequence[Any]], None]
 """Called with a partition and its records (aiokafka `ConsumerRecord`s) in offset order."""
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,27 @@ class TopicFeed:
                 except Exception:
                     # A bug in one handler must not stop the others' records.
                     log.exception("handling records of %s failed", tp)
+
+
+def resolve_waiters(
+    records: Sequence[Any],
+    model: type[M],
+    id_of: Callable[[M], str],
+    waiting: Mapping[str, asyncio.Future[M]],
+) -> None:
+    """Each record parsed as `model` resolves the waiter registered under its id (an
+    unreadable record is logged and skipped; one nobody waits for is dropped)."""
+    for record in records:
+        if not record.value:
+            continue
+        try:
+            found = model.model_validate_json(record.value)
+        except ValidationError:
+            log.warning("unreadable %s record ignored", model.__name__)
+            continue
+        waiter = waiting.get(id_of(found))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(found)
 
 
 async def stop_following(

@@ -10,21 +10,16 @@ returned only once the engine accepted the command that recorded it (`reply.comm
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
-
-from pydantic import ValidationError
 
 from schemas.outcomes import CommandOutcome
 from schemas.replies import WorkerReply
 from schemas.tasks import WorkflowTask
 from services.api.gateway import CommandGateway
-from services.api.topic_tail import TopicFeed
+from services.api.topic_tail import TopicFeed, resolve_waiters
 from services.common.kafka_io import Outgoing
 from services.common.settings import ApiSettings
-
-log = logging.getLogger(__name__)
 
 __all__ = ["NoReply", "WorkerRequests"]
 
@@ -43,17 +38,7 @@ class WorkerRequests:
         feed.follow(self._topics.replies, self._resolve)
 
     def _resolve(self, _partition: int, records: Sequence[Any]) -> None:
-        for record in records:
-            if not record.value:
-                continue
-            try:
-                reply = WorkerReply.model_validate_json(record.value)
-            except ValidationError:
-                log.warning("unreadable reply record ignored")
-                continue
-            waiter = self._waiting.get(reply.request_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(reply)
+        resolve_waiters(records, WorkerReply, _request_id, self._waiting)
 
     async def ask(self, task: WorkflowTask) -> tuple[WorkerReply, CommandOutcome | None]:
         """Publish a query or update task and wait for its reply (and, for an update that
@@ -90,3 +75,7 @@ class WorkerRequests:
             self._waiting.pop(request_id, None)
             if command_id is not None:
                 self._gateway.forget(command_id)
+
+
+def _request_id(reply: WorkerReply) -> str:
+    return reply.request_id

@@ -4,7 +4,7 @@ subscribers, and exact catch-up between Kafka positions."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.events import EVENT_ADAPTER, EventType
 from services.api.event_fanout import Delivery, EventFanout, SubscriberOverflow, read_between
+from services.api.topic_tail import TopicFeed
 from services.common.kafka_topics import ensure_topics
 from services.common.settings import RunstoreSettings
 from tests.support.eventually import assert_eventually
@@ -139,3 +140,49 @@ async def test_a_slow_subscriber_is_told_to_resync(
     await wait_for_records(fanout, 79)
     with pytest.raises(SubscriberOverflow):
         await drain(slow, 80)
+
+
+async def test_one_feed_serves_the_fanout_and_other_topics(settings: RunstoreSettings) -> None:
+    """The API's one consumer: events go to the fanout, outcome records to their handler,
+    and a handler that raises loses its own records only."""
+    await ensure_topics(settings)
+    feed = TopicFeed(settings, "test-feed")
+    fanout = EventFanout(settings, queue_size=50, feed=feed)
+    outcomes: list[bytes] = []
+    replies_tried: list[int] = []
+
+    def on_outcomes(_partition: int, records: Sequence[Any]) -> None:
+        outcomes.extend(r.value for r in records)
+
+    def on_replies(_partition: int, records: Sequence[Any]) -> None:
+        replies_tried.append(len(records))
+        raise RuntimeError("a bug in one handler")
+
+    feed.follow(settings.topics.outcomes, on_outcomes)
+    feed.follow(settings.topics.replies, on_replies)
+    # Published before the feed starts: not delivered (it starts at the ends).
+    await publish(settings, [("early", 1)])
+    await feed.start()
+    await fanout.start()
+    try:
+        assert set(feed.ends(settings.topics.events)) == set(fanout.subscribe().start_positions)
+        sub = fanout.subscribe(execution_id="exec-f")
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topics.replies, b"{}", key=b"exec-f")
+            await producer.send_and_wait(settings.topics.outcomes, b"outcome-1", key=b"exec-f")
+        finally:
+            await producer.stop()
+        await publish(settings, [("exec-f", 1)])
+        assert [d.event.seq for d in await drain(sub, 1)] == [1]
+
+        async def outcome_arrived() -> None:
+            assert outcomes == [b"outcome-1"]
+            assert replies_tried == [1]
+
+        await assert_eventually(outcome_arrived)
+        assert fanout.records_seen == 1  # "early" came before the ends
+    finally:
+        await feed.stop()
+        await fanout.stop()
