@@ -209,7 +209,8 @@ def _rebuild_projections() -> None:
         bar.console.print(
             f"rebuilt from {report.commits} commits ({report.events} events): "
             f"{report.runs} runs, {report.executions} executions, "
-            f"{report.history_chunks} history chunks in {time.monotonic() - started:.1f}s"
+            f"{report.history_chunks} history chunks and blocks "
+            f"in {time.monotonic() - started:.1f}s"
             + (
                 f"; {report.parked} executions could not be projected and are parked "
                 "(`runstore projections parked`)"

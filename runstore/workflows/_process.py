@@ -12,6 +12,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
 from runstore.workflows._history import RunHistory
@@ -190,4 +191,7 @@ def run_worker(
                 loop.add_signal_handler(sig, worker.stop)
         await worker.run()
 
-    asyncio.run(main())
+    # uvloop, as the API runs under: the worker's own work per task is small next to the
+    # event loop's (sockets, timers, callbacks), which uvloop does in C.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -36,6 +36,7 @@ from services.api.list_budget import BoundedLists, ListBudgetExceeded
 from services.api.list_index_feed import ListIndexFeed
 from services.api.page_tokens import PageTokens
 from services.api.run_reader import RunReader
+from services.api.topic_tail import TopicFeed
 from services.api.worker_requests import WorkerRequests
 from services.common import tracing
 from services.common.health import Health
@@ -58,9 +59,11 @@ def build_app(settings: ApiSettings) -> FastAPI:
     keys = ApiKeys(settings.api_keys)
     client = mongo_client(settings)
     db = mongo_database(client, settings)
-    gateway = CommandGateway(settings)
-    worker_requests = WorkerRequests(settings, gateway)
-    fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size)
+    # One consumer for outcomes, replies and events (topic_tail.py says why).
+    feed = TopicFeed(settings, "runstore-api-feed")
+    gateway = CommandGateway(settings, feed)
+    worker_requests = WorkerRequests(settings, gateway, feed)
+    fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size, feed=feed)
     health = Health(settings, client, consumer=False)
     commits = MongoCommitLog(db)
     list_index = RunListIndex()
@@ -78,15 +81,16 @@ def build_app(settings: ApiSettings) -> FastAPI:
         await ensure_topics(settings)
         await ensure_catalogue_indexes(db)
         await gateway.start()
-        await worker_requests.start()
+        # From the ends: an outcome, reply or event published after this point is seen.
+        await feed.start()
         await fanout.start()
         await list_index_feed.start()
         try:
             yield
         finally:
             await list_index_feed.stop()
+            await feed.stop()
             await fanout.stop()
-            await worker_requests.stop()
             await gateway.stop()
             await health.close()
             await client.close()

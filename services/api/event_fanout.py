@@ -1,5 +1,5 @@
-"""One Kafka consumer per API process, fanning `workflows.events` out to every stream
-subscriber inside the process.
+"""Fans `workflows.events` out to every stream subscriber inside an API process, from the
+API's one `TopicFeed` (topic_tail.py: the consumer that also brings outcomes and replies).
 
 The consumer has no group: it is assigned every partition and starts at the end, so each
 API instance sees every event published after it started, whoever consumes what else.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
-from services.api.topic_tail import stop_following
-from services.common.kafka_io import tail_from_end
+from services.api.topic_tail import TopicFeed
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
-
-_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +98,23 @@ class Subscription:
 
 
 class EventFanout:
-    def __init__(self, settings: RunstoreSettings, queue_size: int = 2000) -> None:
+    def __init__(
+        self,
+        settings: RunstoreSettings,
+        queue_size: int = 2000,
+        feed: TopicFeed | None = None,
+    ) -> None:
+        """With `feed`, events come through it (whoever made it starts it before
+        `start`); without, the fanout follows the topic with a consumer of its own."""
         self._settings = settings
         self._topic = settings.topics.events
         self._queue_size = queue_size
         self._positions: dict[int, int] = {}
         self._by_execution: dict[str, set[Subscription]] = {}
         self._wildcards: set[Subscription] = set()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._own_feed = feed is None
+        self._feed = feed if feed is not None else TopicFeed(settings, "runstore-api-events")
+        self._feed.follow(self._topic, self._deliver, self._fail_all)
         self.records_seen = 0
 
     @property
@@ -121,18 +126,21 @@ class EventFanout:
         return len(self._wildcards) + sum(len(s) for s in self._by_execution.values())
 
     async def start(self) -> None:
-        # aiokafka's default fetch wait (500 ms): the broker answers a fetch as soon as a
-        # record arrives, so the wait only paces the empty fetches of an idle topic (100 ms
-        # made ten a second, each costing the broker as much as a loaded one).
-        consumer, ends = await tail_from_end(self._settings, self._topic, "runstore-api-events")
-        self._positions.update(ends)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer), name="event-fanout")
+        """Once the feed has started (its own feed: starts it)."""
+        if self._own_feed:
+            await self._feed.start()
+        # Records delivered since the feed started are past its ends: keep their positions.
+        for partition, end in self._feed.ends(self._topic).items():
+            self._positions.setdefault(partition, end)
 
     async def stop(self) -> None:
-        await stop_following(self._task, self._consumer)
+        if self._own_feed:
+            await self._feed.stop()
+        self._fail_all("the API is shutting down")
+
+    def _fail_all(self, reason: str) -> None:
         for sub in [*self._wildcards, *(s for v in self._by_execution.values() for s in v)]:
-            sub.fail("the API is shutting down")
+            sub.fail(reason)
 
     def subscribe(
         self,
@@ -159,23 +167,14 @@ class EventFanout:
             if not subs:
                 del self._by_execution[sub.execution_id]
 
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker client failed: tell every stream
-                log.exception("reading %s failed", self._topic)
-                for sub in [*self._wildcards, *(s for v in self._by_execution.values() for s in v)]:
-                    sub.fail(f"live event feed failed: {exc}")
-                await asyncio.sleep(_RETRY_SECONDS)
-                continue
-            for tp, records in batches.items():
-                for record in records:
-                    self._dispatch(tp.partition, record)
-                    self._positions[tp.partition] = record.offset + 1
-                self.records_seen += len(records)
+    def _deliver(self, partition: int, records: Sequence[Any]) -> None:
+        # Synchronous from first record to last: no subscribe() sees a position between.
+        if self._by_execution or self._wildcards:
+            for record in records:
+                self._dispatch(partition, record)
+        if records:
+            self._positions[partition] = records[-1].offset + 1
+        self.records_seen += len(records)
 
     def _dispatch(self, partition: int, record: Any) -> None:
         targets: set[Subscription] = set()

@@ -2,8 +2,8 @@
 answer tells the truth about what happened to the command.
 
 Every API instance tails all partitions of `workflows.outcomes` from the end (no
-consumer group: each instance needs every outcome it may be waiting for) and resolves
-the waiter registered under the outcome's command id.
+consumer group: each instance needs every outcome it may be waiting for; through the
+API's one `TopicFeed`) and resolves the waiter registered under the outcome's command id.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command
 from schemas.outcomes import CommandOutcome
-from services.api.topic_tail import TopicTail
+from services.api.topic_tail import TopicFeed
 from services.common import tracing
 from services.common.kafka_io import Outgoing, RecordPublisher
 from services.common.settings import ApiSettings
@@ -34,7 +36,7 @@ class PublishFailed(Exception):
 
 
 class CommandGateway:
-    def __init__(self, settings: ApiSettings) -> None:
+    def __init__(self, settings: ApiSettings, feed: TopicFeed) -> None:
         self._settings = settings
         self._publisher: RecordPublisher | None = None
         self._topics = settings.topics
@@ -42,11 +44,10 @@ class CommandGateway:
         # Recently accepted outcomes by command id: a client retrying with its idempotency
         # key is answered at once, without another round through Kafka and the engine.
         self._accepted: OrderedDict[str, CommandOutcome] = OrderedDict()
-        self._tail = TopicTail(
-            settings, self._topics.outcomes, "runstore-api-outcomes", self._resolve
-        )
+        feed.follow(self._topics.outcomes, self._resolve)
 
     async def start(self) -> None:
+        """Starts the producer; outcomes come once the feed given at construction starts."""
         # The linger lets the commands of concurrent requests share a produce request:
         # each request costs the broker far more than a record in it, and 10 ms is little
         # next to the engine's round trip.
@@ -54,25 +55,23 @@ class CommandGateway:
             self._settings, "runstore-api", linger_ms=self._settings.api_publish_linger_ms
         )
         await self._publisher.start()
-        # Tailed from the end: an outcome published after this point is seen.
-        await self._tail.start()
 
     async def stop(self) -> None:
-        await self._tail.stop()
         if self._publisher is not None:
             await self._publisher.stop()
 
-    def _resolve(self, raw: bytes | None) -> None:
-        if not raw:
-            return
-        try:
-            outcome = CommandOutcome.model_validate_json(raw)
-        except ValidationError:
-            log.warning("unreadable outcome record ignored")
-            return
-        waiter = self._waiting.get(outcome.command_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(outcome)
+    def _resolve(self, _partition: int, records: Sequence[Any]) -> None:
+        for record in records:
+            if not record.value:
+                continue
+            try:
+                outcome = CommandOutcome.model_validate_json(record.value)
+            except ValidationError:
+                log.warning("unreadable outcome record ignored")
+                continue
+            waiter = self._waiting.get(outcome.command_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
 
     async def _publish(self, command: Command, encoded: bytes | None) -> None:
         if self._publisher is None:

@@ -197,7 +197,7 @@ def _history_cursor(token: str) -> tuple[str, int]:
 
 def _history(page: HistoryPage) -> Response:
     token = None if page.next_after is None else history_token(page.run["run_id"], page.next_after)
-    return Response(history_body(page.run, page.events, token), media_type=_JSON)
+    return Response(history_body(page.run, page.lines, token), media_type=_JSON)
 
 
 def floor_ms(value: datetime | None) -> datetime | None:

@@ -12,7 +12,13 @@ Sequential round trips per request (`‖` = sent together):
 - a history page (paging extension): closed run 1 (the row ‖ the page's chunks); open run
   2 (then the commit probe); of an execution 2 (the pointer, then row ‖ chunks ‖ probe);
 - a whole history: 1 for a closed run of one chunk (≤ 100 events), else 2 (the row ‖
-  chunk 0, then the other chunks ‖ the commit probe); one more for an execution's.
+  chunk 0, then the sealed blocks and the open tail's chunks ‖ the commit probe); one more
+  for an execution's, and one more when a block is missing (a history written before
+  blocks existed, or too large for one): its chunks.
+
+History reads take a sealed block of 1,000 events instead of its chunks wherever they need
+at least 4 of its 10 chunks (`history_doc_ids`): 10,000 events are 10 block reads, not
+100 chunk reads.
 
 get_run and get_workflow_execution of a run the API's run list index holds start from
 its row instead (`_indexed_run`, `_indexed_execution`): 1 (the commit at the row's seq ‖
@@ -43,9 +49,11 @@ from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
 from services.common.metrics import POINT_READS
 from services.common.readmodels.history_chunks import (
+    chunk_ids_uncovered,
     event_text,
-    history_chunk_range,
-    texts_between,
+    history_doc_ids,
+    lines_between,
+    texts_of_lines,
 )
 from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.projection import apply_to_execution, apply_to_run, is_newer
@@ -76,8 +84,15 @@ class HistoryPage:
     response, and where the next page starts (None when this page reaches the end)."""
 
     run: Document
-    events: list[str]
+    lines: list[bytes]
+    """Runs of event JSON texts (UTF-8) joined by newlines, as the history documents hold
+    them: a whole block is one run, never split (`shapes.history_body` splices them)."""
     next_after: int | None
+
+    @property
+    def events(self) -> list[str]:
+        """One JSON text per event."""
+        return texts_of_lines(self.lines)
 
 
 class RunReader:
@@ -268,22 +283,30 @@ class RunReader:
         return (view, {}) if view is not None else None
 
     async def _first_chunks(self, run_id: str, span: _Span | None) -> dict[str, Document]:
-        """The chunks a history read most likely needs, read before the row says how many
-        events the run has: the page's own chunks, or the first for a whole history."""
-        if span is None:
-            return {}
-        last = span.after + (span.limit or 1)
-        return await self.models.load(HISTORY, history_chunk_range(run_id, span.after + 1, last))
+        """The history documents a read most likely needs, read before the row says how
+        many events the run has: the page's own chunks or blocks (`_first_ids`)."""
+        ids = _first_ids(run_id, span)
+        return await self.models.load(HISTORY, ids) if ids else {}
 
     async def _more_chunks(
         self, run_id: str, span: _Span | None, projected: int, have: Mapping[str, Document]
     ) -> dict[str, Document]:
-        """The chunks of the span's events up to `projected` that are not in `have`."""
+        """The blocks and chunks of the span's events up to `projected` that are not in
+        `have`; for a block asked for and missing, its chunks."""
         if span is None:
             return {}
+        first = span.after + 1
         last = projected if span.limit is None else min(projected, span.after + span.limit)
-        ids = [i for i in history_chunk_range(run_id, span.after + 1, last) if i not in have]
-        return await self.models.load(HISTORY, ids) if ids else {}
+        asked = _first_ids(run_id, span)
+        missing = {i for i in asked if i not in have}  # (blocks among them: not sealed)
+        plan = history_doc_ids(run_id, first, last, projected, missing)
+        ids = [i for i in plan if i not in have]
+        got = await self.models.load(HISTORY, ids) if ids else {}
+        docs = {**have, **got}
+        fallback = [i for i in chunk_ids_uncovered(docs, run_id, first, last) if i not in docs]
+        if fallback:
+            got.update(await self.models.load(HISTORY, fallback))
+        return got
 
     async def _page(
         self, found: tuple[RunView, dict[str, Document]] | None, after: int, limit: int | None
@@ -295,29 +318,33 @@ class RunReader:
         last = total if limit is None else min(total, after + limit)
         # Events up to `projected` are in the chunks, the ones after in `unprojected`.
         from_chunks = min(last, view.projected)
-        texts = await self._chunk_texts(view.run["run_id"], after + 1, from_chunks, chunks)
+        lines = await self._chunk_lines(view.run["run_id"], after + 1, from_chunks, chunks)
         start = max(after, from_chunks)
-        texts += [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        newer = [event_text(e) for e in view.unprojected if start < e.event_number <= last]
+        if newer:
+            lines.append("\n".join(newer).encode())
         more = limit is not None and last < total
-        return HistoryPage(view.run, texts, last if more else None)
+        return HistoryPage(view.run, lines, last if more else None)
 
-    async def _chunk_texts(
-        self, run_id: str, first: int, last: int, chunks: Mapping[str, Document]
-    ) -> list[str]:
-        """Event texts `first`..`last` from the run's chunks, reading again those that
-        lack events (read at the same time as a row written after them)."""
+    async def _chunk_lines(
+        self, run_id: str, first: int, last: int, docs: Mapping[str, Document]
+    ) -> list[bytes]:
+        """Events `first`..`last` from the run's blocks and chunks (`lines_between`),
+        reading again the chunks (blocks never change) that lack events (read at the same
+        time as a row written after them)."""
         if last < first:
             return []
-        texts = texts_between(chunks, run_id, first, last)
-        if texts is None:
-            ids = history_chunk_range(run_id, first, last)
-            texts = texts_between(await self.models.load(HISTORY, ids), run_id, first, last)
-        if texts is None:
+        lines = lines_between(docs, run_id, first, last)
+        if lines is None:
+            ids = chunk_ids_uncovered(docs, run_id, first, last)
+            fresh = {**docs, **await self.models.load(HISTORY, ids)}
+            lines = lines_between(fresh, run_id, first, last)
+        if lines is None:
             raise RuntimeError(
                 f"the history chunks of run {run_id!r} lack events of {first}..{last} "
                 "that its row reflects"
             )
-        return texts
+        return lines
 
     # --- the list -------------------------------------------------------------------
 
@@ -357,6 +384,16 @@ class _Span:
 
     after: int
     limit: int | None
+
+
+def _first_ids(run_id: str, span: _Span | None) -> list[str]:
+    """What a history read asks for together with the row: for a whole history chunk 0
+    (most histories are short); for a page its blocks and chunks, as if all its events
+    were projected."""
+    if span is None:
+        return []
+    last = span.after + (span.limit or 1)
+    return history_doc_ids(run_id, span.after + 1, last, last)
 
 
 def _fold(row: Document | None, events: list[Event]) -> RunView | None:

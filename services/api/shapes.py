@@ -113,12 +113,15 @@ def list_item_from_run(run: dict[str, Any]) -> ExecutionListItem:
     return ExecutionListItem(**_run_fields(run))
 
 
-def history_body(run: dict[str, Any], events: list[str], next_page_token: str | None) -> bytes:
+def history_body(run: dict[str, Any], lines: list[bytes], next_page_token: str | None) -> bytes:
     """A run's history as both history endpoints answer it (raw JSON, unmodelled by the
     SDK): the run's ids, its stored events oldest first (`event_number` 1, 2, …), and the
     paging extension's `next_page_token` (null when the events reach the end).
 
-    `events` are JSON texts as the history chunks hold them: spliced in, never parsed.
+    `lines` are runs of event JSON texts joined by newlines, as history chunks and blocks
+    hold them (`RunReader`'s HistoryPage): spliced in, never parsed; a run becomes a
+    stretch of the array by turning its newlines into commas (JSON text holds no raw
+    newline).
     """
     head = json.dumps(
         {
@@ -131,4 +134,10 @@ def history_body(run: dict[str, Any], events: list[str], next_page_token: str | 
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return f'{head[:-1]},"events":[{",".join(events)}]}}'.encode()
+    parts = [head[:-1].encode(), b',"events":[']
+    for stretch in lines:
+        parts += (stretch.replace(b"\n", b","), b",")
+    if lines:
+        parts.pop()  # the comma after the last stretch
+    parts.append(b"]}")
+    return b"".join(parts)  # one copy of the events into the body

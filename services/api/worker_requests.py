@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -18,7 +20,7 @@ from schemas.outcomes import CommandOutcome
 from schemas.replies import WorkerReply
 from schemas.tasks import WorkflowTask
 from services.api.gateway import CommandGateway
-from services.api.topic_tail import TopicTail
+from services.api.topic_tail import TopicFeed
 from services.common.kafka_io import Outgoing
 from services.common.settings import ApiSettings
 
@@ -32,32 +34,26 @@ class NoReply(Exception):
 
 
 class WorkerRequests:
-    def __init__(self, settings: ApiSettings, gateway: CommandGateway) -> None:
+    def __init__(self, settings: ApiSettings, gateway: CommandGateway, feed: TopicFeed) -> None:
         self._settings = settings
         self._gateway = gateway
         self._topics = settings.topics
         self._waiting: dict[str, asyncio.Future[WorkerReply]] = {}
-        self._tail = TopicTail(
-            settings, self._topics.replies, "runstore-api-replies", self._resolve
-        )
+        # Replies come once `feed` starts (the API's lifespan starts it).
+        feed.follow(self._topics.replies, self._resolve)
 
-    async def start(self) -> None:
-        await self._tail.start()
-
-    async def stop(self) -> None:
-        await self._tail.stop()
-
-    def _resolve(self, raw: bytes | None) -> None:
-        if not raw:
-            return
-        try:
-            reply = WorkerReply.model_validate_json(raw)
-        except ValidationError:
-            log.warning("unreadable reply record ignored")
-            return
-        waiter = self._waiting.get(reply.request_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(reply)
+    def _resolve(self, _partition: int, records: Sequence[Any]) -> None:
+        for record in records:
+            if not record.value:
+                continue
+            try:
+                reply = WorkerReply.model_validate_json(record.value)
+            except ValidationError:
+                log.warning("unreadable reply record ignored")
+                continue
+            waiter = self._waiting.get(reply.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reply)
 
     async def ask(self, task: WorkflowTask) -> tuple[WorkerReply, CommandOutcome | None]:
         """Publish a query or update task and wait for its reply (and, for an update that

@@ -10,20 +10,21 @@ held to `tests/contract/test_commit_log.py`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from pymongo.asynchronous.collection import AsyncCollection
 
 from schemas.commits import Commit, commit_id
+from schemas.events import EventType
 
 Document = dict[str, Any]
 
 COMMITS = "commits"
-RUN_LOCATORS = "run_locators"
-"""`{_id: run_id, execution_id}`: written by the engine before the commit that opens a run,
-so a run the projector has not written yet is found by one `_id` read (and an unknown run
-id is a miss, not a scan)."""
+"""The commits, and beside them one run locator per run (`run_locators` below)."""
+LEGACY_RUN_LOCATORS = "run_locators"
+"""Where engines before run locators moved into `commits` wrote them (same shape with
+`_id` = run_id and `execution_id`); `locate_run` still reads it after a miss."""
 
 
 class CommitLog(Protocol):
@@ -44,10 +45,46 @@ class CommitLog(Protocol):
         ...  # pragma: no cover
 
     async def count(self) -> int:
-        """About how many commits `scan` yields (for progress output)."""
+        """About how many commits `scan` yields (for progress output; a store may count
+        its run locators too)."""
 
     async def locate_run(self, run_id: str) -> str | None:
         """The execution a run belongs to, once the engine has opened (or is opening) it."""
+
+
+def run_locator_id(run_id: str) -> str:
+    """A run locator's `_id` in `commits`. A commit's `_id` ends in `:` and 12 digits, so
+    the two never collide."""
+    return f"{run_id}:run"
+
+
+def run_locators(commits: Iterable[Commit]) -> list[Document]:
+    """One locator per run these commits open: `{_id, command_id, run_of}`, so that a run
+    the projector has not written yet is found by one `_id` read, and an unknown run id is
+    a miss, not a scan.
+
+    Locators live in `commits` so that the engine writes them in the same insert request
+    as the commits (ahead of them: a locator whose commit never lands names a run nobody
+    knows, which reads as "not found" anyway). Their `command_id` is a sub-document, which
+    never equals a command's id (a string) in the collection's unique index, and they have
+    none of a commit's other fields (no `execution_id`, `seq`, `body`): queries on those
+    never see them, and `scan` skips them.
+    """
+    found: dict[str, Document] = {}
+    for commit in commits:
+        for event in commit.events:
+            if event.type is EventType.WORKFLOW_EXECUTION_STARTED and event.run_id not in found:
+                found[event.run_id] = {
+                    "_id": run_locator_id(event.run_id),
+                    "command_id": {"run": event.run_id},
+                    "run_of": event.execution_id,
+                }
+    return list(found.values())
+
+
+def is_commit_doc(doc: Document) -> bool:
+    """Whether a document of `commits` is a commit (not a run locator)."""
+    return "body" in doc
 
 
 def commit_to_doc(commit: Commit) -> Document:

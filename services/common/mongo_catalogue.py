@@ -3,6 +3,7 @@ of the catalogue collections, and a sorted query for a deployment's logs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ class MongoCatalogue:
         self._db = db
         # workflow name -> (valid until, its document or None): execute's admission reads.
         self._admission: dict[str, tuple[float, Document | None]] = {}
+        # workflow name -> the admission read under way: one at a time per name.
+        self._loading: dict[str, asyncio.Future[Document | None]] = {}
 
     # --- workflows ------------------------------------------------------------------
 
@@ -49,6 +52,7 @@ class MongoCatalogue:
         update = {**fields, "updated_at": datetime.now(UTC)}
         await self._db[WORKFLOWS].update_one({"_id": name}, {"$set": update})
         self._admission.pop(name, None)  # the next execute here reads it again
+        self._loading.pop(name, None)  # (a read under way may predate the edit)
 
     async def workflow_for_execute(self, name: str, remember_missing: bool) -> Document | None:
         """`workflow(name)`, reused for ADMISSION_TTL_SECONDS. A miss is remembered only
@@ -58,12 +62,25 @@ class MongoCatalogue:
         cached = self._admission.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
-        doc = await self.workflow(name)
+        # When the entry expires under load, every execute of that moment would read it:
+        # they share one read instead (32 clients made up to 32 reads a second).
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self.workflow(name))
+            self._loading[name] = loading
+            loading.add_done_callback(lambda done: self._loaded(name, done))
+        doc = await asyncio.shield(loading)
         if len(self._admission) > _ADMISSION_MEMORY:
             self._admission.clear()
         if doc is not None or remember_missing:
             self._admission[name] = (now + ADMISSION_TTL_SECONDS, doc)
         return doc
+
+    def _loaded(self, name: str, done: asyncio.Future[Document | None]) -> None:
+        if self._loading.get(name) is done:
+            del self._loading[name]
+        if not done.cancelled():
+            done.exception()  # retrieved here too, should every waiter have gone
 
     async def workflow_names_with_runs(self, statuses: Collection[str]) -> set[str]:
         """Names of the workflows that have a run in one of `statuses`."""

@@ -1,6 +1,12 @@
 """EventStore on MongoDB (or FerretDB): commits are inserts, `_id` reads are the hot path.
 
-`commits`: `_id` = `{execution_id}:{seq:012d}`, unique index on `command_id`.
+`commits`: `_id` = `{execution_id}:{seq:012d}`, unique index on `command_id`; beside the
+commits, one run locator per run (`run_locators` in services/common/commit_log.py).
+
+A batch's writes are one insert request when nothing in it is refused: the locators of
+the runs it opens, the first commits of executions believed new, then the other commits
+(`append_round`). A write request costs FerretDB about a millisecond of CPU whatever it
+holds, and at a few commands per batch (a worker's workflows) this was three requests.
 
 The write path never updates a document: appends are inserts, and the unique `_id`
 and `command_id` indexes are the concurrency and idempotency guards. Finding an
@@ -20,13 +26,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from schemas.commits import Commit, commit_id
-from schemas.events import EventType
 from services.common.commit_log import (
     COMMITS,
-    RUN_LOCATORS,
     CommitLog,
     commit_from_doc,
     commit_to_doc,
+    run_locators,
 )
 from services.common.mongo import (
     DUPLICATE_KEY,
@@ -40,7 +45,6 @@ from services.engine.event_store import (
     AppendFailure,
     AppendReport,
     RoundReport,
-    append_round_with,
 )
 
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
@@ -53,7 +57,6 @@ class MongoEventStore:
         self._commits = db[COMMITS]
         # Reads of stored commits by position go through the read port every reader uses.
         self._log: CommitLog = MongoCommitLog(db)
-        self._run_locators = db[RUN_LOCATORS]
         self._ferretdb = False
 
     async def setup(self) -> None:
@@ -91,41 +94,75 @@ class MongoEventStore:
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
         if not commits:
             return AppendReport(inserted=0)
-        await self._locate_new_runs(commits)
-        docs = [commit_to_doc(c) for c in commits]
-        try:
-            await self._commits.insert_many(docs, ordered=True)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            first = errors[0] if errors else {}
-            index = int(first.get("index") or exc.details.get("nInserted") or 0)
-            if first.get("code") != DUPLICATE_KEY:
-                raise
-            return AppendReport(inserted=index, failure=await self._classify(commits[index]))
-        return AppendReport(inserted=len(commits))
+        return (await self._write_round([], commits)).report
 
     async def append_first(self, commits: Sequence[Commit]) -> set[int]:
         if not commits:
             return set()
-        if later := [c.doc_id for c in commits if c.seq != 1]:
-            raise ValueError(f"append_first takes first commits only, not {later}")
-        await self._locate_new_runs(commits)
-        return await insert_unless_present(self._commits, [commit_to_doc(c) for c in commits])
+        return (await self._write_round(commits, [])).refused
 
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
-        return await append_round_with(self, firsts, rest)
+        return await self._write_round(firsts, rest)
 
-    async def _locate_new_runs(self, commits: Sequence[Commit]) -> None:
-        # Before the commits: a locator whose commit never lands names a run nobody knows,
-        # which reads as "not found" anyway; the reverse would hide a stored run.
-        locators = {
-            e.run_id: {"_id": e.run_id, "execution_id": e.execution_id}
-            for c in commits
-            for e in c.events
-            if e.type is EventType.WORKFLOW_EXECUTION_STARTED
-        }
-        # Refusals are locators already there from an earlier attempt: fine.
-        await insert_unless_present(self._run_locators, list(locators.values()))
+    async def _write_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
+        """`append_round` in one insert request when nothing is refused: the run locators,
+        then the first commits, then the rest, in that order (a locator before the commit
+        that opens its run; a first commit before the later commits of its execution).
+
+        An ordered insert stops at its first refused document; only then do the remaining
+        documents go as `append_round_with` would send them (locators and first commits
+        independently of each other, the rest in order), so a refusal costs one or two
+        more requests and never changes what is written.
+        """
+        if later := [c.doc_id for c in firsts if c.seq != 1]:
+            raise ValueError(f"append_first takes first commits only, not {later}")
+        locators = run_locators([*firsts, *rest])
+        docs = [*locators, *map(commit_to_doc, firsts), *map(commit_to_doc, rest)]
+        if not docs:
+            return RoundReport(set(), [], AppendReport(inserted=0))
+        stopped = await self._insert_ordered(docs)
+        if stopped is None:
+            return RoundReport(set(), list(rest), AppendReport(inserted=len(rest)))
+        at_first = stopped - len(locators)
+        if at_first < 0:
+            # A locator is there already (a retry): the rest of them may be too.
+            await insert_unless_present(self._commits, locators[stopped + 1 :])
+            return await self._write_remainder(firsts, 0, set(), rest)
+        if at_first < len(firsts):
+            return await self._write_remainder(firsts, at_first + 1, {at_first}, rest)
+        at = at_first - len(firsts)
+        return RoundReport(set(), list(rest), AppendReport(at, await self._classify(rest[at])))
+
+    async def _write_remainder(
+        self, firsts: Sequence[Commit], start: int, refused: set[int], rest: Sequence[Commit]
+    ) -> RoundReport:
+        """After the round's request stopped before `firsts[start]`: those first commits,
+        each independently, then the rest of the executions none of whose first commits
+        was refused (`refused`: positions already refused)."""
+        tail = [commit_to_doc(c) for c in firsts[start:]]
+        refused = refused | {start + p for p in await insert_unless_present(self._commits, tail)}
+        refused_executions = {firsts[p].execution_id for p in refused}
+        appended = [c for c in rest if c.execution_id not in refused_executions]
+        stopped = await self._insert_ordered([commit_to_doc(c) for c in appended])
+        if stopped is None:
+            return RoundReport(refused, appended, AppendReport(inserted=len(appended)))
+        failure = await self._classify(appended[stopped])
+        return RoundReport(refused, appended, AppendReport(stopped, failure))
+
+    async def _insert_ordered(self, docs: Sequence[Document]) -> int | None:
+        """Insert `docs` in order; the position of the one refused as a duplicate (the
+        insert stopped there), or None when all went in. Any other error is raised."""
+        if not docs:
+            return None
+        try:
+            await self._commits.insert_many(list(docs), ordered=True)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            first = errors[0] if errors else {}
+            if first.get("code") != DUPLICATE_KEY or exc.details.get("writeConcernErrors"):
+                raise
+            return int(first.get("index") or exc.details.get("nInserted") or 0)
+        return None
 
     async def _classify(self, commit: Commit) -> AppendFailure:
         # FerretDB's duplicate-key message does not name the index, so ask the data.

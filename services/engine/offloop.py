@@ -5,6 +5,11 @@ records of another): while the store's inserts wait for that loop, each of a bat
 sequential insert requests starts late, and the database idles in between. Appends run
 on a second loop (its own `AsyncMongoClient`: a client belongs to one loop), so the next
 request goes out as soon as the previous one is answered; reads stay on the main loop.
+
+Small rounds (a few commands per batch, as a worker's workflows make them at moderate
+rates) are appended on the main loop instead: the loop is not busy then, and the hop to
+the writer's thread and back (two cross-thread wake-ups and a GIL hand-over each way)
+cost the engine more CPU than the insert itself (docs/engine-performance.md).
 """
 
 from __future__ import annotations
@@ -42,16 +47,28 @@ class LoopThread:
 
 _STORE_LATENCY = STORE_LATENCY.labels("engine")
 
+INLINE_ROUND_MAX = 32
+"""Rounds of at most this many commits are appended on the caller's loop."""
+
 
 class OffLoopAppends:
     """An EventStore whose appends (`append`, `append_first`, `append_round`) run on
     `writer`'s loop through `writes` (a store built on that loop's client); everything
-    else through `reads`."""
+    else through `reads`, and so do rounds of at most `inline_max` commits. Appends never
+    overlap (the engine stores one round at a time), so the two clients' writes keep
+    their order."""
 
-    def __init__(self, reads: EventStore, writes: EventStoreAdapter, writer: LoopThread) -> None:
+    def __init__(
+        self,
+        reads: EventStore,
+        writes: EventStoreAdapter,
+        writer: LoopThread,
+        inline_max: int = INLINE_ROUND_MAX,
+    ) -> None:
         self._reads = reads
         self._writes = writes
         self._writer = writer
+        self._inline_max = inline_max
 
     async def setup(self) -> None:
         await self._reads.setup()
@@ -65,9 +82,11 @@ class OffLoopAppends:
         return await self._writer.run(self._writes.append_first(commits))
 
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
-        # Both requests on the writer's loop: the second goes out as soon as the first is
-        # answered, not when the engine's loop next gets to it.
+        # On the writer's loop: a request that follows another (after a refusal) goes out
+        # as soon as the first is answered, not when the engine's loop next gets to it.
         with _STORE_LATENCY.time():
+            if len(firsts) + len(rest) <= self._inline_max:
+                return await self._reads.append_round(firsts, rest)
             return await self._writer.run(self._writes.append_round(firsts, rest))
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from schemas.events import Event
 from services.common.commit_log import CommitLog
-from services.common.readmodels.history_chunks import history_chunk_id
+from services.common.readmodels.history_chunks import history_chunk_id, history_ids_of, is_block
 from services.common.readmodels.projection import ReadModelDocs, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
 from services.projector.parking import ParkedExecutions, is_transient
@@ -246,7 +246,8 @@ class Projector:
         owners: dict[str, dict[str, str]] = {RUNS: {}, HISTORY: {}}  # _id -> execution
         for e in ordered:
             owners[RUNS][e.run_id] = e.execution_id
-            owners[HISTORY][history_chunk_id(e.run_id, e.event_number)] = e.execution_id
+            for history_id in history_ids_of(e.run_id, e.event_number):
+                owners[HISTORY][history_id] = e.execution_id
         owners[EXECUTIONS] = {e.execution_id: e.execution_id for e in ordered}
         missing_runs = {i for i, x in owners[RUNS].items() if x not in fresh} - set(docs.runs)
         missing_chunks = {i for i, x in owners[HISTORY].items() if x not in fresh} - set(
@@ -265,10 +266,20 @@ class Projector:
 
         project(ordered, docs)
         history, changed_runs, pointers = docs.changes()
-        # History first, then runs, then pointers: a reader who finds a pointer at seq s
-        # finds every run and history event up to s (the API folds commits after s).
+        chunks_written = {i: d for i, d in history.items() if not is_block(i)}
+        blocks = {i: d for i, d in history.items() if is_block(i)}
+        # History first (chunks, then the blocks made of them), then runs, then pointers: a
+        # reader who finds a pointer at seq s finds every run and history event up to s
+        # (the API folds commits after s). A crash before the blocks are written leaves the
+        # block's last event unacknowledged; its re-delivery seals the block.
         existed: set[str] = set()
-        for name, changed in ((HISTORY, history), (RUNS, changed_runs), (EXECUTIONS, pointers)):
+        steps = (
+            (HISTORY, chunks_written),
+            (HISTORY, blocks),
+            (RUNS, changed_runs),
+            (EXECUTIONS, pointers),
+        )
+        for name, changed in steps:
             owner = owners[name]
             new = {i: d for i, d in changed.items() if i not in before[name]}
             new = {i: d for i, d in new.items() if owner[i] not in existed}
@@ -277,7 +288,7 @@ class Projector:
             await self._store.save(name, {i: d for i, d in changed.items() if i in before[name]})
 
         if self.known.generation == generation:
-            self._remember(docs, history, ordered, existed)
+            self._remember(docs, chunks_written, ordered, existed)
         return existed
 
     def _remember(

@@ -4,6 +4,7 @@ seeded as workers write: whole documents into the catalogue collections)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,3 +176,26 @@ class TestMongoCatalogue(CatalogueContract):
             await db[collection].insert_many(list(docs))
 
         return insert
+
+    async def test_concurrent_executes_share_one_read_of_a_workflow(
+        self, catalogue: MongoCatalogue, seed: Seed, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await seed(WORKFLOWS, [{"_id": "a", "archived": False}])
+        reads: list[str] = []
+        read = catalogue.workflow
+
+        async def counted(name: str) -> Document | None:
+            reads.append(name)
+            return await read(name)
+
+        monkeypatch.setattr(catalogue, "workflow", counted)
+        found = await asyncio.gather(
+            *(catalogue.workflow_for_execute("a", remember_missing=False) for _ in range(20))
+        )
+        assert reads == ["a"]
+        assert all(doc is not None and doc["_id"] == "a" for doc in found)
+        # An edit here is seen by the next execute, read again.
+        await catalogue.edit_workflow("a", {"archived": True})
+        again = await catalogue.workflow_for_execute("a", remember_missing=False)
+        assert again is not None and again["archived"] is True
+        assert reads == ["a", "a"]

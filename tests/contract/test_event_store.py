@@ -8,19 +8,50 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from schemas.commits import Commit
 from services.common.mongo_commit_log import MongoCommitLog
-from services.engine.event_store import AppendFailure, AppendReport
+from services.engine.event_store import AppendFailure, AppendReport, RoundReport
 from services.engine.event_store import EventStoreAdapter as EventStore
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
-from services.engine.offloop import LoopThread, OffLoopAppends
+from services.engine.offloop import INLINE_ROUND_MAX, LoopThread, OffLoopAppends
 from tests.support.commits import make_commit as commit_at
 
 
 def make_commit(execution_id: str, seq: int, command_id: str | None = None) -> Commit:
     return commit_at(execution_id, seq, run_id="run-1", command_id=command_id, with_source=True)
+
+
+class InsertCounter(CommandListener):
+    """Counts the insert requests a client sends."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name == "insert":
+            self.count += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
+def in_own_run(execution_id: str, seq: int, command_id: str | None = None) -> Commit:
+    """A commit of run `{execution_id}-run` (seq 1 opens it): every execution opens a run
+    of its own, so a round's run locators are all new (see the Mongo adapter)."""
+    return commit_at(
+        execution_id, seq, run_id=f"{execution_id}-run", command_id=command_id, with_source=True
+    )
 
 
 class EventStoreContract:
@@ -125,6 +156,45 @@ class EventStoreContract:
         assert round_.report == AppendReport(1, AppendFailure.DUPLICATE_COMMAND)
         assert await store.get("new", 1) is not None
 
+    async def test_a_round_of_new_runs_refuses_a_taken_first_and_appends_the_rest(
+        self, store: EventStore
+    ) -> None:
+        await store.append([in_own_run("taken", 1, command_id="t1")])
+        firsts = [
+            commit_at("taken", 1, run_id="other-run", command_id="t2"),  # the execution exists
+            in_own_run("new1", 1),
+            in_own_run("new2", 1),
+        ]
+        rest = [
+            in_own_run("new1", 2),
+            in_own_run("taken", 2),  # follows a refused first commit: not attempted
+            in_own_run("new2", 2),
+            in_own_run("new1", 3),
+        ]
+        round_ = await store.append_round(firsts, rest)
+        assert round_.refused == {0}
+        assert round_.appended == [rest[0], rest[2], rest[3]]
+        assert round_.report == AppendReport(inserted=3)
+        assert [c.seq async for c in store.read_stream("new1")] == [1, 2, 3]
+        assert [c.seq async for c in store.read_stream("new2")] == [1, 2]
+        assert [c.command_id async for c in store.read_stream("taken")] == ["t1"]
+
+        # Again (a redelivery): every first is refused, nothing doubles.
+        again = await store.append_round(firsts, rest)
+        assert again.refused == {0, 1, 2} and again.appended == []
+        assert [c.seq async for c in store.read_stream("new1")] == [1, 2, 3]
+
+    async def test_a_round_of_new_runs_reports_where_its_append_stopped(
+        self, store: EventStore
+    ) -> None:
+        await store.append([in_own_run("old", 1), in_own_run("old", 2, command_id="dup")])
+        rest = [in_own_run("old", 3), in_own_run("old", 4, command_id="dup"), in_own_run("old", 5)]
+        round_ = await store.append_round([in_own_run("new", 1)], rest)
+        assert round_.refused == set() and round_.appended == rest
+        assert round_.report == AppendReport(1, AppendFailure.DUPLICATE_COMMAND)
+        assert await store.get("new", 1) is not None
+        assert [c.seq async for c in store.read_stream("old")] == [1, 2, 3]
+
     async def test_append_first_takes_only_first_commits(self, store: EventStore) -> None:
         with pytest.raises(ValueError, match="first commits only"):
             await store.append_first([make_commit("e1", 2)])
@@ -193,6 +263,49 @@ class TestMongoEventStore(EventStoreContract):
         assert await store.append_first([make_commit("e1", 1, command_id="again")]) == {0}
         assert await commits.locate_run("run-1") == "e1"
 
+    async def test_a_round_is_one_insert_request_when_nothing_is_refused(
+        self, db: Any, mongo_url: str
+    ) -> None:
+        inserts = InsertCounter()
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            mongo_url, tz_aware=True, event_listeners=[inserts]
+        )
+        try:
+            store = MongoEventStore(client[db.name])
+            await store.setup()
+            await store.append([in_own_run("old", 1)])
+            inserts.count = 0
+            firsts = [in_own_run("new1", 1), in_own_run("new2", 1)]
+            rest = [in_own_run("old", 2), in_own_run("new1", 2)]
+            assert await store.append_round(firsts, rest) == RoundReport(
+                set(), rest, AppendReport(inserted=2)
+            )
+            assert inserts.count == 1
+            log = MongoCommitLog(db)
+            assert await log.locate_run("new1-run") == "new1"
+            assert await log.locate_run("new2-run") == "new2"
+        finally:
+            await client.close()
+
+    async def test_run_locators_are_not_read_as_commits(self, store: EventStore, db: Any) -> None:
+        await store.append([in_own_run("e1", 1), in_own_run("e1", 2), in_own_run("e2", 1)])
+        log = MongoCommitLog(db)
+        assert [c.doc_id async for c in log.scan()] == [
+            "e1:000000000001",
+            "e1:000000000002",
+            "e2:000000000001",
+        ]
+        assert await db.commits.count_documents({"execution_id": "e1"}) == 2
+        assert await store.find_by_commands({"cmd-e1-1", "e1-run"}) == {
+            "cmd-e1-1": await store.get("e1", 1)
+        }
+        assert await log.locate_run("e2-run") == "e2"
+
+    async def test_runs_located_by_an_older_engine_are_still_found(self, db: Any) -> None:
+        await db.run_locators.insert_one({"_id": "old-run", "execution_id": "old"})
+        assert await MongoCommitLog(db).locate_run("old-run") == "old"
+        assert await MongoCommitLog(db).locate_run("unknown-run") is None
+
     async def test_commits_are_stored_as_flat_fields_and_a_json_body(
         self, store: EventStore, db: Any
     ) -> None:
@@ -213,8 +326,10 @@ class TestOffLoopAppends(TestMongoEventStore):
     """The engine's wiring: appends on a loop of their own (a thread, with its own
     client), reads on the caller's loop; the whole contract holds across the two."""
 
-    @pytest.fixture
-    async def store(self, db: Any, mongo_url: str) -> AsyncIterator[EventStore]:
+    @pytest.fixture(params=[0, INLINE_ROUND_MAX], ids=["on-writer", "small-inline"])
+    async def store(
+        self, db: Any, mongo_url: str, request: pytest.FixtureRequest
+    ) -> AsyncIterator[EventStore]:
         writer = LoopThread("test-appends")
 
         async def writer_db() -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
@@ -222,7 +337,9 @@ class TestOffLoopAppends(TestMongoEventStore):
             return client, client[db.name]
 
         client, other_db = await writer.run(writer_db())
-        store = OffLoopAppends(MongoEventStore(db), MongoEventStore(other_db), writer)
+        store = OffLoopAppends(
+            MongoEventStore(db), MongoEventStore(other_db), writer, inline_max=request.param
+        )
         await store.setup()
         try:
             yield store

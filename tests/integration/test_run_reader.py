@@ -1,10 +1,12 @@
 """History pages of the RunReader against the real MongoDB-protocol server: projected
-chunks, commits the projector has not applied yet, chunks read before their row, and the
-per-user view."""
+chunks and sealed blocks (and histories without blocks, a crash between a block's chunks
+and the block, a rebuild), commits the projector has not applied yet, chunks read before
+their row, and the per-user view."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -12,12 +14,19 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.api.access import OwnedRunReader
 from services.api.run_reader import RunReader
 from services.common.mongo_commit_log import MongoCommitLog
-from services.common.readmodels.history_chunks import event_json, history_chunk_id
+from services.common.readmodels.history_chunks import (
+    event_json,
+    history_block_key,
+    history_chunk_id,
+    is_block,
+    texts_of_lines,
+)
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
-from services.common.readmodels.store import HISTORY, RUNS
+from services.common.readmodels.store import HISTORY, RUNS, Document
 from services.projector.projector import Projector
-from tests.support.workloads import Workload, store_commits
+from services.projector.rebuild import rebuild
+from tests.support.workloads import Workload, fold_all, store_commits
 
 
 def mongo_reader(db: Any, user_id: str | None = None) -> RunReader:
@@ -114,8 +123,8 @@ async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: D
     await Projector(store).apply(events[4:])
     reader = mongo_reader(mongo_db)
     # What `run_history_page` does when the chunk it read with the row predates the row.
-    texts = await reader._chunk_texts(w.run_id("a"), 1, 10, stale)
-    assert numbers(texts) == list(range(1, 11))
+    lines = await reader._chunk_lines(w.run_id("a"), 1, 10, stale)
+    assert numbers(texts_of_lines(lines)) == list(range(1, 11))
 
 
 async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:
@@ -164,3 +173,69 @@ async def test_an_unprojected_execution_is_read_whole_however_many_commits_it_ha
     nine = await reader.execution("nine")
     assert nine is not None and nine["status"] == "COMPLETED"
     assert await reader.execution("never-started") is None
+
+
+class _DiesBeforeBlocks(MongoReadModelStore):
+    """The projector's process dies (an exception) when it first writes a history block:
+    the block's chunks are stored, the block, the run row and the pointer are not."""
+
+    died = False
+
+    async def insert_new(self, collection: str, docs: Mapping[str, Document]) -> set[str]:
+        if not self.died and any(is_block(i) for i in docs):
+            self.died = True
+            raise ConnectionError("killed between the chunks and the block")
+        return await super().insert_new(collection, docs)
+
+
+async def test_a_long_history_reads_the_same_through_blocks_chunks_a_crash_and_a_rebuild(
+    mongo_db: Db,
+) -> None:
+    w = Workload()
+    w.start("a")
+    w.signals("a", 2_399)
+    w.complete("a", result=1)
+    events = w.all_events()
+    expected = [event_json(e) for e in events]
+    run_id = w.run_id("a")
+    await store_commits(mongo_db, w)
+    commits = MongoCommitLog(mongo_db)
+    store = _DiesBeforeBlocks(mongo_db)
+    await store.setup()
+    projector = Projector(store, commits)
+    for k in range(0, len(events), 300):  # batches of 300: the second holds event 1,000
+        try:
+            await projector.apply(events[k : k + 300])
+        except ConnectionError:
+            stored = await store.snapshot(HISTORY)
+            assert history_chunk_id(run_id, 1000) in stored
+            assert not [i for i in stored if is_block(i)]
+            projector = Projector(store, commits)  # restarted: the batch comes again
+            await projector.apply(events[k : k + 300])
+    assert store.died
+    live = await store.snapshot(HISTORY)
+    assert sorted(i for i in live if is_block(i)) == [
+        history_block_key(run_id, 0),
+        history_block_key(run_id, 1),
+    ]
+    assert live == fold_all(events).changes()[0]  # as one uninterrupted fold
+    reader = mongo_reader(mongo_db)
+
+    async def read_back() -> None:
+        whole = await reader.run_history_page(run_id)
+        assert whole is not None and [json.loads(t) for t in whole.events] == expected
+        by_execution = await reader.execution_history("a")
+        assert by_execution is not None and by_execution[1] == expected
+        for size in (1000, 100, 777):
+            walked = await pages(reader, run_id, size)
+            assert [n for p in walked for n in p] == list(range(1, len(events) + 1)), size
+
+    await read_back()
+    # Histories written before blocks existed: chunks only.
+    await mongo_db[HISTORY].delete_many({"_id": {"$in": [i for i in live if is_block(i)]}})
+    await read_back()
+    # The rebuild seals the blocks again, equal to the live ones.
+    report = await rebuild(MongoReadModelStore(mongo_db), commits)
+    assert report.history_chunks == len(live)
+    assert await store.snapshot(HISTORY) == live
+    await read_back()

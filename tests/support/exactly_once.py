@@ -133,7 +133,9 @@ async def stored_commits(env: dict[str, str]) -> dict[str, list[Doc]]:
     client: AsyncMongoClient[Doc] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
     try:
         stored: dict[str, list[Doc]] = defaultdict(list)
-        async for doc in client[env["RUNSTORE_MONGO_DATABASE"]].commits.find({}):
+        # (Only commits: the collection holds the run locators too.)
+        commits = client[env["RUNSTORE_MONGO_DATABASE"]].commits
+        async for doc in commits.find({"execution_id": {"$exists": True}}):
             stored[doc["execution_id"]].append(doc)
     finally:
         await client.close()
@@ -203,7 +205,9 @@ async def read_models(db: Any) -> dict[str, dict[str, Doc]]:
 async def assert_caught_up(db: Any) -> None:
     """Every execution's read-model pointer is at its newest commit."""
     newest: dict[str, int] = {}
-    async for c in db.commits.find({}, {"execution_id": 1, "seq": 1}):
+    async for c in db.commits.find(
+        {"execution_id": {"$exists": True}}, {"execution_id": 1, "seq": 1}
+    ):
         newest[c["execution_id"]] = max(newest.get(c["execution_id"], 0), c["seq"])
     pointers = {d["_id"]: d["seq"] async for d in db.executions.find({})}
     assert pointers == newest

@@ -7,13 +7,17 @@ Three document kinds, all addressed by `_id` so every point read is fast on any 
   list filters match on;
 - execution pointer (`executions`, `_id` = execution_id): which run is the latest;
 - history chunk (`history`, `_id` = `{run_id}:{chunk:06d}`): up to HISTORY_CHUNK events
-  of a run, as JSON text (see `apply_to_history`).
+  of a run, as JSON text (see `apply_to_history`);
+- history block (`history`, `_id` = `{run_id}:b{block:06d}`): HISTORY_BLOCK events, the
+  ten full chunks of a block joined, made once when the block's last event is folded
+  (`seal_block`) and never changed.
 
 Run documents and execution pointers record the position `(seq, index)` of the newest
 event they reflect, and an event at or below that position is ignored; history chunks
-key events by `event_number` and never replace one. So re-delivery and replays never move
-a read model backwards or duplicate anything, and folding the same events in the same
-order always gives the same documents (what the rebuild relies on).
+key events by `event_number` and never replace one; a block is made only if absent. So
+re-delivery and replays never move a read model backwards or duplicate anything, and
+folding the same events in the same order always gives the same documents (what the
+rebuild relies on).
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ from typing import Any
 from schemas.events import STATUS_AFTER, Event, EventType, closes_run
 from services.common.clock import ns_to_datetime, to_milliseconds
 from services.common.readmodels.history_chunks import (
+    HISTORY_BLOCK,
     apply_to_history,
+    history_block_key,
+    history_block_of,
     history_chunk_id,
+    history_ids_of,
+    seal_block,
     stored_chunk,
 )
 from services.common.readmodels.search_keys import search_terms
@@ -148,20 +157,21 @@ class ReadModelDocs:
 
 
 def ids_touched(events: Iterable[Event]) -> tuple[set[str], set[str], set[str]]:
-    """(run ids, execution ids, history chunk ids) that `events` may change."""
+    """(run ids, execution ids, history ids) that folding `events` reads or changes."""
     runs: set[str] = set()
     executions: set[str] = set()
     chunks: set[str] = set()
     for e in events:
         runs.add(e.run_id)
         executions.add(e.execution_id)
-        chunks.add(history_chunk_id(e.run_id, e.event_number))
+        chunks.update(history_ids_of(e.run_id, e.event_number))
     return runs, executions, chunks
 
 
 def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
     """Fold `events`, in order, onto `docs` (which must hold every existing document the
-    events touch, see `ids_touched`); records what changed. Pure apart from `docs`."""
+    events touch, see `ids_touched`: for the last event of a block that includes the
+    block's chunks and the block itself); records what changed. Pure apart from `docs`."""
     for event in events:
         before = docs.runs.get(event.run_id)
         run = apply_to_run(before, event)
@@ -179,4 +189,14 @@ def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
         if chunk is not before:
             docs.history[chunk_id] = chunk
             docs.changed_history.add(chunk_id)
+        if event.event_number % HISTORY_BLOCK == 0:
+            # The block's last event: seal the block if it is not already (after a crash
+            # between its chunks' write and its own, the re-delivered event seals it).
+            block = history_block_of(event.event_number)
+            block_id = history_block_key(event.run_id, block)
+            if block_id not in docs.history:
+                sealed = seal_block(event.run_id, block, docs.history)
+                if sealed is not None:
+                    docs.history[block_id] = sealed
+                    docs.changed_history.add(block_id)
     return docs
