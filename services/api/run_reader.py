@@ -6,7 +6,7 @@ Every read is an `_id` lookup, and the independent ones of a request go out toge
 Sequential round trips per request (`‖` = sent together):
 
 - get_run: closed run 1 (its row: final, nothing follows a run's terminal event); open
-  run 2 (the row, then the commit after the row's `seq`, normally a miss);
+  run 2 (the row, then the commit at the row's `seq` ‖ the one after it, normally a miss);
 - get_workflow_execution: 2 (the pointer, then its latest run's row ‖ the commit after
   the pointer's `seq`);
 - a history page (paging extension): closed run 1 (the row ‖ the page's chunks); open run
@@ -26,10 +26,11 @@ the probe after it); none for a closed run whose result, if any, the index keeps
 
 Why folding from a `seq` is enough: the projector writes a batch's history chunks, then its
 runs, then its execution pointers. So once a pointer (or a run row) says `seq`, every run
-row (or that run's history) up to `seq` is already written, and the commits after `seq`
-(read by `_id` until one is missing) are all a reader can be missing. A chunk read at the
-same time as its row can predate the row; the page checks it holds what the row promises
-and reads it again if not.
+row (or that run's history) up to the commits before `seq` is already written, and the
+commit at `seq` (a batch can end between two events of one commit) and the commits after
+it (read by `_id` until one is missing, together with it) are all a reader can be missing.
+A chunk read at the same time as its row can predate the row; the page checks it holds
+what the row promises and reads it again if not.
 """
 
 from __future__ import annotations
@@ -195,6 +196,18 @@ class RunReader:
             own, newer = await self.commits.get(execution_id, seq), []
         return None if own is None else [own, *newer]
 
+    async def _commits_since(self, execution_id: str, seq: int) -> list[Commit]:
+        """The commit at `seq` and every stored commit after it, in one round trip. A
+        projected row or pointer at `seq` can lack the later events of that commit (a
+        projector batch may end between two events of one commit); folding skips the
+        events a document already reflects."""
+        if seq <= 0:
+            return await self.commits.read_after(execution_id, 0)
+        own, newer = await asyncio.gather(
+            self.commits.get(execution_id, seq), self.commits.read_after(execution_id, seq)
+        )
+        return newer if own is None else [own, *newer]
+
     async def run_history_page(
         self, run_id: str, after: int = 0, limit: int | None = None
     ) -> HistoryPage | None:
@@ -229,7 +242,7 @@ class RunReader:
         latest = str(pointer["latest_run_id"])
         row, newer, chunks = await asyncio.gather(
             self.models.get(RUNS, latest),
-            self.commits.read_after(execution_id, int(pointer["seq"])),
+            self._commits_since(execution_id, int(pointer["seq"])),
             self._first_chunks(latest, span),
         )
         for event in (e for c in newer for e in c.events):
@@ -262,7 +275,7 @@ class RunReader:
                 chunks.update(await more)
                 return RunView(row, projected, []), chunks
             newer, extra = await asyncio.gather(
-                self.commits.read_after(str(row["execution_id"]), int(row["seq"])), more
+                self._commits_since(str(row["execution_id"]), int(row["seq"])), more
             )
             chunks.update(extra)
             view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
@@ -278,7 +291,7 @@ class RunReader:
         # holds every event of the run up to `seq` (or the run has none up to there).
         row = await self.models.get(RUNS, run_id)
         after = max(seq, int(row["seq"]) if row else 0)
-        newer = await self.commits.read_after(execution_id, after)
+        newer = await self._commits_since(execution_id, after)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
         return (view, {}) if view is not None else None
 
