@@ -43,20 +43,13 @@ async def test_engine_killed_twenty_times_applies_every_command_exactly_once(
     await create_topics(env)
     stack = Stack(env=env, log_dir=tmp_path)
     stack.start("engine")
-    kills = 0
-
-    async def killer() -> None:
-        nonlocal kills
-        while kills < KILLS:
-            # Kill between 1.5 s and 4 s after a start: past start-up, into the write path.
-            await asyncio.sleep(rng.uniform(1.5, 4.0))
-            stack.kill("engine")
-            kills += 1
-            stack.start("engine")
-
     try:
         started = time.monotonic()
-        await asyncio.gather(produce_paced(env, commands, rng, 40, (0.05, 0.25)), killer())
+        # Kill between 1.5 s and 4 s after a start: past start-up, into the write path.
+        _, kills = await asyncio.gather(
+            produce_paced(env, commands, rng, 40, (0.05, 0.25)),
+            stack.kill_repeatedly("engine", KILLS, (1.5, 4.0), rng),
+        )
         outcome_records = await await_outcomes(env, {c["command_id"] for c in commands})
         elapsed = time.monotonic() - started
     finally:

@@ -66,20 +66,13 @@ async def test_a_long_history_survives_projector_kills_and_reads_the_same_every_
         command("SignalExecution", execution_id, name="tick", input={"n": n})
         for n in range(SIGNALS)
     ]
-    kills = 0
-
-    async def killer() -> None:
-        nonlocal kills
-        while kills < KILLS:
-            await asyncio.sleep(rng.uniform(1.0, 2.5))
-            stack.kill("projector")
-            kills += 1
-            stack.start("projector")
-
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"], tz_aware=True)
     db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
     try:
-        await asyncio.gather(produce_paced(env, commands, rng, 100, (0.1, 0.3)), killer())
+        _, kills = await asyncio.gather(
+            produce_paced(env, commands, rng, 100, (0.1, 0.3)),
+            stack.kill_repeatedly("projector", KILLS, (1.0, 2.5), rng),
+        )
         assert kills == KILLS
         await assert_eventually(lambda: assert_caught_up(db), timeout=120)
         stored = [

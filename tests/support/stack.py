@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -105,6 +107,19 @@ class Stack:
         proc = self.procs.pop(service)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+    async def kill_repeatedly(
+        self, service: str, times: int, pause: tuple[float, float], rng: random.Random
+    ) -> int:
+        """SIGKILL `service` `times` times, each a random `pause` (seconds) after it was
+        (re)started, and start it again at once; returns how many kills were done."""
+        kills = 0
+        while kills < times:
+            await asyncio.sleep(rng.uniform(*pause))
+            self.kill(service)
+            kills += 1
+            self.start(service)
+        return kills
 
     def stop(self, service: str) -> None:
         proc = self.procs.pop(service, None)
