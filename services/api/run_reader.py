@@ -187,26 +187,32 @@ class RunReader:
         """The commit holding the row's newest event and (with `probe`) every stored commit
         after it, in one round trip; None if that commit is not found (not expected: the
         engine stores a commit before it publishes its events)."""
-        execution_id, seq = str(row["execution_id"]), int(row["seq"])
-        if probe:
-            own, newer = await asyncio.gather(
-                self.commits.get(execution_id, seq), self.commits.read_after(execution_id, seq)
-            )
-        else:
-            own, newer = await self.commits.get(execution_id, seq), []
+        own, newer = await self._commit_and_after(
+            str(row["execution_id"]), int(row["seq"]), probe=probe
+        )
         return None if own is None else [own, *newer]
 
     async def _commits_since(self, execution_id: str, seq: int) -> list[Commit]:
-        """The commit at `seq` and every stored commit after it, in one round trip. A
-        projected row or pointer at `seq` can lack the later events of that commit (a
-        projector batch may end between two events of one commit); folding skips the
+        """The commit at `seq` (none at 0) and every stored commit after it, in one round
+        trip. A projected row or pointer at `seq` can lack the later events of that commit
+        (a projector batch may end between two events of one commit); folding skips the
         events a document already reflects."""
+        own, newer = await self._commit_and_after(execution_id, seq, probe=True)
+        return newer if own is None else [own, *newer]
+
+    async def _commit_and_after(
+        self, execution_id: str, seq: int, *, probe: bool
+    ) -> tuple[Commit | None, list[Commit]]:
+        """The commit at `seq` (None if missing, or `seq` 0) and, with `probe`, the stored
+        commits after it (read by `_id` until one is missing), sent together."""
         if seq <= 0:
-            return await self.commits.read_after(execution_id, 0)
+            return None, await self.commits.read_after(execution_id, 0) if probe else []
+        if not probe:
+            return await self.commits.get(execution_id, seq), []
         own, newer = await asyncio.gather(
             self.commits.get(execution_id, seq), self.commits.read_after(execution_id, seq)
         )
-        return newer if own is None else [own, *newer]
+        return own, newer
 
     async def run_history_page(
         self, run_id: str, after: int = 0, limit: int | None = None
