@@ -20,10 +20,10 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from pydantic import BaseModel, ValidationError
 
-from services.common.kafka_topics import partitions_of
+from services.common.kafka_io import tail_from_end
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
@@ -70,24 +70,11 @@ class TopicFeed:
 
     async def start(self) -> None:
         """Returns once the ends are fixed: a record published after this is seen."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            client_id=self._client_id,
-        )
         # aiokafka's default fetch wait (500 ms): the broker answers a fetch as soon as a
         # record arrives, so the wait only paces the empty fetches of an idle feed.
-        assigned = [
-            TopicPartition(topic, p)
-            for topic in self._followers
-            for p in await partitions_of(self._settings, topic)
-        ]
-        await consumer.start()
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            self._ends.setdefault(tp.topic, {})[tp.partition] = await consumer.position(tp)
+        consumer, self._ends = await tail_from_end(
+            self._settings, list(self._followers), self._client_id
+        )
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name=f"feed:{self._client_id}")
 

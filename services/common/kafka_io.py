@@ -194,11 +194,11 @@ class RecordPublisher:
 
 
 async def tail_from_end(
-    settings: RunstoreSettings, topic: str, client_id: str, **options: Any
-) -> tuple[AIOKafkaConsumer, dict[int, int]]:
-    """A started consumer (no group, no commits) assigned every partition of `topic` at
-    its end, and those end offsets by partition: a record published after this returns
-    is seen."""
+    settings: RunstoreSettings, topics: Sequence[str], client_id: str, **options: Any
+) -> tuple[AIOKafkaConsumer, dict[str, dict[int, int]]]:
+    """A started consumer (no group, no commits) assigned every partition of `topics` at
+    its end, and those end offsets by topic and partition: a record published after this
+    returns is seen."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
@@ -206,9 +206,13 @@ async def tail_from_end(
         client_id=client_id,
         **options,
     )
-    partitions = await partitions_of(settings, topic)
+    assigned = [
+        TopicPartition(topic, p) for topic in topics for p in await partitions_of(settings, topic)
+    ]
     await consumer.start()
-    assigned = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(assigned)
     await consumer.seek_to_end(*assigned)
-    return consumer, {tp.partition: await consumer.position(tp) for tp in assigned}
+    ends: dict[str, dict[int, int]] = {}
+    for tp in assigned:
+        ends.setdefault(tp.topic, {})[tp.partition] = await consumer.position(tp)
+    return consumer, ends

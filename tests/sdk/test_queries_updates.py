@@ -52,7 +52,7 @@ class FakeWorker:
 
     async def _run(self) -> None:
         settings = RunstoreSettings(kafka_bootstrap=self.bootstrap)
-        consumer, _ = await tail_from_end(settings, self.tasks, "fake-worker")
+        consumer, _ = await tail_from_end(settings, [self.tasks], "fake-worker")
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
         await producer.start()
         try:
