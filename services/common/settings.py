@@ -91,9 +91,10 @@ class EngineSettings(RunstoreSettings):
     engine_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     """How long the group waits for a silent engine before moving its partitions."""
     engine_gc_full_every_s: float = Field(default=600.0, gt=0)
-    """Longest time between full garbage collections (there is also one whenever the
-    heap has grown by a quarter); between them, each batch's survivors are frozen
-    instead of collected (services/common/runtime.py `BatchCollector`)."""
+    """Longest time between full garbage collections (there is also one after a failed
+    batch, and when the heap, not counting the state cache's growth, has grown by a
+    quarter); between them, each batch's survivors are frozen instead of collected
+    (services/common/runtime.py `BatchCollector`)."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 

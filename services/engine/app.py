@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 from aiokafka import TopicPartition
@@ -31,7 +31,7 @@ from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.offsets import Consumer
 from services.engine.outbound import Outbound
-from services.engine.pipeline import EnginePipeline
+from services.engine.pipeline import Batch, EnginePipeline, Phase
 from services.engine.processor import CommandProcessor
 from services.engine.state_cache import StateCache
 from services.engine.validation import InboundRecord
@@ -131,6 +131,17 @@ def _json(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
+def collect_after_failures(collector: BatchCollector) -> Callable[[Batch, Phase], None]:
+    """The pipeline's observer: a failed batch may be held in a cycle by its exception
+    and traceback, so the collector's next check collects."""
+
+    def observe(_batch: Batch, phase: Phase) -> None:
+        if phase is Phase.FAILED:
+            collector.batch_failed()
+
+    return observe
+
+
 async def _collect_periodically(collector: BatchCollector, every_s: float = 5.0) -> None:
     """Full collections when due, also while no batch comes (an idle or stalled engine)."""
     while True:
@@ -155,7 +166,7 @@ def build_app(settings: EngineSettings) -> FastStream:
     )
     health = Health(settings, client)
     cache = StateCache(settings.engine_cache_size)
-    collector = BatchCollector(settings.engine_gc_full_every_s)
+    collector = BatchCollector(settings.engine_gc_full_every_s, cache_entries=cache.__len__)
     processor = CommandProcessor(store, cache, now_ns)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
@@ -177,7 +188,9 @@ def build_app(settings: EngineSettings) -> FastStream:
         if traced is not None:
             tracing.end_all(traced.spans)
 
-    pipeline = EnginePipeline(processor, publish, RETRY_BACKOFF_SECONDS)
+    pipeline = EnginePipeline(
+        processor, publish, RETRY_BACKOFF_SECONDS, collect_after_failures(collector)
+    )
 
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
     # offsets) only after its commits are stored and everything they imply is
