@@ -62,9 +62,13 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         self._health.assigned()
 
 
-def _raw_records(message: KafkaMessage) -> object:
+async def _raw_records(message: KafkaMessage) -> object:
     """The handler reads the raw records itself: skip FastStream's decoding of each one
-    (a header dict and a body decode per record; see docs/engine-performance.md)."""
+    (a header dict and a body decode per record; see docs/engine-performance.md).
+
+    A coroutine on purpose: FastStream runs a plain function decoder in a worker thread
+    (anyio's `to_thread`), a hop there and back per batch that cost the engine ~7% of
+    its CPU at a worker's few commands per batch."""
     return message.raw_message
 
 
