@@ -95,6 +95,10 @@ class EngineSettings(RunstoreSettings):
     batch, and when the heap, not counting the state cache's growth, has grown by a
     quarter); between them, each batch's survivors are frozen instead of collected
     (services/common/runtime.py `BatchCollector`)."""
+    engine_commit_every_ms: int = Field(default=100, ge=0)
+    """Commit consumed offsets at most this often (0: after every batch). A crash
+    redelivers what was published since the last commit; the engine re-publishes such
+    commands from the store, deciding nothing twice (docs/engine-performance.md)."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 

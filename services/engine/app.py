@@ -193,7 +193,11 @@ def build_app(settings: EngineSettings) -> FastStream:
             tracing.end_all(traced.spans)
 
     pipeline = EnginePipeline(
-        processor, publish, RETRY_BACKOFF_SECONDS, collect_after_failures(collector)
+        processor,
+        publish,
+        RETRY_BACKOFF_SECONDS,
+        collect_after_failures(collector),
+        commit_every_s=settings.engine_commit_every_ms / 1000,
     )
 
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
