@@ -8,20 +8,21 @@ Bootstrap, without gap or double count:
    event before those offsets;
 2. load every run row from the store (INDEX_FIELDS only, one full scan);
 3. read the topic from the offsets of 1 with a consumer of its own, folding each event
-   into the index; meanwhile the records the API's `TopicFeed` (topic_tail.py) delivers
-   are queued, from the feed's position when 3 began;
-4. once 3 has reached, on every partition, the first offset the queue holds, drop that
-   consumer (in the same step of the event loop) and fold the queue and then each record
-   the feed delivers, skipping those 3 already folded. The feed is what the API follows
-   anyway (outcomes, the stream fanout): no second fetch per engine batch, and nothing is
-   missed or folded twice.
+   into the index; meanwhile an internal subscription of the API's event fanout
+   (event_fanout.py, fed by the one `TopicFeed` of topic_tail.py) buffers every event
+   published after it was made (its `start_positions`);
+4. once 3 has reached those start positions on every partition, drop that consumer (in
+   the same step of the event loop) and fold the subscription's deliveries, skipping those
+   3 already folded. The feed is what the API follows anyway (outcomes, the streams, the
+   waits of executes): no second fetch per engine batch, and an event a wait has decoded
+   is not decoded again. Nothing is missed or folded twice.
 The events between 1 and 2 are in the snapshot and come again from the topic: the fold's
 position guard makes them change nothing. Everything after 2 comes from the topic. At 4
 the index is `ready` and lists use it; until then they go to the store. If more than
-`_MAX_QUEUED` records wait to be folded (a long catch-up, a slow gap fill), the queue is
-dropped and starts again from the feed's position, and 3 goes on (or starts again from
-the last folded position): memory stays bounded, Kafka keeps what was dropped.
-Without a feed (tests, tools) the own consumer of 3 follows the topic for good.
+`_MAX_QUEUED` deliveries wait to be folded (a long catch-up, a slow gap fill) or the feed
+fails, the subscription is lost: a new one is made and 3 goes on (or starts again from
+the last folded position). Memory stays bounded; Kafka keeps what was dropped.
+Without a fanout (tests, tools) the own consumer of 3 follows the topic for good.
 
 A gap (an event whose run row reflects an older seq than the one before it, or an event
 of a run the index has never seen that is not its start) is filled from the event store
@@ -33,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -42,8 +42,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.events import Event
-from services.api.event_fanout import parse_event
-from services.api.topic_tail import TopicFeed, stop_following
+from services.api.event_fanout import (
+    EventFanout,
+    FanoutFailed,
+    SubscriberOverflow,
+    Subscription,
+    parse_event,
+)
+from services.api.topic_tail import stop_following
 from services.common.commit_log import CommitLog
 from services.common.kafka_topics import partitions_of
 from services.common.mongo import is_ferretdb
@@ -60,7 +66,7 @@ _SCAN_BATCH = 5000
 _SLICE = 100
 """Events folded between two yields to the event loop (~5-10 ms of CPU)."""
 _MAX_QUEUED = 10_000
-"""Records of the feed waiting to be folded past which the index reads on its own again."""
+"""Deliveries waiting to be folded past which the index reads on its own again."""
 
 
 class _Record(Protocol):
@@ -118,41 +124,28 @@ class ListIndexFeed:
         db: AsyncDatabase[Document],
         commits: CommitLog,
         index: RunListIndex,
-        feed: TopicFeed | None = None,
+        fanout: EventFanout | None = None,
     ) -> None:
-        """With `feed` (not started yet), the index takes its records from it once caught
-        up; without, it follows the topic with its own consumer."""
+        """With `fanout`, the index takes its events from it once caught up; without, it
+        follows the topic with its own consumer."""
         self._settings = settings
         self._db = db
         self._commits = commits
         self._index = index
         self._topic = settings.topics.events
-        self._feed = feed
+        self._fanout = fanout
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.events_applied = 0
-        self.queue_overflows = 0
-        # By partition: the next offset the feed delivers (kept whether or not the index
-        # takes its records), the first offset the queue holds every record from, and
-        # the next offset to fold once the index takes the feed's records.
-        self._feed_next: dict[int, int] = {}
-        self._queued_from: dict[int, int] = {}
+        self.subscriptions_lost = 0
+        self._sub: Subscription | None = None
         self._fold_next: dict[int, int] = {}
-        self._taking = False
-        self._overflowed = False
-        self._queue: deque[tuple[int, Sequence[_Record]]] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        if feed is not None:
-            feed.follow(self._topic, self._from_feed)
+        """By partition: the next offset to fold from the subscription."""
 
     async def start(self) -> None:
         """Starts the bootstrap in the background (lists use the store until it is done),
-        if the setting (or, for `auto`, the server) asks for the index. After the feed's
-        own start."""
-        if self._feed is not None:
-            for partition, end in self._feed.ends(self._topic).items():
-                self._feed_next.setdefault(partition, end)
+        if the setting (or, for `auto`, the server) asks for the index. After the
+        fanout's start."""
         mode = self._settings.api_list_index
         if mode is ListIndexMode.AUTO:
             mode = ListIndexMode.MEMORY if await is_ferretdb(self._db) else ListIndexMode.STORE
@@ -164,29 +157,19 @@ class ListIndexFeed:
     async def stop(self) -> None:
         await stop_following(self._task, self._consumer)
         self._task, self._consumer = None, None
+        self._unsubscribe()
 
-    def _from_feed(self, partition: int, records: Sequence[_Record]) -> None:
-        """The feed's records of one partition (synchronous, in offset order)."""
-        if not records:
-            return
-        self._feed_next[partition] = records[-1].offset + 1
-        if not self._taking:
-            return  # loading the store, dropped or off
-        self._queue.append((partition, records))
-        self._queued += len(records)
-        if self._queued > _MAX_QUEUED:
-            # Too far behind: drop the queue (Kafka keeps it) and read on from the last
-            # folded position with a consumer of its own.
-            self._queue_from_here()
-            self._overflowed = True
-            self.queue_overflows += 1
-        self._wake.set()
+    def _subscribe(self) -> Subscription:
+        """A new subscription to every event from now on (instead of the one there was)."""
+        assert self._fanout is not None
+        self._unsubscribe()
+        self._sub = self._fanout.subscribe(limit=_MAX_QUEUED, internal=True)
+        return self._sub
 
-    def _queue_from_here(self) -> None:
-        """An empty queue that holds every record the feed delivers from now on."""
-        self._queue.clear()
-        self._queued = 0
-        self._queued_from = dict(self._feed_next)
+    def _unsubscribe(self) -> None:
+        if self._sub is not None and self._fanout is not None:
+            self._fanout.unsubscribe(self._sub)
+        self._sub = None
 
     async def _run(self) -> None:
         while True:
@@ -195,7 +178,7 @@ class ListIndexFeed:
             except asyncio.CancelledError:
                 raise
             except _TooManyRuns:
-                self._stop_taking_the_feed()
+                self._unsubscribe()
                 self._index.clear()
                 await self._stop_consumer()
                 log.warning(
@@ -207,14 +190,9 @@ class ListIndexFeed:
             except Exception:  # the broker or the store failed: start over
                 log.exception("run list index: feed failed; reloading")
                 self._index.ready = False
-                self._stop_taking_the_feed()
+                self._unsubscribe()
                 await self._stop_consumer()
                 await asyncio.sleep(_RETRY_SECONDS)
-
-    def _stop_taking_the_feed(self) -> None:
-        self._taking = False
-        self._queue.clear()
-        self._queued = 0
 
     async def _stop_consumer(self) -> None:
         if self._consumer is not None:
@@ -238,25 +216,23 @@ class ListIndexFeed:
             len(self._index),
             time.monotonic() - began,
         )
-        while True:  # from the feed (on its own again after an overflow)
-            if self._overflowed:
-                # What the queue holds now comes after the dropped records: not folded.
-                self._overflowed = False
+        while True:  # from the fanout (on its own again after a lost subscription)
+            sub = self._sub
+            assert sub is not None
+            await sub.wait()
+            try:
+                deliveries = sub.take()
+            except (SubscriberOverflow, FanoutFailed):
+                self.subscriptions_lost += 1
                 await self._read_on_its_own(dict(self._fold_next))
-            elif self._queue:
-                partition, records = self._queue.popleft()
-                self._queued -= len(records)
-                start = self._fold_next.get(partition, 0)
-                if records[0].offset < start:  # folded before (by 3, or queued twice)
-                    records = [r for r in records if r.offset >= start]
-                    if not records:
-                        continue
-                await self.fold_records(records)
-                self._fold_next[partition] = records[-1].offset + 1
-                self._check_size()
-            else:
-                self._wake.clear()
-                await self._wake.wait()
+                continue
+            for n, delivery in enumerate(deliveries, 1):
+                if delivery.offset >= self._fold_next.get(delivery.partition, 0):
+                    await self._apply(delivery.event)
+                    self._fold_next[delivery.partition] = delivery.offset + 1
+                if n % _SLICE == 0:
+                    await asyncio.sleep(0)
+            self._check_size()
 
     async def _read_on_its_own(self, start: dict[int, int]) -> None:
         """Fold the topic from `start` (by partition; absent: the oldest kept) with a
@@ -282,18 +258,18 @@ class ListIndexFeed:
             else:
                 await consumer.seek_to_beginning(tp)
         ends = await consumer.end_offsets(tps)
-        if self._feed is not None:
-            self._taking = True
-            self._overflowed = False
-            self._queue_from_here()
+        sub = self._subscribe() if self._fanout is not None else None
         while True:
-            if self._feed is not None:
+            if sub is not None:
+                if sub.lost:  # overflowed meanwhile (or the feed failed): from now on
+                    self.subscriptions_lost += 1
+                    sub = self._subscribe()
                 positions = {tp.partition: await consumer.position(tp) for tp in tps}
-                # No await from this comparison to the hand-over: the queue holds every
-                # record from `_queued_from` on, and those below `positions` are skipped.
-                if all(positions[p] >= self._queued_from.get(p, 0) for p in positions):
+                # No await from this comparison to the hand-over: the subscription holds
+                # every event from its start positions on; those below `positions` are
+                # skipped.
+                if all(positions[p] >= sub.start_positions.get(p, 0) for p in positions):
                     self._fold_next = positions
-                    self._overflowed = False  # the queue was restarted since, if so
                     self._index.ready = True
                     self._consumer = None
                     await consumer.stop()

@@ -46,7 +46,7 @@ class TopicFeed:
     def __init__(self, settings: RunstoreSettings, client_id: str) -> None:
         self._settings = settings
         self._client_id = client_id
-        self._followers: dict[str, list[_Follower]] = {}
+        self._followers: dict[str, _Follower] = {}
         self._ends: dict[str, dict[int, int]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -58,12 +58,10 @@ class TopicFeed:
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
         """Hand `topic`'s records to `on_records` once started (`on_failure` is told when
-        the consumer fails; it retries). Several followers of one topic get the same
-        records, in the order they were registered. Before `start` only: the assignment is
-        fixed then."""
+        the consumer fails; it retries). Before `start` only: the assignment is fixed then."""
         if self._consumer is not None:
             raise RuntimeError(f"TopicFeed.follow({topic!r}) after start()")
-        self._followers.setdefault(topic, []).append(_Follower(on_records, on_failure))
+        self._followers[topic] = _Follower(on_records, on_failure)
 
     def ends(self, topic: str) -> dict[int, int]:
         """`topic`'s end offsets by partition when the feed started: every record from
@@ -91,19 +89,17 @@ class TopicFeed:
                 raise
             except Exception as exc:  # the broker client failed: tell whoever waits
                 log.exception("reading %s failed", ", ".join(self._followers))
-                for followers in self._followers.values():
-                    for follower in followers:
-                        if follower.on_failure is not None:
-                            follower.on_failure(f"live feed failed: {exc}")
+                for follower in self._followers.values():
+                    if follower.on_failure is not None:
+                        follower.on_failure(f"live feed failed: {exc}")
                 await asyncio.sleep(_RETRY_SECONDS)
                 continue
             for tp, records in batches.items():
-                for follower in self._followers[tp.topic]:
-                    try:
-                        follower.on_records(tp.partition, records)
-                    except Exception:
-                        # A bug in one handler must not stop the others' records.
-                        log.exception("handling records of %s failed", tp)
+                try:
+                    self._followers[tp.topic].on_records(tp.partition, records)
+                except Exception:
+                    # A bug in one handler must not stop the others' records.
+                    log.exception("handling records of %s failed", tp)
 
 
 def resolve_waiters(

@@ -1,7 +1,7 @@
 """The run list index's hand-over on a real broker: it catches up with a consumer of its
-own, then takes its records from the API's one `TopicFeed` — every event folded exactly
-once, whether events arrive before, during or after the hand-over, and when the queue of
-the feed's records overflows (the index then reads on its own again)."""
+own, then takes its events from the API's event fanout (on the one `TopicFeed`) — every
+event folded exactly once, whether it arrives before, during or after the hand-over, and
+when the index's subscription overflows (the index then reads on its own again)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.events import EVENT_ADAPTER, EventType
 from services.api import list_index_feed
+from services.api.event_fanout import EventFanout
 from services.api.list_index_feed import ListIndexFeed
 from services.api.topic_tail import TopicFeed
 from services.common.kafka_topics import ensure_topics
@@ -73,11 +74,13 @@ async def test_the_index_folds_every_event_once_across_the_hand_over_to_the_feed
     producer = AIOKafkaProducer(bootstrap_servers=api.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     feed = TopicFeed(api, "test-feed")
+    fanout = EventFanout(api, feed=feed)
     index = RunListIndex()
-    follower = ListIndexFeed(api, mongo_db, MemoryCommitLog(), index, feed)
+    follower = ListIndexFeed(api, mongo_db, MemoryCommitLog(), index, fanout)
     try:
         await publish(producer, topic, range(300), "before")  # read by the index's own consumer
         await feed.start()
+        await fanout.start()
         await follower.start()
         # During the catch-up and after it: records both the feed and the index's own
         # consumer bring (those must be folded once), then the feed's alone.
@@ -94,8 +97,10 @@ async def test_the_index_folds_every_event_once_across_the_hand_over_to_the_feed
         await assert_eventually(all_folded_through_the_feed, timeout=60)
         await asyncio.sleep(0.5)  # a duplicate would show in the count
         assert follower.events_applied == published
-        assert (follower.queue_overflows > 0) is (max_queued < 10_000)
+        assert (follower.subscriptions_lost > 0) is (max_queued < 10_000)
+        assert fanout.subscriber_count == 0  # the index's subscription is not a stream's
     finally:
         await follower.stop()
         await feed.stop()
+        await fanout.stop()
         await producer.stop()
