@@ -276,3 +276,11 @@ class TimersSettings(RunstoreSettings):
     """Port of the timers' /healthz, /readyz and /metrics (unset/empty: none)."""
     timers_schedule_refresh_seconds: float = Field(default=1.0, gt=0)
     """How often the schedules are re-read: a change made over HTTP takes effect within it."""
+    # --- api12: what the timers' events consumer costs (docs/write-path-cost.md) ---
+    timers_fetch_wait_ms: int = Field(default=100, ge=0, le=10_000)
+    """Longest the broker holds a fetch of events for `timers_fetch_min_bytes` to arrive:
+    a timer is armed up to this much after its event (one due sooner fires that late).
+    One fetch (and one offset commit) per wait instead of one per engine batch."""
+    timers_fetch_min_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Bytes of events a fetch waits for (up to `timers_fetch_wait_ms`); 1: answer as soon
+    as any event arrives (one fetch per engine batch)."""
