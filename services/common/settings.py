@@ -113,7 +113,7 @@ class ProjectorSettings(RunstoreSettings):
     0.6-0.9 ms, with HTTP start and read latencies no worse (docs/read-models.md,
     "Projector batches"). Lists on MongoDB see a new run up to the wait later; point
     reads fold the commits a projection lacks."""
-    projector_hold_ms: int = Field(default=200, ge=0, le=10_000)
+    projector_hold_ms: int = Field(default=200, ge=0, le=600_000)
     """How long the projector may hold back the events of an execution that started in a
     batch and is still open at its end (0: never), so that its next commits are written
     with them: a workflow that completes within this time costs the store inserts only,

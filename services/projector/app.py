@@ -102,14 +102,14 @@ class HeldFlusher:
             oldest = self.holder.oldest()
             if oldest is None or time.monotonic() - oldest < linger:
                 continue
+            consumer = self._consumer
+            if consumer is None:
+                continue
             try:
                 async with self._lock:
-                    # No offset commit here: the next batch commits past these events
-                    # (until then a restart re-delivers them, harmlessly). Committing
-                    # from outside FastStream's loop could race a rebalance.
-                    plan = self.holder.plan([], time.monotonic())
-                    await self._projector.apply(plan.project, plan.partitions)
-                    self.holder.adopt(plan, committed=False)
+                    # (A commit that races a rebalance fails, and the partitions' new
+                    # owner starts from the offsets committed before: harmless.)
+                    await self.project(consumer, [], may_hold=True)
             except Exception:
                 log.warning("projecting held events failed; trying again", exc_info=True)
                 self._projector.forget()
