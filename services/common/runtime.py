@@ -40,6 +40,8 @@ class BatchCollector:
     reference cycles waits, for a full collection (everything unfrozen, collected, and
     the survivors frozen again), which `check` runs when one is due:
 
+    - at the first check (5 s after start): start-up leaves cycles, e.g. an exception
+      of aiokafka's first coordinator lookup holding three sockets;
     - after a failed batch (`batch_failed`): the one known source of cycles. A store or
       publish that fails leaves its batch in an exception/traceback cycle (~14 MB per
       failed batch of 2,000), so what failing batches hold is bounded by the failures
@@ -74,6 +76,7 @@ class BatchCollector:
         self._cache_entries = cache_entries
         self._last_full = clock()
         self._failed = 0
+        self._collected = False
         self._baseline = 0
         """The heap after the last full collection, plus the cache's growth since."""
         self._heap_at_check = 0
@@ -98,6 +101,8 @@ class BatchCollector:
         if entries > self._entries_at_check:
             self._baseline += heap - self._heap_at_check
         self._heap_at_check, self._entries_at_check = heap, entries
+        if not self._collected:
+            return "start-up"
         if self._failed:
             return f"{self._failed} failed batches"
         if self._clock() - self._last_full >= self._full_every_s:
@@ -122,6 +127,7 @@ class BatchCollector:
         found = gc.collect()
         gc.freeze()
         self._after_full()
+        self._collected = True
         log.info(
             "full collection (%s): %d unreachable objects, %.0f ms, %d memory blocks, "
             "%d cached states",

@@ -65,6 +65,7 @@ def collector(restore_gc: None) -> Iterator[tuple[BatchCollector, _Clock]]:
     clock = _Clock()
     collector = BatchCollector(full_every_s=60, clock=clock)
     collector.start()
+    assert collector.check()  # the start-up collection (its own test below)
     try:
         yield collector, clock
     finally:
@@ -131,6 +132,7 @@ def test_the_state_cache_growing_is_not_taken_for_garbage(restore_gc: None) -> N
     cache: list[list[object]] = []  # one block per entry, as a stand-in for the states
     batches = BatchCollector(full_every_s=60, clock=_Clock(), cache_entries=cache.__len__)
     batches.start()
+    batches.check()  # start-up
     try:
         cycle = _cycle()
         for _ in range(3):  # the heap grows by half, three times, as the cache fills
@@ -179,9 +181,28 @@ def test_start_sets_the_time_of_the_first_full_collection(restore_gc: None) -> N
     clock.now = 1000.0  # constructed long before it starts
     batches.start()
     try:
+        assert batches.check()  # start-up
+        clock.now = 1059.0
         assert not batches.check()
         clock.now = 1060.0
         assert batches.check()
+    finally:
+        batches.stop()
+
+
+def test_the_first_check_collects_what_start_up_left_in_cycles(restore_gc: None) -> None:
+    batches = BatchCollector(full_every_s=60, clock=_Clock())
+    batches.start()
+    try:
+        # Left while the consumer starts, after `start`: e.g. an exception of a failed
+        # coordinator lookup, holding its sockets. The first batch freezes it.
+        start_up = _cycle()
+        batches.after_batch()
+        assert start_up() is not None
+        assert batches.due() == "start-up"
+        assert batches.check()
+        assert start_up() is None
+        assert batches.due() is None
     finally:
         batches.stop()
 
