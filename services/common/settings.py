@@ -91,9 +91,14 @@ class EngineSettings(RunstoreSettings):
     engine_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     """How long the group waits for a silent engine before moving its partitions."""
     engine_gc_full_every_s: float = Field(default=600.0, gt=0)
-    """Longest time between full garbage collections (there is also one whenever the
-    heap has grown by a quarter); between them, each batch's survivors are frozen
-    instead of collected (services/common/runtime.py `BatchCollector`)."""
+    """Longest time between full garbage collections (there is also one after a failed
+    batch, and when the heap, not counting the state cache's growth, has grown by a
+    quarter); between them, each batch's survivors are frozen instead of collected
+    (services/common/runtime.py `BatchCollector`)."""
+    engine_commit_every_ms: int = Field(default=100, ge=0)
+    """Commit consumed offsets at most this often (0: after every batch). A crash
+    redelivers what was published since the last commit; the engine re-publishes such
+    commands from the store, deciding nothing twice (docs/engine-performance.md)."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 
@@ -101,16 +106,29 @@ class EngineSettings(RunstoreSettings):
 class ProjectorSettings(RunstoreSettings):
     projector_group_id: str = "projector"
     projector_max_batch: int = Field(default=1000, ge=1)
-    projector_fetch_wait_ms: int = Field(default=500, ge=0, le=10_000)
-    projector_fetch_min_bytes: int = Field(default=1, ge=1)
+    projector_fetch_wait_ms: int = Field(default=200, ge=0, le=10_000)
+    projector_fetch_min_bytes: int = Field(default=1 << 20, ge=1)
     """The projector's fetches wait for this many bytes of events, or the wait above,
-    whichever comes first (aiokafka's defaults: answered as soon as anything arrives).
-    Bigger batches mean fewer fetches, offset commits and store writes per event: 64 KiB
-    and 100 ms cut the projector's CPU per HTTP start by 17-55% and FerretDB's by 2-24%,
-    but start and read latencies were worse in 2 of 3 alternating runs (the projector's
-    larger writes may hold the store's single writer longer), so it is not the default
-    (docs/write-path-cost.md). The projector is not on a command's answer path (point
-    reads fold the commits a projection lacks); list pages see the extra lag."""
+    whichever comes first (1: answered as soon as anything arrives, aiokafka's default).
+    A backlog of 1 MiB is answered at once, so the wait only applies while the projection
+    keeps up. Bigger batches mean fewer fetches, offset commits and store writes per
+    event, and more workflows whose commits all land in one batch (inserted, not inserted
+    then replaced): against 1 / 500 ms, the projector's MongoDB commands per one-activity
+    workflow fell 2.02 -> 0.38 and the projector's + FerretDB's CPU per HTTP start by
+    0.6-0.9 ms, with HTTP start and read latencies no worse (docs/read-models.md,
+    "Projector batches"). Lists on MongoDB see a new run up to the wait later; point
+    reads fold the commits a projection lacks."""
+    projector_hold_ms: int = Field(default=200, ge=0, le=600_000)
+    """How long the projector may hold back the events of an execution that started in a
+    batch and is still open at its end (0: never), so that its next commits are written
+    with them: a workflow that completes within this time costs the store inserts only,
+    not inserts then replaces (services/projector/holding.py). Nothing is held when a
+    batch is full; offsets are committed only up to the first held event. 200 against 0
+    (bench/workers.py at 80 workflows/s): FerretDB's CPU per workflow -26 to -34 %, the
+    projector's -7 to -23 % (docs/read-models.md, "Projector batches"); a new run reaches
+    the read models up to this much later."""
+    projector_hold_max_events: int = Field(default=10_000, ge=0)
+    """Most events held back at once (beyond them, executions are projected at once)."""
     projector_memory_mb: int = Field(default=64, ge=0)
     """Documents the projector keeps of the executions it wrote last (0: none), so their
     next events need no reads; dropped whenever partitions move."""

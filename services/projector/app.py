@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import AckStatus
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
@@ -28,6 +30,7 @@ from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
 from services.common.stream_service import ack_batch, seek_back, service_app
+from services.projector.holding import Consumed, HeldEvents
 from services.projector.parking import ParkedExecutions, is_transient
 from services.projector.projector import Projector
 
@@ -38,22 +41,78 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """The documents a projector remembers are only as good as its being their single
     writer: once partitions move (either way), it reads them again. It also tracks the
     partitions owned (parked executions are retried only by their partition's owner) and
-    has the parked ones of newly assigned partitions retried at once."""
+    has the parked ones of newly assigned partitions retried at once. Events held back
+    (holding.py) are dropped too: the partitions' positions go back to the committed
+    offsets, which precede them."""
 
-    def __init__(self, projector: Projector, retries: ParkedRetries, health: Health) -> None:
+    def __init__(
+        self, projector: Projector, holder: HeldEvents, retries: ParkedRetries, health: Health
+    ) -> None:
         self._projector = projector
+        self._holder = holder
         self._retries = retries
         self._health = health
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._projector.forget()
+        self._holder.forget()
         self._retries.owned -= {tp.partition for tp in revoked}
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._projector.forget()
+        self._holder.forget()
         self._retries.owned |= {tp.partition for tp in assigned}
         self._retries.wake_all()
         self._health.assigned()
+
+
+class HeldFlusher:
+    """Projects batches through the holder (services/projector/holding.py) and commits
+    their offsets; in the background, projects what was held once its time is up and no
+    batch came to release it. Callers hold `lock` (one writer per document)."""
+
+    def __init__(self, projector: Projector, holder: HeldEvents, lock: asyncio.Lock, topic: str):
+        self._projector = projector
+        self.holder = holder
+        self._lock = lock
+        self._topic = topic
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def project(
+        self, consumer: AIOKafkaConsumer, batch: list[Consumed], may_hold: bool
+    ) -> None:
+        """Project `batch` and what it releases, then commit offsets up to what is held."""
+        self._consumer = consumer
+        plan = self.holder.plan(batch, time.monotonic(), may_hold)
+        await self._projector.apply(plan.project, plan.partitions)
+        if plan.project:
+            PROJECTOR_LAST_SEQ.set(max(e.seq for e in plan.project))
+        if plan.offsets:
+            await consumer.commit(
+                {TopicPartition(self._topic, p): o for p, o in plan.offsets.items()}
+            )
+        self.holder.adopt(plan)
+
+    async def run(self) -> None:
+        linger = self.holder.linger
+        if linger <= 0:
+            return
+        while True:
+            await asyncio.sleep(linger / 4)
+            oldest = self.holder.oldest()
+            if oldest is None or time.monotonic() - oldest < linger:
+                continue
+            consumer = self._consumer
+            if consumer is None:
+                continue
+            try:
+                async with self._lock:
+                    # (A commit that races a rebalance fails, and the partitions' new
+                    # owner starts from the offsets committed before: harmless.)
+                    await self.project(consumer, [], may_hold=True)
+            except Exception:
+                log.warning("projecting held events failed; trying again", exc_info=True)
+                self._projector.forget()
 
 
 class ParkedRetries:
@@ -128,6 +187,8 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     )
     lock = asyncio.Lock()
     retries = ParkedRetries(projector, lock, settings.projector_parked_check_seconds)
+    holder = HeldEvents(settings.projector_hold_ms / 1000, settings.projector_hold_max_events)
+    flusher = HeldFlusher(projector, holder, lock, settings.topics.events)
     background: list[asyncio.Task[None]] = []
 
     # MANUAL acks: offsets move only after the batch's documents are written; a failed
@@ -142,19 +203,16 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         fetch_min_bytes=settings.projector_fetch_min_bytes,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_ForgetOnRebalance(projector, retries, health),
+        listener=_ForgetOnRebalance(projector, holder, retries, health),
         decoder=_raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
-        events: list[Event] = []
-        partitions: dict[str, int] = {}
+        consumed: list[Consumed] = []
         records = batch_records(message)
         PROJECTOR_LAG.set(observe_consumed(settings.projector_group_id, message.consumer, records))
         for record in records:
             try:
-                event = EVENT_ADAPTER.validate_json(record.value)
-                events.append(event)
-                partitions[event.execution_id] = record.partition
+                event: Event | None = EVENT_ADAPTER.validate_json(record.value)
             except ValidationError as exc:
                 # Only the engine writes this topic; an unreadable record is a bug to
                 # report, not a reason to stop projecting everyone else's runs. (If a
@@ -162,6 +220,10 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                 log.error(
                     "skipping unreadable event at %s/%s: %s", record.partition, record.offset, exc
                 )
+                event = None
+            consumed.append(Consumed(event, record.partition, record.offset))
+        consumer = message.consumer if isinstance(message.consumer, AIOKafkaConsumer) else None
+        # (None: FastStream's test broker, which has no offsets to hold back.)
         try:
             async with lock:
                 # A span per commit that carries a trace (none when tracing is off).
@@ -169,20 +231,30 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                     tracing.consumed_spans("project events", settings.topics.events, records),
                     store_latency.time(),
                 ):
-                    await projector.apply(events, partitions)
+                    if consumer is None:
+                        events = [c.event for c in consumed if c.event is not None]
+                        where = {c.event.execution_id: c.partition for c in consumed if c.event}
+                        await projector.apply(events, where)
+                        if events:
+                            PROJECTOR_LAST_SEQ.set(max(e.seq for e in events))
+                    else:
+                        # A full batch means the projection is behind: hold nothing back.
+                        full = len(records) >= settings.projector_max_batch
+                        await flusher.project(consumer, consumed, may_hold=not full)
         except Exception as exc:
             # Parking took care of everything but unavailable servers (and bugs that
-            # fail every execution): retry the batch.
+            # fail every execution): retry the batch. (What was held stays held.)
             if is_transient(exc):
-                log.warning("projecting %d events failed (%r); retrying", len(events), exc)
+                log.warning("projecting %d records failed (%r); retrying", len(records), exc)
             else:
-                log.exception("projecting %d events failed; retrying", len(events))
+                log.exception("projecting %d records failed; retrying", len(records))
             projector.forget()  # which of its writes happened is unknown
             await seek_back(message)
             return
-        if events:
-            PROJECTOR_LAST_SEQ.set(max(e.seq for e in events))
-        await ack_batch(message)
+        if consumer is None:
+            await ack_batch(message)
+        else:
+            message.committed = AckStatus.ACKED  # committed by the flusher, past what it holds
 
     async def setup() -> None:
         await store.setup()
@@ -190,6 +262,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         if entries:
             log.warning("%d executions parked; retried once partitions are assigned", len(entries))
         background.append(asyncio.create_task(retries.run(), name="parked-retries"))
+        background.append(asyncio.create_task(flusher.run(), name="held-events"))
 
     async def stop_background() -> None:
         for task in background:
