@@ -49,8 +49,11 @@ SERVICES: tuple[str | tuple[str, ...], ...] = (
     "engine",
     "projector",
     ("worker", "--module", "bench_workflows"),
+    "timers",
     "api",
 )
+"""What `make up` runs (the timers service too: it reads every event; `--no-timers` leaves
+it out, as the rows of docs/workers.md before 2026-12-06 did)."""
 ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'bench'}", "RUNSTORE_API_ALLOW_UNREGISTERED": "true"}
 
 
@@ -190,12 +193,16 @@ def main() -> int:
         "rate both sides of an A/B sustain, the CPU per workflow compares the code, not the "
         "box's load (latencies then include the wait for a slot).",
     )
+    parser.add_argument(
+        "--no-timers", action="store_true", help="Runstore without its timers service"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    services = tuple(s for s in SERVICES if not (args.no_timers and s == "timers"))
     rows: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="runstore-workers-bench-") as tmp:
         work = Path(tmp)
-        with runstore_stack(work, SERVICES, ENV) as (url, pids):
+        with runstore_stack(work, services, ENV) as (url, pids):
             rows.append(
                 asyncio.run(
                     bench_runstore(url, pids, args.clients, args.seconds, args.warmup, args.rate)

@@ -51,6 +51,7 @@ SERVICES: tuple[tuple[str, ...], ...] = (
     ("engine",),
     ("projector",),
     ("worker", "--module", "bench_workflows"),
+    ("timers",),
     ("api",),
 )
 _QUIET = {"hello", "ismaster", "isMaster", "ping", "buildInfo", "endSessions", "saslStart"}
@@ -177,12 +178,13 @@ async def end_offsets(bootstrap: str, prefix: str) -> dict[str, int]:
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:
+    services = [s for s in SERVICES if not (args.no_timers and s[0] == "timers")]
     with ExitStack() as stack:
         kafka, mongo, _ = stack.enter_context(bench_servers(work))
         parts = urlsplit(mongo)
         counters = {
             s[0]: MongoCounter(s[0], (parts.hostname or "127.0.0.1", parts.port or 27017))
-            for s in SERVICES
+            for s in services
         }
         ports = {name: await c.serve() for name, c in counters.items()}
         tag = uuid.uuid4().hex[:8]
@@ -199,7 +201,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             "RUNSTORE_LOG_LEVEL": "WARNING",
         }
         procs: list[subprocess.Popen[bytes]] = []
-        for service in SERVICES:
+        for service in services:
             mongo_url = f"mongodb://127.0.0.1:{ports[service[0]]}/"
             command = [sys.executable, "-m", "services.cli", *service]
             log = work / f"{service[0]}.log"
@@ -231,7 +233,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             await asyncio.gather(*(one(c) for c in range(args.clients)))
         await asyncio.sleep(2)  # the warm-up's trailing writes (offset commits …)
         kafka_port = int(kafka.rsplit(":", 1)[1])
-        names = {proc.pid: service[0] for proc, service in zip(procs, SERVICES, strict=True)}
+        names = {proc.pid: service[0] for proc, service in zip(procs, services, strict=True)}
         before = await end_offsets(kafka, prefix)
         requests_before = kafka_requests(kafka_port, names)
         for c in counters.values():
@@ -270,6 +272,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workflows", type=int, default=300)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--no-timers", action="store_true", help="leave the timers service out")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="runstore-costs-") as tmp:
         asyncio.run(run(args, Path(tmp)))

@@ -67,7 +67,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
     health = Health(settings, client, consumer=False)
     commits = MongoCommitLog(db)
     list_index = RunListIndex()
-    list_index_feed = ListIndexFeed(settings, db, commits, list_index)
+    # Catches up on its own consumer, then takes the events the fanout decodes anyway.
+    list_index_feed = ListIndexFeed(settings, db, commits, list_index, fanout)
     SSE_SUBSCRIBERS.set_function(lambda: fanout.subscriber_count)
     LIST_INDEX_RUNS.set_function(lambda: len(list_index) if list_index.ready else -1)
 

@@ -4,8 +4,9 @@ API's one `TopicFeed` (topic_tail.py: the consumer that also brings outcomes and
 The consumer has no group: it is assigned every partition and starts at the end, so each
 API instance sees every event published after it started, whoever consumes what else.
 A record is parsed only if some subscriber wants it (subscribers of one execution are
-found by the record key, which is the execution id), so an API with no streams open pays
-little for following the topic.
+found by the record key, which is the execution id), and once for all of them: the run
+list index (list_index_feed.py) is an internal subscriber of every event, so an event a
+wait or a stream decodes is not decoded again for the index.
 
 Each subscription notes, when it is made, the offset the fanout will deliver next on
 every partition (`start_positions`): whatever was published before is not delivered to
@@ -56,10 +57,13 @@ class Subscription:
         match: Callable[[Event], bool] | None,
         limit: int,
         start_positions: dict[int, int],
+        internal: bool = False,
     ) -> None:
         self.execution_id = execution_id
         self.match = match
         self.start_positions = start_positions
+        self.internal = internal
+        """Not a stream's (the run list index's): not counted as a subscriber."""
         self._limit = limit
         self._items: deque[Delivery] = deque()
         self._wake = asyncio.Event()
@@ -81,6 +85,29 @@ class Subscription:
     def fail(self, reason: str) -> None:
         self._failure = reason
         self._wake.set()
+
+    @property
+    def lost(self) -> bool:
+        """Overflowed or failed: deliveries are missing from here on."""
+        return self._overflowed or self._failure is not None
+
+    async def wait(self) -> None:
+        """Until a delivery is buffered, or the subscription is lost."""
+        while not self._items and not self.lost:
+            self._wake.clear()
+            await self._wake.wait()
+
+    def take(self) -> list[Delivery]:
+        """Every delivery buffered now, in order (raises as `next` does once they are
+        taken and the subscription is lost)."""
+        if not self._items:
+            if self._overflowed:
+                raise SubscriberOverflow
+            if self._failure is not None:
+                raise FanoutFailed(self._failure)
+        taken = list(self._items)
+        self._items.clear()
+        return taken
 
     async def next(self, wait_seconds: float) -> Delivery | None:
         """The next delivery, or None after `wait_seconds` of silence."""
@@ -123,7 +150,8 @@ class EventFanout:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._wildcards) + sum(len(s) for s in self._by_execution.values())
+        wildcards = sum(1 for s in self._wildcards if not s.internal)
+        return wildcards + sum(len(s) for s in self._by_execution.values())
 
     async def start(self) -> None:
         """Once the feed has started (its own feed: starts it)."""
@@ -147,10 +175,19 @@ class EventFanout:
         *,
         execution_id: str | None = None,
         match: Callable[[Event], bool] | None = None,
+        limit: int | None = None,
+        internal: bool = False,
     ) -> Subscription:
         """Deliveries of one execution's events (`execution_id`), or of every event that
-        `match` accepts (all events if neither is given)."""
-        sub = Subscription(execution_id, match, self._queue_size, dict(self._positions))
+        `match` accepts (all events if neither is given), buffered up to `limit` (default:
+        the fanout's queue size). `internal`: not a stream's, not counted."""
+        sub = Subscription(
+            execution_id,
+            match,
+            self._queue_size if limit is None else limit,
+            dict(self._positions),
+            internal,
+        )
         if execution_id is not None:
             self._by_execution.setdefault(execution_id, set()).add(sub)
         else:

@@ -7,11 +7,22 @@ Bootstrap, without gap or double count:
    commits an offset only after writing what came before it, so the store reflects every
    event before those offsets;
 2. load every run row from the store (INDEX_FIELDS only, one full scan);
-3. follow the topic from the offsets of 1, folding each event into the index.
+3. read the topic from the offsets of 1 with a consumer of its own, folding each event
+   into the index; meanwhile an internal subscription of the API's event fanout
+   (event_fanout.py, fed by the one `TopicFeed` of topic_tail.py) buffers every event
+   published after it was made (its `start_positions`);
+4. once 3 has reached those start positions on every partition, drop that consumer (in
+   the same step of the event loop) and fold the subscription's deliveries, skipping those
+   3 already folded. The feed is what the API follows anyway (outcomes, the streams, the
+   waits of executes): no second fetch per engine batch, and an event a wait has decoded
+   is not decoded again. Nothing is missed or folded twice.
 The events between 1 and 2 are in the snapshot and come again from the topic: the fold's
-position guard makes them change nothing. Everything after 2 comes from the topic. When
-3 has reached the ends the topic had when it started, the index is `ready` and lists use
-it; until then they go to the store.
+position guard makes them change nothing. Everything after 2 comes from the topic. At 4
+the index is `ready` and lists use it; until then they go to the store. If more than
+`_MAX_QUEUED` deliveries wait to be folded (a long catch-up, a slow gap fill) or the feed
+fails, the subscription is lost: a new one is made and 3 goes on (or starts again from
+the last folded position). Memory stays bounded; Kafka keeps what was dropped.
+Without a fanout (tests, tools) the own consumer of 3 follows the topic for good.
 
 A gap (an event whose run row reflects an older seq than the one before it, or an event
 of a run the index has never seen that is not its start) is filled from the event store
@@ -31,7 +42,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.events import Event
-from services.api.event_fanout import parse_event
+from services.api.event_fanout import (
+    EventFanout,
+    FanoutFailed,
+    SubscriberOverflow,
+    Subscription,
+    parse_event,
+)
 from services.api.topic_tail import stop_following
 from services.common.commit_log import CommitLog
 from services.common.kafka_topics import partitions_of
@@ -48,6 +65,8 @@ _RETRY_SECONDS = 1.0
 _SCAN_BATCH = 5000
 _SLICE = 100
 """Events folded between two yields to the event loop (~5-10 ms of CPU)."""
+_MAX_QUEUED = 10_000
+"""Deliveries waiting to be folded past which the index reads on its own again."""
 
 
 class _Record(Protocol):
@@ -105,19 +124,28 @@ class ListIndexFeed:
         db: AsyncDatabase[Document],
         commits: CommitLog,
         index: RunListIndex,
+        fanout: EventFanout | None = None,
     ) -> None:
+        """With `fanout`, the index takes its events from it once caught up; without, it
+        follows the topic with its own consumer."""
         self._settings = settings
         self._db = db
         self._commits = commits
         self._index = index
         self._topic = settings.topics.events
+        self._fanout = fanout
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.events_applied = 0
+        self.subscriptions_lost = 0
+        self._sub: Subscription | None = None
+        self._fold_next: dict[int, int] = {}
+        """By partition: the next offset to fold from the subscription."""
 
     async def start(self) -> None:
         """Starts the bootstrap in the background (lists use the store until it is done),
-        if the setting (or, for `auto`, the server) asks for the index."""
+        if the setting (or, for `auto`, the server) asks for the index. After the
+        fanout's start."""
         mode = self._settings.api_list_index
         if mode is ListIndexMode.AUTO:
             mode = ListIndexMode.MEMORY if await is_ferretdb(self._db) else ListIndexMode.STORE
@@ -129,6 +157,19 @@ class ListIndexFeed:
     async def stop(self) -> None:
         await stop_following(self._task, self._consumer)
         self._task, self._consumer = None, None
+        self._unsubscribe()
+
+    def _subscribe(self) -> Subscription:
+        """A new subscription to every event from now on (instead of the one there was)."""
+        assert self._fanout is not None
+        self._unsubscribe()
+        self._sub = self._fanout.subscribe(limit=_MAX_QUEUED, internal=True)
+        return self._sub
+
+    def _unsubscribe(self) -> None:
+        if self._sub is not None and self._fanout is not None:
+            self._fanout.unsubscribe(self._sub)
+        self._sub = None
 
     async def _run(self) -> None:
         while True:
@@ -137,6 +178,7 @@ class ListIndexFeed:
             except asyncio.CancelledError:
                 raise
             except _TooManyRuns:
+                self._unsubscribe()
                 self._index.clear()
                 await self._stop_consumer()
                 log.warning(
@@ -148,6 +190,7 @@ class ListIndexFeed:
             except Exception:  # the broker or the store failed: start over
                 log.exception("run list index: feed failed; reloading")
                 self._index.ready = False
+                self._unsubscribe()
                 await self._stop_consumer()
                 await asyncio.sleep(_RETRY_SECONDS)
 
@@ -162,6 +205,39 @@ class ListIndexFeed:
         offsets = await committed_offsets(self._settings, group, self._topic)
         self._index.clear()
         rows = await load_runs(self._db, self._index, self._settings.api_list_index_max_runs)
+        log.info(
+            "run list index: %d runs loaded in %.1fs; catching up from the projector's offsets",
+            rows,
+            time.monotonic() - began,
+        )
+        await self._read_on_its_own(offsets)
+        log.info(
+            "run list index: ready, %d runs (%.1fs after start)",
+            len(self._index),
+            time.monotonic() - began,
+        )
+        while True:  # from the fanout (on its own again after a lost subscription)
+            sub = self._sub
+            assert sub is not None
+            await sub.wait()
+            try:
+                deliveries = sub.take()
+            except (SubscriberOverflow, FanoutFailed):
+                self.subscriptions_lost += 1
+                await self._read_on_its_own(dict(self._fold_next))
+                continue
+            for n, delivery in enumerate(deliveries, 1):
+                if delivery.offset >= self._fold_next.get(delivery.partition, 0):
+                    await self._apply(delivery.event)
+                    self._fold_next[delivery.partition] = delivery.offset + 1
+                if n % _SLICE == 0:
+                    await asyncio.sleep(0)
+            self._check_size()
+
+    async def _read_on_its_own(self, start: dict[int, int]) -> None:
+        """Fold the topic from `start` (by partition; absent: the oldest kept) with a
+        consumer of its own until it reaches the feed's positions; then take the feed's
+        records (without a feed: follow the topic for good)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=None,
@@ -177,29 +253,38 @@ class ListIndexFeed:
         tps = [TopicPartition(self._topic, p) for p in partitions]
         consumer.assign(tps)
         for tp in tps:
-            if tp.partition in offsets and offsets[tp.partition] >= 0:
-                consumer.seek(tp, offsets[tp.partition])
+            if start.get(tp.partition, -1) >= 0:
+                consumer.seek(tp, start[tp.partition])
             else:
                 await consumer.seek_to_beginning(tp)
         ends = await consumer.end_offsets(tps)
-        log.info(
-            "run list index: %d runs loaded in %.1fs; catching up from the projector's offsets",
-            rows,
-            time.monotonic() - began,
-        )
+        sub = self._subscribe() if self._fanout is not None else None
         while True:
+            if sub is not None:
+                if sub.lost:  # overflowed meanwhile (or the feed failed): from now on
+                    self.subscriptions_lost += 1
+                    sub = self._subscribe()
+                positions = {tp.partition: await consumer.position(tp) for tp in tps}
+                # No await from this comparison to the hand-over: the subscription holds
+                # every event from its start positions on; those below `positions` are
+                # skipped.
+                if all(positions[p] >= sub.start_positions.get(p, 0) for p in positions):
+                    self._fold_next = positions
+                    self._index.ready = True
+                    self._consumer = None
+                    await consumer.stop()
+                    return
+            elif not self._index.ready and await _reached(consumer, ends):
+                self._index.ready = True
+                log.info("run list index: ready, %d runs", len(self._index))
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batches.values():
                 await self.fold_records(records)
-            if len(self._index) > self._settings.api_list_index_max_runs:
-                raise _TooManyRuns
-            if not self._index.ready and await _reached(consumer, ends):
-                self._index.ready = True
-                log.info(
-                    "run list index: ready, %d runs (%.1fs after start)",
-                    len(self._index),
-                    time.monotonic() - began,
-                )
+            self._check_size()
+
+    def _check_size(self) -> None:
+        if len(self._index) > self._settings.api_list_index_max_runs:
+            raise _TooManyRuns
 
     async def fold_records(self, records: Sequence[_Record]) -> None:
         """Fold consumed event records into the index, in order, letting the rest of the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -37,19 +38,27 @@ class BatchCollector:
     the collector's generations: O(1)), so no object is traversed again and again; freed
     objects still go at once by reference counting, frozen or not. Only garbage in
     reference cycles waits, for a full collection (everything unfrozen, collected, and
-    the survivors frozen again), which `check` runs:
+    the survivors frozen again), which `check` runs when one is due:
 
-    - when the frozen heap has grown by `growth` (25%, CPython's own rule for its oldest
-      generation) since the last full collection: this bounds what cycles can hold, e.g.
-      the batches a failing store or publish leaves in exception/traceback cycles
-      (~14 MB per failed batch of 2,000);
+    - after a failed batch (`batch_failed`): the one known source of cycles. A store or
+      publish that fails leaves its batch in an exception/traceback cycle (~14 MB per
+      failed batch of 2,000), so what failing batches hold is bounded by the failures
+      of one check interval (the pipeline backs off between them);
+    - when the heap has grown by `growth` (25%, CPython's rule for its oldest
+      generation) since the last full collection, not counting the state cache's
+      growth: a backstop for cycles from elsewhere. Heap growth during a check interval
+      in which `cache_entries()` grew is the cache's. Counted as garbage, it reran a
+      full collection over the whole cache again and again while the cache filled
+      (12-16% of the engine's CPU in a drain, and pauses of ~0.5 s under steady load).
+      The heap is counted with `sys.getallocatedblocks()` (a counter, not a walk over
+      the objects as `gc.get_freeze_count()` is);
     - every `full_every_s` seconds in any case.
 
     Why: a batch allocates a few hundred tracked objects per command, alive until it is
     published; collections by allocation count traverse them again and again while they
-    are alive. Batches that go through create no cycles. A full collection logs what it
-    found and how long it took. Measurements: docs/engine-performance.md, "Garbage
-    collection".
+    are alive. Batches that go through create no cycles. A full collection logs why it
+    ran, what it found and how long it took. Measurements: docs/engine-performance.md,
+    "Garbage collection".
     """
 
     def __init__(
@@ -57,47 +66,78 @@ class BatchCollector:
         full_every_s: float = 600.0,
         growth: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        cache_entries: Callable[[], int] = lambda: 0,
     ) -> None:
         self._full_every_s = full_every_s
         self._growth = growth
         self._clock = clock
+        self._cache_entries = cache_entries
         self._last_full = clock()
-        self._frozen_after_full = 0
+        self._failed = 0
+        self._baseline = 0
+        """The heap after the last full collection, plus the cache's growth since."""
+        self._heap_at_check = 0
+        self._entries_at_check = 0
 
     def start(self) -> None:
         tune_gc()  # again: what start-up allocated since is out of sight too
         gc.disable()
-        self._last_full = self._clock()
-        self._frozen_after_full = gc.get_freeze_count()
+        self._after_full()
 
     def after_batch(self) -> None:
         gc.freeze()
 
-    def check(self) -> bool:
-        """Run a full collection if one is due (by time or growth); call it every few
-        seconds. Counting the frozen objects walks them (see docs/engine-performance.md)."""
-        gc.freeze()
-        due = self._clock() - self._last_full >= self._full_every_s
-        if due or gc.get_freeze_count() > self._frozen_after_full * (1 + self._growth):
-            self.collect_all()
-            return True
-        return False
+    def batch_failed(self) -> None:
+        """A batch failed (it is consumed again): the next `check` collects."""
+        self._failed += 1
 
-    def collect_all(self) -> int:
+    def due(self) -> str | None:
+        """Why a full collection is due, or None. Call it every few seconds: it
+        attributes the heap's growth since the last call to the cache if it grew."""
+        heap, entries = sys.getallocatedblocks(), self._cache_entries()
+        if entries > self._entries_at_check:
+            self._baseline += heap - self._heap_at_check
+        self._heap_at_check, self._entries_at_check = heap, entries
+        if self._failed:
+            return f"{self._failed} failed batches"
+        if self._clock() - self._last_full >= self._full_every_s:
+            return "time"
+        if heap > self._baseline * (1 + self._growth):
+            return "growth"
+        return None
+
+    def check(self) -> bool:
+        """Run a full collection if one is due; call it every few seconds."""
+        gc.freeze()
+        reason = self.due()
+        if reason is None:
+            return False
+        self.collect_all(reason)
+        return True
+
+    def collect_all(self, reason: str = "asked") -> int:
         """A full collection over everything, frozen or not; returns what it freed."""
         started = time.perf_counter()
         gc.unfreeze()
         found = gc.collect()
         gc.freeze()
-        self._last_full = self._clock()
-        self._frozen_after_full = gc.get_freeze_count()
+        self._after_full()
         log.info(
-            "full collection: %d unreachable objects, %.0f ms, %d objects tracked",
+            "full collection (%s): %d unreachable objects, %.0f ms, %d memory blocks, "
+            "%d cached states",
+            reason,
             found,
             (time.perf_counter() - started) * 1000,
-            self._frozen_after_full,
+            self._baseline,
+            self._entries_at_check,
         )
         return found
+
+    def _after_full(self) -> None:
+        self._last_full = self._clock()
+        self._failed = 0
+        self._baseline = self._heap_at_check = sys.getallocatedblocks()
+        self._entries_at_check = self._cache_entries()
 
     def stop(self) -> None:
         """Back to automatic collection (for tests, and a process that lives on)."""

@@ -91,9 +91,14 @@ class EngineSettings(RunstoreSettings):
     engine_session_timeout_ms: int = Field(default=10_000, ge=6_000)
     """How long the group waits for a silent engine before moving its partitions."""
     engine_gc_full_every_s: float = Field(default=600.0, gt=0)
-    """Longest time between full garbage collections (there is also one whenever the
-    heap has grown by a quarter); between them, each batch's survivors are frozen
-    instead of collected (services/common/runtime.py `BatchCollector`)."""
+    """Longest time between full garbage collections (there is also one after a failed
+    batch, and when the heap, not counting the state cache's growth, has grown by a
+    quarter); between them, each batch's survivors are frozen instead of collected
+    (services/common/runtime.py `BatchCollector`)."""
+    engine_commit_every_ms: int = Field(default=100, ge=0)
+    """Commit consumed offsets at most this often (0: after every batch). A crash
+    redelivers what was published since the last commit; the engine re-publishes such
+    commands from the store, deciding nothing twice (docs/engine-performance.md)."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 
@@ -284,3 +289,11 @@ class TimersSettings(RunstoreSettings):
     """Port of the timers' /healthz, /readyz and /metrics (unset/empty: none)."""
     timers_schedule_refresh_seconds: float = Field(default=1.0, gt=0)
     """How often the schedules are re-read: a change made over HTTP takes effect within it."""
+    # --- api12: what the timers' events consumer costs (docs/write-path-cost.md) ---
+    timers_fetch_wait_ms: int = Field(default=100, ge=0, le=10_000)
+    """Longest the broker holds a fetch of events for `timers_fetch_min_bytes` to arrive:
+    a timer is armed up to this much after its event (one due sooner fires that late).
+    One fetch (and one offset commit) per wait instead of one per engine batch."""
+    timers_fetch_min_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Bytes of events a fetch waits for (up to `timers_fetch_wait_ms`); 1: answer as soon
+    as any event arrives (one fetch per engine batch)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 from aiokafka import TopicPartition
@@ -31,7 +31,7 @@ from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.offsets import Consumer
 from services.engine.outbound import Outbound
-from services.engine.pipeline import EnginePipeline
+from services.engine.pipeline import Batch, EnginePipeline, Phase
 from services.engine.processor import CommandProcessor
 from services.engine.state_cache import StateCache
 from services.engine.validation import InboundRecord
@@ -62,9 +62,13 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         self._health.assigned()
 
 
-def _raw_records(message: KafkaMessage) -> object:
+async def _raw_records(message: KafkaMessage) -> object:
     """The handler reads the raw records itself: skip FastStream's decoding of each one
-    (a header dict and a body decode per record; see docs/engine-performance.md)."""
+    (a header dict and a body decode per record; see docs/engine-performance.md).
+
+    A coroutine on purpose: FastStream runs a plain function decoder in a worker thread
+    (anyio's `to_thread`), a hop there and back per batch that cost the engine ~7% of
+    its CPU at a worker's few commands per batch."""
     return message.raw_message
 
 
@@ -131,6 +135,17 @@ def _json(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
+def collect_after_failures(collector: BatchCollector) -> Callable[[Batch, Phase], None]:
+    """The pipeline's observer: a failed batch may be held in a cycle by its exception
+    and traceback, so the collector's next check collects."""
+
+    def observe(_batch: Batch, phase: Phase) -> None:
+        if phase is Phase.FAILED:
+            collector.batch_failed()
+
+    return observe
+
+
 async def _collect_periodically(collector: BatchCollector, every_s: float = 5.0) -> None:
     """Full collections when due, also while no batch comes (an idle or stalled engine)."""
     while True:
@@ -155,7 +170,7 @@ def build_app(settings: EngineSettings) -> FastStream:
     )
     health = Health(settings, client)
     cache = StateCache(settings.engine_cache_size)
-    collector = BatchCollector(settings.engine_gc_full_every_s)
+    collector = BatchCollector(settings.engine_gc_full_every_s, cache_entries=cache.__len__)
     processor = CommandProcessor(store, cache, now_ns)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
@@ -177,7 +192,13 @@ def build_app(settings: EngineSettings) -> FastStream:
         if traced is not None:
             tracing.end_all(traced.spans)
 
-    pipeline = EnginePipeline(processor, publish, RETRY_BACKOFF_SECONDS)
+    pipeline = EnginePipeline(
+        processor,
+        publish,
+        RETRY_BACKOFF_SECONDS,
+        collect_after_failures(collector),
+        commit_every_s=settings.engine_commit_every_ms / 1000,
+    )
 
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
     # offsets) only after its commits are stored and everything they imply is

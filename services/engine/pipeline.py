@@ -18,7 +18,10 @@ the time, so the stages overlap:
   was not, once N is completed).
 - At most one batch is being published (`PublishStage`); N+1's publishing starts only
   after N's has finished, so the records of one key keep their order across batches.
-- N's offsets are committed only after everything it implies is acknowledged.
+- N's offsets are committed only after everything it implies is acknowledged; with
+  `commit_every_s`, at most that often: the offsets of the batches published meanwhile
+  go in one request (a crash redelivers those batches, whose commits are stored and
+  only re-published; services/engine/redelivery.py).
 - If N's publishing fails, N+1 is stored but not published either: both are sought
   back, and their redelivery re-publishes the stored commits without deciding again
   (services/engine/redelivery.py). A failed store or decision seeks back in the same way.
@@ -62,7 +65,8 @@ class Phase(Enum):
     STORED = "stored"
     PUBLISHING = "publishing"
     COMMITTED = "committed"
-    """Published, and its offsets committed (or handed to the partitions' next owner)."""
+    """Published, and its offsets committed, or queued for the next commit (at most
+    `commit_every_s` later, and before a rebalance or a shutdown completes)."""
     FAILED = "failed"
     """Sought back: it is consumed again."""
 
@@ -128,8 +132,10 @@ class EnginePipeline:
         publish: Callable[[Outbound], Awaitable[None]],
         backoff_seconds: float,
         observe: Callable[[Batch, Phase], None] | None = None,
+        commit_every_s: float = 0.0,
     ) -> None:
-        """`observe` is told of every phase a batch enters (tests, tracing)."""
+        """`observe` is told of every phase a batch enters (tests, tracing).
+        `commit_every_s`: commit offsets at most this often (0: after every batch)."""
         self._processor = processor
         self._publish = publish
         self._backoff = backoff_seconds
@@ -145,6 +151,7 @@ class EnginePipeline:
         # further on: such a batch is dropped, and the partition sought back again, until
         # one starts there.
         self._fences: dict[TopicPartition, int] = {}
+        self._offsets = _CoalescedCommits(commit_every_s)
 
     async def submit(
         self,
@@ -214,6 +221,7 @@ class EnginePipeline:
             done = await self._complete_storing()
             self._seek_back_alone(done)
         await self._publishing.wait()
+        await self._offsets.flush()
         return not done.seek
 
     async def published(self) -> bool:
@@ -297,7 +305,7 @@ class EnginePipeline:
         except BaseException:
             self._enter(batch, Phase.FAILED)
             raise
-        await commit_offsets(batch.consumer, following(batch.positions))
+        await self._offsets.commit(batch.consumer, following(batch.positions))
         self._enter(batch, Phase.COMMITTED)
 
     async def _abandon_storing(self, batch: Batch) -> None:
@@ -351,3 +359,54 @@ class EnginePipeline:
         for tp in first:
             self._fences.pop(tp, None)
         return False
+
+
+class _CoalescedCommits:
+    """Offset commits at most every `every_s` seconds (0: each at once).
+
+    A commit is a Kafka request (about half a millisecond of the broker's CPU here); at
+    a worker's few commands per batch there is one per batch. Offsets queued meanwhile
+    are merged (the later offset of a partition wins: batches are published in order)
+    and go in one request, from a timer or with the next batch after the interval.
+    `flush` commits what is queued at once (before a rebalance or a shutdown).
+    """
+
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._queued: dict[TopicPartition, int] = {}
+        self._consumer: Consumer | None = None
+        self._last = 0.0
+        self._timer: asyncio.Task[None] | None = None
+        # One commit request at a time, so that a later one never lands first.
+        self._lock = asyncio.Lock()
+
+    async def commit(self, consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
+        if self._every_s <= 0:
+            await commit_offsets(consumer, offsets)
+            return
+        if self._consumer is not None and self._consumer is not consumer:
+            await self.flush()  # a new consumer: what the old one consumed goes first
+        self._consumer = consumer
+        for tp, offset in offsets.items():
+            self._queued[tp] = max(self._queued.get(tp, offset), offset)
+        wait = self._last + self._every_s - time.monotonic()
+        if wait <= 0:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_after(wait))
+
+    async def flush(self) -> None:
+        if self._timer is not None and self._timer is not asyncio.current_task():
+            self._timer.cancel()  # it only sleeps: commits happen under the lock
+        self._timer = None
+        async with self._lock:
+            if not self._queued or self._consumer is None:
+                return
+            queued, self._queued = self._queued, {}
+            self._last = time.monotonic()
+            await commit_offsets(self._consumer, queued)
+
+    async def _flush_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._timer = None
+        await self.flush()

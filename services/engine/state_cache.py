@@ -45,6 +45,9 @@ class StateCache:
         self._streams: OrderedDict[str, StreamHead] = OrderedDict()
         self._revoked: set[int] = set()
 
+    def __len__(self) -> int:
+        return len(self._streams)
+
     def get(self, execution_id: str) -> StreamHead | None:
         stream = self._streams.get(execution_id)
         if stream is not None:

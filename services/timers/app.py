@@ -27,6 +27,7 @@ from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
 from services.common.stream_service import ack_batch, seek_back, service_app
+from services.timers.event_filter import may_change_timers
 from services.timers.firing import TimerService
 from services.timers.schedule_runner import ScheduleRunner
 from services.timers.timer_store import MongoTimerStore
@@ -102,6 +103,8 @@ def build_app(settings: TimersSettings) -> FastStream:
         group_instance_id=settings.timers_instance_id,
         session_timeout_ms=settings.timers_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
+        fetch_max_wait_ms=settings.timers_fetch_wait_ms,
+        fetch_min_bytes=settings.timers_fetch_min_bytes,
         decoder=_raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
@@ -109,6 +112,8 @@ def build_app(settings: TimersSettings) -> FastStream:
         records = batch_records(message)
         observe_consumed(settings.timers_group_id, message.consumer, records)
         for record in records:
+            if not may_change_timers(record.headers):
+                continue  # no timer depends on this event's type: not decoded
             try:
                 events.append((record.partition, EVENT_ADAPTER.validate_json(record.value)))
             except ValidationError as exc:

@@ -197,7 +197,7 @@ class Rig:
         assert await self.pipeline.drain()
 
 
-def rig(store: GatedStore | None = None) -> Rig:
+def rig(store: GatedStore | None = None, commit_every_s: float = 0.0) -> Rig:
     store = store or GatedStore()
     clock = count(1_700_000_000_000_000_000, 1000)
     phases: dict[str, Phase] = {}
@@ -216,7 +216,7 @@ def rig(store: GatedStore | None = None) -> Rig:
         transitions.append((first, phase))
         signals.hit(f"{first} {phase.value}")
 
-    pipeline = EnginePipeline(processor, published, 0.0, observe)
+    pipeline = EnginePipeline(processor, published, 0.0, observe, commit_every_s)
     return Rig(
         store, processor, published, SignallingConsumer(), pipeline, phases, transitions, signals
     )
@@ -424,3 +424,49 @@ async def test_a_batch_moves_through_the_phases_in_order() -> None:
         Phase.PUBLISHING,
         Phase.COMMITTED,
     ]
+
+
+async def test_offsets_of_batches_published_within_the_interval_go_in_one_commit() -> None:
+    r = rig(commit_every_s=3600)  # nothing comes due while the test runs
+    await r.submit([record(start("e1", "c1"), offset=10)])
+    await r.signals.wait("c1 committed")
+    assert r.consumer.commits == [{TP0: 11}]  # the first one goes at once
+    tp1 = TopicPartition(TOPIC, 1)
+    await r.submit([record(start("e2", "c2"), offset=11)])
+    await r.submit([record(start("e3", "c3"), partition=1, offset=5)])
+    await r.submit([record(command("SignalExecution", "e2", "s2", name="x"), offset=12)])
+    await r.signals.wait("s2 committed")  # published: its offset is queued
+    assert r.consumer.commits == [{TP0: 11}]
+    assert set(r.published.outcomes()) == {"c1", "c2", "c3", "s2"}
+    # Before a rebalance or a shutdown the queued offsets go, the latest per partition.
+    await r.drained()
+    assert r.consumer.commits == [{TP0: 11}, {TP0: 13, tp1: 6}]
+
+
+async def test_queued_offsets_are_committed_once_the_interval_has_passed() -> None:
+    r = rig(commit_every_s=0.05)
+    await r.submit([record(start("e1", "c1"), offset=10)])
+    await r.signals.wait("c1 committed")
+    await r.submit([record(start("e2", "c2"), offset=11)])
+    await r.signals.wait("c2 committed")
+    # No later batch and no drain: the timer commits it.
+    for _ in range(int(WAIT_S / 0.01)):
+        if len(r.consumer.commits) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert r.consumer.commits == [{TP0: 11}, {TP0: 12}]
+
+
+async def test_a_failed_publish_after_queued_offsets_commits_only_what_was_published() -> None:
+    r = rig(commit_every_s=3600)
+    await r.submit([record(start("e1", "c1"), offset=10)])
+    await r.signals.wait("c1 committed")
+    await r.submit([record(start("e2", "c2"), offset=11)])
+    await r.signals.wait("c2 committed")  # queued
+    r.published.fail_next = True
+    await r.submit([record(start("e3", "c3"), offset=12)])
+    await r.signals.wait("c3 failed")
+    await r.consumer.sought.wait()
+    assert r.consumer.seeks == [(TP0, 12)]
+    await r.pipeline.drain()
+    assert r.consumer.commits == [{TP0: 11}, {TP0: 12}]

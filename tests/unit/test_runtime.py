@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 
 import pytest
+from faststream._internal.utils.functions import to_async
 
 from services.common.runtime import GC_THRESHOLDS, BatchCollector, tune_gc
+from services.engine.app import _raw_records, collect_after_failures
+from services.engine.pipeline import Batch, Phase
+from tests.support.engine import FakeConsumer
 
 
 @pytest.fixture
@@ -103,21 +108,59 @@ def test_a_full_collection_comes_when_due_and_frees_cycles_among_frozen_objects(
     assert later() is None
 
 
-def test_a_full_collection_comes_when_the_frozen_heap_grows_by_a_quarter(
+def test_a_full_collection_comes_when_the_heap_grows_by_a_quarter(
     collector: tuple[BatchCollector, _Clock],
 ) -> None:
     batches, _ = collector
     cycle = _cycle()
-    grown = [[] for _ in range(gc.get_freeze_count() // 8)]  # ~12%: not yet
+    grown = [[] for _ in range(sys.getallocatedblocks() // 8)]  # ~12% (a block each)
     batches.after_batch()
+    assert batches.due() is None
     assert not batches.check()
     assert cycle() is not None
     grown += [[] for _ in range(len(grown) * 2)]  # ~37% in all
     batches.after_batch()
+    assert batches.due() == "growth"
     assert batches.check()
     assert cycle() is None
     # The new baseline includes what survived: the same heap is not collected again.
     assert not batches.check()
+
+
+def test_the_state_cache_growing_is_not_taken_for_garbage(restore_gc: None) -> None:
+    cache: list[list[object]] = []  # one block per entry, as a stand-in for the states
+    batches = BatchCollector(full_every_s=60, clock=_Clock(), cache_entries=cache.__len__)
+    batches.start()
+    try:
+        cycle = _cycle()
+        for _ in range(3):  # the heap grows by half, three times, as the cache fills
+            cache += [[] for _ in range(sys.getallocatedblocks() // 2)]
+            assert not batches.check()
+        assert cycle() is not None
+        # Growth while the cache stays as it is counts again.
+        garbage = [[] for _ in range(sys.getallocatedblocks() // 3)]
+        assert batches.due() == "growth"
+        assert batches.check()
+        assert cycle() is None
+        assert garbage
+    finally:
+        batches.stop()
+
+
+def test_a_failed_batch_makes_the_next_check_collect(
+    collector: tuple[BatchCollector, _Clock],
+) -> None:
+    batches, _ = collector
+    failed_batch = _cycle()  # what a failed batch's exception and traceback hold
+    batches.after_batch()
+    assert not batches.check()
+    batches.batch_failed()
+    batches.batch_failed()
+    assert batches.due() == "2 failed batches"
+    assert failed_batch() is not None  # nothing runs until the check
+    assert batches.check()
+    assert failed_batch() is None
+    assert batches.due() is None
 
 
 def test_survivors_of_a_full_collection_are_frozen_again(
@@ -152,3 +195,22 @@ def test_stop_hands_collection_back_to_the_interpreter(restore_gc: None) -> None
     assert gc.isenabled() and gc.get_freeze_count() == 0
     gc.collect()
     assert cycle() is None
+
+
+def test_the_engine_collects_after_a_batch_fails(
+    collector: tuple[BatchCollector, _Clock],
+) -> None:
+    batches, _ = collector
+    observe = collect_after_failures(batches)
+    batch = Batch(FakeConsumer(), [])
+    for phase in (Phase.RECEIVED, Phase.DECIDED, Phase.STORING, Phase.STORED, Phase.COMMITTED):
+        observe(batch, phase)
+    assert batches.due() is None
+    observe(batch, Phase.FAILED)
+    assert batches.due() == "1 failed batches"
+
+
+def test_the_engine_decodes_batches_on_its_loop_not_in_a_worker_thread() -> None:
+    # FastStream wraps a plain function decoder in anyio's `to_thread` (one thread hop
+    # per batch); a coroutine it awaits as it is.
+    assert to_async(_raw_records) is _raw_records

@@ -137,3 +137,38 @@ def test_a_failed_workflow_task_and_a_cancel_request_arm_their_engine_timers() -
     cancel = event("WORKFLOW_EXECUTION_CANCEL_REQUESTED", 9, {"cancel_deadline_ns": 12_000})
     (deadline,) = timer_changes(cancel).start
     assert (deadline.timer_id, deadline.fire_at_ns) == ("cancel-deadline", 12_000)
+
+
+def _recorded_events() -> list[Event]:
+    """Every event of the recorded histories (tests/unit/histories)."""
+    import json
+    from pathlib import Path
+
+    found: list[Event] = []
+    for path in sorted((Path(__file__).parent / "histories").rglob("*.json")):
+        doc = json.loads(path.read_text())
+        streams = doc.get("streams", [doc])
+        for stream in streams:
+            found.extend(EVENT_ADAPTER.validate_python(e) for e in stream["events"])
+    return found
+
+
+def test_the_timers_skip_only_event_types_that_change_no_timer() -> None:
+    from services.timers.event_filter import TIMER_EVENT_TYPES, may_change_timers
+
+    events = [
+        *_recorded_events(),
+        started(2.5),
+        retry_scheduled(1, 5),
+        event("WORKFLOW_EXECUTION_RETRY_STARTED", 3, {"task_id": "t", "attempt": 2}),
+    ]
+    skipped = {e.type for e in events if e.type not in TIMER_EVENT_TYPES}
+    assert len(skipped) >= 5  # the histories hold activities, signals, task completions …
+    for e in events:
+        header = [("event-type", e.type.value.encode())]
+        if not timer_changes(e).empty:
+            assert may_change_timers(header), e.type
+        assert may_change_timers(header) is (e.type in TIMER_EVENT_TYPES)
+    # A record without the header (another producer) is always decoded.
+    assert may_change_timers(None)
+    assert may_change_timers([("traceparent", b"00-x")])
