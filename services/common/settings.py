@@ -118,15 +118,15 @@ class ProjectorSettings(RunstoreSettings):
     0.6-0.9 ms, with HTTP start and read latencies no worse (docs/read-models.md,
     "Projector batches"). Lists on MongoDB see a new run up to the wait later; point
     reads fold the commits a projection lacks."""
-    projector_hold_ms: int = Field(default=200, ge=0, le=600_000)
+    projector_hold_ms: int = Field(default=500, ge=0, le=600_000)
     """How long the projector may hold back the events of an execution that started in a
     batch and is still open at its end (0: never), so that its next commits are written
     with them: a workflow that completes within this time costs the store inserts only,
     not inserts then replaces (services/projector/holding.py). Nothing is held when a
-    batch is full; offsets are committed only up to the first held event. 200 against 0
-    (bench/workers.py at 80 workflows/s): FerretDB's CPU per workflow -26 to -34 %, the
-    projector's -7 to -23 % (docs/read-models.md, "Projector batches"); a new run reaches
-    the read models up to this much later."""
+    batch is full; offsets are committed only up to the first held event. In
+    bench/workers.py at 80 workflows/s, FerretDB's CPU per workflow: 200 ms against 0,
+    -26 to -34 %; 500 against 200, -28 to -35 % more (docs/read-models.md, "Projector
+    batches"). A new run reaches the read models up to this much later."""
     projector_hold_max_events: int = Field(default=10_000, ge=0)
     """Most events held back at once (beyond them, executions are projected at once)."""
     projector_memory_mb: int = Field(default=64, ge=0)

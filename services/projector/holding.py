@@ -7,12 +7,12 @@ three documents are replaced. On FerretDB a replace costs about six inserts (a q
 write transaction each; docs/read-models.md, "Measurements"), so a workflow that straddles
 two batches costs the store about three times what one whose commits come in one batch
 does. The projector therefore keeps the events of an execution that *started* in a batch
-and is still open at its end for up to `linger` seconds (or until the next batch that
-holds more of its events): a workflow that completes within that time is written once,
-by inserts.
+and is still open at its end, with its later events, until one of them closes the run or
+`linger` seconds have passed since it was first held: a workflow that completes within
+that time is written once, by inserts.
 
 What it does to the guarantees:
-- offsets: a partition's committed offset never passes a held event (`commit_offsets`),
+- offsets: a partition's committed offset never passes a held event (`Plan.offsets`),
   so a crash or a rebalance re-delivers it (the projector's inserts and guards make the
   re-delivery harmless, as for any batch); the projector group's committed offsets still
   mean "every event before them is in the store" (the API's run list index relies on it);
