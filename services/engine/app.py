@@ -24,7 +24,7 @@ from services.common.metrics import count_dead_letters, count_outcomes, observe_
 from services.common.mongo import Document, mongo_client, mongo_database
 from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
-from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
+from services.common.stream_service import RETRY_BACKOFF_SECONDS, raw_records, service_app
 from services.engine.command_spans import CommandSpans, TracedBatch
 from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
@@ -60,16 +60,6 @@ class _ForgetRevokedPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self._health.assigned()
-
-
-async def _raw_records(message: KafkaMessage) -> object:
-    """The handler reads the raw records itself: skip FastStream's decoding of each one
-    (a header dict and a body decode per record; see docs/engine-performance.md).
-
-    A coroutine on purpose: FastStream runs a plain function decoder in a worker thread
-    (anyio's `to_thread`), a hop there and back per batch that cost the engine ~7% of
-    its CPU at a worker's few commands per batch."""
-    return message.raw_message
 
 
 def count_outbound(out: Outbound) -> Outbound:
@@ -215,7 +205,7 @@ def build_app(settings: EngineSettings) -> FastStream:
         group_instance_id=settings.engine_instance_id,
         session_timeout_ms=settings.engine_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
-        decoder=_raw_records,
+        decoder=raw_records,
     )
     async def handle_commands(message: KafkaMessage) -> None:
         raw = batch_records(message)

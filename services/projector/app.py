@@ -29,7 +29,7 @@ from services.common.mongo import mongo_client, mongo_database
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
-from services.common.stream_service import ack_batch, seek_back, service_app
+from services.common.stream_service import ack_batch, raw_records, seek_back, service_app
 from services.projector.holding import Consumed, HeldEvents
 from services.projector.parking import ParkedExecutions, is_transient
 from services.projector.projector import Projector
@@ -165,12 +165,6 @@ class ParkedRetries:
             return unparked
 
 
-def _raw_records(message: KafkaMessage) -> object:
-    """The handler parses the records itself: skip FastStream's decoding of each one (a
-    visible share of the projector's CPU; docs/read-models.md, "Measurements")."""
-    return message.raw_message
-
-
 def build_app(settings: ProjectorSettings) -> FastStream:
     broker = kafka_broker(settings, client_id="runstore-projector")
     client = mongo_client(settings)
@@ -204,7 +198,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=_ForgetOnRebalance(projector, holder, retries, health),
-        decoder=_raw_records,
+        decoder=raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
         consumed: list[Consumed] = []

@@ -26,7 +26,7 @@ from services.common.mongo import mongo_client, mongo_database
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
-from services.common.stream_service import ack_batch, seek_back, service_app
+from services.common.stream_service import ack_batch, raw_records, seek_back, service_app
 from services.timers.event_filter import may_change_timers
 from services.timers.firing import TimerService
 from services.timers.schedule_runner import ScheduleRunner
@@ -61,10 +61,6 @@ class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._service.assign(tp.partition for tp in assigned if tp.topic == self._topic)
         self._runner.owned = self._service.pending.partitions
         self._health.assigned()
-
-
-def _raw_records(message: KafkaMessage) -> object:
-    return message.raw_message
 
 
 def build_app(settings: TimersSettings) -> FastStream:
@@ -105,7 +101,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
         fetch_max_wait_ms=settings.timers_fetch_wait_ms,
         fetch_min_bytes=settings.timers_fetch_min_bytes,
-        decoder=_raw_records,
+        decoder=raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
         events: list[tuple[int, Event]] = []

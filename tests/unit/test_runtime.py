@@ -11,7 +11,8 @@ import pytest
 from faststream._internal.utils.functions import to_async
 
 from services.common.runtime import GC_THRESHOLDS, BatchCollector, tune_gc
-from services.engine.app import _raw_records, collect_after_failures
+from services.common.stream_service import raw_records
+from services.engine.app import collect_after_failures
 from services.engine.pipeline import Batch, Phase
 from tests.support.engine import FakeConsumer
 
@@ -231,7 +232,7 @@ def test_the_engine_collects_after_a_batch_fails(
     assert batches.due() == "1 failed batches"
 
 
-def test_the_engine_decodes_batches_on_its_loop_not_in_a_worker_thread() -> None:
+def test_the_stream_services_decode_batches_on_their_loop_not_in_a_worker_thread() -> None:
     # FastStream wraps a plain function decoder in anyio's `to_thread` (one thread hop
     # per batch); a coroutine it awaits as it is.
-    assert to_async(_raw_records) is _raw_records
+    assert to_async(raw_records) is raw_records
