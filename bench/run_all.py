@@ -66,6 +66,13 @@ BENCHMARKS = [
         json=True,
     ),
     Benchmark(
+        "workers",
+        "Workers: completed one-activity workflows against Temporal",
+        args=["--clients", "32", "--seconds", "20"],
+        quick=["--clients", "8", "--seconds", "4", "--warmup", "1"],
+        json=True,
+    ),
+    Benchmark(
         "local_store",
         "The local store: FerretDB on SQLite vs on PostgreSQL",
         quick=["--docs", "5000", "--list-runs", "0"],
@@ -144,6 +151,35 @@ def plot_http_gateway(data: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(cpu, dpi=110)
     plt.close(fig)
     return [rates, cpu]
+
+
+def plot_workers(data: list[dict[str, Any]], out: Path) -> list[Path]:
+    plt = _pyplot()
+    names = [row["name"] for row in data]
+    fig, (rates, cpu) = plt.subplots(1, 2, figsize=(11, 3.8))
+    rates.barh(names, [row["rate"] for row in data], color="tab:blue")
+    rates.set_xlabel("completed workflows/s (execute and wait, one activity)")
+    rates.invert_yaxis()
+    # CPU per completed workflow, stacked by process; one colour per process name.
+    colours: dict[str, Any] = {}
+    palette = plt.get_cmap("tab20").colors
+    for i, row in enumerate(data):
+        left = 0.0
+        for process, seconds in row["cpu"].items():
+            width = seconds * 1000 / max(row["completed"], 1)
+            new = process not in colours
+            colour = colours.setdefault(process, palette[len(colours) % len(palette)])
+            cpu.barh(i, width, left=left, color=colour, label=process if new else None)
+            left += width
+    cpu.set_yticks(range(len(names)), labels=[""] * len(names))
+    cpu.invert_yaxis()
+    cpu.set_xlabel("CPU ms per completed workflow")
+    cpu.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = out / "workers.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def plot_list_runs(data: dict[str, Any], out: Path) -> list[Path]:
@@ -225,6 +261,7 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "http_gateway": plot_http_gateway,
     "list_runs": plot_list_runs,
     "local_store": plot_local_store,
+    "workers": plot_workers,
 }
 
 

@@ -224,6 +224,7 @@ def main() -> int:
                     {
                         "name": r.name,
                         "rate": r.rate,
+                        "completed": r.starts,
                         "p50_ms": pct(r.start_ms, 0.5),
                         "p99_ms": pct(r.start_ms, 0.99),
                         "errors": r.errors,
