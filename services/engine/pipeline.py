@@ -15,7 +15,8 @@ the time, so the stages overlap:
   took), N is completed with reads and N+1 is forgotten and decided again. A batch that
   reads stored history (a reset, a redelivered record) is decided only after N is stored.
 - Appends go in batch order: N+1's store starts once N is stored as decided (or, if it
-  was not, once N is completed).
+  was not, once N is completed), without waiting for N-1's publish to be acknowledged
+  (unless it failed already): the store, the critical path of a drain, stays busy.
 - At most one batch is being published (`PublishStage`); N+1's publishing starts only
   after N's has finished, so the records of one key keep their order across batches.
 - N's offsets are committed only after everything it implies is acknowledged; with
@@ -273,7 +274,8 @@ class EnginePipeline:
         try:
             stored = batch.storing.result()
             self._enter(batch, Phase.STORED)
-            if then_store is not None and stored.went_in_whole and self._publishing.acknowledged():
+            known_failed = self._publishing.known_failed()
+            if then_store is not None and stored.went_in_whole and not known_failed:
                 self._start_storing(then_store)
             completed = await self._processor.complete(batch.decision, stored)
         except Exception:

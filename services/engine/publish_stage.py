@@ -37,13 +37,15 @@ class PublishStage:
         """The publish whose result was not taken yet (running or finished), if any."""
         return self._in_flight.task if self._in_flight is not None else None
 
-    def acknowledged(self) -> bool:
-        """Nothing is being published, or what was has been acknowledged."""
+    def known_failed(self) -> bool:
+        """The batch being published has failed already (its result not taken yet).
+        A publish still in flight is not known to fail: the next store need not wait
+        for its acknowledgements (services/engine/pipeline.py)."""
         in_flight = self._in_flight
-        if in_flight is None:
-            return True
+        if in_flight is None or not in_flight.task.done():
+            return False
         task = in_flight.task
-        return task.done() and not task.cancelled() and task.exception() is None
+        return task.cancelled() or task.exception() is not None
 
     async def result(self) -> dict[TopicPartition, int]:
         """Wait for the batch being published and take its result: where to seek back to

@@ -250,6 +250,56 @@ async def test_the_next_batch_is_decided_while_the_previous_one_is_stored() -> N
     assert r.phases == {"c1": Phase.COMMITTED, "c2": Phase.COMMITTED}
 
 
+async def test_the_next_store_does_not_wait_for_the_publish_before_to_be_acknowledged() -> None:
+    r = rig()
+    r.published.gate.clear()
+    await r.submit([record(start("e1", "c1"), offset=1)])
+    await r.signals.wait("c1 publishing")  # completed in the background; publish held
+    r.store.gate.clear()
+    await r.submit([record(start("e2", "c2"), offset=2)])
+    third = asyncio.create_task(r.submit([record(start("e3", "c3"), offset=3)]))
+    await r.processor.signals.wait("decide c3")
+    r.store.gate.set()
+    # c2 is stored as decided and c1's publish is not known to fail: c3's store starts
+    # while c1's acknowledgements are still awaited (c2's completion waits for them).
+    await r.processor.signals.wait("stored c3")
+    assert r.published.outs == [] and r.consumer.commits == []
+    r.published.gate.set()
+    await third
+    await r.drained()
+    assert [o.outcomes[0].command_id for o in r.published.outs] == ["c1", "c2", "c3"]
+    assert r.consumer.commits == [{TP0: 2}, {TP0: 3}, {TP0: 4}]
+
+
+async def test_a_publish_failing_after_the_next_store_started_seeks_back_what_followed() -> None:
+    r = rig()
+    r.published.gate.clear()
+    r.published.fail_next = True
+    await r.submit([record(start("e1", "c1"), offset=20)])
+    await r.signals.wait("c1 publishing")
+    r.store.gate.clear()
+    await r.submit([record(start("e2", "c2"), offset=21)])
+    third = asyncio.create_task(r.submit([record(start("e3", "c3"), offset=22)]))
+    await r.processor.signals.wait("decide c3")
+    r.store.gate.set()
+    await r.processor.signals.wait("stored c3")  # stored early, not published
+    r.published.gate.set()  # c1's publish fails now
+    await third
+    assert r.consumer.seeks == [(TP0, 20)]
+    assert r.published.outs == [] and r.consumer.commits == []
+    assert await r.store.get("e3", 1) is not None
+    assert r.phases["c2"] is Phase.FAILED and r.phases["c3"] is Phase.FAILED
+
+    # Redelivered: every stored commit is published, none applied twice.
+    for offset, (e, c) in enumerate([("e1", "c1"), ("e2", "c2"), ("e3", "c3")], start=20):
+        await r.submit([record(start(e, c), offset=offset)])
+    await r.drained()
+    assert r.published.outcomes() == {c: (True, 1, None) for c in ("c1", "c2", "c3")}
+    for e in ("e1", "e2", "e3"):
+        assert [c.seq async for c in r.store.read_stream(e)] == [1]
+    assert r.consumer.commits == [{TP0: 21}, {TP0: 22}, {TP0: 23}]
+
+
 async def test_a_batch_decided_on_a_refused_start_is_decided_again() -> None:
     r = rig()
     # Another writer started e1 already; this engine's cache does not know it.
