@@ -10,13 +10,14 @@ held to `tests/contract/test_commit_log.py`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from pymongo.asynchronous.collection import AsyncCollection
 
 from schemas.commits import Commit, commit_id
-from schemas.events import EventType
+from schemas.events import EventType, event_id_for
 
 Document = dict[str, Any]
 
@@ -87,15 +88,33 @@ def is_commit_doc(doc: Document) -> bool:
     return "body" in doc
 
 
+_TOP_LEVEL = ("execution_id", "seq", "command_id", "command_type", "run_id")
+"""The commit's fields the document holds at its top level (for indexes and operators'
+queries), and so not again in the body."""
+_STATE_HEAD = ("execution_id", "seq", "run_id")
+"""The state snapshot's first fields (`ExecutionState`'s order): the commit's own."""
+_FROM_COMMIT = ("execution_id", "seq", "run_id", "command_id")
+"""An event's fields that, when equal to the commit's, the body leaves out."""
+_FROM_STATE = ("workflow_name", "root_execution_id")
+"""An event's fields that, when equal to the state snapshot's, the body leaves out."""
+_WHOLE_BODY = '{"execution_id"'
+"""How a body written whole (before the compact body) starts."""
+
+
 def commit_to_doc(commit: Commit) -> Document:
     """A commit as stored: the fields indexes and operators use at the top level, and the
-    whole commit as JSON text in `body`.
+    rest of the commit as JSON text in `body`.
 
     The body is opaque to the database on purpose (as event stores keep event payloads):
     nothing queries inside it, and a document of a few flat fields is several times
     cheaper to insert and read than the nested one (FerretDB converts and indexes every
-    nested field; docs/engine-performance.md). Fields that are None are left out of the
-    body (they read back as their default, None).
+    nested field; docs/engine-performance.md). It leaves out what the document says
+    already (`_TOP_LEVEL`), fields that are None (they read back as their default), an
+    empty `rejected`, and what `commit_from_doc` derives back: the state's and each
+    event's copies of the commit's ids, an event's `event_id`, and an event's workflow
+    name and root execution when the state has the same. FerretDB's cost grows with the
+    bytes of a document (it converts the body to SQLite JSON, which SQLite parses again
+    for each index), and the body is ~40% smaller so.
     """
     return {
         "_id": commit.doc_id,
@@ -105,13 +124,62 @@ def commit_to_doc(commit: Commit) -> Document:
         "command_type": commit.command_type,
         "run_id": commit.run_id,
         "committed_at": commit.committed_at,  # a BSON date, for operators' queries
-        "body": commit.model_dump_json(exclude_none=True),
+        "body": commit.model_dump_json(exclude_none=True, exclude=_derived(commit)),
     }
 
 
+def _derived(commit: Commit) -> dict[str, Any]:
+    """What the body of `commit` leaves out (pydantic's `exclude`)."""
+    left_out: dict[str, Any] = dict.fromkeys(_TOP_LEVEL, True)
+    if not commit.rejected:
+        left_out["rejected"] = True
+    state = commit.state
+    keys = iter(state)
+    head = tuple(next(keys, None) for _ in _STATE_HEAD)
+    if (
+        head == _STATE_HEAD
+        and state["execution_id"] == commit.execution_id
+        and state["seq"] == commit.seq
+        and state["run_id"] == commit.run_id
+    ):
+        left_out["state"] = set(_STATE_HEAD)
+    events: dict[int, set[str]] = {}
+    for position, event in enumerate(commit.events):
+        fields = {name for name in _FROM_COMMIT if getattr(event, name) == getattr(commit, name)}
+        fields.update(name for name in _FROM_STATE if getattr(event, name) == state.get(name))
+        if event.event_id == event_id_for(event.execution_id, event.seq, event.index):
+            fields.add("event_id")
+        if fields:
+            events[position] = fields
+    if events:
+        left_out["events"] = events
+    return left_out
+
+
 def commit_from_doc(doc: Document) -> Commit:
-    """The commit a `commit_to_doc` document holds."""
-    return Commit.model_validate_json(doc["body"])
+    """The commit a `commit_to_doc` document holds (or one written with the whole commit
+    in its body, as engines did before)."""
+    body: str = doc["body"]
+    if body.startswith(_WHOLE_BODY):
+        return Commit.model_validate_json(body)
+    data: dict[str, Any] = json.loads(body)
+    for name in _TOP_LEVEL:
+        data[name] = doc[name]
+    state = data["state"]
+    if "execution_id" not in state:
+        # Back in front, as the snapshot had them (readers may dump it again).
+        data["state"] = state = {name: data[name] for name in _STATE_HEAD} | state
+    # Every field restored here is required in an event: one absent was left out.
+    for event in data["events"]:
+        for name in _FROM_COMMIT:
+            if name not in event:
+                event[name] = data[name]
+        for name in _FROM_STATE:
+            if name not in event:
+                event[name] = state[name]
+        if "event_id" not in event:
+            event["event_id"] = event_id_for(event["execution_id"], event["seq"], event["index"])
+    return Commit.model_validate(data)
 
 
 async def read_commit(

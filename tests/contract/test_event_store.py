@@ -16,6 +16,7 @@ from pymongo.monitoring import (
 )
 
 from schemas.commits import Commit
+from services.common.commit_log import commit_from_doc
 from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import AppendFailure, AppendReport, RoundReport
 from services.engine.event_store import EventStoreAdapter as EventStore
@@ -318,7 +319,7 @@ class TestMongoEventStore(EventStoreContract):
             "command_id": commit.command_id,
             "run_id": "run-1",
         }
-        assert Commit.model_validate_json(doc["body"]) == commit
+        assert commit_from_doc(doc) == commit
         assert await store.find_by_command(commit.command_id) == commit
 
 

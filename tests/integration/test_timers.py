@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas.commits import Commit
+from services.common.commit_log import commit_from_doc
 from services.console.status import service_line
 from tests.support.eventually import assert_eventually
 from tests.support.kafka import command, commits_of, produce, read_topic, topic
@@ -42,7 +42,7 @@ async def events_of(stack: Stack, execution_id: str) -> list[dict[str, Any]]:
     commits = await commits_of(stack.env, execution_id)
     out: list[dict[str, Any]] = []
     for doc in commits:
-        commit = Commit.model_validate_json(doc["body"])
+        commit = commit_from_doc(doc)
         out.extend(e.model_dump(mode="json") for e in commit.events)
     return out
 

@@ -1,6 +1,8 @@
 """A corpus of commands run through the engine's whole in-process path, and everything
 that path emits, rendered line by line: the Kafka records it publishes (topic, key,
-headers, value bytes) and the commit documents it inserts (BSON bytes).
+headers, value bytes) and the commits it inserts (BSON bytes of each commit, in the
+whole-body layout of when the file was recorded, after a round trip through the stored
+layout: see `whole_body_doc`).
 
 tests/unit/test_engine_golden_outputs.py compares the rendering with
 tests/unit/engine_outputs/golden.txt, which the engine of commit "engine: golden
@@ -32,7 +34,8 @@ from typing import Any
 import bson
 
 from schemas.commands import COMMAND_ADAPTER, Command
-from services.common.commit_log import commit_to_doc
+from schemas.commits import Commit
+from services.common.commit_log import commit_from_doc, commit_to_doc
 from services.common.settings import Topics
 from services.engine.app import outgoing_records
 from services.engine.memory_event_store import MemoryEventStore
@@ -51,8 +54,25 @@ def render(out: Outbound, label: str) -> Iterator[str]:
         headers = json.dumps(rec.headers, sort_keys=False)
         yield f"{label} record {i} {rec.topic} key={rec.key} headers={headers} value={rec.value!r}"
     for commit in out.commits:
-        doc = bson.encode(commit_to_doc(commit))
+        doc = bson.encode(whole_body_doc(commit_from_doc(commit_to_doc(commit))))
         yield f"{label} commit {commit.doc_id} bson={doc.hex()}"
+
+
+def whole_body_doc(commit: Commit) -> dict[str, Any]:
+    """The commit document as engines stored it when golden.txt was recorded: the whole
+    commit in its body. Commits are rendered so after a round trip through the stored
+    layout (`commit_to_doc`, then `commit_from_doc`), which must therefore lose nothing;
+    test_commit_layout.py pins that layout itself."""
+    return {
+        "_id": commit.doc_id,
+        "execution_id": commit.execution_id,
+        "seq": commit.seq,
+        "command_id": commit.command_id,
+        "command_type": commit.command_type,
+        "run_id": commit.run_id,
+        "committed_at": commit.committed_at,
+        "body": commit.model_dump_json(exclude_none=True),
+    }
 
 
 class _Engine:

@@ -1,0 +1,95 @@
+"""How a commit is stored (services/common/commit_log.py): flat fields at the top level, and
+a body that leaves out what the document or the rest of the body says already. Every
+commit of the engine's corpus round-trips losslessly (tests/unit/test_engine_golden_outputs.py
+renders commits after `commit_to_doc` → `commit_from_doc`); these tests pin the layout
+itself and the cases the corpus does not make."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas.commits import Commit, RejectedCommand
+from schemas.outcomes import RejectionCode
+from services.common.commit_log import commit_from_doc, commit_to_doc
+from tests.support.commits import make_commit
+from tests.support.engine_corpus import whole_body_doc
+
+
+def _engine_like(seq: int = 2) -> Commit:
+    """A commit as the engine makes it: a full state snapshot whose ids are the commit's,
+    events whose ids, workflow and root are the commit's and the state's."""
+    commit = make_commit("e1", seq, run_id="r1", with_source=True)
+    state = {
+        "execution_id": "e1",
+        "seq": seq,
+        "run_id": "r1",
+        "status": "RUNNING",
+        "workflow_name": "wf",
+        "root_execution_id": "e1",
+    }
+    return commit.model_copy(update={"state": state})
+
+
+def test_the_body_leaves_out_what_the_document_and_the_state_say() -> None:
+    commit = _engine_like()
+    doc = commit_to_doc(commit)
+    assert {k: doc[k] for k in ("_id", "execution_id", "seq", "command_id", "run_id")} == {
+        "_id": "e1:000000000002",
+        "execution_id": "e1",
+        "seq": 2,
+        "command_id": "cmd-e1-2",
+        "run_id": "r1",
+    }
+    body = json.loads(doc["body"])
+    assert set(body) == {"events", "committed_at", "source", "state"}  # `rejected` empty
+    assert list(body["state"]) == ["status", "workflow_name", "root_execution_id"]
+    assert set(body["events"][0]) == {
+        "index",
+        "event_number",
+        "timestamp_ns",
+        "type",
+        "attributes",
+    }
+    assert commit_from_doc(doc) == commit
+    # The snapshot's fields come back in their order (it may be dumped again).
+    assert list(commit_from_doc(doc).state) == list(commit.state)
+    whole = whole_body_doc(commit)["body"]
+    assert len(doc["body"]) < 0.7 * len(whole)
+
+
+def test_fields_that_differ_from_the_commits_are_kept() -> None:
+    commit = _engine_like()
+    event = commit.events[0].model_copy(
+        update={
+            "run_id": "an-older-run",
+            "event_id": "custom",
+            "root_execution_id": "root",
+            "command_id": "other-command",
+        }
+    )
+    rejected = RejectedCommand(
+        command_id="x",
+        command_type="SignalExecution",
+        offset=3,
+        code=RejectionCode.EXECUTION_ALREADY_CLOSED,
+        message="no",
+    )
+    state = {"seq": 2, "execution_id": "e1", "run_id": "r1"}  # not in the snapshot's order
+    odd = commit.model_copy(update={"events": [event], "rejected": [rejected], "state": state})
+    doc = commit_to_doc(odd)
+    body: dict[str, Any] = json.loads(doc["body"])
+    kept = body["events"][0]
+    assert (kept["run_id"], kept["event_id"], kept["root_execution_id"]) == (
+        "an-older-run",
+        "custom",
+        "root",
+    )
+    assert kept["command_id"] == "other-command"
+    assert body["state"] == state and body["rejected"][0]["command_id"] == "x"
+    assert commit_from_doc(doc) == odd
+
+
+def test_a_commit_stored_whole_by_an_older_engine_still_reads() -> None:
+    commit = _engine_like()
+    assert commit_from_doc(whole_body_doc(commit)) == commit
