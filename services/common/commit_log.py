@@ -124,8 +124,16 @@ def commit_to_doc(commit: Commit) -> Document:
         "command_type": commit.command_type,
         "run_id": commit.run_id,
         "committed_at": commit.committed_at,  # a BSON date, for operators' queries
-        "body": commit.model_dump_json(exclude_none=True, exclude=_derived(commit)),
+        "body": _body(commit),
     }
+
+
+def _body(commit: Commit) -> str:
+    if "execution_id" not in commit.state:
+        # Not an engine's snapshot (those always hold it): `commit_from_doc` would take
+        # the absent ids for left out. The whole commit, as engines wrote it before.
+        return commit.model_dump_json(exclude_none=True)
+    return commit.model_dump_json(exclude_none=True, exclude=_derived(commit))
 
 
 def _derived(commit: Commit) -> dict[str, Any]:
@@ -167,7 +175,8 @@ def commit_from_doc(doc: Document) -> Commit:
         data[name] = doc[name]
     state = data["state"]
     if "execution_id" not in state:
-        # Back in front, as the snapshot had them (readers may dump it again).
+        # Left out (`_body` writes a state without them whole): back in front, as the
+        # snapshot had them (readers may dump it again).
         data["state"] = state = {name: data[name] for name in _STATE_HEAD} | state
     # Every field restored here is required in an event: one absent was left out.
     for event in data["events"]:

@@ -90,6 +90,14 @@ def test_fields_that_differ_from_the_commits_are_kept() -> None:
     assert commit_from_doc(doc) == odd
 
 
+def test_a_state_without_the_commits_ids_is_stored_as_it_is() -> None:
+    for state in ({"seq": 2}, {}):
+        odd = _engine_like().model_copy(update={"state": state})
+        doc = commit_to_doc(odd)
+        assert commit_from_doc(doc) == odd
+        assert commit_from_doc(doc).state == state
+
+
 def test_a_commit_stored_whole_by_an_older_engine_still_reads() -> None:
     commit = _engine_like()
     assert commit_from_doc(whole_body_doc(commit)) == commit
