@@ -136,32 +136,61 @@ def _body(commit: Commit) -> str:
     return commit.model_dump_json(exclude_none=True, exclude=_derived(commit))
 
 
+_ALL_OF_EVENT = frozenset({*_FROM_COMMIT, *_FROM_STATE, "event_id"})
+
+
+def _left_out(rejected: bool, state_head: bool, events: Any) -> dict[str, Any]:
+    left_out: dict[str, Any] = dict.fromkeys(_TOP_LEVEL, True)
+    if not rejected:
+        left_out["rejected"] = True
+    if state_head:
+        left_out["state"] = frozenset(_STATE_HEAD)
+    if events is not None:
+        left_out["events"] = events
+    return left_out
+
+
+# The engine's commits almost always leave out everything: one of these (no allocation).
+_COMMON: dict[tuple[bool, bool], dict[str, Any]] = {
+    (rejected, head): _left_out(rejected, head, {"__all__": _ALL_OF_EVENT})
+    for rejected in (False, True)
+    for head in (False, True)
+}
+
+
 def _derived(commit: Commit) -> dict[str, Any]:
     """What the body of `commit` leaves out (pydantic's `exclude`)."""
-    left_out: dict[str, Any] = dict.fromkeys(_TOP_LEVEL, True)
-    if not commit.rejected:
-        left_out["rejected"] = True
     state = commit.state
+    execution_id, seq, run_id = commit.execution_id, commit.seq, commit.run_id
     keys = iter(state)
-    head = tuple(next(keys, None) for _ in _STATE_HEAD)
-    if (
-        head == _STATE_HEAD
-        and state["execution_id"] == commit.execution_id
-        and state["seq"] == commit.seq
-        and state["run_id"] == commit.run_id
-    ):
-        left_out["state"] = set(_STATE_HEAD)
-    events: dict[int, set[str]] = {}
+    state_head = (
+        (next(keys, None), next(keys, None), next(keys, None)) == _STATE_HEAD
+        and state["execution_id"] == execution_id
+        and state["seq"] == seq
+        and state["run_id"] == run_id
+    )
+    ids = (execution_id, seq, run_id, commit.command_id)
+    named = (state.get("workflow_name"), state.get("root_execution_id"))
+    events: dict[int, frozenset[str] | set[str]] = {}
+    every = True
     for position, event in enumerate(commit.events):
+        if (
+            (event.execution_id, event.seq, event.run_id, event.command_id) == ids
+            and (event.workflow_name, event.root_execution_id) == named
+            and event.event_id == f"{execution_id}:{seq}:{event.index}"
+        ):
+            events[position] = _ALL_OF_EVENT
+            continue
+        every = False
         fields = {name for name in _FROM_COMMIT if getattr(event, name) == getattr(commit, name)}
         fields.update(name for name in _FROM_STATE if getattr(event, name) == state.get(name))
         if event.event_id == event_id_for(event.execution_id, event.seq, event.index):
             fields.add("event_id")
         if fields:
             events[position] = fields
-    if events:
-        left_out["events"] = events
-    return left_out
+    if every:
+        return _COMMON[(bool(commit.rejected), state_head)]
+    return _left_out(bool(commit.rejected), state_head, events or None)
 
 
 def commit_from_doc(doc: Document) -> Commit:
