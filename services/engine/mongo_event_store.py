@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError
 
 from schemas.commits import Commit, commit_id
 from services.common.commit_log import (
@@ -50,11 +50,6 @@ from services.engine.event_store import (
 
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
-# Most documents an ordered insert sends as a plain `insert` command (`_insert_command`):
-# a few, so that the request stays far below the server's message size limit, which
-# PyMongo's bulk API would split at.
-_COMMAND_INSERT_MAX = 16
-_COMMAND_INSERT_BYTES = 4 << 20
 
 
 SPLIT_REQUESTS = 1
@@ -180,8 +175,6 @@ class MongoEventStore:
         insert stopped there), or None when all went in. Any other error is raised."""
         if not docs:
             return None
-        if len(docs) <= _COMMAND_INSERT_MAX and _body_bytes(docs) <= _COMMAND_INSERT_BYTES:
-            return await self._insert_command(docs)
         try:
             await self._commits.insert_many(list(docs), ordered=True)
         except BulkWriteError as exc:
@@ -191,21 +184,6 @@ class MongoEventStore:
                 raise
             return int(first.get("index") or exc.details.get("nInserted") or 0)
         return None
-
-    async def _insert_command(self, docs: Sequence[Document]) -> int | None:
-        """`_insert_ordered` of a few documents as one `insert` command: PyMongo's bulk
-        API (`insert_many`) costs the client several hundred µs of CPU per request more,
-        which at a worker's few commands per batch is a large part of the engine's work."""
-        reply = await self._db.command(
-            {"insert": COMMITS, "documents": list(docs), "ordered": True}
-        )
-        errors = reply.get("writeErrors")
-        if not errors and not reply.get("writeConcernError"):
-            return None
-        first = min(errors or [{}], key=lambda e: int(e.get("index", 0)))
-        if first.get("code") != DUPLICATE_KEY or reply.get("writeConcernError"):
-            raise OperationFailure(str(first.get("errmsg") or reply), first.get("code"), reply)
-        return int(first.get("index", 0))
 
     async def _classify(self, commit: Commit) -> AppendFailure:
         # FerretDB's duplicate-key message does not name the index, so ask the data.
@@ -252,7 +230,3 @@ class MongoEventStore:
     async def read_stream(self, execution_id: str, after_seq: int = 0) -> AsyncIterator[Commit]:
         for commit in await self._log.read_after(execution_id, max(after_seq, 0)):
             yield commit
-
-
-def _body_bytes(docs: Sequence[Document]) -> int:
-    return sum(len(d.get("body", "")) for d in docs)

@@ -106,18 +106,6 @@ class EventStoreContract:
         assert await store.get("e2", 1) is not None
         assert await store.get("e3", 1) is None
 
-    @pytest.mark.parametrize("before", [1, 30])  # a few documents, and many (in one request)
-    async def test_a_long_append_stops_at_its_failure_too(
-        self, store: EventStore, before: int
-    ) -> None:
-        await store.append([make_commit("taken", 1, command_id="x")])
-        batch = [make_commit(f"n{i}", 1) for i in range(before)]
-        batch += [make_commit("taken", 1, command_id="y"), make_commit("after", 1)]
-        report = await store.append(batch)
-        assert report == AppendReport(before, AppendFailure.CONFLICT)
-        assert (await store.latest([f"n{before - 1}"])).keys() == {f"n{before - 1}"}
-        assert await store.get("after", 1) is None
-
     async def test_first_commits_go_in_independently_and_refusals_are_reported(
         self, store: EventStore
     ) -> None:
