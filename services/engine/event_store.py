@@ -8,8 +8,7 @@ execution are appended with contiguous seqs from 1; the engine never makes a gap
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -54,13 +53,7 @@ class EventStore(Protocol):
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         """`append_first(firsts)`, then `append` of the commits of `rest` whose execution
         had no first commit refused, in one call (an adapter that hands writes to another
-        loop or thread runs both there, back to back). See `append_round_with`.
-
-        An adapter may write a large round as concurrent parts, each holding every commit
-        of its executions in order. Then, after a failure, commits of other executions
-        that follow it in `rest` may have gone in too (never a later commit of the failed
-        one's execution); the engine reads those executions again, and answers what it
-        finds stored as applied already."""
+        loop or thread runs both there, back to back). See `append_round_with`."""
 
     async def get(self, execution_id: str, seq: int) -> Commit | None:
         """One commit by its position."""
@@ -118,52 +111,3 @@ async def append_round_with(
     refused_executions = {firsts[p].execution_id for p in refused}
     appended = [c for c in rest if c.execution_id not in refused_executions]
     return RoundReport(refused, appended, await store.append(appended))
-
-
-async def append_round_in_parts(
-    write: Callable[[Sequence[Commit], Sequence[Commit]], Awaitable[RoundReport]],
-    firsts: Sequence[Commit],
-    rest: Sequence[Commit],
-    parts: int,
-) -> RoundReport:
-    """`append_round` as `parts` concurrent rounds written by `write`, each holding every
-    commit of its executions in order (so each keeps `write`'s guarantees per execution).
-
-    Merged, the report says what one round would: the refused first commits, what was
-    appended, and where the earliest failure was (by position in `rest`). Commits of
-    other executions after that failure may have gone in too: another part went on.
-    A first commit that is not one is an error before anything is written.
-    """
-    if later := [c.doc_id for c in firsts if c.seq != 1]:
-        raise ValueError(f"append_first takes first commits only, not {later}")
-    group: dict[str, int] = {}
-    firsts_of: list[list[int]] = [[] for _ in range(parts)]
-    rest_of: list[list[int]] = [[] for _ in range(parts)]
-    for positions, commits in ((firsts_of, firsts), (rest_of, rest)):
-        for i, commit in enumerate(commits):
-            g = group.setdefault(commit.execution_id, len(group) % parts)
-            positions[g].append(i)
-    results = await asyncio.gather(
-        *(
-            write([firsts[i] for i in f], [rest[i] for i in r])
-            for f, r in zip(firsts_of, rest_of, strict=True)
-        ),
-        return_exceptions=True,  # every part ends before the round does
-    )
-    reports: list[RoundReport] = []
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-        reports.append(result)
-    refused = {firsts_of[g][p] for g, report in enumerate(reports) for p in report.refused}
-    refused_executions = {firsts[p].execution_id for p in refused}
-    appended = [i for i, c in enumerate(rest) if c.execution_id not in refused_executions]
-    position = {i: n for n, i in enumerate(appended)}
-    inserted, failure = len(appended), None
-    for g, report in enumerate(reports):
-        if report.report.failure is not None:
-            own = [i for i in rest_of[g] if rest[i].execution_id not in refused_executions]
-            at = position[own[report.report.inserted]]
-            if at < inserted:
-                inserted, failure = at, report.report.failure
-    return RoundReport(refused, [rest[i] for i in appended], AppendReport(inserted, failure))

@@ -45,35 +45,19 @@ from services.engine.event_store import (
     AppendFailure,
     AppendReport,
     RoundReport,
-    append_round_in_parts,
 )
 
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
 
 
-SPLIT_REQUESTS = 1
-"""Concurrent insert requests a large round is split into (1: never split)."""
-SPLIT_MIN = 512
-"""Rounds of fewer documents than this go in one request."""
-
-
 class MongoEventStore:
-    def __init__(
-        self,
-        db: AsyncDatabase[Document],
-        split_requests: int = SPLIT_REQUESTS,
-        split_min: int = SPLIT_MIN,
-    ) -> None:
-        """`split_requests`, `split_min`: a round of at least `split_min` commits goes in
-        as that many concurrent requests, by execution (`append_round_in_parts`)."""
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._db = db
         self._commits = db[COMMITS]
         # Reads of stored commits by position go through the read port every reader uses.
         self._log: CommitLog = MongoCommitLog(db)
         self._ferretdb = False
-        self._split_requests = split_requests
-        self._split_min = split_min
 
     async def setup(self) -> None:
         self._ferretdb = await is_ferretdb(self._db)
@@ -118,11 +102,6 @@ class MongoEventStore:
         return (await self._write_round(commits, [])).refused
 
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
-        if self._split_requests > 1 and len(firsts) + len(rest) >= self._split_min:
-            # The database converts one request's documents while it writes another's.
-            return await append_round_in_parts(
-                self._write_round, firsts, rest, self._split_requests
-            )
         return await self._write_round(firsts, rest)
 
     async def _write_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:

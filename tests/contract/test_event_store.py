@@ -24,7 +24,6 @@ from services.engine.memory_event_store import MemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.offloop import INLINE_ROUND_MAX, LoopThread, OffLoopAppends
 from tests.support.commits import make_commit as commit_at
-from tests.support.engine import MemoryEventStoreInParts
 
 
 def make_commit(execution_id: str, seq: int, command_id: str | None = None) -> Commit:
@@ -237,45 +236,6 @@ class EventStoreContract:
         assert found == {"cmd-e1-2": commits[1], "cmd-e2-1": commits[3]}
 
 
-class InPartsContract(EventStoreContract):
-    """Adapters whose large rounds go in as concurrent parts, by execution
-    (`append_round_in_parts`): the whole contract holds (every round is split here), and
-    what a split round may do after a failure."""
-
-    async def test_a_split_round_reports_its_earliest_failure(self, store: EventStore) -> None:
-        await store.append([in_own_run("old", 1), in_own_run("dup", 1, command_id="taken")])
-        firsts = [in_own_run("a", 1), in_own_run("b", 1)]  # a, old: one part; b, dup: the other
-        rest = [
-            in_own_run("old", 2),
-            in_own_run("dup", 2),
-            in_own_run("b", 2),
-            in_own_run("old", 3, command_id="taken"),  # a duplicate: its part stops here
-            in_own_run("a", 2),
-            in_own_run("old", 4),  # after the failure, in the failed commit's execution
-            in_own_run("b", 3),  # the other part goes on
-        ]
-        round_ = await store.append_round(firsts, rest)
-        assert round_.refused == set() and round_.appended == rest
-        assert round_.report == AppendReport(3, AppendFailure.DUPLICATE_COMMAND)
-        assert [c.seq async for c in store.read_stream("old")] == [1, 2]
-        assert [c.seq async for c in store.read_stream("a")] == [1]
-        assert [c.seq async for c in store.read_stream("b")] == [1, 2, 3]
-        assert [c.seq async for c in store.read_stream("dup")] == [1, 2]
-
-    async def test_a_split_round_with_a_later_first_commit_writes_nothing(
-        self, store: EventStore
-    ) -> None:
-        with pytest.raises(ValueError, match="first commits only"):
-            await store.append_round([make_commit("e1", 1), make_commit("e2", 2)], [])
-        assert await store.get("e1", 1) is None
-
-
-class TestMemoryEventStoreInParts(InPartsContract):
-    @pytest.fixture
-    def store(self) -> EventStore:
-        return MemoryEventStoreInParts()
-
-
 class TestMemoryEventStore(EventStoreContract):
     @pytest.fixture
     def store(self) -> EventStore:
@@ -361,25 +321,6 @@ class TestMongoEventStore(EventStoreContract):
         }
         assert commit_from_doc(doc) == commit
         assert await store.find_by_command(commit.command_id) == commit
-
-
-class TestMongoEventStoreInParts(TestMongoEventStore, InPartsContract):
-    """Rounds split into two concurrent insert requests (every round, here)."""
-
-    @pytest.fixture
-    async def store(self, db: Any) -> EventStore:
-        store = MongoEventStore(db, split_requests=2, split_min=1)
-        await store.setup()
-        return store
-
-    async def test_a_split_round_locates_the_runs_it_opens(
-        self, store: EventStore, db: Any
-    ) -> None:
-        firsts = [in_own_run(e, 1) for e in ("a", "b", "c")]
-        round_ = await store.append_round(firsts, [in_own_run("b", 2), in_own_run("a", 2)])
-        assert round_.report == AppendReport(inserted=2)
-        log = MongoCommitLog(db)
-        assert [await log.locate_run(f"{e}-run") for e in ("a", "b", "c")] == ["a", "b", "c"]
 
 
 class TestOffLoopAppends(TestMongoEventStore):

@@ -4,7 +4,7 @@ consumer that records the offsets committed and sought."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any
@@ -15,8 +15,6 @@ from schemas.commands import Command, parse_command
 from schemas.commits import Commit
 from services.engine.context import context_for
 from services.engine.domain import decide, fold
-from services.engine.event_store import RoundReport, append_round_in_parts, append_round_with
-from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import InboundRecord
 
 _offsets = count(100)
@@ -90,14 +88,3 @@ class FakeConsumer:
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.seeks.append((partition, offset))
-
-
-class MemoryEventStoreInParts(MemoryEventStore):
-    """The in-memory store writing every round as two concurrent parts, by execution, as
-    `MongoEventStore` writes large rounds when it splits them."""
-
-    async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
-        async def part(f: Sequence[Commit], r: Sequence[Commit]) -> RoundReport:
-            return await append_round_with(self, f, r)
-
-        return await append_round_in_parts(part, firsts, rest, 2)

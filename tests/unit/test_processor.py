@@ -18,7 +18,7 @@ from services.common.commit_log import commit_from_doc, commit_to_doc
 from services.engine.domain import ExecutionState
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
-from tests.support.engine import MemoryEventStoreInParts, command, record, start
+from tests.support.engine import command, record, start
 
 
 @pytest.fixture
@@ -186,45 +186,6 @@ async def test_after_a_duplicate_the_next_command_continues_the_stream_without_a
     after = await engine.process([record(command("SignalExecution", "e1", "next", name="b"))])
     assert [(o.command_id, o.seq) for o in after.outcomes] == [("next", 3)]
     assert [c.seq async for c in store.read_stream("e1")] == [1, 2, 3]
-
-
-@pytest.mark.parametrize("failure", ["conflict", "duplicate"])
-async def test_a_round_stored_in_parts_that_stopped_part_way_answers_each_command_once(
-    clock, failure: str
-) -> None:
-    store = MemoryEventStoreInParts()  # parts: e1 and e3, e2 and e4
-    mine = processor(store, clock)
-    await mine.process([record(start(e, f"c-{e}")) for e in ("e1", "e2", "e3", "e4")])
-    first_of_e1 = "mine" if failure == "duplicate" else "theirs"
-    # Another engine applied a command to e1 meanwhile (a rebalance), or this very signal
-    # (a producer's retry).
-    await processor(store, clock).process(
-        [record(command("SignalExecution", "e1", first_of_e1, name="x"))]
-    )
-    out = await mine.process(
-        [
-            record(command("SignalExecution", e, "mine" if e == "e1" else f"s-{e}", name="y"))
-            for e in ("e1", "e2", "e3", "e4")
-        ]
-    )
-    # e1's signal fails first: e3's stays behind it in its part, e2's and e4's go in.
-    expected_e1_seq = 2 if failure == "duplicate" else 3
-    assert sorted((o.command_id, o.accepted, o.seq) for o in out.outcomes) == [
-        ("mine", True, expected_e1_seq),
-        ("s-e2", True, 2),
-        ("s-e3", True, 2),
-        ("s-e4", True, 2),
-    ]
-    for e in ("e2", "e3", "e4"):
-        assert [c.command_id async for c in store.read_stream(e)] == [f"c-{e}", f"s-{e}"]
-    e1 = [c.command_id async for c in store.read_stream("e1")]
-    assert e1 == (["c-e1", "mine"] if failure == "duplicate" else ["c-e1", "theirs", "mine"])
-    assert sorted(c.doc_id for c in out.commits) == [
-        f"e1:{expected_e1_seq:012d}",
-        "e2:000000000002",
-        "e3:000000000002",
-        "e4:000000000002",
-    ]
 
 
 class CountingStore(MemoryEventStore):
