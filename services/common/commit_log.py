@@ -101,7 +101,7 @@ _WHOLE_BODY = '{"execution_id"'
 """How a body written whole (before the compact body) starts."""
 
 
-def commit_to_doc(commit: Commit) -> Document:
+def commit_to_doc(commit: Commit, compact: bool = True) -> Document:
     """A commit as stored: the fields indexes and operators use at the top level, and the
     rest of the commit as JSON text in `body`.
 
@@ -114,7 +114,8 @@ def commit_to_doc(commit: Commit) -> Document:
     event's copies of the commit's ids, an event's `event_id`, and an event's workflow
     name and root execution when the state has the same. FerretDB's cost grows with the
     bytes of a document (it converts the body to SQLite JSON, which SQLite parses again
-    for each index), and the body is ~40% smaller so.
+    for each index), and the body is ~40% smaller so. `compact` False writes the whole
+    commit in the body, which older readers need (a rolling upgrade).
     """
     return {
         "_id": commit.doc_id,
@@ -124,12 +125,12 @@ def commit_to_doc(commit: Commit) -> Document:
         "command_type": commit.command_type,
         "run_id": commit.run_id,
         "committed_at": commit.committed_at,  # a BSON date, for operators' queries
-        "body": _body(commit),
+        "body": _body(commit, compact),
     }
 
 
-def _body(commit: Commit) -> str:
-    if "execution_id" not in commit.state:
+def _body(commit: Commit, compact: bool) -> str:
+    if not compact or "execution_id" not in commit.state:
         # Not an engine's snapshot (those always hold it): `commit_from_doc` would take
         # the absent ids for left out. The whole commit, as engines wrote it before.
         return commit.model_dump_json(exclude_none=True)

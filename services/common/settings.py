@@ -99,6 +99,12 @@ class EngineSettings(RunstoreSettings):
     """Commit consumed offsets at most this often (0: after every batch). A crash
     redelivers what was published since the last commit; the engine re-publishes such
     commands from the store, deciding nothing twice (docs/engine-performance.md)."""
+    engine_compact_commits: bool = True
+    """Store commit bodies compact (what the document and the rest of the body say is
+    left out; docs/engine-performance.md, "A compact commit body"). Engines, projectors
+    and APIs from before 2026-12-06 cannot read such bodies: during a rolling upgrade
+    from them, run the new engines with False until every service runs this version.
+    Either layout is read by this version."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 

@@ -154,8 +154,8 @@ def build_app(settings: EngineSettings) -> FastStream:
     # The writer loop's own client: built there, closed there.
     writer_client = asyncio.run_coroutine_threadsafe(_build_client(settings), writer.loop).result()
     store = OffLoopAppends(
-        MongoEventStore(mongo_database(client, settings)),
-        MongoEventStore(mongo_database(writer_client, settings)),
+        MongoEventStore(mongo_database(client, settings), settings.engine_compact_commits),
+        MongoEventStore(mongo_database(writer_client, settings), settings.engine_compact_commits),
         writer,
     )
     health = Health(settings, client)

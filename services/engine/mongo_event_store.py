@@ -52,12 +52,17 @@ _PROBE_LIMIT = 256
 
 
 class MongoEventStore:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], compact: bool = True) -> None:
+        """`compact`: commit bodies in the compact layout (`commit_to_doc`)."""
         self._db = db
+        self._compact = compact
         self._commits = db[COMMITS]
         # Reads of stored commits by position go through the read port every reader uses.
         self._log: CommitLog = MongoCommitLog(db)
         self._ferretdb = False
+
+    def _doc(self, commit: Commit) -> Document:
+        return commit_to_doc(commit, self._compact)
 
     async def setup(self) -> None:
         self._ferretdb = await is_ferretdb(self._db)
@@ -117,7 +122,7 @@ class MongoEventStore:
         if later := [c.doc_id for c in firsts if c.seq != 1]:
             raise ValueError(f"append_first takes first commits only, not {later}")
         locators = run_locators([*firsts, *rest])
-        docs = [*locators, *map(commit_to_doc, firsts), *map(commit_to_doc, rest)]
+        docs = [*locators, *(self._doc(c) for c in firsts), *(self._doc(c) for c in rest)]
         if not docs:
             return RoundReport(set(), [], AppendReport(inserted=0))
         stopped = await self._insert_ordered(docs)
@@ -139,11 +144,11 @@ class MongoEventStore:
         """After the round's request stopped before `firsts[start]`: those first commits,
         each independently, then the rest of the executions none of whose first commits
         was refused (`refused`: positions already refused)."""
-        tail = [commit_to_doc(c) for c in firsts[start:]]
+        tail = [self._doc(c) for c in firsts[start:]]
         refused = refused | {start + p for p in await insert_unless_present(self._commits, tail)}
         refused_executions = {firsts[p].execution_id for p in refused}
         appended = [c for c in rest if c.execution_id not in refused_executions]
-        stopped = await self._insert_ordered([commit_to_doc(c) for c in appended])
+        stopped = await self._insert_ordered([self._doc(c) for c in appended])
         if stopped is None:
             return RoundReport(refused, appended, AppendReport(inserted=len(appended)))
         failure = await self._classify(appended[stopped])

@@ -101,3 +101,17 @@ def test_a_state_without_the_commits_ids_is_stored_as_it_is() -> None:
 def test_a_commit_stored_whole_by_an_older_engine_still_reads() -> None:
     commit = _engine_like()
     assert commit_from_doc(whole_body_doc(commit)) == commit
+
+
+def test_with_compact_off_an_older_reader_reads_the_body_and_so_does_this_one() -> None:
+    # RUNSTORE_ENGINE_COMPACT_COMMITS=false during a rolling upgrade: readers from before the
+    # compact body parse the body as the whole commit (`Commit.model_validate_json`).
+    commit = _engine_like()
+    doc = commit_to_doc(commit, compact=False)
+    assert Commit.model_validate_json(doc["body"]) == commit  # the older readers' parse
+    assert commit_from_doc(doc) == commit
+    compact = commit_to_doc(commit)
+    assert len(compact["body"]) < len(doc["body"])
+    assert {k: v for k, v in doc.items() if k != "body"} == {
+        k: v for k, v in compact.items() if k != "body"
+    }
