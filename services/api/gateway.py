@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from schemas.commands import COMMAND_ADAPTER, Command
+from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.api.topic_tail import TopicFeed, resolve_waiters
 from services.common import tracing
@@ -63,7 +63,7 @@ class CommandGateway:
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
         if encoded is None:
-            encoded = COMMAND_ADAPTER.dump_json(command)
+            encoded = command.__pydantic_serializer__.to_json(command)
         with tracing.producing(
             f"send {command.type}",
             self._topics.commands,
