@@ -1,5 +1,5 @@
 """Fans `workflows.events` out to every stream subscriber inside an API process, from the
-API's one `TopicFeed` (topic_tail.py: the consumer that also brings outcomes and replies).
+API's `TopicFeed` (topic_tail.py: the consumer that also brings outcomes).
 
 The consumer has no group: it is assigned every partition and starts at the end, so each
 API instance sees every event published after it started, whoever consumes what else.
@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,12 +59,16 @@ class Subscription:
         limit: int,
         start_positions: dict[int, int],
         internal: bool = False,
+        wake: Callable[[Event], bool] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.match = match
         self.start_positions = start_positions
         self.internal = internal
         """Not a stream's (the run list index's): not counted as a subscriber."""
+        self._wake_on = wake
+        """Which deliveries wake a waiting reader (None: every one); the others are
+        buffered until one does, or the reader's wait runs out."""
         self._limit = limit
         self._items: deque[Delivery] = deque()
         self._wake = asyncio.Event()
@@ -80,6 +85,8 @@ class Subscription:
             self._items.clear()
         else:
             self._items.append(delivery)
+            if self._wake_on is not None and not self._wake_on(delivery.event):
+                return
         self._wake.set()
 
     def fail(self, reason: str) -> None:
@@ -108,6 +115,16 @@ class Subscription:
         taken = list(self._items)
         self._items.clear()
         return taken
+
+    async def take_when_woken(self, wait_seconds: float) -> list[Delivery]:
+        """Every delivery buffered once one that wakes the subscription has come, or once
+        `wait_seconds` have passed (then those buffered meanwhile, perhaps none). Raises
+        as `next` does once the subscription is lost and its buffer taken."""
+        if not self._wake.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_seconds)
+        self._wake.clear()
+        return self.take()
 
     async def next(self, wait_seconds: float) -> Delivery | None:
         """The next delivery, or None after `wait_seconds` of silence."""
@@ -177,16 +194,19 @@ class EventFanout:
         match: Callable[[Event], bool] | None = None,
         limit: int | None = None,
         internal: bool = False,
+        wake: Callable[[Event], bool] | None = None,
     ) -> Subscription:
         """Deliveries of one execution's events (`execution_id`), or of every event that
         `match` accepts (all events if neither is given), buffered up to `limit` (default:
-        the fanout's queue size). `internal`: not a stream's, not counted."""
+        the fanout's queue size). `internal`: not a stream's, not counted. `wake`: which
+        deliveries wake a waiting reader (default: all)."""
         sub = Subscription(
             execution_id,
             match,
             self._queue_size if limit is None else limit,
             dict(self._positions),
             internal,
+            wake,
         )
         if execution_id is not None:
             self._by_execution.setdefault(execution_id, set()).add(sub)

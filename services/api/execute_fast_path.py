@@ -22,7 +22,6 @@ from typing import Any
 
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.requests import Request
-from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -74,9 +73,20 @@ class ExecuteFastPath:
             answer = await start_execution(caller, self.wiring, request, matched.group(1), key)
         except HTTPException as exc:
             response = await http_exception_handler(Request(scope), exc)
-        else:
-            response = Response(answer, media_type="application/json")
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+            return
+        # What `Response(answer, media_type="application/json")` sends, without the object.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(answer)).encode("latin-1")),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
 
 
 _READ = frozenset({b"authorization", b"idempotency-key", b"content-type"})

@@ -15,11 +15,12 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from schemas.commands import COMMAND_ADAPTER, Command
+from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
+from services.api.command_window import WindowedPublisher
 from services.api.topic_tail import TopicFeed, resolve_waiters
 from services.common import tracing
-from services.common.kafka_io import Outgoing, RecordPublisher
+from services.common.kafka_io import Outgoing
 from services.common.settings import ApiSettings
 
 
@@ -34,7 +35,7 @@ class PublishFailed(Exception):
 class CommandGateway:
     def __init__(self, settings: ApiSettings, feed: TopicFeed) -> None:
         self._settings = settings
-        self._publisher: RecordPublisher | None = None
+        self._publisher: WindowedPublisher | None = None
         self._topics = settings.topics
         self._waiting: dict[str, asyncio.Future[CommandOutcome]] = {}
         # Recently accepted outcomes by command id: a client retrying with its idempotency
@@ -44,11 +45,11 @@ class CommandGateway:
 
     async def start(self) -> None:
         """Starts the producer; outcomes come once the feed given at construction starts."""
-        # The linger lets the commands of concurrent requests share a produce request:
+        # The window lets the commands of concurrent requests share a produce request:
         # each request costs the broker far more than a record in it, and 10 ms is little
-        # next to the engine's round trip.
-        self._publisher = RecordPublisher(
-            self._settings, "runstore-api", linger_ms=self._settings.api_publish_linger_ms
+        # next to the engine's round trip (command_window.py).
+        self._publisher = WindowedPublisher(
+            self._settings, "runstore-api", self._settings.api_publish_linger_ms
         )
         await self._publisher.start()
 
@@ -63,7 +64,7 @@ class CommandGateway:
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
         if encoded is None:
-            encoded = COMMAND_ADAPTER.dump_json(command)
+            encoded = command.__pydantic_serializer__.to_json(command)
         with tracing.producing(
             f"send {command.type}",
             self._topics.commands,
@@ -72,7 +73,7 @@ class CommandGateway:
                 "runstore.command_id": command.command_id,
             },
         ) as headers:
-            await self._publisher.publish_all(
+            await self._publisher.publish(
                 [Outgoing(self._topics.commands, command.execution_id, encoded, headers)]
             )
 
@@ -81,7 +82,7 @@ class CommandGateway:
         producer; raises KafkaError."""
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
-        await self._publisher.publish_all(records)
+        await self._publisher.publish(records)
 
     def expect(self, command_id: str) -> asyncio.Future[CommandOutcome]:
         """A future for the outcome of a command someone else publishes (a worker's update

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -189,16 +189,22 @@ def consumed_spans(
     end_all(spans)
 
 
-@contextmanager
 def producing(
     name: str, topic: str, attributes: Mapping[str, Any]
-) -> Iterator[dict[str, str] | None]:
+) -> AbstractContextManager[dict[str, str] | None]:
     """A PRODUCER span (child of the current one) around publishing a record, and the
-    headers that make the record's consumer continue it; None when tracing is off."""
+    headers that make the record's consumer continue it; None when tracing is off.
+    (Off, a shared no-op: the API enters this for every command.)"""
     if _tracer is None:
-        yield None
-        return
-    with _tracer.start_as_current_span(
+        return _NO_HEADERS
+    return _producing(_tracer, name, topic, attributes)
+
+
+@contextmanager
+def _producing(
+    tracer: Tracer, name: str, topic: str, attributes: Mapping[str, Any]
+) -> Iterator[dict[str, str] | None]:
+    with tracer.start_as_current_span(
         name,
         kind=SpanKind.PRODUCER,
         attributes={
@@ -210,19 +216,33 @@ def producing(
         yield headers_of(span)
 
 
-@contextmanager
 def execute_span(
     name: str, traceparent: str | None, new_trace: bool, attributes: Mapping[str, str] | None
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """The current span while an HTTP execute publishes its command: the child of the
     body's `traceparent` (the mistralai SDK's field) when given, else a new trace's root
     with `force_new_trace`, else the child of the request's span; the body's
-    `custom_tracing_attributes` are its attributes. Nothing when tracing is off."""
+    `custom_tracing_attributes` are its attributes. Nothing when tracing is off (a shared
+    no-op)."""
     if _tracer is None:
-        yield
-        return
+        return _NO_SPAN
+    return _execute_span(_tracer, name, traceparent, new_trace, attributes)
+
+
+@contextmanager
+def _execute_span(
+    tracer: Tracer,
+    name: str,
+    traceparent: str | None,
+    new_trace: bool,
+    attributes: Mapping[str, str] | None,
+) -> Iterator[None]:
     parent = parent_of_text({"traceparent": traceparent}) if traceparent else None
     if parent is None and new_trace:
         parent = Context()  # empty: no parent
-    with _tracer.start_as_current_span(name, context=parent, attributes=dict(attributes or {})):
+    with tracer.start_as_current_span(name, context=parent, attributes=dict(attributes or {})):
         yield
+
+
+_NO_HEADERS: AbstractContextManager[dict[str, str] | None] = nullcontext(None)
+_NO_SPAN: AbstractContextManager[None] = nullcontext()

@@ -9,12 +9,22 @@ import asyncio
 from typing import Any, cast
 
 from schemas.common import ExecutionStatus
-from schemas.events import Event
+from schemas.events import Event, closes_run
 from services.api.event_fanout import Delivery, EventFanout, Subscription
 from services.api.shapes import run_result
 from services.api.start_execution import _fold_until_closed
 from services.common.readmodels.projection import apply_to_run
-from tests.support.domain import closed_as, complete, fail, reset, retry, with_retries
+from tests.support.domain import (
+    activity,
+    closed_as,
+    complete,
+    fail,
+    reset,
+    retry,
+    running,
+    signal,
+    with_retries,
+)
 
 
 def subscription_with(events: list[Event]) -> Subscription:
@@ -91,3 +101,48 @@ async def test_a_terminated_run_leaves_the_answer_to_a_read() -> None:
 async def test_a_silent_feed_leaves_the_answer_to_a_read() -> None:
     events = with_retries().events  # started, never closed
     assert await folded(events, limit=0.2) is None
+
+
+async def test_a_waiting_execute_wakes_only_for_the_event_that_closes_the_run() -> None:
+    """The wait's subscription buffers the run's other events without waking it; the
+    closing event wakes it once, and the answer is the projection's all the same."""
+    stream = running().given(
+        lambda s: activity(s.run, "started"),
+        lambda s: activity(s.run, "completed"),
+        lambda s: signal(),
+        lambda s: complete(s.run, "done"),
+    )
+    events = stream.events
+    assert len(events) == 5
+    sub = Subscription("exec-1", None, 100, {}, wake=closes_run)
+    deadline = asyncio.get_running_loop().time() + 5
+    waiting = asyncio.create_task(
+        _fold_until_closed(cast(EventFanout, None), sub, "exec-1", deadline)
+    )
+    await asyncio.sleep(0)
+    wakes = 0
+    original_take = sub.take
+
+    def counting_take() -> list[Delivery]:
+        nonlocal wakes
+        wakes += 1
+        return original_take()
+
+    sub.take = counting_take  # type: ignore[method-assign]
+    for n, event in enumerate(events[:-1]):
+        sub.offer(Delivery(0, n, event))
+        await asyncio.sleep(0.01)
+    assert not waiting.done() and wakes == 0
+    sub.offer(Delivery(0, len(events), events[-1]))
+    _, run = await waiting
+    assert wakes == 1
+    assert run == projected(events)
+
+
+async def test_events_that_wake_no_one_are_still_taken_when_the_wait_runs_out() -> None:
+    events = with_retries().events  # started, never closed
+    sub = Subscription("exec-1", None, 100, {}, wake=closes_run)
+    for n, event in enumerate(events):
+        sub.offer(Delivery(0, n, event))
+    assert [d.event for d in await sub.take_when_woken(0.05)] == events
+    assert await sub.take_when_woken(0.05) == []

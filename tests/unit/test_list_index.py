@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 
-from schemas.events import Event
+from schemas.events import EVENT_LIST_ADAPTER, STATUS_AFTER, Event
 from services.api.list_index_feed import ListIndexFeed
 from services.common.memory_commit_log import MemoryCommitLog
 from services.common.readmodels.list_index import RunListIndex
 from services.common.readmodels.memory_store import MemoryReadModels, as_stored
+from services.common.readmodels.projection import apply_to_run
 from services.common.readmodels.reader import LIST_FIELDS
 from services.common.readmodels.run_filter import RunFilter
 from services.common.readmodels.search_keys import parse_search_keys
 from services.common.readmodels.store import Document
 from services.common.settings import ApiSettings
 from tests.support.workloads import Workload, fold_all, mixed_workload
+from tests.unit.test_recorded_histories import HISTORIES
 
 EVERYTHING = 1000
 OLDEST = datetime.min.replace(tzinfo=UTC)
@@ -98,6 +101,43 @@ def test_a_snapshot_row_older_than_the_held_one_is_ignored() -> None:
     for doc in fold_all(events[:3]).runs.values():
         index.put(doc, only_if_newer=True)
     assert listed(index) == projected_rows(events)
+
+
+def test_events_that_change_no_status_change_only_the_position_of_a_run() -> None:
+    """The index moves a run's position in place for an event whose type is not in
+    STATUS_AFTER, without folding it: that is only right while apply_to_run changes
+    nothing else of a run for such an event. Every event of the recorded histories
+    (activities, timers, markers, signals, children, updates, workflow tasks …) and of
+    the mixed workload is held to it; and the index's rows and point reads equal the
+    projector's after them."""
+    streams = [mixed_workload().all_events()]
+    for path in sorted(HISTORIES.glob("*.json")):
+        for stream in json.loads(path.read_text())["streams"]:
+            streams.append(EVENT_LIST_ADAPTER.validate_python(stream["events"]))
+    moved_in_place = 0
+    for events in streams:
+        index = RunListIndex()
+        runs: dict[str, Document] = {}
+        for event in events:
+            before = runs.get(event.run_id)
+            after = apply_to_run(before, event)
+            if after is not None:
+                runs[event.run_id] = after
+            index.apply(event)
+            if before is None or after is None or event.type in STATUS_AFTER:
+                continue
+            moved_in_place += 1
+            position_only = {"position", "seq", "event_count"}
+            assert {k: v for k, v in after.items() if k not in position_only} == {
+                k: v for k, v in before.items() if k not in position_only
+            }, event.type
+        assert listed(index) == projected_rows(events)
+        for run_id, run in runs.items():
+            point = index.run_document(run_id)
+            assert point is not None
+            assert point["position"] == run["position"]
+            assert index.latest_run_document(run["execution_id"]) is not None
+    assert moved_in_place > 40  # the histories hold plenty of such events
 
 
 def test_seq_of_names_the_newest_event_a_row_reflects() -> None:

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.events import Event, EventType
+from schemas.events import STATUS_AFTER, Event, EventType
 from services.common.readmodels.projection import apply_to_run
 from services.common.readmodels.reader import LIST_FIELDS, ReadModelReader
 from services.common.readmodels.run_filter import Cursor, RunFilter, aware
@@ -238,6 +238,16 @@ class RunListIndex:
             return
         if old is None:
             return  # nothing to show before the run's start (see apply_to_run)
+        if event.type not in STATUS_AFTER:
+            # Only the position moves (activities, timers, signals, markers … : most
+            # events): apply_to_run changes nothing a list sorts, filters or shows, so the
+            # row moves in place instead of being folded, copied and relinked.
+            # (tests/unit/test_list_index.py holds apply_to_run to that.)
+            at = (event.seq, event.index)
+            if at > old.position:
+                old.position = at
+                self._note_latest(old)
+            return
         state = old.fold_state()
         doc = apply_to_run(state, event)
         if doc is None or doc is state:
@@ -391,9 +401,13 @@ class RunListIndex:
                     scan = self._texts[dim] = _TextScan()
                 scan.set(new.run_id, text)
         self._rows[new.run_id] = new
-        latest = self._latest.get(new.execution_id)
-        if latest is None or latest == new.run_id or self._rows[latest].position < new.position:
-            self._latest[new.execution_id] = new.run_id
+        self._note_latest(new)
+
+    def _note_latest(self, row: _Row) -> None:
+        """`row`'s run is its execution's latest if its position is the newest."""
+        latest = self._latest.get(row.execution_id)
+        if latest is None or latest == row.run_id or self._rows[latest].position < row.position:
+            self._latest[row.execution_id] = row.run_id
 
     def _link(self, dim: tuple[str, Any], row: _Row, add: Callable[[list[Key], Key], None]) -> None:
         entry = self._lists.get(dim)

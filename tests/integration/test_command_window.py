@@ -1,0 +1,140 @@
+"""The API's windowed publisher (services/api/command_window.py) on a real broker: records
+published concurrently land, each on the partition Kafka's default partitioner gives its
+key, in the order of their publication per key, with their headers; a record whose
+request gave up before its window went out is not sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from services.api.command_window import WindowedPublisher
+from services.common.kafka_io import Outgoing
+from services.common.kafka_topics import ensure_topics, partitions_of
+from services.common.settings import RunstoreSettings
+
+
+async def read_all(
+    settings: RunstoreSettings, topic: str
+) -> list[tuple[int, bytes, bytes, dict[str, bytes]]]:
+    """Every record of `topic`: (partition, key, value, headers), partition by partition."""
+    partitions = await partitions_of(settings, topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                found += [(tp.partition, r.key, r.value, dict(r.headers)) for r in records]
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_concurrent_records_land_on_their_keys_partitions_in_order(
+    settings: RunstoreSettings,
+) -> None:
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=20)
+    await publisher.start()
+    try:
+        # 40 keys, 5 records each, published by concurrent callers in 5 rounds: each round
+        # shares a window, and a key's records come in the order of the rounds.
+        for round_ in range(5):
+            await asyncio.gather(
+                *(
+                    publisher.publish(
+                        [Outgoing(topic, f"exec-{k}", f"{k}:{round_}".encode(), {"n": str(round_)})]
+                    )
+                    for k in range(40)
+                )
+            )
+        # Several records in one call, one of them on another topic.
+        await publisher.publish(
+            [
+                Outgoing(topic, "exec-0", b"0:5"),
+                Outgoing(settings.topics.tasks, "exec-0", b"task"),
+                Outgoing(topic, "exec-0", b"0:6"),
+            ]
+        )
+    finally:
+        await publisher.stop()
+
+    count = len(await partitions_of(settings, topic))
+    by_key: dict[bytes, list[bytes]] = defaultdict(list)
+    for partition, key, value, headers in await read_all(settings, topic):
+        assert partition == DefaultPartitioner()(key, list(range(count)), []), key
+        round_ = value.split(b":")[1]
+        assert headers == ({"n": round_} if int(round_) < 5 else {}), value
+        by_key[key].append(value)
+    assert len(by_key) == 40
+    for k in range(40):
+        rounds = range(7) if k == 0 else range(5)
+        assert by_key[f"exec-{k}".encode()] == [f"{k}:{r}".encode() for r in rounds]
+    assert [v for _, _, v, _ in await read_all(settings, settings.topics.tasks)] == [b"task"]
+
+
+async def test_a_record_given_up_before_its_window_went_out_is_not_sent(
+    settings: RunstoreSettings,
+) -> None:
+    await ensure_topics(settings)
+    topic = settings.topics.outcomes
+    publisher = WindowedPublisher(settings, "test-window", window_ms=200)
+    await publisher.start()
+    try:
+        gave_up = asyncio.create_task(publisher.publish([Outgoing(topic, "a", b"abandoned")]))
+        await asyncio.sleep(0.01)
+        gave_up.cancel()
+        await publisher.publish([Outgoing(topic, "b", b"kept")])
+    finally:
+        await publisher.stop()
+    assert [v for _, _, v, _ in await read_all(settings, topic)] == [b"kept"]
+
+
+async def test_a_window_of_records_on_every_partition_is_one_produce_request(
+    settings: RunstoreSettings,
+) -> None:
+    """What the window is for: aiokafka's own linger sends a partition's batch when its
+    linger runs out, so records spread over partitions went out in several requests."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=50)
+    await publisher.start()
+    produce_requests = 0
+    client = publisher._producer.client  # type: ignore[union-attr]
+    send = client.send
+
+    async def counting_send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal produce_requests
+        if type(request).__name__.startswith("ProduceRequest"):
+            produce_requests += 1
+        return await send(node_id, request, *args, **kwargs)
+
+    def window() -> Any:
+        return asyncio.gather(
+            *(publisher.publish([Outgoing(topic, f"spread-{k}", b"x")]) for k in range(60))
+        )
+
+    client.send = counting_send
+    try:
+        # A topic just created answers "not the leader" for a moment (each retry is a
+        # request): once one window has gone through, leaders are known.
+        await window()
+        produce_requests = 0
+        await window()
+    finally:
+        await publisher.stop()
+    partitions = {p for p, _, _, _ in await read_all(settings, topic)}
+    assert len(partitions) > 1
+    assert produce_requests == 1
