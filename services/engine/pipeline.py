@@ -404,7 +404,12 @@ class _CoalescedCommits:
                 return
             queued, self._queued = self._queued, {}
             self._last = time.monotonic()
-            await commit_offsets(self._consumer, queued)
+            if not await commit_offsets(self._consumer, queued) and len(queued) > 1:
+                # One refused partition (revoked after its batch was queued) fails the
+                # whole request: the partitions still owned are committed one by one, or
+                # an idle one would keep its old offset and have its batches re-published.
+                for tp, offset in queued.items():
+                    await commit_offsets(self._consumer, {tp: offset})
 
     async def _flush_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -79,9 +79,23 @@ class HeldFlusher:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def project(
-        self, consumer: AIOKafkaConsumer, batch: list[Consumed], may_hold: bool
-    ) -> None:
-        """Project `batch` and what it releases, then commit offsets up to what is held."""
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: list[Consumed],
+        may_hold: bool,
+        generation: int | None = None,
+    ) -> bool:
+        """Project `batch` and what it releases, then commit offsets up to what is held.
+
+        `generation` is the holder's when the batch was fetched. If partitions moved since
+        (a rebalance dropped what was held), the batch is not projected and nothing is
+        committed: a plan made now would commit past the dropped events, which come before
+        the batch. The rebalance put every partition back at its committed offset, so the
+        batch is read again, by this projector or the partition's new owner. Returns
+        whether the batch was projected."""
+        if generation is not None and generation != self.holder.generation:
+            log.info("dropping a batch fetched before partitions moved; it is read again")
+            return False
         self._consumer = consumer
         plan = self.holder.plan(batch, time.monotonic(), may_hold)
         await self._projector.apply(plan.project, plan.partitions)
@@ -92,6 +106,7 @@ class HeldFlusher:
                 {TopicPartition(self._topic, p): o for p, o in plan.offsets.items()}
             )
         self.holder.adopt(plan)
+        return True
 
     async def run(self) -> None:
         linger = self.holder.linger
@@ -201,6 +216,9 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         decoder=raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
+        # Partitions moving from here on (the lock may be held by the flusher or parked
+        # retries) make this batch stale: see HeldFlusher.project.
+        generation = holder.generation
         consumed: list[Consumed] = []
         records = batch_records(message)
         PROJECTOR_LAG.set(observe_consumed(settings.projector_group_id, message.consumer, records))
@@ -234,7 +252,9 @@ def build_app(settings: ProjectorSettings) -> FastStream:
                     else:
                         # A full batch means the projection is behind: hold nothing back.
                         full = len(records) >= settings.projector_max_batch
-                        await flusher.project(consumer, consumed, may_hold=not full)
+                        await flusher.project(
+                            consumer, consumed, may_hold=not full, generation=generation
+                        )
         except Exception as exc:
             # Parking took care of everything but unavailable servers (and bugs that
             # fail every execution): retry the batch. (What was held stays held.)
@@ -243,7 +263,11 @@ def build_app(settings: ProjectorSettings) -> FastStream:
             else:
                 log.exception("projecting %d records failed; retrying", len(records))
             projector.forget()  # which of its writes happened is unknown
-            await seek_back(message)
+            if holder.generation == generation:
+                await seek_back(message)
+            # else partitions moved meanwhile and are back at their committed offsets, which
+            # may precede this batch (held events the rebalance dropped): seeking to the
+            # batch's start would skip those.
             return
         if consumer is None:
             await ack_batch(message)

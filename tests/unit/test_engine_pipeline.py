@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -17,7 +17,7 @@ from schemas.commits import Commit
 from services.engine.event_store import AppendReport
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.outbound import Outbound
-from services.engine.pipeline import Batch, EnginePipeline, Phase
+from services.engine.pipeline import Batch, EnginePipeline, Phase, _CoalescedCommits
 from services.engine.processor import (
     CommandProcessor,
     Completed,
@@ -470,3 +470,32 @@ async def test_a_failed_publish_after_queued_offsets_commits_only_what_was_publi
     assert r.consumer.seeks == [(TP0, 12)]
     await r.pipeline.drain()
     assert r.consumer.commits == [{TP0: 11}, {TP0: 12}]
+
+
+class RevokedPartitionConsumer(FakeConsumer):
+    """Refuses any commit that names a partition it no longer owns, as aiokafka does."""
+
+    def __init__(self, revoked: TopicPartition) -> None:
+        super().__init__()
+        self.revoked = revoked
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self.revoked in offsets:
+            raise RuntimeError(f"partition {self.revoked} is not assigned")
+        await super().commit(offsets)
+
+
+async def test_a_revoked_partition_in_coalesced_offsets_does_not_cost_the_others_their_commit() -> (
+    None
+):
+    owned, revoked = (
+        TopicPartition("workflows.commands", 0),
+        TopicPartition("workflows.commands", 1),
+    )
+    consumer = RevokedPartitionConsumer(revoked)
+    commits = _CoalescedCommits(every_s=60.0)
+    await commits.commit(consumer, {owned: 10})  # the first commit goes at once
+    await commits.commit(consumer, {revoked: 5})  # queued behind the interval
+    await commits.commit(consumer, {owned: 12})
+    await commits.flush()
+    assert consumer.commits == [{owned: 10}, {owned: 12}]

@@ -8,10 +8,13 @@ the batching, timing and holding, the documents end as one fold of every event.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import zlib
+from typing import Any
 
 from schemas.events import Event
+from services.projector.app import HeldFlusher
 from services.projector.holding import Consumed, HeldEvents
 from services.projector.projector import Projector
 from tests.support.workloads import Workload, mixed_workload
@@ -147,3 +150,42 @@ async def test_any_batching_and_timing_writes_one_fold_and_never_commits_past_a_
                 assert all((p, o) in written for o in range(upto)), (seed, p, upto)
         assert committed == {p: len(q) for p, q in queues.items()}, seed
         assert store.data == expected(events), seed
+
+
+class RecordingConsumer:
+    """The one call HeldFlusher.project makes on the consumer."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[int, int]] = []
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append({tp.partition: o for tp, o in offsets.items()})
+
+
+async def test_a_batch_fetched_before_partitions_moved_is_neither_projected_nor_committed() -> None:
+    # Held events at the front of a partition, dropped by a rebalance while the next batch
+    # of that partition waited for the lock: projecting that batch would commit past them.
+    w = Workload()
+    first = w.start("a").events
+    later = w.signal("a").events
+    offsets: dict[int, int] = {}
+    holder, store = HeldEvents(5.0, 100), CountingStore()
+    consumer: Any = RecordingConsumer()
+    flusher = HeldFlusher(Projector(store), holder, asyncio.Lock(), "workflows.events")
+    fetched = holder.generation
+    assert await flusher.project(consumer, as_consumed(first, offsets), True, fetched)
+    assert consumer.commits == [{partition_of(first[0]): 0}] and len(holder) == len(first)
+
+    stale = holder.generation
+    holder.forget()  # revoked and assigned again while the next batch waited
+    projected = await flusher.project(consumer, as_consumed(later, offsets), True, stale)
+    assert not projected
+    assert consumer.commits == [{partition_of(first[0]): 0}]  # nothing past the held start
+    assert store.data == expected([])
+
+    # Read again from the committed offset, the same events give one fold.
+    offsets = {}
+    again = holder.generation
+    assert await flusher.project(consumer, as_consumed(first + later, offsets), False, again)
+    assert store.data == expected(first + later)
+    assert consumer.commits[-1] == {partition_of(first[0]): len(first) + len(later)}

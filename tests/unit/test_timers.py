@@ -172,3 +172,31 @@ def test_the_timers_skip_only_event_types_that_change_no_timer() -> None:
     # A record without the header (another producer) is always decoded.
     assert may_change_timers(None)
     assert may_change_timers([("traceparent", b"00-x")])
+
+
+def test_every_event_class_timer_changes_branches_on_is_read_by_the_timers_service() -> None:
+    # The header filter must name every type `timer_changes` can act on, including types
+    # that no recorded history holds yet: its branches are `isinstance` checks, so the
+    # types come from the classes it names (a new branch without its type here fails).
+    import ast
+    import inspect
+    import typing
+
+    import schemas.timers
+    from services.timers.event_filter import TIMER_EVENT_TYPES
+
+    tree = ast.parse(inspect.getsource(schemas.timers.timer_changes))
+    checked = {
+        node.args[1].id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "isinstance"
+        and isinstance(node.args[1], ast.Name)
+    }
+    assert len(checked) >= 7, checked
+    for name in checked:
+        model = getattr(schemas.timers, name)
+        types = typing.get_args(model.model_fields["type"].annotation)
+        assert types, name
+        assert set(types) <= TIMER_EVENT_TYPES, (name, set(types) - TIMER_EVENT_TYPES)
