@@ -69,8 +69,15 @@ class PendingOffsets:
         worker."""
         if not self._pending:
             return True
-        offsets, self._pending = self._pending, {}
+        # Only partitions still assigned: aiokafka refuses a whole commit that names one it
+        # no longer has (a batch handled while a rebalance took it), and that partition's
+        # new owner starts from its last committed offset anyway.
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in self._pending.items() if tp in assigned}
+        self._pending = {}
         self._last = self._clock()
+        if not offsets:
+            return True
         try:
             await self._consumer.commit(offsets)
         except Exception as exc:

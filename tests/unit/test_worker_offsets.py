@@ -21,6 +21,8 @@ class FakeConsumer:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self.fail:
             raise RuntimeError("CommitFailedError")
+        if not offsets.keys() <= self.assigned:  # as aiokafka's IllegalStateError
+            raise RuntimeError("IllegalStateError: partitions not assigned")
         self.commits.append(dict(offsets))
 
     def assignment(self) -> set[TopicPartition]:
@@ -96,3 +98,13 @@ async def test_revoked_partitions_are_committed_first_then_forgotten() -> None:
     offsets.add({P0: 4})
     await offsets.revoke([P0])
     assert offsets.pending == {}, "the new owner starts from the committed offsets"
+
+
+async def test_a_partition_no_longer_assigned_does_not_cost_the_others_their_commit() -> None:
+    consumer = FakeConsumer()
+    offsets = PendingOffsets(consumer, 0.0, Clock())
+    offsets.add({P0: 2, P1: 9})
+    consumer.assigned = {P0}  # P1 moved to another worker after its batch was handled
+    await offsets.commit_if_due()
+    assert consumer.commits == [{P0: 2}]
+    assert offsets.pending == {}
