@@ -7,7 +7,7 @@ batch and the next. What is pending is committed when it is due, when no task wa
 (the consumer's poll came back empty), before partitions are revoked and on shutdown.
 A crash redelivers the tasks handled since the last commit: as for a crash mid-batch,
 replay makes that safe (a redelivered task computes the same command id, which the
-engine applies once; docs/workers.md, "Failure semantics").
+engine applies once; docs/workers.md, "Durable execution: what survives what").
 """
 
 from __future__ import annotations
