@@ -920,8 +920,21 @@ def kafka_server_properties(port: int, controller_port: int, data_dir: Path) -> 
         # each append is a log write the broker's metadata loader then replays (idle broker
         # CPU -3.5 ms/s measured, docs/write-path-cost.md).
         "metadata.max.idle.interval.ms=5000",
+        *_extra_kafka_properties(),
         "",
     ])
+
+
+def _extra_kafka_properties() -> list[str]:
+    """``RUNSTORE_KAFKA_PROPERTIES`` (``key=value`` pairs separated by spaces or commas):
+    appended after the settings above, so a key given there overrides its default (the
+    last occurrence of a key wins when Kafka reads the file). For trying broker settings
+    in the benchmarks without editing this file."""
+    extra = os.environ.get("RUNSTORE_KAFKA_PROPERTIES", "").replace(",", " ").split()
+    for pair in extra:
+        if "=" not in pair:
+            raise InfraError(f"RUNSTORE_KAFKA_PROPERTIES: {pair!r} is not key=value")
+    return ["# RUNSTORE_KAFKA_PROPERTIES", *extra] if extra else []
 
 
 def _kafka_java_cmd(libs: Path, data_dir: Path, heap: Sequence[str], main: str,

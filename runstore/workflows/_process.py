@@ -1,5 +1,6 @@
 """The worker as a process: its Kafka consumer of the deployment's tasks (offsets committed
-after each batch's commands and replies are acknowledged), its presence in the catalogue
+once a batch's commands and replies are acknowledged, at most every
+`RUNSTORE_WORKER_COMMIT_EVERY_MS`: _offsets.py), its presence in the catalogue
 (registration, heartbeats, deployment stop/restart), log shipping, and probes."""
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvloop
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from runstore.workflows._history import RunHistory
+from runstore.workflows._offsets import PendingOffsets
 from runstore.workflows._worker import Worker, log, user_logger
 from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
 from services.common import tracing
@@ -64,7 +66,8 @@ async def serve(worker: Worker) -> None:
     await consumer.start()
     health = Health(settings, client)
     probes = await serve_health(health, settings.health_host, settings.worker_health_port)
-    listener = _ForgetOnRevoke(worker, health)
+    offsets = PendingOffsets(consumer, settings.worker_commit_every_ms / 1000)
+    listener = _ForgetOnRevoke(worker, health, offsets)
     consumer.subscribe([settings.topics.tasks], listener=listener)
     db = mongo_database(client, settings)
     registration = registration_of(worker)
@@ -104,6 +107,7 @@ async def serve(worker: Worker) -> None:
             batches = await consumer.getmany(timeout_ms=200)
             records = [r for batch in batches.values() for r in batch]
             if not records:
+                await offsets.commit()  # no task waits: commit what was handled
                 continue
             observe_consumed(f"worker.{worker.deployment}", consumer, records)
             try:
@@ -116,11 +120,13 @@ async def serve(worker: Worker) -> None:
                 # committed offsets after a pause (replay makes a second pass safe).
                 log.exception("a batch of tasks failed; retrying it")
                 await asyncio.sleep(1.0)
+                await offsets.commit()  # the batches handled before it are done
                 await consumer.seek_to_committed()
                 continue
             # Only the partitions this batch read: a commit of every assigned partition
             # writes one offset record per partition, most of them unchanged.
-            await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
+            offsets.add({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
+            await offsets.commit_if_due()
     finally:
         await worker.executor.close(settings.worker_shutdown_grace_seconds)
         stop_heartbeats.set()
@@ -133,6 +139,7 @@ async def serve(worker: Worker) -> None:
         if probes is not None:
             probes.close()
         await health.close()
+        await offsets.commit()
         await consumer.stop()
         await producer.stop()
         await client.close()
@@ -161,14 +168,17 @@ def registration_of(worker: Worker) -> WorkerRegistration:
 
 class _ForgetOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Another worker may advance the executions of a revoked partition: cached instances
-    are dropped (a later task rebuilds them from the history)."""
+    are dropped (a later task rebuilds them from the history), and the offsets of tasks
+    handled so far are committed while this worker still owns them."""
 
-    def __init__(self, worker: Worker, health: Health) -> None:
+    def __init__(self, worker: Worker, health: Health, offsets: PendingOffsets) -> None:
         self.worker = worker
         self.health = health
+        self.offsets = offsets
 
-    async def on_partitions_revoked(self, revoked: object) -> None:
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.worker.forget_all()
+        await self.offsets.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self.health.assigned()

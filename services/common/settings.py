@@ -163,6 +163,11 @@ class WorkerSettings(RunstoreSettings):
     """Executions advanced at once within a batch of tasks."""
     worker_max_batch: int = Field(default=500, ge=1)
     worker_linger_ms: int = Field(default=2, ge=0)
+    worker_commit_every_ms: int = Field(default=100, ge=0)
+    """Commit the offsets of handled task batches at most this often (0: after every
+    batch), and at once when no task is waiting, before a rebalance and on shutdown. A
+    crash redelivers the tasks handled since the last commit; replay makes a second pass
+    safe (a task's command is applied once), as for a crash mid-batch."""
     worker_activity_eager_seconds: float = Field(default=1.0, ge=0)
     """How long a workflow task waits for its activities' outcomes (recorded in the task's
     own report); an activity still running then goes on detached and reports itself."""

@@ -1,0 +1,97 @@
+"""The worker's offset commits, coalesced: the offsets of handled task batches are
+committed at most every `RUNSTORE_WORKER_COMMIT_EVERY_MS`, not after each batch.
+
+At a few tasks per batch an offset commit is a third of the worker's Kafka requests (a
+fetch, a produce and a commit per batch), and the commit's round trip sat between one
+batch and the next. What is pending is committed when it is due, when no task waits
+(the consumer's poll came back empty), before partitions are revoked and on shutdown.
+A crash redelivers the tasks handled since the last commit: as for a crash mid-batch,
+replay makes that safe (a redelivered task computes the same command id, which the
+engine applies once; docs/workers.md, "Durable execution: what survives what").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Protocol
+
+from aiokafka import TopicPartition
+
+log = logging.getLogger("runstore.worker")
+
+
+class OffsetCommitter(Protocol):
+    """What of an aiokafka consumer the commits need."""
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+
+class PendingOffsets:
+    """Offsets (next record to read, per partition) of batches handled and not committed."""
+
+    def __init__(
+        self,
+        consumer: OffsetCommitter,
+        every_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._every = every_seconds
+        self._clock = clock
+        self._pending: dict[TopicPartition, int] = {}
+        self._last = clock()
+
+    @property
+    def pending(self) -> Mapping[TopicPartition, int]:
+        return self._pending
+
+    def add(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """A batch was handled (its commands acknowledged): these offsets may be committed."""
+        for tp, offset in offsets.items():
+            if offset > self._pending.get(tp, -1):
+                self._pending[tp] = offset
+
+    async def commit_if_due(self) -> None:
+        """Commit what is pending if the last commit is `every_seconds` old (0: always)."""
+        if self._pending and self._clock() - self._last >= self._every:
+            await self.commit()
+
+    async def commit(self) -> bool:
+        """Commit everything pending now; False if the commit failed.
+
+        A failed commit (partitions revoked meanwhile, the broker unreachable) is logged
+        and the offsets of partitions still assigned stay pending for the next one (unless a
+        later batch moved them on): a failure costs redelivered tasks, never a stopped
+        worker."""
+        if not self._pending:
+            return True
+        # Only partitions still assigned: aiokafka refuses a whole commit that names one it
+        # no longer has (a batch handled while a rebalance took it), and that partition's
+        # new owner starts from its last committed offset anyway.
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in self._pending.items() if tp in assigned}
+        self._pending = {}
+        self._last = self._clock()
+        if not offsets:
+            return True
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:
+            log.warning("committing task offsets failed (%r); they stay pending", exc)
+            assigned = self._consumer.assignment()
+            for tp, offset in offsets.items():
+                if tp in assigned:
+                    self._pending.setdefault(tp, offset)
+            return False
+        return True
+
+    async def revoke(self, partitions: Collection[TopicPartition]) -> None:
+        """Partitions are about to move: commit what is pending (still their owner), then
+        forget theirs (their new owner starts from the last committed offsets)."""
+        await self.commit()
+        for tp in partitions:
+            self._pending.pop(tp, None)
