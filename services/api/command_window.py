@@ -28,16 +28,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from services.common.kafka_io import Outgoing
+from services.common.kafka_io import Outgoing, started_producer
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
 
 _Pending = tuple[Outgoing, asyncio.Future[None]]
-
-# Idempotent (so acks=all): a retried produce never duplicates or reorders records of a
-# partition, which per-execution order relies on (as every Runstore producer).
-_PRODUCER_OPTIONS = {"enable_idempotence": True, "linger_ms": 0, "max_batch_size": 256 * 1024}
 
 
 class WindowedPublisher:
@@ -57,13 +53,10 @@ class WindowedPublisher:
         self._partitions: dict[str, int] = {}
 
     async def start(self) -> None:
-        # Created here: aiokafka binds a producer to the running event loop.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            client_id=self._client_id,
-            **_PRODUCER_OPTIONS,
-        )
-        await self._producer.start()
+        # Idempotent (so acks=all), as every Runstore producer: a retried produce never
+        # duplicates or reorders records of a partition, which per-execution order relies
+        # on. linger 0: the window is the linger (records wait for it, not for aiokafka's).
+        self._producer = await started_producer(self._settings, self._client_id, linger_ms=0)
 
     async def stop(self) -> None:
         """Sends what is waiting for its window, then stops the producer."""

@@ -26,6 +26,20 @@ _PRODUCER_OPTIONS: dict[str, Any] = {
 }
 
 
+async def started_producer(
+    settings: RunstoreSettings, client_id: str, **overrides: Any
+) -> AIOKafkaProducer:
+    """An idempotent producer with the project's batch size, started. Created here, in a
+    coroutine: aiokafka binds a producer to the running event loop."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        **{**_PRODUCER_OPTIONS, **overrides},
+    )
+    await producer.start()
+    return producer
+
+
 class Position(Protocol):
     """A consumed record's place (an aiokafka `ConsumerRecord` is one)."""
 
@@ -104,13 +118,7 @@ class RecordPublisher:
         self._hashes = _KeyHashes(settings.kafka_key_hash_memory)
 
     async def start(self) -> None:
-        # Created here: aiokafka binds a producer to the running event loop.
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            client_id=self._client_id,
-            **self._options,
-        )
-        await self._producer.start()
+        self._producer = await started_producer(self._settings, self._client_id, **self._options)
 
     async def stop(self) -> None:
         if self._producer is not None:
