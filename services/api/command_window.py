@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from services.common.kafka_io import Outgoing, started_producer
+from services.common.kafka_io import Outgoing, append_record, started_producer
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
@@ -151,20 +151,13 @@ class WindowedPublisher:
         producer and settle each item's future by its batch's acknowledgement."""
         producer = self._producer
         assert producer is not None
-        chain: list[tuple[BatchBuilder, list[asyncio.Future[None]]]] = []
+        builders: list[BatchBuilder] = []
+        dones_of: list[list[asyncio.Future[None]]] = []
         for record, done in items:
-            headers = [(k, v.encode()) for k, v in (record.headers or {}).items()]
-            key = record.key.encode()
-            if (
-                not chain
-                or chain[-1][0].append(timestamp=None, key=key, value=record.value, headers=headers)
-                is None
-            ):
-                builder = producer.create_batch()
-                # An empty batch takes any record (the admission rule bounds its size).
-                builder.append(timestamp=None, key=key, value=record.value, headers=headers)
-                chain.append((builder, []))
-            chain[-1][1].append(done)
+            if append_record(producer, builders, record):
+                dones_of.append([])
+            dones_of[-1].append(done)
+        chain = list(zip(builders, dones_of, strict=True))
         for n, (builder, dones) in enumerate(chain):
             builder.close()
             try:

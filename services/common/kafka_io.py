@@ -40,6 +40,22 @@ async def started_producer(
     return producer
 
 
+def append_record(producer: AIOKafkaProducer, chain: list[BatchBuilder], record: Outgoing) -> bool:
+    """Append `record` to the last batch of one partition's `chain`, or to a new batch
+    added to it when that one is full; returns whether a new batch was started."""
+    key = record.key.encode()
+    headers = [(k, v.encode()) for k, v in record.headers.items()] if record.headers else []
+    if chain:
+        appended = chain[-1].append(timestamp=None, key=key, value=record.value, headers=headers)
+        if appended is not None:
+            return False
+    builder = producer.create_batch()
+    if builder.append(timestamp=None, key=key, value=record.value, headers=headers) is None:
+        raise ValueError(f"a record of {len(record.value)} bytes exceeds the batch size")
+    chain.append(builder)
+    return True
+
+
 class Position(Protocol):
     """A consumed record's place (an aiokafka `ConsumerRecord` is one)."""
 
@@ -144,18 +160,8 @@ class RecordPublisher:
             if count is None:
                 await producer.partitions_for(r.topic)  # waits for the topic's metadata
                 count = counts[r.topic] = len(cluster.partitions_for_topic(r.topic) or ())
-            key = r.key.encode()
-            partition = self._hashes.of(key) % count
-            chain = chains.setdefault((r.topic, partition), [])
-            headers = [(k, v.encode()) for k, v in r.headers.items()] if r.headers else []
-            if (
-                not chain
-                or chain[-1].append(timestamp=None, key=key, value=r.value, headers=headers) is None
-            ):
-                builder = producer.create_batch()
-                if builder.append(timestamp=None, key=key, value=r.value, headers=headers) is None:
-                    raise ValueError(f"a record of {len(r.value)} bytes exceeds the batch size")
-                chain.append(builder)
+            partition = self._hashes.of(r.key.encode()) % count
+            append_record(producer, chains.setdefault((r.topic, partition), []), r)
 
         async def send_chain(topic: str, partition: int, chain: list[BatchBuilder]) -> None:
             # A partition takes one queued batch at a time: send_batch waits for the
