@@ -308,3 +308,7 @@ class TimersSettings(RunstoreSettings):
     timers_fetch_min_bytes: int = Field(default=1024 * 1024, ge=1)
     """Bytes of events a fetch waits for (up to `timers_fetch_wait_ms`); 1: answer as soon
     as any event arrives (one fetch per engine batch)."""
+    timers_commit_every_ms: int = Field(default=1000, ge=0)
+    """Commit the offsets of applied event batches at most this often (0: after every
+    batch), and when partitions move and on shutdown. A crash re-applies the events since
+    the last commit, which changes nothing (a timer stored or deleted twice is the same)."""
