@@ -188,6 +188,7 @@ async def test_a_command_refused_early_in_a_long_round_leaves_no_gap(
         answers = {o.command_id: (o.accepted, o.code, o.seq) for o in out.outcomes}
         assert answers == {c["command_id"]: outcomes[c["command_id"]] for c in second}
         assert "has no stored outcome" not in caplog.text
+        assert "a gap in its stream" not in caplog.text
     finally:
         await client.drop_database(db.name)
         await client.close()
