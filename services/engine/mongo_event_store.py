@@ -61,7 +61,7 @@ refused, an ordered insert stops inside those 100 but then goes on with the next
 hundred: its handler's `break` leaves only the per-document retry loop (FerretDB
 v1.24.2 internal/handler/msg_insert.go). A commit refused early in a round of more than
 100 documents thus let later commits of the same execution in, a gap in its seqs
-(docs/engine-performance.md, "2026-12-06: the gap after a refused commit"). Requests of
+(docs/engine-performance.md, "2026-12-06: a gap after a refused commit"). Requests of
 at most 100 documents each stop where they should, and the next is not sent. (A FerretDB
 run with a smaller `--batch-size` would need this lowered to match.)"""
 
