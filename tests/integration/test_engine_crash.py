@@ -50,8 +50,8 @@ async def test_engine_killed_twenty_times_applies_every_command_exactly_once(
         "RUNSTORE_ENGINE_INSTANCE_ID": "engine-0",
         "RUNSTORE_ENGINE_SESSION_TIMEOUT_MS": "6000",
         # Above FerretDB's 100-document insert transactions: the backlog after a restart
-        # makes rounds that span several (the 2026-12-06 gap needed that; at 100 the test
-        # caught it about once in five runs, at 250 on every run tried).
+        # makes rounds that span several (the 2026-12-06 gap needed that: at 100 the test
+        # caught it about once in five runs, at 250 in both runs tried).
         "RUNSTORE_ENGINE_MAX_BATCH": "250",
     }
     await create_topics(env)
