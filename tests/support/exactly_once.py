@@ -205,10 +205,9 @@ async def read_models(db: Any) -> dict[str, dict[str, Doc]]:
 async def assert_caught_up(db: Any) -> None:
     """Every execution's read-model pointer is at its newest commit."""
     newest: dict[str, int] = {}
-    async for c in db.commits.find(
-        {"execution_id": {"$exists": True}}, {"execution_id": 1, "seq": 1}
-    ):
-        newest[c["execution_id"]] = max(newest.get(c["execution_id"], 0), c["seq"])
+    async for c in db.commits.find({"body": {"$exists": True}}, {"_id": 1}):  # not locators
+        execution_id, _, seq = c["_id"].rpartition(":")
+        newest[execution_id] = max(newest.get(execution_id, 0), int(seq))
     pointers = {d["_id"]: d["seq"] async for d in db.executions.find({})}
     assert pointers == newest
 
