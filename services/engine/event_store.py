@@ -50,12 +50,6 @@ class EventStore(Protocol):
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
         """The newest commit of each execution that has one (others are absent)."""
 
-    def prepare(self, commits: Sequence[Commit]) -> None:
-        """A hint, on the caller's thread: these commits are about to be appended (a
-        decided batch, while the batch before it is being stored). An adapter may encode
-        them now, so that the append, the drain's critical path, only sends them. Nothing
-        is written; commits never appended cost nothing but their encoding."""
-
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         """`append_first(firsts)`, then `append` of the commits of `rest` whose execution
         had no first commit refused, in one call (an adapter that hands writes to another

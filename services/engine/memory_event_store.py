@@ -22,9 +22,6 @@ class MemoryEventStore:
     async def setup(self) -> None:
         return None
 
-    def prepare(self, commits: Sequence[Commit]) -> None:
-        return None
-
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
         return {e: self._streams[e][-1] for e in execution_ids if self._streams.get(e)}
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-import bson
-from bson.raw_bson import RawBSONDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -52,16 +50,6 @@ from services.engine.event_store import (
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
 
-# Prepared documents kept at most (a few batches of the engine's largest): beyond, those
-# of batches never appended are dropped.
-_PREPARED_MAX = 20_000
-
-
-def _raw(doc: Document) -> Document:
-    """`doc` as BSON already: PyMongo's insert copies its bytes rather than encode it
-    (a `RawBSONDocument`, read-only; typed as a document for `insert_many`)."""
-    return cast(Document, RawBSONDocument(bson.encode(doc)))
-
 
 class MongoEventStore:
     def __init__(self, db: AsyncDatabase[Document], compact: bool = True) -> None:
@@ -72,24 +60,8 @@ class MongoEventStore:
         # Reads of stored commits by position go through the read port every reader uses.
         self._log: CommitLog = MongoCommitLog(db)
         self._ferretdb = False
-        # Documents `prepare` encoded, by the id of their commit (`_doc` takes them).
-        self._prepared: dict[int, tuple[Commit, Document]] = {}
-
-    def prepare(self, commits: Sequence[Commit]) -> None:
-        """Encode the commits' documents now (BSON, on the caller's thread): `_doc` takes
-        them when they are appended. Keyed by the commit object, which the entry holds,
-        so a key is never reused while its entry lives; entries of commits never appended
-        (a failed or redecided batch) are dropped when the prepared ones pile up."""
-        if len(self._prepared) > _PREPARED_MAX:
-            self._prepared.clear()
-        prepared = self._prepared
-        for commit in commits:
-            prepared[id(commit)] = (commit, _raw(commit_to_doc(commit, self._compact)))
 
     def _doc(self, commit: Commit) -> Document:
-        prepared = self._prepared.pop(id(commit), None)
-        if prepared is not None and prepared[0] is commit:
-            return prepared[1]
         return commit_to_doc(commit, self._compact)
 
     async def setup(self) -> None:

@@ -74,15 +74,6 @@ class OffLoopAppends:
         await self._reads.setup()
         await self._writer.run(self._writes.setup())
 
-    def prepare(self, commits: Sequence[Commit]) -> None:
-        # Encoded here, on the engine's loop while it decides: on the writer's thread the
-        # same work ran in the slices of the GIL the busy loop left it, at the start of
-        # the store (docs/engine-performance.md, "Seventh session").
-        if len(commits) <= self._inline_max:
-            self._reads.prepare(commits)
-        else:
-            self._writes.prepare(commits)
-
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
         with _STORE_LATENCY.time():
             return await self._writer.run(self._writes.append(commits))

@@ -168,8 +168,6 @@ class CommandProcessor:
         except BaseException:
             self.forget(parsed)
             raise
-        # The store may encode them now, while the batch before is being stored.
-        self._store.prepare([d.commit for d in round_.decided if d.appends and d.commit])
         return Decision(parsed, round_)
 
     def forget(self, parsed: Parsed) -> None:

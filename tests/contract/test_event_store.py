@@ -235,26 +235,6 @@ class EventStoreContract:
         found = await store.find_by_commands(wanted, streams)
         assert found == {"cmd-e1-2": commits[1], "cmd-e2-1": commits[3]}
 
-    async def test_prepared_commits_are_stored_as_appended(self, store: EventStore) -> None:
-        # The engine prepares a decided batch; what is appended may differ (decided again,
-        # a rejection replayed into a commit, a refused first commit): the store writes
-        # exactly what it is given, whatever was prepared.
-        first, second = in_own_run("e1", 1), in_own_run("e1", 2)
-        store.prepare([first, second])
-        again = second.model_copy(update={"command_type": "CancelExecution"})
-        assert await store.append_round([first], [again]) == RoundReport(
-            set(), [again], AppendReport(inserted=1)
-        )
-        assert [c async for c in store.read_stream("e1")] == [first, again]
-        # A prepared first commit refused (its execution exists): nothing of it is written.
-        store.prepare([in_own_run("e1", 1, command_id="other"), in_own_run("e2", 1)])
-        report = await store.append_round(
-            [in_own_run("e1", 1, command_id="other"), in_own_run("e2", 1)], []
-        )
-        assert report.refused == {0}
-        assert [c async for c in store.read_stream("e1")] == [first, again]
-        assert await store.get("e2", 1) == in_own_run("e2", 1)
-
 
 class TestMemoryEventStore(EventStoreContract):
     @pytest.fixture
