@@ -103,16 +103,10 @@ def _ids_on_top_doc(commit: Commit, compact: bool = True) -> dict[str, Any]:
     layout): the same body without the command type and run id, which were top-level
     fields (as that code built it: one `model_dump_json` with its exclusions)."""
     exclude = {**commit_log._derived(commit), "command_type": True, "run_id": True}
-    return {
-        "_id": commit.doc_id,
-        "execution_id": commit.execution_id,
-        "seq": commit.seq,
-        "command_id": commit.command_id,
-        "command_type": commit.command_type,
-        "run_id": commit.run_id,
-        "committed_at": commit.committed_at,
-        "body": commit.model_dump_json(exclude_none=True, exclude=exclude),
-    }
+    # The ids at the top level as the layout every version reads has them.
+    doc = commit_log.commit_to_doc(commit, compact=False)
+    doc["body"] = commit.model_dump_json(exclude_none=True, exclude=exclude)
+    return doc
 
 
 _VARIANTS: dict[str, Any] = {
