@@ -100,11 +100,11 @@ class EngineSettings(RunstoreSettings):
     redelivers what was published since the last commit; the engine re-publishes such
     commands from the store, deciding nothing twice (docs/engine-performance.md)."""
     engine_compact_commits: bool = True
-    """Store commit bodies compact (what the document and the rest of the body say is
-    left out; docs/engine-performance.md, "A compact commit body"). Engines, projectors
-    and APIs from before 2026-12-06 cannot read such bodies: during a rolling upgrade
-    from them, run the new engines with False until every service runs this version.
-    Either layout is read by this version."""
+    """Store lean commit documents (`_id`, `command_id`, `committed_at` and a compact
+    body; docs/engine-performance.md, "Seventh session"). Engines, projectors and APIs
+    of any earlier version cannot read them: during a rolling upgrade from one, run the
+    new engines with False (the whole-body layout every version reads) until every
+    service runs this version. Every layout is read by this version."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 
