@@ -399,9 +399,6 @@ def one_round(
 ) -> list[Result]:
     """Runstore, then each peer, one after the other: a round's ratios compare rates
     measured minutes apart, under whatever else the box ran meanwhile."""
-    from peers.dbos_peer import bench_dbos
-    from peers.restate import bench_restate
-
     results: list[Result] = []
     n, seconds, warmup = args.clients, args.seconds, args.warmup
     with tempfile.TemporaryDirectory(prefix="runstore-http-bench-") as tmp:
@@ -423,10 +420,14 @@ def one_round(
                 ):
                     rows.append((label, partial(run_temporal, binary, work, db, label, args)))
         if "restate" in peers:
+            from peers.restate import bench_restate  # only then: its SDK is a bench extra
+
             for run in (False, True):
                 label = "Restate, " + ("run" if run else "start only")
                 rows.append((label, partial(bench_restate, work, n, seconds, warmup, run)))
         if "dbos" in peers:
+            from peers.dbos_peer import bench_dbos  # only then: DBOS is a bench extra
+
             for run in (False, True):
                 label = "DBOS, " + ("run" if run else "start only")
                 rows.append((label, partial(bench_dbos, work, n, seconds, warmup, run)))
