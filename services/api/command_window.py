@@ -13,6 +13,12 @@ records). And a record sent through `AIOKafkaProducer.send` costs the API 20-50 
 Python (partitioner, accumulator, a future per record) that a record appended to a batch
 directly does not.
 
+With `quiet_ms`, a window also ends once no record came for that long (the linger then
+only bounds it): a burst of concurrent requests (a closed loop of clients answered
+together) goes out as soon as it is over instead of waiting out the linger, while records
+that keep coming still share a window up to the linger. Measured on the start's path
+(docs/write-path-cost.md, 2026-12-06): the linger was 10 of its ~40 ms.
+
 Each record's caller learns its own partition's fate: acknowledged, or its batch's error.
 Records with one key keep their order (one partition, appended in order, one window after
 the other).
@@ -35,12 +41,29 @@ log = logging.getLogger(__name__)
 
 _Pending = tuple[Outgoing, asyncio.Future[None]]
 
+_TIMER_SLACK = 0.0002
+"""A window due within this many seconds is over now (asyncio's timers fire a little early
+or late; re-arming for less is a wasted loop pass)."""
+
 
 class WindowedPublisher:
-    def __init__(self, settings: RunstoreSettings, client_id: str, window_ms: int) -> None:
+    def __init__(
+        self,
+        settings: RunstoreSettings,
+        client_id: str,
+        window_ms: int,
+        quiet_ms: int | None = None,
+    ) -> None:
+        """`window_ms`: the longest a record waits for others; `quiet_ms` (None, or at
+        least `window_ms`: off): a window ends sooner, once no record came for this long."""
         self._settings = settings
         self._client_id = client_id
         self._window = window_ms / 1000
+        self._quiet = quiet_ms / 1000 if quiet_ms is not None and quiet_ms < window_ms else None
+        self._opened = 0.0
+        """When the pending records' window opened (loop time)."""
+        self._last = 0.0
+        """When the latest record came (loop time)."""
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[_Pending] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -81,14 +104,32 @@ class WindowedPublisher:
         for record in records:
             waits.append(loop.create_future())
             self._pending.append((record, waits[-1]))
+        self._last = loop.time()
         if self._timer is None and not self._due and self._pending:
-            self._timer = loop.call_later(self._window, self._window_over)
+            self._opened = self._last
+            if self._quiet is None:
+                self._timer = loop.call_later(self._window, self._window_over)
+            else:
+                self._timer = loop.call_later(self._quiet, self._quiet_check)
         if len(waits) == 1:
             await waits[0]
             return
         for result in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
+
+    def _quiet_check(self) -> None:
+        """The window ends if no record came for `quiet_ms` or its linger is over; else
+        look again when one of those is due. (One timer a window, re-armed only while
+        records keep coming, rather than one per record.)"""
+        assert self._quiet is not None
+        loop = asyncio.get_running_loop()
+        due = min(self._last + self._quiet, self._opened + self._window)
+        if due - loop.time() > _TIMER_SLACK:
+            self._timer = loop.call_at(due, self._quiet_check)
+            return
+        self._timer = None
+        self._window_over()
 
     def _window_over(self) -> None:
         if self._timer is not None:

@@ -138,3 +138,70 @@ async def test_a_window_of_records_on_every_partition_is_one_produce_request(
     partitions = {p for p, _, _, _ in await read_all(settings, topic)}
     assert len(partitions) > 1
     assert produce_requests == 1
+
+
+def count_produce_requests(publisher: WindowedPublisher) -> list[int]:
+    """A one-element counter of the produce requests `publisher`'s producer sends."""
+    counter = [0]
+    client = publisher._producer.client  # type: ignore[union-attr]
+    send = client.send
+
+    async def counting_send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(request).__name__.startswith("ProduceRequest"):
+            counter[0] += 1
+        return await send(node_id, request, *args, **kwargs)
+
+    client.send = counting_send
+    return counter
+
+
+async def test_a_burst_goes_out_once_no_record_came_for_the_quiet_time(
+    settings: RunstoreSettings,
+) -> None:
+    """With `quiet_ms`, concurrent requests (a burst) are not held for the whole linger —
+    here ten minutes, which the publishes would otherwise wait out — and still share one
+    produce request."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=600_000, quiet_ms=20)
+    await publisher.start()
+    produce_requests = count_produce_requests(publisher)
+
+    async def burst(tag: str) -> None:
+        async with asyncio.timeout(60):
+            await asyncio.gather(
+                *(publisher.publish([Outgoing(topic, f"{tag}-{k}", b"x")]) for k in range(60))
+            )
+
+    try:
+        await burst("warm")  # leaders known: no "not the leader" retries below
+        produce_requests[0] = 0
+        await burst("burst")
+    finally:
+        await publisher.stop()
+    assert produce_requests[0] == 1
+    assert len(await read_all(settings, topic)) == 120
+
+
+async def test_records_that_keep_coming_share_a_window_up_to_the_linger(
+    settings: RunstoreSettings,
+) -> None:
+    """Records coming closer together than `quiet_ms` keep the window open (up to the
+    linger): the quiet time ends a burst, not a steady stream."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=600_000, quiet_ms=1_000)
+    await publisher.start()
+    produce_requests = count_produce_requests(publisher)
+    try:
+        await publisher.publish([Outgoing(topic, "warm", b"x")])
+        produce_requests[0] = 0
+        sent = []
+        for k in range(10):
+            sent.append(asyncio.create_task(publisher.publish([Outgoing(topic, f"s{k}", b"x")])))
+            await asyncio.sleep(0.01)  # far below the quiet time: the window stays open
+        async with asyncio.timeout(60):
+            await asyncio.gather(*sent)
+    finally:
+        await publisher.stop()
+    assert produce_requests[0] == 1
