@@ -205,3 +205,28 @@ async def test_records_that_keep_coming_share_a_window_up_to_the_linger(
     finally:
         await publisher.stop()
     assert produce_requests[0] == 1
+
+
+async def test_records_at_a_steady_pace_share_windows_though_each_gap_exceeds_quiet_ms(
+    settings: RunstoreSettings,
+) -> None:
+    """Paced records (one every 20 ms here, four times `quiet_ms`) are not a burst: the
+    window waits a few of their usual gaps, so they still share windows instead of each
+    going alone (what a fixed quiet time did: one produce request per record)."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=60_000, quiet_ms=5)
+    await publisher.start()
+    produce_requests = count_produce_requests(publisher)
+    try:
+        await publisher.publish([Outgoing(topic, "warm", b"x")])
+        produce_requests[0] = 0
+        sent = []
+        for k in range(20):
+            sent.append(asyncio.create_task(publisher.publish([Outgoing(topic, f"p{k}", b"x")])))
+            await asyncio.sleep(0.02)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*sent)
+    finally:
+        await publisher.stop()
+    assert produce_requests[0] <= 5
