@@ -7,6 +7,8 @@ A batch's writes are one insert request when nothing in it is refused: the locat
 the runs it opens, the first commits of executions believed new, then the other commits
 (`append_round`). A write request costs FerretDB about a millisecond of CPU whatever it
 holds, and at a few commands per batch (a worker's workflows) this was three requests.
+On FerretDB a request holds at most 100 documents (`FERRETDB_INSERT_BATCH`: past that,
+its ordered insert does not stop at a refused document).
 
 The write path never updates a document: appends are inserts, and the unique `_id`
 and `command_id` indexes are the concurrency and idempotency guards. Finding an
@@ -37,8 +39,8 @@ from services.common.mongo import (
     DUPLICATE_KEY,
     POINT_READ_CONCURRENCY,
     Document,
+    ServerKind,
     insert_unless_present,
-    is_ferretdb,
 )
 from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import (
@@ -50,6 +52,19 @@ from services.engine.event_store import (
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
 
+FERRETDB_INSERT_BATCH = 100
+"""Most documents per ordered insert request on FerretDB.
+
+FerretDB v1 writes an insert's documents in transactions of 100 (its `--batch-size`
+default, and fixed when embedded as deploy/local/ferretdb does). When one of them is
+refused, an ordered insert stops inside those 100 but then goes on with the next
+hundred: its handler's `break` leaves only the per-document retry loop (FerretDB
+v1.24.2 internal/handler/msg_insert.go). A commit refused early in a round of more than
+100 documents thus let later commits of the same execution in, a gap in its seqs
+(docs/engine-performance.md, "2026-12-06: a gap after a refused commit"). Requests of
+at most 100 documents each stop where they should, and the next is not sent. (A FerretDB
+run with a smaller `--batch-size` would need this lowered to match.)"""
+
 
 class MongoEventStore:
     def __init__(self, db: AsyncDatabase[Document], compact: bool = True) -> None:
@@ -59,13 +74,14 @@ class MongoEventStore:
         self._commits = db[COMMITS]
         # Reads of stored commits by position go through the read port every reader uses.
         self._log: CommitLog = MongoCommitLog(db)
-        self._ferretdb = False
+        # Asked on first use, not only in `setup`: the ordered insert depends on it.
+        self._server = ServerKind(db)
 
     def _doc(self, commit: Commit) -> Document:
         return commit_to_doc(commit, self._compact)
 
     async def setup(self) -> None:
-        self._ferretdb = await is_ferretdb(self._db)
+        await self._server.ferretdb()
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
@@ -110,7 +126,8 @@ class MongoEventStore:
         return await self._write_round(firsts, rest)
 
     async def _write_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
-        """`append_round` in one insert request when nothing is refused: the run locators,
+        """`append_round` in one insert request when nothing is refused (one per
+        `FERRETDB_INSERT_BATCH` documents on FerretDB): the run locators,
         then the first commits, then the rest, in that order (a locator before the commit
         that opens its run; a first commit before the later commits of its execution).
 
@@ -156,17 +173,32 @@ class MongoEventStore:
 
     async def _insert_ordered(self, docs: Sequence[Document]) -> int | None:
         """Insert `docs` in order; the position of the one refused as a duplicate (the
-        insert stopped there), or None when all went in. Any other error is raised."""
+        insert stopped there: nothing after it is written), or None when all went in.
+        Any other error is raised. On FerretDB, in requests of `FERRETDB_INSERT_BATCH`."""
         if not docs:
             return None
+        step = FERRETDB_INSERT_BATCH if await self._server.ferretdb() else len(docs)
+        for start in range(0, len(docs), step):
+            stopped = await self._insert_request(docs[start : start + step])
+            if stopped is not None:
+                return start + stopped
+        return None
+
+    async def _insert_request(self, docs: Sequence[Document]) -> int | None:
+        """One ordered insert request: `_insert_ordered` of at most one server batch."""
         try:
             await self._commits.insert_many(list(docs), ordered=True)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            first = errors[0] if errors else {}
-            if first.get("code") != DUPLICATE_KEY or exc.details.get("writeConcernErrors"):
+            if (
+                not errors
+                or errors[0].get("code") != DUPLICATE_KEY
+                or exc.details.get("writeConcernErrors")
+            ):
                 raise
-            return int(first.get("index") or exc.details.get("nInserted") or 0)
+            # The refused document's own index, not `nInserted`: that counts whatever a
+            # server wrote past it.
+            return int(errors[0]["index"])
         return None
 
     async def _classify(self, commit: Commit) -> AppendFailure:
@@ -188,7 +220,11 @@ class MongoEventStore:
     ) -> dict[str, Commit]:
         if not command_ids:
             return {}
-        if streams is not None and self._ferretdb and sum(streams.values()) <= _PROBE_LIMIT:
+        if (
+            streams is not None
+            and sum(streams.values()) <= _PROBE_LIMIT
+            and await self._server.ferretdb()
+        ):
             # FerretDB answers a command_id query with a scan of every commit; reading
             # the few streams the commands belong to by `_id` costs a few ms instead.
             return await self._find_in_streams(set(command_ids), streams)

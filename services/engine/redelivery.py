@@ -68,6 +68,17 @@ async def find_applied(
     seq = stream.seq
     while seq > 0:
         commit = await store.get(command.execution_id, seq)
+        if commit is None and seq < stream.seq:
+            # Seqs are contiguous from 1 and `stream.seq` was read: a missing one below it
+            # is a gap in the store (docs/engine-performance.md, "2026-12-06: a gap after
+            # a refused commit"), not a rejection from long ago. Say so: what follows
+            # cannot tell the two apart.
+            log.error(
+                "execution %s has no commit %d below its newest, %d: a gap in its stream",
+                command.execution_id,
+                seq,
+                stream.seq,
+            )
         if commit is None or commit.source is None:
             break
         if commit.source.partition == record.partition:

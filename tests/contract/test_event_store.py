@@ -30,6 +30,11 @@ def make_commit(execution_id: str, seq: int, command_id: str | None = None) -> C
     return commit_at(execution_id, seq, run_id="run-1", command_id=command_id, with_source=True)
 
 
+async def seqs_stored(store: EventStore, execution_id: str, up_to: int) -> list[int]:
+    """Which of seqs 1..`up_to` are stored, gaps included (`read_stream` stops at one)."""
+    return [s for s in range(1, up_to + 1) if await store.get(execution_id, s) is not None]
+
+
 class InsertCounter(CommandListener):
     """Counts the insert requests a client sends."""
 
@@ -104,6 +109,44 @@ class EventStoreContract:
         assert report.inserted == 1 and report.failure is AppendFailure.CONFLICT
         assert await store.get("e2", 1) is not None
         assert await store.get("e3", 1) is None
+
+    @pytest.mark.parametrize("run_locator", ["new", "stored"])
+    @pytest.mark.parametrize("refused_at", [0, 7, 99, 100, 101, 130])
+    async def test_a_long_append_writes_nothing_after_its_refused_commit(
+        self, store: EventStore, refused_at: int, run_locator: str
+    ) -> None:
+        # Longer than one of FerretDB v1's insert batches (100 documents): it used to go
+        # on with the next hundred after a refusal, leaving a gap in the stream. With
+        # the run's locator stored already (a retry), the refusal is that locator.
+        at = make_commit if run_locator == "stored" else in_own_run
+        await store.append([at("other", 1, command_id="dup")])
+        commits = [at("e1", s) for s in range(1, 151)]
+        commits[refused_at] = at("e1", refused_at + 1, command_id="dup")
+        report = await store.append(commits)
+        assert report == AppendReport(refused_at, AppendFailure.DUPLICATE_COMMAND)
+        assert await seqs_stored(store, "e1", 150) == list(range(1, refused_at + 1))
+
+    @pytest.mark.parametrize("failure", list(AppendFailure))
+    async def test_a_long_round_writes_nothing_after_its_refused_commit(
+        self, store: EventStore, failure: AppendFailure
+    ) -> None:
+        # Locators and first commits ahead of the rest shift where the server's batches
+        # of 100 documents end; the refused commit lies in the first one.
+        await store.append([in_own_run("old", 1), in_own_run("old", 2, command_id="dup")])
+        firsts = [in_own_run(f"new{i}", 1) for i in range(4)]
+        rest = [in_own_run("old", s) for s in range(3, 143)]
+        taken = rest[20]
+        rest[20] = (
+            in_own_run("old", taken.seq, command_id="dup")
+            if failure is AppendFailure.DUPLICATE_COMMAND
+            else in_own_run("old", 2, command_id=taken.command_id)
+        )
+        round_ = await store.append_round(firsts, rest)
+        assert round_.refused == set() and round_.appended == rest
+        assert round_.report == AppendReport(20, failure)
+        assert await seqs_stored(store, "old", 142) == list(range(1, 23))
+        news = [f"new{i}" for i in range(4)]
+        assert {e: c.seq for e, c in (await store.latest(news)).items()} == dict.fromkeys(news, 1)
 
     async def test_first_commits_go_in_independently_and_refusals_are_reported(
         self, store: EventStore
