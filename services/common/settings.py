@@ -225,6 +225,10 @@ class ApiSettings(RunstoreSettings):
     """Names this API instance's outcome consumer group; generated when unset."""
     api_publish_linger_ms: int = Field(default=10, ge=0, le=1000)
     """How long the gateway holds a command for others to share its produce request."""
+    api_publish_quiet_ms: int = Field(default=2, ge=0, le=1000)
+    """The held commands go sooner, once no other came for this long, or for 4 usual gaps
+    between commands when that is longer (at or above the linger: never sooner): a burst
+    of concurrent requests is not held for the whole linger (services/api/command_window.py)."""
     api_access_mode: AccessMode = AccessMode.SHARED
     """Whether users see each other's runs (docs/api-gateway.md, "Access")."""
     api_sse_keepalive_seconds: float = Field(default=15.0, gt=0)
