@@ -5,11 +5,14 @@ that alternate round by round in the same server, so that they compare under the
 load.
 
     .venv/bin/python bench/engine_store_batches.py [--commands 40000] [--batch 2000]
-        [--variants compact,whole] [--repeat 2]
+        [--variants compact,ids-on-top,whole] [--repeat 2]
 
 Variants (comma-separated; each appends every round of the workload into a database of
 its own, the variants taking turns round by round):
-- `compact`: the commit documents as the engine writes them (`commit_to_doc`);
+- `compact`: the commit documents as the engine writes them (`commit_to_doc`: the lean
+  layout, ids in `_id`);
+- `ids-on-top`: the compact body with every id at the top level, as engines wrote them
+  on 2026-12-06 before the lean layout;
 - `whole`: the whole commit in the body, as engines wrote them before the compact body;
 
 Prints per variant: the median and total elapsed time per round (the store's critical
@@ -91,14 +94,24 @@ async def _rounds(n: int, batch: int) -> list[tuple[list[Commit], list[Commit]]]
     return store.rounds
 
 
-def _whole_body_doc(commit: Commit) -> dict[str, Any]:
-    doc = commit_log.commit_to_doc(commit)
-    doc["body"] = commit.model_dump_json(exclude_none=True)
+def _whole_body_doc(commit: Commit, compact: bool = True) -> dict[str, Any]:
+    return commit_log.commit_to_doc(commit, compact=False)
+
+
+def _ids_on_top_doc(commit: Commit, compact: bool = True) -> dict[str, Any]:
+    """The compact body with the ids at the top level (2026-12-06, before the lean
+    layout): the same body without the command type and run id, which were top-level
+    fields (as that code built it: one `model_dump_json` with its exclusions)."""
+    exclude = {**commit_log._derived(commit), "command_type": True, "run_id": True}
+    # The ids at the top level as the layout every version reads has them.
+    doc = commit_log.commit_to_doc(commit, compact=False)
+    doc["body"] = commit.model_dump_json(exclude_none=True, exclude=exclude)
     return doc
 
 
 _VARIANTS: dict[str, Any] = {
     "compact": commit_log.commit_to_doc,
+    "ids-on-top": _ids_on_top_doc,
     "whole": _whole_body_doc,
 }
 
@@ -199,7 +212,7 @@ def main() -> None:
     )
     parser.add_argument("--commands", type=int, default=40000)
     parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--variants", default="compact,whole")
+    parser.add_argument("--variants", default="compact,ids-on-top")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     with (

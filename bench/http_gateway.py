@@ -141,7 +141,12 @@ def _answers(url: str) -> bool:
 
 
 async def bench_runstore(
-    url: str, clients: int, seconds: float, warmup: float, pids: dict[str, int]
+    url: str,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    pids: dict[str, int],
+    rate_limit: float = 0,
 ) -> Result:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -174,7 +179,9 @@ async def bench_runstore(
 
     try:
         cpu = CpuMeter({**pids, "bench client": os.getpid()})
-        return await measure("Runstore (HTTP)", clients, seconds, warmup, start, read, cpu)
+        return await measure(
+            "Runstore (HTTP)", clients, seconds, warmup, start, read, cpu, rate_limit
+        )
     finally:
         for conn in conns:
             conn.close()
@@ -354,6 +361,15 @@ def main() -> int:
         default=1,
         help="repeat everything this many times and print the range of rates and ratios",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="Runstore only: offer at most this many starts/s (0: closed loop); latencies "
+        "count from the paced send. At a rate two builds both sustain, CPU per start compares "
+        "the code, and p99 is the latency at that load (give enough --clients: rate x "
+        "latency)",
+    )
     parser.add_argument("--json", type=Path, help="also write every round's rows here")
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
@@ -371,7 +387,9 @@ def main() -> int:
         print()
         print(table(rounds[-1]))
         print(
-            f"(clients={args.clients}, {args.seconds:g}s measured after {args.warmup:g}s "
+            f"(clients={args.clients}, "
+            + (f"Runstore paced to {args.rate:g} starts/s, " if args.rate else "")
+            + f"{args.seconds:g}s measured after {args.warmup:g}s "
             f"warm-up, cpus={os.cpu_count()}, round {number} of {args.rounds})",
             flush=True,
         )
@@ -399,16 +417,13 @@ def one_round(
 ) -> list[Result]:
     """Runstore, then each peer, one after the other: a round's ratios compare rates
     measured minutes apart, under whatever else the box ran meanwhile."""
-    from peers.dbos_peer import bench_dbos
-    from peers.restate import bench_restate
-
     results: list[Result] = []
     n, seconds, warmup = args.clients, args.seconds, args.warmup
     with tempfile.TemporaryDirectory(prefix="runstore-http-bench-") as tmp:
         work = Path(tmp)
         print(f"Runstore: starting the stack ({n} clients)...", flush=True)
         with runstore_stack(work, services) as (url, pids):
-            results.append(asyncio.run(bench_runstore(url, n, seconds, warmup, pids)))
+            results.append(asyncio.run(bench_runstore(url, n, seconds, warmup, pids, args.rate)))
         print(f"  {results[-1].rate:.1f} starts/s", flush=True)
 
         rows: list[tuple[str, Callable[[], Result]]] = []
@@ -423,10 +438,14 @@ def one_round(
                 ):
                     rows.append((label, partial(run_temporal, binary, work, db, label, args)))
         if "restate" in peers:
+            from peers.restate import bench_restate  # only then: its SDK is a bench extra
+
             for run in (False, True):
                 label = "Restate, " + ("run" if run else "start only")
                 rows.append((label, partial(bench_restate, work, n, seconds, warmup, run)))
         if "dbos" in peers:
+            from peers.dbos_peer import bench_dbos  # only then: DBOS is a bench extra
+
             for run in (False, True):
                 label = "DBOS, " + ("run" if run else "start only")
                 rows.append((label, partial(bench_dbos, work, n, seconds, warmup, run)))

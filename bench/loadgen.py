@@ -37,6 +37,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def pacer(rate: float) -> Callable[[], Awaitable[None]]:
+    """Waits so that the calls together go at most `rate` per second (0: no limit)."""
+    next_at = 0.0
+
+    async def pace() -> None:
+        nonlocal next_at
+        if rate <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        at = max(now, next_at)
+        next_at = at + 1 / rate
+        await asyncio.sleep(at - now)
+
+    return pace
+
+
 async def drive(
     name: str,
     clients: int,
@@ -45,8 +61,11 @@ async def drive(
     start: Callable[[int], Awaitable[str]],
     read: Callable[[int, str], Awaitable[None]] | None,
     cpu: CpuMeter | None = None,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> Result:
-    """`clients` loops of start (then read, if given); what ends after the warm-up counts."""
+    """`clients` loops of start (then read, if given); what ends after the warm-up counts.
+    With `pace` (a `pacer`), each loop waits for it before a start, and the start's
+    latency counts from the end of that wait (the server's time at the paced load)."""
     result = Result(name)
     t0 = time.perf_counter()
     counting_from = t0 + warmup
@@ -63,6 +82,8 @@ async def drive(
 
     async def loop(worker: int) -> None:
         while True:
+            if pace is not None:
+                await pace()
             now = time.perf_counter()
             if now >= stop_at:
                 return
@@ -97,11 +118,15 @@ async def measure(
     start: Callable[[int], Awaitable[str]],
     read: Callable[[int, str], Awaitable[None]],
     cpu: CpuMeter | None = None,
+    rate_limit: float = 0,
 ) -> Result:
     """Two phases: starts only (the rate, start latency), then start + read right after it
-    (the read latency; its rate is not reported: reads are not starts)."""
-    rate = await drive(name, clients, seconds, warmup, start, None, cpu)
-    reads = await drive(name, clients, max(seconds / 2, 5.0), 1.0, start, read)
+    (the read latency; its rate is not reported: reads are not starts). `rate_limit`
+    (0: none) paces the starts of both phases to at most that many per second."""
+    rate = await drive(name, clients, seconds, warmup, start, None, cpu, pacer(rate_limit))
+    reads = await drive(
+        name, clients, max(seconds / 2, 5.0), 1.0, start, read, pace=pacer(rate_limit)
+    )
     rate.read_ms = reads.read_ms
     rate.errors += reads.errors
     return rate

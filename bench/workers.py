@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,7 +41,7 @@ from http_gateway import (  # noqa: E402
     temporal_client,
     temporal_server,
 )
-from loadgen import HttpConnection, Result, drive, pct  # noqa: E402
+from loadgen import HttpConnection, Result, drive, pacer, pct  # noqa: E402
 from peers.procs import process  # noqa: E402
 
 SERVICES: tuple[str | tuple[str, ...], ...] = (
@@ -55,22 +54,6 @@ SERVICES: tuple[str | tuple[str, ...], ...] = (
 """What `make up` runs (the timers service too: it reads every event; `--no-timers` leaves
 it out, as the rows of docs/workers.md before 2026-12-06 did)."""
 ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'bench'}", "RUNSTORE_API_ALLOW_UNREGISTERED": "true"}
-
-
-def pacer(rate: float) -> Callable[[], Awaitable[None]]:
-    """Waits so that the calls together go at most `rate` per second (0: no limit)."""
-    next_at = 0.0
-
-    async def pace() -> None:
-        nonlocal next_at
-        if rate <= 0:
-            return
-        now = asyncio.get_running_loop().time()
-        at = max(now, next_at)
-        next_at = at + 1 / rate
-        await asyncio.sleep(at - now)
-
-    return pace
 
 
 async def bench_runstore(

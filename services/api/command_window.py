@@ -13,6 +13,14 @@ records). And a record sent through `AIOKafkaProducer.send` costs the API 20-50 
 Python (partitioner, accumulator, a future per record) that a record appended to a batch
 directly does not.
 
+With `quiet_ms`, a window also ends once no record came for a while (the linger then
+only bounds it): a burst of concurrent requests (a closed loop of clients answered
+together) goes out as soon as it is over instead of waiting out the linger. "A while" is
+`quiet_ms`, or `_GAP_FACTOR` times the usual gap between records when that is longer, so
+records that keep coming at a steady pace (one every 2 ms at 500/s) still share windows up
+to the linger instead of each ending its own. Measured on the start's path
+(docs/write-path-cost.md, 2026-12-06): the linger was 10 of its ~40 ms.
+
 Each record's caller learns its own partition's fate: acknowledged, or its batch's error.
 Records with one key keep their order (one partition, appended in order, one window after
 the other).
@@ -35,12 +43,37 @@ log = logging.getLogger(__name__)
 
 _Pending = tuple[Outgoing, asyncio.Future[None]]
 
+_TIMER_SLACK = 0.0002
+"""A window due within this many seconds is over now (asyncio's timers fire a little early
+or late; re-arming for less is a wasted loop pass)."""
+_GAP_FACTOR = 4.0
+"""A window ends after this many usual gaps between records without one (or `quiet_ms`)."""
+_GAP_WEIGHT = 0.2
+"""Weight of each new gap in the usual gap (an exponential moving average): a burst's
+dozens of short gaps outweigh the one long gap before it within the burst."""
+
 
 class WindowedPublisher:
-    def __init__(self, settings: RunstoreSettings, client_id: str, window_ms: int) -> None:
+    def __init__(
+        self,
+        settings: RunstoreSettings,
+        client_id: str,
+        window_ms: int,
+        quiet_ms: int | None = None,
+    ) -> None:
+        """`window_ms`: the longest a record waits for others; `quiet_ms` (None, or at
+        least `window_ms`: off): a window ends sooner, once no record came for this long."""
         self._settings = settings
         self._client_id = client_id
         self._window = window_ms / 1000
+        self._quiet = quiet_ms / 1000 if quiet_ms is not None and quiet_ms < window_ms else None
+        self._opened = 0.0
+        """When the pending records' window opened (loop time)."""
+        self._last = 0.0
+        """When the latest record came (loop time)."""
+        self._gap = (self._quiet or 0.0) / _GAP_FACTOR
+        """The usual gap between records (seconds; a moving average of gaps, each counted
+        up to a `_GAP_FACTOR`th of the linger): learnt upwards from `quiet_ms`."""
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[_Pending] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -57,6 +90,7 @@ class WindowedPublisher:
         # duplicates or reorders records of a partition, which per-execution order relies
         # on. linger 0: the window is the linger (records wait for it, not for aiokafka's).
         self._producer = await started_producer(self._settings, self._client_id, linger_ms=0)
+        self._last = asyncio.get_running_loop().time()
 
     async def stop(self) -> None:
         """Sends what is waiting for its window, then stops the producer."""
@@ -81,14 +115,44 @@ class WindowedPublisher:
         for record in records:
             waits.append(loop.create_future())
             self._pending.append((record, waits[-1]))
+        now = loop.time()
+        if self._quiet is not None:
+            # A gap counts up to the linger's share (longer ones would only make the
+            # quiet time the linger; after an idle spell one costs a lone record a little).
+            gap = min(now - self._last, self._window / _GAP_FACTOR)
+            self._gap += (gap - self._gap) * _GAP_WEIGHT
+        self._last = now
         if self._timer is None and not self._due and self._pending:
-            self._timer = loop.call_later(self._window, self._window_over)
+            self._opened = now
+            if self._quiet is None:
+                self._timer = loop.call_later(self._window, self._window_over)
+            else:
+                # First look after the shortest quiet time: the records that follow at
+                # once (a burst) shorten the usual gap the window then waits for.
+                self._timer = loop.call_later(self._quiet, self._quiet_check)
         if len(waits) == 1:
             await waits[0]
             return
         for result in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
+
+    def _quiet_time(self) -> float:
+        """How long without a record ends a window: `quiet_ms`, or a few usual gaps."""
+        assert self._quiet is not None
+        return max(self._quiet, _GAP_FACTOR * self._gap)
+
+    def _quiet_check(self) -> None:
+        """The window ends if no record came for the quiet time or its linger is over;
+        else look again when one of those is due. (One timer a window, re-armed only while
+        records keep coming, rather than one per record.)"""
+        loop = asyncio.get_running_loop()
+        due = min(self._last + self._quiet_time(), self._opened + self._window)
+        if due - loop.time() > _TIMER_SLACK:
+            self._timer = loop.call_at(due, self._quiet_check)
+            return
+        self._timer = None
+        self._window_over()
 
     def _window_over(self) -> None:
         if self._timer is not None:

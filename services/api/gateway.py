@@ -45,11 +45,14 @@ class CommandGateway:
 
     async def start(self) -> None:
         """Starts the producer; outcomes come once the feed given at construction starts."""
-        # The window lets the commands of concurrent requests share a produce request:
-        # each request costs the broker far more than a record in it, and 10 ms is little
-        # next to the engine's round trip (command_window.py).
+        # The window lets the commands of concurrent requests share a produce request
+        # (each request costs the broker far more than a record in it); it ends once no
+        # request came for the quiet time, or at the linger (command_window.py).
         self._publisher = WindowedPublisher(
-            self._settings, "runstore-api", self._settings.api_publish_linger_ms
+            self._settings,
+            "runstore-api",
+            self._settings.api_publish_linger_ms,
+            self._settings.api_publish_quiet_ms,
         )
         await self._publisher.start()
 

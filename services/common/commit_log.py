@@ -11,6 +11,7 @@ held to `tests/contract/test_commit_log.py`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
@@ -89,8 +90,11 @@ def is_commit_doc(doc: Document) -> bool:
 
 
 _TOP_LEVEL = ("execution_id", "seq", "command_id", "command_type", "run_id")
-"""The commit's fields the document holds at its top level (for indexes and operators'
-queries), and so not again in the body."""
+"""The commit's fields a document of the whole layout (`compact=False`, and the layout
+of 2026-12-06's first compact bodies) holds at its top level."""
+_FROM_ID = ("execution_id", "seq", "command_id")
+"""What the lean body leaves out: `_id` says the execution and the seq, and the command
+id is a top-level field (for its unique index)."""
 _STATE_HEAD = ("execution_id", "seq", "run_id")
 """The state snapshot's first fields (`ExecutionState`'s order): the commit's own."""
 _FROM_COMMIT = ("execution_id", "seq", "run_id", "command_id")
@@ -98,39 +102,57 @@ _FROM_COMMIT = ("execution_id", "seq", "run_id", "command_id")
 _FROM_STATE = ("workflow_name", "root_execution_id")
 """An event's fields that, when equal to the state snapshot's, the body leaves out."""
 _WHOLE_BODY = '{"execution_id"'
-"""How a body written whole (before the compact body) starts."""
+"""How a body written whole starts (before the compact body, and for commits whose state
+is not an engine's snapshot)."""
 
 
 def commit_to_doc(commit: Commit, compact: bool = True) -> Document:
-    """A commit as stored: the fields indexes and operators use at the top level, and the
-    rest of the commit as JSON text in `body`.
+    """A commit as stored: `_id` (`{execution_id}:{seq:012d}`), `command_id` (its unique
+    index makes appends idempotent), `committed_at` (a BSON date, for operators' queries)
+    and the rest of the commit as JSON text in `body`.
 
     The body is opaque to the database on purpose (as event stores keep event payloads):
     nothing queries inside it, and a document of a few flat fields is several times
     cheaper to insert and read than the nested one (FerretDB converts and indexes every
-    nested field; docs/engine-performance.md). It leaves out what the document says
-    already (`_TOP_LEVEL`), fields that are None (they read back as their default), an
-    empty `rejected`, and what `commit_from_doc` derives back: the state's and each
-    event's copies of the commit's ids, an event's `event_id`, and an event's workflow
-    name and root execution when the state has the same. FerretDB's cost grows with the
-    bytes of a document (it converts the body to SQLite JSON, which SQLite parses again
-    for each index), and the body is ~40% smaller so. `compact` False writes the whole
-    commit in the body, which older readers need (a rolling upgrade).
+    nested field; docs/engine-performance.md). FerretDB's cost also grows with each
+    top-level field (its SQLite JSON carries a type schema per field): the execution and
+    the seq are read from `_id`, and the command type and run id are in the body (a store
+    round 8-23% faster, docs/engine-performance.md, "Seventh session").
+
+    The body leaves out what the document says already (`_FROM_ID`), fields that are None
+    (they read back as their default), an empty `rejected`, and what `commit_from_doc`
+    derives back: the state's and each event's copies of the commit's ids, an event's
+    `event_id`, and an event's workflow name and root execution when the state has the
+    same. `compact` False writes the layout every version reads (a rolling upgrade): the
+    ids at the top level and the whole commit in the body.
     """
+    if not compact:
+        return {
+            "_id": commit.doc_id,
+            "execution_id": commit.execution_id,
+            "seq": commit.seq,
+            "command_id": commit.command_id,
+            "command_type": commit.command_type,
+            "run_id": commit.run_id,
+            "committed_at": commit.committed_at,
+            "body": commit.model_dump_json(exclude_none=True),
+        }
     return {
         "_id": commit.doc_id,
-        "execution_id": commit.execution_id,
-        "seq": commit.seq,
         "command_id": commit.command_id,
-        "command_type": commit.command_type,
-        "run_id": commit.run_id,
-        "committed_at": commit.committed_at,  # a BSON date, for operators' queries
-        "body": _body(commit, compact),
+        "committed_at": commit.committed_at,
+        "body": _body(commit),
     }
 
 
-def _body(commit: Commit, compact: bool) -> str:
-    if not compact or "execution_id" not in commit.state:
+def commit_filter(execution_id: str) -> Document:
+    """A query for one execution's commits (sort by `_id` for seq order): `_id` is all a
+    document says of its execution."""
+    return {"_id": {"$regex": f"^{re.escape(execution_id)}:[0-9]{{12}}$"}}
+
+
+def _body(commit: Commit) -> str:
+    if "execution_id" not in commit.state:
         # Not an engine's snapshot (those always hold it): `commit_from_doc` would take
         # the absent ids for left out. The whole commit, as engines wrote it before.
         return commit.model_dump_json(exclude_none=True)
@@ -141,7 +163,7 @@ _ALL_OF_EVENT = frozenset({*_FROM_COMMIT, *_FROM_STATE, "event_id"})
 
 
 def _left_out(rejected: bool, state_head: bool, events: Any) -> dict[str, Any]:
-    left_out: dict[str, Any] = dict.fromkeys(_TOP_LEVEL, True)
+    left_out: dict[str, Any] = dict.fromkeys(_FROM_ID, True)
     if not rejected:
         left_out["rejected"] = True
     if state_head:
@@ -195,14 +217,20 @@ def _derived(commit: Commit) -> dict[str, Any]:
 
 
 def commit_from_doc(doc: Document) -> Commit:
-    """The commit a `commit_to_doc` document holds (or one written with the whole commit
-    in its body, as engines did before)."""
+    """The commit a `commit_to_doc` document holds, in any layout engines wrote: lean
+    (the ids in `_id`), compact with the ids at the top level (2026-12-06, before the
+    lean one), or the whole commit in the body (before that, and `compact=False`)."""
     body: str = doc["body"]
     if body.startswith(_WHOLE_BODY):
         return Commit.model_validate_json(body)
     data: dict[str, Any] = json.loads(body)
-    for name in _TOP_LEVEL:
-        data[name] = doc[name]
+    if "execution_id" in doc:
+        for name in _TOP_LEVEL:
+            data[name] = doc[name]
+    else:
+        execution_id, _, seq = str(doc["_id"]).rpartition(":")
+        data["execution_id"], data["seq"] = execution_id, int(seq)
+        data["command_id"] = doc["command_id"]
     state = data["state"]
     if "execution_id" not in state:
         # Left out (`_body` writes a state without them whole): back in front, as the

@@ -100,11 +100,11 @@ class EngineSettings(RunstoreSettings):
     redelivers what was published since the last commit; the engine re-publishes such
     commands from the store, deciding nothing twice (docs/engine-performance.md)."""
     engine_compact_commits: bool = True
-    """Store commit bodies compact (what the document and the rest of the body say is
-    left out; docs/engine-performance.md, "A compact commit body"). Engines, projectors
-    and APIs from before 2026-12-06 cannot read such bodies: during a rolling upgrade
-    from them, run the new engines with False until every service runs this version.
-    Either layout is read by this version."""
+    """Store lean commit documents (`_id`, `command_id`, `committed_at` and a compact
+    body; docs/engine-performance.md, "Seventh session"). Engines, projectors and APIs
+    of any earlier version cannot read them: during a rolling upgrade from one, run the
+    new engines with False (the whole-body layout every version reads) until every
+    service runs this version. Every layout is read by this version."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
 
@@ -229,6 +229,10 @@ class ApiSettings(RunstoreSettings):
     """Names this API instance's outcome consumer group; generated when unset."""
     api_publish_linger_ms: int = Field(default=10, ge=0, le=1000)
     """How long the gateway holds a command for others to share its produce request."""
+    api_publish_quiet_ms: int = Field(default=2, ge=0, le=1000)
+    """The held commands go sooner, once no other came for this long, or for 4 usual gaps
+    between commands when that is longer (at or above the linger: never sooner): a burst
+    of concurrent requests is not held for the whole linger (services/api/command_window.py)."""
     api_access_mode: AccessMode = AccessMode.SHARED
     """Whether users see each other's runs (docs/api-gateway.md, "Access")."""
     api_sse_keepalive_seconds: float = Field(default=15.0, gt=0)

@@ -17,6 +17,7 @@ from pymongo import AsyncMongoClient
 
 from schemas.commands import COMMAND_ADAPTER
 from services.common import tracing
+from services.common.batch_subscriber import batch_subscriber
 from services.common.clock import now_ns
 from services.common.health import Health
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
@@ -193,12 +194,11 @@ def build_app(settings: EngineSettings) -> FastStream:
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
     # offsets) only after its commits are stored and everything they imply is
     # published; on failure the batch is sought back. See services/engine/pipeline.py.
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         topics.commands,
         group_id=settings.group(settings.engine_group_id),
-        batch=True,
         max_records=settings.engine_max_batch,
-        batch_timeout_ms=50,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=_ForgetRevokedPartitions(cache, pipeline, health),

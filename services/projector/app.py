@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
 from services.common import tracing
+from services.common.batch_subscriber import batch_subscriber
 from services.common.health import Health
 from services.common.kafka_io import batch_records, kafka_broker
 from services.common.metrics import (
@@ -229,12 +230,11 @@ def build_app(settings: ProjectorSettings) -> FastStream:
 
     # MANUAL acks: offsets move only after the batch's documents are written; a failed
     # batch is sought back and applied again (the seq guards make that harmless).
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         settings.topics.events,
         group_id=settings.group(settings.projector_group_id),
-        batch=True,
         max_records=settings.projector_max_batch,
-        batch_timeout_ms=50,
         fetch_max_wait_ms=settings.projector_fetch_wait_ms,
         fetch_min_bytes=settings.projector_fetch_min_bytes,
         auto_offset_reset="earliest",

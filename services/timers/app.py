@@ -18,6 +18,7 @@ from faststream.message import AckStatus
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
+from services.common.batch_subscriber import batch_subscriber
 from services.common.clock import now_ns, utcnow
 from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
@@ -102,12 +103,11 @@ def build_app(settings: TimersSettings) -> FastStream:
     # MANUAL acks: a batch's offsets are committed only after the timers it implies are
     # stored (at most every `timers_commit_every_ms`); a failed batch is sought back and
     # applied again (idempotent upserts).
-    @broker.subscriber(
+    @batch_subscriber(
+        broker,
         settings.topics.events,
         group_id=settings.group(settings.timers_group_id),
-        batch=True,
         max_records=settings.timers_max_batch,
-        batch_timeout_ms=20,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=listener,

@@ -16,7 +16,7 @@ from pymongo.monitoring import (
 )
 
 from schemas.commits import Commit
-from services.common.commit_log import commit_from_doc
+from services.common.commit_log import commit_filter, commit_from_doc
 from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import AppendFailure, AppendReport, RoundReport
 from services.engine.event_store import EventStoreAdapter as EventStore
@@ -339,7 +339,7 @@ class TestMongoEventStore(EventStoreContract):
             "e1:000000000002",
             "e2:000000000001",
         ]
-        assert await db.commits.count_documents({"execution_id": "e1"}) == 2
+        assert await db.commits.count_documents(commit_filter("e1")) == 2
         assert await store.find_by_commands({"cmd-e1-1", "e1-run"}) == {
             "cmd-e1-1": await store.get("e1", 1)
         }
@@ -356,13 +356,14 @@ class TestMongoEventStore(EventStoreContract):
         commit = make_commit("e1", 1)
         await store.append([commit])
         doc = await db.commits.find_one({"_id": "e1:000000000001"})
-        assert {k: doc[k] for k in ("execution_id", "seq", "command_id", "run_id")} == {
-            "execution_id": "e1",
-            "seq": 1,
-            "command_id": commit.command_id,
-            "run_id": "run-1",
-        }
+        assert list(doc) == ["_id", "command_id", "committed_at", "body"]
+        assert doc["command_id"] == commit.command_id
         assert commit_from_doc(doc) == commit
+        # An execution's commits are found by `_id` alone (not another's whose id starts
+        # the same).
+        await store.append([make_commit("e1:0", 1)])
+        found = [d["_id"] async for d in db.commits.find(commit_filter("e1")).sort("_id", 1)]
+        assert found == ["e1:000000000001"]
         assert await store.find_by_command(commit.command_id) == commit
 
 

@@ -138,3 +138,87 @@ async def test_a_window_of_records_on_every_partition_is_one_produce_request(
     partitions = {p for p, _, _, _ in await read_all(settings, topic)}
     assert len(partitions) > 1
     assert produce_requests == 1
+
+
+def count_produce_requests(publisher: WindowedPublisher) -> list[int]:
+    """A one-element counter of the produce requests `publisher`'s producer sends."""
+    counter = [0]
+    client = publisher._producer.client  # type: ignore[union-attr]
+    send = client.send
+
+    async def counting_send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(request).__name__.startswith("ProduceRequest"):
+            counter[0] += 1
+        return await send(node_id, request, *args, **kwargs)
+
+    client.send = counting_send
+    return counter
+
+
+async def test_a_burst_goes_out_once_no_record_came_for_the_quiet_time(
+    settings: RunstoreSettings,
+) -> None:
+    """With `quiet_ms`, concurrent requests (a burst) are not held for the whole linger —
+    here ten minutes, which the publishes would otherwise wait out — and still share one
+    produce request."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=600_000, quiet_ms=20)
+    await publisher.start()
+    produce_requests = count_produce_requests(publisher)
+
+    async def burst(tag: str) -> None:
+        async with asyncio.timeout(60):
+            await asyncio.gather(
+                *(publisher.publish([Outgoing(topic, f"{tag}-{k}", b"x")]) for k in range(60))
+            )
+
+    try:
+        await burst("warm")  # leaders known: no "not the leader" retries below
+        produce_requests[0] = 0
+        await burst("burst")
+    finally:
+        await publisher.stop()
+    assert produce_requests[0] == 1
+    assert len(await read_all(settings, topic)) == 120
+
+
+async def paced_produce_requests(
+    settings: RunstoreSettings, quiet_ms: int, count: int, every_s: float
+) -> int:
+    """The produce requests of `count` records published `every_s` apart (after a first
+    one that warms the producer up) through a window with a one-minute linger."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=60_000, quiet_ms=quiet_ms)
+    await publisher.start()
+    produce_requests = count_produce_requests(publisher)
+    try:
+        await publisher.publish([Outgoing(topic, "warm", b"x")])
+        produce_requests[0] = 0
+        sent = []
+        for k in range(count):
+            sent.append(asyncio.create_task(publisher.publish([Outgoing(topic, f"p{k}", b"x")])))
+            await asyncio.sleep(every_s)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*sent)
+    finally:
+        await publisher.stop()
+    return produce_requests[0]
+
+
+async def test_records_that_keep_coming_share_a_window_up_to_the_linger(
+    settings: RunstoreSettings,
+) -> None:
+    """Records coming closer together than `quiet_ms` keep the window open (up to the
+    linger): the quiet time ends a burst, not a steady stream."""
+    assert await paced_produce_requests(settings, quiet_ms=1_000, count=10, every_s=0.01) == 1
+
+
+async def test_records_at_a_steady_pace_share_windows_though_each_gap_exceeds_quiet_ms(
+    settings: RunstoreSettings,
+) -> None:
+    """Paced records (one every 20 ms here, four times `quiet_ms`) are not a burst: the
+    window waits a few of their usual gaps, so they still share windows instead of each
+    going alone (what a fixed quiet time did: one produce request per record)."""
+    assert await paced_produce_requests(settings, quiet_ms=5, count=20, every_s=0.02) <= 5

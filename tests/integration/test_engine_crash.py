@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.common.commit_log import commit_from_doc
+from services.common.commit_log import commit_filter, commit_from_doc
 from services.engine.mongo_event_store import MongoEventStore
 from services.engine.processor import CommandProcessor, InboundRecord, StateCache
 from tests.support.exactly_once import (
@@ -181,8 +181,8 @@ async def test_a_command_refused_early_in_a_long_round_leaves_no_gap(
 
         streams, outcomes = await reference(sent)
         for execution_id, expected in streams.items():
-            docs = await db.commits.find({"execution_id": execution_id}).to_list()
-            stored = sorted((d["seq"], d["command_id"]) for d in docs)
+            docs = await db.commits.find(commit_filter(execution_id)).to_list()
+            stored = sorted((c.seq, c.command_id) for c in map(commit_from_doc, docs))
             assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1)), execution_id
             assert [command_id for _, command_id in stored] == expected, execution_id
         answers = {o.command_id: (o.accepted, o.code, o.seq) for o in out.outcomes}

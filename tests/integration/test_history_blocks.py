@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.common.commit_log import commit_from_doc
+from services.common.commit_log import commit_filter, commit_from_doc
 from services.common.readmodels.history_chunks import event_json, history_block_key, is_block
 from services.common.readmodels.store import HISTORY
 from tests.support.eventually import assert_eventually
@@ -77,7 +77,7 @@ async def test_a_long_history_survives_projector_kills_and_reads_the_same_every_
         await assert_eventually(lambda: assert_caught_up(db), timeout=120)
         stored = [
             event_json(e)
-            async for c in db.commits.find({"execution_id": execution_id}).sort("seq", 1)
+            async for c in db.commits.find(commit_filter(execution_id)).sort("_id", 1)
             for e in commit_from_doc(c).events
         ]
         assert len(stored) == SIGNALS + 1

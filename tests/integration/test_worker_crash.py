@@ -18,7 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from schemas.events import Event
-from services.common.commit_log import commit_from_doc
+from services.common.commit_log import commit_filter, commit_from_doc
 from tests.support.eventually import assert_eventually
 from tests.support.stack import Stack, StackWith
 
@@ -85,7 +85,7 @@ async def test_worker_killed_twenty_times_applies_each_side_effect_once(
 
         commits = [
             commit_from_doc(d)
-            async for d in db["commits"].find({"execution_id": "crashy"}).sort("seq", 1)
+            async for d in db["commits"].find(commit_filter("crashy")).sort("_id", 1)
         ]
         assert [c.seq for c in commits] == list(range(1, len(commits) + 1))
         events = [e for c in commits for e in c.events]
@@ -292,5 +292,5 @@ async def _crash_workflows_stack(
 
 
 async def _events(db: Any, execution_id: str) -> list[Event]:
-    docs = db["commits"].find({"execution_id": execution_id}).sort("seq", 1)
+    docs = db["commits"].find(commit_filter(execution_id)).sort("_id", 1)
     return [e async for d in docs for e in commit_from_doc(d).events]

@@ -13,7 +13,7 @@ import pytest
 from mistralai.client import Mistral
 from pymongo import MongoClient
 
-from services.common.commit_log import commit_from_doc
+from services.common.commit_log import commit_filter, commit_from_doc
 from tests.support.eventually import wait_until
 from tests.support.stack import WORKER_STACK, Stack, StackWith
 
@@ -242,7 +242,7 @@ def test_a_deployment_name_routes_the_run_to_that_deployments_workers(
         env = worker_stack.env
         with MongoClient(env["RUNSTORE_MONGO_URL"]) as mongo:
             docs = mongo[env["RUNSTORE_MONGO_DATABASE"]]["commits"].find(
-                {"execution_id": execution_id}
+                commit_filter(execution_id)
             )
             reporters = {
                 e.attributes.worker_id  # type: ignore[union-attr]

@@ -63,7 +63,7 @@ def whole_body_doc(commit: Commit) -> dict[str, Any]:
     commit in its body. Commits are rendered so after a round trip through the stored
     layout (`commit_to_doc`, then `commit_from_doc`), which must therefore lose nothing;
     test_commit_layout.py pins that layout itself."""
-    return {**commit_to_doc(commit), "body": commit.model_dump_json(exclude_none=True)}
+    return commit_to_doc(commit, compact=False)
 
 
 class _Engine:

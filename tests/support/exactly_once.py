@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from pymongo import AsyncMongoClient
 
-from services.common.commit_log import commit_from_doc
+from services.common.commit_log import commit_from_doc, commit_to_doc
 from services.common.kafka_topics import ensure_topics
 from services.common.readmodels.store import READ_MODELS
 from services.common.settings import RunstoreSettings
@@ -129,14 +129,16 @@ async def await_outcomes(
 
 
 async def stored_commits(env: dict[str, str]) -> dict[str, list[Doc]]:
-    """Every commit in the store by execution, in seq order."""
-    client: AsyncMongoClient[Doc] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
+    """Every commit in the store by execution, in seq order: as documents with the ids at
+    the top level (`commit_to_doc(compact=False)`), whatever layout the engine stored."""
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"], tz_aware=True)
     try:
         stored: dict[str, list[Doc]] = defaultdict(list)
         # (Only commits: the collection holds the run locators too.)
         commits = client[env["RUNSTORE_MONGO_DATABASE"]].commits
-        async for doc in commits.find({"execution_id": {"$exists": True}}):
-            stored[doc["execution_id"]].append(doc)
+        async for doc in commits.find({"body": {"$exists": True}}):
+            whole = commit_to_doc(commit_from_doc(doc), compact=False)
+            stored[whole["execution_id"]].append(whole)
     finally:
         await client.close()
     return {e: sorted(docs, key=lambda d: d["seq"]) for e, docs in stored.items()}
@@ -205,10 +207,9 @@ async def read_models(db: Any) -> dict[str, dict[str, Doc]]:
 async def assert_caught_up(db: Any) -> None:
     """Every execution's read-model pointer is at its newest commit."""
     newest: dict[str, int] = {}
-    async for c in db.commits.find(
-        {"execution_id": {"$exists": True}}, {"execution_id": 1, "seq": 1}
-    ):
-        newest[c["execution_id"]] = max(newest.get(c["execution_id"], 0), c["seq"])
+    async for c in db.commits.find({"body": {"$exists": True}}, {"_id": 1}):  # not locators
+        execution_id, _, seq = c["_id"].rpartition(":")
+        newest[execution_id] = max(newest.get(execution_id, 0), int(seq))
     pointers = {d["_id"]: d["seq"] async for d in db.executions.find({})}
     assert pointers == newest
 

@@ -34,15 +34,17 @@ def _engine_like(seq: int = 2) -> Commit:
 def test_the_body_leaves_out_what_the_document_and_the_state_say() -> None:
     commit = _engine_like()
     doc = commit_to_doc(commit)
-    assert {k: doc[k] for k in ("_id", "execution_id", "seq", "command_id", "run_id")} == {
+    # The execution and the seq are in `_id` only: FerretDB's cost grows with each
+    # top-level field.
+    assert {k: v for k, v in doc.items() if k != "body"} == {
         "_id": "e1:000000000002",
-        "execution_id": "e1",
-        "seq": 2,
         "command_id": "cmd-e1-2",
-        "run_id": "r1",
+        "committed_at": commit.committed_at,
     }
     body = json.loads(doc["body"])
-    assert set(body) == {"events", "committed_at", "source", "state"}  # `rejected` empty
+    # `rejected` empty: left out.
+    assert list(body) == ["command_type", "run_id", "events", "committed_at", "source", "state"]
+    assert (body["command_type"], body["run_id"]) == (commit.command_type, "r1")
     assert list(body["state"]) == ["status", "workflow_name", "root_execution_id"]
     assert set(body["events"][0]) == {
         "index",
@@ -110,8 +112,37 @@ def test_with_compact_off_an_older_reader_reads_the_body_and_so_does_this_one() 
     doc = commit_to_doc(commit, compact=False)
     assert Commit.model_validate_json(doc["body"]) == commit  # the older readers' parse
     assert commit_from_doc(doc) == commit
+    # …and finds the ids at the top level, where they read them.
+    assert {k: v for k, v in doc.items() if k != "body"} == {
+        "_id": "e1:000000000002",
+        "execution_id": "e1",
+        "seq": 2,
+        "command_id": "cmd-e1-2",
+        "command_type": commit.command_type,
+        "run_id": "r1",
+        "committed_at": commit.committed_at,
+    }
     compact = commit_to_doc(commit)
     assert len(compact["body"]) < len(doc["body"])
-    assert {k: v for k, v in doc.items() if k != "body"} == {
-        k: v for k, v in compact.items() if k != "body"
+
+
+def test_a_compact_body_with_the_ids_at_the_top_level_still_reads() -> None:
+    # The layout engines wrote on 2026-12-06 before the lean one: the same body without
+    # the command type and the run id, and every id at the top level.
+    commit = _engine_like()
+    lean = commit_to_doc(commit)
+    body = json.loads(lean["body"])
+    del body["command_type"], body["run_id"]
+    # Its top-level fields are those of the layout every version reads (pinned above).
+    older = {
+        **commit_to_doc(commit, compact=False),
+        "body": json.dumps(body, separators=(",", ":")),
     }
+    assert commit_from_doc(older) == commit
+
+
+def test_an_execution_id_with_colons_reads_back_from_the_id() -> None:
+    commit = make_commit("a:b:000000000001", 3, run_id="r1", with_source=True)
+    state = {"execution_id": "a:b:000000000001", "seq": 3, "run_id": "r1", "status": "RUNNING"}
+    commit = commit.model_copy(update={"state": state})
+    assert commit_from_doc(commit_to_doc(commit)) == commit

@@ -1,0 +1,64 @@
+"""The batch subscriber every Kafka-consuming service declares (engine, projector, timers):
+FastStream's, with a fetch that waits for records instead of sleeping after an empty one.
+
+FastStream 0.7.8's `BatchSubscriber.get_msg` calls `consumer.getmany(timeout_ms=
+batch_timeout_ms)` and, when that returns nothing, sleeps another `batch_timeout_ms` before
+fetching again. A record arriving during that sleep waits for it: up to 50 ms on the start's
+path (HTTP -> command -> engine -> outcome), and in a closed loop of clients the engine sees
+an empty fetch between most waves. aiokafka's `getmany` already blocks on a future the
+fetcher resolves as soon as records arrive, so here an empty fetch is simply followed by the
+next: no sleep, and no spin either (each wait lasts up to `IDLE_FETCH_WAIT_MS` when idle, a
+wake-up or two per second).
+
+FastStream has no option for this and builds its subscriber class inside `broker.subscriber`,
+so `batch_subscriber` declares the subscriber the ordinary way and then gives it the subclass
+below, which changes `get_msg` alone (the same slots: Python allows the class switch). It
+checks the class it replaces, so a FastStream upgrade that changes it fails when the app is
+built, not silently.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+from faststream.kafka import KafkaBroker
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+IDLE_FETCH_WAIT_MS = 1000
+"""How long one `getmany` waits for records while none come. It ends as soon as one comes,
+so this only paces an idle loop; stopping cancels the wait."""
+
+
+class WaitingBatchSubscriber(BatchSubscriber):
+    """FastStream's batch subscriber whose fetch waits for records without the sleep."""
+
+    __slots__ = ()
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord[Any, Any], ...]:
+        """The records one `getmany` returns (up to `max_records`), or none after an idle
+        `batch_timeout_ms`: FastStream's consume loop then simply fetches again."""
+        batches = await consumer.getmany(
+            timeout_ms=self.batch_timeout_ms, max_records=self.max_records
+        )
+        return tuple(chain.from_iterable(batches.values()))
+
+
+def batch_subscriber(broker: KafkaBroker, *topics: str, **options: Any) -> BatchSubscriber:
+    """`broker.subscriber(*topics, batch=True, **options)` with `WaitingBatchSubscriber`'s
+    fetch (its idle wait is `IDLE_FETCH_WAIT_MS`). Decorate the handler with the result."""
+    if "batch_timeout_ms" in options:
+        raise TypeError("batch_subscriber sets batch_timeout_ms itself (IDLE_FETCH_WAIT_MS)")
+    subscriber = broker.subscriber(
+        *topics, batch=True, batch_timeout_ms=IDLE_FETCH_WAIT_MS, **options
+    )
+    if type(subscriber) is not BatchSubscriber:
+        raise TypeError(
+            f"FastStream built a {type(subscriber).__name__}, not the BatchSubscriber "
+            "whose fetch WaitingBatchSubscriber replaces"
+        )
+    subscriber.__class__ = WaitingBatchSubscriber
+    return subscriber
