@@ -244,7 +244,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             for _ in todo:
                 await one(client)
 
+        began = time.monotonic()
         await asyncio.gather(*(loop(c) for c in range(args.clients)))
+        rate = args.workflows / (time.monotonic() - began)
         await asyncio.sleep(2)  # the projector and offset commits catch up
         for c in counters.values():
             c.counting = False
@@ -252,7 +254,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         requests = kafka_requests(kafka_port, names)
         requests.subtract(requests_before)
         n = args.workflows
-        print(f"\nper workflow ({n} workflows, {args.clients} clients)\n\nKafka records:")
+        print(
+            f"\nper workflow ({n} workflows, {args.clients} clients, {rate:.0f} workflows/s:"
+            " requests per workflow fall as batches grow with the rate)\n\nKafka records:"
+        )
         for topic in sorted(after):
             delta = after[topic] - before.get(topic, 0)
             if delta:
@@ -260,6 +265,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         print("\nKafka requests sent (idle polls and heartbeats included):")
         for name, count in requests.items():
             print(f"  {name:40} {count / n:7.2f}")
+        print(f"  {'all':40} {sum(requests.values()) / n:7.2f}")
         print("\nMongoDB commands (documents):")
         for name, c in counters.items():
             total = sum(c.commands.values())

@@ -66,7 +66,7 @@ class InstanceCore:
         self.activities = activities
         self.now_ns = started_ns
         self.loop = DeterministicLoop(lambda: self.now_ns / 1e9)  # type: ignore[abstract]
-        self.rng = random.Random(f"{run_id}:{attempt}")
+        self._rng: random.Random | None = None
         self.replaying = True
         self.finished = False
         self.cancel_requested = False
@@ -109,6 +109,14 @@ class InstanceCore:
 
     def now(self) -> datetime:
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.now_ns // 1000)
+
+    @property
+    def rng(self) -> random.Random:
+        """The run's generator, seeded by run and attempt; made on first use (seeding
+        costs more than most first tasks' other work, and most runs never draw)."""
+        if self._rng is None:
+            self._rng = random.Random(f"{self.run_id}:{self.attempt}")
+        return self._rng
 
     def uuid4(self) -> uuid.UUID:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)

@@ -1,7 +1,8 @@
 """The worker as a process: its Kafka consumer of the deployment's tasks (offsets committed
 once a batch's commands and replies are acknowledged, at most every
-`RUNSTORE_WORKER_COMMIT_EVERY_MS`: _offsets.py), its presence in the catalogue
-(registration, heartbeats, deployment stop/restart), log shipping, and probes."""
+`RUNSTORE_WORKER_COMMIT_EVERY_MS`: services/common/pending_offsets.py), its presence in
+the catalogue (registration, heartbeats, deployment stop/restart), log shipping, and
+probes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from runstore.workflows._history import RunHistory
-from runstore.workflows._offsets import PendingOffsets
 from runstore.workflows._worker import Worker, log, user_logger
 from schemas.registry import DeploymentDirective, WorkerRegistration, spec_of
 from services.common import tracing
@@ -26,6 +26,7 @@ from services.common.kafka_topics import ensure_topics
 from services.common.metrics import observe_consumed
 from services.common.mongo import mongo_client, mongo_database
 from services.common.mongo_commit_log import MongoCommitLog
+from services.common.pending_offsets import PendingOffsets
 from services.common.settings import WorkerSettings
 from services.common.worker_registry import (
     ExecutionLogHandler,

@@ -135,6 +135,10 @@ class ProjectorSettings(RunstoreSettings):
     batches"). A new run reaches the read models up to this much later."""
     projector_hold_max_events: int = Field(default=10_000, ge=0)
     """Most events held back at once (beyond them, executions are projected at once)."""
+    projector_commit_every_ms: int = Field(default=1000, ge=0)
+    """Commit the offsets of projected batches at most this often (0: after every batch),
+    and when partitions move and on shutdown. A crash projects the events since the last
+    commit again, which changes nothing (the position guards)."""
     projector_memory_mb: int = Field(default=64, ge=0)
     """Documents the projector keeps of the executions it wrote last (0: none), so their
     next events need no reads; dropped whenever partitions move."""
@@ -312,3 +316,7 @@ class TimersSettings(RunstoreSettings):
     timers_fetch_min_bytes: int = Field(default=1024 * 1024, ge=1)
     """Bytes of events a fetch waits for (up to `timers_fetch_wait_ms`); 1: answer as soon
     as any event arrives (one fetch per engine batch)."""
+    timers_commit_every_ms: int = Field(default=1000, ge=0)
+    """Commit the offsets of applied event batches at most this often (0: after every
+    batch), and when partitions move and on shutdown. A crash re-applies the events since
+    the last commit, which changes nothing (a timer stored or deleted twice is the same)."""

@@ -113,9 +113,12 @@ def _decide_complete_task(
     done = WorkflowTaskCompletedAttributes(task_seq=p.task_seq, worker_id=p.worker_id)
     commit.add(WorkflowTaskCompleted(**env, attributes=done))
     # Each step is checked against the state its predecessors left (a timer started and
-    # canceled in one task is fine), so the events are folded as they are added.
+    # canceled in one task is fine), so the events are folded as they are added; the last
+    # step's are not: no step is checked against them, and the engine folds the whole
+    # commit after `decide` anyway (a fold is ~7 µs, a quarter of a one-activity task's).
     working = evolve(state, commit.events[-1])
     markers: set[str] = set()
+    last = len(p.steps) - 1
     for position, step in enumerate(p.steps):
         before = len(commit.events)
         try:
@@ -125,8 +128,9 @@ def _decide_complete_task(
                 RejectionCode.INVALID_WORKFLOW_TASK,
                 f"CompleteWorkflowTask: steps[{position}] ({step.kind}): {problem}",
             ) from None
-        for event in commit.events[before:]:
-            working = evolve(working, event)
+        if position < last:
+            for event in commit.events[before:]:
+                working = evolve(working, event)
     return commit.done()
 
 

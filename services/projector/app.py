@@ -28,6 +28,7 @@ from services.common.metrics import (
 )
 from services.common.mongo import mongo_client, mongo_database
 from services.common.mongo_commit_log import MongoCommitLog
+from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
 from services.common.stream_service import ack_batch, raw_records, seek_back, service_app
@@ -44,17 +45,25 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     partitions owned (parked executions are retried only by their partition's owner) and
     has the parked ones of newly assigned partitions retried at once. Events held back
     (holding.py) are dropped too: the partitions' positions go back to the committed
-    offsets, which precede them."""
+    offsets, which precede them. Offsets of projected batches not yet committed are
+    committed first (this projector still owns them)."""
 
     def __init__(
-        self, projector: Projector, holder: HeldEvents, retries: ParkedRetries, health: Health
+        self,
+        projector: Projector,
+        holder: HeldEvents,
+        retries: ParkedRetries,
+        health: Health,
+        offsets: PendingOffsets,
     ) -> None:
         self._projector = projector
         self._holder = holder
         self._retries = retries
         self._health = health
+        self._offsets = offsets
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._offsets.revoke(revoked)
         self._projector.forget()
         self._holder.forget()
         self._retries.owned -= {tp.partition for tp in revoked}
@@ -69,15 +78,26 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class HeldFlusher:
     """Projects batches through the holder (services/projector/holding.py) and commits
-    their offsets; in the background, projects what was held once its time is up and no
-    batch came to release it. Callers hold `lock` (one writer per document)."""
+    their offsets (at most every `projector_commit_every_ms`: each commit writes one
+    `__consumer_offsets` record per partition it names, and costs the broker a request);
+    in the background, projects what was held once its time is up and no batch came to
+    release it, and commits what the last batches before a quiet spell left pending.
+    Callers hold `lock` (one writer per document)."""
 
-    def __init__(self, projector: Projector, holder: HeldEvents, lock: asyncio.Lock, topic: str):
+    def __init__(
+        self,
+        projector: Projector,
+        holder: HeldEvents,
+        lock: asyncio.Lock,
+        topic: str,
+        offsets: PendingOffsets | None = None,
+    ):
         self._projector = projector
         self.holder = holder
         self._lock = lock
         self._topic = topic
         self._consumer: AIOKafkaConsumer | None = None
+        self.offsets = offsets if offsets is not None else PendingOffsets(None, 0)
 
     async def project(
         self,
@@ -103,20 +123,25 @@ class HeldFlusher:
         if plan.project:
             PROJECTOR_LAST_SEQ.set(max(e.seq for e in plan.project))
         if plan.offsets:
-            await consumer.commit(
-                {TopicPartition(self._topic, p): o for p, o in plan.offsets.items()}
-            )
+            # (Offsets never go back: a held event's offset is at or past the last one
+            # handed over, so the largest pending one never passes a held event.)
+            self.offsets.consumer = consumer
+            self.offsets.add({TopicPartition(self._topic, p): o for p, o in plan.offsets.items()})
+        if self.offsets.consumer is not None:
+            await self.offsets.commit_if_due()
         self.holder.adopt(plan)
         return True
 
-    async def run(self) -> None:
+    async def run(self, commit_every: float = 1.0) -> None:
         linger = self.holder.linger
-        if linger <= 0:
-            return
+        # Wakes for whichever comes first: held events' time, or a pending commit's.
+        every = max(min(linger / 4, commit_every) if linger > 0 else commit_every, 0.05)
         while True:
-            await asyncio.sleep(linger / 4)
+            await asyncio.sleep(every)
+            if self.offsets.consumer is not None:
+                await self.offsets.commit_if_due()
             oldest = self.holder.oldest()
-            if oldest is None or time.monotonic() - oldest < linger:
+            if linger <= 0 or oldest is None or time.monotonic() - oldest < linger:
                 continue
             consumer = self._consumer
             if consumer is None:
@@ -198,7 +223,9 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     lock = asyncio.Lock()
     retries = ParkedRetries(projector, lock, settings.projector_parked_check_seconds)
     holder = HeldEvents(settings.projector_hold_ms / 1000, settings.projector_hold_max_events)
-    flusher = HeldFlusher(projector, holder, lock, settings.topics.events)
+    offsets = PendingOffsets(None, settings.projector_commit_every_ms / 1000)
+    flusher = HeldFlusher(projector, holder, lock, settings.topics.events, offsets)
+    listener = _ForgetOnRebalance(projector, holder, retries, health, offsets)
     background: list[asyncio.Task[None]] = []
 
     # MANUAL acks: offsets move only after the batch's documents are written; a failed
@@ -212,7 +239,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         fetch_min_bytes=settings.projector_fetch_min_bytes,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_ForgetOnRebalance(projector, holder, retries, health),
+        listener=listener,
         decoder=raw_records,
     )
     async def handle_events(message: KafkaMessage) -> None:
@@ -280,11 +307,18 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         if entries:
             log.warning("%d executions parked; retried once partitions are assigned", len(entries))
         background.append(asyncio.create_task(retries.run(), name="parked-retries"))
-        background.append(asyncio.create_task(flusher.run(), name="held-events"))
+        background.append(
+            asyncio.create_task(
+                flusher.run(settings.projector_commit_every_ms / 1000), name="held-events"
+            )
+        )
 
     async def stop_background() -> None:
         for task in background:
             task.cancel()
+        if offsets.consumer is not None:
+            async with lock:  # (a batch in progress hands over its offsets first)
+                await offsets.commit()  # a failure is logged: the events come again
 
     return service_app(
         broker,

@@ -10,10 +10,11 @@ import socket
 from contextlib import suppress
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
+from faststream.message import AckStatus
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
@@ -24,6 +25,7 @@ from services.common.kafka_io import RecordPublisher, batch_records, kafka_broke
 from services.common.kafka_topics import partitions_of
 from services.common.metrics import TIMERS_PENDING, observe_consumed
 from services.common.mongo import mongo_client, mongo_database
+from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
@@ -40,17 +42,25 @@ STATS_COLLECTION = "timer_stats"
 
 class _FollowPartitions(ConsumerRebalanceListener):  # type: ignore[misc]
     """Timers are partitioned like the events: owning an events partition = owning its
-    timers and schedules. Loaded on assignment, before any of its events is consumed."""
+    timers and schedules. Loaded on assignment, before any of its events is consumed. The
+    offsets of applied batches are committed before partitions move."""
 
     def __init__(
-        self, service: TimerService, runner: ScheduleRunner, topic: str, health: Health
+        self,
+        service: TimerService,
+        runner: ScheduleRunner,
+        topic: str,
+        health: Health,
+        offsets: PendingOffsets,
     ) -> None:
         self._service = service
         self._runner = runner
         self._topic = topic
         self._health = health
+        self._offsets = offsets
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._offsets.revoke(revoked)
         # Forgotten even when the next assignment gives them back: after a lost session
         # another instance may have owned them meanwhile (fired, stored and committed), and
         # only the store knows. aiokafka rebalances eagerly, so a rebalance reloads all.
@@ -85,9 +95,14 @@ def build_app(settings: TimersSettings) -> FastStream:
     # Read at scrape time: nothing to do on the firing path.
     TIMERS_PENDING.set_function(lambda: len(service.pending))
     tasks: list[asyncio.Task[Any]] = []
+    # Coalesced commits: one per `timers_commit_every_ms`, not one per fetch (each names
+    # every partition the batch read: one `__consumer_offsets` record each).
+    offsets = PendingOffsets(None, settings.timers_commit_every_ms / 1000)
+    listener = _FollowPartitions(service, runner, settings.topics.events, health, offsets)
 
     # MANUAL acks: a batch's offsets are committed only after the timers it implies are
-    # stored; a failed batch is sought back and applied again (idempotent upserts).
+    # stored (at most every `timers_commit_every_ms`); a failed batch is sought back and
+    # applied again (idempotent upserts).
     @batch_subscriber(
         broker,
         settings.topics.events,
@@ -95,7 +110,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         max_records=settings.timers_max_batch,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
-        listener=_FollowPartitions(service, runner, settings.topics.events, health),
+        listener=listener,
         group_instance_id=settings.timers_instance_id,
         session_timeout_ms=settings.timers_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
@@ -123,7 +138,26 @@ def build_app(settings: TimersSettings) -> FastStream:
             log.exception("storing the timers of %d events failed; retrying", len(events))
             await seek_back(message)
             return
-        await ack_batch(message)
+        consumer = message.consumer
+        if not isinstance(consumer, AIOKafkaConsumer):  # FastStream's test broker
+            await ack_batch(message)
+            return
+        offsets.consumer = consumer
+        ends: dict[TopicPartition, int] = {}
+        for record in records:
+            ends[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        offsets.add(ends)
+        await offsets.commit_if_due()
+        message.committed = AckStatus.ACKED  # committed by `offsets`, now or soon
+
+    async def commit_when_quiet() -> None:
+        # A batch commits only when the last commit is old enough: what the last batches
+        # before a quiet spell left pending is committed here.
+        every = max(settings.timers_commit_every_ms / 1000, 0.05)
+        while True:
+            await asyncio.sleep(every)
+            if offsets.consumer is not None:
+                await offsets.commit_if_due()
 
     async def report_stats() -> None:
         stats_coll = db[STATS_COLLECTION]
@@ -147,6 +181,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         tasks.append(asyncio.create_task(service.run_firing(), name="timers-firing"))
         tasks.append(asyncio.create_task(runner.run(), name="timers-schedules"))
         tasks.append(asyncio.create_task(report_stats(), name="timers-stats"))
+        tasks.append(asyncio.create_task(commit_when_quiet(), name="timers-offsets"))
 
     async def stop_loops() -> None:
         for task in tasks:
@@ -154,6 +189,8 @@ def build_app(settings: TimersSettings) -> FastStream:
         for task in tasks:
             with suppress(asyncio.CancelledError):
                 await task
+        if offsets.consumer is not None:
+            await offsets.commit()  # (a failure is logged: the events are applied again)
         await publisher.stop()
 
     app = service_app(

@@ -329,3 +329,43 @@ async def test_timers_probes_and_metrics_show_pending_and_lateness(timers_stack:
     port = int(timers_stack.probe_url("timers").rsplit(":", 1)[1])
     line = service_line("timers", port)
     assert line.split()[:2] == ["timers", "ready"] and " lag " in line, line
+
+
+async def test_the_timers_commit_their_offsets_when_the_events_stop(timers_stack: Stack) -> None:
+    """Offsets are committed at most every RUNSTORE_TIMERS_COMMIT_EVERY_MS, not after each
+    batch: what the last batches before a quiet spell left pending is committed too."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    env = timers_stack.env
+    for n in range(5):
+        await execute(timers_stack, f"offsets-{n}")
+    events = topic(env, "events")
+    boot = env["RUNSTORE_KAFKA_BOOTSTRAP"]
+    probe = AIOKafkaConsumer(bootstrap_servers=boot)
+    await probe.start()
+    try:
+        parts = await partitions_of_topic(probe, events)
+        ends = await probe.end_offsets([TopicPartition(events, p) for p in parts])
+    finally:
+        await probe.stop()
+    written = {tp.partition: o for tp, o in ends.items() if o > 0}
+    assert written, "the starts wrote no events"
+
+    async def committed() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=boot)
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(f"{env['RUNSTORE_TOPIC_PREFIX']}timers")
+        finally:
+            await admin.close()
+        at = {tp.partition: m.offset for tp, m in found.items() if tp.topic == events}
+        assert all(at.get(p, -1) >= o for p, o in written.items()), (at, written)
+
+    await assert_eventually(committed, timeout=30, interval=0.2)
+
+
+async def partitions_of_topic(consumer: Any, name: str) -> set[int]:
+    """The partitions of topic `name`, from the cluster's metadata."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(name) or ())

@@ -13,7 +13,10 @@ import random
 import zlib
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from schemas.events import Event
+from services.common.pending_offsets import PendingOffsets
 from services.projector.app import HeldFlusher
 from services.projector.holding import Consumed, HeldEvents
 from services.projector.projector import Projector
@@ -153,10 +156,13 @@ async def test_any_batching_and_timing_writes_one_fold_and_never_commits_past_a_
 
 
 class RecordingConsumer:
-    """The one call HeldFlusher.project makes on the consumer."""
+    """The calls HeldFlusher.project makes on the consumer (through its PendingOffsets)."""
 
     def __init__(self) -> None:
         self.commits: list[dict[int, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("workflows.events", p) for p in range(PARTITIONS)}
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.commits.append({tp.partition: o for tp, o in offsets.items()})
@@ -189,3 +195,33 @@ async def test_a_batch_fetched_before_partitions_moved_is_neither_projected_nor_
     assert await flusher.project(consumer, as_consumed(first + later, offsets), False, again)
     assert store.data == expected(first + later)
     assert consumer.commits[-1] == {partition_of(first[0]): len(first) + len(later)}
+
+
+async def test_coalesced_offset_commits_never_pass_a_held_event() -> None:
+    # Offsets handed over between two commits go out together once due: the largest of
+    # them, which is never past an event still held.
+    now = [0.0]
+    w = Workload()
+    a, b, c = [x for x in (f"x{n}" for n in range(60)) if zlib.crc32(x.encode()) % 3 == 0][:3]
+    offsets: dict[int, int] = {}
+    holder, store = HeldEvents(5.0, 100), CountingStore()
+    consumer: Any = RecordingConsumer()
+    pending = PendingOffsets(None, 1.0, clock=lambda: now[0])
+    flusher = HeldFlusher(Projector(store), holder, asyncio.Lock(), "workflows.events", pending)
+
+    async def batch(at: float, events: list[Event]) -> None:
+        now[0] = at
+        assert await flusher.project(consumer, as_consumed(events, offsets), True)
+
+    done_b = w.start(b).events + w.complete(b).events
+    await batch(0.0, done_b)  # projected; its offset waits for the next due commit
+    held_a = w.start(a).events
+    await batch(0.5, held_a)  # held: the partition's offset stays at a's start
+    await batch(1.2, w.start(c).events + w.complete(c).events)  # due: commit
+    assert consumer.commits == [{0: len(done_b)}]  # a's start, not past it
+    await batch(1.5, w.complete(a).events)  # a is released; not due yet
+    assert len(consumer.commits) == 1
+    now[0] = 2.3
+    await pending.commit_if_due()  # the flusher's quiet-time commit
+    assert consumer.commits == [{0: len(done_b)}, {0: offsets[0]}]
+    assert store.data == expected(w.all_events())

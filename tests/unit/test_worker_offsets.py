@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from runstore.workflows._offsets import PendingOffsets
+from services.common.pending_offsets import PendingOffsets
 
 P0 = TopicPartition("tasks", 0)
 P1 = TopicPartition("tasks", 1)

@@ -1,13 +1,15 @@
-"""The worker's offset commits, coalesced: the offsets of handled task batches are
-committed at most every `RUNSTORE_WORKER_COMMIT_EVERY_MS`, not after each batch.
+"""Offset commits, coalesced: the offsets of handled batches are committed at most every
+so often, not after each batch. Used by the worker (`RUNSTORE_WORKER_COMMIT_EVERY_MS`)
+and the timers service (`RUNSTORE_TIMERS_COMMIT_EVERY_MS`).
 
-At a few tasks per batch an offset commit is a third of the worker's Kafka requests (a
-fetch, a produce and a commit per batch), and the commit's round trip sat between one
-batch and the next. What is pending is committed when it is due, when no task waits
-(the consumer's poll came back empty), before partitions are revoked and on shutdown.
-A crash redelivers the tasks handled since the last commit: as for a crash mid-batch,
-replay makes that safe (a redelivered task computes the same command id, which the
-engine applies once; docs/workers.md, "Durable execution: what survives what").
+At a few records per batch an offset commit is a third of a consumer's Kafka requests (a
+fetch, a produce and a commit per batch), and every commit writes one record per
+partition it names to `__consumer_offsets`. What is pending is committed when it is due,
+when the consumer is idle, before partitions are revoked and on shutdown. A crash
+redelivers the records handled since the last commit, so only consumers whose handling
+is idempotent use this: the worker (replay: a redelivered task computes the same command
+id, which the engine applies once; docs/workers.md, "Durable execution: what survives
+what") and the timers (a timer stored or deleted twice is the same timer).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Protocol
 
 from aiokafka import TopicPartition
 
-log = logging.getLogger("runstore.worker")
+log = logging.getLogger(__name__)
 
 
 class OffsetCommitter(Protocol):
@@ -35,11 +37,12 @@ class PendingOffsets:
 
     def __init__(
         self,
-        consumer: OffsetCommitter,
+        consumer: OffsetCommitter | None,
         every_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._consumer = consumer
+        """`consumer` may be set later (`consumer` attribute), before the first commit."""
+        self.consumer = consumer
         self._every = every_seconds
         self._clock = clock
         self._pending: dict[TopicPartition, int] = {}
@@ -50,7 +53,7 @@ class PendingOffsets:
         return self._pending
 
     def add(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """A batch was handled (its commands acknowledged): these offsets may be committed."""
+        """A batch was handled (what it implies is durable): these offsets may be committed."""
         for tp, offset in offsets.items():
             if offset > self._pending.get(tp, -1):
                 self._pending[tp] = offset
@@ -65,24 +68,26 @@ class PendingOffsets:
 
         A failed commit (partitions revoked meanwhile, the broker unreachable) is logged
         and the offsets of partitions still assigned stay pending for the next one (unless a
-        later batch moved them on): a failure costs redelivered tasks, never a stopped
-        worker."""
+        later batch moved them on): a failure costs redelivered records, never a stopped
+        consumer."""
         if not self._pending:
             return True
+        consumer = self.consumer
+        assert consumer is not None, "no consumer to commit with"
         # Only partitions still assigned: aiokafka refuses a whole commit that names one it
         # no longer has (a batch handled while a rebalance took it), and that partition's
         # new owner starts from its last committed offset anyway.
-        assigned = self._consumer.assignment()
+        assigned = consumer.assignment()
         offsets = {tp: o for tp, o in self._pending.items() if tp in assigned}
         self._pending = {}
         self._last = self._clock()
         if not offsets:
             return True
         try:
-            await self._consumer.commit(offsets)
+            await consumer.commit(offsets)
         except Exception as exc:
-            log.warning("committing task offsets failed (%r); they stay pending", exc)
-            assigned = self._consumer.assignment()
+            log.warning("committing offsets failed (%r); they stay pending", exc)
+            assigned = consumer.assignment()
             for tp, offset in offsets.items():
                 if tp in assigned:
                     self._pending.setdefault(tp, offset)
