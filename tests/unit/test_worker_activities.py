@@ -83,6 +83,35 @@ async def test_an_attempt_over_its_start_to_close_timeout_fails_with_a_timeout()
     assert "start_to_close" in str(error)
 
 
+RELEASE = asyncio.Event()
+
+
+@activity
+async def stubborn(_: Any) -> str:
+    """Swallows its cancellation and goes on until released (a cleanup or a retry loop)."""
+    try:
+        await RELEASE.wait()
+    except asyncio.CancelledError:
+        await RELEASE.wait()
+    return "late"
+
+
+async def test_a_body_that_swallows_its_cancellation_still_times_out_its_attempt() -> None:
+    # The attempt's outcome (and its concurrency slot) must not wait for the body: the body
+    # below would run until released. The guard only turns a hang into a failure.
+    RELEASE.clear()
+    request = _request(stubborn, None, start_to_close=timedelta(seconds=0.05))
+    attempt = asyncio.ensure_future(run_activity(request))
+    try:
+        done, _ = await asyncio.wait({attempt}, timeout=10)
+    finally:
+        RELEASE.set()
+    assert done, "the attempt's outcome waited for its body"
+    result, error = attempt.result()
+    assert result is None
+    assert isinstance(error, ActivityTimeoutError)
+
+
 async def test_heartbeats_keep_a_long_attempt_alive_and_silence_times_it_out() -> None:
     alive = _request(beating, 8, heartbeat=timedelta(seconds=0.2))
     assert await run_activity(alive) == ("alive", None)
