@@ -14,6 +14,7 @@ what") and the timers (a timer stored or deleted twice is the same timer).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -47,6 +48,10 @@ class PendingOffsets:
         self._clock = clock
         self._pending: dict[TopicPartition, int] = {}
         self._last = clock()
+        # One commit at a time: two in flight (the handler's and the background loop's)
+        # could land out of order, and a failed earlier one would put back offsets below
+        # what a later one committed.
+        self._committing = asyncio.Lock()
 
     @property
     def pending(self) -> Mapping[TopicPartition, int]:
@@ -70,6 +75,10 @@ class PendingOffsets:
         and the offsets of partitions still assigned stay pending for the next one (unless a
         later batch moved them on): a failure costs redelivered records, never a stopped
         consumer."""
+        async with self._committing:
+            return await self._commit_pending()
+
+    async def _commit_pending(self) -> bool:
         if not self._pending:
             return True
         consumer = self.consumer
@@ -85,12 +94,16 @@ class PendingOffsets:
             return True
         try:
             await consumer.commit(offsets)
-        except Exception as exc:
-            log.warning("committing offsets failed (%r); they stay pending", exc)
+        except BaseException as exc:
+            # Cancelled too (a stopping loop): what was not committed stays pending for
+            # the shutdown's or the revoke's commit.
             assigned = consumer.assignment()
             for tp, offset in offsets.items():
                 if tp in assigned:
                     self._pending.setdefault(tp, offset)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("committing offsets failed (%r); they stay pending", exc)
             return False
         return True
 

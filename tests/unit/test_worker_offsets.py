@@ -1,9 +1,12 @@
-"""The worker's coalesced offset commits (runstore/workflows/_offsets.py): what is
+"""The worker's coalesced offset commits (services/common/pending_offsets.py): what is
 committed when, and what a failed commit keeps. The consumer is a recording fake (pure
 logic); the crash path with a real broker is tests/integration/test_worker_crash.py."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from aiokafka import TopicPartition
 
 from services.common.pending_offsets import PendingOffsets
@@ -108,3 +111,54 @@ async def test_a_partition_no_longer_assigned_does_not_cost_the_others_their_com
     await offsets.commit_if_due()
     assert consumer.commits == [{P0: 2}]
     assert offsets.pending == {}
+
+
+class GatedConsumer(FakeConsumer):
+    """Holds each commit until released, then fails it or records it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Future[bool]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        if not await gate:
+            raise RuntimeError("CommitFailedError")
+        self.commits.append(dict(offsets))
+
+
+async def test_a_slow_failed_commit_never_puts_back_an_offset_below_a_later_one() -> None:
+    consumer = GatedConsumer()
+    offsets = PendingOffsets(consumer, 0.0, Clock())
+    offsets.add({P0: 100})
+    first = asyncio.ensure_future(offsets.commit())
+    await asyncio.sleep(0)
+    offsets.add({P0: 200})
+    second = asyncio.ensure_future(offsets.commit())
+    await asyncio.sleep(0)
+    assert len(consumer.gates) == 1, "the second commit waits for the first"
+    consumer.gates[0].set_result(False)  # the first fails
+    assert not await first
+    await asyncio.sleep(0)
+    consumer.gates[1].set_result(True)
+    assert await second
+    assert consumer.commits == [{P0: 200}]
+    assert offsets.pending == {}, "nothing below the committed 200 is left to commit"
+
+
+async def test_a_commit_cancelled_in_flight_leaves_its_offsets_pending() -> None:
+    consumer = GatedConsumer()
+    offsets = PendingOffsets(consumer, 0.0, Clock())
+    offsets.add({P0: 7, P1: 3})
+    loop_commit = asyncio.ensure_future(offsets.commit())
+    await asyncio.sleep(0)
+    loop_commit.cancel()  # a background loop stopped mid-commit
+    with pytest.raises(asyncio.CancelledError):
+        await loop_commit
+    assert offsets.pending == {P0: 7, P1: 3}
+    final = asyncio.ensure_future(offsets.commit())
+    await asyncio.sleep(0)
+    consumer.gates[-1].set_result(True)
+    assert await final
+    assert consumer.commits == [{P0: 7, P1: 3}]
