@@ -13,6 +13,7 @@ import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import HTTPValidationError, SDKError
 
+from tests.support.eventually import wait_until
 from tests.support.sdk import status_of
 from tests.support.stack import Stack, StackWith
 
@@ -112,6 +113,14 @@ def test_in_separate_mode_another_users_run_is_not_found_anywhere(
     ).execution_id
     run_id = alice.workflows.executions.get_workflow_execution(execution_id=execution_id).run_id
 
+    def assert_alice_lists_it() -> None:
+        listed = alice.workflows.runs.list_runs(workflow_identifier="private-wf")
+        assert [r.execution_id for r in listed.result.executions] == [execution_id]
+
+    # Run lists follow the event stream (docs/read-models.md), so the run is listed
+    # eventually: wait for that, then bob's empty lists mean he may not see it.
+    wait_until(assert_alice_lists_it)
+
     calls = every_endpoint(bob, execution_id)
     del calls["execute"], calls["list_runs"], calls["batch_cancel"], calls["batch_terminate"]
     statuses = {name: status_of(call) for name, call in calls.items()}
@@ -132,8 +141,7 @@ def test_in_separate_mode_another_users_run_is_not_found_anywhere(
         alice.workflows.executions.get_workflow_execution(execution_id=execution_id).status
         == "RUNNING"
     )
-    listed = alice.workflows.runs.list_runs(workflow_identifier="private-wf")
-    assert [r.execution_id for r in listed.result.executions] == [execution_id]
+    assert_alice_lists_it()
     alice.workflows.executions.cancel_workflow_execution(execution_id=execution_id)
 
 
