@@ -235,6 +235,15 @@ class WindowedPublisher:
                             done.set_exception(exc)
                 return
             _settle(ack, dones)
+            failed = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+            if failed is not None:
+                # Refused by the broker: what comes after it in this partition must not
+                # land before it (a caller's retry would then reorder a key's records).
+                for _, later in chain[n + 1 :]:
+                    for done in later:
+                        if not done.done():
+                            done.set_exception(failed)
+                return
 
 
 def _settle(ack: asyncio.Future[object], dones: list[asyncio.Future[None]]) -> None:

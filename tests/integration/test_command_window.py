@@ -222,3 +222,39 @@ async def test_records_at_a_steady_pace_share_windows_though_each_gap_exceeds_qu
     window waits a few of their usual gaps, so they still share windows instead of each
     going alone (what a fixed quiet time did: one produce request per record)."""
     assert await paced_produce_requests(settings, quiet_ms=5, count=20, every_s=0.02) <= 5
+
+
+async def test_a_refused_batch_fails_the_batches_after_it_on_its_partition(
+    settings: RunstoreSettings,
+) -> None:
+    """A key's records that fill several batches of one window: once the broker refuses
+    one batch, the later ones are not sent (they would land before a retry of it)."""
+    await ensure_topics(settings)
+    topic = settings.topics.outcomes
+    publisher = WindowedPublisher(settings, "test-window", window_ms=200)
+    await publisher.start()
+    producer = publisher._producer
+    assert producer is not None
+    real_send = producer.send_batch
+    sent: list[int] = []
+
+    async def refuse_the_first(builder: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(len(sent))
+        if len(sent) == 1:
+            refused: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            refused.set_exception(RuntimeError("refused by the broker"))
+            return refused
+        return await real_send(builder, *args, **kwargs)
+
+    producer.send_batch = refuse_the_first  # type: ignore[method-assign]
+    big = b"x" * 150_000  # two do not fit the producer's batch (256 KiB): one batch each
+    try:
+        results = await asyncio.gather(
+            *(publisher.publish([Outgoing(topic, "one-key", big + bytes([n]))]) for n in range(4)),
+            return_exceptions=True,
+        )
+    finally:
+        await publisher.stop()
+    assert sent == [0], "nothing after the refused batch was handed to the broker"
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert await read_all(settings, topic) == []
