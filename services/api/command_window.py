@@ -234,8 +234,7 @@ class WindowedPublisher:
                         if not done.done():
                             done.set_exception(exc)
                 return
-            _settle(ack, dones)
-            failed = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+            failed = _settle(ack, dones)
             if failed is not None:
                 # Refused by the broker: what comes after it in this partition must not
                 # land before it (a caller's retry would then reorder a key's records).
@@ -246,7 +245,8 @@ class WindowedPublisher:
                 return
 
 
-def _settle(ack: asyncio.Future[object], dones: list[asyncio.Future[None]]) -> None:
+def _settle(ack: asyncio.Future[object], dones: list[asyncio.Future[None]]) -> BaseException | None:
+    """Settle `dones` by their batch's acknowledgement; what it failed with, if it did."""
     error = None if ack.cancelled() else ack.exception()
     for done in dones:
         if done.done():
@@ -257,3 +257,4 @@ def _settle(ack: asyncio.Future[object], dones: list[asyncio.Future[None]]) -> N
             done.set_exception(error)
         else:
             done.set_result(None)
+    return asyncio.CancelledError() if ack.cancelled() else error
