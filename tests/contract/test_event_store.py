@@ -285,8 +285,51 @@ class TestMemoryEventStore(EventStoreContract):
         return MemoryEventStore()
 
 
+class TestMongoEventStoreInRequestsOf100(EventStoreContract):
+    """With the ordered-insert probe turned off (RUNSTORE_ENGINE_ORDERED_INSERT_PROBE=false,
+    also what a server that fails it gets): rounds go in requests of 100 documents."""
+
+    @pytest.fixture
+    async def store(self, db: Any) -> EventStore:
+        store = MongoEventStore(db, probe_ordered=False)
+        await store.setup()
+        return store
+
+
+async def insert_requests_of_a_long_round(mongo_url: str, db: Any, probe_ordered: bool) -> int:
+    """How many insert requests a store sends for a round of 150 new commits."""
+    inserts = InsertCounter()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[inserts]
+    )
+    try:
+        store = MongoEventStore(client[db.name], probe_ordered=probe_ordered)
+        await store.setup()
+        inserts.count = 0
+        commits = [in_own_run("e1", s) for s in range(1, 151)]
+        assert await store.append(commits) == AppendReport(inserted=150)
+        return inserts.count
+    finally:
+        await client.close()
+
+
+async def test_a_long_round_is_one_request_on_a_server_that_stops_at_a_refusal(
+    db: Any, mongo_url: str
+) -> None:
+    # The session's server is MongoDB or the local, patched FerretDB: both pass the probe.
+    assert await insert_requests_of_a_long_round(mongo_url, db, probe_ordered=True) == 1
+
+
+async def test_a_long_round_goes_in_requests_of_100_with_the_probe_turned_off(
+    db: Any, mongo_url: str
+) -> None:
+    # 151 documents: the run's locator, then 150 commits.
+    assert await insert_requests_of_a_long_round(mongo_url, db, probe_ordered=False) == 2
+
+
 class TestMongoEventStore(EventStoreContract):
-    """On the session's server, in a fresh database (`db`, tests/contract/conftest.py)."""
+    """On the session's server, in a fresh database (`db`, tests/contract/conftest.py);
+    the probe finds it stops an ordered insert at its refusal, so a round is one request."""
 
     @pytest.fixture
     async def store(self, db: Any) -> EventStore:
