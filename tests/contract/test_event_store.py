@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -296,8 +297,12 @@ class TestMongoEventStoreInRequestsOf100(EventStoreContract):
         return store
 
 
-async def insert_requests_of_a_long_round(mongo_url: str, db: Any, probe_ordered: bool) -> int:
-    """How many insert requests a store sends for a round of 150 new commits."""
+@contextlib.asynccontextmanager
+async def counting_store(
+    mongo_url: str, db: Any, probe_ordered: bool = True
+) -> AsyncIterator[tuple[MongoEventStore, InsertCounter]]:
+    """A `MongoEventStore` on `db`, set up, on a client that counts the insert requests
+    sent from then on."""
     inserts = InsertCounter()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         mongo_url, tz_aware=True, event_listeners=[inserts]
@@ -306,11 +311,17 @@ async def insert_requests_of_a_long_round(mongo_url: str, db: Any, probe_ordered
         store = MongoEventStore(client[db.name], probe_ordered=probe_ordered)
         await store.setup()
         inserts.count = 0
+        yield store, inserts
+    finally:
+        await client.close()
+
+
+async def insert_requests_of_a_long_round(mongo_url: str, db: Any, probe_ordered: bool) -> int:
+    """How many insert requests a store sends for a round of 150 new commits."""
+    async with counting_store(mongo_url, db, probe_ordered) as (store, inserts):
         commits = [in_own_run("e1", s) for s in range(1, 151)]
         assert await store.append(commits) == AppendReport(inserted=150)
         return inserts.count
-    finally:
-        await client.close()
 
 
 async def test_a_long_round_is_one_request_on_a_server_that_stops_at_a_refusal(
@@ -353,13 +364,7 @@ class TestMongoEventStore(EventStoreContract):
     async def test_a_round_is_one_insert_request_when_nothing_is_refused(
         self, db: Any, mongo_url: str
     ) -> None:
-        inserts = InsertCounter()
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            mongo_url, tz_aware=True, event_listeners=[inserts]
-        )
-        try:
-            store = MongoEventStore(client[db.name])
-            await store.setup()
+        async with counting_store(mongo_url, db) as (store, inserts):
             await store.append([in_own_run("old", 1)])
             inserts.count = 0
             firsts = [in_own_run("new1", 1), in_own_run("new2", 1)]
@@ -371,8 +376,6 @@ class TestMongoEventStore(EventStoreContract):
             log = MongoCommitLog(db)
             assert await log.locate_run("new1-run") == "new1"
             assert await log.locate_run("new2-run") == "new2"
-        finally:
-            await client.close()
 
     async def test_run_locators_are_not_read_as_commits(self, store: EventStore, db: Any) -> None:
         await store.append([in_own_run("e1", 1), in_own_run("e1", 2), in_own_run("e2", 1)])

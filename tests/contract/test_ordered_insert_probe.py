@@ -9,14 +9,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.common.mongo import ordered_insert_stops_at_refusal
 from services.engine import mongo_event_store
 from services.engine.event_store import AppendFailure, AppendReport
-from services.engine.mongo_event_store import MongoEventStore
-from tests.contract.test_event_store import InsertCounter, in_own_run, seqs_stored
+from tests.contract.test_event_store import counting_store, in_own_run, seqs_stored
 
 
 async def scratch_collections(db: Any) -> list[str]:
@@ -94,21 +92,13 @@ async def test_the_probe_tells_an_upstream_ferretdb_from_a_patched_one(
 async def requests_and_gap(db: Any, mongo_url: str) -> tuple[int, list[int]]:
     """Insert requests a store (probing) sends for a round of 150 commits refused at the
     131st (past the first hundred documents), and which seqs are stored after it."""
-    inserts = InsertCounter()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        mongo_url, tz_aware=True, event_listeners=[inserts]
-    )
-    try:
-        store = MongoEventStore(client[db.name])
-        await store.setup()
+    async with counting_store(mongo_url, db) as (store, inserts):
         await store.append([in_own_run("other", 1, command_id="dup")])
         inserts.count = 0
         commits = [in_own_run("e1", s) for s in range(1, 151)]
         commits[130] = in_own_run("e1", 131, command_id="dup")
         assert await store.append(commits) == AppendReport(130, AppendFailure.DUPLICATE_COMMAND)
         return inserts.count, await seqs_stored(store, "e1", 150)
-    finally:
-        await client.close()
 
 
 async def test_a_store_whose_server_fails_the_probe_sends_requests_of_100(
