@@ -89,7 +89,7 @@ ORDERED_PROBE_DOCS = 150
 async def ordered_insert_stops_at_refusal(db: AsyncDatabase[Document]) -> bool:
     """Whether the server ends an ordered insert at its first refused document even past
     100 documents: MongoDB does, and so does the local FerretDB (deploy/local/ferretdb/
-    ordered-insert.patch); upstream FerretDB v1.24.2 goes on with the next hundred.
+    01-ordered-insert.patch); upstream FerretDB v1.24.2 goes on with the next hundred.
 
     Asked by doing it, not by version: in a scratch collection (dropped after), `_id` 0,
     then an ordered insert of `_id` 0..149 must be refused at its index 0 and write nothing.

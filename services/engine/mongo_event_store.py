@@ -71,7 +71,7 @@ v1.24.2 internal/handler/msg_insert.go). A commit refused early in a round of mo
 (docs/engine-performance.md, "2026-12-06: a gap after a refused commit"). Requests of
 at most 100 documents each stop where they should, and the next is not sent. (A FerretDB
 run with a smaller `--batch-size` would need this lowered to match.) The local build
-patches that `break` (deploy/local/ferretdb/ordered-insert.patch) and passes the probe."""
+patches that `break` (deploy/local/ferretdb/01-ordered-insert.patch) and passes the probe."""
 
 
 class MongoEventStore:

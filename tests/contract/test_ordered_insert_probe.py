@@ -22,7 +22,7 @@ async def scratch_collections(db: Any) -> list[str]:
 
 
 async def test_the_session_server_stops_an_ordered_insert_at_its_refusal(db: Any) -> None:
-    # MongoDB, or the local FerretDB with deploy/local/ferretdb/ordered-insert.patch.
+    # MongoDB, or the local FerretDB with deploy/local/ferretdb/01-ordered-insert.patch.
     assert await ordered_insert_stops_at_refusal(db) is True
     assert await scratch_collections(db) == []
 

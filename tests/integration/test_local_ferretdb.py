@@ -41,7 +41,7 @@ async def test_an_ordered_insert_past_100_documents_stops_at_its_refused_one(
 ) -> None:
     # Upstream FerretDB 1.24.2 writes in transactions of 100 and went on with the next
     # hundred after a refusal (0-9 and 100-149 written for a duplicate at 10); the local
-    # build is patched (deploy/local/ferretdb/ordered-insert.patch) to stop as MongoDB does.
+    # build is patched (deploy/local/ferretdb/01-ordered-insert.patch) to stop as MongoDB does.
     coll = mongo_db["ordered"]
     await coll.insert_one({"_id": refused_at})
     with pytest.raises(BulkWriteError) as raised:
@@ -67,3 +67,33 @@ async def test_an_ordered_insert_reports_only_its_first_refused_document(
         await coll.insert_many(docs, ordered=True)
     assert [e["index"] for e in raised.value.details["writeErrors"]] == [10]
     assert await coll.count_documents({}) == 11
+
+
+@pytest.mark.parametrize("refused_at", [0, 999, 1000, 1001, 1850, 2499])
+async def test_an_ordered_insert_past_one_transaction_stops_at_its_refused_document(
+    mongo_db: AsyncDatabase[Any], refused_at: int
+) -> None:
+    # The local build writes an insert in transactions of 1,000 documents and retries a
+    # refused one a hundred at a time (02-insert-transactions.patch): what is written and
+    # reported is still what MongoDB writes and reports.
+    coll = mongo_db["ordered_long"]
+    await coll.insert_one({"_id": -1, "k": refused_at})
+    docs = [{"_id": i, "k": i} for i in range(2500)]
+    docs[refused_at] = {"_id": -1}
+    with pytest.raises(BulkWriteError) as raised:
+        await coll.insert_many(docs, ordered=True)
+    assert [e["index"] for e in raised.value.details["writeErrors"]] == [refused_at]
+    assert raised.value.details["nInserted"] == refused_at
+    assert await coll.count_documents({}) == refused_at + 1
+
+
+async def test_an_unordered_insert_past_one_transaction_writes_all_but_its_refused_ones(
+    mongo_db: AsyncDatabase[Any],
+) -> None:
+    coll = mongo_db["unordered_long"]
+    await coll.insert_many([{"_id": 5}, {"_id": 1100}, {"_id": 2400}])
+    with pytest.raises(BulkWriteError) as raised:
+        await coll.insert_many([{"_id": i} for i in range(2500)], ordered=False)
+    assert [e["index"] for e in raised.value.details["writeErrors"]] == [5, 1100, 2400]
+    assert raised.value.details["nInserted"] == 2497
+    assert await coll.count_documents({}) == 2500

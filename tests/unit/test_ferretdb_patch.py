@@ -67,9 +67,11 @@ def test_a_patch_refuses_upstream_text_it_was_not_written_for(
     assert target.read_text() == upstream  # nothing written
 
 
-def test_the_ferretdb_patch_targets_the_insert_handler_and_is_in_the_binary_key() -> None:
-    (patch,) = infra._ferretdb_patches()
-    hunks = infra._parse_patch(patch.read_text(), patch.name)
-    assert list(hunks) == ["internal/handler/msg_insert.go"]
-    # A binary built before the patch changed is not reused.
-    assert patch in infra._ferretdb_inputs()
+def test_the_ferretdb_patches_go_in_their_order_and_are_in_the_binary_key() -> None:
+    patches = infra._ferretdb_patches()
+    assert [p.name for p in patches] == ["01-ordered-insert.patch", "02-insert-transactions.patch"]
+    for patch in patches:
+        hunks = infra._parse_patch(patch.read_text(), patch.name)
+        assert list(hunks) == ["internal/handler/msg_insert.go"]
+        # A binary built before a patch changed is not reused.
+        assert patch in infra._ferretdb_inputs()
