@@ -115,6 +115,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.list_index = list_index
+    app.state.list_index_feed = list_index_feed
     app.state.reader = RunReader(
         # Lists the store answers (before the index is ready, or without one) are bounded;
         # the in-memory index answers without touching the store.
