@@ -57,6 +57,8 @@ from services.common.settings import ApiSettings  # noqa: E402
 FIXTURE = REPO / "bench" / "fixtures" / "one_activity_workflow.json"
 PARTITIONS = 12
 _COMMAND_ID = re.compile(rb'"command_id":"([^"]+)"')
+_TIMESTAMP = re.compile(rb'"timestamp_ns":(\d+)')
+_RECORDED_TIMES: set[bytes] = set()
 
 
 class Transport(asyncio.Transport):
@@ -101,9 +103,11 @@ class FakeEngine:
         )
         self._start: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
         self._worker: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+        # Each workflow's events carry the time they are delivered (the index sorts by it).
         for r in recorded["records"]:
             headers = [(k, v.encode()) for k, v in r["headers"]]
             item = (r["topic"], r["value"].encode(), headers)
+            _RECORDED_TIMES.update(_TIMESTAMP.findall(item[1]))
             (self._start if b'"seq":1,' in item[1] else self._worker).append(item)
         self._topics = {
             "workflows.outcomes": settings.topics.outcomes,
@@ -134,12 +138,15 @@ class FakeEngine:
         by_tp: dict[tuple[str, int], list[Any]] = defaultdict(list)
         for execution_id, run_id, command_id in runs:
             partition = hash(execution_id) % PARTITIONS
+            now = b"%d" % time.time_ns()
             for topic, value, headers in templates:
                 value = (
                     value.replace(old_execution, execution_id)
                     .replace(old_run, run_id)
                     .replace(old_command, command_id)
                 )
+                for recorded_time in _RECORDED_TIMES:
+                    value = value.replace(recorded_time, now)
                 tp = (self._topics[topic], partition)
                 offset = self._offsets[tp]
                 self._offsets[tp] = offset + 1
