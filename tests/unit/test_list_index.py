@@ -18,7 +18,7 @@ import pytest
 from schemas.events import EVENT_LIST_ADAPTER, STATUS_AFTER, Event
 from services.api.list_index_feed import ListIndexFeed
 from services.common.memory_commit_log import MemoryCommitLog
-from services.common.readmodels.list_index import RunListIndex
+from services.common.readmodels.list_index import RunListIndex, _copy, _Row
 from services.common.readmodels.memory_store import MemoryReadModels, as_stored
 from services.common.readmodels.projection import apply_to_run
 from services.common.readmodels.reader import LIST_FIELDS
@@ -266,3 +266,14 @@ async def test_the_feed_lets_requests_run_while_it_folds_a_large_batch() -> None
     # The request ran between slices of the batch, not only before or after it.
     assert any(0 < n < len(events) for n in folded_when_a_request_ran)
     assert listed(index) == projected_rows(events)
+
+
+def test_a_row_copied_for_a_status_change_holds_every_field_of_the_row() -> None:
+    index = RunListIndex()
+    for event in mixed_workload().all_events():
+        index.apply(event)
+    row = next(iter(index._rows.values()))
+    copied = _copy(row)
+    assert copied is not row
+    for name in _Row.__slots__:
+        assert getattr(copied, name) == getattr(row, name), name

@@ -140,21 +140,25 @@ class _Row:
         end = _OPEN if self.end == _NULL else self.end
         self.keys = ((self.start, self.run_id), (end, self.run_id))
 
-    def dimensions(self) -> Iterator[tuple[str, Any]]:
-        """The (dimension, value) lists this run is in."""
-        yield _ALL
-        yield ("workflow_name", self.workflow_name)
-        yield ("root_execution_id", self.root_execution_id)
+    def dimensions(self) -> list[tuple[str, Any]]:
+        """The (dimension, value) lists this run is in. (A list, not a generator: a run's
+        fold walks them twice, one call each instead of a resumption per dimension.)"""
+        dims: list[tuple[str, Any]] = [
+            _ALL,
+            ("workflow_name", self.workflow_name),
+            ("root_execution_id", self.root_execution_id),
+        ]
         if self.deployment_name is not None:
-            yield ("deployment_name", self.deployment_name)
+            dims.append(("deployment_name", self.deployment_name))
         if self.user_id is not None:
-            yield ("user_id", self.user_id)
-        yield ("status", self.status)
+            dims.append(("user_id", self.user_id))
+        dims.append(("status", self.status))
         for tag in self.tags:
-            yield ("tag", tag)
+            dims.append(("tag", tag))
         for term in self.terms:
             if not term.startswith("fold:"):  # similar matches test the set: term's runs
-                yield ("term", term)
+                dims.append(("term", term))
+        return dims
 
     def texts(self) -> Iterator[tuple[tuple[str, str], str]]:
         """The texts substring filters scan: ("search", "") → the `search` fields joined
@@ -398,9 +402,10 @@ class RunListIndex:
                 entry = self._lists[dim]
                 if isinstance(entry, tuple):  # (a small dimension holds run ids only)
                     for field in (0, 1):
-                        if old.key(field) != new.key(field):
-                            remove(entry[field], old.key(field))
-                            add(entry[field], new.key(field))
+                        old_key, new_key = old.keys[field], new.keys[field]
+                        if old_key != new_key:
+                            remove(entry[field], old_key)
+                            add(entry[field], new_key)
         if old is None or old.haystack is not new.haystack or old.terms is not new.terms:
             if old is not None:
                 for dim, _ in old.texts():
@@ -431,8 +436,8 @@ class RunListIndex:
                 rows = [row if i == row.run_id else self._rows[i] for i in entry]
                 self._lists[dim] = (sorted(r.key(0) for r in rows), sorted(r.key(1) for r in rows))
         else:
-            add(entry[0], row.key(0))
-            add(entry[1], row.key(1))
+            add(entry[0], row.keys[0])
+            add(entry[1], row.keys[1])
 
     def _unlink(
         self, dim: tuple[str, Any], row: _Row, remove: Callable[[list[Key], Key], None]
@@ -444,8 +449,8 @@ class RunListIndex:
             entry.remove(row.run_id)
             empty = not entry
         else:
-            remove(entry[0], row.key(0))
-            remove(entry[1], row.key(1))
+            remove(entry[0], row.keys[0])
+            remove(entry[1], row.keys[1])
             empty = not entry[0]
         if empty:
             del self._lists[dim]
@@ -723,8 +728,25 @@ def _remove(keys: list[Key], key: Key) -> None:
 
 def _copy(row: _Row) -> _Row:
     new = _Row()
-    for name in _Row.__slots__:
-        setattr(new, name, getattr(row, name))
+    # Attribute by attribute, not a getattr/setattr loop over the slots: no call per slot.
+    new.attempt = row.attempt
+    new.deployment_name = row.deployment_name
+    new.end = row.end
+    new.execution_id = row.execution_id
+    new.haystack = row.haystack
+    new.internal = row.internal
+    new.keys = row.keys
+    new.parent_execution_id = row.parent_execution_id
+    new.position = row.position
+    new.root_execution_id = row.root_execution_id
+    new.run_id = row.run_id
+    new.start = row.start
+    new.status = row.status
+    new.tags = row.tags
+    new.terms = row.terms
+    new.total_duration_ms = row.total_duration_ms
+    new.user_id = row.user_id
+    new.workflow_name = row.workflow_name
     return new
 
 
