@@ -38,17 +38,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import uvloop  # noqa: E402
 from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: E402
 from aiokafka.structs import ConsumerRecord  # noqa: E402
-from uvicorn.config import Config  # noqa: E402
+from api_execute_cpu import Transport, uvicorn_protocol  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 
 from services.api import list_index_feed as list_index_feed_module  # noqa: E402
 from services.api.app import build_app  # noqa: E402
 from services.api.command_window import WindowedPublisher  # noqa: E402
-from services.api.http_deadlines import deadline_protocol  # noqa: E402
 from services.common.ids import new_id  # noqa: E402
 from services.common.memory_catalogue import MemoryCatalogue  # noqa: E402
 from services.common.runtime import tune_gc  # noqa: E402
@@ -59,36 +59,6 @@ PARTITIONS = 12
 _COMMAND_ID = re.compile(rb'"command_id":"([^"]+)"')
 _TIMESTAMP = re.compile(rb'"timestamp_ns":(\d+)')
 _RECORDED_TIMES: set[bytes] = set()
-
-
-class Transport(asyncio.Transport):
-    """Keeps what the server writes; `answered` is set once a whole JSON answer is in."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.answered = asyncio.Event()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        peers = {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 5555)}
-        return peers.get(name, default)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-        if self.written.endswith(b"}"):
-            self.answered.set()
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class FakeEngine:
@@ -252,16 +222,7 @@ async def measure(
     index_feed._read_on_its_own = caught_up
     index_feed._task = asyncio.create_task(index_feed._run())
 
-    config = Config(
-        app=app,
-        http=deadline_protocol(10, 30),
-        access_log=False,
-        limit_concurrency=4096,
-        log_level="warning",
-        lifespan="off",
-    )
-    config.load()
-    protocol_class: Any = config.http_protocol_class
+    config, protocol_class = uvicorn_protocol(app)
     request = execute_request(wait)
     state = ServerState()
 
