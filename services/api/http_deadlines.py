@@ -125,7 +125,7 @@ class _OneWriteResponse:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held + data)
+            self._transport.write(b"".join((held, data)))
         elif self._head_seen or data == _CONTINUE:
             self._transport.write(data)
         else:
@@ -137,7 +137,8 @@ class _OneWriteResponse:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            if not self._transport.is_closing():  # (as uvicorn writes nothing once gone)
+                self._transport.write(held)
 
     def close(self) -> None:
         self._flush()
