@@ -107,6 +107,11 @@ class EngineSettings(RunstoreSettings):
     service runs this version. Every layout is read by this version."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
+    engine_ordered_insert_probe: bool = True
+    """Probe at start whether the database ends an ordered insert at its first refused
+    document past 100 documents (MongoDB and the local, patched FerretDB do); if so a
+    batch's commits go as one insert request. False, or a server that fails the probe (an
+    upstream FerretDB v1): requests of at most 100 documents, one after the other."""
 
 
 class ProjectorSettings(RunstoreSettings):

@@ -154,9 +154,12 @@ def build_app(settings: EngineSettings) -> FastStream:
     writer = LoopThread("engine-appends")
     # The writer loop's own client: built there, closed there.
     writer_client = asyncio.run_coroutine_threadsafe(_build_client(settings), writer.loop).result()
+    probe = settings.engine_ordered_insert_probe
     store = OffLoopAppends(
-        MongoEventStore(mongo_database(client, settings), settings.engine_compact_commits),
-        MongoEventStore(mongo_database(writer_client, settings), settings.engine_compact_commits),
+        MongoEventStore(mongo_database(client, settings), settings.engine_compact_commits, probe),
+        MongoEventStore(
+            mongo_database(writer_client, settings), settings.engine_compact_commits, probe
+        ),
         writer,
     )
     health = Health(settings, client)
