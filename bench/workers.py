@@ -38,8 +38,8 @@ import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
+import http_gateway  # noqa: E402
 from cpu_meter import CpuMeter  # noqa: E402
 from http_gateway import (  # noqa: E402
     KEY,
@@ -88,6 +89,26 @@ class System:
     pids: dict[str, int]
     run_one: RunOne
     before_phase: Callable[[], None] = lambda: None
+
+
+@contextmanager
+def stack_of_tree(
+    tree: Path, work: Path, services: tuple[str | tuple[str, ...], ...]
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """A Runstore stack running the services of another checkout (`--compare-with`: e.g.
+    the code before a change, measured in turns with this tree's in one run), on its own
+    Kafka and MongoDB-protocol server. `runstore_stack` starts the services in its
+    module's REPO (their working directory, hence the `services` package they import)."""
+    env = {**ENV, "PYTHONPATH": f"{tree}:{tree / 'bench'}"}
+    work.mkdir(parents=True, exist_ok=True)
+    saved = http_gateway.REPO
+    http_gateway.REPO = tree
+    try:
+        with runstore_stack(work, services, env) as up:
+            http_gateway.REPO = saved
+            yield up
+    finally:
+        http_gateway.REPO = saved
 
 
 def runstore_caller(url: str, clients: int, rate: float) -> tuple[RunOne, Callable[[], None]]:
@@ -311,6 +332,14 @@ def main() -> int:
     parser.add_argument(
         "--no-timers", action="store_true", help="Runstore without its timers service"
     )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        metavar="TREE",
+        help="also run the Runstore stack of another checkout (e.g. `git worktree add` of "
+        "the code before a change), measured in turns with this one: an A/B in one run",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     services = tuple(s for s in SERVICES if not (args.no_timers and s == "timers"))
@@ -320,6 +349,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="runstore-workers-bench-") as tmp, ExitStack() as up:
         work = Path(tmp)
         url, pids = up.enter_context(runstore_stack(work, services, ENV))
+        other: tuple[str, str, dict[str, int]] | None = None
+        if args.compare_with is not None:
+            tree = args.compare_with.resolve()
+            other_url, other_pids = up.enter_context(
+                stack_of_tree(tree, work / "compared", services)
+            )
+            other = (f"Runstore at {tree.name}", other_url, other_pids)
         temporals: list[tuple[str, str, dict[str, int]]] = []
         if binary is not None:
             kinds = [("memory", None)] + ([] if args.no_file else [("file", work / "temporal.db")])
@@ -338,6 +374,10 @@ def main() -> int:
         async def run() -> list[list[Result]]:
             call, reconnect = runstore_caller(url, args.clients, args.rate)
             systems = [System("Runstore", pids, call, reconnect)]
+            if other is not None:
+                name, other_url, other_pids = other
+                other_call, other_reconnect = runstore_caller(other_url, args.clients, args.rate)
+                systems.append(System(name, other_pids, other_call, other_reconnect))
             for name, address, pair in temporals:
                 systems.append(System(name, pair, await temporal_caller(address)))
             return await measure(systems, args)
