@@ -23,7 +23,9 @@ rounds' ratios, by rate and by CPU per workflow. CPU per workflow counts a stack
 processes — Runstore: Kafka, the MongoDB-protocol server and the five services; Temporal:
 its dev server and its Python worker — not the benchmark's clients (the `bench client`
 column: one process drives every system), nor the stacks kept idle meanwhile (their CPU
-during each phase is printed as `idle others`). The last table (rows of all rounds
+during each phase is printed as `idle stacks`); `other work` is the CPU the box spent
+beyond every metered process (other users' jobs: the load each phase competed with, from
+/proc/stat). The last table (rows of all rounds
 together: workflows/s, p50/p99 of execute-and-wait, CPU per workflow by process) is the
 one bench/run_all.py copies into docs/benchmarks.md.
 """
@@ -74,6 +76,8 @@ it out, as the rows of docs/workers.md before 2026-12-06 did)."""
 ENV = {"PYTHONPATH": f"{REPO}:{REPO / 'bench'}", "RUNSTORE_API_ALLOW_UNREGISTERED": "true"}
 CLIENT = "bench client"
 IDLE = "idle others"
+BOX = "other work"
+"""CPU the box spent during a phase outside every metered process (other users' jobs)."""
 SETTLE_SECONDS = 1.0
 """Pause after a phase: the last workflows' trailing work (projections, timers, Temporal's
 history tasks) ends before the next system's phase begins."""
@@ -180,9 +184,32 @@ async def first_call(system: System, attempts: int = 120) -> None:
             await asyncio.sleep(0.5)
 
 
+def box_busy_seconds() -> float:
+    """CPU seconds the whole box has been busy (every core, every process, this one's or
+    not), from /proc/stat: user, nice, system, irq, softirq and steal."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class BoxMeter(CpuMeter):
+    """A `CpuMeter` that also reads the box's busy time: what it spent beyond the metered
+    processes is other work (`BOX`), the load the phase competed with."""
+
+    def begin(self) -> None:
+        super().begin()
+        self._box_at = box_busy_seconds()
+
+    def end(self) -> None:
+        super().end()
+        spent = box_busy_seconds() - self._box_at
+        self.used[BOX] = max(0.0, spent - sum(self.used.values()))
+
+
 async def phase(system: System, idle: dict[str, int], args: argparse.Namespace) -> Result:
-    """One measured phase of `system`; the other stacks' CPU meanwhile goes to `IDLE`."""
-    meter = CpuMeter(
+    """One measured phase of `system`; the other stacks' CPU meanwhile goes to `IDLE`, the
+    rest of the box's to `BOX`."""
+    meter = BoxMeter(
         {**system.pids, **{f"{IDLE}:{k}": pid for k, pid in idle.items()}, CLIENT: os.getpid()}
     )
     system.before_phase()
@@ -198,7 +225,7 @@ async def phase(system: System, idle: dict[str, int], args: argparse.Namespace) 
 
 def stack_ms(row: Result) -> float:
     """CPU ms per completed workflow of the row's own stack (no clients, no idle stacks)."""
-    own = sum(v for k, v in row.cpu_seconds.items() if k not in (CLIENT, IDLE))
+    own = sum(v for k, v in row.cpu_seconds.items() if k not in (CLIENT, IDLE, BOX))
     return own * 1000 / row.starts if row.starts else float("nan")
 
 
@@ -234,9 +261,10 @@ def print_round(number: int, order: list[str], rows: list[Result], seconds: floa
     print(f"round {number} (order: {', '.join(order)}):", flush=True)
     for row in rows:
         idle = row.cpu_seconds.get(IDLE, 0.0) / seconds * 100
+        box = row.cpu_seconds.get(BOX, 0.0) / seconds * 100
         line = (
             f"  {row.name:30} {row.rate:8.1f}/s  {stack_ms(row):6.2f} CPU ms/workflow"
-            f"  (idle others {idle:4.1f}% of a core)"
+            f"  (% of a core: idle stacks {idle:4.1f}, other work {box:5.1f})"
         )
         if row is not ours:
             line += (
@@ -286,9 +314,10 @@ def report(rounds: list[list[Result]]) -> list[Result]:
     for row in rows:
         done = row.starts or 1
         parts = ", ".join(
-            f"{k} {v * 1000 / done:.2f}" for k, v in row.cpu_seconds.items() if k != IDLE
+            f"{k} {v * 1000 / done:.2f}" for k, v in row.cpu_seconds.items() if k not in (IDLE, BOX)
         )
-        print(f"  {row.name}: {parts} (stack {stack_ms(row):.2f})")
+        box = row.cpu_seconds.get(BOX, 0.0) / row.seconds * 100 if row.seconds else 0.0
+        print(f"  {row.name}: {parts} (stack {stack_ms(row):.2f}; other work {box:.0f}% of a core)")
     return rows
 
 
@@ -302,7 +331,7 @@ def json_rows(rounds: list[list[Result]], rows: list[Result]) -> list[dict[str, 
             "p50_ms": pct(row.start_ms, 0.5),
             "p99_ms": pct(row.start_ms, 0.99),
             "errors": row.errors,
-            "cpu": {k: v for k, v in row.cpu_seconds.items() if k != IDLE},
+            "cpu": {k: v for k, v in row.cpu_seconds.items() if k not in (IDLE, BOX)},
             "rounds": [
                 {"rate": r[index].rate, "cpu_ms_per_workflow": stack_ms(r[index])} for r in rounds
             ],
