@@ -348,6 +348,10 @@ def apply_patch(patch: Path, root: Path) -> None:
         lines = target.read_text().splitlines(keepends=True)
         shift = 0  # lines added minus lines removed by the hunks applied so far
         for start, old, new in hunks:
+            if not old:
+                # Nothing to compare with would let it land anywhere: patches keep context.
+                raise InfraError(f"{patch.name}: a hunk of {rel} at line {start} has no "
+                                 "context lines; write the patch with context")
             at = start - 1 + shift
             if lines[at : at + len(old)] != old:
                 raise InfraError(f"{patch.name}: {rel} differs from the patch's text at line "
@@ -408,7 +412,8 @@ def install_ferretdb() -> Path:
         marker.unlink(missing_ok=True)
         binary.parent.mkdir(parents=True, exist_ok=True)
         partial = binary.with_name(binary.name + ".partial")
-        env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly",
+        # GOWORK=off: a go.work above the checkout would refuse the build's -modfile.
+        env = {**os.environ, "GOTOOLCHAIN": "local", "GOWORK": "off", "GOFLAGS": "-mod=readonly",
                "CGO_ENABLED": "0"}
         _say(f"ferretdb {version}: building {binary} with Go {have[0]}.{have[1]} "
              "(first build takes 1-3 min) ...")

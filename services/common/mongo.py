@@ -81,9 +81,14 @@ class ServerKind:
         return self._ferretdb
 
 
-ORDERED_PROBE_DOCS = 150
-"""Documents in `ordered_insert_stops_at_refusal`'s probe: past FerretDB's transactions of
-100, so a server that goes on with the next hundred writes some of them."""
+ORDERED_PROBE_DOCS = 4096
+"""Documents in `ordered_insert_stops_at_refusal`'s probe, and the most an ordered insert
+request holds on a server that passes it. Upstream FerretDB writes an insert in batches of
+`--batch-size` documents (100 by default) and honours `ordered` only inside one batch: a
+server whose batches are smaller than the probe writes some of its later documents and
+fails it, and on one whose batches are as large or larger every request of at most this
+many documents is inside one batch. Above a round's documents (the engine's batches of up
+to 2,000 commands, ~1.4 documents each), so a round is still one request."""
 
 
 async def ordered_insert_stops_at_refusal(db: AsyncDatabase[Document]) -> bool:
@@ -92,7 +97,7 @@ async def ordered_insert_stops_at_refusal(db: AsyncDatabase[Document]) -> bool:
     01-ordered-insert.patch); upstream FerretDB v1.24.2 goes on with the next hundred.
 
     Asked by doing it, not by version: in a scratch collection (dropped after), `_id` 0,
-    then an ordered insert of `_id` 0..149 must be refused at its index 0 and write nothing.
+    then an ordered insert of `_id` 0..4095 must be refused at its index 0 and write nothing.
     """
     scratch = db[f"probe_ordered_insert_{secrets.token_hex(6)}"]
     try:

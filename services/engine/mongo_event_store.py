@@ -8,8 +8,9 @@ the runs it opens, the first commits of executions believed new, then the other 
 (`append_round`). A write request costs FerretDB about a millisecond of CPU whatever it
 holds, and at a few commands per batch (a worker's workflows) this was three requests.
 That needs a server whose ordered insert stops at its first refused document, which
-`setup` probes (MongoDB and the local, patched FerretDB do); on any other server, or with
-the probe turned off, a request holds at most 100 documents (`FERRETDB_INSERT_BATCH`).
+`setup` probes (MongoDB and the local, patched FerretDB do; a request then holds up to
+the probe's 4,096 documents, more than a round's); on any other server, or with the probe
+turned off, a request holds at most 100 documents (`FERRETDB_INSERT_BATCH`).
 
 The write path never updates a document: appends are inserts, and the unique `_id`
 and `command_id` indexes are the concurrency and idempotency guards. Finding an
@@ -39,6 +40,7 @@ from services.common.commit_log import (
 )
 from services.common.mongo import (
     DUPLICATE_KEY,
+    ORDERED_PROBE_DOCS,
     POINT_READ_CONCURRENCY,
     Document,
     ServerKind,
@@ -88,10 +90,9 @@ class MongoEventStore:
         self._log: CommitLog = MongoCommitLog(db)
         self._server = ServerKind(db)
         self._probe_ordered = probe_ordered
-        # Most documents per ordered insert request (None: all of a round): probed in
+        # Most documents per ordered insert request (None: not probed yet): probed in
         # `setup`, or on first use, since the ordered insert depends on it.
         self._request_max: int | None = None
-        self._request_max_known = False
         self._probing = asyncio.Lock()
 
     def _doc(self, commit: Commit) -> Document:
@@ -102,17 +103,15 @@ class MongoEventStore:
         await self._ordered_request_max()
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
 
-    async def _ordered_request_max(self) -> int | None:
-        """Most documents per ordered insert request; None when a round is one request."""
-        if self._request_max_known:
-            return self._request_max
-        async with self._probing:
-            if not self._request_max_known:
-                self._request_max = await self._choose_request_max()
-                self._request_max_known = True
+    async def _ordered_request_max(self) -> int:
+        """Most documents per ordered insert request (the probe's size when it passes)."""
+        if self._request_max is None:
+            async with self._probing:
+                if self._request_max is None:
+                    self._request_max = await self._choose_request_max()
         return self._request_max
 
-    async def _choose_request_max(self) -> int | None:
+    async def _choose_request_max(self) -> int:
         if not self._probe_ordered:
             log.info(
                 "ordered inserts: requests of at most %d documents (probe turned off)",
@@ -131,8 +130,12 @@ class MongoEventStore:
             )
             return FERRETDB_INSERT_BATCH
         if stops:
-            log.info("ordered inserts: one request per round (the server stops at a refusal)")
-            return None
+            log.info(
+                "ordered inserts: requests of up to %d documents, a round's (the server stops "
+                "at a refusal)",
+                ORDERED_PROBE_DOCS,
+            )
+            return ORDERED_PROBE_DOCS
         log.warning(
             "ordered inserts: requests of at most %d documents: this server goes on past a "
             "refused document (an unpatched FerretDB? see docs/local-store.md)",
@@ -233,7 +236,7 @@ class MongoEventStore:
         Any other error is raised. One request, or requests of `_ordered_request_max`."""
         if not docs:
             return None
-        step = await self._ordered_request_max() or len(docs)
+        step = await self._ordered_request_max()
         for start in range(0, len(docs), step):
             stopped = await self._insert_request(docs[start : start + step])
             if stopped is not None:

@@ -134,4 +134,20 @@ async def test_a_store_whose_server_passes_the_probe_sends_one_request(
     with caplog.at_level(logging.INFO, logger=mongo_event_store.__name__):
         requests, stored = await requests_and_gap(db, mongo_url)
     assert requests == 1 and stored == list(range(1, 131))
-    assert "one request per round" in caplog.text
+    assert "requests of up to 4096 documents" in caplog.text
+
+
+async def test_a_store_whose_server_passes_the_probe_sends_no_request_longer_than_it(
+    db: Any, mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server passes a probe of N documents when its ordered insert stops at a refusal
+    # within N (say an upstream FerretDB with batches of N or more): rounds longer than
+    # the probe must not trust it past N. Here the probe "is" 64 documents long.
+    async def stops(_db: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(mongo_event_store, "ordered_insert_stops_at_refusal", stops)
+    monkeypatch.setattr(mongo_event_store, "ORDERED_PROBE_DOCS", 64)
+    requests, stored = await requests_and_gap(db, mongo_url)
+    # The locator and 63 commits, then 64, then the rest (refused at seq 131: 3 requests).
+    assert requests == 3 and stored == list(range(1, 131))

@@ -67,6 +67,16 @@ def test_a_patch_refuses_upstream_text_it_was_not_written_for(
     assert target.read_text() == upstream  # nothing written
 
 
+def test_a_hunk_without_context_is_refused(tmp_path: Path) -> None:
+    # Its old text is empty, which "matches" at any line: it could not tell a moved upstream.
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- a/pkg/insert.go\n+++ b/pkg/insert.go\n@@ -2,0 +3 @@\n+    stop()\n")
+    target = write_tree(tmp_path / "src", UPSTREAM)
+    with pytest.raises(infra.InfraError, match="no context lines"):
+        infra.apply_patch(patch, tmp_path / "src")
+    assert target.read_text() == UPSTREAM
+
+
 def test_the_ferretdb_patches_go_in_their_order_and_are_in_the_binary_key() -> None:
     patches = infra._ferretdb_patches()
     assert [p.name for p in patches] == ["01-ordered-insert.patch", "02-insert-transactions.patch"]
