@@ -217,6 +217,8 @@ def build_app(settings: EngineSettings) -> FastStream:
         session_timeout_ms=settings.engine_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
         decoder=whole_message,
+        fetch_max_wait_ms=settings.engine_fetch_wait_ms,
+        fetch_min_bytes=settings.engine_fetch_min_bytes,
     )
     async def handle_commands(body: Any) -> None:
         # The message itself, as `whole_message` decoded it: a `KafkaMessage` parameter

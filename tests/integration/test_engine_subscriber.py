@@ -16,9 +16,9 @@ from faststream.kafka.annotations import KafkaMessage
 from services.common.batch_subscriber import batch_subscriber
 from services.common.kafka_io import batch_records
 from services.common.kafka_topics import ensure_topics
-from services.common.settings import RunstoreSettings
+from services.common.settings import EngineSettings, RunstoreSettings
 from services.common.stream_service import raw_records
-from services.engine.app import whole_message
+from services.engine.app import build_app, whole_message
 from tests.support.eventually import assert_eventually
 
 
@@ -100,3 +100,16 @@ async def test_a_kafka_message_parameter_is_resolved_in_a_worker_thread(
 
     assert b"one" in seen
     assert threaded != []
+
+
+def test_the_engines_fetches_wait_as_its_settings_say() -> None:
+    # The consumer's options as the engine declares them (services/engine/app.py): a
+    # fetch of commands is answered at `engine_fetch_min_bytes` or after the wait.
+    app = build_app(
+        EngineSettings(engine_health_port=None, engine_fetch_wait_ms=7, engine_fetch_min_bytes=123)
+    )
+    (subscriber,) = app.broker.subscribers  # type: ignore[union-attr]
+    options = subscriber._connection_args  # type: ignore[union-attr]
+    assert (options["fetch_max_wait_ms"], options["fetch_min_bytes"]) == (7, 123)
+    defaults = EngineSettings()
+    assert (defaults.engine_fetch_wait_ms, defaults.engine_fetch_min_bytes) == (5, 64 * 1024)
