@@ -9,36 +9,25 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.api.command_window import WindowedPublisher
 from services.common.kafka_io import Outgoing
 from services.common.kafka_topics import ensure_topics, partitions_of
 from services.common.settings import RunstoreSettings
+from tests.support.kafka import read_to_end
 
 
 async def read_all(
     settings: RunstoreSettings, topic: str
 ) -> list[tuple[int, bytes, bytes, dict[str, bytes]]]:
     """Every record of `topic`: (partition, key, value, headers), partition by partition."""
-    partitions = await partitions_of(settings, topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        found = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                found += [(tp.partition, r.key, r.value, dict(r.headers)) for r in records]
-        return found
-    finally:
-        await consumer.stop()
+    return [
+        (r.partition, r.key, r.value, dict(r.headers))
+        for r in await read_to_end(
+            settings.kafka_bootstrap, topic, await partitions_of(settings, topic)
+        )
+    ]
 
 
 async def test_concurrent_records_land_on_their_keys_partitions_in_order(

@@ -6,37 +6,23 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.common.kafka_io import Outgoing, RecordPublisher
 from services.common.kafka_topics import ensure_topics, partitions_of
 from services.common.settings import RunstoreSettings
+from tests.support.kafka import read_to_end
 
 
 async def read_partitions(
-    settings: RunstoreSettings, topic: str, expected: int
+    settings: RunstoreSettings, topic: str
 ) -> dict[int, list[tuple[bytes, bytes, dict[str, bytes]]]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        got: dict[int, list[tuple[bytes, bytes, dict[str, bytes]]]] = defaultdict(list)
-        seen = 0
-        while seen < expected:
-            batch = await consumer.getmany(timeout_ms=10_000)
-            assert batch, f"only {seen} of {expected} records arrived"
-            for tp, records in batch.items():
-                for r in records:
-                    got[tp.partition].append((r.key, r.value, dict(r.headers)))
-                    seen += 1
-        return got
-    finally:
-        await consumer.stop()
+    got: dict[int, list[tuple[bytes, bytes, dict[str, bytes]]]] = defaultdict(list)
+    for r in await read_to_end(
+        settings.kafka_bootstrap, topic, await partitions_of(settings, topic)
+    ):
+        got[r.partition].append((r.key, r.value, dict(r.headers)))
+    return got
 
 
 async def test_batches_land_where_the_default_partitioner_puts_them_in_order(
@@ -66,7 +52,7 @@ async def test_batches_land_where_the_default_partitioner_puts_them_in_order(
     finally:
         await publisher.stop()
 
-    got = await read_partitions(settings, topic, len(records))
+    got = await read_partitions(settings, topic)
     assert sum(len(v) for v in got.values()) == len(records)  # nothing lost or repeated
     default = DefaultPartitioner()
     expected: dict[int, list[tuple[bytes, bytes, dict[str, bytes]]]] = defaultdict(list)

@@ -92,6 +92,29 @@ async def read_topic(
         await consumer.stop()
 
 
+async def read_to_end(
+    bootstrap: str, topic: str, partitions: Sequence[int]
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of `topic`'s `partitions` up to their end offsets at the call, partition
+    by partition (so only what was acknowledged before the call)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {tp: [] for tp in tps}
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                found[tp] += records
+        return [record for tp in tps for record in found[tp]]
+    finally:
+        await consumer.stop()
+
+
 def topic(env: dict[str, str], name: str) -> str:
     """The full name of topic `name` (e.g. "commands") under the test's topic prefix."""
     return f"{env['RUNSTORE_TOPIC_PREFIX']}workflows.{name}"
