@@ -26,7 +26,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(args.repo).resolve()))
 import bson  # noqa: E402
 from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: E402
 from engine_batches import complete_command, start_command  # noqa: E402
+from pipeline_fakes import Consumer, Position  # noqa: E402
 
 from services.common.commit_log import commit_to_doc  # noqa: E402
 from services.common.runtime import BatchCollector, tune_gc  # noqa: E402
@@ -63,21 +64,6 @@ class EncodingStore(MemoryEventStore):
         for commit in (*firsts, *rest):
             bson.encode(commit_to_doc(commit))
         return await super().append_round(firsts, rest)
-
-
-class Position:
-    __slots__ = ("offset", "partition", "topic")
-
-    def __init__(self, record: InboundRecord) -> None:
-        self.topic, self.partition, self.offset = "commands", record.partition, record.offset
-
-
-class Consumer:
-    async def commit(self, offsets: Mapping[Any, int]) -> None:
-        return None
-
-    def seek(self, partition: Any, offset: int) -> None:
-        raise RuntimeError("nothing fails here: no seek expected")
 
 
 def batches(ticks: int, workflows: int, run: str) -> list[list[InboundRecord]]:
