@@ -113,8 +113,8 @@ class EngineSettings(RunstoreSettings):
     whichever comes first: a backlog is fetched at once, and commands that trickle in (a
     worker's or the API's pace) come in fewer, fuller fetches, at most 5 ms later. Against
     aiokafka's defaults (1 byte, 500 ms: a fetch answered as soon as one command
-    arrives), the workers bench completed 23-100% more workflows/s at less CPU per
-    workflow in every service (docs/engine-performance.md, "Eighth session"). 1: as soon
+    arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
+    alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
     as anything arrives."""
 
 
