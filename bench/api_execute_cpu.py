@@ -95,6 +95,21 @@ class Transport(asyncio.Transport):
         pass
 
 
+def uvicorn_protocol(app: Any) -> tuple[Config, Any]:
+    """uvicorn's config for `app` as `runstore api` runs it, and its HTTP protocol class
+    (httptools, with the request-read deadlines)."""
+    config = Config(
+        app=app,
+        http=deadline_protocol(10, 30),
+        access_log=False,
+        limit_concurrency=4096,
+        log_level="warning",
+        lifespan="off",
+    )
+    config.load()
+    return config, config.http_protocol_class
+
+
 def execute_request(n: int) -> bytes:
     """What bench/http_gateway.py sends for a start."""
     body = json.dumps(
@@ -120,16 +135,7 @@ async def measure(requests: int, rounds: int) -> float:
     wiring = app.state.wiring
     object.__setattr__(wiring, "gateway", EngineLikeGateway())
     object.__setattr__(wiring, "catalogue", MemoryCatalogue())
-    config = Config(
-        app=app,
-        http=deadline_protocol(10, 30),
-        access_log=False,
-        limit_concurrency=4096,
-        log_level="warning",
-        lifespan="off",
-    )
-    config.load()
-    protocol_class: Any = config.http_protocol_class
+    config, protocol_class = uvicorn_protocol(app)
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = Transport()
     protocol.connection_made(transport)

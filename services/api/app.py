@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from services.api import (
     routes_catalogue,
@@ -30,6 +31,7 @@ from services.api.auth import ApiKeys
 from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
 from services.api.execute_fast_path import ExecuteFastPath
+from services.api.front import FrontedApi
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.list_budget import BoundedLists, ListBudgetExceeded
@@ -105,7 +107,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     # FastAPI's own OpenTelemetry off: requests are traced by `RequestTracing` (and
     # measured by `RequestMetrics`), and with it on FastAPI asks the global providers
     # (three environment lookups) on every request (~6 us) to find them unconfigured.
-    app = FastAPI(
+    app = FrontedApi(
         title="Runstore",
         version="0.1.0",
         lifespan=lifespan,
@@ -115,6 +117,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.api_keys = keys
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.list_index = list_index
+    app.state.list_index_feed = list_index_feed
     app.state.reader = RunReader(
         # Lists the store answers (before the index is ready, or without one) are bounded;
         # the in-memory index answers without touching the store.
@@ -183,17 +186,24 @@ def build_app(settings: ApiSettings) -> FastAPI:
     # (/v1/workflows/schedules …) registered after it.
     app.include_router(routes_catalogue.router)
 
-    # Outermost last: the failure budget sees every answer, 413s included; the execute
-    # fast path is innermost, so both limits apply to it as to any request.
-    app.add_middleware(ExecuteFastPath, wiring=app.state.wiring, keys=keys)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
-    app.add_middleware(
-        FailureBudget,
-        per_second=settings.api_bad_requests_per_second,
-        burst=settings.api_bad_requests_burst,
-        max_clients=settings.api_failure_clients,
-    )
-    app.add_middleware(RequestMetrics)
-    if tracing.tracer() is not None:
-        app.add_middleware(RequestTracing)
+    def front(inner: ASGIApp) -> ASGIApp:
+        # Outermost last: the failure budget sees every answer, 413s included; the execute
+        # fast path is innermost, so both limits apply to it as to any request. In front
+        # of FastAPI's own layers (front.py), which an execute it answers skips.
+        chain: ASGIApp = ExecuteFastPath(
+            inner, wiring=app.state.wiring, keys=keys, on_error=internal_error
+        )
+        chain = BodySizeLimit(chain, max_bytes=settings.api_max_body_bytes)
+        chain = FailureBudget(
+            chain,
+            per_second=settings.api_bad_requests_per_second,
+            burst=settings.api_bad_requests_burst,
+            max_clients=settings.api_failure_clients,
+        )
+        chain = RequestMetrics(chain)
+        if tracing.tracer() is not None:
+            chain = RequestTracing(chain)
+        return chain
+
+    app.put_in_front(front)
     return app

@@ -237,18 +237,20 @@ class EventFanout:
             self.records_seen += len(records)
 
     def _dispatch(self, partition: int, record: Any) -> None:
-        targets: set[Subscription] = set()
+        targets: set[Subscription] | None = None
         if self._by_execution and record.key is not None:
-            targets = self._by_execution.get(record.key.decode("utf-8", "replace"), set())
+            targets = self._by_execution.get(record.key.decode("utf-8", "replace"))
         if not targets and not self._wildcards:
             return
         event = parse_event(record.value, partition, record.offset)
         if event is None:
             return
         delivery = Delivery(partition, record.offset, event)
-        for sub in list(targets):
-            sub.offer(delivery)
-        for sub in list(self._wildcards):
+        # (No copies of the sets: `offer` never subscribes or unsubscribes.)
+        if targets:
+            for sub in targets:
+                sub.offer(delivery)
+        for sub in self._wildcards:
             if sub.match is None or sub.match(event):
                 sub.offer(delivery)
 

@@ -18,10 +18,12 @@ every error keeps FastAPI's own shape.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.requests import Request
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,11 +39,20 @@ _EXECUTE_PATH = re.compile(r"/v1/workflows/([^/]+)/execute")
 _MAX_IDEMPOTENCY_KEY = 255  # as the route's `Header(max_length=255)`
 
 
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
 class ExecuteFastPath:
-    def __init__(self, app: ASGIApp, wiring: Wiring, keys: ApiKeys) -> None:
+    def __init__(
+        self, app: ASGIApp, wiring: Wiring, keys: ApiKeys, on_error: ErrorHandler | None = None
+    ) -> None:
+        """`on_error`: the app's handler of unexpected exceptions, when this middleware is
+        in front of FastAPI's stack (front.py): an exception of an execute it answers is
+        then rendered by it and raised on, as FastAPI's server-error middleware does."""
         self.app = app
         self.wiring = wiring
         self.keys = keys
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -75,6 +86,14 @@ class ExecuteFastPath:
             response = await http_exception_handler(Request(scope), exc)
             await response(scope, receive, send)
             return
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            # What Starlette's ServerErrorMiddleware does: the handler's answer, then the
+            # exception goes on to the server (which logs it and closes the connection).
+            response = await self.on_error(Request(scope), exc)
+            await response(scope, receive, send)
+            raise
         # What `Response(answer, media_type="application/json")` sends, without the object.
         await send(
             {

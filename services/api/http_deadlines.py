@@ -1,4 +1,4 @@
-"""Deadlines on reading a request, which uvicorn does not have.
+"""Deadlines on reading a request, which uvicorn does not have; and one write per response.
 
 uvicorn closes a connection idle *between* requests (`timeout_keep_alive`), but a client
 that sends its headers or its body a byte at a time holds a connection (and its memory)
@@ -7,14 +7,24 @@ protocol (uvicorn's httptools one, plus two timers) closes a connection whose re
 headers are not complete `header_seconds` after the connection opened or the request's
 first byte came, or whose body is not complete `body_seconds` after its headers; a
 request still being read gets a 408 first.
+
+uvicorn writes a response's head (status line and headers) and its body in two writes to
+the socket: two `send` system calls and two TCP segments for every answer (on loopback
+each costs the sender ~10 us of CPU, the kernel delivering it too). Here the head waits
+for the body's first write and goes with it; a head whose body does not follow in the same
+step of the event loop (a stream that starts its answer before its first event) goes out
+alone right after that step.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""What uvicorn writes before the head for a request that expects it (passed through)."""
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
@@ -77,6 +87,14 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
         def on_headers_complete(self) -> None:
             self._arm(body_seconds)
             super().on_headers_complete()
+            # The new request's cycle writes through a transport that joins its head to
+            # its body (its task has not run yet: no write went the old way).
+            cycle = self.cycle
+            if cycle is not None:
+                # (Not a Transport subclass: what it does not define is the socket's.)
+                cycle.transport = cast(
+                    asyncio.Transport, _OneWriteResponse(self.transport, self.loop)
+                )
 
         def on_message_complete(self) -> None:
             self._disarm()
@@ -88,3 +106,47 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
             super().on_response_complete()
 
     return DeadlineProtocol
+
+
+class _OneWriteResponse:
+    """One response's transport, as uvicorn's request cycle uses it: the head (the cycle's
+    first write, but for a 100 Continue) is held until the next write, which takes it
+    along, or until the end of the event loop's current step, or a close."""
+
+    __slots__ = ("_head_seen", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(b"".join((held, data)))
+        elif self._head_seen or data == _CONTINUE:
+            self._transport.write(data)
+        else:
+            self._head_seen = True
+            self._held = data
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():  # (as uvicorn writes nothing once gone)
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else a cycle might ask (extra info, flow control) is the socket's.
+        return getattr(self._transport, name)

@@ -177,15 +177,16 @@ class _ExecutionFold:
 
     def add(self, event: Event) -> bool:
         """Fold `event`; False if it leaves a gap (the fold is then unusable)."""
-        at = (event.seq, event.index)
-        if self._at is not None and at <= self._at:
+        seq, index = event.seq, event.index
+        last = self._at
+        if last is None:
+            if (seq, index) != (1, 0):
+                return False
+        elif (seq, index) <= last:
             return True  # a re-published commit
-        expected = (
-            {(1, 0)} if self._at is None else {(self._at[0], self._at[1] + 1), (self._at[0] + 1, 0)}
-        )
-        if at not in expected:
+        elif not ((seq == last[0] and index == last[1] + 1) or (seq == last[0] + 1 and index == 0)):
             return False
-        self._at = at
+        self._at = (seq, index)
         if event.type not in STATUS_AFTER:
             # Changes only positions, which the run-closing event (folded) sets anyway
             # (tests/unit/test_list_index.py holds apply_to_run to that).

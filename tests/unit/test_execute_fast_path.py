@@ -13,8 +13,9 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from starlette.types import Message, Receive, Scope, Send
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.commands import Command
 from schemas.common import ExecutionStatus
@@ -25,6 +26,7 @@ from services.api.auth import ApiKeys
 from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
 from services.api.execute_fast_path import ExecuteFastPath
+from services.api.front import FrontedApi
 from services.api.gateway import CommandGateway, OutcomeTimeout
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_reader import RunReader
@@ -45,6 +47,8 @@ class EngineLikeGateway:
         self, command: Command, wait_seconds: float | None = None, encoded: bytes | None = None
     ) -> CommandOutcome:
         self.sent.append(command)
+        if command.execution_id.startswith("bug-"):
+            raise RuntimeError("a bug in the gateway")
         if command.execution_id.startswith("slow-"):
             raise OutcomeTimeout(f"the engine did not answer for {command.execution_id}")
         if command.execution_id.startswith("busy-"):
@@ -82,12 +86,24 @@ def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
         catalogue=MemoryCatalogue(),  # no workflow registered: execute admits (the setting)
         schedules=cast("MongoScheduleStore", None),
     )
-    app = FastAPI()
+    app = FrontedApi() if fast else FastAPI()
     app.state.settings, app.state.api_keys, app.state.access = settings, keys, access
     app.state.wiring = wiring
     app.include_router(routes_commands.router)
-    if fast:
-        app.add_middleware(ExecuteFastPath, wiring=wiring, keys=keys)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": "internal_error"})
+
+    if isinstance(app, FrontedApi):
+        # As app.py: the fast path and both limits in front of FastAPI's own layers.
+        def front(inner: ASGIApp) -> ASGIApp:
+            chain: ASGIApp = ExecuteFastPath(inner, wiring, keys, on_error=internal_error)
+            chain = BodySizeLimit(chain, max_bytes=4096)
+            return FailureBudget(chain, per_second=100.0, burst=1000, max_clients=1000)
+
+        app.put_in_front(front)
+        return app
     app.add_middleware(BodySizeLimit, max_bytes=4096)
     app.add_middleware(FailureBudget, per_second=100.0, burst=1000, max_clients=1000)
     return app
@@ -154,6 +170,24 @@ async def test_the_fast_path_answers_what_the_route_answers(
         sent = [(cmd.type, cmd.execution_id, cmd.user_id, cmd.payload) for cmd in gateway.sent]
         answers.append((reply.status_code, reply.headers.raw, _comparable(reply), sent))
     assert answers[0] == answers[1]
+
+
+async def test_an_unexpected_error_is_answered_as_the_route_answers_it() -> None:
+    """The app's 500 (its handler of unexpected exceptions), though the fast path answers
+    in front of FastAPI's server-error middleware; the exception goes on to the server."""
+    answers = []
+    for fast in (False, True):
+        app = make_app(fast, EngineLikeGateway())
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            reply = await c.post(
+                "/v1/workflows/wf/execute",
+                content=b'{"execution_id": "bug-1"}',
+                headers={"Content-Type": "application/json", **AUTH},
+            )
+        answers.append((reply.status_code, reply.headers.raw, reply.content))
+    assert answers[0] == answers[1]
+    assert answers[1][0] == 500 and answers[1][2] == b'{"detail":"internal_error"}'
 
 
 def _comparable(reply: httpx.Response) -> Any:

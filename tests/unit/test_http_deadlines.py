@@ -2,7 +2,8 @@
 bytes directly (no socket): a request whose headers or body do not arrive in time gets a
 408 and its connection is closed; a connection whose requests keep coming complete is
 never cut, however long it lives. (tests/sdk/test_slow_clients.py does the same through
-real sockets against the running API.)"""
+real sockets against the running API.) And its responses: head and body in one write,
+a stream's head without waiting for its first event."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes: list[bytes] = []
         self.closed = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -29,6 +31,7 @@ class _Transport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+        self.writes.append(bytes(data))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -50,9 +53,9 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _connection() -> tuple[Any, _Transport]:
+def _connection(app: Any = _ok) -> tuple[Any, _Transport]:
     config = Config(
-        app=_ok, http=deadline_protocol(HEADER_S, BODY_S), log_level="warning", lifespan="off"
+        app=app, http=deadline_protocol(HEADER_S, BODY_S), log_level="warning", lifespan="off"
     )
     config.load()
     protocol_class: Any = config.http_protocol_class
@@ -98,3 +101,68 @@ async def test_a_connection_whose_requests_come_complete_is_never_cut() -> None:
     assert transport.written.count(b"HTTP/1.1 200 OK") == 40
     assert b"408" not in transport.written
     protocol.connection_lost(None)
+
+
+async def _sized(scope: Any, receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-length", b"2"), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_an_answer_goes_out_in_one_write() -> None:
+    protocol, transport = _connection(_sized)
+    for n in range(1, 4):  # and every answer of a kept-alive connection
+        protocol.data_received(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+
+        async def answered(n: int = n) -> None:
+            assert transport.written.count(b"HTTP/1.1 200 OK") == n
+
+        await assert_eventually(answered, timeout=5)
+    assert len(transport.writes) == 3
+    for write in transport.writes:
+        assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\nok")
+    protocol.connection_lost(None)
+
+
+async def test_a_streams_head_goes_out_before_its_first_event() -> None:
+    first_event = asyncio.Event()
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await first_event.wait()
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    protocol, transport = _connection(stream)
+    protocol.data_received(b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    async def head_sent() -> None:
+        assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+
+    await assert_eventually(head_sent, timeout=5)
+    assert b"data: 1" not in transport.written
+    first_event.set()
+    await assert_eventually(lambda: _ends_with(transport, b"0\r\n\r\n"), timeout=5)
+    assert b"data: 1" in transport.written
+    protocol.connection_lost(None)
+
+
+async def test_a_100_continue_goes_out_before_the_answer() -> None:
+    protocol, transport = _connection(_sized)
+    protocol.data_received(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    )
+    await assert_eventually(lambda: _ends_with(transport, b"100 Continue\r\n\r\n"), timeout=5)
+    protocol.data_received(b"hi")
+    await assert_eventually(lambda: _ends_with(transport, b"ok"), timeout=5)
+    assert transport.writes[0] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert len(transport.writes) == 2 and transport.writes[1].startswith(b"HTTP/1.1 200 OK")
+    protocol.connection_lost(None)
+
+
+async def _ends_with(transport: _Transport, tail: bytes) -> None:
+    assert transport.written.endswith(tail), bytes(transport.written[-200:])

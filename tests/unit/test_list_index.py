@@ -18,11 +18,11 @@ import pytest
 from schemas.events import EVENT_LIST_ADAPTER, STATUS_AFTER, Event
 from services.api.list_index_feed import ListIndexFeed
 from services.common.memory_commit_log import MemoryCommitLog
-from services.common.readmodels.list_index import RunListIndex
+from services.common.readmodels.list_index import RunListIndex, _copy, _Row
 from services.common.readmodels.memory_store import MemoryReadModels, as_stored
 from services.common.readmodels.projection import apply_to_run
 from services.common.readmodels.reader import LIST_FIELDS
-from services.common.readmodels.run_filter import RunFilter
+from services.common.readmodels.run_filter import Cursor, RunFilter
 from services.common.readmodels.search_keys import parse_search_keys
 from services.common.readmodels.store import Document
 from services.common.settings import ApiSettings
@@ -205,6 +205,35 @@ def test_substring_filters_find_the_same_runs_by_scanning_texts_as_by_walking() 
             index.put(add(i))
 
 
+async def test_pages_by_end_time_put_open_runs_first_as_the_store_does() -> None:
+    """Open runs sort first by end time (as MongoDB sorts null), though the index keeps
+    them at the tail of its end-time lists: pages through runs opened and closed by
+    events, both orders, small pages (cursors on open and on closed runs, and across),
+    one status or several, equal the store's."""
+    events = mixed_workload().all_events()
+    index = RunListIndex()
+    for event in events:
+        index.apply(event)
+    memory = MemoryReadModels()
+    for doc in fold_all(events).runs.values():
+        memory.data["runs"][doc["_id"]] = as_stored(doc)
+    compared = 0
+    for order in ("asc", "desc"):
+        for statuses in ((), ("RUNNING", "COMPLETED"), ("RUNNING", "FAILED", "CANCELED")):
+            flt = RunFilter(sort_by="end_time", order=order, statuses=statuses)
+            after = None
+            while True:
+                expected = await memory.list_runs(flt, after, 2)
+                assert index.list_runs(flt, after, 2) == expected, (flt, after)
+                compared += len(expected)
+                if len(expected) < 2:
+                    break
+                after = Cursor(expected[-1]["end_time"], expected[-1]["_id"])
+    open_runs = [r for r in projected_rows(events) if r["end_time"] is None]
+    assert open_runs and len(open_runs) < len(projected_rows(events))
+    assert compared > 2 * len(open_runs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     value: bytes | None
@@ -237,3 +266,14 @@ async def test_the_feed_lets_requests_run_while_it_folds_a_large_batch() -> None
     # The request ran between slices of the batch, not only before or after it.
     assert any(0 < n < len(events) for n in folded_when_a_request_ran)
     assert listed(index) == projected_rows(events)
+
+
+def test_a_row_copied_for_a_status_change_holds_every_field_of_the_row() -> None:
+    index = RunListIndex()
+    for event in mixed_workload().all_events():
+        index.apply(event)
+    row = next(iter(index._rows.values()))
+    copied = _copy(row)
+    assert copied is not row
+    for name in _Row.__slots__:
+        assert getattr(copied, name) == getattr(row, name), name

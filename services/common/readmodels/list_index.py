@@ -39,7 +39,8 @@ from services.common.readmodels.run_filter import Cursor, RunFilter, aware
 
 Document = dict[str, Any]
 Key = tuple[int, str]
-"""(sort field in ms since the epoch, or _NULL for an open run's end time; run_id)."""
+"""(sort field in ms since the epoch, or _NULL for an open run's end time; run_id). In the
+end-time lists an open run's key is stored as (_OPEN, run_id) (see `_walk_ends`)."""
 _Keys = tuple[list[Key], list[Key]]
 """A dimension value's runs: their keys sorted, by start time and by end time."""
 _Entry = _Keys | list[str] | str
@@ -50,6 +51,13 @@ Bound = tuple[Any, ...]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NULL = -(2**63)
 """An open run's end time: below every date, as MongoDB orders null."""
+_OPEN = 2**63
+"""An open run's end time as the end-time lists store it: above every date, so the open
+runs are their tail. A run opens and closes at the tail (a closed run's end is nearly
+always the newest), where an insertion or removal moves few keys; at the head, as lists
+order them, each moved every key of the list: the fold's CPU grew with the index (41 us
+per one-activity workflow at 1,000 runs, 90 us at 40,000; now 35 and 46 us,
+bench/list_index_fold.py). `_walk_ends` walks them in null-first order."""
 _AFTER_ANY_ID = "\U0010ffff"
 """Sorts after every run id: (ms, _AFTER_ANY_ID) lies between ms and ms + 1."""
 _ALL = ("", "")
@@ -127,24 +135,30 @@ class _Row:
         return self.keys[sort_field]
 
     def set_keys(self) -> None:
-        """Its keys in the sorted lists, made once: every list holds these same tuples."""
-        self.keys = ((self.start, self.run_id), (self.end, self.run_id))
+        """Its keys in the sorted lists, made once: every list holds these same tuples
+        (an open run's end as _OPEN)."""
+        end = _OPEN if self.end == _NULL else self.end
+        self.keys = ((self.start, self.run_id), (end, self.run_id))
 
-    def dimensions(self) -> Iterator[tuple[str, Any]]:
-        """The (dimension, value) lists this run is in."""
-        yield _ALL
-        yield ("workflow_name", self.workflow_name)
-        yield ("root_execution_id", self.root_execution_id)
+    def dimensions(self) -> list[tuple[str, Any]]:
+        """The (dimension, value) lists this run is in. (A list, not a generator: a run's
+        fold walks them twice, one call each instead of a resumption per dimension.)"""
+        dims: list[tuple[str, Any]] = [
+            _ALL,
+            ("workflow_name", self.workflow_name),
+            ("root_execution_id", self.root_execution_id),
+        ]
         if self.deployment_name is not None:
-            yield ("deployment_name", self.deployment_name)
+            dims.append(("deployment_name", self.deployment_name))
         if self.user_id is not None:
-            yield ("user_id", self.user_id)
-        yield ("status", self.status)
+            dims.append(("user_id", self.user_id))
+        dims.append(("status", self.status))
         for tag in self.tags:
-            yield ("tag", tag)
+            dims.append(("tag", tag))
         for term in self.terms:
             if not term.startswith("fold:"):  # similar matches test the set: term's runs
-                yield ("term", term)
+                dims.append(("term", term))
+        return dims
 
     def texts(self) -> Iterator[tuple[tuple[str, str], str]]:
         """The texts substring filters scan: ("search", "") → the `search` fields joined
@@ -388,9 +402,10 @@ class RunListIndex:
                 entry = self._lists[dim]
                 if isinstance(entry, tuple):  # (a small dimension holds run ids only)
                     for field in (0, 1):
-                        if old.key(field) != new.key(field):
-                            remove(entry[field], old.key(field))
-                            add(entry[field], new.key(field))
+                        old_key, new_key = old.keys[field], new.keys[field]
+                        if old_key != new_key:
+                            remove(entry[field], old_key)
+                            add(entry[field], new_key)
         if old is None or old.haystack is not new.haystack or old.terms is not new.terms:
             if old is not None:
                 for dim, _ in old.texts():
@@ -421,8 +436,8 @@ class RunListIndex:
                 rows = [row if i == row.run_id else self._rows[i] for i in entry]
                 self._lists[dim] = (sorted(r.key(0) for r in rows), sorted(r.key(1) for r in rows))
         else:
-            add(entry[0], row.key(0))
-            add(entry[1], row.key(1))
+            add(entry[0], row.keys[0])
+            add(entry[1], row.keys[1])
 
     def _unlink(
         self, dim: tuple[str, Any], row: _Row, remove: Callable[[list[Key], Key], None]
@@ -434,8 +449,8 @@ class RunListIndex:
             entry.remove(row.run_id)
             empty = not entry
         else:
-            remove(entry[0], row.key(0))
-            remove(entry[1], row.key(1))
+            remove(entry[0], row.keys[0])
+            remove(entry[1], row.keys[1])
             empty = not entry[0]
         if empty:
             del self._lists[dim]
@@ -463,7 +478,9 @@ class RunListIndex:
         narrowed = self._text_matches(flt, field, sum(len(keys) for keys in lists))
         if narrowed is not None:
             lists = [narrowed]
-        walks = [_walk(lst, low, high, after, desc) for lst in lists]
+        mark = None if after is None else _cursor_key(after)
+        walk = _walk if field == 0 else _walk_ends
+        walks = [walk(lst, low, high, mark, desc) for lst in lists]
         keys: Iterable[Key] = walks[0] if len(walks) == 1 else heapq.merge(*walks, reverse=desc)
         accepts = _predicate(flt)
         out: list[Document] = []
@@ -572,26 +589,58 @@ class _TextScan:
 
 
 def _walk(
-    keys: list[Key], low: Bound | None, high: Bound | None, after: Cursor | None, desc: bool
+    keys: list[Key],
+    low: Bound | None,
+    high: Bound | None,
+    mark: Key | None,
+    desc: bool,
+    lo: int = 0,
+    hi: int | None = None,
 ) -> Iterator[Key]:
-    """The keys within [low, high] strictly after the cursor, in the sort's direction."""
-    start, stop = 0, len(keys)
+    """The keys of `keys[lo:hi]` within [low, high] strictly after the cursor's key
+    `mark`, in the sort's direction."""
+    start, stop = lo, len(keys) if hi is None else hi
+    end = stop
     if low is not None:
-        start = bisect_left(keys, low)
+        start = max(start, bisect_left(keys, low, lo, end))
     if high is not None:
-        stop = bisect_right(keys, high)
-    if after is not None:
-        mark = _cursor_key(after)
+        stop = min(stop, bisect_right(keys, high, lo, end))
+    if mark is not None:
         if desc:
-            stop = min(stop, bisect_left(keys, mark))
+            stop = min(stop, bisect_left(keys, mark, lo, end))
         else:
-            start = max(start, bisect_right(keys, mark))
+            start = max(start, bisect_right(keys, mark, lo, end))
     if desc:
         for i in range(stop - 1, start - 1, -1):
             yield keys[i]
     else:
         for i in range(start, stop):
             yield keys[i]
+
+
+def _walk_ends(
+    keys: list[Key], low: Bound | None, high: Bound | None, mark: Key | None, desc: bool
+) -> Iterator[Key]:
+    """`_walk` over an end-time list, whose open runs are stored at its tail as
+    (_OPEN, run_id): in the order MongoDB sorts null, open runs (as (_NULL, run_id))
+    before every closed run."""
+    split = bisect_left(keys, (_OPEN,))
+    # A cursor among the open runs (_NULL) comes before every closed run: ascending the
+    # closed runs all follow it, descending none does; `_walk` finds both.
+    closed = _walk(keys, low, high, mark, desc, 0, split)
+    if low is not None or high is not None:
+        return closed  # range operators never match null
+    if mark is None or mark[0] == _NULL:
+        open_mark = None if mark is None else (_OPEN, mark[1])
+        opened: Iterator[Key] = (
+            (_NULL, run_id)
+            for _, run_id in _walk(keys, None, None, open_mark, desc, split, len(keys))
+        )
+    elif desc:  # a cursor among the closed runs: descending, every open run follows it
+        opened = ((_NULL, run_id) for _, run_id in keys[split:][::-1])
+    else:
+        return closed
+    return itertools.chain(closed, opened) if desc else itertools.chain(opened, closed)
 
 
 def _cursor_key(after: Cursor) -> Key:
@@ -679,8 +728,25 @@ def _remove(keys: list[Key], key: Key) -> None:
 
 def _copy(row: _Row) -> _Row:
     new = _Row()
-    for name in _Row.__slots__:
-        setattr(new, name, getattr(row, name))
+    # Attribute by attribute, not a getattr/setattr loop over the slots: no call per slot.
+    new.attempt = row.attempt
+    new.deployment_name = row.deployment_name
+    new.end = row.end
+    new.execution_id = row.execution_id
+    new.haystack = row.haystack
+    new.internal = row.internal
+    new.keys = row.keys
+    new.parent_execution_id = row.parent_execution_id
+    new.position = row.position
+    new.root_execution_id = row.root_execution_id
+    new.run_id = row.run_id
+    new.start = row.start
+    new.status = row.status
+    new.tags = row.tags
+    new.terms = row.terms
+    new.total_duration_ms = row.total_duration_ms
+    new.user_id = row.user_id
+    new.workflow_name = row.workflow_name
     return new
 
 
