@@ -75,6 +75,7 @@ DATA_ROOT = LOCAL_DIR / "data"
 KAFKA_POM = HERE / "kafka" / "pom.xml"
 KAFKA_LOG4J = HERE / "kafka" / "log4j.properties"
 FERRETDB_SRC = HERE / "ferretdb"
+FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 
 SERVERS = ("kafka", "ferretdb")
 HOST = "127.0.0.1"
@@ -155,7 +156,14 @@ def kafka_libs_dir() -> Path:
 
 
 def _ferretdb_inputs() -> list[Path]:
-    return [FERRETDB_SRC / "go.mod", FERRETDB_SRC / "go.sum", *FERRETDB_SRC.glob("*.go")]
+    # The patches too: a binary built before a patch changed is not reused.
+    return [FERRETDB_SRC / "go.mod", FERRETDB_SRC / "go.sum", *FERRETDB_SRC.glob("*.go"),
+            *_ferretdb_patches()]
+
+
+def _ferretdb_patches() -> list[Path]:
+    """Our patches to FerretDB's source (unified diffs, paths relative to its module root)."""
+    return sorted(FERRETDB_SRC.glob("*.patch"))
 
 
 def ferretdb_binary() -> Path:
@@ -283,8 +291,99 @@ def _go_version(go: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+_HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def _parse_patch(text: str, name: str) -> dict[str, list[tuple[int, list[str], list[str]]]]:
+    """A unified diff's hunks by file: ``{path: [(old start line, old lines, new lines)]}``.
+    Text before the first ``--- `` line is commentary."""
+    files: dict[str, list[tuple[int, list[str], list[str]]]] = {}
+    hunks: list[tuple[int, list[str], list[str]]] | None = None
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            path = lines[i + 1][4:].strip().split("\t")[0]
+            path = path[2:] if path.startswith("b/") else path
+            hunks = files.setdefault(path, [])
+            i += 2
+            continue
+        match = _HUNK_RE.match(line)
+        if match is None:
+            if hunks is not None and line.strip():
+                raise InfraError(f"{name}: unexpected line {i + 1}: {line!r}")
+            i += 1
+            continue
+        if hunks is None:
+            raise InfraError(f"{name}: hunk before a file header at line {i + 1}")
+        old_len = int(match.group(2) or "1")
+        new_len = int(match.group(4) or "1")
+        old: list[str] = []
+        new: list[str] = []
+        i += 1
+        while len(old) < old_len or len(new) < new_len:
+            if i >= len(lines) or lines[i][:1] not in (" ", "-", "+"):
+                raise InfraError(f"{name}: hunk at line {i} is shorter than its header says")
+            kind, body = lines[i][0], lines[i][1:]
+            if kind != "+":
+                old.append(body)
+            if kind != "-":
+                new.append(body)
+            i += 1
+        hunks.append((int(match.group(1)), old, new))
+    if not files:
+        raise InfraError(f"{name}: not a unified diff")
+    return files
+
+
+def apply_patch(patch: Path, root: Path) -> None:
+    """Apply a unified diff to the tree at ``root`` exactly: every hunk's old text must be
+    at its stated line, with no fuzz and no offset, else raise (the upstream text differs
+    from the one the patch was written against, so it must be looked at again)."""
+    for rel, hunks in _parse_patch(patch.read_text(), patch.name).items():
+        target = root / rel
+        if not target.is_file():
+            raise InfraError(f"{patch.name}: {rel} does not exist in {root}")
+        lines = target.read_text().splitlines(keepends=True)
+        shift = 0  # lines added minus lines removed by the hunks applied so far
+        for start, old, new in hunks:
+            at = start - 1 + shift
+            if lines[at : at + len(old)] != old:
+                raise InfraError(f"{patch.name}: {rel} differs from the patch's text at line "
+                                 f"{start}; upstream changed, update the patch")
+            lines[at : at + len(old)] = new
+            shift += len(new) - len(old)
+        target.chmod(0o644)  # copied from the read-only module cache
+        target.write_text("".join(lines))
+
+
+def _patched_ferretdb_source(go: str, version: str, env: dict[str, str], patched: Path) -> None:
+    """FerretDB's module source from the Go module cache (downloaded from the proxy if
+    needed), copied to ``patched`` with our patches applied. Rewritten on each build (a
+    few MB), under the caller's build lock."""
+    result = subprocess.run([go, "mod", "download", "-json", f"{FERRETDB_MODULE}@v{version}"],
+                            cwd=FERRETDB_SRC, env=env, capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise InfraError(f"go mod download {FERRETDB_MODULE}@v{version} failed:\n"
+                         f"{result.stdout}{result.stderr}")
+    upstream = Path(json.loads(result.stdout)["Dir"])
+    if patched.exists():
+        shutil.rmtree(patched)
+    # copyfile, not copy2: the module cache's files and directories are read-only.
+    shutil.copytree(upstream, patched, copy_function=shutil.copyfile)
+    for directory, _, _ in os.walk(patched):
+        os.chmod(directory, 0o755)
+    for patch in _ferretdb_patches():
+        apply_patch(patch, patched)
+
+
 def install_ferretdb() -> Path:
     """Build the embedded-FerretDB wrapper into the cache; return the binary's path.
+
+    FerretDB is built from its module's source with our patches (``deploy/local/ferretdb/
+    *.patch``, see ``_patched_ferretdb_source``) applied.
 
     ``GOTOOLCHAIN=local`` forbids toolchain downloads, ``-mod=readonly`` keeps the committed
     go.mod/go.sum authoritative, and ``CGO_ENABLED=0`` works because FerretDB's SQLite driver
@@ -314,7 +413,16 @@ def install_ferretdb() -> Path:
         _say(f"ferretdb {version}: building {binary} with Go {have[0]}.{have[1]} "
              "(first build takes 1-3 min) ...")
         started = time.monotonic()
-        _run_build([go, "build", "-trimpath", "-o", str(partial), "."],
+        # The committed go.mod plus a `replace` by the patched copy, in a go.mod of the
+        # build's own (go.mod stays buildable as it is, with upstream FerretDB).
+        # Named like the binary: worktrees with other patches keep their own copies.
+        source = CACHE_DIR / "src" / binary.name
+        _patched_ferretdb_source(go, version, env, source)
+        modfile = source.with_name(source.name + ".go.mod")
+        modfile.write_text((FERRETDB_SRC / "go.mod").read_text()
+                           + f"\nreplace {FERRETDB_MODULE} v{version} => {source}\n")
+        shutil.copyfile(FERRETDB_SRC / "go.sum", modfile.with_suffix(".sum"))
+        _run_build([go, "build", f"-modfile={modfile}", "-trimpath", "-o", str(partial), "."],
                    f"building ferretdb {version}", cwd=FERRETDB_SRC, env=env)
         os.replace(partial, binary)
         _write_marker(marker, fingerprint, version=version)

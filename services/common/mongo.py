@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,3 +79,31 @@ class ServerKind:
         if self._ferretdb is None:
             self._ferretdb = await is_ferretdb(self._db)
         return self._ferretdb
+
+
+ORDERED_PROBE_DOCS = 150
+"""Documents in `ordered_insert_stops_at_refusal`'s probe: past FerretDB's transactions of
+100, so a server that goes on with the next hundred writes some of them."""
+
+
+async def ordered_insert_stops_at_refusal(db: AsyncDatabase[Document]) -> bool:
+    """Whether the server ends an ordered insert at its first refused document even past
+    100 documents: MongoDB does, and so does the local FerretDB (deploy/local/ferretdb/
+    01-ordered-insert.patch); upstream FerretDB v1.24.2 goes on with the next hundred.
+
+    Asked by doing it, not by version: in a scratch collection (dropped after), `_id` 0,
+    then an ordered insert of `_id` 0..149 must be refused at its index 0 and write nothing.
+    """
+    scratch = db[f"probe_ordered_insert_{secrets.token_hex(6)}"]
+    try:
+        await scratch.insert_one({"_id": 0})
+        try:
+            await scratch.insert_many([{"_id": i} for i in range(ORDERED_PROBE_DOCS)], ordered=True)
+        except BulkWriteError as exc:
+            refused = [e.get("index") for e in exc.details.get("writeErrors", [])]
+        else:
+            return False  # not even the duplicate was refused
+        stored = [d["_id"] async for d in scratch.find({}, {"_id": 1})]
+        return refused == [0] and stored == [0]
+    finally:
+        await scratch.drop()

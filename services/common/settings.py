@@ -116,6 +116,11 @@ class EngineSettings(RunstoreSettings):
     arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
     alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
     as anything arrives."""
+    engine_ordered_insert_probe: bool = True
+    """Probe at start whether the database ends an ordered insert at its first refused
+    document past 100 documents (MongoDB and the local, patched FerretDB do); if so a
+    batch's commits go as one insert request. False, or a server that fails the probe (an
+    upstream FerretDB v1): requests of at most 100 documents, one after the other."""
 
 
 class ProjectorSettings(RunstoreSettings):

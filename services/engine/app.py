@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 
 from schemas.commands import COMMAND_ADAPTER
 from services.common import tracing
-from services.common.batch_subscriber import batch_subscriber
+from services.common.batch_subscriber import batch_subscriber, message_as_body
 from services.common.clock import now_ns
 from services.common.health import Health
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
@@ -137,18 +137,6 @@ def collect_after_failures(collector: BatchCollector) -> Callable[[Batch, Phase]
     return observe
 
 
-async def whole_message(message: KafkaMessage) -> object:
-    """The engine's decoder: the message itself is the handler's argument.
-
-    A handler parameter annotated `KafkaMessage` is a FastStream `Context` field, which
-    fast_depends resolves with a plain function, i.e. in anyio's worker thread: a hop
-    there and back per batch (with the worker thread, ~8% of the engine's py-spy samples
-    in the workers bench, whose batches are a few commands). Passed as the body, the
-    message needs no resolving. A coroutine, as `raw_records` is, so that the decoder
-    runs on the loop."""
-    return message
-
-
 async def _collect_periodically(collector: BatchCollector, every_s: float = 5.0) -> None:
     """Full collections when due, also while no batch comes (an idle or stalled engine)."""
     while True:
@@ -166,9 +154,12 @@ def build_app(settings: EngineSettings) -> FastStream:
     writer = LoopThread("engine-appends")
     # The writer loop's own client: built there, closed there.
     writer_client = asyncio.run_coroutine_threadsafe(_build_client(settings), writer.loop).result()
+    probe = settings.engine_ordered_insert_probe
     store = OffLoopAppends(
-        MongoEventStore(mongo_database(client, settings), settings.engine_compact_commits),
-        MongoEventStore(mongo_database(writer_client, settings), settings.engine_compact_commits),
+        MongoEventStore(mongo_database(client, settings), settings.engine_compact_commits, probe),
+        MongoEventStore(
+            mongo_database(writer_client, settings), settings.engine_compact_commits, probe
+        ),
         writer,
     )
     health = Health(settings, client)
@@ -217,13 +208,12 @@ def build_app(settings: EngineSettings) -> FastStream:
         group_instance_id=settings.engine_instance_id,
         session_timeout_ms=settings.engine_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
-        decoder=whole_message,
+        decoder=message_as_body,
         fetch_max_wait_ms=settings.engine_fetch_wait_ms,
         fetch_min_bytes=settings.engine_fetch_min_bytes,
     )
     async def handle_commands(body: Any) -> None:
-        # The message itself, as `whole_message` decoded it: a `KafkaMessage` parameter
-        # is resolved from FastStream's context in a worker thread, one hop per batch.
+        # The batch's message itself (message_as_body: no thread hop to resolve it).
         message = cast("KafkaMessage", body)
         raw = batch_records(message)
         records = [

@@ -7,8 +7,9 @@ A batch's writes are one insert request when nothing in it is refused: the locat
 the runs it opens, the first commits of executions believed new, then the other commits
 (`append_round`). A write request costs FerretDB about a millisecond of CPU whatever it
 holds, and at a few commands per batch (a worker's workflows) this was three requests.
-On FerretDB a request holds at most 100 documents (`FERRETDB_INSERT_BATCH`: past that,
-its ordered insert does not stop at a refused document).
+That needs a server whose ordered insert stops at its first refused document, which
+`setup` probes (MongoDB and the local, patched FerretDB do); on any other server, or with
+the probe turned off, a request holds at most 100 documents (`FERRETDB_INSERT_BATCH`).
 
 The write path never updates a document: appends are inserts, and the unique `_id`
 and `command_id` indexes are the concurrency and idempotency guards. Finding an
@@ -21,11 +22,12 @@ Reads by position go through `MongoCommitLog`, the read port every reader of com
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from schemas.commits import Commit, commit_id
 from services.common.commit_log import (
@@ -41,6 +43,7 @@ from services.common.mongo import (
     Document,
     ServerKind,
     insert_unless_present,
+    ordered_insert_stops_at_refusal,
 )
 from services.common.mongo_commit_log import MongoCommitLog
 from services.engine.event_store import (
@@ -49,11 +52,15 @@ from services.engine.event_store import (
     RoundReport,
 )
 
+log = logging.getLogger(__name__)
+
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
 
 FERRETDB_INSERT_BATCH = 100
-"""Most documents per ordered insert request on FerretDB.
+"""Most documents per ordered insert request on a server whose ordered insert does not
+stop at a refused document past 100 (`ordered_insert_stops_at_refusal` says no: upstream
+FerretDB), or when the probe is turned off.
 
 FerretDB v1 writes an insert's documents in transactions of 100 (its `--batch-size`
 default, and fixed when embedded as deploy/local/ferretdb does). When one of them is
@@ -63,26 +70,75 @@ v1.24.2 internal/handler/msg_insert.go). A commit refused early in a round of mo
 100 documents thus let later commits of the same execution in, a gap in its seqs
 (docs/engine-performance.md, "2026-12-06: a gap after a refused commit"). Requests of
 at most 100 documents each stop where they should, and the next is not sent. (A FerretDB
-run with a smaller `--batch-size` would need this lowered to match.)"""
+run with a smaller `--batch-size` would need this lowered to match.) The local build
+patches that `break` (deploy/local/ferretdb/01-ordered-insert.patch) and passes the probe."""
 
 
 class MongoEventStore:
-    def __init__(self, db: AsyncDatabase[Document], compact: bool = True) -> None:
-        """`compact`: commit bodies in the compact layout (`commit_to_doc`)."""
+    def __init__(
+        self, db: AsyncDatabase[Document], compact: bool = True, probe_ordered: bool = True
+    ) -> None:
+        """`compact`: commit bodies in the compact layout (`commit_to_doc`).
+        `probe_ordered`: probe whether a round can be one insert request (else, requests
+        of `FERRETDB_INSERT_BATCH` documents on every server)."""
         self._db = db
         self._compact = compact
         self._commits = db[COMMITS]
         # Reads of stored commits by position go through the read port every reader uses.
         self._log: CommitLog = MongoCommitLog(db)
-        # Asked on first use, not only in `setup`: the ordered insert depends on it.
         self._server = ServerKind(db)
+        self._probe_ordered = probe_ordered
+        # Most documents per ordered insert request (None: all of a round): probed in
+        # `setup`, or on first use, since the ordered insert depends on it.
+        self._request_max: int | None = None
+        self._request_max_known = False
+        self._probing = asyncio.Lock()
 
     def _doc(self, commit: Commit) -> Document:
         return commit_to_doc(commit, self._compact)
 
     async def setup(self) -> None:
         await self._server.ferretdb()
+        await self._ordered_request_max()
         await self._commits.create_index("command_id", unique=True, name="command_id_unique")
+
+    async def _ordered_request_max(self) -> int | None:
+        """Most documents per ordered insert request; None when a round is one request."""
+        if self._request_max_known:
+            return self._request_max
+        async with self._probing:
+            if not self._request_max_known:
+                self._request_max = await self._choose_request_max()
+                self._request_max_known = True
+        return self._request_max
+
+    async def _choose_request_max(self) -> int | None:
+        if not self._probe_ordered:
+            log.info(
+                "ordered inserts: requests of at most %d documents (probe turned off)",
+                FERRETDB_INSERT_BATCH,
+            )
+            return FERRETDB_INSERT_BATCH
+        try:
+            stops = await ordered_insert_stops_at_refusal(self._db)
+        except PyMongoError:
+            # E.g. a user without the right to create a collection: the safe mode is
+            # correct on every server.
+            log.warning(
+                "ordered inserts: requests of at most %d documents: the probe failed",
+                FERRETDB_INSERT_BATCH,
+                exc_info=True,
+            )
+            return FERRETDB_INSERT_BATCH
+        if stops:
+            log.info("ordered inserts: one request per round (the server stops at a refusal)")
+            return None
+        log.warning(
+            "ordered inserts: requests of at most %d documents: this server goes on past a "
+            "refused document (an unpatched FerretDB? see docs/local-store.md)",
+            FERRETDB_INSERT_BATCH,
+        )
+        return FERRETDB_INSERT_BATCH
 
     async def latest(self, execution_ids: Collection[str]) -> dict[str, Commit]:
         gate = asyncio.Semaphore(POINT_READ_CONCURRENCY)
@@ -127,7 +183,7 @@ class MongoEventStore:
 
     async def _write_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         """`append_round` in one insert request when nothing is refused (one per
-        `FERRETDB_INSERT_BATCH` documents on FerretDB): the run locators,
+        `FERRETDB_INSERT_BATCH` documents on a server that failed the probe): the run locators,
         then the first commits, then the rest, in that order (a locator before the commit
         that opens its run; a first commit before the later commits of its execution).
 
@@ -174,10 +230,10 @@ class MongoEventStore:
     async def _insert_ordered(self, docs: Sequence[Document]) -> int | None:
         """Insert `docs` in order; the position of the one refused as a duplicate (the
         insert stopped there: nothing after it is written), or None when all went in.
-        Any other error is raised. On FerretDB, in requests of `FERRETDB_INSERT_BATCH`."""
+        Any other error is raised. One request, or requests of `_ordered_request_max`."""
         if not docs:
             return None
-        step = FERRETDB_INSERT_BATCH if await self._server.ferretdb() else len(docs)
+        step = await self._ordered_request_max() or len(docs)
         for start in range(0, len(docs), step):
             stopped = await self._insert_request(docs[start : start + step])
             if stopped is not None:

@@ -7,17 +7,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream import AckPolicy, FastStream
-from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage
 from faststream.message import AckStatus
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
 from services.common import tracing
-from services.common.batch_subscriber import batch_subscriber
+from services.common.batch_subscriber import batch_subscriber, message_as_body
 from services.common.health import Health
 from services.common.kafka_io import batch_records, kafka_broker
 from services.common.metrics import (
@@ -31,7 +32,7 @@ from services.common.mongo_commit_log import MongoCommitLog
 from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.settings import ProjectorSettings
-from services.common.stream_service import ack_batch, raw_records, seek_back, service_app
+from services.common.stream_service import ack_batch, seek_back, service_app
 from services.projector.holding import Consumed, HeldEvents
 from services.projector.parking import ParkedExecutions, is_transient
 from services.projector.projector import Projector
@@ -240,9 +241,10 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
         listener=listener,
-        decoder=raw_records,
+        decoder=message_as_body,
     )
-    async def handle_events(message: KafkaMessage) -> None:
+    async def handle_events(body: Any) -> None:
+        message: KafkaMessage = body  # the batch's message itself (message_as_body)
         # Partitions moving from here on (the lock may be held by the flusher or parked
         # retries) make this batch stale: see HeldFlusher.project.
         generation = holder.generation

@@ -13,12 +13,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from faststream import AckPolicy, FastStream
-from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage
 from faststream.message import AckStatus
 from pydantic import ValidationError
 
 from schemas.events import EVENT_ADAPTER, Event
-from services.common.batch_subscriber import batch_subscriber
+from services.common.batch_subscriber import batch_subscriber, message_as_body
 from services.common.clock import now_ns, utcnow
 from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
@@ -29,7 +29,7 @@ from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import TimersSettings
-from services.common.stream_service import ack_batch, raw_records, seek_back, service_app
+from services.common.stream_service import ack_batch, seek_back, service_app
 from services.timers.event_filter import may_change_timers
 from services.timers.firing import TimerService
 from services.timers.schedule_runner import ScheduleRunner
@@ -116,9 +116,10 @@ def build_app(settings: TimersSettings) -> FastStream:
         heartbeat_interval_ms=min(3000, settings.timers_session_timeout_ms // 3),
         fetch_max_wait_ms=settings.timers_fetch_wait_ms,
         fetch_min_bytes=settings.timers_fetch_min_bytes,
-        decoder=raw_records,
+        decoder=message_as_body,
     )
-    async def handle_events(message: KafkaMessage) -> None:
+    async def handle_events(body: Any) -> None:
+        message: KafkaMessage = body  # the batch's message itself (message_as_body)
         events: list[tuple[int, Event]] = []
         records = batch_records(message)
         observe_consumed(settings.timers_group_id, message.consumer, records)

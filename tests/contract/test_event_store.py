@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -285,8 +286,61 @@ class TestMemoryEventStore(EventStoreContract):
         return MemoryEventStore()
 
 
+class TestMongoEventStoreInRequestsOf100(EventStoreContract):
+    """With the ordered-insert probe turned off (RUNSTORE_ENGINE_ORDERED_INSERT_PROBE=false,
+    also what a server that fails it gets): rounds go in requests of 100 documents."""
+
+    @pytest.fixture
+    async def store(self, db: Any) -> EventStore:
+        store = MongoEventStore(db, probe_ordered=False)
+        await store.setup()
+        return store
+
+
+@contextlib.asynccontextmanager
+async def counting_store(
+    mongo_url: str, db: Any, probe_ordered: bool = True
+) -> AsyncIterator[tuple[MongoEventStore, InsertCounter]]:
+    """A `MongoEventStore` on `db`, set up, on a client that counts the insert requests
+    sent from then on."""
+    inserts = InsertCounter()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[inserts]
+    )
+    try:
+        store = MongoEventStore(client[db.name], probe_ordered=probe_ordered)
+        await store.setup()
+        inserts.count = 0
+        yield store, inserts
+    finally:
+        await client.close()
+
+
+async def insert_requests_of_a_long_round(mongo_url: str, db: Any, probe_ordered: bool) -> int:
+    """How many insert requests a store sends for a round of 150 new commits."""
+    async with counting_store(mongo_url, db, probe_ordered) as (store, inserts):
+        commits = [in_own_run("e1", s) for s in range(1, 151)]
+        assert await store.append(commits) == AppendReport(inserted=150)
+        return inserts.count
+
+
+async def test_a_long_round_is_one_request_on_a_server_that_stops_at_a_refusal(
+    db: Any, mongo_url: str
+) -> None:
+    # The session's server is MongoDB or the local, patched FerretDB: both pass the probe.
+    assert await insert_requests_of_a_long_round(mongo_url, db, probe_ordered=True) == 1
+
+
+async def test_a_long_round_goes_in_requests_of_100_with_the_probe_turned_off(
+    db: Any, mongo_url: str
+) -> None:
+    # 151 documents: the run's locator, then 150 commits.
+    assert await insert_requests_of_a_long_round(mongo_url, db, probe_ordered=False) == 2
+
+
 class TestMongoEventStore(EventStoreContract):
-    """On the session's server, in a fresh database (`db`, tests/contract/conftest.py)."""
+    """On the session's server, in a fresh database (`db`, tests/contract/conftest.py);
+    the probe finds it stops an ordered insert at its refusal, so a round is one request."""
 
     @pytest.fixture
     async def store(self, db: Any) -> EventStore:
@@ -310,13 +364,7 @@ class TestMongoEventStore(EventStoreContract):
     async def test_a_round_is_one_insert_request_when_nothing_is_refused(
         self, db: Any, mongo_url: str
     ) -> None:
-        inserts = InsertCounter()
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            mongo_url, tz_aware=True, event_listeners=[inserts]
-        )
-        try:
-            store = MongoEventStore(client[db.name])
-            await store.setup()
+        async with counting_store(mongo_url, db) as (store, inserts):
             await store.append([in_own_run("old", 1)])
             inserts.count = 0
             firsts = [in_own_run("new1", 1), in_own_run("new2", 1)]
@@ -328,8 +376,6 @@ class TestMongoEventStore(EventStoreContract):
             log = MongoCommitLog(db)
             assert await log.locate_run("new1-run") == "new1"
             assert await log.locate_run("new2-run") == "new2"
-        finally:
-            await client.close()
 
     async def test_run_locators_are_not_read_as_commits(self, store: EventStore, db: Any) -> None:
         await store.append([in_own_run("e1", 1), in_own_run("e1", 2), in_own_run("e2", 1)])

@@ -6,13 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import fast_depends.utils
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage as KafkaMessageClass
 
 from services.common import batch_subscriber as module
-from services.common.batch_subscriber import WaitingBatchSubscriber, batch_subscriber
+from services.common.batch_subscriber import (
+    WaitingBatchSubscriber,
+    batch_subscriber,
+    message_as_body,
+)
 from services.common.kafka_io import batch_records
 from services.common.kafka_topics import ensure_topics
 from services.common.settings import RunstoreSettings
@@ -46,6 +52,41 @@ async def test_an_empty_fetch_returns_nothing_without_sleeping(
 
     assert got == ()
     assert consumer.calls == [{"timeout_ms": module.IDLE_FETCH_WAIT_MS, "max_records": 7}]
+
+
+async def test_a_batch_handler_gets_its_message_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # fast_depends runs every plain-function resolver in a worker thread: count the hops.
+    hops: list[object] = []
+    to_thread = fast_depends.utils.run_in_threadpool
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(fast_depends.utils, "run_in_threadpool", counted)
+    broker = KafkaBroker()
+    got: dict[str, list[bytes]] = {}
+
+    @batch_subscriber(broker, "as-body", decoder=message_as_body)
+    async def as_body(body: Any) -> None:
+        assert isinstance(body, KafkaMessageClass)
+        got["as body"] = [r.value for r in body.raw_message]  # (a list on the test broker)
+
+    @batch_subscriber(broker, "as-context", decoder=raw_records)
+    async def as_context(message: KafkaMessage) -> None:
+        got["as context"] = [r.value for r in message.raw_message]
+
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish_batch(b"a", b"b", topic="as-body")
+        assert got["as body"] == [b"a", b"b"]
+        assert hops == []
+        # What message_as_body avoids: a `KafkaMessage` parameter (a FastStream Context)
+        # is resolved in a worker thread, once per batch.
+        await test_broker.publish_batch(b"c", topic="as-context")
+        assert got["as context"] == [b"c"]
+        assert len(hops) == 1
 
 
 def test_the_idle_wait_is_not_the_callers_to_set() -> None:

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from services.common.mongo import ordered_insert_stops_at_refusal
 from tests.support.servers import REPO
 
 sys.path.insert(0, str(REPO / "deploy" / "local"))
@@ -65,6 +66,23 @@ async def test_stores_reads_and_keeps_unique_indexes(ferretdb_on_postgresql: str
         assert plan["filterPushdown"] is False
     finally:
         await client.drop_database("t_pg")
+        await client.close()
+
+
+async def test_an_ordered_insert_stops_at_its_refused_document(ferretdb_on_postgresql: str) -> None:
+    # The local build's insert patches (deploy/local/ferretdb/*.patch) are in FerretDB's
+    # handler, above both backends: past 100 and past 1,000 documents, as on SQLite.
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(ferretdb_on_postgresql)
+    try:
+        db = client["t_pg_ordered"]
+        assert await ordered_insert_stops_at_refusal(db) is True
+        await db.c.insert_one({"_id": 1850})
+        with pytest.raises(BulkWriteError) as raised:
+            await db.c.insert_many([{"_id": i} for i in range(2500)], ordered=True)
+        assert [e["index"] for e in raised.value.details["writeErrors"]] == [1850]
+        assert await db.c.count_documents({}) == 1851
+    finally:
+        await client.drop_database("t_pg_ordered")
         await client.close()
 
 

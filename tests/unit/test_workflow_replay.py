@@ -183,6 +183,36 @@ async def test_signals_reach_the_handler_in_order_and_wake_a_wait_condition() ->
     assert sim.replay().finished
 
 
+async def test_a_run_leaves_the_workers_cache_when_its_report_closes_it() -> None:
+    # A closed run takes no task but queries, which replay it: keeping its instance only
+    # made the garbage collector walk it. An open run stays for its next task.
+    worker = Worker([Clock, Approval], [double])
+    worker.attach(RunHistory(MemoryCommitLog(), worker.activities, 0.0), _Producer())  # type: ignore[arg-type]
+
+    def first_task(sim: WorkflowSim, name: str, arg: Any) -> bytes:
+        sim.start(name, arg)
+        started = sim.events[0]
+        return (
+            WorkflowTask(
+                task_id=started.event_id,
+                kind="run",
+                execution_id=sim.execution_id,
+                run_id=started.run_id,
+                seq=1,
+                workflow_name=name,
+                input=arg,
+                timestamp_ns=started.timestamp_ns,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    closing, waiting = WorkflowSim([Clock], [double]), WorkflowSim([Approval], [])
+    waiting.execution_id = "wf-2"
+    await worker.handle([first_task(closing, "clock", 3), first_task(waiting, "approval", 2)])
+    assert list(worker._cache) == [waiting.execution_id]
+
+
 async def test_concurrent_activities_gather_and_replay_in_recorded_order() -> None:
     CALLS.clear()
     sim = WorkflowSim([FanOut], [double])
