@@ -17,7 +17,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,11 @@ parser.add_argument("--batch", type=int, default=30)
 args = parser.parse_args()
 sys.path.insert(0, args.repo)
 sys.path.insert(0, str(Path(args.repo) / "bench"))
+# This bench's own helpers, whichever checkout it measures.
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from engine_cpu import records  # noqa: E402
+from pipeline_fakes import Consumer, Position  # noqa: E402
 
 from services.engine.pipeline import EnginePipeline  # noqa: E402
 from services.engine.processor import CommandProcessor, StateCache  # noqa: E402
@@ -50,21 +53,6 @@ class DelayedStore(Store):  # type: ignore[misc,valid-type]
     async def append_first(self, commits: Sequence[Any]) -> Any:
         await asyncio.sleep(0.008)
         return await super().append_first(commits)
-
-
-class Position:
-    __slots__ = ("offset", "partition", "topic")
-
-    def __init__(self, record: Any) -> None:
-        self.topic, self.partition, self.offset = "commands", record.partition, record.offset
-
-
-class Consumer:
-    async def commit(self, offsets: Mapping[Any, int]) -> None:
-        return None
-
-    def seek(self, partition: Any, offset: int) -> None:
-        raise RuntimeError("nothing fails here: no seek expected")
 
 
 async def main() -> None:

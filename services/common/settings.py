@@ -107,6 +107,15 @@ class EngineSettings(RunstoreSettings):
     service runs this version. Every layout is read by this version."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
+    engine_fetch_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    engine_fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
+    """The engine's fetches of commands wait for this many bytes, or the wait above,
+    whichever comes first: a backlog is fetched at once, and commands that trickle in (a
+    worker's or the API's pace) come in fewer, fuller fetches, at most 5 ms later. Against
+    aiokafka's defaults (1 byte, 500 ms: a fetch answered as soon as one command
+    arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
+    alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
+    as anything arrives."""
     engine_ordered_insert_probe: bool = True
     """Probe at start whether the database ends an ordered insert at its first refused
     document past 100 documents (MongoDB and the local, patched FerretDB do); if so a

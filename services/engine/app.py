@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 
 from schemas.commands import COMMAND_ADAPTER
 from services.common import tracing
-from services.common.batch_subscriber import batch_subscriber
+from services.common.batch_subscriber import batch_subscriber, message_as_body
 from services.common.clock import now_ns
 from services.common.health import Health
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
@@ -25,7 +25,7 @@ from services.common.metrics import count_dead_letters, count_outcomes, observe_
 from services.common.mongo import Document, mongo_client, mongo_database
 from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
-from services.common.stream_service import RETRY_BACKOFF_SECONDS, raw_records, service_app
+from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
 from services.engine.command_spans import CommandSpans, TracedBatch
 from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
@@ -208,9 +208,13 @@ def build_app(settings: EngineSettings) -> FastStream:
         group_instance_id=settings.engine_instance_id,
         session_timeout_ms=settings.engine_session_timeout_ms,
         heartbeat_interval_ms=min(3000, settings.engine_session_timeout_ms // 3),
-        decoder=raw_records,
+        decoder=message_as_body,
+        fetch_max_wait_ms=settings.engine_fetch_wait_ms,
+        fetch_min_bytes=settings.engine_fetch_min_bytes,
     )
-    async def handle_commands(message: KafkaMessage) -> None:
+    async def handle_commands(body: Any) -> None:
+        # The batch's message itself (message_as_body: no thread hop to resolve it).
+        message = cast("KafkaMessage", body)
         raw = batch_records(message)
         records = [
             InboundRecord(

@@ -1,0 +1,34 @@
+"""How the engine declares its consumer of commands (services/engine/app.py): each batch's
+message handed over as the handler's body (no worker-thread hop per batch; the helper's
+own tests are in tests/integration/test_batch_subscriber.py), and fetches that wait as
+its settings say."""
+
+from __future__ import annotations
+
+from services.common.batch_subscriber import message_as_body
+from services.common.settings import EngineSettings
+from services.engine.app import build_app
+
+
+def _subscriber(settings: EngineSettings) -> object:
+    app = build_app(settings)
+    (subscriber,) = app.broker.subscribers  # type: ignore[union-attr]
+    return subscriber
+
+
+def test_the_engine_gets_each_batch_as_its_message_without_a_thread_hop() -> None:
+    subscriber = _subscriber(EngineSettings(engine_health_port=None))
+
+    assert subscriber._call_options.decoder is message_as_body  # type: ignore[attr-defined]
+
+
+def test_the_engines_fetches_wait_as_its_settings_say() -> None:
+    # A fetch of commands is answered at `engine_fetch_min_bytes` or after the wait.
+    subscriber = _subscriber(
+        EngineSettings(engine_health_port=None, engine_fetch_wait_ms=7, engine_fetch_min_bytes=123)
+    )
+
+    options = subscriber._connection_args  # type: ignore[attr-defined]
+    assert (options["fetch_max_wait_ms"], options["fetch_min_bytes"]) == (7, 123)
+    defaults = EngineSettings()
+    assert (defaults.engine_fetch_wait_ms, defaults.engine_fetch_min_bytes) == (5, 64 * 1024)
