@@ -45,6 +45,9 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
         # instead of a timer made and cancelled for each deadline (four per request).
         _deadline_at: float | None = None
         _check: asyncio.TimerHandle | None = None
+        # A request's bytes are being read (its first came, it is not complete yet): a
+        # pipelined request can begin before the answer to the one before it ends.
+        _reading = False
 
         def _arm(self, seconds: float) -> None:
             self._deadline_at = self.loop.time() + seconds
@@ -82,6 +85,7 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._reading = True
             self._arm(header_seconds)
 
         def on_headers_complete(self) -> None:
@@ -97,12 +101,21 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
                 )
 
         def on_message_complete(self) -> None:
+            self._reading = False
             self._disarm()
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            # Idle until the next request: uvicorn's keep-alive timeout applies.
-            self._disarm()
+            # A head still held (an answer without a body: HEAD, 204, 304) goes now, before
+            # anything that follows the answer's end (a shutdown, the client's EOF) can
+            # close the connection under it.
+            cycle = self.cycle
+            if cycle is not None and isinstance(cycle.transport, _OneWriteResponse):
+                cycle.transport.flush()
+            # Idle until the next request (uvicorn's keep-alive timeout applies), unless
+            # the next one is already being read: its deadline stands.
+            if not self._reading:
+                self._disarm()
             super().on_response_complete()
 
     return DeadlineProtocol
@@ -131,9 +144,10 @@ class _OneWriteResponse:
         else:
             self._head_seen = True
             self._held = data
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the head if it is still held."""
         held = self._held
         if held is not None:
             self._held = None
@@ -141,7 +155,7 @@ class _OneWriteResponse:
                 self._transport.write(held)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def is_closing(self) -> bool:

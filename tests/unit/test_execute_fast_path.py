@@ -188,6 +188,19 @@ async def test_an_unexpected_error_is_answered_as_the_route_answers_it() -> None
         answers.append((reply.status_code, reply.headers.raw, reply.content))
     assert answers[0] == answers[1]
     assert answers[1][0] == 500 and answers[1][2] == b'{"detail":"internal_error"}'
+    # And after its answer the exception reaches the server (which logs it and closes the
+    # connection), with the fast path as through FastAPI's own middleware.
+    for fast in (False, True):
+        app = make_app(fast, EngineLikeGateway())
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            with pytest.raises(RuntimeError, match="a bug in the gateway"):
+                await c.post(
+                    "/v1/workflows/wf/execute",
+                    content=b'{"execution_id": "bug-1"}',
+                    headers={"Content-Type": "application/json", **AUTH},
+                )
 
 
 def _comparable(reply: httpx.Response) -> Any:

@@ -166,3 +166,39 @@ async def test_a_100_continue_goes_out_before_the_answer() -> None:
 
 async def _ends_with(transport: _Transport, tail: bytes) -> None:
     assert transport.written.endswith(tail), bytes(transport.written[-200:])
+
+
+async def test_a_head_answer_goes_out_before_a_shutdown_in_the_same_step() -> None:
+    # HEAD has no body to carry the held head: it must go when the answer ends, not after
+    # the step in which uvicorn's graceful shutdown may already have closed the socket.
+    protocol, transport = _connection(_sized)
+    protocol.data_received(b"HEAD /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    asyncio.get_running_loop().call_soon(protocol.shutdown)
+    await assert_eventually(lambda: _closed(transport), timeout=5)
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.written.endswith(b"\r\n\r\n")  # the head alone
+
+
+async def test_a_closing_answer_without_a_body_still_sends_its_head() -> None:
+    protocol, transport = _connection(_sized)
+    protocol.data_received(b"HEAD /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    await assert_eventually(lambda: _closed(transport), timeout=5)
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_a_pipelined_requests_header_deadline_survives_the_answer_before_it() -> None:
+    protocol, transport = _connection()
+    # One complete request and the first bytes of a second, whose header lines then come a
+    # byte at a time and never end: the answer to the first must not lift its deadline.
+    protocol.data_received(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n")
+    for _ in range(int(HEADER_S * 10 / 0.05)):
+        await asyncio.sleep(0.05)
+        if transport.closed:
+            break
+        protocol.data_received(b"X")
+    assert transport.closed
+    assert transport.written.count(b"HTTP/1.1 200 OK") == 1
+
+
+async def _closed(transport: _Transport) -> None:
+    assert transport.closed

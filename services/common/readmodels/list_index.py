@@ -55,8 +55,8 @@ _OPEN = 2**63
 """An open run's end time as the end-time lists store it: above every date, so the open
 runs are their tail. A run opens and closes at the tail (a closed run's end is nearly
 always the newest), where an insertion or removal moves few keys; at the head, as lists
-order them, each moved every key of the list: the fold's CPU grew with the index (41 us
-per one-activity workflow at 1,000 runs, 90 us at 40,000; now 35 and 46 us,
+order them, each moved every key of the list: the fold's CPU grew with the index (40-41
+us per one-activity workflow at 1,000 runs, 89-92 us at 40,000; now 34-36 and 45-46 us,
 bench/list_index_fold.py). `_walk_ends` walks them in null-first order."""
 _AFTER_ANY_ID = "\U0010ffff"
 """Sorts after every run id: (ms, _AFTER_ANY_ID) lies between ms and ms + 1."""
