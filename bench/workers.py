@@ -135,8 +135,16 @@ def runstore_caller(url: str, clients: int, rate: float) -> tuple[RunOne, Callab
             status, payload = await conns[client].request(
                 "POST", "/v1/workflows/bench-one-activity/execute", body
             )
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            conns[client].close()  # a broken connection is opened again by the next call
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            ValueError,
+            IndexError,
+            asyncio.CancelledError,
+        ):
+            # A broken connection, or one left mid-answer by a cancelled call (first_call's
+            # timeout): the next call opens it again, not to read the old answer.
+            conns[client].close()
             conns[client] = HttpConnection(host, port, KEY)
             raise
         if status != 200:

@@ -234,16 +234,12 @@ class Worker:
 
     async def _flush(self, instance: WorkflowInstance, command_id: str | None = None) -> None:
         """Report the instance's new steps (if any) and keep it for the run's next task.
-        A run that this report closes is dropped instead: it takes no further task but a
-        query's or an update's, which replay it from the history, and thousands of closed
-        instances (their code's frames, machines and loops) kept for nothing made every
-        full collection of the garbage collector walk them (~40 µs per task in
-        bench/worker_cpu.py)."""
+        A run this report closes is kept too: until the engine has stored the report, a
+        query or an update for the run can come, and a replay of a history without the
+        close would run the code (and its activities) again; the cached instance waits for
+        its own command instead (`RunHistory.catch_up`)."""
         if await self.reporter.complete_task(instance, command_id):
-            if instance.finished:
-                self._forget(instance.execution_id, instance.run_id)
-            else:
-                self._remember(instance)
+            self._remember(instance)
 
     # --- loading a run's history ----------------------------------------------------------
 

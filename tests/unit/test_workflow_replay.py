@@ -7,6 +7,7 @@ proves that the history it built replays to the same steps.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from runstore.workflows import (
 )
 from runstore.workflows._history import RunHistory
 from schemas.commands import ActivityReportPayload, CompleteWorkflowTask, RecordActivityTask
+from schemas.commits import Commit
 from schemas.common import ExecutionStatus
 from schemas.events import EventType
 from schemas.tasks import WorkflowTask
@@ -183,34 +185,120 @@ async def test_signals_reach_the_handler_in_order_and_wake_a_wait_condition() ->
     assert sim.replay().finished
 
 
-async def test_a_run_leaves_the_workers_cache_when_its_report_closes_it() -> None:
-    # A closed run takes no task but queries, which replay it: keeping its instance only
-    # made the garbage collector walk it. An open run stays for its next task.
-    worker = Worker([Clock, Approval], [double])
-    worker.attach(RunHistory(MemoryCommitLog(), worker.activities, 0.0), _Producer())  # type: ignore[arg-type]
+RECEIPTS: list[int] = []
 
-    def first_task(sim: WorkflowSim, name: str, arg: Any) -> bytes:
-        sim.start(name, arg)
-        started = sim.events[0]
-        return (
-            WorkflowTask(
-                task_id=started.event_id,
-                kind="run",
-                execution_id=sim.execution_id,
-                run_id=started.run_id,
-                seq=1,
-                workflow_name=name,
-                input=arg,
-                timestamp_ns=started.timestamp_ns,
-            )
-            .model_dump_json()
-            .encode()
-        )
 
-    closing, waiting = WorkflowSim([Clock], [double]), WorkflowSim([Approval], [])
-    waiting.execution_id = "wf-2"
-    await worker.handle([first_task(closing, "clock", 3), first_task(waiting, "approval", 2)])
-    assert list(worker._cache) == [waiting.execution_id]
+@activity
+async def charge(n: int) -> int:
+    RECEIPTS.append(n)
+    return len(RECEIPTS)  # a receipt number: what a second charge would change
+
+
+@workflow.define(name="pay")
+class Pay:
+    def __init__(self) -> None:
+        self.receipt: int | None = None
+
+    @workflow.run
+    async def run(self, n: int) -> int:
+        self.receipt = await workflow.execute_activity(charge, n)
+        return self.receipt
+
+    @workflow.query
+    def receipt_no(self) -> int | None:
+        return self.receipt
+
+
+def _commit_of(sim: WorkflowSim, command_id: str, command_type: str, events: list[Any]) -> Commit:
+    """The commit the engine would store for `events` (the state as a replay reads it)."""
+    state = sim.state
+    assert state is not None and state.started is not None
+    return Commit(
+        execution_id=sim.execution_id,
+        seq=events[0].seq,
+        command_id=command_id,
+        command_type=command_type,
+        run_id=events[0].run_id,
+        events=events,
+        committed_at=datetime.now(UTC),
+        state={
+            "started": {"input": {"value": state.started.input.value}},
+            "attempt": state.attempt,
+        },
+    )
+
+
+class _SlowEngine:
+    """Stores each report the worker sends 50 ms later, as the engine does after its
+    fetch and its round; the commits go where the worker reads its history."""
+
+    def __init__(self, sim: WorkflowSim, log: MemoryCommitLog) -> None:
+        self.sim, self.log = sim, log
+        self.sent: list[tuple[str, Any]] = []
+
+    def commit(self, command: Any) -> None:
+        events = self.sim.apply(command)
+        self.log.add([_commit_of(self.sim, command.command_id, "CompleteWorkflowTask", events)])
+
+    async def send(self, topic: str, *, key: bytes, value: bytes, headers: Any = None) -> None:
+        self.sent.append((topic, json.loads(value)))
+        if topic.endswith("commands"):
+            command = CompleteWorkflowTask.model_validate_json(value)
+            asyncio.get_running_loop().call_later(0.05, self.commit, command)
+
+    async def flush(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("same_batch", [True, False])
+async def test_a_query_right_after_a_run_closes_does_not_run_its_code_again(
+    same_batch: bool,
+) -> None:
+    # The query comes before the engine has stored the closing report: replaying the
+    # history then (without the close) would run the activity a second time and answer
+    # from that run. The worker answers from the run it reported.
+    RECEIPTS.clear()
+    sim = WorkflowSim([Pay], [charge])
+    log = MemoryCommitLog()
+    engine = _SlowEngine(sim, log)
+    sim.start("pay", 7)
+    log.add([_commit_of(sim, "start", "StartWorkflow", list(sim.events))])
+    started = sim.events[0]
+    worker = Worker([Pay], [charge])
+    worker.attach(RunHistory(log, worker.activities, 3.0), engine)  # type: ignore[arg-type]
+    run = WorkflowTask(
+        task_id=started.event_id,
+        kind="run",
+        execution_id=sim.execution_id,
+        run_id=started.run_id,
+        seq=1,
+        workflow_name="pay",
+        input=7,
+        timestamp_ns=started.timestamp_ns,
+    )
+    query = WorkflowTask(
+        task_id="query:q1",
+        kind="query",
+        execution_id=sim.execution_id,
+        run_id=started.run_id,
+        seq=1,
+        workflow_name="pay",
+        request_id="q1",
+        name="receipt_no",
+    )
+    tasks = [run.model_dump_json().encode(), query.model_dump_json().encode()]
+    if same_batch:
+        await worker.handle(tasks)
+    else:
+        await worker.handle(tasks[:1])
+        await worker.handle(tasks[1:])
+    await asyncio.sleep(0.1)
+    reports = [v for topic, v in engine.sent if topic.endswith("commands")]
+    replies = [v for topic, v in engine.sent if topic.endswith("replies")]
+    assert RECEIPTS == [7]
+    assert len(reports) == 1
+    assert replies and replies[0].get("result") == 1
+    assert sim.state.status == ExecutionStatus.COMPLETED
 
 
 async def test_concurrent_activities_gather_and_replay_in_recorded_order() -> None:
