@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import fast_depends.utils
 import pytest
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.message import KafkaMessage as KafkaMessageClass
@@ -20,7 +20,7 @@ from services.common.batch_subscriber import (
     message_as_body,
 )
 from services.common.kafka_io import batch_records
-from services.common.kafka_topics import ensure_topics
+from services.common.kafka_topics import ensure_topics, partitions_of
 from services.common.settings import RunstoreSettings
 from services.common.stream_service import raw_records
 from tests.support.eventually import assert_eventually
@@ -152,3 +152,59 @@ async def test_records_after_idle_fetches_are_consumed(
     finally:
         await broker.stop()
         await producer.stop()
+
+
+async def test_a_gathering_consumer_asks_for_any_record_while_idle(
+    settings: RunstoreSettings,
+) -> None:
+    # The engine's fetches gather (64 KiB or 5 ms); idle, that was a fetch every 5 ms for
+    # nothing. After an idle getmany the fetcher asks for any record; the first batch
+    # that comes gives it back its own settings.
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        fetch_min_bytes=65536,
+        fetch_max_wait_ms=5,
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        subscriber = batch_subscriber(KafkaBroker(), topic)
+        fetcher: Any = consumer._fetcher  # type: ignore[attr-defined]
+
+        assert await subscriber.get_msg(consumer) == ()  # idle for IDLE_FETCH_WAIT_MS
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
+            1,
+            module.IDLE_BROKER_WAIT_MS,
+        )
+
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"a command", key=b"k")
+        finally:
+            await producer.stop()
+        got: tuple[Any, ...] = ()
+        while not got:
+            got = await subscriber.get_msg(consumer)
+        assert [r.value for r in got] == [b"a command"]
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
+    finally:
+        await consumer.stop()
+
+
+def test_a_consumer_that_does_not_gather_is_left_alone() -> None:
+    class Fetcher:
+        _fetch_min_bytes, _fetch_max_wait_ms = 1, 100
+
+    class Consumer:
+        _fetcher = Fetcher()
+
+    consumer = Consumer()
+    module.fetch_pace(consumer, busy=False)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 100)
+    module.fetch_pace(object(), busy=False)  # no aiokafka fetcher: nothing to do, no error
