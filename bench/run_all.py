@@ -68,7 +68,7 @@ BENCHMARKS = [
     Benchmark(
         "workers",
         "Workers: completed one-activity workflows against Temporal",
-        args=["--clients", "32", "--seconds", "20"],
+        args=["--clients", "64", "--seconds", "20"],
         quick=["--clients", "8", "--seconds", "4", "--warmup", "1"],
         json=True,
     ),

