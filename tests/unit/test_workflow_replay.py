@@ -228,6 +228,21 @@ def _commit_of(sim: WorkflowSim, command_id: str, command_type: str, events: lis
     )
 
 
+def _first_task(sim: WorkflowSim, workflow_name: str, arg: Any) -> WorkflowTask:
+    """The run task the engine publishes with an execution's start (it carries the start)."""
+    started = sim.events[0]
+    return WorkflowTask(
+        task_id=started.event_id,
+        kind="run",
+        execution_id=sim.execution_id,
+        run_id=started.run_id,
+        seq=1,
+        workflow_name=workflow_name,
+        input=arg,
+        timestamp_ns=started.timestamp_ns,
+    )
+
+
 class _SlowEngine:
     """Stores each report the worker sends 50 ms later, as the engine does after its
     fetch and its round; the commits go where the worker reads its history."""
@@ -266,16 +281,7 @@ async def test_a_query_right_after_a_run_closes_does_not_run_its_code_again(
     started = sim.events[0]
     worker = Worker([Pay], [charge])
     worker.attach(RunHistory(log, worker.activities, 3.0), engine)  # type: ignore[arg-type]
-    run = WorkflowTask(
-        task_id=started.event_id,
-        kind="run",
-        execution_id=sim.execution_id,
-        run_id=started.run_id,
-        seq=1,
-        workflow_name="pay",
-        input=7,
-        timestamp_ns=started.timestamp_ns,
-    )
+    run = _first_task(sim, "pay", 7)
     query = WorkflowTask(
         task_id="query:q1",
         kind="query",
@@ -520,16 +526,7 @@ async def test_an_executions_first_task_runs_without_reading_the_history() -> No
     producer = _Producer()
     # An empty commit log: had the worker read the history it would find no start.
     worker.attach(RunHistory(MemoryCommitLog(), worker.activities, 0.0), producer)  # type: ignore[arg-type]
-    task = WorkflowTask(
-        task_id=started.event_id,
-        kind="run",
-        execution_id=sim.execution_id,
-        run_id=started.run_id,
-        seq=1,
-        workflow_name="clock",
-        input=3,
-        timestamp_ns=started.timestamp_ns,
-    )
+    task = _first_task(sim, "clock", 3)
     await worker.handle([task.model_dump_json().encode()])
     [report] = producer.sent
     sim.apply(CompleteWorkflowTask.model_validate_json(report))  # the engine takes it
