@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Sequence
-from functools import lru_cache
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from services.common.kafka_io import Outgoing, append_record, started_producer
+from services.common.kafka_io import Outgoing, append_record, murmur2, started_producer
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
@@ -258,37 +256,3 @@ def _settle(ack: asyncio.Future[object], dones: list[asyncio.Future[None]]) -> B
         else:
             done.set_result(None)
     return asyncio.CancelledError() if ack.cancelled() else error
-
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash of `data` (what its default partitioner takes modulo the
-    partition count): the same value as aiokafka's `partitioner.murmur2`, in about a third
-    of its CPU (the 4-byte words unpacked at once, fewer masks)."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length // 4
-    for k in _words(words).unpack_from(data):
-        k = (k * _M) & _MASK
-        k = ((k ^ (k >> 24)) * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
-    if tail:
-        at = words * 4
-        if tail == 3:
-            h ^= data[at + 2] << 16
-        if tail >= 2:
-            h ^= data[at + 1] << 8
-        h = ((h ^ data[at]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-@lru_cache(maxsize=64)
-def _words(count: int) -> struct.Struct:
-    """Unpacks `count` little-endian unsigned 32-bit words (keys come in a few lengths)."""
-    return struct.Struct(f"<{count}I")

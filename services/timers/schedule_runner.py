@@ -12,8 +12,6 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from schemas.commands import COMMAND_ADAPTER
 from schemas.common import ExecutionStatus
 from schemas.schedules import (
@@ -27,7 +25,7 @@ from schemas.schedules import (
     to_ns,
 )
 from services.common.clock import now_ns, ns_to_datetime, utcnow
-from services.common.kafka_io import Outgoing, RecordPublisher
+from services.common.kafka_io import Outgoing, RecordPublisher, murmur2
 from services.common.readmodels.reader import ReadModelReader
 from services.common.readmodels.store import EXECUTIONS, RUNS
 from services.common.schedule_store import MongoScheduleStore

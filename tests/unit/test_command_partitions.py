@@ -1,7 +1,8 @@
 """The command window (services/api/command_window.py) puts each record in the partition
-Kafka's default partitioner gives its key, with its own murmur2: the same hash as
-aiokafka's for every length and byte value, so a key's records land where any other
-Kafka producer would put them."""
+Kafka's default partitioner gives its key, with our murmur2 (services/common/kafka_io.py;
+the engine's and the timers' partitions too): the same hash as aiokafka's for every
+length and byte value, so a key's records land where any other Kafka producer would put
+them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import random
 
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from services.api.command_window import murmur2
 from services.common.ids import new_id
+from services.common.kafka_io import murmur2
 
 
 def test_murmur2_equals_aiokafkas_for_every_length_and_byte() -> None:
