@@ -222,7 +222,26 @@ async def baseline_mongo(mongo: str, n: int) -> float:
     return n / seconds
 
 
-async def run(n: int, warmup_n: int, profile: bool, steady_rate: float | None = None) -> None:
+def print_timeline(timeline: list[tuple[float, float]], window_s: float) -> None:
+    """The steady phase's latency by when each command was sent, one line per window:
+    a stall shows as the windows whose worst latency stands out."""
+    t0 = min(sent for sent, _ in timeline)
+    windows: dict[int, list[float]] = {}
+    for sent, latency in timeline:
+        windows.setdefault(int((sent - t0) / window_s), []).append(latency * 1000)
+    print(f"\n  {'sent at (s)':>11} {'commands':>8} {'p50 ms':>8} {'max ms':>8}")
+    for w in sorted(windows):
+        ms = sorted(windows[w])
+        print(f"  {w * window_s:11.2f} {len(ms):8d} {ms[len(ms) // 2]:8.1f} {ms[-1]:8.1f}")
+
+
+async def run(
+    n: int,
+    warmup_n: int,
+    profile: bool,
+    steady_rate: float | None = None,
+    timeline_ms: float = 0,
+) -> None:
     rng = random.Random(7)
     with servers() as (bootstrap, mongo, server_pids):
         tag = uuid.uuid4().hex[:8]
@@ -272,6 +291,7 @@ async def run(n: int, warmup_n: int, profile: bool, steady_rate: float | None = 
 
             # Steady load at half the drain rate: latency without a backlog.
             latencies: list[float] = []
+            timeline: list[tuple[float, float]] = []  # (sent at, latency)
             sent_at: dict[str, float] = {}
             steady = workload(min(n // 2, int(rate * 10)), rng)
             target = steady_rate or max(100.0, rate / 2)
@@ -299,12 +319,16 @@ async def run(n: int, warmup_n: int, profile: bool, steady_rate: float | None = 
 
             def on_outcome(body: dict[str, Any]) -> None:
                 if body["command_id"] in sent_at:
-                    latencies.append(time.monotonic() - sent_at[body["command_id"]])
+                    sent = sent_at[body["command_id"]]
+                    latencies.append(time.monotonic() - sent)
+                    timeline.append((sent, latencies[-1]))
 
             await asyncio.gather(
                 steady_producer(),
                 outcomes.until(len(warmup) + n + len(steady), on_outcome, engine=engine),
             )
+            if timeline_ms:
+                print_timeline(timeline, timeline_ms / 1000)
         finally:
             await outcomes.consumer.stop()
             stop(engine)
@@ -351,6 +375,13 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
+        "--timeline",
+        type=float,
+        default=0,
+        metavar="MS",
+        help="also print the steady phase's latency per window of MS ms of send time",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=None,
@@ -358,7 +389,7 @@ def main() -> None:
         "compares latencies of two builds at the same load",
     )
     args = parser.parse_args()
-    asyncio.run(run(args.commands, args.warmup, args.profile, args.rate))
+    asyncio.run(run(args.commands, args.warmup, args.profile, args.rate, args.timeline))
 
 
 if __name__ == "__main__":

@@ -12,3 +12,6 @@ def configure_logging(level: str) -> None:
     )
     # aiokafka logs every rebalance step at INFO; keep its warnings only.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # PyMongo logs every command and its reply at DEBUG: at a service's DEBUG that buried
+    # the service's own lines and slowed it several times over.
+    logging.getLogger("pymongo").setLevel(logging.INFO)
