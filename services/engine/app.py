@@ -215,6 +215,7 @@ def build_app(settings: EngineSettings) -> FastStream:
     async def handle_commands(body: Any) -> None:
         # The batch's message itself (message_as_body: no thread hop to resolve it).
         message = cast("KafkaMessage", body)
+        collector.before_batch()
         raw = batch_records(message)
         records = [
             InboundRecord(

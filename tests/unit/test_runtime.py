@@ -208,6 +208,25 @@ def test_the_first_check_collects_what_start_up_left_in_cycles(restore_gc: None)
         batches.stop()
 
 
+def test_the_first_batch_collects_what_start_up_left_in_cycles_before_it_runs(
+    restore_gc: None,
+) -> None:
+    batches = BatchCollector(full_every_s=60, clock=_Clock())
+    batches.start()
+    try:
+        start_up = _cycle()  # left while the consumer started
+        batches.before_batch()
+        assert start_up() is None
+        assert batches.due() is None
+        # Once only: a later batch's cycles wait for a check that is due.
+        later = _cycle()
+        batches.before_batch()
+        batches.after_batch()
+        assert later() is not None
+    finally:
+        batches.stop()
+
+
 def test_stop_hands_collection_back_to_the_interpreter(restore_gc: None) -> None:
     batches = BatchCollector()
     batches.start()
