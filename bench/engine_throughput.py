@@ -223,6 +223,24 @@ async def baseline_mongo(mongo: str, n: int) -> float:
     return n / seconds
 
 
+class CollectorPauses:
+    """The longest stop of this process by its own garbage collector (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.longest_ms = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.longest_ms = max(self.longest_ms, (time.perf_counter() - self._started) * 1000)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._note)
+
+
 def print_timeline(timeline: list[tuple[float, float]], window_s: float) -> None:
     """The steady phase's latency by when each command was sent, one line per window:
     a stall shows as the windows whose worst latency stands out."""
@@ -296,6 +314,7 @@ async def run(
             # stopping the loop that sends the commands and reads their outcomes.
             gc.collect()
             gc.freeze()
+            pauses = CollectorPauses()
             latencies: list[float] = []
             timeline: list[tuple[float, float]] = []  # (sent at, latency)
             sent_at: dict[str, float] = {}
@@ -333,6 +352,7 @@ async def run(
                 steady_producer(),
                 outcomes.until(len(warmup) + n + len(steady), on_outcome, engine=engine),
             )
+            pauses.stop()
             if timeline_ms:
                 print_timeline(timeline, timeline_ms / 1000)
         finally:
@@ -364,6 +384,7 @@ async def run(
         print(f"  {'steady load offered':44} {target:10.0f}/s")
         print(f"  {'command→outcome latency p50':44} {pct(0.50):9.1f} ms")
         print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")
+        print(f"  {'  this process collecting meanwhile, longest':44} {pauses.longest_ms:9.1f} ms")
         if prof:
             print("\nwhere the engine's time goes (cumulative, top 30):")
             pstats.Stats(str(prof)).sort_stats(
