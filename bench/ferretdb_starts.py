@@ -1,7 +1,7 @@
 """FerretDB's CPU per HTTP start, from the requests a start sends it, alternating variants.
 
     .venv/bin/python bench/ferretdb_starts.py [--starts 6000] [--warmup 1000] [--rounds 3]
-        [--variant name=[BINARY][;SQLITE_PARAMS]] ...
+        [--variant name=[BINARY][;SQLITE_PARAMS[;ENV=VALUE,...]]] ...
 
 What bench/ferretdb_census.py counted under the HTTP start bench (`--peers '' --clients
 32`), without the rest of the stack: per start one commit (the engine's ordered insert
@@ -14,10 +14,12 @@ run and command ids. The engine's and the projector's requests go on two connect
 at once, as in the stack.
 
 Each variant runs its own FerretDB wrapper on an empty data directory: a binary (default:
-the one this tree builds, deploy/local/infra.py) and extra SQLite URL parameters (the
-wrapper's `--sqlite-params`, applied after its own). Variants run in turn, round after
+the one this tree builds, deploy/local/infra.py), extra SQLite URL parameters (the
+wrapper's `--sqlite-params`, applied after its own) and its environment's additions
+(e.g. `GOGC=400`). Variants run in turn, round after
 round (A B, B A, ...), so they see the same load. Printed per run: FerretDB's CPU per
-start (user + system from /proc), wall time, and the load average.
+start (user + system from /proc), starts per second, its peak resident memory, and the
+load average.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 import infra  # noqa: E402
 
 FIXTURE = REPO / "bench" / "fixtures" / "one_start_documents.json"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,7 +86,7 @@ class Starts:
 
 
 def start_server(
-    binary: str, params: str, data_dir: Path, debug_addr: str = ""
+    binary: str, params: str, data_dir: Path, debug_addr: str = "", env: str = ""
 ) -> tuple[subprocess.Popen[bytes], str]:
     data_dir.mkdir(parents=True)
     cmd = [binary, "--addr=127.0.0.1:0", f"--data-dir={data_dir}", "--log-level=warn"]
@@ -86,7 +95,8 @@ def start_server(
     if params:
         cmd.append(f"--sqlite-params={params}")
     log = (data_dir / "ferretdb.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log)
+    extra = dict(kv.split("=", 1) for kv in env.split(",") if kv)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **extra})
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     match = re.match(r"mongodb://\S+", line)
@@ -111,15 +121,16 @@ def run_variant(
     engine_batch: int,
     projector_batch: int,
     profile: Path | None = None,
-) -> tuple[float, float]:
-    """(FerretDB CPU ms per start, wall seconds) over `starts` after `warmup`; with
+    env: str = "",
+) -> tuple[float, float, float]:
+    """(FerretDB CPU ms per start, wall seconds, peak RSS MB) over `starts` after `warmup`; with
     `profile`, a 5-second Go CPU profile of the server from the measured part's start."""
     source = Starts(FIXTURE)
     rounds = (warmup + starts) // engine_batch
     batches = [[source.next() for _ in range(engine_batch)] for _ in range(rounds)]
     with tempfile.TemporaryDirectory(prefix="ferretdb-starts-") as tmp:
         debug_addr = f"127.0.0.1:{infra.free_port()}" if profile else ""
-        proc, url = start_server(binary, params, Path(tmp) / "db", debug_addr)
+        proc, url = start_server(binary, params, Path(tmp) / "db", debug_addr, env)
         try:
             engine: MongoClient[dict[str, Any]] = MongoClient(url)
             projector: MongoClient[dict[str, Any]] = MongoClient(url)
@@ -160,6 +171,7 @@ def run_variant(
             done.wait()
             thread.join()
             used = cpu_seconds(proc.pid) - marks["cpu"]
+            rss = peak_rss_mb(proc.pid)
             wall = time.perf_counter() - marks["wall"]
             measured = (len(batches) - measured_from) * engine_batch
             assert pdb["runs"].estimated_document_count() == len(batches) * engine_batch
@@ -168,7 +180,7 @@ def run_variant(
         finally:
             proc.terminate()
             proc.wait(30)
-    return used * 1000 / measured, wall
+    return used * 1000 / measured, wall, rss
 
 
 def main() -> None:
@@ -186,20 +198,20 @@ def main() -> None:
         help="name=[BINARY][;SQLITE_PARAMS] (default binary: this tree's build)",
     )
     args = parser.parse_args()
-    variants: list[tuple[str, str, str]] = []
+    variants: list[tuple[str, str, str, str]] = []
     for text in args.variant or ["this="]:
         name, _, rest = text.partition("=")
-        binary, _, params = rest.partition(";")
-        variants.append((name, binary or str(infra.install_ferretdb()), params))
-    results: dict[str, list[str]] = {name: [] for name, _, _ in variants}
+        binary, params, env = [*rest.split(";", 2), "", ""][:3]
+        variants.append((name, binary or str(infra.install_ferretdb()), params, env))
+    results: dict[str, list[str]] = {name: [] for name, *_ in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
-        for name, binary, params in order:
+        for name, binary, params, env in order:
             load = os.getloadavg()[0]
             profile = args.pprof / f"{name}-{r + 1}.pprof" if args.pprof else None
             if args.pprof:
                 args.pprof.mkdir(parents=True, exist_ok=True)
-            ms, wall = run_variant(
+            ms, wall, rss = run_variant(
                 binary,
                 params,
                 args.starts,
@@ -207,8 +219,9 @@ def main() -> None:
                 args.engine_batch,
                 args.projector_batch,
                 profile,
+                env,
             )
-            cell = f"{ms:.3f} ms ({args.starts / wall:.0f} starts/s, load {load:.1f})"
+            cell = f"{ms:.3f} ms ({args.starts / wall:.0f} starts/s, {rss:.0f} MB, load {load:.1f})"
             results[name].append(cell)
             print(f"round {r + 1} {name}: {cell}", flush=True)
     print(json.dumps(results, indent=1))
