@@ -1,6 +1,7 @@
 """The Go tests of the local FerretDB build: the wrapper's own (deploy/local/ferretdb:
-its SQLite settings, the collector's target, the `_id` index fix, the lazy logger), run
-with the Go toolchain that builds the server."""
+its SQLite settings, the collector's target, the `_id` index fix, the lazy logger) and the
+patched FerretDB package 03-sjson-marshal.patch changes (its upstream tests, which fix the
+exact bytes stored, and ours), run with the Go toolchain that builds the server."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def go_test(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_wrappers_go_tests_pass() -> None:
     result = go_test(infra.FERRETDB_SRC, "-mod=readonly", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_patched_sjson_package_passes_its_tests() -> None:
+    binary = infra.install_ferretdb()
+    source = infra.CACHE_DIR / "src" / binary.name
+    # FerretDB's test helpers look for a .git directory above the package; the cache sits
+    # inside a checkout (or a worktree's link to one).
+    result = go_test(source, "-mod=mod", "./internal/handler/sjson/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok" in result.stdout
