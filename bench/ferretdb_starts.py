@@ -63,7 +63,7 @@ def cpu_seconds(pid: int) -> float:
 class Starts:
     """Fresh copies of one start's documents: its ids replaced in their JSON text."""
 
-    def __init__(self, fixture: Path) -> None:
+    def __init__(self, fixture: Path, ordered_ids: bool = False) -> None:
         docs = json_util.loads(fixture.read_text())
         commit = docs["commits"][0]
         run = docs["runs"][0]
@@ -73,11 +73,15 @@ class Starts:
         self.text = {name: json_util.dumps(docs[name][0]) for name in docs}
         self.tag = uuid.uuid4().hex[:6]
         self.n = 0
+        self.ordered_ids = ordered_ids
 
     def next(self) -> dict[str, dict[str, Any]]:
         self.n += 1
         execution_id = f"h-{self.tag}-{self.n}"
         run_id, command_id = str(uuid.uuid4()), str(uuid.uuid4())
+        if self.ordered_ids:  # time-ordered ids (as UUIDv7's): index inserts at the right edge
+            run_id = f"{time.time_ns() // 1000:014x}-{self.n:08x}-{run_id[24:]}"
+            command_id = f"{time.time_ns() // 1000:014x}-{self.n:08x}-{command_id[24:]}"
         out = {}
         for name, text in self.text.items():
             text = text.replace(self.run_id, run_id).replace(self.command_id, command_id)
@@ -122,10 +126,11 @@ def run_variant(
     projector_batch: int,
     profile: Path | None = None,
     env: str = "",
+    ordered_ids: bool = False,
 ) -> tuple[float, float, float]:
     """(FerretDB CPU ms per start, wall seconds, peak RSS MB) over `starts` after `warmup`; with
     `profile`, a 5-second Go CPU profile of the server from the measured part's start."""
-    source = Starts(FIXTURE)
+    source = Starts(FIXTURE, ordered_ids)
     rounds = (warmup + starts) // engine_batch
     batches = [[source.next() for _ in range(engine_batch)] for _ in range(rounds)]
     with tempfile.TemporaryDirectory(prefix="ferretdb-starts-") as tmp:
@@ -190,6 +195,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine-batch", type=int, default=27)
     parser.add_argument("--projector-batch", type=int, default=37)
+    parser.add_argument(
+        "--ordered-ids",
+        action="store_true",
+        help="time-ordered run and command ids instead of random ones (a what-if)",
+    )
     parser.add_argument("--pprof", type=Path, help="save a CPU profile per run in this directory")
     parser.add_argument(
         "--variant",
@@ -220,6 +230,7 @@ def main() -> None:
                 args.projector_batch,
                 profile,
                 env,
+                args.ordered_ids,
             )
             cell = f"{ms:.3f} ms ({args.starts / wall:.0f} starts/s, {rss:.0f} MB, load {load:.1f})"
             results[name].append(cell)
