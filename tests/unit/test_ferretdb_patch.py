@@ -79,9 +79,22 @@ def test_a_hunk_without_context_is_refused(tmp_path: Path) -> None:
 
 def test_the_ferretdb_patches_go_in_their_order_and_are_in_the_binary_key() -> None:
     patches = infra._ferretdb_patches()
-    assert [p.name for p in patches] == ["01-ordered-insert.patch", "02-insert-transactions.patch"]
+    assert [p.name for p in patches] == [
+        "01-ordered-insert.patch",
+        "02-insert-transactions.patch",
+        "03-sjson-marshal.patch",
+    ]
+    files = {
+        "01-ordered-insert.patch": ["internal/handler/msg_insert.go"],
+        "02-insert-transactions.patch": ["internal/handler/msg_insert.go"],
+        "03-sjson-marshal.patch": [
+            "internal/handler/sjson/schema.go",
+            "internal/handler/sjson/string.go",
+            "internal/handler/sjson/string_test.go",
+        ],
+    }
     for patch in patches:
         hunks = infra._parse_patch(patch.read_text(), patch.name)
-        assert list(hunks) == ["internal/handler/msg_insert.go"]
+        assert list(hunks) == files[patch.name]
         # A binary built before a patch changed is not reused.
         assert patch in infra._ferretdb_inputs()

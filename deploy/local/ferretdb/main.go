@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -50,6 +51,10 @@ func run() error {
 	sqliteParams := flag.String("sqlite-params", "", "extra query parameters of the SQLite URL, e.g. _pragma=mmap_size(268435456)")
 	debugAddr := flag.String("debug-addr", "", "if set, serve Go's profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")
 	flag.Parse()
+
+	if percent, set := gcPercent(os.Getenv); set {
+		debug.SetGCPercent(percent)
+	}
 
 	switch *handler {
 	case "sqlite":
@@ -79,17 +84,10 @@ func run() error {
 	}
 
 	config := &ferretdb.Config{
-		Listener: ferretdb.ListenerConfig{TCP: *addr},
-		Logger:   logger,
-		Handler:  "sqlite",
-		// Checkpoint the write-ahead log every 10,000 pages instead of SQLite's 1,000:
-		// random-key index pages are rewritten by many transactions between two
-		// checkpoints, and copied back once each. Inserts of commit-shaped documents
-		// with random ids went from ~3,900 to ~4,600 docs/s.
-		SQLiteURL: "file:" + filepath.ToSlash(absDir) + "/?_pragma=wal_autocheckpoint(10000)",
-	}
-	if *sqliteParams != "" {
-		config.SQLiteURL += "&" + *sqliteParams
+		Listener:  ferretdb.ListenerConfig{TCP: *addr},
+		Logger:    logger,
+		Handler:   "sqlite",
+		SQLiteURL: sqliteURL(absDir, *sqliteParams),
 	}
 	if *handler != "sqlite" {
 		config.Handler = "postgresql"
@@ -128,4 +126,52 @@ func run() error {
 	logger.Info("runstore-ferretdb stopped")
 
 	return nil
+}
+
+// sqliteURL is the SQLite backend's URL: the data directory, our pragmas, then the
+// --sqlite-params (applied after ours, so they can override them). FerretDB adds
+// busy_timeout, journal_mode(wal) and auto_vacuum(none) to it; `synchronous` is left
+// at the driver's compiled default for WAL, FULL (docs/local-store.md).
+func sqliteURL(absDir, extra string) string {
+	url := "file:" + filepath.ToSlash(absDir) + "/?" + strings.Join([]string{
+		// Checkpoint the write-ahead log every 10,000 pages instead of SQLite's 1,000:
+		// random-key index pages are rewritten by many transactions between two
+		// checkpoints, and copied back once each. Inserts of commit-shaped documents
+		// with random ids went from ~3,900 to ~4,600 docs/s.
+		"_pragma=wal_autocheckpoint(10000)",
+		// Statement journals in memory. FerretDB inserts up to 100 rows per INSERT
+		// inside a transaction, and a statement that can fail half-way (a duplicate
+		// `_id`) must be undoable on its own, so SQLite journals the pages it changes;
+		// with the default temp_store that journal spills to a temporary file past
+		// 64 KiB: an open, a pwrite per page and a close for nearly every statement
+		// (15 % of FerretDB's CPU under the HTTP start bench). It only ever undoes a
+		// statement of an open transaction, never read at recovery, so keeping it in
+		// memory changes nothing that is on disk when a COMMIT returns. temp_store also
+		// covers temporary tables and sorts: FerretDB's SQLite backend makes no
+		// temporary tables, and its only ORDER BY (capped collections) walks the rowid.
+		"_pragma=temp_store(memory)",
+	}, "&")
+	if extra != "" {
+		url += "&" + extra
+	}
+	return url
+}
+
+// defaultGCPercent is the Go collector's target (GOGC) the server runs with unless the
+// environment sets GOGC: a collection when the heap has grown by 4x its live size, not
+// Go's 2x. FerretDB allocates a few copies of every document it writes (BSON, its
+// types.Document, the sjson text, SQLite's arguments), and with the default the
+// collector's marking was ~5 % of its CPU and its write barriers and assists more:
+// under bench/ferretdb_starts.py 400 cut FerretDB's CPU per start by ~15 % for ~10 MB
+// more peak memory (docs/local-store.md, ninth session).
+const defaultGCPercent = 400
+
+// gcPercent is the GOGC to set, and whether to set one: none when GOGC is in the
+// environment (the runtime has read it already).
+func gcPercent(getenv func(string) string) (int, bool) {
+	if getenv("GOGC") != "" {
+		return 0, false
+	}
+
+	return defaultGCPercent, true
 }
