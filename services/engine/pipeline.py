@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -377,7 +378,9 @@ class _CoalescedCommits:
         self._every_s = every_s
         self._queued: dict[TopicPartition, int] = {}
         self._consumer: Consumer | None = None
-        self._last = 0.0
+        # Never committed: the first commit goes at once. (Not 0.0: the monotonic clock
+        # counts from boot, so within `every_s` of it the first commit used to wait.)
+        self._last = -math.inf
         self._timer: asyncio.Task[None] | None = None
         # One commit request at a time, so that a later one never lands first.
         self._lock = asyncio.Lock()

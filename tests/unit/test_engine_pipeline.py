@@ -11,9 +11,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 
+import pytest
 from aiokafka import TopicPartition
 
 from schemas.commits import Commit
+from services.engine import pipeline as pipeline_module
 from services.engine.event_store import AppendReport
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.outbound import Outbound
@@ -491,6 +493,17 @@ async def test_offsets_of_batches_published_within_the_interval_go_in_one_commit
     # Before a rebalance or a shutdown the queued offsets go, the latest per partition.
     await r.drained()
     assert r.consumer.commits == [{TP0: 11}, {TP0: 13, tp1: 6}]
+
+
+async def test_the_first_commit_goes_at_once_on_a_box_booted_less_than_the_interval_ago(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # time.monotonic counts from boot: 100 s after it, an interval of an hour.
+    monkeypatch.setattr(pipeline_module.time, "monotonic", lambda: 100.0)
+    r = rig(commit_every_s=3600)
+    await r.submit([record(start("e1", "c1"), offset=10)])
+    await r.signals.wait("c1 committed")
+    assert r.consumer.commits == [{TP0: 11}]
 
 
 async def test_queued_offsets_are_committed_once_the_interval_has_passed() -> None:
