@@ -306,6 +306,8 @@ class SessionFetcher:
         """Fetch until cancelled: one task per leader broker, each with its own session;
         a partition that must move to another broker restarts them all after a metadata
         update. Raises what is not a broker's transient error."""
+        if not self.positions:  # nothing to follow (a feed nobody follows a topic of)
+            await asyncio.Event().wait()
         while True:
             by_node = self._leaders()
             if by_node is None:
@@ -360,6 +362,8 @@ class SessionFetcher:
             try:
                 answer: FetchAnswer = await self._client.send(node, SessionFetchRequest(body))
             except KafkaError as exc:
+                if not exc.retriable:  # (an old broker, …): the feed fails, as it did
+                    raise
                 # (Positions did not move: the next session's full fetch names them all.)
                 log.warning("fetch from broker %s failed: %s; retrying", node, exc)
                 session.reset()

@@ -4,6 +4,7 @@ read from a position on."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from io import BytesIO
 
@@ -14,6 +15,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
 from services.api.session_fetch import (
+    SessionFetcher,
     _FetchResponse,
     encode_fetch,
     parse_fetch_response,
@@ -146,3 +148,9 @@ def test_a_batch_with_a_wrong_checksum_is_refused() -> None:
     data[-3] ^= 0xFF
     with pytest.raises(KafkaError):
         read_records("t", 0, 0, bytes(data))
+
+
+async def test_a_fetcher_with_nothing_to_follow_waits_instead_of_failing() -> None:
+    fetcher = SessionFetcher(None, {}, lambda *_: None)  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(fetcher.run(), 0.05)
