@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -83,14 +83,7 @@ class HeldFlusher:
     `__consumer_offsets` record per partition it names, and costs the broker a request);
     in the background, projects what was held once its time is up and no batch came to
     release it, and commits what the last batches before a quiet spell left pending.
-    Callers hold `lock` (one writer per document).
-
-    While batches come (one at least every `quiet` seconds), the background leaves held
-    events to them: the next batch's plan releases those whose time is up, in the same
-    writes as its own events. Projecting them from the background as well made a round of
-    writes (one insert request per collection, ~3 per round) per tick between two batches:
-    with starts that stay open (every start held), 8 ticks a second besides the 5 batches
-    at the 200 ms fetch wait."""
+    Callers hold `lock` (one writer per document)."""
 
     def __init__(
         self,
@@ -99,8 +92,6 @@ class HeldFlusher:
         lock: asyncio.Lock,
         topic: str,
         offsets: PendingOffsets | None = None,
-        quiet: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
     ):
         self._projector = projector
         self.holder = holder
@@ -108,9 +99,6 @@ class HeldFlusher:
         self._topic = topic
         self._consumer: AIOKafkaConsumer | None = None
         self.offsets = offsets if offsets is not None else PendingOffsets(None, 0)
-        self._quiet = quiet
-        self._clock = clock
-        self._last_batch = -float("inf")
 
     async def project(
         self,
@@ -131,10 +119,7 @@ class HeldFlusher:
             log.info("dropping a batch fetched before partitions moved; it is read again")
             return False
         self._consumer = consumer
-        now = self._clock()
-        if batch:
-            self._last_batch = now
-        plan = self.holder.plan(batch, now, may_hold)
+        plan = self.holder.plan(batch, time.monotonic(), may_hold)
         await self._projector.apply(plan.project, plan.partitions)
         if plan.project:
             PROJECTOR_LAST_SEQ.set(max(e.seq for e in plan.project))
@@ -154,32 +139,22 @@ class HeldFlusher:
         every = max(min(linger / 4, commit_every) if linger > 0 else commit_every, 0.05)
         while True:
             await asyncio.sleep(every)
-            await self.tick()
-
-    async def tick(self) -> bool:
-        """The background's step: commit what is due, and project the held events whose
-        time is up if no batch came for `quiet` seconds. Returns whether it projected."""
-        if self.offsets.consumer is not None:
-            await self.offsets.commit_if_due()
-        linger = self.holder.linger
-        oldest = self.holder.oldest()
-        now = self._clock()
-        if linger <= 0 or oldest is None or now - oldest < linger:
-            return False
-        if now - self._last_batch < self._quiet:
-            return False  # the next batch releases them
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        try:
-            async with self._lock:
-                # (A commit that races a rebalance fails, and the partitions' new
-                # owner starts from the offsets committed before: harmless.)
-                return await self.project(consumer, [], may_hold=True)
-        except Exception:
-            log.warning("projecting held events failed; trying again", exc_info=True)
-            self._projector.forget()
-            return False
+            if self.offsets.consumer is not None:
+                await self.offsets.commit_if_due()
+            oldest = self.holder.oldest()
+            if linger <= 0 or oldest is None or time.monotonic() - oldest < linger:
+                continue
+            consumer = self._consumer
+            if consumer is None:
+                continue
+            try:
+                async with self._lock:
+                    # (A commit that races a rebalance fails, and the partitions' new
+                    # owner starts from the offsets committed before: harmless.)
+                    await self.project(consumer, [], may_hold=True)
+            except Exception:
+                log.warning("projecting held events failed; trying again", exc_info=True)
+                self._projector.forget()
 
 
 class ParkedRetries:
@@ -250,10 +225,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     retries = ParkedRetries(projector, lock, settings.projector_parked_check_seconds)
     holder = HeldEvents(settings.projector_hold_ms / 1000, settings.projector_hold_max_events)
     offsets = PendingOffsets(None, settings.projector_commit_every_ms / 1000)
-    # While events come, the broker answers a fetch within its wait: a batch at least
-    # that often (twice it, and a little, for a slow handler or a slow answer).
-    quiet = 2 * settings.projector_fetch_wait_ms / 1000 + 0.05
-    flusher = HeldFlusher(projector, holder, lock, settings.topics.events, offsets, quiet)
+    flusher = HeldFlusher(projector, holder, lock, settings.topics.events, offsets)
     listener = _ForgetOnRebalance(projector, holder, retries, health, offsets)
     background: list[asyncio.Task[None]] = []
 

@@ -225,35 +225,3 @@ async def test_coalesced_offset_commits_never_pass_a_held_event() -> None:
     await pending.commit_if_due()  # the flusher's quiet-time commit
     assert consumer.commits == [{0: len(done_b)}, {0: offsets[0]}]
     assert store.data == expected(w.all_events())
-
-
-async def test_held_events_due_while_batches_come_are_left_to_the_next_batch() -> None:
-    # The background projects held events only when no batch came for `quiet` seconds;
-    # while batches come, the next one writes them with its own events (one round).
-    now = [0.0]
-    w = Workload()
-    a, b = w.start("a").events, w.start("b").events
-    offsets: dict[int, int] = {}
-    holder, store = HeldEvents(0.5, 100), CountingStore()
-    consumer: Any = RecordingConsumer()
-    flusher = HeldFlusher(
-        Projector(store),
-        holder,
-        asyncio.Lock(),
-        "workflows.events",
-        quiet=0.45,
-        clock=lambda: now[0],
-    )
-    assert await flusher.project(consumer, as_consumed(a, offsets), True)
-    now[0] = 0.4
-    assert await flusher.project(consumer, as_consumed(b, offsets), True)
-    now[0] = 0.6  # a's time is up, and a batch came 0.2 s ago
-    assert not await flusher.tick()
-    assert store.data == expected([])
-    now[0] = 0.65  # the next batch releases a, and holds b and its own c
-    c = w.start("c").events
-    assert await flusher.project(consumer, as_consumed(c, offsets), True)
-    assert store.data == expected(a)
-    now[0] = 1.2  # b's time is up and no batch came for 0.55 s: the background writes b
-    assert await flusher.tick()
-    assert store.data == expected(a + b + c)
