@@ -55,6 +55,7 @@ API_KEYS = {
     32: "DescribeConfigs",
     44: "IncrementalAlterConfigs",
     60: "DescribeCluster",
+    63: "BrokerHeartbeat",
 }
 
 _LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] DEBUG Completed request:(\{.*\})")
