@@ -66,7 +66,7 @@ def set_request_logging(bootstrap: str, level: str) -> None:
     libs = hg.infra.install_kafka()
     subprocess.run(
         [
-            "java",
+            hg.infra._java(),
             "-Xmx128m",
             "-XX:TieredStopAtLevel=1",
             "-cp",
@@ -256,6 +256,9 @@ def main() -> int:
         if not args.no_log:
             set_request_logging(address, "WARN")
         starts = r.starts
+        if not starts:
+            print("no start was counted (see the errors above): nothing to divide by")
+            return 1
         print(
             f"{r.rate:.1f} starts/s ({starts} in {args.seconds:.0f} s), start p50 "
             f"{hg.pct(r.start_ms, 0.5):.1f} p99 {hg.pct(r.start_ms, 0.99):.1f} ms"
