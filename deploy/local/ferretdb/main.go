@@ -55,6 +55,9 @@ func run() error {
 	if percent, set := gcPercent(os.Getenv); set {
 		debug.SetGCPercent(percent)
 	}
+	if limit, set := memoryLimit(os.Getenv); set {
+		debug.SetMemoryLimit(limit)
+	}
 
 	switch *handler {
 	case "sqlite":
@@ -149,6 +152,10 @@ func sqliteURL(absDir, extra string) string {
 		// memory changes nothing that is on disk when a COMMIT returns. temp_store also
 		// covers temporary tables and sorts: FerretDB's SQLite backend makes no
 		// temporary tables, and its only ORDER BY (capped collections) walks the rowid.
+		// Two things do use it, in memory now: `compact` with `full: true` (VACUUM
+		// builds its copy of the database there) and an index built over a collection
+		// that holds data (its sort). Runstore does neither on large collections; pass
+		// `--sqlite-params _pragma=temp_store(file)` where it matters.
 		"_pragma=temp_store(memory)",
 	}, "&")
 	if extra != "" {
@@ -163,8 +170,26 @@ func sqliteURL(absDir, extra string) string {
 // types.Document, the sjson text, SQLite's arguments), and with the default the
 // collector's marking was ~5 % of its CPU and its write barriers and assists more:
 // under bench/ferretdb_starts.py 400 cut FerretDB's CPU per start by ~15 % for ~10 MB
-// more peak memory (docs/local-store.md, ninth session).
+// more peak memory (docs/local-store.md, ninth session). The extra memory grows with the
+// live heap: under inserts of 20,000 documents of 2 KB the peak went from ~210-230 MB to
+// 455-525 MB, hence the soft limit below.
 const defaultGCPercent = 400
+
+// defaultMemoryLimit is the soft limit of the Go heap (GOMEMLIMIT) the server runs with
+// unless the environment sets GOMEMLIMIT: near it the collector runs as often as it must
+// instead of letting GOGC 400 grow the heap to 5x a large live heap. Above what the
+// start benches use (~55 MB peak), so it changes nothing there.
+const defaultMemoryLimit = 256 << 20
+
+// memoryLimit is the soft memory limit to set, and whether to set one: none when
+// GOMEMLIMIT is in the environment (the runtime has read it already).
+func memoryLimit(getenv func(string) string) (int64, bool) {
+	if getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+
+	return defaultMemoryLimit, true
+}
 
 // gcPercent is the GOGC to set, and whether to set one: none when GOGC is in the
 // environment (the runtime has read it already).

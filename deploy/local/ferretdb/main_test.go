@@ -73,3 +73,19 @@ func TestTheCollectorTargetIsOursUnlessGOGCIsSet(t *testing.T) {
 		t.Error("gcPercent overrides a GOGC given in the environment")
 	}
 }
+
+func TestTheSoftMemoryLimitIsOursUnlessGOMEMLIMITIsSet(t *testing.T) {
+	unset := func(string) string { return "" }
+	if limit, set := memoryLimit(unset); !set || limit != 256<<20 {
+		t.Errorf("memoryLimit without GOMEMLIMIT = %d, %v; want 256 MiB, true", limit, set)
+	}
+	given := func(name string) string {
+		if name == "GOMEMLIMIT" {
+			return "1GiB"
+		}
+		return ""
+	}
+	if _, set := memoryLimit(given); set {
+		t.Error("memoryLimit overrides a GOMEMLIMIT given in the environment")
+	}
+}
