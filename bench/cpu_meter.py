@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -74,20 +75,31 @@ class CpuMeter:
         }
 
 
-def listening_pid(port: int) -> int | None:
-    """The process listening on a local TCP port (for servers the caller did not start),
-    found through /proc: the socket's inode in /proc/net/tcp*, then whose fd it is."""
-    inodes: set[str] = set()
+def tcp_sockets() -> Iterator[list[str]]:
+    """The fields of every row of /proc/net/tcp and /proc/net/tcp6 (1: local address,
+    2: remote address, 3: state, 9: inode; addresses as hex `ip:port`)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(inode)
+            yield line.split()
+
+
+def tcp_port(address: str) -> int:
+    """The port of a /proc/net/tcp address (hex `ip:port`)."""
+    return int(address.rsplit(":", 1)[1], 16)
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (for servers the caller did not start),
+    found through /proc: the socket's inode in /proc/net/tcp*, then whose fd it is."""
+    inodes: set[str] = set()
+    for fields in tcp_sockets():
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and tcp_port(local) == port:  # 0A: LISTEN
+            inodes.add(inode)
     if not inodes:
         return None
     targets = {f"socket:[{i}]" for i in inodes}

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 sys.path.insert(0, str(REPO / "bench"))
 
 import infra  # noqa: E402
-from cpu_meter import CpuMeter  # noqa: E402
+from cpu_meter import CpuMeter, tcp_port, tcp_sockets  # noqa: E402
 from loadgen import HttpConnection, drive, pct  # noqa: E402
 
 OP_MSG = 2013
@@ -156,18 +156,7 @@ async def _pipe_replies(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 def _socket_inodes(port: int) -> dict[int, int]:
     """Client port -> socket inode of every TCP connection to `port` on this host."""
-    out: dict[int, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            local, remote, inode = f[1], f[2], int(f[9])
-            if int(remote.rsplit(":", 1)[1], 16) == port:
-                out[int(local.rsplit(":", 1)[1], 16)] = inode
-    return out
+    return {tcp_port(f[1]): int(f[9]) for f in tcp_sockets() if tcp_port(f[2]) == port}
 
 
 def _owners(pids: dict[str, int]) -> dict[int, str]:
