@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import re
@@ -44,6 +43,7 @@ import uvloop  # noqa: E402
 from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: E402
 from aiokafka.structs import ConsumerRecord  # noqa: E402
 from api_execute_cpu import Transport, uvicorn_protocol  # noqa: E402
+from cpu_meter import CollectorPasses  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 
 from services.api import list_index_feed as list_index_feed_module  # noqa: E402
@@ -249,14 +249,14 @@ async def measure(
         sys.setprofile(None)
         index_feed._task.cancel()
         return calls.count / (per_client * clients), 0.0
-    collecting = GcTime()
+    collecting = CollectorPasses()
     best = (float("inf"), 0.0)
     for _ in range(rounds):
-        collecting.seconds = 0.0
+        collecting.cpu_seconds = 0.0
         started = time.process_time()
         await asyncio.gather(*(client(per_client) for _ in range(clients)))
         done = per_client * clients
-        best = min(best, ((time.process_time() - started) / done, collecting.seconds / done))
+        best = min(best, ((time.process_time() - started) / done, collecting.cpu_seconds / done))
     collecting.stop()
     index_feed._task.cancel()
     return best
@@ -272,24 +272,6 @@ class Calls:
     def note(self, _frame: Any, event: str, _arg: Any) -> None:
         if event in ("call", "c_call"):
             self.count += 1
-
-
-class GcTime:
-    """CPU time spent in the garbage collector's passes (gc.callbacks)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._began = 0.0
-        gc.callbacks.append(self._note)
-
-    def _note(self, phase: str, _info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._began = time.process_time()
-        else:
-            self.seconds += time.process_time() - self._began
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._note)
 
 
 def main() -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -123,3 +125,26 @@ def kafka_pid(bootstrap: str) -> int | None:
 def mongo_pid(url: str) -> int | None:
     """The local MongoDB-protocol server of a `mongodb://` URL, if any."""
     return listening_pid(urlsplit(url).port or 27017)
+
+
+class CollectorPasses:
+    """This process's garbage collector passes while it is installed (gc.callbacks): the
+    CPU time they took in all (`cpu_seconds`) and the longest one's wall time
+    (`longest_ms`, how long it stopped the process's event loop)."""
+
+    def __init__(self) -> None:
+        self.cpu_seconds = 0.0
+        self.longest_ms = 0.0
+        self._cpu_began = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._cpu_began, self._began = time.process_time(), time.perf_counter()
+        else:
+            self.cpu_seconds += time.process_time() - self._cpu_began
+            self.longest_ms = max(self.longest_ms, (time.perf_counter() - self._began) * 1000)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._note)

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from cpu_meter import CpuMeter  # noqa: E402
+from cpu_meter import CollectorPasses, CpuMeter  # noqa: E402
 from servers import bench_servers  # noqa: E402
 
 from services.common.kafka_topics import ensure_topics  # noqa: E402
@@ -223,24 +223,6 @@ async def baseline_mongo(mongo: str, n: int) -> float:
     return n / seconds
 
 
-class CollectorPauses:
-    """The longest stop of this process by its own garbage collector (gc.callbacks)."""
-
-    def __init__(self) -> None:
-        self.longest_ms = 0.0
-        self._started = 0.0
-        gc.callbacks.append(self._note)
-
-    def _note(self, phase: str, _info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.longest_ms = max(self.longest_ms, (time.perf_counter() - self._started) * 1000)
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._note)
-
-
 def print_timeline(timeline: list[tuple[float, float]], window_s: float) -> None:
     """The steady phase's latency by when each command was sent, one line per window:
     a stall shows as the windows whose worst latency stands out."""
@@ -314,7 +296,7 @@ async def run(
             # stopping the loop that sends the commands and reads their outcomes.
             gc.collect()
             gc.freeze()
-            pauses = CollectorPauses()
+            pauses = CollectorPasses()
             latencies: list[float] = []
             timeline: list[tuple[float, float]] = []  # (sent at, latency)
             sent_at: dict[str, float] = {}
