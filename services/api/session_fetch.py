@@ -22,13 +22,17 @@ only once its records are handed over; a response that answers an older position
 dropped); control batches are skipped (read_uncommitted, like the consumer's default);
 a position out of the log's range is reset to the log's end, as the consumer's default
 `auto_offset_reset="latest"` did. Errors of the session itself (an evicted session, an
-epoch out of step) start a new session: the next request is a full one again.
+epoch out of step) start a new session: the next request is a full one again, naming the
+old session so that the broker drops it. Retriable errors are retried per partition after
+a metadata update and a back-off, the other partitions flowing meanwhile
+(`SessionFetcher`); sessions are closed when the fetcher stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +40,12 @@ from io import BytesIO
 from typing import Any
 
 from aiokafka import AIOKafkaClient
-from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
+from aiokafka.errors import (
+    CorruptRecordException,
+    IncompatibleBrokerVersion,
+    KafkaError,
+    for_code,
+)
 from aiokafka.protocol.api import Request, RequestHeader_v1, ResponseHeader_v0
 from aiokafka.protocol.fetch import FetchRequest_v7
 from aiokafka.protocol.offset import OffsetRequest
@@ -51,12 +60,18 @@ _INITIAL_EPOCH = 0
 """A full fetch that asks the broker to open a session."""
 _SESSION_ERRORS = frozenset({70, 71})
 """FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH: open a new session."""
+_FINAL_EPOCH = -1
+"""A full fetch that closes the session it names and opens none."""
 _OUT_OF_RANGE = 1
-_ROUTING_ERRORS = frozenset({3, 5, 6, 56, 74, 75})
-"""UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
-KAFKA_STORAGE_ERROR, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH: the partition is to be
-read from another broker (after a metadata update)."""
+_RETRIED_CODES = frozenset({-1, 2, 3, 5, 6, 9, 56, 74, 75, 78})
+"""Partition and response errors retried after a metadata update, with the position
+kept, beside those aiokafka marks retriable (timeouts, ...): UNKNOWN_SERVER_ERROR,
+CORRUPT_MESSAGE, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER,
+REPLICA_NOT_AVAILABLE, KAFKA_STORAGE_ERROR, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH,
+OFFSET_NOT_AVAILABLE. The Java consumer retries these (most after a metadata update);
+aiokafka marks some of them not retriable (9, 74, 75, 2)."""
 _LATEST = -1
+"""ListOffsets' timestamp for a partition's end."""
 _LEADER_TRIES = 100
 """ListOffsets' timestamp for a partition's end."""
 _YIELD_AFTER_RECORDS = 5000
@@ -222,8 +237,9 @@ def read_records(
     topic: str, partition: int, position: int, raw: bytes
 ) -> tuple[list[TailRecord], int]:
     """The records of `raw` (a partition's record batches) at or past `position`, and the
-    position after them. Control batches are skipped (their offsets are passed over); a
-    batch whose checksum is wrong raises (the fetch is retried)."""
+        position after them. Control batches are skipped (their offsets are passed over); a
+        batch whose checksum is wrong raises `CorruptRecordException` (the partition is fetched
+    again after a back-off)."""
     found: list[TailRecord] = []
     batches = MemoryRecords(raw)
     while batches.has_next():
@@ -231,7 +247,9 @@ def read_records(
         if batch is None:
             break
         if not batch.validate_crc():
-            raise KafkaError(f"record batch with a wrong checksum in {topic}/{partition}")
+            raise CorruptRecordException(
+                f"record batch with a wrong checksum in {topic}/{partition} at {batch.base_offset}"
+            )
         if not batch.is_control_batch:
             for record in batch:
                 if record.offset >= position:
@@ -251,29 +269,65 @@ def read_records(
 
 
 class FetchSession:
-    """One broker's fetch session: its id, the next epoch, the offsets it holds, and
-    the partitions whose position moved since the last request (the next incremental
-    request names only those)."""
+    """One broker's fetch session as this side holds it: its id (0: none), the next
+    epoch (0: the next request is a full one), the fetch offsets the broker holds for
+    it, and what the next incremental request must tell the broker: the partitions whose
+    position moved or that joined (named with their position), and those that left
+    (forgotten)."""
 
     def __init__(self) -> None:
         self.session_id = 0
         self.epoch = _INITIAL_EPOCH
         self.offsets: dict[TopicPartitionKey, int] = {}
         self.moved: set[TopicPartitionKey] = set()
+        self.forgotten: set[TopicPartitionKey] = set()
 
     def reset(self) -> None:
-        self.session_id, self.epoch, self.offsets = 0, _INITIAL_EPOCH, {}
+        """The next request is a full one. The id is kept: a full request that names a
+        session id closes that session in the broker's cache (KIP-227; the broker's
+        FetchManager removes it whether or not it opens a new one), so a session given up
+        on is not left there until it expires."""
+        self.epoch, self.offsets = _INITIAL_EPOCH, {}
         self.moved.clear()
+        self.forgotten.clear()
+
+
+class _Node:
+    """The partitions read from one broker (their leader), its session and its task."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.partitions: set[TopicPartitionKey] = set()
+        self.session = FetchSession()
+        self.task: asyncio.Task[None] | None = None
+        self.lost_in_a_row = 0
+        """Session errors (70, 71) in a row: the second and later wait a back-off."""
 
 
 Deliver = Callable[[str, int, list[TailRecord]], None]
 """Called with a topic, a partition and its records in offset order."""
 
 
+def _retried(exc: KafkaError) -> bool:
+    """Whether the feed retries after `exc` (with its positions kept) rather than fail."""
+    return bool(exc.retriable) or getattr(exc, "errno", None) in _RETRIED_CODES
+
+
 class SessionFetcher:
     """Reads `positions` (topic, partition → next offset) forward from their leaders,
     handing records to `deliver` and moving the positions past them (the dict is the
-    caller's too: it reads the positions, never writes them while this runs)."""
+    caller's too: it reads the positions, never writes them while this runs).
+
+    Recovery, per partition as aiokafka's consumer did it: a partition that its broker
+    answers with a retriable error (a routing error: the leader moved; a replica not
+    available; a batch whose checksum is wrong; a failed ListOffsets after its position
+    fell out of the log's range) leaves that broker's session (forgotten in the next
+    request) and waits, alone, for a metadata update and a back-off; a broker that cannot
+    be reached gives all its partitions back the same way. The others keep flowing. The
+    back-off doubles with each failure in a row of a partition (`backoff_first` ..
+    `backoff_max`, ±20 % jitter) and is forgotten once a fetch names it without error.
+    What is not retriable (an old broker, an authorization error, …) ends `run` with
+    that error, as the consumer's `getmany` raised it."""
 
     def __init__(
         self,
@@ -285,7 +339,9 @@ class SessionFetcher:
         min_bytes: int = 1,
         max_bytes: int = 52_428_800,
         partition_max_bytes: int = 1_048_576,
-        retry_seconds: float = 0.1,
+        backoff_first: float = 0.1,
+        backoff_max: float = 1.0,
+        close_seconds: float = 2.0,
     ) -> None:
         self._client = client
         self.positions = positions
@@ -294,129 +350,218 @@ class SessionFetcher:
         self._min_bytes = min_bytes
         self._max_bytes = max_bytes
         self._partition_max_bytes = partition_max_bytes
-        self._retry_seconds = retry_seconds
+        self._backoff_first = backoff_first
+        self._backoff_max = backoff_max
+        self._close_seconds = close_seconds
         self.requests = 0
         """Fetch requests sent (for tests and benches)."""
         self.sessions: dict[int, FetchSession] = {}
         """The fetch session with each broker (for tests)."""
         self.sessions_lost = 0
         """Sessions the broker no longer knew, or whose epoch it refused."""
+        self.waiting: set[TopicPartitionKey] = set()
+        """Partitions with no broker to read them from until the next metadata update."""
+        self._failures: dict[TopicPartitionKey, int] = {}
+        self._nodes: dict[int, _Node] = {}
+        self._changed = asyncio.Event()
+        self._failed: Exception | None = None
 
     async def run(self) -> None:
-        """Fetch until cancelled: one task per leader broker, each with its own session;
-        a partition that must move to another broker restarts them all after a metadata
-        update. Raises what is not a broker's transient error."""
+        """Fetch until cancelled (then close the sessions): one task per leader broker,
+        each with its own session; this one places the partitions on their leaders and,
+        while some wait, updates the metadata after a back-off. Raises what is not
+        retriable."""
         if not self.positions:  # nothing to follow (a feed nobody follows a topic of)
             await asyncio.Event().wait()
-        while True:
-            by_node = self._leaders()
-            if by_node is None:
+        self.waiting = set(self.positions)
+        try:
+            self._place()
+            while True:
+                self._changed.clear()
+                if self._failed is not None:
+                    raise self._failed
+                if not self.waiting:
+                    await self._changed.wait()
+                    continue
+                # The freshest failure sets the pace (a partition given back a moment ago
+                # is looked up soon, however long another has waited).
+                failures = min(self._failures.get(key, 1) for key in self.waiting)
+                await asyncio.sleep(self._backoff(failures))
                 await self._client.force_metadata_update()
-                await asyncio.sleep(self._retry_seconds)
-                continue
-            tasks = [
-                asyncio.create_task(self._follow_node(node, tps), name=f"fetch:{node}")
-                for node, tps in by_node.items()
-            ]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for task in done:
-                task.result()  # raises what ended it, if anything
-            await self._client.force_metadata_update()
+                self._place()
+                for key in self.waiting:
+                    self._failures[key] = self._failures.get(key, 0) + 1
+        finally:
+            await self._stop_nodes()
 
-    def _leaders(self) -> dict[int, list[TopicPartitionKey]] | None:
-        """The partitions by leader broker; None while one has no known leader."""
-        by_node: dict[int, list[TopicPartitionKey]] = {}
-        for key in self.positions:
-            node = self._client.cluster.leader_for_partition(TopicPartition(*key))
-            if node is None or node == -1:
-                return None
-            by_node.setdefault(node, []).append(key)
-        return by_node
+    def _backoff(self, failures: int) -> float:
+        base: float = self._backoff_first * 2.0 ** min(max(failures, 1) - 1, 16)
+        return min(self._backoff_max, base) * random.uniform(0.8, 1.2)
 
-    async def _follow_node(self, node: int, tps: list[TopicPartitionKey]) -> None:
-        """Fetch `tps` from `node` until one of them is to be read elsewhere (returns)."""
-        session = self.sessions[node] = FetchSession()
-        positions = self.positions
-        while True:
-            full = session.epoch == _INITIAL_EPOCH
-            if full:
-                named = [(t, p, positions[t, p]) for t, p in tps]
-            else:
-                named = [(t, p, positions[t, p]) for t, p in session.moved]
-            session.moved.clear()
-            body = encode_fetch(
-                max_wait_ms=self._max_wait_ms,
-                min_bytes=self._min_bytes,
-                max_bytes=self._max_bytes,
-                session_id=session.session_id,
-                epoch=session.epoch,
-                partitions=named,
-                partition_max_bytes=self._partition_max_bytes,
-            )
-            self.requests += 1
-            try:
-                answer: FetchAnswer = await self._client.send(node, SessionFetchRequest(body))
-            except KafkaError as exc:
-                if not exc.retriable:  # (an old broker, …): the feed fails, as it did
-                    raise
-                # (Positions did not move: the next session's full fetch names them all.)
-                log.warning("fetch from broker %s failed: %s; retrying", node, exc)
-                session.reset()
-                await asyncio.sleep(self._retry_seconds)
+    def _place(self) -> None:
+        """Waiting partitions whose leader is known join that broker's session."""
+        for key in sorted(self.waiting):
+            node_id = self._client.cluster.leader_for_partition(TopicPartition(*key))
+            if node_id is None or node_id == -1:
                 continue
-            if answer.error in _SESSION_ERRORS:
-                log.info("fetch session with broker %s lost (error %d)", node, answer.error)
-                self.sessions_lost += 1
-                session.reset()
-                continue
-            if answer.error:
-                raise for_code(answer.error)(f"fetch from broker {node}")
-            for topic, partition, offset in named:
-                session.offsets[topic, partition] = offset
-            if full:
-                # No id: the broker keeps no session for us (its cache is full); ask again.
-                if answer.session_id:
-                    session.session_id, session.epoch = answer.session_id, 1
-            else:
-                session.epoch = session.epoch + 1 if session.epoch < 0x7FFFFFFF else 1
-            if not await self._take(node, answer, session):
-                return
+            self.waiting.discard(key)
+            node = self._nodes.get(node_id)
+            if node is None:
+                node = self._nodes[node_id] = _Node(node_id)
+                self.sessions[node_id] = node.session
+            node.partitions.add(key)
+            node.session.forgotten.discard(key)
+            node.session.moved.add(key)  # named (with its position) in the next request
+            if node.task is None or node.task.done():
+                node.task = asyncio.create_task(self._follow(node), name=f"fetch:{node_id}")
 
-    async def _take(self, node: int, answer: FetchAnswer, session: FetchSession) -> bool:
-        """Hand the answer's records over; False if a partition must move to another
-        broker."""
-        positions = self.positions
+    def _give_back(self, node: _Node, key: TopicPartitionKey) -> None:
+        """`key` leaves `node` (its session forgets it) and waits for a metadata update;
+        its position stays."""
+        node.partitions.discard(key)
+        session = node.session
+        session.moved.discard(key)
+        if session.offsets.pop(key, None) is not None and session.epoch != _INITIAL_EPOCH:
+            session.forgotten.add(key)
+        self.waiting.add(key)
+        self._failures[key] = self._failures.get(key, 0) + 1
+        self._changed.set()
+
+    def _give_back_all(self, node: _Node) -> None:
+        node.session.reset()
+        for key in sorted(node.partitions):
+            self._give_back(node, key)
+
+    async def _follow(self, node: _Node) -> None:
+        try:
+            while True:
+                while node.partitions:
+                    if not await self._fetch(node):
+                        return
+                # Every partition left this broker: close the session (placed
+                # partitions may come back meanwhile; then the loop goes on).
+                await self._close(node)
+                if not node.partitions:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not retriable: `run` raises it
+            self._failed = exc
+            self._changed.set()
+
+    async def _fetch(self, node: _Node) -> bool:
+        """One request to `node` and its answer; False when `node` gave back its
+        partitions (it could not be reached)."""
+        session, positions = node.session, self.positions
+        full = session.epoch == _INITIAL_EPOCH
+        if full:
+            named_keys = sorted(node.partitions)
+            forgotten: list[TopicPartitionKey] = []
+        else:
+            named_keys = [key for key in session.moved if key in node.partitions]
+            forgotten = sorted(session.forgotten)
+        named = [(t, p, positions[t, p]) for t, p in named_keys]
+        session.moved.clear()
+        body = encode_fetch(
+            max_wait_ms=self._max_wait_ms,
+            min_bytes=self._min_bytes,
+            max_bytes=self._max_bytes,
+            session_id=session.session_id,
+            epoch=session.epoch,
+            partitions=named,
+            partition_max_bytes=self._partition_max_bytes,
+            forgotten=forgotten,
+        )
+        self.requests += 1
+        try:
+            answer: FetchAnswer = await self._client.send(node.node_id, SessionFetchRequest(body))
+        except KafkaError as exc:
+            if not _retried(exc):  # (an old broker, …): the feed fails, as it did
+                raise
+            # The broker may be gone, or no longer lead: its partitions wait for a
+            # metadata update (back-off) and come back here or go to their new leader.
+            log.warning("fetch from broker %s failed: %s", node.node_id, exc)
+            self._give_back_all(node)
+            return False
+        if answer.error in _SESSION_ERRORS:
+            log.info("fetch session with broker %s lost (error %d)", node.node_id, answer.error)
+            self.sessions_lost += 1
+            node.lost_in_a_row += 1
+            session.reset()
+            if node.lost_in_a_row > 1:
+                await asyncio.sleep(self._backoff(node.lost_in_a_row - 1))
+            return True
+        if answer.error:
+            error = for_code(answer.error)(f"fetch from broker {node.node_id}")
+            if not _retried(error):
+                raise error
+            log.warning("fetch from broker %s failed: %s", node.node_id, error)
+            self._give_back_all(node)
+            return False
+        node.lost_in_a_row = 0
+        if full:
+            # No id: the broker keeps no session for us (its cache is full); ask again.
+            session.session_id = answer.session_id
+            session.epoch = 1 if answer.session_id else _INITIAL_EPOCH
+        else:
+            session.epoch = session.epoch + 1 if session.epoch < 0x7FFFFFFF else 1
+            session.forgotten.difference_update(forgotten)
+        for topic, partition, offset in named:
+            session.offsets[topic, partition] = offset
+        failed = await self._take(node, answer)
+        for key in named_keys:
+            if key not in failed:
+                self._failures.pop(key, None)
+        return True
+
+    async def _take(self, node: _Node, answer: FetchAnswer) -> set[TopicPartitionKey]:
+        """Hand the answer's records over; the partitions given back (retriable errors)."""
+        positions, session = self.positions, node.session
+        failed: set[TopicPartitionKey] = set()
         handed = 0
         for data in answer.partitions:
             key = (data.topic, data.partition)
             position = positions.get(key)
-            if position is None or session.offsets.get(key) != position:
-                continue  # not ours, or answers an older position (never, but exact)
+            if position is None or key not in node.partitions:
+                continue  # not ours (any more)
+            if session.offsets.get(key) != position:
+                continue  # answers an older position (never, but exact)
             if data.error == _OUT_OF_RANGE:
-                end = await self._end_offset(node, data.topic, data.partition)
+                try:
+                    end = await self._end_offset(node.node_id, data.topic, data.partition)
+                except KafkaError as exc:
+                    if not _retried(exc):
+                        raise
+                    log.warning("%s/%d: its end offset: %s", *key, exc)
+                    failed.add(key)
+                    self._give_back(node, key)
+                    continue
                 log.warning(
                     "%s/%d: offset %d is out of the log's range; reading on from its end %d",
-                    data.topic,
-                    data.partition,
+                    *key,
                     position,
                     end,
                 )
                 positions[key] = end
                 session.moved.add(key)
                 continue
-            if data.error in _ROUTING_ERRORS:
-                log.info("%s/%d: error %d; looking up its leader", *key, data.error)
-                return False
             if data.error:
-                raise for_code(data.error)(f"fetch of {data.topic}/{data.partition}")
+                error = for_code(data.error)(f"fetch of {data.topic}/{data.partition}")
+                if not _retried(error):
+                    raise error
+                log.info("%s/%d: %s; looking up its leader", *key, error)
+                failed.add(key)
+                self._give_back(node, key)
+                continue
             if data.records is None:
                 continue
-            records, after = read_records(data.topic, data.partition, position, data.records)
+            try:
+                records, after = read_records(data.topic, data.partition, position, data.records)
+            except CorruptRecordException as exc:  # fetched again, after a back-off
+                log.warning("%s", exc)
+                failed.add(key)
+                self._give_back(node, key)
+                continue
             # Moved before the hand-over: a handler that raises does not get them again.
             positions[key] = after
             if after != position:
@@ -429,10 +574,47 @@ class SessionFetcher:
                     # what was handed over) run between partitions.
                     handed = 0
                     await asyncio.sleep(0)
-        return True
+        return failed
 
     async def _end_offset(self, node: int, topic: str, partition: int) -> int:
         return (await _ends_from(self._client, node, [(topic, partition)]))[topic, partition]
+
+    async def _close(self, node: _Node) -> None:
+        """Close `node`'s session: a full request with the final epoch (-1) names it and
+        opens none (and names no partitions, so the broker answers at once)."""
+        session = node.session
+        if session.session_id:
+            body = encode_fetch(
+                max_wait_ms=0,
+                min_bytes=self._min_bytes,
+                max_bytes=self._max_bytes,
+                session_id=session.session_id,
+                epoch=_FINAL_EPOCH,
+                partitions=(),
+                partition_max_bytes=self._partition_max_bytes,
+            )
+            try:
+                await self._client.send(node.node_id, SessionFetchRequest(body))
+            except KafkaError as exc:  # the broker lets it expire
+                log.info("closing the fetch session with broker %s: %s", node.node_id, exc)
+        session.session_id = 0
+        session.reset()
+
+    async def _stop_nodes(self) -> None:
+        """Stop every broker's task, then close the sessions (within `close_seconds`: a
+        fetch in flight on the connection is answered first, in at most its wait)."""
+        tasks = [node.task for node in self._nodes.values() if node.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        open_nodes = [node for node in self._nodes.values() if node.session.session_id]
+        if not open_nodes:
+            return
+        try:
+            async with asyncio.timeout(self._close_seconds):
+                await asyncio.gather(*(self._close(node) for node in open_nodes))
+        except TimeoutError:
+            log.info("fetch sessions not closed within %.1f s", self._close_seconds)
 
 
 async def end_offsets(
