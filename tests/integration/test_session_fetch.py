@@ -1,7 +1,7 @@
 """The API's topic feed on a real broker (services/api/topic_tail.py over
 session_fetch.py): requests in a fetch session name only the partitions that brought
 records; every record is handed over once, in order, through a lost session and a
-position out of the log's range."""
+position out of the log's range; sessions are closed when the fetcher stops."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from services.api.session_fetch import (
     SessionFetcher,
     SessionFetchRequest,
     TailRecord,
+    encode_fetch,
     ends_when_led,
 )
 from services.api.topic_tail import TopicFeed
@@ -183,3 +184,37 @@ async def test_a_position_past_the_log_reads_on_from_its_end(
         await asyncio.gather(task, return_exceptions=True)
     assert recorded.values(topic, 2) == [b"new"]
     assert [r.offset for r in recorded.got[topic, 2]] == [end]
+
+
+async def test_stopping_closes_the_sessions_on_the_broker(
+    topics: RunstoreSettings, client: AIOKafkaClient
+) -> None:
+    topic = topics.topics.events
+    keys = [(topic, p) for p in range(topics.partitions)]
+    positions = await ends_when_led(client, keys)
+    fetcher = SessionFetcher(client, positions, Recorded().deliver, max_wait_ms=100)
+    task = asyncio.create_task(fetcher.run())
+    try:
+        async with asyncio.timeout(20):
+            while not fetcher.sessions or not all(  # noqa: ASYNC110
+                s.session_id for s in fetcher.sessions.values()
+            ):
+                await asyncio.sleep(0.02)
+        opened = {node: s.session_id for node, s in fetcher.sessions.items()}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    for node, session_id in opened.items():
+        # An incremental fetch in the old session: the broker no longer knows it (70),
+        # where an open one would answer (0) or refuse the epoch (71).
+        body = encode_fetch(
+            max_wait_ms=0,
+            min_bytes=1,
+            max_bytes=1024,
+            session_id=session_id,
+            epoch=1,
+            partitions=[],
+            partition_max_bytes=1024,
+        )
+        answer = await client.send(node, SessionFetchRequest(body))
+        assert answer.error == 70, (node, session_id)
