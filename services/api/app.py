@@ -62,9 +62,9 @@ def build_app(settings: ApiSettings) -> FastAPI:
     client = mongo_client(settings)
     db = mongo_database(client, settings)
     # One consumer for outcomes and events (topic_tail.py says why); worker replies come
-    # apart from the engine's batches, so they get a consumer of their own: each fetch
-    # of the main feed costs the API ~3 us of Python per partition it names (request and
-    # response), and the replies' 12 partitions were a third of them.
+    # apart from the engine's batches, so they get a consumer of their own (before the
+    # feeds fetched in sessions, session_fetch.py, every fetch named every partition
+    # followed, and the replies' 12 were a third of them).
     feed = TopicFeed(settings, "runstore-api-feed")
     replies_feed = TopicFeed(settings, "runstore-api-replies")
     gateway = CommandGateway(settings, feed)
