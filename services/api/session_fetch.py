@@ -73,7 +73,8 @@ aiokafka marks some of them not retriable (9, 74, 75, 2)."""
 _LATEST = -1
 """ListOffsets' timestamp for a partition's end."""
 _LEADER_TRIES = 100
-"""ListOffsets' timestamp for a partition's end."""
+"""How many times `ends_when_led` looks for every partition's leader (0.1 s apart, metadata
+asked again each time) before it asks for the ends anyway."""
 _YIELD_AFTER_RECORDS = 5000
 """Records handed over from one response before the next partition's wait a loop turn
 (aiokafka's consumer handed the feed at most 5,000 per `getmany`)."""
@@ -308,9 +309,21 @@ Deliver = Callable[[str, int, list[TailRecord]], None]
 """Called with a topic, a partition and its records in offset order."""
 
 
+def _error(code: int, what: str) -> KafkaError:
+    """aiokafka's exception for a Kafka error code, with the code itself kept as `code`:
+    aiokafka maps every code it does not know (74, 75, 78 among those retried here) to
+    `UnknownError`, whose errno is -1, UNKNOWN_SERVER_ERROR's."""
+    error = for_code(code)(f"{what} (error code {code})")
+    error.code = code
+    return error
+
+
 def _retried(exc: KafkaError) -> bool:
-    """Whether the feed retries after `exc` (with its positions kept) rather than fail."""
-    return bool(exc.retriable) or getattr(exc, "errno", None) in _RETRIED_CODES
+    """Whether the feed retries after `exc` (with its positions kept) rather than fail: by
+    its Kafka code where `_error` kept it (a code neither aiokafka nor `_RETRIED_CODES`
+    knows fails the feed, as it did), else by aiokafka's exception."""
+    code = getattr(exc, "code", getattr(exc, "errno", None))
+    return bool(exc.retriable) or code in _RETRIED_CODES
 
 
 class SessionFetcher:
@@ -492,7 +505,7 @@ class SessionFetcher:
                 await asyncio.sleep(self._backoff(node.lost_in_a_row - 1))
             return True
         if answer.error:
-            error = for_code(answer.error)(f"fetch from broker {node.node_id}")
+            error = _error(answer.error, f"fetch from broker {node.node_id}")
             if not _retried(error):
                 raise error
             log.warning("fetch from broker %s failed: %s", node.node_id, error)
@@ -546,7 +559,7 @@ class SessionFetcher:
                 session.moved.add(key)
                 continue
             if data.error:
-                error = for_code(data.error)(f"fetch of {data.topic}/{data.partition}")
+                error = _error(data.error, f"fetch of {data.topic}/{data.partition}")
                 if not _retried(error):
                     raise error
                 log.info("%s/%d: %s; looking up its leader", *key, error)

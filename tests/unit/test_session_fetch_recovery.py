@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
+from aiokafka.errors import KafkaError, NodeNotReadyError, TopicAuthorizationFailedError
 from aiokafka.protocol.fetch import FetchRequest_v7
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -350,6 +350,34 @@ async def test_a_replica_not_available_is_retried_with_the_position_kept(
     assert not one.errors[T, 0]
     assert delivered.values((T, 1)) == [b"c"]
     assert delivered.offsets((T, 0)) == [0, 1]
+
+
+@pytest.mark.parametrize("code", [74, 78])  # FENCED_LEADER_EPOCH, OFFSET_NOT_AVAILABLE
+async def test_a_retried_code_aiokafka_does_not_know_is_retried(
+    sleeps: list[float], code: int
+) -> None:
+    one = FakeBroker(1, {(T, 0): [b"a"]}, errors={(T, 0): [code]})
+    client = FakeClient([one], {(T, 0): 1})
+    delivered = Delivered()
+    fetcher = SessionFetcher(client, {(T, 0): 0}, delivered)  # type: ignore[arg-type]
+    task = start(fetcher)
+    try:
+        await drive(lambda: delivered.values((T, 0)) == [b"a"])
+    finally:
+        await stop(task)
+    assert delivered.offsets((T, 0)) == [0]
+
+
+async def test_a_code_nobody_knows_ends_the_fetcher_not_retried_forever(
+    sleeps: list[float],
+) -> None:
+    # aiokafka maps unknown codes to UnknownError (errno -1, UNKNOWN_SERVER_ERROR's, which
+    # is retried): the code itself decides.
+    one = FakeBroker(1, {(T, 0): [b"a"]}, errors={(T, 0): [999]})
+    client = FakeClient([one], {(T, 0): 1})
+    fetcher = SessionFetcher(client, {(T, 0): 0}, Delivered())  # type: ignore[arg-type]
+    with pytest.raises(KafkaError, match="error code 999"):
+        await asyncio.wait_for(fetcher.run(), 5)
 
 
 async def test_a_batch_with_a_wrong_checksum_is_fetched_again(sleeps: list[float]) -> None:
