@@ -16,7 +16,8 @@ while records come: after an idle `getmany` (no record for `IDLE_FETCH_WAIT_MS`)
 ask for any record within `IDLE_BROKER_WAIT_MS`, as aiokafka's defaults do, and the first
 batch that comes restores the consumer's own settings. Gathering while idle was a fetch
 every 5 ms for nothing: ~35 ms/s of the engine's CPU and as much of the broker's, per engine.
-The settings live on aiokafka's fetcher (`_fetch_min_bytes`, `_fetch_max_wait_ms`, read for
+The engine's subscriber (`pace_each_fetch`) stops gathering sooner, at its first empty
+fetch (`pace_by_response`). The settings live on aiokafka's fetcher (`_fetch_min_bytes`, `_fetch_max_wait_ms`, read for
 each fetch request it builds); `fetch_pace` checks they are there, and does nothing if not.
 
 FastStream has no option for this and builds its subscriber class inside `broker.subscriber`,
@@ -69,6 +70,54 @@ def fetch_pace(consumer: object, busy: bool) -> None:
     fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if busy else (1, IDLE_BROKER_WAIT_MS)
 
 
+def pace_by_response(consumer: object) -> None:
+    """From now on, let each of `consumer`'s fetch responses set the next request's pace:
+    after one that brought records, its own gathering settings; after an empty one, any
+    record within `IDLE_BROKER_WAIT_MS`. Idempotent; nothing to do for a consumer that never
+    gathers or has no aiokafka fetcher.
+
+    Why (the engine): its fetch gathers 64 KiB or 5 ms, and in a closed loop of clients the
+    commands come in waves, one produce request each, with tens of milliseconds between
+    them. `fetch_pace` turns gathering off only after a whole idle `getmany`, so between two
+    waves the fetcher sent a fetch every 5 ms that the broker held and expired empty: ~9
+    per wave (the ninth session's census: 0.284 engine fetches per start at 213 starts/s),
+    and a fetch the broker holds until it expires cost the broker 0.8-1.2 ms of CPU and the
+    consumer 0.6-1.1 ms on the tenth session's box, against ~0.3 each for one answered at
+    once (`bench/fetch_wait_cost.py`; docs/write-path-cost.md, "Tenth session"). Now the
+    first empty fetch asks for any record; the
+    broker answers it when the next wave's produce request is appended (all of its
+    partitions first: the wave comes whole), and the fetch after that gathers again. A
+    backlog or a steady stream never empties a fetch, so it keeps gathering throughout.
+
+    The fetcher builds each request from `_fetch_min_bytes` / `_fetch_max_wait_ms` and
+    processes each response in `_proc_fetch_request` (true when it buffered records or
+    an error for the caller); the wrapper is set on the instance and calls the original."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or fetcher in _PACED:
+        return
+    process = getattr(fetcher, "_proc_fetch_request", None)
+    if process is None or not (
+        hasattr(fetcher, "_fetch_min_bytes") and hasattr(fetcher, "_fetch_max_wait_ms")
+    ):
+        return
+    _PACED.add(fetcher)
+    own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+    if own[0] <= 1:
+        return  # it never gathers: nothing to change
+    idle = (1, IDLE_BROKER_WAIT_MS)
+
+    async def paced(*args: Any, **kwargs: Any) -> Any:
+        brought = await process(*args, **kwargs)
+        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if brought else idle
+        return brought
+
+    fetcher._proc_fetch_request = paced
+
+
+_PACED: weakref.WeakSet[object] = weakref.WeakSet()
+"""Fetchers `pace_by_response` already paces."""
+
+
 class WaitingBatchSubscriber(BatchSubscriber):
     """FastStream's batch subscriber whose fetch waits for records without the sleep."""
 
@@ -84,9 +133,31 @@ class WaitingBatchSubscriber(BatchSubscriber):
         return tuple(chain.from_iterable(batches.values()))
 
 
-def batch_subscriber(broker: KafkaBroker, *topics: str, **options: Any) -> BatchSubscriber:
+class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
+    """`WaitingBatchSubscriber` whose consumer's fetches are paced response by response
+    (`pace_by_response`) instead of by idle `getmany`s."""
+
+    __slots__ = ()
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord[Any, Any], ...]:
+        pace_by_response(consumer)
+        batches = await consumer.getmany(
+            timeout_ms=self.batch_timeout_ms, max_records=self.max_records
+        )
+        return tuple(chain.from_iterable(batches.values()))
+
+
+def batch_subscriber(
+    broker: KafkaBroker, *topics: str, pace_each_fetch: bool = False, **options: Any
+) -> BatchSubscriber:
     """`broker.subscriber(*topics, batch=True, **options)` with `WaitingBatchSubscriber`'s
-    fetch (its idle wait is `IDLE_FETCH_WAIT_MS`). Decorate the handler with the result."""
+    fetch (its idle wait is `IDLE_FETCH_WAIT_MS`). Decorate the handler with the result.
+
+    `pace_each_fetch`: a gathering consumer stops gathering at its first empty fetch
+    (`pace_by_response`), not after an idle `getmany`. For a consumer whose gathering is
+    only about batch size (the engine); not for one that gathers to keep related records
+    in one batch (the projector's workflows), whose first batch after a pause would then
+    be a single record's."""
     if "batch_timeout_ms" in options:
         raise TypeError("batch_subscriber sets batch_timeout_ms itself (IDLE_FETCH_WAIT_MS)")
     subscriber = broker.subscriber(
@@ -97,7 +168,9 @@ def batch_subscriber(broker: KafkaBroker, *topics: str, **options: Any) -> Batch
             f"FastStream built a {type(subscriber).__name__}, not the BatchSubscriber "
             "whose fetch WaitingBatchSubscriber replaces"
         )
-    subscriber.__class__ = WaitingBatchSubscriber
+    subscriber.__class__ = (
+        ResponsePacedBatchSubscriber if pace_each_fetch else WaitingBatchSubscriber
+    )
     return subscriber
 
 

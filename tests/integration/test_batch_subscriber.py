@@ -208,3 +208,104 @@ def test_a_consumer_that_does_not_gather_is_left_alone() -> None:
     module.fetch_pace(consumer, busy=False)
     assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 100)
     module.fetch_pace(object(), busy=False)  # no aiokafka fetcher: nothing to do, no error
+
+
+class _Fetcher:
+    """aiokafka's fetcher as `pace_by_response` sees it: the next request's settings, and a
+    response processor answering whether it buffered records."""
+
+    def __init__(self, min_bytes: int, answers: list[bool]) -> None:
+        self._fetch_min_bytes, self._fetch_max_wait_ms = min_bytes, 5
+        self.answers = answers
+
+    async def _proc_fetch_request(self, *_args: object) -> bool:
+        return self.answers.pop(0)
+
+
+def test_each_response_sets_the_next_fetchs_pace() -> None:
+    class Consumer:
+        _fetcher = _Fetcher(65536, [False, False, True, True, False, True])
+
+    consumer = Consumer()
+    module.pace_by_response(consumer)
+    module.pace_by_response(consumer)  # once only: the wrapper is not wrapped again
+    fetcher: Any = consumer._fetcher
+    paces = []
+    for _ in range(6):
+        anyio.run(fetcher._proc_fetch_request, None, 0, None)
+        paces.append((fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms))
+    idle, own = (1, module.IDLE_BROKER_WAIT_MS), (65536, 5)
+    assert paces == [idle, idle, own, own, idle, own]
+
+
+def test_a_consumer_that_never_gathers_is_not_paced() -> None:
+    class Consumer:
+        _fetcher = _Fetcher(1, [False])
+
+    consumer = Consumer()
+    module.pace_by_response(consumer)
+    anyio.run(consumer._fetcher._proc_fetch_request, None)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 5)
+    module.pace_by_response(object())  # no aiokafka fetcher: nothing to do, no error
+
+
+async def test_a_paced_consumer_waits_for_the_next_wave_without_polling_and_takes_it_whole(
+    settings: RunstoreSettings,
+) -> None:
+    # Gathering (64 KiB or 5 ms) between waves of commands was a fetch every 5 ms that the
+    # broker held and expired empty. Paced per response, an idle consumer's fetch waits
+    # for the next record instead; a wave produced in one request comes in one fetch.
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        fetch_min_bytes=65536,
+        fetch_max_wait_ms=5,
+    )
+    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        subscriber = batch_subscriber(KafkaBroker(), topic, pace_each_fetch=True)
+        client: Any = consumer._client  # type: ignore[attr-defined]
+        send = client.send
+        fetches: list[object] = []
+
+        async def counted(node_id: int, request: Any, **options: Any) -> Any:
+            if type(request).__name__.startswith("FetchRequest"):
+                fetches.append(request)
+            return await send(node_id, request, **options)
+
+        client.send = counted
+        idle = anyio.Event()
+
+        async def quiet_for_a_second() -> None:
+            await anyio.sleep(1.0)
+            idle.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(quiet_for_a_second)
+            while not idle.is_set():
+                await subscriber.get_msg(consumer)
+                if not idle.is_set():
+                    await anyio.sleep(0.05)
+        # Gathering would have sent ~200 fetches in that second; paced, the first empty
+        # one turned the next into a wait of IDLE_BROKER_WAIT_MS for any record.
+        assert len(fetches) <= 6
+
+        wave = [f"cmd-{n}".encode() for n in range(40)]
+        sent = [await producer.send(topic, value, key=value) for value in wave]
+        await producer.flush()
+        for future in sent:
+            await future
+        got: tuple[Any, ...] = ()
+        while not got:
+            got = await subscriber.get_msg(consumer)
+        assert sorted(r.value for r in got) == sorted(wave)
+    finally:
+        await producer.stop()
+        await consumer.stop()
