@@ -17,8 +17,9 @@ ask for any record within `IDLE_BROKER_WAIT_MS`, as aiokafka's defaults do, and 
 batch that comes restores the consumer's own settings. Gathering while idle was a fetch
 every 5 ms for nothing: ~35 ms/s of the engine's CPU and as much of the broker's, per engine.
 The engine's subscriber (`pace_each_fetch`) stops gathering sooner, at its first empty
-fetch (`pace_by_response`). The settings live on aiokafka's fetcher (`_fetch_min_bytes`, `_fetch_max_wait_ms`, read for
-each fetch request it builds); `fetch_pace` checks they are there, and does nothing if not.
+fetch (`pace_by_response`). The settings live on aiokafka's fetcher (`_fetch_min_bytes`,
+`_fetch_max_wait_ms`, read for each fetch request it builds); `fetch_pace` checks they are
+there, and does nothing if not.
 
 FastStream has no option for this and builds its subscriber class inside `broker.subscriber`,
 so `batch_subscriber` declares the subscriber the ordinary way and then gives it the subclass
@@ -73,7 +74,8 @@ def fetch_pace(consumer: object, busy: bool) -> None:
 def pace_by_response(consumer: object) -> None:
     """From now on, let each of `consumer`'s fetch responses set the next request's pace:
     after one that brought records, its own gathering settings; after an empty one, any
-    record within `IDLE_BROKER_WAIT_MS`. Idempotent; nothing to do for a consumer that never
+    record within `IDLE_BROKER_WAIT_MS` (unless records fetched before still wait to be
+    consumed: see `paced`). Idempotent; nothing to do for a consumer that never
     gathers or has no aiokafka fetcher.
 
     Why (the engine): its fetch gathers 64 KiB or 5 ms, and in a closed loop of clients the
@@ -108,7 +110,13 @@ def pace_by_response(consumer: object) -> None:
 
     async def paced(*args: Any, **kwargs: Any) -> Any:
         brought = await process(*args, **kwargs)
-        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if brought else idle
+        # While records of some partition wait to be consumed, the fetcher leaves that
+        # partition out of its requests, and sends nothing else to the node while one is in
+        # flight: an "any record" fetch for the others could then keep a hot partition's
+        # backlog waiting up to IDLE_BROKER_WAIT_MS. Only a fetcher with nothing buffered
+        # stops gathering.
+        waiting = brought or getattr(fetcher, "_records", None)
+        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if waiting else idle
         return brought
 
     fetcher._proc_fetch_request = paced

@@ -217,6 +217,7 @@ class _Fetcher:
     def __init__(self, min_bytes: int, answers: list[bool]) -> None:
         self._fetch_min_bytes, self._fetch_max_wait_ms = min_bytes, 5
         self.answers = answers
+        self._records: dict[str, object] = {}  # records fetched, not consumed yet
 
     async def _proc_fetch_request(self, *_args: object) -> bool:
         return self.answers.pop(0)
@@ -236,6 +237,25 @@ def test_each_response_sets_the_next_fetchs_pace() -> None:
         paces.append((fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms))
     idle, own = (1, module.IDLE_BROKER_WAIT_MS), (65536, 5)
     assert paces == [idle, idle, own, own, idle, own]
+
+
+def test_an_empty_fetch_keeps_gathering_while_fetched_records_wait_to_be_consumed() -> None:
+    # The fetcher leaves a partition with unconsumed records out of its requests and sends
+    # one request at a time: an "any record" fetch for the others would hold that
+    # partition's next fetch up to IDLE_BROKER_WAIT_MS.
+    class Consumer:
+        _fetcher = _Fetcher(65536, [True, False, False])
+
+    consumer = Consumer()
+    module.pace_by_response(consumer)
+    fetcher: Any = consumer._fetcher
+    fetcher._records["commands-3"] = object()
+    anyio.run(fetcher._proc_fetch_request, None)
+    anyio.run(fetcher._proc_fetch_request, None)
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
+    fetcher._records.clear()  # consumed
+    anyio.run(fetcher._proc_fetch_request, None)
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, module.IDLE_BROKER_WAIT_MS)
 
 
 def test_a_consumer_that_never_gathers_is_not_paced() -> None:
