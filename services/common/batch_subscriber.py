@@ -30,6 +30,7 @@ built, not silently.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
@@ -40,6 +41,8 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+log = logging.getLogger(__name__)
 
 IDLE_FETCH_WAIT_MS = 1000
 """How long one `getmany` waits for records while none come. It ends as soon as one comes,
@@ -71,55 +74,71 @@ def fetch_pace(consumer: object, busy: bool) -> None:
     fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if busy else (1, IDLE_BROKER_WAIT_MS)
 
 
-def pace_by_response(consumer: object) -> None:
+BETWEEN_WAVES_WAIT_MS = 100
+"""How long the broker holds an engine's fetch after an empty one (`pace_by_response`), until
+a whole idle `getmany` lengthens it to `IDLE_BROKER_WAIT_MS`. Answered by the next record, so
+waves of commands tens of milliseconds apart are not delayed by it; but aiokafka sends a
+broker nothing else while a fetch to it is held, so a partition sought back, resumed, or moved
+to that broker meanwhile waits for it: this bounds that wait in a busy engine."""
+
+
+def pace_by_response(consumer: object) -> bool:
     """From now on, let each of `consumer`'s fetch responses set the next request's pace:
     after one that brought records, its own gathering settings; after an empty one, any
-    record within `IDLE_BROKER_WAIT_MS` (unless records fetched before still wait to be
-    consumed: see `paced`). Idempotent; nothing to do for a consumer that never
-    gathers or has no aiokafka fetcher.
+    record within `BETWEEN_WAVES_WAIT_MS` (a fetch already asking for any record keeps its
+    wait), unless records fetched before still wait to be consumed (see `paced`).
+    Idempotent. False if `consumer` has no aiokafka fetcher as this knows it (the caller
+    then paces by `getmany`s: `fetch_pace`); true otherwise, also for one that never
+    gathers (nothing to change).
 
     Why (the engine): its fetch gathers 64 KiB or 5 ms, and in a closed loop of clients the
     commands come in waves, one produce request each, with tens of milliseconds between
     them. `fetch_pace` turns gathering off only after a whole idle `getmany`, so between two
-    waves the fetcher sent a fetch every 5 ms that the broker held and expired empty: ~9
-    per wave (the ninth session's census: 0.284 engine fetches per start at 213 starts/s),
-    and a fetch the broker holds until it expires cost the broker 0.8-1.2 ms of CPU and the
-    consumer 0.6-1.1 ms on the tenth session's box, against ~0.3 each for one answered at
-    once (`bench/fetch_wait_cost.py`; docs/write-path-cost.md, "Tenth session"). Now the
-    first empty fetch asks for any record; the
-    broker answers it when the next wave's produce request is appended (all of its
-    partitions first: the wave comes whole), and the fetch after that gathers again. A
-    backlog or a steady stream never empties a fetch, so it keeps gathering throughout.
+    waves the fetcher sent a fetch every 5 ms that the broker held and expired empty (the
+    ninth session's census: 0.284 engine fetches per start at 213 starts/s with 32 clients,
+    ~9 per wave of 32). On the tenth session's box an expiring fetch cost the broker ~2x
+    and the consumer ~1.5x one answered at once, about 2 ms of CPU in all
+    (`bench/fetch_wait_cost.py`; docs/write-path-cost.md, "Tenth session"). Now the first
+    empty fetch asks for any record; the broker answers it when the next wave's produce
+    request has been appended (with one replica, after all of its partitions: the wave
+    comes whole), and the fetch after it gathers again. A backlog, or a stream faster
+    than one record per fetch wait, keeps it gathering.
 
     The fetcher builds each request from `_fetch_min_bytes` / `_fetch_max_wait_ms` and
     processes each response in `_proc_fetch_request` (true when it buffered records or
     an error for the caller); the wrapper is set on the instance and calls the original."""
     fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is None or fetcher in _PACED:
-        return
+    if fetcher is None:
+        return False
+    if fetcher in _PACED:
+        return True
     process = getattr(fetcher, "_proc_fetch_request", None)
     if process is None or not (
-        hasattr(fetcher, "_fetch_min_bytes") and hasattr(fetcher, "_fetch_max_wait_ms")
+        hasattr(fetcher, "_fetch_min_bytes")
+        and hasattr(fetcher, "_fetch_max_wait_ms")
+        and hasattr(fetcher, "_records")
     ):
-        return
+        return False
     _PACED.add(fetcher)
     own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+    _OWN_SETTINGS.setdefault(fetcher, own)  # for `fetch_pace`, which sets the idle wait
     if own[0] <= 1:
-        return  # it never gathers: nothing to change
-    idle = (1, IDLE_BROKER_WAIT_MS)
+        return True  # it never gathers: nothing to change
 
     async def paced(*args: Any, **kwargs: Any) -> Any:
         brought = await process(*args, **kwargs)
         # While records of some partition wait to be consumed, the fetcher leaves that
         # partition out of its requests, and sends nothing else to the node while one is in
         # flight: an "any record" fetch for the others could then keep a hot partition's
-        # backlog waiting up to IDLE_BROKER_WAIT_MS. Only a fetcher with nothing buffered
-        # stops gathering.
-        waiting = brought or getattr(fetcher, "_records", None)
-        fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if waiting else idle
+        # backlog waiting. Only a fetcher with nothing buffered stops gathering.
+        if brought or fetcher._records:
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own
+        elif fetcher._fetch_min_bytes != 1:
+            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 1, BETWEEN_WAVES_WAIT_MS
         return brought
 
     fetcher._proc_fetch_request = paced
+    return True
 
 
 _PACED: weakref.WeakSet[object] = weakref.WeakSet()
@@ -148,11 +167,24 @@ class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
     __slots__ = ()
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord[Any, Any], ...]:
-        pace_by_response(consumer)
+        paced = pace_by_response(consumer)
+        if not paced and consumer not in _UNPACEABLE:
+            _UNPACEABLE.add(consumer)
+            log.warning(
+                "aiokafka's fetcher is not as pace_by_response knows it: this consumer's "
+                "fetches are paced by idle getmany calls instead (batch_subscriber.fetch_pace)"
+            )
         batches = await consumer.getmany(
             timeout_ms=self.batch_timeout_ms, max_records=self.max_records
         )
+        if not paced or not batches:
+            # A whole idle getmany: the broker may hold the next fetch its idle wait.
+            fetch_pace(consumer, busy=bool(batches))
         return tuple(chain.from_iterable(batches.values()))
+
+
+_UNPACEABLE: weakref.WeakSet[object] = weakref.WeakSet()
+"""Consumers `pace_by_response` could not pace (warned about once)."""
 
 
 def batch_subscriber(
