@@ -116,6 +116,9 @@ class EngineSettings(RunstoreSettings):
     arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
     alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
     as anything arrives."""
+    engine_fetch_pace_each: bool = True
+    """The engine stops gathering at its first empty fetch (batch_subscriber.pace_by_response);
+    false: only after an idle second, as before."""
     engine_ordered_insert_probe: bool = True
     """Probe at start whether the database ends an ordered insert at its first refused
     document past 100 documents (MongoDB and the local, patched FerretDB do); if so a

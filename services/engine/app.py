@@ -200,6 +200,7 @@ def build_app(settings: EngineSettings) -> FastStream:
     @batch_subscriber(
         broker,
         topics.commands,
+        pace_each_fetch=settings.engine_fetch_pace_each,
         group_id=settings.group(settings.engine_group_id),
         max_records=settings.engine_max_batch,
         auto_offset_reset="earliest",

@@ -208,3 +208,173 @@ def test_a_consumer_that_does_not_gather_is_left_alone() -> None:
     module.fetch_pace(consumer, busy=False)
     assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 100)
     module.fetch_pace(object(), busy=False)  # no aiokafka fetcher: nothing to do, no error
+
+
+class _Fetcher:
+    """aiokafka's fetcher as `pace_by_response` sees it: the next request's settings, and a
+    response processor answering whether it buffered records."""
+
+    def __init__(self, min_bytes: int, answers: list[bool]) -> None:
+        self._fetch_min_bytes, self._fetch_max_wait_ms = min_bytes, 5
+        self.answers = answers
+        self._records: dict[str, object] = {}  # records fetched, not consumed yet
+
+    async def _proc_fetch_request(self, *_args: object) -> bool:
+        return self.answers.pop(0)
+
+
+def test_each_response_sets_the_next_fetchs_pace() -> None:
+    class Consumer:
+        _fetcher = _Fetcher(65536, [False, False, True, True, False, True])
+
+    consumer = Consumer()
+    assert module.pace_by_response(consumer)
+    fetcher: Any = consumer._fetcher
+    wrapper = fetcher._proc_fetch_request
+    assert module.pace_by_response(consumer)
+    assert fetcher._proc_fetch_request is wrapper  # once only: not wrapped again per batch
+    paces = []
+    for _ in range(6):
+        anyio.run(fetcher._proc_fetch_request, None, 0, None)
+        paces.append((fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms))
+    between, own = (1, module.BETWEEN_WAVES_WAIT_MS), (65536, 5)
+    assert paces == [between, between, own, own, between, own]
+
+
+class _FetchingConsumer:
+    """A consumer whose `getmany` answers from a list (None: idle, nothing), over a fetcher."""
+
+    def __init__(self, fetcher: object, batches: list[dict[str, list[object]]]) -> None:
+        self._fetcher = fetcher
+        self.batches = batches
+
+    async def getmany(self, **_options: Any) -> dict[str, list[object]]:
+        return self.batches.pop(0)
+
+
+async def test_an_idle_getmany_lengthens_the_wait_and_an_empty_fetch_keeps_it() -> None:
+    # Between waves a held fetch lasts at most BETWEEN_WAVES_WAIT_MS (what a partition sought
+    # back meanwhile may wait); a whole idle getmany lengthens it to IDLE_BROKER_WAIT_MS.
+    fetcher = _Fetcher(65536, [False, False, True])
+    consumer = _FetchingConsumer(fetcher, [{}, {"commands-0": [object()]}])
+    subscriber = batch_subscriber(KafkaBroker(), "some-topic", pace_each_fetch=True)
+
+    assert await subscriber.get_msg(consumer) == ()  # type: ignore[arg-type]
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, module.IDLE_BROKER_WAIT_MS)
+    await fetcher._proc_fetch_request()
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, module.IDLE_BROKER_WAIT_MS)
+    await fetcher._proc_fetch_request()
+    await fetcher._proc_fetch_request()
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
+    assert len(await subscriber.get_msg(consumer)) == 1  # type: ignore[arg-type]
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
+
+
+async def test_a_fetcher_it_cannot_pace_per_response_is_paced_by_getmany() -> None:
+    class OldFetcher:  # no `_proc_fetch_request`: an aiokafka this was not written against
+        _fetch_min_bytes, _fetch_max_wait_ms = 65536, 5
+
+    fetcher = OldFetcher()
+    consumer = _FetchingConsumer(fetcher, [{}, {"commands-0": [object()]}])
+    subscriber = batch_subscriber(KafkaBroker(), "some-topic", pace_each_fetch=True)
+
+    assert await subscriber.get_msg(consumer) == ()  # type: ignore[arg-type]
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, module.IDLE_BROKER_WAIT_MS)
+    await subscriber.get_msg(consumer)  # type: ignore[arg-type]
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
+
+
+def test_an_empty_fetch_keeps_gathering_while_fetched_records_wait_to_be_consumed() -> None:
+    # The fetcher leaves a partition with unconsumed records out of its requests and sends
+    # one request at a time: an "any record" fetch for the others would hold that
+    # partition's next fetch up to IDLE_BROKER_WAIT_MS.
+    class Consumer:
+        _fetcher = _Fetcher(65536, [True, False, False])
+
+    consumer = Consumer()
+    module.pace_by_response(consumer)
+    fetcher: Any = consumer._fetcher
+    fetcher._records["commands-3"] = object()
+    anyio.run(fetcher._proc_fetch_request, None)
+    anyio.run(fetcher._proc_fetch_request, None)
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
+    fetcher._records.clear()  # consumed
+    anyio.run(fetcher._proc_fetch_request, None)
+    assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
+        1,
+        module.BETWEEN_WAVES_WAIT_MS,
+    )
+
+
+def test_a_consumer_that_never_gathers_is_not_paced() -> None:
+    class Consumer:
+        _fetcher = _Fetcher(1, [False])
+
+    consumer = Consumer()
+    module.pace_by_response(consumer)
+    anyio.run(consumer._fetcher._proc_fetch_request, None)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 5)
+    module.pace_by_response(object())  # no aiokafka fetcher: nothing to do, no error
+
+
+async def test_a_paced_consumer_waits_for_the_next_wave_without_polling_and_takes_it_whole(
+    settings: RunstoreSettings,
+) -> None:
+    # Gathering (64 KiB or 5 ms) between waves of commands was a fetch every 5 ms that the
+    # broker held and expired empty. Paced per response, an idle consumer's fetch waits
+    # for the next record instead; a wave produced in one request comes in one fetch.
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        fetch_min_bytes=65536,
+        fetch_max_wait_ms=5,
+    )
+    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        subscriber = batch_subscriber(KafkaBroker(), topic, pace_each_fetch=True)
+        client: Any = consumer._client  # type: ignore[attr-defined]
+        send = client.send
+        fetches: list[object] = []
+
+        async def counted(node_id: int, request: Any, **options: Any) -> Any:
+            if type(request).__name__.startswith("FetchRequest"):
+                fetches.append(request)
+            return await send(node_id, request, **options)
+
+        client.send = counted
+        idle = anyio.Event()
+
+        async def quiet_for_a_second() -> None:
+            await anyio.sleep(1.0)
+            idle.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(quiet_for_a_second)
+            while not idle.is_set():
+                await subscriber.get_msg(consumer)
+                if not idle.is_set():
+                    await anyio.sleep(0.05)
+        # Gathering would have sent ~200 fetches in that second (65 on a loaded box); paced,
+        # the first empty one turned the next into a wait for any record, of
+        # BETWEEN_WAVES_WAIT_MS until the idle getmany made it IDLE_BROKER_WAIT_MS.
+        assert len(fetches) <= 15
+
+        wave = [f"cmd-{n}".encode() for n in range(40)]
+        sent = [await producer.send(topic, value, key=value) for value in wave]
+        await producer.flush()
+        for future in sent:
+            await future
+        got: tuple[Any, ...] = ()
+        while not got:
+            got = await subscriber.get_msg(consumer)
+        assert sorted(r.value for r in got) == sorted(wave)
+    finally:
+        await producer.stop()
+        await consumer.stop()

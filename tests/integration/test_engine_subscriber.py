@@ -5,7 +5,11 @@ its settings say."""
 
 from __future__ import annotations
 
-from services.common.batch_subscriber import message_as_body
+from services.common.batch_subscriber import (
+    ResponsePacedBatchSubscriber,
+    WaitingBatchSubscriber,
+    message_as_body,
+)
 from services.common.settings import EngineSettings
 from services.engine.app import build_app
 
@@ -32,3 +36,12 @@ def test_the_engines_fetches_wait_as_its_settings_say() -> None:
     assert (options["fetch_max_wait_ms"], options["fetch_min_bytes"]) == (7, 123)
     defaults = EngineSettings()
     assert (defaults.engine_fetch_wait_ms, defaults.engine_fetch_min_bytes) == (5, 64 * 1024)
+
+
+def test_the_engine_paces_its_fetches_per_response_unless_told_not_to() -> None:
+    # Gathering stops at the first empty fetch (waves of commands in a closed loop of
+    # clients); the projector, which gathers to keep workflows whole, is not paced so.
+    paced = _subscriber(EngineSettings(engine_health_port=None))
+    assert isinstance(paced, ResponsePacedBatchSubscriber)
+    unpaced = _subscriber(EngineSettings(engine_health_port=None, engine_fetch_pace_each=False))
+    assert type(unpaced) is WaitingBatchSubscriber
