@@ -217,6 +217,7 @@ def build_app(settings: EngineSettings) -> FastStream:
         decoder=message_as_body,
         fetch_max_wait_ms=settings.engine_fetch_wait_ms,
         fetch_min_bytes=settings.engine_fetch_min_bytes,
+        gather_above_per_s=settings.engine_fetch_gather_above_per_s,
     )
     async def handle_commands(body: Any) -> None:
         # The batch's message itself (message_as_body: no thread hop to resolve it).
