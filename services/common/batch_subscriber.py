@@ -18,7 +18,8 @@ batch that comes restores the consumer's own settings. Gathering while idle was 
 every 5 ms for nothing: ~35 ms/s of the engine's CPU and as much of the broker's, per engine.
 With `gather_above_per_s` (the engine's `RUNSTORE_ENGINE_FETCH_GATHER_ABOVE_PER_S`), a busy
 consumer also stops gathering while its records come slower than that (half of it, once
-gathering): a gathering fetch then mostly expires at its wait with a few records or none.
+gathering): a gathering fetch then mostly expires at its wait with a few records or none
+(fetches then ask for any record, held at most `SLOW_BROKER_WAIT_MS`).
 The settings live on aiokafka's fetcher (`_fetch_min_bytes`, `_fetch_max_wait_ms`, read for
 each fetch request it builds); `fetch_pace` checks they are there, and does nothing if not.
 
@@ -72,6 +73,15 @@ class _Pace:
     """Whether the last complete window's rate called for gathering (or no rule)."""
 
 
+SLOW_BROKER_WAIT_MS = 25
+"""How long the broker holds a fetch of a busy consumer whose records come slower than its
+`gather_above_per_s`: answered at the first record, as an idle one's, but held at most
+this long. aiokafka keeps one fetch in flight per broker and leaves out of it the
+partitions whose records wait in its buffer; once those are consumed they are fetched
+only with the next request, after the one in flight returns. Held for the idle 500 ms,
+that delayed commands on just-consumed partitions (docs/engine-performance.md, "Tenth
+session")."""
+
 _PACES: weakref.WeakKeyDictionary[object, _Pace] = weakref.WeakKeyDictionary()
 
 
@@ -119,10 +129,13 @@ def fetch_pace(
                 gather_above_per_s / 2 if pace.gathering else gather_above_per_s
             )
             pace.since, pace.records = clock, 0
-    gather = busy and pace.gathering
-    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = (
-        pace.own if gather else (1, IDLE_BROKER_WAIT_MS)
-    )
+    if not busy:
+        settings = (1, IDLE_BROKER_WAIT_MS)
+    elif pace.gathering:
+        settings = pace.own
+    else:
+        settings = (1, SLOW_BROKER_WAIT_MS)
+    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = settings
 
 
 class WaitingBatchSubscriber(BatchSubscriber):

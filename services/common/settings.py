@@ -116,13 +116,14 @@ class EngineSettings(RunstoreSettings):
     arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
     alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
     as anything arrives."""
-    engine_fetch_gather_above_per_s: float = Field(default=200.0, ge=0)
-    """The engine's fetches gather (the two settings above) only while commands come at
-    least this fast (counted each second; once gathering, down to half of it); slower, a
-    fetch is answered at the first command (0: gather whenever commands come). Below it
-    a gathering fetch mostly expires at its wait with a few commands or none: a request
-    and its expiry for the broker, and up to the wait added to a command's latency
-    (docs/engine-performance.md, "Tenth session")."""
+    engine_fetch_gather_above_per_s: float = Field(default=0.0, ge=0)
+    """When set, the engine's fetches gather (the two settings above) only while commands
+    come at least this fast (counted each second; once gathering, down to half of it);
+    slower, a fetch is answered at its first command (held at most 25 ms). 0 (the
+    default): gather whenever commands come. Below ~200/s a gathering fetch mostly expires
+    at its wait with a few commands or none; 200 cut the broker's requests per start by
+    29 % at ~100 starts/s, but the start's p50 was not better in the runs so far
+    (docs/engine-performance.md, "Tenth session"): a knob, not a default."""
     engine_ordered_insert_probe: bool = True
     """Probe at start whether the database ends an ordered insert at its first refused
     document past 100 documents (MongoDB and the local, patched FerretDB do); if so a

@@ -22,7 +22,8 @@ class _Consumer:
 
 
 GATHER = (65536, 5)
-AT_FIRST_RECORD = (1, module.IDLE_BROKER_WAIT_MS)
+AT_FIRST_RECORD = (1, module.SLOW_BROKER_WAIT_MS)
+IDLE = (1, module.IDLE_BROKER_WAIT_MS)
 
 
 def _window(consumer: _Consumer, start: float, batches: int, size: int, rule: float) -> float:
@@ -60,7 +61,7 @@ def test_an_idle_getmany_asks_for_any_record_even_while_gathering() -> None:
     clock = _window(consumer, clock, 20, 16, 200.0)
     assert consumer.fetch_settings == GATHER
     module.fetch_pace(consumer, False, 0, 200.0, now=clock + 0.1)
-    assert consumer.fetch_settings == AT_FIRST_RECORD
+    assert consumer.fetch_settings == IDLE
     module.fetch_pace(consumer, True, 16, 200.0, now=clock + 0.2)
     assert consumer.fetch_settings == GATHER
 
