@@ -98,10 +98,10 @@ def fetch_pace(
 
     With `gather_above_per_s` > 0, a busy consumer gathers only while its records come at
     least that fast (`records` per `getmany`, counted over windows of `RATE_WINDOW_S`;
-    once gathering, it stops below half that rate), and otherwise asks for any record as
-    an idle one does. Gathering pays when records come faster than one fetch's wait
-    spreads them out: below that, a gathering fetch mostly expires with a few records or
-    none (a request, its expiry in the broker's purgatory, and up to its wait added to
+    once gathering, it stops below half that rate), and otherwise asks for any record,
+    held at most `SLOW_BROKER_WAIT_MS`. Gathering pays when records come faster than one
+    fetch's wait spreads them out: below that, a gathering fetch mostly expires with a few
+    records or none (a request, its expiry in the broker's purgatory, and up to its wait added to
     every record's latency), where a fetch answered at the first record brings the same
     records at once. `now`: the monotonic clock (tests)."""
     fetcher = getattr(consumer, "_fetcher", None)
