@@ -122,8 +122,8 @@ class EngineSettings(RunstoreSettings):
     slower, a fetch is answered at its first command (held at most 25 ms). 0 (the
     default): gather whenever commands come. Below ~200/s a gathering fetch mostly expires
     at its wait with a few commands or none; 200 cut the broker's requests per start by
-    29 % at ~100 starts/s, but the start's p50 was not better in the runs so far
-    (docs/engine-performance.md, "Tenth session"): a knob, not a default."""
+    29 % at ~100 starts/s; the start's p50 was lower in the quiet runs and not in the
+    loaded ones (docs/engine-performance.md, "Tenth session"): a knob until confirmed."""
     engine_ordered_insert_probe: bool = True
     """Probe at start whether the database ends an ordered insert at its first refused
     document past 100 documents (MongoDB and the local, patched FerretDB do); if so a
