@@ -16,8 +16,11 @@ while records come: after an idle `getmany` (no record for `IDLE_FETCH_WAIT_MS`)
 ask for any record within `IDLE_BROKER_WAIT_MS`, as aiokafka's defaults do, and the first
 batch that comes restores the consumer's own settings. Gathering while idle was a fetch
 every 5 ms for nothing: ~35 ms/s of the engine's CPU and as much of the broker's, per engine.
-The engine's subscriber (`pace_each_fetch`) stops gathering sooner, at its first empty
-fetch (`pace_by_response`). The settings live on aiokafka's fetcher (`_fetch_min_bytes`,
+The engine's subscriber stops gathering sooner, at its first empty fetch
+(`pace_each_fetch`: `pace_by_response`), or, as an alternative, while its records come slower
+than a rate (`gather_above_per_s`, the engine's `RUNSTORE_ENGINE_FETCH_GATHER_ABOVE_PER_S`,
+off by default: half of it once gathering; fetches then ask for any record, held at most
+`SLOW_BROKER_WAIT_MS`). The settings live on aiokafka's fetcher (`_fetch_min_bytes`,
 `_fetch_max_wait_ms`, read for each fetch request it builds); `fetch_pace` checks they are
 there, and does nothing if not.
 
@@ -31,7 +34,10 @@ built, not silently.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
+from dataclasses import dataclass
+from functools import cache
 from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
@@ -53,25 +59,87 @@ IDLE_BROKER_WAIT_MS = 500
 """How long the broker holds a fetch of an idle consumer (aiokafka's default): it answers
 as soon as one record comes (minimum bytes 1 while idle)."""
 
-_OWN_SETTINGS: weakref.WeakKeyDictionary[object, tuple[int, int]] = weakref.WeakKeyDictionary()
-"""A fetcher's own (`fetch_min_bytes`, `fetch_max_wait_ms`), noted at the first batch."""
+RATE_WINDOW_S = 1.0
+"""How long a gathering consumer counts its records before it decides again whether to
+gather (`gather_above_per_s`)."""
 
 
-def fetch_pace(consumer: object, busy: bool) -> None:
+@dataclass(slots=True)
+class _Pace:
+    """A fetcher's own settings (noted at its first `getmany`) and its records' rate."""
+
+    own: tuple[int, int]
+    """Its own (`fetch_min_bytes`, `fetch_max_wait_ms`)."""
+    since: float
+    """When the current count began (monotonic seconds)."""
+    records: int = 0
+    gathering: bool = True
+    """Whether the last complete window's rate called for gathering (or no rule)."""
+
+
+SLOW_BROKER_WAIT_MS = 25
+"""How long the broker holds a fetch of a busy consumer whose records come slower than its
+`gather_above_per_s`: answered at the first record, as an idle one's, but held at most
+this long. aiokafka keeps one fetch in flight per broker and leaves out of it the
+partitions whose records wait in its buffer; once those are consumed they are fetched
+only with the next request, after the one in flight returns. Held for the idle 500 ms,
+that delayed commands on just-consumed partitions (docs/engine-performance.md, "Tenth
+session")."""
+
+_PACES: weakref.WeakKeyDictionary[object, _Pace] = weakref.WeakKeyDictionary()
+
+
+def fetch_pace(
+    consumer: object,
+    busy: bool,
+    records: int = 0,
+    gather_above_per_s: float = 0.0,
+    now: float | None = None,
+) -> None:
     """Give `consumer`'s fetches its own gathering settings while records come (`busy`),
     or an idle consumer's (any record, within `IDLE_BROKER_WAIT_MS`). The change applies
-    from the next fetch request."""
+    from the next fetch request.
+
+    With `gather_above_per_s` > 0, a busy consumer gathers only while its records come at
+    least that fast (`records` per `getmany`, counted over windows of `RATE_WINDOW_S`;
+    once gathering, it stops below half that rate), and otherwise asks for any record,
+    held at most `SLOW_BROKER_WAIT_MS`. Gathering pays when records come faster than one
+    fetch's wait spreads them out: below that, a gathering fetch mostly expires with a few
+    records or none (a request, its expiry in the broker's purgatory, and up to its wait added to
+    every record's latency), where a fetch answered at the first record brings the same
+    records at once. `now`: the monotonic clock (tests)."""
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None or not (
         hasattr(fetcher, "_fetch_min_bytes") and hasattr(fetcher, "_fetch_max_wait_ms")
     ):
         return
-    own = _OWN_SETTINGS.get(fetcher)
-    if own is None:
-        own = _OWN_SETTINGS[fetcher] = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
-    if own[0] <= 1:
+    clock = time.monotonic() if now is None else now
+    pace = _PACES.get(fetcher)
+    if pace is None:
+        own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+        # It starts gathering (as without a rule): a rate between half the rule and the
+        # rule keeps whichever mode came first, and gathering is the safe side of it (a
+        # closed loop of clients on a loaded box goes slower with fetches answered at
+        # their first record: docs/engine-performance.md, "Tenth session").
+        pace = _PACES[fetcher] = _Pace(own, clock)
+    if pace.own[0] <= 1:
         return  # it never gathers: nothing to change
-    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own if busy else (1, IDLE_BROKER_WAIT_MS)
+    if gather_above_per_s > 0:
+        pace.records += records
+        elapsed = clock - pace.since
+        if elapsed >= RATE_WINDOW_S:
+            rate = pace.records / elapsed
+            pace.gathering = rate >= (
+                gather_above_per_s / 2 if pace.gathering else gather_above_per_s
+            )
+            pace.since, pace.records = clock, 0
+    if not busy:
+        settings = (1, IDLE_BROKER_WAIT_MS)
+    elif pace.gathering:
+        settings = pace.own
+    else:
+        settings = (1, SLOW_BROKER_WAIT_MS)
+    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = settings
 
 
 BETWEEN_WAVES_WAIT_MS = 100
@@ -121,7 +189,7 @@ def pace_by_response(consumer: object) -> bool:
         return False
     _PACED.add(fetcher)
     own = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
-    _OWN_SETTINGS.setdefault(fetcher, own)  # for `fetch_pace`, which sets the idle wait
+    _PACES.setdefault(fetcher, _Pace(own, time.monotonic()))  # for `fetch_pace`: idle wait
     if own[0] <= 1:
         return True  # it never gathers: nothing to change
 
@@ -149,6 +217,10 @@ class WaitingBatchSubscriber(BatchSubscriber):
     """FastStream's batch subscriber whose fetch waits for records without the sleep."""
 
     __slots__ = ()
+    gather_above_per_s: float = 0.0
+    """`fetch_pace`'s rule (0: gather whenever records come); a class attribute, set by a
+    subclass per value (`_with_rule`): FastStream's subscriber has slots, so the object
+    itself takes no new attribute."""
 
     async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[ConsumerRecord[Any, Any], ...]:
         """The records one `getmany` returns (up to `max_records`), or none after an idle
@@ -156,8 +228,9 @@ class WaitingBatchSubscriber(BatchSubscriber):
         batches = await consumer.getmany(
             timeout_ms=self.batch_timeout_ms, max_records=self.max_records
         )
-        fetch_pace(consumer, busy=bool(batches))
-        return tuple(chain.from_iterable(batches.values()))
+        records = tuple(chain.from_iterable(batches.values()))
+        fetch_pace(consumer, bool(records), len(records), self.gather_above_per_s)
+        return records
 
 
 class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
@@ -187,17 +260,36 @@ _UNPACEABLE: weakref.WeakSet[object] = weakref.WeakSet()
 """Consumers `pace_by_response` could not pace (warned about once)."""
 
 
+@cache
+def _with_rule(gather_above_per_s: float) -> type[WaitingBatchSubscriber]:
+    if not gather_above_per_s:
+        return WaitingBatchSubscriber
+    return type(
+        "WaitingBatchSubscriber",
+        (WaitingBatchSubscriber,),
+        {"__slots__": (), "gather_above_per_s": float(gather_above_per_s)},
+    )
+
+
 def batch_subscriber(
-    broker: KafkaBroker, *topics: str, pace_each_fetch: bool = False, **options: Any
+    broker: KafkaBroker,
+    *topics: str,
+    pace_each_fetch: bool = False,
+    gather_above_per_s: float = 0.0,
+    **options: Any,
 ) -> BatchSubscriber:
     """`broker.subscriber(*topics, batch=True, **options)` with `WaitingBatchSubscriber`'s
     fetch (its idle wait is `IDLE_FETCH_WAIT_MS`). Decorate the handler with the result.
 
-    `pace_each_fetch`: a gathering consumer stops gathering at its first empty fetch
-    (`pace_by_response`), not after an idle `getmany`. For a consumer whose gathering is
-    only about batch size (the engine); not for one that gathers to keep related records
-    in one batch (the projector's workflows), whose first batch after a pause would then
-    be a single record's."""
+    Two alternative rules for a gathering consumer (`fetch_min_bytes` > 1); with both set,
+    `gather_above_per_s` is the one applied:
+    - `pace_each_fetch`: it stops gathering at its first empty fetch (`pace_by_response`),
+      not after an idle `getmany`. For a consumer whose gathering is only about batch size
+      (the engine); not for one that gathers to keep related records in one batch (the
+      projector's workflows), whose first batch after a pause would then be a single
+      record's;
+    - `gather_above_per_s`: it gathers only while its records come at least that fast
+      (`fetch_pace`); 0: whenever records come."""
     if "batch_timeout_ms" in options:
         raise TypeError("batch_subscriber sets batch_timeout_ms itself (IDLE_FETCH_WAIT_MS)")
     subscriber = broker.subscriber(
@@ -209,7 +301,9 @@ def batch_subscriber(
             "whose fetch WaitingBatchSubscriber replaces"
         )
     subscriber.__class__ = (
-        ResponsePacedBatchSubscriber if pace_each_fetch else WaitingBatchSubscriber
+        _with_rule(gather_above_per_s)
+        if gather_above_per_s or not pace_each_fetch
+        else ResponsePacedBatchSubscriber
     )
     return subscriber
 

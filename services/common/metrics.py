@@ -53,6 +53,14 @@ STORE_LATENCY = Histogram(
     ["service"],
     buckets=_LATENCY_BUCKETS,
 )
+ENGINE_BATCH_STAGE = Histogram(
+    "runstore_engine_batch_stage_seconds",
+    "Where a consumed batch's time goes in the engine, by stage: fetch (its newest record's "
+    "timestamp to the handler), decide, wait (for the batch before to be stored), store, "
+    "complete (answers built), publish (records acknowledged, offsets queued).",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 DEAD_LETTERS = Counter(
     "runstore_dead_letters_total",
     "Records sent to the dead-letter topic, by reason.",

@@ -118,7 +118,16 @@ class EngineSettings(RunstoreSettings):
     as anything arrives."""
     engine_fetch_pace_each: bool = True
     """The engine stops gathering at its first empty fetch (batch_subscriber.pace_by_response);
-    false: only after an idle second, as before."""
+    false: only after an idle second, as before. `engine_fetch_gather_above_per_s`, when
+    set, is applied instead."""
+    engine_fetch_gather_above_per_s: float = Field(default=0.0, ge=0)
+    """When set, the engine's fetches gather (the two settings above) only while commands
+    come at least this fast (counted each second; once gathering, down to half of it);
+    slower, a fetch is answered at its first command (held at most 25 ms). 0 (the
+    default): gather whenever commands come. Below ~200/s a gathering fetch mostly expires
+    at its wait with a few commands or none; 200 cut the broker's requests per start by
+    29 % at ~100 starts/s; the start's p50 was lower in the quiet runs and not in the
+    loaded ones (docs/engine-performance.md, "Tenth session"): a knob until confirmed."""
     engine_ordered_insert_probe: bool = True
     """Probe at start whether the database ends an ordered insert at its first refused
     document past 100 documents (MongoDB and the local, patched FerretDB do); if so a

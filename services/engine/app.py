@@ -26,6 +26,7 @@ from services.common.mongo import Document, mongo_client, mongo_database
 from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
+from services.engine.batch_timings import BatchTimings
 from services.engine.command_spans import CommandSpans, TracedBatch
 from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
@@ -126,11 +127,16 @@ def _json(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
-def collect_after_failures(collector: BatchCollector) -> Callable[[Batch, Phase], None]:
+def collect_after_failures(
+    collector: BatchCollector, timings: Callable[[Batch, Phase], None] | None = None
+) -> Callable[[Batch, Phase], None]:
     """The pipeline's observer: a failed batch may be held in a cycle by its exception
-    and traceback, so the collector's next check collects."""
+    and traceback, so the collector's next check collects. `timings` is told of every
+    phase too (`BatchTimings`)."""
 
-    def observe(_batch: Batch, phase: Phase) -> None:
+    def observe(batch: Batch, phase: Phase) -> None:
+        if timings is not None:
+            timings(batch, phase)
         if phase is Phase.FAILED:
             collector.batch_failed()
 
@@ -190,7 +196,7 @@ def build_app(settings: EngineSettings) -> FastStream:
         processor,
         publish,
         RETRY_BACKOFF_SECONDS,
-        collect_after_failures(collector),
+        collect_after_failures(collector, BatchTimings()),
         commit_every_s=settings.engine_commit_every_ms / 1000,
     )
 
@@ -212,6 +218,7 @@ def build_app(settings: EngineSettings) -> FastStream:
         decoder=message_as_body,
         fetch_max_wait_ms=settings.engine_fetch_wait_ms,
         fetch_min_bytes=settings.engine_fetch_min_bytes,
+        gather_above_per_s=settings.engine_fetch_gather_above_per_s,
     )
     async def handle_commands(body: Any) -> None:
         # The batch's message itself (message_as_body: no thread hop to resolve it).

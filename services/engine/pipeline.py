@@ -93,6 +93,9 @@ class Batch:
     phase: Phase = Phase.RECEIVED
     decision: Decision | None = None
     storing: asyncio.Task[StoredRound] | None = None
+    received_at: float = field(default_factory=time.time)
+    """When the pipeline took it (wall clock: compared with its records' timestamps)."""
+    received_perf: float = field(default_factory=time.perf_counter)
 
     @property
     def start(self) -> dict[TopicPartition, int]:

@@ -45,3 +45,12 @@ def test_the_engine_paces_its_fetches_per_response_unless_told_not_to() -> None:
     assert isinstance(paced, ResponsePacedBatchSubscriber)
     unpaced = _subscriber(EngineSettings(engine_health_port=None, engine_fetch_pace_each=False))
     assert type(unpaced) is WaitingBatchSubscriber
+
+
+def test_the_rate_rule_when_set_replaces_the_pace_per_response() -> None:
+    ruled = _subscriber(
+        EngineSettings(engine_health_port=None, engine_fetch_gather_above_per_s=200)
+    )
+    assert not isinstance(ruled, ResponsePacedBatchSubscriber)
+    assert isinstance(ruled, WaitingBatchSubscriber)
+    assert ruled.gather_above_per_s == 200  # type: ignore[attr-defined]
