@@ -116,10 +116,14 @@ class EngineSettings(RunstoreSettings):
     arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
     alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
     as anything arrives."""
-    engine_fetch_pace_each: bool = True
-    """The engine stops gathering at its first empty fetch (batch_subscriber.pace_by_response);
-    false: only after an idle second, as before. `engine_fetch_gather_above_per_s`, when
-    set, is applied instead."""
+    engine_fetch_pace_each: bool = False
+    """True: the engine stops gathering at its first empty fetch
+    (batch_subscriber.pace_by_response), not only after an idle second. It halves the
+    engine's fetches in a closed loop of clients, but splits waves of commands into smaller
+    batches; on a quiet box the whole stack's CPU per start was ~10 % higher with it in
+    three closed-loop pairs (docs/write-path-cost.md, "Tenth session"): a knob until a
+    rule that keeps waves whole. `engine_fetch_gather_above_per_s`, when set, is applied
+    instead."""
     engine_fetch_gather_above_per_s: float = Field(default=0.0, ge=0)
     """When set, the engine's fetches gather (the two settings above) only while commands
     come at least this fast (counted each second; once gathering, down to half of it);

@@ -38,18 +38,22 @@ def test_the_engines_fetches_wait_as_its_settings_say() -> None:
     assert (defaults.engine_fetch_wait_ms, defaults.engine_fetch_min_bytes) == (5, 64 * 1024)
 
 
-def test_the_engine_paces_its_fetches_per_response_unless_told_not_to() -> None:
+def test_the_engine_paces_its_fetches_per_response_when_told_to() -> None:
     # Gathering stops at the first empty fetch (waves of commands in a closed loop of
     # clients); the projector, which gathers to keep workflows whole, is not paced so.
-    paced = _subscriber(EngineSettings(engine_health_port=None))
+    paced = _subscriber(EngineSettings(engine_health_port=None, engine_fetch_pace_each=True))
     assert isinstance(paced, ResponsePacedBatchSubscriber)
-    unpaced = _subscriber(EngineSettings(engine_health_port=None, engine_fetch_pace_each=False))
+    unpaced = _subscriber(EngineSettings(engine_health_port=None))  # the default
     assert type(unpaced) is WaitingBatchSubscriber
 
 
 def test_the_rate_rule_when_set_replaces_the_pace_per_response() -> None:
     ruled = _subscriber(
-        EngineSettings(engine_health_port=None, engine_fetch_gather_above_per_s=200)
+        EngineSettings(
+            engine_health_port=None,
+            engine_fetch_pace_each=True,
+            engine_fetch_gather_above_per_s=200,
+        )
     )
     assert not isinstance(ruled, ResponsePacedBatchSubscriber)
     assert isinstance(ruled, WaitingBatchSubscriber)
