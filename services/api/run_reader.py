@@ -52,6 +52,8 @@ from services.common.metrics import POINT_READS
 from services.common.readmodels.history_chunks import (
     chunk_ids_uncovered,
     event_text,
+    head_docs,
+    history_chunk_key,
     history_doc_ids,
     lines_between,
     texts_of_lines,
@@ -263,6 +265,7 @@ class RunReader:
             return await self._run(str(pointer["latest_run_id"]), span)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == latest])
         assert view is not None
+        chunks.update(head_docs(row))
         chunks.update(await self._more_chunks(latest, span, view.projected, chunks))
         return view, chunks
 
@@ -274,6 +277,7 @@ class RunReader:
         )
         if row is not None:
             projected = int(row.get("event_count", 0))
+            chunks.update(head_docs(row))
             more = self._more_chunks(run_id, span, projected, chunks)
             if not ExecutionStatus(row["status"]).is_open:
                 # Nothing follows a run's terminal event (a reset or restart opens another
@@ -335,9 +339,10 @@ class RunReader:
         view, chunks = found
         total = int(view.run.get("event_count", 0))
         last = total if limit is None else min(total, after + limit)
-        # Events up to `projected` are in the chunks, the ones after in `unprojected`.
+        # Events up to `projected` are in the chunks (and the row's head), the ones after
+        # in `unprojected`.
         from_chunks = min(last, view.projected)
-        lines = await self._chunk_lines(view.run["run_id"], after + 1, from_chunks, chunks)
+        lines = await self._chunk_lines(view.run, after + 1, from_chunks, chunks)
         start = max(after, from_chunks)
         newer = [event_text(e) for e in view.unprojected if start < e.event_number <= last]
         if newer:
@@ -346,17 +351,21 @@ class RunReader:
         return HistoryPage(view.run, lines, last if more else None)
 
     async def _chunk_lines(
-        self, run_id: str, first: int, last: int, docs: Mapping[str, Document]
+        self, run: Document, first: int, last: int, docs: Mapping[str, Document]
     ) -> list[bytes]:
-        """Events `first`..`last` from the run's blocks and chunks (`lines_between`),
-        reading again the chunks (blocks never change) that lack events (read at the same
-        time as a row written after them)."""
+        """Events `first`..`last` from the run's blocks and chunks (`lines_between`), chunk
+        0 from the row's head if it has one (the head wins over a chunk 0 document: one
+        can be left stale by a crash), reading again the chunks (blocks never change)
+        that lack events (read at the same time as a row written after them)."""
         if last < first:
             return []
+        run_id = str(run["run_id"])
+        head = head_docs(run)
+        docs = {**docs, **head}
         lines = lines_between(docs, run_id, first, last)
         if lines is None:
-            ids = chunk_ids_uncovered(docs, run_id, first, last)
-            fresh = {**docs, **await self.models.load(HISTORY, ids)}
+            ids = [i for i in chunk_ids_uncovered(docs, run_id, first, last) if i not in head]
+            fresh = {**docs, **await self.models.load(HISTORY, ids), **head}
             lines = lines_between(fresh, run_id, first, last)
         if lines is None:
             raise RuntimeError(
@@ -406,13 +415,16 @@ class _Span:
 
 
 def _first_ids(run_id: str, span: _Span | None) -> list[str]:
-    """What a history read asks for together with the row: for a whole history chunk 0
-    (most histories are short); for a page its blocks and chunks, as if all its events
-    were projected."""
+    """What a history read asks for together with the row: for a page its blocks and
+    chunks, as if all its events were projected, but chunk 0, which the row holds (its
+    head); a whole history, nothing more (most histories are short: the row is all).
+    A row without a head (written before heads, a run opened by a reset, a head too
+    large) has chunk 0 read with the rest (`_more_chunks`)."""
     if span is None:
         return []
     last = span.after + (span.limit or 1)
-    return history_doc_ids(run_id, span.after + 1, last, last)
+    zero = history_chunk_key(run_id, 0)
+    return [i for i in history_doc_ids(run_id, span.after + 1, last, last) if i != zero]
 
 
 def _fold(row: Document | None, events: list[Event]) -> RunView | None:
