@@ -11,10 +11,12 @@ Sequential round trips per request (`‖` = sent together):
   the pointer's `seq`);
 - a history page (paging extension): closed run 1 (the row ‖ the page's chunks); open run
   2 (then the commit probe); of an execution 2 (the pointer, then row ‖ chunks ‖ probe);
-- a whole history: 1 for a closed run of one chunk (≤ 100 events), else 2 (the row ‖
-  chunk 0, then the sealed blocks and the open tail's chunks ‖ the commit probe); one more
-  for an execution's, and one more when a block is missing (a history written before
-  blocks existed, or too large for one): its chunks.
+- a whole history: 1 for a closed run of one chunk (≤ 100 events: the row, which holds
+  chunk 0 as its head), else 2 (the row, then the sealed blocks and the open tail's
+  chunks ‖ the commit probe); one more for an execution's, and one more when a block is
+  missing (a history written before blocks existed, or too large for one): its chunks.
+  A row without a head (a run opened by a reset, a head past its bound, a row written
+  before heads existed) has chunk 0 read as a document in the second round trip.
 
 History reads take a sealed block of 1,000 events instead of its chunks wherever they need
 at least 4 of its 10 chunks (`history_doc_ids`): 10,000 events are 10 block reads, not

@@ -5,12 +5,14 @@ What a batch costs the database (on FerretDB a point read or a replace costs sev
 inserts; docs/read-models.md, "Measurements"):
 
 - an execution whose first event in the batch is its very first (`seq` 1, index 0) is
-  assumed new: nothing is read, and its run rows, history chunks and pointer are
-  *inserted*. An insert refused as a duplicate `_id` means the documents exist after all
+  assumed new: nothing is read, and its run rows (holding chunk 0 of their history, the
+  head: projection.py), history chunks and pointer are *inserted*: a start is a row and a
+  pointer. An insert refused as a duplicate `_id` means the documents exist after all
   (a re-delivery): that execution is projected again the careful way (read, fold, replace);
 - an execution this projector wrote recently is folded onto the documents it remembers
   (`KnownDocuments`), so nothing is read either; only changed documents are replaced;
-- any other execution: its pointer is read (to find gaps), then its runs and chunks.
+- any other execution: its pointer is read (to find gaps), then its runs and chunks (a
+  chunk 0 document only for a run whose row has no head, after the rows).
 
 All of one execution's events in a batch are folded first, so each document is written
 at most once per batch, whatever the number of events.

@@ -17,6 +17,7 @@ import pytest
 from schemas.commands import SignalExecution, SignalPayload
 from schemas.events import Event, EventType
 from services.api.run_reader import RunReader
+from services.api.shapes import history_body
 from services.common.memory_commit_log import MemoryCommitLog
 from services.common.readmodels import projection
 from services.common.readmodels.history_chunks import (
@@ -344,3 +345,30 @@ async def test_a_crash_after_a_head_moved_out_before_its_row_was_written(
         await restarted.apply(events[k : k + again])
         await assert_histories_read_back(store, w)
     assert store.data == expected(events)
+
+
+async def test_history_bodies_are_the_same_bytes_as_with_chunk_0_documents() -> None:
+    """What both history endpoints answer (`shapes.history_body`), whole and in pages, is
+    byte for byte what the layout before heads gives for the same events."""
+    w = workload()
+    heads, chunks = MemoryReadModels(), MemoryReadModels()
+    await Projector(heads).apply(w.all_events())
+    await Projector(chunks).apply(w.all_events())
+    without_heads(chunks)
+    assert heads.data != chunks.data
+    commits = MemoryCommitLog(w.commits)
+    for run_id in heads.data[RUNS]:
+        for after, limit in ((0, None), (0, 100), (0, 7), (5, 100), (95, 10), (100, 1000)):
+            bodies = []
+            for models in (heads, chunks):
+                page = await RunReader(models, commits).run_history_page(run_id, after, limit)
+                assert page is not None
+                bodies.append(history_body(page.run, page.lines, None))
+            assert bodies[0] == bodies[1], (run_id, after, limit)
+    for execution_id in w.states:
+        bodies = []
+        for models in (heads, chunks):
+            page = await RunReader(models, commits).execution_history_page(execution_id)
+            assert page is not None
+            bodies.append(history_body(page.run, page.lines, None))
+        assert bodies[0] == bodies[1], execution_id
