@@ -240,8 +240,8 @@ def _apply_to_head(event: Event, chunk_id: str, docs: ReadModelDocs) -> None:
     the row into chunk 0's document (with the events of a chunk 0 document already there:
     a crash can leave one written before the row that drops the head)."""
     run = docs.runs[event.run_id]
-    head = head_chunk(run) or {}
-    chunk = apply_to_history(head or None, event)
+    head = head_chunk(run)
+    chunk = apply_to_history(head, event)
     if chunk is head:
         return  # already there
     if chunk_text_chars(chunk) > HEAD_MAX_TEXT_CHARS:
