@@ -142,8 +142,12 @@ class Projector:
         commits: CommitLog | None = None,
         memory_bytes: int = 64 << 20,
         parking: ParkedExecutions | None = None,
+        history_heads: bool = True,
     ) -> None:
         self._store = store
+        self._history_heads = history_heads
+        """False: new runs get chunk 0 as a document, not a head (`project`'s
+        `new_heads`; settings `projector_history_heads`)."""
         self._commits = commits
         self.known = KnownDocuments(memory_bytes)
         self.parking = parking
@@ -291,7 +295,7 @@ class Projector:
             EXECUTIONS: set(docs.executions),
         }
 
-        project(ordered, docs)
+        project(ordered, docs, self._history_heads)
         history, changed_runs, pointers = docs.changes()
         chunks_written = {i: d for i, d in history.items() if not is_block(i)}
         blocks = {i: d for i, d in history.items() if is_block(i)}

@@ -34,6 +34,7 @@ from services.common.readmodels.memory_store import MemoryReadModels
 from services.common.readmodels.run_filter import RunFilter
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
 from services.projector.projector import Projector
+from services.projector.rebuild import rebuild
 from tests.support.workloads import Workload, all_chunks, fold_all, mixed_workload
 
 
@@ -372,3 +373,90 @@ async def test_history_bodies_are_the_same_bytes_as_with_chunk_0_documents() -> 
             assert page is not None
             bodies.append(history_body(page.run, page.lines, None))
         assert bodies[0] == bodies[1], execution_id
+
+
+# --- heads switched off (projector_history_heads false: a rolling upgrade) ---------------------
+
+
+async def test_with_heads_off_a_start_writes_chunk_0_as_a_document() -> None:
+    """What the code before heads wrote, document for document (so an earlier API and
+    projector read and extend it), and histories read back as the same bytes."""
+    w = Workload()
+    w.start("a")
+    models = MemoryReadModels()
+    await Projector(models, history_heads=False).apply(w.all_events())
+    run_id = w.run_id("a")
+    assert list(models.data[HISTORY]) == [history_chunk_key(run_id, 0)]
+    assert HISTORY_HEAD not in models.data[RUNS][run_id]
+    assert len(models.data[EXECUTIONS]) == 1
+
+    w = workload()
+    off, on = MemoryReadModels(), MemoryReadModels()
+    await Projector(off, history_heads=False).apply(w.all_events())
+    await Projector(on).apply(w.all_events())
+    assert any(HISTORY_HEAD in r for r in on.data[RUNS].values())
+    assert not any(HISTORY_HEAD in r for r in off.data[RUNS].values())
+    without_heads(on)  # the layout before heads
+    assert off.data == on.data
+    await assert_histories_read_back(off, w)
+    heads = MemoryReadModels()
+    await Projector(heads).apply(w.all_events())
+    commits = MemoryCommitLog(w.commits)
+    for run_id in heads.data[RUNS]:
+        bodies = []
+        for models in (heads, off):
+            page = await RunReader(models, commits).run_history_page(run_id)
+            assert page is not None
+            bodies.append(history_body(page.run, page.lines, None))
+        assert bodies[0] == bodies[1], run_id
+
+
+@pytest.mark.parametrize("bound", ["default", "small"])
+async def test_with_heads_off_rows_with_heads_keep_them(
+    bound: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switching heads off mid-way: rows that have a head keep folding into it (and move
+    it out past the bound as ever), runs started after get chunk 0 documents, and every
+    history reads back (folded from memory and from the store)."""
+    if bound == "small":
+        monkeypatch.setattr(projection, "HEAD_MAX_TEXT_CHARS", 3000)
+    w = workload()
+    events = w.all_events()
+    cut = len(events) // 3
+    models = MemoryReadModels()
+    await Projector(models).apply(events[:cut])
+    with_heads = {i for i, r in models.data[RUNS].items() if HISTORY_HEAD in r}
+    assert with_heads
+    remembering = Projector(models, MemoryCommitLog(w.commits), history_heads=False)
+    for k in range(cut, len(events), 9):
+        if k % 2:
+            remembering.forget()
+        await remembering.apply(events[k : k + 9])
+    runs = models.data[RUNS]
+    whole = fold_all(events)  # heads on throughout
+    for run_id, row in runs.items():
+        zero = history_chunk_key(run_id, 0)
+        if run_id in with_heads:
+            # Kept, or moved out exactly when the heads-on fold moves it out.
+            assert (HISTORY_HEAD in row) == (HISTORY_HEAD in whole.runs[run_id]), run_id
+            assert (HISTORY_HEAD in row) != (zero in models.data[HISTORY]), run_id
+        else:
+            assert HISTORY_HEAD not in row and zero in models.data[HISTORY], run_id
+    assert len(runs) > len(with_heads)
+    changes = whole.changes()
+    assert all_chunks(models.data[HISTORY], runs) == all_chunks(changes[0], changes[1])
+    await assert_histories_read_back(models, w)
+
+
+async def test_rebuild_with_heads_off_writes_no_head() -> None:
+    """`runstore projections rebuild` with heads off (a rollback): the layout before
+    heads, whatever heads the store had."""
+    w = workload()
+    models = MemoryReadModels()
+    await Projector(models).apply(w.all_events())
+    assert any(HISTORY_HEAD in r for r in models.data[RUNS].values())
+    before = MemoryReadModels()
+    await Projector(before).apply(w.all_events())
+    without_heads(before)
+    await rebuild(models, MemoryCommitLog(w.commits), batch_events=50, history_heads=False)
+    assert models.data == before.data

@@ -182,10 +182,14 @@ def ids_touched(events: Iterable[Event]) -> tuple[set[str], set[str], set[str]]:
     return runs, executions, chunks
 
 
-def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
+def project(events: Iterable[Event], docs: ReadModelDocs, new_heads: bool = True) -> ReadModelDocs:
     """Fold `events`, in order, onto `docs` (which must hold every existing document the
     events touch, see `ids_touched`: for the last event of a block that includes the
-    block's chunks and the block itself); records what changed. Pure apart from `docs`."""
+    block's chunks and the block itself); records what changed. Pure apart from `docs`.
+
+    `new_heads` False: no run gets a head (chunk 0 goes to its document, as before heads
+    existed: settings `projector_history_heads`); a row that has one keeps it, folded as
+    with True."""
     for event in events:
         before_run = before = docs.runs.get(event.run_id)
         run = apply_to_run(before, event)
@@ -198,7 +202,7 @@ def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
             docs.executions[event.execution_id] = pointer
             docs.changed_executions.add(event.execution_id)
         chunk_id = history_chunk_id(event.run_id, event.event_number)
-        if _in_head(event, before_run, run, chunk_id, docs):
+        if _in_head(event, before_run, run, chunk_id, docs, new_heads):
             _apply_to_head(event, chunk_id, docs)
         else:
             before = docs.history.get(chunk_id)
@@ -223,16 +227,22 @@ def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
 
 
 def _in_head(
-    event: Event, before: Document | None, run: Document | None, chunk_id: str, docs: ReadModelDocs
+    event: Event,
+    before: Document | None,
+    run: Document | None,
+    chunk_id: str,
+    docs: ReadModelDocs,
+    new_heads: bool,
 ) -> bool:
-    """Whether `event` goes to its run row's head: the row has one, or this is the run's
-    first event and it opened the row (unless chunk 0 is a document already: a stale one
-    under a row not written yet keeps being used, as the code before heads would)."""
+    """Whether `event` goes to its run row's head: the row has one, or (`new_heads`) this
+    is the run's first event and it opened the row (unless chunk 0 is a document already:
+    a stale one under a row not written yet keeps being used, as the code before heads
+    would)."""
     if run is None or event.event_number > HISTORY_CHUNK:
         return False
     if HISTORY_HEAD in run:
         return True
-    return event.event_number == 1 and before is None and chunk_id not in docs.history
+    return new_heads and event.event_number == 1 and before is None and chunk_id not in docs.history
 
 
 def _apply_to_head(event: Event, chunk_id: str, docs: ReadModelDocs) -> None:
