@@ -348,6 +348,58 @@ async def test_a_crash_after_a_head_moved_out_before_its_row_was_written(
     assert store.data == expected(events)
 
 
+class _KilledAfterRowReplace(MemoryReadModels):
+    """Dies (an exception) right after it replaces run rows, once armed."""
+
+    armed = False
+
+    async def save(self, collection: str, docs: Mapping[str, Document]) -> None:
+        await super().save(collection, docs)
+        if self.armed and collection == RUNS and docs:
+            raise ConnectionError("killed after the row was replaced")
+
+
+@pytest.mark.parametrize("remembered", [True, False], ids=["remembered", "read back"])
+async def test_a_refused_insert_writes_nothing_more_of_its_execution_in_that_pass(
+    small_heads: int, remembered: bool
+) -> None:
+    """A projector from before heads inserted chunk 0 (event 1 only) and died before the
+    row; this version's fresh start then puts a head in the row beside that stale
+    document (it reads nothing). When the head moves out, chunk 0's insert is refused:
+    had the row been replaced in that pass (without its head), a kill right after would
+    leave the stale document as the only chunk 0, and reads would fail ("lack events").
+    Nothing more of the execution is written in that pass; the careful one merges the
+    document first, then replaces the row."""
+    w = Workload()
+    w.start("a")
+    long_signals(w, "a", 2)
+    first = len(w.all_events())
+    long_signals(w, "a", 20)
+    events = w.all_events()
+    run_id = w.run_id("a")
+    zero = history_chunk_key(run_id, 0)
+    old = MemoryReadModels()
+    await Projector(old, history_heads=False).apply(events[:1])
+    store = _KilledAfterRowReplace()
+    store.data[HISTORY][zero] = old.data[HISTORY][zero]  # the earlier projector died here
+    projector = Projector(store)
+    await projector.apply(events[:first])  # fresh: a head beside the stale document
+    assert HISTORY_HEAD in store.data[RUNS][run_id]
+    assert store.data[HISTORY][zero]["count"] == 1
+    await assert_histories_read_back(store, w)
+    if not remembered:
+        projector = Projector(store)
+    store.armed = True
+    with pytest.raises(ConnectionError):
+        await projector.apply(events[first:])
+    assert HISTORY_HEAD not in store.data[RUNS][run_id]  # the head moved out
+    await assert_histories_read_back(store, w)
+    store.armed = False
+    await Projector(store).apply(events[first:])
+    assert store.data == expected(events)
+    await assert_histories_read_back(store, w)
+
+
 async def test_history_bodies_are_the_same_bytes_as_with_chunk_0_documents() -> None:
     """What both history endpoints answer (`shapes.history_body`), whole and in pages, is
     byte for byte what the layout before heads gives for the same events."""
