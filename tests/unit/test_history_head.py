@@ -400,6 +400,36 @@ async def test_a_refused_insert_writes_nothing_more_of_its_execution_in_that_pas
     await assert_histories_read_back(store, w)
 
 
+@pytest.mark.parametrize("path", ["fresh", "not fresh", "rebuild"])
+async def test_a_stale_chunk_0_document_from_before_heads_may_decide_the_head(path: str) -> None:
+    """The one case where a run's head depends on more than its events (docs/read-models.md,
+    "Who gets one"): a chunk 0 document of event 1 left by a projector from before heads.
+    A fresh pass puts a head beside it, a pass that reads (here: the start commit missing
+    from the batch, filled from the event store) folds onto it, a rebuild drops it; every
+    way, histories read as the event store holds them."""
+    w = Workload()
+    w.start("a")
+    long_signals(w, "a", 3)
+    events = w.all_events()
+    run_id = w.run_id("a")
+    zero = history_chunk_key(run_id, 0)
+    old = MemoryReadModels()
+    await Projector(old, history_heads=False).apply(events[:1])
+    store = MemoryReadModels()
+    store.data[HISTORY][zero] = old.data[HISTORY][zero]
+    commits = MemoryCommitLog(w.commits)
+    if path == "fresh":
+        await Projector(store, commits).apply(events)
+    elif path == "not fresh":
+        later = [e for e in events if e.seq > 1]
+        await Projector(store, commits).apply(later)
+    else:
+        await rebuild(store, commits)
+    assert (HISTORY_HEAD in store.data[RUNS][run_id]) == (path != "not fresh")
+    assert (zero in store.data[HISTORY]) == (path != "rebuild")
+    await assert_histories_read_back(store, w)
+
+
 async def test_history_bodies_are_the_same_bytes_as_with_chunk_0_documents() -> None:
     """What both history endpoints answer (`shapes.history_body`), whole and in pages, is
     byte for byte what the layout before heads gives for the same events."""

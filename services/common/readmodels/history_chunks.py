@@ -44,7 +44,9 @@ HISTORY_HEAD = "history_head"
 """The field of a run row that holds the run's chunk 0 (`{first, last, count, body}`, the
 chunk document's fields but `_id` and `run_id`), for runs whose first event opened the row,
 while its text stays within HEAD_MAX_TEXT_CHARS. A start then writes no `history` document:
-three documents per workflow start instead of four (docs/read-models.md, "Histories")."""
+the projector's two (row, pointer) instead of three, four documents per workflow start
+with the engine's two (commit, run locator) instead of five (docs/read-models.md, "The
+head: chunk 0 in the run row")."""
 HEAD_MAX_TEXT_CHARS = 256 << 10
 """A head whose events' JSON exceeds this many characters moves out of the row into the
 chunk document `{run_id}:000000`, for good: run rows stay far below MongoDB's 16 MiB (with
