@@ -52,6 +52,7 @@ from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
 from services.common.metrics import POINT_READS
 from services.common.readmodels.history_chunks import (
+    HISTORY_HEAD,
     chunk_ids_uncovered,
     event_text,
     head_docs,
@@ -251,7 +252,7 @@ class RunReader:
             return (view, {}) if view is not None else None
         latest = str(pointer["latest_run_id"])
         row, newer, chunks = await asyncio.gather(
-            self.models.get(RUNS, latest),
+            self._row(latest, span),
             self._commits_since(execution_id, int(pointer["seq"])),
             self._first_chunks(latest, span),
         )
@@ -275,7 +276,7 @@ class RunReader:
         self, run_id: str, span: _Span | None
     ) -> tuple[RunView, dict[str, Document]] | None:
         row, chunks = await asyncio.gather(
-            self.models.get(RUNS, run_id), self._first_chunks(run_id, span)
+            self._row(run_id, span), self._first_chunks(run_id, span)
         )
         if row is not None:
             projected = int(row.get("event_count", 0))
@@ -301,11 +302,17 @@ class RunReader:
         seq = int(pointer["seq"]) if pointer else 0
         # Read again now that the pointer is known: a pointer at `seq` means the run's row
         # holds every event of the run up to `seq` (or the run has none up to there).
-        row = await self.models.get(RUNS, run_id)
+        row = await self._row(run_id, span)
         after = max(seq, int(row["seq"]) if row else 0)
         newer = await self._commits_since(execution_id, after)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
         return (view, {}) if view is not None else None
+
+    async def _row(self, run_id: str, span: _Span | None) -> Document | None:
+        """A run row; for a point read (no `span`) without its head (chunk 0 of its
+        history, up to ~1 MiB compressed, which only history reads use): left on the
+        server."""
+        return await self.models.get(RUNS, run_id, without=() if span else _NOT_FOR_POINT_READS)
 
     async def _first_chunks(self, run_id: str, span: _Span | None) -> dict[str, Document]:
         """The history documents a read most likely needs, read before the row says how
@@ -414,6 +421,10 @@ class _Span:
 
     after: int
     limit: int | None
+
+
+_NOT_FOR_POINT_READS = (HISTORY_HEAD,)
+"""Fields of a run row that point reads (`run`, `execution`) leave on the server."""
 
 
 def _first_ids(run_id: str, span: _Span | None) -> list[str]:

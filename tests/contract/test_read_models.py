@@ -169,6 +169,16 @@ class ReadModelsContract:
         assert await reader.get(RUNS, "r9") is None
         assert await reader.load(RUNS, ["r1", "r9"]) == {"r1": RUNS_[0]}
 
+    async def test_get_can_leave_fields_on_the_server(
+        self, store: ReadModelStore, reader: ReadModelReader
+    ) -> None:
+        """Point reads that are not for a history leave the run row's head out."""
+        await store.save(RUNS, {"r1": RUNS_[0]})
+        got = await reader.get(RUNS, "r1", without=(HISTORY_HEAD,))
+        assert got == {k: v for k, v in RUNS_[0].items() if k != HISTORY_HEAD}
+        assert await reader.get(RUNS, "r1", without=()) == RUNS_[0]
+        assert await reader.get(RUNS, "r9", without=(HISTORY_HEAD,)) is None
+
     @pytest.mark.parametrize(
         ("flt", "expected"),
         [

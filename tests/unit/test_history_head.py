@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import pytest
 
@@ -33,8 +33,11 @@ from services.common.readmodels.list_index import RunListIndex
 from services.common.readmodels.memory_store import MemoryReadModels
 from services.common.readmodels.run_filter import RunFilter
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document
+from services.common.settings import TimersSettings
 from services.projector.projector import Projector
 from services.projector.rebuild import rebuild
+from services.timers.schedule_runner import ScheduleRunner
+from services.timers.stats import TimerStats
 from tests.support.workloads import Workload, all_chunks, fold_all, mixed_workload
 
 
@@ -542,3 +545,55 @@ async def test_rebuild_with_heads_off_writes_no_head() -> None:
     without_heads(before)
     await rebuild(models, MemoryCommitLog(w.commits), batch_events=50, history_heads=False)
     assert models.data == before.data
+
+
+# --- point reads leave the head on the server ---------------------------------------------------
+
+
+class _RecordingModels(MemoryReadModels):
+    """Records the fields each run row `get` leaves on the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left_out: list[tuple[str, ...]] = []
+
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
+        if collection == RUNS:
+            self.left_out.append(tuple(without))
+        return await super().get(collection, doc_id, without=without)
+
+
+async def test_point_reads_of_runs_and_executions_do_not_carry_the_head() -> None:
+    """`get_run` / `get_workflow_execution` through the store (no run list index) answer
+    rows without the head; history reads of the same runs still have it."""
+    w = Workload()
+    w.start("open")
+    w.signals("open", 3)
+    w.start("done")
+    w.complete("done")
+    models = _RecordingModels()
+    await Projector(models).apply(w.all_events())
+    reader = RunReader(models, MemoryCommitLog(w.commits))
+    for name in ("open", "done"):
+        run_id = w.run_id(name)
+        assert HISTORY_HEAD in models.data[RUNS][run_id]
+        for got in (await reader.run(run_id), await reader.execution(name)):
+            assert got is not None and got["run_id"] == run_id
+            assert HISTORY_HEAD not in got
+            assert got["event_count"] == models.data[RUNS][run_id]["event_count"]
+    assert models.left_out and all(o == (HISTORY_HEAD,) for o in models.left_out)
+    models.left_out.clear()
+    await assert_histories_read_back(models, w)
+    assert models.left_out and all(o == () for o in models.left_out)
+
+
+async def test_the_timers_running_check_reads_the_row_without_its_head() -> None:
+    w = Workload()
+    w.start("a")
+    models = _RecordingModels()
+    await Projector(models).apply(w.all_events())
+    runner = ScheduleRunner(None, models, None, TimersSettings(), TimerStats())  # type: ignore[arg-type]
+    assert await runner._running("a")
+    assert models.left_out == [(HISTORY_HEAD,)]
