@@ -7,7 +7,10 @@ What bench/ferretdb_census.py counted under the HTTP start bench (`--peers '' --
 32`), without the rest of the stack: per start one commit (the engine's ordered insert
 into `commits`, `--engine-batch` commits per request, with its unique `command_id`
 index), and the projector's three unordered inserts per batch of `--projector-batch`
-starts (a history chunk, a run row, an execution pointer each). The documents are one
+starts (a history chunk, a run row, an execution pointer each). `--layout head` (tenth
+session) writes a start as the projector does since then: the history chunk's fields in
+the run row (`history_head`), two inserts per batch; `--layout chunk --layout head`
+alternates both layouts with each variant. The documents are one
 real start's (bench/fixtures/one_start_documents.json, from `ferretdb_census.py --dump`)
 with fresh ids per start, shaped as the bench's: execution ids `h-<run>-<n>`, random
 run and command ids. The engine's and the projector's requests go on two connections
@@ -63,8 +66,13 @@ def cpu_seconds(pid: int) -> float:
 class Starts:
     """Fresh copies of one start's documents: its ids replaced in their JSON text."""
 
-    def __init__(self, fixture: Path, ordered_ids: bool = False) -> None:
+    def __init__(self, fixture: Path, ordered_ids: bool = False, head: bool = False) -> None:
         docs = json_util.loads(fixture.read_text())
+        if head:  # chunk 0 in the run row, as services/common/readmodels/projection.py does
+            chunk = docs.pop("history")[0]
+            docs["runs"][0]["history_head"] = {
+                k: chunk[k] for k in ("first", "last", "count", "body")
+            }
         commit = docs["commits"][0]
         run = docs["runs"][0]
         self.execution_id = run["execution_id"]
@@ -127,10 +135,11 @@ def run_variant(
     profile: Path | None = None,
     env: str = "",
     ordered_ids: bool = False,
+    head: bool = False,
 ) -> tuple[float, float, float]:
     """(FerretDB CPU ms per start, wall seconds, peak RSS MB) over `starts` after `warmup`; with
     `profile`, a 5-second Go CPU profile of the server from the measured part's start."""
-    source = Starts(FIXTURE, ordered_ids)
+    source = Starts(FIXTURE, ordered_ids, head)
     rounds = (warmup + starts) // engine_batch
     batches = [[source.next() for _ in range(engine_batch)] for _ in range(rounds)]
     with tempfile.TemporaryDirectory(prefix="ferretdb-starts-") as tmp:
@@ -160,7 +169,8 @@ def run_variant(
                     while len(pending) >= projector_batch or (i == len(batches) and pending):
                         part, pending[:] = pending[:projector_batch], pending[projector_batch:]
                         for name in ("history", "runs", "executions"):
-                            pdb[name].insert_many([s[name] for s in part], ordered=False)
+                            if name in part[0]:
+                                pdb[name].insert_many([s[name] for s in part], ordered=False)
                 done.set()
 
             ready = [-1]
@@ -202,6 +212,13 @@ def main() -> None:
     )
     parser.add_argument("--pprof", type=Path, help="save a CPU profile per run in this directory")
     parser.add_argument(
+        "--layout",
+        action="append",
+        choices=("chunk", "head"),
+        help="chunk: a history chunk per start (before the tenth session); head: chunk 0 in "
+        "the run row; repeat to alternate both with each variant (default: chunk)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -209,14 +226,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     variants: list[tuple[str, str, str, str]] = []
+    layouts = args.layout or ["chunk"]
     for text in args.variant or ["this="]:
         name, _, rest = text.partition("=")
         binary, params, env = [*rest.split(";", 2), "", ""][:3]
-        variants.append((name, binary or str(infra.install_ferretdb()), params, env))
+        for layout in layouts:
+            label = name if len(layouts) == 1 else f"{name}/{layout}"
+            variants.append((label, binary or str(infra.install_ferretdb()), params, env))
     results: dict[str, list[str]] = {name: [] for name, *_ in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for name, binary, params, env in order:
+            head = name.endswith("/head") or layouts == ["head"]
             load = os.getloadavg()[0]
             profile = args.pprof / f"{name}-{r + 1}.pprof" if args.pprof else None
             if args.pprof:
@@ -231,6 +252,7 @@ def main() -> None:
                 profile,
                 env,
                 args.ordered_ids,
+                head,
             )
             cell = f"{ms:.3f} ms ({args.starts / wall:.0f} starts/s, {rss:.0f} MB, load {load:.1f})"
             results[name].append(cell)

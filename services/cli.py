@@ -208,6 +208,7 @@ def _rebuild_projections() -> None:
                     MongoCommitLog(db),
                     progress=progress,
                     parking=ParkedExecutions(db),
+                    history_heads=settings.projector_history_heads,
                 )
         finally:
             await client.close()

@@ -42,8 +42,10 @@ class BoundedLists:
         # timeout (an in-memory one) before cancelling its query.
         self._grace = grace
 
-    async def get(self, collection: str, doc_id: str) -> Document | None:
-        return await self._inner.get(collection, doc_id)
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
+        return await self._inner.get(collection, doc_id, without=without)
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
         return await self._inner.load(collection, ids)

@@ -11,10 +11,12 @@ Sequential round trips per request (`‖` = sent together):
   the pointer's `seq`);
 - a history page (paging extension): closed run 1 (the row ‖ the page's chunks); open run
   2 (then the commit probe); of an execution 2 (the pointer, then row ‖ chunks ‖ probe);
-- a whole history: 1 for a closed run of one chunk (≤ 100 events), else 2 (the row ‖
-  chunk 0, then the sealed blocks and the open tail's chunks ‖ the commit probe); one more
-  for an execution's, and one more when a block is missing (a history written before
-  blocks existed, or too large for one): its chunks.
+- a whole history: 1 for a closed run of one chunk (≤ 100 events: the row, which holds
+  chunk 0 as its head), else 2 (the row, then the sealed blocks and the open tail's
+  chunks ‖ the commit probe); one more for an execution's, and one more when a block is
+  missing (a history written before blocks existed, or too large for one): its chunks.
+  A row without a head (a run opened by a reset, a head past its bound, a row written
+  before heads existed) has chunk 0 read as a document in the second round trip.
 
 History reads take a sealed block of 1,000 events instead of its chunks wherever they need
 at least 4 of its 10 chunks (`history_doc_ids`): 10,000 events are 10 block reads, not
@@ -50,8 +52,11 @@ from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
 from services.common.metrics import POINT_READS
 from services.common.readmodels.history_chunks import (
+    HISTORY_HEAD,
     chunk_ids_uncovered,
     event_text,
+    head_docs,
+    history_chunk_key,
     history_doc_ids,
     lines_between,
     texts_of_lines,
@@ -247,7 +252,7 @@ class RunReader:
             return (view, {}) if view is not None else None
         latest = str(pointer["latest_run_id"])
         row, newer, chunks = await asyncio.gather(
-            self.models.get(RUNS, latest),
+            self._row(latest, span),
             self._commits_since(execution_id, int(pointer["seq"])),
             self._first_chunks(latest, span),
         )
@@ -263,6 +268,7 @@ class RunReader:
             return await self._run(str(pointer["latest_run_id"]), span)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == latest])
         assert view is not None
+        chunks.update(head_docs(row))
         chunks.update(await self._more_chunks(latest, span, view.projected, chunks))
         return view, chunks
 
@@ -270,10 +276,11 @@ class RunReader:
         self, run_id: str, span: _Span | None
     ) -> tuple[RunView, dict[str, Document]] | None:
         row, chunks = await asyncio.gather(
-            self.models.get(RUNS, run_id), self._first_chunks(run_id, span)
+            self._row(run_id, span), self._first_chunks(run_id, span)
         )
         if row is not None:
             projected = int(row.get("event_count", 0))
+            chunks.update(head_docs(row))
             more = self._more_chunks(run_id, span, projected, chunks)
             if not ExecutionStatus(row["status"]).is_open:
                 # Nothing follows a run's terminal event (a reset or restart opens another
@@ -295,11 +302,17 @@ class RunReader:
         seq = int(pointer["seq"]) if pointer else 0
         # Read again now that the pointer is known: a pointer at `seq` means the run's row
         # holds every event of the run up to `seq` (or the run has none up to there).
-        row = await self.models.get(RUNS, run_id)
+        row = await self._row(run_id, span)
         after = max(seq, int(row["seq"]) if row else 0)
         newer = await self._commits_since(execution_id, after)
         view = _fold(row, [e for c in newer for e in c.events if e.run_id == run_id])
         return (view, {}) if view is not None else None
+
+    async def _row(self, run_id: str, span: _Span | None) -> Document | None:
+        """A run row; for a point read (no `span`) without its head (chunk 0 of its
+        history, up to ~1 MiB compressed, which only history reads use): left on the
+        server."""
+        return await self.models.get(RUNS, run_id, without=() if span else _NOT_FOR_POINT_READS)
 
     async def _first_chunks(self, run_id: str, span: _Span | None) -> dict[str, Document]:
         """The history documents a read most likely needs, read before the row says how
@@ -335,9 +348,10 @@ class RunReader:
         view, chunks = found
         total = int(view.run.get("event_count", 0))
         last = total if limit is None else min(total, after + limit)
-        # Events up to `projected` are in the chunks, the ones after in `unprojected`.
+        # Events up to `projected` are in the chunks (and the row's head), the ones after
+        # in `unprojected`.
         from_chunks = min(last, view.projected)
-        lines = await self._chunk_lines(view.run["run_id"], after + 1, from_chunks, chunks)
+        lines = await self._chunk_lines(view.run, after + 1, from_chunks, chunks)
         start = max(after, from_chunks)
         newer = [event_text(e) for e in view.unprojected if start < e.event_number <= last]
         if newer:
@@ -346,17 +360,21 @@ class RunReader:
         return HistoryPage(view.run, lines, last if more else None)
 
     async def _chunk_lines(
-        self, run_id: str, first: int, last: int, docs: Mapping[str, Document]
+        self, run: Document, first: int, last: int, docs: Mapping[str, Document]
     ) -> list[bytes]:
-        """Events `first`..`last` from the run's blocks and chunks (`lines_between`),
-        reading again the chunks (blocks never change) that lack events (read at the same
-        time as a row written after them)."""
+        """Events `first`..`last` from the run's blocks and chunks (`lines_between`), chunk
+        0 from the row's head if it has one (the head wins over a chunk 0 document: one
+        can be left stale by a crash), reading again the chunks (blocks never change)
+        that lack events (read at the same time as a row written after them)."""
         if last < first:
             return []
+        run_id = str(run["run_id"])
+        head = head_docs(run)
+        docs = {**docs, **head}
         lines = lines_between(docs, run_id, first, last)
         if lines is None:
-            ids = chunk_ids_uncovered(docs, run_id, first, last)
-            fresh = {**docs, **await self.models.load(HISTORY, ids)}
+            ids = [i for i in chunk_ids_uncovered(docs, run_id, first, last) if i not in head]
+            fresh = {**docs, **await self.models.load(HISTORY, ids), **head}
             lines = lines_between(fresh, run_id, first, last)
         if lines is None:
             raise RuntimeError(
@@ -405,14 +423,21 @@ class _Span:
     limit: int | None
 
 
+_NOT_FOR_POINT_READS = (HISTORY_HEAD,)
+"""Fields of a run row that point reads (`run`, `execution`) leave on the server."""
+
+
 def _first_ids(run_id: str, span: _Span | None) -> list[str]:
-    """What a history read asks for together with the row: for a whole history chunk 0
-    (most histories are short); for a page its blocks and chunks, as if all its events
-    were projected."""
+    """What a history read asks for together with the row: for a page its blocks and
+    chunks, as if all its events were projected, but chunk 0, which the row holds (its
+    head); a whole history, nothing more (most histories are short: the row is all).
+    A row without a head (written before heads, a run opened by a reset, a head too
+    large) has chunk 0 read with the rest (`_more_chunks`)."""
     if span is None:
         return []
     last = span.after + (span.limit or 1)
-    return history_doc_ids(run_id, span.after + 1, last, last)
+    zero = history_chunk_key(run_id, 0)
+    return [i for i in history_doc_ids(run_id, span.after + 1, last, last) if i != zero]
 
 
 def _fold(row: Document | None, events: list[Event]) -> RunView | None:

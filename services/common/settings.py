@@ -175,6 +175,18 @@ class ProjectorSettings(RunstoreSettings):
     projector_parked_check_seconds: float = Field(default=10.0, gt=0)
     """How often the projector looks for parked executions due for a retry (and for
     `runstore projections retry` requests)."""
+    projector_history_heads: bool = True
+    """Keep chunk 0 of a new run's history in its run row (`history_head`, a start then
+    writes no history document; docs/read-models.md, "The head: chunk 0 in the run row"),
+    in the projector and in `runstore projections rebuild`. APIs and projectors of any
+    earlier version read chunk 0 only as a document: they fail to read such a run, and an
+    earlier projector writes its later events to a chunk 0 document this version does not
+    read (the head wins). During a rolling upgrade from one, run the new projectors with
+    False (chunk 0 as a document, the layout every version reads and writes) until every
+    API and projector runs this version, then True. False keeps folding the heads rows
+    already have; only new runs get documents. A rollback to an earlier version: False
+    first, then `runstore projections rebuild` (the heads written meanwhile stay in their
+    rows until rebuilt). Every layout is read by this version."""
     projector_health_port: int | None = 9465
     """Port of the projector's /healthz, /readyz and /metrics (unset/empty: none)."""
 

@@ -220,6 +220,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
         MongoCommitLog(db),
         memory_bytes=settings.projector_memory_mb << 20,
         parking=parking,
+        history_heads=settings.projector_history_heads,
     )
     lock = asyncio.Lock()
     retries = ParkedRetries(projector, lock, settings.projector_parked_check_seconds)

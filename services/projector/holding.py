@@ -1,9 +1,10 @@
 """Holding back the events of just-started executions, so one write covers their next
 commits too.
 
-A new execution's first batch inserts its run row, history chunk and pointer; if its next
-commit (a one-activity workflow's completion, ~100 ms later) lands in the next batch, the
-three documents are replaced. On FerretDB a replace costs about six inserts (a query and a
+A new execution's first batch inserts its run row (holding its first history chunk, the
+head) and pointer; if its next commit (a one-activity workflow's completion, ~100 ms
+later) lands in the next batch, both documents are replaced (three before heads: the
+chunk 0 document too). On FerretDB a replace costs about six inserts (a query and a
 write transaction each; docs/read-models.md, "Measurements"), so a workflow that straddles
 two batches costs the store about three times what one whose commits come in one batch
 does. The projector therefore keeps the events of an execution that *started* in a batch

@@ -5,12 +5,14 @@ What a batch costs the database (on FerretDB a point read or a replace costs sev
 inserts; docs/read-models.md, "Measurements"):
 
 - an execution whose first event in the batch is its very first (`seq` 1, index 0) is
-  assumed new: nothing is read, and its run rows, history chunks and pointer are
-  *inserted*. An insert refused as a duplicate `_id` means the documents exist after all
+  assumed new: nothing is read, and its run rows (holding chunk 0 of their history, the
+  head: projection.py), history chunks and pointer are *inserted*: a start is a row and a
+  pointer. An insert refused as a duplicate `_id` means the documents exist after all
   (a re-delivery): that execution is projected again the careful way (read, fold, replace);
 - an execution this projector wrote recently is folded onto the documents it remembers
   (`KnownDocuments`), so nothing is read either; only changed documents are replaced;
-- any other execution: its pointer is read (to find gaps), then its runs and chunks.
+- any other execution: its pointer is read (to find gaps), then its runs and chunks (a
+  chunk 0 document only for a run whose row has no head, after the rows).
 
 All of one execution's events in a batch are folded first, so each document is written
 at most once per batch, whatever the number of events.
@@ -30,7 +32,13 @@ from dataclasses import dataclass, field
 
 from schemas.events import Event
 from services.common.commit_log import CommitLog
-from services.common.readmodels.history_chunks import history_chunk_id, history_ids_of, is_block
+from services.common.readmodels.history_chunks import (
+    HISTORY_HEAD,
+    history_chunk_id,
+    history_chunk_key,
+    history_ids_of,
+    is_block,
+)
 from services.common.readmodels.projection import ReadModelDocs, project
 from services.common.readmodels.store import EXECUTIONS, HISTORY, RUNS, Document, ReadModelStore
 from services.projector.parking import ParkedExecutions, is_transient
@@ -52,10 +60,12 @@ class _Remembered:
 
 
 def _doc_size(doc: Document) -> int:
-    body = doc.get("body")
-    if isinstance(body, str | bytes):
-        return len(body) + 200
-    return 200
+    size = 200
+    for held in (doc, doc.get(HISTORY_HEAD) or {}):  # a run row may hold a head
+        body = held.get("body")
+        if isinstance(body, str | bytes):
+            size += len(body)
+    return size
 
 
 class KnownDocuments:
@@ -132,8 +142,12 @@ class Projector:
         commits: CommitLog | None = None,
         memory_bytes: int = 64 << 20,
         parking: ParkedExecutions | None = None,
+        history_heads: bool = True,
     ) -> None:
         self._store = store
+        self._history_heads = history_heads
+        """False: new runs get chunk 0 as a document, not a head (`project`'s
+        `new_heads`; settings `projector_history_heads`)."""
         self._commits = commits
         self.known = KnownDocuments(memory_bytes)
         self.parking = parking
@@ -216,18 +230,29 @@ class Projector:
         }
         existed = await self._project(given, fresh)
         if existed:
-            # Assumed new, found written: a re-delivery. Read, fold, replace.
+            # Assumed new (or chunk 0 assumed absent), found written: a re-delivery, or a
+            # retry after a crash between two writes. Read everything, fold, replace.
             log.info("%d executions were already projected; folding onto them", len(existed))
             for x in existed:
                 self.known.drop(x)
-            again = await self._project([e for e in given if e.execution_id in existed], set())
+            again = await self._project(
+                [e for e in given if e.execution_id in existed], set(), careful=True
+            )
             if again:
                 # Documents appeared between a read and an insert: another writer.
                 raise ConcurrentWriter(sorted(again))
 
-    async def _project(self, events: list[Event], fresh: set[str]) -> set[str]:
+    async def _project(
+        self, events: list[Event], fresh: set[str], careful: bool = False
+    ) -> set[str]:
         """One pass: fold, then write history → runs → pointers. Returns the executions
-        of `fresh` that turned out to exist (none of their pointers is written)."""
+        with a document refused as existing (the ones of `fresh` that turned out to exist,
+        or a chunk 0 thought absent): nothing more of theirs is written in this pass.
+
+        Chunk 0 of a run usually lives in its row (the head): its document is read only
+        for runs whose row has no head or is not there (written before heads, a run opened
+        by a reset, a head grown too large), after the rows; `careful` reads it with
+        everything else (a pass after a refused insert)."""
         generation = self.known.generation
         docs = ReadModelDocs()
         remembered: dict[str, _Remembered] = {}
@@ -253,18 +278,24 @@ class Projector:
         missing_chunks = {i for i, x in owners[HISTORY].items() if x not in fresh} - set(
             docs.history
         )
+        heads = {history_chunk_key(e.run_id, 0): e.run_id for e in ordered}
+        later = set() if careful else missing_chunks & set(heads)
         runs, chunks = await asyncio.gather(
-            self._store.load(RUNS, missing_runs), self._store.load(HISTORY, missing_chunks)
+            self._store.load(RUNS, missing_runs),
+            self._store.load(HISTORY, missing_chunks - later),
         )
         docs.runs.update(runs)
         docs.history.update(chunks)
+        later = {i for i in later if HISTORY_HEAD not in docs.runs.get(heads[i], {})}
+        if later:
+            docs.history.update(await self._store.load(HISTORY, later))
         before = {
             HISTORY: set(docs.history),
             RUNS: set(docs.runs),
             EXECUTIONS: set(docs.executions),
         }
 
-        project(ordered, docs)
+        project(ordered, docs, self._history_heads)
         history, changed_runs, pointers = docs.changes()
         chunks_written = {i: d for i, d in history.items() if not is_block(i)}
         blocks = {i: d for i, d in history.items() if is_block(i)}
@@ -284,23 +315,27 @@ class Projector:
             new = {i: d for i, d in changed.items() if i not in before[name]}
             new = {i: d for i, d in new.items() if owner[i] not in existed}
             existed.update(owner[i] for i in await self._store.insert_new(name, new))
-            # (An execution refused above is one assumed new: it has no document to replace.)
-            await self._store.save(name, {i: d for i, d in changed.items() if i in before[name]})
+            # An execution with a refused insert writes nothing more in this pass: it is
+            # read and folded again (a head moved out over a chunk 0 document left by a
+            # crash must not leave its row without the head and the document stale).
+            old = {i: d for i, d in changed.items() if i in before[name]}
+            await self._store.save(name, {i: d for i, d in old.items() if owner[i] not in existed})
 
         if self.known.generation == generation:
-            self._remember(docs, chunks_written, ordered, existed)
+            self._remember(docs, chunks_written, changed_runs, ordered, existed)
         return existed
 
     def _remember(
         self,
         docs: ReadModelDocs,
         written_chunks: Mapping[str, Document],
+        written_runs: Mapping[str, Document],
         events: list[Event],
         existed: set[str],
     ) -> None:
         """Keep, per execution, its pointer, the runs and the history chunks the batch
-        touched, as they now are in the store (chunks in their stored form: what a read
-        would return)."""
+        touched, as they now are in the store (chunks and heads in their stored form:
+        what a read would return)."""
         entries: dict[str, _Remembered] = {}
         for e in events:
             x = e.execution_id
@@ -309,7 +344,7 @@ class Projector:
             entry = entries.get(x)
             if entry is None:
                 entry = entries[x] = _Remembered(pointer=docs.executions[x])
-            run = docs.runs.get(e.run_id)
+            run = written_runs.get(e.run_id) or docs.runs.get(e.run_id)
             if run is not None and run.get("end_time") is None:
                 # (A closed run gets no more events, and its result may be large.)
                 entry.runs[e.run_id] = run

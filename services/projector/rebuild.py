@@ -42,8 +42,11 @@ async def rebuild(
     batch_events: int = 5000,
     progress: Progress | None = None,
     parking: ParkedExecutions | None = None,
+    history_heads: bool = True,
 ) -> RebuildReport:
-    """Drop runs/executions/history and rebuild them from every commit."""
+    """Drop runs/executions/history and rebuild them from every commit. `history_heads`
+    False: chunk 0 of every run in its document, no run row with a head (the layout
+    versions before heads read; settings `projector_history_heads`)."""
     total = await commits.count()
     await store.drop_all()
     await store.setup()
@@ -61,7 +64,7 @@ async def rebuild(
         if not pending:
             return
         try:
-            written = await _write(store, pending, flushed)
+            written = await _write(store, pending, flushed, history_heads)
         except Exception as exc:
             if parking is None or is_transient(exc):
                 raise
@@ -72,7 +75,7 @@ async def rebuild(
                 by_execution.setdefault(e.execution_id, []).append(e)
             for execution_id, own in by_execution.items():
                 try:
-                    one = await _write(store, own, flushed | {execution_id})
+                    one = await _write(store, own, flushed | {execution_id}, history_heads)
                 except Exception as one_exc:
                     if is_transient(one_exc):
                         raise
@@ -103,7 +106,9 @@ async def rebuild(
     return RebuildReport(done, events, counts[RUNS], counts[EXECUTIONS], counts[HISTORY], parked)
 
 
-async def _write(store: ReadModelStore, events: list[Event], flushed: set[str]) -> dict[str, int]:
+async def _write(
+    store: ReadModelStore, events: list[Event], flushed: set[str], history_heads: bool
+) -> dict[str, int]:
     # `_id` order of commits keeps an execution's commits together unless execution ids
     # share a prefix up to a ':'; such an execution seen again loads what was written.
     again = [e for e in events if e.execution_id in flushed]
@@ -118,7 +123,7 @@ async def _write(store: ReadModelStore, events: list[Event], flushed: set[str]) 
         EXECUTIONS: set(docs.executions),
         HISTORY: set(docs.history),
     }
-    history, runs, pointers = project(events, docs).changes()
+    history, runs, pointers = project(events, docs, history_heads).changes()
     written: dict[str, int] = {}
     for name, changed in ((HISTORY, history), (RUNS, runs), (EXECUTIONS, pointers)):
         new: dict[str, Document] = {i: d for i, d in changed.items() if i not in existing[name]}

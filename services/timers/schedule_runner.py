@@ -26,6 +26,7 @@ from schemas.schedules import (
 )
 from services.common.clock import now_ns, ns_to_datetime, utcnow
 from services.common.kafka_io import Outgoing, RecordPublisher, murmur2
+from services.common.readmodels.history_chunks import HISTORY_HEAD
 from services.common.readmodels.reader import ReadModelReader
 from services.common.readmodels.store import EXECUTIONS, RUNS
 from services.common.schedule_store import MongoScheduleStore
@@ -173,7 +174,10 @@ class ScheduleRunner:
         if pointer is None:
             recent = self._started_at(execution_id)
             return recent is not None and utcnow() - recent < _UNPROJECTED_GRACE
-        run = await self._read_models.get(RUNS, str(pointer["latest_run_id"]))
+        # (Without its history's head: only the status is needed.)
+        run = await self._read_models.get(
+            RUNS, str(pointer["latest_run_id"]), without=(HISTORY_HEAD,)
+        )
         return run is not None and ExecutionStatus(run["status"]).is_open
 
     def _started_at(self, execution_id: str) -> datetime | None:

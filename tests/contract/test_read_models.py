@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from pymongo.errors import BulkWriteError
 
+from services.common.readmodels.history_chunks import HISTORY_HEAD
 from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.memory_store import DuplicateDocument, MemoryReadModels, as_stored
 from services.common.readmodels.mongo_reader import MongoReadModelReader
@@ -74,6 +75,9 @@ def run(
         "result": {"big": "x" * 100},
         "attempt": 1,
         "seq": 1,
+        # The run's first history chunk (compressed bytes): point reads get it, list rows
+        # must not carry it (test_list_rows_hold_the_list_fields_only).
+        HISTORY_HEAD: {"first": 1, "last": 1, "count": 1, "body": b"x\x01" + run_id.encode()},
     }
 
 
@@ -165,6 +169,16 @@ class ReadModelsContract:
         assert await reader.get(RUNS, "r9") is None
         assert await reader.load(RUNS, ["r1", "r9"]) == {"r1": RUNS_[0]}
 
+    async def test_get_can_leave_fields_on_the_server(
+        self, store: ReadModelStore, reader: ReadModelReader
+    ) -> None:
+        """Point reads that are not for a history leave the run row's head out."""
+        await store.save(RUNS, {"r1": RUNS_[0]})
+        got = await reader.get(RUNS, "r1", without=(HISTORY_HEAD,))
+        assert got == {k: v for k, v in RUNS_[0].items() if k != HISTORY_HEAD}
+        assert await reader.get(RUNS, "r1", without=()) == RUNS_[0]
+        assert await reader.get(RUNS, "r9", without=(HISTORY_HEAD,)) is None
+
     @pytest.mark.parametrize(
         ("flt", "expected"),
         [
@@ -205,6 +219,7 @@ class ReadModelsContract:
         await store.save(RUNS, {r["_id"]: r for r in RUNS_})
         row = (await reader.list_runs(RunFilter(workflow_name="order"), None, 1))[0]
         assert row == {f: RUNS_[1][f] for f in LIST_FIELDS}
+        assert HISTORY_HEAD not in row and HISTORY_HEAD not in LIST_FIELDS
 
     @pytest.mark.parametrize(
         ("flt", "after", "limit", "expected"),

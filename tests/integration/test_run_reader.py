@@ -15,7 +15,10 @@ from services.api.access import OwnedRunReader
 from services.api.run_reader import RunReader
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.history_chunks import (
+    HEAD_MAX_TEXT_CHARS,
+    HISTORY_HEAD,
     event_json,
+    head_docs,
     history_block_key,
     history_chunk_id,
     is_block,
@@ -23,7 +26,9 @@ from services.common.readmodels.history_chunks import (
 )
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.readmodels.mongo_store import MongoReadModelStore
+from services.common.readmodels.run_filter import RunFilter
 from services.common.readmodels.store import HISTORY, RUNS, Document
+from services.engine.mongo_event_store import MongoEventStore
 from services.projector.projector import Projector
 from services.projector.rebuild import rebuild
 from tests.support.workloads import Workload, fold_all, store_commits
@@ -91,7 +96,7 @@ async def test_pages_join_projected_chunks_and_newer_commits(mongo_db: Db) -> No
     by_execution = await reader.execution_history_page("a", 100, 30)
     assert by_execution is not None and numbers(by_execution.events) == list(range(101, 131))
     assert by_execution.next_after == 130
-    assert len(await MongoReadModelStore(mongo_db).snapshot(HISTORY)) == 2
+    assert len(await MongoReadModelStore(mongo_db).snapshot(HISTORY)) == 1  # chunk 0: the head
 
 
 async def test_an_execution_the_projector_never_saw_is_read_from_its_commits(mongo_db: Db) -> None:
@@ -115,16 +120,77 @@ async def test_an_execution_the_projector_never_saw_is_read_from_its_commits(mon
 async def test_a_chunk_read_before_its_row_was_written_is_read_again(mongo_db: Db) -> None:
     w = Workload()
     w.start("a")
-    w.signals("a", 9)
+    w.signals("a", 109)
     events = w.all_events()
     store = MongoReadModelStore(mongo_db)
-    await Projector(store).apply(events[:4])
-    stale = await store.load(HISTORY, [history_chunk_id(w.run_id("a"), 1)])
-    await Projector(store).apply(events[4:])
+    await Projector(store).apply(events[:104])
+    chunk_1 = history_chunk_id(w.run_id("a"), 101)
+    stale = await store.load(HISTORY, [chunk_1])
+    assert stale[chunk_1]["count"] == 4
+    await Projector(store).apply(events[104:])
     reader = mongo_reader(mongo_db)
+    row = await mongo_db[RUNS].find_one({"_id": w.run_id("a")})
+    assert row is not None
     # What `run_history_page` does when the chunk it read with the row predates the row.
-    lines = await reader._chunk_lines(w.run_id("a"), 1, 10, stale)
-    assert numbers(texts_of_lines(lines)) == list(range(1, 11))
+    lines = await reader._chunk_lines(row, 1, 110, stale)
+    assert numbers(texts_of_lines(lines)) == list(range(1, 111))
+
+
+async def test_heads_and_chunk_0_documents_read_alike_on_the_server(mongo_db: Db) -> None:
+    """A start stores its first events in the run row (the head: a nested document with
+    a binary body, which the server keeps as it is); list rows leave it on the server;
+    a store written before heads (chunk 0 as a document), a run opened by a reset and a
+    head grown past its bound read the same events, before and after the projector
+    folds more onto them."""
+    w = Workload()
+    w.start("a")
+    w.signals("a", 150)
+    w.start("b")
+    w.signals("b", 3)
+    w.reset("b")
+    w.start("big", input="z" * (HEAD_MAX_TEXT_CHARS + 10))
+    w.start("old")
+    w.signals("old", 5)
+    events = w.all_events()
+    await store_commits(mongo_db, w)
+    store = MongoReadModelStore(mongo_db)
+    await Projector(store).apply(events)
+    runs = await store.snapshot(RUNS)
+    history = await store.snapshot(HISTORY)
+    assert runs == fold_all(events).changes()[1]  # heads come back byte for byte
+    assert HISTORY_HEAD in runs[w.run_id("a")] and HISTORY_HEAD in runs[w.run_id("old")]
+    for run_id in (w.run_id("b"), w.run_id("big")):
+        assert HISTORY_HEAD not in runs[run_id]
+        assert history_chunk_id(run_id, 1) in history
+    listed = await MongoReadModelReader(mongo_db).list_runs(RunFilter(), None, 100)
+    assert len(listed) == len(runs) and not any(HISTORY_HEAD in r for r in listed)
+    # "old" as the code before heads wrote it.
+    old_id = w.run_id("old")
+    head = head_docs(runs[old_id])
+    await mongo_db[HISTORY].insert_many(list(head.values()))
+    await mongo_db[RUNS].update_one({"_id": old_id}, {"$unset": {HISTORY_HEAD: ""}})
+    reader = mongo_reader(mongo_db)
+
+    async def read_back() -> None:
+        for execution_id in ("a", "b", "big", "old"):
+            run_id = w.run_id(execution_id)
+            want = [event_json(e) for e in w.all_events() if e.run_id == run_id]
+            whole = await reader.run_history_page(run_id)
+            assert whole is not None and [json.loads(t) for t in whole.events] == want
+            walked = await pages(reader, run_id, 2)
+            assert [n for p in walked for n in p] == list(range(1, len(want) + 1))
+
+    await read_back()
+    more, stored = len(events), len(w.commits)
+    w.signals("old", 3)
+    w.signals("a", 2)
+    report = await MongoEventStore(mongo_db).append(w.commits[stored:])
+    assert report.failure is None
+    await Projector(store, MongoCommitLog(mongo_db)).apply(w.all_events()[more:])
+    after = await store.snapshot(RUNS)
+    assert HISTORY_HEAD not in after[old_id]  # folded onto its chunk 0 document
+    assert (await store.snapshot(HISTORY))[history_chunk_id(old_id, 1)]["count"] == 9
+    await read_back()
 
 
 async def test_another_users_history_is_not_shown(mongo_db: Db) -> None:
@@ -219,6 +285,7 @@ async def test_a_long_history_reads_the_same_through_blocks_chunks_a_crash_and_a
         history_block_key(run_id, 1),
     ]
     assert live == fold_all(events).changes()[0]  # as one uninterrupted fold
+    assert history_chunk_id(run_id, 1) not in live  # chunk 0 is the row's head
     reader = mongo_reader(mongo_db)
 
     async def read_back() -> None:

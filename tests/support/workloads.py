@@ -5,7 +5,7 @@ projection, projector, parking and run-reader tests."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,8 @@ from schemas.commands import (
 from schemas.commits import Commit
 from schemas.common import Failure
 from schemas.events import Event
-from services.common.readmodels.projection import ReadModelDocs, project
+from services.common.readmodels.history_chunks import head_docs
+from services.common.readmodels.projection import Document, ReadModelDocs, project
 from services.engine.domain import Context, ExecutionState, decide, fold, successor_commands
 from services.engine.mongo_event_store import MongoEventStore
 
@@ -182,6 +183,15 @@ def mixed_workload() -> Workload:
 
 def fold_all(events: Sequence[Event], docs: ReadModelDocs | None = None) -> ReadModelDocs:
     return project(events, docs or ReadModelDocs())
+
+
+def all_chunks(history: Mapping[str, Document], runs: Mapping[str, Document]) -> dict[str, Any]:
+    """Every history document by `_id`, with the run rows' heads as the chunk 0 documents
+    they stand for (what the layout before heads stored)."""
+    out: dict[str, Any] = dict(history)
+    for run in runs.values():
+        out.update(head_docs(run))
+    return out
 
 
 async def store_commits(db: Any, w: Workload) -> None:

@@ -35,7 +35,7 @@ from services.common.readmodels.memory_store import MemoryReadModels
 from services.common.readmodels.projection import ids_touched
 from services.common.readmodels.store import HISTORY, Document
 from services.projector.projector import Projector
-from tests.support.workloads import Workload, fold_all
+from tests.support.workloads import Workload, all_chunks, fold_all
 
 EVENTS = 2 * HISTORY_BLOCK + 500
 
@@ -100,10 +100,12 @@ def test_a_block_is_sealed_when_its_last_event_is_folded_and_holds_its_chunks() 
     docs = fold_all(w.all_events())
     blocks = blocks_of(docs.history)
     assert sorted(blocks) == [history_block_key(run_id, 0), history_block_key(run_id, 1)]
+    held = all_chunks(docs.history, docs.runs)  # block 0's chunk 0 is the row's head
+    assert history_chunk_key(run_id, 0) not in docs.history
     for b, block in enumerate(sorted(blocks)):
         doc = blocks[block]
         assert (doc["first"], doc["last"], doc["count"]) == (b * 1000 + 1, b * 1000 + 1000, 1000)
-        chunks = [docs.history[history_chunk_key(run_id, c)] for c in range(b * 10, b * 10 + 10)]
+        chunks = [held[history_chunk_key(run_id, c)] for c in range(b * 10, b * 10 + 10)]
         assert chunk_body_text(doc) == "\n".join(chunk_body_text(c) for c in chunks)
         assert isinstance(doc["body"], bytes)
     # One event short of a block: nothing sealed.
@@ -203,12 +205,14 @@ def test_a_block_with_a_chunk_missing_or_not_full_is_not_sealed() -> None:
     w = long_workload(1000)
     docs = fold_all(w.all_events())
     run_id = w.run_id("a")
-    partial = {i: d for i, d in docs.history.items() if i != history_chunk_key(run_id, 4)}
+    held = all_chunks(docs.history, docs.runs)
+    partial = {i: d for i, d in held.items() if i != history_chunk_key(run_id, 4)}
     assert seal_block(run_id, 0, partial) is None
-    short = dict(docs.history)
+    short = dict(held)
     short[history_chunk_key(run_id, 4)] = {**short[history_chunk_key(run_id, 4)], "count": 99}
     assert seal_block(run_id, 0, short) is None
-    assert seal_block(run_id, 0, docs.history) == docs.history[history_block_key(run_id, 0)]
+    assert seal_block(run_id, 0, docs.history) is None  # chunk 0 is in the row
+    assert seal_block(run_id, 0, held) == docs.history[history_block_key(run_id, 0)]
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ async def test_whole_histories_and_pages_read_the_same_with_or_without_blocks(
     asked = [i for ids in models.asked for i in ids]
     assert sum(map(is_block, asked)) == 2  # the two sealed blocks, found or not
     if blocks:
-        assert len(asked) == 1 + 2 + 5  # chunk 0 with the row, 2 blocks, the tail's chunks
+        assert len(asked) == 2 + 5  # 2 blocks, the tail's chunks (chunk 0 is the row's head)
     for size in (100, 1000, 333, 1):
         after: int | None = 0
         got: list[int] = []
@@ -274,7 +278,8 @@ async def test_a_page_of_a_block_reads_the_block_with_the_row() -> None:
 
 def test_texts_between_slices_blocks_and_chunks_alike() -> None:
     w = long_workload(1300)
-    docs = fold_all(w.all_events()).changes()[0]
+    history, runs, _ = fold_all(w.all_events()).changes()
+    docs = all_chunks(history, runs)
     run_id = w.run_id("a")
     expected = [e.model_dump_json() for e in w.all_events()]
     for first, last in ((1, 1300), (995, 1005), (1000, 1000), (1001, 1300), (37, 963)):

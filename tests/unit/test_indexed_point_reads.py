@@ -38,9 +38,11 @@ class CountingModels:
         self.models = models
         self.reads = 0
 
-    async def get(self, collection: str, doc_id: str) -> Document | None:
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
         self.reads += 1
-        return await self.models.get(collection, doc_id)
+        return await self.models.get(collection, doc_id, without=without)
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
         self.reads += len(ids)

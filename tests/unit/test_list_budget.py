@@ -22,7 +22,9 @@ class HeldLists:
         self.running = 0
         self.cancelled = 0
 
-    async def get(self, collection: str, doc_id: str) -> Document | None:
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
         return {"_id": doc_id}
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:

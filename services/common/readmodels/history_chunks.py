@@ -40,6 +40,21 @@ them: on FerretDB a block read costs about what 3 chunk reads do (75 ms for 10 b
 264 ms for 100 chunks)."""
 
 
+HISTORY_HEAD = "history_head"
+"""The field of a run row that holds the run's chunk 0 (`{first, last, count, body}`, the
+chunk document's fields but `_id` and `run_id`), for runs whose first event opened the row,
+while its text stays within HEAD_MAX_TEXT_CHARS. A start then writes no `history` document:
+the projector's two (row, pointer) instead of three, four documents per workflow start
+with the engine's two (commit, run locator) instead of five (docs/read-models.md, "The
+head: chunk 0 in the run row")."""
+HEAD_MAX_TEXT_CHARS = 256 << 10
+"""A head whose events' JSON exceeds this many characters moves out of the row into the
+chunk document `{run_id}:000000`, for good: run rows stay far below MongoDB's 16 MiB (with
+a result of up to ~1 MB), and every later replace of the row carries its head. A chunk's
+text only grows, so whether a run's head moved out depends on its events, not on how they
+were batched (the rebuild writes the same documents as the live projector)."""
+
+
 def history_chunk_of(event_number: int) -> int:
     """The number of the chunk that holds `event_number` (1-based event numbers)."""
     return (event_number - 1) // HISTORY_CHUNK
@@ -232,6 +247,53 @@ def seal_block(run_id: str, block: int, docs: Mapping[str, Document]) -> Documen
         "count": HISTORY_BLOCK,
         "body": body,
     }
+
+
+def head_chunk(run: Document | None) -> Document | None:
+    """A run row's head as the chunk document it stands for (None if the row has none)."""
+    head = run.get(HISTORY_HEAD) if run is not None else None
+    if head is None:
+        return None
+    run_id = str(run["run_id"])  # type: ignore[index]
+    return {"_id": history_chunk_key(run_id, 0), "run_id": run_id, **head}
+
+
+def head_docs(run: Document | None) -> dict[str, Document]:
+    """`{chunk 0 _id: head_chunk}` for a row with a head, else empty: what a reader merges
+    over the history documents it read (the head wins over a chunk 0 document)."""
+    chunk = head_chunk(run)
+    return {} if chunk is None else {str(chunk["_id"]): chunk}
+
+
+def head_of(chunk: Document) -> Document:
+    """The head field of a run row holding `chunk` (chunk 0)."""
+    return {k: chunk[k] for k in ("first", "last", "count", "body")}
+
+
+def merged_chunk(chunk: Document, older: Document | None) -> Document:
+    """`chunk` with the events of `older` (the same chunk as stored elsewhere) it lacks;
+    `chunk` itself when it has them all. An event is the same text wherever it is held."""
+    if older is None:
+        return chunk
+    texts = dict(chunk_event_texts(older))
+    mine = dict(chunk_event_texts(chunk))
+    if texts.keys() <= mine.keys():
+        return chunk
+    return _chunk_of(str(chunk["_id"]), str(chunk["run_id"]), {**texts, **mine})
+
+
+def chunk_text_chars(chunk: Document) -> int:
+    """Characters of a chunk's event lines (its body as the fold holds it: text)."""
+    body = chunk["body"]
+    return len(body) if isinstance(body, str) else len(chunk_body_text(chunk))
+
+
+def stored_run(run: Document) -> Document:
+    """A run row as it is written: its head's body compressed."""
+    head = run.get(HISTORY_HEAD)
+    if head is not None and isinstance(head.get("body"), str):
+        return {**run, HISTORY_HEAD: head_of(stored_chunk(head))}
+    return run
 
 
 def chunk_event_texts(chunk: Document) -> Iterator[tuple[int, str]]:

@@ -809,8 +809,10 @@ class IndexedListReader:
         self.store = store
         self.index = index
 
-    async def get(self, collection: str, doc_id: str) -> Document | None:
-        return await self.store.get(collection, doc_id)
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
+        return await self.store.get(collection, doc_id, without=without)
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
         return await self.store.load(collection, ids)

@@ -68,9 +68,13 @@ class MemoryReadModels:
 
     # --- ReadModelReader ------------------------------------------------------------
 
-    async def get(self, collection: str, doc_id: str) -> Document | None:
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
         doc = self.data[collection].get(doc_id)
-        return copy.deepcopy(doc) if doc is not None else None
+        if doc is None:
+            return None
+        return copy.deepcopy({k: v for k, v in doc.items() if k not in without})
 
     async def list_runs(self, flt: RunFilter, after: Cursor | None, limit: int) -> list[Document]:
         flt.segments_from(after)  # a cursor that fits no segment is refused, as in MongoDB

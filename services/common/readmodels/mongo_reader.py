@@ -22,8 +22,11 @@ class MongoReadModelReader:
         self._db = db
         self._server = ServerKind(db)
 
-    async def get(self, collection: str, doc_id: str) -> Document | None:
-        return await self._db[collection].find_one({"_id": doc_id})
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
+        projection = dict.fromkeys(without, False) or None
+        return await self._db[collection].find_one({"_id": doc_id}, projection)
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
         return await load_by_ids(self._db[collection], ids, await self._server.ferretdb())

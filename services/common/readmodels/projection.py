@@ -7,7 +7,12 @@ Three document kinds, all addressed by `_id` so every point read is fast on any 
   list filters match on;
 - execution pointer (`executions`, `_id` = execution_id): which run is the latest;
 - history chunk (`history`, `_id` = `{run_id}:{chunk:06d}`): up to HISTORY_CHUNK events
-  of a run, as JSON text (see `apply_to_history`);
+  of a run, as JSON text (see `apply_to_history`). Chunk 0 of a run whose first event
+  opened its row lives in the row instead (`history_head`, the chunk's fields), so a start
+  writes a row and a pointer and no history document; it moves out to its chunk document
+  for good when its text outgrows HEAD_MAX_TEXT_CHARS. A run opened by a reset (first event
+  WORKFLOW_RUN_RESET, no row yet) keeps chunk 0 as a document, and so does a run written
+  before heads existed (a row without a head);
 - history block (`history`, `_id` = `{run_id}:b{block:06d}`): HISTORY_BLOCK events, the
   ten full chunks of a block joined, made once when the block's last event is folded
   (`seal_block`) and never changed.
@@ -31,14 +36,23 @@ from typing import Any
 from schemas.events import STATUS_AFTER, Event, EventType, closes_run
 from services.common.clock import ns_to_datetime, to_milliseconds
 from services.common.readmodels.history_chunks import (
+    HEAD_MAX_TEXT_CHARS,
     HISTORY_BLOCK,
+    HISTORY_CHUNK,
+    HISTORY_HEAD,
     apply_to_history,
+    chunk_text_chars,
+    head_chunk,
+    head_docs,
+    head_of,
     history_block_key,
     history_block_of,
     history_chunk_id,
     history_ids_of,
+    merged_chunk,
     seal_block,
     stored_chunk,
+    stored_run,
 )
 from services.common.readmodels.search_keys import search_terms
 
@@ -151,7 +165,7 @@ class ReadModelDocs:
         order they are written in."""
         return (
             {i: stored_chunk(self.history[i]) for i in self.changed_history},
-            {i: self.runs[i] for i in self.changed_runs},
+            {i: stored_run(self.runs[i]) for i in self.changed_runs},
             {i: self.executions[i] for i in self.changed_executions},
         )
 
@@ -168,12 +182,16 @@ def ids_touched(events: Iterable[Event]) -> tuple[set[str], set[str], set[str]]:
     return runs, executions, chunks
 
 
-def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
+def project(events: Iterable[Event], docs: ReadModelDocs, new_heads: bool = True) -> ReadModelDocs:
     """Fold `events`, in order, onto `docs` (which must hold every existing document the
     events touch, see `ids_touched`: for the last event of a block that includes the
-    block's chunks and the block itself); records what changed. Pure apart from `docs`."""
+    block's chunks and the block itself); records what changed. Pure apart from `docs`.
+
+    `new_heads` False: no run gets a head (chunk 0 goes to its document, as before heads
+    existed: settings `projector_history_heads`); a row that has one keeps it, folded as
+    with True."""
     for event in events:
-        before = docs.runs.get(event.run_id)
+        before_run = before = docs.runs.get(event.run_id)
         run = apply_to_run(before, event)
         if run is not None and run is not before:
             docs.runs[event.run_id] = run
@@ -184,19 +202,63 @@ def project(events: Iterable[Event], docs: ReadModelDocs) -> ReadModelDocs:
             docs.executions[event.execution_id] = pointer
             docs.changed_executions.add(event.execution_id)
         chunk_id = history_chunk_id(event.run_id, event.event_number)
-        before = docs.history.get(chunk_id)
-        chunk = apply_to_history(before, event)
-        if chunk is not before:
-            docs.history[chunk_id] = chunk
-            docs.changed_history.add(chunk_id)
+        if _in_head(event, before_run, run, chunk_id, docs, new_heads):
+            _apply_to_head(event, chunk_id, docs)
+        else:
+            before = docs.history.get(chunk_id)
+            chunk = apply_to_history(before, event)
+            if chunk is not before:
+                docs.history[chunk_id] = chunk
+                docs.changed_history.add(chunk_id)
         if event.event_number % HISTORY_BLOCK == 0:
             # The block's last event: seal the block if it is not already (after a crash
             # between its chunks' write and its own, the re-delivered event seals it).
             block = history_block_of(event.event_number)
             block_id = history_block_key(event.run_id, block)
             if block_id not in docs.history:
-                sealed = seal_block(event.run_id, block, docs.history)
+                chunks = docs.history
+                if block == 0:  # chunk 0 may be the row's head (which wins)
+                    chunks = {**docs.history, **head_docs(docs.runs.get(event.run_id))}
+                sealed = seal_block(event.run_id, block, chunks)
                 if sealed is not None:
                     docs.history[block_id] = sealed
                     docs.changed_history.add(block_id)
     return docs
+
+
+def _in_head(
+    event: Event,
+    before: Document | None,
+    run: Document | None,
+    chunk_id: str,
+    docs: ReadModelDocs,
+    new_heads: bool,
+) -> bool:
+    """Whether `event` goes to its run row's head: the row has one, or (`new_heads`) this
+    is the run's first event and it opened the row (unless chunk 0 is a document already:
+    a stale one under a row not written yet keeps being used, as the code before heads
+    would)."""
+    if run is None or event.event_number > HISTORY_CHUNK:
+        return False
+    if HISTORY_HEAD in run:
+        return True
+    return new_heads and event.event_number == 1 and before is None and chunk_id not in docs.history
+
+
+def _apply_to_head(event: Event, chunk_id: str, docs: ReadModelDocs) -> None:
+    """Add `event` to its run row's head; past HEAD_MAX_TEXT_CHARS, move the head out of
+    the row into chunk 0's document (with the events of a chunk 0 document already there:
+    a crash can leave one written before the row that drops the head)."""
+    run = docs.runs[event.run_id]
+    head = head_chunk(run)
+    chunk = apply_to_history(head, event)
+    if chunk is head:
+        return  # already there
+    if chunk_text_chars(chunk) > HEAD_MAX_TEXT_CHARS:
+        docs.history[chunk_id] = merged_chunk(chunk, docs.history.get(chunk_id))
+        docs.changed_history.add(chunk_id)
+        run = {k: v for k, v in run.items() if k != HISTORY_HEAD}
+    else:
+        run = {**run, HISTORY_HEAD: head_of(chunk)}
+    docs.runs[event.run_id] = run
+    docs.changed_runs.add(event.run_id)

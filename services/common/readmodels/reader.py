@@ -32,8 +32,12 @@ only needed by point reads, so lists leave it on the server."""
 
 
 class ReadModelReader(Protocol):
-    async def get(self, collection: str, doc_id: str) -> Document | None:
-        """One document by `_id`; None if there is none."""
+    async def get(
+        self, collection: str, doc_id: str, *, without: Collection[str] = ()
+    ) -> Document | None:
+        """One document by `_id`, but its fields named in `without` (left on the server:
+        a run row's `history_head` for reads that are not for its history); None if there
+        is none."""
 
     async def load(self, collection: str, ids: Collection[str]) -> dict[str, Document]:
         """The documents that exist among `ids`, by `_id`."""
