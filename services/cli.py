@@ -156,7 +156,10 @@ def _parked(retry: bool, execution_ids: list[str]) -> None:
     asyncio.run(run())
 
 
-def _rebuild_projections() -> None:
+def _rebuild_projections(history_heads: bool | None = None) -> None:
+    """`history_heads`: the layout to write (chunk 0 of each run in its row, or as a
+    document for versions before heads); None: RUNSTORE_PROJECTOR_HISTORY_HEADS of this
+    shell's environment."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -175,6 +178,7 @@ def _rebuild_projections() -> None:
 
     settings = ProjectorSettings()
     configure_logging(settings.log_level)
+    heads = settings.projector_history_heads if history_heads is None else history_heads
     started = time.monotonic()
     bar = Progress(
         TextColumn("rebuild"),
@@ -200,7 +204,12 @@ def _rebuild_projections() -> None:
             db = mongo_database(client, settings)
             bar.console.print(
                 f"rebuilding runs, executions and history in {settings.mongo_database!r} "
-                "from commits (stop the projectors first)"
+                "from commits (stop the projectors first); each run's first history chunk "
+                + (
+                    "in its run row (--no-history-heads for versions before heads)"
+                    if heads
+                    else "as a document (the layout before heads)"
+                )
             )
             with bar:
                 report = await rebuild(
@@ -208,7 +217,7 @@ def _rebuild_projections() -> None:
                     MongoCommitLog(db),
                     progress=progress,
                     parking=ParkedExecutions(db),
-                    history_heads=settings.projector_history_heads,
+                    history_heads=heads,
                 )
         finally:
             await client.close()
@@ -266,11 +275,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     app.add_typer(timers, name="timers")
     projections = typer.Typer(help="Operate on the read models.", no_args_is_help=True)
-    projections.command(
+
+    @projections.command(
         "rebuild",
         help="Drop runs/executions/history and rebuild them from the commits "
         "(stop the projectors first).",
-    )(_rebuild_projections)
+    )
+    def rebuild(
+        history_heads: bool | None = typer.Option(
+            None,
+            "--history-heads/--no-history-heads",
+            help="write each run's first history chunk in its run row, or as a document "
+            "(the layout versions before heads read: use it before a rollback); default: "
+            "RUNSTORE_PROJECTOR_HISTORY_HEADS",
+        ),
+    ) -> None:
+        _rebuild_projections(history_heads)
+
     projections.command(
         "parked", help="List the executions the projector could not project (parked)."
     )(lambda: _parked(False, []))
