@@ -3,6 +3,8 @@ whose fetch waits for records instead of sleeping after an empty one."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -154,12 +156,10 @@ async def test_records_after_idle_fetches_are_consumed(
         await producer.stop()
 
 
-async def test_a_gathering_consumer_asks_for_any_record_while_idle(
-    settings: RunstoreSettings,
-) -> None:
-    # The engine's fetches gather (64 KiB or 5 ms); idle, that was a fetch every 5 ms for
-    # nothing. After an idle getmany the fetcher asks for any record; the first batch
-    # that comes gives it back its own settings.
+@asynccontextmanager
+async def _gathering_consumer(settings: RunstoreSettings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer gathering as the engine's does (64 KiB or 5 ms), assigned every partition
+    of the commands topic at its end; stopped on exit."""
     await ensure_topics(settings)
     topic = settings.topics.commands
     consumer = AIOKafkaConsumer(
@@ -173,6 +173,19 @@ async def test_a_gathering_consumer_asks_for_any_record_while_idle(
         partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def test_a_gathering_consumer_asks_for_any_record_while_idle(
+    settings: RunstoreSettings,
+) -> None:
+    # The engine's fetches gather (64 KiB or 5 ms); idle, that was a fetch every 5 ms for
+    # nothing. After an idle getmany the fetcher asks for any record; the first batch
+    # that comes gives it back its own settings.
+    topic = settings.topics.commands
+    async with _gathering_consumer(settings) as consumer:
         subscriber = batch_subscriber(KafkaBroker(), topic)
         fetcher: Any = consumer._fetcher  # type: ignore[attr-defined]
 
@@ -193,8 +206,6 @@ async def test_a_gathering_consumer_asks_for_any_record_while_idle(
             got = await subscriber.get_msg(consumer)
         assert [r.value for r in got] == [b"a command"]
         assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (65536, 5)
-    finally:
-        await consumer.stop()
 
 
 def test_a_consumer_that_does_not_gather_is_left_alone() -> None:
@@ -323,58 +334,47 @@ async def test_a_paced_consumer_waits_for_the_next_wave_without_polling_and_take
     # Gathering (64 KiB or 5 ms) between waves of commands was a fetch every 5 ms that the
     # broker held and expired empty. Paced per response, an idle consumer's fetch waits
     # for the next record instead; a wave produced in one request comes in one fetch.
-    await ensure_topics(settings)
     topic = settings.topics.commands
-    partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        fetch_min_bytes=65536,
-        fetch_max_wait_ms=5,
-    )
-    await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=50)
-    await producer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        subscriber = batch_subscriber(KafkaBroker(), topic, pace_each_fetch=True)
-        client: Any = consumer._client  # type: ignore[attr-defined]
-        send = client.send
-        fetches: list[object] = []
+    async with _gathering_consumer(settings) as consumer:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=50)
+        await producer.start()
+        try:
+            subscriber = batch_subscriber(KafkaBroker(), topic, pace_each_fetch=True)
+            client: Any = consumer._client  # type: ignore[attr-defined]
+            send = client.send
+            fetches: list[object] = []
 
-        async def counted(node_id: int, request: Any, **options: Any) -> Any:
-            if type(request).__name__.startswith("FetchRequest"):
-                fetches.append(request)
-            return await send(node_id, request, **options)
+            async def counted(node_id: int, request: Any, **options: Any) -> Any:
+                if type(request).__name__.startswith("FetchRequest"):
+                    fetches.append(request)
+                return await send(node_id, request, **options)
 
-        client.send = counted
-        idle = anyio.Event()
+            client.send = counted
+            idle = anyio.Event()
 
-        async def quiet_for_a_second() -> None:
-            await anyio.sleep(1.0)
-            idle.set()
+            async def quiet_for_a_second() -> None:
+                await anyio.sleep(1.0)
+                idle.set()
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(quiet_for_a_second)
-            while not idle.is_set():
-                await subscriber.get_msg(consumer)
-                if not idle.is_set():
-                    await anyio.sleep(0.05)
-        # Gathering would have sent ~200 fetches in that second (65 on a loaded box); paced,
-        # the first empty one turned the next into a wait for any record, of
-        # BETWEEN_WAVES_WAIT_MS until the idle getmany made it IDLE_BROKER_WAIT_MS.
-        assert len(fetches) <= 15
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(quiet_for_a_second)
+                while not idle.is_set():
+                    await subscriber.get_msg(consumer)
+                    if not idle.is_set():
+                        await anyio.sleep(0.05)
+            # Gathering would have sent ~200 fetches in that second (65 on a loaded box); paced,
+            # the first empty one turned the next into a wait for any record, of
+            # BETWEEN_WAVES_WAIT_MS until the idle getmany made it IDLE_BROKER_WAIT_MS.
+            assert len(fetches) <= 15
 
-        wave = [f"cmd-{n}".encode() for n in range(40)]
-        sent = [await producer.send(topic, value, key=value) for value in wave]
-        await producer.flush()
-        for future in sent:
-            await future
-        got: tuple[Any, ...] = ()
-        while not got:
-            got = await subscriber.get_msg(consumer)
-        assert sorted(r.value for r in got) == sorted(wave)
-    finally:
-        await producer.stop()
-        await consumer.stop()
+            wave = [f"cmd-{n}".encode() for n in range(40)]
+            sent = [await producer.send(topic, value, key=value) for value in wave]
+            await producer.flush()
+            for future in sent:
+                await future
+            got: tuple[Any, ...] = ()
+            while not got:
+                got = await subscriber.get_msg(consumer)
+            assert sorted(r.value for r in got) == sorted(wave)
+        finally:
+            await producer.stop()
