@@ -322,6 +322,17 @@ async def test_a_store_written_before_heads_reads_and_keeps_folding_the_old_way(
     await assert_histories_read_back(models, w)
 
 
+def _grown_run() -> tuple[Workload, int]:
+    """Execution "a": started with a few signals (its first `first` events, the first
+    batch), then enough more signals for a small head to move out."""
+    w = Workload()
+    w.start("a")
+    long_signals(w, "a", 2)
+    first = len(w.all_events())
+    long_signals(w, "a", 20)
+    return w, first
+
+
 @pytest.mark.parametrize("again", [1, 2, 100], ids=["one by one", "pairs", "whole batch"])
 async def test_a_crash_after_a_head_moved_out_before_its_row_was_written(
     small_heads: int, again: int
@@ -329,11 +340,7 @@ async def test_a_crash_after_a_head_moved_out_before_its_row_was_written(
     """The batch that moves a head out writes chunk 0's document, then dies before the row
     (which still holds the head). Reads take the head; the re-delivered batch, in any
     cut, finds the document, folds onto it and ends at one fold."""
-    w = Workload()
-    w.start("a")
-    long_signals(w, "a", 2)
-    first = len(w.all_events())
-    long_signals(w, "a", 20)
+    w, first = _grown_run()
     events = w.all_events()
     run_id = w.run_id("a")
     store = _Crashing(crash_at=4)  # 1, 2: row and pointer inserted; 3: chunk 0; 4: the row
@@ -373,11 +380,7 @@ async def test_a_refused_insert_writes_nothing_more_of_its_execution_in_that_pas
     leave the stale document as the only chunk 0, and reads would fail ("lack events").
     Nothing more of the execution is written in that pass; the careful one merges the
     document first, then replaces the row."""
-    w = Workload()
-    w.start("a")
-    long_signals(w, "a", 2)
-    first = len(w.all_events())
-    long_signals(w, "a", 20)
+    w, first = _grown_run()
     events = w.all_events()
     run_id = w.run_id("a")
     zero = history_chunk_key(run_id, 0)
