@@ -83,10 +83,18 @@ def test_in_shared_mode_users_read_and_command_each_others_runs(
         alice.workflows.executions.get_workflow_execution(execution_id=execution_id).status
         == "CANCELED"
     )
-    mine = bob.workflows.runs.list_runs(workflow_identifier="shared-wf", user_id="current")
-    assert execution_id not in {r.execution_id for r in mine.result.executions}
-    theirs = alice.workflows.runs.list_runs(workflow_identifier="shared-wf", user_id="current")
-    assert execution_id in {r.execution_id for r in theirs.result.executions}
+
+    # The list is eventually consistent (docs/read-models.md): wait until Alice's own list
+    # shows the run, then Bob's "current user" list must still leave it out.
+    def listed_for(client: Mistral) -> set[str]:
+        page = client.workflows.runs.list_runs(workflow_identifier="shared-wf", user_id="current")
+        return {r.execution_id for r in page.result.executions}
+
+    def assert_alice_lists_it() -> None:
+        assert execution_id in listed_for(alice)
+
+    wait_until(assert_alice_lists_it)
+    assert execution_id not in listed_for(bob)
 
 
 # --- separate mode and limits ------------------------------------------------------------
