@@ -378,3 +378,51 @@ async def test_a_paced_consumer_waits_for_the_next_wave_without_polling_and_take
             assert sorted(r.value for r in got) == sorted(wave)
         finally:
             await producer.stop()
+
+
+async def test_a_paced_consumer_takes_a_wave_sent_in_two_requests_in_one_batch(
+    settings: RunstoreSettings,
+) -> None:
+    # Paced per response, the fetch between waves is answered by the wave's first produce
+    # request; the API sends a wave in several (linger 2 ms), and in a closed loop the rest
+    # reaches the log while the handler is still busy with the batch before. The batch
+    # that takes the first records takes the rest too (take_the_rest_of_the_wave), instead
+    # of leaving them to a batch of their own.
+    topic = settings.topics.commands
+    async with _gathering_consumer(settings) as consumer:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            subscriber = batch_subscriber(KafkaBroker(), topic, pace_each_fetch=True)
+            fetcher: Any = consumer._fetcher  # type: ignore[attr-defined]
+            assert await subscriber.get_msg(consumer) == ()  # idle: waits for any record
+
+            async def send_request(values: list[bytes]) -> None:
+                batch = producer.create_batch()
+                for value in values:
+                    batch.append(key=value, value=value, timestamp=None)
+                batch.close()
+                await (await producer.send_batch(batch, topic, partition=0))
+
+            first = [f"first-{n}".encode() for n in range(5)]
+            rest = [f"rest-{n}".encode() for n in range(5)]
+            await send_request(first)
+            # The "any record" fetch brought the first request's records: they wait in the
+            # fetcher's buffer (the handler is busy) while the rest reaches the log.
+            for _ in range(500):
+                if fetcher._records:
+                    break
+                await anyio.sleep(0.01)
+            assert fetcher._records
+            await send_request(rest)
+
+            got = await subscriber.get_msg(consumer)
+
+            assert [r.value for r in got] == first + rest
+            # Then the fetcher waits for the next wave (any record), not gathering.
+            assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (
+                1,
+                module.BETWEEN_WAVES_WAIT_MS,
+            )
+        finally:
+            await producer.stop()
