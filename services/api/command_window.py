@@ -104,10 +104,17 @@ class WindowedPublisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, records: Sequence[Outgoing]) -> None:
+    async def publish(
+        self, records: Sequence[Outgoing], within_seconds: float | None = None
+    ) -> None:
         """Publish `records` with the window they fall in; returns once each is
         acknowledged, raises the error of the first that is not (KafkaError). Cancelled
-        before its window goes out, a record is not sent."""
+        before its window goes out, a record is not sent.
+
+        `within_seconds`: TimeoutError for a record not acknowledged by then, and a
+        record whose window has not gone out by then is not sent (as if cancelled). One
+        timer per call rather than an `asyncio.timeout` around it: the API's hottest path
+        (each start) waits here."""
         if self._producer is None:
             raise RuntimeError("WindowedPublisher.start() was not called")
         loop = asyncio.get_running_loop()
@@ -130,12 +137,19 @@ class WindowedPublisher:
                 # First look after the shortest quiet time: the records that follow at
                 # once (a burst) shorten the usual gap the window then waits for.
                 self._timer = loop.call_later(self._quiet, self._quiet_check)
-        if len(waits) == 1:
-            await waits[0]
-            return
-        for result in await asyncio.gather(*waits, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+        expiry = (
+            None if within_seconds is None else loop.call_later(within_seconds, _time_out, waits)
+        )
+        try:
+            if len(waits) == 1:
+                await waits[0]
+                return
+            for result in await asyncio.gather(*waits, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     def _quiet_time(self) -> float:
         """How long without a record ends a window: `quiet_ms`, or a few usual gaps."""
@@ -281,6 +295,14 @@ class WindowedPublisher:
                         if not done.done():
                             done.set_exception(failed)
                 return
+
+
+def _time_out(waits: list[asyncio.Future[None]]) -> None:
+    """A publish's time is up: its records not yet acknowledged fail with TimeoutError
+    (one whose window has not gone out is then skipped, as a cancelled one is)."""
+    for wait in waits:
+        if not wait.done():
+            wait.set_exception(TimeoutError())
 
 
 def _settle_all(dones: list[asyncio.Future[None]], error: BaseException) -> None:

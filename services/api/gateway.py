@@ -64,6 +64,7 @@ class CommandGateway:
         resolve_waiters(records, CommandOutcome, _command_id, self._waiting)
 
     async def _publish(self, command: Command, encoded: bytes | None) -> None:
+        """TimeoutError when Kafka has not acknowledged it within the command timeout."""
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
         if encoded is None:
@@ -77,7 +78,8 @@ class CommandGateway:
             },
         ) as headers:
             await self._publisher.publish(
-                [Outgoing(self._topics.commands, command.execution_id, encoded, headers)]
+                [Outgoing(self._topics.commands, command.execution_id, encoded, headers)],
+                self._settings.api_command_timeout_seconds,
             )
 
     async def publish(self, records: list[Outgoing]) -> None:
@@ -116,13 +118,13 @@ class CommandGateway:
         waiter = self._waiting.get(command.command_id)
         owner = waiter is None
         if waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
             self._waiting[command.command_id] = waiter
         try:
             try:
-                # (`timeout` rather than `wait_for`: no extra task per request.)
-                async with asyncio.timeout(self._settings.api_command_timeout_seconds):
-                    await self._publish(command, encoded)
+                # (The window's own timer, rather than an `asyncio.timeout` here.)
+                await self._publish(command, encoded)
             except TimeoutError as exc:
                 # Unacknowledged, not refused: the record may still reach the topic.
                 raise OutcomeTimeout(
@@ -138,15 +140,10 @@ class CommandGateway:
                 if wait_seconds is not None
                 else self._settings.api_command_timeout_seconds
             )
-            try:
-                async with asyncio.timeout(limit):
-                    # Shielded: a concurrent send of the same command shares the waiter.
-                    outcome = await asyncio.shield(waiter)
-            except TimeoutError as exc:
-                raise OutcomeTimeout(
-                    f"the engine did not answer command {command.command_id} within "
-                    f"{limit:g}s; it may still be applied"
-                ) from exc
+            if owner:
+                outcome = await self._owners_wait(waiter, limit, command.command_id)
+            else:
+                outcome = await _shared_wait(waiter, limit, command.command_id)
         finally:
             if owner:
                 self._waiting.pop(command.command_id, None)
@@ -156,6 +153,62 @@ class CommandGateway:
             while len(self._accepted) > self._settings.api_outcome_memory:
                 self._accepted.popitem(last=False)
         return outcome
+
+    async def _owners_wait(
+        self, waiter: asyncio.Future[CommandOutcome], limit: float, command_id: str
+    ) -> CommandOutcome:
+        """The outcome of the send that registered `waiter`, within `limit` seconds.
+
+        Awaited directly, with a timer that fails it at the deadline: one timer handle
+        instead of an `asyncio.timeout` and a shield per start. What a concurrent send of
+        the same command (`_shared_wait`) sees: the owner's answer, its deadline (the
+        waiter leaves `_waiting` with the owner, so nothing could resolve it later
+        anyway) or its cancellation (a disconnected client), which ends a shared wait
+        as a timeout."""
+        expiry = asyncio.get_running_loop().call_later(limit, _expire, waiter)
+        try:
+            return await waiter
+        except _Expired as exc:
+            raise OutcomeTimeout(
+                f"the engine did not answer command {command_id} within "
+                f"{limit:g}s; it may still be applied"
+            ) from exc
+        finally:
+            expiry.cancel()
+
+
+class _Expired(Exception):
+    """An owner's wait for an outcome ran out (set on the shared waiter)."""
+
+
+def _expire(waiter: asyncio.Future[CommandOutcome]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())
+
+
+async def _shared_wait(
+    waiter: asyncio.Future[CommandOutcome], limit: float, command_id: str
+) -> CommandOutcome:
+    """The outcome another send (or `expect`) registered `waiter` for, within `limit`
+    seconds; shielded, so this wait's end or cancellation leaves the waiter to its owner.
+    OutcomeTimeout also when the owner's wait ended without an outcome."""
+    try:
+        async with asyncio.timeout(limit):
+            return await asyncio.shield(waiter)
+    except (TimeoutError, _Expired) as exc:
+        raise OutcomeTimeout(
+            f"the engine did not answer command {command_id} within "
+            f"{limit:g}s; it may still be applied"
+        ) from exc
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request was cancelled
+        # The owner's request was (its waiter with it): no outcome can come here now.
+        raise OutcomeTimeout(
+            f"the engine's answer to command {command_id} is no longer awaited; "
+            "it may still be applied"
+        ) from None
 
 
 def _command_id(outcome: CommandOutcome) -> str:

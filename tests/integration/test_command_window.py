@@ -9,6 +9,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.api.command_window import WindowedPublisher
@@ -296,3 +297,24 @@ async def test_a_partition_not_handed_over_fails_only_its_own_records(
             assert result is None, (key, result)
     landed = {v.decode() for _, _, v, _ in await read_all(settings, topic)}
     assert landed == {"w"} | (set(keys) - refused)
+
+
+async def test_a_record_whose_window_outlasts_its_deadline_times_out_and_is_not_sent(
+    settings: RunstoreSettings,
+) -> None:
+    """`publish(..., within_seconds)`: a record not acknowledged by then fails with
+    TimeoutError, and one whose window has not gone out is skipped when it does (what a
+    cancelled publish gets). Another record of that window still lands."""
+    await ensure_topics(settings)
+    topic = settings.topics.outcomes
+    publisher = WindowedPublisher(settings, "test-window", window_ms=600)
+    await publisher.start()
+    try:
+        kept = asyncio.create_task(publisher.publish([Outgoing(topic, "k", b"kept")]))
+        with pytest.raises(TimeoutError):
+            await publisher.publish([Outgoing(topic, "k", b"late")], within_seconds=0.05)
+        async with asyncio.timeout(30):
+            await kept
+    finally:
+        await publisher.stop()
+    assert [v for _, _, v, _ in await read_all(settings, topic)] == [b"kept"]
