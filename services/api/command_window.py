@@ -34,6 +34,7 @@ from collections.abc import Coroutine, Sequence
 from functools import partial
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.common.kafka_io import Outgoing, append_record, murmur2, started_producer
@@ -220,10 +221,10 @@ class WindowedPublisher:
                 items.append((record, done))
         acks: list[asyncio.Future[object]] = []
         chains: list[Coroutine[object, object, None]] = []
-        try:
-            for (topic, partition), items in by_partition.items():
+        for (topic, partition), items in by_partition.items():
+            dones_of: list[list[asyncio.Future[None]]] = []
+            try:
                 builders: list[BatchBuilder] = []
-                dones_of: list[list[asyncio.Future[None]]] = []
                 for record, done in items:
                     if append_record(producer, builders, record):
                         dones_of.append([])
@@ -232,26 +233,24 @@ class WindowedPublisher:
                     chains.append(self._hand_over(topic, partition, builders, dones_of))
                     continue
                 builders[0].close()
-                try:
-                    ack = await producer.send_batch(builders[0], topic, partition=partition)
-                except Exception as exc:  # not handed over: its records are told
-                    _settle_all(dones_of[0], exc)
-                    continue
-                ack.add_done_callback(partial(_settled, dones_of[0]))
-                acks.append(ack)
-            if chains:
-                for result in await asyncio.gather(*chains, return_exceptions=True):
-                    if isinstance(result, BaseException):
-                        raise result
-            if acks:
-                await asyncio.wait(acks)
-        except Exception as exc:  # a bug: the records' callers are told
-            for coroutine in chains:
-                coroutine.close()  # (not started, when the failure came before the gather)
-            log.error("publishing a window failed: %r", exc)
-            for _, done in window:
-                if not done.done():
-                    done.set_exception(exc)
+                ack = await producer.send_batch(builders[0], topic, partition=partition)
+            except Exception as exc:  # not handed over (or a bug): its records are told
+                if not isinstance(exc, KafkaError):
+                    log.error("publishing a window's partition failed: %r", exc)
+                _settle_all([done for _, done in items], exc)
+                continue
+            ack.add_done_callback(partial(_settled, dones_of[0]))
+            acks.append(ack)
+        failure: Exception | None = None
+        if chains:
+            for result in await asyncio.gather(*chains, return_exceptions=True):
+                if isinstance(result, Exception):
+                    failure = result
+        if acks:
+            await asyncio.wait(acks)  # (their callbacks settle their callers first)
+        if failure is not None:  # a bug: the records' callers are told
+            log.error("publishing a window failed: %r", failure)
+            _settle_all([done for _, done in window], failure)
 
     async def _partition_count(self, topic: str) -> int:
         """How many partitions `topic` has (the producer's metadata; kept, as Kafka only
