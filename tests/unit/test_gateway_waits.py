@@ -153,3 +153,30 @@ async def test_an_owners_timeout_ends_the_sends_sharing_its_wait() -> None:
     async with asyncio.timeout(5):
         with pytest.raises(OutcomeTimeout):
             await other
+
+
+def record_of(value: bytes) -> Any:
+    return type("Record", (), {"value": value})()
+
+
+async def test_an_outcome_nobody_here_awaits_is_not_decoded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Read by its leading command id and dropped: a record that would not even decode
+    is not looked at (a decoded one is logged as unreadable)."""
+    gw, _ = gateway()
+    gw._resolve(0, [record_of(b'{"command_id":"not-awaited", broken')])
+    assert "unreadable" not in caplog.text
+    gw._waiting["awaited"] = asyncio.get_running_loop().create_future()
+    gw._resolve(0, [record_of(b'{"command_id":"awaited", broken')])
+    assert "unreadable CommandOutcome record ignored" in caplog.text
+    gw._waiting["awaited"].cancel()
+
+
+async def test_an_outcome_whose_command_id_has_an_escape_still_reaches_its_waiter() -> None:
+    gw, _ = gateway()
+    command = start('c-"quoted"\\id')
+    sent = asyncio.create_task(gw.send(command))
+    await asyncio.sleep(0.01)
+    answer(gw, outcome_of(command))
+    assert (await sent).command_id == 'c-"quoted"\\id'
