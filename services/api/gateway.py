@@ -146,8 +146,7 @@ class CommandGateway:
         waiter = self._waiting.get(command.command_id)
         owner = waiter is None
         if waiter is None:
-            loop = asyncio.get_running_loop()
-            waiter = loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             self._waiting[command.command_id] = waiter
         try:
             try:
