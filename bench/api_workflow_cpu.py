@@ -157,12 +157,12 @@ class RecordingPublisher(WindowedPublisher):
 
     engine: FakeEngine
 
-    async def publish(self, records: Any) -> None:
+    async def publish(self, records: Any, within_seconds: float | None = None) -> None:
         for record in records:
             found = _COMMAND_ID.search(record.value)
             assert found is not None
             self.engine.commands.append((record.key.encode(), found.group(1)))
-        await super().publish(records)
+        await super().publish(records, within_seconds)
 
 
 def execute_request(wait: bool) -> bytes:

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from functools import partial
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.common.kafka_io import Outgoing, append_record, murmur2, started_producer
@@ -103,10 +105,17 @@ class WindowedPublisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, records: Sequence[Outgoing]) -> None:
+    async def publish(
+        self, records: Sequence[Outgoing], within_seconds: float | None = None
+    ) -> None:
         """Publish `records` with the window they fall in; returns once each is
         acknowledged, raises the error of the first that is not (KafkaError). Cancelled
-        before its window goes out, a record is not sent."""
+        before its window goes out, a record is not sent.
+
+        `within_seconds`: TimeoutError for a record not acknowledged by then, and a
+        record whose window has not gone out by then is not sent (as if cancelled). One
+        timer per call rather than an `asyncio.timeout` around it: the API's hottest path
+        (each start) waits here."""
         if self._producer is None:
             raise RuntimeError("WindowedPublisher.start() was not called")
         loop = asyncio.get_running_loop()
@@ -129,12 +138,19 @@ class WindowedPublisher:
                 # First look after the shortest quiet time: the records that follow at
                 # once (a burst) shorten the usual gap the window then waits for.
                 self._timer = loop.call_later(self._quiet, self._quiet_check)
-        if len(waits) == 1:
-            await waits[0]
-            return
-        for result in await asyncio.gather(*waits, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+        expiry = (
+            None if within_seconds is None else loop.call_later(within_seconds, _time_out, waits)
+        )
+        try:
+            if len(waits) == 1:
+                await waits[0]
+                return
+            for result in await asyncio.gather(*waits, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     def _quiet_time(self) -> float:
         """How long without a record ends a window: `quiet_ms`, or a few usual gaps."""
@@ -176,49 +192,86 @@ class WindowedPublisher:
 
     async def _send(self, window: list[_Pending]) -> None:
         """Hand every partition's batches of `window` to the producer (the sender then
-        takes them together into one request) and wait for their acknowledgements."""
+        takes them together into one request) and wait for their acknowledgements.
+
+        A partition whose records fit one batch (nearly always) is handed over here, in
+        one pass over the partitions, and its callers are settled by a callback on its
+        acknowledgement: no task and no `asyncio.wait` per partition (a window of a
+        closed loop's wave spans most of the topic's partitions, and those cost more
+        Python than the batches themselves). A partition with several batches goes
+        batch by batch (`_hand_over`), each after the one before it is acknowledged."""
+        producer = self._producer
+        assert producer is not None
         by_partition: dict[tuple[str, int], list[_Pending]] = {}
         for record, done in window:
             if done.done():  # its request gave up (cancelled) before the window went
                 continue
+            count = self._partitions.get(record.topic)
+            if count is None:
+                try:
+                    count = await self._partition_count(record.topic)
+                except Exception as exc:  # no metadata for the topic
+                    done.set_exception(exc)
+                    continue
+            partition = (murmur2(record.key.encode()) & 0x7FFFFFFF) % count
+            items = by_partition.get((record.topic, partition))
+            if items is None:
+                by_partition[(record.topic, partition)] = [(record, done)]
+            else:
+                items.append((record, done))
+        acks: list[asyncio.Future[object]] = []
+        chains: list[Coroutine[object, object, None]] = []
+        for (topic, partition), items in by_partition.items():
+            dones_of: list[list[asyncio.Future[None]]] = []
             try:
-                partition = await self._partition_of(record)
-            except Exception as exc:  # no metadata for the topic
-                done.set_exception(exc)
+                builders: list[BatchBuilder] = []
+                for record, done in items:
+                    if append_record(producer, builders, record):
+                        dones_of.append([])
+                    dones_of[-1].append(done)
+                if len(builders) > 1:
+                    chains.append(self._hand_over(topic, partition, builders, dones_of))
+                    continue
+                builders[0].close()
+                ack = await producer.send_batch(builders[0], topic, partition=partition)
+            except Exception as exc:  # not handed over (or a bug): its records are told
+                if not isinstance(exc, KafkaError):
+                    log.error("publishing a window's partition failed: %r", exc)
+                _settle_all([done for _, done in items], exc)
                 continue
-            by_partition.setdefault((record.topic, partition), []).append((record, done))
-        results = await asyncio.gather(
-            *(self._hand_over(t, p, items) for (t, p), items in by_partition.items()),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):  # a bug: the records' callers are told
-                log.error("publishing a window failed: %r", result)
-                for _, done in window:
-                    if not done.done():
-                        done.set_exception(result)
+            ack.add_done_callback(partial(_settled, dones_of[0]))
+            acks.append(ack)
+        failure: Exception | None = None
+        if chains:
+            for result in await asyncio.gather(*chains, return_exceptions=True):
+                if isinstance(result, Exception):
+                    failure = result
+        if acks:
+            await asyncio.wait(acks)  # (their callbacks settle their callers first)
+        if failure is not None:  # a bug: the records' callers are told
+            log.error("publishing a window failed: %r", failure)
+            _settle_all([done for _, done in window], failure)
 
-    async def _partition_of(self, record: Outgoing) -> int:
-        """The partition aiokafka's (and Kafka's) default partitioner gives the key:
-        murmur2 of it, modulo the topic's partition count."""
-        count = self._partitions.get(record.topic)
-        if count is None:
-            assert self._producer is not None
-            count = len(await self._producer.partitions_for(record.topic))
-            self._partitions[record.topic] = count
-        return (murmur2(record.key.encode()) & 0x7FFFFFFF) % count
+    async def _partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has (the producer's metadata; kept, as Kafka only
+        ever adds partitions and the default partitioner's choice must not move)."""
+        assert self._producer is not None
+        count = len(await self._producer.partitions_for(topic))
+        self._partitions[topic] = count
+        return count
 
-    async def _hand_over(self, topic: str, partition: int, items: list[_Pending]) -> None:
-        """Append `items` to batches of one partition, in order, hand each to the
-        producer and settle each item's future by its batch's acknowledgement."""
+    async def _hand_over(
+        self,
+        topic: str,
+        partition: int,
+        builders: list[BatchBuilder],
+        dones_of: list[list[asyncio.Future[None]]],
+    ) -> None:
+        """Hand one partition's batches to the producer one after the other, each once the
+        one before it is acknowledged, and settle each batch's futures by its
+        acknowledgement."""
         producer = self._producer
         assert producer is not None
-        builders: list[BatchBuilder] = []
-        dones_of: list[list[asyncio.Future[None]]] = []
-        for record, done in items:
-            if append_record(producer, builders, record):
-                dones_of.append([])
-            dones_of[-1].append(done)
         chain = list(zip(builders, dones_of, strict=True))
         for n, (builder, dones) in enumerate(chain):
             builder.close()
@@ -241,6 +294,25 @@ class WindowedPublisher:
                         if not done.done():
                             done.set_exception(failed)
                 return
+
+
+def _time_out(waits: list[asyncio.Future[None]]) -> None:
+    """A publish's time is up: its records not yet acknowledged fail with TimeoutError
+    (one whose window has not gone out is then skipped, as a cancelled one is)."""
+    for wait in waits:
+        if not wait.done():
+            wait.set_exception(TimeoutError())
+
+
+def _settle_all(dones: list[asyncio.Future[None]], error: BaseException) -> None:
+    for done in dones:
+        if not done.done():
+            done.set_exception(error)
+
+
+def _settled(dones: list[asyncio.Future[None]], ack: asyncio.Future[object]) -> None:
+    """`ack`'s done-callback: its batch's callers learn its fate."""
+    _settle(ack, dones)
 
 
 def _settle(ack: asyncio.Future[object], dones: list[asyncio.Future[None]]) -> BaseException | None:

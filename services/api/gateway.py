@@ -9,19 +9,23 @@ API's one `TopicFeed`) and resolves the waiter registered under the outcome's co
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.api.command_window import WindowedPublisher
-from services.api.topic_tail import TopicFeed, resolve_waiters
+from services.api.topic_tail import TopicFeed
 from services.common import tracing
 from services.common.kafka_io import Outgoing
 from services.common.settings import ApiSettings
+
+log = logging.getLogger(__name__)
 
 
 class OutcomeTimeout(Exception):
@@ -61,9 +65,34 @@ class CommandGateway:
             await self._publisher.stop()
 
     def _resolve(self, _partition: int, records: Sequence[Any]) -> None:
-        resolve_waiters(records, CommandOutcome, _command_id, self._waiting)
+        """Resolve the waiters of `records`' outcomes (as `topic_tail.resolve_waiters`).
+        An outcome whose command id no request here waits for (a worker's or a timer's
+        command, another instance's) is skipped without being decoded: the id is read
+        from the record's first field (an id with an escape in it, or a record of another
+        shape, is decoded)."""
+        waiting = self._waiting
+        first = len(_ID_FIRST)
+        for record in records:
+            value = record.value
+            if not value:
+                continue
+            if value.startswith(_ID_FIRST):
+                end = value.find(b'"', first)
+                if end > 0:
+                    raw = value[first:end]
+                    if b"\\" not in raw and raw.decode("utf-8", "replace") not in waiting:
+                        continue
+            try:
+                found = CommandOutcome.model_validate_json(value)
+            except ValidationError:
+                log.warning("unreadable CommandOutcome record ignored")
+                continue
+            waiter = waiting.get(found.command_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(found)
 
     async def _publish(self, command: Command, encoded: bytes | None) -> None:
+        """TimeoutError when Kafka has not acknowledged it within the command timeout."""
         if self._publisher is None:
             raise RuntimeError("CommandGateway.start() was not called")
         if encoded is None:
@@ -77,7 +106,8 @@ class CommandGateway:
             },
         ) as headers:
             await self._publisher.publish(
-                [Outgoing(self._topics.commands, command.execution_id, encoded, headers)]
+                [Outgoing(self._topics.commands, command.execution_id, encoded, headers)],
+                self._settings.api_command_timeout_seconds,
             )
 
     async def publish(self, records: list[Outgoing]) -> None:
@@ -120,9 +150,8 @@ class CommandGateway:
             self._waiting[command.command_id] = waiter
         try:
             try:
-                # (`timeout` rather than `wait_for`: no extra task per request.)
-                async with asyncio.timeout(self._settings.api_command_timeout_seconds):
-                    await self._publish(command, encoded)
+                # (The window's own timer, rather than an `asyncio.timeout` here.)
+                await self._publish(command, encoded)
             except TimeoutError as exc:
                 # Unacknowledged, not refused: the record may still reach the topic.
                 raise OutcomeTimeout(
@@ -138,15 +167,10 @@ class CommandGateway:
                 if wait_seconds is not None
                 else self._settings.api_command_timeout_seconds
             )
-            try:
-                async with asyncio.timeout(limit):
-                    # Shielded: a concurrent send of the same command shares the waiter.
-                    outcome = await asyncio.shield(waiter)
-            except TimeoutError as exc:
-                raise OutcomeTimeout(
-                    f"the engine did not answer command {command.command_id} within "
-                    f"{limit:g}s; it may still be applied"
-                ) from exc
+            if owner:
+                outcome = await self._owners_wait(waiter, limit, command.command_id)
+            else:
+                outcome = await _shared_wait(waiter, limit, command.command_id)
         finally:
             if owner:
                 self._waiting.pop(command.command_id, None)
@@ -157,6 +181,63 @@ class CommandGateway:
                 self._accepted.popitem(last=False)
         return outcome
 
+    async def _owners_wait(
+        self, waiter: asyncio.Future[CommandOutcome], limit: float, command_id: str
+    ) -> CommandOutcome:
+        """The outcome of the send that registered `waiter`, within `limit` seconds.
 
-def _command_id(outcome: CommandOutcome) -> str:
-    return outcome.command_id
+        Awaited directly, with a timer that fails it at the deadline: one timer handle
+        instead of an `asyncio.timeout` and a shield per start. What a concurrent send of
+        the same command (`_shared_wait`) sees: the owner's answer, its deadline (the
+        waiter leaves `_waiting` with the owner, so nothing could resolve it later
+        anyway) or its cancellation (a disconnected client), which ends a shared wait
+        as a timeout."""
+        expiry = asyncio.get_running_loop().call_later(limit, _expire, waiter)
+        try:
+            return await waiter
+        except _Expired as exc:
+            raise OutcomeTimeout(
+                f"the engine did not answer command {command_id} within "
+                f"{limit:g}s; it may still be applied"
+            ) from exc
+        finally:
+            expiry.cancel()
+
+
+class _Expired(Exception):
+    """An owner's wait for an outcome ran out (set on the shared waiter)."""
+
+
+def _expire(waiter: asyncio.Future[CommandOutcome]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())
+
+
+async def _shared_wait(
+    waiter: asyncio.Future[CommandOutcome], limit: float, command_id: str
+) -> CommandOutcome:
+    """The outcome another send (or `expect`) registered `waiter` for, within `limit`
+    seconds; shielded, so this wait's end or cancellation leaves the waiter to its owner.
+    OutcomeTimeout also when the owner's wait ended without an outcome."""
+    try:
+        async with asyncio.timeout(limit):
+            return await asyncio.shield(waiter)
+    except (TimeoutError, _Expired) as exc:
+        raise OutcomeTimeout(
+            f"the engine did not answer command {command_id} within "
+            f"{limit:g}s; it may still be applied"
+        ) from exc
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request was cancelled
+        # The owner's request was (its waiter with it): no outcome can come here now.
+        raise OutcomeTimeout(
+            f"the engine's answer to command {command_id} is no longer awaited; "
+            "it may still be applied"
+        ) from None
+
+
+_ID_FIRST = b'{"command_id":"'
+"""How an outcome record begins: the engine encodes `CommandOutcome`, whose first field is
+the command id."""

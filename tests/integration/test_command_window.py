@@ -9,6 +9,7 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.api.command_window import WindowedPublisher
@@ -247,3 +248,73 @@ async def test_a_refused_batch_fails_the_batches_after_it_on_its_partition(
     assert sent == [0], "nothing after the refused batch was handed to the broker"
     assert all(isinstance(r, RuntimeError) for r in results), results
     assert await read_all(settings, topic) == []
+
+
+async def test_a_partition_not_handed_over_fails_only_its_own_records(
+    settings: RunstoreSettings,
+) -> None:
+    """A window's partitions are handed over in one pass: when the producer refuses one
+    partition's batch (here: raises), that partition's callers get the error, and the
+    other partitions' records still land and are acknowledged."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    publisher = WindowedPublisher(settings, "test-window", window_ms=50)
+    await publisher.start()
+    producer = publisher._producer
+    assert producer is not None
+    real_send = producer.send_batch
+    refused_partition: list[int] = []
+
+    async def refuse_one_partition(builder: Any, topic_: str, *, partition: int) -> Any:
+        if not refused_partition:
+            refused_partition.append(partition)
+        if partition == refused_partition[0]:
+            raise RuntimeError("not handed over")
+        return await real_send(builder, topic_, partition=partition)
+
+    keys = [f"spread-{k}" for k in range(40)]
+    try:
+        await publisher.publish([Outgoing(topic, "warm", b"w")])  # leaders known
+        producer.send_batch = refuse_one_partition  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(publisher.publish([Outgoing(topic, key, key.encode())]) for key in keys),
+            return_exceptions=True,
+        )
+    finally:
+        await publisher.stop()
+    count = len(await partitions_of(settings, topic))
+    partitioner = DefaultPartitioner()
+    refused = {
+        key
+        for key in keys
+        if partitioner(key.encode(), list(range(count)), list(range(count))) == refused_partition[0]
+    }
+    assert refused and len(refused) < len(keys)
+    for key, result in zip(keys, results, strict=True):
+        if key in refused:
+            assert isinstance(result, RuntimeError), (key, result)
+        else:
+            assert result is None, (key, result)
+    landed = {v.decode() for _, _, v, _ in await read_all(settings, topic)}
+    assert landed == {"w"} | (set(keys) - refused)
+
+
+async def test_a_record_whose_window_outlasts_its_deadline_times_out_and_is_not_sent(
+    settings: RunstoreSettings,
+) -> None:
+    """`publish(..., within_seconds)`: a record not acknowledged by then fails with
+    TimeoutError, and one whose window has not gone out is skipped when it does (what a
+    cancelled publish gets). Another record of that window still lands."""
+    await ensure_topics(settings)
+    topic = settings.topics.outcomes
+    publisher = WindowedPublisher(settings, "test-window", window_ms=600)
+    await publisher.start()
+    try:
+        kept = asyncio.create_task(publisher.publish([Outgoing(topic, "k", b"kept")]))
+        with pytest.raises(TimeoutError):
+            await publisher.publish([Outgoing(topic, "k", b"late")], within_seconds=0.05)
+        async with asyncio.timeout(30):
+            await kept
+    finally:
+        await publisher.stop()
+    assert [v for _, _, v, _ in await read_all(settings, topic)] == [b"kept"]
