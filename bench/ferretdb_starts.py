@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ferretdb_starts.py [--starts 6000] [--warmup 1000] [--rounds 3]
         [--variant name=[BINARY][;SQLITE_PARAMS[;ENV=VALUE,...]]] ...
+        [--layout chunk|head] ... [--ids random|v7] ... [--execution-ids bench|api]
 
 What bench/ferretdb_census.py counted under the HTTP start bench (`--peers '' --clients
 32`), without the rest of the stack: per start one commit (the engine's ordered insert
@@ -13,8 +14,13 @@ the run row (`history_head`), two inserts per batch; `--layout chunk --layout he
 alternates both layouts with each variant. The documents are one
 real start's (bench/fixtures/one_start_documents.json, from `ferretdb_census.py --dump`)
 with fresh ids per start, shaped as the bench's: execution ids `h-<run>-<n>`, random
-run and command ids. The engine's and the projector's requests go on two connections
-at once, as in the stack.
+run and command ids. `--ids v7` (eleventh session) makes the command ids as the API
+does since then (services/common/ids.py `new_id`, version 7 UUIDs: time first) and the
+run ids as the engine derives them from those (`derived_id(..., time_of=)`); `--ids random
+--ids v7` alternates both with each variant. `--execution-ids api` gives each start an
+execution id the API would make (a random UUID with `--ids random`, `new_id` with `--ids
+v7`) instead of the HTTP bench's `h-<run>-<n>`. The engine's and the projector's
+requests go on two connections at once, as in the stack.
 
 Each variant runs its own FerretDB wrapper on an empty data directory: a binary (default:
 the one this tree builds, deploy/local/infra.py), extra SQLite URL parameters (the
@@ -48,6 +54,9 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import infra  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+from services.common.ids import derived_id, new_id  # noqa: E402
+
 FIXTURE = REPO / "bench" / "fixtures" / "one_start_documents.json"
 
 
@@ -66,7 +75,9 @@ def cpu_seconds(pid: int) -> float:
 class Starts:
     """Fresh copies of one start's documents: its ids replaced in their JSON text."""
 
-    def __init__(self, fixture: Path, ordered_ids: bool = False, head: bool = False) -> None:
+    def __init__(
+        self, fixture: Path, ids: str = "random", head: bool = False, api_executions: bool = False
+    ) -> None:
         docs = json_util.loads(fixture.read_text())
         if head:  # chunk 0 in the run row, as services/common/readmodels/projection.py does
             chunk = docs.pop("history")[0]
@@ -81,15 +92,21 @@ class Starts:
         self.text = {name: json_util.dumps(docs[name][0]) for name in docs}
         self.tag = uuid.uuid4().hex[:6]
         self.n = 0
-        self.ordered_ids = ordered_ids
+        self.ids = ids
+        self.api_executions = api_executions
 
     def next(self) -> dict[str, dict[str, Any]]:
         self.n += 1
         execution_id = f"h-{self.tag}-{self.n}"
-        run_id, command_id = str(uuid.uuid4()), str(uuid.uuid4())
-        if self.ordered_ids:  # time-ordered ids (as UUIDv7's): index inserts at the right edge
-            run_id = f"{time.time_ns() // 1000:014x}-{self.n:08x}-{run_id[24:]}"
-            command_id = f"{time.time_ns() // 1000:014x}-{self.n:08x}-{command_id[24:]}"
+        if self.ids == "v7":  # as the API and the engine make them since the eleventh session
+            command_id = new_id()
+            run_id = derived_id(command_id, "run", time_of=command_id)
+            if self.api_executions:
+                execution_id = new_id()
+        else:  # random (version 4), as before
+            run_id, command_id = str(uuid.uuid4()), str(uuid.uuid4())
+            if self.api_executions:
+                execution_id = str(uuid.uuid4())
         out = {}
         for name, text in self.text.items():
             text = text.replace(self.run_id, run_id).replace(self.command_id, command_id)
@@ -134,12 +151,13 @@ def run_variant(
     projector_batch: int,
     profile: Path | None = None,
     env: str = "",
-    ordered_ids: bool = False,
+    ids: str = "random",
     head: bool = False,
+    api_executions: bool = False,
 ) -> tuple[float, float, float]:
     """(FerretDB CPU ms per start, wall seconds, peak RSS MB) over `starts` after `warmup`; with
     `profile`, a 5-second Go CPU profile of the server from the measured part's start."""
-    source = Starts(FIXTURE, ordered_ids, head)
+    source = Starts(FIXTURE, ids, head, api_executions)
     rounds = (warmup + starts) // engine_batch
     batches = [[source.next() for _ in range(engine_batch)] for _ in range(rounds)]
     with tempfile.TemporaryDirectory(prefix="ferretdb-starts-") as tmp:
@@ -206,9 +224,19 @@ def main() -> None:
     parser.add_argument("--engine-batch", type=int, default=27)
     parser.add_argument("--projector-batch", type=int, default=37)
     parser.add_argument(
-        "--ordered-ids",
-        action="store_true",
-        help="time-ordered run and command ids instead of random ones (a what-if)",
+        "--ids",
+        action="append",
+        choices=("random", "v7"),
+        help="random: version 4 run and command ids (before the eleventh session); v7: "
+        "time-ordered ones, as services/common/ids.py makes them; repeat to alternate both "
+        "with each variant (default: random)",
+    )
+    parser.add_argument(
+        "--execution-ids",
+        choices=("bench", "api"),
+        default="bench",
+        help="bench: h-<run>-<n>, as bench/http_gateway.py names them; api: made as the "
+        "API makes an execution id the request does not give (of the --ids kind)",
     )
     parser.add_argument("--pprof", type=Path, help="save a CPU profile per run in this directory")
     parser.add_argument(
@@ -225,19 +253,23 @@ def main() -> None:
         help="name=[BINARY][;SQLITE_PARAMS] (default binary: this tree's build)",
     )
     args = parser.parse_args()
-    variants: list[tuple[str, str, str, str]] = []
+    variants: list[tuple[str, str, str, str, str, str]] = []
     layouts = args.layout or ["chunk"]
+    id_kinds = args.ids or ["random"]
     for text in args.variant or ["this="]:
         name, _, rest = text.partition("=")
         binary, params, env = [*rest.split(";", 2), "", ""][:3]
         for layout in layouts:
-            label = name if len(layouts) == 1 else f"{name}/{layout}"
-            variants.append((label, binary or str(infra.install_ferretdb()), params, env))
+            for kind in id_kinds:
+                label = name + (f"/{layout}" if len(layouts) > 1 else "")
+                label += f"/{kind}" if len(id_kinds) > 1 else ""
+                built = binary or str(infra.install_ferretdb())
+                variants.append((label, built, params, env, layout, kind))
     results: dict[str, list[str]] = {name: [] for name, *_ in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
-        for name, binary, params, env in order:
-            head = name.endswith("/head") or layouts == ["head"]
+        for name, binary, params, env, layout, kind in order:
+            head = layout == "head"
             load = os.getloadavg()[0]
             profile = args.pprof / f"{name}-{r + 1}.pprof" if args.pprof else None
             if args.pprof:
@@ -251,8 +283,9 @@ def main() -> None:
                 args.projector_batch,
                 profile,
                 env,
-                args.ordered_ids,
+                kind,
                 head,
+                args.execution_ids == "api",
             )
             cell = f"{ms:.3f} ms ({args.starts / wall:.0f} starts/s, {rss:.0f} MB, load {load:.1f})"
             results[name].append(cell)

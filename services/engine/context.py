@@ -1,5 +1,6 @@
 """The `Context` a command is decided in (pure): its clock reading and the ids it may
-need, all derived from the command id so that a decision taken again picks the same."""
+need, all derived from the command id so that a decision taken again picks the same
+(with the command id's time prefix when it has one: services/common/ids.py)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def context_for(command: Command, now_ns: int, history: tuple[Event, ...] = ()) 
     successor = _continues_as_new(command)
     return Context(
         now_ns=now_ns,
-        new_run_id=derived_id(cid, "run") if command.type in _NEEDS_RUN_ID else "",
-        new_execution_id=derived_id(cid, "execution") if successor else "",
-        successor_run_id=derived_id(cid, "successor-run") if successor else "",
+        new_run_id=derived_id(cid, "run", time_of=cid) if command.type in _NEEDS_RUN_ID else "",
+        new_execution_id=derived_id(cid, "execution", time_of=cid) if successor else "",
+        successor_run_id=derived_id(cid, "successor-run", time_of=cid) if successor else "",
         history=history,
     )

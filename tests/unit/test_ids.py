@@ -1,26 +1,79 @@
-"""Ids: random ones are version-4 UUIDs in the canonical text form; derived ones repeat."""
+"""Ids: new ones are version-7 UUIDs (time, then random) in the canonical text form;
+derived ones repeat, and carry a new id's time prefix when derived from one."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import pytest
+
+from services.common import ids
 from services.common.ids import derived_id, new_id
+from services.engine.context import context_for
+from tests.support.engine import T0
+from tests.support.engine import parsed_command as command
 
 
-def test_new_ids_are_canonical_random_uuids() -> None:
-    ids = [new_id() for _ in range(2000)]
-    assert len(set(ids)) == len(ids)
+def test_new_ids_are_canonical_version_7_uuids_of_now() -> None:
+    before = time.time_ns() // 1_000_000
+    made = [new_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(made)) == len(made)
     variants = set()
-    for text in ids:
+    for text in made:
         parsed = uuid.UUID(text)
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text  # lower-case hex, dashes where uuid puts them
+        assert before <= parsed.int >> 80 <= after  # the first 48 bits: Unix time in ms
         variants.add(text[19])
     assert variants == set("89ab")  # every variant digit occurs, no other
+
+
+def test_new_ids_of_a_later_millisecond_sort_after_earlier_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter(range(1_765_000_000_000_000_000, 1_765_000_100_000_000_000, 1_000_000))
+    monkeypatch.setattr(ids.time, "time_ns", lambda: next(clock))
+    made = [new_id() for _ in range(500)]
+    assert made == sorted(made)
+    assert uuid.UUID(made[0]).int >> 80 == 1_765_000_000_000
 
 
 def test_derived_ids_repeat_for_the_same_parts_only() -> None:
     assert derived_id("execute", "alice", "k") == derived_id("execute", "alice", "k")
     assert derived_id("execute", "alice", "k") != derived_id("execute", "bob", "k")
     assert str(uuid.UUID(derived_id("a"))) == derived_id("a")
+
+
+def test_derived_ids_without_a_time_prefix_are_those_of_earlier_versions() -> None:
+    # Pinned from the code before version 7 ids: a retry across an upgrade (an idempotency
+    # key's execution, a command id a client chose) must still name the same thing.
+    assert derived_id("execution", "alice", "k") == "cd743369-31d7-f618-2982-d3c08b5286e6"
+    assert derived_id("c1", "run", time_of="c1") == "693c90b1-82c5-6137-af76-15ea09e5e4a7"
+    v4 = str(uuid.UUID(int=0x1234, version=4))
+    assert derived_id(v4, "run", time_of=v4) == derived_id(v4, "run")
+    shouting = new_id().upper()  # not canonical: not taken for a new id
+    assert derived_id(shouting, "run", time_of=shouting) == derived_id(shouting, "run")
+
+
+def test_an_id_derived_from_a_new_id_carries_its_time_prefix() -> None:
+    source = new_id()
+    run_id = derived_id(source, "run", time_of=source)
+    assert run_id == derived_id(source, "run", time_of=source)  # still deterministic
+    assert run_id[:13] == source[:13]
+    parsed = uuid.UUID(run_id)
+    assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, run_id)
+    assert run_id != derived_id(source, "execution", time_of=source)
+    assert run_id[24:] == derived_id(source, "run")[24:]  # the hash's bits after the time
+
+
+def test_the_engine_derives_a_start_s_run_id_from_its_command_id_s_time() -> None:
+    command_id = new_id()
+    start = command("StartWorkflow", command_id, workflow_name="wf")
+    run_id = context_for(start, T0).new_run_id
+    assert run_id[:13] == command_id[:13] and uuid.UUID(run_id).version == 7
+    assert run_id == context_for(start, T0 + 1).new_run_id  # not from the clock
+    successor = context_for(command("ContinueAsNew", command_id, run_id="r1"), T0)
+    assert successor.new_execution_id[:13] == successor.successor_run_id[:13] == command_id[:13]
