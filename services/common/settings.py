@@ -119,13 +119,11 @@ class EngineSettings(RunstoreSettings):
     engine_fetch_pace_each: bool = False
     """True: the engine stops gathering at its first empty fetch
     (batch_subscriber.pace_by_response), not only after an idle second. It halves the
-    engine's fetches in a closed loop of clients; it used to split waves of commands into
-    smaller batches (docs/write-path-cost.md, "Tenth session"), and now takes the rest of a
-    wave into the batch of its first records: in closed loops the engine's CPU per start
-    fell 21-29 % against the former paced mode, but at a steady 100 starts/s it costs
-    more CPU per start than gathering, for half the latency (docs/engine-performance.md,
-    "Eleventh session"): a knob until a quiet box decides.
-    `engine_fetch_gather_above_per_s`, when set, is applied instead."""
+    engine's fetches in a closed loop of clients, but splits waves of commands into smaller
+    batches; on a quiet box the whole stack's CPU per start was ~10 % higher with it in
+    three closed-loop pairs (docs/write-path-cost.md, "Tenth session"): a knob until a
+    rule that keeps waves whole. `engine_fetch_gather_above_per_s`, when set, is applied
+    instead."""
     engine_fetch_gather_above_per_s: float = Field(default=0.0, ge=0)
     """When set, the engine's fetches gather (the two settings above) only while commands
     come at least this fast (counted each second; once gathering, down to half of it);
