@@ -17,13 +17,12 @@ ask for any record within `IDLE_BROKER_WAIT_MS`, as aiokafka's defaults do, and 
 batch that comes restores the consumer's own settings. Gathering while idle was a fetch
 every 5 ms for nothing: ~35 ms/s of the engine's CPU and as much of the broker's, per engine.
 The engine's subscriber stops gathering sooner, at its first empty fetch
-(`pace_each_fetch`: `pace_by_response`; the batch that takes a wave's first records then
-takes the rest of it, `take_the_rest_of_the_wave`), or, as an alternative, while its
-records come slower than a rate (`gather_above_per_s`, the engine's
-`RUNSTORE_ENGINE_FETCH_GATHER_ABOVE_PER_S`, off by default: half of it once gathering;
-fetches then ask for any record, held at most `SLOW_BROKER_WAIT_MS`). The settings live
-on aiokafka's fetcher (`_fetch_min_bytes`, `_fetch_max_wait_ms`, read for each fetch
-request it builds); `fetch_pace` checks they are there, and does nothing if not.
+(`pace_each_fetch`: `pace_by_response`), or, as an alternative, while its records come slower
+than a rate (`gather_above_per_s`, the engine's `RUNSTORE_ENGINE_FETCH_GATHER_ABOVE_PER_S`,
+off by default: half of it once gathering; fetches then ask for any record, held at most
+`SLOW_BROKER_WAIT_MS`). The settings live on aiokafka's fetcher (`_fetch_min_bytes`,
+`_fetch_max_wait_ms`, read for each fetch request it builds); `fetch_pace` checks they are
+there, and does nothing if not.
 
 FastStream has no option for this and builds its subscriber class inside `broker.subscriber`,
 so `batch_subscriber` declares the subscriber the ordinary way and then gives it the subclass
@@ -242,11 +241,9 @@ async def take_the_rest_of_the_wave(
     linger is 2 ms): without this the handler got the first part of a wave alone and the
     rest in the next batch, more batches per start (docs/engine-performance.md,
     "Eleventh session"). Records that came while the handler was busy are in the log
-    already: this fetch is answered at once with all of them. At a trickle of commands
-    it usually expires empty instead, and each batch waits its wait (docs: more engine CPU
-    per start at 100/s). The fetcher sends the request itself, on its next turn after the
-    first records were taken from its buffer (taking them is what makes it fetch again):
-    the settings are set here before this yields."""
+    already: this fetch is answered at once with all of them. The fetcher sends the
+    request itself when `getmany` takes the buffered records (that is what makes it fetch
+    again), with the settings set here before the first records were returned."""
     own_min, own_wait = _PACES[fetcher].own
     # Before this yields: the fetcher builds its next request when the loop runs it next.
     fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 1, own_wait
@@ -307,19 +304,7 @@ class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
         room = None if self.max_records is None else self.max_records - len(records)
         if _AT_FIRST_RECORD.pop(fetcher, False) and room != 0:
             # The first records of a wave: the rest of it goes into the same batch.
-            try:
-                records += await take_the_rest_of_the_wave(consumer, fetcher, room)
-            except Exception:
-                # The first records are out of aiokafka's buffer, its position past them:
-                # raising would drop them from this process (later batches' offsets would be
-                # committed over them). They go to the handler; the error (one aiokafka
-                # raises once, as FastStream's loop would only have logged it) is logged.
-                log.warning(
-                    "taking the rest of a wave of commands failed; the batch holds its first "
-                    "%d records",
-                    len(records),
-                    exc_info=True,
-                )
+            records += await take_the_rest_of_the_wave(consumer, fetcher, room)
         return records
 
 

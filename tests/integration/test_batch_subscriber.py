@@ -11,7 +11,6 @@ import anyio
 import fast_depends.utils
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.message import KafkaMessage as KafkaMessageClass
@@ -427,27 +426,3 @@ async def test_a_paced_consumer_takes_a_wave_sent_in_two_requests_in_one_batch(
             )
         finally:
             await producer.stop()
-
-
-async def test_a_failure_taking_the_rest_of_a_wave_keeps_its_first_records() -> None:
-    # The first records are out of aiokafka's buffer when the rest is fetched: an error then
-    # must not lose them (the consumer's position is past them; later batches' offsets would
-    # be committed over them).
-    class Request:
-        _min_bytes = 1  # an "any record" fetch: its records are a wave's first
-
-    class FailingConsumer(_FetchingConsumer):
-        async def getmany(self, **_options: Any) -> dict[str, list[object]]:
-            if not self.batches:
-                raise KafkaError("the fetch for the rest of the wave failed")
-            return self.batches.pop(0)
-
-    fetcher = _Fetcher(65536, [True])
-    first = object()
-    consumer = FailingConsumer(fetcher, [{"commands-0": [first]}])
-    subscriber = batch_subscriber(KafkaBroker(), "some-topic", pace_each_fetch=True)
-    assert module.pace_by_response(consumer)
-    fetcher._records["commands-0"] = first  # the response buffered it
-    await fetcher._proc_fetch_request(None, 0, Request())
-
-    assert await subscriber.get_msg(consumer) == (first,)  # type: ignore[arg-type]
