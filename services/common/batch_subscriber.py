@@ -195,12 +195,6 @@ def pace_by_response(consumer: object) -> bool:
 
     async def paced(*args: Any, **kwargs: Any) -> Any:
         brought = await process(*args, **kwargs)
-        if brought:
-            # Whether these records answered a fetch that asked for any record (the first
-            # of a wave): `ResponsePacedBatchSubscriber` then takes the rest of the wave.
-            # (aiokafka's `FetchRequest` keeps it as `_min_bytes`; unknown: treated as not.)
-            request = args[2] if len(args) > 2 else kwargs.get("request")
-            _AT_FIRST_RECORD[fetcher] = getattr(request, "_min_bytes", None) == 1
         # While records of some partition wait to be consumed, the fetcher leaves that
         # partition out of its requests, and sends nothing else to the node while one is in
         # flight: an "any record" fetch for the others could then keep a hot partition's
@@ -217,45 +211,6 @@ def pace_by_response(consumer: object) -> bool:
 
 _PACED: weakref.WeakSet[object] = weakref.WeakSet()
 """Fetchers `pace_by_response` already paces."""
-
-_AT_FIRST_RECORD: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
-"""Per paced fetcher: whether the newest response that brought records answered a fetch
-that asked for any record (minimum 1 byte), i.e. brought the first records of a wave."""
-
-STRAGGLER_MARGIN_MS = 5
-"""How much longer than the fetch's wait `take_the_rest_of_the_wave` waits for its
-answer (the broker answers at its wait; the response still has to come and be read)."""
-
-
-async def take_the_rest_of_the_wave(
-    consumer: AIOKafkaConsumer, fetcher: Any, room: int | None
-) -> tuple[ConsumerRecord[Any, Any], ...]:
-    """After records that answered an "any record" fetch were taken: the records that came
-    after them, within the consumer's own gathering wait (`fetch_max_wait_ms`), up to
-    `room` of them (None: no limit), by one fetch that asks for any record within that
-    wait. Then the fetcher waits for the next wave again (`BETWEEN_WAVES_WAIT_MS`), or
-    gathers if records of some partition still wait to be consumed.
-
-    Why: paced per response, a fetch between waves is answered by the first produce
-    request of the next wave, and the API sends a wave of commands in several (its
-    linger is 2 ms): without this the handler got the first part of a wave alone and the
-    rest in the next batch, more batches per start (docs/engine-performance.md,
-    "Eleventh session"). Records that came while the handler was busy are in the log
-    already: this fetch is answered at once with all of them. The fetcher sends the
-    request itself when `getmany` takes the buffered records (that is what makes it fetch
-    again), with the settings set here before the first records were returned."""
-    own_min, own_wait = _PACES[fetcher].own
-    # Before this yields: the fetcher builds its next request when the loop runs it next.
-    fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 1, own_wait
-    try:
-        # A little longer than the fetch's own wait: the broker answers at its wait.
-        more = await consumer.getmany(timeout_ms=own_wait + STRAGGLER_MARGIN_MS, max_records=room)
-    finally:
-        if fetcher._records:
-            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = own_min, own_wait
-        else:
-            fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms = 1, BETWEEN_WAVES_WAIT_MS
-    return tuple(chain.from_iterable(more.values()))
 
 
 class WaitingBatchSubscriber(BatchSubscriber):
@@ -298,14 +253,7 @@ class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
         if not paced or not batches:
             # A whole idle getmany: the broker may hold the next fetch its idle wait.
             fetch_pace(consumer, busy=bool(batches))
-            return tuple(chain.from_iterable(batches.values()))
-        records = tuple(chain.from_iterable(batches.values()))
-        fetcher: Any = getattr(consumer, "_fetcher", None)
-        room = None if self.max_records is None else self.max_records - len(records)
-        if _AT_FIRST_RECORD.pop(fetcher, False) and room != 0:
-            # The first records of a wave: the rest of it goes into the same batch.
-            records += await take_the_rest_of_the_wave(consumer, fetcher, room)
-        return records
+        return tuple(chain.from_iterable(batches.values()))
 
 
 _UNPACEABLE: weakref.WeakSet[object] = weakref.WeakSet()
