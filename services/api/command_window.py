@@ -203,17 +203,27 @@ class WindowedPublisher:
         producer = self._producer
         assert producer is not None
         by_partition: dict[tuple[str, int], list[_Pending]] = {}
+        # A topic whose partition count could not be learnt in this window: its other
+        # records fail at once instead of each waiting for the metadata in turn.
+        unknown: dict[str, Exception] = {}
         for record, done in window:
             if done.done():  # its request gave up (cancelled) before the window went
                 continue
-            count = self._partitions.get(record.topic)
-            if count is None:
-                try:
-                    count = await self._partition_count(record.topic)
-                except Exception as exc:  # no metadata for the topic
+            try:
+                count = self._partitions.get(record.topic)
+                if count is None:
+                    if record.topic in unknown:
+                        raise unknown[record.topic]
+                    try:
+                        count = await self._partition_count(record.topic)
+                    except Exception as exc:  # no metadata for the topic
+                        unknown[record.topic] = exc
+                        raise
+                partition = (murmur2(record.key.encode()) & 0x7FFFFFFF) % count
+            except Exception as exc:  # its caller is told (unless it gave up meanwhile)
+                if not done.done():
                     done.set_exception(exc)
-                    continue
-            partition = (murmur2(record.key.encode()) & 0x7FFFFFFF) % count
+                continue
             items = by_partition.get((record.topic, partition))
             if items is None:
                 by_partition[(record.topic, partition)] = [(record, done)]

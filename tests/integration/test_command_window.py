@@ -318,3 +318,42 @@ async def test_a_record_whose_window_outlasts_its_deadline_times_out_and_is_not_
     finally:
         await publisher.stop()
     assert [v for _, _, v, _ in await read_all(settings, topic)] == [b"kept"]
+
+
+async def test_a_topic_without_metadata_fails_its_records_once_even_after_a_deadline_passed(
+    settings: RunstoreSettings,
+) -> None:
+    """The partition count of a topic not yet known is awaited once per window; when it
+    cannot be learnt, every record of that topic fails with the error — including one
+    whose deadline passed during the wait (it already holds its TimeoutError) — and the
+    window goes on: a record of a known topic in the same window still lands."""
+    await ensure_topics(settings)
+    topic = settings.topics.outcomes
+    publisher = WindowedPublisher(settings, "test-window", window_ms=20)
+    await publisher.start()
+    producer = publisher._producer
+    assert producer is not None
+    lookups: list[str] = []
+
+    async def slow_unknown_topic(topic_: str) -> set[int]:
+        lookups.append(topic_)
+        await asyncio.sleep(0.2)
+        raise RuntimeError(f"no metadata for {topic_}")
+
+    try:
+        await publisher.publish([Outgoing(topic, "warm", b"w")])  # its count is known
+        producer.partitions_for = slow_unknown_topic  # type: ignore[method-assign]
+        async with asyncio.timeout(30):  # (before the fix, the second record never settled)
+            results = await asyncio.gather(
+                publisher.publish([Outgoing("no-such-topic", "a", b"a")], within_seconds=0.05),
+                publisher.publish([Outgoing("no-such-topic", "b", b"b")]),
+                publisher.publish([Outgoing(topic, "k", b"kept")]),
+                return_exceptions=True,
+            )
+    finally:
+        await publisher.stop()
+    assert isinstance(results[0], TimeoutError), results[0]
+    assert isinstance(results[1], RuntimeError), results[1]
+    assert results[2] is None, results[2]
+    assert lookups == ["no-such-topic"]
+    assert sorted(v for _, _, v, _ in await read_all(settings, topic)) == [b"kept", b"w"]
