@@ -23,7 +23,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	_ "modernc.org/sqlite" // the SQLite driver FerretDB itself uses
@@ -41,13 +40,23 @@ const pushdownID = `_ferretdb_sjson->'$._id'`
 // keepIDIndexes watches dir's database files and fixes new tables' `_id` indexes until
 // ctx ends.
 func keepIDIndexes(ctx context.Context, dir string, logger *slog.Logger) {
-	w := newIDIndexWatch(logger)
-	defer w.close()
+	seen := map[string]string{} // database file -> stamp of its last check
 	ticker := time.NewTicker(200 * time.Millisecond)
 	defer ticker.Stop()
 
 	for {
-		w.tick(ctx, dir)
+		files, _ := filepath.Glob(filepath.Join(dir, "*.sqlite"))
+		for _, file := range files {
+			stamp := fileStamp(file)
+			if seen[file] == stamp {
+				continue
+			}
+			if err := indexTables(ctx, file, logger); err != nil {
+				logger.Warn("could not add _id indexes", "file", file, "error", err)
+				continue // tried again at the next tick
+			}
+			seen[file] = stamp
+		}
 
 		select {
 		case <-ctx.Done():
@@ -55,110 +64,6 @@ func keepIDIndexes(ctx context.Context, dir string, logger *slog.Logger) {
 		case <-ticker.C:
 		}
 	}
-}
-
-// idIndexWatch keeps one connection per database file and reads its schema only when the
-// schema changed. Opening a connection and reading sqlite_master at every tick after a
-// write (as an earlier version did: under the HTTP start bench every tick follows a
-// write) loads and parses the whole schema each time, about 5 % of FerretDB's CPU; a
-// `PRAGMA schema_version` on an open connection reads a counter in the database header
-// (through the WAL), and SQLite increments it at every CREATE or DROP.
-type idIndexWatch struct {
-	logger *slog.Logger
-	dbs    map[string]*watchedDB // database file -> its connection and what was checked
-}
-
-type watchedDB struct {
-	db      *sql.DB
-	ino     uint64 // the file's inode: a database dropped and made again is a new file
-	stamp   string // fileStamp at the last complete check
-	version int64  // schema_version whose indexes were all found fixed; -1: none yet
-}
-
-func newIDIndexWatch(logger *slog.Logger) *idIndexWatch {
-	return &idIndexWatch{logger: logger, dbs: map[string]*watchedDB{}}
-}
-
-func (w *idIndexWatch) close() {
-	for file, d := range w.dbs {
-		d.db.Close()
-		delete(w.dbs, file)
-	}
-}
-
-// tick checks every database file in dir once, and forgets the ones gone.
-func (w *idIndexWatch) tick(ctx context.Context, dir string) {
-	files, _ := filepath.Glob(filepath.Join(dir, "*.sqlite"))
-	present := map[string]bool{}
-	for _, file := range files {
-		present[file] = true
-		if err := w.check(ctx, file); err != nil {
-			w.logger.Warn("could not add _id indexes", "file", file, "error", err)
-			w.forget(file) // opened again and checked whole at the next tick
-		}
-	}
-	for file := range w.dbs {
-		if !present[file] {
-			w.forget(file)
-		}
-	}
-}
-
-func (w *idIndexWatch) forget(file string) {
-	if d, ok := w.dbs[file]; ok {
-		d.db.Close()
-		delete(w.dbs, file)
-	}
-}
-
-// check fixes file's `_id` indexes if its schema changed since they were last all fixed.
-func (w *idIndexWatch) check(ctx context.Context, file string) error {
-	stamp := fileStamp(file)
-	ino, err := fileInode(file)
-	if err != nil {
-		return err
-	}
-	d := w.dbs[file]
-	if d != nil && d.ino != ino {
-		w.forget(file) // dropped and made again since: its connection reads the old file
-		d = nil
-	}
-	if d != nil && d.stamp == stamp {
-		return nil // nothing written since the last check
-	}
-	if d == nil {
-		// mode=rw: a database dropped since the directory was listed must stay gone; the
-		// default (rwc) would create an empty file that FerretDB then fails to open.
-		db, err := sql.Open("sqlite", "file:"+filepath.ToSlash(file)+"?mode=rw&_pragma=busy_timeout(10000)")
-		if err != nil {
-			return err
-		}
-		db.SetMaxOpenConns(1)
-		d = &watchedDB{db: db, ino: ino, version: -1}
-		w.dbs[file] = d
-	}
-
-	var version int64
-	if err = d.db.QueryRowContext(ctx, `PRAGMA schema_version`).Scan(&version); err != nil {
-		return err
-	}
-	if version != d.version {
-		fixed, err := indexTables(ctx, d.db, filepath.Base(file), w.logger)
-		if err != nil {
-			return err
-		}
-		if fixed > 0 {
-			// The schema changed under our own DROP and CREATE: the next check reads
-			// sqlite_master once more, and records the version then.
-			d.stamp = ""
-			return nil
-		}
-		// Every index of this schema (or of a later one: the scan came after the read)
-		// is right.
-		d.version = version
-	}
-	d.stamp = stamp
-	return nil
 }
 
 // fileStamp changes whenever the database or its write-ahead log is written to.
@@ -172,25 +77,19 @@ func fileStamp(file string) string {
 	return strings.Join(parts, "|")
 }
 
-func fileInode(file string) (uint64, error) {
-	st, err := os.Stat(file)
+func indexTables(ctx context.Context, file string, logger *slog.Logger) error {
+	// mode=rw: a database dropped since the directory was listed must stay gone; the
+	// default (rwc) would create an empty file that FerretDB then fails to open.
+	db, err := sql.Open("sqlite", "file:"+filepath.ToSlash(file)+"?mode=rw&_pragma=busy_timeout(10000)")
 	if err != nil {
-		return 0, err
+		return err
 	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return 0, fmt.Errorf("%s: no inode", file)
-	}
-	return sys.Ino, nil
-}
+	defer db.Close()
 
-// indexTables fixes the `_id` indexes of db's tables that are not on the pushdown
-// expression yet, and drops extra ones; it returns how many it changed.
-func indexTables(ctx context.Context, db *sql.DB, name string, logger *slog.Logger) (int, error) {
 	rows, err := db.QueryContext(ctx,
 		`SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL`)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	type index struct{ name, table string }
 	var indexes []index // `_id` indexes not on the pushdown expression yet, extra ones
@@ -199,7 +98,7 @@ func indexTables(ctx context.Context, db *sql.DB, name string, logger *slog.Logg
 		var def string
 		if err = rows.Scan(&ix.name, &ix.table, &def); err != nil {
 			rows.Close()
-			return 0, err
+			return err
 		}
 		stale := ix.name == ix.table+ferretIDIndexSuffix && !strings.Contains(def, pushdownID)
 		if stale || ix.name == ix.table+extraIDIndexSuffix {
@@ -208,16 +107,16 @@ func indexTables(ctx context.Context, db *sql.DB, name string, logger *slog.Logg
 	}
 	rows.Close()
 	if err = rows.Err(); err != nil {
-		return 0, err
+		return err
 	}
 
 	for _, ix := range indexes {
 		if err = fixIndex(ctx, db, ix.name, ix.table); err != nil {
-			return 0, fmt.Errorf("%s: %w", ix.name, err)
+			return fmt.Errorf("%s: %w", ix.name, err)
 		}
-		logger.Debug("fixed _id index", "file", name, "index", ix.name)
+		logger.Debug("fixed _id index", "file", filepath.Base(file), "index", ix.name)
 	}
-	return len(indexes), nil
+	return nil
 }
 
 // fixIndex rebuilds FerretDB's `_id` index on the pushdown expression, or drops an
