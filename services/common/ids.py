@@ -32,10 +32,26 @@ def new_id() -> str:
     return f"{t[:8]}-{t[8:]}-7{h[1:4]}-{'89ab'[int(h[4], 16) & 3]}{h[5:8]}-{h[8:]}"
 
 
+_DAY_MS = 86_400_000
+
+
+def time_ordered_near(id_: str, at_ms: int) -> str:
+    """`id_` if it is a version 7 id whose time prefix lies within a day of `at_ms`, else
+    "": what to pass as `derived_id`'s `time_of`. The shape alone is not enough: about one
+    in 64 hash-formatted ids (from idempotency keys, or ids a producer chose) has a 7 and
+    a variant digit where a version 7 id has them, and ids derived from such an id must
+    stay what they were before ids were time-ordered."""
+    if not _V7.fullmatch(id_):
+        return ""
+    prefix_ms = int(id_[:8] + id_[9:13], 16)
+    return id_ if abs(prefix_ms - at_ms) <= _DAY_MS else ""
+
+
 def derived_id(*parts: str, time_of: str = "") -> str:
     """A stable UUID-shaped id for `parts`: the same inputs always give the same id.
 
-    With `time_of` a version 7 id (one `new_id` made; it should be one of `parts`), the
+    With `time_of` a version 7 id (one `new_id` made; it should be one of `parts`, and
+    checked with `time_ordered_near` where it may be a hash-formatted id), the
     result is a version 7 UUID with `time_of`'s time prefix and the hash's bits after it,
     so ids derived from a new id sort near it. Otherwise (no `time_of`, or one with no
     time prefix: ids a client chose, ids derived from idempotency keys) the hash formatted

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -69,11 +70,42 @@ def test_an_id_derived_from_a_new_id_carries_its_time_prefix() -> None:
     assert run_id[24:] == derived_id(source, "run")[24:]  # the hash's bits after the time
 
 
+def _v7_made_at(iso: str) -> str:
+    """A version 7 id whose time prefix is `iso` (as `new_id` would have made then)."""
+    t = f"{int(datetime.fromisoformat(iso).timestamp() * 1000):012x}"
+    return f"{t[:8]}-{t[8:]}-7abc-9def-0123456789ab"
+
+
 def test_the_engine_derives_a_start_s_run_id_from_its_command_id_s_time() -> None:
-    command_id = new_id()
+    # `command` issues at 2026-01-01T00:00:00Z; an id made by the API then.
+    command_id = _v7_made_at("2026-01-01T00:00:00.250+00:00")
     start = command("StartWorkflow", command_id, workflow_name="wf")
     run_id = context_for(start, T0).new_run_id
     assert run_id[:13] == command_id[:13] and uuid.UUID(run_id).version == 7
     assert run_id == context_for(start, T0 + 1).new_run_id  # not from the clock
     successor = context_for(command("ContinueAsNew", command_id, run_id="r1"), T0)
     assert successor.new_execution_id[:13] == successor.successor_run_id[:13] == command_id[:13]
+
+
+def test_a_hashed_command_id_shaped_like_version_7_keeps_the_run_id_of_earlier_versions() -> None:
+    # An idempotency-keyed execute's command id (hash-formatted) that happens to have a 7
+    # and a variant digit where a version 7 id has them (about 1 in 64): its time "prefix"
+    # is no time near the command's, so the run id stays the plain hash's, as before.
+    user, keys = "alice", (f"order-{n}" for n in range(10_000))
+    for key in keys:
+        cid = derived_id("execute", user, derived_id("execution", user, key), key)
+        if uuid.UUID(cid).version == 7 and cid[19] in "89ab":
+            break
+    start = command("StartWorkflow", cid, workflow_name="wf")
+    assert context_for(start, T0).new_run_id == derived_id(cid, "run")
+    # A version 7 id made more than a day away from the command's issue time is not taken
+    # either; one made within the day is.
+    far = _v7_made_at("2025-12-30T00:00:00+00:00")
+    near = _v7_made_at("2025-12-31T12:00:00+00:00")
+    assert context_for(
+        command("StartWorkflow", far, workflow_name="wf"), T0
+    ).new_run_id == derived_id(far, "run")
+    assert (
+        context_for(command("StartWorkflow", near, workflow_name="wf"), T0).new_run_id[:13]
+        == near[:13]
+    )
