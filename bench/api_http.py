@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -32,18 +31,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import http_gateway as hg  # noqa: E402
-from cpu_meter import CpuMeter  # noqa: E402
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
-def user_sys(pid: int) -> tuple[float, float]:
-    """Seconds of user and system CPU of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+from cpu_meter import CpuMeter, loadavg, user_sys  # noqa: E402
 
 
 def main() -> int:

@@ -20,6 +20,18 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def user_sys(pid: int) -> tuple[float, float]:
+    """Seconds of user and system CPU of `pid` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def loadavg() -> str:
+    """The 1-minute load average, as /proc/loadavg prints it."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def _children() -> dict[int, list[int]]:
     """Every live process's children, from the ppid field of /proc/<pid>/stat."""
     tree: dict[int, list[int]] = {}

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import http_gateway as hg  # noqa: E402
 import infra  # noqa: E402
-from cpu_meter import CpuMeter  # noqa: E402
+from cpu_meter import CpuMeter, loadavg, user_sys  # noqa: E402
 
 _SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|\+Inf)$")
 
@@ -92,18 +92,6 @@ def stage_table(d: Counter[tuple[str, str]]) -> list[str]:
             f"   ({count:.0f} batches)"
         )
     return rows
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
-def user_sys(pid: int) -> tuple[float, float]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> int:
