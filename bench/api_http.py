@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import http_gateway as hg  # noqa: E402
-from cpu_meter import CpuMeter, loadavg, user_sys  # noqa: E402
+from cpu_meter import CpuMeter, loadavg, py_spy, user_sys  # noqa: E402
 
 
 def main() -> int:
@@ -58,25 +57,7 @@ def main() -> int:
                 window["t"] = time.monotonic()
                 load.append(loadavg())
                 if args.spy:
-                    window["spy"] = subprocess.Popen(
-                        [
-                            str(Path(sys.executable).parent / "py-spy"),
-                            "record",
-                            "-p",
-                            str(api),
-                            "-d",
-                            str(int(args.seconds) + 30),
-                            "-r",
-                            "200",
-                            "-f",
-                            "raw",
-                            "--native",
-                            "-o",
-                            str(args.spy),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
+                    window["spy"] = py_spy(api, int(args.seconds) + 30, args.spy, 200)
                 super().begin()
 
             def end(self) -> None:

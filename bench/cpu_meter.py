@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,18 @@ def user_sys(pid: int) -> tuple[float, float]:
 def loadavg() -> str:
     """The 1-minute load average, as /proc/loadavg prints it."""
     return Path("/proc/loadavg").read_text().split()[0]
+
+
+def py_spy(
+    pid: int, seconds: float, out: Path, rate: int, threads: bool = False
+) -> subprocess.Popen[bytes]:
+    """A py-spy recording of `pid` for `seconds` into `out` (raw format, native frames),
+    as a started subprocess (bench extras install py-spy beside the interpreter)."""
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid)]
+    cmd += ["-d", str(int(seconds)), "-r", str(rate), "-f", "raw", "--native"]
+    cmd += ["--threads"] if threads else []
+    cmd += ["-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _children() -> dict[int, list[int]]:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import http_gateway as hg  # noqa: E402
 import infra  # noqa: E402
-from cpu_meter import CpuMeter, loadavg, user_sys  # noqa: E402
+from cpu_meter import CpuMeter, loadavg, py_spy, user_sys  # noqa: E402
 
 _SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|\+Inf)$")
 
@@ -150,26 +150,7 @@ def main() -> int:
                         text=True,
                     )
                 if args.spy:
-                    window["spy"] = subprocess.Popen(
-                        [
-                            str(Path(sys.executable).parent / "py-spy"),
-                            "record",
-                            "-p",
-                            str(engine),
-                            "-d",
-                            str(int(args.seconds)),
-                            "-r",
-                            "250",
-                            "-f",
-                            "raw",
-                            "--native",
-                            "--threads",
-                            "-o",
-                            str(args.spy),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
+                    window["spy"] = py_spy(engine, int(args.seconds), args.spy, 250, threads=True)
                 super().begin()
 
             def end(self) -> None:
