@@ -24,13 +24,18 @@ def _continues_as_new(command: Command) -> bool:
 def context_for(command: Command, now_ns: int, history: tuple[Event, ...] = ()) -> Context:
     """`history`: the latest run's events, which only a reset reads."""
     cid = command.command_id
-    # The command id's time prefix, when it is one made near the command's issue time
-    # (deterministic: both are in the command).
-    t = time_ordered_near(cid, int(command.issued_at.timestamp() * 1000))
     successor = _continues_as_new(command)
+    needs_run_id = command.type in _NEEDS_RUN_ID
+    # The command id's time prefix, when it is one made near the command's issue time
+    # (deterministic: both are in the command); only commands that derive ids need it.
+    t = (
+        time_ordered_near(cid, int(command.issued_at.timestamp() * 1000))
+        if needs_run_id or successor
+        else ""
+    )
     return Context(
         now_ns=now_ns,
-        new_run_id=derived_id(cid, "run", time_of=t) if command.type in _NEEDS_RUN_ID else "",
+        new_run_id=derived_id(cid, "run", time_of=t) if needs_run_id else "",
         new_execution_id=derived_id(cid, "execution", time_of=t) if successor else "",
         successor_run_id=derived_id(cid, "successor-run", time_of=t) if successor else "",
         history=history,
