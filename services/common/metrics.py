@@ -125,6 +125,27 @@ ACTIVITIES = Counter(
     ["deployment", "outcome"],
 )
 
+ENGINE_REPLIES = Counter(
+    "runstore_engine_replies_total",
+    "Outcomes the engine wrote to a waiting API instance over the direct reply channel, by "
+    "result: 'sent' (written or queued while connecting), 'dropped' (connection down or "
+    "its buffer full: the outcome record on Kafka answers instead) or 'refused' (the "
+    "header's address is not in RUNSTORE_ENGINE_REPLY_NETWORKS).",
+    ["result"],
+)
+API_OUTCOMES_RESOLVED = Counter(
+    "runstore_api_outcomes_resolved_total",
+    "Waiting commands this API instance answered, by where their outcome came from first: "
+    "'direct' (the engine's reply channel) or 'topic' (workflows.outcomes).",
+    ["path"],
+)
+API_REPLY_CONNECTIONS = Counter(
+    "runstore_api_reply_connections_total",
+    "Connections to this API instance's reply listener, by result: 'accepted' (right "
+    "token) or 'refused' (wrong token or not the protocol: closed, nothing resolved).",
+    ["result"],
+)
+
 
 class _Consumer(Protocol):
     def highwater(self, partition: Any) -> int | None: ...
