@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import socket
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -46,6 +47,8 @@ class ReplyListener:
         )
         port = self._server.sockets[0].getsockname()[1]
         advertised = settings.api_reply_advertise or settings.api_reply_host
+        if advertised == "auto":
+            advertised = await _own_address()
         try:
             ip = ipaddress.ip_address(advertised)
         except ValueError:
@@ -115,3 +118,19 @@ class _ReplyConnection(asyncio.Protocol):
                 self._listener._resolve(values)
             except Exception:
                 log.exception("resolving direct replies failed")
+
+
+async def _own_address() -> str:
+    """The address this host's name resolves to (in a container: its address on the
+    container network), an IPv4 one that is not loopback if there is one."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("could not resolve this host's name for direct replies: %s", exc)
+        return "127.0.0.1"
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for ip in addresses:
+        if ip.version == 4 and not ip.is_loopback:
+            return str(ip)
+    return str(addresses[0]) if addresses else "127.0.0.1"

@@ -355,7 +355,8 @@ class ApiSettings(RunstoreSettings):
     api_reply_port: int = Field(default=0, ge=0, le=65535)
     """Port of the reply listener; 0: any free port (its number goes in the header)."""
     api_reply_advertise: str | None = None
-    """The IP the engine connects to (e.g. the pod IP); unset: `api_reply_host`, or
+    """The IP the engine connects to (e.g. the pod IP); `auto`: the address this host's
+    name resolves to (a container's on its network); unset: `api_reply_host`, or
     127.0.0.1 when that is a wildcard."""
     api_reply_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest frame a reply connection may send; a larger one closes it."""

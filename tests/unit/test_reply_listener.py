@@ -136,3 +136,14 @@ async def test_a_wildcard_bind_advertises_loopback_and_a_host_name_turns_replies
     await named.start()
     assert named.header_value is None
     await named.stop()
+
+
+async def test_auto_advertises_an_ip_of_this_hosts_name() -> None:
+    listener = ReplyListener(
+        ApiSettings(api_reply_host="0.0.0.0", api_reply_advertise="auto"), lambda values: None
+    )
+    await listener.start()
+    assert listener.header_value is not None
+    address = parse_address(listener.header_value.encode())
+    assert address is not None and address.port == listener.port
+    await listener.stop()
