@@ -128,8 +128,9 @@ ACTIVITIES = Counter(
 ENGINE_REPLIES = Counter(
     "runstore_engine_replies_total",
     "Outcomes the engine wrote to a waiting API instance over the direct reply channel, by "
-    "result: 'sent' (written or queued while connecting), 'dropped' (connection down or "
-    "its buffer full: the outcome record on Kafka answers instead) or 'refused' (the "
+    "result: 'sent' (written to its connection), 'dropped' (connection down or refused, "
+    "its buffer full or its queue while connecting: the outcome record on Kafka answers "
+    "instead) or 'refused' (the "
     "header's address is not in RUNSTORE_ENGINE_REPLY_NETWORKS).",
     ["result"],
 )

@@ -50,7 +50,8 @@ class _Link(asyncio.Protocol):
         self.address = address
         self._max_queued = max_queued
         self._buffer_bytes = buffer_bytes
-        self._queued: list[bytes] = []
+        self._queued: list[tuple[bytes, int]] = []
+        """Frames waiting for the connection, with how many outcomes each holds."""
         self.transport: asyncio.Transport | None = None
         self.connecting: asyncio.Task[Any] | None = None
         self.down_since: float | None = None
@@ -81,8 +82,9 @@ class _Link(asyncio.Protocol):
         self.transport = stream
         stream.write(hello(self.address.token))
         queued, self._queued = self._queued, []
-        for data in queued:
+        for data, outcomes in queued:
             stream.write(data)
+            _SENT.inc(outcomes)
 
     def data_received(self, data: bytes) -> None:
         pass  # the API sends nothing
@@ -94,7 +96,7 @@ class _Link(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self.transport = None
-        _DROPPED.inc(sum(_count(f) for f in self._queued))
+        _DROPPED.inc(sum(outcomes for _, outcomes in self._queued))
         self._queued = []
         self.down_since = time.monotonic()
 
@@ -108,28 +110,21 @@ class _Link(asyncio.Protocol):
 
     # --- frames -------------------------------------------------------------------
 
-    def send(self, data: bytes) -> bool:
-        """Write or queue `data`; False when it is dropped."""
+    def send(self, data: bytes, outcomes: int) -> None:
+        """Write `data` (a frame of `outcomes` outcomes), queue it while connecting, or
+        drop it; counted as sent once written."""
         self.last_used = time.monotonic()
         transport = self.transport
         if transport is not None:
             if transport.is_closing() or transport.get_write_buffer_size() > self._buffer_bytes:
-                return False
-            transport.write(data)
-            return True
-        if self.connecting is not None and len(self._queued) < self._max_queued:
-            self._queued.append(data)
-            return True
-        return False
-
-
-def _count(data: bytes) -> int:
-    """Values in a frame (for the dropped count of a queue)."""
-    n, at = 0, 4
-    while at < len(data):
-        at += 4 + int.from_bytes(data[at : at + 4], "big")
-        n += 1
-    return n
+                _DROPPED.inc(outcomes)
+            else:
+                transport.write(data)
+                _SENT.inc(outcomes)
+        elif self.connecting is not None and len(self._queued) < self._max_queued:
+            self._queued.append((data, outcomes))
+        else:
+            _DROPPED.inc(outcomes)
 
 
 class ReplySender:
@@ -213,10 +208,7 @@ class ReplySender:
                 by_address.setdefault(address, []).append(value)
         now = time.monotonic()
         for address, values in by_address.items():
-            if self._link(address, now).send(frame(values)):
-                _SENT.inc(len(values))
-            else:
-                _DROPPED.inc(len(values))
+            self._link(address, now).send(frame(values), len(values))
         if now - self._swept > self._idle_s / 4:
             self._sweep(now)
 

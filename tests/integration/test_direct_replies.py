@@ -46,22 +46,27 @@ def test_executes_are_answered_through_the_direct_channel(stack_with: StackWith)
 
 
 @pytest.mark.parametrize(
-    "env",
+    ("env", "engine_counts"),
     [
+        # The API names an address nothing listens on (it listens on 127.0.0.1 only).
+        ({"RUNSTORE_API_REPLY_ADVERTISE": "127.0.0.2"}, "dropped"),
         # The engine may not connect to the API's (loopback) address.
-        {"RUNSTORE_ENGINE_REPLY_NETWORKS": '["10.0.0.0/8"]'},
+        ({"RUNSTORE_ENGINE_REPLY_NETWORKS": '["10.0.0.0/8"]'}, "refused"),
         # The API asks for no frames.
-        {"RUNSTORE_API_DIRECT_REPLIES": "false"},
+        ({"RUNSTORE_API_DIRECT_REPLIES": "false"}, None),
     ],
-    ids=["address-not-allowed", "switched-off"],
+    ids=["address-unreachable", "address-not-allowed", "switched-off"],
 )
 def test_without_the_direct_channel_the_topic_answers(
-    stack_with: StackWith, env: dict[str, str]
+    stack_with: StackWith, env: dict[str, str], engine_counts: str | None
 ) -> None:
     with stack_with(**env) as stack:
         execute(stack, 3)
         assert resolved(stack, "topic") == 3
         assert resolved(stack, "direct") == 0
         assert replies(stack, "sent") == 0
-        refused = replies(stack, "refused")
-        assert refused >= 1 if "RUNSTORE_ENGINE_REPLY_NETWORKS" in env else refused == 0
+        for result in ("dropped", "refused"):
+            if result == engine_counts:
+                assert replies(stack, result) >= 1
+            else:
+                assert replies(stack, result) == 0

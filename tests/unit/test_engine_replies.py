@@ -165,15 +165,20 @@ def test_a_connection_over_its_buffer_limit_drops_frames_and_the_queue_is_bounde
     address = ReplyAddress(LOOPBACK[0].network_address, 1, b"t")
     link = _Link(address, max_queued=2, buffer_bytes=100)
     link.connecting = object()  # type: ignore[assignment]
-    assert link.send(b"1") and link.send(b"2")
-    assert not link.send(b"3")  # the queue is full
+    sent, dropped = counted("sent"), counted("dropped")
+    link.send(b"1", 1)
+    link.send(b"2", 2)
+    link.send(b"3", 4)  # the queue is full
+    assert (counted("sent"), counted("dropped")) == (sent, dropped + 4)
     transport = FullTransport(buffered=0)
     link.connection_made(transport)
     assert transport.written[1:] == [b"1", b"2"]  # after the hello
-    assert link.send(b"4")
+    assert counted("sent") == sent + 3
+    link.send(b"4", 1)
     transport.buffered = 101
-    assert not link.send(b"5")
+    link.send(b"5", 1)
     assert transport.written[-1] == b"4"
+    assert (counted("sent"), counted("dropped")) == (sent + 4, dropped + 5)
 
 
 async def test_the_least_recently_used_connection_goes_beyond_the_limit(
