@@ -68,7 +68,7 @@ class _Link(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout_s):
                 await loop.create_connection(lambda: self, self.address.host, self.address.port)
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # refused, unreachable, timed out: down, tried again later
             log.info(
                 "reply connection to %s:%d failed: %s", self.address.host, self.address.port, exc
             )
