@@ -214,6 +214,9 @@ def main() -> int:
         )
     print("where a batch's time goes in the engine:")
     print("\n".join(stage_table(d)))
+    replies = {k[1]: v for k, v in d.items() if k[0] == "runstore_engine_replies_total" and v}
+    if replies:  # the direct reply channel (docs/api-gateway.md): outcomes by result
+        print("engine direct replies: " + ", ".join(f"{k} {v:.0f}" for k, v in replies.items()))
     return 0
 
 

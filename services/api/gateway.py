@@ -4,6 +4,9 @@ answer tells the truth about what happened to the command.
 Every API instance tails all partitions of `workflows.outcomes` from the end (no
 consumer group: each instance needs every outcome it may be waiting for; through the
 API's one `TopicFeed`) and resolves the waiter registered under the outcome's command id.
+With direct replies on (`RUNSTORE_API_DIRECT_REPLIES`), the commands it waits for also ask
+the engine to write their outcomes straight to this instance (services/api/
+reply_listener.py): whichever copy comes first resolves the waiter, the other finds none.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -20,9 +23,12 @@ from pydantic import ValidationError
 from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.api.command_window import WindowedPublisher
+from services.api.reply_listener import ReplyListener
 from services.api.topic_tail import TopicFeed
 from services.common import tracing
 from services.common.kafka_io import Outgoing
+from services.common.metrics import API_OUTCOMES_RESOLVED
+from services.common.reply_frames import REPLY_HEADER
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,11 @@ class CommandGateway:
         # key is answered at once, without another round through Kafka and the engine.
         self._accepted: OrderedDict[str, CommandOutcome] = OrderedDict()
         feed.follow(self._topics.outcomes, self._resolve)
+        self.replies = (
+            ReplyListener(settings, self._resolve_direct) if settings.api_direct_replies else None
+        )
+        # The header of every command this instance waits for (None: no direct replies).
+        self._reply_headers: dict[str, str] | None = None
 
     async def start(self) -> None:
         """Starts the producer; outcomes come once the feed given at construction starts."""
@@ -59,21 +70,38 @@ class CommandGateway:
             self._settings.api_publish_quiet_ms,
         )
         await self._publisher.start()
+        if self.replies is not None:
+            await self.replies.start()
+            if self.replies.header_value is not None:
+                self._reply_headers = {REPLY_HEADER: self.replies.header_value}
 
     async def stop(self) -> None:
+        self._reply_headers = None
+        if self.replies is not None:
+            await self.replies.stop()
         if self._publisher is not None:
             await self._publisher.stop()
 
     def _resolve(self, _partition: int, records: Sequence[Any]) -> None:
-        """Resolve the waiters of `records`' outcomes (as `topic_tail.resolve_waiters`).
-        An outcome whose command id no request here waits for (a worker's or a timer's
-        command, another instance's) is skipped without being decoded: the id is read
-        from the record's first field (an id with an escape in it, or a record of another
-        shape, is decoded)."""
+        """Resolve the waiters of `records`' outcomes (as `topic_tail.resolve_waiters`)."""
+        if resolved := self._resolve_values(r.value for r in records):
+            _BY_TOPIC.inc(resolved)
+
+    def _resolve_direct(self, values: Sequence[bytes]) -> None:
+        """Resolve the waiters of outcomes the engine wrote straight here."""
+        if resolved := self._resolve_values(values):
+            _BY_DIRECT.inc(resolved)
+
+    def _resolve_values(self, values: Iterable[bytes | None]) -> int:
+        """Resolve the waiters of these outcome values; how many it resolved. An outcome
+        whose command id no request here waits for (a worker's or a timer's command,
+        another instance's, or the second copy of one resolved already) is skipped without
+        being decoded: the id is read from the record's first field (an id with an escape
+        in it, or a record of another shape, is decoded)."""
         waiting = self._waiting
         first = len(_ID_FIRST)
-        for record in records:
-            value = record.value
+        resolved = 0
+        for value in values:
             if not value:
                 continue
             if value.startswith(_ID_FIRST):
@@ -90,6 +118,8 @@ class CommandGateway:
             waiter = waiting.get(found.command_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(found)
+                resolved += 1
+        return resolved
 
     async def _publish(self, command: Command, encoded: bytes | None) -> None:
         """TimeoutError when Kafka has not acknowledged it within the command timeout."""
@@ -105,6 +135,10 @@ class CommandGateway:
                 "runstore.command_id": command.command_id,
             },
         ) as headers:
+            if self._reply_headers is not None:
+                headers = (
+                    self._reply_headers if headers is None else {**headers, **self._reply_headers}
+                )
             await self._publisher.publish(
                 [Outgoing(self._topics.commands, command.execution_id, encoded, headers)],
                 self._settings.api_command_timeout_seconds,
@@ -237,6 +271,9 @@ async def _shared_wait(
             "it may still be applied"
         ) from None
 
+
+_BY_TOPIC = API_OUTCOMES_RESOLVED.labels("topic")
+_BY_DIRECT = API_OUTCOMES_RESOLVED.labels("direct")
 
 _ID_FIRST = b'{"command_id":"'
 """How an outcome record begins: the engine encodes `CommandOutcome`, whose first field is

@@ -125,6 +125,28 @@ ACTIVITIES = Counter(
     ["deployment", "outcome"],
 )
 
+ENGINE_REPLIES = Counter(
+    "runstore_engine_replies_total",
+    "Outcomes the engine wrote to a waiting API instance over the direct reply channel, by "
+    "result: 'sent' (written to its connection), 'dropped' (connection down or refused, "
+    "its buffer full or its queue while connecting: the outcome record on Kafka answers "
+    "instead) or 'refused' (the "
+    "header's address is not in RUNSTORE_ENGINE_REPLY_NETWORKS).",
+    ["result"],
+)
+API_OUTCOMES_RESOLVED = Counter(
+    "runstore_api_outcomes_resolved_total",
+    "Waiting commands this API instance answered, by where their outcome came from first: "
+    "'direct' (the engine's reply channel) or 'topic' (workflows.outcomes).",
+    ["path"],
+)
+API_REPLY_CONNECTIONS = Counter(
+    "runstore_api_reply_connections_total",
+    "Connections to this API instance's reply listener, by result: 'accepted' (right "
+    "token) or 'refused' (wrong token or not the protocol: closed, nothing resolved).",
+    ["result"],
+)
+
 
 class _Consumer(Protocol):
     def highwater(self, partition: Any) -> int | None: ...

@@ -137,6 +137,25 @@ class EngineSettings(RunstoreSettings):
     document past 100 documents (MongoDB and the local, patched FerretDB do); if so a
     batch's commits go as one insert request. False, or a server that fails the probe (an
     upstream FerretDB v1): requests of at most 100 documents, one after the other."""
+    engine_reply_networks: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ]
+    )
+    """IP networks the engine may connect to for direct replies (a JSON list in
+    `RUNSTORE_ENGINE_REPLY_NETWORKS`; [] turns them off): a command's reply header
+    cannot point the engine anywhere else."""
+    engine_reply_max_connections: int = Field(default=64, ge=1)
+    """Reply connections kept open at once (least recently used closed first)."""
+    engine_reply_buffer_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """A connection's unsent bytes above which its frames are dropped (Kafka answers)."""
+    engine_reply_idle_s: float = Field(default=60.0, gt=0)
+    """A reply connection unused this long is closed."""
 
 
 class ProjectorSettings(RunstoreSettings):
@@ -327,6 +346,20 @@ class ApiSettings(RunstoreSettings):
     api_list_index_group: str = "projector"
     """The projector's consumer group (unprefixed, as `projector_group_id`): the index
     follows the events topic from the offsets it committed."""
+    api_direct_replies: bool = True
+    """`RUNSTORE_API_DIRECT_REPLIES`: listen for the engine's outcome frames and ask for
+    them on every command a request waits for (docs/api-gateway.md, "The direct reply
+    channel"); off, outcomes come only through workflows.outcomes."""
+    api_reply_host: str = "127.0.0.1"
+    """Interface the reply listener binds (an IP literal; 0.0.0.0 for every interface)."""
+    api_reply_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the reply listener; 0: any free port (its number goes in the header)."""
+    api_reply_advertise: str | None = None
+    """The IP the engine connects to (e.g. the pod IP); `auto`: the address this host's
+    name resolves to (a container's on its network); unset: `api_reply_host`, or
+    127.0.0.1 when that is a wildcard."""
+    api_reply_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest frame a reply connection may send; a larger one closes it."""
     page_token_secret: SecretStr | None = None
     """Key of the list_runs page-token MAC (`RUNSTORE_PAGE_TOKEN_SECRET`); the same on every
     API instance. Unset: a random key per process, so tokens do not survive a restart."""

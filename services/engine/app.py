@@ -35,6 +35,7 @@ from services.engine.offsets import Consumer
 from services.engine.outbound import Outbound
 from services.engine.pipeline import Batch, EnginePipeline, Phase
 from services.engine.processor import CommandProcessor
+from services.engine.replies import ReplySender, networks
 from services.engine.state_cache import StateCache
 from services.engine.validation import InboundRecord
 
@@ -192,12 +193,20 @@ def build_app(settings: EngineSettings) -> FastStream:
         if traced is not None:
             tracing.end_all(traced.spans)
 
+    # Outcomes straight to the API instances waiting for them (services/engine/replies.py).
+    replies = ReplySender(
+        networks(settings.engine_reply_networks),
+        max_links=settings.engine_reply_max_connections,
+        buffer_bytes=settings.engine_reply_buffer_bytes,
+        idle_s=settings.engine_reply_idle_s,
+    )
     pipeline = EnginePipeline(
         processor,
         publish,
         RETRY_BACKOFF_SECONDS,
         collect_after_failures(collector, BatchTimings()),
         commit_every_s=settings.engine_commit_every_ms / 1000,
+        replier=replies if replies.enabled else None,
     )
 
     # MANUAL acks: a batch's offsets are committed (by the pipeline, with explicit
@@ -255,6 +264,7 @@ def build_app(settings: EngineSettings) -> FastStream:
             for task in collecting:
                 task.cancel()
             await drain()
+            await replies.close()
             await publisher.stop()
         finally:
             await writer.run(writer_client.close())

@@ -28,6 +28,9 @@ the time, so the stages overlap:
   (services/engine/redelivery.py). A failed store or decision seeks back in the same way.
 - When no batch follows, a background task completes the stored batch on its own, so a
   lone batch is not left waiting for the next one.
+- A completed batch's outcomes are final (its commits stored): they go to the API
+  instances waiting for them (`Replier`, services/engine/replies.py) at once, before the
+  batch waits for the one before to be published; its outcome records follow on Kafka.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
+from schemas.outcomes import CommandOutcome
 from services.common.kafka_io import Position
 from services.engine.offsets import (
     Consumer,
@@ -96,6 +100,8 @@ class Batch:
     received_at: float = field(default_factory=time.time)
     """When the pipeline took it (wall clock: compared with its records' timestamps)."""
     received_perf: float = field(default_factory=time.perf_counter)
+    reply_routes: Any = None
+    """Who waits for its outcomes, from its records' reply headers (`Replier.routes`)."""
 
     @property
     def start(self) -> dict[TopicPartition, int]:
@@ -119,6 +125,18 @@ class Processor(Protocol):
     def forget(self, parsed: Parsed) -> None: ...
 
 
+class Replier(Protocol):
+    """What the pipeline needs of `services.engine.replies.ReplySender`."""
+
+    def routes(self, records: Sequence[InboundRecord]) -> Any:
+        """Who waits for the outcomes of a batch's commands (None: nobody)."""
+        ...
+
+    def send(self, routes: Any, outcomes: Sequence[CommandOutcome]) -> None:
+        """Write the outcomes to those waiting; never waits, never raises."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Handover:
     """How completing the batch being stored went."""
@@ -138,10 +156,13 @@ class EnginePipeline:
         backoff_seconds: float,
         observe: Callable[[Batch, Phase], None] | None = None,
         commit_every_s: float = 0.0,
+        replier: Replier | None = None,
     ) -> None:
         """`observe` is told of every phase a batch enters (tests, tracing).
-        `commit_every_s`: commit offsets at most this often (0: after every batch)."""
+        `commit_every_s`: commit offsets at most this often (0: after every batch).
+        `replier`: where a completed batch's outcomes go before they are published."""
         self._processor = processor
+        self._replier = replier
         self._publish = publish
         self._backoff = backoff_seconds
         self._observe = observe
@@ -171,6 +192,8 @@ class EnginePipeline:
                 return
             started = time.perf_counter()
             batch = Batch(consumer, list(positions))
+            if self._replier is not None:
+                batch.reply_routes = self._replier.routes(records)
             parsed = self._processor.parse(records)
             before: _Handover | None = None
             try:
@@ -289,6 +312,15 @@ class EnginePipeline:
             )
             self._processor.forget(batch.decision.parsed)
             return self._failed(batch, await self._publishing.result())
+        if batch.reply_routes is not None and self._replier is not None:
+            # Stored and completed: the answers are true whatever happens to the batch
+            # before's publish (were it to fail, this batch's stored commits and outcomes
+            # are re-published on redelivery, and the API skips what it no longer awaits).
+            try:
+                self._replier.send(batch.reply_routes, completed.out.outcomes)
+            except Exception:
+                log.exception("direct replies failed; the outcome records will answer")
+            batch.reply_routes = None
         if failed := await self._publishing.result():
             # The batch before was not published, so this one (stored, but to be
             # published after it) is not either: both are consumed again, and their

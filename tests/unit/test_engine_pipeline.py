@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 
 import pytest
 from aiokafka import TopicPartition
 
 from schemas.commits import Commit
+from schemas.outcomes import CommandOutcome
 from services.engine import pipeline as pipeline_module
 from services.engine.event_store import AppendReport
 from services.engine.memory_event_store import MemoryEventStore
@@ -199,7 +200,11 @@ class Rig:
         assert await self.pipeline.drain()
 
 
-def rig(store: GatedStore | None = None, commit_every_s: float = 0.0) -> Rig:
+def rig(
+    store: GatedStore | None = None,
+    commit_every_s: float = 0.0,
+    replier: pipeline_module.Replier | None = None,
+) -> Rig:
     store = store or GatedStore()
     clock = count(1_700_000_000_000_000_000, 1000)
     phases: dict[str, Phase] = {}
@@ -218,7 +223,7 @@ def rig(store: GatedStore | None = None, commit_every_s: float = 0.0) -> Rig:
         transitions.append((first, phase))
         signals.hit(f"{first} {phase.value}")
 
-    pipeline = EnginePipeline(processor, published, 0.0, observe, commit_every_s)
+    pipeline = EnginePipeline(processor, published, 0.0, observe, commit_every_s, replier)
     return Rig(
         store, processor, published, SignallingConsumer(), pipeline, phases, transitions, signals
     )
@@ -562,3 +567,56 @@ async def test_a_revoked_partition_in_coalesced_offsets_does_not_cost_the_others
     await commits.commit(consumer, {owned: 12})
     await commits.flush()
     assert consumer.commits == [{owned: 10}, {owned: 12}]
+
+
+class Replies:
+    """A replier that notes which outcomes it was given (records with any header wait)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.signals = Signals()
+
+    def routes(self, records: Sequence[InboundRecord]) -> set[str] | None:
+        waiting = {r.key.decode() for r in records if r.headers and r.key is not None}
+        return waiting or None
+
+    def send(self, routes: set[str], outcomes: Sequence[CommandOutcome]) -> None:
+        for o in outcomes:
+            if o.execution_id in routes:
+                self.sent.append(o.command_id)
+                self.signals.hit(f"sent {o.command_id}")
+
+
+def waited_for(r: InboundRecord) -> InboundRecord:
+    return replace(r, headers=(("runstore-reply", b"127.0.0.1:1/t"),))
+
+
+async def test_a_batchs_replies_go_out_before_the_publish_before_it_is_acknowledged() -> None:
+    replies = Replies()
+    r = rig(replier=replies)
+    r.published.gate.clear()  # no publish is ever acknowledged
+    await r.submit([waited_for(record(start("e1", "c1"), offset=1))])
+    await r.signals.wait("c1 publishing")
+    await r.submit([waited_for(record(start("e2", "c2"), offset=2)), record(start("e3", "c3"))])
+    # c2's batch is completed in the background: its reply goes out, then it waits for
+    # c1's publish (held); c3 had no reply header.
+    await replies.signals.wait("sent c2")
+    assert replies.sent == ["c1", "c2"]
+    assert r.published.outs == [] and r.consumer.commits == []
+    assert r.phases["c2"] is Phase.STORED
+    r.published.gate.set()
+    await r.drained()
+    assert [o.command_id for out in r.published.outs for o in out.outcomes] == ["c1", "c2", "c3"]
+
+
+async def test_a_failed_store_sends_no_reply() -> None:
+    replies = Replies()
+    r = rig(replier=replies)
+    r.store.fail = ConnectionError("database gone")
+    await r.submit([waited_for(record(start("e1", "c1"), offset=1))])
+    await asyncio.wait_for(r.consumer.sought.wait(), WAIT_S)
+    assert replies.sent == []
+    r.store.fail = None
+    await r.submit([waited_for(record(start("e1", "c1"), offset=1))])
+    await r.drained()
+    assert replies.sent == ["c1"]

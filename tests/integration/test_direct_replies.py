@@ -1,0 +1,72 @@
+"""The direct reply channel end to end (docs/api-gateway.md, "The direct reply channel"):
+executes through the official SDK are answered by the engine's frames when it can reach the
+API, and by the outcome topic when it cannot or when the API asks for no frames. The path
+is read from the services' metrics, not from timing."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from mistralai.client import Mistral
+
+from tests.support.stack import Stack, StackWith
+
+
+def metric(url: str, name: str, label: str) -> float:
+    pattern = re.compile(rf"^{name}\{{{label}\}} (\S+)$")
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if found := pattern.match(line):
+            return float(found.group(1))
+    return 0.0
+
+
+def execute(stack: Stack, n: int) -> None:
+    client = Mistral(api_key="test-key", server_url=stack.api_url)
+    for _ in range(n):
+        got = client.workflows.execute_workflow(workflow_identifier="wf")
+        assert got.status == "RUNNING"
+
+
+def resolved(stack: Stack, path: str) -> float:
+    return metric(stack.probe_url("api"), "runstore_api_outcomes_resolved_total", f'path="{path}"')
+
+
+def replies(stack: Stack, result: str) -> float:
+    return metric(stack.probe_url("engine"), "runstore_engine_replies_total", f'result="{result}"')
+
+
+def test_executes_are_answered_through_the_direct_channel(stack_with: StackWith) -> None:
+    with stack_with() as stack:
+        execute(stack, 5)
+        assert resolved(stack, "direct") >= 1
+        assert resolved(stack, "direct") + resolved(stack, "topic") == 5
+        assert replies(stack, "sent") >= 5
+
+
+@pytest.mark.parametrize(
+    ("env", "engine_counts"),
+    [
+        # The API names an address nothing listens on (it listens on 127.0.0.1 only).
+        ({"RUNSTORE_API_REPLY_ADVERTISE": "127.0.0.2"}, "dropped"),
+        # The engine may not connect to the API's (loopback) address.
+        ({"RUNSTORE_ENGINE_REPLY_NETWORKS": '["10.0.0.0/8"]'}, "refused"),
+        # The API asks for no frames.
+        ({"RUNSTORE_API_DIRECT_REPLIES": "false"}, None),
+    ],
+    ids=["address-unreachable", "address-not-allowed", "switched-off"],
+)
+def test_without_the_direct_channel_the_topic_answers(
+    stack_with: StackWith, env: dict[str, str], engine_counts: str | None
+) -> None:
+    with stack_with(**env) as stack:
+        execute(stack, 3)
+        assert resolved(stack, "topic") == 3
+        assert resolved(stack, "direct") == 0
+        assert replies(stack, "sent") == 0
+        for result in ("dropped", "refused"):
+            if result == engine_counts:
+                assert replies(stack, result) >= 1
+            else:
+                assert replies(stack, result) == 0

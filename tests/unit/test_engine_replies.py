@@ -1,0 +1,198 @@
+"""The engine's side of the direct reply channel (services/engine/replies.py): only allowed
+IP literals, frames queued while connecting and dropped when the connection is down or
+its buffer is full, never waiting for the API. Real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.common import ExecutionStatus
+from schemas.outcomes import CommandOutcome
+from services.common.metrics import ENGINE_REPLIES
+from services.common.reply_frames import (
+    REPLY_HEADER,
+    ReplyAddress,
+    address_value,
+    take_frames,
+    take_hello,
+)
+from services.engine.replies import ReplySender, _Link, networks
+from services.engine.validation import InboundRecord
+from tests.support.servers import free_port
+
+WAIT_S = 5.0  # a guard against a hang, not a timed assertion
+LOOPBACK = networks(["127.0.0.0/8", "::1/128"])
+
+
+def outcome(command_id: str, execution_id: str) -> CommandOutcome:
+    return CommandOutcome(
+        command_id=command_id,
+        command_type="StartWorkflow",
+        execution_id=execution_id,
+        accepted=True,
+        seq=1,
+        run_id="r",
+        status=ExecutionStatus.RUNNING,
+        decided_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def rec(execution_id: str, reply: str | bytes | None) -> InboundRecord:
+    headers: tuple[tuple[str, bytes], ...] = ()
+    if reply is not None:
+        value = reply.encode() if isinstance(reply, str) else reply
+        headers = (("traceparent", b"00-x"), (REPLY_HEADER, value))
+    return InboundRecord(0, 0, execution_id.encode(), b"{}", headers)
+
+
+def counted(result: str) -> float:
+    return ENGINE_REPLIES.labels(result)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+class Api:
+    """A loopback listener that collects the tokens and values it is sent."""
+
+    def __init__(self) -> None:
+        self.tokens: list[bytes] = []
+        self.values: list[bytes] = []
+        self.got = asyncio.Condition()
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = bytearray()
+        token = None
+        while data := await reader.read(65536):
+            buffer += data
+            if token is None:
+                token = take_hello(buffer)
+                if token is None:
+                    continue
+                self.tokens.append(token)
+            values = take_frames(buffer, 1 << 20)
+            async with self.got:
+                self.values.extend(values)
+                self.got.notify_all()
+        writer.close()
+
+    async def wait_for(self, n: int) -> list[bytes]:
+        async with self.got:
+            await asyncio.wait_for(self.got.wait_for(lambda: len(self.values) >= n), WAIT_S)
+        return self.values
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[Api, int]]:
+    listener = Api()
+    listener.server = await asyncio.start_server(listener.handle, "127.0.0.1", 0)
+    port = listener.server.sockets[0].getsockname()[1]
+    yield listener, port
+    listener.server.close()
+
+
+async def test_outcomes_go_to_their_address_as_the_topic_values(api: tuple[Api, int]) -> None:
+    listener, port = api
+    sender = ReplySender(LOOPBACK)
+    header = address_value("127.0.0.1", port, "tok")
+    routes = sender.routes([rec("e1", header), rec("e2", None), rec("e3", header)])
+    assert routes is not None
+    outcomes = [outcome("c1", "e1"), outcome("c2", "e2"), outcome("c3", "e3")]
+    sent = counted("sent")
+    # Queued while the connection opens: send never waits for it.
+    sender.send(routes, outcomes)
+    values = await listener.wait_for(2)
+    assert listener.tokens == [b"tok"]
+    assert values == [o.model_dump_json().encode() for o in (outcomes[0], outcomes[2])]
+    assert counted("sent") == sent + 2
+    sender.send(routes, [outcome("c4", "e1")])  # the same connection, open now
+    await listener.wait_for(3)
+    assert listener.tokens == [b"tok"]
+    assert sender.connections == 1
+    await sender.close()
+
+
+def test_addresses_outside_the_allowed_networks_or_not_ip_literals_are_refused() -> None:
+    sender = ReplySender(networks(["10.0.0.0/8"]))
+    refused = counted("refused")
+    records = [
+        rec("e1", address_value("127.0.0.1", 4000, "t")),
+        rec("e2", address_value("192.168.1.1", 4000, "t")),
+        rec("e3", b"localhost:4000/t"),
+    ]
+    assert sender.routes(records) is None
+    assert counted("refused") == refused + 3
+    routes = sender.routes([rec("e4", address_value("10.2.3.4", 4000, "t"))])
+    assert routes is not None and [a.host for a in routes["e4"]] == ["10.2.3.4"]
+    assert ReplySender([]).enabled is False
+
+
+async def test_frames_are_dropped_while_the_address_is_down() -> None:
+    sender = ReplySender(LOOPBACK, retry_s=3600)
+    routes = sender.routes([rec("e1", address_value("127.0.0.1", free_port(), "t"))])
+    assert routes is not None
+    dropped = counted("dropped")
+    sender.send(routes, [outcome("c1", "e1")])  # queued while connecting, then refused
+    link = next(iter(sender._links.values()))
+    assert link.connecting is not None
+    await asyncio.wait_for(asyncio.wait({link.connecting}), WAIT_S)
+    assert counted("dropped") == dropped + 1
+    sender.send(routes, [outcome("c2", "e1")])  # down: dropped at once, no new attempt
+    assert link.connecting is None
+    assert counted("dropped") == dropped + 2
+    await sender.close()
+
+
+class FullTransport(asyncio.Transport):
+    def __init__(self, buffered: int) -> None:
+        super().__init__()
+        self.buffered = buffered
+        self.written: list[bytes] = []
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_a_connection_over_its_buffer_limit_drops_frames_and_the_queue_is_bounded() -> None:
+    address = ReplyAddress(LOOPBACK[0].network_address, 1, b"t")
+    link = _Link(address, max_queued=2, buffer_bytes=100)
+    link.connecting = object()  # type: ignore[assignment]
+    sent, dropped = counted("sent"), counted("dropped")
+    link.send(b"1", 1)
+    link.send(b"2", 2)
+    link.send(b"3", 4)  # the queue is full
+    assert (counted("sent"), counted("dropped")) == (sent, dropped + 4)
+    transport = FullTransport(buffered=0)
+    link.connection_made(transport)
+    assert transport.written[1:] == [b"1", b"2"]  # after the hello
+    assert counted("sent") == sent + 3
+    link.send(b"4", 1)
+    transport.buffered = 101
+    link.send(b"5", 1)
+    assert transport.written[-1] == b"4"
+    assert (counted("sent"), counted("dropped")) == (sent + 4, dropped + 5)
+
+
+async def test_the_least_recently_used_connection_goes_beyond_the_limit(
+    api: tuple[Api, int],
+) -> None:
+    listener, port = api
+    sender = ReplySender(LOOPBACK, max_links=1)
+    first = sender.routes([rec("e1", address_value("127.0.0.1", port, "a"))])
+    second = sender.routes([rec("e1", address_value("127.0.0.1", port, "b"))])
+    assert first is not None and second is not None
+    sender.send(first, [outcome("c1", "e1")])
+    await listener.wait_for(1)
+    sender.send(second, [outcome("c2", "e1")])
+    await listener.wait_for(2)
+    assert [a.token for a in sender._links] == [b"b"]
+    assert listener.tokens == [b"a", b"b"]
+    await sender.close()

@@ -1,0 +1,149 @@
+"""The API's end of the direct reply channel (services/api/reply_listener.py) and the
+gateway's use of it: a command the gateway waits for names the listener, an outcome
+written there answers it, and a connection without the token resolves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from schemas.commands import StartWorkflow, StartWorkflowPayload
+from schemas.common import ExecutionStatus
+from schemas.outcomes import CommandOutcome
+from services.api.gateway import CommandGateway
+from services.api.reply_listener import ReplyListener
+from services.api.topic_tail import TopicFeed
+from services.common.kafka_io import Outgoing
+from services.common.metrics import API_OUTCOMES_RESOLVED, API_REPLY_CONNECTIONS
+from services.common.reply_frames import REPLY_HEADER, frame, hello, parse_address
+from services.common.settings import ApiSettings
+
+WAIT_S = 5.0  # a guard against a hang, not a timed assertion
+
+
+def counted(counter: object, label: str) -> float:
+    return counter.labels(label)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+class Window:
+    def __init__(self) -> None:
+        self.records: list[Outgoing] = []
+        self.published = asyncio.Event()
+
+    async def publish(
+        self, records: Sequence[Outgoing], within_seconds: float | None = None
+    ) -> None:
+        self.records.extend(records)
+        self.published.set()
+
+
+def start(command_id: str) -> StartWorkflow:
+    return StartWorkflow(
+        command_id=command_id,
+        execution_id="e-1",
+        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+        user_id="alice",
+        payload=StartWorkflowPayload(workflow_name="wf", input={}),
+    )
+
+
+def outcome_of(command: StartWorkflow) -> CommandOutcome:
+    return CommandOutcome(
+        command_id=command.command_id,
+        command_type=command.type,
+        execution_id=command.execution_id,
+        accepted=True,
+        seq=1,
+        run_id="r-1",
+        status=ExecutionStatus.RUNNING,
+        decided_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+async def started_gateway(**settings: object) -> tuple[CommandGateway, Window]:
+    config = ApiSettings(api_command_timeout_seconds=WAIT_S, **settings)  # type: ignore[arg-type]
+    gw = CommandGateway(config, TopicFeed(config, "test"))
+    window = Window()
+    gw._publisher = window  # type: ignore[assignment]
+    if gw.replies is not None:
+        await gw.replies.start()
+        assert gw.replies.header_value is not None
+        gw._reply_headers = {REPLY_HEADER: gw.replies.header_value}
+    return gw, window
+
+
+async def test_an_outcome_written_to_the_listener_answers_the_send() -> None:
+    gw, window = await started_gateway()
+    assert gw.replies is not None and gw.replies.header_value is not None
+    command = start("c-1")
+    sending = asyncio.create_task(gw.send(command))
+    await asyncio.wait_for(window.published.wait(), WAIT_S)
+    (sent,) = window.records
+    assert sent.headers is not None
+    address = parse_address(sent.headers[REPLY_HEADER].encode())
+    assert address is not None and address.token == gw.replies.token
+    direct = counted(API_OUTCOMES_RESOLVED, "direct")
+    _, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(hello(address.token) + frame([outcome_of(command).model_dump_json().encode()]))
+    got = await asyncio.wait_for(sending, WAIT_S)
+    assert got.run_id == "r-1"
+    assert counted(API_OUTCOMES_RESOLVED, "direct") == direct + 1
+    # The copy from the topic finds nobody waiting.
+    topic = counted(API_OUTCOMES_RESOLVED, "topic")
+    record = type("Record", (), {"value": outcome_of(command).model_dump_json().encode()})()
+    gw._resolve(0, [record])
+    assert counted(API_OUTCOMES_RESOLVED, "topic") == topic
+    writer.close()
+    await gw.replies.stop()
+
+
+async def test_a_connection_with_a_wrong_token_is_closed_and_resolves_nothing() -> None:
+    gw, window = await started_gateway()
+    assert gw.replies is not None and gw.replies.port is not None
+    command = start("c-2")
+    sending = asyncio.create_task(gw.send(command))
+    await asyncio.wait_for(window.published.wait(), WAIT_S)
+    refused = counted(API_REPLY_CONNECTIONS, "refused")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.replies.port)
+    wrong = b"x" * len(gw.replies.token)
+    writer.write(hello(wrong) + frame([outcome_of(command).model_dump_json().encode()]))
+    assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # closed by the API
+    assert counted(API_REPLY_CONNECTIONS, "refused") == refused + 1
+    assert not sending.done()
+    sending.cancel()
+    writer.close()
+    await gw.replies.stop()
+
+
+async def test_with_direct_replies_off_commands_carry_no_reply_header() -> None:
+    gw, window = await started_gateway(api_direct_replies=False)
+    assert gw.replies is None
+    sending = asyncio.create_task(gw.send(start("c-3")))
+    await asyncio.wait_for(window.published.wait(), WAIT_S)
+    (sent,) = window.records
+    assert not sent.headers or REPLY_HEADER not in sent.headers
+    sending.cancel()
+
+
+async def test_a_wildcard_bind_advertises_loopback_and_a_host_name_turns_replies_off() -> None:
+    listener = ReplyListener(ApiSettings(api_reply_host="0.0.0.0"), lambda values: None)
+    await listener.start()
+    assert listener.header_value is not None
+    assert listener.header_value.startswith("127.0.0.1:")
+    await listener.stop()
+    named = ReplyListener(ApiSettings(api_reply_advertise="api.local"), lambda values: None)
+    await named.start()
+    assert named.header_value is None
+    await named.stop()
+
+
+async def test_auto_advertises_an_ip_of_this_hosts_name() -> None:
+    listener = ReplyListener(
+        ApiSettings(api_reply_host="0.0.0.0", api_reply_advertise="auto"), lambda values: None
+    )
+    await listener.start()
+    assert listener.header_value is not None
+    address = parse_address(listener.header_value.encode())
+    assert address is not None and address.port == listener.port
+    await listener.stop()
