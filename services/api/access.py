@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.common import Identifier
+from services.api.answered import AnsweredRecently
 from services.api.auth import Caller
 from services.api.errors import not_found
 from services.api.page_tokens import PageTokens
@@ -60,8 +61,9 @@ class OwnedRunReader(RunReader):
         commits: CommitLog,
         user_id: str,
         tokens: PageTokens | None = None,
+        answered: AnsweredRecently | None = None,
     ) -> None:
-        super().__init__(models, commits, tokens)
+        super().__init__(models, commits, tokens, answered)
         self._user_id = user_id
 
     def _visible(self, run: Document) -> bool:

@@ -131,6 +131,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         ),
         commits,
         PageTokens.from_secret(settings.page_token_secret),
+        gateway.answered,
     )
     app.state.gateway = gateway
     app.state.worker_requests = worker_requests

@@ -58,7 +58,9 @@ class Wiring:
         """`CallerReader`: narrowed to the caller's runs in separate-users mode."""
         if self.access.separate:
             runs = self.all_runs
-            return OwnedRunReader(runs.models, runs.commits, caller.user_id, runs.tokens)
+            return OwnedRunReader(
+                runs.models, runs.commits, caller.user_id, runs.tokens, runs.answered
+            )
         return self.all_runs
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
+from services.api.answered import AnsweredRecently
 from services.api.command_window import WindowedPublisher
 from services.api.reply_listener import ReplyListener
 from services.api.topic_tail import TopicFeed
@@ -51,6 +52,8 @@ class CommandGateway:
         # Recently accepted outcomes by command id: a client retrying with its idempotency
         # key is answered at once, without another round through Kafka and the engine.
         self._accepted: OrderedDict[str, CommandOutcome] = OrderedDict()
+        # What it answered, for point reads sent before the run list index has the events.
+        self.answered = AnsweredRecently(settings.api_index_wait_ms / 1000)
         feed.follow(self._topics.outcomes, self._resolve)
         self.replies = (
             ReplyListener(settings, self._resolve_direct) if settings.api_direct_replies else None
@@ -209,6 +212,7 @@ class CommandGateway:
             if owner:
                 self._waiting.pop(command.command_id, None)
         if outcome.accepted:
+            self.answered.note(outcome.execution_id, outcome.run_id)
             self._accepted[command.command_id] = outcome
             self._accepted.move_to_end(command.command_id)
             while len(self._accepted) > self._settings.api_outcome_memory:

@@ -41,13 +41,14 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.commits import Commit
 from schemas.common import ExecutionStatus
 from schemas.events import Event, EventType
+from services.api.answered import AnsweredRecently
 from services.api.page_tokens import PROCESS_TOKENS, PageTokens
 from services.common.commit_log import CommitLog
 from services.common.metrics import POINT_READS
@@ -103,11 +104,18 @@ class HistoryPage:
 
 class RunReader:
     def __init__(
-        self, models: ReadModelReader, commits: CommitLog, tokens: PageTokens | None = None
+        self,
+        models: ReadModelReader,
+        commits: CommitLog,
+        tokens: PageTokens | None = None,
+        answered: AnsweredRecently | None = None,
     ) -> None:
         self.models = models
         self.commits = commits
         self.tokens = tokens or PROCESS_TOKENS
+        # Ids this instance just answered a command of: a point read of one the index does
+        # not hold yet waits for it (`_awaited_row`).
+        self.answered = answered
         # The API's run list index, when the models come with one: point reads of the
         # runs it holds start from its rows instead of the store's (see `_indexed_run`).
         self.index: RunListIndex | None = (
@@ -153,9 +161,26 @@ class RunReader:
     def _ready_index(self) -> RunListIndex | None:
         return self.index if self.index is not None and self.index.ready else None
 
+    async def _awaited_row(
+        self, lookup: Callable[[str], Document | None], key: str
+    ) -> Document | None:
+        """`lookup(key)` of the index, waiting (at most `answered.wait_s`) for a row the
+        index does not hold yet when this instance just answered a command of `key`: its
+        events are on their way (services/api/answered.py)."""
+        row = lookup(key)
+        answered = self.answered
+        if row is not None or answered is None or not answered.expects(key):
+            return row
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + answered.wait_s
+        while row is None and loop.time() < deadline:
+            await asyncio.sleep(_INDEX_POLL_S)
+            row = lookup(key)
+        return row
+
     async def _indexed_run(self, run_id: str) -> Document | _Unanswered | None:
         index = self._ready_index()
-        row = index.run_document(run_id) if index else None
+        row = await self._awaited_row(index.run_document, run_id) if index else None
         if row is None:
             return _UNANSWERED
         status = ExecutionStatus(row["status"])
@@ -168,7 +193,7 @@ class RunReader:
 
     async def _indexed_execution(self, execution_id: str) -> Document | _Unanswered | None:
         index = self._ready_index()
-        row = index.latest_run_document(execution_id) if index else None
+        row = await self._awaited_row(index.latest_run_document, execution_id) if index else None
         if row is None:
             return _UNANSWERED
         commits = await self._commits_from(row, probe=True)
@@ -422,6 +447,10 @@ class _Span:
     after: int
     limit: int | None
 
+
+_INDEX_POLL_S = 0.002
+"""How often a point read waiting for the index looks again (`_awaited_row`): the index
+is folded from the API's feed, which brings an engine batch's events in one fetch."""
 
 _NOT_FOR_POINT_READS = (HISTORY_HEAD,)
 """Fields of a run row that point reads (`run`, `execution`) leave on the server."""

@@ -307,6 +307,10 @@ class ApiSettings(RunstoreSettings):
     """How long `execute` with `wait_for_result` waits when the body names no timeout."""
     api_wait_max_seconds: float = Field(default=3600.0, gt=0)
     api_batch_max_ids: int = Field(default=1000, ge=1)
+    api_index_wait_ms: int = Field(default=100, ge=0)
+    """Longest a point read of an execution or run this instance has just answered a
+    command of waits for the run list index to fold its events, before reading the store
+    (services/api/answered.py; 0: never waits)."""
     api_outcome_memory: int = Field(default=10_000, ge=0)
     """Accepted outcomes remembered by command id, so a client's retry of the same
     idempotency key is answered without another trip through the engine (~1 KB each)."""

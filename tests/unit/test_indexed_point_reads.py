@@ -6,6 +6,7 @@ while the index holds the run. Runs the index does not hold go the store's way."
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from collections.abc import Collection
@@ -15,6 +16,7 @@ import pytest
 
 from schemas.events import Event
 from services.api.access import OwnedRunReader
+from services.api.answered import AnsweredRecently
 from services.api.run_reader import RunReader
 from services.api.shapes import execution_from_run
 from services.common.memory_commit_log import MemoryCommitLog
@@ -255,3 +257,74 @@ async def test_the_stores_path_shows_every_commit_when_the_projection_ends_mid_c
         for execution_id, pointer in truth.executions.items():
             latest = truth.runs[pointer["latest_run_id"]]
             assert shown(await store.execution(execution_id)) == shown(latest), (cut, execution_id)
+
+
+def _index_of(events: list[Event]) -> RunListIndex:
+    index = RunListIndex()
+    for event in events:
+        index.apply(event)
+    index.ready = True
+    return index
+
+
+async def test_a_read_right_after_an_answer_waits_for_the_index_instead_of_the_store() -> None:
+    # With direct replies the API answers a start before its events reach the index: a
+    # point read of that execution waits for the index to fold them, rather than reading
+    # the store's read models.
+    w = Workload()
+    w.start("old")
+    before = w.all_events()
+    w.start("new")
+    later = w.all_events()[len(before) :]
+    index = _index_of(before)
+    counting = CountingModels(await projected(w.all_events()))
+    answered = AnsweredRecently(wait_s=5.0)
+    answered.note("new", w.run_id("new"))
+    reader = RunReader(
+        IndexedListReader(counting, index), MemoryCommitLog(w.commits), answered=answered
+    )
+
+    async def fold_later() -> None:
+        await asyncio.sleep(0.02)
+        for event in later:
+            index.apply(event)
+
+    folding = asyncio.create_task(fold_later())
+    run = await reader.execution("new")
+    await folding
+    assert run is not None and run["run_id"] == w.run_id("new") and run["status"] == "RUNNING"
+    assert counting.reads == 0
+    assert (await reader.run(w.run_id("new")) or {}).get("execution_id") == "new"
+    assert counting.reads == 0
+
+
+async def test_a_read_of_an_id_not_answered_here_does_not_wait_and_a_wait_is_bounded() -> None:
+    w = Workload()
+    w.start("x")
+    counting = CountingModels(await projected(w.all_events()))
+    answered = AnsweredRecently(wait_s=0.05)
+    reader = RunReader(
+        IndexedListReader(counting, _index_of([])), MemoryCommitLog(w.commits), answered=answered
+    )
+    # Never answered here: the store's way at once (it holds the run).
+    assert (await reader.execution("x") or {}).get("run_id") == w.run_id("x")
+    reads = counting.reads
+    assert reads > 0
+    # Answered, but the index never folds it: after the wait, the store's way still answers.
+    answered.note("x", w.run_id("x"))
+    assert (await reader.execution("x") or {}).get("run_id") == w.run_id("x")
+    assert counting.reads > reads
+
+
+def test_answered_ids_expire_and_stay_within_their_bound() -> None:
+    answered = AnsweredRecently(wait_s=0.1, keep_s=60.0, size=2)
+    answered.note("e1", "r1")
+    answered.note("e2", None)
+    assert answered.expects("e1") is False  # pushed out: 2 ids at most
+    assert [answered.expects(k) for k in ("r1", "e2", "unknown")] == [True, True, False]
+    expired = AnsweredRecently(wait_s=0.1, keep_s=0.0)
+    expired.note("e", "r")
+    assert not expired.expects("e")
+    never = AnsweredRecently(wait_s=0.0)
+    never.note("e", "r")
+    assert not never.expects("e")
