@@ -1,7 +1,7 @@
 """The engine's CPU per command, without I/O: where one core's time goes per command.
 
     .venv/bin/python bench/engine_cpu.py [REPO] [--commands 30000] [--batch 2000] [--rounds 3]
-        [--clock cpu|wall]
+        [--clock cpu|wall] [--starts]
 
 Runs the same workload as bench/engine_throughput.py (40% starts, 50% signals, 10%
 cancels) through the engine's own code, in process, with the engine's garbage-collection
@@ -12,6 +12,10 @@ records the engine publishes
 in all, best of `--rounds`; the ceiling it implies for one engine on one core is
 1e6 / total. Kafka, MongoDB and the event loop's own overhead are not in it: compare with
 the drain rate of bench/engine_throughput.py for what they add.
+
+`--starts`: every command a StartWorkflow of a new execution, as `bench/http_gateway.py`'s
+POST execute sends them (run it with `--batch 28` for the closed loop's batches): the
+engine's work per HTTP start.
 
 `--clock cpu` (the default) counts the process's CPU time, which other processes on a
 busy box disturb far less than the elapsed time that `--clock wall` counts. `REPO`
@@ -43,6 +47,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--starts", action="store_true", help="starts only (HTTP starts)")
     return parser.parse_args()
 
 
@@ -56,7 +61,7 @@ if args:
     sys.path.insert(0, str(REPO))
 CLOCK = time.perf_counter if args and args.clock == "wall" else time.process_time
 
-from engine_throughput import workload  # noqa: E402
+from engine_throughput import _cmd, workload  # noqa: E402
 
 from services.common.commit_log import commit_to_doc  # noqa: E402
 from services.common.runtime import BatchCollector, tune_gc  # noqa: E402
@@ -75,7 +80,14 @@ PARTITIONS = 12
 def records(n: int, seed: int) -> list[list[InboundRecord]]:
     """The workload as Kafka would deliver it: per partition, in offset order."""
     by_partition: dict[int, list[InboundRecord]] = {p: [] for p in range(PARTITIONS)}
-    for command in workload(n, random.Random(seed)):
+    if args is not None and args.starts:
+        commands = [
+            _cmd("StartWorkflow", f"h-{seed}-{i}", workflow_name="bench", input={"n": 1})
+            for i in range(n)
+        ]
+    else:
+        commands = workload(n, random.Random(seed))
+    for command in commands:
         key = command["execution_id"].encode()
         partition = zlib.crc32(key) % PARTITIONS
         offset = len(by_partition[partition])
@@ -142,7 +154,8 @@ async def main() -> None:
     assert best is not None
     n = args.commands
     print(
-        f"engine CPU per command — {n} commands, batches of {args.batch}, best of {args.rounds}"
+        f"engine CPU per command — {n} {'starts' if args.starts else 'commands'}, batches of"
+        f" {args.batch}, best of {args.rounds}"
         f" ({args.clock} time; {REPO})"
     )
     for name, s in best.items():

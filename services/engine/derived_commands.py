@@ -55,11 +55,13 @@ def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionStat
     if not any(e.type in _MAY_DERIVE for e in events):
         return []  # most commits (signals, reports, timers …): nothing to derive
     commands: list[Command] = []
-    issued_at = ns_to_datetime(ctx.now_ns)
+    # Converted where a command is derived: a root's start (most commits of this loop, one
+    # per HTTP start) derives none.
+    now_ns = ctx.now_ns
     reset = any(e.type is EventType.WORKFLOW_RUN_RESET for e in events)
     for event in events:
         if isinstance(event, ChildInitiated):
-            commands.append(_child_start(event, state, issued_at))
+            commands.append(_child_start(event, state, ns_to_datetime(now_ns)))
         elif isinstance(event, ExecutionStarted):
             a = event.attributes
             # Only a child's own first run reports (not a reset's run, not a start-again).
@@ -78,13 +80,13 @@ def derived_commands(events: Sequence[Event], ctx: Context, state: ExecutionStat
                             child_run_id=event.run_id,
                             stage="started",
                         ),
-                        issued_at,
+                        ns_to_datetime(now_ns),
                     )
                 )
         elif closes_run(event) and not reset:
             # A reset's TERMINATED ends a run another one replaces: not a close the parent
             # or the children should see (documented in docs/domain.md).
-            commands.extend(_closing_commands(event, state, issued_at))
+            commands.extend(_closing_commands(event, state, ns_to_datetime(now_ns)))
     return commands
 
 

@@ -952,7 +952,11 @@ _FRESH_RUN: dict[str, Any] = {
 
 
 def _state_of_started_run(event: ExecutionStarted, seq: int, run_count: int) -> ExecutionState:
-    return ExecutionState(
+    # Every start folds this (one per HTTP start): built from the validated event without
+    # validating again (FrozenModel.trusted: every field, in declaration order), which was
+    # ~12 % of deciding a start. The bounds hold by construction: `seq` and the event
+    # number are an event's (>= 1), `run_count` is 1 or the state's + 1.
+    return ExecutionState.trusted(
         execution_id=event.execution_id,
         seq=seq,
         run_id=event.run_id,
@@ -965,6 +969,21 @@ def _state_of_started_run(event: ExecutionStarted, seq: int, run_count: int) -> 
         attempt=event.attributes.attempt,
         started=event.attributes,
         started_at_ns=event.timestamp_ns,
+        closed_at_ns=None,
+        result=None,
+        last_failure=None,
+        retry_at_ns=None,
+        reset_from_run_id=None,
+        reset_event_id=None,
+        successor_execution_id=None,
+        successor_run_id=None,
+        workflow_task_seq=None,
+        workflow_task_failures=0,
+        timers={},
+        activities={},
+        children={},
+        updates={},
+        cancel_deadline_ns=None,
     )
 
 
