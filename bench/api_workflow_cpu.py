@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/api_workflow_cpu.py [--clients 32] [--workflows 2000] [--rounds 5]
     .venv/bin/python bench/api_workflow_cpu.py --no-wait     # bare starts (the HTTP bench)
+    .venv/bin/python bench/api_workflow_cpu.py --no-wait --starts-only
 
 What `bench/workers.py` asks of the API, per workflow, with everything but the broker and
 the sockets real: the app as `runstore api` builds it behind uvicorn's HTTP protocol (one
@@ -15,6 +16,9 @@ each workflow's ids. A fake engine answers each window's commands one loop turn 
 window is acknowledged, in one feed delivery per partition like an engine batch (the
 start's outcome and STARTED event), and the worker's part one turn later (four events and
 the second outcome).
+
+`--starts-only`: the fake engine answers with the start's records only (its outcome and
+STARTED event), as the stack of `bench/http_gateway.py` does, where no worker runs.
 
 Printed: the lowest CPU time per workflow over `--rounds` rounds (process CPU: the fake
 engine and the clients are in it, the same in any two checkouts). Not in it: aiokafka's
@@ -64,7 +68,8 @@ _RECORDED_TIMES: set[bytes] = set()
 class FakeEngine:
     """Answers commands with the recorded workflow's records, through the feed handlers."""
 
-    def __init__(self, feed: Any, settings: ApiSettings) -> None:
+    def __init__(self, feed: Any, settings: ApiSettings, starts_only: bool = False) -> None:
+        self._starts_only = starts_only
         recorded = json.loads(FIXTURE.read_text())
         self._ids = (
             recorded["execution_id"].encode(),
@@ -97,7 +102,8 @@ class FakeEngine:
     def _decide(self, commands: list[tuple[bytes, bytes]]) -> None:
         runs = [(execution_id, new_id().encode(), cid) for execution_id, cid in commands]
         self._deliver(runs, self._start)
-        asyncio.get_running_loop().call_soon(self._deliver, runs, self._worker)
+        if not self._starts_only:
+            asyncio.get_running_loop().call_soon(self._deliver, runs, self._worker)
 
     def _deliver(
         self,
@@ -188,7 +194,12 @@ async def _no_runs(*_: Any, **__: Any) -> int:
 
 
 async def measure(
-    clients: int, workflows: int, rounds: int, wait: bool, count_calls: bool = False
+    clients: int,
+    workflows: int,
+    rounds: int,
+    wait: bool,
+    count_calls: bool = False,
+    starts_only: bool = False,
 ) -> tuple[float, float]:
     """(CPU seconds per workflow, of which in the garbage collector); with `count_calls`,
     (Python and C function calls per workflow, 0) over one round instead."""
@@ -200,7 +211,7 @@ async def measure(
     gateway = app.state.gateway
     fanout = app.state.fanout
     feed = fanout._feed
-    engine = FakeEngine(feed, settings)
+    engine = FakeEngine(feed, settings, starts_only)
     publisher = RecordingPublisher(
         settings, "bench", settings.api_publish_linger_ms, settings.api_publish_quiet_ms
     )
@@ -283,16 +294,38 @@ def main() -> int:
     parser.add_argument(
         "--calls", action="store_true", help="count function calls per workflow instead"
     )
+    parser.add_argument(
+        "--starts-only",
+        action="store_true",
+        help="with --no-wait: the start's records only (no worker's), as the HTTP bench's stack",
+    )
     args = parser.parse_args()
+    if args.starts_only and not args.no_wait:
+        parser.error("--starts-only needs --no-wait (a waited workflow needs the worker's part)")
     logging.disable(logging.WARNING)  # the page-token secret warning of build_app
     what = "start" if args.no_wait else "waited workflow"
     if args.calls:
         calls, _ = uvloop.run(
-            measure(args.clients, args.workflows, 1, not args.no_wait, count_calls=True)
+            measure(
+                args.clients,
+                args.workflows,
+                1,
+                not args.no_wait,
+                count_calls=True,
+                starts_only=args.starts_only,
+            )
         )
         print(f"{REPO}: {calls:.1f} function calls per {what} (Python and C)")
         return 0
-    best, in_gc = uvloop.run(measure(args.clients, args.workflows, args.rounds, not args.no_wait))
+    best, in_gc = uvloop.run(
+        measure(
+            args.clients,
+            args.workflows,
+            args.rounds,
+            not args.no_wait,
+            starts_only=args.starts_only,
+        )
+    )
     rounds = f"lowest of {args.rounds} x {args.workflows}, {args.clients} clients"
     print(
         f"{REPO}: {best * 1e6:.1f} us of CPU per {what}, of which {in_gc * 1e6:.1f} in the "

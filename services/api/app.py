@@ -30,7 +30,7 @@ from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
-from services.api.execute_fast_path import ExecuteFastPath
+from services.api.execute_fast_path import ExecuteFastPath, InFront
 from services.api.front import FrontedApi
 from services.api.gateway import CommandGateway
 from services.api.limits import BodySizeLimit, FailureBudget
@@ -188,20 +188,25 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_catalogue.router)
 
     def front(inner: ASGIApp) -> ASGIApp:
-        # Outermost last: the failure budget sees every answer, 413s included; the execute
-        # fast path is innermost, so both limits apply to it as to any request. In front
-        # of FastAPI's own layers (front.py), which an execute it answers skips.
-        chain: ASGIApp = ExecuteFastPath(
-            inner, wiring=app.state.wiring, keys=keys, on_error=internal_error
-        )
-        chain = BodySizeLimit(chain, max_bytes=settings.api_max_body_bytes)
-        chain = FailureBudget(
+        # Outermost last: the failure budget sees every answer, 413s included. The execute
+        # fast path stands in front of the limits and the metrics and does their work for
+        # the executes it answers (execute_fast_path.py); all of them in front of FastAPI's
+        # own layers (front.py), which an execute it answers skips.
+        chain: ASGIApp = BodySizeLimit(inner, max_bytes=settings.api_max_body_bytes)
+        budget = chain = FailureBudget(
             chain,
             per_second=settings.api_bad_requests_per_second,
             burst=settings.api_bad_requests_burst,
             max_clients=settings.api_failure_clients,
         )
         chain = RequestMetrics(chain)
+        chain = ExecuteFastPath(
+            chain,
+            wiring=app.state.wiring,
+            keys=keys,
+            on_error=internal_error,
+            in_front=InFront(budget, settings.api_max_body_bytes),
+        )
         if tracing.tracer() is not None:
             chain = RequestTracing(chain)
         return chain

@@ -98,6 +98,12 @@ class BodySizeLimit:
                 await _answer(send, 413, too_large)
 
 
+def client_of(scope: Scope) -> str:
+    """The client address a failure budget is kept for."""
+    client_info: Any = scope.get("client")
+    return str(client_info[0]) if client_info else "?"
+
+
 class FailureBudget:
     """Token buckets of failed requests, one per client address."""
 
@@ -120,12 +126,21 @@ class FailureBudget:
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
 
+    def admits(self, client: str) -> bool:
+        """Whether `client`'s bucket holds a request now (else it is answered 429)."""
+        return self._tokens(client, time.monotonic()) >= 1.0
+
+    def charge(self, client: str, status: int) -> None:
+        """Take a token from `client`'s bucket if `status` is a failure that counts."""
+        if status in _COUNTED:
+            now = time.monotonic()
+            self._store(client, self._tokens(client, now) - 1.0, now)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client_info: Any = scope.get("client")
-        client = str(client_info[0]) if client_info else "?"
+        client = client_of(scope)
         now = time.monotonic()
         if self._tokens(client, now) < 1.0:
             wait = max(1, int((1.0 - self._tokens(client, now)) / self.rate + 0.999))
@@ -147,6 +162,4 @@ class FailureBudget:
         try:
             await self.app(scope, receive, watching_send)
         finally:
-            if status in _COUNTED:
-                later = time.monotonic()
-                self._store(client, self._tokens(client, later) - 1.0, later)
+            self.charge(client, status)

@@ -4,11 +4,14 @@ that the engine dead-letters a refused command before deciding it."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from itertools import count
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import admission
 from schemas.commands import parse_command
@@ -149,3 +152,67 @@ def test_a_refusal_names_the_whole_path_to_the_value(value: Any, loc: tuple[Any,
     parsed = parse_command(json.dumps(CARRIERS["signal input"](value)))
     found = admission.refusal(parsed)
     assert found is not None and found.loc == ("payload", "input", *loc)
+
+
+def _reference(value: Any, depth: int = 0) -> tuple[str, list[Any]] | None:
+    """The rule spelled out plainly (what `_check` does for a JSON value, one call per
+    value): the first refused value in walk order, its message, its path."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds a lone UTF-16 surrogate", []
+        return None
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**63 else ("an integer outside 64 bits", [])
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("a number that is not finite", [])
+    if depth >= admission.MAX_DEPTH:
+        return f"nested deeper than {admission.MAX_DEPTH} levels", []
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str):
+            bad = admission._bad_key(key)
+            if bad is not None:
+                return bad, [key]
+            found = _reference(key, depth)
+            if found is not None:
+                return found[0], [key, *found[1]]
+        found = _reference(item, depth + 1)
+        if found is not None:
+            return found[0], [key, *found[1]]
+    return None
+
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats()
+    | st.sampled_from(["", "a", "ключ", "a\ud800", "x\x00y", "$x", "a.b"])
+)
+_KEYS = st.sampled_from(["a", "b", "", "a$", "$where", "a.b", "k\x00", "ключ", "s\udc00"])
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_VALUES, wrap=st.integers(min_value=0, max_value=70))
+def test_the_walk_refuses_what_the_plain_rule_refuses(value: Any, wrap: int) -> None:
+    # Deep values too: `wrap` levels of arrays around it.
+    for _ in range(wrap):
+        value = [value]
+    parsed = parse_command(json.dumps(CARRIERS["signal input"]("X")))
+    payload = parsed.payload.model_copy(update={"input": value})  # type: ignore[attr-defined]
+    found = admission.refusal(parsed.model_copy(update={"payload": payload}))
+    expected = _reference(value)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert (found.message, found.loc) == (expected[0], ("payload", "input", *expected[1]))

@@ -8,6 +8,7 @@ production middleware stack with the fast path, and the same app without it.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,15 +26,18 @@ from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
 from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
-from services.api.execute_fast_path import ExecuteFastPath
+from services.api.execute_fast_path import ExecuteFastPath, InFront
 from services.api.front import FrontedApi
 from services.api.gateway import CommandGateway, OutcomeTimeout
 from services.api.limits import BodySizeLimit, FailureBudget
 from services.api.run_reader import RunReader
+from services.common.http_observability import RequestMetrics
 from services.common.memory_catalogue import MemoryCatalogue
+from services.common.metrics import HTTP_LATENCY
 from services.common.schedule_store import MongoScheduleStore
 from services.common.settings import AccessMode, ApiSettings
 
+ROUTE = "/v1/workflows/{workflow_identifier}/execute"
 DECIDED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
@@ -73,7 +77,9 @@ class EngineLikeGateway:
         )
 
 
-def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
+def make_app(
+    fast: bool, gateway: EngineLikeGateway, per_second: float = 100.0, burst: int = 1000
+) -> FastAPI:
     settings = ApiSettings(api_allow_unregistered=True)
     keys = ApiKeys("k=alice")
     access = AccessPolicy(AccessMode.SHARED)
@@ -96,16 +102,24 @@ def make_app(fast: bool, gateway: EngineLikeGateway) -> FastAPI:
         return JSONResponse(status_code=500, content={"detail": "internal_error"})
 
     if isinstance(app, FrontedApi):
-        # As app.py: the fast path and both limits in front of FastAPI's own layers.
+        # As app.py: the fast path in front of both limits and the metrics, all in front
+        # of FastAPI's own layers.
         def front(inner: ASGIApp) -> ASGIApp:
-            chain: ASGIApp = ExecuteFastPath(inner, wiring, keys, on_error=internal_error)
-            chain = BodySizeLimit(chain, max_bytes=4096)
-            return FailureBudget(chain, per_second=100.0, burst=1000, max_clients=1000)
+            chain: ASGIApp = BodySizeLimit(inner, max_bytes=4096)
+            budget = FailureBudget(chain, per_second=per_second, burst=burst, max_clients=1000)
+            return ExecuteFastPath(
+                RequestMetrics(budget),
+                wiring,
+                keys,
+                on_error=internal_error,
+                in_front=InFront(budget, 4096),
+            )
 
         app.put_in_front(front)
         return app
     app.add_middleware(BodySizeLimit, max_bytes=4096)
-    app.add_middleware(FailureBudget, per_second=100.0, burst=1000, max_clients=1000)
+    app.add_middleware(FailureBudget, per_second=per_second, burst=burst, max_clients=1000)
+    app.add_middleware(RequestMetrics)
     return app
 
 
@@ -255,3 +269,74 @@ async def test_what_it_hands_on_gets_the_whole_body_again() -> None:
         await c.post("/v1/workflows/wf/execute/", content=b"{}", headers=AUTH)
         await c.get("/v1/workflows/wf/execute", headers=AUTH)
     assert seen == [b'{"broken', b"{}", b""]
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+@pytest.mark.parametrize("fast", [False, True])
+async def test_a_failed_execute_it_answers_charges_the_clients_budget(fast: bool) -> None:
+    # Two executes the fast path answers 422 (a bad extension) empty a bucket of two;
+    # the next valid one is refused 429 and not started, as through the middlewares.
+    gateway = EngineLikeGateway()
+    async with client(make_app(fast, gateway, per_second=0.001, burst=2)) as c:
+        headers = {"Content-Type": "application/json", **AUTH}
+        bad = b'{"extensions": {"execution_timeout_seconds": -1}}'
+        statuses = [
+            (await c.post("/v1/workflows/wf/execute", content=bad, headers=headers)).status_code
+            for _ in range(2)
+        ]
+        refused = await c.post("/v1/workflows/wf/execute", json=BODY, headers=AUTH)
+    assert statuses == [422, 422]
+    assert refused.status_code == 429 and refused.headers["retry-after"]
+    assert gateway.sent == []
+
+
+@pytest.mark.parametrize("fast", [False, True])
+async def test_a_successful_execute_it_answers_leaves_the_budget_alone(fast: bool) -> None:
+    gateway = EngineLikeGateway()
+    async with client(make_app(fast, gateway, per_second=0.001, burst=1)) as c:
+        for n in range(3):
+            reply = await c.post(
+                "/v1/workflows/wf/execute", json={**BODY, "execution_id": f"e-{n}"}, headers=AUTH
+            )
+            assert reply.status_code == 200
+    assert len(gateway.sent) == 3
+
+
+@pytest.mark.parametrize("fast", [False, True])
+async def test_an_execute_it_answers_is_in_the_request_metrics(fast: bool) -> None:
+    def count(status: str) -> float:
+        labels = {"method": "POST", "route": ROUTE, "status": status}
+        for metric in HTTP_LATENCY.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count") and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    before = (count("200"), count("422"))
+    async with client(make_app(fast, EngineLikeGateway())) as c:
+        await c.post("/v1/workflows/wf/execute", json=BODY, headers=AUTH)
+        await c.post(
+            "/v1/workflows/wf/execute",
+            json={"extensions": {"execution_timeout_seconds": -1}},
+            headers=AUTH,
+        )
+    assert (count("200"), count("422")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_a_body_of_undeclared_length_is_limited_as_any_request() -> None:
+    # Chunked (no Content-Length): the fast path hands it on, the limit counts it.
+    answers = []
+    for fast in (False, True):
+        gateway = EngineLikeGateway()
+        async with client(make_app(fast, gateway)) as c:
+            for body in (json.dumps(BODY).encode(), b'{"input": "' + b"x" * 5000 + b'"}'):
+                reply = await c.post(
+                    "/v1/workflows/wf/execute",
+                    content=_chunked(body),
+                    headers={"Content-Type": "application/json", **AUTH},
+                )
+                answers.append((fast, reply.status_code, len(gateway.sent)))
+    assert answers == [(False, 200, 1), (False, 413, 1), (True, 200, 1), (True, 413, 1)]

@@ -277,3 +277,58 @@ def test_a_row_copied_for_a_status_change_holds_every_field_of_the_row() -> None
     assert copied is not row
     for name in _Row.__slots__:
         assert getattr(copied, name) == getattr(row, name), name
+
+
+def _started_events() -> list[Event]:
+    """Every WORKFLOW_EXECUTION_STARTED of the mixed workload and the recorded histories,
+    and copies at the edges of a millisecond."""
+    events = mixed_workload().all_events()
+    for path in sorted(HISTORIES.glob("*.json")):
+        for stream in json.loads(path.read_text())["streams"]:
+            events += EVENT_LIST_ADAPTER.validate_python(stream["events"])
+    starts = [e for e in events if e.type.value == "WORKFLOW_EXECUTION_STARTED"]
+    edges = [
+        starts[0].model_copy(update={"timestamp_ns": ns})
+        for ns in (0, 999_999, 1_000_000, 1_796_546_311_167_999_999, 1_796_546_311_168_000_000)
+    ]
+    return starts + edges
+
+
+def test_a_started_runs_row_is_the_row_of_the_projectors_document() -> None:
+    # A new run's row is made straight from its STARTED event (no document between):
+    # field for field what `_row(apply_to_run(None, event))` makes.
+    starts = _started_events()
+    assert len({e.run_id for e in starts}) > 10
+    index = RunListIndex()
+    for event in starts:
+        direct = index._started_row(event)
+        doc = apply_to_run(None, event)
+        assert doc is not None
+        via_doc = index._row(doc)
+        for name in _Row.__slots__:
+            assert getattr(direct, name) == getattr(via_doc, name), (name, event.event_id)
+
+
+def test_a_start_folds_into_the_lists_as_the_projectors_document_does() -> None:
+    events = mixed_workload().all_events()
+    folded = RunListIndex()
+    for event in events:
+        folded.apply(event)
+    # The same events with every new run's row made of the projector's document.
+    via_docs = RunListIndex()
+    for event in events:
+        if event.type.value == "WORKFLOW_EXECUTION_STARTED" and event.run_id not in via_docs._rows:
+            doc = apply_to_run(None, event)
+            assert doc is not None
+            via_docs._replace(None, via_docs._row(doc))
+        else:
+            via_docs.apply(event)
+    assert folded._lists == via_docs._lists
+    assert {d: s.texts for d, s in folded._texts.items()} == {
+        d: s.texts for d, s in via_docs._texts.items()
+    }
+    assert folded._latest == via_docs._latest
+    assert set(folded._rows) == set(via_docs._rows)
+    for run_id, row in folded._rows.items():
+        for name in _Row.__slots__:
+            assert getattr(row, name) == getattr(via_docs._rows[run_id], name), name

@@ -30,12 +30,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from schemas.events import STATUS_AFTER, Event, EventType
+from schemas.events import STATUS_AFTER, Event, EventType, StartedAttributes
 from services.common.readmodels.projection import apply_to_run
 from services.common.readmodels.reader import LIST_FIELDS, ReadModelReader
 from services.common.readmodels.run_filter import Cursor, RunFilter, aware
+from services.common.readmodels.search_keys import search_terms
 
 Document = dict[str, Any]
 Key = tuple[int, str]
@@ -246,7 +247,13 @@ class RunListIndex:
         document (an event at or before the row's position changes nothing)."""
         old = self._rows.get(event.run_id)
         if event.type is EventType.WORKFLOW_EXECUTION_STARTED:
-            doc = apply_to_run(old.fold_state() if old else None, event)
+            if old is None:
+                # A new run (every start): its row straight from the event, what
+                # `_row(apply_to_run(None, event))` makes without the document between
+                # (tests/unit/test_list_index.py holds the two equal).
+                self._insert(self._started_row(event))
+                return
+            doc = apply_to_run(old.fold_state(), event)
             if doc is not None and (old is None or doc["position"] != list(old.position)):
                 self._replace(old, self._row(doc))
             return
@@ -386,6 +393,53 @@ class RunListIndex:
         row.position = _position(doc)
         row.set_keys()
         return row
+
+    def _started_row(self, event: Event) -> _Row:
+        """The row of a run `event` (its WORKFLOW_EXECUTION_STARTED) opens, as `_row` makes
+        it of the document `apply_to_run(None, event)` folds, field by field."""
+        s = self._share
+        a = cast(StartedAttributes, event.attributes)
+        row = _Row()
+        row.run_id = event.run_id
+        row.execution_id = execution_id = event.execution_id
+        row.workflow_name = _shared_or_none(s, event.workflow_name)
+        root = event.root_execution_id
+        row.root_execution_id = execution_id if root == execution_id else root
+        row.parent_execution_id = event.parent_execution_id
+        row.deployment_name = _shared_or_none(s, a.deployment_name)
+        row.user_id = _shared_or_none(s, a.user_id)
+        row.status = s("RUNNING")
+        # `to_ms(read_model_time(ns))`: the time truncated to the millisecond (floored,
+        # as the datetime's microsecond field is), in integers.
+        row.start = event.timestamp_ns // 1_000_000
+        row.end = _NULL
+        row.total_duration_ms = None
+        row.attempt = a.attempt
+        row.internal = a.internal is True
+        row.terms = tuple(s(t) for t in search_terms(a.search_keys)) if a.search_keys else ()
+        row.tags = tuple(s(t) for t in sorted(set(a.workflow_tags))) if a.workflow_tags else ()
+        row.haystack = (
+            s(_folded(row.workflow_name)),
+            _folded(a.display_name),
+            _folded(execution_id),
+        )
+        row.position = (event.seq, event.index)
+        row.set_keys()
+        return row
+
+    def _insert(self, new: _Row) -> None:
+        """`_replace(None, new)` for a run the index does not hold yet."""
+        add: Callable[[list[Key], Key], None] = _append if self._loading else insort
+        for dim in dict.fromkeys(new.dimensions()):  # (as `_replace`: each list once)
+            self._link(dim, new, add)
+        texts = self._texts
+        for dim, text in new.texts():
+            scan = texts.get(dim)
+            if scan is None:
+                scan = texts[dim] = _TextScan()
+            scan.set(new.run_id, text)
+        self._rows[new.run_id] = new
+        self._note_latest(new)
 
     def _replace(self, old: _Row | None, new: _Row) -> None:
         before = dict.fromkeys(old.dimensions()) if old is not None else {}
