@@ -75,20 +75,45 @@ class ReplyListener:
             self._server = None
 
 
+_HELLO_S = 5.0
+"""How long a new connection has to send its token."""
+_MAX_UNTRUSTED = 16
+"""Connections without a token yet, at most (an engine opens one per API instance)."""
+
+
 class _ReplyConnection(asyncio.Protocol):
     def __init__(self, listener: ReplyListener) -> None:
         self._listener = listener
         self._buffer = bytearray()
         self._trusted = False
         self._transport: asyncio.Transport | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not subclasses of asyncio.Transport, but are ones.)
         self._transport = cast("asyncio.Transport", transport)
-        self._listener._connections.add(self)
+        connections = self._listener._connections
+        if sum(1 for c in connections if not c._trusted) >= _MAX_UNTRUSTED:
+            # Connections that have not sent the token yet are bounded: whatever can reach
+            # the port cannot take the API's file descriptors.
+            _REFUSED.inc()
+            self._transport.abort()
+            return
+        connections.add(self)
+        # One that has not sent it within the hello time is closed.
+        self._hello_timer = asyncio.get_running_loop().call_later(_HELLO_S, self._hello_missed)
+
+    def _hello_missed(self) -> None:
+        self._hello_timer = None
+        if not self._trusted:
+            _REFUSED.inc()
+            log.warning("reply connection closed: no hello within %gs", _HELLO_S)
+            self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._listener._connections.discard(self)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -104,6 +129,9 @@ class _ReplyConnection(asyncio.Protocol):
                 if not hmac.compare_digest(token, self._listener.token):
                     raise FrameError("wrong token")
                 self._trusted = True
+                if self._hello_timer is not None:
+                    self._hello_timer.cancel()
+                    self._hello_timer = None
                 _ACCEPTED.inc()
             values = take_frames(self._buffer, self._listener._settings.api_reply_max_frame_bytes)
         except FrameError as exc:

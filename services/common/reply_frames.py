@@ -14,12 +14,17 @@ outcome records' values, byte for byte as on `workflows.outcomes`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 REPLY_HEADER = "runstore-reply"
 MAGIC = b"RSR1"
 MAX_TOKEN_BYTES = 256
+MAX_VALUE_BYTES = 128
+"""Longest header value read as an address (`[IPv6]:port/` and a token of 64)."""
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""The tokens a header may name: `secrets.token_urlsafe`'s alphabet (the API's are 32)."""
 _U32 = 4
 
 
@@ -47,16 +52,21 @@ def address_value(ip: str, port: int, token: str) -> str:
     return f"{host}:{port}/{token}"
 
 
-def parse_address(value: bytes) -> ReplyAddress | None:
-    """The address and token in a header value; None when it is not one (a host name is
-    not one either: the engine does no DNS lookups for a producer's header)."""
+def parse_address(value: object) -> ReplyAddress | None:
+    """The address and token in a header value; None when it is not one: not bytes (Kafka
+    allows a null header value), longer than any address, a host name (the engine does no
+    DNS lookups for a producer's header), or a token not of the shape an API instance
+    draws (so a header cannot make the engine write bytes of its choosing, such as line
+    breaks, to whatever listens at an allowed address)."""
+    if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+        return None
     try:
         text = value.decode("ascii")
     except UnicodeDecodeError:
         return None
     where, slash, token = text.partition("/")
     host, colon, port_text = where.rpartition(":")
-    if not slash or not colon or not token or len(token) > MAX_TOKEN_BYTES:
+    if not slash or not colon or _TOKEN.fullmatch(token) is None:
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

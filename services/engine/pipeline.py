@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
+from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.common.kafka_io import Position
 from services.engine.offsets import (
@@ -128,8 +129,8 @@ class Processor(Protocol):
 class Replier(Protocol):
     """What the pipeline needs of `services.engine.replies.ReplySender`."""
 
-    def routes(self, records: Sequence[InboundRecord]) -> Any:
-        """Who waits for the outcomes of a batch's commands (None: nobody)."""
+    def routes(self, commands: Sequence[tuple[InboundRecord, Command]]) -> Any:
+        """Who waits for the outcomes of a batch's parsed commands (None: nobody)."""
         ...
 
     def send(self, routes: Any, outcomes: Sequence[CommandOutcome]) -> None:
@@ -192,9 +193,9 @@ class EnginePipeline:
                 return
             started = time.perf_counter()
             batch = Batch(consumer, list(positions))
-            if self._replier is not None:
-                batch.reply_routes = self._replier.routes(records)
             parsed = self._processor.parse(records)
+            if self._replier is not None:
+                batch.reply_routes = self._reply_routes(parsed)
             before: _Handover | None = None
             try:
                 if self._processor.needs_stored_history(parsed):
@@ -240,6 +241,16 @@ class EnginePipeline:
                 (decided - started) * 1000,
                 (time.perf_counter() - decided) * 1000,
             )
+
+    def _reply_routes(self, parsed: Parsed) -> Any:
+        """The batch's reply routes; None (the topic answers) if reading them fails: a
+        header must never cost the batch its commands."""
+        assert self._replier is not None
+        try:
+            return self._replier.routes(parsed.commands)
+        except Exception:
+            log.exception("reading a batch's reply headers failed; the outcome records answer")
+            return None
 
     async def drain(self) -> bool:
         """Complete the batch being stored and wait until nothing is being published

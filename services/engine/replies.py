@@ -23,16 +23,24 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
+from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.common.metrics import ENGINE_REPLIES
-from services.common.reply_frames import REPLY_HEADER, ReplyAddress, frame, hello, parse_address
+from services.common.reply_frames import (
+    MAX_VALUE_BYTES,
+    REPLY_HEADER,
+    ReplyAddress,
+    frame,
+    hello,
+    parse_address,
+)
 from services.engine.validation import InboundRecord
 
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Routes = dict[str, list[ReplyAddress]]
-"""Execution id -> the instances waiting for an outcome of one of its commands."""
+Routes = dict[str, ReplyAddress]
+"""Command id -> the instance waiting for its outcome."""
 
 _SENT = ENGINE_REPLIES.labels("sent")
 _DROPPED = ENGINE_REPLIES.labels("dropped")
@@ -158,28 +166,29 @@ class ReplySender:
     def enabled(self) -> bool:
         return bool(self._allowed)
 
-    def routes(self, records: Sequence[InboundRecord]) -> Routes | None:
-        """Who waits for the outcomes of `records`' commands (by execution id, the record
-        key: the command itself is not decoded here); None when nobody does."""
+    def routes(self, commands: Sequence[tuple[InboundRecord, Command]]) -> Routes | None:
+        """Who waits for the outcomes of a batch's parsed commands, by command id (only
+        the outcome of the command whose record named an address goes there); None when
+        nobody does."""
         found: Routes | None = None
-        for record in records:
-            if not record.headers or record.key is None:
+        for record, command in commands:
+            if not record.headers:
                 continue
             for name, value in record.headers:
                 if name != REPLY_HEADER:
                     continue
                 address = self._address(value)
-                if address is None:
-                    break
-                if found is None:
-                    found = {}
-                waiting = found.setdefault(record.key.decode("utf-8", "replace"), [])
-                if address not in waiting:
-                    waiting.append(address)
+                if address is not None:
+                    if found is None:
+                        found = {}
+                    found[command.command_id] = address
                 break
         return found
 
-    def _address(self, value: bytes) -> ReplyAddress | None:
+    def _address(self, value: object) -> ReplyAddress | None:
+        if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+            _REFUSED.inc()
+            return None  # not cached: a key of any size would stay in the cache
         if value in self._parsed:
             return self._parsed[value]
         address = parse_address(value)
@@ -200,11 +209,9 @@ class ReplySender:
         Never waits, never raises for a connection's sake."""
         by_address: dict[ReplyAddress, list[bytes]] = {}
         for outcome in outcomes:
-            waiting = routes.get(outcome.execution_id)
-            if not waiting:
-                continue
-            value = outcome.__pydantic_serializer__.to_json(outcome)
-            for address in waiting:
+            address = routes.get(outcome.command_id)
+            if address is not None:
+                value = outcome.__pydantic_serializer__.to_json(outcome)
                 by_address.setdefault(address, []).append(value)
         now = time.monotonic()
         for address, values in by_address.items():

@@ -14,6 +14,7 @@ from itertools import count
 import pytest
 from aiokafka import TopicPartition
 
+from schemas.commands import Command
 from schemas.commits import Commit
 from schemas.outcomes import CommandOutcome
 from services.engine import pipeline as pipeline_module
@@ -575,14 +576,17 @@ class Replies:
     def __init__(self) -> None:
         self.sent: list[str] = []
         self.signals = Signals()
+        self.fail: Exception | None = None
 
-    def routes(self, records: Sequence[InboundRecord]) -> set[str] | None:
-        waiting = {r.key.decode() for r in records if r.headers and r.key is not None}
+    def routes(self, commands: Sequence[tuple[InboundRecord, Command]]) -> set[str] | None:
+        if self.fail is not None:
+            raise self.fail
+        waiting = {c.command_id for r, c in commands if r.headers}
         return waiting or None
 
     def send(self, routes: set[str], outcomes: Sequence[CommandOutcome]) -> None:
         for o in outcomes:
-            if o.execution_id in routes:
+            if o.command_id in routes:
                 self.sent.append(o.command_id)
                 self.signals.hit(f"sent {o.command_id}")
 
@@ -620,3 +624,14 @@ async def test_a_failed_store_sends_no_reply() -> None:
     await r.submit([waited_for(record(start("e1", "c1"), offset=1))])
     await r.drained()
     assert replies.sent == ["c1"]
+
+
+async def test_a_batch_whose_reply_headers_cannot_be_read_is_still_applied_and_published() -> None:
+    replies = Replies()
+    replies.fail = AttributeError("a header the replier cannot read")
+    r = rig(replier=replies)
+    await r.submit([waited_for(record(start("e1", "c1"), offset=1)), record(start("e2", "c2"))])
+    await r.drained()
+    assert replies.sent == []
+    assert [o.command_id for out in r.published.outs for o in out.outcomes] == ["c1", "c2"]
+    assert r.consumer.sought.is_set() is False

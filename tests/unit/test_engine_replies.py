@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from schemas.commands import Command
 from schemas.common import ExecutionStatus
 from schemas.outcomes import CommandOutcome
 from services.common.metrics import ENGINE_REPLIES
@@ -22,6 +24,7 @@ from services.common.reply_frames import (
 )
 from services.engine.replies import ReplySender, _Link, networks
 from services.engine.validation import InboundRecord
+from tests.support.domain import start as domain_start
 from tests.support.servers import free_port
 
 WAIT_S = 5.0  # a guard against a hang, not a timed assertion
@@ -41,12 +44,20 @@ def outcome(command_id: str, execution_id: str) -> CommandOutcome:
     )
 
 
-def rec(execution_id: str, reply: str | bytes | None) -> InboundRecord:
-    headers: tuple[tuple[str, bytes], ...] = ()
-    if reply is not None:
+NO_HEADER = object()
+
+
+def rec(
+    execution_id: str, reply: str | bytes | object | None, command_id: str
+) -> tuple[InboundRecord, Command]:
+    """A parsed command's record, with `reply` as its reply header's value (a null value
+    with None; no header with NO_HEADER)."""
+    headers: tuple[tuple[str, Any], ...] = ()
+    if reply is not NO_HEADER:
         value = reply.encode() if isinstance(reply, str) else reply
         headers = (("traceparent", b"00-x"), (REPLY_HEADER, value))
-    return InboundRecord(0, 0, execution_id.encode(), b"{}", headers)
+    command = domain_start(execution_id).model_copy(update={"command_id": command_id})
+    return InboundRecord(0, 0, execution_id.encode(), b"{}", headers), command
 
 
 def counted(result: str) -> float:
@@ -97,7 +108,9 @@ async def test_outcomes_go_to_their_address_as_the_topic_values(api: tuple[Api, 
     listener, port = api
     sender = ReplySender(LOOPBACK)
     header = address_value("127.0.0.1", port, "tok")
-    routes = sender.routes([rec("e1", header), rec("e2", None), rec("e3", header)])
+    routes = sender.routes(
+        [rec("e1", header, "c1"), rec("e2", NO_HEADER, "c2"), rec("e3", header, "c3")]
+    )
     assert routes is not None
     outcomes = [outcome("c1", "e1"), outcome("c2", "e2"), outcome("c3", "e3")]
     sent = counted("sent")
@@ -107,7 +120,9 @@ async def test_outcomes_go_to_their_address_as_the_topic_values(api: tuple[Api, 
     assert listener.tokens == [b"tok"]
     assert values == [o.model_dump_json().encode() for o in (outcomes[0], outcomes[2])]
     assert counted("sent") == sent + 2
-    sender.send(routes, [outcome("c4", "e1")])  # the same connection, open now
+    again = sender.routes([rec("e1", header, "c4")])
+    assert again is not None
+    sender.send(again, [outcome("c4", "e1")])  # the same connection, open now
     await listener.wait_for(3)
     assert listener.tokens == [b"tok"]
     assert sender.connections == 1
@@ -118,20 +133,21 @@ def test_addresses_outside_the_allowed_networks_or_not_ip_literals_are_refused()
     sender = ReplySender(networks(["10.0.0.0/8"]))
     refused = counted("refused")
     records = [
-        rec("e1", address_value("127.0.0.1", 4000, "t")),
-        rec("e2", address_value("192.168.1.1", 4000, "t")),
-        rec("e3", b"localhost:4000/t"),
+        rec("e1", address_value("127.0.0.1", 4000, "t"), "c1"),
+        rec("e2", address_value("192.168.1.1", 4000, "t"), "c2"),
+        rec("e3", b"localhost:4000/t", "c3"),
     ]
     assert sender.routes(records) is None
     assert counted("refused") == refused + 3
-    routes = sender.routes([rec("e4", address_value("10.2.3.4", 4000, "t"))])
-    assert routes is not None and [a.host for a in routes["e4"]] == ["10.2.3.4"]
+    routes = sender.routes([rec("e4", address_value("10.2.3.4", 4000, "t"), "c4")])
+    assert routes is not None and routes["c4"].host == "10.2.3.4"
     assert ReplySender([]).enabled is False
 
 
 async def test_frames_are_dropped_while_the_address_is_down() -> None:
     sender = ReplySender(LOOPBACK, retry_s=3600)
-    routes = sender.routes([rec("e1", address_value("127.0.0.1", free_port(), "t"))])
+    address = address_value("127.0.0.1", free_port(), "t")
+    routes = sender.routes([rec("e1", address, "c1"), rec("e1", address, "c2")])
     assert routes is not None
     dropped = counted("dropped")
     sender.send(routes, [outcome("c1", "e1")])  # queued while connecting, then refused
@@ -186,8 +202,8 @@ async def test_the_least_recently_used_connection_goes_beyond_the_limit(
 ) -> None:
     listener, port = api
     sender = ReplySender(LOOPBACK, max_links=1)
-    first = sender.routes([rec("e1", address_value("127.0.0.1", port, "a"))])
-    second = sender.routes([rec("e1", address_value("127.0.0.1", port, "b"))])
+    first = sender.routes([rec("e1", address_value("127.0.0.1", port, "a"), "c1")])
+    second = sender.routes([rec("e1", address_value("127.0.0.1", port, "b"), "c2")])
     assert first is not None and second is not None
     sender.send(first, [outcome("c1", "e1")])
     await listener.wait_for(1)
@@ -196,3 +212,29 @@ async def test_the_least_recently_used_connection_goes_beyond_the_limit(
     assert [a.token for a in sender._links] == [b"b"]
     assert listener.tokens == [b"a", b"b"]
     await sender.close()
+
+
+def test_only_the_command_that_named_an_address_is_answered_there() -> None:
+    # Another command of the same execution (another producer's, a worker's) is not sent
+    # to the address a command of that execution named.
+    sender = ReplySender(LOOPBACK)
+    routes = sender.routes(
+        [rec("e1", address_value("127.0.0.1", 4000, "t"), "c1"), rec("e1", NO_HEADER, "c2")]
+    )
+    assert routes is not None and set(routes) == {"c1"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,  # Kafka allows null header values
+        b"127.0.0.1:4000/t\r\nFLUSHALL",  # a token that is not one the API draws
+        b"127.0.0.1:4000/" + b"a" * 200,  # longer than any address
+        "127.0.0.1:4000/t".encode("utf-16"),
+    ],
+)
+def test_header_values_that_are_not_addresses_are_refused_without_raising(value: Any) -> None:
+    sender = ReplySender(LOOPBACK)
+    refused = counted("refused")
+    assert sender.routes([rec("e1", value, "c1")]) is None
+    assert counted("refused") == refused + 1

@@ -5,12 +5,15 @@ written there answers it, and a connection without the token resolves nothing.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+
+import pytest
 
 from schemas.commands import StartWorkflow, StartWorkflowPayload
 from schemas.common import ExecutionStatus
 from schemas.outcomes import CommandOutcome
+from services.api import reply_listener
 from services.api.gateway import CommandGateway
 from services.api.reply_listener import ReplyListener
 from services.api.topic_tail import TopicFeed
@@ -18,6 +21,7 @@ from services.common.kafka_io import Outgoing
 from services.common.metrics import API_OUTCOMES_RESOLVED, API_REPLY_CONNECTIONS
 from services.common.reply_frames import REPLY_HEADER, frame, hello, parse_address
 from services.common.settings import ApiSettings
+from tests.support.eventually import assert_eventually
 
 WAIT_S = 5.0  # a guard against a hang, not a timed assertion
 
@@ -146,4 +150,52 @@ async def test_auto_advertises_an_ip_of_this_hosts_name() -> None:
     assert listener.header_value is not None
     address = parse_address(listener.header_value.encode())
     assert address is not None and address.port == listener.port
+    await listener.stop()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async def check() -> None:
+        assert condition()
+
+    await assert_eventually(check, WAIT_S, 0.005)
+
+
+async def test_a_connection_that_never_sends_its_token_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reply_listener, "_HELLO_S", 0.05)
+    listener = ReplyListener(ApiSettings(), lambda values: None)
+    await listener.start()
+    assert listener.port is not None
+    refused = counted(API_REPLY_CONNECTIONS, "refused")
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"RSR")  # the start of a hello, never the rest
+    assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # closed by the API
+    assert counted(API_REPLY_CONNECTIONS, "refused") == refused + 1
+    writer.close()
+    await listener.stop()
+
+
+async def test_connections_without_their_token_yet_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reply_listener, "_MAX_UNTRUSTED", 2)
+    listener = ReplyListener(ApiSettings(), lambda values: None)
+    await listener.start()
+    assert listener.port is not None
+    writers = []
+    for _ in range(2):
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writers.append(writer)
+        await _until(lambda: len(listener._connections) == len(writers))
+    reader, third = await asyncio.open_connection("127.0.0.1", listener.port)
+    assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # refused at once
+    assert len(listener._connections) == 2
+    # One that sends the token no longer counts against the bound.
+    writers[0].write(hello(listener.token))
+    await _until(lambda: sum(1 for c in listener._connections if c._trusted) == 1)
+    _, fourth = await asyncio.open_connection("127.0.0.1", listener.port)
+    await _until(lambda: len(listener._connections) == 3)
+    for writer in (*writers, third, fourth):
+        writer.close()
     await listener.stop()
