@@ -230,7 +230,7 @@ class WaitingBatchSubscriber(BatchSubscriber):
         )
         records = tuple(chain.from_iterable(batches.values()))
         fetch_pace(consumer, bool(records), len(records), self.gather_above_per_s)
-        return records
+        return _without_null_headers(records)
 
 
 class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
@@ -253,7 +253,21 @@ class ResponsePacedBatchSubscriber(WaitingBatchSubscriber):
         if not paced or not batches:
             # A whole idle getmany: the broker may hold the next fetch its idle wait.
             fetch_pace(consumer, busy=bool(batches))
-        return tuple(chain.from_iterable(batches.values()))
+        return _without_null_headers(tuple(chain.from_iterable(batches.values())))
+
+
+def _without_null_headers(
+    records: tuple[ConsumerRecord[Any, Any], ...],
+) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """`records`, a null header value (Kafka allows one) read as empty. FastStream's batch
+    parser decodes every header value of the batch; one None among them failed the whole
+    batch before the handler saw it, and the next batch's offset commit then passed over
+    it: every command fetched with such a record was lost."""
+    for record in records:
+        headers = record.headers
+        if headers and any(value is None for _, value in headers):
+            record.headers = [(key, b"" if value is None else value) for key, value in headers]
+    return records
 
 
 _UNPACEABLE: weakref.WeakSet[object] = weakref.WeakSet()

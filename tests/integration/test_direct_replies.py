@@ -5,12 +5,18 @@ is read from the services' metrics, not from timing."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from mistralai.client import Mistral
 
+from services.common.reply_frames import REPLY_HEADER
+from tests.support.kafka import commits_of, read_topic, start, topic
 from tests.support.stack import Stack, StackWith
 
 
@@ -70,3 +76,39 @@ def test_without_the_direct_channel_the_topic_answers(
                 assert replies(stack, result) >= 1
             else:
                 assert replies(stack, result) == 0
+
+
+async def test_a_null_reply_header_costs_no_command_of_its_batch(stack_with: StackWith) -> None:
+    # Kafka allows a null header value: the engine must apply every command fetched with
+    # such a record (before the fix the whole batch was lost without a trace).
+    with stack_with(services=("engine",), RUNSTORE_PARTITIONS="1") as stack:
+        env = stack.env
+        bootstrap = env["RUNSTORE_KAFKA_BOOTSTRAP"]
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(
+                    topic(env, "commands"),
+                    json.dumps(start(execution_id, command_id)).encode(),
+                    key=execution_id.encode(),
+                    headers=headers,
+                )
+                for execution_id, command_id, headers in (
+                    ("plain", "plain-1", []),
+                    ("nulled", "nulled-1", [(REPLY_HEADER, None)]),
+                )
+            ]
+            await asyncio.gather(*sent)  # sent together: one batch for the engine
+        finally:
+            await producer.stop()
+
+        def answered(records: list[Any]) -> set[str]:
+            return {json.loads(r.value)["command_id"] for r in records}
+
+        outcomes = await read_topic(
+            bootstrap, topic(env, "outcomes"), lambda rs: answered(rs) >= {"plain-1", "nulled-1"}
+        )
+        assert {"plain-1", "nulled-1"} <= answered(outcomes)
+        assert len(await commits_of(env, "plain")) == 1
+        assert len(await commits_of(env, "nulled")) == 1
