@@ -188,7 +188,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(routes_catalogue.router)
 
     def front(inner: ASGIApp) -> ASGIApp:
-        # Outermost last: the failure budget sees every answer, 413s included. The execute
+        # Outermost last: the failure budget sees every answer behind it, 413s included
+        # (the fast path charges it for the answers it gives itself). The execute
         # fast path stands in front of the limits and the metrics and does their work for
         # the executes it answers (execute_fast_path.py); all of them in front of FastAPI's
         # own layers (front.py), which an execute it answers skips.

@@ -5,11 +5,10 @@ matching over every route, the exception and exit-stack middlewares, dependency
 resolution, request and response objects) cost more CPU than the work itself
 (docs/api-gateway.md has the profile).
 
-This middleware sits innermost among the API's middlewares (inside the body-size limit
-and the failure budget, so those apply as to any request) and handles a request that is
-an execute with a known caller and a body that parses and validates, by calling the very
-function the route calls (`start_execution.start_execution`) and rendering its answer or
-its HTTPException exactly as FastAPI does. Anything else — no or an unknown key, another
+This middleware handles a request that is an execute with a known caller and a body
+that parses and validates, by calling the very function the route calls
+(`start_execution.start_execution`) and rendering its answer or its HTTPException exactly
+as FastAPI does. Anything else — no or an unknown key, another
 content type, a body that is not valid, an over-long idempotency key, a reserved or
 unusable workflow name, a trailing slash — goes on to FastAPI with the body replayed, so
 every error keeps FastAPI's own shape.
@@ -118,7 +117,7 @@ class ExecuteFastPath:
         declared = headers.get("content-length")
         if (
             declared is None
-            or not declared.isdigit()
+            or not (declared.isascii() and declared.isdigit())
             or int(declared) > front.max_body_bytes
             or not front.budget.admits(client)
         ):
@@ -126,11 +125,19 @@ class ExecuteFastPath:
             return
         started = time.perf_counter()
         status = 500  # (as RequestMetrics notes a request that ends without an answer)
+        body = await _read_body(receive)
+        request = _parse(body)
+        if request is None:
+            # Not an execute this path answers: the middlewares behind count it, also when
+            # it raises, so it is not noted here.
+            await self.app(scope, _replay(body, receive), send)
+            return
         try:
-            status = await self._answer(scope, receive, send, caller, matched.group(1), key)
+            status = await self._respond(
+                scope, receive, send, caller, request, matched.group(1), key
+            )
         finally:
-            if status:  # (a request handed on was counted by the middlewares behind)
-                self._note(front, client, status, time.perf_counter() - started)
+            self._note(front, client, status, time.perf_counter() - started)
 
     def _note(self, front: InFront, client: str, status: int, seconds: float) -> None:
         """What the failure budget and the request metrics note of an answer."""
@@ -148,14 +155,26 @@ class ExecuteFastPath:
         caller: Caller,
         workflow_identifier: str,
         key: str | None,
-    ) -> int:
-        """Answer the execute (or hand it on if its body is not one); its status code (0
-        when handed on: the middlewares behind have seen it)."""
+    ) -> None:
+        """Answer the execute, or hand it on if its body is not one."""
         body = await _read_body(receive)
         request = _parse(body)
         if request is None:
             await self.app(scope, _replay(body, receive), send)
-            return 0
+            return
+        await self._respond(scope, receive, send, caller, request, workflow_identifier, key)
+
+    async def _respond(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        caller: Caller,
+        request: ExecuteRequest,
+        workflow_identifier: str,
+        key: str | None,
+    ) -> int:
+        """Answer a parsed execute; its status code."""
         try:
             answer = await start_execution(caller, self.wiring, request, workflow_identifier, key)
         except HTTPException as exc:

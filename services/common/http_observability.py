@@ -26,8 +26,9 @@ _PROBES = frozenset(("/healthz", "/readyz", "/metrics"))
 class RequestMetrics:
     """Observes each HTTP request's duration under its route template (`/v1/workflows/
     runs/{run_id}`, not the concrete path, so label values stay few). Requests answered
-    before routing (the execute fast path, 404s, 413s) are labelled by what the
-    `route_hint` in their scope says, else `unrouted`. For a streamed response the
+    before routing (404s, 413s; executes handed on by the fast path, which observes the
+    ones it answers itself into the same histogram) are labelled by what the `route_hint`
+    in their scope says, else `unrouted`. For a streamed response the
     duration is the whole stream's."""
 
     def __init__(self, app: ASGIApp) -> None:

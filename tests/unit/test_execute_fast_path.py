@@ -340,3 +340,52 @@ async def test_a_body_of_undeclared_length_is_limited_as_any_request() -> None:
                 )
                 answers.append((fast, reply.status_code, len(gateway.sent)))
     assert answers == [(False, 200, 1), (False, 413, 1), (True, 200, 1), (True, 413, 1)]
+
+
+async def test_a_request_handed_on_is_counted_once_also_when_the_app_behind_raises() -> None:
+    # A body this path does not answer goes on to the metrics behind it, which note it
+    # (a 500 when the route raises after answering): the fast path must not note it too.
+    async def failing_route(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+        raise RuntimeError("the route failed")
+
+    budget = FailureBudget(BodySizeLimit(failing_route, max_bytes=4096), 0.001, 1000)
+    app = ExecuteFastPath(
+        RequestMetrics(budget),
+        wiring=None,  # type: ignore[arg-type]
+        keys=ApiKeys("k=alice"),
+        in_front=InFront(budget, 4096),
+    )
+    body = b"{broken"
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/workflows/wf/execute",
+        "headers": [
+            (b"authorization", b"Bearer k"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("10.1.2.3", 1),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    def count() -> float:
+        labels = {"method": "POST", "route": ROUTE, "status": "500"}
+        for metric in HTTP_LATENCY.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count") and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    before = count()
+    with pytest.raises(RuntimeError):
+        await app(scope, receive, send)
+    assert count() == before + 1

@@ -18,7 +18,8 @@ same pages as MongoDB and the memory adapter).
 
 It changes by the projector's own fold: `apply` runs `projection.apply_to_run` on the row
 and keeps what the fold returns, so a re-delivered or older event changes nothing
-(`position` guard) and the rows equal the projector's.
+(`position` guard) and the rows equal the projector's. (A new run's row is made straight
+from its STARTED event, as `_row(apply_to_run(None, event))` would make it: `_started_row`.)
 """
 
 from __future__ import annotations
