@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from schemas.commands import StartWorkflow, StartWorkflowPayload
-from schemas.common import ExecutionStatus
 from schemas.outcomes import CommandOutcome
 from services.api.gateway import CommandGateway, OutcomeTimeout
 from services.api.topic_tail import TopicFeed
 from services.common.kafka_io import Outgoing
 from services.common.settings import ApiSettings
+from tests.support.outcomes import accepted, start_command
 
 
 class FakeWindow:
@@ -47,29 +45,6 @@ def gateway(hold: bool = False, timeout: float = 0.2) -> tuple[CommandGateway, F
     return gw, window
 
 
-def start(command_id: str = "c-1") -> StartWorkflow:
-    return StartWorkflow(
-        command_id=command_id,
-        execution_id="e-1",
-        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
-        user_id="alice",
-        payload=StartWorkflowPayload(workflow_name="wf", input={}),
-    )
-
-
-def outcome_of(command: StartWorkflow) -> CommandOutcome:
-    return CommandOutcome(
-        command_id=command.command_id,
-        command_type=command.type,
-        execution_id=command.execution_id,
-        accepted=True,
-        seq=1,
-        run_id="r-1",
-        status=ExecutionStatus.RUNNING,
-        decided_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-
-
 def answer(gw: CommandGateway, outcome: CommandOutcome) -> None:
     """What the outcome feed does when the engine's outcome comes."""
     record: Any = type("Record", (), {"value": outcome.model_dump_json().encode()})()
@@ -78,10 +53,10 @@ def answer(gw: CommandGateway, outcome: CommandOutcome) -> None:
 
 async def test_a_send_returns_the_engines_outcome() -> None:
     gw, window = gateway()
-    command = start()
+    command = start_command()
     sent = asyncio.create_task(gw.send(command))
     await asyncio.sleep(0.01)
-    answer(gw, outcome_of(command))
+    answer(gw, accepted(command))
     assert (await sent).run_id == "r-1"
     assert [r.key for r in window.records] == ["e-1"]
     assert gw._waiting == {}
@@ -90,36 +65,36 @@ async def test_a_send_returns_the_engines_outcome() -> None:
 async def test_no_outcome_in_time_is_an_outcome_timeout_and_the_wait_is_forgotten() -> None:
     gw, _ = gateway()
     with pytest.raises(OutcomeTimeout, match="the engine did not answer"):
-        await gw.send(start(), wait_seconds=0.05)
+        await gw.send(start_command(), wait_seconds=0.05)
     assert gw._waiting == {}
 
 
 async def test_no_acknowledgement_in_time_is_an_outcome_timeout() -> None:
     gw, _ = gateway(hold=True, timeout=0.05)
     with pytest.raises(OutcomeTimeout, match="Kafka did not acknowledge"):
-        await gw.send(start())
+        await gw.send(start_command())
     assert gw._waiting == {}
 
 
 async def test_concurrent_sends_of_one_command_share_its_outcome() -> None:
     gw, _ = gateway(timeout=5)
-    command = start()
+    command = start_command()
     first = asyncio.create_task(gw.send(command))
     await asyncio.sleep(0.01)
     second = asyncio.create_task(gw.send(command))
     await asyncio.sleep(0.01)
-    answer(gw, outcome_of(command))
+    answer(gw, accepted(command))
     assert (await first).run_id == (await second).run_id == "r-1"
 
 
 async def test_a_send_sharing_a_wait_that_times_out_first_leaves_the_owner_waiting() -> None:
     gw, _ = gateway(timeout=5)
-    command = start()
+    command = start_command()
     owner = asyncio.create_task(gw.send(command))
     await asyncio.sleep(0.01)
     with pytest.raises(OutcomeTimeout):
         await gw.send(command, wait_seconds=0.05)
-    answer(gw, outcome_of(command))
+    answer(gw, accepted(command))
     assert (await owner).run_id == "r-1"
 
 
@@ -128,7 +103,7 @@ async def test_a_cancelled_send_ends_the_sends_sharing_its_wait_as_a_timeout() -
     cancelled (its request goes on and is answered 504), and learns it at once rather
     than at its own deadline (the outcome could no longer reach it)."""
     gw, _ = gateway(timeout=60)
-    command = start()
+    command = start_command()
     owner = asyncio.create_task(gw.send(command))
     await asyncio.sleep(0.01)
     other = asyncio.create_task(gw.send(command))
@@ -144,7 +119,7 @@ async def test_a_cancelled_send_ends_the_sends_sharing_its_wait_as_a_timeout() -
 
 async def test_an_owners_timeout_ends_the_sends_sharing_its_wait() -> None:
     gw, _ = gateway(timeout=60)
-    command = start()
+    command = start_command()
     owner = asyncio.create_task(gw.send(command, wait_seconds=0.05))
     await asyncio.sleep(0.01)
     other = asyncio.create_task(gw.send(command))
@@ -175,8 +150,8 @@ async def test_an_outcome_nobody_here_awaits_is_not_decoded(
 
 async def test_an_outcome_whose_command_id_has_an_escape_still_reaches_its_waiter() -> None:
     gw, _ = gateway()
-    command = start('c-"quoted"\\id')
+    command = start_command('c-"quoted"\\id')
     sent = asyncio.create_task(gw.send(command))
     await asyncio.sleep(0.01)
-    answer(gw, outcome_of(command))
+    answer(gw, accepted(command))
     assert (await sent).command_id == 'c-"quoted"\\id'

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
 import pytest
 
-from schemas.commands import StartWorkflow, StartWorkflowPayload
-from schemas.common import ExecutionStatus
-from schemas.outcomes import CommandOutcome
 from services.api import reply_listener
 from services.api.gateway import CommandGateway
 from services.api.reply_listener import ReplyListener
@@ -22,6 +18,7 @@ from services.common.metrics import API_OUTCOMES_RESOLVED, API_REPLY_CONNECTIONS
 from services.common.reply_frames import REPLY_HEADER, frame, hello, parse_address
 from services.common.settings import ApiSettings
 from tests.support.eventually import assert_eventually
+from tests.support.outcomes import accepted, start_command
 
 WAIT_S = 5.0  # a guard against a hang, not a timed assertion
 
@@ -42,29 +39,6 @@ class Window:
         self.published.set()
 
 
-def start(command_id: str) -> StartWorkflow:
-    return StartWorkflow(
-        command_id=command_id,
-        execution_id="e-1",
-        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
-        user_id="alice",
-        payload=StartWorkflowPayload(workflow_name="wf", input={}),
-    )
-
-
-def outcome_of(command: StartWorkflow) -> CommandOutcome:
-    return CommandOutcome(
-        command_id=command.command_id,
-        command_type=command.type,
-        execution_id=command.execution_id,
-        accepted=True,
-        seq=1,
-        run_id="r-1",
-        status=ExecutionStatus.RUNNING,
-        decided_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-
-
 async def started_gateway(**settings: object) -> tuple[CommandGateway, Window]:
     config = ApiSettings(api_command_timeout_seconds=WAIT_S, **settings)  # type: ignore[arg-type]
     gw = CommandGateway(config, TopicFeed(config, "test"))
@@ -80,7 +54,7 @@ async def started_gateway(**settings: object) -> tuple[CommandGateway, Window]:
 async def test_an_outcome_written_to_the_listener_answers_the_send() -> None:
     gw, window = await started_gateway()
     assert gw.replies is not None and gw.replies.header_value is not None
-    command = start("c-1")
+    command = start_command("c-1")
     sending = asyncio.create_task(gw.send(command))
     await asyncio.wait_for(window.published.wait(), WAIT_S)
     (sent,) = window.records
@@ -89,13 +63,13 @@ async def test_an_outcome_written_to_the_listener_answers_the_send() -> None:
     assert address is not None and address.token == gw.replies.token
     direct = counted(API_OUTCOMES_RESOLVED, "direct")
     _, writer = await asyncio.open_connection(address.host, address.port)
-    writer.write(hello(address.token) + frame([outcome_of(command).model_dump_json().encode()]))
+    writer.write(hello(address.token) + frame([accepted(command).model_dump_json().encode()]))
     got = await asyncio.wait_for(sending, WAIT_S)
     assert got.run_id == "r-1"
     assert counted(API_OUTCOMES_RESOLVED, "direct") == direct + 1
     # The copy from the topic finds nobody waiting.
     topic = counted(API_OUTCOMES_RESOLVED, "topic")
-    record = type("Record", (), {"value": outcome_of(command).model_dump_json().encode()})()
+    record = type("Record", (), {"value": accepted(command).model_dump_json().encode()})()
     gw._resolve(0, [record])
     assert counted(API_OUTCOMES_RESOLVED, "topic") == topic
     writer.close()
@@ -105,13 +79,13 @@ async def test_an_outcome_written_to_the_listener_answers_the_send() -> None:
 async def test_a_connection_with_a_wrong_token_is_closed_and_resolves_nothing() -> None:
     gw, window = await started_gateway()
     assert gw.replies is not None and gw.replies.port is not None
-    command = start("c-2")
+    command = start_command("c-2")
     sending = asyncio.create_task(gw.send(command))
     await asyncio.wait_for(window.published.wait(), WAIT_S)
     refused = counted(API_REPLY_CONNECTIONS, "refused")
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.replies.port)
     wrong = b"x" * len(gw.replies.token)
-    writer.write(hello(wrong) + frame([outcome_of(command).model_dump_json().encode()]))
+    writer.write(hello(wrong) + frame([accepted(command).model_dump_json().encode()]))
     assert await asyncio.wait_for(reader.read(), WAIT_S) == b""  # closed by the API
     assert counted(API_REPLY_CONNECTIONS, "refused") == refused + 1
     assert not sending.done()
@@ -123,7 +97,7 @@ async def test_a_connection_with_a_wrong_token_is_closed_and_resolves_nothing() 
 async def test_with_direct_replies_off_commands_carry_no_reply_header() -> None:
     gw, window = await started_gateway(api_direct_replies=False)
     assert gw.replies is None
-    sending = asyncio.create_task(gw.send(start("c-3")))
+    sending = asyncio.create_task(gw.send(start_command("c-3")))
     await asyncio.wait_for(window.published.wait(), WAIT_S)
     (sent,) = window.records
     assert not sent.headers or REPLY_HEADER not in sent.headers
