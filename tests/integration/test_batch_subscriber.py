@@ -263,11 +263,15 @@ class _FetchingConsumer:
         return self.batches.pop(0)
 
 
+def _record() -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("commands", 0, 0, 0, 0, None, b"{}", None, 0, 2, [])
+
+
 async def test_an_idle_getmany_lengthens_the_wait_and_an_empty_fetch_keeps_it() -> None:
     # Between waves a held fetch lasts at most BETWEEN_WAVES_WAIT_MS (what a partition sought
     # back meanwhile may wait); a whole idle getmany lengthens it to IDLE_BROKER_WAIT_MS.
     fetcher = _Fetcher(65536, [False, False, True])
-    consumer = _FetchingConsumer(fetcher, [{}, {"commands-0": [object()]}])
+    consumer = _FetchingConsumer(fetcher, [{}, {"commands-0": [_record()]}])
     subscriber = batch_subscriber(KafkaBroker(), "some-topic", pace_each_fetch=True)
 
     assert await subscriber.get_msg(consumer) == ()  # type: ignore[arg-type]
@@ -286,7 +290,7 @@ async def test_a_fetcher_it_cannot_pace_per_response_is_paced_by_getmany() -> No
         _fetch_min_bytes, _fetch_max_wait_ms = 65536, 5
 
     fetcher = OldFetcher()
-    consumer = _FetchingConsumer(fetcher, [{}, {"commands-0": [object()]}])
+    consumer = _FetchingConsumer(fetcher, [{}, {"commands-0": [_record()]}])
     subscriber = batch_subscriber(KafkaBroker(), "some-topic", pace_each_fetch=True)
 
     assert await subscriber.get_msg(consumer) == ()  # type: ignore[arg-type]
@@ -378,3 +382,15 @@ async def test_a_paced_consumer_waits_for_the_next_wave_without_polling_and_take
             assert sorted(r.value for r in got) == sorted(wave)
         finally:
             await producer.stop()
+
+
+async def test_a_null_header_value_is_read_as_empty() -> None:
+    # FastStream's batch parser decodes every header value: one None failed the whole
+    # batch before the handler saw it (services/common/batch_subscriber.py).
+    nulled = _record()
+    nulled.headers = [("runstore-reply", None), ("traceparent", b"00-x")]  # type: ignore[list-item]
+    plain = _record()
+    consumer = _FetchingConsumer(object(), [{"commands-0": [nulled, plain]}])
+    subscriber = batch_subscriber(KafkaBroker(), "some-topic")
+    got = await subscriber.get_msg(consumer)  # type: ignore[arg-type]
+    assert [r.headers for r in got] == [[("runstore-reply", b""), ("traceparent", b"00-x")], []]
