@@ -109,7 +109,9 @@ class ExecuteFastPath:
             return
         front = self.in_front
         if front is None:
-            await self._answer(scope, receive, send, caller, matched.group(1), key)
+            request = await self._request_or_hand_on(scope, receive, send)
+            if request is not None:
+                await self._respond(scope, receive, send, caller, request, matched.group(1), key)
             return
         # What the limits behind would refuse (or count: a body of undeclared length),
         # they answer.
@@ -125,12 +127,10 @@ class ExecuteFastPath:
             return
         started = time.perf_counter()
         status = 500  # (as RequestMetrics notes a request that ends without an answer)
-        body = await _read_body(receive)
-        request = _parse(body)
+        request = await self._request_or_hand_on(scope, receive, send)
         if request is None:
-            # Not an execute this path answers: the middlewares behind count it, also when
-            # it raises, so it is not noted here.
-            await self.app(scope, _replay(body, receive), send)
+            # Not an execute this path answers: the middlewares behind counted it, also
+            # when it raised, so it is not noted here.
             return
         try:
             status = await self._respond(
@@ -147,22 +147,16 @@ class ExecuteFastPath:
             latency = self._latency[status] = HTTP_LATENCY.labels("POST", _ROUTE, str(status))
         latency.observe(seconds)
 
-    async def _answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        caller: Caller,
-        workflow_identifier: str,
-        key: str | None,
-    ) -> None:
-        """Answer the execute, or hand it on if its body is not one."""
+    async def _request_or_hand_on(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> ExecuteRequest | None:
+        """The body as an execute this path answers; None when it is not one, after
+        handing the request on with the body replayed."""
         body = await _read_body(receive)
         request = _parse(body)
         if request is None:
             await self.app(scope, _replay(body, receive), send)
-            return
-        await self._respond(scope, receive, send, caller, request, workflow_identifier, key)
+        return request
 
     async def _respond(
         self,
