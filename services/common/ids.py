@@ -27,6 +27,7 @@ _BLOCK_IDS = 256
 """Ids' random bytes drawn from the OS at a time (10 each): one `getrandom` system call per
 256 ids instead of one per id (the API made two per execute)."""
 _HEX_PER_ID = 20
+_BLOCK_HEX = _BLOCK_IDS * _HEX_PER_ID
 
 
 class _Pool(threading.local):
@@ -36,7 +37,7 @@ class _Pool(threading.local):
 
     def __init__(self) -> None:
         self.digits = ""
-        self.at = 0
+        self.at = _BLOCK_HEX
 
 
 _pool = _Pool()
@@ -54,12 +55,11 @@ def _random_hex() -> str:
     """20 random hex digits (80 bits from `os.urandom`), from the thread's pool."""
     pool = _pool
     at = pool.at
-    digits = pool.digits
-    if at >= len(digits):
-        digits = pool.digits = os.urandom(_BLOCK_IDS * _HEX_PER_ID // 2).hex()
+    if at >= _BLOCK_HEX:  # (a new pool starts here too: its digits are "")
+        pool.digits = os.urandom(_BLOCK_HEX // 2).hex()
         at = 0
     pool.at = at + _HEX_PER_ID
-    return digits[at : at + _HEX_PER_ID]
+    return pool.digits[at : at + _HEX_PER_ID]
 
 
 def new_id() -> str:
