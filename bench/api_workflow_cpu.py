@@ -20,6 +20,11 @@ the second outcome).
 `--starts-only`: the fake engine answers with the start's records only (its outcome and
 STARTED event), as the stack of `bench/http_gateway.py` does, where no worker runs.
 
+`--direct`: the start's answer comes first as a direct reply frame, handed to the API's
+reply listener's connection (trusted; tagged, with the run's STARTED event before the
+outcome, when the checkout's gateway asks for STARTED events), and its records from the
+topics one loop turn later, as the stack's engine writes the reply before it publishes.
+
 Printed: the lowest CPU time per workflow over `--rounds` rounds (process CPU: the fake
 engine and the clients are in it, the same in any two checkouts). Not in it: aiokafka's
 fetch and produce requests and responses, the socket system calls. Compare two checkouts
@@ -68,8 +73,16 @@ _RECORDED_TIMES: set[bytes] = set()
 class FakeEngine:
     """Answers commands with the recorded workflow's records, through the feed handlers."""
 
-    def __init__(self, feed: Any, settings: ApiSettings, starts_only: bool = False) -> None:
+    def __init__(
+        self, feed: Any, settings: ApiSettings, starts_only: bool = False, direct: Any = None
+    ) -> None:
+        """`direct`: the API's gateway, to answer through its reply listener first."""
         self._starts_only = starts_only
+        self._direct = direct
+        self._connection: Any = None
+        self._times: dict[bytes, bytes] = {}
+        """Execution id -> the time its reply's records carry: its topic records the same
+        (the engine sends the topic's bytes)."""
         recorded = json.loads(FIXTURE.read_text())
         self._ids = (
             recorded["execution_id"].encode(),
@@ -101,9 +114,53 @@ class FakeEngine:
 
     def _decide(self, commands: list[tuple[bytes, bytes]]) -> None:
         runs = [(execution_id, new_id().encode(), cid) for execution_id, cid in commands]
-        self._deliver(runs, self._start)
+        if self._direct is not None:
+            self._reply(runs)
+            asyncio.get_running_loop().call_soon(self._deliver, runs, self._start)
+        else:
+            self._deliver(runs, self._start)
         if not self._starts_only:
             asyncio.get_running_loop().call_soon(self._deliver, runs, self._worker)
+
+    def _reply(self, runs: list[tuple[bytes, bytes, bytes]]) -> None:
+        """The direct reply frame of these starts, into the listener's connection."""
+        from services.api import reply_listener
+        from services.common.reply_frames import frame
+
+        gateway = self._direct
+        tagged = bool(getattr(gateway, "_asks_started", False))
+        if self._connection is None:
+            self._connection = reply_listener._ReplyConnection(gateway.replies)
+            self._connection._trusted = True
+            self._connection._tagged = tagged
+        values: list[bytes] = []
+        for _, value, topic in self._values(runs, self._start):
+            if topic == "workflows.outcomes":
+                values.append(b"\x00" + value if tagged else value)
+            elif tagged and b'"WORKFLOW_EXECUTION_STARTED"' in value:
+                values.append(b"\x01" + value)
+        self._connection.data_received(frame(values))
+
+    def _values(
+        self,
+        runs: list[tuple[bytes, bytes, bytes]],
+        templates: list[tuple[str, bytes, list[tuple[str, bytes]]]],
+    ) -> list[tuple[bytes, bytes, str]]:
+        """(execution id, record value, recorded topic) of each run's records."""
+        old_execution, old_run, old_command = self._ids
+        out: list[tuple[bytes, bytes, str]] = []
+        for execution_id, run_id, command_id in runs:
+            now = self._times[execution_id] = b"%d" % time.time_ns()
+            for topic, value, _ in templates:
+                value = (
+                    value.replace(old_execution, execution_id)
+                    .replace(old_run, run_id)
+                    .replace(old_command, command_id)
+                )
+                for recorded_time in _RECORDED_TIMES:
+                    value = value.replace(recorded_time, now)
+                out.append((execution_id, value, topic))
+        return out
 
     def _deliver(
         self,
@@ -112,9 +169,10 @@ class FakeEngine:
     ) -> None:
         old_execution, old_run, old_command = self._ids
         by_tp: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        times = self._times
         for execution_id, run_id, command_id in runs:
             partition = hash(execution_id) % PARTITIONS
-            now = b"%d" % time.time_ns()
+            now = times.pop(execution_id, None) or b"%d" % time.time_ns()
             for topic, value, headers in templates:
                 value = (
                     value.replace(old_execution, execution_id)
@@ -200,6 +258,7 @@ async def measure(
     wait: bool,
     count_calls: bool = False,
     starts_only: bool = False,
+    direct: bool = False,
 ) -> tuple[float, float]:
     """(CPU seconds per workflow, of which in the garbage collector); with `count_calls`,
     (Python and C function calls per workflow, 0) over one round instead."""
@@ -211,7 +270,7 @@ async def measure(
     gateway = app.state.gateway
     fanout = app.state.fanout
     feed = fanout._feed
-    engine = FakeEngine(feed, settings, starts_only)
+    engine = FakeEngine(feed, settings, starts_only, gateway if direct else None)
     publisher = RecordingPublisher(
         settings, "bench", settings.api_publish_linger_ms, settings.api_publish_quiet_ms
     )
@@ -299,6 +358,9 @@ def main() -> int:
         action="store_true",
         help="with --no-wait: the start's records only (no worker's), as the HTTP bench's stack",
     )
+    parser.add_argument(
+        "--direct", action="store_true", help="answer by a direct reply frame, then the topics"
+    )
     args = parser.parse_args()
     if args.starts_only and not args.no_wait:
         parser.error("--starts-only needs --no-wait (a waited workflow needs the worker's part)")
@@ -313,6 +375,7 @@ def main() -> int:
                 not args.no_wait,
                 count_calls=True,
                 starts_only=args.starts_only,
+                direct=args.direct,
             )
         )
         print(f"{REPO}: {calls:.1f} function calls per {what} (Python and C)")
@@ -324,6 +387,7 @@ def main() -> int:
             args.rounds,
             not args.no_wait,
             starts_only=args.starts_only,
+            direct=args.direct,
         )
     )
     rounds = f"lowest of {args.rounds} x {args.workflows}, {args.clients} clients"

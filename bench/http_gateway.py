@@ -131,6 +131,32 @@ def runstore_stack(
         yield url, pids
 
 
+_PATHS = (
+    ("runstore_api_outcomes_resolved_total", "outcomes"),
+    ("runstore_api_point_reads_total", "point reads"),
+)
+
+
+def api_paths(url: str) -> str:
+    """How the API answered (from its /metrics, whole run): the outcomes by the copy that
+    resolved them (direct reply or topic), the point reads by where they started (the run
+    list index or the store)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError as exc:
+        return f"no metrics ({exc})"
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        for name, label in _PATHS:
+            if line.startswith(name + "{"):
+                path = line[line.index('"') + 1 : line.rindex('"')]
+                found.setdefault(label, []).append(f"{path} {float(line.split()[-1]):.0f}")
+    return "; ".join(f"{label}: {', '.join(found.get(label, []))}" for _, label in _PATHS)
+
+
 def _answers(url: str) -> bool:
     import urllib.request
 
@@ -432,6 +458,7 @@ def one_round(
         extra = dict(pair.split("=", 1) for pair in args.env)
         with runstore_stack(work, services, extra_env=extra) as (url, pids):
             results.append(asyncio.run(bench_runstore(url, n, seconds, warmup, pids, args.rate)))
+            print(f"  paths: {api_paths(url)}", flush=True)
         print(f"  {results[-1].rate:.1f} starts/s", flush=True)
 
         rows: list[tuple[str, Callable[[], Result]]] = []

@@ -4,7 +4,7 @@ command gateway (see shared/API.md for the contract as the official SDK speaks i
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -51,7 +51,7 @@ from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
-from services.common.settings import ApiSettings
+from services.common.settings import ApiSettings, ListIndexMode
 from services.common.worker_registry import ensure_catalogue_indexes
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,23 @@ def build_app(settings: ApiSettings) -> FastAPI:
     # followed, and the replies' 12 were a third of them).
     feed = TopicFeed(settings, "runstore-api-feed")
     replies_feed = TopicFeed(settings, "runstore-api-replies")
-    gateway = CommandGateway(settings, feed)
+
+    # With direct replies, the engine sends the STARTED event of each run a start here
+    # opened with its outcome: folded into the run list index before the start is
+    # answered, a read right after it finds the run (list_index_feed.py). Not asked for
+    # when lists are store queries (with `auto`, asked for and dropped on MongoDB).
+    def fold_started(values: Sequence[bytes]) -> None:
+        list_index_feed.fold_started(values)
+
+    asks_started = settings.api_list_index is not ListIndexMode.STORE
+    gateway = CommandGateway(settings, feed, fold_started if asks_started else None)
     worker_requests = WorkerRequests(settings, gateway, replies_feed)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size, feed=feed)
     health = Health(settings, client, consumer=False)
     commits = MongoCommitLog(db)
     list_index = RunListIndex()
     # Catches up on its own consumer, then takes the events the fanout decodes anyway.
-    list_index_feed = ListIndexFeed(settings, db, commits, list_index, fanout)
+    list_index_feed: ListIndexFeed = ListIndexFeed(settings, db, commits, list_index, fanout)
     SSE_SUBSCRIBERS.set_function(lambda: fanout.subscriber_count)
     LIST_INDEX_RUNS.set_function(lambda: len(list_index) if list_index.ready else -1)
 

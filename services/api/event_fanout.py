@@ -60,9 +60,13 @@ class Subscription:
         start_positions: dict[int, int],
         internal: bool = False,
         wake: Callable[[Event], bool] | None = None,
+        skip: Callable[[Any], bool] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.match = match
+        self.skip = skip
+        """Which records it does not need, told from the record before it is decoded (a
+        wildcard's: the run list index's, for the STARTED events a reply brought)."""
         self.start_positions = start_positions
         self.internal = internal
         """Not a stream's (the run list index's): not counted as a subscriber."""
@@ -156,6 +160,8 @@ class EventFanout:
         self._positions: dict[int, int] = {}
         self._by_execution: dict[str, set[Subscription]] = {}
         self._wildcards: set[Subscription] = set()
+        self._skippers: set[Subscription] = set()
+        """The wildcards with a `skip`."""
         self._own_feed = feed is None
         self._feed = feed if feed is not None else TopicFeed(settings, "runstore-api-events")
         self._feed.follow(self._topic, self._deliver, self._fail_all)
@@ -195,11 +201,14 @@ class EventFanout:
         limit: int | None = None,
         internal: bool = False,
         wake: Callable[[Event], bool] | None = None,
+        skip: Callable[[Any], bool] | None = None,
     ) -> Subscription:
         """Deliveries of one execution's events (`execution_id`), or of every event that
         `match` accepts (all events if neither is given), buffered up to `limit` (default:
         the fanout's queue size). `internal`: not a stream's, not counted. `wake`: which
-        deliveries wake a waiting reader (default: all)."""
+        deliveries wake a waiting reader (default: all). `skip` (a wildcard's only): which
+        records it does without, asked before decoding (a record only skippers would get
+        is not decoded)."""
         sub = Subscription(
             execution_id,
             match,
@@ -207,16 +216,22 @@ class EventFanout:
             dict(self._positions),
             internal,
             wake,
+            skip,
         )
         if execution_id is not None:
+            if skip is not None:
+                raise ValueError("skip is a wildcard subscription's")
             self._by_execution.setdefault(execution_id, set()).add(sub)
         else:
             self._wildcards.add(sub)
+            if skip is not None:
+                self._skippers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         if sub.execution_id is None:
             self._wildcards.discard(sub)
+            self._skippers.discard(sub)
             return
         subs = self._by_execution.get(sub.execution_id)
         if subs is not None:
@@ -240,8 +255,14 @@ class EventFanout:
         targets: set[Subscription] | None = None
         if self._by_execution and record.key is not None:
             targets = self._by_execution.get(record.key.decode("utf-8", "replace"))
-        if not targets and not self._wildcards:
+        wildcards = self._wildcards
+        if not targets and not wildcards:
             return
+        skipped: list[Subscription] | None = None
+        if self._skippers:
+            skipped = [sub for sub in self._skippers if sub.skip(record)]  # type: ignore[misc]
+            if not targets and len(skipped) == len(wildcards):
+                return  # nobody needs it decoded
         event = parse_event(record.value, partition, record.offset)
         if event is None:
             return
@@ -250,8 +271,8 @@ class EventFanout:
         if targets:
             for sub in targets:
                 sub.offer(delivery)
-        for sub in self._wildcards:
-            if sub.match is None or sub.match(event):
+        for sub in wildcards:
+            if (sub.match is None or sub.match(event)) and not (skipped and sub in skipped):
                 sub.offer(delivery)
 
 

@@ -7,6 +7,8 @@ API's one `TopicFeed`) and resolves the waiter registered under the outcome's co
 With direct replies on (`RUNSTORE_API_DIRECT_REPLIES`), the commands it waits for also ask
 the engine to write their outcomes straight to this instance (services/api/
 reply_listener.py): whichever copy comes first resolves the waiter, the other finds none.
+With a `started` handler (the run list index's), they also ask for the STARTED event of
+each run they open, which the handler gets before the outcome answers the request.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.api.answered import AnsweredRecently
 from services.api.command_window import WindowedPublisher
-from services.api.reply_listener import ReplyListener
+from services.api.reply_listener import ReplyListener, Values
 from services.api.topic_tail import TopicFeed
 from services.common import tracing
 from services.common.kafka_io import Outgoing
 from services.common.metrics import API_OUTCOMES_RESOLVED
-from services.common.reply_frames import REPLY_HEADER
+from services.common.reply_frames import REPLY_HEADER, STARTED_HEADER
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,11 @@ class PublishFailed(Exception):
 
 
 class CommandGateway:
-    def __init__(self, settings: ApiSettings, feed: TopicFeed) -> None:
+    def __init__(
+        self, settings: ApiSettings, feed: TopicFeed, started: Values | None = None
+    ) -> None:
+        """`started`: where the STARTED events of the runs its commands open go, when the
+        engine sends them with the outcomes (direct replies)."""
         self._settings = settings
         self._publisher: WindowedPublisher | None = None
         self._topics = settings.topics
@@ -56,8 +62,11 @@ class CommandGateway:
         self.answered = AnsweredRecently(settings.api_index_wait_ms / 1000)
         feed.follow(self._topics.outcomes, self._resolve)
         self.replies = (
-            ReplyListener(settings, self._resolve_direct) if settings.api_direct_replies else None
+            ReplyListener(settings, self._resolve_direct, started)
+            if settings.api_direct_replies
+            else None
         )
+        self._asks_started = started is not None
         # The header of every command this instance waits for (None: no direct replies).
         self._reply_headers: dict[str, str] | None = None
 
@@ -76,7 +85,7 @@ class CommandGateway:
         if self.replies is not None:
             await self.replies.start()
             if self.replies.header_value is not None:
-                self._reply_headers = {REPLY_HEADER: self.replies.header_value}
+                self._reply_headers = reply_headers(self.replies.header_value, self._asks_started)
 
     async def stop(self) -> None:
         self._reply_headers = None
@@ -240,6 +249,14 @@ class CommandGateway:
             ) from exc
         finally:
             expiry.cancel()
+
+
+def reply_headers(address: str, started: bool) -> dict[str, str]:
+    """The headers of a command this instance waits for: where to reply and (`started`)
+    that it takes the STARTED events of the runs its commands open."""
+    if started:
+        return {STARTED_HEADER: "1", REPLY_HEADER: address}
+    return {REPLY_HEADER: address}
 
 
 class _Expired(Exception):

@@ -121,10 +121,16 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
     return DeadlineProtocol
 
 
+_SIZED = b"\r\ncontent-length: "
+"""How a head with a length names it (starlette writes header names in lower case; another
+spelling goes the general way)."""
+
+
 class _OneWriteResponse:
     """One response's transport, as uvicorn's request cycle uses it: the head (the cycle's
     first write, but for a 100 Continue) is held until the next write, which takes it
-    along, or until the end of the event loop's current step, or a close."""
+    along, or (a head without a length: a stream) until the end of the event loop's
+    current step, or the answer's end, or a close."""
 
     __slots__ = ("_head_seen", "_held", "_loop", "_transport")
 
@@ -144,7 +150,13 @@ class _OneWriteResponse:
         else:
             self._head_seen = True
             self._held = data
-            self._loop.call_soon(self.flush)
+            if _SIZED not in data:
+                self._loop.call_soon(self.flush)
+            # A sized answer's head (nearly every one: JSON) waits for its body, which
+            # takes it along, or for the answer's end or a close (no body: HEAD, a size of
+            # 0), without a callback per answer: a client reads nothing of such an answer
+            # before its body anyway. Only a stream's head (chunked, no length) goes at
+            # the end of the step, before its first event.
 
     def flush(self) -> None:
         """Write the head if it is still held."""

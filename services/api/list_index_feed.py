@@ -24,6 +24,14 @@ fails, the subscription is lost: a new one is made and 3 goes on (or starts agai
 the last folded position). Memory stays bounded; Kafka keeps what was dropped.
 Without a fanout (tests, tools) the own consumer of 3 follows the topic for good.
 
+With direct replies, the engine sends the STARTED event of each run a command of this
+instance opened along with its outcome (services/engine/replies.py); `fold_started` folds
+it at once, so a read right after the answer finds the run here. The same event comes
+later from the topic (byte for byte the same record value): folding it again changes
+nothing (the fold's position guard), and the feed's subscription skips it before it is
+decoded (`_folded_early`). The index is what folding the topic alone makes
+(tests/unit/test_list_index_feed_started.py).
+
 A gap (an event whose run row reflects an older seq than the one before it, or an event
 of a run the index has never seen that is not its start) is filled from the event store
 (`CommitLog.read_after`), as the projector fills its own; then the event is folded.
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -41,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from schemas.events import Event
+from schemas.events import Event, EventType
 from services.api.event_fanout import (
     EventFanout,
     FanoutFailed,
@@ -67,6 +76,9 @@ _SLICE = 100
 """Events folded between two yields to the event loop (~5-10 ms of CPU)."""
 _MAX_QUEUED = 10_000
 """Deliveries waiting to be folded past which the index reads on its own again."""
+_MAX_EARLY = 10_000
+"""STARTED events folded from replies whose topic copy is still to come, at most (an older
+one is forgotten: its copy is then decoded and folded, changing nothing)."""
 
 
 class _Record(Protocol):
@@ -141,6 +153,10 @@ class ListIndexFeed:
         self._sub: Subscription | None = None
         self._fold_next: dict[int, int] = {}
         """By partition: the next offset to fold from the subscription."""
+        self.started_from_replies = 0
+        self._folded_early: OrderedDict[bytes, bytes] = OrderedDict()
+        """Execution id (as the record key) -> the record value of the STARTED event of a
+        run of it `fold_started` folded, until its copy from the topic is skipped."""
 
     async def start(self) -> None:
         """Starts the bootstrap in the background (lists use the store until it is done),
@@ -163,7 +179,7 @@ class ListIndexFeed:
         """A new subscription to every event from now on (instead of the one there was)."""
         assert self._fanout is not None
         self._unsubscribe()
-        self._sub = self._fanout.subscribe(limit=_MAX_QUEUED, internal=True)
+        self._sub = self._fanout.subscribe(limit=_MAX_QUEUED, internal=True, skip=self._skip)
         return self._sub
 
     def _unsubscribe(self) -> None:
@@ -204,6 +220,7 @@ class ListIndexFeed:
         group = self._settings.group(self._settings.api_list_index_group)
         offsets = await committed_offsets(self._settings, group, self._topic)
         self._index.clear()
+        self._folded_early.clear()
         rows = await load_runs(self._db, self._index, self._settings.api_list_index_max_runs)
         log.info(
             "run list index: %d runs loaded in %.1fs; catching up from the projector's offsets",
@@ -297,6 +314,41 @@ class ListIndexFeed:
                 await self._apply(event)
             if n % _SLICE == 0:
                 await asyncio.sleep(0)
+
+    def fold_started(self, values: Sequence[bytes]) -> None:
+        """Fold the STARTED events (record values as on the events topic) the engine sent
+        with its answers (direct replies), before the answers are given: only stored events
+        come this way. Nothing while the index is not ready (it is loading: the topic
+        brings them)."""
+        index = self._index
+        if not index.ready:
+            return
+        early = self._folded_early
+        for value in values:
+            event = parse_event(value, -1, -1)
+            if event is None or event.type is not EventType.WORKFLOW_EXECUTION_STARTED:
+                continue
+            if index.gap_before(event) is not None:
+                continue  # (not for a run's start; the topic's copy fills it)
+            self._fold(event)
+            self.started_from_replies += 1
+            key = event.execution_id.encode()
+            early[key] = value
+            early.move_to_end(key)
+            if len(early) > _MAX_EARLY:
+                early.popitem(last=False)
+
+    def _skip(self, record: Any) -> bool:
+        """Whether `record` is the topic's copy of a STARTED event `fold_started` folded:
+        the same record value under the same key (folding it would change nothing)."""
+        early = self._folded_early
+        if not early or record.key is None:
+            return False
+        value = early.get(record.key)
+        if value is None or value != record.value:
+            return False
+        del early[record.key]
+        return True
 
     def _apply_in_order(self, event: Event) -> bool:
         """Fold `event` if its run lacks no event before it (nearly always: no await, no

@@ -5,6 +5,9 @@ The instance draws a random token at start; the commands it waits for name its a
 and token in their reply header. A connection must open with that token (compared in
 constant time): otherwise it is closed, counted, and nothing it sent resolves anything.
 Each frame's values go to `resolve` (the gateway's, as the outcome topic's records do).
+On a tagged connection (the engine opens one when the commands asked for STARTED events,
+`STARTED_HEADER`) each value says what it is: the STARTED events of a frame go to
+`started` (the run list index's fold) before its outcomes go to `resolve`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from services.common.metrics import API_REPLY_CONNECTIONS
-from services.common.reply_frames import FrameError, address_value, take_frames, take_hello
+from services.common.reply_frames import (
+    OUTCOME,
+    STARTED,
+    FrameError,
+    address_value,
+    is_tagged,
+    take_frames,
+    take_hello,
+)
 from services.common.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -28,10 +39,18 @@ _ACCEPTED = API_REPLY_CONNECTIONS.labels("accepted")
 _REFUSED = API_REPLY_CONNECTIONS.labels("refused")
 
 
+Values = Callable[[Sequence[bytes]], None]
+
+
 class ReplyListener:
-    def __init__(self, settings: ApiSettings, resolve: Callable[[Sequence[bytes]], None]) -> None:
+    def __init__(
+        self, settings: ApiSettings, resolve: Values, started: Values | None = None
+    ) -> None:
+        """`resolve`: what outcome values go to; `started`: what STARTED event values go
+        to (None: they are dropped)."""
         self._settings = settings
         self._resolve = resolve
+        self._started = started
         self.token = secrets.token_urlsafe(24).encode("ascii")
         self._server: asyncio.Server | None = None
         self._connections: set[_ReplyConnection] = set()
@@ -86,6 +105,7 @@ class _ReplyConnection(asyncio.Protocol):
         self._listener = listener
         self._buffer = bytearray()
         self._trusted = False
+        self._tagged = False
         self._transport: asyncio.Transport | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
 
@@ -123,12 +143,14 @@ class _ReplyConnection(asyncio.Protocol):
         self._buffer += data
         try:
             if not self._trusted:
+                tagged = is_tagged(self._buffer)
                 token = take_hello(self._buffer)
                 if token is None:
                     return
                 if not hmac.compare_digest(token, self._listener.token):
                     raise FrameError("wrong token")
                 self._trusted = True
+                self._tagged = tagged
                 if self._hello_timer is not None:
                     self._hello_timer.cancel()
                     self._hello_timer = None
@@ -141,9 +163,28 @@ class _ReplyConnection(asyncio.Protocol):
             self._buffer.clear()
             self.abort()
             return
+        if not values:
+            return
+        listener = self._listener
+        if self._tagged:
+            started: list[bytes] = []
+            outcomes: list[bytes] = []
+            for value in values:
+                kind = value[:1]
+                if kind == OUTCOME:
+                    outcomes.append(value[1:])
+                elif kind == STARTED:
+                    started.append(value[1:])
+                # (another kind: a newer engine's, which this instance did not ask for)
+            if started and listener._started is not None:
+                try:
+                    listener._started(started)
+                except Exception:
+                    log.exception("folding the STARTED events of direct replies failed")
+            values = outcomes
         if values:
             try:
-                self._listener._resolve(values)
+                listener._resolve(values)
             except Exception:
                 log.exception("resolving direct replies failed")
 

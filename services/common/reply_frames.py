@@ -9,6 +9,18 @@ outcome records' values, byte for byte as on `workflows.outcomes`.
 
     hello: b"RSR1" | token length (u16, big endian) | token
     frame: body length (u32) | body = (value length (u32) | value)*
+
+An instance that also takes the STARTED event of each run its commands opened (to fold it
+into its run list index before it answers: docs/read-models.md) says so with the header
+`STARTED_HEADER` next to `REPLY_HEADER`. Only then does the engine open the connection
+with `MAGIC_TAGGED` instead of `MAGIC`; on such a connection every value starts with one
+byte saying what it is (`OUTCOME`, or `STARTED`: that event's record value, byte for byte
+as on `workflows.events`), and a run's STARTED comes before its command's outcome. So an
+engine that does not know the header (an older one) sends plain frames, which a newer API
+takes; and an older API, which never sends the header, never gets a tagged value.
+
+    hello: b"RSR2" | token length (u16) | token
+    frame: as above, each value = kind (1 byte) | bytes
 """
 
 from __future__ import annotations
@@ -19,7 +31,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 REPLY_HEADER = "runstore-reply"
+STARTED_HEADER = "runstore-reply-started"
+"""Present (any value): the waiting instance takes the STARTED events of the runs its
+commands open, on a tagged connection."""
 MAGIC = b"RSR1"
+MAGIC_TAGGED = b"RSR2"
+OUTCOME = b"\x00"
+"""A tagged value's first byte: an outcome record's value follows."""
+STARTED = b"\x01"
+"""A tagged value's first byte: a WORKFLOW_EXECUTION_STARTED event record's value follows."""
 MAX_TOKEN_BYTES = 256
 MAX_VALUE_BYTES = 128
 """Longest header value read as an address (`[IPv6]:port/` and a token of 64)."""
@@ -39,6 +59,8 @@ class ReplyAddress:
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
     token: bytes
+    started: bool = False
+    """The instance takes STARTED events (`STARTED_HEADER`): its connection is tagged."""
 
     @property
     def host(self) -> str:
@@ -80,11 +102,11 @@ def parse_address(value: object) -> ReplyAddress | None:
     return ReplyAddress(ip, port, token.encode("ascii"))
 
 
-def hello(token: bytes) -> bytes:
-    """What a connection starts with."""
+def hello(token: bytes, tagged: bool = False) -> bytes:
+    """What a connection starts with (`tagged`: its values carry their kind)."""
     if len(token) > MAX_TOKEN_BYTES:
         raise ValueError("token too long")
-    return MAGIC + len(token).to_bytes(2, "big") + token
+    return (MAGIC_TAGGED if tagged else MAGIC) + len(token).to_bytes(2, "big") + token
 
 
 def frame(values: Sequence[bytes]) -> bytes:
@@ -100,12 +122,14 @@ def frame(values: Sequence[bytes]) -> bytes:
 
 def take_hello(buffer: bytearray) -> bytes | None:
     """The token at the start of `buffer` (removed from it), or None while incomplete.
-    FrameError when the connection does not start with this protocol's hello."""
+    FrameError when the connection does not start with this protocol's hello (either
+    magic: `is_tagged` tells which, before the call)."""
     if len(buffer) < len(MAGIC) + 2:
-        if not MAGIC.startswith(bytes(buffer[: len(MAGIC)])):
+        head = bytes(buffer[: len(MAGIC)])
+        if not (MAGIC.startswith(head) or MAGIC_TAGGED.startswith(head)):
             raise FrameError("not a reply connection")
         return None
-    if buffer[: len(MAGIC)] != MAGIC:
+    if buffer[: len(MAGIC)] not in (MAGIC, MAGIC_TAGGED):
         raise FrameError("not a reply connection")
     length = int.from_bytes(buffer[len(MAGIC) : len(MAGIC) + 2], "big")
     if length > MAX_TOKEN_BYTES:
@@ -116,6 +140,11 @@ def take_hello(buffer: bytearray) -> bytes | None:
     token = bytes(buffer[len(MAGIC) + 2 : end])
     del buffer[:end]
     return token
+
+
+def is_tagged(buffer: bytearray) -> bool:
+    """Whether the hello at the start of `buffer` opens a tagged connection."""
+    return buffer[: len(MAGIC_TAGGED)] == MAGIC_TAGGED
 
 
 def take_frames(buffer: bytearray, max_frame_bytes: int) -> list[bytes]:

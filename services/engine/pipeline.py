@@ -47,6 +47,7 @@ from typing import Any, Protocol
 from aiokafka import TopicPartition
 
 from schemas.commands import Command
+from schemas.commits import Commit
 from schemas.outcomes import CommandOutcome
 from services.common.kafka_io import Position
 from services.engine.offsets import (
@@ -133,8 +134,11 @@ class Replier(Protocol):
         """Who waits for the outcomes of a batch's parsed commands (None: nobody)."""
         ...
 
-    def send(self, routes: Any, outcomes: Sequence[CommandOutcome]) -> None:
-        """Write the outcomes to those waiting; never waits, never raises."""
+    def send(
+        self, routes: Any, outcomes: Sequence[CommandOutcome], commits: Sequence[Commit]
+    ) -> None:
+        """Write the outcomes (and the STARTED events of the runs the commits open) to
+        those waiting; never waits, never raises."""
         ...
 
 
@@ -328,7 +332,8 @@ class EnginePipeline:
             # before's publish (were it to fail, this batch's stored commits and outcomes
             # are re-published on redelivery, and the API skips what it no longer awaits).
             try:
-                self._replier.send(batch.reply_routes, completed.out.outcomes)
+                out = completed.out
+                self._replier.send(batch.reply_routes, out.outcomes, out.commits)
             except Exception:
                 log.exception("direct replies failed; the outcome records will answer")
             batch.reply_routes = None

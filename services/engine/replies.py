@@ -7,6 +7,12 @@ be published), and they are written, one frame per address per batch, to the wai
 instances. The outcome records on `workflows.outcomes` are published as before; they are
 the fallback, and the instance skips the copy it no longer waits for.
 
+An instance that asks for them (`STARTED_HEADER`) also gets, before a command's outcome,
+the WORKFLOW_EXECUTION_STARTED event of the run the command's commit opened, encoded as
+it goes to `workflows.events` (it folds it into its run list index, so a read right after
+the answer finds the run; the topic's copy then changes nothing there). A STARTED event
+over `MAX_STARTED_BYTES`, or past `FRAME_STARTED_BYTES` in one frame, is left to the topic.
+
 Nothing here waits for an API instance, or fails the batch: a connection is opened in the
 background (its frames queued meanwhile, a bounded number), a frame is dropped when its
 connection is down or has more than `buffer_bytes` unsent, and Kafka answers instead.
@@ -24,11 +30,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from schemas.commands import Command
+from schemas.commits import Commit
+from schemas.events import EventType
 from schemas.outcomes import CommandOutcome
 from services.common.metrics import ENGINE_REPLIES
 from services.common.reply_frames import (
     MAX_VALUE_BYTES,
+    OUTCOME,
     REPLY_HEADER,
+    STARTED,
+    STARTED_HEADER,
     ReplyAddress,
     frame,
     hello,
@@ -45,6 +56,15 @@ Routes = dict[str, ReplyAddress]
 _SENT = ENGINE_REPLIES.labels("sent")
 _DROPPED = ENGINE_REPLIES.labels("dropped")
 _REFUSED = ENGINE_REPLIES.labels("refused")
+
+_ABSENT = object()
+"""No reply header (a null value is refused, counted)."""
+
+MAX_STARTED_BYTES = 64 * 1024
+"""A STARTED event encoded larger than this (a large input) is not sent: the topic's copy
+folds it (the API's frame limit is 16 MiB, its default; the connection's buffer 1 MiB)."""
+FRAME_STARTED_BYTES = 256 * 1024
+"""STARTED events' bytes in one frame at most (the rest are left to the topic)."""
 
 
 def networks(specs: Iterable[str]) -> list[Network]:
@@ -88,7 +108,7 @@ class _Link(asyncio.Protocol):
         # (uvloop's transports are not subclasses of asyncio.Transport, but are ones.)
         stream = cast("asyncio.Transport", transport)
         self.transport = stream
-        stream.write(hello(self.address.token))
+        stream.write(hello(self.address.token, tagged=self.address.started))
         queued, self._queued = self._queued, []
         for data, outcomes in queued:
             stream.write(data)
@@ -157,9 +177,9 @@ class ReplySender:
         self._retry_s = retry_s
         self._connect_timeout_s = connect_timeout_s
         self._links: OrderedDict[ReplyAddress, _Link] = OrderedDict()
-        # Header value -> its address, None when it is not one or not allowed: every
-        # command of an instance carries the same value.
-        self._parsed: dict[bytes, ReplyAddress | None] = {}
+        # (Header value, whether STARTED_HEADER is there) -> its address, None when it is
+        # not one or not allowed: every command of an instance carries the same headers.
+        self._parsed: dict[tuple[bytes, bool], ReplyAddress | None] = {}
         self._swept = time.monotonic()
 
     @property
@@ -174,23 +194,29 @@ class ReplySender:
         for record, command in commands:
             if not record.headers:
                 continue
+            reply: object = _ABSENT
+            started = False
             for name, value in record.headers:
-                if name != REPLY_HEADER:
-                    continue
-                address = self._address(value)
-                if address is not None:
-                    if found is None:
-                        found = {}
-                    found[command.command_id] = address
-                break
+                if name == REPLY_HEADER:
+                    reply = value
+                elif name == STARTED_HEADER:
+                    started = True
+            if reply is _ABSENT:
+                continue
+            address = self._address(reply, started)
+            if address is not None:
+                if found is None:
+                    found = {}
+                found[command.command_id] = address
         return found
 
-    def _address(self, value: object) -> ReplyAddress | None:
+    def _address(self, value: object, started: bool) -> ReplyAddress | None:
         if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
             _REFUSED.inc()
             return None  # not cached: a key of any size would stay in the cache
-        if value in self._parsed:
-            return self._parsed[value]
+        key = (value, started)
+        if key in self._parsed:
+            return self._parsed[key]
         address = parse_address(value)
         if address is not None and not any(address.ip in net for net in self._allowed):
             log.warning(
@@ -199,23 +225,44 @@ class ReplySender:
             address = None
         if address is None:
             _REFUSED.inc()
+        elif started:
+            address = ReplyAddress(address.ip, address.port, address.token, started=True)
         if len(self._parsed) >= 1024:
             self._parsed.clear()
-        self._parsed[value] = address
+        self._parsed[key] = address
         return address
 
-    def send(self, routes: Routes, outcomes: Iterable[CommandOutcome]) -> None:
-        """Write each outcome whose execution someone waits for, one frame per address.
-        Never waits, never raises for a connection's sake."""
+    def send(
+        self, routes: Routes, outcomes: Iterable[CommandOutcome], commits: Iterable[Commit] = ()
+    ) -> None:
+        """Write each outcome whose execution someone waits for, one frame per address
+        (with the STARTED event of the run its command opened, from `commits`, to those
+        that take it). Never waits, never raises for a connection's sake."""
         by_address: dict[ReplyAddress, list[bytes]] = {}
+        started: dict[str, bytes] | None = None
+        started_bytes: dict[ReplyAddress, int] = {}
         for outcome in outcomes:
             address = routes.get(outcome.command_id)
-            if address is not None:
-                value = outcome.__pydantic_serializer__.to_json(outcome)
-                by_address.setdefault(address, []).append(value)
+            if address is None:
+                continue
+            value = outcome.__pydantic_serializer__.to_json(outcome)
+            values = by_address.setdefault(address, [])
+            if not address.started:
+                values.append(value)
+                continue
+            if started is None:
+                started = _started_events(routes, commits)
+            event = started.get(outcome.command_id)
+            if event is not None:
+                used = started_bytes.get(address, 0) + len(event)
+                if used <= FRAME_STARTED_BYTES:
+                    started_bytes[address] = used
+                    values.append(STARTED + event)
+            values.append(OUTCOME + value)
         now = time.monotonic()
         for address, values in by_address.items():
-            self._link(address, now).send(frame(values), len(values))
+            count = _outcomes_in(values) if address.started else len(values)
+            self._link(address, now).send(frame(values), count)
         if now - self._swept > self._idle_s / 4:
             self._sweep(now)
 
@@ -255,3 +302,25 @@ class ReplySender:
         for link in self._links.values():
             link.close()
         self._links.clear()
+
+
+def _started_events(routes: Routes, commits: Iterable[Commit]) -> dict[str, bytes]:
+    """By command id: the STARTED event (as `workflows.events` gets it) of the run the
+    command's commit opened, for the commands whose instance takes them (not over
+    `MAX_STARTED_BYTES`)."""
+    found: dict[str, bytes] = {}
+    for commit in commits:
+        address = routes.get(commit.command_id)
+        if address is None or not address.started:
+            continue
+        for event in commit.events:
+            if event.type is EventType.WORKFLOW_EXECUTION_STARTED:
+                data = event.__pydantic_serializer__.to_json(event)
+                if len(data) <= MAX_STARTED_BYTES:
+                    found[commit.command_id] = data
+                break
+    return found
+
+
+def _outcomes_in(values: Sequence[bytes]) -> int:
+    return sum(1 for v in values if v[:1] == OUTCOME)

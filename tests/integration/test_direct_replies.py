@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaProducer
 from mistralai.client import Mistral
 
 from services.common.reply_frames import REPLY_HEADER
+from tests.support.eventually import wait_until
 from tests.support.kafka import commits_of, read_topic, start, topic
 from tests.support.stack import Stack, StackWith
 
 
 def metric(url: str, name: str, label: str) -> float:
-    pattern = re.compile(rf"^{name}\{{{label}\}} (\S+)$")
+    pattern = re.compile(rf"^{name}\{{{label}\}} (\S+)$" if label else rf"^{name} (\S+)$")
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
         if found := pattern.match(line):
             return float(found.group(1))
@@ -49,6 +50,36 @@ def test_executes_are_answered_through_the_direct_channel(stack_with: StackWith)
         assert resolved(stack, "direct") >= 1
         assert resolved(stack, "direct") + resolved(stack, "topic") == 5
         assert replies(stack, "sent") >= 5
+
+
+def point_reads(stack: Stack, path: str) -> float:
+    return metric(stack.probe_url("api"), "runstore_api_point_reads_total", f'path="{path}"')
+
+
+def test_a_read_right_after_a_directly_answered_start_finds_the_run_in_the_index(
+    stack_with: StackWith,
+) -> None:
+    # No wait for the index (RUNSTORE_API_INDEX_WAIT_MS=0): a read it cannot answer at
+    # once goes the store's way. With the STARTED event sent along with the answer, the
+    # index holds every run a direct reply answered before the answer is given.
+    with stack_with(RUNSTORE_API_INDEX_WAIT_MS="0", RUNSTORE_API_LIST_INDEX="memory") as stack:
+
+        def index_ready() -> None:
+            assert metric(stack.probe_url("api"), "runstore_api_list_index_runs", "") >= 0
+
+        wait_until(index_ready, 60)
+        client = Mistral(api_key="test-key", server_url=stack.api_url)
+        answered_directly = 0
+        for _ in range(8):
+            direct, from_index = resolved(stack, "direct"), point_reads(stack, "index")
+            got = client.workflows.execute_workflow(workflow_identifier="wf")
+            seen = client.workflows.executions.get_workflow_execution(execution_id=got.execution_id)
+            assert (seen.run_id, seen.status) == (got.run_id, "RUNNING")
+            if resolved(stack, "direct") > direct:
+                answered_directly += 1
+                assert point_reads(stack, "index") == from_index + 1
+        assert answered_directly >= 1
+        assert replies(stack, "sent") >= answered_directly
 
 
 @pytest.mark.parametrize(

@@ -575,6 +575,7 @@ class Replies:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.commits: list[str] = []
         self.signals = Signals()
         self.fail: Exception | None = None
 
@@ -584,7 +585,10 @@ class Replies:
         waiting = {c.command_id for r, c in commands if r.headers}
         return waiting or None
 
-    def send(self, routes: set[str], outcomes: Sequence[CommandOutcome]) -> None:
+    def send(
+        self, routes: set[str], outcomes: Sequence[CommandOutcome], commits: Sequence[Commit]
+    ) -> None:
+        self.commits.extend(c.command_id for c in commits)
         for o in outcomes:
             if o.command_id in routes:
                 self.sent.append(o.command_id)
@@ -606,6 +610,8 @@ async def test_a_batchs_replies_go_out_before_the_publish_before_it_is_acknowled
     # c1's publish (held); c3 had no reply header.
     await replies.signals.wait("sent c2")
     assert replies.sent == ["c1", "c2"]
+    # With the batches' commits (the replier sends the STARTED events of the ones waited for).
+    assert replies.commits == ["c1", "c2", "c3"]
     assert r.published.outs == [] and r.consumer.commits == []
     assert r.phases["c2"] is Phase.STORED
     r.published.gate.set()

@@ -13,19 +13,26 @@ import pytest
 
 from schemas.commands import Command
 from schemas.common import ExecutionStatus
+from schemas.events import EVENT_ADAPTER, EventType
 from schemas.outcomes import CommandOutcome
 from services.common.metrics import ENGINE_REPLIES
 from services.common.reply_frames import (
+    MAGIC,
+    MAGIC_TAGGED,
+    OUTCOME,
     REPLY_HEADER,
+    STARTED,
+    STARTED_HEADER,
     ReplyAddress,
     address_value,
     take_frames,
     take_hello,
 )
-from services.engine.replies import ReplySender, _Link, networks
+from services.engine.replies import MAX_STARTED_BYTES, ReplySender, _Link, networks
 from services.engine.validation import InboundRecord
 from tests.support.domain import start as domain_start
 from tests.support.servers import free_port
+from tests.support.workloads import Workload
 
 WAIT_S = 5.0  # a guard against a hang, not a timed assertion
 LOOPBACK = networks(["127.0.0.0/8", "::1/128"])
@@ -69,6 +76,7 @@ class Api:
 
     def __init__(self) -> None:
         self.tokens: list[bytes] = []
+        self.magics: list[bytes] = []
         self.values: list[bytes] = []
         self.got = asyncio.Condition()
         self.server: asyncio.Server | None = None
@@ -79,10 +87,12 @@ class Api:
         while data := await reader.read(65536):
             buffer += data
             if token is None:
+                magic = bytes(buffer[:4])
                 token = take_hello(buffer)
                 if token is None:
                     continue
                 self.tokens.append(token)
+                self.magics.append(magic)
             values = take_frames(buffer, 1 << 20)
             async with self.got:
                 self.values.extend(values)
@@ -126,6 +136,58 @@ async def test_outcomes_go_to_their_address_as_the_topic_values(api: tuple[Api, 
     await listener.wait_for(3)
     assert listener.tokens == [b"tok"]
     assert sender.connections == 1
+    await sender.close()
+
+
+async def test_an_address_that_takes_started_events_gets_them_tagged_before_the_outcome(
+    api: tuple[Api, int],
+) -> None:
+    listener, port = api
+    sender = ReplySender(LOOPBACK)
+    header = address_value("127.0.0.1", port, "tok")
+    w = Workload()
+    opened = w.start("e1")
+    signalled = w.signal("e1")  # a commit that opens no run
+    big = w.start("e2", input={"blob": "x" * MAX_STARTED_BYTES})  # left to the topic
+    asking = ((STARTED_HEADER, b"1"), (REPLY_HEADER, header.encode()))
+    records = [
+        (
+            InboundRecord(0, n, b"e", b"{}", asking),
+            domain_start("e").model_copy(update={"command_id": c}),
+        )
+        for n, c in enumerate((opened.command_id, signalled.command_id, big.command_id))
+    ]
+    routes = sender.routes(records)
+    assert routes is not None and all(a.started for a in routes.values())
+    outcomes = [outcome(c.command_id, c.execution_id) for c in (opened, signalled, big)]
+    sent = counted("sent")
+    sender.send(routes, outcomes, [opened, signalled, big])
+    values = await listener.wait_for(4)
+    assert listener.magics == [MAGIC_TAGGED]
+    (started,) = [e for e in opened.events if e.type is EventType.WORKFLOW_EXECUTION_STARTED]
+    encode = [o.model_dump_json().encode() for o in outcomes]
+    assert values == [
+        STARTED + started.__pydantic_serializer__.to_json(started),  # as on the events topic
+        OUTCOME + encode[0],
+        OUTCOME + encode[1],
+        OUTCOME + encode[2],
+    ]
+    assert EVENT_ADAPTER.validate_json(values[0][1:]) == started
+    assert counted("sent") == sent + 3  # outcomes
+    await sender.close()
+
+
+async def test_an_address_that_does_not_ask_gets_plain_outcomes_only(api: tuple[Api, int]) -> None:
+    listener, port = api
+    sender = ReplySender(LOOPBACK)
+    w = Workload()
+    opened = w.start("e1")
+    routes = sender.routes([rec("e1", address_value("127.0.0.1", port, "tok"), opened.command_id)])
+    assert routes is not None
+    sender.send(routes, [outcome(opened.command_id, "e1")], [opened])
+    values = await listener.wait_for(1)
+    assert listener.magics == [MAGIC]
+    assert values == [outcome(opened.command_id, "e1").model_dump_json().encode()]
     await sender.close()
 
 

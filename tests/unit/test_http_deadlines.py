@@ -126,6 +126,27 @@ async def test_an_answer_goes_out_in_one_write() -> None:
     protocol.connection_lost(None)
 
 
+async def test_a_sized_answer_whose_body_comes_steps_later_still_goes_in_one_write() -> None:
+    body_ready = asyncio.Event()
+
+    async def slow_body(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = [(b"content-length", b"2"), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await body_ready.wait()
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol, transport = _connection(slow_body)
+    protocol.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    for _ in range(5):  # steps go by with the head held (no flush at a step's end)
+        await asyncio.sleep(0)
+    assert transport.writes == []
+    body_ready.set()
+    await assert_eventually(lambda: _ends_with(transport, b"ok"), timeout=5)
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+    protocol.connection_lost(None)
+
+
 async def test_a_streams_head_goes_out_before_its_first_event() -> None:
     first_event = asyncio.Event()
 

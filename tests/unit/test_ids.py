@@ -3,6 +3,8 @@ derived ones repeat, and carry a new id's time prefix when derived from one."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -109,3 +111,41 @@ def test_a_hashed_command_id_shaped_like_version_7_keeps_the_run_id_of_earlier_v
         context_for(command("StartWorkflow", near, workflow_name="wf"), T0).new_run_id[:13]
         == near[:13]
     )
+
+
+def _random_part(id_: str) -> str:
+    """What follows the time prefix and the version digit."""
+    return id_[15:]
+
+
+def test_a_forked_child_never_hands_out_the_random_digits_its_parent_will() -> None:
+    new_id()  # the parent's pool holds digits not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, ",".join(new_id() for _ in range(4)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        childs = pipe.read().split(",")
+    os.waitpid(pid, 0)
+    parents = [new_id() for _ in range(4)]
+    assert len(childs) == 4
+    assert not {_random_part(i) for i in childs} & {_random_part(i) for i in parents}
+
+
+def test_threads_never_share_random_digits() -> None:
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def make(out: list[str]) -> None:
+        out.extend(new_id() for _ in range(3000))
+
+    threads = [threading.Thread(target=make, args=(out,)) for out in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    parts = [_random_part(i) for out in made for i in out]
+    assert len(set(parts)) == len(parts) == 12_000

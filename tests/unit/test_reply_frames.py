@@ -12,6 +12,7 @@ from services.common.reply_frames import (
     address_value,
     frame,
     hello,
+    is_tagged,
     parse_address,
     take_frames,
     take_hello,
@@ -82,3 +83,16 @@ def test_an_address_goes_through_its_header_value(ip: str, port: int) -> None:
 )
 def test_what_is_not_an_address_is_none(value: bytes) -> None:
     assert parse_address(value) is None
+
+
+def test_a_tagged_hello_is_taken_and_told_apart_from_a_plain_one() -> None:
+    for tagged in (False, True):
+        buffer = bytearray(hello(b"tok", tagged=tagged) + frame([b"v"]))
+        assert is_tagged(buffer) is tagged
+        assert take_hello(buffer) == b"tok"
+        assert take_frames(buffer, 1 << 20) == [b"v"]
+    with pytest.raises(FrameError):
+        take_hello(bytearray(b"RSR3\x00\x01t"))
+    with pytest.raises(FrameError):
+        take_hello(bytearray(b"RSX"))
+    assert take_hello(bytearray(b"RSR")) is None

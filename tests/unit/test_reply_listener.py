@@ -10,12 +10,20 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from services.api import reply_listener
-from services.api.gateway import CommandGateway
+from services.api.gateway import CommandGateway, reply_headers
 from services.api.reply_listener import ReplyListener
 from services.api.topic_tail import TopicFeed
 from services.common.kafka_io import Outgoing
 from services.common.metrics import API_OUTCOMES_RESOLVED, API_REPLY_CONNECTIONS
-from services.common.reply_frames import REPLY_HEADER, frame, hello, parse_address
+from services.common.reply_frames import (
+    OUTCOME,
+    REPLY_HEADER,
+    STARTED,
+    STARTED_HEADER,
+    frame,
+    hello,
+    parse_address,
+)
 from services.common.settings import ApiSettings
 from tests.support.eventually import assert_eventually
 from tests.support.outcomes import accepted, start_command
@@ -173,3 +181,62 @@ async def test_connections_without_their_token_yet_are_bounded(
     for writer in (*writers, third, fourth):
         writer.close()
     await listener.stop()
+
+
+async def test_a_tagged_frames_started_events_are_handed_over_before_its_outcomes() -> None:
+    seen: list[tuple[str, list[bytes]]] = []
+    listener = ReplyListener(
+        ApiSettings(),
+        lambda values: seen.append(("outcomes", list(values))),
+        lambda values: seen.append(("started", list(values))),
+    )
+    await listener.start()
+    assert listener.port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(
+        hello(listener.token, tagged=True)
+        + frame([STARTED + b"s1", OUTCOME + b"o1", b"\x07later-kind", OUTCOME + b"o2"])
+    )
+    await _until(lambda: len(seen) == 2)
+    assert seen == [("started", [b"s1"]), ("outcomes", [b"o1", b"o2"])]
+    writer.close()
+    await listener.stop()
+
+
+async def test_an_older_engines_plain_frames_still_answer_an_instance_that_asks_for_started() -> (
+    None
+):
+    seen: list[tuple[str, list[bytes]]] = []
+    listener = ReplyListener(
+        ApiSettings(),
+        lambda values: seen.append(("outcomes", list(values))),
+        lambda values: seen.append(("started", list(values))),
+    )
+    await listener.start()
+    assert listener.port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(hello(listener.token) + frame([b'{"command_id":"c"}']))
+    await _until(lambda: len(seen) == 1)
+    assert seen == [("outcomes", [b'{"command_id":"c"}'])]
+    writer.close()
+    await listener.stop()
+
+
+async def test_the_gateway_asks_for_started_events_only_with_somewhere_to_fold_them() -> None:
+    for started, asks in ((None, False), (lambda values: None, True)):
+        config = ApiSettings(api_command_timeout_seconds=WAIT_S)
+        gw = CommandGateway(config, TopicFeed(config, "test"), started)
+        window = Window()
+        gw._publisher = window  # type: ignore[assignment]
+        assert gw.replies is not None
+        await gw.replies.start()
+        assert gw.replies.header_value is not None
+        gw._reply_headers = reply_headers(gw.replies.header_value, gw._asks_started)
+        sending = asyncio.create_task(gw.send(start_command("c-s")))
+        await asyncio.wait_for(window.published.wait(), WAIT_S)
+        (sent,) = window.records
+        assert sent.headers is not None
+        assert REPLY_HEADER in sent.headers
+        assert (STARTED_HEADER in sent.headers) is asks
+        sending.cancel()
+        await gw.replies.stop()
