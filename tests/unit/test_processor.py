@@ -48,6 +48,9 @@ async def test_valid_commands_become_commits_events_and_outcomes(store, clock) -
         ("c1", True, 1),
         ("c2", True, 2),
     ]
+    # Each command's clock reading, once: the outcome's decision time is its commit's.
+    assert [o.decided_at for o in out.outcomes] == [c.committed_at for c in out.commits]
+    assert out.commits[0].committed_at < out.commits[1].committed_at
     assert [t.kind for t in out.tasks] == ["run", "signal"]
     assert [c.seq async for c in store.read_stream("e1")] == [1, 2]
 
