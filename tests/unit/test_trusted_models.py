@@ -36,6 +36,17 @@ def test_a_trusted_instance_equals_the_validated_one_byte_for_byte() -> None:
     assert trusted.model_fields_set == set(Commit.model_fields)
 
 
+def test_trusted_instances_share_their_fields_set_and_a_copy_gets_its_own() -> None:
+    # One set per class (every field is given); pydantic must not change it in place.
+    first, second = Commit.trusted(**commit_fields()), Commit.trusted(**commit_fields(seq=2))
+    assert first.model_fields_set is second.model_fields_set
+    moved = first.model_copy(update={"seq": 3})
+    assert moved.model_fields_set is not first.model_fields_set
+    moved.model_fields_set.add("extra")
+    assert first.model_fields_set == set(Commit.model_fields)
+    assert SourcePosition.trusted(partition=0, offset=1).model_fields_set == {"partition", "offset"}
+
+
 def test_under_the_tests_check_every_field_in_declaration_order_is_required() -> None:
     fields = commit_fields()
     del fields["rejected"]
