@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import date, time, timedelta
+from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel
@@ -112,9 +114,17 @@ _Found = tuple[str, list[str | int]]
 def _kind(kind: type) -> int:
     found = _KINDS.get(kind)
     if found is None:
-        # Anything else: a contract model, or a JSON container (or a typed leaf: enum,
-        # datetime …) that counts as a level of nesting.
-        found = _KINDS[kind] = _MODEL if issubclass(kind, BaseModel) else _NESTED
+        # Anything else: a contract model, a typed leaf of a contract (an enum, a
+        # datetime: its values are the contract's, and they are never inside a JSON value,
+        # so never at a depth that counts), or a JSON container that counts as a level of
+        # nesting. Leaves are skipped without a call.
+        if issubclass(kind, BaseModel):
+            found = _MODEL
+        elif issubclass(kind, Enum | date | time | timedelta):
+            found = _LEAF
+        else:
+            found = _NESTED
+        _KINDS[kind] = found
     return found
 
 
@@ -143,7 +153,8 @@ def _check(value: Any, depth: int) -> _Found | None:
     if kind == _MODEL:
         # A contract model is not a level of the user's value: walk its fields in place.
         for name, field_value in value.__dict__.items():
-            # None, bools and ASCII strings (most fields) pass without a call.
+            # None, bools, enums, datetimes and ASCII strings (most fields) pass without
+            # a call.
             field_kind = _KINDS.get(type(field_value))
             if field_kind == _LEAF or (field_kind == _STR and field_value.isascii()):
                 continue
@@ -163,19 +174,33 @@ def _check(value: Any, depth: int) -> _Found | None:
                 return bad, [key]
             found = None if key.isascii() else _check(key, depth)
             if found is None:
-                found = _check(item, depth + 1)
+                # As for a model's fields, and integers within 64 bits: no call.
+                item_kind = _KINDS.get(type(item))
+                if not (
+                    item_kind == _LEAF
+                    or (item_kind == _STR and item.isascii())
+                    or (item_kind == _INT and _MIN_INT <= item <= _MAX_INT)
+                ):
+                    found = _check(item, depth + 1)
             if found is not None:
                 found[1].append(key)
                 return found
         return None
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
+            item_kind = _KINDS.get(type(item))
+            if (
+                item_kind == _LEAF
+                or (item_kind == _STR and item.isascii())
+                or (item_kind == _INT and _MIN_INT <= item <= _MAX_INT)
+            ):
+                continue
             found = _check(item, depth + 1)
             if found is not None:
                 found[1].append(i)
                 return found
         return None
-    return None  # enums, datetimes, …: typed fields the contracts already constrain
+    return None  # other typed values: fields the contracts already constrain
 
 
 def _bad_key(key: str) -> str | None:

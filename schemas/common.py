@@ -53,7 +53,36 @@ class FrozenModel(BaseModel):
         """
         instance = _new_object(cls)
         _set_attribute(instance, "__dict__", fields)
-        _set_attribute(instance, "__pydantic_fields_set__", set(fields))
+        # Every field is given, so every instance of a class has the same set of fields
+        # set: one set per class, shared (building it was ~0.5 µs per instance of a model
+        # of 27 fields). Pydantic never changes it in place on a frozen model: a copy
+        # (`model_copy`, `copy`, `deepcopy`) copies it before adding to it.
+        fields_set = _all_fields_set.get(cls)
+        if fields_set is None:
+            fields_set = _all_fields_set[cls] = set(cls.model_fields)
+        _set_attribute(instance, "__pydantic_fields_set__", fields_set)
+        _set_attribute(instance, "__pydantic_extra__", None)
+        _set_attribute(instance, "__pydantic_private__", None)
+        if _checks.on:
+            _check_trusted(instance)
+        return instance
+
+    def replaced(self, **update: Any) -> Self:
+        """`model_copy(update=update)` for the engine's hot path (a state moved on by each
+        event it folds): the same instance — fields in the same order, the same fields set,
+        values not validated — without pydantic's generic copy (which also copies extra
+        and private attributes, which no contract has).
+
+        As with `trusted`, the values must be valid already; under the tests' check each
+        instance is validated too.
+        """
+        instance = _new_object(type(self))
+        _set_attribute(instance, "__dict__", {**self.__dict__, **update})
+        fields_set = self.__pydantic_fields_set__
+        if not update.keys() <= fields_set:
+            fields_set = fields_set | update.keys()
+        # Shared when nothing is added, as `trusted` shares it.
+        _set_attribute(instance, "__pydantic_fields_set__", fields_set)
         _set_attribute(instance, "__pydantic_extra__", None)
         _set_attribute(instance, "__pydantic_private__", None)
         if _checks.on:
@@ -63,6 +92,7 @@ class FrozenModel(BaseModel):
 
 _new_object = object.__new__
 _set_attribute = object.__setattr__
+_all_fields_set: dict[type[FrozenModel], set[str]] = {}
 
 
 class _Checks:

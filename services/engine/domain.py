@@ -873,7 +873,9 @@ def evolve(state: ExecutionState | None, event: Event) -> ExecutionState:
             f"event {event.event_id} has event_number {event.event_number}, "
             f"expected {state.run_event_count + 1}"
         )
-    moved = state.model_copy(update={"seq": event.seq, "run_event_count": event.event_number})
+    # Every event folded moves the state (`replaced`: `model_copy` without its generic
+    # machinery, half the cost; the values are the validated event's).
+    moved = state.replaced(seq=event.seq, run_event_count=event.event_number)
     apply = _APPLIERS.get(event.type)
     if apply is not None:
         moved = apply(moved, event)
@@ -1066,7 +1068,7 @@ def _apply_status(state: ExecutionState, event: Event) -> ExecutionState:
     if status is None or status is state.status:
         return state
     closed_at = event.timestamp_ns if status.is_terminal else None
-    return state.model_copy(update={"status": status, "closed_at_ns": closed_at})
+    return state.replaced(status=status, closed_at_ns=closed_at)
 
 
 # --- continue-as-new ------------------------------------------------------------------

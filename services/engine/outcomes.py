@@ -26,9 +26,11 @@ def _outcome(command: Command, decided_at: datetime, **fields: Any) -> CommandOu
 
 
 def accepted(
-    command: Command, commit: Commit, state: ExecutionState, now_ns: int
+    command: Command, commit: Commit, state: ExecutionState, decided_at: datetime
 ) -> CommandOutcome:
-    """The command went in as `commit`, leaving the execution in `state`."""
+    """The command went in as `commit`, leaving the execution in `state`; `decided_at` is
+    the commit's `committed_at` when it was just decided (one clock conversion per
+    command, not one per record that carries the time)."""
     # One per accepted command, of validated values: not validated again.
     return CommandOutcome.trusted(
         command_id=command.command_id,
@@ -40,7 +42,7 @@ def accepted(
         seq=commit.seq,
         run_id=state.run_id,
         status=state.status,
-        decided_at=ns_to_datetime(now_ns),
+        decided_at=decided_at,
     )
 
 

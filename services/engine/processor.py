@@ -36,7 +36,7 @@ from schemas.commits import Commit, RejectedCommand, SourcePosition
 from schemas.events import Event
 from services.common.clock import ns_to_datetime
 from services.engine.context import context_for
-from services.engine.domain import Rejected, decide, fold
+from services.engine.domain import ExecutionState, Rejected, decide, fold
 from services.engine.event_store import AppendFailure, AppendReport, EventStore
 from services.engine.outbound import Decided, Outbound
 from services.engine.outcomes import accepted, after_rejection, follow_ups, rejected
@@ -53,6 +53,10 @@ from services.engine.validation import DeadLetter, InboundRecord, parse_record
 log = logging.getLogger(__name__)
 
 Todo = tuple[tuple[InboundRecord, Command], ...]
+
+# `state.model_dump(mode="json", exclude_none=True)` without `model_dump`'s Python
+# wrapper (the same serializer, the same dict): ~1 µs less per command.
+_snapshot = ExecutionState.__pydantic_serializer__.to_python
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +348,7 @@ class CommandProcessor:
                 source=source,
                 rejected=rejected_since_commit.pop(command.execution_id, []),
                 # None fields left out: they load back as their default (None).
-                state=state.model_dump(mode="json", exclude_none=True),
+                state=_snapshot(state, mode="json", exclude_none=True),
             )
             self._cache.put(
                 command.execution_id, StreamHead(state, commit.seq, source, record.partition)
@@ -353,7 +357,7 @@ class CommandProcessor:
                 record,
                 command,
                 commit=commit,
-                outcome=accepted(command, commit, state, now_ns),
+                outcome=accepted(command, commit, state, commit.committed_at),
                 follow_ups=tuple(follow_ups(events, ctx, state)),
             )
             decided.append(answer)

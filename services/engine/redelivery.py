@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from schemas.commands import Command
 from schemas.commits import Commit
+from services.common.clock import ns_to_datetime
 from services.engine.context import context_for
 from services.engine.domain import ExecutionState, Rejected
 from services.engine.event_store import EventStore
@@ -45,12 +46,13 @@ def already_applied(stream: StreamHead, record: InboundRecord) -> bool:
 def replayed(record: InboundRecord, command: Command, commit: Commit) -> Decided:
     """The answer `commit` gave the command when it was stored."""
     state = ExecutionState.model_validate(commit.state)
-    ctx = context_for(command, commit.events[0].timestamp_ns)
+    decided_ns = commit.events[0].timestamp_ns
+    ctx = context_for(command, decided_ns)
     return Decided(
         record,
         command,
         commit=commit,
-        outcome=accepted(command, commit, state, commit.events[0].timestamp_ns),
+        outcome=accepted(command, commit, state, ns_to_datetime(decided_ns)),
         replay=True,
         follow_ups=tuple(follow_ups(commit.events, ctx, state)),
     )

@@ -42,13 +42,14 @@ def test_outcomes_say_what_was_decided() -> None:
     start = command("StartWorkflow", "c1", workflow_name="wf")
     state = fold(commit.events, None)
     assert state is not None
-    ok = accepted(start, commit, state, T0)
+    ok = accepted(start, commit, state, commit.committed_at)
     assert (ok.accepted, ok.seq, ok.run_id, ok.status) == (
         True,
         1,
         commit.run_id,
         ExecutionStatus.RUNNING,
     )
+    assert ok.decided_at == commit.committed_at
     refusal = Rejected(RejectionCode.EXECUTION_ALREADY_RUNNING, "running")
     no = rejected(start, refusal, T0)
     assert (no.accepted, no.code, no.message) == (False, refusal.code, "running")

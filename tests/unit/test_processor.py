@@ -48,6 +48,9 @@ async def test_valid_commands_become_commits_events_and_outcomes(store, clock) -
         ("c1", True, 1),
         ("c2", True, 2),
     ]
+    # Each command's clock reading, once: the outcome's decision time is its commit's.
+    assert [o.decided_at for o in out.outcomes] == [c.committed_at for c in out.commits]
+    assert out.commits[0].committed_at < out.commits[1].committed_at
     assert [t.kind for t in out.tasks] == ["run", "signal"]
     assert [c.seq async for c in store.read_stream("e1")] == [1, 2]
 
@@ -415,3 +418,23 @@ async def test_a_continue_as_new_step_hands_over_to_a_derived_successor(store, c
     assert successor.execution_id not in ("", "can")
     assert successor.payload.input == {"page": 2}
     assert successor.payload.continued_from_execution_id == "can"
+
+
+async def test_tasks_carry_what_their_events_have_and_none_of_what_they_lack(store, clock) -> None:
+    out = await processor(store, clock).process(
+        [
+            record(start("e1", "c1")),
+            record(command("SignalExecution", "e1", "c2", name="go", input={"v": 2})),
+            record(command("CancelExecution", "e1", "c3", reason="done")),
+        ]
+    )
+    run, signal, cancel = out.tasks
+    assert (run.kind, run.attempt, run.signal_name) == ("run", 1, None)
+    assert (signal.kind, signal.signal_name, signal.input, signal.attempt) == (
+        "signal",
+        "go",
+        {"v": 2},
+        1,
+    )
+    # A canceled run's attributes have no input and no signal name.
+    assert (cancel.kind, cancel.input, cancel.signal_name) == ("stop", None, None)

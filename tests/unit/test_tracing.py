@@ -21,8 +21,8 @@ from services.engine.domain import fold
 from services.engine.outbound import Decided, Outbound
 from services.engine.outcomes import accepted
 from services.engine.validation import InboundRecord
-from tests.support.engine import T0, started_commit
 from tests.support.engine import parsed_command as command
+from tests.support.engine import started_commit
 
 
 @dataclass
@@ -109,7 +109,18 @@ def _started_batch(headers: tuple[tuple[str, bytes], ...]) -> tuple[InboundRecor
     assert state is not None
     record = InboundRecord(0, 5, b"e1", COMMAND_ADAPTER.dump_json(start), headers)
     out = Outbound()
-    out.add([Decided(record, start, commit, accepted(start, commit, state, T0), False, (child,))])
+    out.add(
+        [
+            Decided(
+                record,
+                start,
+                commit,
+                accepted(start, commit, state, commit.committed_at),
+                False,
+                (child,),
+            )
+        ]
+    )
     return record, out
 
 
