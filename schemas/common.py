@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
@@ -51,8 +51,6 @@ class FrozenModel(BaseModel):
         requires the same value and the same JSON. Nothing is checked otherwise: this
         must cost less than pydantic-core's validation of a small model (~1 µs).
         """
-        instance = _new_object(cls)
-        _set_attribute(instance, "__dict__", fields)
         # Every field is given, so every instance of a class has the same set of fields
         # set: one set per class, shared (building it was ~0.5 µs per instance of a model
         # of 27 fields). Pydantic never changes it in place on a frozen model: a copy
@@ -60,12 +58,7 @@ class FrozenModel(BaseModel):
         fields_set = _all_fields_set.get(cls)
         if fields_set is None:
             fields_set = _all_fields_set[cls] = set(cls.model_fields)
-        _set_attribute(instance, "__pydantic_fields_set__", fields_set)
-        _set_attribute(instance, "__pydantic_extra__", None)
-        _set_attribute(instance, "__pydantic_private__", None)
-        if _checks.on:
-            _check_trusted(instance)
-        return instance
+        return _built(cls, fields, fields_set)
 
     def replaced(self, **update: Any) -> Self:
         """`model_copy(update=update)` for the engine's hot path (a state moved on by each
@@ -76,22 +69,31 @@ class FrozenModel(BaseModel):
         As with `trusted`, the values must be valid already; under the tests' check each
         instance is validated too.
         """
-        instance = _new_object(type(self))
-        _set_attribute(instance, "__dict__", {**self.__dict__, **update})
         fields_set = self.__pydantic_fields_set__
         if not update.keys() <= fields_set:
             fields_set = fields_set | update.keys()
         # Shared when nothing is added, as `trusted` shares it.
-        _set_attribute(instance, "__pydantic_fields_set__", fields_set)
-        _set_attribute(instance, "__pydantic_extra__", None)
-        _set_attribute(instance, "__pydantic_private__", None)
-        if _checks.on:
-            _check_trusted(instance)
-        return instance
+        return _built(type(self), {**self.__dict__, **update}, fields_set)
 
 
 _new_object = object.__new__
 _set_attribute = object.__setattr__
+_M = TypeVar("_M", bound=FrozenModel)
+
+
+def _built(cls: type[_M], fields: dict[str, Any], fields_set: set[str]) -> _M:
+    """An instance of `cls` holding `fields` as they are (`trusted`, `replaced`); under the
+    tests' check it is validated too."""
+    instance = _new_object(cls)
+    _set_attribute(instance, "__dict__", fields)
+    _set_attribute(instance, "__pydantic_fields_set__", fields_set)
+    _set_attribute(instance, "__pydantic_extra__", None)
+    _set_attribute(instance, "__pydantic_private__", None)
+    if _checks.on:
+        _check_trusted(instance)
+    return instance
+
+
 _all_fields_set: dict[type[FrozenModel], set[str]] = {}
 
 
