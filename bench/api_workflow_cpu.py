@@ -147,40 +147,34 @@ class FakeEngine:
         templates: list[tuple[str, bytes, list[tuple[str, bytes]]]],
     ) -> list[tuple[bytes, bytes, str]]:
         """(execution id, record value, recorded topic) of each run's records."""
-        old_execution, old_run, old_command = self._ids
         out: list[tuple[bytes, bytes, str]] = []
         for execution_id, run_id, command_id in runs:
             now = self._times[execution_id] = b"%d" % time.time_ns()
             for topic, value, _ in templates:
-                value = (
-                    value.replace(old_execution, execution_id)
-                    .replace(old_run, run_id)
-                    .replace(old_command, command_id)
-                )
-                for recorded_time in _RECORDED_TIMES:
-                    value = value.replace(recorded_time, now)
+                value = self._stamped(value, (execution_id, run_id, command_id), now)
                 out.append((execution_id, value, topic))
         return out
+
+    def _stamped(self, value: bytes, ids: tuple[bytes, bytes, bytes], now: bytes) -> bytes:
+        """A recorded record's value with this run's ids and `now` for its recorded times."""
+        for old, new in zip(self._ids, ids, strict=True):
+            value = value.replace(old, new)
+        for recorded_time in _RECORDED_TIMES:
+            value = value.replace(recorded_time, now)
+        return value
 
     def _deliver(
         self,
         runs: list[tuple[bytes, bytes, bytes]],
         templates: list[tuple[str, bytes, list[tuple[str, bytes]]]],
     ) -> None:
-        old_execution, old_run, old_command = self._ids
         by_tp: dict[tuple[str, int], list[Any]] = defaultdict(list)
         times = self._times
         for execution_id, run_id, command_id in runs:
             partition = hash(execution_id) % PARTITIONS
             now = times.pop(execution_id, None) or b"%d" % time.time_ns()
             for topic, value, headers in templates:
-                value = (
-                    value.replace(old_execution, execution_id)
-                    .replace(old_run, run_id)
-                    .replace(old_command, command_id)
-                )
-                for recorded_time in _RECORDED_TIMES:
-                    value = value.replace(recorded_time, now)
+                value = self._stamped(value, (execution_id, run_id, command_id), now)
                 tp = (self._topics[topic], partition)
                 offset = self._offsets[tp]
                 self._offsets[tp] = offset + 1

@@ -135,6 +135,15 @@ async def test_auto_advertises_an_ip_of_this_hosts_name() -> None:
     await listener.stop()
 
 
+def _noting_listener(seen: list[tuple[str, list[bytes]]]) -> ReplyListener:
+    """A listener that notes, in order, each handover of outcomes and of STARTED events."""
+    return ReplyListener(
+        ApiSettings(),
+        lambda values: seen.append(("outcomes", list(values))),
+        lambda values: seen.append(("started", list(values))),
+    )
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     async def check() -> None:
         assert condition()
@@ -185,11 +194,7 @@ async def test_connections_without_their_token_yet_are_bounded(
 
 async def test_a_tagged_frames_started_events_are_handed_over_before_its_outcomes() -> None:
     seen: list[tuple[str, list[bytes]]] = []
-    listener = ReplyListener(
-        ApiSettings(),
-        lambda values: seen.append(("outcomes", list(values))),
-        lambda values: seen.append(("started", list(values))),
-    )
+    listener = _noting_listener(seen)
     await listener.start()
     assert listener.port is not None
     _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
@@ -207,11 +212,7 @@ async def test_an_older_engines_plain_frames_still_answer_an_instance_that_asks_
     None
 ):
     seen: list[tuple[str, list[bytes]]] = []
-    listener = ReplyListener(
-        ApiSettings(),
-        lambda values: seen.append(("outcomes", list(values))),
-        lambda values: seen.append(("started", list(values))),
-    )
+    listener = _noting_listener(seen)
     await listener.start()
     assert listener.port is not None
     _, writer = await asyncio.open_connection("127.0.0.1", listener.port)

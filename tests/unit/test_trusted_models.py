@@ -4,6 +4,8 @@ They must equal the validated ones, field order and JSON included; the tests' ch
 
 from __future__ import annotations
 
+import copy
+import pickle
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,9 +43,18 @@ def test_trusted_instances_share_their_fields_set_and_a_copy_gets_its_own() -> N
     # One set per class (every field is given); pydantic must not change it in place.
     first, second = Commit.trusted(**commit_fields()), Commit.trusted(**commit_fields(seq=2))
     assert first.model_fields_set is second.model_fields_set
-    moved = first.model_copy(update={"seq": 3})
-    assert moved.model_fields_set is not first.model_fields_set
-    moved.model_fields_set.add("extra")
+    # Every way to copy an instance gives the copy a set of its own, which can then be
+    # changed without touching the class's shared one.
+    copies = [
+        first.model_copy(update={"seq": 3}),
+        first.model_copy(),
+        copy.copy(first),
+        copy.deepcopy(first),
+        pickle.loads(pickle.dumps(first)),
+    ]
+    for made in copies:
+        assert made.model_fields_set is not first.model_fields_set
+        made.model_fields_set.add("extra")
     assert first.model_fields_set == set(Commit.model_fields)
     assert SourcePosition.trusted(partition=0, offset=1).model_fields_set == {"partition", "offset"}
 
