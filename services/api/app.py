@@ -51,7 +51,7 @@ from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.list_index import IndexedListReader, RunListIndex
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
-from services.common.settings import ApiSettings, ListIndexMode
+from services.common.settings import ApiSettings
 from services.common.worker_registry import ensure_catalogue_indexes
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,13 @@ def build_app(settings: ApiSettings) -> FastAPI:
 
     # With direct replies, the engine sends the STARTED event of each run a start here
     # opened with its outcome: folded into the run list index before the start is
-    # answered, a read right after it finds the run (list_index_feed.py). Not asked for
-    # when lists are store queries (with `auto`, asked for and dropped on MongoDB).
+    # answered, a read right after it finds the run (list_index_feed.py). Asked for only
+    # when this instance keeps the index (`gateway.start`'s argument, once the store's
+    # kind is known for `auto`).
     def fold_started(values: Sequence[bytes]) -> None:
         list_index_feed.fold_started(values)
 
-    asks_started = settings.api_list_index is not ListIndexMode.STORE
-    gateway = CommandGateway(settings, feed, fold_started if asks_started else None)
+    gateway = CommandGateway(settings, feed, fold_started)
     worker_requests = WorkerRequests(settings, gateway, replies_feed)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size, feed=feed)
     health = Health(settings, client, consumer=False)
@@ -96,7 +96,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         log.info("access mode: %s", settings.api_access_mode.value)
         await ensure_topics(settings)
         await ensure_catalogue_indexes(db)
-        await gateway.start()
+        await gateway.start(asks_started=await list_index_feed.wanted())
         # From the ends: an outcome, reply or event published after this point is seen.
         await feed.start()
         await replies_feed.start()

@@ -70,8 +70,10 @@ class CommandGateway:
         # The header of every command this instance waits for (None: no direct replies).
         self._reply_headers: dict[str, str] | None = None
 
-    async def start(self) -> None:
-        """Starts the producer; outcomes come once the feed given at construction starts."""
+    async def start(self, asks_started: bool = True) -> None:
+        """Starts the producer; outcomes come once the feed given at construction starts.
+        `asks_started`: whether to ask the engine for the STARTED events (when a fold was
+        given at construction; False when this instance keeps no run list index)."""
         # The window lets the commands of concurrent requests share a produce request
         # (each request costs the broker far more than a record in it); it ends once no
         # request came for the quiet time, or at the linger (command_window.py).
@@ -85,7 +87,9 @@ class CommandGateway:
         if self.replies is not None:
             await self.replies.start()
             if self.replies.header_value is not None:
-                self._reply_headers = reply_headers(self.replies.header_value, self._asks_started)
+                self._reply_headers = reply_headers(
+                    self.replies.header_value, self._asks_started and asks_started
+                )
 
     async def stop(self) -> None:
         self._reply_headers = None

@@ -122,8 +122,8 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
 
 
 _SIZED = b"\r\ncontent-length: "
-"""How a head with a length names it (starlette writes header names in lower case; another
-spelling goes the general way)."""
+"""How a head with a length names it (uvicorn's httptools protocol writes every header name
+in lower case)."""
 
 
 class _OneWriteResponse:

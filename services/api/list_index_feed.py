@@ -154,18 +154,26 @@ class ListIndexFeed:
         self._fold_next: dict[int, int] = {}
         """By partition: the next offset to fold from the subscription."""
         self.started_from_replies = 0
+        self._wanted: bool | None = None
         self._folded_early: OrderedDict[bytes, bytes] = OrderedDict()
         """Execution id (as the record key) -> the record value of the STARTED event of a
         run of it `fold_started` folded, until its copy from the topic is skipped."""
 
+    async def wanted(self) -> bool:
+        """Whether this instance keeps the index: the setting, or for `auto` the server
+        (FerretDB: yes). Asked once; `start` follows the same answer."""
+        if self._wanted is None:
+            mode = self._settings.api_list_index
+            if mode is ListIndexMode.AUTO:
+                mode = ListIndexMode.MEMORY if await is_ferretdb(self._db) else ListIndexMode.STORE
+            self._wanted = mode is not ListIndexMode.STORE
+        return self._wanted
+
     async def start(self) -> None:
         """Starts the bootstrap in the background (lists use the store until it is done),
-        if the setting (or, for `auto`, the server) asks for the index. After the
-        fanout's start."""
-        mode = self._settings.api_list_index
-        if mode is ListIndexMode.AUTO:
-            mode = ListIndexMode.MEMORY if await is_ferretdb(self._db) else ListIndexMode.STORE
-        if mode is ListIndexMode.STORE:
+        if the setting (or, for `auto`, the server) asks for the index (`wanted`). After
+        the fanout's start."""
+        if not await self.wanted():
             log.info("run list index: off (lists are store queries)")
             return
         self._task = asyncio.create_task(self._run(), name="list-index-feed")
@@ -330,6 +338,8 @@ class ListIndexFeed:
                 continue
             if index.gap_before(event) is not None:
                 continue  # (not for a run's start; the topic's copy fills it)
+            if index.seq_of(event.run_id) is not None:
+                continue  # folded already (the topic's copy came first): nothing to skip later
             self._fold(event)
             self.started_from_replies += 1
             key = event.execution_id.encode()

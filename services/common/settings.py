@@ -362,8 +362,11 @@ class ApiSettings(RunstoreSettings):
     """The IP the engine connects to (e.g. the pod IP); `auto`: the address this host's
     name resolves to (a container's on its network); unset: `api_reply_host`, or
     127.0.0.1 when that is a wildcard."""
-    api_reply_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    """Largest frame a reply connection may send; a larger one closes it."""
+    api_reply_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    """Largest frame a reply connection may send; a larger one closes it. At least 1 MiB: a
+    frame may carry up to 256 KiB of STARTED events besides its outcomes
+    (services/engine/replies.py), and a limit below what engines send would close the
+    connection at every such frame."""
     page_token_secret: SecretStr | None = None
     """Key of the list_runs page-token MAC (`RUNSTORE_PAGE_TOKEN_SECRET`); the same on every
     API instance. Unset: a random key per process, so tokens do not survive a restart."""

@@ -28,7 +28,13 @@ from services.common.reply_frames import (
     take_frames,
     take_hello,
 )
-from services.engine.replies import MAX_STARTED_BYTES, ReplySender, _Link, networks
+from services.engine.replies import (
+    FRAME_STARTED_BYTES,
+    MAX_STARTED_BYTES,
+    ReplySender,
+    _Link,
+    networks,
+)
 from services.engine.validation import InboundRecord
 from tests.support.domain import start as domain_start
 from tests.support.servers import free_port
@@ -174,6 +180,40 @@ async def test_an_address_that_takes_started_events_gets_them_tagged_before_the_
     ]
     assert EVENT_ADAPTER.validate_json(values[0][1:]) == started
     assert counted("sent") == sent + 3  # outcomes
+    await sender.close()
+
+
+async def test_started_events_past_a_frames_budget_are_left_to_the_topic(
+    api: tuple[Api, int],
+) -> None:
+    # Each STARTED fits alone (under MAX_STARTED_BYTES), but a frame carries at most
+    # FRAME_STARTED_BYTES of them: the rest of the batch's starts are answered by their
+    # outcome alone (their STARTED comes by the topic).
+    listener, port = api
+    sender = ReplySender(LOOPBACK)
+    header = address_value("127.0.0.1", port, "tok")
+    w = Workload()
+    blob = "x" * (MAX_STARTED_BYTES - 4096)
+    starts = [w.start(f"e{n}", input={"blob": blob}) for n in range(6)]
+    asking = ((STARTED_HEADER, b"1"), (REPLY_HEADER, header.encode()))
+    records = [
+        (
+            InboundRecord(0, n, b"e", b"{}", asking),
+            domain_start("e").model_copy(update={"command_id": c.command_id}),
+        )
+        for n, c in enumerate(starts)
+    ]
+    routes = sender.routes(records)
+    assert routes is not None
+    outcomes = [outcome(c.command_id, c.execution_id) for c in starts]
+    sender.send(routes, outcomes, starts)
+    fit = FRAME_STARTED_BYTES // (MAX_STARTED_BYTES - 4096 + 1024)
+    assert 0 < fit < len(starts)  # (the test's sizes exercise the budget)
+    values = await listener.wait_for(len(starts) + fit)
+    kinds = [v[:1] for v in values]
+    assert kinds.count(STARTED) == fit
+    assert kinds.count(OUTCOME) == len(starts)
+    assert sum(len(v) - 1 for v in values if v[:1] == STARTED) <= FRAME_STARTED_BYTES
     await sender.close()
 
 

@@ -149,3 +149,35 @@ def test_threads_never_share_random_digits() -> None:
         thread.join()
     parts = [_random_part(i) for out in made for i in out]
     assert len(set(parts)) == len(parts) == 12_000
+
+
+def test_each_thread_draws_its_own_block_of_random_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each call of the OS's random source gives a block whose every byte is the call's
+    # number, so an id's last digits tell which block it came from. Threads that start
+    # together and each make one id must each have drawn a block of their own: with one
+    # pool shared between threads (no lock), they would hand out digits of one block.
+    calls = 0
+    lock = threading.Lock()
+
+    def numbered_block(n: int) -> bytes:
+        nonlocal calls
+        with lock:
+            calls += 1
+            return bytes([calls]) * n
+
+    monkeypatch.setattr(ids.os, "urandom", numbered_block)
+    start = threading.Barrier(4)
+    blocks: list[str] = []
+
+    def make() -> None:
+        start.wait()
+        made = new_id()
+        with lock:
+            blocks.append(made[-2:])
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(blocks) == ["01", "02", "03", "04"]

@@ -116,7 +116,8 @@ def test_started_events_from_replies_leave_the_index_as_the_topic_alone_does(see
     ]
     delivered_ids = {e.event_id for e in delivered}
     skipped = {events[o].event_id for o in early} - delivered_ids
-    assert feed.started_from_replies == sum(len(rs) for rs in replies.values())
+    # Only the replies that came before their topic copy folded anything.
+    assert feed.started_from_replies == len(early)
     # (Two early STARTEDs of one execution: the older's copy is decoded, changing nothing.)
     assert len(skipped) >= len({events[o].execution_id for o in early})
     assert delivered_ids | skipped == {e.event_id for e in events}
@@ -177,3 +178,16 @@ def test_only_started_events_are_folded_from_replies() -> None:
     )
     feed.fold_started([records[other].value, b"not json"])
     assert len(index) == 0 and feed.started_from_replies == 0
+
+
+def test_a_reply_that_comes_after_the_topics_copy_is_not_kept() -> None:
+    # A late reply (its frame queued while the engine's link was connecting) finds the
+    # run folded already: nothing to fold, and nothing kept to skip a copy that came.
+    events = mixed_workload().all_events()
+    record = topic_records(events)[0]
+    feed, fanout, index = feed_and_fanout()
+    assert [e.event_id for e in deliver(feed, fanout, record)] == [events[0].event_id]
+    feed.fold_started([record.value])
+    assert feed.started_from_replies == 0
+    assert not feed._folded_early
+    assert index.seq_of(events[0].run_id) == events[0].seq
