@@ -5,13 +5,14 @@ its buffer is full, never waiting for the API. Real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from schemas.commands import Command
+from schemas.commits import Commit
 from schemas.common import ExecutionStatus
 from schemas.events import EVENT_ADAPTER, EventType
 from schemas.outcomes import CommandOutcome
@@ -32,6 +33,7 @@ from services.engine.replies import (
     FRAME_STARTED_BYTES,
     MAX_STARTED_BYTES,
     ReplySender,
+    Routes,
     _Link,
     networks,
 )
@@ -145,6 +147,21 @@ async def test_outcomes_go_to_their_address_as_the_topic_values(api: tuple[Api, 
     await sender.close()
 
 
+def _asking_routes(sender: ReplySender, header: str, commits: Sequence[Commit]) -> Routes | None:
+    """The routes of commands (one per commit, by its command id) whose records carry the
+    reply header `header` and ask for STARTED events."""
+    asking = ((STARTED_HEADER, b"1"), (REPLY_HEADER, header.encode()))
+    return sender.routes(
+        [
+            (
+                InboundRecord(0, n, b"e", b"{}", asking),
+                domain_start("e").model_copy(update={"command_id": c.command_id}),
+            )
+            for n, c in enumerate(commits)
+        ]
+    )
+
+
 async def test_an_address_that_takes_started_events_gets_them_tagged_before_the_outcome(
     api: tuple[Api, int],
 ) -> None:
@@ -155,15 +172,7 @@ async def test_an_address_that_takes_started_events_gets_them_tagged_before_the_
     opened = w.start("e1")
     signalled = w.signal("e1")  # a commit that opens no run
     big = w.start("e2", input={"blob": "x" * MAX_STARTED_BYTES})  # left to the topic
-    asking = ((STARTED_HEADER, b"1"), (REPLY_HEADER, header.encode()))
-    records = [
-        (
-            InboundRecord(0, n, b"e", b"{}", asking),
-            domain_start("e").model_copy(update={"command_id": c}),
-        )
-        for n, c in enumerate((opened.command_id, signalled.command_id, big.command_id))
-    ]
-    routes = sender.routes(records)
+    routes = _asking_routes(sender, header, [opened, signalled, big])
     assert routes is not None and all(a.started for a in routes.values())
     outcomes = [outcome(c.command_id, c.execution_id) for c in (opened, signalled, big)]
     sent = counted("sent")
@@ -195,15 +204,7 @@ async def test_started_events_past_a_frames_budget_are_left_to_the_topic(
     w = Workload()
     blob = "x" * (MAX_STARTED_BYTES - 4096)
     starts = [w.start(f"e{n}", input={"blob": blob}) for n in range(6)]
-    asking = ((STARTED_HEADER, b"1"), (REPLY_HEADER, header.encode()))
-    records = [
-        (
-            InboundRecord(0, n, b"e", b"{}", asking),
-            domain_start("e").model_copy(update={"command_id": c.command_id}),
-        )
-        for n, c in enumerate(starts)
-    ]
-    routes = sender.routes(records)
+    routes = _asking_routes(sender, header, starts)
     assert routes is not None
     outcomes = [outcome(c.command_id, c.execution_id) for c in starts]
     sender.send(routes, outcomes, starts)
