@@ -67,6 +67,8 @@ from loadgen import HttpConnection, Result, measure, pct  # noqa: E402
 from peers.procs import process, wait_port  # noqa: E402
 from servers import bench_servers  # noqa: E402
 
+from services.common.settings import RunstoreSettings  # noqa: E402
+
 KEY = "bench-key"
 
 
@@ -423,7 +425,8 @@ def main() -> int:
             f"(clients={args.clients}, "
             + (f"Runstore paced to {args.rate:g} starts/s, " if args.rate else "")
             + f"{args.seconds:g}s measured after {args.warmup:g}s "
-            f"warm-up, cpus={os.cpu_count()}, round {number} of {args.rounds})",
+            f"warm-up, cpus={os.cpu_count()}, Runstore's topics with {partitions(args.env)} "
+            f"partition(s), round {number} of {args.rounds})",
             flush=True,
         )
     if args.rounds > 1:
@@ -443,6 +446,12 @@ def main() -> int:
             )
         )
     return 0
+
+
+def partitions(env: list[str]) -> int:
+    """The partition count the services create their topics with in this run."""
+    given = dict(pair.split("=", 1) for pair in env).get("RUNSTORE_PARTITIONS")
+    return int(given) if given else RunstoreSettings().partitions
 
 
 def one_round(

@@ -22,8 +22,10 @@ class RunstoreSettings(BaseSettings):
     mongo_database: str = "runstore"
     topic_prefix: str = ""
     """Prepended to every topic name: lets tests and tenants share one cluster."""
-    partitions: int = Field(default=12, ge=1)
-    """Partition count for commands, events, tasks and outcomes when they are created."""
+    partitions: int = Field(default=1, ge=1)
+    """Partition count for commands, events, tasks and outcomes when they are created: the
+    most engines (and projectors) that can work at once. 1 fits the one-engine stacks of
+    `make run` and docker-compose; the Kubernetes manifests set 12 (docs/sizing.md)."""
     topic_replication_factor: int = Field(default=1, ge=1)
     """Replicas of each topic the services create (1 for a one-broker local Kafka; 3 on a
     production cluster). Existing topics are left as they are."""
