@@ -36,6 +36,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from services.api.auth import ApiKeys, Caller
 from services.api.deps import Wiring
@@ -96,7 +97,7 @@ class ExecuteFastPath:
             return
         # For the request metrics, which see no route on requests answered here.
         scope["route_hint"] = _ROUTE
-        headers = _headers(scope)
+        headers = _headers(scope, _READ)
         caller = self.keys.caller(headers.get("authorization"))
         key = headers.get("idempotency-key")
         media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -171,18 +172,8 @@ class ExecuteFastPath:
         """Answer a parsed execute; its status code."""
         try:
             answer = await start_execution(caller, self.wiring, request, workflow_identifier, key)
-        except HTTPException as exc:
-            response = await http_exception_handler(Request(scope), exc)
-            await response(scope, receive, send)
-            return response.status_code
         except Exception as exc:
-            if self.on_error is None:
-                raise
-            # What Starlette's ServerErrorMiddleware does: the handler's answer, then the
-            # exception goes on to the server (which logs it and closes the connection).
-            response = await self.on_error(Request(scope), exc)
-            await response(scope, receive, send)
-            raise
+            return await self._answer_failure(scope, receive, send, exc)
         # What `Response(answer, media_type="application/json")` sends, without the object.
         await send(
             {
@@ -197,17 +188,119 @@ class ExecuteFastPath:
         await send({"type": "http.response.body", "body": answer})
         return 200
 
+    async def _answer_failure(
+        self, scope: Scope, receive: Receive, send: Send, exc: BaseException
+    ) -> int:
+        """Answer what `start_execution` raised as FastAPI does; its status code. An
+        unexpected exception is raised on after its answer."""
+        if isinstance(exc, HTTPException):
+            response = await http_exception_handler(Request(scope), exc)
+            await response(scope, receive, send)
+            return response.status_code
+        if self.on_error is None or not isinstance(exc, Exception):
+            raise exc
+        # What Starlette's ServerErrorMiddleware does: the handler's answer, then the
+        # exception goes on to the server (which logs it and closes the connection).
+        response = await self.on_error(Request(scope), exc)
+        await response(scope, receive, send)
+        raise exc
+
+    # The protocol level (http_deadlines.py): an execute's whole HTTP cycle.
+
+    def may_serve(self, scope: Scope) -> bool:
+        """Whether `serve` should take this request (`scope` as uvicorn's protocol made
+        it: no middleware has seen it). Only when this path stands in front of the limits
+        and the metrics (it does their work)."""
+        return (
+            self.in_front is not None
+            and scope["method"] == "POST"
+            and _EXECUTE_PATH.fullmatch(scope["path"]) is not None
+        )
+
+    async def serve(
+        self, uvicorn_cycle: RequestResponseCycle, transport: Any, app: ASGIApp
+    ) -> None:
+        """What uvicorn's `cycle.run_asgi(app)` does for this request, with `app` the
+        server's whole app (uvicorn's proxy headers, then this middleware and the chain),
+        but for an execute this path answers without the ASGI layers: no proxy-headers,
+        `FrontedApi` or middleware frame, no `receive`/`send` messages for the answer
+        (its head rendered here and written with its body in one write on `transport`,
+        the connection's own). Everything else — another request, one with proxy
+        headers or an access log to write, a body this path does not answer, a failed
+        start — goes through `cycle.run_asgi` as before, so what the client sees is what
+        the ASGI path sends (tests/unit/test_http_execute.py compares the bytes)."""
+        # (uvicorn types its scopes and messages more narrowly than Starlette's ASGI app.)
+        cycle: Any = uvicorn_cycle
+        scope: Scope = cycle.scope
+        front = self.in_front
+        matched = _EXECUTE_PATH.fullmatch(scope["path"])
+        if (
+            front is None
+            or cycle.access_log
+            or matched is None
+            or matched.group(1) in RESERVED_WORKFLOW_NAMES
+        ):
+            await cycle.run_asgi(app)
+            return
+        headers = _headers(scope, _READ_IN_PROTOCOL)
+        caller = self.keys.caller(headers.get("authorization"))
+        key = headers.get("idempotency-key")
+        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        declared = headers.get("content-length")
+        client = client_of(scope)
+        if (
+            caller is None
+            or media_type != "application/json"
+            or (key is not None and len(key) > _MAX_IDEMPOTENCY_KEY)
+            or "x-forwarded-for" in headers
+            or "x-forwarded-proto" in headers
+            or declared is None
+            or not (declared.isascii() and declared.isdigit())
+            or int(declared) > front.max_body_bytes
+            or not front.budget.admits(client)
+        ):
+            await cycle.run_asgi(app)
+            return
+        started = time.perf_counter()
+        body = await _read_body(cycle.receive)
+        request = _parse(body)
+        if request is None:
+            await cycle.run_asgi(_replaying(app, body))
+            return
+        # What the middleware notes (the chain behind is not involved from here).
+        scope["route_hint"] = _ROUTE
+        status = 500
+        try:
+            try:
+                answer = await start_execution(caller, self.wiring, request, matched.group(1), key)
+            except BaseException as exc:  # (a cancel too: run_asgi logs it, answers 500)
+                failure = exc
+
+                async def answer_failure(scope: Scope, receive: Receive, send: Send) -> None:
+                    nonlocal status
+                    status = await self._answer_failure(scope, receive, send, failure)
+
+                await cycle.run_asgi(answer_failure)
+                return
+            status = 200
+            await _answer(cycle, transport, answer)
+        finally:
+            self._note(front, client, status, time.perf_counter() - started)
+
 
 _READ = frozenset({b"authorization", b"idempotency-key", b"content-type", b"content-length"})
+# At the protocol level, also the headers uvicorn's proxy-headers middleware reads (a
+# request that has them goes that way).
+_READ_IN_PROTOCOL = _READ | {b"x-forwarded-for", b"x-forwarded-proto"}
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def _headers(scope: Scope, read: frozenset[bytes]) -> dict[str, str]:
     """The headers this path reads; none at all when one of them is repeated (FastAPI
     then decides what that means)."""
     found: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.lower()
-        if name in _READ:
+        if name in read:
             text = name.decode("latin-1")
             if text in found:
                 return {}
@@ -240,6 +333,46 @@ def _parse(body: bytes) -> ExecuteRequest | None:
         return ExecuteRequest.model_validate(value)
     except ValidationError:
         return None
+
+
+_OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+_JSON_TYPE = b"\r\ncontent-type: application/json\r\n"
+
+
+async def _answer(cycle: Any, transport: Any, answer: bytes) -> None:
+    """What uvicorn's `cycle.send` (`cycle`: a `RequestResponseCycle`) writes for the
+    route's 200 (`_respond`'s two messages: the server's default headers, the length, the
+    type, `connection: close` when the connection ends with it), in one write, and the
+    cycle's end as `send` marks it."""
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    parts = [_OK_HEAD]
+    for name, value in cycle.default_headers:
+        parts += (name.lower(), b": ", value, b"\r\n")
+    parts += (b"content-length: ", str(len(answer)).encode(), _JSON_TYPE)
+    keep_alive = cycle.keep_alive
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", answer)
+    transport.write(b"".join(parts))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not keep_alive:
+        transport.close()
+    cycle.on_response()
+
+
+def _replaying(app: ASGIApp, body: bytes) -> ASGIApp:
+    """`app` given the already-read body first."""
+
+    async def replayed(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, _replay(body, receive), send)
+
+    return replayed
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
