@@ -97,10 +97,10 @@ class Transport(asyncio.Transport):
 
 def uvicorn_protocol(app: Any) -> tuple[Config, Any]:
     """uvicorn's config for `app` as `runstore api` runs it, and its HTTP protocol class
-    (httptools, with the request-read deadlines)."""
+    (httptools, with the request-read deadlines and the protocol-level execute)."""
     config = Config(
         app=app,
-        http=deadline_protocol(10, 30),
+        http=deadline_protocol(10, 30, execute=app.state.protocol_execute),
         access_log=False,
         limit_concurrency=4096,
         log_level="warning",

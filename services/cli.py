@@ -72,7 +72,10 @@ def _run_api() -> None:
         # reading a request (slow clients).
         loop="uvloop",
         http=deadline_protocol(
-            settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
+            settings.api_header_timeout_seconds,
+            settings.api_body_timeout_seconds,
+            # The execute fast path at the protocol level (execute_fast_path.py).
+            execute=app.state.protocol_execute,
         ),
         # Requests still running after this on SIGTERM (waits for a result, streams) are
         # cancelled: the process exits within a bound.

@@ -124,6 +124,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.api_keys = keys
+    app.state.protocol_execute = None
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.list_index = list_index
     app.state.list_index_feed = list_index_feed
@@ -210,7 +211,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
             max_clients=settings.api_failure_clients,
         )
         chain = RequestMetrics(chain)
-        chain = ExecuteFastPath(
+        chain = fast = ExecuteFastPath(
             chain,
             wiring=app.state.wiring,
             keys=keys,
@@ -219,6 +220,11 @@ def build_app(settings: ApiSettings) -> FastAPI:
         )
         if tracing.tracer() is not None:
             chain = RequestTracing(chain)
+        else:
+            # For the server's HTTP protocol (`runstore api`: http_deadlines.py), which
+            # has it answer executes at the protocol level; not when every request is
+            # traced (the tracing middleware stands in front of it).
+            app.state.protocol_execute = fast
         return chain
 
     app.put_in_front(front)

@@ -85,13 +85,17 @@ class WindowedPublisher:
         windows reach the broker in order and records that come meanwhile join the next
         window's batches (as aiokafka's own batches grow while its sender is busy)."""
         self._partitions: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of `start` (`asyncio.get_running_loop()` is a `getpid` system call on
+        Python 3.11: not once per publish)."""
 
     async def start(self) -> None:
         # Idempotent (so acks=all), as every Runstore producer: a retried produce never
         # duplicates or reorders records of a partition, which per-execution order relies
         # on. linger 0: the window is the linger (records wait for it, not for aiokafka's).
         self._producer = await started_producer(self._settings, self._client_id, linger_ms=0)
-        self._last = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
 
     async def stop(self) -> None:
         """Sends what is waiting for its window, then stops the producer."""
@@ -118,7 +122,9 @@ class WindowedPublisher:
         (each start) waits here."""
         if self._producer is None:
             raise RuntimeError("WindowedPublisher.start() was not called")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # (a producer given without `start`: the benches' fakes)
+            loop = self._loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[None]] = []
         for record in records:
             waits.append(loop.create_future())
@@ -161,7 +167,8 @@ class WindowedPublisher:
         """The window ends if no record came for the quiet time or its linger is over;
         else look again when one of those is due. (One timer a window, re-armed only while
         records keep coming, rather than one per record.)"""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # (a timer of `publish`, after `start`)
         due = min(self._last + self._quiet_time(), self._opened + self._window)
         if due - loop.time() > _TIMER_SLACK:
             self._timer = loop.call_at(due, self._quiet_check)

@@ -20,6 +20,12 @@ answer), ~4 % of the API's function calls per start. It answers only a request w
 client's budget holds a token and whose declared length is within the limit (anything
 else goes on to them, which answer 429, 413 or 400 as before), charges the budget for a
 failure it answers, and observes the request's latency as the metrics middleware does.
+
+`runstore api` also runs it at the protocol level (`serve`, http_deadlines.py): an
+execute's whole HTTP cycle without any ASGI layer, and the same for `GET
+/v1/workflows/executions/{execution_id}` (the read right after a start), which otherwise
+went through FastAPI's whole stack: a found execution is answered from the caller's reader
+as the route answers it; anything else goes through the ASGI app as before.
 """
 
 from __future__ import annotations
@@ -36,12 +42,13 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from services.api.auth import ApiKeys, Caller
 from services.api.deps import Wiring
 from services.api.limits import FailureBudget, client_of
 from services.api.request_json import parse_json
-from services.api.shapes import ExecuteRequest
+from services.api.shapes import ExecuteRequest, execution_from_run
 from services.api.start_execution import start_execution
 from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 from services.common.metrics import HTTP_LATENCY
@@ -51,6 +58,8 @@ _MAX_IDEMPOTENCY_KEY = 255  # as the route's `Header(max_length=255)`
 
 
 _ROUTE = "/v1/workflows/{workflow_identifier}/execute"
+_EXECUTION_PATH = re.compile(r"/v1/workflows/executions/([^/]+)")
+_READ_ROUTE = "/v1/workflows/executions/{execution_id}"
 
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -84,7 +93,7 @@ class ExecuteFastPath:
         self.on_error = on_error
         self.in_front = in_front
         # The latency histogram's child per status (as RequestMetrics keeps them).
-        self._latency: dict[int, Any] = {}
+        self._latency: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -96,7 +105,7 @@ class ExecuteFastPath:
             return
         # For the request metrics, which see no route on requests answered here.
         scope["route_hint"] = _ROUTE
-        headers = _headers(scope)
+        headers = _headers(scope, _READ)
         caller = self.keys.caller(headers.get("authorization"))
         key = headers.get("idempotency-key")
         media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -139,12 +148,21 @@ class ExecuteFastPath:
         finally:
             self._note(front, client, status, time.perf_counter() - started)
 
-    def _note(self, front: InFront, client: str, status: int, seconds: float) -> None:
+    def _note(
+        self,
+        front: InFront,
+        client: str,
+        status: int,
+        seconds: float,
+        method: str = "POST",
+        route: str = _ROUTE,
+    ) -> None:
         """What the failure budget and the request metrics note of an answer."""
         front.budget.charge(client, status)
-        latency = self._latency.get(status)
+        key = (method, status)
+        latency = self._latency.get(key)
         if latency is None:
-            latency = self._latency[status] = HTTP_LATENCY.labels("POST", _ROUTE, str(status))
+            latency = self._latency[key] = HTTP_LATENCY.labels(method, route, str(status))
         latency.observe(seconds)
 
     async def _request_or_hand_on(
@@ -171,18 +189,8 @@ class ExecuteFastPath:
         """Answer a parsed execute; its status code."""
         try:
             answer = await start_execution(caller, self.wiring, request, workflow_identifier, key)
-        except HTTPException as exc:
-            response = await http_exception_handler(Request(scope), exc)
-            await response(scope, receive, send)
-            return response.status_code
         except Exception as exc:
-            if self.on_error is None:
-                raise
-            # What Starlette's ServerErrorMiddleware does: the handler's answer, then the
-            # exception goes on to the server (which logs it and closes the connection).
-            response = await self.on_error(Request(scope), exc)
-            await response(scope, receive, send)
-            raise
+            return await self._answer_failure(scope, receive, send, exc)
         # What `Response(answer, media_type="application/json")` sends, without the object.
         await send(
             {
@@ -197,22 +205,188 @@ class ExecuteFastPath:
         await send({"type": "http.response.body", "body": answer})
         return 200
 
+    async def _answer_failure(
+        self, scope: Scope, receive: Receive, send: Send, exc: BaseException
+    ) -> int:
+        """Answer what `start_execution` raised as FastAPI does; its status code. An
+        unexpected exception is raised on after its answer."""
+        if isinstance(exc, HTTPException):
+            response = await http_exception_handler(Request(scope), exc)
+            await response(scope, receive, send)
+            return response.status_code
+        if self.on_error is None or not isinstance(exc, Exception):
+            raise exc
+        # What Starlette's ServerErrorMiddleware does: the handler's answer, then the
+        # exception goes on to the server (which logs it and closes the connection).
+        response = await self.on_error(Request(scope), exc)
+        await response(scope, receive, send)
+        raise exc
+
+    # The protocol level (http_deadlines.py): an execute's whole HTTP cycle.
+
+    def may_serve(self, scope: Scope) -> bool:
+        """Whether `serve` should take this request (`scope` as uvicorn's protocol made
+        it: no middleware has seen it): an execute or an execution's read. Only when this
+        path stands in front of the limits and the metrics (it does their work)."""
+        if self.in_front is None:
+            return False
+        method = scope["method"]
+        if method == "POST":
+            return _EXECUTE_PATH.fullmatch(scope["path"]) is not None
+        return method == "GET" and _EXECUTION_PATH.fullmatch(scope["path"]) is not None
+
+    async def serve(
+        self, uvicorn_cycle: RequestResponseCycle, transport: Any, app: ASGIApp
+    ) -> None:
+        """What uvicorn's `cycle.run_asgi(app)` does for this request, with `app` the
+        server's whole app (uvicorn's proxy headers, then this middleware and the chain),
+        but for an execute this path answers without the ASGI layers: no proxy-headers,
+        `FrontedApi` or middleware frame, no `receive`/`send` messages for the answer
+        (its head rendered here and written with its body in one write on `transport`,
+        the connection's own). Everything else — another request, one with proxy
+        headers or an access log to write, a body this path does not answer, a failed
+        start — goes through `cycle.run_asgi` as before, so what the client sees is what
+        the ASGI path sends (tests/unit/test_http_execute.py compares the bytes)."""
+        # (uvicorn types its scopes and messages more narrowly than Starlette's ASGI app.)
+        cycle: Any = uvicorn_cycle
+        scope: Scope = cycle.scope
+        front = self.in_front
+        if scope["method"] == "GET":
+            await self._serve_read(cycle, transport, app)
+            return
+        matched = _EXECUTE_PATH.fullmatch(scope["path"])
+        if (
+            front is None
+            or cycle.access_log
+            or matched is None
+            or matched.group(1) in RESERVED_WORKFLOW_NAMES
+        ):
+            await cycle.run_asgi(app)
+            return
+        headers = _headers(scope, _READ_IN_PROTOCOL)
+        caller = self.keys.caller(headers.get("authorization"))
+        key = headers.get("idempotency-key")
+        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        declared = headers.get("content-length")
+        client = client_of(scope)
+        if (
+            caller is None
+            or media_type != "application/json"
+            or (key is not None and len(key) > _MAX_IDEMPOTENCY_KEY)
+            or "x-forwarded-for" in headers
+            or "x-forwarded-proto" in headers
+            or declared is None
+            or not (declared.isascii() and declared.isdigit())
+            or int(declared) > front.max_body_bytes
+            or not front.budget.admits(client)
+        ):
+            await cycle.run_asgi(app)
+            return
+        started = time.perf_counter()
+        body = await _read_body(cycle.receive)
+        request = _parse(body)
+        if request is None:
+            await cycle.run_asgi(_replaying(app, body))
+            return
+        # What the middleware notes (the chain behind is not involved from here).
+        scope["route_hint"] = _ROUTE
+        status = 500
+        try:
+            try:
+                answer = await start_execution(caller, self.wiring, request, matched.group(1), key)
+            except BaseException as exc:  # (a cancel too: run_asgi logs it, answers 500)
+                failure = exc
+
+                async def answer_failure(scope: Scope, receive: Receive, send: Send) -> None:
+                    nonlocal status
+                    status = await self._answer_failure(scope, receive, send, failure)
+
+                await cycle.run_asgi(answer_failure)
+                return
+            status = 200
+            await _answer(cycle, transport, answer)
+        finally:
+            self._note(front, client, status, time.perf_counter() - started)
+
+    async def _serve_read(self, cycle: Any, transport: Any, app: ASGIApp) -> None:
+        """`GET /v1/workflows/executions/{execution_id}` (no query, no body) found: the
+        route's answer (`routes_runs.get_execution`: the caller's reader, the execution's
+        latest run, `execution_from_run`), written as `serve` writes an execute's. A read
+        that finds nothing goes through `run_asgi` whole (a read can be repeated): the
+        route answers the 404 as it always did. A read that fails is answered as the
+        route's failure is (the app's handler: a logged 500 that closes the connection),
+        without a second read of a store that just failed."""
+        scope: Scope = cycle.scope
+        front = self.in_front
+        matched = _EXECUTION_PATH.fullmatch(scope["path"])
+        if front is None or matched is None or cycle.access_log or scope["query_string"]:
+            await cycle.run_asgi(app)
+            return
+        headers = _headers(scope, _READ_IN_PROTOCOL)
+        caller = self.keys.caller(headers.get("authorization"))
+        client = client_of(scope)
+        if (
+            caller is None
+            or "content-length" in headers  # (a body: the limits behind read it)
+            or "x-forwarded-for" in headers
+            or "x-forwarded-proto" in headers
+            or _has_header(scope, b"transfer-encoding")
+            or not front.budget.admits(client)
+        ):
+            await cycle.run_asgi(app)
+            return
+        started = time.perf_counter()
+        try:
+            run = await self.wiring.reader_for(caller).execution(matched.group(1))
+        except BaseException as exc:
+            if self.on_error is None and isinstance(exc, Exception):
+                run = None  # (no handler to render it: the route reads again, answers it)
+            else:
+                # As the route's error: the app's handler's 500 (logged, the connection
+                # closed), an HTTPException's answer, or a cancel's 500 (run_asgi).
+                failure = exc
+                status = 500
+
+                async def answer_failure(scope: Scope, receive: Receive, send: Send) -> None:
+                    nonlocal status
+                    status = await self._answer_failure(scope, receive, send, failure)
+
+                try:
+                    await cycle.run_asgi(answer_failure)
+                finally:
+                    seconds = time.perf_counter() - started
+                    self._note(front, client, status, seconds, "GET", _READ_ROUTE)
+                return
+        if run is None:
+            await cycle.run_asgi(app)
+            return
+        answer = execution_from_run(run)
+        await _answer(cycle, transport, answer.__pydantic_serializer__.to_json(answer))
+        self._note(front, client, 200, time.perf_counter() - started, "GET", _READ_ROUTE)
+
 
 _READ = frozenset({b"authorization", b"idempotency-key", b"content-type", b"content-length"})
+# At the protocol level, also the headers uvicorn's proxy-headers middleware reads (a
+# request that has them goes that way).
+_READ_IN_PROTOCOL = _READ | {b"x-forwarded-for", b"x-forwarded-proto"}
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def _headers(scope: Scope, read: frozenset[bytes]) -> dict[str, str]:
     """The headers this path reads; none at all when one of them is repeated (FastAPI
     then decides what that means)."""
     found: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.lower()
-        if name in _READ:
+        if name in read:
             text = name.decode("latin-1")
             if text in found:
                 return {}
             found[text] = raw_value.decode("latin-1")
     return found
+
+
+def _has_header(scope: Scope, name: bytes) -> bool:
+    return any(raw_name.lower() == name for raw_name, _ in scope["headers"])
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -240,6 +414,46 @@ def _parse(body: bytes) -> ExecuteRequest | None:
         return ExecuteRequest.model_validate(value)
     except ValidationError:
         return None
+
+
+_OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+_JSON_TYPE = b"\r\ncontent-type: application/json\r\n"
+
+
+async def _answer(cycle: Any, transport: Any, answer: bytes) -> None:
+    """What uvicorn's `cycle.send` (`cycle`: a `RequestResponseCycle`) writes for the
+    route's 200 (`_respond`'s two messages: the server's default headers, the length, the
+    type, `connection: close` when the connection ends with it), in one write, and the
+    cycle's end as `send` marks it."""
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:
+        return
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    parts = [_OK_HEAD]
+    for name, value in cycle.default_headers:
+        parts += (name.lower(), b": ", value, b"\r\n")
+    parts += (b"content-length: ", str(len(answer)).encode(), _JSON_TYPE)
+    keep_alive = cycle.keep_alive
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", answer)
+    transport.write(b"".join(parts))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not keep_alive:
+        transport.close()
+    cycle.on_response()
+
+
+def _replaying(app: ASGIApp, body: bytes) -> ASGIApp:
+    """`app` given the already-read body first."""
+
+    async def replayed(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, _replay(body, receive), send)
+
+    return replayed
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

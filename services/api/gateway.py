@@ -69,6 +69,9 @@ class CommandGateway:
         self._asks_started = started is not None
         # The header of every command this instance waits for (None: no direct replies).
         self._reply_headers: dict[str, str] | None = None
+        # The loop it runs in, noted at `start`: `asyncio.get_running_loop()` makes a
+        # `getpid` system call on Python 3.11 (its fork check), twice per start here.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, asks_started: bool = True) -> None:
         """Starts the producer; outcomes come once the feed given at construction starts.
@@ -84,6 +87,7 @@ class CommandGateway:
             self._settings.api_publish_quiet_ms,
         )
         await self._publisher.start()
+        self._loop = asyncio.get_running_loop()
         if self.replies is not None:
             await self.replies.start()
             if self.replies.header_value is not None:
@@ -195,8 +199,11 @@ class CommandGateway:
             return known
         waiter = self._waiting.get(command.command_id)
         owner = waiter is None
+        loop = self._loop
+        if loop is None:  # (a publisher given without `start`: tests and benches)
+            loop = self._loop = asyncio.get_running_loop()
         if waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiting[command.command_id] = waiter
         try:
             try:
@@ -218,7 +225,7 @@ class CommandGateway:
                 else self._settings.api_command_timeout_seconds
             )
             if owner:
-                outcome = await self._owners_wait(waiter, limit, command.command_id)
+                outcome = await self._owners_wait(loop, waiter, limit, command.command_id)
             else:
                 outcome = await _shared_wait(waiter, limit, command.command_id)
         finally:
@@ -233,7 +240,11 @@ class CommandGateway:
         return outcome
 
     async def _owners_wait(
-        self, waiter: asyncio.Future[CommandOutcome], limit: float, command_id: str
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiter: asyncio.Future[CommandOutcome],
+        limit: float,
+        command_id: str,
     ) -> CommandOutcome:
         """The outcome of the send that registered `waiter`, within `limit` seconds.
 
@@ -243,7 +254,7 @@ class CommandGateway:
         waiter leaves `_waiting` with the owner, so nothing could resolve it later
         anyway) or its cancellation (a disconnected client), which ends a shared wait
         as a timeout."""
-        expiry = asyncio.get_running_loop().call_later(limit, _expire, waiter)
+        expiry = loop.call_later(limit, _expire, waiter)
         try:
             return await waiter
         except _Expired as exc:

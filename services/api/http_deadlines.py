@@ -19,9 +19,10 @@ alone right after that step.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 """What uvicorn writes before the head for a request that expects it (passed through)."""
@@ -33,8 +34,27 @@ _TIMEOUT_RESPONSE = (
 )
 
 
-def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with request-read deadlines (pass as `http=`)."""
+class CycleServer(Protocol):
+    """Serves some requests' whole cycle itself (the execute fast path's `serve`)."""
+
+    def may_serve(self, scope: Any) -> bool: ...
+
+    def serve(
+        self, cycle: RequestResponseCycle, transport: Any, app: Any
+    ) -> Coroutine[Any, Any, None]: ...
+
+
+def deadline_protocol(
+    header_seconds: float, body_seconds: float, execute: CycleServer | None = None
+) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with request-read deadlines (pass as `http=`).
+
+    With `execute`, the requests it `may_serve` run as `execute.serve(cycle, transport,
+    app)` instead of `cycle.run_asgi(app)` (the execute fast path at the protocol level,
+    execute_fast_path.py): it answers an execute without the ASGI layers and hands
+    everything else to `run_asgi`. Pipelining, the concurrency limit (its 503 app is never
+    given to `execute`), keep-alive and the graceful shutdown stay uvicorn's: the cycle
+    is uvicorn's, the task is counted among the server's."""
     # How often an armed connection looks at its deadline: no deadline is nearer than
     # this when it is set, so a check never comes later than the deadline it serves.
     period = min(header_seconds, body_seconds)
@@ -99,6 +119,19 @@ def deadline_protocol(header_seconds: float, body_seconds: float) -> type[asynci
                 cycle.transport = cast(
                     asyncio.Transport, _OneWriteResponse(self.transport, self.loop)
                 )
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            if (
+                execute is None
+                or app is not self.app
+                or getattr(self.config, "reset_contextvars", False)
+                or not execute.may_serve(cycle.scope)
+            ):
+                super()._start_asgi_task(cycle, app)
+                return
+            task = self.loop.create_task(execute.serve(cycle, self.transport, app))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
 
         def on_message_complete(self) -> None:
             self._reading = False

@@ -1,0 +1,407 @@
+"""The execute fast path at the protocol level (`deadline_protocol(..., execute=...)`,
+`ExecuteFastPath.serve`): uvicorn's protocol fed raw bytes, once without it (every request
+through the ASGI app: uvicorn's proxy headers, the fast path as a middleware, the limits,
+the metrics, FastAPI) and once with it. The bytes a client receives are the same, request
+for request: status lines, headers (the server's own, `connection: close`), bodies, error
+answers, on kept-alive and pipelined connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from services.api import routes_runs
+from services.api.execute_fast_path import ExecuteFastPath
+from services.api.http_deadlines import deadline_protocol
+from services.common.metrics import HTTP_LATENCY
+from tests.support.eventually import assert_eventually
+from tests.unit.test_execute_fast_path import CASES, ROUTE, EngineLikeGateway, make_app
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Connection:
+    def __init__(self, app: FastAPI, at_protocol: bool) -> None:
+        fast = _fast_path(app) if at_protocol else None
+        assert not at_protocol or fast is not None
+        config = Config(
+            app=app,
+            http=deadline_protocol(10, 30, execute=fast),
+            log_level="critical",
+            lifespan="off",
+            access_log=False,  # as `runstore api` runs it (with one, the ASGI way)
+        )
+        config.load()
+        self.state = ServerState()
+        self.state.default_headers = [(b"server", b"uvicorn"), (b"date", b"Mon, 07 Dec 2026")]
+        protocol_class: Any = config.http_protocol_class
+        self.protocol = protocol_class(config=config, server_state=self.state, app_state={})
+        self.transport = _Transport()
+        self.protocol.connection_made(self.transport)
+
+    async def exchange(self, data: bytes, answers: int = 1) -> bytes:
+        """Feed `data`; what is written once `answers` answers are complete."""
+        before = self.state.total_requests
+        self.protocol.data_received(data)
+
+        async def answered() -> None:
+            assert self.state.total_requests >= before + answers or self.transport.closed
+            assert not self.state.tasks
+
+        await assert_eventually(answered, timeout=5)
+        written = bytes(self.transport.written)
+        self.transport.written.clear()
+        return written
+
+
+def _fast_path(app: FastAPI) -> ExecuteFastPath | None:
+    """The app's fast path in its front chain, which `build_app` hands to the protocol as
+    `app.state.protocol_execute` (the test app of test_execute_fast_path.py does not)."""
+    chain: Any = app._front  # type: ignore[attr-defined]
+    while chain is not None and not isinstance(chain, ExecuteFastPath):
+        chain = getattr(chain, "app", None)
+    return chain
+
+
+def _request(path: str, headers: dict[str, str], body: bytes, close: bool = False) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: t", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+_GENERATED = re.compile(rb'"execution_id":"[0-9a-z]{20,}"')
+
+
+def _comparable(written: bytes) -> bytes:
+    """The answer with a keyless start's generated execution id left out (the same
+    length in both: the content-length header stays comparable)."""
+    return _GENERATED.sub(b'"execution_id":"<generated>"', written)
+
+
+async def _both(requests: list[tuple[bytes, int]], burst: int = 1000) -> list[list[bytes]]:
+    """What each kind of connection wrote for `requests` (data, answers it holds), with
+    the commands each gateway was sent."""
+    seen = []
+    for at_protocol in (False, True):
+        gateway = EngineLikeGateway()
+        connection = _Connection(make_app(True, gateway, 0.001, burst), at_protocol)
+        written = [_comparable(await connection.exchange(d, n)) for d, n in requests]
+        sent = [repr((c.type, c.execution_id, c.user_id, c.payload)).encode() for c in gateway.sent]
+        seen.append([*written, b"closed" if connection.transport.closed else b"open", *sent])
+    return seen
+
+
+@pytest.mark.parametrize(("name", "path", "headers", "body"), CASES, ids=[c[0] for c in CASES])
+async def test_the_protocol_level_answers_what_the_asgi_app_answers(
+    name: str, path: str, headers: dict[str, str], body: bytes
+) -> None:
+    headers = {"Content-Type": "application/json", **headers}
+    request = _request(path, headers, body)
+    # Twice on one kept-alive connection, then once more asking it to close.
+    closing = _request(path, headers, body, close=True)
+    asgi, protocol = await _both([(request, 1), (request, 1), (closing, 1)])
+    assert asgi == protocol
+    if name == "plain start":
+        assert protocol[0].startswith(b"HTTP/1.1 200 OK\r\nserver: uvicorn\r\ndate: ")
+        assert b"connection: close\r\n" in protocol[2] and protocol[3] == b"closed"
+
+
+async def test_pipelined_executes_are_answered_in_order() -> None:
+    one = _request(
+        "/v1/workflows/wf/execute",
+        {"Content-Type": "application/json", "Authorization": "Bearer k"},
+        json.dumps({"execution_id": "e-1"}).encode(),
+    )
+    two = _request(
+        "/v1/workflows/wf/execute",
+        {"Content-Type": "application/json", "Authorization": "Bearer k"},
+        json.dumps({"execution_id": "busy-2"}).encode(),
+    )
+    three = _request(
+        "/v1/workflows/wf/execute",
+        {"Content-Type": "application/json", "Authorization": "Bearer k"},
+        json.dumps({"execution_id": "e-3"}).encode(),
+    )
+    asgi, protocol = await _both([(one + two + three, 3)])
+    assert asgi == protocol
+    answers = protocol[0].split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"409", b"200"]
+    assert b'"e-1"' in answers[0] and b'"e-3"' in answers[2]
+
+
+async def test_proxied_requests_go_the_asgi_way() -> None:
+    # uvicorn's proxy-headers middleware makes the forwarded address the client (the
+    # failure budget's key): with a forwarded header the request goes through it. (A
+    # budget of one failure: the forwarded client's failure must not be the proxy's.)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer k"}
+    bad = json.dumps({"extensions": {"execution_timeout_seconds": -1}}).encode()
+    asgi, protocol = await _both(
+        [
+            (
+                _request(
+                    "/v1/workflows/wf/execute", {**headers, "X-Forwarded-For": "10.1.2.3"}, bad
+                ),
+                1,
+            ),
+            (_request("/v1/workflows/wf/execute", headers, bad), 1),
+            (_request("/v1/workflows/wf/execute", headers, bad), 1),
+        ],
+        burst=1,
+    )
+    assert [w[:12] for w in protocol[:3]] == [b"HTTP/1.1 422", b"HTTP/1.1 422", b"HTTP/1.1 429"]
+    assert asgi == protocol
+
+
+async def test_its_answers_are_in_the_request_metrics_and_the_budget() -> None:
+    def count(status: str) -> float:
+        labels = {"method": "POST", "route": ROUTE, "status": status}
+        for metric in HTTP_LATENCY.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count") and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer k"}
+    bad = _request(
+        "/v1/workflows/wf/execute", headers, b'{"extensions": {"execution_timeout_seconds": -1}}'
+    )
+    good = _request("/v1/workflows/wf/execute", headers, b'{"execution_id": "e-1"}')
+    gateway = EngineLikeGateway()
+    connection = _Connection(make_app(True, gateway, per_second=0.001, burst=2), True)
+    before = (count("200"), count("422"))
+    first = await connection.exchange(good)
+    failed = [await connection.exchange(bad) for _ in range(2)]
+    refused = await connection.exchange(good)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert [f[:12] for f in failed] == [b"HTTP/1.1 422"] * 2
+    assert refused.startswith(b"HTTP/1.1 429 ")
+    assert len(gateway.sent) == 1
+    assert (count("200"), count("422")) == (before[0] + 1, before[1] + 2)
+
+
+async def test_a_shutdown_lets_the_execute_in_flight_answer_and_closes_after_it() -> None:
+    # uvicorn's graceful shutdown: a connection whose answer is in progress is asked to
+    # close after it (`connection: close`), not cut.
+    release = asyncio.Event()
+
+    class SlowGateway(EngineLikeGateway):
+        async def send(
+            self, command: Any, wait_seconds: float | None = None, encoded: bytes | None = None
+        ) -> Any:
+            await release.wait()
+            return await super().send(command, wait_seconds, encoded)
+
+    connection = _Connection(make_app(True, SlowGateway()), True)
+    request = _request(
+        "/v1/workflows/wf/execute",
+        {"Content-Type": "application/json", "Authorization": "Bearer k"},
+        b'{"execution_id": "e-1"}',
+    )
+    connection.protocol.data_received(request)
+    await asyncio.sleep(0.01)
+    connection.protocol.shutdown()
+    assert not connection.transport.closed
+    release.set()
+    written = await connection.exchange(b"", 0)
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"connection: close\r\n" in written
+    assert connection.transport.closed
+
+
+async def test_a_valid_execute_skips_the_asgi_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    reached: list[str] = []
+    through = ExecuteFastPath.__call__
+
+    async def noted(self: ExecuteFastPath, scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(ExecuteFastPath, "__call__", noted)
+    connection = _Connection(make_app(True, EngineLikeGateway()), True)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer k"}
+    answered = await connection.exchange(
+        _request("/v1/workflows/wf/execute", headers, b'{"execution_id": "e-1"}')
+    )
+    handed_on = await connection.exchange(_request("/v1/workflows/wf/execute", headers, b"[1]"))
+    assert answered.startswith(b"HTTP/1.1 200 ") and handed_on.startswith(b"HTTP/1.1 422 ")
+    assert reached == ["/v1/workflows/wf/execute"]  # the second only
+
+
+# GET /v1/workflows/executions/{execution_id} at the protocol level.
+
+_RUN = {
+    "workflow_name": "wf",
+    "execution_id": "e-1",
+    "root_execution_id": "e-1",
+    "status": "COMPLETED",
+    "start_time": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+    "end_time": datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
+    "run_id": "r-1",
+    "user_id": "alice",
+    "total_duration_ms": 322,
+    "result_json": '{"ok": [1, "é"]}',
+    "search_attributes": {"k": "v"},
+}
+
+
+class _Runs:
+    """The reader's point read: `e-1` exists, `boom` fails, anything else is missing."""
+
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    async def execution(self, execution_id: str) -> dict[str, Any] | None:
+        self.reads.append(execution_id)
+        if execution_id == "boom":
+            raise RuntimeError("the store failed")
+        return dict(_RUN) if execution_id == "e-1" else None
+
+
+def _reading_app(runs: _Runs, burst: int = 1000) -> FastAPI:
+    app = make_app(True, EngineLikeGateway(), 0.001, burst)
+    object.__setattr__(app.state.wiring, "all_runs", runs)
+    app.include_router(routes_runs.router)
+    return app
+
+
+def _get(path: str, headers: dict[str, str], close: bool = False) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: t"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+READS: list[tuple[str, str, dict[str, str]]] = [
+    ("found", "/v1/workflows/executions/e-1", {"Authorization": "Bearer k"}),
+    ("missing", "/v1/workflows/executions/e-2", {"Authorization": "Bearer k"}),
+    ("failing store", "/v1/workflows/executions/boom", {"Authorization": "Bearer k"}),
+    ("no key", "/v1/workflows/executions/e-1", {}),
+    ("unknown key", "/v1/workflows/executions/e-1", {"Authorization": "Bearer no"}),
+    (
+        "search keys",
+        "/v1/workflows/executions/e-1?include_search_keys=true",
+        {"Authorization": "Bearer k"},
+    ),
+    (
+        "bad query",
+        "/v1/workflows/executions/e-1?include_search_keys=maybe",
+        {"Authorization": "Bearer k"},
+    ),
+    ("trailing slash", "/v1/workflows/executions/e-1/", {"Authorization": "Bearer k"}),
+    ("escaped id", "/v1/workflows/executions/e%2D1", {"Authorization": "Bearer k"}),
+    (
+        "forwarded",
+        "/v1/workflows/executions/e-1",
+        {"Authorization": "Bearer k", "X-Forwarded-For": "10.0.0.1"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "headers"), READS, ids=[r[0] for r in READS])
+async def test_a_read_at_the_protocol_level_answers_what_the_route_answers(
+    name: str, path: str, headers: dict[str, str]
+) -> None:
+    seen = []
+    for at_protocol in (False, True):
+        runs = _Runs()
+        connection = _Connection(_reading_app(runs), at_protocol)
+        written = [
+            await connection.exchange(_get(path, headers)),
+            await connection.exchange(_get(path, headers, close=True)),
+        ]
+        seen.append((written, connection.transport.closed))
+        reads = runs.reads
+    assert seen[0] == seen[1]
+    if name == "failing store":  # answered as the route fails, without reading again
+        assert reads == ["boom", "boom"] and seen[1][0][0].startswith(b"HTTP/1.1 500 ")
+    if name == "found":
+        body = seen[1][0][0].partition(b"\r\n\r\n")[2]
+        assert json.loads(body)["result"] == {"ok": [1, "é"]}
+        assert seen[1][1]  # closed after the second
+
+
+async def test_a_read_it_answers_skips_the_asgi_app_and_is_noted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reached: list[str] = []
+    through = ExecuteFastPath.__call__
+
+    async def noted(self: ExecuteFastPath, scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    def count(status: str) -> float:
+        labels = {
+            "method": "GET",
+            "route": "/v1/workflows/executions/{execution_id}",
+            "status": status,
+        }
+        for metric in HTTP_LATENCY.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count") and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    monkeypatch.setattr(ExecuteFastPath, "__call__", noted)
+    runs = _Runs()
+    connection = _Connection(_reading_app(runs), True)
+    before = (count("200"), count("404"))
+    found = await connection.exchange(
+        _get("/v1/workflows/executions/e-1", {"Authorization": "Bearer k"})
+    )
+    missing = await connection.exchange(
+        _get("/v1/workflows/executions/e-2", {"Authorization": "Bearer k"})
+    )
+    assert found.startswith(b"HTTP/1.1 200 ") and missing.startswith(b"HTTP/1.1 404 ")
+    assert reached == ["/v1/workflows/executions/e-2"]  # the missing one only, read again
+    assert runs.reads == ["e-1", "e-2", "e-2"]
+    assert (count("200"), count("404")) == (before[0] + 1, before[1] + 1)
+
+
+async def test_a_read_with_a_body_goes_the_asgi_way() -> None:
+    # The body-size limit behind reads a request's body, a GET's too (413 past it).
+    body = b"x" * 5000
+    request = (
+        b"GET /v1/workflows/executions/e-1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\n"
+        b"Content-Length: 5000\r\n\r\n" + body
+    )
+    seen = []
+    for at_protocol in (False, True):
+        connection = _Connection(_reading_app(_Runs()), at_protocol)
+        seen.append(await connection.exchange(request))
+    assert seen[0] == seen[1]
+    assert seen[1].startswith(b"HTTP/1.1 413 ")
