@@ -89,6 +89,8 @@ def outgoing_records(
     yield from dead_letters
     by_command = traced.by_command if traced is not None else {}
     by_event = traced.by_event if traced is not None else {}
+    # JSON the direct replies made already (the same bytes: `Outbound.encoded`).
+    encoded = out.encoded
     for commit in out.commits:
         trace = by_command.get(commit.command_id)
         for event in commit.events:
@@ -96,7 +98,7 @@ def outgoing_records(
             yield Outgoing(
                 topics.events,
                 event.execution_id,
-                _json(event),
+                (encoded.get(id(event)) if encoded else None) or _json(event),
                 headers if trace is None else {**headers, **trace},
             )
     for task in out.tasks:
@@ -117,7 +119,7 @@ def outgoing_records(
         yield Outgoing(
             topics.outcomes,
             outcome.execution_id,
-            _json(outcome),
+            (encoded.get(id(outcome)) if encoded else None) or _json(outcome),
             by_command.get(outcome.command_id),
         )
 

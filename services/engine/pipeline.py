@@ -135,10 +135,15 @@ class Replier(Protocol):
         ...
 
     def send(
-        self, routes: Any, outcomes: Sequence[CommandOutcome], commits: Sequence[Commit]
+        self,
+        routes: Any,
+        outcomes: Sequence[CommandOutcome],
+        commits: Sequence[Commit],
+        encoded: dict[int, bytes],
     ) -> None:
         """Write the outcomes (and the STARTED events of the runs the commits open) to
-        those waiting; never waits, never raises."""
+        those waiting; never waits, never raises. What it encodes goes into `encoded`
+        (by the model's `id()`) for the batch's records to reuse."""
         ...
 
 
@@ -333,7 +338,7 @@ class EnginePipeline:
             # are re-published on redelivery, and the API skips what it no longer awaits).
             try:
                 out = completed.out
-                self._replier.send(batch.reply_routes, out.outcomes, out.commits)
+                self._replier.send(batch.reply_routes, out.outcomes, out.commits, out.encoded)
             except Exception:
                 log.exception("direct replies failed; the outcome records will answer")
             batch.reply_routes = None

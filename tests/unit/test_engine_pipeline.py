@@ -586,7 +586,11 @@ class Replies:
         return waiting or None
 
     def send(
-        self, routes: set[str], outcomes: Sequence[CommandOutcome], commits: Sequence[Commit]
+        self,
+        routes: set[str],
+        outcomes: Sequence[CommandOutcome],
+        commits: Sequence[Commit],
+        encoded: dict[int, bytes],
     ) -> None:
         self.commits.extend(c.command_id for c in commits)
         for o in outcomes:
