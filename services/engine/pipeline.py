@@ -31,6 +31,8 @@ the time, so the stages overlap:
 - A completed batch's outcomes are final (its commits stored): they go to the API
   instances waiting for them (`Replier`, services/engine/replies.py) at once, before the
   batch waits for the one before to be published; its outcome records follow on Kafka.
+  A batch stored whole (nothing refused) is answered as decided: its replies go from its
+  store task as soon as the insert is answered, before its completion.
 """
 
 from __future__ import annotations
@@ -318,9 +320,9 @@ class EnginePipeline:
     def _reply_stored(self, batch: Batch, stored: StoredRound) -> None:
         """Send a batch's outcomes as soon as its store went in whole, without the lock:
         nothing was refused, so its answers are the decided ones (what `complete` answers
-        then, the same objects) and they are final. The next batch's decision holds the
-        lock for milliseconds; it yields now and then (`CommandProcessor`'s
-        `yield_every`), which lets this run meanwhile and not after it."""
+        then, the same objects) and they are final. They go before the batch's completion
+        (which waits for the lock: the next batch's decision may hold it), and, with the
+        processor's `yield_every` on, during that decision."""
         assert self._replier is not None
         answers = [stored.decided[i] for i in stored.answered]
         encoded: dict[int, bytes] = {}

@@ -59,9 +59,11 @@ Todo = tuple[tuple[InboundRecord, Command], ...]
 # wrapper (the same serializer, the same dict): ~1 µs less per command.
 _snapshot = ExecutionState.__pydantic_serializer__.to_python
 
-DECIDE_YIELD_EVERY = 8
-"""The engine's `yield_every`: a start takes ~0.1 ms to decide, so the loop gets a turn
-about every millisecond of a decision (docs/engine-performance.md, "Fourteenth
+DECIDE_YIELD_EVERY = 0
+"""The engine's `yield_every`: off. Yielding every 8 commands (a turn for the loop about
+every millisecond of a decision) let the batch before reply during the next one's
+decision, but it also let everything else waiting run there (the publish, the fetch),
+and no gain was readable in alternating runs (docs/engine-performance.md, "Fourteenth
 session")."""
 
 
