@@ -1,7 +1,7 @@
 """The engine's part of an HTTP start in a closed loop, in process: command → direct reply.
 
     .venv/bin/python bench/engine_reply_latency.py [REPO] [--clients 32] [--seconds 10]
-        [--fetch-ms 5] [--store-ms 5] [--publish-ms 3]
+        [--fetch-ms 5] [--store-ms 5] [--publish-ms 3] [--yield-every N]
 
 `--clients` clients each send a start and wait for its direct reply, then send the next
 (as bench/engine_http.py's clients do over HTTP). The real `CommandProcessor` and
@@ -17,7 +17,9 @@ Prints starts/s, the start's p50/p99 (sent → replied) and the process's CPU pe
 servers in it, it shows what the engine's own loop adds to a start: its CPU on the
 wave's path and what waits for it (the store's answer read late, replies held back by
 the next batch's decision). `REPO` (default: this checkout) runs another checkout's
-engine under this same bench, so alternating runs compare two versions.
+engine under this same bench, so alternating runs compare two versions. `--yield-every N`:
+the processor's `yield_every` (default: the engine's `DECIDE_YIELD_EVERY`, where the
+checkout has one).
 """
 
 from __future__ import annotations
