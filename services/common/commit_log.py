@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Iterable
+from itertools import islice
 from typing import Any, Protocol
 
+from pydantic_core import to_json
 from pymongo.asynchronous.collection import AsyncCollection
 
 from schemas.commits import Commit, commit_id
@@ -156,7 +158,47 @@ def _body(commit: Commit) -> str:
         # Not an engine's snapshot (those always hold it): `commit_from_doc` would take
         # the absent ids for left out. The whole commit, as engines wrote it before.
         return commit.model_dump_json(exclude_none=True)
-    return commit.model_dump_json(exclude_none=True, exclude=_derived(commit))
+    left_out = _derived(commit)
+    if left_out is _COMMON[(bool(commit.rejected), "state" in left_out)]:
+        return _common_body(commit, "state" in left_out)
+    return commit.model_dump_json(exclude_none=True, exclude=left_out)
+
+
+def _common_body(commit: Commit, state_head: bool) -> str:
+    """`commit.model_dump_json(exclude_none=True, exclude=_COMMON[…])`, the same bytes,
+    from plain dicts in one `to_json` call: pydantic's nested `exclude` (`{"__all__": …}`
+    over the events, a set on the state) cost more than serialising the whole commit,
+    and the engine's commits almost all take this path (docs/engine-performance.md,
+    "Fourteenth session").
+
+    Each dict holds a model's field values in its field order (a model's `__dict__` is
+    its fields' values, in declaration order), None values left out, so `to_json` (with
+    `exclude_none`, which reaches nested models and not a dict's values, as in the
+    commit's dump) writes what the commit's serializer writes: strings, numbers, the
+    datetime, nested models by their own serializers, the state as a `dict[str, Any]`
+    field. An event's `type` goes as its value (what its field writes; inferring the
+    enum costs more). tests/unit/test_commit_layout.py compares the two on the engine's
+    corpus."""
+    events = []
+    for event in commit.events:
+        fields = {
+            k: v for k, v in event.__dict__.items() if v is not None and k not in _ALL_OF_EVENT
+        }
+        fields["type"] = event.type.value
+        events.append(fields)
+    body: dict[str, Any] = {
+        "command_type": commit.command_type,
+        "run_id": commit.run_id,
+        "events": events,
+        "committed_at": commit.committed_at,
+    }
+    if commit.source is not None:
+        body["source"] = commit.source
+    if commit.rejected:
+        body["rejected"] = commit.rejected
+    # The state's first three keys are `_STATE_HEAD` when `state_head` (`_derived` checked).
+    body["state"] = dict(islice(commit.state.items(), 3, None)) if state_head else commit.state
+    return to_json(body, exclude_none=True).decode()
 
 
 _ALL_OF_EVENT = frozenset({*_FROM_COMMIT, *_FROM_STATE, "event_id"})

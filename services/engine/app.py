@@ -34,7 +34,7 @@ from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.offsets import Consumer
 from services.engine.outbound import Outbound
 from services.engine.pipeline import Batch, EnginePipeline, Phase
-from services.engine.processor import CommandProcessor
+from services.engine.processor import DECIDE_YIELD_EVERY, CommandProcessor
 from services.engine.replies import ReplySender, networks
 from services.engine.state_cache import StateCache
 from services.engine.validation import InboundRecord
@@ -89,6 +89,8 @@ def outgoing_records(
     yield from dead_letters
     by_command = traced.by_command if traced is not None else {}
     by_event = traced.by_event if traced is not None else {}
+    # JSON the direct replies made already (the same bytes: `Outbound.encoded`).
+    encoded = out.encoded
     for commit in out.commits:
         trace = by_command.get(commit.command_id)
         for event in commit.events:
@@ -96,7 +98,7 @@ def outgoing_records(
             yield Outgoing(
                 topics.events,
                 event.execution_id,
-                _json(event),
+                (encoded.get(id(event)) if encoded else None) or _json(event),
                 headers if trace is None else {**headers, **trace},
             )
     for task in out.tasks:
@@ -117,7 +119,7 @@ def outgoing_records(
         yield Outgoing(
             topics.outcomes,
             outcome.execution_id,
-            _json(outcome),
+            (encoded.get(id(outcome)) if encoded else None) or _json(outcome),
             by_command.get(outcome.command_id),
         )
 
@@ -172,7 +174,7 @@ def build_app(settings: EngineSettings) -> FastStream:
     health = Health(settings, client)
     cache = StateCache(settings.engine_cache_size)
     collector = BatchCollector(settings.engine_gc_full_every_s, cache_entries=cache.__len__)
-    processor = CommandProcessor(store, cache, now_ns)
+    processor = CommandProcessor(store, cache, now_ns, yield_every=DECIDE_YIELD_EVERY)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
     dead_letters = DeadLetterRecords(mongo_database(client, settings), topics)

@@ -51,6 +51,11 @@ class Outbound:
     caused_by: dict[str, str] = field(default_factory=dict)
     """The id of the command each follow-up (by its command id) answers: a follow-up
     continues that command's trace."""
+    encoded: dict[int, bytes] = field(default_factory=dict)
+    """JSON made already of this batch's events and outcomes, by the `id()` of the model
+    (alive in this Outbound, so the id is not reused): the direct replies encode a
+    run's STARTED event and the outcomes they send, and the records published next carry
+    the same bytes (`outgoing_records`), not encoded a second time."""
 
     @property
     def events(self) -> list[Event]:

@@ -31,6 +31,8 @@ the time, so the stages overlap:
 - A completed batch's outcomes are final (its commits stored): they go to the API
   instances waiting for them (`Replier`, services/engine/replies.py) at once, before the
   batch waits for the one before to be published; its outcome records follow on Kafka.
+  A batch stored whole (nothing refused) is answered as decided: its replies go from its
+  store task as soon as the insert is answered, before its completion.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ class Batch:
     received_perf: float = field(default_factory=time.perf_counter)
     reply_routes: Any = None
     """Who waits for its outcomes, from its records' reply headers (`Replier.routes`)."""
+    encoded: dict[int, bytes] | None = None
+    """The JSON its direct replies made, when they went out as soon as it was stored
+    (`Outbound.encoded`: its records reuse it)."""
 
     @property
     def start(self) -> dict[TopicPartition, int]:
@@ -135,10 +140,15 @@ class Replier(Protocol):
         ...
 
     def send(
-        self, routes: Any, outcomes: Sequence[CommandOutcome], commits: Sequence[Commit]
+        self,
+        routes: Any,
+        outcomes: Sequence[CommandOutcome],
+        commits: Sequence[Commit],
+        encoded: dict[int, bytes],
     ) -> None:
         """Write the outcomes (and the STARTED events of the runs the commits open) to
-        those waiting; never waits, never raises."""
+        those waiting; never waits, never raises. What it encodes goes into `encoded`
+        (by the model's `id()`) for the batch's records to reuse."""
         ...
 
 
@@ -292,12 +302,41 @@ class EnginePipeline:
 
     def _start_storing(self, batch: Batch) -> None:
         assert batch.decision is not None
-        batch.storing = asyncio.create_task(self._processor.store(batch.decision.round))
+        batch.storing = asyncio.create_task(self._store(batch))
         self._enter(batch, Phase.STORING)
         self._storing = batch
         completer = asyncio.create_task(self._complete_when_stored(batch))
         self._completers.add(completer)
         completer.add_done_callback(self._completers.discard)
+
+    async def _store(self, batch: Batch) -> StoredRound:
+        """Store the batch; when it went in whole, its direct replies go out at once."""
+        assert batch.decision is not None
+        stored = await self._processor.store(batch.decision.round)
+        if stored.went_in_whole and batch.reply_routes is not None:
+            self._reply_stored(batch, stored)
+        return stored
+
+    def _reply_stored(self, batch: Batch, stored: StoredRound) -> None:
+        """Send a batch's outcomes as soon as its store went in whole, without the lock:
+        nothing was refused, so its answers are the decided ones (what `complete` answers
+        then, the same objects) and they are final. They go before the batch's completion
+        (which waits for the lock: the next batch's decision may hold it), and, with the
+        processor's `yield_every` on, during that decision."""
+        assert self._replier is not None
+        answers = [stored.decided[i] for i in stored.answered]
+        encoded: dict[int, bytes] = {}
+        try:
+            self._replier.send(
+                batch.reply_routes,
+                [d.outcome for d in answers if d.outcome is not None],
+                [d.commit for d in answers if d.commit is not None],
+                encoded,
+            )
+        except Exception:
+            log.exception("direct replies failed; the outcome records will answer")
+        batch.reply_routes = None
+        batch.encoded = encoded
 
     async def _complete_storing(self, then_store: Batch | None = None) -> _Handover:
         """Wait for the batch being stored (call with the lock held), complete it and
@@ -333,10 +372,12 @@ class EnginePipeline:
             # are re-published on redelivery, and the API skips what it no longer awaits).
             try:
                 out = completed.out
-                self._replier.send(batch.reply_routes, out.outcomes, out.commits)
+                self._replier.send(batch.reply_routes, out.outcomes, out.commits, out.encoded)
             except Exception:
                 log.exception("direct replies failed; the outcome records will answer")
             batch.reply_routes = None
+        elif batch.encoded:
+            completed.out.encoded.update(batch.encoded)
         if failed := await self._publishing.result():
             # The batch before was not published, so this one (stored, but to be
             # published after it) is not either: both are consumed again, and their
@@ -344,7 +385,7 @@ class EnginePipeline:
             return self._failed(batch, failed)
         # What it decided is answered in `completed.out`: let the rest go now rather than
         # keep it alive while the batch is published.
-        batch.decision, batch.storing = None, None
+        batch.decision, batch.storing, batch.encoded = None, None, None
         self._enter(batch, Phase.PUBLISHING)
         self._publishing.start(batch.start, self._publish_and_commit(batch, completed.out))
         return _Handover(redecided=completed.redecided)

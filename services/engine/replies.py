@@ -233,11 +233,19 @@ class ReplySender:
         return address
 
     def send(
-        self, routes: Routes, outcomes: Iterable[CommandOutcome], commits: Iterable[Commit] = ()
+        self,
+        routes: Routes,
+        outcomes: Iterable[CommandOutcome],
+        commits: Iterable[Commit] = (),
+        encoded: dict[int, bytes] | None = None,
     ) -> None:
         """Write each outcome whose execution someone waits for, one frame per address
         (with the STARTED event of the run its command opened, from `commits`, to those
-        that take it). Never waits, never raises for a connection's sake."""
+        that take it). Never waits, never raises for a connection's sake. `encoded`: where
+        to leave the JSON made of each outcome and event (by `id()`), which the batch's
+        records reuse (`Outbound.encoded`)."""
+        if encoded is None:
+            encoded = {}
         by_address: dict[ReplyAddress, list[bytes]] = {}
         started: dict[str, bytes] | None = None
         started_bytes: dict[ReplyAddress, int] = {}
@@ -245,13 +253,13 @@ class ReplySender:
             address = routes.get(outcome.command_id)
             if address is None:
                 continue
-            value = outcome.__pydantic_serializer__.to_json(outcome)
+            value = encoded[id(outcome)] = outcome.__pydantic_serializer__.to_json(outcome)
             values = by_address.setdefault(address, [])
             if not address.started:
                 values.append(value)
                 continue
             if started is None:
-                started = _started_events(routes, commits)
+                started = _started_events(routes, commits, encoded)
             event = started.get(outcome.command_id)
             if event is not None:
                 used = started_bytes.get(address, 0) + len(event)
@@ -304,10 +312,12 @@ class ReplySender:
         self._links.clear()
 
 
-def _started_events(routes: Routes, commits: Iterable[Commit]) -> dict[str, bytes]:
+def _started_events(
+    routes: Routes, commits: Iterable[Commit], encoded: dict[int, bytes]
+) -> dict[str, bytes]:
     """By command id: the STARTED event (as `workflows.events` gets it) of the run the
     command's commit opened, for the commands whose instance takes them (not over
-    `MAX_STARTED_BYTES`)."""
+    `MAX_STARTED_BYTES`). Each event encoded goes into `encoded` too (by `id()`)."""
     found: dict[str, bytes] = {}
     for commit in commits:
         address = routes.get(commit.command_id)
@@ -315,7 +325,7 @@ def _started_events(routes: Routes, commits: Iterable[Commit]) -> dict[str, byte
             continue
         for event in commit.events:
             if event.type is EventType.WORKFLOW_EXECUTION_STARTED:
-                data = event.__pydantic_serializer__.to_json(event)
+                data = encoded[id(event)] = event.__pydantic_serializer__.to_json(event)
                 if len(data) <= MAX_STARTED_BYTES:
                     found[commit.command_id] = data
                 break

@@ -73,12 +73,14 @@ class _Engine:
         self.cache = StateCache(10_000)
         self.processor = CommandProcessor(store, self.cache, lambda: next(clock))
         self.lines: list[str] = []
+        self.commits: list[Commit] = []
         self.batches = 0
 
     def process(self, records: list[InboundRecord]) -> Outbound:
         out = asyncio.run(self.processor.process(records))
         self.batches += 1
         self.lines.extend(render(out, f"b{self.batches}"))
+        self.commits.extend(out.commits)
         return out
 
 
@@ -185,6 +187,15 @@ def _bench_stream(n: int, rng: random.Random) -> list[dict[str, Any]]:
 
 def corpus_lines() -> list[str]:
     """Every line the corpus makes the engine emit, in order."""
+    return _run_corpus()[0]
+
+
+def corpus_commits() -> list[Commit]:
+    """Every commit the corpus makes the engine publish (new and re-published), in order."""
+    return _run_corpus()[1]
+
+
+def _run_corpus() -> tuple[list[str], list[Commit]]:
     store = MemoryEventStore()
     clock = count(T0, 1_234_567)
     engine = _Engine(store, clock)
@@ -225,7 +236,7 @@ def corpus_lines() -> list[str]:
     # Successors of the scenarios' follow-ups are in the lines; commands are parsed the
     # same way on the cold engine (a check that the corpus really ran through parsing).
     assert COMMAND_ADAPTER.validate_json(records[0].value or b"{}").command_id == "bench-0000"
-    return engine.lines + cold.lines
+    return engine.lines + cold.lines, engine.commits + cold.commits
 
 
 def digest(line: str) -> str:

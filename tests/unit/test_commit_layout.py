@@ -10,10 +10,11 @@ import json
 from typing import Any
 
 from schemas.commits import Commit, RejectedCommand
+from schemas.common import Payload
 from schemas.outcomes import RejectionCode
-from services.common.commit_log import commit_from_doc, commit_to_doc
+from services.common.commit_log import _COMMON, _derived, commit_from_doc, commit_to_doc
 from tests.support.commits import make_commit
-from tests.support.engine_corpus import whole_body_doc
+from tests.support.engine_corpus import corpus_commits, whole_body_doc
 
 
 def _engine_like(seq: int = 2) -> Commit:
@@ -146,3 +147,56 @@ def test_an_execution_id_with_colons_reads_back_from_the_id() -> None:
     state = {"execution_id": "a:b:000000000001", "seq": 3, "run_id": "r1", "status": "RUNNING"}
     commit = commit.model_copy(update={"state": state})
     assert commit_from_doc(commit_to_doc(commit)) == commit
+
+
+def _body_by_pydantic(commit: Commit) -> str:
+    """The compact body as pydantic's own dump with the body's exclusions makes it (how
+    `commit_to_doc` wrote every body before the fourteenth session)."""
+    if "execution_id" not in commit.state:
+        return commit.model_dump_json(exclude_none=True)
+    return commit.model_dump_json(exclude_none=True, exclude=_derived(commit))
+
+
+def _odd_commits() -> list[Commit]:
+    """What the engine's corpus does not make: no source, rejected commands, an event
+    with a parent, the state's head out of order, non-ASCII and float values."""
+    commit = _engine_like()
+    rejected = RejectedCommand(
+        command_id="x",
+        command_type="SignalExecution",
+        offset=3,
+        code=RejectionCode.EXECUTION_ALREADY_CLOSED,
+        message='nö "quoted"\n',
+    )
+    child = commit.events[0].model_copy(update={"parent_execution_id": "parent"})
+    started = make_commit("e1", 1, run_id="r1").events[0]
+    attributes = started.attributes.model_copy(  # type: ignore[union-attr]
+        update={"input": Payload(value={"é": [1.5, None, 1e300, "\u2028"]}), "display_name": "x"}
+    )
+    first = _engine_like(1).model_copy(
+        update={"events": [started.model_copy(update={"attributes": attributes})]}
+    )
+    return [
+        commit.model_copy(update={"source": None}),
+        commit.model_copy(update={"rejected": [rejected]}),
+        commit.model_copy(update={"events": [child]}),
+        commit.model_copy(update={"state": {"seq": 2, "execution_id": "e1", "run_id": "r1"}}),
+        commit.model_copy(update={"state": {**commit.state, "f": 0.1, "n": None, "u": "ü"}}),
+        first,
+        first.model_copy(update={"rejected": [rejected, rejected], "source": None}),
+    ]
+
+
+def test_every_body_is_the_bytes_pydantic_dumps_with_the_exclusions() -> None:
+    # The engine's commits are dumped from plain dicts (`_common_body`): the stored bytes
+    # must stay those older engines wrote and read (a rolling upgrade, a rollback).
+    commits = [*corpus_commits(), *_odd_commits()]
+    plain = 0
+    for commit in commits:
+        body = commit_to_doc(commit)["body"]
+        assert body == _body_by_pydantic(commit), commit.doc_id
+        assert commit_from_doc(commit_to_doc(commit)) == commit
+        plain += "execution_id" in commit.state and _derived(commit) in _COMMON.values()
+    # The plain-dict path was taken, with and without rejections and sources.
+    assert plain > 250
+    assert any(c.rejected for c in commits) and any(c.source is None for c in commits)

@@ -10,6 +10,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import count
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -205,13 +206,17 @@ def rig(
     store: GatedStore | None = None,
     commit_every_s: float = 0.0,
     replier: pipeline_module.Replier | None = None,
+    yield_every: int = 0,
 ) -> Rig:
     store = store or GatedStore()
     clock = count(1_700_000_000_000_000_000, 1000)
     phases: dict[str, Phase] = {}
     transitions: list[tuple[str, Phase]] = []
     signals = Signals()
-    processor = Traced(CommandProcessor(store, StateCache(1000), lambda: next(clock)), phases)
+    processor = Traced(
+        CommandProcessor(store, StateCache(1000), lambda: next(clock), yield_every=yield_every),
+        phases,
+    )
     published = Published()
 
     names: dict[Batch, str] = {}  # a batch lets its decision go once it is answered
@@ -586,7 +591,11 @@ class Replies:
         return waiting or None
 
     def send(
-        self, routes: set[str], outcomes: Sequence[CommandOutcome], commits: Sequence[Commit]
+        self,
+        routes: set[str],
+        outcomes: Sequence[CommandOutcome],
+        commits: Sequence[Commit],
+        encoded: dict[int, bytes],
     ) -> None:
         self.commits.extend(c.command_id for c in commits)
         for o in outcomes:
@@ -609,6 +618,7 @@ async def test_a_batchs_replies_go_out_before_the_publish_before_it_is_acknowled
     # c2's batch is completed in the background: its reply goes out, then it waits for
     # c1's publish (held); c3 had no reply header.
     await replies.signals.wait("sent c2")
+    await r.signals.wait("c2 stored")
     assert replies.sent == ["c1", "c2"]
     # With the batches' commits (the replier sends the STARTED events of the ones waited for).
     assert replies.commits == ["c1", "c2", "c3"]
@@ -617,6 +627,52 @@ async def test_a_batchs_replies_go_out_before_the_publish_before_it_is_acknowled
     r.published.gate.set()
     await r.drained()
     assert [o.command_id for out in r.published.outs for o in out.outcomes] == ["c1", "c2", "c3"]
+
+
+async def test_a_stored_batchs_replies_go_out_while_the_next_batch_is_being_decided() -> None:
+    # The next batch's decision yields to the loop now and then: the batch before, once
+    # its insert is answered, sends its replies then, not after that decision.
+    replies = Replies()
+    r = rig(replier=replies, yield_every=1)
+    seen: list[str] = []
+    sent = replies.send
+
+    def noting(*args: Any) -> None:
+        seen.append(f"sent while next is {r.phases.get('c2', 'being decided')}")
+        sent(*args)
+
+    replies.send = noting  # type: ignore[method-assign]
+    r.store.gate.clear()
+    await r.submit([waited_for(record(start("e1", "c1"), offset=1))])  # its store held
+    nxt = [record(start(f"n{i}", f"c{i}"), offset=1 + i) for i in range(2, 40)]
+    second = asyncio.create_task(r.submit(nxt))
+    await r.processor.signals.wait("decide c2")
+    r.store.gate.set()  # c1's insert answers while c2's batch is decided
+    await second
+    await r.drained()
+    assert replies.sent == ["c1"]
+    assert seen == ["sent while next is being decided"]
+    assert r.published.outcomes()["c1"][0] is True
+
+
+async def test_a_batch_not_stored_whole_replies_after_its_completion() -> None:
+    # An execution assumed new exists already: the batch is decided again in part, and
+    # only its completion knows the answers.
+    replies = Replies()
+    r = rig(replier=replies)
+    await r.submit([record(start("e1", "c0"), offset=0)])
+    await r.drained()
+    r.processor.processor.forget(r.processor.parse([record(start("e1", "c0"), offset=0)]))
+    await r.submit(
+        [
+            waited_for(record(start("e1", "c1"), offset=1)),
+            waited_for(record(start("e2", "c2"), offset=2)),
+        ]
+    )
+    await r.drained()
+    assert sorted(replies.sent) == ["c1", "c2"]
+    assert r.published.outcomes()["c1"][0] is False  # e1 existed: rejected after a read
+    assert r.published.outcomes()["c2"][0] is True
 
 
 async def test_a_failed_store_sends_no_reply() -> None:

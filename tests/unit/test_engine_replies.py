@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,9 @@ from services.common.reply_frames import (
     take_frames,
     take_hello,
 )
+from services.common.settings import Topics
+from services.engine.app import outgoing_records
+from services.engine.outbound import Outbound
 from services.engine.replies import (
     FRAME_STARTED_BYTES,
     MAX_STARTED_BYTES,
@@ -44,6 +48,7 @@ from tests.support.workloads import Workload
 
 WAIT_S = 5.0  # a guard against a hang, not a timed assertion
 LOOPBACK = networks(["127.0.0.0/8", "::1/128"])
+TOPICS = Topics.with_prefix("")
 
 
 def outcome(command_id: str, execution_id: str) -> CommandOutcome:
@@ -189,6 +194,37 @@ async def test_an_address_that_takes_started_events_gets_them_tagged_before_the_
     ]
     assert EVENT_ADAPTER.validate_json(values[0][1:]) == started
     assert counted("sent") == sent + 3  # outcomes
+    await sender.close()
+
+
+async def test_the_records_published_after_the_replies_carry_the_same_bytes_encoded_once(
+    api: tuple[Api, int],
+) -> None:
+    # The reply's STARTED event and outcomes are encoded once: the batch's records reuse
+    # that JSON (`Outbound.encoded`), byte for byte what they would encode themselves.
+    listener, port = api
+    sender = ReplySender(LOOPBACK)
+    header = address_value("127.0.0.1", port, "tok")
+    w = Workload()
+    opened, signalled, unasked = w.start("e1"), w.signal("e1"), w.start("e2")
+    routes = _asking_routes(sender, header, [opened, signalled])
+    assert routes is not None
+    out = Outbound(
+        commits=[opened, signalled, unasked],
+        outcomes=[outcome(c.command_id, c.execution_id) for c in (opened, signalled, unasked)],
+    )
+    sender.send(routes, out.outcomes, out.commits, out.encoded)
+    await listener.wait_for(3)
+    records = list(outgoing_records(out, TOPICS))
+    fresh = list(outgoing_records(replace(out, encoded={}), TOPICS))
+    assert [r.value for r in records] == [r.value for r in fresh]
+    started = opened.events[0]
+    reused = {id(started), id(out.outcomes[0]), id(out.outcomes[1])}
+    assert out.encoded.keys() == reused  # not the unasked start's, nor the signal's event
+    by_value = {r.value: r for r in records}
+    for key in reused:
+        # The very bytes object the replies made, not an equal one made again.
+        assert any(r.value is out.encoded[key] for r in by_value.values())
     await sender.close()
 
 
