@@ -1,7 +1,7 @@
 """The engine's part of an HTTP start in a closed loop, in process: command → direct reply.
 
     .venv/bin/python bench/engine_reply_latency.py [REPO] [--clients 32] [--seconds 10]
-        [--fetch-ms 5] [--store-ms 5] [--publish-ms 3] [--yield-every N]
+        [--fetch-ms 5] [--store-ms 5] [--publish-ms 3]
 
 `--clients` clients each send a start and wait for its direct reply, then send the next
 (as bench/engine_http.py's clients do over HTTP). The real `CommandProcessor` and
@@ -17,9 +17,7 @@ Prints starts/s, the start's p50/p99 (sent → replied) and the process's CPU pe
 servers in it, it shows what the engine's own loop adds to a start: its CPU on the
 wave's path and what waits for it (the store's answer read late, replies held back by
 the next batch's decision). `REPO` (default: this checkout) runs another checkout's
-engine under this same bench, so alternating runs compare two versions. `--yield-every N`:
-the processor's `yield_every` (default: the engine's `DECIDE_YIELD_EVERY`, where the
-checkout has one).
+engine under this same bench, so alternating runs compare two versions.
 """
 
 from __future__ import annotations
@@ -41,9 +39,6 @@ parser.add_argument("--warmup", type=float, default=2.0)
 parser.add_argument("--fetch-ms", type=float, default=5.0)
 parser.add_argument("--store-ms", type=float, default=5.0)
 parser.add_argument("--publish-ms", type=float, default=3.0)
-parser.add_argument(
-    "--yield-every", type=int, help="the processor's yield_every (default: the engine's)"
-)
 args = parser.parse_args()
 sys.path.insert(0, args.repo)
 # This bench's own helpers, whichever checkout it measures.
@@ -56,7 +51,6 @@ from pipeline_fakes import Consumer, Position  # noqa: E402
 from services.common.commit_log import commit_to_doc  # noqa: E402
 from services.common.runtime import tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
-from services.engine import processor as processor_module  # noqa: E402
 from services.engine.app import outgoing_records  # noqa: E402
 from services.engine.memory_event_store import MemoryEventStore  # noqa: E402
 from services.engine.pipeline import EnginePipeline  # noqa: E402
@@ -105,11 +99,7 @@ async def main() -> None:
             record.key.encode()
         await asyncio.sleep(args.publish_ms / 1000)
 
-    yield_every = getattr(processor_module, "DECIDE_YIELD_EVERY", None)
-    if args.yield_every is not None:
-        yield_every = args.yield_every
-    extra = {"yield_every": yield_every} if yield_every is not None else {}
-    processor = CommandProcessor(DelayedStore(), StateCache(1_000_000), time.time_ns, **extra)
+    processor = CommandProcessor(DelayedStore(), StateCache(1_000_000), time.time_ns)
     pipeline = EnginePipeline(processor, publish, 0.0, replier=replies)  # type: ignore[arg-type]
     consumer = Consumer()
     pending: list[tuple[float, InboundRecord]] = []

@@ -34,7 +34,7 @@ from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.offsets import Consumer
 from services.engine.outbound import Outbound
 from services.engine.pipeline import Batch, EnginePipeline, Phase
-from services.engine.processor import DECIDE_YIELD_EVERY, CommandProcessor
+from services.engine.processor import CommandProcessor
 from services.engine.replies import ReplySender, networks
 from services.engine.state_cache import StateCache
 from services.engine.validation import InboundRecord
@@ -174,7 +174,7 @@ def build_app(settings: EngineSettings) -> FastStream:
     health = Health(settings, client)
     cache = StateCache(settings.engine_cache_size)
     collector = BatchCollector(settings.engine_gc_full_every_s, cache_entries=cache.__len__)
-    processor = CommandProcessor(store, cache, now_ns, yield_every=DECIDE_YIELD_EVERY)
+    processor = CommandProcessor(store, cache, now_ns)
     publisher = RecordPublisher(settings, client_id="runstore-engine")
     topics = settings.topics
     dead_letters = DeadLetterRecords(mongo_database(client, settings), topics)

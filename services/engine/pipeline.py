@@ -320,9 +320,8 @@ class EnginePipeline:
     def _reply_stored(self, batch: Batch, stored: StoredRound) -> None:
         """Send a batch's outcomes as soon as its store went in whole, without the lock:
         nothing was refused, so its answers are the decided ones (what `complete` answers
-        then, the same objects) and they are final. They go before the batch's completion
-        (which waits for the lock: the next batch's decision may hold it), and, with the
-        processor's `yield_every` on, during that decision."""
+        then, the same objects) and they are final. They go before the batch's completion,
+        which waits for the lock (the next batch's decision may hold it)."""
         assert self._replier is not None
         answers = [stored.decided[i] for i in stored.answered]
         encoded: dict[int, bytes] = {}

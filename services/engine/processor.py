@@ -25,7 +25,6 @@ is stored (services/engine/pipeline.py), and the processor never calls back into
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,13 +57,6 @@ Todo = tuple[tuple[InboundRecord, Command], ...]
 # `state.model_dump(mode="json", exclude_none=True)` without `model_dump`'s Python
 # wrapper (the same serializer, the same dict): ~1 µs less per command.
 _snapshot = ExecutionState.__pydantic_serializer__.to_python
-
-DECIDE_YIELD_EVERY = 0
-"""The engine's `yield_every`: off. Yielding every 8 commands (a turn for the loop about
-every millisecond of a decision) let the batch before reply during the next one's
-decision, but it also let everything else waiting run there (the publish, the fetch),
-and no gain was readable in alternating runs (docs/engine-performance.md, "Fourteenth
-session")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,17 +124,11 @@ class CommandProcessor:
         cache: StateCache,
         clock_ns: Callable[[], int],
         max_record_bytes: int = admission.MAX_COMMAND_BYTES,
-        yield_every: int = 0,
     ) -> None:
-        """`yield_every`: let the event loop run after every that many commands decided
-        (0: never), so that what waits for it meanwhile (the batch before's insert
-        answered, its direct replies: services/engine/pipeline.py) is not held up for
-        the whole decision."""
         self._store = store
         self._cache = cache
         self._clock_ns = clock_ns
         self._max_record_bytes = max_record_bytes
-        self._yield_every = yield_every
 
     async def process(self, records: Sequence[InboundRecord]) -> Outbound:
         """Decide, store and complete one batch, strictly in turn."""
@@ -305,12 +291,7 @@ class CommandProcessor:
         decided: list[Decided] = []
         rejected_since_commit: dict[str, list[RejectedCommand]] = {}
         first_of: dict[str, Decided] = {}
-        yield_every = self._yield_every
-        for n, (record, command) in enumerate(todo, 1):
-            if yield_every and n % yield_every == 0:
-                # Only other tasks run meanwhile: the pipeline's lock keeps every other
-                # decision and completion out, and the store touches no cached state.
-                await asyncio.sleep(0)
+        for record, command in todo:
             stream = self._cache.get(command.execution_id)
             assert stream is not None  # loaded above
             if already_applied(stream, record):
