@@ -312,10 +312,8 @@ class ExecuteFastPath:
         """`GET /v1/workflows/executions/{execution_id}` (no query, no body) found: the
         route's answer (`routes_runs.get_execution`: the caller's reader, the execution's
         latest run, `execution_from_run`), written as `serve` writes an execute's. A read
-        that finds nothing goes through `run_asgi` whole (a read can be repeated): the
-        route answers the 404 as it always did. A read that fails is answered as the
-        route's failure is (the app's handler: a logged 500 that closes the connection),
-        without a second read of a store that just failed."""
+        that finds nothing or fails goes through `run_asgi` again, whole (a read can be
+        repeated): the route answers the 404 or the error as it always did."""
         scope: Scope = cycle.scope
         front = self.in_front
         matched = _EXECUTION_PATH.fullmatch(scope["path"])
@@ -338,25 +336,17 @@ class ExecuteFastPath:
         started = time.perf_counter()
         try:
             run = await self.wiring.reader_for(caller).execution(matched.group(1))
-        except BaseException as exc:
-            if self.on_error is None and isinstance(exc, Exception):
-                run = None  # (no handler to render it: the route reads again, answers it)
-            else:
-                # As the route's error: the app's handler's 500 (logged, the connection
-                # closed), an HTTPException's answer, or a cancel's 500 (run_asgi).
-                failure = exc
-                status = 500
+        except Exception:
+            run = None  # (the route reads again and answers its error)
+        except BaseException as exc:  # a cancel: run_asgi logs it and answers 500
+            failure = exc
 
-                async def answer_failure(scope: Scope, receive: Receive, send: Send) -> None:
-                    nonlocal status
-                    status = await self._answer_failure(scope, receive, send, failure)
+            async def fail(scope: Scope, receive: Receive, send: Send) -> None:
+                raise failure
 
-                try:
-                    await cycle.run_asgi(answer_failure)
-                finally:
-                    seconds = time.perf_counter() - started
-                    self._note(front, client, status, seconds, "GET", _READ_ROUTE)
-                return
+            await cycle.run_asgi(fail)
+            self._note(front, client, 500, time.perf_counter() - started, "GET", _READ_ROUTE)
+            return
         if run is None:
             await cycle.run_asgi(app)
             return

@@ -344,10 +344,7 @@ async def test_a_read_at_the_protocol_level_answers_what_the_route_answers(
             await connection.exchange(_get(path, headers, close=True)),
         ]
         seen.append((written, connection.transport.closed))
-        reads = runs.reads
     assert seen[0] == seen[1]
-    if name == "failing store":  # answered as the route fails, without reading again
-        assert reads == ["boom", "boom"] and seen[1][0][0].startswith(b"HTTP/1.1 500 ")
     if name == "found":
         body = seen[1][0][0].partition(b"\r\n\r\n")[2]
         assert json.loads(body)["result"] == {"ok": [1, "é"]}
