@@ -20,12 +20,6 @@ answer), ~4 % of the API's function calls per start. It answers only a request w
 client's budget holds a token and whose declared length is within the limit (anything
 else goes on to them, which answer 429, 413 or 400 as before), charges the budget for a
 failure it answers, and observes the request's latency as the metrics middleware does.
-
-`runstore api` also runs it at the protocol level (`serve`, http_deadlines.py): an
-execute's whole HTTP cycle without any ASGI layer, and the same for `GET
-/v1/workflows/executions/{execution_id}` (the read right after a start), which otherwise
-went through FastAPI's whole stack: a found execution is answered from the caller's reader
-as the route answers it; anything else goes through the ASGI app as before.
 """
 
 from __future__ import annotations
@@ -48,7 +42,7 @@ from services.api.auth import ApiKeys, Caller
 from services.api.deps import Wiring
 from services.api.limits import FailureBudget, client_of
 from services.api.request_json import parse_json
-from services.api.shapes import ExecuteRequest, execution_from_run
+from services.api.shapes import ExecuteRequest
 from services.api.start_execution import start_execution
 from services.api.workflow_names import RESERVED_WORKFLOW_NAMES
 from services.common.metrics import HTTP_LATENCY
@@ -58,8 +52,6 @@ _MAX_IDEMPOTENCY_KEY = 255  # as the route's `Header(max_length=255)`
 
 
 _ROUTE = "/v1/workflows/{workflow_identifier}/execute"
-_EXECUTION_PATH = re.compile(r"/v1/workflows/executions/([^/]+)")
-_READ_ROUTE = "/v1/workflows/executions/{execution_id}"
 
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -93,7 +85,7 @@ class ExecuteFastPath:
         self.on_error = on_error
         self.in_front = in_front
         # The latency histogram's child per status (as RequestMetrics keeps them).
-        self._latency: dict[tuple[str, int], Any] = {}
+        self._latency: dict[int, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -148,21 +140,12 @@ class ExecuteFastPath:
         finally:
             self._note(front, client, status, time.perf_counter() - started)
 
-    def _note(
-        self,
-        front: InFront,
-        client: str,
-        status: int,
-        seconds: float,
-        method: str = "POST",
-        route: str = _ROUTE,
-    ) -> None:
+    def _note(self, front: InFront, client: str, status: int, seconds: float) -> None:
         """What the failure budget and the request metrics note of an answer."""
         front.budget.charge(client, status)
-        key = (method, status)
-        latency = self._latency.get(key)
+        latency = self._latency.get(status)
         if latency is None:
-            latency = self._latency[key] = HTTP_LATENCY.labels(method, route, str(status))
+            latency = self._latency[status] = HTTP_LATENCY.labels("POST", _ROUTE, str(status))
         latency.observe(seconds)
 
     async def _request_or_hand_on(
@@ -226,14 +209,13 @@ class ExecuteFastPath:
 
     def may_serve(self, scope: Scope) -> bool:
         """Whether `serve` should take this request (`scope` as uvicorn's protocol made
-        it: no middleware has seen it): an execute or an execution's read. Only when this
-        path stands in front of the limits and the metrics (it does their work)."""
-        if self.in_front is None:
-            return False
-        method = scope["method"]
-        if method == "POST":
-            return _EXECUTE_PATH.fullmatch(scope["path"]) is not None
-        return method == "GET" and _EXECUTION_PATH.fullmatch(scope["path"]) is not None
+        it: no middleware has seen it). Only when this path stands in front of the limits
+        and the metrics (it does their work)."""
+        return (
+            self.in_front is not None
+            and scope["method"] == "POST"
+            and _EXECUTE_PATH.fullmatch(scope["path"]) is not None
+        )
 
     async def serve(
         self, uvicorn_cycle: RequestResponseCycle, transport: Any, app: ASGIApp
@@ -251,9 +233,6 @@ class ExecuteFastPath:
         cycle: Any = uvicorn_cycle
         scope: Scope = cycle.scope
         front = self.in_front
-        if scope["method"] == "GET":
-            await self._serve_read(cycle, transport, app)
-            return
         matched = _EXECUTE_PATH.fullmatch(scope["path"])
         if (
             front is None
@@ -308,52 +287,6 @@ class ExecuteFastPath:
         finally:
             self._note(front, client, status, time.perf_counter() - started)
 
-    async def _serve_read(self, cycle: Any, transport: Any, app: ASGIApp) -> None:
-        """`GET /v1/workflows/executions/{execution_id}` (no query, no body) found: the
-        route's answer (`routes_runs.get_execution`: the caller's reader, the execution's
-        latest run, `execution_from_run`), written as `serve` writes an execute's. A read
-        that finds nothing or fails goes through `run_asgi` again, whole (a read can be
-        repeated): the route answers the 404 or the error as it always did."""
-        scope: Scope = cycle.scope
-        front = self.in_front
-        matched = _EXECUTION_PATH.fullmatch(scope["path"])
-        if front is None or matched is None or cycle.access_log or scope["query_string"]:
-            await cycle.run_asgi(app)
-            return
-        headers = _headers(scope, _READ_IN_PROTOCOL)
-        caller = self.keys.caller(headers.get("authorization"))
-        client = client_of(scope)
-        if (
-            caller is None
-            or "content-length" in headers  # (a body: the limits behind read it)
-            or "x-forwarded-for" in headers
-            or "x-forwarded-proto" in headers
-            or _has_header(scope, b"transfer-encoding")
-            or not front.budget.admits(client)
-        ):
-            await cycle.run_asgi(app)
-            return
-        started = time.perf_counter()
-        try:
-            run = await self.wiring.reader_for(caller).execution(matched.group(1))
-        except Exception:
-            run = None  # (the route reads again and answers its error)
-        except BaseException as exc:  # a cancel: run_asgi logs it and answers 500
-            failure = exc
-
-            async def fail(scope: Scope, receive: Receive, send: Send) -> None:
-                raise failure
-
-            await cycle.run_asgi(fail)
-            self._note(front, client, 500, time.perf_counter() - started, "GET", _READ_ROUTE)
-            return
-        if run is None:
-            await cycle.run_asgi(app)
-            return
-        answer = execution_from_run(run)
-        await _answer(cycle, transport, answer.__pydantic_serializer__.to_json(answer))
-        self._note(front, client, 200, time.perf_counter() - started, "GET", _READ_ROUTE)
-
 
 _READ = frozenset({b"authorization", b"idempotency-key", b"content-type", b"content-length"})
 # At the protocol level, also the headers uvicorn's proxy-headers middleware reads (a
@@ -373,10 +306,6 @@ def _headers(scope: Scope, read: frozenset[bytes]) -> dict[str, str]:
                 return {}
             found[text] = raw_value.decode("latin-1")
     return found
-
-
-def _has_header(scope: Scope, name: bytes) -> bool:
-    return any(raw_name.lower() == name for raw_name, _ in scope["headers"])
 
 
 async def _read_body(receive: Receive) -> bytes:

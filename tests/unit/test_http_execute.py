@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from fastapi import FastAPI
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from services.api import routes_runs
 from services.api.execute_fast_path import ExecuteFastPath
 from services.api.http_deadlines import deadline_protocol
 from services.common.metrics import HTTP_LATENCY
@@ -258,147 +256,3 @@ async def test_a_valid_execute_skips_the_asgi_app(monkeypatch: pytest.MonkeyPatc
     handed_on = await connection.exchange(_request("/v1/workflows/wf/execute", headers, b"[1]"))
     assert answered.startswith(b"HTTP/1.1 200 ") and handed_on.startswith(b"HTTP/1.1 422 ")
     assert reached == ["/v1/workflows/wf/execute"]  # the second only
-
-
-# GET /v1/workflows/executions/{execution_id} at the protocol level.
-
-_RUN = {
-    "workflow_name": "wf",
-    "execution_id": "e-1",
-    "root_execution_id": "e-1",
-    "status": "COMPLETED",
-    "start_time": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
-    "end_time": datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
-    "run_id": "r-1",
-    "user_id": "alice",
-    "total_duration_ms": 322,
-    "result_json": '{"ok": [1, "é"]}',
-    "search_attributes": {"k": "v"},
-}
-
-
-class _Runs:
-    """The reader's point read: `e-1` exists, `boom` fails, anything else is missing."""
-
-    def __init__(self) -> None:
-        self.reads: list[str] = []
-
-    async def execution(self, execution_id: str) -> dict[str, Any] | None:
-        self.reads.append(execution_id)
-        if execution_id == "boom":
-            raise RuntimeError("the store failed")
-        return dict(_RUN) if execution_id == "e-1" else None
-
-
-def _reading_app(runs: _Runs, burst: int = 1000) -> FastAPI:
-    app = make_app(True, EngineLikeGateway(), 0.001, burst)
-    object.__setattr__(app.state.wiring, "all_runs", runs)
-    app.include_router(routes_runs.router)
-    return app
-
-
-def _get(path: str, headers: dict[str, str], close: bool = False) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", "Host: t"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-READS: list[tuple[str, str, dict[str, str]]] = [
-    ("found", "/v1/workflows/executions/e-1", {"Authorization": "Bearer k"}),
-    ("missing", "/v1/workflows/executions/e-2", {"Authorization": "Bearer k"}),
-    ("failing store", "/v1/workflows/executions/boom", {"Authorization": "Bearer k"}),
-    ("no key", "/v1/workflows/executions/e-1", {}),
-    ("unknown key", "/v1/workflows/executions/e-1", {"Authorization": "Bearer no"}),
-    (
-        "search keys",
-        "/v1/workflows/executions/e-1?include_search_keys=true",
-        {"Authorization": "Bearer k"},
-    ),
-    (
-        "bad query",
-        "/v1/workflows/executions/e-1?include_search_keys=maybe",
-        {"Authorization": "Bearer k"},
-    ),
-    ("trailing slash", "/v1/workflows/executions/e-1/", {"Authorization": "Bearer k"}),
-    ("escaped id", "/v1/workflows/executions/e%2D1", {"Authorization": "Bearer k"}),
-    (
-        "forwarded",
-        "/v1/workflows/executions/e-1",
-        {"Authorization": "Bearer k", "X-Forwarded-For": "10.0.0.1"},
-    ),
-]
-
-
-@pytest.mark.parametrize(("name", "path", "headers"), READS, ids=[r[0] for r in READS])
-async def test_a_read_at_the_protocol_level_answers_what_the_route_answers(
-    name: str, path: str, headers: dict[str, str]
-) -> None:
-    seen = []
-    for at_protocol in (False, True):
-        runs = _Runs()
-        connection = _Connection(_reading_app(runs), at_protocol)
-        written = [
-            await connection.exchange(_get(path, headers)),
-            await connection.exchange(_get(path, headers, close=True)),
-        ]
-        seen.append((written, connection.transport.closed))
-    assert seen[0] == seen[1]
-    if name == "found":
-        body = seen[1][0][0].partition(b"\r\n\r\n")[2]
-        assert json.loads(body)["result"] == {"ok": [1, "é"]}
-        assert seen[1][1]  # closed after the second
-
-
-async def test_a_read_it_answers_skips_the_asgi_app_and_is_noted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    reached: list[str] = []
-    through = ExecuteFastPath.__call__
-
-    async def noted(self: ExecuteFastPath, scope: Any, receive: Any, send: Any) -> None:
-        reached.append(scope["path"])
-        await through(self, scope, receive, send)
-
-    def count(status: str) -> float:
-        labels = {
-            "method": "GET",
-            "route": "/v1/workflows/executions/{execution_id}",
-            "status": status,
-        }
-        for metric in HTTP_LATENCY.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_count") and sample.labels == labels:
-                    return sample.value
-        return 0.0
-
-    monkeypatch.setattr(ExecuteFastPath, "__call__", noted)
-    runs = _Runs()
-    connection = _Connection(_reading_app(runs), True)
-    before = (count("200"), count("404"))
-    found = await connection.exchange(
-        _get("/v1/workflows/executions/e-1", {"Authorization": "Bearer k"})
-    )
-    missing = await connection.exchange(
-        _get("/v1/workflows/executions/e-2", {"Authorization": "Bearer k"})
-    )
-    assert found.startswith(b"HTTP/1.1 200 ") and missing.startswith(b"HTTP/1.1 404 ")
-    assert reached == ["/v1/workflows/executions/e-2"]  # the missing one only, read again
-    assert runs.reads == ["e-1", "e-2", "e-2"]
-    assert (count("200"), count("404")) == (before[0] + 1, before[1] + 1)
-
-
-async def test_a_read_with_a_body_goes_the_asgi_way() -> None:
-    # The body-size limit behind reads a request's body, a GET's too (413 past it).
-    body = b"x" * 5000
-    request = (
-        b"GET /v1/workflows/executions/e-1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k\r\n"
-        b"Content-Length: 5000\r\n\r\n" + body
-    )
-    seen = []
-    for at_protocol in (False, True):
-        connection = _Connection(_reading_app(_Runs()), at_protocol)
-        seen.append(await connection.exchange(request))
-    assert seen[0] == seen[1]
-    assert seen[1].startswith(b"HTTP/1.1 413 ")
