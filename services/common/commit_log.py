@@ -198,7 +198,8 @@ def _common_body(commit: Commit, state_head: bool) -> str:
         body["rejected"] = commit.rejected
     # The state's first three keys are `_STATE_HEAD` when `state_head` (`_derived` checked).
     body["state"] = dict(islice(commit.state.items(), 3, None)) if state_head else commit.state
-    return to_json(body, exclude_none=True).decode()
+    # Non-finite floats as pydantic's dump writes them (`ser_json_inf_nan="null"`).
+    return to_json(body, exclude_none=True, inf_nan_mode="null").decode()
 
 
 _ALL_OF_EVENT = frozenset({*_FROM_COMMIT, *_FROM_STATE, "event_id"})

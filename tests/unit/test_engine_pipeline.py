@@ -649,6 +649,39 @@ async def test_a_batch_stored_whole_replies_from_its_store_before_its_completion
     assert r.published.outcomes()["c1"][0] is True
 
 
+async def test_a_command_id_stored_before_is_answered_as_its_record_not_from_the_store_task() -> (
+    None
+):
+    # A waited-for signal reuses a command id already stored (its start): the ordered
+    # append refuses it, so the batch was not stored whole and its reply must be what the
+    # completion answers (the stored command's outcome), the same as the published record.
+    replies = Replies()
+    r = rig(replier=replies)
+    await r.submit([record(start("e2", "c0"), offset=0)])
+    await r.drained()
+    answered: list[tuple[str, bool, int | None]] = []
+    sent = replies.send
+
+    def noting(
+        routes: set[str],
+        outcomes: Sequence[CommandOutcome],
+        commits: Sequence[Commit],
+        encoded: dict[int, bytes],
+    ) -> None:
+        answered.extend(
+            (o.command_id, o.accepted, o.seq) for o in outcomes if o.command_id in routes
+        )
+        sent(routes, outcomes, commits, encoded)
+
+    replies.send = noting  # type: ignore[method-assign]
+    signal = command("SignalExecution", "e2", "c0", name="s")
+    await r.submit([waited_for(record(signal, offset=1))])
+    await r.drained()
+    published = r.published.outcomes()["c0"]
+    assert answered == [("c0", published[0], published[1])]
+    assert answered == [("c0", True, 1)]
+
+
 async def test_a_batch_not_stored_whole_replies_after_its_completion() -> None:
     # An execution assumed new exists already: the batch is decided again in part, and
     # only its completion knows the answers.
