@@ -305,15 +305,19 @@ async def test_a_successful_execute_it_answers_leaves_the_budget_alone(fast: boo
     assert len(gateway.sent) == 3
 
 
+def executes_counted(status: str) -> float:
+    """How many executes the request metrics counted with `status` so far."""
+    labels = {"method": "POST", "route": ROUTE, "status": status}
+    for metric in HTTP_LATENCY.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 @pytest.mark.parametrize("fast", [False, True])
 async def test_an_execute_it_answers_is_in_the_request_metrics(fast: bool) -> None:
-    def count(status: str) -> float:
-        labels = {"method": "POST", "route": ROUTE, "status": status}
-        for metric in HTTP_LATENCY.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_count") and sample.labels == labels:
-                    return sample.value
-        return 0.0
+    count = executes_counted
 
     before = (count("200"), count("422"))
     async with client(make_app(fast, EngineLikeGateway())) as c:

@@ -19,34 +19,14 @@ from uvicorn.server import ServerState
 
 from services.api.execute_fast_path import ExecuteFastPath
 from services.api.http_deadlines import deadline_protocol
-from services.common.metrics import HTTP_LATENCY
 from tests.support.eventually import assert_eventually
-from tests.unit.test_execute_fast_path import CASES, ROUTE, EngineLikeGateway, make_app
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 5555)}.get(name, default)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from tests.unit.test_execute_fast_path import (
+    CASES,
+    EngineLikeGateway,
+    executes_counted,
+    make_app,
+)
+from tests.unit.test_http_deadlines import _Transport
 
 
 class _Connection:
@@ -184,13 +164,7 @@ async def test_proxied_requests_go_the_asgi_way() -> None:
 
 
 async def test_its_answers_are_in_the_request_metrics_and_the_budget() -> None:
-    def count(status: str) -> float:
-        labels = {"method": "POST", "route": ROUTE, "status": status}
-        for metric in HTTP_LATENCY.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_count") and sample.labels == labels:
-                    return sample.value
-        return 0.0
+    count = executes_counted
 
     headers = {"Content-Type": "application/json", "Authorization": "Bearer k"}
     bad = _request(
