@@ -127,10 +127,14 @@ async def api() -> AsyncIterator[tuple[Api, int]]:
     listener.server.close()
 
 
+def _sender_to(port: int) -> tuple[ReplySender, str]:
+    """A sender, and the reply header naming the test's listener at `port` (token `tok`)."""
+    return ReplySender(LOOPBACK), address_value("127.0.0.1", port, "tok")
+
+
 async def test_outcomes_go_to_their_address_as_the_topic_values(api: tuple[Api, int]) -> None:
     listener, port = api
-    sender = ReplySender(LOOPBACK)
-    header = address_value("127.0.0.1", port, "tok")
+    sender, header = _sender_to(port)
     routes = sender.routes(
         [rec("e1", header, "c1"), rec("e2", NO_HEADER, "c2"), rec("e3", header, "c3")]
     )
@@ -171,8 +175,7 @@ async def test_an_address_that_takes_started_events_gets_them_tagged_before_the_
     api: tuple[Api, int],
 ) -> None:
     listener, port = api
-    sender = ReplySender(LOOPBACK)
-    header = address_value("127.0.0.1", port, "tok")
+    sender, header = _sender_to(port)
     w = Workload()
     opened = w.start("e1")
     signalled = w.signal("e1")  # a commit that opens no run
@@ -203,8 +206,7 @@ async def test_the_records_published_after_the_replies_carry_the_same_bytes_enco
     # The reply's STARTED event and outcomes are encoded once: the batch's records reuse
     # that JSON (`Outbound.encoded`), byte for byte what they would encode themselves.
     listener, port = api
-    sender = ReplySender(LOOPBACK)
-    header = address_value("127.0.0.1", port, "tok")
+    sender, header = _sender_to(port)
     w = Workload()
     opened, signalled, unasked = w.start("e1"), w.signal("e1"), w.start("e2")
     routes = _asking_routes(sender, header, [opened, signalled])
@@ -235,8 +237,7 @@ async def test_started_events_past_a_frames_budget_are_left_to_the_topic(
     # FRAME_STARTED_BYTES of them: the rest of the batch's starts are answered by their
     # outcome alone (their STARTED comes by the topic).
     listener, port = api
-    sender = ReplySender(LOOPBACK)
-    header = address_value("127.0.0.1", port, "tok")
+    sender, header = _sender_to(port)
     w = Workload()
     blob = "x" * (MAX_STARTED_BYTES - 4096)
     starts = [w.start(f"e{n}", input={"blob": blob}) for n in range(6)]
