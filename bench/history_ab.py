@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 from list_runs import load, long_run
 from pymongo import AsyncMongoClient
-from servers import mongo_server
+from servers import infra, mongo_server
 
 from services.api.run_reader import history_token
 from services.common.readmodels.store import HISTORY
@@ -49,12 +48,6 @@ settings = ApiSettings(mongo_url=sys.argv[2], mongo_database=sys.argv[3], api_ke
 uvicorn.run(build_app(settings), host="127.0.0.1", port=int(sys.argv[4]), lifespan="off",
             log_level="warning")
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _p95(xs: list[float]) -> float:
@@ -131,7 +124,7 @@ async def _measure(urls: dict[str, str], pairs: int) -> None:
 def ab(trees: dict[str, Path], mongo_url: str, pairs: int, blocks: bool = True) -> None:
     database = f"bench_history_ab_{uuid.uuid4().hex[:8]}"
     asyncio.run(_seed(mongo_url, database, blocks))
-    urls = {side: f"http://127.0.0.1:{_free_port()}" for side in trees}
+    urls = {side: f"http://127.0.0.1:{infra.free_port()}" for side in trees}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _SERVE, str(tree), mongo_url, database, url.split(":")[-1]],

@@ -462,11 +462,21 @@ def _expand(which: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
+# Ports free_port has returned in this process: callers often draw several before binding any
+# (a test stack's API and probe ports), and the kernel offers a released port again at once.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for test fixtures)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago and that this process has not been
+    given before (for test fixtures and benches)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _port_in_use(port: int) -> bool:

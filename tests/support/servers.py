@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,9 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port no other caller in this test process has been given (see infra.free_port)."""
+    return int(_infra().free_port())
 
 
 def docker_available() -> bool:
@@ -38,7 +36,10 @@ def docker_available() -> bool:
 
 
 def local_script(name: str, folder: str = "local") -> ModuleType:
-    """A script of deploy/<folder>/ (`infra`, `stack`; k8s `validate`) loaded as a module."""
+    """A script of deploy/<folder>/ (`infra`, `stack`; k8s `validate`) loaded as a module.
+    infra is loaded once: its free_port remembers the ports it has given out."""
+    if name == "infra" and "runstore_local_infra" in sys.modules:
+        return sys.modules["runstore_local_infra"]
     if name != "infra":
         _infra()  # the other scripts import infra by name
         sys.modules.setdefault("infra", sys.modules["runstore_local_infra"])

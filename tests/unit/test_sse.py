@@ -4,7 +4,6 @@ parser (no servers needed)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +27,7 @@ from services.api.public_events import (
     sse_payload,
 )
 from services.api.sse import KEEPALIVE, EventFilter, error_frame, frame, guarded
+from tests.support.servers import free_port
 
 PAYLOAD = {"type": "json", "value": {"k": 1}}
 FAILURE = {"message": "boom", "type": "ValueError"}
@@ -257,12 +257,6 @@ def test_envelope_filters_match_ids_and_names() -> None:
 # --- frames through the SDK's parser ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def frames_server() -> Iterator[str]:
     """A tiny server answering the execution stream path with scripted frames."""
@@ -282,7 +276,7 @@ def frames_server() -> Iterator[str]:
             guarded(frames(), lambda: "scripted"), media_type="text/event-stream"
         )
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
