@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,54 +42,11 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 import http_gateway as hg  # noqa: E402
 import infra  # noqa: E402
 from cpu_meter import CpuMeter, loadavg, py_spy, user_sys  # noqa: E402
-
-_SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|\+Inf)$")
-
-
-def scrape(port: int) -> dict[tuple[str, str], float]:
-    """The engine's metrics: (name, labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m:
-            out[(m.group(1), m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-def delta(
-    after: dict[tuple[str, str], float], before: dict[tuple[str, str], float]
-) -> Counter[tuple[str, str]]:
-    return Counter({k: v - before.get(k, 0.0) for k, v in after.items()})
+from engine_metrics import delta, scrape, stage_table  # noqa: E402
 
 
 def short_event(name: str) -> str:
     return name.replace("raw_syscalls:sys_enter", "syscalls").replace("syscalls:sys_enter_", "")
-
-
-def stage_table(d: Counter[tuple[str, str]]) -> list[str]:
-    """Mean and bucket p50 of each engine stage over the window."""
-    rows = []
-    order = ("fetch", "decide", "wait", "store", "complete", "publish")
-    for stage in order:
-        name = "runstore_engine_batch_stage_seconds"
-        count = d[(f"{name}_count", f'stage="{stage}"')]
-        total = d[(f"{name}_sum", f'stage="{stage}"')]
-        if not count:
-            continue
-        buckets = sorted(
-            (float("inf") if le == "+Inf" else float(le), v)
-            for (n, labels), v in d.items()
-            if n == f"{name}_bucket" and f'stage="{stage}"' in labels
-            for le in re.findall(r'le="([^"]+)"', labels)
-        )
-        p50 = next((le for le, v in buckets if v >= count / 2), float("nan"))
-        rows.append(
-            f"  {stage:9} mean {1000 * total / count:6.2f} ms   p50 <= {1000 * p50:6.1f} ms"
-            f"   ({count:.0f} batches)"
-        )
-    return rows
 
 
 def main() -> int:

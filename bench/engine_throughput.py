@@ -13,7 +13,8 @@ Uses RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when set, else starts local s
   each process (engine, Kafka, database) spent per command meanwhile, with the rate the
   box's cores would allow at that cost;
 - latency: commands produced at a steady rate (half the drain rate), p50/p99 from the
-  producer's send to the engine's outcome (which is published after the commit).
+  producer's send to the engine's outcome (which is published after the commit), and
+  where the engine's batches spent that phase (`runstore_engine_batch_stage_seconds`).
 
 `--profile` runs the drained engine under cProfile and prints where the time goes.
 """
@@ -47,7 +48,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from cpu_meter import CollectorPasses, CpuMeter  # noqa: E402
-from servers import bench_servers  # noqa: E402
+from engine_metrics import delta, scrape, stage_table  # noqa: E402
+from servers import bench_servers, infra  # noqa: E402
 
 from services.common.kafka_topics import ensure_topics  # noqa: E402
 from services.common.settings import RunstoreSettings  # noqa: E402
@@ -252,6 +254,7 @@ async def run(
             "RUNSTORE_MONGO_DATABASE": f"bench_{tag}",
             "RUNSTORE_TOPIC_PREFIX": f"bench{tag}.",
             "RUNSTORE_LOG_LEVEL": os.environ.get("BENCH_ENGINE_LOG_LEVEL", "WARNING"),
+            "RUNSTORE_ENGINE_HEALTH_PORT": str(health := infra.free_port()),
         }
         settings = RunstoreSettings(
             kafka_bootstrap=bootstrap, topic_prefix=env["RUNSTORE_TOPIC_PREFIX"]
@@ -330,11 +333,13 @@ async def run(
                     latencies.append(time.monotonic() - sent)
                     timeline.append((sent, latencies[-1]))
 
+            before = scrape(health)
             await asyncio.gather(
                 steady_producer(),
                 outcomes.until(len(warmup) + n + len(steady), on_outcome, engine=engine),
             )
             pauses.stop()
+            stages = delta(scrape(health), before)
             if timeline_ms:
                 print_timeline(timeline, timeline_ms / 1000)
         finally:
@@ -367,6 +372,12 @@ async def run(
         print(f"  {'command→outcome latency p50':44} {pct(0.50):9.1f} ms")
         print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")
         print(f"  {'  this process collecting meanwhile, longest':44} {pauses.longest_ms:9.1f} ms")
+        # The engine's one consumer group is the only label set of its batch sizes.
+        batches = sum(v for (k, _), v in stages.items() if k == "runstore_batch_size_count")
+        if batches:
+            size = sum(v for (k, _), v in stages.items() if k == "runstore_batch_size_sum")
+            print(f"  steady phase: {batches:.0f} batches, {size / batches:.1f} commands each:")
+            print("\n".join(stage_table(stages)))
         if prof:
             print("\nwhere the engine's time goes (cumulative, top 30):")
             pstats.Stats(str(prof)).sort_stats(
