@@ -31,19 +31,6 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--firsts", type=int, default=2)
     parser.add_argument("--rest", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument(
-        "--off-loop",
-        action="store_true",
-        help="wire the store as the engine does: OffLoopAppends, appends through a second "
-        "client on a loop of its own in a thread",
-    )
-    parser.add_argument(
-        "--inline-max",
-        type=int,
-        default=None,
-        help="with --off-loop: OffLoopAppends' inline_max (rounds of at most this many "
-        "commits stay on the caller's loop); default: the checkout's own",
-    )
     return parser.parse_args()
 
 
@@ -89,22 +76,7 @@ async def run(url: str, server_pid: int | None) -> None:
         url, tz_aware=True, event_listeners=[requests]
     )
     db = client[f"bench_store_{uuid.uuid4().hex[:8]}"]
-    store: Any = MongoEventStore(db)
-    writer: Any = None
-    if args.off_loop:
-        from services.engine.offloop import LoopThread, OffLoopAppends
-
-        writer = LoopThread("bench-appends")
-
-        async def writer_db() -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
-            other: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-                url, tz_aware=True, event_listeners=[requests]
-            )
-            return other, other[db.name]
-
-        writer_client, other_db = await writer.run(writer_db())
-        extra = {} if args.inline_max is None else {"inline_max": args.inline_max}
-        store = OffLoopAppends(store, MongoEventStore(other_db), writer, **extra)
+    store = MongoEventStore(db)
     await store.setup()
     tag = uuid.uuid4().hex[:6]
     previous: list[str] = []
@@ -134,14 +106,10 @@ async def run(url: str, server_pid: int | None) -> None:
     finally:
         await client.drop_database(db.name)
         await client.close()
-        if writer is not None:
-            await writer.run(writer_client.close())
-            writer.stop()
     per = 1e6 / args.rounds
-    wiring = "" if not args.off_loop else f", off loop, inline_max {args.inline_max}"
     print(
         f"{args.rounds} rounds of {args.firsts} first + {args.rest} later commits "
-        f"({REPO}{wiring}):\n"
+        f"({REPO}):\n"
         f"  per round: server CPU {server * per:.0f} µs, this process {own * per:.0f} µs, "
         f"elapsed {wall * per:.0f} µs, write requests {writes / args.rounds:.2f}"
     )

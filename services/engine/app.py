@@ -13,7 +13,6 @@ from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel
-from pymongo import AsyncMongoClient
 
 from schemas.commands import COMMAND_ADAPTER
 from services.common import tracing
@@ -22,7 +21,7 @@ from services.common.clock import now_ns
 from services.common.health import Health
 from services.common.kafka_io import Outgoing, RecordPublisher, batch_records, kafka_broker
 from services.common.metrics import count_dead_letters, count_outcomes, observe_consumed
-from services.common.mongo import Document, mongo_client, mongo_database
+from services.common.mongo import mongo_client, mongo_database
 from services.common.runtime import BatchCollector
 from services.common.settings import EngineSettings, Topics
 from services.common.stream_service import RETRY_BACKOFF_SECONDS, service_app
@@ -30,7 +29,6 @@ from services.engine.batch_timings import BatchTimings
 from services.engine.command_spans import CommandSpans, TracedBatch
 from services.engine.dead_letters import DeadLetterRecords, dead_letter_record
 from services.engine.mongo_event_store import MongoEventStore
-from services.engine.offloop import LoopThread, OffLoopAppends
 from services.engine.offsets import Consumer
 from services.engine.outbound import Outbound
 from services.engine.pipeline import Batch, EnginePipeline, Phase
@@ -153,23 +151,16 @@ async def _collect_periodically(collector: BatchCollector, every_s: float = 5.0)
         collector.check()
 
 
-async def _build_client(settings: EngineSettings) -> AsyncMongoClient[Document]:
-    return mongo_client(settings)
-
-
 def build_app(settings: EngineSettings) -> FastStream:
     broker: KafkaBroker = kafka_broker(settings, client_id="runstore-engine")
     client = mongo_client(settings)
-    writer = LoopThread("engine-appends")
-    # The writer loop's own client: built there, closed there.
-    writer_client = asyncio.run_coroutine_threadsafe(_build_client(settings), writer.loop).result()
-    probe = settings.engine_ordered_insert_probe
-    store = OffLoopAppends(
-        MongoEventStore(mongo_database(client, settings), settings.engine_compact_commits, probe),
-        MongoEventStore(
-            mongo_database(writer_client, settings), settings.engine_compact_commits, probe
-        ),
-        writer,
+    # Appends on the engine's own loop, as reads: a writer thread's loop bought no overlap
+    # under the GIL and made steady-rate rounds wait for hand-overs (docs/engine-performance.md,
+    # "Fifteenth session").
+    store = MongoEventStore(
+        mongo_database(client, settings),
+        settings.engine_compact_commits,
+        settings.engine_ordered_insert_probe,
     )
     health = Health(settings, client)
     cache = StateCache(settings.engine_cache_size)
@@ -262,15 +253,11 @@ def build_app(settings: EngineSettings) -> FastStream:
     collecting: list[asyncio.Task[None]] = []
 
     async def close() -> None:
-        try:
-            for task in collecting:
-                task.cancel()
-            await drain()
-            await replies.close()
-            await publisher.stop()
-        finally:
-            await writer.run(writer_client.close())
-            writer.stop()
+        for task in collecting:
+            task.cancel()
+        await drain()
+        await replies.close()
+        await publisher.stop()
 
     async def setup() -> None:
         await store.setup()

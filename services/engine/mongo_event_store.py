@@ -38,6 +38,7 @@ from services.common.commit_log import (
     commit_to_doc,
     run_locators,
 )
+from services.common.metrics import STORE_LATENCY
 from services.common.mongo import (
     DUPLICATE_KEY,
     ORDERED_PROBE_DOCS,
@@ -55,6 +56,7 @@ from services.engine.event_store import (
 )
 
 log = logging.getLogger(__name__)
+_STORE_LATENCY = STORE_LATENCY.labels("engine")
 
 # Most commits `find_by_commands` reads by `_id` on FerretDB before it scans instead.
 _PROBE_LIMIT = 256
@@ -185,6 +187,10 @@ class MongoEventStore:
         return await self._write_round(firsts, rest)
 
     async def _write_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
+        with _STORE_LATENCY.time():
+            return await self._insert_round(firsts, rest)
+
+    async def _insert_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         """`append_round` in one insert request when nothing is refused (one per
         `FERRETDB_INSERT_BATCH` documents on a server that failed the probe): the run locators,
         then the first commits, then the rest, in that order (a locator before the commit

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +22,6 @@ from services.engine.event_store import AppendFailure, AppendReport, RoundReport
 from services.engine.event_store import EventStoreAdapter as EventStore
 from services.engine.memory_event_store import MemoryEventStore
 from services.engine.mongo_event_store import MongoEventStore
-from services.engine.offloop import INLINE_ROUND_MAX, LoopThread, OffLoopAppends
 from tests.support.commits import make_commit as commit_at
 
 
@@ -411,45 +409,3 @@ class TestMongoEventStore(EventStoreContract):
         found = [d["_id"] async for d in db.commits.find(commit_filter("e1")).sort("_id", 1)]
         assert found == ["e1:000000000001"]
         assert await store.find_by_command(commit.command_id) == commit
-
-
-class TestOffLoopAppends(TestMongoEventStore):
-    """The engine's wiring: appends on a loop of their own (a thread, with its own
-    client), reads on the caller's loop; the whole contract holds across the two."""
-
-    @pytest.fixture(params=[0, INLINE_ROUND_MAX], ids=["on-writer", "small-inline"])
-    async def store(
-        self, db: Any, mongo_url: str, request: pytest.FixtureRequest
-    ) -> AsyncIterator[EventStore]:
-        writer = LoopThread("test-appends")
-
-        async def writer_db() -> tuple[AsyncMongoClient[dict[str, Any]], Any]:
-            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
-            return client, client[db.name]
-
-        client, other_db = await writer.run(writer_db())
-        store = OffLoopAppends(
-            MongoEventStore(db), MongoEventStore(other_db), writer, inline_max=request.param
-        )
-        await store.setup()
-        try:
-            yield store
-        finally:
-            await writer.run(client.close())
-            writer.stop()
-
-
-async def test_a_loop_thread_runs_coroutines_on_its_own_thread() -> None:
-    async def where() -> int:
-        return threading.get_ident()
-
-    async def fails() -> None:
-        raise ValueError("boom")
-
-    writer = LoopThread("test-loop")
-    try:
-        assert await writer.run(where()) != threading.get_ident()
-        with pytest.raises(ValueError, match="boom"):
-            await writer.run(fails())
-    finally:
-        writer.stop()
