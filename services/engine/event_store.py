@@ -52,8 +52,7 @@ class EventStore(Protocol):
 
     async def append_round(self, firsts: Sequence[Commit], rest: Sequence[Commit]) -> RoundReport:
         """`append_first(firsts)`, then `append` of the commits of `rest` whose execution
-        had no first commit refused, in one call (an adapter that hands writes to another
-        loop or thread runs both there, back to back). See `append_round_with`."""
+        had no first commit refused, in one call. See `append_round_with`."""
 
     async def get(self, execution_id: str, seq: int) -> Commit | None:
         """One commit by its position."""

@@ -37,10 +37,14 @@ def docker_available() -> bool:
 
 def local_script(name: str, folder: str = "local") -> ModuleType:
     """A script of deploy/<folder>/ (`infra`, `stack`; k8s `validate`) loaded as a module.
-    infra is loaded once: its free_port remembers the ports it has given out."""
-    if name == "infra" and "runstore_local_infra" in sys.modules:
-        return sys.modules["runstore_local_infra"]
-    if name != "infra":
+    infra is one module per process, whether loaded here or imported by name (`import
+    infra`, as deploy/local's scripts do): its free_port remembers the ports it gave out."""
+    if name == "infra":
+        loaded = sys.modules.get("runstore_local_infra") or sys.modules.get("infra")
+        if loaded is not None:
+            sys.modules.setdefault("runstore_local_infra", loaded)
+            return loaded
+    else:
         _infra()  # the other scripts import infra by name
         sys.modules.setdefault("infra", sys.modules["runstore_local_infra"])
     path = REPO / "deploy" / folder / f"{name}.py"
@@ -48,6 +52,8 @@ def local_script(name: str, folder: str = "local") -> ModuleType:
     assert spec and spec.loader, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    if name == "infra":
+        sys.modules.setdefault("infra", module)
     spec.loader.exec_module(module)
     return module
 
