@@ -5,7 +5,9 @@ events from the in-process fanout. Stream ids are the event's `broker_sequence`
 (`seq * 1_000_000 + index`); resuming after an id delivers exactly the events after it.
 The subscription is made *before* history is read and live events at or before the last
 delivered position are skipped: since the engine stores a commit before it publishes its
-events, nothing falls between the two. A subscriber that falls behind re-reads the store.
+events, nothing falls between the two. A LIVE stream reads where the stored history ends
+instead (its newest commit) and starts after it, for the same reason. A subscriber that
+falls behind re-reads the store.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from schemas.events import Event, closes_run
 from services.api.event_fanout import EventFanout, SubscriberOverflow
 from services.api.public_events import BEFORE_ALL, Position, sse_payload
 from services.api.sse import KEEPALIVE, NO_FILTER, EventFilter, frame
-from services.common.commit_log import CommitLog
+from services.common.commit_log import CommitLog, newest_commit
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class ExecutionStream:
         while True:
             sub = self.fanout.subscribe(execution_id=self.execution_id)
             try:
+                if not anchored:
+                    # LIVE from now: what is stored already is not "next", even when its
+                    # events reach the topic after this subscription (the engine answers
+                    # a command once it is stored and publishes its events after that).
+                    anchored = await self._anchor_at_newest()
                 if read_store:
                     closed = False
                     async for chunk, closed_now in self._stored():
@@ -105,6 +112,16 @@ class ExecutionStream:
                 read_store = True
             finally:
                 self.fanout.unsubscribe(sub)
+
+    async def _anchor_at_newest(self) -> bool:
+        """Start after the newest stored event (True): later live events must follow it,
+        and a gap is filled from the store as for any anchored stream. False when nothing
+        is stored: the first live event anchors the stream."""
+        newest = await newest_commit(self.commits.get, self.execution_id)
+        if newest is None or not newest.events:
+            return False
+        self._last = max(self._last, Position.of(newest.events[-1]))
+        return True
 
     async def _stored(self) -> AsyncIterator[tuple[bytes | None, bool]]:
         """Stored events after the last position, each with "is the execution closed"

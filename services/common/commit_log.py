@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from itertools import islice
 from typing import Any, Protocol
 
@@ -54,6 +54,29 @@ class CommitLog(Protocol):
 
     async def locate_run(self, run_id: str) -> str | None:
         """The execution a run belongs to, once the engine has opened (or is opening) it."""
+
+
+async def newest_commit(
+    get: Callable[[str, int], Awaitable[Commit | None]], execution_id: str
+) -> Commit | None:
+    """An execution's newest stored commit, by point reads only (`get`, e.g.
+    `CommitLog.get`): ~2 log2(n) reads for n commits, none of them a sort or a scan."""
+    newest = await get(execution_id, 1)
+    if newest is None:
+        return None
+    # Gallop: double the probe until a seq is missing; the last commit lies between.
+    low, high = 1, 2
+    while (found := await get(execution_id, high)) is not None:
+        newest, low, high = found, high, high * 2
+    # Binary search in (low, high): low exists, high does not.
+    while high - low > 1:
+        middle = (low + high) // 2
+        found = await get(execution_id, middle)
+        if found is None:
+            high = middle
+        else:
+            newest, low = found, middle
+    return newest
 
 
 def run_locator_id(run_id: str) -> str:

@@ -36,6 +36,7 @@ from services.common.commit_log import (
     CommitLog,
     commit_from_doc,
     commit_to_doc,
+    newest_commit,
     run_locators,
 )
 from services.common.metrics import STORE_LATENCY
@@ -150,28 +151,10 @@ class MongoEventStore:
 
         async def one(execution_id: str) -> tuple[str, Commit | None]:
             async with gate:
-                return execution_id, await self._latest_one(execution_id)
+                return execution_id, await newest_commit(self.get, execution_id)
 
         found = await asyncio.gather(*(one(e) for e in execution_ids))
         return {e: c for e, c in found if c is not None}
-
-    async def _latest_one(self, execution_id: str) -> Commit | None:
-        newest = await self.get(execution_id, 1)
-        if newest is None:
-            return None
-        # Gallop: double the probe until a seq is missing; the last commit lies between.
-        low, high = 1, 2
-        while (found := await self.get(execution_id, high)) is not None:
-            newest, low, high = found, high, high * 2
-        # Binary search in (low, high): low exists, high does not.
-        while high - low > 1:
-            middle = (low + high) // 2
-            found = await self.get(execution_id, middle)
-            if found is None:
-                high = middle
-            else:
-                newest, low = found, middle
-        return newest
 
     async def append(self, commits: Sequence[Commit]) -> AppendReport:
         if not commits:
