@@ -32,6 +32,17 @@ def _engine_like(seq: int = 2) -> Commit:
     return commit.model_copy(update={"state": state})
 
 
+def _rejected(message: str) -> RejectedCommand:
+    """A signal refused because its execution is closed, with `message`."""
+    return RejectedCommand(
+        command_id="x",
+        command_type="SignalExecution",
+        offset=3,
+        code=RejectionCode.EXECUTION_ALREADY_CLOSED,
+        message=message,
+    )
+
+
 def test_the_body_leaves_out_what_the_document_and_the_state_say() -> None:
     commit = _engine_like()
     doc = commit_to_doc(commit)
@@ -71,13 +82,7 @@ def test_fields_that_differ_from_the_commits_are_kept() -> None:
             "command_id": "other-command",
         }
     )
-    rejected = RejectedCommand(
-        command_id="x",
-        command_type="SignalExecution",
-        offset=3,
-        code=RejectionCode.EXECUTION_ALREADY_CLOSED,
-        message="no",
-    )
+    rejected = _rejected("no")
     state = {"seq": 2, "execution_id": "e1", "run_id": "r1"}  # not in the snapshot's order
     odd = commit.model_copy(update={"events": [event], "rejected": [rejected], "state": state})
     doc = commit_to_doc(odd)
@@ -161,13 +166,7 @@ def _odd_commits() -> list[Commit]:
     """What the engine's corpus does not make: no source, rejected commands, an event
     with a parent, the state's head out of order, non-ASCII and float values."""
     commit = _engine_like()
-    rejected = RejectedCommand(
-        command_id="x",
-        command_type="SignalExecution",
-        offset=3,
-        code=RejectionCode.EXECUTION_ALREADY_CLOSED,
-        message='nö "quoted"\n',
-    )
+    rejected = _rejected('nö "quoted"\n')
     child = commit.events[0].model_copy(update={"parent_execution_id": "parent"})
     started = make_commit("e1", 1, run_id="r1").events[0]
     attributes = started.attributes.model_copy(  # type: ignore[union-attr]
