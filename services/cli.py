@@ -132,7 +132,7 @@ def _run_worker(modules: list[str], deployment: str | None) -> None:
 
 
 def _parked(retry: bool, execution_ids: list[str]) -> None:
-    from services.common.mongo import mongo_client, mongo_database
+    from services.common.mongo import mongo_client, read_models_database
     from services.projector.parking import parked_executions, request_retry
 
     settings = ProjectorSettings()
@@ -140,7 +140,7 @@ def _parked(retry: bool, execution_ids: list[str]) -> None:
     async def run() -> None:
         client = mongo_client(settings)
         try:
-            db = mongo_database(client, settings)
+            db = read_models_database(client, settings)
             if retry:
                 asked = await request_retry(db, execution_ids)
                 print(f"{asked} parked executions will be retried by their projectors")
@@ -173,7 +173,7 @@ def _rebuild_projections(history_heads: bool | None = None) -> None:
         TimeElapsedColumn,
     )
 
-    from services.common.mongo import mongo_client, mongo_database
+    from services.common.mongo import mongo_client, mongo_database, read_models_database
     from services.common.mongo_commit_log import MongoCommitLog
     from services.common.readmodels.mongo_store import MongoReadModelStore
     from services.projector.parking import ParkedExecutions
@@ -205,8 +205,9 @@ def _rebuild_projections(history_heads: bool | None = None) -> None:
         client = mongo_client(settings)
         try:
             db = mongo_database(client, settings)
+            models = read_models_database(client, settings)
             bar.console.print(
-                f"rebuilding runs, executions and history in {settings.mongo_database!r} "
+                f"rebuilding runs, executions and history in {models.name!r} "
                 "from commits (stop the projectors first); each run's first history chunk "
                 + (
                     "in its run row (--no-history-heads for versions before heads)"
@@ -216,10 +217,10 @@ def _rebuild_projections(history_heads: bool | None = None) -> None:
             )
             with bar:
                 report = await rebuild(
-                    MongoReadModelStore(db),
+                    MongoReadModelStore(models),
                     MongoCommitLog(db),
                     progress=progress,
-                    parking=ParkedExecutions(db),
+                    parking=ParkedExecutions(models),
                     history_heads=heads,
                 )
         finally:

@@ -45,7 +45,7 @@ from services.common.health import Health
 from services.common.http_observability import RequestMetrics, RequestTracing, add_probe_routes
 from services.common.kafka_topics import ensure_topics
 from services.common.metrics import LIST_INDEX_RUNS, SSE_SUBSCRIBERS
-from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo import mongo_client, mongo_database, read_models_database
 from services.common.mongo_catalogue import MongoCatalogue
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.list_index import IndexedListReader, RunListIndex
@@ -61,6 +61,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     keys = ApiKeys(settings.api_keys)
     client = mongo_client(settings)
     db = mongo_database(client, settings)
+    models = read_models_database(client, settings)  # run rows, pointers, histories
     # One consumer for outcomes and events (topic_tail.py says why); worker replies come
     # apart from the engine's batches, so they get a consumer of their own (before the
     # feeds fetched in sessions, session_fetch.py, every fetch named every partition
@@ -83,7 +84,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     commits = MongoCommitLog(db)
     list_index = RunListIndex()
     # Catches up on its own consumer, then takes the events the fanout decodes anyway.
-    list_index_feed: ListIndexFeed = ListIndexFeed(settings, db, commits, list_index, fanout)
+    list_index_feed: ListIndexFeed = ListIndexFeed(settings, models, commits, list_index, fanout)
     SSE_SUBSCRIBERS.set_function(lambda: fanout.subscriber_count)
     LIST_INDEX_RUNS.set_function(lambda: len(list_index) if list_index.ready else -1)
 
@@ -133,7 +134,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         # the in-memory index answers without touching the store.
         IndexedListReader(
             BoundedLists(
-                MongoReadModelReader(db),
+                MongoReadModelReader(models),
                 settings.api_list_concurrency,
                 settings.api_list_timeout_seconds,
             ),

@@ -27,6 +27,21 @@ def mongo_database(
     return client[settings.mongo_database]
 
 
+def read_models_database(
+    client: AsyncMongoClient[Document], settings: RunstoreSettings
+) -> AsyncDatabase[Document]:
+    """The database of the read models and the projector's parked executions:
+    `mongo_read_models_database`, or `mongo_database` when that is empty.
+
+    FerretDB's SQLite backend keeps each database in a file of its own, and SQLite lets
+    one connection write to a file at a time: in the commits' database, every projector
+    transaction (two inserts of a batch's new rows and pointers, tens of ms) held the
+    engine's next insert back until its commit. In a file of their own they are written
+    beside each other (docs/local-store.md, "Thirteenth session"). On MongoDB it changes
+    nothing but the name: nothing writes both in one transaction."""
+    return client[settings.mongo_read_models_database or settings.mongo_database]
+
+
 DUPLICATE_KEY = 11000
 
 POINT_READ_CONCURRENCY = 32

@@ -20,6 +20,12 @@ class RunstoreSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     mongo_url: str = "mongodb://127.0.0.1:27017"
     mongo_database: str = "runstore"
+    mongo_read_models_database: str = ""
+    """The database of the read models (runs, executions, history) and of the projector's
+    parked executions; empty: `mongo_database`. On FerretDB/SQLite a database is a file with
+    one writer at a time: apart, the projector's writes no longer hold the engine's commits
+    back (docs/local-store.md, "Thirteenth session"). Changing it on a running deployment
+    needs `runstore projections rebuild` (the read models do not move by themselves)."""
     topic_prefix: str = ""
     """Prepended to every topic name: lets tests and tenants share one cluster."""
     partitions: int = Field(default=1, ge=1)

@@ -27,7 +27,7 @@ from services.common.metrics import (
     STORE_LATENCY,
     observe_consumed,
 )
-from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo import mongo_client, mongo_database, read_models_database
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_store import MongoReadModelStore
@@ -211,8 +211,9 @@ def build_app(settings: ProjectorSettings) -> FastStream:
     broker = kafka_broker(settings, client_id="runstore-projector")
     client = mongo_client(settings)
     db = mongo_database(client, settings)
-    store = MongoReadModelStore(db)
-    parking = ParkedExecutions(db)
+    models = read_models_database(client, settings)
+    store = MongoReadModelStore(models)
+    parking = ParkedExecutions(models)
     health = Health(settings, client)
     store_latency = STORE_LATENCY.labels("projector")
     projector = Projector(

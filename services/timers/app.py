@@ -24,7 +24,7 @@ from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
 from services.common.kafka_topics import partitions_of
 from services.common.metrics import TIMERS_PENDING, observe_consumed
-from services.common.mongo import mongo_client, mongo_database
+from services.common.mongo import mongo_client, mongo_database, read_models_database
 from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
@@ -78,6 +78,7 @@ def build_app(settings: TimersSettings) -> FastStream:
     broker = kafka_broker(settings, client_id="runstore-timers")
     client = mongo_client(settings)
     db = mongo_database(client, settings)
+    models = read_models_database(client, settings)
     publisher = RecordPublisher(settings, client_id="runstore-timers-fire")
     store = MongoTimerStore(db)
     service = TimerService(
@@ -88,7 +89,7 @@ def build_app(settings: TimersSettings) -> FastStream:
         fire_batch=settings.timers_fire_batch,
     )
     runner = ScheduleRunner(
-        MongoScheduleStore(db), MongoReadModelReader(db), publisher, settings, service.stats
+        MongoScheduleStore(db), MongoReadModelReader(models), publisher, settings, service.stats
     )
     instance = f"{socket.gethostname()}:{os.getpid()}"
     health = Health(settings, client)

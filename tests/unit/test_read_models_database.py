@@ -1,0 +1,24 @@
+"""`read_models_database`: the read models' database is the setting's, or the commits'."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from services.common.mongo import mongo_database, read_models_database
+from services.common.settings import RunstoreSettings
+
+
+def test_without_the_setting_the_read_models_share_the_commits_database() -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(connect=False)
+    settings = RunstoreSettings(mongo_database="rs")
+    assert read_models_database(client, settings).name == "rs"
+    assert mongo_database(client, settings).name == "rs"
+
+
+def test_with_the_setting_the_read_models_have_a_database_of_their_own() -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(connect=False)
+    settings = RunstoreSettings(mongo_database="rs", mongo_read_models_database="rs_models")
+    assert read_models_database(client, settings).name == "rs_models"
+    assert mongo_database(client, settings).name == "rs"
