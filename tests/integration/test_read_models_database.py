@@ -3,10 +3,13 @@ FerretDB a SQLite file of its own, so the projector's writes do not hold the eng
 back; docs/local-store.md, "Thirteenth session"). Through the real stack: the projector
 writes run rows, pointers and history there and nothing into the commits' database; the
 API answers reads and lists from there, also after a restart (its run list index loads
-the rows from there); `runstore projections rebuild` rebuilds them there."""
+the rows from there); `runstore projections rebuild` rebuilds them there; a projector
+SIGKILLed while it writes there leaves them equal to a rebuild from the commits."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -19,7 +22,8 @@ from pymongo import AsyncMongoClient
 from schemas.commits import commit_id
 from services.common.readmodels.store import EXECUTIONS, READ_MODELS, RUNS
 from tests.support.eventually import assert_eventually, wait_until
-from tests.support.exactly_once import read_models, rebuild
+from tests.support.exactly_once import produce_paced, read_models, rebuild
+from tests.support.kafka import command
 from tests.support.stack import Stack, StackWith
 
 MODELS = f"rm_{uuid.uuid4().hex[:10]}"
@@ -101,4 +105,44 @@ async def test_read_models_go_to_their_own_database_and_are_read_from_there(
     assert await read_models(models) == live
     for name in READ_MODELS:
         assert await main[name].count_documents({}) == 0, name
+    apart.start("projector")
+
+
+async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_rebuild(
+    apart: Stack, mongo: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    main, models = mongo[apart.env["RUNSTORE_MONGO_DATABASE"]], mongo[MODELS]
+    rng = random.Random(13)
+    executions = [f"rk-{uuid.uuid4().hex[:8]}-{n}" for n in range(12)]
+    commands = [command("StartWorkflow", e, workflow_name="apart", input=None) for e in executions]
+    commands += [
+        command("SignalExecution", rng.choice(executions), name="tick", input={"n": n})
+        for n in range(600)
+    ]
+    _, kills = await asyncio.gather(
+        produce_paced(apart.env, commands, rng, 40, (0.1, 0.3)),
+        apart.kill_repeatedly("projector", 3, (0.5, 1.5), rng),
+    )
+    assert kills == 3
+
+    async def caught_up() -> None:
+        newest: dict[str, int] = {}
+        for e in executions:
+            seq = 0
+            while await main.commits.find_one({"_id": commit_id(e, seq + 1)}, {"_id": 1}):
+                seq += 1
+            newest[e] = seq
+        assert sum(newest.values()) == len(commands)  # every command was applied once
+        pointers = {
+            d["_id"]: d["seq"] async for d in models[EXECUTIONS].find({"_id": {"$in": executions}})
+        }
+        assert pointers == newest
+
+    await assert_eventually(caught_up, timeout=120)
+    for name in READ_MODELS:
+        assert await main[name].count_documents({}) == 0, name
+    apart.stop("projector")
+    live = await read_models(models)
+    await rebuild(apart.env)
+    assert await read_models(models) == live
     apart.start("projector")
