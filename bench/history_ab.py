@@ -44,7 +44,8 @@ sys.path.insert(0, sys.argv[1])
 import uvicorn
 from services.api.app import build_app
 from services.common.settings import ApiSettings
-settings = ApiSettings(mongo_url=sys.argv[2], mongo_database=sys.argv[3], api_keys=None)
+settings = ApiSettings(mongo_url=sys.argv[2], mongo_database=sys.argv[3],
+                       mongo_read_models_database=sys.argv[3], api_keys=None)
 uvicorn.run(build_app(settings), host="127.0.0.1", port=int(sys.argv[4]), lifespan="off",
             log_level="warning")
 """

@@ -530,7 +530,13 @@ async def bench(args: argparse.Namespace) -> None:
 
     from services.api.app import build_app
 
-    settings = ApiSettings(mongo_url=args.mongo_url, mongo_database=database, api_keys=None)
+    # The bench loads the read models itself, into the one database it drops at the end.
+    settings = ApiSettings(
+        mongo_url=args.mongo_url,
+        mongo_database=database,
+        mongo_read_models_database=database,
+        api_keys=None,
+    )
     app = build_app(settings)
     # The ASGI transport runs no lifespan, so the index feed never starts: the bench loads
     # the index from the store itself (as the feed's bootstrap does) and switches lists

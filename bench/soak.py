@@ -56,7 +56,7 @@ from servers import bench_servers  # noqa: E402
 from services.common.readmodels.store import EXECUTIONS  # noqa: E402
 from tests.support.kafka import command  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
-from tests.support.stack import Stack  # noqa: E402
+from tests.support.stack import Stack, read_models_name  # noqa: E402
 
 SERVICES = ("engine", "projector", "api")
 EXECUTION_ROUTE = "/v1/workflows/executions/{}"
@@ -397,7 +397,7 @@ async def soak_run(args: argparse.Namespace, workdir: Path) -> str:
                     ),
                     *(soak.list_reader(client, 0.5) for _ in range(args.list_readers)),
                     *(
-                        soak.store_reader(store, env["RUNSTORE_MONGO_DATABASE"])
+                        soak.store_reader(store, read_models_name({**os.environ, **env}))
                         for _ in range(args.store_readers)
                     ),
                 )

@@ -13,6 +13,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from schemas.common import check_trusted_models
+from services.common.mongo import read_models_database_name
 from services.common.settings import RunstoreSettings
 from tests.support.servers import REPO, kafka_server, mongo_server
 from tests.support.stack import CORE_SERVICES, Stack, StackWith, isolated_env, running
@@ -62,6 +63,21 @@ async def mongo_db(settings: RunstoreSettings) -> AsyncIterator[object]:
     try:
         yield client[settings.mongo_database]
         await client.drop_database(settings.mongo_database)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def models_db(settings: RunstoreSettings) -> AsyncIterator[object]:
+    """The read models' database of services run on `isolated` (apart from `mongo_db`,
+    the commits' database, by default: services/common/mongo.py)."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        settings.mongo_url, tz_aware=True
+    )
+    try:
+        name = read_models_database_name(settings)
+        yield client[name]
+        await client.drop_database(name)
     finally:
         await client.close()
 

@@ -45,7 +45,12 @@ from services.common.health import Health
 from services.common.http_observability import RequestMetrics, RequestTracing, add_probe_routes
 from services.common.kafka_topics import ensure_topics
 from services.common.metrics import LIST_INDEX_RUNS, SSE_SUBSCRIBERS
-from services.common.mongo import mongo_client, mongo_database, read_models_database
+from services.common.mongo import (
+    ensure_read_models_in_place,
+    mongo_client,
+    mongo_database,
+    read_models_database,
+)
 from services.common.mongo_catalogue import MongoCatalogue
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.readmodels.list_index import IndexedListReader, RunListIndex
@@ -95,6 +100,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
                 "RUNSTORE_API_KEYS is unset: DEV MODE, any bearer key is accepted as user 'dev'"
             )
         log.info("access mode: %s", settings.api_access_mode.value)
+        await ensure_read_models_in_place(client, settings)
         await ensure_topics(settings)
         await ensure_catalogue_indexes(db)
         await gateway.start(asks_started=await list_index_feed.wanted())
@@ -153,7 +159,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         fanout=fanout,
         access=app.state.access,
         all_runs=app.state.reader,
-        catalogue=MongoCatalogue(db),
+        catalogue=MongoCatalogue(db, models),
         schedules=MongoScheduleStore(db),
     )
 

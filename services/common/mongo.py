@@ -11,6 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from services.common.readmodels.store import EXECUTIONS, RUNS
 from services.common.settings import RunstoreSettings
 
 Document = dict[str, Any]
@@ -27,19 +28,56 @@ def mongo_database(
     return client[settings.mongo_database]
 
 
+READ_MODELS_SUFFIX = "_readmodels"
+
+
+def read_models_database_name(settings: RunstoreSettings) -> str:
+    """`mongo_read_models_database`, or `<mongo_database>_readmodels` when that is empty."""
+    return settings.mongo_read_models_database or settings.mongo_database + READ_MODELS_SUFFIX
+
+
 def read_models_database(
     client: AsyncMongoClient[Document], settings: RunstoreSettings
 ) -> AsyncDatabase[Document]:
-    """The database of the read models and the projector's parked executions:
-    `mongo_read_models_database`, or `mongo_database` when that is empty.
+    """The database of the read models and the projector's parked executions
+    (`read_models_database_name`), apart from the commits' by default.
 
     FerretDB's SQLite backend keeps each database in a file of its own, and SQLite lets
     one connection write to a file at a time: in the commits' database, every projector
     transaction (two inserts of a batch's new rows and pointers, tens of ms) held the
     engine's next insert back until its commit. In a file of their own they are written
-    beside each other (docs/local-store.md, "Thirteenth session"). On MongoDB it changes
-    nothing but the name: nothing writes both in one transaction."""
-    return client[settings.mongo_read_models_database or settings.mongo_database]
+    beside each other (docs/local-store.md). On MongoDB it changes nothing but the name:
+    nothing writes both in one transaction."""
+    return client[read_models_database_name(settings)]
+
+
+class ReadModelsElsewhere(RuntimeError):
+    """The configured read models' database is empty while the commits' database holds
+    read models: a deployment from before they moved (or a changed setting)."""
+
+
+async def ensure_read_models_in_place(
+    client: AsyncMongoClient[Document], settings: RunstoreSettings
+) -> None:
+    """Refuse to serve or project from an empty read models' database while the commits'
+    database holds run rows: the API would answer empty lists and 404s for every run
+    written before, and the projector would go on from its committed offsets with none of
+    the earlier documents. Raises `ReadModelsElsewhere` with the two ways out."""
+    name = read_models_database_name(settings)
+    if name == settings.mongo_database:
+        return
+    if await client[name][EXECUTIONS].find_one({}, {"_id": 1}) is not None:
+        return
+    if await client[settings.mongo_database][RUNS].find_one({}, {"_id": 1}) is None:
+        return
+    raise ReadModelsElsewhere(
+        f"the read models' database {name!r} is empty, but {settings.mongo_database!r} "
+        f"(the commits' database) holds run rows from before the read models moved. "
+        f"Either set RUNSTORE_MONGO_READ_MODELS_DATABASE={settings.mongo_database} to keep "
+        f"them there, or stop the projectors and run `runstore projections rebuild` to build "
+        f"them in {name!r} from the commits (then runs, executions, history and "
+        f"parked_executions can be dropped from {settings.mongo_database!r})"
+    )
 
 
 DUPLICATE_KEY = 11000

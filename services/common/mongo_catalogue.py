@@ -32,8 +32,13 @@ _ADMISSION_MEMORY = 10_000
 
 
 class MongoCatalogue:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Document], read_models: AsyncDatabase[Document] | None = None
+    ) -> None:
         self._db = db
+        # The run rows the status filter reads (services/common/mongo.py,
+        # `read_models_database`); the catalogue's own documents are in `db`.
+        self._runs = (read_models if read_models is not None else db)[RUNS]
         # workflow name -> (valid until, its document or None): execute's admission reads.
         self._admission: dict[str, tuple[float, Document | None]] = {}
         # workflow name -> the admission read under way: one at a time per name.
@@ -85,7 +90,7 @@ class MongoCatalogue:
     async def workflow_names_with_runs(self, statuses: Collection[str]) -> set[str]:
         """Names of the workflows that have a run in one of `statuses`."""
         query = {"status": {"$in": list(statuses)}}
-        return {str(n) for n in await self._db[RUNS].distinct("workflow_name", query)}
+        return {str(n) for n in await self._runs.distinct("workflow_name", query)}
 
     # --- registrations, deployments, workers ----------------------------------------
 

@@ -22,10 +22,12 @@ class RunstoreSettings(BaseSettings):
     mongo_database: str = "runstore"
     mongo_read_models_database: str = ""
     """The database of the read models (runs, executions, history) and of the projector's
-    parked executions; empty: `mongo_database`. On FerretDB/SQLite a database is a file with
-    one writer at a time: apart, the projector's writes no longer hold the engine's commits
-    back (docs/local-store.md, "Thirteenth session"). Changing it on a running deployment
-    needs `runstore projections rebuild` (the read models do not move by themselves)."""
+    parked executions; empty: `<mongo_database>_readmodels`. Set it to `mongo_database`
+    for one database (the layout before this setting). On FerretDB/SQLite a database is a
+    file with one writer at a time: apart, the projector's writes do not hold the engine's
+    commits back (docs/local-store.md). Moving it on a deployment with read models needs
+    `runstore projections rebuild`; the services refuse to start until then
+    (services/common/mongo.py, `ensure_read_models_in_place`)."""
     topic_prefix: str = ""
     """Prepended to every topic name: lets tests and tenants share one cluster."""
     partitions: int = Field(default=1, ge=1)

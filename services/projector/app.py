@@ -27,7 +27,12 @@ from services.common.metrics import (
     STORE_LATENCY,
     observe_consumed,
 )
-from services.common.mongo import mongo_client, mongo_database, read_models_database
+from services.common.mongo import (
+    ensure_read_models_in_place,
+    mongo_client,
+    mongo_database,
+    read_models_database,
+)
 from services.common.mongo_commit_log import MongoCommitLog
 from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_store import MongoReadModelStore
@@ -306,6 +311,7 @@ def build_app(settings: ProjectorSettings) -> FastStream:
             message.committed = AckStatus.ACKED  # committed by the flusher, past what it holds
 
     async def setup() -> None:
+        await ensure_read_models_in_place(client, settings)
         await store.setup()
         entries = await parking.load()
         if entries:

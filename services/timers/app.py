@@ -24,7 +24,12 @@ from services.common.health import Health
 from services.common.kafka_io import RecordPublisher, batch_records, kafka_broker
 from services.common.kafka_topics import partitions_of
 from services.common.metrics import TIMERS_PENDING, observe_consumed
-from services.common.mongo import mongo_client, mongo_database, read_models_database
+from services.common.mongo import (
+    ensure_read_models_in_place,
+    mongo_client,
+    mongo_database,
+    read_models_database,
+)
 from services.common.pending_offsets import PendingOffsets
 from services.common.readmodels.mongo_reader import MongoReadModelReader
 from services.common.schedule_store import MongoScheduleStore
@@ -175,6 +180,7 @@ def build_app(settings: TimersSettings) -> FastStream:
                 )
 
     async def setup() -> None:
+        await ensure_read_models_in_place(client, settings)
         await store.setup()
         await publisher.start()
         runner.partition_count = len(await partitions_of(settings, settings.topics.events))

@@ -24,7 +24,7 @@ from tests.support.exactly_once import (
     read_models,
 )
 from tests.support.kafka import command
-from tests.support.stack import Stack
+from tests.support.stack import Stack, read_models_name
 
 Doc = dict[str, Any]
 SIGNALS = 2_499
@@ -67,14 +67,14 @@ async def test_a_long_history_survives_projector_kills_and_reads_the_same_every_
         for n in range(SIGNALS)
     ]
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"], tz_aware=True)
-    db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
+    db, models = mongo[env["RUNSTORE_MONGO_DATABASE"]], mongo[read_models_name(env)]
     try:
         _, kills = await asyncio.gather(
             produce_paced(env, commands, rng, 100, (0.1, 0.3)),
             stack.kill_repeatedly("projector", KILLS, (1.0, 2.5), rng),
         )
         assert kills == KILLS
-        await assert_eventually(lambda: assert_caught_up(db), timeout=120)
+        await assert_eventually(lambda: assert_caught_up(db, models), timeout=120)
         stored = [
             event_json(e)
             async for c in db.commits.find(commit_filter(execution_id)).sort("_id", 1)
@@ -90,16 +90,16 @@ async def test_a_long_history_survives_projector_kills_and_reads_the_same_every_
             for size in (1000, 100):
                 assert await _paged(stack, execution_id, size) == whole, size
 
-        history = await read_models(db)
+        history = await read_models(models)
         blocks = sorted(i for i in history[HISTORY] if is_block(i))
         assert blocks == [history_block_key(run_id, 0), history_block_key(run_id, 1)]
         await read_back()
         # As histories written before blocks existed: chunks only, the same events.
-        await db[HISTORY].delete_many({"_id": {"$in": blocks}})
+        await models[HISTORY].delete_many({"_id": {"$in": blocks}})
         await read_back()
         # The rebuild seals them again, and equals what the live projector wrote.
         stack.stop("projector")
-        await assert_rebuild_equals(env, db, history)
+        await assert_rebuild_equals(env, models, history)
         await read_back()
     finally:
         await mongo.close()

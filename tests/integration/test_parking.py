@@ -131,7 +131,7 @@ async def test_a_rebuild_parks_what_it_cannot_project_and_rebuilds_the_rest(mong
 
 
 async def test_the_projector_process_parks_goes_on_and_retries_when_asked(
-    isolated: dict[str, str], tmp_path: Path, mongo_db: Db
+    isolated: dict[str, str], tmp_path: Path, mongo_db: Db, models_db: Db
 ) -> None:
     env = {**isolated, "RUNSTORE_PROJECTOR_PARKED_CHECK_SECONDS": "0.5"}
     assert env["RUNSTORE_MONGO_DATABASE"] == mongo_db.name
@@ -147,9 +147,9 @@ async def test_the_projector_process_parks_goes_on_and_retries_when_asked(
         )
 
         async def projected_around_it() -> None:
-            pointers = await MongoReadModelStore(mongo_db).snapshot(EXECUTIONS)
+            pointers = await MongoReadModelStore(models_db).snapshot(EXECUTIONS)
             assert pointers.get("after", {}).get("seq") == 2
-            assert [d["_id"] for d in await parked_executions(mongo_db)] == ["poisoned"]
+            assert [d["_id"] for d in await parked_executions(models_db)] == ["poisoned"]
 
         await assert_eventually(projected_around_it, timeout=60)
         await fixed(mongo_db, w)
@@ -167,8 +167,8 @@ async def test_the_projector_process_parks_goes_on_and_retries_when_asked(
         assert b"1 parked executions will be retried" in out
 
         async def unparked() -> None:
-            assert await parked_count(mongo_db) == 0
-            pointers = await MongoReadModelStore(mongo_db).snapshot(EXECUTIONS)
+            assert await parked_count(models_db) == 0
+            pointers = await MongoReadModelStore(models_db).snapshot(EXECUTIONS)
             assert pointers["poisoned"]["seq"] == 2
 
         await assert_eventually(unparked, timeout=60)

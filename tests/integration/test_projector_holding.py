@@ -42,7 +42,7 @@ async def produce_events(env: dict[str, str], w: Workload) -> None:
 
 
 async def test_held_events_are_written_and_committed_once_their_time_is_up(
-    isolated: dict[str, str], tmp_path: Path, mongo_db: Db
+    isolated: dict[str, str], tmp_path: Path, mongo_db: Db, models_db: Db
 ) -> None:
     w = Workload()
     w.start("open-1")  # started, never closed: held, then written by the background task
@@ -55,7 +55,7 @@ async def test_held_events_are_written_and_committed_once_their_time_is_up(
         await produce_events(env, w)
 
         async def written_and_committed() -> None:
-            runs = await MongoReadModelStore(mongo_db).snapshot(RUNS)
+            runs = await MongoReadModelStore(models_db).snapshot(RUNS)
             assert {r["execution_id"] for r in runs.values()} == {"open-1", "open-2"}
             assert sum((await committed_offsets(env)).values()) == len(w.all_events())
 
@@ -65,7 +65,7 @@ async def test_held_events_are_written_and_committed_once_their_time_is_up(
 
 
 async def test_a_projector_killed_while_holding_loses_nothing(
-    isolated: dict[str, str], tmp_path: Path, mongo_db: Db
+    isolated: dict[str, str], tmp_path: Path, mongo_db: Db, models_db: Db
 ) -> None:
     w = Workload()
     w.start("held")
@@ -89,13 +89,13 @@ async def test_a_projector_killed_while_holding_loses_nothing(
             assert offsets[partition] == 0
 
         await assert_eventually(consumed_and_held, timeout=60)
-        assert await MongoReadModelStore(mongo_db).snapshot(RUNS) == {}
+        assert await MongoReadModelStore(models_db).snapshot(RUNS) == {}
         stack.kill("projector")
 
         stack.start("projector", env={"RUNSTORE_PROJECTOR_HOLD_MS": "0"})
 
         async def written() -> None:
-            store = MongoReadModelStore(mongo_db)
+            store = MongoReadModelStore(models_db)
             assert set(await store.snapshot(EXECUTIONS)) == {"held"}
             offsets = await committed_offsets(env)
             assert offsets[partition] == len(events)

@@ -1,10 +1,12 @@
 """`RUNSTORE_MONGO_READ_MODELS_DATABASE`: the read models in a database of their own (on
 FerretDB a SQLite file of its own, so the projector's writes do not hold the engine's
-back; docs/local-store.md, "Thirteenth session"). Through the real stack: the projector
+back; docs/local-store.md). Through the real stack, with the setting named: the projector
 writes run rows, pointers and history there and nothing into the commits' database; the
 API answers reads and lists from there, also after a restart (its run list index loads
 the rows from there); `runstore projections rebuild` rebuilds them there; a projector
-SIGKILLed while it writes there leaves them equal to a rebuild from the commits."""
+SIGKILLed while it writes there leaves them equal to a rebuild from the commits. With
+the default (`<database>_readmodels`), a deployment whose read models are still in the
+commits' database is refused until rebuilt."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +27,7 @@ from services.common.readmodels.store import EXECUTIONS, READ_MODELS, RUNS
 from tests.support.eventually import assert_eventually, wait_until
 from tests.support.exactly_once import produce_paced, read_models, rebuild
 from tests.support.kafka import command
-from tests.support.stack import Stack, StackWith
+from tests.support.stack import Stack, StackWith, running
 
 MODELS = f"rm_{uuid.uuid4().hex[:10]}"
 
@@ -108,6 +111,32 @@ async def test_read_models_go_to_their_own_database_and_are_read_from_there(
     apart.start("projector")
 
 
+async def _pointer_seqs(models: Any, executions: list[str]) -> int:
+    """The sum of the executions' pointer seqs: grows with every projected commit."""
+    return sum([d["seq"] async for d in models[EXECUTIONS].find({"_id": {"$in": executions}})])
+
+
+async def _kill_while_writing(
+    stack: Stack, models: Any, executions: list[str], times: int, rng: random.Random
+) -> list[int]:
+    """SIGKILL the projector `times` times, each time once it has written something
+    since it was (re)started, and start it again at once. Returns the pointer seqs' sum
+    at each kill."""
+    at: list[int] = []
+    for _ in range(times):
+        before = await _pointer_seqs(models, executions)
+
+        async def wrote(before: int = before) -> None:
+            assert await _pointer_seqs(models, executions) > before
+
+        await assert_eventually(wrote, timeout=60, interval=0.05)
+        await asyncio.sleep(rng.uniform(0.0, 0.3))  # somewhere in its next batches
+        at.append(await _pointer_seqs(models, executions))
+        stack.kill("projector")
+        stack.start("projector")
+    return at
+
+
 async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_rebuild(
     apart: Stack, mongo: AsyncMongoClient[dict[str, Any]]
 ) -> None:
@@ -115,15 +144,28 @@ async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_reb
     rng = random.Random(13)
     executions = [f"rk-{uuid.uuid4().hex[:8]}-{n}" for n in range(12)]
     commands = [command("StartWorkflow", e, workflow_name="apart", input=None) for e in executions]
-    commands += [
-        command("SignalExecution", rng.choice(executions), name="tick", input={"n": n})
-        for n in range(600)
-    ]
-    _, kills = await asyncio.gather(
-        produce_paced(apart.env, commands, rng, 40, (0.1, 0.3)),
-        apart.kill_repeatedly("projector", 3, (0.5, 1.5), rng),
-    )
-    assert kills == 3
+    await produce_paced(apart.env, commands, rng, len(commands), (0.0, 0.0))
+    killed = asyncio.Event()
+
+    async def signals_until_killed() -> None:
+        # A load that lasts until the last kill: every kill comes mid-stream.
+        while not killed.is_set():
+            chunk = [
+                command("SignalExecution", rng.choice(executions), name="tick", input={"n": n})
+                for n in range(len(commands), len(commands) + 20)
+            ]
+            commands.extend(chunk)
+            await produce_paced(apart.env, chunk, rng, len(chunk), (0.2, 0.4))
+
+    async def kills() -> list[int]:
+        try:
+            return await _kill_while_writing(apart, models, executions, 3, rng)
+        finally:
+            killed.set()
+
+    _, at = await asyncio.gather(signals_until_killed(), kills())
+    # Each kill came after the projector had written part of the load, and before its end.
+    assert at == sorted(at) and at[0] > 0 and at[-1] < len(commands), at
 
     async def caught_up() -> None:
         newest: dict[str, int] = {}
@@ -146,3 +188,59 @@ async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_reb
     await rebuild(apart.env)
     assert await read_models(models) == live
     apart.start("projector")
+
+
+async def test_an_upgraded_deployment_refuses_an_empty_read_models_database_until_rebuilt(
+    isolated: dict[str, str], tmp_path: Path, mongo_db: Any, models_db: Any
+) -> None:
+    """A deployment from before the read models moved (one database) upgraded to the
+    default (a database of their own): the projector and the API refuse to start, saying
+    how to go on, instead of serving empty lists; after `runstore projections rebuild`
+    they serve the runs written before."""
+    one_database = {
+        **isolated,
+        "RUNSTORE_MONGO_READ_MODELS_DATABASE": isolated["RUNSTORE_MONGO_DATABASE"],
+    }
+    execution_id = f"old-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "before").mkdir()
+    with running(one_database, tmp_path / "before") as before:
+        client = Mistral(api_key="test-key", server_url=before.api_url)
+        run_id = client.workflows.execute_workflow(
+            workflow_identifier="old-wf", execution_id=execution_id
+        ).run_id
+        assert run_id is not None
+
+        async def projected_there() -> None:
+            assert await mongo_db[RUNS].count_documents({}) == 1
+
+        await assert_eventually(projected_there, timeout=60)
+
+    (tmp_path / "after").mkdir()
+    after = Stack(env=isolated, log_dir=tmp_path / "after")
+    try:
+        after.start("projector")
+        assert await asyncio.to_thread(after.procs["projector"].wait, 60) != 0
+        with pytest.raises(RuntimeError, match="projections rebuild"):
+            after.start("api")
+        assert "projections rebuild" in after.log_tail("projector", 80)
+        assert models_db.name in after.log_tail("projector", 80)
+        assert await models_db[RUNS].count_documents({}) == 0
+    finally:
+        after.stop_all()
+
+    await rebuild(isolated)
+    (tmp_path / "rebuilt").mkdir()
+    with running(isolated, tmp_path / "rebuilt") as rebuilt:
+        client = Mistral(api_key="test-key", server_url=rebuilt.api_url)
+        run = client.workflows.runs.get_run(run_id=run_id)
+        assert (run.execution_id, run.status) == (execution_id, "RUNNING")
+        page = client.workflows.runs.list_runs(search=execution_id)
+        assert [r.run_id for r in page.result.executions] == [run_id]
+        newer = f"new-{uuid.uuid4().hex[:8]}"
+        client.workflows.execute_workflow(workflow_identifier="new-wf", execution_id=newer)
+
+        async def projected() -> None:
+            assert await models_db[EXECUTIONS].find_one({"_id": newer}) is not None
+
+        await assert_eventually(projected, timeout=60)
+    assert await mongo_db[EXECUTIONS].find_one({"_id": newer}) is None

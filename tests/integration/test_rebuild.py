@@ -17,7 +17,7 @@ from services.common.readmodels.store import READ_MODELS
 from tests.support.eventually import assert_eventually
 from tests.support.exactly_once import assert_caught_up, read_models, rebuild
 from tests.support.kafka import command, produce
-from tests.support.stack import Stack
+from tests.support.stack import Stack, read_models_name
 
 Doc = dict[str, Any]
 
@@ -122,12 +122,12 @@ async def test_rebuilt_read_models_equal_the_live_ones(stack: Stack) -> None:
         await produce(env["RUNSTORE_KAFKA_BOOTSTRAP"], topic, records)
 
     mongo: AsyncMongoClient[Doc] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"], tz_aware=True)
-    db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
+    db, models = mongo[env["RUNSTORE_MONGO_DATABASE"]], mongo[read_models_name(env)]
     try:
         await asyncio.sleep(1.0)  # let the engine drain the last wave
-        await assert_eventually(lambda: assert_caught_up(db), timeout=60)
+        await assert_eventually(lambda: assert_caught_up(db, models), timeout=60)
         stack.stop("projector")
-        live = await read_models(db)
+        live = await read_models(models)
         assert len(live["runs"]) >= len(executions)
         statuses = {r["status"] for r in live["runs"].values()}
         assert len(statuses) >= 4, statuses
@@ -136,14 +136,14 @@ async def test_rebuilt_read_models_equal_the_live_ones(stack: Stack) -> None:
         # The progress bar (commits done and the rate), then the summary.
         assert "commits" in result.stderr and "/s" in result.stderr
         assert "rebuilt from" in result.stderr
-        rebuilt = await read_models(db)
+        rebuilt = await read_models(models)
         for name in READ_MODELS:
             assert rebuilt[name] == live[name], f"{name} differs after the rebuild"
 
         # The projector resumes and re-reads nothing new: the models stay equal.
         stack.start("projector")
         await asyncio.sleep(3.0)
-        assert await read_models(db) == live
+        assert await read_models(models) == live
     finally:
         await mongo.close()
 

@@ -31,7 +31,7 @@ from tests.support.exactly_once import (
     workload,
 )
 from tests.support.servers import free_port
-from tests.support.stack import Stack
+from tests.support.stack import Stack, read_models_name
 
 EXECUTIONS = 100
 HTTP_STARTS = 40
@@ -89,7 +89,7 @@ async def test_three_engines_two_projectors_two_apis_survive_kills_and_a_join(
         await asyncio.to_thread(engine, 3)
 
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env["RUNSTORE_MONGO_URL"])
-    db = mongo[env["RUNSTORE_MONGO_DATABASE"]]
+    db, models = mongo[env["RUNSTORE_MONGO_DATABASE"]], mongo[read_models_name(env)]
     try:
         started = time.monotonic()
         await asyncio.gather(
@@ -113,9 +113,9 @@ async def test_three_engines_two_projectors_two_apis_survive_kills_and_a_join(
                 assert reply.json()["run_id"] == run_id
 
         # The surviving projector took over the killed one's partitions.
-        await assert_eventually(lambda: assert_caught_up(db), timeout=90, interval=0.5)
+        await assert_eventually(lambda: assert_caught_up(db, models), timeout=90, interval=0.5)
         stack.stop("projector-0")
-        await assert_rebuild_equals(env, db, await read_models(db))
+        await assert_rebuild_equals(env, models, await read_models(models))
     finally:
         stack.stop_all()
         await mongo.close()

@@ -204,13 +204,14 @@ async def read_models(db: Any) -> dict[str, dict[str, Doc]]:
     return {name: {d["_id"]: d async for d in db[name].find({})} for name in READ_MODELS}
 
 
-async def assert_caught_up(db: Any) -> None:
-    """Every execution's read-model pointer is at its newest commit."""
+async def assert_caught_up(db: Any, models: Any) -> None:
+    """Every execution's read-model pointer (in `models`) is at its newest commit (in
+    `db`)."""
     newest: dict[str, int] = {}
     async for c in db.commits.find({"body": {"$exists": True}}, {"_id": 1}):  # not locators
         execution_id, _, seq = c["_id"].rpartition(":")
         newest[execution_id] = max(newest.get(execution_id, 0), int(seq))
-    pointers = {d["_id"]: d["seq"] async for d in db.executions.find({})}
+    pointers = {d["_id"]: d["seq"] async for d in models.executions.find({})}
     assert pointers == newest
 
 
@@ -229,10 +230,11 @@ async def rebuild(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 async def assert_rebuild_equals(
-    env: dict[str, str], db: Any, live: dict[str, dict[str, Doc]]
+    env: dict[str, str], models: Any, live: dict[str, dict[str, Doc]]
 ) -> None:
-    """Rebuilt read models equal `live`, collection by collection."""
+    """Rebuilt read models (in `models`, the read models' database) equal `live`,
+    collection by collection."""
     await rebuild(env)
-    rebuilt = await read_models(db)
+    rebuilt = await read_models(models)
     for name in READ_MODELS:
         assert rebuilt[name] == live[name], f"{name} differs after the rebuild"

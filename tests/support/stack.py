@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Protocol
 
 import httpx
 
+from services.common.mongo import read_models_database_name
+from services.common.settings import RunstoreSettings
 from tests.support.servers import free_port
 
 
@@ -125,7 +127,11 @@ class Stack:
         proc = self.procs.pop(service, None)
         if proc is None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:  # it exited by itself (e.g. refused to start)
+            proc.wait()
+            return
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -146,6 +152,16 @@ class Stack:
 CORE_SERVICES = ("engine", "projector", "api")
 TIMERS_STACK = ("engine", "projector", "timers", "api")
 WORKER_STACK = ("engine", "projector", "timers", "worker", "api")
+
+
+def read_models_name(env: Mapping[str, str]) -> str:
+    """The database a stack on `env` keeps its read models in (the services' rule)."""
+    return read_models_database_name(
+        RunstoreSettings(
+            mongo_database=env["RUNSTORE_MONGO_DATABASE"],
+            mongo_read_models_database=env.get("RUNSTORE_MONGO_READ_MODELS_DATABASE", ""),
+        )
+    )
 
 
 def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:

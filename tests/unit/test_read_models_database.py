@@ -1,4 +1,5 @@
-"""`read_models_database`: the read models' database is the setting's, or the commits'."""
+"""`read_models_database`: the read models' database is the setting's, or the commits'
+database's name with `_readmodels` after it."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ from services.common.mongo import mongo_database, read_models_database
 from services.common.settings import RunstoreSettings
 
 
-def test_without_the_setting_the_read_models_share_the_commits_database() -> None:
+def test_by_default_the_read_models_have_a_database_of_their_own() -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(connect=False)
-    settings = RunstoreSettings(mongo_database="rs")
-    assert read_models_database(client, settings).name == "rs"
+    settings = RunstoreSettings(mongo_database="rs", mongo_read_models_database="")
+    assert read_models_database(client, settings).name == "rs_readmodels"
     assert mongo_database(client, settings).name == "rs"
 
 
-def test_with_the_setting_the_read_models_have_a_database_of_their_own() -> None:
+def test_the_setting_names_the_read_models_database() -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(connect=False)
     settings = RunstoreSettings(mongo_database="rs", mongo_read_models_database="rs_models")
     assert read_models_database(client, settings).name == "rs_models"
     assert mongo_database(client, settings).name == "rs"
+
+
+def test_set_to_the_commits_database_they_share_it() -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(connect=False)
+    settings = RunstoreSettings(mongo_database="rs", mongo_read_models_database="rs")
+    assert read_models_database(client, settings).name == "rs"
