@@ -5,7 +5,7 @@ seeded as workers write: whole documents into the catalogue collections)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -163,12 +163,19 @@ class TestMemoryCatalogue(CatalogueContract):
 
 class TestMongoCatalogue(CatalogueContract):
     @pytest.fixture
-    def runs(self, db: Any) -> ReadModelStore:
-        return MongoReadModelStore(db)
+    async def models(self, db: Any) -> AsyncIterator[Any]:
+        """The read models' database, apart from the catalogue's (as the API runs it)."""
+        name = f"{db.name}_readmodels"
+        yield db.client[name]
+        await db.client.drop_database(name)
 
     @pytest.fixture
-    def catalogue(self, db: Any) -> MongoCatalogue:
-        return MongoCatalogue(db)
+    def runs(self, models: Any) -> ReadModelStore:
+        return MongoReadModelStore(models)
+
+    @pytest.fixture
+    def catalogue(self, db: Any, models: Any) -> MongoCatalogue:
+        return MongoCatalogue(db, models)
 
     @pytest.fixture
     def seed(self, db: Any) -> Seed:
