@@ -143,7 +143,10 @@ def _parked(retry: bool, execution_ids: list[str]) -> None:
             db = read_models_database(client, settings)
             if retry:
                 asked = await request_retry(db, execution_ids)
-                print(f"{asked} parked executions will be retried by their projectors")
+                print(
+                    f"{asked} parked executions (in {db.name!r}) will be retried by their "
+                    "projectors"
+                )
                 return
             parked = await parked_executions(db)
             for d in parked:
@@ -152,7 +155,7 @@ def _parked(retry: bool, execution_ids: list[str]) -> None:
                     f"attempts {d['attempts']}\tretry at {d['retry_at']:%Y-%m-%dT%H:%M:%SZ}\t"
                     f"{d['error']}"
                 )
-            print(f"{len(parked)} executions parked")
+            print(f"{len(parked)} executions parked (in {db.name!r})")
         finally:
             await client.close()
 
@@ -173,7 +176,12 @@ def _rebuild_projections(history_heads: bool | None = None) -> None:
         TimeElapsedColumn,
     )
 
-    from services.common.mongo import mongo_client, mongo_database, read_models_database
+    from services.common.mongo import (
+        mark_rebuild,
+        mongo_client,
+        mongo_database,
+        read_models_database,
+    )
     from services.common.mongo_commit_log import MongoCommitLog
     from services.common.readmodels.mongo_store import MongoReadModelStore
     from services.projector.parking import ParkedExecutions
@@ -215,6 +223,9 @@ def _rebuild_projections(history_heads: bool | None = None) -> None:
                     else "as a document (the layout before heads)"
                 )
             )
+            # Services refuse to start on a rebuild that has not finished (mongo.py,
+            # `ensure_read_models_in_place`): one that stops half-way is run again.
+            await mark_rebuild(models, "running")
             with bar:
                 report = await rebuild(
                     MongoReadModelStore(models),
@@ -223,6 +234,7 @@ def _rebuild_projections(history_heads: bool | None = None) -> None:
                     parking=ParkedExecutions(models),
                     history_heads=heads,
                 )
+            await mark_rebuild(models, "done")
         finally:
             await client.close()
         bar.console.print(

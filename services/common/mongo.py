@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -52,21 +53,50 @@ def read_models_database(
 
 
 class ReadModelsElsewhere(RuntimeError):
-    """The configured read models' database is empty while the commits' database holds
-    read models: a deployment from before they moved (or a changed setting)."""
+    """The read models' database cannot be served or projected into yet: empty while the
+    commits' database holds read models (a deployment from before they moved, or a
+    changed setting), or a rebuild into it started and has not finished."""
+
+
+READ_MODELS_STATE = "read_models_state"
+"""In the read models' database: `{_id: "rebuild", state: "running" | "done", at}`,
+written by `runstore projections rebuild` before it drops anything and after its last
+insert."""
+
+_REBUILD = "rebuild"
+
+
+async def mark_rebuild(models: AsyncDatabase[Document], state: str) -> None:
+    """Record a rebuild of `models` as `running` (before it drops anything) or `done`."""
+    await models[READ_MODELS_STATE].replace_one(
+        {"_id": _REBUILD}, {"_id": _REBUILD, "state": state, "at": datetime.now(UTC)}, upsert=True
+    )
 
 
 async def ensure_read_models_in_place(
     client: AsyncMongoClient[Document], settings: RunstoreSettings
 ) -> None:
-    """Refuse to serve or project from an empty read models' database while the commits'
-    database holds run rows: the API would answer empty lists and 404s for every run
-    written before, and the projector would go on from its committed offsets with none of
-    the earlier documents. Raises `ReadModelsElsewhere` with the two ways out."""
+    """Refuse to serve or project from a read models' database that holds less than the
+    commits say it should: the API would answer empty lists and 404s for runs written
+    before (and, on FerretDB, build its run list index from the part it found), and the
+    projector would go on from its committed offsets over documents that are not there,
+    or write beside a rebuild. Raises `ReadModelsElsewhere`, saying how to go on, when
+    - a rebuild into it started and did not finish (still running, or it stopped), or
+    - it is apart from the commits' database, has no execution pointer and no finished
+      rebuild, and the commits' database holds run rows (a deployment whose read models
+      are still there)."""
     name = read_models_database_name(settings)
-    if name == settings.mongo_database:
+    models = client[name]
+    rebuild = await models[READ_MODELS_STATE].find_one({"_id": _REBUILD})
+    if rebuild is not None and rebuild.get("state") != "done":
+        raise ReadModelsElsewhere(
+            f"a rebuild of the read models in {name!r} started at {rebuild.get('at')} and "
+            f"has not finished (it is running, or it stopped): wait for it, or run "
+            f"`runstore projections rebuild` again, with the projectors stopped"
+        )
+    if name == settings.mongo_database or rebuild is not None:
         return
-    if await client[name][EXECUTIONS].find_one({}, {"_id": 1}) is not None:
+    if await models[EXECUTIONS].find_one({}, {"_id": 1}) is not None:
         return
     if await client[settings.mongo_database][RUNS].find_one({}, {"_id": 1}) is None:
         return
@@ -74,9 +104,9 @@ async def ensure_read_models_in_place(
         f"the read models' database {name!r} is empty, but {settings.mongo_database!r} "
         f"(the commits' database) holds run rows from before the read models moved. "
         f"Either set RUNSTORE_MONGO_READ_MODELS_DATABASE={settings.mongo_database} to keep "
-        f"them there, or stop the projectors and run `runstore projections rebuild` to build "
-        f"them in {name!r} from the commits (then runs, executions, history and "
-        f"parked_executions can be dropped from {settings.mongo_database!r})"
+        f"them there, or stop the API, projectors and timers and run `runstore projections "
+        f"rebuild` to build them in {name!r} from the commits (then runs, executions, "
+        f"history and parked_executions can be dropped from {settings.mongo_database!r})"
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import services.common.mongo as mongo_module
 import services.projector.rebuild as rebuild_module
 from services.cli import main
 from services.projector.rebuild import RebuildReport
@@ -31,12 +32,18 @@ def test_the_rebuild_writes_the_layout_the_command_line_or_else_the_environment_
     expected: bool,
 ) -> None:
     asked: list[bool] = []
+    steps: list[str] = []
 
     async def fake_rebuild(*_args: Any, history_heads: bool, **_options: Any) -> RebuildReport:
         asked.append(history_heads)
+        steps.append("rebuild")
         return RebuildReport(commits=0, events=0, runs=0, executions=0, history_chunks=0)
 
+    async def fake_mark(models: Any, state: str) -> None:
+        steps.append(state)
+
     monkeypatch.setattr(rebuild_module, "rebuild", fake_rebuild)
+    monkeypatch.setattr(mongo_module, "mark_rebuild", fake_mark)
     if env is None:
         monkeypatch.delenv("RUNSTORE_PROJECTOR_HISTORY_HEADS", raising=False)
     else:
@@ -45,5 +52,7 @@ def test_the_rebuild_writes_the_layout_the_command_line_or_else_the_environment_
         main(["projections", "rebuild", *argv])
     assert exit_.value.code == 0
     assert asked == [expected]
+    # Marked running before anything is dropped, done after the last insert.
+    assert steps == ["running", "rebuild", "done"]
     said = capsys.readouterr().err
     assert ("in its run row" if expected else "as a document") in said
