@@ -47,6 +47,8 @@ import infra  # noqa: E402
 from cpu_meter import CpuMeter, tcp_port, tcp_sockets  # noqa: E402
 from loadgen import HttpConnection, drive, pct  # noqa: E402
 
+from services.common.mongo import READ_MODELS_SUFFIX  # noqa: E402
+
 OP_MSG = 2013
 OP_QUERY = 2004
 
@@ -265,16 +267,20 @@ def dump_one_start(mongo_url: str, out: Path) -> None:
 
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_url)
     try:
-        name = next(n for n in client.list_database_names() if n.startswith("bench_"))
-        db = client[name]
-        run = db["runs"].find_one({})
+        name = next(
+            n
+            for n in client.list_database_names()
+            if n.startswith("bench_") and not n.endswith(READ_MODELS_SUFFIX)
+        )
+        db, models = client[name], client[name + READ_MODELS_SUFFIX]
+        run = models["runs"].find_one({})
         assert run is not None
         execution_id = run["execution_id"]
         docs = {
             "commits": list(db["commits"].find({"_id": f"{execution_id}:{1:012d}"})),
             "runs": [run],
-            "executions": list(db["executions"].find({"_id": execution_id})),
-            "history": list(db["history"].find({"run_id": run["run_id"]})),
+            "executions": list(models["executions"].find({"_id": execution_id})),
+            "history": list(models["history"].find({"run_id": run["run_id"]})),
         }
         out.write_text(json_util.dumps(docs, indent=1))
     finally:

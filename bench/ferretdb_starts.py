@@ -154,6 +154,7 @@ def run_variant(
     ids: str = "random",
     head: bool = False,
     api_executions: bool = False,
+    read_models_db: str = "bench_readmodels",
 ) -> tuple[float, float, float]:
     """(FerretDB CPU ms per start, wall seconds, peak RSS MB) over `starts` after `warmup`; with
     `profile`, a 5-second Go CPU profile of the server from the measured part's start."""
@@ -166,7 +167,7 @@ def run_variant(
         try:
             engine: MongoClient[dict[str, Any]] = MongoClient(url)
             projector: MongoClient[dict[str, Any]] = MongoClient(url)
-            edb, pdb = engine["bench"], projector["bench"]
+            edb, pdb = engine["bench"], projector[read_models_db]
             edb["commits"].create_index("command_id", unique=True, name="command_id_unique")
             for name in ("runs", "executions", "history"):
                 pdb.create_collection(name)
@@ -238,6 +239,13 @@ def main() -> None:
         help="bench: h-<run>-<n>, as bench/http_gateway.py names them; api: made as the "
         "API makes an execution id the request does not give (of the --ids kind)",
     )
+    parser.add_argument(
+        "--read-models-db",
+        default="bench_readmodels",
+        help="the database of the projector's writes; the engine's is `bench`. Default: one "
+        "of their own, as the services keep them since the sixteenth session; `bench` for "
+        "the one database before",
+    )
     parser.add_argument("--pprof", type=Path, help="save a CPU profile per run in this directory")
     parser.add_argument(
         "--layout",
@@ -286,6 +294,7 @@ def main() -> None:
                 kind,
                 head,
                 args.execution_ids == "api",
+                args.read_models_db,
             )
             cell = f"{ms:.3f} ms ({args.starts / wall:.0f} starts/s, {rss:.0f} MB, load {load:.1f})"
             results[name].append(cell)

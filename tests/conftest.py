@@ -50,6 +50,7 @@ def settings(isolated: dict[str, str]) -> RunstoreSettings:
         kafka_bootstrap=isolated["RUNSTORE_KAFKA_BOOTSTRAP"],
         mongo_url=isolated["RUNSTORE_MONGO_URL"],
         mongo_database=isolated["RUNSTORE_MONGO_DATABASE"],
+        mongo_read_models_database=isolated["RUNSTORE_MONGO_READ_MODELS_DATABASE"],
         topic_prefix=isolated["RUNSTORE_TOPIC_PREFIX"],
         partitions=int(isolated["RUNSTORE_PARTITIONS"]),
     )

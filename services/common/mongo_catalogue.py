@@ -32,13 +32,11 @@ _ADMISSION_MEMORY = 10_000
 
 
 class MongoCatalogue:
-    def __init__(
-        self, db: AsyncDatabase[Document], read_models: AsyncDatabase[Document] | None = None
-    ) -> None:
+    def __init__(self, db: AsyncDatabase[Document], read_models: AsyncDatabase[Document]) -> None:
         self._db = db
         # The run rows the status filter reads (services/common/mongo.py,
         # `read_models_database`); the catalogue's own documents are in `db`.
-        self._runs = (read_models if read_models is not None else db)[RUNS]
+        self._runs = read_models[RUNS]
         # workflow name -> (valid until, its document or None): execute's admission reads.
         self._admission: dict[str, tuple[float, Document | None]] = {}
         # workflow name -> the admission read under way: one at a time per name.

@@ -171,6 +171,7 @@ def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
         "RUNSTORE_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "RUNSTORE_MONGO_URL": mongo_url,
         "RUNSTORE_MONGO_DATABASE": f"t_{tag}",
+        "RUNSTORE_MONGO_READ_MODELS_DATABASE": "",  # the default, whatever the shell has
         "RUNSTORE_TOPIC_PREFIX": f"t{tag}.",
         "RUNSTORE_PARTITIONS": "4",
         "RUNSTORE_API_KEYS": "test-key=alice,bob-key=bob",
