@@ -164,7 +164,7 @@ async def test_the_projector_process_parks_goes_on_and_retries_when_asked(
         )
         out, _ = await retry.communicate()
         assert retry.returncode == 0
-        assert b"1 parked executions will be retried" in out
+        assert f"1 parked executions (in {models_db.name!r}) will be retried".encode() in out
 
         async def unparked() -> None:
             assert await parked_count(models_db) == 0
