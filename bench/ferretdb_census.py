@@ -47,7 +47,7 @@ import infra  # noqa: E402
 from cpu_meter import CpuMeter, tcp_port, tcp_sockets  # noqa: E402
 from loadgen import HttpConnection, drive, pct  # noqa: E402
 
-from services.common.mongo import READ_MODELS_SUFFIX  # noqa: E402
+from services.common.settings import READ_MODELS_SUFFIX  # noqa: E402
 
 OP_MSG = 2013
 OP_QUERY = 2004

@@ -29,12 +29,9 @@ def mongo_database(
     return client[settings.mongo_database]
 
 
-READ_MODELS_SUFFIX = "_readmodels"
-
-
 def read_models_database_name(settings: RunstoreSettings) -> str:
     """`mongo_read_models_database`, or `<mongo_database>_readmodels` when that is empty."""
-    return settings.mongo_read_models_database or settings.mongo_database + READ_MODELS_SUFFIX
+    return settings.read_models_database
 
 
 def read_models_database(

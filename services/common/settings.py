@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.admission import MAX_COMMAND_BYTES
+
+READ_MODELS_SUFFIX = "_readmodels"
+"""Appended to `mongo_database` for the read models' database when none is named."""
+MAX_DATABASE_NAME_BYTES = 63
+"""MongoDB's and FerretDB's longest database name."""
 
 
 class RunstoreSettings(BaseSettings):
@@ -55,6 +60,29 @@ class RunstoreSettings(BaseSettings):
         """A consumer group name scoped like the topics: deployments sharing one cluster
         under different prefixes never join each other's groups."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def read_models_database(self) -> str:
+        """`mongo_read_models_database`, or `<mongo_database>_readmodels` when it is empty."""
+        return self.mongo_read_models_database or self.mongo_database + READ_MODELS_SUFFIX
+
+    @model_validator(mode="after")
+    def _database_names_fit(self) -> RunstoreSettings:
+        # Refused here, with the setting's name, rather than as InvalidNamespace at the
+        # first request (the default read models' name is 11 bytes longer).
+        for setting, name in (
+            ("RUNSTORE_MONGO_DATABASE", self.mongo_database),
+            (
+                "the read models' database (RUNSTORE_MONGO_READ_MODELS_DATABASE, or "
+                "RUNSTORE_MONGO_DATABASE + '_readmodels')",
+                self.read_models_database,
+            ),
+        ):
+            if len(name.encode()) > MAX_DATABASE_NAME_BYTES:
+                raise ValueError(
+                    f"{setting} is {name!r}: longer than {MAX_DATABASE_NAME_BYTES} bytes"
+                )
+        return self
 
 
 class Topics:
