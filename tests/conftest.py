@@ -13,7 +13,6 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from schemas.common import check_trusted_models
-from services.common.mongo import read_models_database_name
 from services.common.settings import RunstoreSettings
 from tests.support.servers import REPO, kafka_server, mongo_server
 from tests.support.stack import CORE_SERVICES, Stack, StackWith, isolated_env, running
@@ -76,7 +75,7 @@ async def models_db(settings: RunstoreSettings) -> AsyncIterator[object]:
         settings.mongo_url, tz_aware=True
     )
     try:
-        name = read_models_database_name(settings)
+        name = settings.read_models_database
         yield client[name]
         await client.drop_database(name)
     finally:

@@ -29,16 +29,11 @@ def mongo_database(
     return client[settings.mongo_database]
 
 
-def read_models_database_name(settings: RunstoreSettings) -> str:
-    """`mongo_read_models_database`, or `<mongo_database>_readmodels` when that is empty."""
-    return settings.read_models_database
-
-
 def read_models_database(
     client: AsyncMongoClient[Document], settings: RunstoreSettings
 ) -> AsyncDatabase[Document]:
     """The database of the read models and the projector's parked executions
-    (`read_models_database_name`), apart from the commits' by default.
+    (`settings.read_models_database`), apart from the commits' by default.
 
     FerretDB's SQLite backend keeps each database in a file of its own, and SQLite lets
     one connection write to a file at a time: in the commits' database, every projector
@@ -46,7 +41,7 @@ def read_models_database(
     engine's next insert back until its commit. In a file of their own they are written
     beside each other (docs/local-store.md). On MongoDB it changes nothing but the name:
     nothing writes both in one transaction."""
-    return client[read_models_database_name(settings)]
+    return client[settings.read_models_database]
 
 
 class ReadModelsElsewhere(RuntimeError):
@@ -82,14 +77,14 @@ async def ensure_read_models_in_place(
     - it is apart from the commits' database, has no execution pointer and no finished
       rebuild, and the commits' database holds run rows (a deployment whose read models
       are still there)."""
-    name = read_models_database_name(settings)
+    name = settings.read_models_database
     models = client[name]
     rebuild = await models[READ_MODELS_STATE].find_one({"_id": _REBUILD})
     if rebuild is not None and rebuild.get("state") != "done":
         raise ReadModelsElsewhere(
             f"a rebuild of the read models in {name!r} started at {rebuild.get('at')} and "
             f"has not finished (it is running, or it stopped): wait for it, or run "
-            f"`runstore projections rebuild` again, with the projectors stopped"
+            f"`runstore projections rebuild` again, with the API, projectors and timers stopped"
         )
     if name == settings.mongo_database or rebuild is not None:
         return

@@ -18,7 +18,6 @@ from typing import Protocol
 
 import httpx
 
-from services.common.mongo import read_models_database_name
 from services.common.settings import RunstoreSettings
 from tests.support.servers import free_port
 
@@ -156,12 +155,10 @@ WORKER_STACK = ("engine", "projector", "timers", "worker", "api")
 
 def read_models_name(env: Mapping[str, str]) -> str:
     """The database a stack on `env` keeps its read models in (the services' rule)."""
-    return read_models_database_name(
-        RunstoreSettings(
-            mongo_database=env["RUNSTORE_MONGO_DATABASE"],
-            mongo_read_models_database=env.get("RUNSTORE_MONGO_READ_MODELS_DATABASE", ""),
-        )
-    )
+    return RunstoreSettings(
+        mongo_database=env["RUNSTORE_MONGO_DATABASE"],
+        mongo_read_models_database=env.get("RUNSTORE_MONGO_READ_MODELS_DATABASE", ""),
+    ).read_models_database
 
 
 def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
