@@ -26,8 +26,8 @@ from schemas.commits import commit_id
 from services.common.mongo import mark_rebuild
 from services.common.readmodels.store import EXECUTIONS, READ_MODELS, RUNS
 from tests.support.eventually import assert_eventually, wait_until
-from tests.support.exactly_once import produce_paced, read_models, rebuild
-from tests.support.kafka import command
+from tests.support.exactly_once import assert_caught_up, produce_paced, read_models, rebuild
+from tests.support.kafka import command, commits_of
 from tests.support.stack import Stack, StackWith, running
 
 MODELS = f"rm_{uuid.uuid4().hex[:10]}"
@@ -176,17 +176,9 @@ async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_reb
     assert len(at) == 3 and at[0] > 0, at
 
     async def caught_up() -> None:
-        newest: dict[str, int] = {}
-        for e in executions:
-            seq = 0
-            while await main.commits.find_one({"_id": commit_id(e, seq + 1)}, {"_id": 1}):
-                seq += 1
-            newest[e] = seq
-        assert sum(newest.values()) == len(commands)  # every command was applied once
-        pointers = {
-            d["_id"]: d["seq"] async for d in models[EXECUTIONS].find({"_id": {"$in": executions}})
-        }
-        assert pointers == newest
+        stored = [await commits_of(apart.env, e) for e in executions]
+        assert sum(map(len, stored)) == len(commands)  # every command was applied once
+        await assert_caught_up(main, models)
 
     await assert_eventually(caught_up, timeout=120)
     for name in READ_MODELS:
