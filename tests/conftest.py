@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from schemas.common import check_trusted_models
 from services.common.settings import RunstoreSettings
 from tests.support.servers import REPO, kafka_server, mongo_server
-from tests.support.stack import CORE_SERVICES, Stack, StackWith, isolated_env, running
+from tests.support.stack import CORE_SERVICES, Stack, StackWith, private_env, running
 
 REAL_INFRA_FIXTURES = {"kafka_bootstrap", "mongo_url"}
 
@@ -39,8 +39,9 @@ def mongo_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def isolated(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
-    return isolated_env(kafka_bootstrap, mongo_url)
+def isolated(kafka_bootstrap: str, mongo_url: str) -> Iterator[dict[str, str]]:
+    with private_env(kafka_bootstrap, mongo_url) as env:
+        yield env
 
 
 @pytest.fixture
@@ -89,6 +90,17 @@ def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         yield s
 
 
+@contextmanager
+def _private_stack(
+    env: AbstractContextManager[dict[str, str]],
+    log_dir: Path,
+    services: tuple[str, ...],
+    worker_module: str,
+) -> Iterator[Stack]:
+    with env as settings, running(settings, log_dir, services, worker_module) as stack:
+        yield stack
+
+
 @pytest.fixture(scope="session")
 def stack_with(
     kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -101,8 +113,12 @@ def stack_with(
         worker_module: str = "examples.workflows",
         **env: str,
     ) -> AbstractContextManager[Stack]:
-        settings = {**isolated_env(kafka_bootstrap, mongo_url), **env}
-        return running(settings, tmp_path_factory.mktemp("stack"), services, worker_module)
+        return _private_stack(
+            private_env(kafka_bootstrap, mongo_url, **env),
+            tmp_path_factory.mktemp("stack"),
+            services,
+            worker_module,
+        )
 
     return start
 

@@ -18,6 +18,7 @@ from services.common.mongo_catalogue import MongoCatalogue
 from services.common.readmodels.memory_store import DuplicateDocument, MemoryReadModels
 from services.common.readmodels.mongo_store import MongoReadModelStore
 from services.common.readmodels.store import RUNS, Document, ReadModelStore
+from services.common.settings import READ_MODELS_SUFFIX
 from services.common.worker_registry import (
     EXECUTION_LOGS,
     REGISTRATIONS,
@@ -165,7 +166,7 @@ class TestMongoCatalogue(CatalogueContract):
     @pytest.fixture
     async def models(self, db: Any) -> AsyncIterator[Any]:
         """The read models' database, apart from the catalogue's (as the API runs it)."""
-        name = f"{db.name}_readmodels"
+        name = db.name + READ_MODELS_SUFFIX
         yield db.client[name]
         await db.client.drop_database(name)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,25 +120,22 @@ async def _pointer_seqs(models: Any, executions: list[str]) -> int:
     return sum([d["seq"] async for d in models[EXECUTIONS].find({"_id": {"$in": executions}})])
 
 
-async def _kill_while_writing(
-    stack: Stack, models: Any, executions: list[str], times: int, rng: random.Random
-) -> list[int]:
-    """SIGKILL the projector `times` times, each time once it has written something
-    since it was (re)started, and start it again at once. Returns the pointer seqs' sum
-    at each kill."""
-    at: list[int] = []
-    for _ in range(times):
+def _written_since(
+    models: Any, executions: list[str], at: list[int]
+) -> Callable[[], Awaitable[None]]:
+    """A `Stack.kill_repeatedly` readiness check: returns once the projector has written
+    since the last call (its (re)start), recording the pointer seqs' sum in `at`."""
+
+    async def ready() -> None:
         before = await _pointer_seqs(models, executions)
 
-        async def wrote(before: int = before) -> None:
+        async def wrote() -> None:
             assert await _pointer_seqs(models, executions) > before
 
         await assert_eventually(wrote, timeout=60, interval=0.05)
-        await asyncio.sleep(rng.uniform(0.0, 0.3))  # somewhere in its next batches
         at.append(await _pointer_seqs(models, executions))
-        stack.kill("projector")
-        stack.start("projector")
-    return at
+
+    return ready
 
 
 async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_rebuild(
@@ -164,16 +161,21 @@ async def test_a_projector_killed_while_writing_apart_leaves_them_equal_to_a_reb
             commands.extend(chunk)
             await produce_paced(apart.env, chunk, rng, len(chunk), (0.0, 0.05))
 
-    async def kills() -> list[int]:
+    at: list[int] = []
+
+    async def kills() -> int:
         try:
-            return await _kill_while_writing(apart, models, executions, 3, rng)
+            # Each kill 0-0.3 s after the projector was seen writing since its restart:
+            # somewhere in its next batches.
+            ready = _written_since(models, executions, at)
+            return await apart.kill_repeatedly("projector", 3, (0.0, 0.3), rng, ready)
         finally:
             killed.set()
 
-    _, at = await asyncio.gather(signals_until_killed(), kills())
+    _, kills_done = await asyncio.gather(signals_until_killed(), kills())
     # Each kill came after the projector had written since its (re)start (the first one's
     # start being the stack's: it had written part of this load).
-    assert len(at) == 3 and at[0] > 0, at
+    assert kills_done == len(at) == 3 and at[0] > 0, at
 
     async def caught_up() -> None:
         stored = [await commits_of(apart.env, e) for e in executions]

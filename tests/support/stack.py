@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import httpx
+from pymongo import MongoClient
 
 from services.common.settings import RunstoreSettings
 from tests.support.servers import free_port
@@ -110,12 +111,20 @@ class Stack:
         proc.wait()
 
     async def kill_repeatedly(
-        self, service: str, times: int, pause: tuple[float, float], rng: random.Random
+        self,
+        service: str,
+        times: int,
+        pause: tuple[float, float],
+        rng: random.Random,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         """SIGKILL `service` `times` times, each a random `pause` (seconds) after it was
-        (re)started, and start it again at once; returns how many kills were done."""
+        (re)started (after `ready()` returned, when given: e.g. once it wrote something),
+        and start it again at once; returns how many kills were done."""
         kills = 0
         while kills < times:
+            if ready is not None:
+                await ready()
             await asyncio.sleep(rng.uniform(*pause))
             self.kill(service)
             kills += 1
@@ -177,6 +186,28 @@ def isolated_env(kafka_bootstrap: str, mongo_url: str) -> dict[str, str]:
         "RUNSTORE_API_ALLOW_UNREGISTERED": "true",
         "RUNSTORE_LOG_LEVEL": "INFO",
     }
+
+
+def drop_databases(env: Mapping[str, str]) -> None:
+    """Drop the commits' and the read models' databases of a stack's `env` (its private
+    ones: `isolated_env`), so a shared test server (RUNSTORE_TEST_MONGO_URL) does not keep
+    them."""
+    client: MongoClient[dict[str, object]] = MongoClient(env["RUNSTORE_MONGO_URL"])
+    try:
+        for name in {env["RUNSTORE_MONGO_DATABASE"], read_models_name(env)}:
+            client.drop_database(name)
+    finally:
+        client.close()
+
+
+@contextmanager
+def private_env(kafka_bootstrap: str, mongo_url: str, **overrides: str) -> Iterator[dict[str, str]]:
+    """`isolated_env` with `overrides`, its databases dropped when the block ends."""
+    env = {**isolated_env(kafka_bootstrap, mongo_url), **overrides}
+    try:
+        yield env
+    finally:
+        drop_databases(env)
 
 
 @contextmanager
