@@ -192,7 +192,11 @@ def drop_databases(env: Mapping[str, str]) -> None:
     """Drop the commits' and the read models' databases of a stack's `env` (its private
     ones: `isolated_env`), so a shared test server (RUNSTORE_TEST_MONGO_URL) does not keep
     them."""
-    client: MongoClient[dict[str, object]] = MongoClient(env["RUNSTORE_MONGO_URL"])
+    # A short server selection: a server gone at teardown fails it in seconds, beside the
+    # test's own error, rather than after pymongo's default 30 s.
+    client: MongoClient[dict[str, object]] = MongoClient(
+        env["RUNSTORE_MONGO_URL"], serverSelectionTimeoutMS=5000
+    )
     try:
         for name in {env["RUNSTORE_MONGO_DATABASE"], read_models_name(env)}:
             client.drop_database(name)
