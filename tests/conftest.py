@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,17 +90,6 @@ def stack(isolated: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         yield s
 
 
-@contextmanager
-def _private_stack(
-    env: AbstractContextManager[dict[str, str]],
-    log_dir: Path,
-    services: tuple[str, ...],
-    worker_module: str,
-) -> Iterator[Stack]:
-    with env as settings, running(settings, log_dir, services, worker_module) as stack:
-        yield stack
-
-
 @pytest.fixture(scope="session")
 def stack_with(
     kafka_bootstrap: str, mongo_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -108,17 +97,18 @@ def stack_with(
     """Starts stacks with the test's own settings: `with stack_with(RUNSTORE_X="1") as s`
     (module fixtures use it to share one stack; `services=` picks what runs)."""
 
+    @contextmanager
     def start(
         services: tuple[str, ...] = CORE_SERVICES,
         worker_module: str = "examples.workflows",
         **env: str,
-    ) -> AbstractContextManager[Stack]:
-        return _private_stack(
-            private_env(kafka_bootstrap, mongo_url, **env),
-            tmp_path_factory.mktemp("stack"),
-            services,
-            worker_module,
-        )
+    ) -> Iterator[Stack]:
+        log_dir = tmp_path_factory.mktemp("stack")
+        with (
+            private_env(kafka_bootstrap, mongo_url, **env) as settings,
+            running(settings, log_dir, services, worker_module) as stack,
+        ):
+            yield stack
 
     return start
 
