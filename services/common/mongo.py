@@ -77,8 +77,8 @@ async def ensure_read_models_in_place(
     - it is apart from the commits' database, has no execution pointer and no finished
       rebuild, and the commits' database holds run rows (a deployment whose read models
       are still there)."""
-    name = settings.read_models_database
-    models = client[name]
+    models = read_models_database(client, settings)
+    name = models.name
     rebuild = await models[READ_MODELS_STATE].find_one({"_id": _REBUILD})
     if rebuild is not None and rebuild.get("state") != "done":
         raise ReadModelsElsewhere(
