@@ -11,7 +11,7 @@ next: no sleep, and no spin either (each wait lasts up to `IDLE_FETCH_WAIT_MS` w
 wake-up or two per second).
 
 A subscriber whose consumer asks the broker to gather records (`fetch_min_bytes` > 1 with a
-`fetch_max_wait_ms`: the engine's 64 KiB / 5 ms, the projector's, the timers') gathers only
+`fetch_max_wait_ms`: the projector's, the timers', an engine's set to gather) gathers only
 while records come: after an idle `getmany` (no record for `IDLE_FETCH_WAIT_MS`) its fetches
 ask for any record within `IDLE_BROKER_WAIT_MS`, as aiokafka's defaults do, and the first
 batch that comes restores the consumer's own settings. Gathering while idle was a fetch

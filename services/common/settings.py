@@ -145,26 +145,28 @@ class EngineSettings(RunstoreSettings):
     service runs this version. Every layout is read by this version."""
     engine_health_port: int | None = 9464
     """Port of the engine's /healthz, /readyz and /metrics (unset/empty: none)."""
-    engine_fetch_wait_ms: int = Field(default=5, ge=0, le=10_000)
-    engine_fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
-    """The engine's fetches of commands wait for this many bytes, or the wait above,
-    whichever comes first: a backlog is fetched at once, and commands that trickle in (a
-    worker's or the API's pace) come in fewer, fuller fetches, at most 5 ms later. Against
-    aiokafka's defaults (1 byte, 500 ms: a fetch answered as soon as one command
-    arrives), the engine spent 6-28% less CPU per workflow of the workers bench, in 4
-    alternating pairs (docs/engine-performance.md, "Eighth session"). 1: as soon
-    as anything arrives."""
+    engine_fetch_wait_ms: int = Field(default=500, ge=0, le=10_000)
+    engine_fetch_min_bytes: int = Field(default=1, ge=1)
+    """The engine's fetches of commands are answered once this many bytes have come, or
+    after the wait above, whichever is first. The default (1 byte, 500 ms: aiokafka's own)
+    answers a fetch at its first command, and an idle engine asks twice a second. Above 1
+    byte the engine gathers (e.g. 65536 bytes / 5 ms): commands that trickle in wait up to
+    the wait for fuller fetches, and the two settings below shape when it does. Gathering
+    cost a closed loop of HTTP clients ~10 % of its starts per second (each wave waited in
+    a fetch) and saved no CPU per start, per workflow or in a drain (docs/write-path-cost.md,
+    "Eighteenth session"). A partition sought back after a failed batch may wait up to the
+    wait for the fetch the broker holds."""
     engine_fetch_pace_each: bool = False
-    """True: the engine stops gathering at its first empty fetch
-    (batch_subscriber.pace_by_response), not only after an idle second. It halves the
-    engine's fetches in a closed loop of clients, but splits waves of commands into smaller
-    batches; on a quiet box the whole stack's CPU per start was ~10 % higher with it in
-    three closed-loop pairs (docs/write-path-cost.md, "Tenth session"): a knob until a
-    rule that keeps waves whole. `engine_fetch_gather_above_per_s`, when set, is applied
-    instead."""
+    """For a gathering engine (`engine_fetch_min_bytes` above 1). True: it stops gathering
+    at its first empty fetch (batch_subscriber.pace_by_response), not only after an idle
+    second. It halves the engine's fetches in a closed loop of clients, but splits waves of
+    commands into smaller batches; on a quiet box the whole stack's CPU per start was ~10 %
+    higher with it in three closed-loop pairs (docs/write-path-cost.md, "Tenth session"): a
+    knob until a rule that keeps waves whole. `engine_fetch_gather_above_per_s`, when set,
+    is applied instead."""
     engine_fetch_gather_above_per_s: float = Field(default=0.0, ge=0)
-    """When set, the engine's fetches gather (the two settings above) only while commands
-    come at least this fast (counted each second; once gathering, down to half of it);
+    """For a gathering engine. When set, its fetches gather only while commands come at
+    least this fast (counted each second; once gathering, down to half of it);
     slower, a fetch is answered at its first command (held at most 25 ms). 0 (the
     default): gather whenever commands come. Below ~200/s a gathering fetch mostly expires
     at its wait with a few commands or none; 200 cut the broker's requests per start by
