@@ -1,6 +1,6 @@
 """What an empty Kafka fetch costs the broker and the consumer, by how it ends: answered at
-once (`fetch_max_wait_ms` 0) or held by the broker until its wait expires (the engine's
-gathering fetch: 64 KiB or 5 ms), by the number of partitions it names.
+once (`fetch_max_wait_ms` 0) or held by the broker until its wait expires (a gathering
+fetch, e.g. an engine's set to 64 KiB or 5 ms), by the number of partitions it names.
 
     .venv/bin/python bench/fetch_wait_cost.py [--seconds 10] [--rounds 2]
 

@@ -159,7 +159,7 @@ def pace_by_response(consumer: object) -> bool:
     then paces by `getmany`s: `fetch_pace`); true otherwise, also for one that never
     gathers (nothing to change).
 
-    Why (the engine): its fetch gathers 64 KiB or 5 ms, and in a closed loop of clients the
+    Why (an engine set to gather, e.g. 64 KiB or 5 ms): in a closed loop of clients the
     commands come in waves, one produce request each, with tens of milliseconds between
     them. `fetch_pace` turns gathering off only after a whole idle `getmany`, so between two
     waves the fetcher sent a fetch every 5 ms that the broker held and expired empty (the

@@ -158,8 +158,8 @@ async def test_records_after_idle_fetches_are_consumed(
 
 @asynccontextmanager
 async def _gathering_consumer(settings: RunstoreSettings) -> AsyncIterator[AIOKafkaConsumer]:
-    """A consumer gathering as the engine's does (64 KiB or 5 ms), assigned every partition
-    of the commands topic at its end; stopped on exit."""
+    """A consumer that gathers (64 KiB or 5 ms, as an engine set to gather does), assigned
+    every partition of the commands topic at its end; stopped on exit."""
     await ensure_topics(settings)
     topic = settings.topics.commands
     consumer = AIOKafkaConsumer(
@@ -181,8 +181,8 @@ async def _gathering_consumer(settings: RunstoreSettings) -> AsyncIterator[AIOKa
 async def test_a_gathering_consumer_asks_for_any_record_while_idle(
     settings: RunstoreSettings,
 ) -> None:
-    # The engine's fetches gather (64 KiB or 5 ms); idle, that was a fetch every 5 ms for
-    # nothing. After an idle getmany the fetcher asks for any record; the first batch
+    # A gathering consumer's fetches (64 KiB or 5 ms) would go every 5 ms for nothing
+    # while idle. After an idle getmany the fetcher asks for any record; the first batch
     # that comes gives it back its own settings.
     topic = settings.topics.commands
     async with _gathering_consumer(settings) as consumer:
