@@ -78,11 +78,15 @@ def _pid_of(run_dir: Path, name: str, not_: int | None = None) -> int:
     """Wait for `name`'s pidfile to name a live process (other than `not_`)."""
 
     def check() -> int:
-        path = run_dir / f"{name}.pid"
-        assert path.exists(), f"no pidfile for {name}"
-        pid = int(json.loads(path.read_text())["pid"])
+        # A new supervisor removes a stale pidfile before it starts the service again, so
+        # the file may vanish between any check and the read: absent means "not yet".
+        try:
+            text = (run_dir / f"{name}.pid").read_text()
+        except FileNotFoundError:
+            raise AssertionError(f"no pidfile for {name}") from None
+        pid = int(json.loads(text)["pid"])
         assert pid != not_, f"{name} not restarted yet"
-        assert _state(pid) not in ("Z", "X")
+        assert not _gone(pid), f"{name}'s pidfile names a dead process"
         return pid
 
     return wait_until(check, timeout=60)
