@@ -1,6 +1,7 @@
 """Engine throughput and command→commit latency on real Kafka and the MongoDB-protocol server.
 
     .venv/bin/python bench/engine_throughput.py [--commands 20000] [--warmup 10000] [--profile]
+        [--rate R] [--timeline MS] [--per-record]
 
 Uses RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when set, else starts local servers
 (deploy/local/infra.py) on free ports. Prints, in one run:
@@ -12,9 +13,13 @@ Uses RUNSTORE_KAFKA_BOOTSTRAP / RUNSTORE_MONGO_URL when set, else starts local s
   outcome to the last → commands/s, that rate as a ratio of each baseline, and the CPU
   each process (engine, Kafka, database) spent per command meanwhile, with the rate the
   box's cores would allow at that cost;
-- latency: commands produced at a steady rate (half the drain rate), p50/p99 from the
-  producer's send to the engine's outcome (which is published after the commit), and
-  where the engine's batches spent that phase (`runstore_engine_batch_stage_seconds`).
+- latency: commands produced at a steady rate (half the drain rate), p50/p99 from when
+  each was due to be sent to the engine's outcome (which is published after the commit),
+  the CPU per command of each process in that phase (this one's too: its producer and
+  outcome reader share the cores), and where the engine's batches spent that phase
+  (`runstore_engine_batch_stage_seconds`). The commands go every 10 ms in ready-built
+  batches, as the API's command window sends a steady stream (`--per-record`: one `send`
+  each).
 
 `--profile` runs the drained engine under cProfile and prints where the time goes.
 """
@@ -51,6 +56,7 @@ from cpu_meter import CollectorPasses, CpuMeter  # noqa: E402
 from engine_metrics import delta, scrape, stage_table  # noqa: E402
 from servers import bench_servers, infra  # noqa: E402
 
+from services.common.kafka_io import murmur2  # noqa: E402
 from services.common.kafka_topics import ensure_topics  # noqa: E402
 from services.common.settings import RunstoreSettings  # noqa: E402
 
@@ -160,6 +166,72 @@ class OutcomeReader:
                         on_record(body)
 
 
+_TICK_S = 0.010
+"""The batched producer's window: what is due goes every 10 ms, as the API's command window
+sends commands that keep coming at a steady pace (each window ends at its linger,
+`RUNSTORE_API_PUBLISH_LINGER_MS`, 10; services/api/command_window.py)."""
+
+
+async def send_ticks(
+    producer: AIOKafkaProducer,
+    topic: str,
+    commands: list[dict[str, Any]],
+    rate: float,
+    sent_at: dict[str, float],
+) -> None:
+    """Send `commands` at `rate`, every `_TICK_S` what is due, as one ready-built batch per
+    partition (the API's way). A command's latency counts
+    from when it was due, so a late tick counts against the engine, not for it. The
+    records are encoded before the clock starts: the generator should cost the box as
+    little as it can."""
+    encoded = [
+        (c["command_id"], c["execution_id"].encode(), json.dumps(c).encode()) for c in commands
+    ]
+    partitions = sorted(await producer.partitions_for(topic))
+    acks: list[asyncio.Future[Any]] = []
+    t0 = time.monotonic()
+    sent = 0
+    while sent < len(encoded):
+        due = min(len(encoded), int((time.monotonic() - t0) * rate) + 1)
+        batches: dict[int, Any] = {}
+        for j in range(sent, due):
+            command_id, key, value = encoded[j]
+            sent_at[command_id] = t0 + j / rate
+            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            batch = batches.get(partition)
+            if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+                if batch is not None:  # full: it goes, and a new one takes the record
+                    acks.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for partition, batch in batches.items():
+            acks.append(await producer.send_batch(batch, topic, partition=partition))
+        sent = due
+        await asyncio.sleep(_TICK_S)
+    await asyncio.gather(*acks)
+
+
+async def send_each(
+    producer: AIOKafkaProducer,
+    topic: str,
+    commands: list[dict[str, Any]],
+    rate: float,
+    sent_at: dict[str, float],
+) -> None:
+    """Send `commands` at `rate` one `send` each (aiokafka's linger of 1 ms): the earlier
+    generator. At 2,900/s it cost this process and the broker ~0.2 cores more than
+    `send_ticks` (docs/engine-performance.md, nineteenth session). Latency counts from
+    the send."""
+    t0 = time.monotonic()
+    for i, c in enumerate(commands):
+        due = t0 + i / rate
+        if (delay := due - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        sent_at[c["command_id"]] = time.monotonic()
+        await producer.send(topic, json.dumps(c).encode(), key=c["execution_id"].encode())
+    await producer.flush()
+
+
 def start_engine(env: dict[str, str], log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable]
     if profile:
@@ -244,6 +316,7 @@ async def run(
     profile: bool,
     steady_rate: float | None = None,
     timeline_ms: float = 0,
+    per_record: bool = False,
 ) -> None:
     rng = random.Random(7)
     with servers() as (bootstrap, mongo, server_pids):
@@ -312,18 +385,12 @@ async def run(
                 )
                 await producer.start()
                 try:
-                    t0 = time.monotonic()
-                    for i, c in enumerate(steady):
-                        due = t0 + i / target
-                        if (delay := due - time.monotonic()) > 0:
-                            await asyncio.sleep(delay)
-                        sent_at[c["command_id"]] = time.monotonic()
-                        await producer.send(
-                            settings.topics.commands,
-                            json.dumps(c).encode(),
-                            key=c["execution_id"].encode(),
+                    if per_record:
+                        await send_each(producer, settings.topics.commands, steady, target, sent_at)
+                    else:
+                        await send_ticks(
+                            producer, settings.topics.commands, steady, target, sent_at
                         )
-                    await producer.flush()
                 finally:
                     await producer.stop()
 
@@ -334,10 +401,17 @@ async def run(
                     timeline.append((sent, latencies[-1]))
 
             before = scrape(health)
+            # The steady phase's CPU, this process too: its producer and outcome reader
+            # share the two cores with the engine and the servers, and so its latencies.
+            steady_cpu = CpuMeter({**cpu.pids, _BENCH: os.getpid()}, alone=_BENCH)
+            steady_cpu.begin()
+            steady_began = time.monotonic()
             await asyncio.gather(
                 steady_producer(),
                 outcomes.until(len(warmup) + n + len(steady), on_outcome, engine=engine),
             )
+            steady_cpu.end()
+            steady_seconds = time.monotonic() - steady_began
             pauses.stop()
             stages = delta(scrape(health), before)
             if timeline_ms:
@@ -372,6 +446,10 @@ async def run(
         print(f"  {'command→outcome latency p50':44} {pct(0.50):9.1f} ms")
         print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")
         print(f"  {'  this process collecting meanwhile, longest':44} {pauses.longest_ms:9.1f} ms")
+        print(f"  steady phase's CPU per command (cores busy), {len(steady)} commands:")
+        for name, used in steady_cpu.used.items():
+            busy = used / steady_seconds
+            print(f"{f'    {name}':46} {used / len(steady) * 1e6:9.0f} µs  ({busy:.2f})")
         # The engine's one consumer group is the only label set of its batch sizes.
         batches = sum(v for (k, _), v in stages.items() if k == "runstore_batch_size_count")
         if batches:
@@ -383,6 +461,9 @@ async def run(
             pstats.Stats(str(prof)).sort_stats(
                 os.environ.get("BENCH_PROFILE_SORT", "cumulative")
             ).print_stats(int(os.environ.get("BENCH_PROFILE_TOP", "30")))
+
+
+_BENCH = "bench (producer, outcome reader)"
 
 
 def main() -> None:
@@ -408,8 +489,16 @@ def main() -> None:
         help="steady load of the latency phase (default: half the drain rate); a fixed rate "
         "compares latencies of two builds at the same load",
     )
+    parser.add_argument(
+        "--per-record",
+        action="store_true",
+        help="the latency phase's commands sent one aiokafka `send` each (the earlier "
+        "generator) instead of every 10 ms in ready-built batches",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.commands, args.warmup, args.profile, args.rate, args.timeline))
+    asyncio.run(
+        run(args.commands, args.warmup, args.profile, args.rate, args.timeline, args.per_record)
+    )
 
 
 if __name__ == "__main__":
