@@ -179,18 +179,17 @@ async def send_ticks(
     rate: float,
     sent_at: dict[str, float],
 ) -> None:
-    """Send `commands` at `rate`, every `_TICK_S` what is due, as one ready-built batch per
-    partition (the API's way). A command's latency counts
-    from when it was due, so a late tick counts against the engine, not for it. The
-    records are encoded before the clock starts: the generator should cost the box as
-    little as it can."""
+    """Send `commands` at `rate`: at each `_TICK_S` boundary what is due, as one
+    ready-built, closed batch per partition (the API's way, with a producer of no linger:
+    the batches of a tick go in one request). The records are encoded before the clock
+    starts: the generator should cost the box as little as it can."""
     encoded = [
         (c["command_id"], c["execution_id"].encode(), json.dumps(c).encode()) for c in commands
     ]
     partitions = sorted(await producer.partitions_for(topic))
     acks: list[asyncio.Future[Any]] = []
     t0 = time.monotonic()
-    sent = 0
+    sent, tick = 0, 0
     while sent < len(encoded):
         due = min(len(encoded), int((time.monotonic() - t0) * rate) + 1)
         batches: dict[int, Any] = {}
@@ -201,13 +200,16 @@ async def send_ticks(
             batch = batches.get(partition)
             if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
                 if batch is not None:  # full: it goes, and a new one takes the record
+                    batch.close()
                     acks.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = batches[partition] = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
         for partition, batch in batches.items():
+            batch.close()
             acks.append(await producer.send_batch(batch, topic, partition=partition))
         sent = due
-        await asyncio.sleep(_TICK_S)
+        tick = max(tick + 1, int((time.monotonic() - t0) / _TICK_S) + 1)
+        await asyncio.sleep(max(0.0, t0 + tick * _TICK_S - time.monotonic()))
     await asyncio.gather(*acks)
 
 
@@ -219,15 +221,14 @@ async def send_each(
     sent_at: dict[str, float],
 ) -> None:
     """Send `commands` at `rate` one `send` each (aiokafka's linger of 1 ms): the earlier
-    generator. At 2,900/s it cost this process and the broker ~0.2 cores more than
-    `send_ticks` (docs/engine-performance.md, nineteenth session). Latency counts from
-    the send."""
+    generator, which cost this process ~0.15 cores more at 2,900/s
+    (docs/engine-performance.md, nineteenth session)."""
     t0 = time.monotonic()
     for i, c in enumerate(commands):
         due = t0 + i / rate
         if (delay := due - time.monotonic()) > 0:
             await asyncio.sleep(delay)
-        sent_at[c["command_id"]] = time.monotonic()
+        sent_at[c["command_id"]] = due
         await producer.send(topic, json.dumps(c).encode(), key=c["execution_id"].encode())
     await producer.flush()
 
@@ -381,7 +382,9 @@ async def run(
 
             async def steady_producer() -> None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=1
+                    bootstrap_servers=bootstrap,
+                    enable_idempotence=True,
+                    linger_ms=1 if per_record else 0,
                 )
                 await producer.start()
                 try:
@@ -442,7 +445,8 @@ async def run(
         cores = os.cpu_count() or 1
         print(f"{'  CPU per command, all of the above':46} {total / n * 1e6:9.0f} µs")
         print(f"{f'    → {cores} cores could do at most':46} {cores * n / total:10.0f}/s")
-        print(f"  {'steady load offered':44} {target:10.0f}/s")
+        generator = "one send each" if per_record else f"batches every {_TICK_S * 1000:g} ms"
+        print(f"  {'steady load offered':44} {target:10.0f}/s ({generator})")
         print(f"  {'command→outcome latency p50':44} {pct(0.50):9.1f} ms")
         print(f"  {'command→outcome latency p99':44} {pct(0.99):9.1f} ms")
         print(f"  {'  this process collecting meanwhile, longest':44} {pauses.longest_ms:9.1f} ms")
