@@ -136,6 +136,7 @@ def runstore_stack(
 _PATHS = (
     ("runstore_api_outcomes_resolved_total", "outcomes"),
     ("runstore_api_point_reads_total", "point reads"),
+    ("runstore_api_command_windows_total", "command windows ended"),
 )
 
 

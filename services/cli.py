@@ -76,6 +76,7 @@ def _run_api() -> None:
             settings.api_body_timeout_seconds,
             # The execute fast path at the protocol level (execute_fast_path.py).
             execute=app.state.protocol_execute,
+            census=app.state.census,
         ),
         # Requests still running after this on SIGTERM (waits for a result, streams) are
         # cancelled: the process exits within a bound.

@@ -28,6 +28,7 @@ from services.api import (
 )
 from services.api.access import AccessPolicy
 from services.api.auth import ApiKeys
+from services.api.connection_census import ConnectionCensus
 from services.api.deps import Wiring
 from services.api.event_fanout import EventFanout
 from services.api.execute_fast_path import ExecuteFastPath, InFront
@@ -82,7 +83,10 @@ def build_app(settings: ApiSettings) -> FastAPI:
     def fold_started(values: Sequence[bytes]) -> None:
         list_index_feed.fold_started(values)
 
-    gateway = CommandGateway(settings, feed, fold_started)
+    # This instance's HTTP connections, counted by its server's protocol (`runstore api`):
+    # once every one waits for an answer, the command window goes out at once.
+    census = ConnectionCensus()
+    gateway = CommandGateway(settings, feed, fold_started, census)
     worker_requests = WorkerRequests(settings, gateway, replies_feed)
     fanout = EventFanout(settings, queue_size=settings.api_sse_queue_size, feed=feed)
     health = Health(settings, client, consumer=False)
@@ -132,6 +136,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = keys
     app.state.protocol_execute = None
+    app.state.census = census
     app.state.access = AccessPolicy(settings.api_access_mode)
     app.state.list_index = list_index
     app.state.list_index_feed = list_index_feed

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 
 from aiokafka import AIOKafkaProducer
@@ -38,11 +38,16 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.common.kafka_io import Outgoing, append_record, murmur2, started_producer
+from services.common.metrics import API_COMMAND_WINDOWS
 from services.common.settings import RunstoreSettings
 
 log = logging.getLogger(__name__)
 
 _Pending = tuple[Outgoing, asyncio.Future[None]]
+
+_ENDED = {
+    ended: API_COMMAND_WINDOWS.labels(ended) for ended in ("all_waiting", "quiet", "linger", "stop")
+}
 
 _TIMER_SLACK = 0.0002
 """A window due within this many seconds is over now (asyncio's timers fire a little early
@@ -61,13 +66,17 @@ class WindowedPublisher:
         client_id: str,
         window_ms: int,
         quiet_ms: int | None = None,
+        placed: Callable[[], bool] | None = None,
     ) -> None:
         """`window_ms`: the longest a record waits for others; `quiet_ms` (None, or at
-        least `window_ms`: off): a window ends sooner, once no record came for this long."""
+        least `window_ms`: off): a window ends sooner, once no record came for this long.
+        `placed`: called once a call's records are in the window; true when no other
+        record can come (`ConnectionCensus.place`): the window then ends at once."""
         self._settings = settings
         self._client_id = client_id
         self._window = window_ms / 1000
         self._quiet = quiet_ms / 1000 if quiet_ms is not None and quiet_ms < window_ms else None
+        self._placed = placed
         self._opened = 0.0
         """When the pending records' window opened (loop time)."""
         self._last = 0.0
@@ -100,7 +109,7 @@ class WindowedPublisher:
     async def stop(self) -> None:
         """Sends what is waiting for its window, then stops the producer."""
         while True:
-            self._window_over()  # the pending go now, or right after the one in flight
+            self._window_over("stop")  # the pending go now, or right after the one in flight
             in_flight = self._in_flight
             if in_flight is None:  # nothing pending, nothing in flight
                 break
@@ -136,7 +145,11 @@ class WindowedPublisher:
             gap = min(now - self._last, self._window / _GAP_FACTOR)
             self._gap += (gap - self._gap) * _GAP_WEIGHT
         self._last = now
-        if self._timer is None and not self._due and self._pending:
+        if self._placed is not None and self._placed():
+            # No other record can come (every connection's request waits for an answer):
+            # waiting would only delay these.
+            self._window_over("all_waiting")
+        elif self._timer is None and not self._due and self._pending:
             self._opened = now
             if self._quiet is None:
                 self._timer = loop.call_later(self._window, self._window_over)
@@ -169,17 +182,21 @@ class WindowedPublisher:
         records keep coming, rather than one per record.)"""
         loop = self._loop
         assert loop is not None  # (a timer of `publish`, after `start`)
-        due = min(self._last + self._quiet_time(), self._opened + self._window)
+        quiet_at, linger_at = self._last + self._quiet_time(), self._opened + self._window
+        due = min(quiet_at, linger_at)
         if due - loop.time() > _TIMER_SLACK:
             self._timer = loop.call_at(due, self._quiet_check)
             return
         self._timer = None
-        self._window_over()
+        self._window_over("quiet" if quiet_at < linger_at else "linger")
 
-    def _window_over(self) -> None:
+    def _window_over(self, ended: str = "linger") -> None:
+        """The pending records' window is over (`ended`: why, for the metric)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if not self._due and self._pending:
+            _ENDED[ended].inc()
         self._due = True
         if self._in_flight is None:
             self._flush()

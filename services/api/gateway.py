@@ -26,6 +26,7 @@ from schemas.commands import Command
 from schemas.outcomes import CommandOutcome
 from services.api.answered import AnsweredRecently
 from services.api.command_window import WindowedPublisher
+from services.api.connection_census import ConnectionCensus
 from services.api.reply_listener import ReplyListener, Values
 from services.api.topic_tail import TopicFeed
 from services.common import tracing
@@ -47,11 +48,17 @@ class PublishFailed(Exception):
 
 class CommandGateway:
     def __init__(
-        self, settings: ApiSettings, feed: TopicFeed, started: Values | None = None
+        self,
+        settings: ApiSettings,
+        feed: TopicFeed,
+        started: Values | None = None,
+        census: ConnectionCensus | None = None,
     ) -> None:
         """`started`: where the STARTED events of the runs its commands open go, when the
-        engine sends them with the outcomes (direct replies)."""
+        engine sends them with the outcomes (direct replies). `census`: this instance's
+        HTTP connections, whose requests all waiting ends the command window at once."""
         self._settings = settings
+        self._census = census if settings.api_publish_when_all_wait else None
         self._publisher: WindowedPublisher | None = None
         self._topics = settings.topics
         self._waiting: dict[str, asyncio.Future[CommandOutcome]] = {}
@@ -85,6 +92,7 @@ class CommandGateway:
             "runstore-api",
             self._settings.api_publish_linger_ms,
             self._settings.api_publish_quiet_ms,
+            None if self._census is None else self._census.place,
         )
         await self._publisher.start()
         self._loop = asyncio.get_running_loop()

@@ -19,10 +19,13 @@ alone right after that step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, Protocol, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from services.api.connection_census import CURRENT, ConnectionCensus, Ticket
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 """What uvicorn writes before the head for a request that expects it (passed through)."""
@@ -45,7 +48,10 @@ class CycleServer(Protocol):
 
 
 def deadline_protocol(
-    header_seconds: float, body_seconds: float, execute: CycleServer | None = None
+    header_seconds: float,
+    body_seconds: float,
+    execute: CycleServer | None = None,
+    census: ConnectionCensus | None = None,
 ) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with request-read deadlines (pass as `http=`).
 
@@ -54,7 +60,9 @@ def deadline_protocol(
     execute_fast_path.py): it answers an execute without the ASGI layers and hands
     everything else to `run_asgi`. Pipelining, the concurrency limit (its 503 app is never
     given to `execute`), keep-alive and the graceful shutdown stay uvicorn's: the cycle
-    is uvicorn's, the task is counted among the server's."""
+    is uvicorn's, the task is counted among the server's.
+
+    With `census`, its connections and requests are counted (connection_census.py)."""
     # How often an armed connection looks at its deadline: no deadline is nearer than
     # this when it is set, so a check never comes later than the deadline it serves.
     period = min(header_seconds, body_seconds)
@@ -68,6 +76,10 @@ def deadline_protocol(
         # A request's bytes are being read (its first came, it is not complete yet): a
         # pipelined request can begin before the answer to the one before it ends.
         _reading = False
+        # The census: whether this connection counts as idle, and the tickets of its
+        # requests not answered yet, oldest first (answers end in their requests' order).
+        _idle = False
+        _tickets: list[Ticket] | None = None
 
         def _arm(self, seconds: float) -> None:
             self._deadline_at = self.loop.time() + seconds
@@ -95,8 +107,19 @@ def deadline_protocol(
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm(header_seconds)
+            if census is not None:
+                self._tickets = []
+                self._idle = True
+                census.add()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if census is not None and self._tickets is not None:
+                for ticket in self._tickets:
+                    census.settle(ticket)
+                self._tickets.clear()
+                if self._idle:
+                    self._idle = False
+                    census.remove()
             self._disarm()
             if self._check is not None:
                 self._check.cancel()
@@ -107,6 +130,12 @@ def deadline_protocol(
             super().on_message_begin()
             self._reading = True
             self._arm(header_seconds)
+            if census is not None and self._tickets is not None:
+                if self._idle:
+                    self._idle = False
+                    census.remove()
+                self._tickets.append(Ticket())
+                census.add()
 
         def on_headers_complete(self) -> None:
             self._arm(body_seconds)
@@ -115,12 +144,26 @@ def deadline_protocol(
             # its body (its task has not run yet: no write went the old way).
             cycle = self.cycle
             if cycle is not None:
+                # A streamed answer (no length) will not publish: its request stops
+                # counting in the census when its head goes.
+                streaming = None
+                if census is not None and self._tickets:
+                    streaming = partial(census.settle, self._tickets[-1])
                 # (Not a Transport subclass: what it does not define is the socket's.)
                 cycle.transport = cast(
-                    asyncio.Transport, _OneWriteResponse(self.transport, self.loop)
+                    asyncio.Transport, _OneWriteResponse(self.transport, self.loop, streaming)
                 )
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            # The request's task inherits its ticket (the oldest one not answered: a
+            # pipelined request's task starts once the one before it is answered).
+            token = CURRENT.set(self._tickets[0] if self._tickets else None)
+            try:
+                self._start_task(cycle, app)
+            finally:
+                CURRENT.reset(token)
+
+        def _start_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             if (
                 execute is None
                 or app is not self.app
@@ -149,6 +192,11 @@ def deadline_protocol(
             # the next one is already being read: its deadline stands.
             if not self._reading:
                 self._disarm()
+            if census is not None and self._tickets:
+                census.settle(self._tickets.pop(0))
+                if not self._tickets and not self._idle:
+                    self._idle = True
+                    census.add()
             super().on_response_complete()
 
     return DeadlineProtocol
@@ -165,13 +213,21 @@ class _OneWriteResponse:
     along, or (a head without a length: a stream) until the end of the event loop's
     current step, or the answer's end, or a close."""
 
-    __slots__ = ("_head_seen", "_held", "_loop", "_transport")
+    __slots__ = ("_head_seen", "_held", "_loop", "_streaming", "_transport")
 
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: Any,
+        loop: asyncio.AbstractEventLoop,
+        streaming: Callable[[], None] | None = None,
+    ) -> None:
+        """`streaming`: called when the answer turns out to be a stream (its head has no
+        length)."""
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
         self._head_seen = False
+        self._streaming = streaming
 
     def write(self, data: bytes) -> None:
         held = self._held
@@ -185,6 +241,8 @@ class _OneWriteResponse:
             self._held = data
             if _SIZED not in data:
                 self._loop.call_soon(self.flush)
+                if self._streaming is not None:
+                    self._streaming()
             # A sized answer's head (nearly every one: JSON) waits for its body, which
             # takes it along, or for the answer's end or a close (no body: HEAD, a size of
             # 0), without a callback per answer: a client reads nothing of such an answer

@@ -140,6 +140,13 @@ API_OUTCOMES_RESOLVED = Counter(
     "'direct' (the engine's reply channel) or 'topic' (workflows.outcomes).",
     ["path"],
 )
+API_COMMAND_WINDOWS = Counter(
+    "runstore_api_command_windows_total",
+    "Command windows this API instance handed to Kafka, by what ended them: 'all_waiting' "
+    "(every HTTP connection's request waited for an answer: no other could come), 'quiet' "
+    "(no record came for the quiet time), 'linger' (the longest a record waits) or 'stop'.",
+    ["ended"],
+)
 API_REPLY_CONNECTIONS = Counter(
     "runstore_api_reply_connections_total",
     "Connections to this API instance's reply listener, by result: 'accepted' (right "

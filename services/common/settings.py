@@ -334,6 +334,9 @@ class ApiSettings(RunstoreSettings):
     """The held commands go sooner, once no other came for this long, or for 4 usual gaps
     between commands when that is longer (at or above the linger: never sooner): a burst
     of concurrent requests is not held for the whole linger (services/api/command_window.py)."""
+    api_publish_when_all_wait: bool = True
+    """The held commands go at once when no other request can come: every HTTP connection
+    of this instance has a request waiting for its answer (services/api/connection_census.py)."""
     api_access_mode: AccessMode = AccessMode.SHARED
     """Whether users see each other's runs (docs/api-gateway.md, "Access")."""
     api_sse_keepalive_seconds: float = Field(default=15.0, gt=0)

@@ -15,6 +15,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from services.api.command_window import WindowedPublisher
 from services.common.kafka_io import Outgoing
 from services.common.kafka_topics import ensure_topics, partitions_of
+from services.common.metrics import API_COMMAND_WINDOWS
 from services.common.settings import RunstoreSettings
 from tests.support.kafka import read_to_end
 
@@ -171,6 +172,44 @@ async def test_a_burst_goes_out_once_no_record_came_for_the_quiet_time(
         await publisher.stop()
     assert produce_requests[0] == 1
     assert len(await read_all(settings, topic)) == 120
+
+
+async def test_a_window_goes_out_at_once_when_no_other_record_can_come(
+    settings: RunstoreSettings,
+) -> None:
+    """With `placed` (the API's connection census) saying that no other request can come,
+    a window goes out as soon as its records are in it: here neither a ten-minute linger
+    nor a one-minute quiet time is waited out. Records placed while the census still
+    expects others wait and share the window with the last one."""
+    await ensure_topics(settings)
+    topic = settings.topics.commands
+    expected = [1]  # requests still to come: each publish places one
+
+    def placed() -> bool:
+        expected[0] -= 1
+        return expected[0] <= 0
+
+    publisher = WindowedPublisher(
+        settings, "test-window", window_ms=600_000, quiet_ms=60_000, placed=placed
+    )
+    await publisher.start()
+    produce_requests = count_produce_requests(publisher)
+    ended = API_COMMAND_WINDOWS.labels("all_waiting")
+    try:
+        async with asyncio.timeout(30):
+            # Alone (leaders known afterwards: no "not the leader" retries below).
+            await publisher.publish([Outgoing(topic, "warm", b"x")])
+        expected[0], produce_requests[0] = 3, 0
+        before = ended._value.get()
+        async with asyncio.timeout(30):
+            await asyncio.gather(
+                *(publisher.publish([Outgoing(topic, f"k-{k}", b"x")]) for k in range(3))
+            )
+    finally:
+        await publisher.stop()
+    assert produce_requests[0] == 1
+    assert ended._value.get() == before + 1
+    assert len(await read_all(settings, topic)) == 4
 
 
 async def paced_produce_requests(

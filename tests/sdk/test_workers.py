@@ -15,6 +15,7 @@ from pymongo import MongoClient
 
 from services.common.commit_log import commit_filter, commit_from_doc
 from tests.support.eventually import wait_until
+from tests.support.metrics import metric_value
 from tests.support.stack import WORKER_STACK, Stack, StackWith
 
 
@@ -254,17 +255,6 @@ def test_a_deployment_name_routes_the_run_to_that_deployments_workers(
         assert reporters == {f"{socket.gethostname()}:{blue_pid}"}
     finally:
         worker_stack.stop("worker-blue")
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{"):
-            got = line[len(name) + 1 : line.index("}")]
-            if ",".join(sorted(got.split(","))) == wanted:
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_the_worker_serves_probes_and_counts_its_tasks_and_activities(
