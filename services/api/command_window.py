@@ -32,6 +32,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
+from typing import Literal, get_args
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -45,9 +46,8 @@ log = logging.getLogger(__name__)
 
 _Pending = tuple[Outgoing, asyncio.Future[None]]
 
-_ENDED = {
-    ended: API_COMMAND_WINDOWS.labels(ended) for ended in ("all_waiting", "quiet", "linger", "stop")
-}
+_Ended = Literal["all_waiting", "quiet", "linger", "stop"]
+_ENDED = {ended: API_COMMAND_WINDOWS.labels(ended) for ended in get_args(_Ended)}
 
 _TIMER_SLACK = 0.0002
 """A window due within this many seconds is over now (asyncio's timers fire a little early
@@ -66,12 +66,12 @@ class WindowedPublisher:
         client_id: str,
         window_ms: int,
         quiet_ms: int | None = None,
-        placed: Callable[[], bool] | None = None,
+        placed: Callable[[], None] | None = None,
     ) -> None:
         """`window_ms`: the longest a record waits for others; `quiet_ms` (None, or at
         least `window_ms`: off): a window ends sooner, once no record came for this long.
-        `placed`: called once a call's records are in the window; true when no other
-        record can come (`ConnectionCensus.place`): the window then ends at once."""
+        `placed`: called once a call's records are in the window (`ConnectionCensus.place`,
+        which calls `nothing_can_come` when no other record can come)."""
         self._settings = settings
         self._client_id = client_id
         self._window = window_ms / 1000
@@ -145,14 +145,12 @@ class WindowedPublisher:
             gap = min(now - self._last, self._window / _GAP_FACTOR)
             self._gap += (gap - self._gap) * _GAP_WEIGHT
         self._last = now
-        if self._placed is not None and self._placed():
-            # No other record can come (every connection's request waits for an answer):
-            # waiting would only delay these.
-            self._window_over("all_waiting")
-        elif self._timer is None and not self._due and self._pending:
+        if self._placed is not None:
+            self._placed()  # (which ends the window now if no other record can come)
+        if self._timer is None and not self._due and self._pending:
             self._opened = now
             if self._quiet is None:
-                self._timer = loop.call_later(self._window, self._window_over)
+                self._timer = loop.call_later(self._window, self._window_over, "linger")
             else:
                 # First look after the shortest quiet time: the records that follow at
                 # once (a burst) shorten the usual gap the window then waits for.
@@ -170,6 +168,12 @@ class WindowedPublisher:
         finally:
             if expiry is not None:
                 expiry.cancel()
+
+    def nothing_can_come(self) -> None:
+        """No other record can come now (every HTTP connection's request waits for an
+        answer): the pending records go at once, as waiting would only delay them."""
+        if self._pending and not self._due:
+            self._window_over("all_waiting")
 
     def _quiet_time(self) -> float:
         """How long without a record ends a window: `quiet_ms`, or a few usual gaps."""
@@ -190,7 +194,7 @@ class WindowedPublisher:
         self._timer = None
         self._window_over("quiet" if quiet_at < linger_at else "linger")
 
-    def _window_over(self, ended: str = "linger") -> None:
+    def _window_over(self, ended: _Ended) -> None:
         """The pending records' window is over (`ended`: why, for the metric)."""
         if self._timer is not None:
             self._timer.cancel()

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -94,6 +95,8 @@ class CommandGateway:
             self._settings.api_publish_quiet_ms,
             None if self._census is None else self._census.place,
         )
+        if self._census is not None:
+            self._census.on_zero = self._publisher.nothing_can_come
         await self._publisher.start()
         self._loop = asyncio.get_running_loop()
         if self.replies is not None:
@@ -102,6 +105,12 @@ class CommandGateway:
                 self._reply_headers = reply_headers(
                     self.replies.header_value, self._asks_started and asks_started
                 )
+
+    def holding(self) -> AbstractContextManager[None]:
+        """Around the commands one request sends together (a batch): they share the
+        command window, which does not end for this request's first one (the census
+        counts the request until the block ends)."""
+        return nullcontext() if self._census is None else self._census.holding()
 
     async def stop(self) -> None:
         self._reply_headers = None

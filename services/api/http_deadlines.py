@@ -14,6 +14,10 @@ each costs the sender ~10 us of CPU, the kernel delivering it too). Here the hea
 for the body's first write and goes with it; a head whose body does not follow in the same
 step of the event loop (a stream that starts its answer before its first event) goes out
 alone right after that step.
+
+And, given a census (connection_census.py), it counts its idle connections and the
+requests not yet placed in the command window, for the window to go out at once when no
+other request can come.
 """
 
 from __future__ import annotations
@@ -112,14 +116,18 @@ def deadline_protocol(
                 self._idle = True
                 census.add()
 
-        def connection_lost(self, exc: Exception | None) -> None:
+        def _uncount(self) -> None:
+            """This connection no longer counts: closed, or handed to a WebSocket."""
             if census is not None and self._tickets is not None:
-                for ticket in self._tickets:
-                    census.settle(ticket)
-                self._tickets.clear()
+                tickets, self._tickets = self._tickets, []
                 if self._idle:
                     self._idle = False
                     census.remove()
+                for ticket in tickets:
+                    census.settle(ticket)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._uncount()
             self._disarm()
             if self._check is not None:
                 self._check.cancel()
@@ -131,11 +139,13 @@ def deadline_protocol(
             self._reading = True
             self._arm(header_seconds)
             if census is not None and self._tickets is not None:
+                # The request counts before the idle connection stops counting: the
+                # count must not touch 0 in between (that would end the window).
+                self._tickets.append(Ticket())
+                census.add()
                 if self._idle:
                     self._idle = False
                     census.remove()
-                self._tickets.append(Ticket())
-                census.add()
 
         def on_headers_complete(self) -> None:
             self._arm(body_seconds)
@@ -176,6 +186,16 @@ def deadline_protocol(
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
+        def handle_websocket_upgrade(self) -> None:
+            # The connection is the WebSocket protocol's from here: this one is never
+            # told that it closes. Nothing of it counts, and no deadline of it runs.
+            self._uncount()
+            self._disarm()
+            if self._check is not None:
+                self._check.cancel()
+                self._check = None
+            super().handle_websocket_upgrade()
+
         def on_message_complete(self) -> None:
             self._reading = False
             self._disarm()
@@ -193,10 +213,13 @@ def deadline_protocol(
             if not self._reading:
                 self._disarm()
             if census is not None and self._tickets:
-                census.settle(self._tickets.pop(0))
-                if not self._tickets and not self._idle:
+                answered = self._tickets.pop(0)
+                # Idle again (unless closing) before its request stops counting: the
+                # count must not touch 0 in between.
+                if not self._tickets and not self._idle and not self.transport.is_closing():
                     self._idle = True
                     census.add()
+                census.settle(answered)
             super().on_response_complete()
 
     return DeadlineProtocol

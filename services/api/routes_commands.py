@@ -211,5 +211,6 @@ async def _batch(
                 return BatchItemResult(status="failure", error=str(exc.detail))
             return BatchItemResult(status="success", error=None)
 
-    results = await asyncio.gather(*(one(e) for e in ids))
+    with api.gateway.holding():  # (the batch's commands share a window)
+        results = await asyncio.gather(*(one(e) for e in ids))
     return BatchResponse(results=dict(zip(ids, results, strict=True)))

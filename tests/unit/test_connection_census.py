@@ -1,8 +1,8 @@
 """The API's connection census (services/api/connection_census.py) as the server's HTTP
 protocol keeps it (services/api/http_deadlines.py), fed bytes directly: a connection
 counts while idle, a request from its first byte until its handler places its records
-(`place`), its answer ends, or its answer turns out to be a stream; `place` tells the
-window that no other request can come only once nothing counts."""
+(`place`), its answer ends or turns out to be a stream, or its connection closes or
+becomes a WebSocket; the window is told (`on_zero`) each time nothing counts."""
 
 from __future__ import annotations
 
@@ -18,24 +18,62 @@ from services.api.connection_census import CURRENT, ConnectionCensus, Ticket
 from services.api.http_deadlines import deadline_protocol
 from tests.unit.test_http_deadlines import _Transport
 
+
+class _Socket(_Transport):
+    """A transport a protocol can be switched on (a WebSocket upgrade)."""
+
+    protocol: Any = None
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+
 REQUEST = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
 
 
-class _App:
-    """Places each request whose path is /x (as a start's handler publishes), notes what
-    `place` said, then answers when told to; /stream answers with a stream that never
-    ends; anything else is answered at once without placing."""
+class _Census(ConnectionCensus):
+    """A census that notes when it told the window (each time nothing counted)."""
 
-    def __init__(self, census: ConnectionCensus) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = 0
+
+        def tell() -> None:
+            self.told += 1
+
+        self.on_zero = tell
+
+
+class _App:
+    """/x: places its records (as a start's handler publishes), notes whether the window
+    was told, then answers when told to; /stream: a stream that never ends; /batch:
+    places twice while holding its ticket; anything else: answered at once."""
+
+    def __init__(self, census: _Census) -> None:
         self.census = census
-        self.said: list[bool] = []
+        self.told: list[bool] = []
         self.answer = asyncio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close"})
+            return
         while (await receive()).get("more_body"):
             pass
-        if scope["path"] == "/x":
-            self.said.append(self.census.place())
+        if scope["path"] in ("/x", "/batch"):
+            before = self.census.told
+            if scope["path"] == "/batch":
+                with self.census.holding():
+                    self.census.place()
+                    await asyncio.sleep(0)
+                    self.census.place()
+                    self.told.append(self.census.told > before)
+            else:
+                self.census.place()
+            self.told.append(self.census.told > before)
             await self.answer.wait()
         if scope["path"] == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -57,9 +95,9 @@ def _server(app: Any, census: ConnectionCensus) -> Any:
     protocol_class: Any = config.http_protocol_class
     state = ServerState()
 
-    def connect() -> tuple[Any, _Transport]:
+    def connect() -> tuple[Any, _Socket]:
         protocol = protocol_class(config=config, server_state=state, app_state={})
-        transport = _Transport()
+        transport = _Socket()
         protocol.connection_made(transport)
         return protocol, transport
 
@@ -71,8 +109,15 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_place_says_nothing_can_come_only_once_every_connection_waits() -> None:
-    census = ConnectionCensus()
+def _close(*protocols: Any) -> None:
+    for protocol in protocols:
+        for task in list(protocol.tasks):
+            task.cancel()
+        protocol.connection_lost(None)
+
+
+async def test_the_window_is_told_only_once_every_connection_waits() -> None:
+    census = _Census()
     app = _App(census)
     connect = _server(app, census)
     (a, a_out), (b, _) = connect(), connect()
@@ -80,23 +125,38 @@ async def test_place_says_nothing_can_come_only_once_every_connection_waits() ->
 
     a.data_received(REQUEST)
     await _settle()
-    assert app.said == [False]  # b is idle: it may send a request any moment
+    assert app.told == [False]  # b is idle: it may send a request any moment
     b.data_received(REQUEST)
     await _settle()
-    assert app.said == [False, True]  # both wait for their answers
+    assert app.told == [False, True]  # both wait for their answers
     assert census.unsettled == 0
 
     app.answer.set()
     await _settle()
     assert a_out.written.count(b"200 OK") == 1
     assert census.unsettled == 2  # both idle again
-    a.connection_lost(None)
-    b.connection_lost(None)
+    told = census.told
+    _close(a, b)
     assert census.unsettled == 0
+    assert census.told == told + 1  # (the last close: nothing can come)
+
+
+async def test_an_idle_connection_beginning_a_request_never_tells_the_window() -> None:
+    census = _Census()
+    app = _App(census)
+    connect = _server(app, census)
+    (a, _), (b, _) = connect(), connect()
+    a.data_received(REQUEST)  # a waits; b is the only idle connection
+    await _settle()
+    told = census.told
+    b.data_received(b"GET /read HTTP/1.1\r\nHost: a\r\n")  # begun, not complete
+    assert census.told == told  # idle -> busy is no moment of "nothing can come"
+    assert census.unsettled == 1
+    _close(a, b)
 
 
 async def test_a_request_counts_until_answered_when_it_never_places() -> None:
-    census = ConnectionCensus()
+    census = _Census()
     app = _App(census)
     connect = _server(app, census)
     (a, _), (b, b_out) = connect(), connect()
@@ -104,12 +164,13 @@ async def test_a_request_counts_until_answered_when_it_never_places() -> None:
     a.data_received(REQUEST)
     await _settle()
     assert b_out.written.count(b"200 OK") == 1
-    assert app.said == [False]  # b is idle again after its read
+    assert app.told == [False]  # b is idle again after its read
     assert census.unsettled == 1
+    _close(a, b)
 
 
 async def test_a_streamed_answer_stops_counting_its_request() -> None:
-    census = ConnectionCensus()
+    census = _Census()
     app = _App(census)
     connect = _server(app, census)
     (a, _), (s, s_out) = connect(), connect()
@@ -118,108 +179,158 @@ async def test_a_streamed_answer_stops_counting_its_request() -> None:
     assert b"data: 1" in s_out.written
     a.data_received(REQUEST)
     await _settle()
-    assert app.said == [True]  # the stream's connection cannot send anything meanwhile
-    for protocol in (a, s):
-        for task in list(protocol.tasks):
-            task.cancel()
-        protocol.connection_lost(None)
+    assert app.told == [True]  # the stream's connection cannot send anything meanwhile
+    _close(a, s)
     await _settle()
     assert census.unsettled == 0
 
 
 async def test_a_pipelined_request_places_its_own_ticket() -> None:
-    census = ConnectionCensus()
+    census = _Census()
     app = _App(census)
     connect = _server(app, census)
     a, a_out = connect()
     a.data_received(REQUEST + REQUEST)  # the second waits for the first's answer
     await _settle()
-    assert app.said == [False]  # the second request counts until its handler places it
+    assert app.told == [False]  # the second request counts until its handler places it
     assert census.unsettled == 1
     app.answer.set()
     await _settle()
     assert a_out.written.count(b"200 OK") == 2
-    assert app.said == [False, True]
+    assert app.told == [False, True]
     assert census.unsettled == 1  # idle again
-    a.connection_lost(None)
+    _close(a)
     assert census.unsettled == 0
 
 
-def test_outside_a_request_place_only_reads_the_count() -> None:
-    census = ConnectionCensus()
-    assert not census.place()  # no protocol counts here (another server): never says so
+async def test_a_request_holding_its_ticket_counts_until_its_block_ends() -> None:
+    census = _Census()
+    app = _App(census)
+    connect = _server(app, census)
+    a, _ = connect()
+    a.data_received(b"POST /batch HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+    await _settle()
+    # Inside the block neither placement told the window; its end did.
+    assert app.told == [False, True]
+    assert census.unsettled == 0
+    _close(a)
+
+
+async def test_a_closing_answer_leaves_no_idle_connection_counted() -> None:
+    census = _Census()
+    app = _App(census)
+    connect = _server(app, census)
+    a, a_out = connect()
+    a.data_received(b"GET /read HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    await _settle()
+    assert a_out.written.count(b"200 OK") == 1
+    assert census.unsettled == 0  # before connection_lost: it will not send again
+    _close(a)
+    assert census.unsettled == 0
+
+
+async def test_a_websocket_upgrade_stops_counting_its_connection() -> None:
+    census = _Census()
+    app = _App(census)
+    connect = _server(app, census)
+    (a, _), (w, _) = connect(), connect()
+    w.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await _settle()
+    assert census.unsettled == 1  # a alone, idle: the upgraded connection is gone
+    a.data_received(REQUEST)
+    await _settle()
+    assert app.told == [True]
+    _close(a)
+
+
+def test_outside_a_request_place_tells_the_window_only_when_nothing_counts() -> None:
+    census = _Census()
+    census.place()
+    assert census.told == 0  # no protocol counts here (another server): never told
     census.add()  # a connection, idle
-    assert not census.place()
+    census.place()
+    assert census.told == 0
     ticket = Ticket()
-    census.remove()  # it begins a request
-    census.add()
+    census.add()  # it begins a request
+    census.remove()
     token = CURRENT.set(ticket)
     try:
-        assert census.place()  # its own ticket settles: nothing else can come
-        assert census.place()  # idempotent
+        census.place()  # its own ticket settles: nothing else can come
+        assert census.told == 1
     finally:
         CURRENT.reset(token)
+    census.place()  # a record of no request while nothing counts
+    assert census.told == 2
     assert census.unsettled == 0
 
 
-# A model of the counts: random opens, requests, placements, answers and closes across
-# connections keep `unsettled` equal to idle connections + requests not yet placed or
-# answered, and never negative.
+# A model of the counts: random opens, requests (sometimes two pipelined), placements,
+# answers and closes across connections keep `unsettled` equal to idle connections plus
+# requests not yet placed or answered, never negative, and the window is told exactly
+# when the count comes to 0.
 _OPS = st.lists(
-    st.tuples(st.sampled_from(["open", "request", "place", "answer", "close"]), st.integers(0, 3)),
+    st.tuples(
+        st.sampled_from(["open", "request", "pipeline", "place", "answer", "close"]),
+        st.integers(0, 3),
+    ),
     max_size=40,
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(_OPS)
 def test_the_count_matches_idle_connections_and_unplaced_requests(ops: list[Any]) -> None:
     asyncio.run(_replay(ops))
 
 
 async def _replay(ops: list[tuple[str, int]]) -> None:
-    census = ConnectionCensus()
-    gates: dict[int, asyncio.Event] = {}
+    census = _Census()
+    # Per request being served (by its ticket): what its handler is told to do next.
+    orders: dict[int, asyncio.Queue[str]] = {}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
             pass
         ticket = CURRENT.get()
         assert ticket is not None
-        key = id(ticket)
-        gates[key] = asyncio.Event()
-        await gates[key].wait()  # "place" or "answer" below opens it
-        await send({"type": "http.response.start", "status": 200, "headers": []})
+        orders[id(ticket)] = queue = asyncio.Queue()
+        while await queue.get() == "place":
+            census.place()
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"ok"})
 
     connect = _server(app, census)
     conns: dict[int, Any] = {}
+    request = b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n"
     for op, n in ops:
         protocol = conns.get(n)
+        told = census.told
+        before = census.unsettled
         if op == "open" and protocol is None:
             conns[n] = connect()[0]
         elif protocol is None:
             continue
         elif op == "request" and not protocol._tickets:
-            protocol.data_received(b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n")
+            protocol.data_received(request)
+        elif op == "pipeline" and not protocol._tickets:
+            protocol.data_received(request + request)
         elif op in ("place", "answer") and protocol._tickets:
-            ticket = protocol._tickets[0]
-            if op == "place":
-                census.settle(ticket)
-            elif id(ticket) in gates:
-                gates[id(ticket)].set()
+            queue = orders.get(id(protocol._tickets[0]))
+            if queue is not None:
+                queue.put_nowait(op)
         elif op == "close":
-            for task in list(protocol.tasks):
-                task.cancel()
-            protocol.connection_lost(None)
+            _close(protocol)
             del conns[n]
         await _settle()
         idle = sum(1 for p in conns.values() if not p._tickets)
         unplaced = sum(1 for p in conns.values() for t in p._tickets if t.counted)
         assert census.unsettled == idle + unplaced >= 0
-    for protocol in conns.values():
-        for task in list(protocol.tasks):
-            task.cancel()
-        protocol.connection_lost(None)
+        if census.unsettled == 0 and before > 0:
+            assert census.told > told
+    _close(*conns.values())
     await _settle()
     assert census.unsettled == 0
