@@ -104,6 +104,13 @@ def _server(app: Any, census: ConnectionCensus) -> Any:
     return connect
 
 
+def _served() -> tuple[_Census, _App, Any]:
+    """A census, the app above, and how to open a connection to it."""
+    census = _Census()
+    app = _App(census)
+    return census, app, _server(app, census)
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -117,9 +124,7 @@ def _close(*protocols: Any) -> None:
 
 
 async def test_the_window_is_told_only_once_every_connection_waits() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, app, connect = _served()
     (a, a_out), (b, _) = connect(), connect()
     assert census.unsettled == 2  # two idle connections
 
@@ -142,9 +147,7 @@ async def test_the_window_is_told_only_once_every_connection_waits() -> None:
 
 
 async def test_an_idle_connection_beginning_a_request_never_tells_the_window() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, _, connect = _served()
     (a, _), (b, _) = connect(), connect()
     a.data_received(REQUEST)  # a waits; b is the only idle connection
     await _settle()
@@ -156,9 +159,7 @@ async def test_an_idle_connection_beginning_a_request_never_tells_the_window() -
 
 
 async def test_a_request_counts_until_answered_when_it_never_places() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, app, connect = _served()
     (a, _), (b, b_out) = connect(), connect()
     b.data_received(b"GET /read HTTP/1.1\r\nHost: a\r\n\r\n")  # answered at once
     a.data_received(REQUEST)
@@ -170,9 +171,7 @@ async def test_a_request_counts_until_answered_when_it_never_places() -> None:
 
 
 async def test_a_streamed_answer_stops_counting_its_request() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, app, connect = _served()
     (a, _), (s, s_out) = connect(), connect()
     s.data_received(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
     await _settle()
@@ -186,9 +185,7 @@ async def test_a_streamed_answer_stops_counting_its_request() -> None:
 
 
 async def test_a_pipelined_request_places_its_own_ticket() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, app, connect = _served()
     a, a_out = connect()
     a.data_received(REQUEST + REQUEST)  # the second waits for the first's answer
     await _settle()
@@ -204,9 +201,7 @@ async def test_a_pipelined_request_places_its_own_ticket() -> None:
 
 
 async def test_a_request_holding_its_ticket_counts_until_its_block_ends() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, app, connect = _served()
     a, _ = connect()
     a.data_received(b"POST /batch HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
     await _settle()
@@ -217,9 +212,7 @@ async def test_a_request_holding_its_ticket_counts_until_its_block_ends() -> Non
 
 
 async def test_a_closing_answer_leaves_no_idle_connection_counted() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, _, connect = _served()
     a, a_out = connect()
     a.data_received(b"GET /read HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     await _settle()
@@ -230,9 +223,7 @@ async def test_a_closing_answer_leaves_no_idle_connection_counted() -> None:
 
 
 async def test_a_websocket_upgrade_stops_counting_its_connection() -> None:
-    census = _Census()
-    app = _App(census)
-    connect = _server(app, census)
+    census, app, connect = _served()
     (a, _), (w, _) = connect(), connect()
     w.data_received(
         b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
