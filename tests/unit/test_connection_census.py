@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from uvicorn.config import Config
 from uvicorn.server import ServerState
@@ -93,10 +93,11 @@ def _server(app: Any, census: ConnectionCensus) -> Any:
     )
     config.load()
     protocol_class: Any = config.http_protocol_class
-    state = ServerState()
 
     def connect() -> tuple[Any, _Socket]:
-        protocol = protocol_class(config=config, server_state=state, app_state={})
+        # A server state per connection: `_close` then cancels this connection's tasks
+        # only (the census, not the state, is what the connections share here).
+        protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
         transport = _Socket()
         protocol.connection_made(transport)
         return protocol, transport
@@ -273,6 +274,9 @@ _OPS = st.lists(
 
 @settings(max_examples=80, deadline=None)
 @given(_OPS)
+# A close on another connection once cancelled this request's task (a shared server state
+# in this test), and its 500 closed its connection: found by CI's seed.
+@example([("open", 0), ("open", 1), ("request", 0), ("close", 1)])
 def test_the_count_matches_idle_connections_and_unplaced_requests(ops: list[Any]) -> None:
     asyncio.run(_replay(ops))
 
@@ -317,7 +321,8 @@ async def _replay(ops: list[tuple[str, int]]) -> None:
             _close(protocol)
             del conns[n]
         await _settle()
-        idle = sum(1 for p in conns.values() if not p._tickets)
+        # (A connection closing after its answer, e.g. a 500, counts no more.)
+        idle = sum(1 for p in conns.values() if not p._tickets and not p.transport.is_closing())
         unplaced = sum(1 for p in conns.values() for t in p._tickets if t.counted)
         assert census.unsettled == idle + unplaced >= 0
         if census.unsettled == 0 and before > 0:
