@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +62,8 @@ BENCHMARKS = [
     Benchmark(
         "http_gateway",
         "HTTP starts against Temporal, Restate and DBOS",
-        args=["--clients", "32", "--seconds", "20"],
-        quick=["--clients", "16", "--seconds", "4", "--warmup", "1"],
+        args=["--clients", "32", "--seconds", "20", "--rounds", "3"],
+        quick=["--clients", "16", "--seconds", "4", "--warmup", "1", "--rounds", "2"],
         json=True,
     ),
     Benchmark(
@@ -77,6 +78,12 @@ BENCHMARKS = [
         "The local store: FerretDB on SQLite vs on PostgreSQL",
         quick=["--docs", "5000", "--list-runs", "0"],
         json=True,
+    ),
+    Benchmark(
+        "soak",
+        "Reads under write load: 300 commands/s with readers, and each process's memory",
+        args=["--minutes", "3", "--rate", "300", "--point-readers", "4", "--run-readers", "2"],
+        quick=["--minutes", "0.5", "--rate", "100", "--sample-every", "5"],
     ),
     Benchmark(
         "timers",
@@ -136,9 +143,10 @@ def _pyplot() -> Any:
 
 
 def plot_http_gateway(data: dict[str, Any], out: Path) -> list[Path]:
-    """Starts/s of every row (log scale) and the server CPU per start by process."""
+    """Starts/s of every row (log scale) and the server CPU per start by process: each row's
+    median over the rounds (a row's rounds matched by name)."""
     plt = _pyplot()
-    rows = [r for r in data["rounds"][-1] if r["starts_per_s"]]
+    rows = median_rows(data["rounds"])
     names = [r["name"] for r in rows]
     colors = ["tab:red" if n.startswith("Runstore") else "tab:gray" for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
@@ -146,7 +154,10 @@ def plot_http_gateway(data: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set_xlabel("durable starts per second (log scale; higher is better)")
-    ax.set_title(f"{data['clients']} clients, {data['seconds']:g} s, {data['cpus']} shared cores")
+    ax.set_title(
+        f"{data['clients']} clients, {data['seconds']:g} s, {data['cpus']} shared cores"
+        + (f"; median of {len(data['rounds'])} rounds" if len(data["rounds"]) > 1 else "")
+    )
     for y, r in enumerate(rows):
         ax.text(r["starts_per_s"], y, f" {r['starts_per_s']:,.0f}", va="center", fontsize=8)
     fig.tight_layout()
@@ -170,6 +181,30 @@ def plot_http_gateway(data: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(cpu, dpi=110)
     plt.close(fig)
     return [rates, cpu]
+
+
+def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per name, in the first round's order: its median rate and, per process, its
+    median CPU per start over the rounds that measured it."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for round_ in rounds:
+        for row in round_:
+            if row["starts_per_s"]:
+                by_name.setdefault(row["name"], []).append(row)
+    merged = []
+    for name, rows in by_name.items():
+        processes = dict.fromkeys(p for row in rows for p in row["cpu_ms_per_start"])
+        merged.append(
+            {
+                "name": name,
+                "starts_per_s": statistics.median(row["starts_per_s"] for row in rows),
+                "cpu_ms_per_start": {
+                    p: statistics.median(row["cpu_ms_per_start"].get(p, 0.0) for row in rows)
+                    for p in processes
+                },
+            }
+        )
+    return merged
 
 
 def plot_workers(data: list[dict[str, Any]], out: Path) -> list[Path]:

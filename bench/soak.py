@@ -354,6 +354,17 @@ def report(soak: Soak, args: argparse.Namespace, cpu: dict[str, float]) -> str:
                 f"| {kind} | {label} | {len(sel)} | {missing} | {len(sel) - len(ok) - missing} | "
                 f"{percentile(ok, 0.5):.0f} | {percentile(ok, 0.99):.0f} |"
             )
+    out += ["", f"goals under {args.rate} commands/s of writes (whole run):"]
+    for kind, what, bound in (
+        ("point", "point reads (get execution)", 50),
+        ("run", "point reads (get run)", 50),
+        ("list", "list pages", 500),
+    ):
+        ok = [lat * 1000 for _, lat, status in soak.reads.get(kind, []) if status == 200]
+        if ok:
+            p99 = percentile(ok, 0.99)
+            verdict = "met" if p99 <= bound else "not met"
+            out.append(f"  {what} p99 <= {bound} ms: {p99:.0f} ms ({verdict}; n={len(ok)})")
     return "\n".join(out)
 
 
