@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -427,7 +427,7 @@ def main() -> int:
     for number in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"--- round {number} of {args.rounds}", flush=True)
-        rounds.append(one_round(args, services, peers))
+        rounds.append(one_round(args, services, peers, number))
         print()
         print(table(rounds[-1]))
         print(
@@ -463,8 +463,11 @@ def partitions(env: list[str]) -> int:
     return int(given) if given else RunstoreSettings().partitions
 
 
+Row = TypeVar("Row")
+
+
 def one_round(
-    args: argparse.Namespace, services: tuple[str, ...], peers: list[str], number: int = 1
+    args: argparse.Namespace, services: tuple[str, ...], peers: list[str], number: int
 ) -> list[Result]:
     """Runstore and each peer, one after the other: a round's ratios compare rates measured
     minutes apart, under whatever else the box ran meanwhile. Odd rounds measure Runstore
@@ -509,8 +512,7 @@ def one_round(
                 label = "DBOS, " + ("run" if run else "start only")
                 rows.append((label, partial(bench_dbos, work, n, seconds, warmup, run)))
         canonical = [label for label, _ in rows]
-        if number % 2 == 0:
-            rows = [*reversed(rows[1:]), rows[0]]
+        rows = in_round_order(rows, number)
         print(f"round {number}, in this order: {', '.join(label for label, _ in rows)}")
         measured: dict[str, Result] = {}
         for label, bench in rows:
@@ -530,6 +532,12 @@ def one_round(
                 measured[PACED].note = f"offered {result.rate:.1f} starts/s with {2 * n} clients"
                 print(f"  {measured[PACED].rate:.1f} starts/s", flush=True)
         return [measured[label] for label in [*canonical, PACED] if label in measured]
+
+
+def in_round_order(rows: list[Row], number: int) -> list[Row]:
+    """The order round `number` (from 1) measures its rows in: as given (ours first) in odd
+    rounds; in even ones the peers reversed, then ours."""
+    return rows if number % 2 else [*reversed(rows[1:]), *rows[:1]]
 
 
 def run_temporal(

@@ -314,7 +314,7 @@ def plot_local_store(data: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-PLOTS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
+PLOTS: dict[str, Callable[[Any, Path], list[Path]]] = {
     "http_gateway": plot_http_gateway,
     "list_runs": plot_list_runs,
     "local_store": plot_local_store,
@@ -334,9 +334,11 @@ def page(sections: list[str], quick: bool) -> str:
         "benchmark starts its own servers. What each one measures, and what each peer's",
         "start guarantees, is in the output below and in the scripts' docstrings.",
         "",
-        f"Run ending {time.strftime('%Y-%m-%d %H:%M %Z')}, on {os.cpu_count()} cores shared with",
+        f"Written {time.strftime('%Y-%m-%d %H:%M %Z')}, on {os.cpu_count()} cores shared with",
         "other work (load average, 1 / 5 / 15 min: at each benchmark's start, in its output;",
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end). Rates move by tens of",
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end). Each section says when its",
+        "benchmark ended: `make bench` runs them all in one go, `--only` reruns some and keeps",
+        "the other sections of the page as they were. Rates move by tens of",
         "percent from run to run, and the VM's own speed moves too (the host speed at each",
         "benchmark's start: the same pure-Python work, faster is higher): compare rows of the",
         "same run, not figures from different runs.",
@@ -344,6 +346,14 @@ def page(sections: list[str], quick: bool) -> str:
     if quick:
         head += ["", "**`--quick` run: short durations and small sizes, not figures to quote.**"]
     return "\n".join([*head, "", *sections]).rstrip() + "\n"
+
+
+def page_sections(path: Path) -> dict[str, str]:
+    """The sections of a page this script wrote, by their title (the `## ` heading)."""
+    if not path.exists():
+        return {}
+    parts = path.read_text().split("\n## ")[1:]
+    return {part.split("\n", 1)[0]: "## " + part.rstrip() + "\n" for part in parts}
 
 
 def main() -> int:
@@ -358,12 +368,21 @@ def main() -> int:
     plots_dir = args.out.parent / "benchmarks"
     plots_dir.mkdir(parents=True, exist_ok=True)
 
-    sections, failed = [], []
+    # A partial run keeps the page's other sections (a --quick one does not: its figures
+    # are not to be quoted next to a full run's).
+    kept = page_sections(args.out) if args.only and not args.quick else {}
+    done: dict[str, str] = {}
+    failed = []
     with tempfile.TemporaryDirectory(prefix="runstore-bench-") as tmp:
         for bench in chosen:
             json_path = Path(tmp) / f"{bench.name}.json"
             code, output, took = run_one(bench, args.quick, json_path)
-            section = [f"## {bench.title}", "", f"`bench/{bench.name}.py` ({took / 60:.1f} min)"]
+            ended = time.strftime("%Y-%m-%d %H:%M %Z")
+            section = [
+                f"## {bench.title}",
+                "",
+                f"`bench/{bench.name}.py` ({took / 60:.1f} min, ended {ended})",
+            ]
             if code != 0:
                 failed.append(bench.name)
                 section += ["", f"**Failed with exit code {code}.**"]
@@ -376,9 +395,10 @@ def main() -> int:
                     rel = [p.relative_to(args.out.parent) for p in pictures]
                     section += ["", *(f"![{p.stem}]({p.as_posix()})" for p in rel)]
             section += ["", "```", output.rstrip(), "```", ""]
-            sections.append("\n".join(section))
+            done[bench.title] = "\n".join(section)
             # Written after each benchmark: a long run that is cut short keeps what it did.
-            args.out.write_text(page(sections, args.quick))
+            sections = [done.get(b.title) or kept.get(b.title) for b in BENCHMARKS]
+            args.out.write_text(page([s for s in sections if s], args.quick))
     print(f"\nwrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -77,3 +77,21 @@ def test_the_plot_uses_each_rows_median_over_rounds() -> None:
     assert [m["name"] for m in merged] == ["a", "b"]
     assert merged[0]["starts_per_s"] == 200.0 and merged[0]["cpu_ms_per_start"] == {"api": 3.0}
     assert merged[1]["starts_per_s"] == 60.0 and merged[1]["cpu_ms_per_start"] == {"x": 3.0}
+
+
+def test_even_rounds_measure_the_peers_in_reverse_and_ours_last() -> None:
+    rows = ["ours", "temporal", "restate", "dbos"]
+    assert http_gateway.in_round_order(rows, 1) == rows
+    assert http_gateway.in_round_order(rows, 2) == ["dbos", "restate", "temporal", "ours"]
+    assert http_gateway.in_round_order(rows, 3) == rows
+
+
+def test_a_partial_run_finds_the_pages_other_sections_by_title(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text(
+        run_all.page(["## First\n\nfigures 1\n", "## Second\n\n```\nfigures 2\n```\n"], False)
+    )
+    sections = run_all.page_sections(page)
+    assert list(sections) == ["First", "Second"]
+    assert sections["Second"] == "## Second\n\n```\nfigures 2\n```\n"
+    assert run_all.page_sections(tmp_path / "none.md") == {}
