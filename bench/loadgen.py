@@ -22,6 +22,8 @@ class Result:
     read_ms: list[float] = field(default_factory=list)
     errors: int = 0
     note: str = ""
+    offered: float = 0.0
+    """The starts/s a paced run was offered (0: a closed loop)."""
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     """CPU time each process spent during the measured window of the rate phase."""
 

@@ -184,8 +184,9 @@ def plot_http_gateway(data: dict[str, Any], out: Path) -> list[Path]:
 
 
 def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per name, in the first round's order: its median rate and, per process, its
-    median CPU per start over the rounds that measured it."""
+    """One row per name (in the order names first appear among the rows that ran): its
+    median rate over the rounds it ran in and, per process, the median CPU per start over
+    the rounds that metered that process."""
     by_name: dict[str, list[dict[str, Any]]] = {}
     for round_ in rounds:
         for row in round_:
@@ -199,7 +200,9 @@ def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 "name": name,
                 "starts_per_s": statistics.median(row["starts_per_s"] for row in rows),
                 "cpu_ms_per_start": {
-                    p: statistics.median(row["cpu_ms_per_start"].get(p, 0.0) for row in rows)
+                    p: statistics.median(
+                        row["cpu_ms_per_start"][p] for row in rows if p in row["cpu_ms_per_start"]
+                    )
                     for p in processes
                 },
             }
@@ -325,6 +328,9 @@ PLOTS: dict[str, Callable[[Any, Path], list[Path]]] = {
 # --- the page ---------------------------------------------------------------------------------
 
 
+QUICK_MARK = "**`--quick` run: short durations and small sizes, not figures to quote.**"
+
+
 def page(sections: list[str], quick: bool) -> str:
     load = os.getloadavg()
     head = [
@@ -344,7 +350,7 @@ def page(sections: list[str], quick: bool) -> str:
         "same run, not figures from different runs.",
     ]
     if quick:
-        head += ["", "**`--quick` run: short durations and small sizes, not figures to quote.**"]
+        head += ["", QUICK_MARK]
     return "\n".join([*head, "", *sections]).rstrip() + "\n"
 
 
@@ -352,7 +358,10 @@ def page_sections(path: Path) -> dict[str, str]:
     """The sections of a page this script wrote, by their title (the `## ` heading)."""
     if not path.exists():
         return {}
-    parts = path.read_text().split("\n## ")[1:]
+    text = path.read_text()
+    if QUICK_MARK in text:  # a --quick page's figures are not to be kept next to real ones
+        return {}
+    parts = text.split("\n## ")[1:]
     return {part.split("\n", 1)[0]: "## " + part.rstrip() + "\n" for part in parts}
 
 

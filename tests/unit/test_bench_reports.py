@@ -22,6 +22,12 @@ def row(name: str, rate: float, p99_ms: float = 10.0) -> Result:
     return Result(name, starts=int(rate), seconds=1.0, start_ms=[p99_ms] * 10)
 
 
+def paced(rate: float, p99_ms: float, offered: float) -> Result:
+    return Result(
+        http_gateway.PACED, starts=int(rate), seconds=1.0, start_ms=[p99_ms] * 10, offered=offered
+    )
+
+
 def a_round(ours: float, restate_run: float, dbos_start: float, paced_p99: float) -> list[Result]:
     return [
         row(http_gateway.OURS, ours),
@@ -29,7 +35,7 @@ def a_round(ours: float, restate_run: float, dbos_start: float, paced_p99: float
         row(RESTATE_RUN, restate_run),
         row(DBOS_START, dbos_start),
         row(DBOS_RUN, 900),
-        row(http_gateway.PACED, restate_run, paced_p99),
+        paced(restate_run, paced_p99, restate_run),
     ]
 
 
@@ -49,7 +55,7 @@ def test_each_goal_counts_the_rounds_that_met_it() -> None:
     assert "2 of 3:" in restate and "1.07x, 0.93x, 1.60x" in restate and "median 1.07x" in restate
     assert "2 of 3: 1.25x, 0.93x, 1.07x" in goal_line(text, "ahead of DBOS's start")
     p99 = goal_line(text, "p99 <= 50 ms at Restate run's rate")
-    assert "2 of 3:" in p99 and "median 30.00 ms" in p99
+    assert "2 of 3:" in p99 and "60.0 ms at 1400 of 1400/s" in p99 and "(median 30.00 ms)" in p99
     assert "0 of 3:" in goal_line(text, "(stretch) ahead of Restate's start")
 
 
@@ -95,3 +101,35 @@ def test_a_partial_run_finds_the_pages_other_sections_by_title(tmp_path: Path) -
     assert list(sections) == ["First", "Second"]
     assert sections["Second"] == "## Second\n\n```\nfigures 2\n```\n"
     assert run_all.page_sections(tmp_path / "none.md") == {}
+
+
+def test_a_round_whose_rows_could_not_run_does_not_meet_a_goal() -> None:
+    failed = a_round(1500, 1400, 1200, 30.0)
+    failed[2] = Result(RESTATE_RUN, note="could not run: boom")  # and so no paced row
+    del failed[-1]
+    text = http_gateway.summary([a_round(1500, 1400, 1200, 30.0), failed])
+    assert "1 of 2: 1.07x, could not run" in goal_line(text, "ahead of Restate's run mode")
+    assert "1 of 2: 30.0 ms at 1400 of 1400/s, could not run" in goal_line(
+        text, "p99 <= 50 ms at Restate run's rate"
+    )
+    assert "2 of 2:" in goal_line(text, "ahead of DBOS's start")
+
+
+def test_a_paced_row_short_of_its_rate_or_with_errors_does_not_meet_the_p99_goal() -> None:
+    short, erring = a_round(1500, 1400, 1200, 30.0), a_round(1500, 1400, 1200, 30.0)
+    short[-1] = paced(1200, 30.0, offered=1400)  # the pacer held back load, unmeasured
+    erring[-1].errors = 3
+    text = http_gateway.summary([short, erring, a_round(1500, 1400, 1200, 30.0)])
+    line = goal_line(text, "p99 <= 50 ms at Restate run's rate")
+    assert "1 of 3:" in line and "at 1200 of 1400/s" in line and "3 errors" in line
+
+
+def test_a_paced_runstore_prints_no_goals() -> None:
+    text = http_gateway.summary([a_round(1500, 1400, 1200, 30.0)], goals=False)
+    assert "the goals" not in text and "Runstore/x 1.07-1.07x" in goal_line(text, RESTATE_RUN)
+
+
+def test_a_quick_page_keeps_no_sections(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text(run_all.page(["## First\n\nfigures 1\n"], True))
+    assert run_all.page_sections(page) == {}
