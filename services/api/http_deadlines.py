@@ -126,12 +126,17 @@ def deadline_protocol(
                 for ticket in tickets:
                     census.settle(ticket)
 
-        def connection_lost(self, exc: Exception | None) -> None:
+        def _let_go(self) -> None:
+            """Nothing of this connection counts or keeps a deadline any more: it closed,
+            or it is a WebSocket protocol's now."""
             self._uncount()
             self._disarm()
             if self._check is not None:
                 self._check.cancel()
                 self._check = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._let_go()
             super().connection_lost(exc)
 
         def on_message_begin(self) -> None:
@@ -188,12 +193,8 @@ def deadline_protocol(
 
         def handle_websocket_upgrade(self) -> None:
             # The connection is the WebSocket protocol's from here: this one is never
-            # told that it closes. Nothing of it counts, and no deadline of it runs.
-            self._uncount()
-            self._disarm()
-            if self._check is not None:
-                self._check.cancel()
-                self._check = None
+            # told that it closes.
+            self._let_go()
             super().handle_websocket_upgrade()
 
         def on_message_complete(self) -> None:
